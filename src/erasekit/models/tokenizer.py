@@ -1,0 +1,90 @@
+"""The real CLIP BPE tokenizer, built offline from OpenAI's CLIP vocabulary.
+
+Stable Diffusion 1.x / 2.x / XL all tokenize with CLIP's byte-level BPE (49,408 tokens).
+The merges ship with erasekit (``assets/clip_bpe_simple_vocab_16e6.txt.gz``, MIT licence,
+from OpenAI's CLIP) so that tiny test pipelines and tinyworld tokenize exactly as SD does
+without any download.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+CLIP_VOCAB_SIZE = 49408
+# Number of merges CLIP uses: vocab = 256 bytes * 2 (with/without </w>) + merges + 2 specials.
+_N_MERGES = CLIP_VOCAB_SIZE - 256 * 2 - 2
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP reversible byte -> printable-unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+@lru_cache(maxsize=1)
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """(vocab token -> id, merges as 'a b' strings) exactly as OpenAI's SimpleTokenizer builds them."""
+    raw = resources.files("erasekit.assets").joinpath("clip_bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    lines = gzip.decompress(raw).decode("utf-8").split("\n")
+    merges = lines[1 : _N_MERGES + 1]  # line 0 is a version header
+    base = list(_bytes_to_unicode().values())
+    tokens = base + [t + "</w>" for t in base] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    if len(tokens) != CLIP_VOCAB_SIZE:
+        raise RuntimeError(f"bundled CLIP vocabulary is damaged: {len(tokens)} tokens, expected {CLIP_VOCAB_SIZE}")
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def write_clip_tokenizer_files(folder: str | os.PathLike, model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> Path:
+    """Write vocab.json, merges.txt and the tokenizer configs that ``CLIPTokenizer.from_pretrained`` reads.
+
+    SD 1.x pads with ``<|endoftext|>``; SD 2.x and SDXL's second encoder pad with ``!`` -- pass
+    ``pad_token`` to mirror the family you are imitating.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = clip_vocab_and_merges()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad_token}),
+        encoding="utf-8",
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": model_max_length,
+                "do_lower_case": True,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": pad_token,
+            }
+        ),
+        encoding="utf-8",
+    )
+    return folder
+
+
+def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>"):
+    """A ``transformers.CLIPTokenizer`` identical to SD's, built without network access."""
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer_files(tmp, model_max_length=model_max_length, pad_token=pad_token)
+        return CLIPTokenizer.from_pretrained(tmp)
