@@ -1,0 +1,48 @@
+"""erasekit: erase concepts from text-to-image diffusion models by editing cross-attention.
+
+    import erasekit
+    edit = erasekit.erase(pipe, method="space", concepts=["Van Gogh"], preserve=["Monet"], target_sparsity=0.85)
+    edit.apply(pipe); ...; edit.revert(pipe)
+    edit.save("vangogh.safetensors"); erasekit.load_edit("vangogh.safetensors", pipe)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from typing import Sequence
+
+from .concepts import ConceptSet
+from .edit import Edit, LayerEdit, load_edit
+from .errors import ConceptError, EditFileError, EraseKitError, MethodError, ModelError
+from .methods import get_method, list_methods, make_config, register_method
+from .models.adapter import PipelineAdapter
+from .models.loading import load_pipeline
+
+
+def erase(pipe, method: str = "uce", concepts: ConceptSet | Sequence[str] | str | None = None, *,
+          preserve: Sequence[str] = (), kind: str = "style", guide: str | Sequence[str] | None = None,
+          templates: bool | Sequence[str] = False, progress: bool = True, **config) -> Edit:
+    """Fit ``method`` on ``pipe`` and return the :class:`Edit` (the pipeline is not modified).
+
+    ``concepts`` is a :class:`ConceptSet` or the concept(s) to erase; ``preserve``, ``kind``,
+    ``guide`` and ``templates`` build the ConceptSet in the second case. Remaining keyword
+    arguments are the method's config (see ``erasekit methods -v``); unknown ones are errors.
+    """
+    if not isinstance(concepts, ConceptSet):
+        if concepts is None:
+            raise ConceptError("no concept to erase: pass concepts=['...'] or a ConceptSet")
+        erase_list = (concepts,) if isinstance(concepts, str) else tuple(concepts)
+        guide_arg = guide if guide is None or isinstance(guide, str) else tuple(guide)
+        tpl = templates if isinstance(templates, bool) else tuple(templates)
+        concepts = ConceptSet(erase=erase_list, kind=kind, guide=guide_arg, preserve=tuple(preserve), templates=tpl)
+    m = get_method(method)
+    cfg = make_config(m.name, **config)
+    adapter = PipelineAdapter(pipe, layer_regex=cfg.layer_regex, projections=cfg.projections)
+    return m.fit(adapter, concepts, cfg, progress=progress)
+
+
+__all__ = [
+    "ConceptSet", "Edit", "LayerEdit", "PipelineAdapter", "erase", "load_edit", "load_pipeline", "list_methods",
+    "get_method", "make_config", "register_method", "EraseKitError", "ConceptError", "ModelError", "MethodError", "EditFileError",
+]

@@ -1,0 +1,267 @@
+"""The ``erasekit`` command.
+
+    erasekit methods [-v]
+    erasekit erase    --model M --method space --erase "Van Gogh" --preserve Monet --target-sparsity 0.85 --out e.safetensors
+    erasekit inspect  e.safetensors [--layers] [--json]
+    erasekit generate --model M --edit e.safetensors --prompt "a painting by Van Gogh" --seed 0 --out grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import EraseKitError
+
+
+# ----------------------------------------------------------------- options
+def _field_type(f: dataclasses.Field):
+    t = str(f.type)
+    if t.startswith("bool"):
+        return "bool"
+    if t.startswith("int"):
+        return int
+    if t.startswith("float"):
+        return float
+    return str
+
+
+def _method_fields() -> dict[str, dataclasses.Field]:
+    """Union of every registered method's config fields (an option valid for one method only is checked later)."""
+    from .methods.base import _REGISTRY
+
+    fields: dict[str, dataclasses.Field] = {}
+    for cls in _REGISTRY.values():
+        for f in dataclasses.fields(cls.config_class):
+            fields.setdefault(f.name, f)
+    return fields
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("method options (each applies to the methods whose config has it; see `erasekit methods -v`)")
+    for name, f in _method_fields().items():
+        flag = "--" + name.replace("_", "-")
+        kind = _field_type(f)
+        help_text = f.metadata.get("help", "")
+        if kind == "bool":
+            g.add_argument(flag, dest=f"opt_{name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            g.add_argument(flag, dest=f"opt_{name}", type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, default=None if required else "tinyworld",
+                   help="'tinyworld', tiny-sd / tiny-sdxl, a diffusers folder, a hub id, or a single-file .safetensors")
+    p.add_argument("--config", default=None, help="with a single-file checkpoint: a local diffusers folder of the same architecture")
+    p.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps ...")
+
+
+def _load(args):
+    from .models.loading import load_pipeline
+
+    t0 = time.perf_counter()
+    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, config=args.config)
+    _info(f"loaded {args.model} ({type(pipe).__name__}) in {time.perf_counter() - t0:.1f}s")
+    return pipe
+
+
+def _info(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- commands
+def cmd_methods(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .methods import get_method, list_methods
+
+    table = Table(title="erasekit methods")
+    table.add_column("method", style="bold")
+    table.add_column("description")
+    for name, summary in list_methods().items():
+        table.add_row(name, summary)
+    console = Console()
+    console.print(table)
+    if args.verbose:
+        for name in list_methods():
+            cfg = get_method(name).config_class
+            t = Table(title=f"{name} options")
+            t.add_column("option")
+            t.add_column("default")
+            t.add_column("help")
+            for f in dataclasses.fields(cfg):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                t.add_row("--" + f.name.replace("_", "-"), repr(default), f.metadata.get("help", ""))
+            console.print(t)
+    return 0
+
+
+def cmd_erase(args) -> int:
+    import erasekit
+
+    from .concepts import ConceptSet
+    from .methods import make_config
+
+    options = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_")}
+    concepts = ConceptSet(erase=tuple(args.erase or ()), kind=args.kind, guide=_guide(args.guide), preserve=tuple(args.preserve or ()),
+                          templates=args.templates)
+    make_config(args.method, **options)  # refuse bad options before the (slow) model load
+    pipe = _load(args)
+    t0 = time.perf_counter()
+    edit = erasekit.erase(pipe, method=args.method, concepts=concepts, progress=True, **options)
+    out = edit.save(args.out)
+    _info(f"{args.method}: {len(edit.layers)} layers in {time.perf_counter() - t0:.1f}s -> {out} ({edit.nbytes:,} bytes)")
+    _print_summary(edit)
+    return 0
+
+
+def _guide(guide: list[str] | None):
+    if not guide:
+        return None
+    return guide[0] if len(guide) == 1 else tuple(guide)
+
+
+def _print_summary(edit, show_layers: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = edit.summary()
+    t = Table(show_header=False, title="edit")
+    t.add_column(style="bold")
+    t.add_column()
+    c = s["concepts"]
+    t.add_row("method", s["method"])
+    t.add_row("erase", ", ".join(c.get("erase", [])) + f"  (kind {c.get('kind')}, guide {c.get('guides')})")
+    t.add_row("preserve", ", ".join(c.get("preserve", [])) or "-")
+    t.add_row("base model", f"{s['base'].get('name_or_path') or '?'} ({s['base'].get('pipeline')}, {s['base'].get('family')})")
+    t.add_row("base fingerprint", _base_fingerprint(edit))
+    t.add_row("layers", f"{s['layers']}  storage {s['storage']}")
+    if s["sparsity"] is not None:
+        t.add_row("sparsity", f"{100 * s['sparsity']:.2f} % exact zeros")
+    t.add_row("bytes", f"{s['bytes']:,}  ({100 * s['bytes'] / max(s['dense_fp32_bytes'], 1):.1f} % of dense fp32 {s['dense_fp32_bytes']:,})")
+    for k in ("seconds", "objective", "iterations", "converged"):
+        if k in s["stats"]:
+            t.add_row(k, str(s["stats"][k]))
+    console = Console()
+    console.print(t)
+    if show_layers:
+        lt = Table(title="layers")
+        for col in ("layer", "kind", "shape", "bytes", "sparsity", "rank", "seconds"):
+            lt.add_column(col)
+        for path, le in edit.layers.items():
+            sp = le.stats.get("sparsity")
+            lt.add_row(path, le.kind, "×".join(map(str, le.shape)), f"{le.nbytes:,}", "-" if sp is None else f"{100 * sp:.1f}%",
+                       str(le.rank or "-"), str(le.stats.get("seconds", "-")))
+        console.print(lt)
+
+
+def _base_fingerprint(edit) -> str:
+    import hashlib
+
+    h = hashlib.sha256("".join(edit.fingerprints[p]["sha256"] for p in sorted(edit.fingerprints)).encode()).hexdigest()
+    return h[:16]
+
+
+def cmd_inspect(args) -> int:
+    from .edit import Edit
+
+    edit = Edit.load(args.file)
+    if args.json:
+        print(json.dumps({**edit.summary(), "base_fingerprint": _base_fingerprint(edit), "config": edit.config}, indent=2, default=str))
+    else:
+        _print_summary(edit, show_layers=args.layers)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .edit import load_edit
+    from .generate import generate, image_grid
+
+    pipe = _load(args)
+    prompts, seeds = args.prompt, args.seed or [0]
+    kw = dict(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width)
+    edit = load_edit(args.edit, pipe, apply=False) if args.edit else None
+    before = generate(pipe, prompts, seeds, **kw)
+    columns, images = ["unedited"], [before]
+    if edit is not None:
+        edit.apply(pipe)
+        try:
+            images.append(generate(pipe, prompts, seeds, **kw))
+        finally:
+            edit.revert(pipe)
+        columns.append(f"edited ({edit.method})")
+    rows, labels = [], []
+    for i, (p, s) in enumerate((p, s) for p in prompts for s in seeds):
+        rows.append([col[i] for col in images])
+        labels.append(f"{p[:40]} | seed {s}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows, labels, columns).save(out)
+    _info(f"wrote {out} ({len(rows)} rows: {' | '.join(columns)})")
+    return 0
+
+
+# ------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    import erasekit
+
+    p = argparse.ArgumentParser(prog="erasekit", description="Erase concepts from diffusion models by editing cross-attention.")
+    p.add_argument("--version", action="version", version=f"erasekit {erasekit.__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("methods", help="list registered methods")
+    m.add_argument("-v", "--verbose", action="store_true", help="also list every method's options")
+    m.set_defaults(func=cmd_methods)
+
+    e = sub.add_parser("erase", help="fit an edit and save it as a .safetensors edit file")
+    _add_model_options(e)
+    e.add_argument("--method", default="uce", help="registered method (see `erasekit methods`)")
+    e.add_argument("--erase", action="append", required=True, metavar="CONCEPT", help="concept to erase (repeatable)")
+    e.add_argument("--kind", default="style", help="style, object, person or nsfw (templates, default guide)")
+    e.add_argument("--guide", action="append", metavar="TEXT", help="guide concept: once for all, or once per --erase")
+    e.add_argument("--preserve", action="append", metavar="CONCEPT", help="concept to preserve (repeatable)")
+    e.add_argument("--templates", action="store_true", help="expand concepts with the kind's prompt templates")
+    e.add_argument("--out", required=True, help="edit file to write (.safetensors)")
+    _add_method_options(e)
+    e.set_defaults(func=cmd_erase)
+
+    i = sub.add_parser("inspect", help="show what an edit file contains")
+    i.add_argument("file")
+    i.add_argument("--layers", action="store_true", help="per-layer table")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_inspect)
+
+    g = sub.add_parser("generate", help="generate unedited | edited images side by side, same seeds")
+    _add_model_options(g)
+    g.add_argument("--edit", default=None, help="edit file to compare against the unedited model")
+    g.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
+    g.add_argument("--seed", action="append", type=int, help="seed (repeatable; default 0)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (pipeline default if omitted)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--out", default="grid.png", help="PNG grid to write")
+    g.set_defaults(func=cmd_generate)
+
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except EraseKitError as e:
+        print(f"erasekit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Exceptions that name the problem and the fix.
+
+Every refusal in erasekit raises a subclass of :class:`EraseKitError` (itself a
+``ValueError``), so callers can catch one type and the CLI can print the message without a
+traceback. Nothing is modified before one of these is raised.
+"""
+
+
+class EraseKitError(ValueError):
+    """Base class: a clear, user-facing refusal."""
+
+
+class ConceptError(EraseKitError):
+    """The concept set is empty, duplicated, contradictory or malformed."""
+
+
+class ModelError(EraseKitError):
+    """The model cannot be loaded or has no cross-attention to edit."""
+
+
+class MethodError(EraseKitError):
+    """Unknown method, bad configuration, or a numerical failure inside a method."""
+
+
+class EditFileError(EraseKitError):
+    """An edit file is corrupt, truncated, tampered with, or does not match the pipeline."""

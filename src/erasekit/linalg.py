@@ -1,0 +1,694 @@
+"""Numerical core of the closed-form edits: UCE and SPACE on one cross-attention weight.
+
+Methods
+-------
+UCE  — Unified Concept Editing (Gandikota et al., "Unified Concept Editing in Diffusion
+       Models", WACV 2024): the ridge-regularised least-squares edit below, in closed form.
+SPACE — sparse closed-form erasure (Novello & Tonello, arXiv 2605.10198). Only the abstract
+       and figure captions are public; the formulation here (UCE's three quadratic terms plus
+       an elementwise L1 penalty on the edited weight) is erasekit's reconstruction, not the
+       authors' code (DESIGN §5).
+
+Notation (DESIGN §4)
+--------------------
+W0 (d_out, d_in) the original to_k / to_v weight; C_E, C_G (d_in, n_e) paired erase / guide
+token embeddings; C_P (d_in, n_p) preserve embeddings; n = n_e + n_p. With
+C̃ = [√α C_E, √β C_P] and B = [√α C_G, √β C_P] (both (d_in, n)):
+
+    f(W) = α‖W C_E − W0 C_G‖² + β‖W C_P − W0 C_P‖² + γ‖W − W0‖²
+         = ‖W C̃ − W0 B‖² + γ‖W − W0‖²                                              (1)
+    M = γI + C̃C̃ᵀ,   R = γW0 + W0 B C̃ᵀ,   ∇f = 2(W M − R)                         (2)
+    UCE:   W_uce = R M⁻¹ = W0 + W0 (B − C̃) K,   K = (γI_n + C̃ᵀC̃)⁻¹C̃ᵀ           (3)
+    SPACE: min_W F(W) = f(W) + λ‖W‖₁                                               (4)
+
+Everything built from the embeddings alone is computed once by :func:`gram_factor` and shared
+by all layers. It rests on one thin SVD C̃ = U S Vᵀ (rank r ≤ min(n, d_in)):
+
+    K = V diag(h) Uᵀ,  h = s/(γ + s²)        (push-through identity; no inverse formed)  (5)
+    F = U diag(s)  (d_in, r),  F Fᵀ = C̃C̃ᵀ    (compressed factor used by SPACE)         (6)
+
+so W_uce = W0 + (W0 (B − C̃) V) diag(h) Uᵀ costs O(d_out·d_in·r) per layer, for n < d_in and
+n ≥ d_in alike (then r ≤ d_in: the "compress C̃C̃ᵀ to a d_in-column factor" route).
+
+SPACE row problems
+------------------
+f is quadratic with Hessian 2M and minimiser W_uce, so with a = a row of W_uce and w the
+matching row of W (F from (6)):
+
+    f(W) = Σ_rows (w − a) M (w − a)ᵀ + c0,    c0 = f(W_uce)                          (7)
+    P(w) = γ‖w − a‖² + ‖(w − a)F‖² + λ‖w‖₁       (one Lasso problem per row)          (8)
+
+Writing ‖z‖² = max_y (y·z − ‖y‖²/4) gives the r-dimensional, unconstrained, concave dual
+
+    w(y) = S_τ(a − F y/(2γ)),  τ = λ/(2γ),  S_τ(x) = sign(x)·max(|x| − τ, 0)          (9)
+    g(y) = γ‖a‖² − (aF)·y − γ‖w(y)‖² − ‖y‖²/4                                       (10)
+    ∇g(y) = Fᵀ(w(y) − a)ᵀ − y/2,    −∇²g = (γI + F_Aᵀ F_A)/(2γ)                        (11)
+    P(w(y)) − g(y) = ‖∇g(y)‖²                    (the duality gap, exactly)            (12)
+
+(A = {i : w_i ≠ 0}, F_A its rows of F). Any y gives a lower bound g(y) ≤ P*, so
+G(Y) = Σ_rows g + c0 ≤ F* and (F(W) − G(Y))/G(Y) ≥ (F(W) − F*)/F* is a rigorous certificate.
+
+``solver="ssn"`` (default): semi-smooth Newton on (10), rows batched; each row's Newton
+system uses its own active set, in float32, kept up to date by signed rank updates when the
+active set moves and refactored only for rows whose set changed; residuals, line search and
+certificate in float64; rows leave the batch as soon as their certificate holds.
+``solver="fista"``: the paper's "iterative closed-form" proximal-gradient step (FISTA with
+per-row O'Donoghue–Candès gradient restart), all rows at once as matrix products — the
+faithful, slow reference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "GramFactor",
+    "gram_factor",
+    "uce_weight",
+    "uce_delta_factors",
+    "space_objective",
+    "SpaceSolve",
+    "space_solve",
+    "lam_for_sparsity",
+]
+
+_F64 = torch.float64
+_COND_RAISE = 1e12  # cond(M) above which float64 solves lose every digit the tolerances need
+_COND_WARN = 1e8  # cond(M) above which SSN builds its Newton systems in float64 (slower)
+_KAPPAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # candidate shrink factors for the cold dual start (1: y = 0)
+_ARMIJO = 1e-4  # sufficient-increase constant of the dual line search
+
+
+# ----------------------------------------------------------------------------------------
+# Embedding-side factorisation, computed once and shared by every layer
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GramFactor:
+    """Everything built from the token embeddings alone (float64, shared by all layers).
+
+    C̃ = U diag(s) Vᵀ is a thin SVD truncated to the numerical rank r; see eqs. (3)–(7).
+    """
+
+    C: Tensor  # (d_in, n)  C̃ = [√α C_E, √β C_P]
+    B: Tensor  # (d_in, n)  B = [√α C_G, √β C_P]
+    gamma: float  # γ > 0
+    U: Tensor  # (d_in, r)  left singular vectors of C̃
+    s: Tensor  # (r,)       singular values of C̃, descending
+    DV: Tensor  # (d_in, r)  (B − C̃) V
+    D_perp: Tensor  # (d_in, p)  Φ with ΦΦᵀ = (B − C̃)(I − VVᵀ)(B − C̃)ᵀ; p = 0 when rank C̃ = n
+
+    @property
+    def d_in(self) -> int:
+        return self.C.shape[0]
+
+    @property
+    def n(self) -> int:
+        """Number of token columns n = n_e + n_p."""
+        return self.C.shape[1]
+
+    @property
+    def rank(self) -> int:
+        """Numerical rank r of C̃: the dimension of every SPACE row dual."""
+        return self.s.shape[0]
+
+    @property
+    def F(self) -> Tensor:
+        """(d_in, r) factor U diag(s) with F Fᵀ = C̃C̃ᵀ, eq. (6)."""
+        return self.U * self.s
+
+    @property
+    def h(self) -> Tensor:
+        """(r,) s/(γ + s²): the spectrum of K = (γI + C̃ᵀC̃)⁻¹C̃ᵀ, eq. (5)."""
+        return self.s / (self.gamma + self.s**2)
+
+    @property
+    def lam_max_M(self) -> float:
+        """λ_max(M) = γ + σ_max(C̃)²; the FISTA step uses L = 2·lam_max_M."""
+        return self.gamma + (float(self.s[0]) ** 2 if self.rank else 0.0)
+
+    @property
+    def cond_M(self) -> float:
+        """Condition number of M = γI + C̃C̃ᵀ."""
+        return self.lam_max_M / self.gamma
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN/Inf value(s); check the text encoder output or the weight before editing")
+
+
+def _as_matrix(name: str, x, d_in: int | None = None) -> Tensor:
+    x = torch.as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (d_in, columns), got shape {tuple(x.shape)}")
+    if d_in is not None and x.shape[0] != d_in:
+        raise ValueError(f"{name} has {x.shape[0]} rows but C_E has d_in = {d_in}; all embeddings must be (d_in, columns)")
+    if not (x.is_floating_point() or x.numel() == 0):
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    x = x.to(_F64)
+    _check_finite(name, x)
+    return x
+
+
+def gram_factor(C_E, C_G, C_P=None, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.5) -> GramFactor:
+    """Validate the embeddings and factor everything the layers share, once.
+
+    C_E, C_G: (d_in, n_e) paired erase / guide token embeddings; C_P: (d_in, n_p) or None.
+    alpha, beta ≥ 0 and gamma > 0 weight the three terms of eq. (1) (UCE defaults 1, 1, 0.5).
+    Raises ValueError naming the problem and the fix on bad shapes, NaN/Inf, gamma ≤ 0, or
+    cond(M) > 1e12; warns (RuntimeWarning) when cond(M) > 1e8.
+    """
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    if not (math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be > 0 (it makes M = γI + C̃C̃ᵀ invertible; UCE's default is 0.5), got {gamma}")
+    C_E = _as_matrix("C_E", C_E)
+    d_in = C_E.shape[0]
+    C_G = _as_matrix("C_G", C_G, d_in)
+    if C_G.shape != C_E.shape:
+        raise ValueError(f"C_G {tuple(C_G.shape)} must pair column by column with C_E {tuple(C_E.shape)}")
+    if C_E.shape[1] == 0:
+        raise ValueError("C_E has no columns: give at least one erase-token embedding")
+    C_P = torch.zeros(d_in, 0, dtype=_F64) if C_P is None else _as_matrix("C_P", C_P, d_in)
+
+    C = torch.cat([math.sqrt(alpha) * C_E, math.sqrt(beta) * C_P], dim=1)  # (d_in, n)  C̃
+    B = torch.cat([math.sqrt(alpha) * C_G, math.sqrt(beta) * C_P], dim=1)  # (d_in, n)  B
+    U, s, Vh = torch.linalg.svd(C, full_matrices=False)  # C̃ = U diag(s) Vh
+    r = int((s > s[0] * max(C.shape) * torch.finfo(_F64).eps).sum()) if s.numel() and s[0] > 0 else 0
+    U, s, V = U[:, :r].contiguous(), s[:r].contiguous(), Vh[:r].T  # (d_in, r), (r,), (n, r)
+    D = B - C  # (d_in, n)
+    DV = D @ V  # (d_in, r)
+    D_perp = _column_factor(D - DV @ V.T)  # (d_in, p)  (B − C̃)(I − VVᵀ), compressed
+    gf = GramFactor(C=C, B=B, gamma=float(gamma), U=U, s=s, DV=DV, D_perp=D_perp)
+
+    if gf.cond_M > _COND_RAISE:
+        raise ValueError(
+            f"M = γI + C̃C̃ᵀ is numerically singular (condition number {gf.cond_M:.3g} > {_COND_RAISE:.0e}): "
+            f"gamma={gamma} is too small next to σ_max(C̃)² = {gf.lam_max_M - gamma:.3g}; increase gamma "
+            f"(UCE default 0.5) or lower alpha / beta"
+        )
+    if gf.cond_M > _COND_WARN:
+        warnings.warn(
+            f"M = γI + C̃C̃ᵀ is ill-conditioned (condition number {gf.cond_M:.3g}); results stay exact but "
+            f"SPACE falls back to float64 Newton systems and FISTA needs many iterations. Increase gamma to avoid this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return gf
+
+
+def _column_factor(X: Tensor) -> Tensor:
+    """(d, p) Φ with ΦΦᵀ = XXᵀ, p = numerical rank of X (p = 0 for X ≈ 0)."""
+    if X.numel() == 0:
+        return X.new_zeros(X.shape[0], 0)
+    U, s, _ = torch.linalg.svd(X, full_matrices=False)
+    keep = s > max(float(s[0]), 1e-300) * max(X.shape) * torch.finfo(_F64).eps * 16
+    return (U[:, keep] * s[keep]).contiguous()
+
+
+def _as_weight(W0, gf: GramFactor, name: str = "W0") -> Tensor:
+    W0 = torch.as_tensor(W0)
+    if W0.ndim != 2 or W0.shape[1] != gf.d_in:
+        raise ValueError(f"{name} must be (d_out, d_in={gf.d_in}) to match the embeddings, got shape {tuple(W0.shape)}")
+    W0 = W0.to(device=gf.C.device, dtype=_F64)
+    _check_finite(name, W0)
+    return W0
+
+
+# ----------------------------------------------------------------------------------------
+# UCE
+# ----------------------------------------------------------------------------------------
+
+
+def uce_delta_factors(W0, gf: GramFactor) -> tuple[Tensor, Tensor]:
+    """(Bf (d_out, r), Af (r, d_in)), float64, with W_uce = W0 + Bf @ Af  (eqs. 3, 5).
+
+    The rank r = rank(C̃) ≤ min(n, d_in), so the factors always exist (also for n ≥ d_in).
+    """
+    W0 = _as_weight(W0, gf)
+    Z = W0 @ gf.DV  # (d_out, r)   W0 (B − C̃) V
+    return Z * gf.h, gf.U.T  # W0 (B − C̃) V diag(h) · Uᵀ = W0 (B − C̃) K
+
+
+def uce_weight(W0, gf: GramFactor) -> Tensor:
+    """UCE edited weight R M⁻¹ (d_out, d_in), float64, in O(d_out·d_in·r) (eq. 3)."""
+    W0 = _as_weight(W0, gf)
+    return _uce_rows(W0, gf)[0]
+
+
+def _uce_rows(W0: Tensor, gf: GramFactor) -> tuple[Tensor, Tensor]:
+    """(A = W_uce rows (b, d_in), c0 per row (b,)) for float64 rows W0 (b, d_in)."""
+    Z = W0 @ gf.DV  # (b, r)   E V with E = W0 (B − C̃)
+    A = W0 + (Z * gf.h) @ gf.U.T  # (b, d_in)   eq. (3) with K from (5)
+    c0 = ((Z**2) * (gf.gamma / (gf.gamma + gf.s**2))).sum(1)  # Σ_j γ/(γ+s_j²)‖(EV)_j‖²
+    if gf.D_perp.shape[1]:
+        c0 = c0 + ((W0 @ gf.D_perp) ** 2).sum(1)  # + ‖E(I − VVᵀ)‖², only when rank C̃ < n
+    return A, c0  # f(W_uce) = Σ c0, see eq. (7)
+
+
+# ----------------------------------------------------------------------------------------
+# SPACE: objective, result, solvers
+# ----------------------------------------------------------------------------------------
+
+
+def space_objective(W, W0, gf: GramFactor, lam: float) -> float:
+    """F(W) = f(W) + λ‖W‖₁ evaluated directly from eq. (1) (constant included), float64."""
+    W = _as_weight(W, gf, "W")
+    W0 = _as_weight(W0, gf)
+    if W.shape != W0.shape:
+        raise ValueError(f"W {tuple(W.shape)} and W0 {tuple(W0.shape)} must have the same shape")
+    fit = ((W @ gf.C - W0 @ gf.B) ** 2).sum()  # ‖W C̃ − W0 B‖² = α‖WC_E − W0C_G‖² + β‖WC_P − W0C_P‖²
+    ridge = gf.gamma * ((W - W0) ** 2).sum()  # γ‖W − W0‖²
+    return float(fit + ridge + lam * W.abs().sum())  # eq. (4)
+
+
+@dataclass
+class SpaceSolve:
+    """Result of :func:`space_solve` for one layer."""
+
+    W: Tensor  # (d_out, d_in) float64 edited weight
+    y: Tensor  # (d_out, r) float64 row duals (coordinates of gf.F); warm-starts the next solve
+    iterations: int  # SSN: most Newton iterations any row needed; FISTA: iterations run
+    objective: float  # F(W) = f(W) + λ‖W‖₁, constant f(W_uce) included
+    gap: float  # certified relative gap (F(W) − G(y))/G(y) ≥ (F(W) − F*)/F*
+    seconds: float
+    converged: bool  # gap ≤ tol
+
+    @property
+    def sparsity(self) -> float:
+        """Share of exact zeros in W."""
+        return float((self.W == 0).sum()) / max(self.W.numel(), 1)
+
+
+def space_solve(
+    W0,
+    gf: GramFactor,
+    lam: float,
+    *,
+    solver: str = "ssn",
+    tol: float = 1e-6,
+    max_iter: int | None = None,
+    W_uce: Tensor | None = None,
+    y0: Tensor | None = None,
+    chunk_rows: int = 128,
+    callback: Callable[[int, Tensor], bool | None] | None = None,
+) -> SpaceSolve:
+    """Solve SPACE (eq. 4) for one weight and certify it.
+
+    solver: "ssn" (semi-smooth Newton on the row duals, default) or "fista" (reference).
+    tol: stop when the duality-gap certificate (F − G)/G ≤ tol (per row for SSN).
+    max_iter: iteration cap (default 100 for SSN, 20000 for FISTA); ``converged`` says if tol was met.
+    W_uce: the UCE weight if already computed (else computed here, chunk by chunk).
+    y0: (d_out, r) dual warm start, e.g. ``previous.y`` from a nearby λ (SSN only).
+    chunk_rows: rows per SSN batch (bounds the working memory, ~0.3 MB per row at d_in = 2048).
+    callback: FISTA only, ``callback(k, W)`` after iteration k (for tracing); True stops.
+    """
+    t0 = time.perf_counter()
+    if solver not in ("ssn", "fista"):
+        raise ValueError(f"solver must be 'ssn' or 'fista', got {solver!r}")
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    W0 = _as_weight(W0, gf)
+    A = None if W_uce is None else _as_weight(W_uce, gf, "W_uce")
+    if A is not None and A.shape != W0.shape:
+        raise ValueError(f"W_uce {tuple(A.shape)} must have the shape of W0 {tuple(W0.shape)}")
+    if y0 is not None:
+        y0 = torch.as_tensor(y0).to(device=W0.device, dtype=_F64)
+        if y0.shape != (W0.shape[0], gf.rank):
+            raise ValueError(f"y0 must be (d_out, r) = {(W0.shape[0], gf.rank)} from a solve with the same GramFactor, got {tuple(y0.shape)}")
+        _check_finite("y0", y0)
+    if solver == "ssn":
+        W, y, its, P, g = _ssn(W0, A, gf, lam, tol, max_iter or 100, y0, max(int(chunk_rows), 1))
+    else:
+        W, y, its, P, g = _fista(W0, A, gf, lam, tol, max_iter or 20000, callback)
+    gap = max(P - g, 0.0) / g if g > 0 else (0.0 if P <= 0 else math.inf)
+    return SpaceSolve(W=W, y=y, iterations=its, objective=P, gap=gap, seconds=time.perf_counter() - t0, converged=gap <= tol)
+
+
+# ------------------------------- semi-smooth Newton ---------------------------------------
+
+
+def _soft(u: Tensor, tau: float) -> Tensor:
+    """S_τ(u) = sign(u)·max(|u| − τ, 0), exact zeros inside [−τ, τ]."""
+    return u - u.clamp(-tau, tau)
+
+
+def _dual_value(aa: Tensor, aC: Tensor, y: Tensor, w: Tensor, gamma: float) -> Tensor:
+    """g(y) per row, eq. (10); aa = γ‖a‖²."""
+    return aa - (aC * y).sum(1) - gamma * (w * w).sum(1) - (y * y).sum(1) / 4
+
+
+def _cold_dual(aC: Tensor, s: Tensor, gamma: float, kappa: float) -> Tensor:
+    """Dual start from a linear shrink w ≈ κ·u of eq. (9): y = 2(κ − 1) aF (I + κ diag(s²)/γ)⁻¹.
+
+    (FᵀF = diag(s²) in SVD coordinates, so the solve is elementwise.)
+    """
+    return 2 * (kappa - 1) * aC / (1 + kappa * s**2 / gamma)  # (b, r)
+
+
+def _pick_kappa(A: Tensor, gf: GramFactor, tau: float) -> float:
+    """The κ of :func:`_cold_dual` with the largest dual value Σ g on a sample of rows."""
+    F, gamma = gf.F, gf.gamma
+    a = A[torch.linspace(0, A.shape[0] - 1, min(A.shape[0], 64)).long()]  # (k, d_in) sample rows
+    aC, aa = a @ F, gamma * (a * a).sum(1)
+
+    def dual_sum(kappa: float) -> float:
+        y = _cold_dual(aC, gf.s, gamma, kappa)  # (k, r)
+        w = _soft(a - y @ F.T / (2 * gamma), tau)  # eq. (9)
+        return float(_dual_value(aa, aC, y, w, gamma).sum())
+
+    return max(_KAPPAS, key=dual_sum)
+
+
+@dataclass
+class _Rows:
+    """SSN state of a batch of rows (all float64 unless noted)."""
+
+    idx: Tensor  # (b,) row numbers in the chunk
+    a: Tensor  # (b, d_in) W_uce rows
+    c0: Tensor  # (b,)    this row's share of f(W_uce)
+    aC: Tensor  # (b, r)  a F
+    aa: Tensor  # (b,)    γ‖a‖²
+    y: Tensor  # (b, r)  dual
+    u: Tensor  # (b, d_in)  a − F y/(2γ)
+    w: Tensor  # (b, d_in)  S_τ(u), eq. (9)
+    ww: Tensor  # (b,)    ‖w‖²
+    fmask: Tensor  # (b, d_in) bool: active set the Newton matrix H was built on
+    H: Tensor  # (b, r, r) γI + F_Aᵀ F_A (Newton dtype)
+    L: Tensor  # (b, r, r) Cholesky factor of H
+    its: Tensor  # (b,) int iterations done
+    stuck: Tensor  # (b,) bool: the line search found no ascent (rounding floor reached)
+
+    def take(self, keep: Tensor) -> "_Rows":
+        return _Rows(**{k: getattr(self, k)[keep] for k in self.__dataclass_fields__})
+
+
+def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows):
+    """Semi-smooth Newton on every row dual of one layer, chunk by chunk (eqs. 8–12)."""
+    d_out, d_in = W0.shape
+    gamma, tau, r = gf.gamma, lam / (2 * gf.gamma), gf.rank
+    F = gf.F  # (d_in, r)
+    hdt = _F64 if gf.cond_M > _COND_WARN else torch.float32
+    Fpad = torch.cat([F, F.new_zeros(1, r)]).to(hdt)  # (d_in + 1, r), zero row for padding
+    W = torch.empty(d_out, d_in, dtype=_F64, device=W0.device)
+    Y = torch.empty(d_out, r, dtype=_F64, device=W0.device)
+    P_tot, g_tot, its_max = 0.0, 0.0, 0
+    kappa = None
+    for lo in range(0, d_out, chunk_rows):
+        hi = min(lo + chunk_rows, d_out)
+        a, c0 = _uce_rows(W0[lo:hi], gf)  # (b, d_in), (b,)
+        a = a if A is None else A[lo:hi]
+        aC = a @ F  # (b, r)
+        if y0 is not None:
+            y = y0[lo:hi].clone()
+        else:
+            kappa = kappa if kappa is not None else _pick_kappa(a, gf, tau)
+            y = _cold_dual(aC, gf.s, gamma, kappa)
+        P, g, its = _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W[lo:hi], Y[lo:hi])
+        P_tot += float(P.sum() + c0.sum())  # F(W) = Σ P + f(W_uce), eq. (7)
+        g_tot += float(g.sum() + c0.sum())  # G(Y) = Σ g + f(W_uce)
+        its_max = max(its_max, its)
+    return W, Y, its_max, P_tot, g_tot
+
+
+def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_out):
+    """Run SSN on rows a (b, d_in) from dual y; write w into W_out, y into Y_out.
+
+    A row stops when its gap ≤ tol·(g + c0) (c0: its share of f(W_uce), so the layer-level
+    ratio Σ gap / G ≤ tol follows), at the rounding floor of ∇g, or at max_iter.
+    Returns per-row primal P(w) and dual g(y) (float64) and the most iterations used.
+    """
+    b, d_in = a.shape
+    r = F.shape[1]
+    hdt = Fpad.dtype
+    u = a - y @ F.T / (2 * gamma)  # (b, d_in)  eq. (9)
+    w = _soft(u, tau)
+    eye = torch.eye(r, dtype=hdt, device=a.device)
+    st = _Rows(
+        idx=torch.arange(b, device=a.device), a=a, c0=c0, aC=aC, aa=gamma * (a * a).sum(1), y=y, u=u, w=w, ww=(w * w).sum(1),
+        fmask=torch.zeros(b, d_in, dtype=torch.bool, device=a.device),
+        H=(gamma * eye).expand(b, r, r).clone(), L=(math.sqrt(gamma) * eye).expand(b, r, r).clone(),  # factor of the empty set
+        its=torch.zeros(b, dtype=torch.long, device=a.device), stuck=torch.zeros(b, dtype=torch.bool, device=a.device),
+    )
+    P_out = a.new_zeros(b)
+    g_out = a.new_zeros(b)
+    its_max = 0
+    while True:
+        wF = st.w @ F  # (b, r)
+        grad = wF - st.aC - st.y / 2  # (b, r)  ∇g, eq. (11)
+        gap = (grad * grad).sum(1)  # P − g, eq. (12)
+        g = st.aa - (st.aC * st.y).sum(1) - gamma * st.ww - (st.y * st.y).sum(1) / 4  # eq. (10)
+        floor = (1e-13 * (wF.norm(dim=1) + st.aC.norm(dim=1) + st.y.norm(dim=1))) ** 2  # rounding level of ∇g
+        done = (gap <= tol * (g + st.c0).clamp_min(0)) | (gap <= floor) | (st.its >= max_iter) | st.stuck
+        if done.any():
+            rows = st.idx[done]
+            e = st.w[done] - st.a[done]  # (k, d_in)
+            z = wF[done] - st.aC[done]  # (k, r)  (w − a) F
+            P_out[rows] = gamma * (e * e).sum(1) + (z * z).sum(1) + lam * st.w[done].abs().sum(1)  # eq. (8)
+            g_out[rows] = g[done]
+            W_out[rows] = st.w[done]
+            Y_out[rows] = st.y[done]
+            its_max = max(its_max, int(st.its[done].max()))
+            if done.all():
+                return P_out, g_out, its_max
+            st, grad = st.take(~done), grad[~done]
+        _refresh_newton(st, Fpad, gamma, eye)
+        d = 2 * gamma * _chol_solve(st.L, grad.to(hdt)).to(_F64)  # (b, r)  Newton step −(∇²g)⁻¹∇g
+        _line_search(st, d, grad, F, gamma, tau)
+        st.its += 1
+
+
+def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor) -> None:
+    """Bring H = γI + F_Aᵀ F_A to the current active sets and refactor rows that changed.
+
+    Rows whose active set moved by fewer coordinates than it holds get a signed rank
+    update (+ newly active, − newly inactive); others are rebuilt from scratch.
+    """
+    mask = st.w != 0  # (b, d_in)  current active sets A
+    changed = mask ^ st.fmask  # (b, d_in)
+    n_chg, n_act = changed.sum(1), mask.sum(1)
+    upd = ((n_chg > 0) & (n_chg < n_act)).nonzero(as_tuple=True)[0]
+    new = (n_chg >= n_act).logical_and_(n_chg > 0).nonzero(as_tuple=True)[0]
+    if upd.numel():
+        st.H[upd] += _signed_gram(Fpad, changed[upd], mask[upd])
+    if new.numel():
+        st.H[new] = gamma * eye + _signed_gram(Fpad, mask[new], None)
+    redo = torch.cat([upd, new])
+    if redo.numel():
+        L, info = torch.linalg.cholesky_ex(st.H[redo])
+        bad = info > 0
+        if bool(bad.any()):  # float32 breakdown (rounding drift of the updates): rebuild in float64
+            H = gamma * eye.to(_F64) + _signed_gram(Fpad.to(_F64), mask[redo[bad]], None)
+            st.H[redo[bad]] = H.to(st.H.dtype)
+            L[bad] = torch.linalg.cholesky(H).to(L.dtype)
+        st.L[redo] = L
+        st.fmask[redo] = mask[redo]
+
+
+def _padded_indices(sel: Tensor, pad: int) -> Tensor:
+    """(b, m) column indices of the True entries of sel (b, d), padded with ``pad``."""
+    counts = sel.sum(1)  # (b,)
+    rows, cols = sel.nonzero(as_tuple=True)
+    pos = torch.arange(rows.numel(), device=sel.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    idx = torch.full((sel.shape[0], int(counts.max())), pad, dtype=torch.long, device=sel.device)
+    idx[rows, pos] = cols
+    return idx
+
+
+def _signed_gram(Fpad: Tensor, sel: Tensor, plus: Tensor | None) -> Tensor:
+    """(b, r, r) Σ_{i ∈ sel} ±f_i f_iᵀ over rows f_i of F; sign + where ``plus`` (all + if None).
+
+    Fpad is F with a trailing zero row, which the padding of ragged index lists points to.
+    """
+    idx = _padded_indices(sel, Fpad.shape[0] - 1)  # (b, m)
+    X = Fpad[idx]  # (b, m, r)   gathered rows F_sel
+    if plus is None:
+        return X.transpose(1, 2) @ X  # (b, r, r)   F_selᵀ F_sel
+    sign = plus.gather(1, idx.clamp_max(plus.shape[1] - 1)).to(X.dtype) * 2 - 1  # (b, m)
+    return (X * sign.unsqueeze(2)).transpose(1, 2) @ X  # F_selᵀ diag(±1) F_sel
+
+
+def _chol_solve(L: Tensor, rhs: Tensor) -> Tensor:
+    """(b, r) solution of L Lᵀ x = rhs for lower-triangular L (b, r, r)."""
+    x = torch.linalg.solve_triangular(L, rhs.unsqueeze(2), upper=False)
+    return torch.linalg.solve_triangular(L.transpose(1, 2), x, upper=True).squeeze(2)
+
+
+def _step_gain(u0: Tensor, w0: Tensor, du: Tensor, t: float, lin: Tensor, quad: Tensor, gamma: float, tau: float):
+    """(u1, w1, Δ‖w‖², g(y + t d) − g(y)) for the step u → u + du, from eq. (10).
+
+    Δg = −t (aF·d + y·d/2) − γ Δ‖w‖² − t²‖d‖²/4, with Δ‖w‖² = Σ (w1 − w0)(w1 + w0) and
+    w1 − w0 = du exactly where both are active with one sign: exact to rounding even when tiny.
+    """
+    u1 = u0 + du
+    w1 = _soft(u1, tau)  # eq. (9)
+    dw = torch.where(w0 * w1 > 0, du, w1 - w0)
+    dww = (dw * (w1 + w0)).sum(1)
+    return u1, w1, dww, -t * lin - gamma * dww - t * t * quad
+
+
+def _line_search(st: _Rows, d: Tensor, grad: Tensor, F: Tensor, gamma: float, tau: float) -> None:
+    """Armijo backtracking on g along y + t·d (t = 1, 1/2, …) per row; takes the step in place."""
+    du = d @ F.T / (-2 * gamma)  # (b, d_in)  change of u = a − F y/(2γ) per unit step
+    slope = (grad * d).sum(1)  # ∇g·d > 0
+    lin = (st.aC * d).sum(1) + (d * st.y).sum(1) / 2  # aF·d + y·d/2
+    quad = (d * d).sum(1) / 4
+    u1, w1, dww, gain = _step_gain(st.u, st.w, du, 1.0, lin, quad, gamma, tau)  # t = 1 for all rows
+    ok = gain >= _ARMIJO * slope
+    if bool(ok.all()):
+        st.y += d
+        st.u, st.w, st.ww = u1, w1, st.ww + dww
+        return
+    todo = (~ok).nonzero(as_tuple=True)[0]
+    take = ok.nonzero(as_tuple=True)[0]
+    st.y[take] += d[take]
+    st.u[take], st.w[take], st.ww[take] = u1[take], w1[take], st.ww[take] + dww[take]
+    t = 0.5
+    while todo.numel() and t > 1e-12:
+        u1, w1, dww, gain = _step_gain(st.u[todo], st.w[todo], t * du[todo], t, lin[todo], quad[todo], gamma, tau)
+        ok = gain >= _ARMIJO * t * slope[todo]
+        take = todo[ok]
+        st.y[take] += t * d[take]
+        st.u[take], st.w[take], st.ww[take] = u1[ok], w1[ok], st.ww[take] + dww[ok]
+        todo = todo[~ok]
+        t /= 2
+    st.stuck[todo] = True
+
+
+# ----------------------------------------------------------------------------------------
+# FISTA reference
+# ----------------------------------------------------------------------------------------
+
+_FISTA_CHECK = 10  # certificate every this many FISTA iterations (two extra GEMMs each)
+
+
+def _fista(W0, A, gf, lam, tol, max_iter, callback):
+    """Proximal gradient with momentum and per-row gradient restart, all rows at once.
+
+    W ← S_{λ/L}(Y − (2/L)(Y M − R)),  Y M − R = (Y − W_uce) M = γ(Y − A) + ((Y − A)F)Fᵀ,  L = 2λ_max(M).
+    """
+    a_uce, c0 = _uce_rows(W0, gf)
+    A = a_uce if A is None else A  # (d_out, d_in)
+    F, gamma = gf.F, gf.gamma
+    Lip = 2 * gf.lam_max_M  # Lipschitz constant of ∇f = 2(W M − R)
+    X = A.clone()  # warm start at W_uce (the λ = 0 solution)
+    Yk = X.clone()
+    t = torch.ones(X.shape[0], 1, dtype=_F64, device=X.device)  # per-row momentum
+    k = 0
+    for k in range(1, max_iter + 1):
+        D = Yk - A  # (d_out, d_in)
+        grad_half = gamma * D + (D @ F) @ F.T  # (Y − A) M = (Y M − R), eq. (2)
+        X_new = _soft(Yk - (2 / Lip) * grad_half, lam / Lip)  # proximal step
+        restart = ((Yk - X_new) * (X_new - X)).sum(1, keepdim=True) > 0  # O'Donoghue–Candès
+        t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        beta = torch.where(restart, 0.0, (t - 1) / t_new)
+        Yk = X_new + beta * (X_new - X)  # momentum
+        X, t = X_new, torch.where(restart, 1.0, t_new)
+        if callback is not None and callback(k, X):
+            break
+        if tol > 0 and k % _FISTA_CHECK == 0:
+            P, g, _ = _fista_certificate(X, A, c0, F, gamma, lam)
+            if P - g <= tol * g:
+                break
+    P, g, y = _fista_certificate(X, A, c0, F, gamma, lam)
+    return X, y, k, P, g
+
+
+def _fista_certificate(X: Tensor, A: Tensor, c0: Tensor, F: Tensor, gamma: float, lam: float) -> tuple[float, float, Tensor]:
+    """(F(X), G(y), y) with the natural dual point y = 2 (X − A) F (eqs. 7, 8, 10)."""
+    E = X - A  # (d_out, d_in)
+    Z = E @ F  # (d_out, r)
+    P = gamma * (E * E).sum() + (Z * Z).sum() + lam * X.abs().sum() + c0.sum()  # eq. (7)+(8)
+    y = 2 * Z  # (d_out, r)
+    aC = A @ F
+    w = _soft(A - y @ F.T / (2 * gamma), lam / (2 * gamma))  # eq. (9)
+    g = _dual_value(gamma * (A * A).sum(1), aC, y, w, gamma).sum() + c0.sum()  # eq. (10)
+    return float(P), float(g), y
+
+
+# ----------------------------------------------------------------------------------------
+# λ for a target sparsity
+# ----------------------------------------------------------------------------------------
+
+
+def lam_for_sparsity(
+    W0s: Sequence[Tensor],
+    gf: GramFactor,
+    target: float,
+    *,
+    tol_points: float = 0.005,
+    rows_per_matrix: int = 256,
+    solve_tol: float = 1e-5,
+    max_steps: int = 40,
+) -> float:
+    """λ such that the SPACE solutions of W0s have ``target`` share of exact zeros (± tol_points).
+
+    One matrix gives a per-layer λ; several give one shared λ (zeros counted over all of
+    them). Sparsity is measured on up to ``rows_per_matrix`` evenly spaced rows of each matrix
+    (rows are independent problems; each matrix keeps its weight d_out in the count), with
+    loose SSN solves (``solve_tol``) warm-started from the previous λ's duals. The search is
+    on log λ: bracket growth ×4, then safeguarded secant. Stops once the sample is within
+    tol_points/2 of the target (margin for the final full solve, the caller's) and returns
+    the closest λ seen if max_steps runs out.
+    """
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target sparsity must be in (0, 1), e.g. 0.85, got {target}")
+    if not tol_points > 0:
+        raise ValueError(f"tol_points must be > 0, got {tol_points}")
+    if isinstance(W0s, Tensor):
+        raise ValueError("W0s must be a list of weight matrices; pass [W0] for a per-layer λ")
+    if not len(W0s):
+        raise ValueError("W0s is empty: pass at least one weight matrix")
+    rows, weights = [], []
+    for i, W0 in enumerate(W0s):
+        W0 = _as_weight(W0, gf, f"W0s[{i}]")
+        pick = torch.linspace(0, W0.shape[0] - 1, min(W0.shape[0], rows_per_matrix)).round().long().unique()
+        rows.append(W0[pick])
+        weights.append(torch.full((pick.numel(),), W0.shape[0] / pick.numel(), dtype=_F64))
+    S = torch.cat(rows)  # (N, d_in) sampled rows
+    wt = torch.cat(weights) / (torch.cat(weights).sum() * gf.d_in)  # zeros → share of all entries
+    A, _ = _uce_rows(S, gf)
+
+    def sparsity(lam: float, y0: Tensor | None) -> tuple[float, Tensor]:
+        res = space_solve(S, gf, lam, tol=solve_tol, W_uce=A, y0=y0)
+        return float(((res.W == 0).sum(1).to(_F64) * wt).sum()), res.y
+
+    flat = A.abs().flatten()
+    flat = flat[:: max(1, flat.numel() // 1_000_000)]
+    lam = 2 * gf.gamma * float(flat.kthvalue(max(1, int(target * flat.numel()))).values)  # S_τ(W_uce) alone would hit target
+    lam = max(lam, 1e-12)
+    lo = hi = None  # (log λ, sparsity) brackets
+    best, y = (math.inf, lam), None
+    for _ in range(max_steps):
+        s, y = sparsity(lam, y)
+        best = min(best, (abs(s - target), lam))
+        if abs(s - target) <= tol_points / 2:
+            return lam
+        x = math.log(lam)
+        if s < target:
+            lo = (x, s)
+        else:
+            hi = (x, s)
+        if hi is None:
+            x = x + math.log(4)
+        elif lo is None:
+            x = x - math.log(4)
+        else:
+            width = hi[0] - lo[0]
+            x = lo[0] + (target - lo[1]) * width / max(hi[1] - lo[1], 1e-12)  # secant in log λ
+            x = min(max(x, lo[0] + 0.1 * width), hi[0] - 0.1 * width)  # keep inside the bracket
+        lam = math.exp(x)
+    return best[1]

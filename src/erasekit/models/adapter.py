@@ -1,0 +1,230 @@
+"""PipelineAdapter: everything erasekit needs to know about a diffusers UNet pipeline.
+
+The adapter finds the cross-attention key/value projections by what they are (a diffusers
+``Attention`` whose ``is_cross_attention`` is true, and its ``to_k`` / ``to_v`` Linear),
+encodes prompts with the pipeline's *own* ``encode_prompt`` (so SDXL gets both encoders'
+penultimate states concatenated, 2048-d, exactly as at generation time), selects tokens,
+and fingerprints base weights. Methods never touch the pipeline; they see matrices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+TOKEN_MODES = ("last", "tail", "all")
+PROJECTIONS = {"k": "to_k", "v": "to_v"}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Prompt embeddings as the UNet sees them, plus each prompt's token count (BOS + words + EOS)."""
+
+    embeds: torch.Tensor  # (B, L, d_in) float64, cpu
+    n_tokens: torch.Tensor  # (B,) int64
+
+    @property
+    def last_index(self) -> torch.Tensor:
+        # Index of the last concept token: the one before EOS (UCE v2 / SPEED convention).
+        return (self.n_tokens - 2).clamp(min=0)
+
+
+def _is_cross_attention(module: nn.Module) -> bool:
+    return bool(getattr(module, "is_cross_attention", False)) and isinstance(getattr(module, "to_k", None), nn.Linear)
+
+
+class PipelineAdapter:
+    """Wraps a diffusers Stable Diffusion (1.x / 2.x / XL) pipeline.
+
+    Args:
+        pipe: a loaded diffusers pipeline with a ``unet`` and ``encode_prompt``.
+        layer_regex: optional override; every ``nn.Linear`` in the UNet whose module path
+            matches (``re.search``) is edited instead of the discovered to_k / to_v.
+        projections: which projections to edit by default, subset of ``("k", "v")``.
+    """
+
+    def __init__(self, pipe, layer_regex: str | None = None, projections: Sequence[str] = ("k", "v")):
+        unet = getattr(pipe, "unet", None)
+        if unet is None or not callable(getattr(pipe, "encode_prompt", None)):
+            raise ModelError(
+                f"{type(pipe).__name__} has no UNet with text conditioning; erasekit edits diffusers UNet pipelines "
+                "(StableDiffusionPipeline, StableDiffusionXLPipeline and their fine-tunes)"
+            )
+        self.pipe = pipe
+        self.unet = unet
+        self.family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
+        bad = [p for p in projections if p not in PROJECTIONS]
+        if bad or not projections:
+            raise ModelError(f"unknown projection(s) {bad or projections}; choose from 'k' and 'v'")
+        self.paths = self._discover(layer_regex, tuple(projections))
+        self.d_in = self._check_in_features()
+
+    # ------------------------------------------------------------------ layers
+    def _discover(self, layer_regex: str | None, projections: tuple[str, ...]) -> list[str]:
+        modules = dict(self.unet.named_modules())
+        if layer_regex is not None:
+            try:
+                rx = re.compile(layer_regex)
+            except re.error as e:
+                raise ModelError(f"invalid layer regex {layer_regex!r}: {e}") from None
+            paths = [n for n, m in modules.items() if isinstance(m, nn.Linear) and rx.search(n)]
+            if not paths:
+                raise ModelError(f"layer regex {layer_regex!r} matches no Linear layer in the UNet; check the module names")
+            return paths
+        attns = [n for n, m in modules.items() if _is_cross_attention(m)]
+        if not attns:
+            raise ModelError(
+                f"the UNet of {type(self.pipe).__name__} has no cross-attention layer (no Attention with "
+                "is_cross_attention); erasekit edits text-to-image UNets with cross-attention. If your model names "
+                "its layers differently, pass layer_regex="
+            )
+        return [f"{a}.{PROJECTIONS[p]}" for a in attns for p in projections]
+
+    def _check_in_features(self) -> int:
+        dims = {p: self.linear(p).in_features for p in self.paths}
+        if len(set(dims.values())) != 1:
+            raise ModelError(f"edited layers disagree on their input size {sorted(set(dims.values()))}; they must all read text embeddings")
+        return next(iter(dims.values()))
+
+    def linear(self, path: str) -> nn.Linear:
+        try:
+            m = self.unet.get_submodule(path)
+        except AttributeError:
+            raise ModelError(f"the UNet has no layer {path!r}") from None
+        if not isinstance(m, nn.Linear):
+            raise ModelError(f"UNet layer {path!r} is a {type(m).__name__}, not a Linear")
+        return m
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Current weights of the edited layers (views, not copies)."""
+        return {p: self.linear(p).weight for p in self.paths}
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    # ---------------------------------------------------------------- prompts
+    @property
+    def tokenizer(self):
+        return self.pipe.tokenizer if self.pipe.tokenizer is not None else self.pipe.tokenizer_2
+
+    def _n_tokens(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer
+        enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        return enc.attention_mask.sum(dim=1).to(torch.int64)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], batch_size: int = 64) -> Encoded:
+        """Encode with the pipeline's own ``encode_prompt`` (no CFG branch): the exact UNet context."""
+        prompts = list(prompts)
+        if not prompts:
+            raise ModelError("no prompt to encode")
+        chunks = []
+        for i in range(0, len(prompts), batch_size):
+            out = self.pipe.encode_prompt(
+                prompts[i : i + batch_size], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+            chunks.append(out[0].detach().to("cpu", torch.float64))  # (b, L, d_in)
+        embeds = torch.cat(chunks)
+        if embeds.shape[-1] != self.d_in:
+            raise ModelError(f"prompt embeddings are {embeds.shape[-1]}-d but the edited layers read {self.d_in}-d inputs")
+        if not torch.isfinite(embeds).all():
+            raise ModelError("the text encoder produced NaN/Inf embeddings; load the model in float32 (--dtype float32)")
+        return Encoded(embeds, self._n_tokens(prompts))
+
+    def token_columns(self, erase: Sequence[str], guide: Sequence[str], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paired columns (C_E, C_G), each (d_in, n), for aligned erase/guide prompts (DESIGN §4)."""
+        _check_mode(mode)
+        if len(erase) != len(guide):
+            raise ModelError("erase and guide prompt lists must be aligned (same length)")
+        e, g = self.encode(list(erase)), self.encode(list(guide))
+        cols_e, cols_g = [], []
+        L = e.embeds.shape[1]
+        for i in range(len(erase)):
+            ie, ig = int(e.last_index[i]), int(g.last_index[i])
+            if mode == "last":
+                cols_e.append(e.embeds[i, ie : ie + 1])
+                cols_g.append(g.embeds[i, ig : ig + 1])
+            elif mode == "tail":
+                # UCE v1 / RECE: from the last concept token on, shifted so both spans have equal length.
+                far = max(ie, ig)
+                cols_e.append(e.embeds[i, ie : L - (far - ie)])
+                cols_g.append(g.embeds[i, ig : L - (far - ig)])
+            else:
+                cols_e.append(e.embeds[i])
+                cols_g.append(g.embeds[i])
+        return torch.cat(cols_e).T.contiguous(), torch.cat(cols_g).T.contiguous()  # (d_in, n) each
+
+    def preserve_columns(self, prompts: Sequence[str], mode: str) -> torch.Tensor:
+        """Columns C_P (d_in, n_p) of preserved prompts; empty (d_in, 0) when there are none."""
+        _check_mode(mode)
+        if not prompts:
+            return torch.zeros(self.d_in, 0, dtype=torch.float64)
+        p = self.encode(list(prompts))
+        cols = []
+        for i in range(len(prompts)):
+            ip = int(p.last_index[i])
+            cols.append(p.embeds[i, ip : ip + 1] if mode == "last" else p.embeds[i, ip:] if mode == "tail" else p.embeds[i])
+        return torch.cat(cols).T.contiguous()
+
+    # ------------------------------------------------------------ fingerprint
+    def fingerprint(self, paths: Sequence[str] | None = None) -> dict[str, dict]:
+        return {p: weight_fingerprint(self.linear(p).weight) for p in (paths or self.paths)}
+
+    def describe(self) -> dict:
+        cfg = getattr(self.pipe, "config", {}) or {}
+        return {
+            "pipeline": type(self.pipe).__name__,
+            "family": self.family,
+            "name_or_path": cfg.get("_name_or_path") if hasattr(cfg, "get") else None,
+            "d_in": self.d_in,
+        }
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in TOKEN_MODES:
+        raise ModelError(f"unknown token selection {mode!r}; choose one of {', '.join(TOKEN_MODES)}")
+
+
+_SKETCH_SEED = 20240613
+_SKETCH_N = 8
+
+
+@torch.no_grad()
+def weight_fingerprint(weight: torch.Tensor) -> dict:
+    """Exact hash of the bytes plus a dtype-tolerant numeric sketch.
+
+    The hash decides bit-exact identity; the sketch (8 normalised bilinear probes uᵀWr and
+    the Frobenius norm) recognises the same base model loaded in another dtype
+    (fp32 / fp16 / bf16), and tells different models apart with overwhelming probability.
+    """
+    w = weight.detach().to("cpu")
+    digest = hashlib.sha256(w.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    w64 = w.to(torch.float64)
+    d_out, d_in = w64.shape
+    gen = torch.Generator().manual_seed(_SKETCH_SEED + d_out * 7919 + d_in)
+    u = torch.randn(_SKETCH_N, d_out, generator=gen, dtype=torch.float64)
+    r = torch.randn(_SKETCH_N, d_in, generator=gen, dtype=torch.float64)
+    u, r = u / u.norm(dim=1, keepdim=True), r / r.norm(dim=1, keepdim=True)
+    fro = float(w64.norm())
+    probes = ((u @ w64) * r).sum(dim=1) * (d_out * d_in) ** 0.5 / max(fro, 1e-30)  # each ~N(0,1) for unrelated weights
+    return {"sha256": digest, "dtype": str(w.dtype).replace("torch.", ""), "shape": [d_out, d_in], "fro": fro, "sketch": [round(float(x), 6) for x in probes]}
+
+
+def fingerprints_match(stored: dict, live: dict, probe_tol: float = 0.05, fro_rtol: float = 0.01) -> tuple[bool, bool]:
+    """(same model, bit-exact same bytes)."""
+    if list(stored["shape"]) != list(live["shape"]):
+        return False, False
+    if stored["sha256"] == live["sha256"] and stored["dtype"] == live["dtype"]:
+        return True, True
+    same = abs(stored["fro"] - live["fro"]) <= fro_rtol * max(abs(stored["fro"]), 1e-30) and all(
+        abs(a - b) <= probe_tol for a, b in zip(stored["sketch"], live["sketch"])
+    )
+    return same, False

@@ -1,0 +1,117 @@
+"""Load a pipeline from whatever users pass as ``--model``.
+
+* ``tinyworld`` — the bundled model (DESIGN §8)
+* ``tiny-sd`` / ``tiny-sd2`` / ``tiny-sdxl`` — tiny random pipelines built offline (smoke tests)
+* a local diffusers folder (``model_index.json``) — ``DiffusionPipeline.from_pretrained``
+* a single-file ``.safetensors`` checkpoint (A1111 / ComfyUI layout) — ``from_single_file``
+* a HuggingFace Hub id (``org/name``) — ``DiffusionPipeline.from_pretrained``
+
+Pickle-based checkpoints (``.ckpt``, ``.pt``, ``.bin``) are refused: they can run code on load.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+TINY = {"tiny-sd": "sd", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+_PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16")
+    return DTYPES[dtype]
+
+
+def load_pipeline(model: str, dtype: str | torch.dtype = "float32", device: str = "cpu", config: str | None = None,
+                  revision: str | None = None):
+    """Load ``model`` (see module docstring) onto ``device`` in ``dtype``."""
+    torch_dtype = resolve_dtype(dtype)
+    pipe = _load(str(model), torch_dtype, config, revision)
+    try:
+        pipe = pipe.to(device)
+    except (RuntimeError, AssertionError) as e:
+        raise ModelError(f"cannot move the pipeline to device {device!r}: {e}") from None
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: str | None):
+    if model == "tinyworld":
+        from .. import tinyworld
+
+        return tinyworld.load_pipeline(dtype=torch_dtype)
+    if model in TINY:
+        from .tiny import build_tiny_pipeline
+
+        return build_tiny_pipeline(TINY[model]).to(torch_dtype)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"{model!r} is a folder but not a diffusers pipeline (no model_index.json)")
+        return _from_pretrained(str(path), torch_dtype, revision, local=True)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise ModelError(
+            f"{model!r} is a pickle checkpoint ({path.suffix}); erasekit loads only safetensors because pickle can run "
+            "arbitrary code. Convert it to .safetensors first"
+        )
+    if path.suffix.lower() == ".safetensors":
+        if not path.is_file():
+            raise ModelError(f"checkpoint {model!r} does not exist")
+        return _from_single_file(path, torch_dtype, config)
+    if _HUB_ID.match(model) and not path.exists():
+        return _from_pretrained(model, torch_dtype, revision, local=False)
+    raise ModelError(
+        f"unknown model {model!r}: pass 'tinyworld', tiny-sd / tiny-sd2 / tiny-sdxl, a diffusers folder, "
+        "a single-file .safetensors checkpoint, or a HuggingFace Hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
+    )
+
+
+def _from_pretrained(name: str, torch_dtype, revision, local: bool):
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(name, torch_dtype=torch_dtype, revision=revision, local_files_only=local)
+    except Exception as e:  # network, auth, missing files: all become one clear message
+        where = "folder" if local else "HuggingFace Hub id"
+        hint = "" if local else " Without network access, download it on another machine and pass the local folder."
+        raise ModelError(f"could not load {where} {name!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}.{hint}") from None
+
+
+def _single_file_class(path: Path):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:
+        raise ModelError(f"{str(path)!r} is not a readable safetensors checkpoint: {e}") from None
+    if any(k.startswith("conditioner.embedders.1") for k in keys):
+        return StableDiffusionXLPipeline
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        return StableDiffusionPipeline
+    raise ModelError(f"{str(path)!r} does not look like a Stable Diffusion checkpoint (no model.diffusion_model.* keys)")
+
+
+def _from_single_file(path: Path, torch_dtype, config: str | None):
+    cls = _single_file_class(path)
+    try:
+        return cls.from_single_file(str(path), torch_dtype=torch_dtype, config=config)
+    except Exception as e:
+        raise ModelError(
+            f"could not load single-file checkpoint {str(path)!r} as {cls.__name__}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Offline, pass --config with a local diffusers folder of the same "
+            "architecture (e.g. the SD 1.5 or SDXL base folder) so no config is downloaded"
+        ) from None

@@ -1,0 +1,58 @@
+"""tinyworld: erasekit's bundled text-to-image model, trained on a procedural world of shapes,
+colours and fill patterns whose ground truth is known (DESIGN.md section 8).
+
+    from erasekit import tinyworld
+    pipe = tinyworld.load_pipeline()            # a diffusers StableDiffusionPipeline
+    judge = tinyworld.TinyworldJudge.load()     # shape / colour / pattern classifier
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import world  # noqa: F401
+from .world import COLORS, PATTERNS, SHAPES, caption, render, sample_batch  # noqa: F401
+
+
+def weights_dir() -> Path:
+    """Folder holding the shipped weights (``pipeline/``, ``judge.safetensors``, ``MODEL_CARD.md``)."""
+    return Path(__file__).resolve().parent / "weights"
+
+
+def pipeline_dir() -> Path:
+    return weights_dir() / "pipeline"
+
+
+def load_pipeline(device="cpu", dtype=None, path=None):
+    """Load the shipped tinyworld ``StableDiffusionPipeline`` offline (fp32 on CPU by default).
+
+    The scheduler saved with the pipeline is DPMSolverMultistep (use ~20 steps, guidance ~5).
+    """
+    import warnings
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    dtype = torch.float32 if dtype is None else dtype
+    prev = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename in recent diffusers
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(path or pipeline_dir()), torch_dtype=dtype, safety_checker=None,
+                requires_safety_checker=False, local_files_only=True,
+            )
+    finally:
+        dlogging.set_verbosity(prev)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def __getattr__(name):  # lazy: importing tinyworld should not import torch models
+    if name == "TinyworldJudge":
+        from .judge import TinyworldJudge
+
+        return TinyworldJudge
+    raise AttributeError(name)
