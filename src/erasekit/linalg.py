@@ -393,7 +393,8 @@ class _Rows:
     stuck: Tensor  # (b,) bool: the line search found no ascent (rounding floor reached)
 
     def take(self, keep: Tensor) -> "_Rows":
-        return _Rows(**{k: getattr(self, k)[keep] for k in self.__dataclass_fields__})
+        rows = keep.nonzero(as_tuple=True)[0]
+        return _Rows(**{k: getattr(self, k).index_select(0, rows) for k in self.__dataclass_fields__})
 
 
 def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows):
@@ -480,15 +481,18 @@ def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor) -> None:
     mask = st.w != 0  # (b, d_in)  current active sets A
     changed = mask ^ st.fmask  # (b, d_in)
     n_chg, n_act = changed.sum(1), mask.sum(1)
+    import os
+    frac = float(os.environ.get('FRAC', '0'))
+    n_chg = torch.where(n_chg > frac * n_act, n_chg, 0)
     upd = ((n_chg > 0) & (n_chg < n_act)).nonzero(as_tuple=True)[0]
     new = (n_chg >= n_act).logical_and_(n_chg > 0).nonzero(as_tuple=True)[0]
     if upd.numel():
-        st.H[upd] += _signed_gram(Fpad, changed[upd], mask[upd])
+        st.H[upd] += _signed_gram(Fpad, changed.index_select(0, upd), mask.index_select(0, upd))
     if new.numel():
-        st.H[new] = gamma * eye + _signed_gram(Fpad, mask[new], None)
+        st.H[new] = gamma * eye + _signed_gram(Fpad, mask.index_select(0, new), None)
     redo = torch.cat([upd, new])
     if redo.numel():
-        L, info = torch.linalg.cholesky_ex(st.H[redo])
+        L, info = torch.linalg.cholesky_ex(st.H.index_select(0, redo))
         bad = info > 0
         if bool(bad.any()):  # float32 breakdown (rounding drift of the updates): rebuild in float64
             H = gamma * eye.to(_F64) + _signed_gram(Fpad.to(_F64), mask[redo[bad]], None)
@@ -514,7 +518,7 @@ def _signed_gram(Fpad: Tensor, sel: Tensor, plus: Tensor | None) -> Tensor:
     Fpad is F with a trailing zero row, which the padding of ragged index lists points to.
     """
     idx = _padded_indices(sel, Fpad.shape[0] - 1)  # (b, m)
-    X = Fpad[idx]  # (b, m, r)   gathered rows F_sel
+    X = Fpad.index_select(0, idx.flatten()).view(*idx.shape, -1)  # (b, m, r)   gathered rows F_sel
     if plus is None:
         return X.transpose(1, 2) @ X  # (b, r, r)   F_selᵀ F_sel
     sign = plus.gather(1, idx.clamp_max(plus.shape[1] - 1)).to(X.dtype) * 2 - 1  # (b, m)
