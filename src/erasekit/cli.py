@@ -208,6 +208,24 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .demo import run_demo
+
+    options = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_")}
+    res = run_demo(concept=args.concept, method=args.method, n=args.n, steps=args.steps, out_dir=args.out, **options)
+    t = Table(title=f"erasekit demo: {res.method} erases '{res.concept}' from tinyworld (same seeds, tinyworld judge)")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for a, b in res.table_rows():
+        t.add_row(a, b)
+    Console().print(t)
+    _info(f"grid: {res.grid_path}\npage: {res.html_path}")
+    return 0
+
+
 # ------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     import erasekit
@@ -250,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="grid.png", help="PNG grid to write")
     g.set_defaults(func=cmd_generate)
 
+    d = sub.add_parser("demo", help="erase a shape from the bundled tinyworld model, judge before/after, write a grid and a page")
+    d.add_argument("--concept", default="circle", help="tinyworld shape to erase (default circle)")
+    d.add_argument("--method", default="space", help="registered method (default space)")
+    d.add_argument("--n", type=int, default=24, help="prompts per suite (named, paraphrased, retained)")
+    d.add_argument("--steps", type=int, default=20, help="denoising steps")
+    d.add_argument("--out", default="erasekit-demo", help="folder for demo_grid.png, demo.html, demo.json")
+    _add_method_options(d)
+    d.set_defaults(func=cmd_demo)
     return p
 
 

@@ -12,7 +12,14 @@ from PIL import Image, ImageDraw
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int | None = None, guidance: float | None = None,
              height: int | None = None, width: int | None = None, batch_size: int = 8) -> list[Image.Image]:
     """One image per (prompt, seed), prompt-major; each image's noise depends on its seed alone."""
-    jobs = [(p, s) for p in prompts for s in seeds]
+    return generate_pairs(pipe, [(p, s) for p in prompts for s in seeds], steps=steps, guidance=guidance, height=height,
+                          width=width, batch_size=batch_size)
+
+
+@torch.no_grad()
+def generate_pairs(pipe, jobs: Sequence[tuple[str, int]], *, steps: int | None = None, guidance: float | None = None,
+                   height: int | None = None, width: int | None = None, batch_size: int = 8) -> list[Image.Image]:
+    """One image per (prompt, seed) job, batched; image i is the same whatever else is in its batch."""
     kw = {k: v for k, v in dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width).items() if v is not None}
     images: list[Image.Image] = []
     for i in range(0, len(jobs), batch_size):

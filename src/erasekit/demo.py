@@ -1,0 +1,157 @@
+"""`erasekit demo`: the whole loop on the bundled tinyworld model in about a minute.
+
+Erase one shape with a method (SPACE by default, preserving the other shapes), generate the
+same seeds before and after for the erased concept — named and only paraphrased — and for
+the preserved shapes, judge every image with the tinyworld classifier, and write a table,
+a PNG grid and an HTML page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .generate import generate_pairs, image_grid
+
+
+@dataclass
+class DemoResult:
+    concept: str
+    method: str
+    rows: dict[str, dict]  # suite -> {"n", "base_rate", "edited_rate", "metric", "value"}
+    sparsity: float | None
+    edit_bytes: int
+    fit_seconds: float
+    total_seconds: float
+    grid_path: Path
+    html_path: Path
+    prompts: dict[str, list[str]] = field(default_factory=dict)
+
+    def table_rows(self) -> list[tuple[str, str]]:
+        r = self.rows
+        out = [
+            ("erase rate (named prompts)", _pct(r["target"]["value"])),
+            ("paraphrase erase rate (synonyms only)", _pct(r["paraphrase"]["value"])),
+            ("retain rate (other shapes)", _pct(r["retain"]["value"]) + f"  (unedited {_pct(r['retain']['base_rate'])})"),
+            ("concept seen before erasure (named / paraphrased)", f"{_pct(r['target']['base_rate'])} / {_pct(r['paraphrase']['base_rate'])}"),
+        ]
+        if self.sparsity is not None:
+            out.append(("sparsity", _pct(self.sparsity)))
+        out += [("edit size", f"{self.edit_bytes:,} bytes"), ("fit seconds", f"{self.fit_seconds:.1f}"),
+                ("total seconds", f"{self.total_seconds:.1f}")]
+        return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def demo_prompts(concept: str, n: int, seed: int = 0) -> dict[str, tuple[list[str], list[str]]]:
+    """suite -> (prompts, prompted shape per prompt); colours and patterns vary, shapes are the concept."""
+    from .tinyworld import world
+
+    rng = np.random.default_rng(seed)
+    others = [s for s in world.SHAPE_NAMES if s != concept]
+
+    def cap(shape, synonyms):
+        c = world.COLOR_NAMES[int(rng.integers(len(world.COLOR_NAMES)))]
+        p = world.PATTERN_NAMES[int(rng.integers(len(world.PATTERN_NAMES)))]
+        return world.caption(shape, c, p, rng, synonyms=synonyms, template=0)
+
+    retain_shapes = [others[i % len(others)] for i in range(n)]
+    return {
+        "target": ([cap(concept, False) for _ in range(n)], [concept] * n),
+        "paraphrase": ([cap(concept, "only") for _ in range(n)], [concept] * n),
+        "retain": ([cap(s, False) for s in retain_shapes], retain_shapes),
+    }
+
+
+def run_demo(concept: str = "circle", method: str = "space", n: int = 24, steps: int = 20, guidance: float = 5.0,
+             out_dir: str | Path = "erasekit-demo", seed: int = 0, pipe=None, judge=None, progress: bool = True,
+             **method_options) -> DemoResult:
+    import erasekit
+    from .tinyworld import world
+    from .tinyworld.judge import TinyworldJudge
+
+    if concept not in world.SHAPES:
+        raise erasekit.ConceptError(f"tinyworld has no shape {concept!r}; choose one of {', '.join(world.SHAPE_NAMES)}")
+    t_start = time.perf_counter()
+    pipe = pipe if pipe is not None else erasekit.load_pipeline("tinyworld")
+    judge = judge if judge is not None else TinyworldJudge.load()
+    suites = demo_prompts(concept, n, seed)
+    others = [s for s in world.SHAPE_NAMES if s != concept]
+    if method == "space":
+        method_options.setdefault("target_sparsity", 0.85)
+    t0 = time.perf_counter()
+    edit = erasekit.erase(pipe, method=method, concepts=[concept], kind="object", preserve=others, progress=progress, **method_options)
+    fit_seconds = time.perf_counter() - t0
+
+    seeds = list(range(seed, seed + n))
+
+    def images(prompts):  # prompt i gets seed i, the same for both models
+        return generate_pairs(pipe, list(zip(prompts, seeds)), steps=steps, guidance=guidance, batch_size=32)
+
+    base = {k: images(p) for k, (p, _) in suites.items()}
+    edit.apply(pipe)
+    try:
+        edited = {k: images(p) for k, (p, _) in suites.items()}
+    finally:
+        edit.revert(pipe)
+
+    rows = {}
+    for k, (prompts, shapes) in suites.items():
+        seen_base = _shape_hits(judge, base[k], shapes)
+        seen_edit = _shape_hits(judge, edited[k], shapes)
+        value = 1.0 - seen_edit.mean() if k != "retain" else seen_edit.mean()
+        rows[k] = {"n": len(prompts), "base_rate": float(seen_base.mean()), "edited_rate": float(seen_edit.mean()),
+                   "metric": "retain rate" if k == "retain" else "erase rate", "value": float(value)}
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    show = min(6, n)
+    grid_rows, labels = [], []
+    for k, (prompts, _) in suites.items():
+        for i in range(show):
+            grid_rows.append([base[k][i], edited[k][i]])
+            labels.append(f"[{k}] {prompts[i]}")
+    grid = image_grid(grid_rows, labels, ["unedited", f"{method}: {concept} erased"], cell=96)
+    grid_path = out_dir / "demo_grid.png"
+    grid.save(grid_path)
+    result = DemoResult(concept, method, rows, edit.sparsity(), edit.nbytes, fit_seconds, 0.0, grid_path, out_dir / "demo.html",
+                        {k: p for k, (p, _) in suites.items()})
+    result.total_seconds = time.perf_counter() - t_start
+    _write_html(result, grid)
+    (out_dir / "demo.json").write_text(json.dumps({
+        "concept": concept, "method": method, "rows": rows, "sparsity": result.sparsity, "edit_bytes": result.edit_bytes,
+        "fit_seconds": fit_seconds, "total_seconds": result.total_seconds, "seeds": seeds, "steps": steps, "guidance": guidance,
+        "prompts": result.prompts, "edit_config": edit.config}, indent=2))
+    return result
+
+
+def _shape_hits(judge, images, shapes) -> np.ndarray:
+    from .tinyworld import world
+
+    pred = judge.predict(images)["shape"].argmax(-1).numpy()
+    want = np.array([world.SHAPE_NAMES.index(s) for s in shapes])
+    return pred == want
+
+
+def _write_html(result: DemoResult, grid) -> None:
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    img = base64.b64encode(buf.getvalue()).decode()
+    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>" for a, b in result.table_rows())
+    result.html_path.write_text(f"""<!doctype html><meta charset="utf-8"><title>erasekit demo: {html.escape(result.concept)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:4px 10px}}</style>
+<h1>erasekit demo — {html.escape(result.method)} erases “{html.escape(result.concept)}” from tinyworld</h1>
+<table id="metrics">{rows}</table>
+<p>Same seeds for both columns. The tinyworld judge decides which shape each image shows.</p>
+<img id="grid" alt="unedited vs edited grid" src="data:image/png;base64,{img}">
+""", encoding="utf-8")
