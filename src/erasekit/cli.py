@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep library chatter out of the command's output
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

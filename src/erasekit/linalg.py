@@ -473,33 +473,55 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
 
 
 def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor) -> None:
-    """Bring H = γI + F_Aᵀ F_A to the current active sets and refactor rows that changed.
+    """Bring H = γI + F_Aᵀ F_A to the current active sets and refactor the rows that changed.
 
-    Rows whose active set moved by fewer coordinates than it holds get a signed rank
-    update (+ newly active, − newly inactive); others are rebuilt from scratch.
+    A row whose active set moved by fewer coordinates than it holds gets a rank update
+    (+ newly active, − newly inactive coordinates); otherwise H is rebuilt from scratch.
     """
     mask = st.w != 0  # (b, d_in)  current active sets A
-    changed = mask ^ st.fmask  # (b, d_in)
-    n_chg, n_act = changed.sum(1), mask.sum(1)
-    import os
-    frac = float(os.environ.get('FRAC', '0'))
-    n_chg = torch.where(n_chg > frac * n_act, n_chg, 0)
-    upd = ((n_chg > 0) & (n_chg < n_act)).nonzero(as_tuple=True)[0]
-    new = (n_chg >= n_act).logical_and_(n_chg > 0).nonzero(as_tuple=True)[0]
-    if upd.numel():
-        st.H[upd] += _signed_gram(Fpad, changed.index_select(0, upd), mask.index_select(0, upd))
-    if new.numel():
-        st.H[new] = gamma * eye + _signed_gram(Fpad, mask.index_select(0, new), None)
-    redo = torch.cat([upd, new])
-    if redo.numel():
-        L, info = torch.linalg.cholesky_ex(st.H.index_select(0, redo))
-        bad = info > 0
-        if bool(bad.any()):  # float32 breakdown (rounding drift of the updates): rebuild in float64
-            H = gamma * eye.to(_F64) + _signed_gram(Fpad.to(_F64), mask[redo[bad]], None)
-            st.H[redo[bad]] = H.to(st.H.dtype)
-            L[bad] = torch.linalg.cholesky(H).to(L.dtype)
-        st.L[redo] = L
-        st.fmask[redo] = mask[redo]
+    added, removed = mask & ~st.fmask, st.fmask & ~mask  # (b, d_in)
+    n_chg = added.sum(1) + removed.sum(1)
+    redo = (n_chg > 0).nonzero(as_tuple=True)[0]
+    if not redo.numel():
+        return
+    full = redo.numel() == mask.shape[0]
+    pick = (lambda x: x) if full else (lambda x: x.index_select(0, redo))
+    mask_r, added, removed = pick(mask), pick(added), pick(removed)  # (k, d_in)
+    rebuild = pick(n_chg) >= mask_r.sum(1)  # (k,)  cheaper to start over
+    H = torch.where(rebuild.view(-1, 1, 1), gamma * eye, pick(st.H))  # (k, r, r)  γI or the old H
+    H += _gram(Fpad, torch.where(rebuild.unsqueeze(1), mask_r, added))  # + Σ f_i f_iᵀ, i newly active
+    removed &= ~rebuild.unsqueeze(1)
+    if removed.any():
+        H -= _gram(Fpad, removed)  # − Σ f_i f_iᵀ, i newly inactive
+    L, info = torch.linalg.cholesky_ex(H)
+    bad = (info > 0).nonzero(as_tuple=True)[0]
+    if bad.numel():  # float32 breakdown (rounding drift of the updates): rebuild those in float64
+        H64 = gamma * eye.to(_F64) + _gram(Fpad.to(_F64), mask_r.index_select(0, bad))
+        H[bad] = H64.to(H.dtype)
+        L[bad] = torch.linalg.cholesky(H64).to(L.dtype)
+    if full:
+        st.H, st.L, st.fmask = H, L, mask
+    else:
+        st.H[redo], st.L[redo], st.fmask[redo] = H, L, mask_r
+
+
+_GRAM_GROUP = 32  # rows per gather in _gram (each group padded to its longest index list)
+
+
+def _gram(Fpad: Tensor, sel: Tensor) -> Tensor:
+    """(b, r, r) F_selᵀ F_sel = Σ_{i ∈ sel} f_i f_iᵀ per row of sel (b, d_in) over rows f_i of F.
+
+    Rows are sorted by |sel| and gathered in groups into (g, m, r) blocks padded with Fpad's
+    trailing zero row, so padding and memory stay small.
+    """
+    order = torch.argsort(sel.sum(1))
+    out = Fpad.new_empty(sel.shape[0], Fpad.shape[1], Fpad.shape[1])
+    for lo in range(0, sel.shape[0], _GRAM_GROUP):
+        rows = order[lo : lo + _GRAM_GROUP]
+        idx = _padded_indices(sel.index_select(0, rows), Fpad.shape[0] - 1)  # (g, m)
+        X = Fpad.index_select(0, idx.flatten()).view(idx.shape[0], idx.shape[1], Fpad.shape[1])  # (g, m, r)  rows F_sel
+        out[rows] = X.transpose(1, 2) @ X
+    return out
 
 
 def _padded_indices(sel: Tensor, pad: int) -> Tensor:
@@ -510,19 +532,6 @@ def _padded_indices(sel: Tensor, pad: int) -> Tensor:
     idx = torch.full((sel.shape[0], int(counts.max())), pad, dtype=torch.long, device=sel.device)
     idx[rows, pos] = cols
     return idx
-
-
-def _signed_gram(Fpad: Tensor, sel: Tensor, plus: Tensor | None) -> Tensor:
-    """(b, r, r) Σ_{i ∈ sel} ±f_i f_iᵀ over rows f_i of F; sign + where ``plus`` (all + if None).
-
-    Fpad is F with a trailing zero row, which the padding of ragged index lists points to.
-    """
-    idx = _padded_indices(sel, Fpad.shape[0] - 1)  # (b, m)
-    X = Fpad.index_select(0, idx.flatten()).view(*idx.shape, -1)  # (b, m, r)   gathered rows F_sel
-    if plus is None:
-        return X.transpose(1, 2) @ X  # (b, r, r)   F_selᵀ F_sel
-    sign = plus.gather(1, idx.clamp_max(plus.shape[1] - 1)).to(X.dtype) * 2 - 1  # (b, m)
-    return (X * sign.unsqueeze(2)).transpose(1, 2) @ X  # F_selᵀ diag(±1) F_sel
 
 
 def _chol_solve(L: Tensor, rhs: Tensor) -> Tensor:

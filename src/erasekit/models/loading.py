@@ -55,7 +55,8 @@ def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: st
     if model in TINY:
         from .tiny import build_tiny_pipeline
 
-        return build_tiny_pipeline(TINY[model]).to(torch_dtype)
+        pipe = build_tiny_pipeline(TINY[model])
+        return pipe if torch_dtype == torch.float32 else pipe.to(torch_dtype)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
