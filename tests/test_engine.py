@@ -54,11 +54,38 @@ def test_space_preserves_far_better_than_pruning_uce_to_the_same_sparsity(pipe):
         assert drift(W) < 0.5 * drift(pruned), path
 
 
-@pytest.mark.parametrize("method", CLOSED_FORM)
-def test_fit_does_not_touch_pipeline_and_revert_is_bit_exact(pipe, method):
+# Small but complete settings so that every method runs in seconds on the tiny pipelines.
+FAST = {
+    "uce": {},
+    "space": {"target_sparsity": 0.85},
+    "pure": {"n_latents": 1, "steps": 2},
+    "ace": {"train_steps": 2, "adv_steps": 1, "pool_latents": 1, "pool_steps": 3, "batch_size": 2},
+}
+ALL_METHODS = sorted(FAST)
+_FITTED = {}
+
+
+@pytest.fixture
+def fitted(pipe, family, request):
+    """(edit, pipeline untouched by fit) for request.param on this family, fitted once per session."""
+    method = request.param
+    if (method, family) not in _FITTED:
+        before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+        edit = _fit(pipe, method, **FAST[method])
+        untouched = all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+        _FITTED[method, family] = (edit, untouched)
+    return _FITTED[method, family]
+
+
+def test_every_registered_method_is_in_the_matrix():
+    assert set(ALL_METHODS) == set(erasekit.list_methods())
+
+
+@pytest.mark.parametrize("fitted", ALL_METHODS, indirect=True)
+def test_fit_does_not_touch_pipeline_and_revert_is_bit_exact(pipe, fitted):
+    edit, untouched = fitted
+    assert untouched
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    edit = _fit(pipe, method)
-    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
     edit.apply(pipe)
     changed = [k for k, v in pipe.unet.state_dict().items() if not torch.equal(before[k], v)]
     assert changed and all(k.removesuffix(".weight") in edit.layers for k in changed)
@@ -66,20 +93,33 @@ def test_fit_does_not_touch_pipeline_and_revert_is_bit_exact(pipe, method):
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
 
 
-@pytest.mark.parametrize("method", CLOSED_FORM)
-def test_save_load_apply_gives_identical_weights(pipe, method, tmp_path):
-    edit = _fit(pipe, method)
+@pytest.mark.parametrize("fitted", ALL_METHODS, indirect=True)
+def test_save_load_apply_gives_identical_weights(pipe, fitted, tmp_path):
+    edit, _ = fitted
     edit.apply(pipe)
     direct = {p: pipe.unet.get_submodule(p).weight.clone() for p in edit.layers}
     edit.revert(pipe)
     f = edit.save(tmp_path / "e.safetensors")
     loaded = erasekit.load_edit(f, pipe)
     try:
-        assert loaded.method == method and loaded.concepts == edit.concepts and loaded.config == edit.config
+        assert loaded.method == edit.method and loaded.concepts == edit.concepts and loaded.config == edit.config
         for p, w in direct.items():
             assert torch.equal(pipe.unet.get_submodule(p).weight, w), p
     finally:
         loaded.revert(pipe)
+
+
+@pytest.mark.parametrize("fitted", ALL_METHODS, indirect=True)
+def test_edit_is_finite_nonzero_and_compact(pipe, fitted):
+    edit, _ = fitted
+    assert edit.nbytes < edit.dense_nbytes
+    moved = 0.0
+    for p, le in edit.layers.items():
+        W0 = pipe.unet.get_submodule(p).weight
+        W = le.materialize(W0)
+        assert torch.isfinite(W).all()
+        moved += float((W - W0).norm())
+    assert moved > 0
 
 
 def test_every_cross_attention_kv_is_edited(pipe):
@@ -134,7 +174,7 @@ def test_templates_add_columns_and_change_the_edit(pipe):
 
 def test_registry_lists_builtin_methods():
     methods = erasekit.list_methods()
-    assert {"uce", "space"} <= set(methods) and all(methods.values())
+    assert {"uce", "space", "pure", "ace"} <= set(methods) and all(methods.values())
     assert set(_REGISTRY) == set(methods)
 
 

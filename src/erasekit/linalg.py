@@ -456,11 +456,7 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
         done = (gap <= tol * (g + st.c0).clamp_min(0)) | (gap <= floor) | (st.its >= max_iter) | st.stuck
         if done.any():
             rows = st.idx[done]
-            e = st.w[done] - st.a[done]  # (k, d_in)
-            z = wF[done] - st.aC[done]  # (k, r)  (w − a) F
-            P_out[rows] = gamma * (e * e).sum(1) + (z * z).sum(1) + lam * st.w[done].abs().sum(1)  # eq. (8)
-            g_out[rows] = g[done]
-            W_out[rows] = st.w[done]
+            P_out[rows], g_out[rows], W_out[rows] = _certify(st.a[done], st.aC[done], st.y[done], F, gamma, lam, tau)
             Y_out[rows] = st.y[done]
             its_max = max(its_max, int(st.its[done].max()))
             if done.all():
@@ -470,6 +466,19 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
         d = 2 * gamma * _chol_solve(st.L, grad.to(hdt)).to(_F64)  # (b, r)  Newton step −(∇²g)⁻¹∇g
         _line_search(st, d, grad, F, gamma, tau)
         st.its += 1
+
+
+def _certify(a: Tensor, aC: Tensor, y: Tensor, F: Tensor, gamma: float, lam: float, tau: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(P(w), g(y), w) per row with w = w(y) recomputed from scratch (eqs. 8–10).
+
+    The iterations update u incrementally; recomputing makes W a function of the returned duals
+    (a warm start from them reproduces it) and keeps rounding drift out of the certificate.
+    """
+    w = _soft(a - y @ F.T / (2 * gamma), tau)  # (k, d_in)  eq. (9)
+    e = w - a
+    z = w @ F - aC  # (k, r)  (w − a) F
+    P = gamma * (e * e).sum(1) + (z * z).sum(1) + lam * w.abs().sum(1)  # eq. (8)
+    return P, _dual_value(gamma * (a * a).sum(1), aC, y, w, gamma), w  # eq. (10)
 
 
 def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor) -> None:
@@ -488,7 +497,9 @@ def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor) -> None:
     pick = (lambda x: x) if full else (lambda x: x.index_select(0, redo))
     mask_r, added, removed = pick(mask), pick(added), pick(removed)  # (k, d_in)
     rebuild = pick(n_chg) >= mask_r.sum(1)  # (k,)  cheaper to start over
-    H = torch.where(rebuild.view(-1, 1, 1), gamma * eye, pick(st.H))  # (k, r, r)  γI or the old H
+    H = pick(st.H)  # (k, r, r)  the old H (in place when full)
+    if rebuild.any():
+        H[rebuild] = gamma * eye
     H += _gram(Fpad, torch.where(rebuild.unsqueeze(1), mask_r, added))  # + Σ f_i f_iᵀ, i newly active
     removed &= ~rebuild.unsqueeze(1)
     if removed.any():
@@ -511,25 +522,25 @@ _GRAM_GROUP = 32  # rows per gather in _gram (each group padded to its longest i
 def _gram(Fpad: Tensor, sel: Tensor) -> Tensor:
     """(b, r, r) F_selᵀ F_sel = Σ_{i ∈ sel} f_i f_iᵀ per row of sel (b, d_in) over rows f_i of F.
 
-    Rows are sorted by |sel| and gathered in groups into (g, m, r) blocks padded with Fpad's
-    trailing zero row, so padding and memory stay small.
+    Rows are sorted by |sel| and gathered in groups into (g, m, r) blocks, each padded to its
+    own longest list with Fpad's trailing zero row, so padding and memory stay small.
     """
-    order = torch.argsort(sel.sum(1))
+    counts, order = torch.sort(sel.sum(1))
+    idx = _padded_indices(sel.index_select(0, order), counts, Fpad.shape[0] - 1)  # (b, m_max)
     out = Fpad.new_empty(sel.shape[0], Fpad.shape[1], Fpad.shape[1])
     for lo in range(0, sel.shape[0], _GRAM_GROUP):
-        rows = order[lo : lo + _GRAM_GROUP]
-        idx = _padded_indices(sel.index_select(0, rows), Fpad.shape[0] - 1)  # (g, m)
-        X = Fpad.index_select(0, idx.flatten()).view(idx.shape[0], idx.shape[1], Fpad.shape[1])  # (g, m, r)  rows F_sel
-        out[rows] = X.transpose(1, 2) @ X
+        hi = min(lo + _GRAM_GROUP, sel.shape[0])
+        m = int(counts[hi - 1])
+        X = Fpad.index_select(0, idx[lo:hi, :m].flatten()).view(hi - lo, m, Fpad.shape[1])  # (g, m, r)
+        out[order[lo:hi]] = X.transpose(1, 2) @ X
     return out
 
 
-def _padded_indices(sel: Tensor, pad: int) -> Tensor:
-    """(b, m) column indices of the True entries of sel (b, d), padded with ``pad``."""
-    counts = sel.sum(1)  # (b,)
+def _padded_indices(sel: Tensor, counts: Tensor, pad: int) -> Tensor:
+    """(b, m) column indices of the True entries of sel (b, d) (row sums ``counts``), padded with ``pad``."""
     rows, cols = sel.nonzero(as_tuple=True)
     pos = torch.arange(rows.numel(), device=sel.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    idx = torch.full((sel.shape[0], int(counts.max())), pad, dtype=torch.long, device=sel.device)
+    idx = torch.full((sel.shape[0], int(counts.max()) if counts.numel() else 0), pad, dtype=torch.long, device=sel.device)
     idx[rows, pos] = cols
     return idx
 

@@ -102,6 +102,13 @@ class PipelineAdapter:
             raise ModelError(f"UNet layer {path!r} is a {type(m).__name__}, not a Linear")
         return m
 
+    def attention_layers(self) -> dict[str, list[str]]:
+        """Attention block path -> its edited projection paths (for methods that act per block, e.g. PURE)."""
+        blocks: dict[str, list[str]] = {}
+        for p in self.paths:
+            blocks.setdefault(p.rsplit(".", 1)[0], []).append(p)
+        return blocks
+
     def weights(self) -> dict[str, torch.Tensor]:
         """Current weights of the edited layers (views, not copies)."""
         return {p: self.linear(p).weight for p in self.paths}

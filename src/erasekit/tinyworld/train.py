@@ -203,7 +203,7 @@ def preview(pipe_dir: Path, out_png: Path, seed: int = 0):
 
 def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, tokenizer_dir: Path,
                     max_steps: int | None = None, batch: int = 64, lr: float = 8e-4, save_every: float = 600,
-                    p_uncond: float = 0.1, info_cb=None):
+                    p_uncond: float = 0.1, info_cb=None, init=None, warm: int = 200):
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
     from transformers import CLIPTokenizer
@@ -211,8 +211,11 @@ def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, toke
     torch.manual_seed(seed + 10)
     rng = np.random.default_rng(seed + 11)
     tok = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-    te = make_text_encoder().to(device)
-    unet = make_unet().to(device)
+    if init is not None:  # (text_encoder, unet) to continue from
+        te, unet = (m.to(device, torch.float32) for m in init)
+    else:
+        te = make_text_encoder().to(device)
+        unet = make_unet().to(device)
     ema_te, ema_unet = copy.deepcopy(te).eval(), copy.deepcopy(unet).eval()
     for p in list(ema_te.parameters()) + list(ema_unet.parameters()):
         p.requires_grad_(False)
@@ -228,7 +231,6 @@ def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, toke
     t0 = time.time()
     last_save = t0
     step, ema_loss = 0, None
-    warm = 200
     bar = tqdm(desc="unet+text", total=max_steps, mininterval=10)
     te.train(), unet.train()
 
@@ -301,6 +303,13 @@ def write_model_card(out: Path, info: dict):
             validity = old[old.index(CARD_VALIDITY_START): old.index(CARD_VALIDITY_END) + len(CARD_VALIDITY_END)]
     v, d, j = info.get("vae", {}), info.get("diffusion", {}), info.get("judge", {})
     sizes = info.get("sizes_mb", {})
+    prev_runs = ""
+    runs = info.get("previous_runs", [])
+    if runs:
+        tot = sum((r.get("diffusion") or {}).get("steps", 0) for r in runs) + d.get("steps", 0)
+        prev_runs = "".join(f"- earlier run `{r.get('command')}`: {(r.get('diffusion') or {}).get('steps', 0)} diffusion steps "
+                            f"in {(r.get('diffusion') or {}).get('seconds', 0) / 60:.1f} min\n" for r in runs)
+        prev_runs += f"- the text encoder + UNet line above continues (`--init`) the run(s) listed here; diffusion steps in all: {tot}\n"
     text = f"""# tinyworld — model card
 
 erasekit's bundled text-to-image model (DESIGN.md §8). A genuine diffusers
@@ -338,7 +347,7 @@ Hardware: {info.get("hardware", "")}; torch threads: {info.get("threads", "")}.
 - VAE: {v.get("steps", 0)} steps of batch 32 in {v.get("seconds", 0) / 60:.1f} min, reconstruction PSNR {v.get("psnr_db", 0)} dB.
 - judge: {j.get("steps", 0)} steps of batch 96 in {j.get("seconds", 0) / 60:.1f} min (blur / noise / colour-jitter augmentation, 25 % VAE round-trips); held-out render accuracy {j.get("heldout_acc", {})}.
 - text encoder + UNet (jointly, AdamW lr {d.get("lr", 0)}, warmup + cosine over the time budget, min-SNR-5 weighting, bf16 autocast, EMA 0.999 shipped): {d.get("steps", 0)} steps of batch {d.get("batch", 0)} in {d.get("seconds", 0) / 60:.1f} min; final loss (EMA) {d.get("loss_ema", 0)}.
-- total wall time {info.get("total_minutes", 0):.1f} min.
+{prev_runs}- total wall time {info.get("total_minutes", 0) + info.get("total_minutes_prev", 0):.1f} min.
 
 ## Validity
 {validity}
@@ -362,6 +371,8 @@ def main(argv=None):
     ap.add_argument("--save-every", type=float, default=10.0, help="minutes between pipeline saves")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="continue from a finished run's folder: reuse its VAE and judge, keep training text encoder + UNet")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -385,15 +396,37 @@ def main(argv=None):
 
     write_clip_tokenizer_files(tok_dir, model_max_length=MAX_TOKENS)
 
-    vae_s = 60 * (args.vae_minutes if args.vae_minutes is not None else min(6.0, 0.08 * args.minutes))
-    vae, info["vae"] = train_vae(vae_s, args.seed, args.device, log,
-                                 max_steps=None if args.steps is None else max(20, args.steps))
-    info["scaling_factor"] = vae.config.scaling_factor
+    init = None
+    if args.init is not None:
+        import shutil
+
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        src = Path(args.init)
+        prev = json.loads((src / "train_log.json").read_text())
+        vae = AutoencoderKL.from_pretrained(str(src / "pipeline" / "vae"), torch_dtype=torch.float32).to(args.device)
+        init = (CLIPTextModel.from_pretrained(str(src / "pipeline" / "text_encoder"), dtype=torch.float32),
+                UNet2DConditionModel.from_pretrained(str(src / "pipeline" / "unet"), torch_dtype=torch.float32))
+        for f in ("judge.safetensors", "judge.json"):
+            if (src / f).resolve() != (out / f).resolve():
+                shutil.copy(src / f, out / f)
+        info.update({k: prev[k] for k in ("vae", "judge", "scaling_factor") if k in prev})
+        info["previous_runs"] = prev.get("previous_runs", []) + [{"command": prev.get("command"), "diffusion": prev.get("diffusion")}]
+        info["total_minutes_prev"] = prev.get("total_minutes", 0) + prev.get("total_minutes_prev", 0)
+        log(f"continuing from {src} ({prev.get('diffusion', {}).get('steps')} diffusion steps)")
+    else:
+        vae_s = 60 * (args.vae_minutes if args.vae_minutes is not None else min(6.0, 0.08 * args.minutes))
+        vae, info["vae"] = train_vae(vae_s, args.seed, args.device, log,
+                                     max_steps=None if args.steps is None else max(20, args.steps))
+        info["scaling_factor"] = vae.config.scaling_factor
+    vae.eval()
     for p in vae.parameters():
         p.requires_grad_(False)
 
-    judge, info["judge"] = train_judge_stage(vae, args.judge_steps, args.seed, args.device, log)
-    judge.save(out / "judge.safetensors", {"heldout_acc": info["judge"]["heldout_acc"], "seed": args.seed})
+    if args.init is None:
+        judge, info["judge"] = train_judge_stage(vae, args.judge_steps, args.seed, args.device, log)
+        judge.save(out / "judge.safetensors", {"heldout_acc": info["judge"]["heldout_acc"], "seed": args.seed})
 
     def on_save(d):
         info["diffusion"] = {**info.get("diffusion", {}), **d}
@@ -405,7 +438,8 @@ def main(argv=None):
     remaining = budget - (time.time() - t_start) - 30
     _, _, info["diffusion"] = train_diffusion(vae, max(remaining, 10), args.seed, args.device, log, out, tok_dir,
                                               max_steps=args.steps, batch=args.batch, lr=args.lr,
-                                              save_every=args.save_every * 60, info_cb=on_save)
+                                              save_every=args.save_every * 60, info_cb=on_save, init=init,
+                                              warm=200 if init is None else 20)
     on_save(info["diffusion"])
     import shutil
 

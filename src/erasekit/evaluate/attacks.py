@@ -1,0 +1,221 @@
+"""Attacks that try to bring an erased concept back (DESIGN §7).
+
+* :class:`ConceptVectorAttack` — Ring-A-Bell style: the concept vector is the mean difference
+  of the prompt embeddings of paired prompts with and without the concept; attacked items
+  are conditioned on ``encode(prompt) + η · vector`` (passed as ``prompt_embeds``). The text
+  encoder is not edited by K/V methods, so one vector serves every method.
+* :class:`TokenSearchAttack` — a discrete prompt search against the *edited* model: a few free
+  words appended to each target prompt, chosen by greedy random coordinate search over the
+  CLIP vocabulary, maximising how much the edited model's cross-attention keys for the
+  attacked prompt look like the *unedited* model's keys for the original prompt (cosine,
+  averaged over layers). The budget is ``steps × candidates`` text-encoder queries per prompt.
+
+Both return an ``adversarial`` :class:`~erasekit.evaluate.suites.Suite`; the runner generates
+it with the edited model and the attack success rate is the share of images in which the
+judge sees the concept again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConceptError
+from .suites import Suite, SuiteItem
+
+EMBED_KEYS = ("prompt_embeds", "pooled_prompt_embeds")
+
+
+@torch.no_grad()
+def encode(pipe, prompts: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """The pipeline's own conditioning for ``prompts`` (no CFG branch): ``prompt_embeds`` (B, L, d)
+    and, for SDXL, ``pooled_prompt_embeds`` (B, d_pool); float32 on the pipeline's device."""
+    device = pipe.unet.device
+    parts: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(prompts), batch_size):
+        out = pipe.encode_prompt(list(prompts[i: i + batch_size]), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        parts.setdefault("prompt_embeds", []).append(out[0])
+        if len(out) == 4:  # SDXL: (embeds, negative, pooled, negative pooled)
+            parts.setdefault("pooled_prompt_embeds", []).append(out[2])
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def vector_digest(vector: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a conditioning vector's tensors (part of the image cache key of shifted items)."""
+    h = hashlib.sha256()
+    for k in sorted(vector):
+        t = vector[k].detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{k}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def concept_vector(pipe, with_concept: Sequence[str], without_concept: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Mean over pairs of ``encode(with) - encode(without)`` (float32, cpu)."""
+    if len(with_concept) != len(without_concept) or not with_concept:
+        raise ConceptError("a concept vector needs the same non-zero number of prompts with and without the concept")
+    a, b = encode(pipe, with_concept), encode(pipe, without_concept)
+    return {k: (a[k].double() - b[k].double()).mean(0).float().cpu() for k in a}
+
+
+def shifted_conditioning(pipe, items: Sequence[SuiteItem], vectors: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``encode(prompt) + η · vector`` for shifted items, stacked, ready for ``pipe(**...)``."""
+    base = encode(pipe, [it.prompt for it in items])
+    out = {}
+    for k, x in base.items():
+        rows = []
+        for i, it in enumerate(items):
+            name, eta = it.shift
+            rows.append(x[i] + float(eta) * vectors[name][k].to(x.device, x.dtype))
+        out[k] = torch.stack(rows)
+    return out
+
+
+# ----------------------------------------------------------------------------- pairs
+def tinyworld_pairs(concept: str, n: int = 32, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Caption pairs that differ only in naming ``concept``: ``"a striped red circle"`` / ``"a striped red shape"``."""
+    from ..tinyworld import world
+    from .suites import tinyworld_attribute
+
+    attr, value = tinyworld_attribute(concept)
+    with_c, without = [], []
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        s = {a: vals[int(rng.integers(len(vals)))] for a, vals in world.ATTRIBUTES.items()}
+        s[attr] = value
+        t = int(rng.integers(len(world.TRAIN_TEMPLATES)))  # canonical names and a fixed template: caption() draws nothing
+        with_c.append(world.caption(s["shape"], s["color"], s["pattern"], rng, synonyms=False, template=t))
+        s[attr] = None
+        without.append(world.caption(s["shape"], s["color"], s["pattern"], rng, synonyms=False, template=t))
+    return with_c, without
+
+
+def concept_set_pairs(concepts) -> tuple[list[str], list[str]]:
+    """(prompt with the concept, same template with its guide) for every erased concept and template of its kind."""
+    from ..concepts import ConceptSet
+
+    full = ConceptSet(erase=concepts.erase, kind=concepts.kind, guide=concepts.guides, preserve=concepts.preserve, templates=True)
+    pairs = full.erase_pairs()
+    return [p for p, _ in pairs], [g for _, g in pairs]
+
+
+# ----------------------------------------------------------------------------- attacks
+@dataclass
+class ConceptVectorAttack:
+    """Ring-A-Bell-style concept-vector attack on the target prompts, strength ``eta``."""
+
+    with_concept: Sequence[str]
+    without_concept: Sequence[str]
+    eta: float = 3.0
+    name: str = "ring-a-bell"
+    per_method: bool = field(default=False, init=False)  # the text encoder is not edited: one suite for all methods
+
+    def build(self, pipe, target: Suite) -> Suite:
+        vec = concept_vector(pipe, self.with_concept, self.without_concept)
+        key = f"{self.name}:{vector_digest(vec)[:16]}"
+        items = [SuiteItem(it.prompt, it.seed, it.guidance, it.concepts, (key, float(self.eta)), it.meta) for it in target]
+        info = {"attack": self.name, "eta": self.eta, "pairs": len(self.with_concept), "vector_digest": vector_digest(vec),
+                "budget": f"η = {self.eta}, vector from {len(self.with_concept)} prompt pairs", "example_pair": [self.with_concept[0], self.without_concept[0]]}
+        return Suite(f"adversarial:{self.name}", "adversarial", items, source=f"{target.name} + η·concept vector", info=info, vectors={key: vec})
+
+
+_WORD = re.compile(r"^[a-z]{3,}</w>$")
+
+
+def vocabulary_words(tokenizer) -> list[str]:
+    """Whole-word tokens of the CLIP vocabulary (lower-case letters, 3+ long): the search space of free tokens."""
+    return sorted(t[:-4] for t in tokenizer.get_vocab() if _WORD.match(t))
+
+
+@dataclass
+class TokenSearchAttack:
+    """Greedy random coordinate search for ``n_tokens`` free words appended to each target prompt.
+
+    ``steps`` coordinate updates per prompt, each scoring ``candidates`` random vocabulary words
+    at one position (budget: ``steps × candidates`` queries). Words containing an erased
+    concept's own words are excluded (``forbidden``); synonyms are allowed — finding them is
+    the point. Deterministic for a given ``seed``.
+    """
+
+    n_tokens: int = 3
+    steps: int = 12
+    candidates: int = 32
+    seed: int = 0
+    forbidden: Sequence[str] = ()
+    projections: Sequence[str] = ("k",)
+    max_prompts: int | None = None
+    name: str = "token-search"
+    per_method: bool = field(default=True, init=False)  # searched against each edited model
+
+    @property
+    def budget(self) -> str:
+        return f"{self.steps} steps × {self.candidates} candidates = {self.steps * self.candidates} queries per prompt, {self.n_tokens} free words"
+
+    def _layers(self, pipe) -> list[torch.nn.Linear]:
+        from ..models.adapter import PipelineAdapter
+
+        adapter = PipelineAdapter(pipe, projections=tuple(self.projections))
+        return [adapter.linear(p) for p in adapter.paths]
+
+    @torch.no_grad()
+    def _keys(self, layers, embeds: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.nn.functional.linear(embeds.to(lin.weight.dtype), lin.weight).flatten(1).float() for lin in layers]
+
+    def _score(self, keys: list[torch.Tensor], refs: list[torch.Tensor]) -> torch.Tensor:
+        cos = [torch.nn.functional.cosine_similarity(k, r.expand_as(k), dim=1) for k, r in zip(keys, refs)]
+        return torch.stack(cos).mean(0)
+
+    def build(self, pipe, target: Suite, edit) -> Suite:
+        """Search against ``pipe`` with ``edit`` applied (the pipeline must be unedited on entry; it is left unedited)."""
+        layers = self._layers(pipe)
+        prompts = list(dict.fromkeys(it.prompt for it in target))[: self.max_prompts]
+        refs = {p: self._keys(layers, encode(pipe, [p])["prompt_embeds"]) for p in prompts}  # unedited keys
+        words = [w for w in vocabulary_words(pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2)
+                 if not any(f in w for f in self._forbidden_words())]
+        rng = np.random.default_rng(self.seed)
+        found: dict[str, dict] = {}
+        edit.apply(pipe)
+        try:
+            for p in prompts:
+                free = [words[int(i)] for i in rng.integers(len(words), size=self.n_tokens)]
+                best = float(self._score(self._keys(layers, encode(pipe, [_attacked(p, free)])["prompt_embeds"]), refs[p])[0])
+                start = best
+                for step in range(self.steps):
+                    pos = step % self.n_tokens
+                    cands = [words[int(i)] for i in rng.integers(len(words), size=self.candidates)]
+                    texts = [_attacked(p, free[:pos] + [w] + free[pos + 1:]) for w in cands]
+                    scores = self._score(self._keys(layers, encode(pipe, texts)["prompt_embeds"]), refs[p])
+                    j = int(scores.argmax())
+                    if float(scores[j]) > best:
+                        best, free[pos] = float(scores[j]), cands[j]
+                found[p] = {"words": list(free), "score": best, "start_score": start}
+        finally:
+            edit.revert(pipe)
+        items = [SuiteItem(_attacked(it.prompt, found[it.prompt]["words"]), it.seed, it.guidance, it.concepts, None, it.meta)
+                 for it in target if it.prompt in found]
+        info = {"attack": self.name, "budget": self.budget, "n_tokens": self.n_tokens, "steps": self.steps, "candidates": self.candidates,
+                "seed": self.seed, "objective": f"mean cosine of edited vs unedited cross-attention {'/'.join(self.projections)} outputs",
+                "vocabulary": len(words), "forbidden": sorted(self._forbidden_words()), "search": found}
+        return Suite(f"adversarial:{self.name}", "adversarial", items, source=f"{target.name} + searched words", info=info)
+
+    def _forbidden_words(self) -> set[str]:
+        return {w for f in self.forbidden for w in re.findall(r"[a-z]+", f.lower()) if len(w) >= 3}
+
+
+def _attacked(prompt: str, words: Sequence[str]) -> str:
+    return f"{prompt} {' '.join(words)}"
+
+
+def parse_attack(spec: str, with_concept: Sequence[str], without_concept: Sequence[str], forbidden: Sequence[str]):
+    """``ring-a-bell[:η]`` or ``token-search[:steps]`` -> an attack object."""
+    kind, _, arg = spec.partition(":")
+    if kind == "ring-a-bell":
+        return ConceptVectorAttack(with_concept, without_concept, eta=float(arg) if arg else 3.0)
+    if kind == "token-search":
+        return TokenSearchAttack(steps=int(arg) if arg else 12, forbidden=forbidden)
+    raise ConceptError(f"unknown attack {spec!r}; choose ring-a-bell[:eta] or token-search[:steps]")

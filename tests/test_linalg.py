@@ -1,0 +1,185 @@
+"""Property tests of erasekit.linalg (UCE closed form, SPACE solvers, λ for a target sparsity)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from erasekit import linalg
+
+F64 = torch.float64
+
+
+def make_problem(d_out=12, d_in=32, n_e=3, n_p=6, seed=0, scale=3.0, duplicate=False):
+    g = torch.Generator().manual_seed(seed)
+    W0 = 0.02 * torch.randn(d_out, d_in, generator=g, dtype=F64)
+    C_E = scale * torch.randn(d_in, n_e, generator=g, dtype=F64) / math.sqrt(d_in) * 4
+    C_G = scale * torch.randn(d_in, n_e, generator=g, dtype=F64) / math.sqrt(d_in) * 4
+    C_P = scale * torch.randn(d_in, n_p, generator=g, dtype=F64) / math.sqrt(d_in) * 4
+    if duplicate:  # repeated preserve tokens: C̃ loses column rank
+        C_P = torch.cat([C_P, C_P[:, :2]], dim=1)
+    return W0, C_E, C_G, C_P
+
+
+def dense_uce(W0, gf):
+    """R M⁻¹ straight from the definition, with a dense solve."""
+    M = gf.gamma * torch.eye(gf.d_in, dtype=F64) + gf.C @ gf.C.T
+    R = gf.gamma * W0 + W0 @ gf.B @ gf.C.T
+    return torch.linalg.solve(M, R.T).T
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+# ------------------------------------------------------------------------------------ UCE
+
+
+@pytest.mark.parametrize(
+    "d_in,n_e,n_p,duplicate",
+    [(32, 3, 6, False), (32, 3, 6, True), (10, 6, 14, False)],  # n < d_in, rank-deficient C̃, n ≥ d_in
+)
+def test_uce_equals_dense_formula(d_in, n_e, n_p, duplicate):
+    W0, C_E, C_G, C_P = make_problem(d_in=d_in, n_e=n_e, n_p=n_p, duplicate=duplicate)
+    gf = linalg.gram_factor(C_E, C_G, C_P, alpha=1.7, beta=0.6, gamma=0.3)
+    W = linalg.uce_weight(W0.float(), gf)
+    assert W.dtype == F64 and W.shape == W0.shape
+    assert rel(W, dense_uce(W0.float().double(), gf)) < 1e-10
+    Bf, Af = linalg.uce_delta_factors(W0, gf)
+    assert Bf.shape == (W0.shape[0], gf.rank) and Af.shape == (gf.rank, d_in)
+    assert rel(W0 + Bf @ Af, dense_uce(W0, gf)) < 1e-10
+    # the constant f(W_uce) used by the SPACE certificate equals the objective evaluated directly
+    A, c0 = linalg._uce_rows(W0, gf)
+    assert c0.sum().item() == pytest.approx(linalg.space_objective(A, W0, gf, 0.0), rel=1e-10)
+
+
+def test_uce_maps_erase_to_guide_and_keeps_preserve():
+    W0, C_E, C_G, C_P = make_problem(d_in=48, n_e=4, n_p=8)
+    W = linalg.uce_weight(W0, linalg.gram_factor(C_E, C_G, C_P, gamma=1e-4))
+    assert rel(W @ C_E, W0 @ C_G) < 1e-3  # erased tokens now produce the guide's keys/values
+    assert rel(W @ C_P, W0 @ C_P) < 1e-3  # preserved tokens are untouched
+    W_soft = linalg.uce_weight(W0, linalg.gram_factor(C_E, C_G, C_P, gamma=100.0))
+    assert rel(W_soft, W0) < rel(W, W0)  # a large γ keeps the weight closer to W0
+
+
+# ---------------------------------------------------------------------------------- SPACE
+
+
+@pytest.mark.parametrize("solver", ["ssn", "fista"])
+def test_space_with_zero_lambda_is_uce(solver):
+    W0, C_E, C_G, C_P = make_problem()
+    gf = linalg.gram_factor(C_E, C_G, C_P)
+    res = linalg.space_solve(W0, gf, 0.0, solver=solver, tol=1e-12)
+    assert res.converged
+    assert rel(res.W, linalg.uce_weight(W0, gf)) < 1e-8
+
+
+def lasso_row_reference(a, gf, lam):
+    """The row problem (w − a) M (w − a)ᵀ + λ‖w‖₁ solved by scikit-learn's coordinate descent."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    M = gf.gamma * torch.eye(gf.d_in, dtype=F64) + gf.C @ gf.C.T
+    X = torch.linalg.cholesky(M).T  # XᵀX = M
+    t = X @ a  # ‖X w − t‖² = (w − a) M (w − a)ᵀ
+    n_samples = X.shape[0]
+    model = sklearn.Lasso(alpha=lam / (2 * n_samples), fit_intercept=False, tol=1e-14, max_iter=1_000_000)
+    model.fit(X.numpy(), t.numpy())
+    return torch.from_numpy(model.coef_).to(F64)
+
+
+@pytest.mark.parametrize("d_in,n_e,n_p", [(24, 2, 5), (10, 6, 14)])
+def test_space_rows_agree_with_sklearn_lasso(d_in, n_e, n_p):
+    W0, C_E, C_G, C_P = make_problem(d_out=4, d_in=d_in, n_e=n_e, n_p=n_p, scale=1.0, seed=3)
+    gf = linalg.gram_factor(C_E, C_G, C_P, gamma=0.5)
+    A = linalg.uce_weight(W0, gf)
+    for lam in (0.002, 0.01, 0.04):
+        res = linalg.space_solve(W0, gf, lam, tol=1e-13)
+        for i in range(W0.shape[0]):
+            ref = lasso_row_reference(A[i], gf, lam)
+            assert torch.allclose(res.W[i], ref, atol=1e-7), (lam, i)
+
+
+def test_ssn_and_fista_agree_and_certificate_bounds_true_gap():
+    W0, C_E, C_G, C_P = make_problem(d_out=16, d_in=40, n_e=4, n_p=10, seed=1)
+    gf = linalg.gram_factor(C_E, C_G, C_P)
+    lam = 0.02
+    ref = linalg.space_solve(W0, gf, lam, tol=1e-14)  # tight reference F*
+    F_star = ref.objective
+    assert ref.objective == pytest.approx(linalg.space_objective(ref.W, W0, gf, lam), rel=1e-12)
+    assert 0.2 < ref.sparsity < 0.95
+    for solver, tol in (("ssn", 1e-6), ("ssn", 1e-3), ("fista", 1e-6)):
+        res = linalg.space_solve(W0, gf, lam, solver=solver, tol=tol, max_iter=200_000)
+        true_gap = (linalg.space_objective(res.W, W0, gf, lam) - F_star) / F_star
+        assert res.converged and res.gap <= tol, (solver, tol)
+        assert res.gap >= true_gap - 1e-13, (solver, tol)  # the certificate is an upper bound
+        assert res.objective == pytest.approx(linalg.space_objective(res.W, W0, gf, lam), rel=1e-11)
+    fista = linalg.space_solve(W0, gf, lam, solver="fista", tol=1e-10, max_iter=200_000)
+    assert torch.allclose(fista.W, ref.W, atol=2e-5)  # objective gap 1e-10 ⇒ ‖W − W*‖ ≲ 1e-5
+
+
+def test_warm_start_from_dual_saves_iterations():
+    W0, C_E, C_G, C_P = make_problem(d_out=32, d_in=64, n_e=4, n_p=12, seed=2)
+    gf = linalg.gram_factor(C_E, C_G, C_P)
+    first = linalg.space_solve(W0, gf, 0.02, tol=1e-10)
+    same = linalg.space_solve(W0, gf, 0.02, tol=1e-10, y0=first.y)
+    assert same.iterations == 0 and torch.allclose(same.W, first.W, rtol=0, atol=1e-15)
+    cold = linalg.space_solve(W0, gf, 0.021, tol=1e-10)
+    warm = linalg.space_solve(W0, gf, 0.021, tol=1e-10, y0=first.y)
+    assert warm.converged and warm.iterations < cold.iterations
+    assert torch.allclose(warm.W, cold.W, atol=1e-9)
+
+
+def test_half_precision_weights_are_solved_in_float64():
+    W0, C_E, C_G, C_P = make_problem()
+    gf = linalg.gram_factor(C_E.half(), C_G.half(), C_P.half())
+    res = linalg.space_solve(W0.half(), gf, 0.01)
+    assert res.W.dtype == F64 and res.converged
+
+
+# ------------------------------------------------------------------------ target sparsity
+
+
+@pytest.mark.parametrize("target", [0.5, 0.85])
+def test_lam_for_sparsity_shared_and_per_layer(target):
+    gf_parts = make_problem(d_in=96, n_e=4, n_p=12, seed=4)[1:]
+    gf = linalg.gram_factor(*gf_parts)
+    g = torch.Generator().manual_seed(5)
+    weights = [0.02 * torch.randn(d_out, 96, generator=g, dtype=F64) for d_out in (24, 40, 64)]
+    lam = linalg.lam_for_sparsity(weights, gf, target)
+    zeros = sum(int((linalg.space_solve(W, gf, lam).W == 0).sum()) for W in weights)
+    assert abs(zeros / sum(W.numel() for W in weights) - target) <= 0.01
+    lam_one = linalg.lam_for_sparsity([weights[2]], gf, target)
+    assert abs(linalg.space_solve(weights[2], gf, lam_one).sparsity - target) <= 0.01
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_bad_inputs_raise_helpful_errors():
+    W0, C_E, C_G, C_P = make_problem()
+    bad = C_E.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="C_E contains 1 NaN"):
+        linalg.gram_factor(bad, C_G, C_P)
+    with pytest.raises(ValueError, match="C_G .* must pair"):
+        linalg.gram_factor(C_E, C_G[:, :2], C_P)
+    with pytest.raises(ValueError, match="C_P has 31 rows"):
+        linalg.gram_factor(C_E, C_G, C_P[:31])
+    with pytest.raises(ValueError, match="gamma must be > 0"):
+        linalg.gram_factor(C_E, C_G, C_P, gamma=0.0)
+    with pytest.raises(ValueError, match="numerically singular.*increase gamma"):
+        linalg.gram_factor(1e4 * C_E, C_G, C_P, gamma=1e-8)
+    gf = linalg.gram_factor(C_E, C_G, C_P)
+    with pytest.raises(ValueError, match=r"W0 must be \(d_out, d_in=32\)"):
+        linalg.uce_weight(W0[:, :31], gf)
+    W_bad = W0.clone()
+    W_bad[3, 3] = float("inf")
+    with pytest.raises(ValueError, match="W0 contains 1 NaN/Inf"):
+        linalg.space_solve(W_bad, gf, 0.01)
+    with pytest.raises(ValueError, match="lam must be"):
+        linalg.space_solve(W0, gf, -1.0)
+    with pytest.raises(ValueError, match="y0 must be"):
+        linalg.space_solve(W0, gf, 0.01, y0=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="target sparsity must be in"):
+        linalg.lam_for_sparsity([W0], gf, 85)
