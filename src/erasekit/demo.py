@@ -115,13 +115,11 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 24, steps:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    show = min(6, n)
-    grid_rows, labels = [], []
-    for k, (prompts, _) in suites.items():
-        for i in range(show):
-            grid_rows.append([base[k][i], edited[k][i]])
-            labels.append(f"[{k}] {prompts[i]}")
-    grid = image_grid(grid_rows, labels, ["unedited", f"{method}: {concept} erased"], cell=96)
+    show = min(8, n)
+    # One block of (unedited, edited) columns per suite; row i is prompt i of each suite, same seed.
+    grid_rows = [[im for k in suites for im in (base[k][i], edited[k][i])] for i in range(show)]
+    columns = [f"{k}: {tag}" for k in suites for tag in ("unedited", "edited")]
+    grid = image_grid(grid_rows, [f"seed {seeds[i]}" for i in range(show)], columns, cell=112)
     grid_path = out_dir / "demo_grid.png"
     grid.save(grid_path)
     result = DemoResult(concept, method, rows, edit.sparsity(), edit.nbytes, fit_seconds, 0.0, grid_path, out_dir / "demo.html",
@@ -148,10 +146,15 @@ def _write_html(result: DemoResult, grid) -> None:
     grid.save(buf, format="PNG")
     img = base64.b64encode(buf.getvalue()).decode()
     rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>" for a, b in result.table_rows())
+    prompt_lists = "".join(
+        f"<h3>{html.escape(k)}</h3><ol>" + "".join(f"<li>{html.escape(p)}</li>" for p in ps) + "</ol>" for k, ps in result.prompts.items()
+    )
     result.html_path.write_text(f"""<!doctype html><meta charset="utf-8"><title>erasekit demo: {html.escape(result.concept)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:4px 10px}}</style>
 <h1>erasekit demo — {html.escape(result.method)} erases “{html.escape(result.concept)}” from tinyworld</h1>
 <table id="metrics">{rows}</table>
 <p>Same seeds for both columns. The tinyworld judge decides which shape each image shows.</p>
 <img id="grid" alt="unedited vs edited grid" src="data:image/png;base64,{img}">
+<h2>Prompts (row i of each block)</h2>
+{prompt_lists}
 """, encoding="utf-8")

@@ -331,9 +331,9 @@ def space_solve(
             raise ValueError(f"y0 must be (d_out, r) = {(W0.shape[0], gf.rank)} from a solve with the same GramFactor, got {tuple(y0.shape)}")
         _check_finite("y0", y0)
     if solver == "ssn":
-        W, y, its, P, g = _ssn(W0, A, gf, lam, tol, max_iter or 100, y0, max(int(chunk_rows), 1))
+        W, y, its, P, g = _ssn(W0, A, gf, lam, tol, 100 if max_iter is None else max_iter, y0, max(int(chunk_rows), 1))
     else:
-        W, y, its, P, g = _fista(W0, A, gf, lam, tol, max_iter or 20000, callback)
+        W, y, its, P, g = _fista(W0, A, gf, lam, tol, 20000 if max_iter is None else max_iter, callback)
     gap = max(P - g, 0.0) / g if g > 0 else (0.0 if P <= 0 else math.inf)
     return SpaceSolve(W=W, y=y, iterations=its, objective=P, gap=gap, seconds=time.perf_counter() - t0, converged=gap <= tol)
 
@@ -654,47 +654,54 @@ def lam_for_sparsity(
     target: float,
     *,
     tol_points: float = 0.005,
-    rows_per_matrix: int = 256,
+    lam0: float | None = None,
+    sample_rows: int = 512,
     solve_tol: float = 1e-5,
     max_steps: int = 40,
 ) -> float:
     """λ such that the SPACE solutions of W0s have ``target`` share of exact zeros (± tol_points).
 
-    One matrix gives a per-layer λ; several give one shared λ (zeros counted over all of
-    them). Sparsity is measured on up to ``rows_per_matrix`` evenly spaced rows of each matrix
-    (rows are independent problems; each matrix keeps its weight d_out in the count), with
-    loose SSN solves (``solve_tol``) warm-started from the previous λ's duals. The search is
-    on log λ: bracket growth ×4, then safeguarded secant. Stops once the sample is within
-    tol_points/2 of the target (margin for the final full solve, the caller's) and returns
-    the closest λ seen if max_steps runs out.
+    One matrix gives a per-layer λ; several give one shared λ (zeros counted over all of them).
+    Sparsity is measured on about ``sample_rows`` evenly spaced rows (rows are independent
+    problems; each matrix gets a share ∝ d_out, at least 4, and keeps its weight in the
+    count), with loose SSN solves (``solve_tol``) warm-started from the previous λ's duals.
+    The search runs on log λ from ``lam0`` (default: the λ at which soft-thresholding W_uce
+    alone would reach the target; pass the previous layer's λ when scanning layers):
+    bracket growth ×4, then safeguarded secant. It stops once the sample is within
+    tol_points/2 of the target (a margin for the final full solve, which is the caller's) and
+    returns the closest λ seen if max_steps runs out.
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"target sparsity must be in (0, 1), e.g. 0.85, got {target}")
     if not tol_points > 0:
         raise ValueError(f"tol_points must be > 0, got {tol_points}")
+    if lam0 is not None and not (math.isfinite(lam0) and lam0 > 0):
+        raise ValueError(f"lam0 must be a finite number > 0, got {lam0}")
     if isinstance(W0s, Tensor):
         raise ValueError("W0s must be a list of weight matrices; pass [W0] for a per-layer λ")
     if not len(W0s):
         raise ValueError("W0s is empty: pass at least one weight matrix")
+    W0s = [_as_weight(W0, gf, f"W0s[{i}]") for i, W0 in enumerate(W0s)]
+    total = sum(W0.shape[0] for W0 in W0s)
     rows, weights = [], []
-    for i, W0 in enumerate(W0s):
-        W0 = _as_weight(W0, gf, f"W0s[{i}]")
-        pick = torch.linspace(0, W0.shape[0] - 1, min(W0.shape[0], rows_per_matrix)).round().long().unique()
+    for W0 in W0s:
+        k = min(W0.shape[0], max(4, round(sample_rows * W0.shape[0] / total)))
+        pick = torch.linspace(0, W0.shape[0] - 1, k).round().long().unique()
         rows.append(W0[pick])
         weights.append(torch.full((pick.numel(),), W0.shape[0] / pick.numel(), dtype=_F64))
     S = torch.cat(rows)  # (N, d_in) sampled rows
-    wt = torch.cat(weights) / (torch.cat(weights).sum() * gf.d_in)  # zeros → share of all entries
+    wt = torch.cat(weights) / (total * gf.d_in)  # zeros per sampled row → share of all entries
     A, _ = _uce_rows(S, gf)
 
     def sparsity(lam: float, y0: Tensor | None) -> tuple[float, Tensor]:
         res = space_solve(S, gf, lam, tol=solve_tol, W_uce=A, y0=y0)
         return float(((res.W == 0).sum(1).to(_F64) * wt).sum()), res.y
 
-    flat = A.abs().flatten()
-    flat = flat[:: max(1, flat.numel() // 1_000_000)]
-    lam = 2 * gf.gamma * float(flat.kthvalue(max(1, int(target * flat.numel()))).values)  # S_τ(W_uce) alone would hit target
-    lam = max(lam, 1e-12)
-    lo = hi = None  # (log λ, sparsity) brackets
+    if lam0 is None:
+        flat = A.abs().flatten()
+        lam0 = 2 * gf.gamma * float(flat.kthvalue(max(1, int(target * flat.numel()))).values)  # τ = quantile of |W_uce|
+    lam = max(lam0, 1e-12)
+    lo = hi = None  # (log λ, sparsity) on each side of the target
     best, y = (math.inf, lam), None
     for _ in range(max_steps):
         s, y = sparsity(lam, y)
@@ -707,12 +714,12 @@ def lam_for_sparsity(
         else:
             hi = (x, s)
         if hi is None:
-            x = x + math.log(4)
+            x += math.log(4)
         elif lo is None:
-            x = x - math.log(4)
+            x -= math.log(4)
         else:
             width = hi[0] - lo[0]
             x = lo[0] + (target - lo[1]) * width / max(hi[1] - lo[1], 1e-12)  # secant in log λ
-            x = min(max(x, lo[0] + 0.1 * width), hi[0] - 0.1 * width)  # keep inside the bracket
+            x = min(max(x, lo[0] + 0.1 * width), hi[0] - 0.1 * width)  # stay inside the bracket
         lam = math.exp(x)
     return best[1]

@@ -185,7 +185,7 @@ class ACE(Method):
             c = carriers[path]
             with torch.no_grad():
                 B = (c.B * torch.sigmoid(c.theta)).detach()
-            return LayerEdit.lowrank(path, B, c.A.detach(), rank=B.shape[1], gates=[round(float(g), 4) for g in torch.sigmoid(c.theta)])
+            return LayerEdit.lowrank(path, B, c.A.detach(), rank=B.shape[1], gates=[round(float(g), 4) for g in torch.sigmoid(c.theta.detach())])
 
         layers = cf.edit_layers(adapter, adapter.paths, fit_layer, "ace", progress)
         stats = {"seconds": round(time.perf_counter() - t0, 4), **train_stats}

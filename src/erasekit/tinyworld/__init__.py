@@ -35,8 +35,12 @@ def load_pipeline(device="cpu", dtype=None, path=None):
     from diffusers.utils import logging as dlogging
 
     dtype = torch.float32 if dtype is None else dtype
-    prev = dlogging.get_verbosity()
+    from transformers.utils import logging as tlogging
+
+    prev, bars = dlogging.get_verbosity(), (dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled())
     dlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename in recent diffusers
@@ -46,6 +50,10 @@ def load_pipeline(device="cpu", dtype=None, path=None):
             )
     finally:
         dlogging.set_verbosity(prev)
+        if bars[0]:
+            dlogging.enable_progress_bar()
+        if bars[1]:
+            tlogging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -1,0 +1,222 @@
+"""Measure UCE, SPACE (semi-smooth Newton) and plain FISTA on SD1.5- and SDXL-shaped layers.
+
+    python benchmarks/solver.py [--family sd15|sdxl|both] [--quick] [--threads N]
+
+Data (random, seeded; printed again in the output):
+  * weights: one to_k and one to_v per cross-attention block, fp32, entries N(0, 0.02²), with
+    the real output dims of SD1.5 (16 blocks, d_in 768) and SDXL (70 blocks, d_in 2048);
+  * n = 100 token columns (20 erase + 20 paired guide + 80 preserve), CLIP-like: norm ≈ 28,
+    70 % of the energy along one shared mean direction, 20 % in an 8-dim subspace, 10 %
+    isotropic noise — the anisotropy of real CLIP hidden states;
+  * γ = 0.5, α = β = 1 (UCE defaults); λ from lam_for_sparsity for the target sparsity (shared
+    by all layers), chosen before and outside the timed comparison.
+
+Timings are process wall time with torch on --threads CPU threads. SPACE's gap is certified by
+its duality gap and checked against a tight reference F* (warm-started SSN to 1e-13). FISTA runs
+with an oracle stop — it is stopped at the first check (every 10 iterations) where the true gap
+(F(W) − F*)/F* ≤ tol, and the checks are not timed — on one layer per distinct d_out.
+Memory: resident set size sampled every 2 ms during the SPACE pass over all layers, minus the
+RSS before it and minus the CSR results kept; relative to the fp32 size of all weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from erasekit import linalg  # noqa: E402
+
+# cross-attention output dims per transformer block, in UNet order
+SD15_BLOCKS = [320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320]
+SDXL_BLOCKS = [640] * 4 + [1280] * 20 + [1280] * 10 + [1280] * 30 + [640] * 6  # down, mid, up
+FAMILIES = {"sd15": (SD15_BLOCKS, 768), "sdxl": (SDXL_BLOCKS, 2048)}
+N_ERASE, N_PRESERVE, TOKEN_NORM = 20, 80, 28.0
+
+
+def clip_like_columns(d_in: int, k: int, g: torch.Generator, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """(d_in, k) token embeddings: shared mean direction + 8-dim structure + isotropic noise."""
+    low = basis @ torch.randn(basis.shape[1], k, generator=g, dtype=torch.float64) / math.sqrt(basis.shape[1])
+    noise = torch.randn(d_in, k, generator=g, dtype=torch.float64) / math.sqrt(d_in)
+    return TOKEN_NORM * (math.sqrt(0.7) * mean[:, None] + math.sqrt(0.2) * low + math.sqrt(0.1) * noise)
+
+
+def make_family(name: str, quick: bool, seed: int = 0):
+    blocks, d_in = FAMILIES[name]
+    if quick:  # one block per distinct d_out
+        blocks = sorted(set(blocks))
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(d_in, generator=g, dtype=torch.float64)
+    mean /= mean.norm()
+    basis = torch.linalg.qr(torch.randn(d_in, 8, generator=g, dtype=torch.float64))[0]
+    C_E, C_G, C_P = (clip_like_columns(d_in, k, g, mean, basis) for k in (N_ERASE, N_ERASE, N_PRESERVE))
+    weights = [(0.02 * torch.randn(d_out, d_in, generator=g)).float() for d_out in blocks for _ in ("to_k", "to_v")]
+    return weights, (C_E, C_G, C_P)
+
+
+class RssPeak:
+    """Peak resident set size (bytes) over a with-block, sampled by a thread every 2 ms."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def __enter__(self):
+        self.base = self.peak = self.rss()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.002):
+            self.peak = max(self.peak, self.rss())
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def csr_bytes(W: torch.Tensor) -> int:
+    """fp32 values + int32 column indices + int32 row pointers."""
+    return 8 * int((W != 0).sum()) + 4 * (W.shape[0] + 1)
+
+
+def fista_oracle(W0, gf, lam, F_star, tol, max_iter):
+    """(seconds, iterations, reached) of FISTA until (F(W) − F*)/F* ≤ tol, checks not timed."""
+    A, c0 = linalg._uce_rows(W0.double(), gf)
+    F, gamma = gf.F, gf.gamma
+    state = {"check": 0.0, "k": None}
+
+    def objective(W):  # F(W) = Σ_rows (w − a) M (w − a)ᵀ + λ‖W‖₁ + f(W_uce), eqs. (7)–(8)
+        E = W - A
+        return float(gamma * (E * E).sum() + ((E @ F) ** 2).sum() + lam * W.abs().sum() + c0.sum())
+
+    def callback(k, W):
+        if k % 10:
+            return False
+        t = time.perf_counter()
+        done = (objective(W) - F_star) / F_star <= tol
+        state["check"] += time.perf_counter() - t
+        state["k"] = k if done else None
+        return done
+
+    t0 = time.perf_counter()
+    res = linalg.space_solve(W0, gf, lam, solver="fista", tol=0.0, max_iter=max_iter, W_uce=A, callback=callback)
+    seconds = time.perf_counter() - t0 - state["check"]
+    return seconds, res.iterations, state["k"] is not None
+
+
+def run_family(name: str, args) -> list[tuple[str, str]]:
+    weights, cols = make_family(name, args.quick)
+    gf = linalg.gram_factor(*cols, gamma=0.5)
+    d_in = gf.d_in
+    d_outs = [W.shape[0] for W in weights]
+    dense_bytes = 4 * d_in * sum(d_outs)
+    print(f"\n== {name}: {len(weights)} matrices, d_in {d_in}, Σ d_out {sum(d_outs):,} "
+          f"({sum(d_outs) // 2:,} per projection), fp32 weights {dense_bytes / 2**20:.1f} MiB")
+    print(f"   mix: " + ", ".join(f"{d}×{d_outs.count(d)}" for d in sorted(set(d_outs))) + " (matrices by d_out)")
+    print(f"   tokens: n = {gf.n}, rank {gf.rank}, ‖c‖ ≈ {cols[0].norm(dim=0).mean():.1f}, "
+          f"σ_max(C̃)² = {gf.lam_max_M - gf.gamma:.3g}, cond(M) = {gf.cond_M:.3g}")
+
+    # UCE over all layers (best of 3 passes)
+    uce_s = min(timed(lambda: [linalg.uce_weight(W, gf) for W in weights])[1] for _ in range(3))
+
+    # λ for the target sparsity, shared by all layers (timed separately)
+    lam, lam_s = timed(lambda: linalg.lam_for_sparsity(weights, gf, args.target))
+
+    # SPACE (SSN) over all layers, layer by layer, results kept as CSR; memory sampled
+    results, csr_total, ssn_layer = [], 0, {}
+    with RssPeak() as mem:
+        t0 = time.perf_counter()
+        for W in weights:
+            t = time.perf_counter()
+            res = linalg.space_solve(W, gf, lam, tol=args.tol)
+            ssn_layer.setdefault(W.shape[0], time.perf_counter() - t)
+            csr_total += csr_bytes(res.W)
+            results.append((res.y, res.iterations, res.converged, int((res.W == 0).sum()), res.gap))
+            del res
+        space_s = time.perf_counter() - t0
+    work_bytes = mem.peak - mem.base - csr_total
+
+    # tight reference F* per layer (warm-started from SPACE's duals), true gaps of the timed solves
+    F_star, true_gaps, cert = [], [], []
+    for W, (y, *_rest, gap) in zip(weights, results):
+        ref = linalg.space_solve(W, gf, lam, tol=1e-13, y0=y)
+        F_star.append(ref.objective)
+        sol = linalg.space_solve(W, gf, lam, tol=1e-13, y0=y, max_iter=0)  # W(y) of the timed solve
+        true_gaps.append((sol.objective - ref.objective) / ref.objective)
+        cert.append(gap)
+    zeros = sum(r[3] for r in results)
+    its = [r[1] for r in results]
+
+    # FISTA with oracle stop on one layer per distinct d_out, against SPACE on the same layer
+    fista_rows = []
+    for d_out in sorted(set(d_outs)):
+        i = d_outs.index(d_out)
+        f_s, f_its, reached = fista_oracle(weights[i], gf, lam, F_star[i], args.tol, args.fista_max_iter)
+        fista_rows.append((d_out, ssn_layer[d_out], its[i], f_s, f_its, reached))
+
+    rows = [
+        ("UCE, all layers", f"{uce_s:.2f} s"),
+        (f"λ for {args.target:.0%} sparsity (lam_for_sparsity, shared)", f"{lam_s:.2f} s   (λ = {lam:.4g})"),
+        (f"SPACE (SSN), all layers, tol {args.tol:g}", f"{space_s:.2f} s"),
+        ("SPACE / UCE", f"{space_s / uce_s:.1f}×"),
+        ("SPACE Newton iterations per layer (max over rows)", f"median {sorted(its)[len(its) // 2]}, max {max(its)}"),
+        ("SPACE converged layers", f"{sum(r[2] for r in results)}/{len(results)}"),
+        ("certified gap (max over layers)", f"{max(cert):.2e}"),
+        ("true gap vs reference F* (max over layers)", f"{max(true_gaps):.2e}"),
+        ("achieved sparsity (exact zeros, all layers)", f"{zeros / (d_in * sum(d_outs)):.4f}"),
+        ("peak working memory beyond weights and results", f"{work_bytes / 2**20:.1f} MiB = {work_bytes / dense_bytes:.1%} of fp32 weights"),
+        ("CSR (fp32 values + int32 indices) / dense fp32", f"{csr_total / dense_bytes:.1%}"),
+    ]
+    for d_out, s_s, s_its, f_s, f_its, reached in fista_rows:
+        flag = "" if reached else f"  (did not reach {args.tol:g} in {f_its} iterations: lower bound)"
+        rows.append((f"layer {d_out}×{d_in}: SPACE | FISTA (oracle stop)",
+                     f"{s_s:.2f} s ({s_its} it) | {f_s:.1f} s ({f_its} it) → FISTA/SPACE {f_s / s_s:.0f}×{flag}"))
+    return rows
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--family", choices=["sd15", "sdxl", "both"], default="both")
+    p.add_argument("--quick", action="store_true", help="one block per distinct d_out instead of the full UNet mix")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--target", type=float, default=0.85, help="target sparsity")
+    p.add_argument("--tol", type=float, default=1e-6, help="relative objective gap")
+    p.add_argument("--fista-max-iter", type=int, default=20000)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f} at start; {'quick' if args.quick else 'full'} run")
+    print("weights: fp32 N(0, 0.02²); tokens: 20 erase + 20 guide + 80 preserve CLIP-like columns "
+          "(norm ≈ 28, 70 % shared mean direction, 20 % 8-dim subspace, 10 % noise); γ = 0.5, α = β = 1")
+    t0 = time.perf_counter()
+    for name in (["sd15", "sdxl"] if args.family == "both" else [args.family]):
+        rows = run_family(name, args)
+        width = max(len(k) for k, _ in rows)
+        print("   " + "-" * (width + 40))
+        for k, v in rows:
+            print(f"   {k:<{width}}  {v}")
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.2f} at end")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Reports: ``results.json`` for machines, one self-contained ``report.html`` for people, a rich table for the terminal.
+
+The page embeds every image as a base64 data URI (PNG for small images, JPEG thumbnails for
+large ones), so it can be mailed or archived as one file. Per study and suite it shows a grid
+— rows are items, columns the unedited model and each method on the same seeds — under the
+metric table (value, bootstrap interval, counts) and the full settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .._atomic import write_bytes_atomic
+from .runner import UNEDITED, ImageCache, Results
+
+
+def _jsonable(x):
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def write_json(results: Results, path: str | Path) -> Path:
+    path = Path(path)
+    write_bytes_atomic(path, json.dumps(results.to_dict(), indent=1, default=_jsonable).encode())
+    return path
+
+
+def metric_rows(results: Results) -> tuple[list[str], list[tuple[str, str, dict]]]:
+    """(metric names in first-seen order, rows of (study, method, {metric: Estimate})); an 'unedited' row per study first."""
+    names: list[str] = []
+    rows = []
+    for study, runs in results.studies.items():
+        first = next(iter(runs.values()))
+        rows.append((study, UNEDITED, first.baseline))
+        for label, run in runs.items():
+            rows.append((study, label, run.metrics))
+    for _, _, ms in rows:
+        for k in ms:
+            if k not in names:
+                names.append(k)
+    return names, rows
+
+
+def _fmt(est) -> tuple[str, str]:
+    if est is None:
+        return "–", ""
+    percent = "pixel" not in est.name
+    counts = f"{est.k}/{est.n}" if est.k is not None else f"n={est.n}"
+    return est.fmt(percent), counts
+
+
+def print_table(results: Results, title: str = "erasekit evaluation") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names, rows = metric_rows(results)
+    t = Table(title=f"{title}  (value [95 % bootstrap CI], % unless noted)")
+    t.add_column("study")
+    t.add_column("method", style="bold")
+    for n in names:
+        t.add_column(n, justify="right")
+    for study, label, ms in rows:
+        t.add_row(study, label, *(_fmt(ms.get(n))[0] for n in names))
+    Console().print(t)
+
+
+def _data_uri(im: Image.Image, thumb: int) -> str:
+    buf = io.BytesIO()
+    if max(im.size) > 2 * thumb:
+        im = im.copy()
+        im.thumbnail((thumb * 2, thumb * 2), Image.LANCZOS)
+        im.save(buf, format="JPEG", quality=85)
+        mime = "jpeg"
+    else:
+        im.save(buf, format="PNG")
+        mime = "png"
+    return f"data:image/{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top}th{background:#f3f3f3}
+#metrics td{text-align:right;white-space:nowrap}#metrics td small{color:#777;display:block}
+.grid img{width:THUMBpx;height:THUMBpx;image-rendering:pixelated;display:block}.grid td.p{max-width:22em;font-size:12px}
+.seen{color:#b00;font-size:11px}.unseen{color:#070;font-size:11px}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}"""
+
+
+def write_html(results: Results, path: str | Path, *, max_rows: int = 8, thumb: int = 96, title: str = "erasekit evaluation") -> Path:
+    path = Path(path)
+    names, rows = metric_rows(results)
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS.replace('THUMB', str(thumb))}</style></head><body>",
+           f"<h1>{e(title)}</h1>",
+           f"<p>Judge: <b>{e(results.judge.get('judge', '?'))}</b> · model fingerprint <code>{e(results.config['model_fingerprint'][:16])}</code> · "
+           f"{results.timing['images_total']} images ({results.timing['images_from_cache']} from cache) · same seeds for every column.</p>",
+           "<h2>Metrics</h2><table id='metrics'><tr><th>study</th><th>method</th>" + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>"]
+    for study, label, ms in rows:
+        cells = "".join(f"<td>{e(v)}<small>{e(c)}</small></td>" for v, c in (_fmt(ms.get(n)) for n in names))
+        out.append(f"<tr><td>{e(study)}</td><td><b>{e(label)}</b></td>{cells}</tr>")
+    out.append("</table><p>Rates in %, value [95 % percentile-bootstrap interval], successes / images below. "
+               "The unedited row applies the same measures to the unedited model's images.</p>")
+    for study, runs in results.studies.items():
+        out.append(f"<h2>Study: {e(study)}</h2>")
+        labels = list(runs)
+        for suite_name in next(iter(runs.values())).suites:
+            out.append(_grid(suite_name, [runs[m].suites[suite_name] for m in labels], labels, max_rows, thumb))
+    settings = {"config": results.config, "judge": results.judge, "timing": results.timing,
+                "edits": {s: {m: {"summary": r.edit_summary, "config": r.edit_config} for m, r in runs.items()} for s, runs in results.studies.items()}}
+    out.append(f"<h2>Settings</h2><pre id='settings'>{e(json.dumps(settings, indent=1, default=_jsonable))}</pre></body></html>")
+    write_bytes_atomic(path, "\n".join(out).encode("utf-8"))
+    return path
+
+
+def _decision(run, which: str, i: int) -> str:
+    jr = run.judged_edited if which == "edited" else run.judged_unedited
+    item = run.suite.items[i]
+    if jr is None or not item.concepts:
+        return ""
+    seen = [c for c in item.concepts if jr.seen(c)[i]]
+    cls = "seen" if seen else "unseen"
+    return f"<div class='{cls}'>{html.escape('sees ' + ', '.join(seen) if seen else 'sees none of ' + ', '.join(item.concepts))}</div>"
+
+
+def _grid(suite_name: str, suite_runs: list, labels: list[str], max_rows: int, thumb: int) -> str:
+    e = html.escape
+    first = suite_runs[0]
+    same_items = all(r.suite.items == first.suite.items for r in suite_runs)
+    n = min(max_rows, len(first.suite.items))
+    head = f"<h3>{e(suite_name)} <small>({e(first.suite.kind)}, {len(first.suite.items)} items, first {n} shown)</small></h3>"
+    if same_items:
+        cols = ["unedited"] + labels
+        cells = lambda i: [(first.unedited[i], _decision(first, "unedited", i))] + [(r.edited[i], _decision(r, "edited", i)) for r in suite_runs]  # noqa: E731
+    else:  # items differ per method (attacks searched against each edited model): unedited | edited per method
+        cols = [c for m in labels for c in (f"unedited · {m} prompts", m)]
+        cells = lambda i: [c for r in suite_runs for c in ((r.unedited[i], _decision(r, "unedited", i)), (r.edited[i], _decision(r, "edited", i)))]  # noqa: E731
+    rows = ["<table class='grid'><tr><th>prompt</th><th>seed</th>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"]
+    for i in range(n):
+        it = first.suite.items[i]
+        prompt = it.prompt if same_items else " | ".join(dict.fromkeys(r.suite.items[i].prompt for r in suite_runs))
+        if it.shift is not None:
+            prompt += f"  [+ η={it.shift[1]:g} · concept vector]"
+        imgs = "".join(f"<td><img alt='{e(cols[k])}' src='{_data_uri(ImageCache.load(p), thumb)}'>{d}</td>" for k, (p, d) in enumerate(cells(i)))
+        rows.append(f"<tr><td class='p'>{e(prompt)}</td><td>{it.seed}</td>{imgs}</tr>")
+    rows.append("</table>")
+    return head + "".join(rows)

@@ -1,0 +1,425 @@
+"""Run an evaluation: generate (cached, batched, sharded), judge, measure.
+
+Every image is keyed by (model fingerprint, conditioning, seed, steps, guidance, size,
+scheduler) and written to an on-disk cache as soon as its batch finishes (PNG, atomic), so
+
+* unedited images are generated once and shared by every method, study and later run;
+* an interrupted run loses no finished image: run it again and only the missing ones are made;
+* sharding is trivial: under ``accelerate launch`` each process generates its share of the
+  missing images (``PartialState().split_between_processes``), everyone waits, and the main
+  process reads all images back from the cache, judges them and computes the metrics — the
+  same numbers as a single process, because each image depends on its own seed only.
+
+On CPU, accelerate 1.x starts several local processes only through its torchrun launcher:
+``accelerate launch --multi_gpu --num_processes 2 -m erasekit.cli evaluate ... --device cpu``
+(``--cpu --num_processes 2`` needs MPI and otherwise runs one process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+
+from .._atomic import atomic_path
+from ..errors import EraseKitError
+from . import metrics as M
+from .attacks import shifted_conditioning, vector_digest
+from .judges import Judge, JudgeResult
+from .suites import Suite, SuiteItem, default_cache_dir
+
+UNEDITED = "unedited"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling settings shared by every image (``None`` = the pipeline's default; an item's own guidance wins)."""
+
+    steps: int | None = None
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+    batch_size: int = 8
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "guidance": self.guidance, "height": self.height, "width": self.width, "batch_size": self.batch_size}
+
+
+# ----------------------------------------------------------------------------- fingerprints
+@torch.no_grad()
+def pipeline_fingerprint(pipe) -> str:
+    """SHA-256 over every component's tensors (shape, dtype, float64 sum and a strided sample of
+    values), the tokenizers' vocabularies and the pipeline class. The scheduler is not included:
+    it is part of each image's key on its own."""
+    h = hashlib.sha256(type(pipe).__name__.encode())
+    for name, comp in sorted(pipe.components.items()):
+        h.update(f"|{name}:{type(comp).__name__}".encode())
+        if isinstance(comp, torch.nn.Module):
+            for key, t in comp.state_dict().items():
+                flat = t.detach().reshape(-1)
+                sample = flat[:: max(1, flat.numel() // 4096)][:4096]
+                h.update(f"{key}|{tuple(t.shape)}|{t.dtype}|{float(flat.double().sum())!r}|".encode())
+                h.update(sample.to("cpu", torch.float32).numpy().tobytes())
+        elif hasattr(comp, "get_vocab"):
+            h.update(json.dumps(comp.get_vocab(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def edit_digest(edit) -> str:
+    """SHA-256 of an edit's method, config and tensors."""
+    from ..edit import _content_sha256
+
+    meta = json.dumps({"method": edit.method, "config": edit.config}, sort_keys=True, default=str)
+    return hashlib.sha256((meta + _content_sha256(edit._tensors())).encode()).hexdigest()
+
+
+def scheduler_id(pipe) -> str:
+    cfg = json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str)
+    return f"{type(pipe.scheduler).__name__}:{hashlib.sha256(cfg.encode()).hexdigest()[:16]}"
+
+
+# ----------------------------------------------------------------------------- image cache
+class ImageCache:
+    """PNG files under ``root/images/<model fp[:16]>/<key[:2]>/<key>.png``; the key's JSON is in the PNG text."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    @staticmethod
+    def key(model_fp: str, item: SuiteItem, settings: GenerationSettings, scheduler: str, vectors: dict) -> tuple[str, dict]:
+        guidance = item.guidance if item.guidance is not None else settings.guidance
+        spec = {
+            "model": model_fp, "prompt": item.prompt, "seed": int(item.seed),
+            "shift": None if item.shift is None else [vector_digest(vectors[item.shift[0]]), float(item.shift[1])],
+            "steps": settings.steps, "guidance": guidance, "height": settings.height, "width": settings.width, "scheduler": scheduler,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(), spec
+
+    def path(self, model_fp: str, digest: str) -> Path:
+        return self.root / "images" / model_fp[:16] / digest[:2] / f"{digest}.png"
+
+    def save(self, path: Path, image: Image.Image, spec: dict) -> None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("erasekit", json.dumps(spec, sort_keys=True))
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG", pnginfo=info)
+
+    @staticmethod
+    def load(path: Path) -> Image.Image:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+
+# ----------------------------------------------------------------------------- studies and results
+@dataclass
+class Study:
+    """One erased concept (set): its suites, the edits to compare, and the attacks to run on them."""
+
+    name: str
+    suites: list[Suite]
+    edits: dict  # method label -> Edit
+    attacks: Sequence = ()
+
+
+@dataclass
+class SuiteRun:
+    """One suite under one method: the images (cache paths) of both models and their judgements."""
+
+    suite: Suite
+    unedited: list[Path]
+    edited: list[Path]
+    judged_unedited: JudgeResult | None = None
+    judged_edited: JudgeResult | None = None
+    pixel_distance: list[float] = field(default_factory=list)
+
+    def seen(self, which: str, mode: str = "any") -> np.ndarray:
+        """Per item: does the judge see any (``mode="any"``) / all of the item's concepts?"""
+        jr = self.judged_edited if which == "edited" else self.judged_unedited
+        agg = np.any if mode == "any" else np.all
+        return np.array([bool(agg([jr.seen(c)[i] for c in it.concepts])) for i, it in enumerate(self.suite.items)], dtype=bool)
+
+    def to_dict(self) -> dict:
+        return {"suite": self.suite.to_dict(), "unedited_images": [str(p) for p in self.unedited], "edited_images": [str(p) for p in self.edited],
+                "judged_unedited": self.judged_unedited.to_dict() if self.judged_unedited else None,
+                "judged_edited": self.judged_edited.to_dict() if self.judged_edited else None,
+                "pixel_distance": self.pixel_distance}
+
+
+@dataclass
+class MethodRun:
+    label: str
+    edit_summary: dict
+    edit_config: dict
+    suites: dict[str, SuiteRun]
+    metrics: dict[str, M.Estimate] = field(default_factory=dict)
+    baseline: dict[str, M.Estimate] = field(default_factory=dict)  # the same rates on the unedited model's images
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "edit": self.edit_summary, "config": self.edit_config,
+                "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+                "unedited_metrics": {k: v.to_dict() for k, v in self.baseline.items()},
+                "suites": {k: v.to_dict() for k, v in self.suites.items()}}
+
+
+@dataclass
+class Results:
+    studies: dict[str, dict[str, MethodRun]]
+    config: dict
+    judge: dict
+    timing: dict
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "judge": self.judge, "timing": self.timing,
+                "studies": {s: {m: r.to_dict() for m, r in runs.items()} for s, runs in self.studies.items()}}
+
+    def table(self) -> list[dict]:
+        """One row per (study, method) with the headline metrics."""
+        return [{"study": s, "method": m, **{k: v for k, v in r.metrics.items()}} for s, runs in self.studies.items() for m, r in runs.items()]
+
+
+# ----------------------------------------------------------------------------- generation
+@torch.no_grad()
+def _render(pipe, items: Sequence[SuiteItem], vectors: dict, settings: GenerationSettings) -> list[Image.Image]:
+    """One batch; every item has the same guidance and either all or none are shifted."""
+    gens = [torch.Generator(device="cpu").manual_seed(int(it.seed)) for it in items]
+    guidance = items[0].guidance if items[0].guidance is not None else settings.guidance
+    kw = {k: v for k, v in dict(num_inference_steps=settings.steps, guidance_scale=guidance, height=settings.height,
+                                width=settings.width).items() if v is not None}
+    if items[0].shift is None:
+        cond = {"prompt": [it.prompt for it in items]}
+    else:
+        cond = shifted_conditioning(pipe, items, vectors)
+    return pipe(**cond, generator=gens, output_type="pil", **kw).images
+
+
+@dataclass
+class _Job:
+    state: str  # UNEDITED or "<study>/<method>"
+    digest: str
+    path: Path
+    spec: dict
+    item: SuiteItem
+    vectors: dict
+
+    def group(self) -> tuple:
+        return (self.state, str(self.item.guidance), self.item.shift is not None)
+
+
+def _shared_suites(state, work: Path, tag: str, build) -> list[Suite]:
+    """Build attack suites on the main process, store them under ``work``, load them everywhere."""
+    from safetensors.torch import load_file, save_file
+
+    folder = work / "attacks" / tag
+    if state.is_main_process:
+        suites = build()
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, s in enumerate(suites):
+            (folder / f"{i}.json").write_text(json.dumps(s.to_dict(), indent=1))
+            flat = {f"{name}/{k}": t.contiguous() for name, vec in s.vectors.items() for k, t in vec.items()}
+            save_file(flat, str(folder / f"{i}.safetensors"))
+        (folder / "count").write_text(str(len(suites)))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        return suites
+    out = []
+    for i in range(int((folder / "count").read_text())):
+        d = json.loads((folder / f"{i}.json").read_text())
+        vectors: dict = {}
+        for key, t in load_file(str(folder / f"{i}.safetensors")).items():
+            name, k = key.rsplit("/", 1)
+            vectors.setdefault(name, {})[k] = t
+        out.append(Suite(d["name"], d["kind"], [SuiteItem.from_dict(x) for x in d["items"]], d["source"], d["info"], vectors))
+    return out
+
+
+def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.PathLike, settings: GenerationSettings = GenerationSettings(),
+             cache_dir: str | os.PathLike | None = None, seed: int = 0, n_boot: int = M.N_BOOT, progress: bool = True) -> Results | None:
+    """Generate, judge and measure every study; returns :class:`Results` on the main process, ``None`` on the others.
+
+    ``pipe`` must be unedited; each edit is applied for its images and reverted.
+    """
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from ..edit import Edit
+
+    if Edit.applied(pipe):
+        raise EraseKitError(f"the pipeline already has an edit applied ({Edit.applied(pipe)[-1]}); evaluate needs the unedited pipeline")
+    names = [s.name for s in studies]
+    if len(set(names)) != len(names):
+        raise EraseKitError(f"study names must be unique, got {names}")
+    state = PartialState(cpu=pipe.unet.device.type == "cpu")
+    work = Path(out_dir)
+    cache = ImageCache(cache_dir)
+    t_start = time.perf_counter()
+    base_fp = pipeline_fingerprint(pipe)
+    sched = scheduler_id(pipe)
+
+    # adversarial suites: built once on the main process, shared through files
+    t0 = time.perf_counter()
+    suites: dict[tuple[str, str], list[Suite]] = {}
+    for study in studies:
+        target = next((s for s in study.suites if s.kind == "target"), None)
+        if study.attacks and target is None:
+            raise EraseKitError(f"study {study.name!r} has attacks but no target suite to attack")
+        once = [a for a in study.attacks if not a.per_method]
+        per_method = [a for a in study.attacks if a.per_method]
+        shared = _shared_suites(state, work, f"{study.name}/all", lambda: [a.build(pipe, target) for a in once]) if once else []
+        for label, edit in study.edits.items():
+            own = _shared_suites(state, work, f"{study.name}/{label}",
+                                 lambda: [a.build(pipe, target, edit) for a in per_method]) if per_method else []
+            suites[(study.name, label)] = list(study.suites) + shared + own
+    attack_seconds = time.perf_counter() - t0
+
+    # every image both models need, deduplicated by key
+    fps = {UNEDITED: base_fp}
+    edits = {}
+    for study in studies:
+        for label, edit in study.edits.items():
+            fps[f"{study.name}/{label}"] = hashlib.sha256((base_fp + edit_digest(edit)).encode()).hexdigest()
+            edits[f"{study.name}/{label}"] = edit
+    jobs: dict[str, _Job] = {}
+    runs: dict[str, dict[str, MethodRun]] = {}
+
+    def job(state_name: str, item: SuiteItem, vectors: dict) -> Path:
+        digest, spec = cache.key(fps[state_name], item, settings, sched, vectors)
+        path = cache.path(fps[state_name], digest)
+        jobs.setdefault(digest, _Job(state_name, digest, path, spec, item, vectors))
+        return path
+
+    for study in studies:
+        runs[study.name] = {}
+        for label, edit in study.edits.items():
+            sr = {}
+            for s in suites[(study.name, label)]:
+                if s.name in sr:
+                    raise EraseKitError(f"study {study.name!r}: two suites are named {s.name!r}")
+                sr[s.name] = SuiteRun(s, [job(UNEDITED, it, s.vectors) for it in s], [job(f"{study.name}/{label}", it, s.vectors) for it in s])
+            runs[study.name][label] = MethodRun(label, edit.summary(), edit.config, sr)
+    order = {name: i for i, name in enumerate(fps)}
+    missing = sorted((j for j in jobs.values() if not j.path.is_file()), key=lambda j: (order[j.state], j.group()[1:], j.digest))
+    state.wait_for_everyone()  # everyone has listed the missing images before anyone writes one
+
+    t0 = time.perf_counter()
+    with state.split_between_processes(missing) as mine:
+        bar = tqdm(total=len(mine), desc=f"generating ({state.process_index + 1}/{state.num_processes})", disable=not progress or not state.is_main_process)
+        for st in dict.fromkeys(j.state for j in mine):
+            todo = [j for j in mine if j.state == st]
+            edit = edits.get(st)
+            if edit is not None:
+                edit.apply(pipe)
+            try:
+                for grp in dict.fromkeys(j.group() for j in todo):
+                    batch_jobs = [j for j in todo if j.group() == grp]
+                    for i in range(0, len(batch_jobs), settings.batch_size):
+                        chunk = batch_jobs[i: i + settings.batch_size]
+                        vectors = {k: v for j in chunk for k, v in j.vectors.items()}
+                        for j, im in zip(chunk, _render(pipe, [j.item for j in chunk], vectors, settings)):
+                            cache.save(j.path, im, j.spec)
+                        bar.update(len(chunk))
+            finally:
+                if edit is not None:
+                    edit.revert(pipe)
+        bar.close()
+        generated_here = len(mine)
+    generation_seconds = time.perf_counter() - t0
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+
+    t0 = time.perf_counter()
+    memo: dict[tuple, JudgeResult] = {}
+
+    def judged(paths: list[Path], labels: list[str]) -> JudgeResult:
+        key = (tuple(map(str, paths)), tuple(labels))
+        if not labels:  # nothing to ask (e.g. general prompts of a real model: drift is pixel distance only)
+            return JudgeResult([], np.zeros((len(paths), 0)), np.zeros((len(paths), 0), bool), judge.settings)
+        if key not in memo:
+            memo[key] = judge.judge([cache.load(p) for p in paths], labels)
+        return memo[key]
+
+    for study_runs in runs.values():
+        for run in study_runs.values():
+            for s in run.suites.values():
+                s.judged_unedited = judged(s.unedited, s.suite.labels)
+                s.judged_edited = judged(s.edited, s.suite.labels)
+                if s.suite.kind == "general":
+                    s.pixel_distance = [M.pixel_distance(cache.load(a), cache.load(b)) for a, b in zip(s.unedited, s.edited)]
+            run.metrics = _metrics(run, "edited", seed, n_boot)
+            run.baseline = _metrics(run, "unedited", seed, n_boot)
+    judge_seconds = time.perf_counter() - t0
+
+    config = {
+        "settings": settings.to_dict(), "scheduler": sched, "model_fingerprint": base_fp, "seed": seed, "n_boot": n_boot, "level": M.LEVEL,
+        "cache_dir": str(cache.root), "processes": state.num_processes, "versions": versions(),
+        "pipeline": {"class": type(pipe).__name__, "name_or_path": getattr(pipe.config, "_name_or_path", None) if hasattr(pipe, "config") else None},
+    }
+    timing = {"images_total": len(jobs), "images_generated": len(missing), "images_generated_by_main": generated_here,
+              "images_from_cache": len(jobs) - len(missing), "attack_seconds": attack_seconds, "generation_seconds": generation_seconds,
+              "judge_and_metrics_seconds": judge_seconds, "total_seconds": time.perf_counter() - t_start}
+    return Results(runs, config, judge.settings, timing)
+
+
+def _metrics(run: MethodRun, which: str, seed: int, n_boot: int) -> dict[str, M.Estimate]:
+    """Headline metrics of one method on the edited (or, for reference, the unedited) images."""
+    out: dict[str, M.Estimate] = {}
+    erase_parts, retain_parts = [], []
+    kw = dict(seed=seed, n_boot=n_boot)
+    for name, s in run.suites.items():
+        kind = s.suite.kind
+        suffix = "" if name == kind else f" ({name})"
+        if kind in ("target", "paraphrase"):
+            seen = s.seen(which, "any")
+            label = "erase rate" if kind == "target" else "paraphrase erase rate"
+            out[label + suffix] = M.erase_rate(seen, name=label + suffix, **kw)
+            erase_parts.append(~seen)
+        elif kind == "retain":
+            seen = s.seen(which, "all")
+            out["retain rate" + suffix] = M.rate("retain rate" + suffix, seen, **kw)
+            retain_parts.append(seen)
+        elif kind == "adversarial":
+            label = f"ASR {name.split(':', 1)[-1]}"
+            out[label] = M.attack_success_rate(s.seen(which, "any"), name=label, budget=s.suite.info.get("budget", ""), **kw)
+        elif kind == "general" and which == "edited":
+            if s.suite.labels:
+                out["drift: judge agreement" + suffix] = M.judge_agreement(
+                    _item_decisions(s, "edited"), _item_decisions(s, "unedited"), **kw)
+            out["drift: pixel distance" + suffix] = M.mean("drift: pixel distance" + suffix, np.array(s.pixel_distance),
+                                                           note="mean |edited − unedited| in [0, 1], same seeds", **kw)
+    if erase_parts and retain_parts:
+        out["harmonic mean"] = M.harmonic_mean(erase_parts + retain_parts, **kw)
+    return out
+
+
+def _item_decisions(s: SuiteRun, which: str) -> np.ndarray:
+    """(items, max labels) decisions on each item's own concepts (padded with False)."""
+    jr = s.judged_edited if which == "edited" else s.judged_unedited
+    width = max((len(it.concepts) for it in s.suite.items), default=0)
+    out = np.zeros((len(s.suite.items), width), dtype=bool)
+    for i, it in enumerate(s.suite.items):
+        for j, c in enumerate(it.concepts):
+            out[i, j] = jr.seen(c)[i]
+    return out
+
+
+def versions() -> dict:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    out = {"erasekit": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "diffusers", "transformers", "accelerate", "numpy", "safetensors", "nudenet", "onnxruntime"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
