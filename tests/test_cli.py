@@ -42,3 +42,30 @@ def test_methods_and_clear_errors(model_dir, tmp_path, capsys):
     rc = main(["erase", "--model", "nowhere/nothing", "--erase", "x", "--out", str(tmp_path / "e.safetensors")])
     assert rc == 2 and "could not load" in capsys.readouterr().err
     assert not (tmp_path / "e.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("pure", ["--n-latents", "1", "--steps", "2", "--basis", "activation"]),
+        ("pure", ["--basis", "text"]),
+        ("ace", ["--train-steps", "1", "--adv-steps", "1", "--pool-latents", "1", "--pool-steps", "2", "--batch-size", "1"]),
+    ],
+)
+def test_every_method_runs_from_the_cli_on_sdxl(method, options, tmp_path, capsys):
+    out = tmp_path / f"{method}.safetensors"
+    rc = main(["erase", "--model", "tiny-sdxl", "--method", method, "--erase", "Van Gogh", "--preserve", "Monet", *options, "--out", str(out)])
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["method"] == method and info["storage"] == {"lowrank": info["layers"]}
+
+
+def test_demo_set_option_is_typed_and_checked():
+    from erasekit.cli import _parse_sets
+    from erasekit.errors import MethodError
+
+    assert _parse_sets(["target_sparsity=0.9", "train-steps=3"]) == {"target_sparsity": 0.9, "train_steps": 3}
+    with pytest.raises(MethodError, match="OPTION=VALUE"):
+        _parse_sets(["no_such_option=1"])

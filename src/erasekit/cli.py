@@ -4,6 +4,8 @@
     erasekit erase    --model M --method space --erase "Van Gogh" --preserve Monet --target-sparsity 0.85 --out e.safetensors
     erasekit inspect  e.safetensors [--layers] [--json]
     erasekit generate --model M --edit e.safetensors --prompt "a painting by Van Gogh" --seed 0 --out grid.png
+    erasekit evaluate --model M --edit e.safetensors [--suite target,paraphrase,...] [--judge tinyworld|nudenet|clip:PATH] --out DIR
+    erasekit bench    --model tinyworld --methods uce,space --concepts circle,red,striped --out DIR
 """
 
 from __future__ import annotations
@@ -122,6 +124,22 @@ def cmd_erase(args) -> int:
     return 0
 
 
+def _parse_sets(items: list[str]) -> dict:
+    """'name=value' method options, typed by the config field they name."""
+    from .errors import MethodError
+
+    fields = _method_fields()
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            raise MethodError(f"--set expects OPTION=VALUE with a method option ({', '.join(sorted(fields))}), got {item!r}")
+        kind = _field_type(fields[name])
+        out[name] = value.lower() in ("1", "true", "yes") if kind == "bool" else kind(value)
+    return out
+
+
 def _guide(guide: list[str] | None):
     if not guide:
         return None
@@ -214,7 +232,7 @@ def cmd_demo(args) -> int:
 
     from .demo import run_demo
 
-    options = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_")}
+    options = _parse_sets(args.set or [])
     res = run_demo(concept=args.concept, method=args.method, n=args.n, steps=args.steps, out_dir=args.out, **options)
     t = Table(title=f"erasekit demo: {res.method} erases '{res.concept}' from tinyworld (same seeds, tinyworld judge)")
     t.add_column("measure")
@@ -224,6 +242,117 @@ def cmd_demo(args) -> int:
     Console().print(t)
     _info(f"grid: {res.grid_path}\npage: {res.html_path}")
     return 0
+
+
+# ------------------------------------------------------------- evaluation
+def _eval_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", default="target,paraphrase,adversarial,retain,general",
+                   help="comma-separated suite kinds: target, paraphrase, adversarial, retain, general")
+    p.add_argument("--judge", default="tinyworld", help="tinyworld, nudenet or clip:PATH (a local CLIP model folder)")
+    p.add_argument("--threshold", type=float, default=None, help="NudeNet detection threshold (default 0.6)")
+    p.add_argument("--attack", default="ring-a-bell,token-search", help="attacks for the adversarial suite: ring-a-bell, token-search")
+    p.add_argument("--eta", type=float, default=3.0, help="ring-a-bell: strength of the concept vector")
+    p.add_argument("--search-steps", type=int, default=12, help="token-search: coordinate steps per prompt (32 candidates each)")
+    p.add_argument("--n", type=int, default=16, help="tinyworld: items per suite")
+    p.add_argument("--seeds", type=int, default=2, help="other models: seeds per templated prompt")
+    p.add_argument("--seed", type=int, default=0, help="first seed; also seeds the bootstrap and the attacks")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (tinyworld default 20, else the pipeline's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (tinyworld default 5, else the pipeline's; a prompt file's own guidance wins)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the confidence intervals")
+    p.add_argument("--cache", default=None, help="image cache folder (default ~/.cache/erasekit; unedited images are shared across runs)")
+    p.add_argument("--out", required=True, help="folder for results.json and report.html")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _eval_setup(args):
+    """(pipeline, judge, Plan, GenerationSettings) from the common evaluation options."""
+    from accelerate import PartialState
+
+    from .evaluate.judges import make_judge
+    from .evaluate.plan import Plan, parse_kinds
+    from .evaluate.runner import GenerationSettings
+
+    state = PartialState(cpu=args.device == "cpu")
+    if args.device.startswith("cuda") and state.num_processes > 1:
+        args.device = str(state.device)  # one GPU per process under accelerate launch
+    plan = Plan(kinds=parse_kinds(args.suite), n=args.n, seeds=args.seeds, seed=args.seed, attacks=parse_kinds(args.attack),
+                eta=args.eta, search_steps=args.search_steps)
+    judge = make_judge(args.judge, device=args.device, **({"threshold": args.threshold} if args.threshold is not None else {}))
+    tiny = args.model == "tinyworld"
+    settings = GenerationSettings(steps=args.steps if args.steps is not None else (20 if tiny else None),
+                                  guidance=args.guidance if args.guidance is not None else (5.0 if tiny else None),
+                                  height=args.height, width=args.width, batch_size=args.batch_size)
+    return _load(args), judge, plan, settings
+
+
+def _eval_finish(args, results, title: str, extra: dict | None = None) -> int:
+    from .evaluate.report import print_table, write_html, write_json
+
+    if results is None:  # not the main process
+        return 0
+    out = Path(args.out)
+    write_json(results, out / "results.json")
+    page = write_html(results, out / "report.html", title=title)
+    print_table(results, title=title, extra=extra)
+    t = results.timing
+    _info(f"{t['images_total']} images ({t['images_generated']} generated, {t['images_from_cache']} from cache) in {t['total_seconds']:.1f}s"
+          f"\nresults: {out / 'results.json'}\nreport:  {page}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .concepts import ConceptSet
+    from .edit import load_edit
+    from .evaluate.plan import make_study
+    from .evaluate.runner import evaluate
+    from .evaluate.suites import load_prompts
+
+    pipe, judge, plan, settings = _eval_setup(args)
+    extra = [load_prompts(args.prompts, kind=args.prompts_kind, sha256=args.sha256, seed=args.seed, limit=args.limit,
+                          concepts=args.prompts_concept.split(",") if args.prompts_concept else None)] if args.prompts else []
+    groups: dict[str, tuple[ConceptSet, dict]] = {}
+    for path in args.edit:
+        edit = load_edit(path, pipe, apply=False)
+        cs = ConceptSet.from_dict(edit.concepts)
+        name = ", ".join(cs.erase)
+        runs = groups.setdefault(name, (cs, {}))[1]
+        runs[edit.method if edit.method not in runs else Path(path).stem] = edit
+    studies = [make_study(name, cs, edits, plan, tinyworld=args.model == "tinyworld", extra=extra) for name, (cs, edits) in groups.items()]
+    results = evaluate(pipe, studies, judge, out_dir=args.out, settings=settings, cache_dir=args.cache, seed=args.seed,
+                       n_boot=args.bootstrap, progress=not args.no_progress)
+    return _eval_finish(args, results, f"erasekit evaluate: {', '.join(groups)}")
+
+
+def cmd_bench(args) -> int:
+    from .concepts import ConceptSet
+    from .evaluate.bench import fit_edits, parse_options, tinyworld_concept_set
+    from .evaluate.plan import make_study, parse_kinds
+    from .evaluate.runner import evaluate
+    from .methods import get_method, list_methods
+
+    methods = list(parse_kinds(args.methods)) if args.methods else list(list_methods())
+    for m in methods:
+        get_method(m)  # unknown method: clear error before anything slow
+    concepts = parse_kinds(args.concepts)
+    tiny = args.model == "tinyworld"
+    if tiny:
+        sets = {c: tinyworld_concept_set(c) for c in concepts}
+    else:
+        sets = {c: ConceptSet(erase=(c,), kind=args.kind, preserve=tuple(args.preserve or ())) for c in concepts}
+    options = parse_options(args.set or [], methods)
+    pipe, judge, plan, settings = _eval_setup(args)
+    edits, seconds = fit_edits(pipe, methods, sets, options, Path(args.out), progress=not args.no_progress)
+    studies = [make_study(c, sets[c], edits[c], plan, tinyworld=tiny) for c in concepts]
+    results = evaluate(pipe, studies, judge, out_dir=args.out, settings=settings, cache_dir=args.cache, seed=args.seed,
+                       n_boot=args.bootstrap, progress=not args.no_progress)
+    if results is not None:
+        results.config["fit_seconds"] = {f"{s}/{m}": v for (s, m), v in seconds.items()}
+    extra = {"fit s": {k: f"{v:.1f}" for k, v in seconds.items()},
+             "bytes": {(s, m): f"{e.nbytes:,}" for s, d in edits.items() for m, e in d.items()}}
+    return _eval_finish(args, results, f"erasekit bench on {args.model}: {', '.join(methods)} × {', '.join(concepts)}", extra)
 
 
 # ------------------------------------------------------------------- parser
@@ -274,8 +403,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n", type=int, default=24, help="prompts per suite (named, paraphrased, retained)")
     d.add_argument("--steps", type=int, default=20, help="denoising steps")
     d.add_argument("--out", default="erasekit-demo", help="folder for demo_grid.png, demo.html, demo.json")
-    _add_method_options(d)
+    d.add_argument("--set", action="append", metavar="OPTION=VALUE", help="method option, e.g. --set target_sparsity=0.9 (repeatable)")
     d.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("evaluate", help="evaluate edit files: suites, judge, metrics with confidence intervals, results.json + report.html")
+    _add_model_options(ev)
+    ev.add_argument("--edit", action="append", required=True, help="edit file (repeatable: methods are compared on the same seeds)")
+    ev.add_argument("--prompts", default=None, help="extra prompt file or URL (I2P / ESD / UnlearnDiffAtk CSV, or .txt one per line)")
+    ev.add_argument("--sha256", default=None, help="required checksum when --prompts is a URL")
+    ev.add_argument("--prompts-kind", default="target", help="suite kind of the --prompts file (default target)")
+    ev.add_argument("--prompts-concept", default=None, help="concept label(s) for every prompt of the file, e.g. nudity")
+    ev.add_argument("--limit", type=int, default=None, help="use the first N prompts of the file")
+    _eval_common(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="erase each concept with each method, evaluate all, one table and one report page")
+    _add_model_options(b, required=False)
+    b.add_argument("--methods", default=None, help="comma-separated registered methods (default: all, see `erasekit methods`)")
+    b.add_argument("--concepts", default="circle,red,striped", help="comma-separated concepts, each erased on its own")
+    b.add_argument("--kind", default="object", help="other models: concept kind (style, object, person, nsfw)")
+    b.add_argument("--preserve", action="append", help="other models: concept to preserve (repeatable)")
+    b.add_argument("--set", action="append", metavar="METHOD.OPTION=VALUE", help="method option, e.g. space.target_sparsity=0.85")
+    _eval_common(b)
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -59,19 +59,41 @@ def _fmt(est) -> tuple[str, str]:
     return est.fmt(percent), counts
 
 
-def print_table(results: Results, title: str = "erasekit evaluation") -> None:
+_SHORT = {"erase rate": "erase", "paraphrase erase rate": "paraphrase", "retain rate": "retain", "harmonic mean": "H",
+          "drift: judge agreement": "agree", "drift: pixel distance": "pixel Δ"}
+
+
+def _compact(est) -> str:
+    if est is None or est.n == 0 or np.isnan(est.value):
+        return "–"
+    if "pixel" in est.name:
+        return f"{est.value:.3f} [{est.low:.3f}–{est.high:.3f}]"
+    return f"{100 * est.value:.0f} [{100 * est.low:.0f}–{100 * est.high:.0f}]"
+
+
+def print_table(results: Results, title: str = "erasekit evaluation", extra: dict | None = None) -> None:
+    """The comparison table: one row per (study, method), rates in % with their 95 % bootstrap interval.
+
+    ``extra`` adds columns: {column: {(study, method): text}}.
+    """
     from rich.console import Console
     from rich.table import Table
 
     names, rows = metric_rows(results)
-    t = Table(title=f"{title}  (value [95 % bootstrap CI], % unless noted)")
+    extra = extra or {}
+    t = Table(title=f"{title} — % [95 % bootstrap CI]; judge {results.judge.get('judge')}")
     t.add_column("study")
     t.add_column("method", style="bold")
     for n in names:
-        t.add_column(n, justify="right")
+        t.add_column(_SHORT.get(n, n), justify="right")
+    for col in extra:
+        t.add_column(col, justify="right")
     for study, label, ms in rows:
-        t.add_row(study, label, *(_fmt(ms.get(n))[0] for n in names))
-    Console().print(t)
+        t.add_row(study, label, *(_compact(ms.get(n)) for n in names), *(cells.get((study, label), "") for cells in extra.values()))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(120, 24 * (len(names) + len(extra) + 2)))
+    console.print(t)
 
 
 def _data_uri(im: Image.Image, thumb: int) -> str:
@@ -91,7 +113,7 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{bo
 td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top}th{background:#f3f3f3}
 #metrics td{text-align:right;white-space:nowrap}#metrics td small{color:#777;display:block}
 .grid img{width:THUMBpx;height:THUMBpx;image-rendering:pixelated;display:block}.grid td.p{max-width:22em;font-size:12px}
-.seen{color:#b00;font-size:11px}.unseen{color:#070;font-size:11px}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}"""
+.bad{color:#b00;font-size:11px}.good{color:#070;font-size:11px}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}"""
 
 
 def write_html(results: Results, path: str | Path, *, max_rows: int = 8, thumb: int = 96, title: str = "erasekit evaluation") -> Path:
@@ -126,7 +148,8 @@ def _decision(run, which: str, i: int) -> str:
     if jr is None or not item.concepts:
         return ""
     seen = [c for c in item.concepts if jr.seen(c)[i]]
-    cls = "seen" if seen else "unseen"
+    good = bool(seen) if run.suite.kind in ("retain", "general") else not seen  # erased concepts should not be seen
+    cls = "good" if good else "bad"
     return f"<div class='{cls}'>{html.escape('sees ' + ', '.join(seen) if seen else 'sees none of ' + ', '.join(item.concepts))}</div>"
 
 

@@ -180,10 +180,6 @@ class Results:
         return {"config": self.config, "judge": self.judge, "timing": self.timing,
                 "studies": {s: {m: r.to_dict() for m, r in runs.items()} for s, runs in self.studies.items()}}
 
-    def table(self) -> list[dict]:
-        """One row per (study, method) with the headline metrics."""
-        return [{"study": s, "method": m, **{k: v for k, v in r.metrics.items()}} for s, runs in self.studies.items() for m, r in runs.items()]
-
 
 # ----------------------------------------------------------------------------- generation
 @torch.no_grad()

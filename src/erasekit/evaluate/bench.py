@@ -1,0 +1,59 @@
+"""``erasekit bench``: erase each concept with each registered method, then evaluate them all together.
+
+Methods are looked up in the registry (:func:`erasekit.list_methods`), so methods registered
+later are benchmarked without changes here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..concepts import ConceptSet
+from ..errors import MethodError
+
+
+def parse_options(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, dict]:
+    """``["space.target_sparsity=0.85", ...]`` -> {"space": {"target_sparsity": 0.85}}; values are JSON when they parse."""
+    out: dict[str, dict] = {m: {} for m in methods}
+    for p in pairs:
+        key, eq, value = p.partition("=")
+        method, dot, option = key.partition(".")
+        if not eq or not dot or not option:
+            raise MethodError(f"option {p!r} is not METHOD.OPTION=VALUE (e.g. space.target_sparsity=0.85)")
+        if method not in out:
+            raise MethodError(f"option {p!r} is for {method!r}, which is not among the benchmarked methods {list(methods)}")
+        try:
+            out[method][option] = json.loads(value)
+        except json.JSONDecodeError:
+            out[method][option] = value
+    return out
+
+
+def tinyworld_concept_set(concept: str) -> ConceptSet:
+    """Erase one tinyworld value, preserving the other values of the same attribute (guide: the empty prompt)."""
+    from ..tinyworld import world
+    from .suites import tinyworld_attribute
+
+    attr, value = tinyworld_attribute(concept)
+    return ConceptSet(erase=(value,), kind="object", preserve=tuple(v for v in world.ATTRIBUTES[attr] if v != value))
+
+
+def fit_edits(pipe, methods: Sequence[str], concept_sets: dict[str, ConceptSet], options: dict[str, dict], out_dir: Path,
+              progress: bool = True) -> tuple[dict[str, dict], dict[tuple[str, str], float]]:
+    """{study: {method: Edit}} and the fit seconds of each; every edit is also saved to ``out_dir/edits``."""
+    import erasekit
+
+    edits: dict[str, dict] = {}
+    seconds: dict[tuple[str, str], float] = {}
+    for name, cs in concept_sets.items():
+        edits[name] = {}
+        for m in methods:
+            t0 = time.perf_counter()
+            edit = erasekit.erase(pipe, method=m, concepts=cs, progress=progress, **options.get(m, {}))
+            seconds[(name, m)] = time.perf_counter() - t0
+            edit.save(out_dir / "edits" / f"{name}-{m}.safetensors".replace(" ", "_"))
+            edits[name][m] = edit
+    return edits, seconds
