@@ -426,6 +426,7 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows):
 
 
 def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_out):
+    global _TAU; _TAU=tau
     """Run SSN on rows a (b, d_in) from dual y; write w into W_out, y into Y_out.
 
     A row stops when its gap ≤ tol·(g + c0) (c0: its share of f(W_uce), so the layer-level
@@ -487,7 +488,9 @@ def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor) -> None:
     A row whose active set moved by fewer coordinates than it holds gets a rank update
     (+ newly active, − newly inactive coordinates); otherwise H is rebuilt from scratch.
     """
-    mask = st.w != 0  # (b, d_in)  current active sets A
+    import os
+    MG=float(os.environ.get('MG','0'))
+    mask = (st.w != 0) if MG==0 else (st.u.abs() > _TAU*(1-MG))
     added, removed = mask & ~st.fmask, st.fmask & ~mask  # (b, d_in)
     n_chg = added.sum(1) + removed.sum(1)
     redo = (n_chg > 0).nonzero(as_tuple=True)[0]

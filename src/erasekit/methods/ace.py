@@ -238,12 +238,12 @@ class ACE(Method):
                     with torch.no_grad():
                         e_r0 = eps(x, t, cr, False)
                     loss = loss + config.preserve_weight * F.mse_loss(eps(x, t, cr), e_r0)
-                if not math.isfinite(float(loss)):
+                if not math.isfinite(loss.item()):
                     raise MethodError("ACE fine-tuning diverged (loss is NaN/Inf); lower lr or load the model in float32")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if config.time_budget is not None and time.perf_counter() - t_start > config.time_budget:
                     break
