@@ -19,7 +19,7 @@ from PIL import Image
 import erasekit
 from erasekit.errors import ConceptError, EraseKitError
 from erasekit.evaluate import (
-    CLIPJudge, ConceptVectorAttack, GenerationSettings, ImageCache, Study, TokenSearchAttack, bootstrap, evaluate, load_prompts,
+    CLIPJudge, ConceptVectorAttack, GenerationSettings, Study, TokenSearchAttack, bootstrap, evaluate, load_prompts,
     suites_from_concepts, tinyworld_suites, write_html, write_json,
 )
 from erasekit.evaluate import metrics as M
@@ -42,6 +42,15 @@ needs_tinyworld_judge = pytest.mark.skipif(not _tinyworld_judge_path().is_file()
 
 
 # ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny pipelines run faster on one thread, and the CPU is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     """A tiny random CLIPModel with the real CLIP tokenizer, saved offline (its judgements are meaningless)."""
@@ -238,16 +247,19 @@ def test_tinyworld_judge_maps_concepts_to_heads():
 @pytest.fixture(scope="module")
 def evaluated(sd, edit, clip_dir, tmp_path_factory):
     """One small evaluation (target / retain / general, ring-a-bell with η = 0, a 2-step token search)."""
-    from erasekit.evaluate.attacks import concept_set_pairs
-
     root = tmp_path_factory.mktemp("eval")
-    cs = erasekit.ConceptSet(erase=("circle",), kind="object")
-    attacks = [ConceptVectorAttack(*concept_set_pairs(cs), eta=0.0),
-               TokenSearchAttack(n_tokens=2, steps=2, candidates=4, forbidden=["circle"], max_prompts=2)]
     judge = CLIPJudge(clip_dir)
-    res = evaluate(sd, [_study(edit, attacks)], judge, out_dir=root / "out", settings=SETTINGS, cache_dir=root / "cache",
+    res = evaluate(sd, [_study(edit, _attacks())], judge, out_dir=root / "out", settings=SETTINGS, cache_dir=root / "cache",
                    n_boot=200, progress=False)
     return res, root, judge
+
+
+def _attacks():
+    from erasekit.evaluate.attacks import concept_set_pairs
+
+    cs = erasekit.ConceptSet(erase=("circle",), kind="object")
+    return [ConceptVectorAttack(*concept_set_pairs(cs), eta=0.0),
+            TokenSearchAttack(n_tokens=2, steps=2, candidates=4, forbidden=["circle"], max_prompts=2)]
 
 
 def test_same_seeds_give_identical_images_from_cache_and_fresh(evaluated, sd, edit, clip_dir, tmp_path):
@@ -260,15 +272,16 @@ def test_same_seeds_give_identical_images_from_cache_and_fresh(evaluated, sd, ed
     for name, run in again.studies["circle"]["uce"].suites.items():
         assert run.edited == runs[name].edited and run.unedited == runs[name].unedited
         assert again.studies["circle"]["uce"].metrics[M_NAME[run.suite.kind]] == res.studies["circle"]["uce"].metrics[M_NAME[run.suite.kind]]
-    # fresh generation in a new cache gives the same pixels
-    fresh = evaluate(sd, [_study(edit, [])], judge, out_dir=tmp_path / "f", settings=SETTINGS, cache_dir=tmp_path / "c2", n_boot=200, progress=False)
+    # the same evaluation generated afresh in a new cache gives the same pixels and numbers
+    fresh = evaluate(sd, [_study(edit, _attacks())], judge, out_dir=tmp_path / "f", settings=SETTINGS, cache_dir=tmp_path / "c2", n_boot=200, progress=False)
+    assert fresh.timing["images_generated"] == res.timing["images_total"]
+    assert fresh.studies["circle"]["uce"].metrics == res.studies["circle"]["uce"].metrics
     for name, run in fresh.studies["circle"]["uce"].suites.items():
-        assert fresh.timing["images_generated"] > 0
-        for a, b in zip(_pixels(run.unedited + run.edited), _pixels(runs[name].unedited + runs[name].edited)):
+        for a, b in zip(_pixels(run.unedited + run.edited), _pixels(runs[name].unedited + runs[name].edited), strict=True):
             np.testing.assert_array_equal(a, b)
     # the edit changes the images, and the same seed gives the same unedited image whatever the method
     t = runs["target"]
-    assert any(not np.array_equal(a, b) for a, b in zip(_pixels(t.unedited), _pixels(t.edited)))
+    assert any(not np.array_equal(a, b) for a, b in zip(_pixels(t.unedited), _pixels(t.edited), strict=True))
     assert not erasekit.Edit.applied(sd)
 
 
@@ -324,7 +337,7 @@ def test_concept_vector_with_zero_strength_equals_unattacked(evaluated):
     run = res.studies["circle"]["uce"]
     target, attacked = run.suites["target"], run.suites["adversarial:ring-a-bell"]
     assert [it.prompt for it in attacked.suite] == [it.prompt for it in target.suite]
-    for a, b in zip(_pixels(attacked.edited), _pixels(target.edited)):  # prompt_embeds path == prompt path
+    for a, b in zip(_pixels(attacked.edited), _pixels(target.edited), strict=True):  # prompt_embeds path == prompt path
         np.testing.assert_array_equal(a, b)
     asr, erase = run.metrics["ASR ring-a-bell"], run.metrics["erase rate"]
     assert asr.value == pytest.approx(1.0 - erase.value) and asr.n == erase.n and "η = 0.0" in asr.note
@@ -347,7 +360,7 @@ def test_token_search_improves_its_objective_within_budget(evaluated):
     run = res.studies["circle"]["uce"].suites["adversarial:token-search"]
     info = run.suite.info
     assert info["budget"].startswith("2 steps × 4 candidates = 8 queries") and len(run.suite) == 2 * 2  # 2 prompts × 2 seeds
-    for p, found in info["search"].items():
+    for found in info["search"].values():
         assert found["score"] >= found["start_score"] and len(found["words"]) == 2
         assert not any("circle" in w for w in found["words"])
     targets = {it.prompt for it in res.studies["circle"]["uce"].suites["target"].suite}
@@ -401,19 +414,20 @@ def _free_port() -> int:
 
 
 def test_two_accelerate_processes_equal_one(edit, clip_dir, tmp_path):
+    """Two CPU processes (accelerate's torchrun launcher; ``--cpu --num_processes 2`` would need MPI) give the numbers of one."""
+    from erasekit.cli import main
+
     edit_file = edit.save(tmp_path / "circle.safetensors")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    common = ["-m", "erasekit.cli", "evaluate", "--model", "tiny-sd", "--edit", str(edit_file), "--judge", f"clip:{clip_dir}",
-              "--suite", "target,adversarial,retain,general", "--attack", "ring-a-bell", "--eta", "2", "--seeds", "1",
-              "--steps", "2", "--guidance", "5", "--batch-size", "4", "--bootstrap", "200", "--no-progress"]
+    args = ["evaluate", "--model", "tiny-sd", "--edit", str(edit_file), "--judge", f"clip:{clip_dir}",
+            "--suite", "target,adversarial,retain,general", "--attack", "ring-a-bell,token-search", "--eta", "2", "--search-steps", "1",
+            "--seeds", "1", "--steps", "2", "--guidance", "5", "--batch-size", "4", "--bootstrap", "200", "--no-progress"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    two = subprocess.run(launch + common + ["--out", str(tmp_path / "two"), "--cache", str(tmp_path / "c2")], env=env,
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "erasekit.cli"]
+    two = subprocess.run(launch + args + ["--out", str(tmp_path / "two"), "--cache", str(tmp_path / "c2")], env=env,
                          capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable] + common + ["--out", str(tmp_path / "one"), "--cache", str(tmp_path / "c1")], env=env,
-                         capture_output=True, text=True, timeout=240)
-    assert one.returncode == 0, one.stderr[-3000:]
+    assert main(args + ["--out", str(tmp_path / "one"), "--cache", str(tmp_path / "c1")]) == 0
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("two", "one"))
     assert a["config"]["processes"] == 2 and b["config"]["processes"] == 1
     assert 0 < a["timing"]["images_generated_by_main"] < a["timing"]["images_generated"] == b["timing"]["images_generated"]
@@ -439,3 +453,29 @@ def test_cli_bench_compares_methods(clip_dir, tmp_path, capsys):
     assert (tmp_path / "b" / "report.html").is_file() and (tmp_path / "b" / "edits" / "circle-space.safetensors").is_file()
     assert main(["bench", "--model", "tiny-sd", "--methods", "uce", "--set", "space.lam=1", "--out", str(tmp_path / "x")]) == 2
     assert "not among the benchmarked methods" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- tinyworld end to end
+needs_tinyworld = pytest.mark.skipif(
+    not (_tinyworld_judge_path().is_file() and (_tinyworld_judge_path().parent / "pipeline" / "model_index.json").is_file()),
+    reason="shipped tinyworld weights are missing")
+
+
+@needs_tinyworld
+def test_tinyworld_erasure_is_measured(tmp_path):
+    """On the bundled model the instrument measures something: the unedited model shows the named
+    shape, UCE removes it, the neighbouring shapes survive."""
+    from erasekit.evaluate.bench import tinyworld_concept_set
+    from erasekit.evaluate.judges import TinyworldConceptJudge
+    from erasekit.evaluate.plan import Plan, make_study
+
+    pipe = erasekit.load_pipeline("tinyworld")
+    cs = tinyworld_concept_set("circle")
+    edit = erasekit.erase(pipe, "uce", cs, progress=False)
+    study = make_study("circle", cs, {"uce": edit}, Plan(kinds=("target", "retain"), n=8), tinyworld=True)
+    res = evaluate(pipe, [study], TinyworldConceptJudge(), out_dir=tmp_path, cache_dir=tmp_path / "c",
+                   settings=GenerationSettings(steps=12, guidance=5.0, batch_size=16), n_boot=200, progress=False)
+    run = res.studies["circle"]["uce"]
+    before, after = run.baseline["erase rate"].value, run.metrics["erase rate"].value
+    assert before <= 0.5 and after >= before + 0.25, (before, after)
+    assert run.metrics["retain rate"].value >= 0.5

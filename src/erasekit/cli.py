@@ -321,6 +321,10 @@ def cmd_evaluate(args) -> int:
         runs = groups.setdefault(name, (cs, {}))[1]
         runs[edit.method if edit.method not in runs else Path(path).stem] = edit
     studies = [make_study(name, cs, edits, plan, tinyworld=args.model == "tinyworld", extra=extra) for name, (cs, edits) in groups.items()]
+    for st in studies:
+        absent = [k for k in plan.kinds if k != "adversarial" and not any(s.kind == k for s in st.suites)]
+        if absent:
+            _info(f"note: study {st.name!r} has no {', '.join(absent)} suite (give prompts with --prompts FILE --prompts-kind KIND)")
     results = evaluate(pipe, studies, judge, out_dir=args.out, settings=settings, cache_dir=args.cache, seed=args.seed,
                        n_boot=args.bootstrap, progress=not args.no_progress)
     return _eval_finish(args, results, f"erasekit evaluate: {', '.join(groups)}")

@@ -142,8 +142,10 @@ class GramFactor:
 
 
 def _check_finite(name: str, x: Tensor) -> None:
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
+    """Raise on NaN/Inf; scans 2-D tensors in row blocks so the check needs little memory."""
+    blocks = x.split(max(1, 2**18 // max(x.shape[-1], 1))) if x.ndim == 2 else (x,)
+    bad = sum(int((~torch.isfinite(blk)).sum()) for blk in blocks)
+    if bad:
         raise ValueError(f"{name} contains {bad} NaN/Inf value(s); check the text encoder output or the weight before editing")
 
 
@@ -217,13 +219,15 @@ def _column_factor(X: Tensor) -> Tensor:
     return (U[:, keep] * s[keep]).contiguous()
 
 
-def _as_weight(W0, gf: GramFactor, name: str = "W0") -> Tensor:
+def _as_weight(W0, gf: GramFactor, name: str = "W0", f64: bool = True) -> Tensor:
+    """Validated (d_out, d_in) weight on gf's device; float64 unless f64=False (then converted per chunk)."""
     W0 = torch.as_tensor(W0)
     if W0.ndim != 2 or W0.shape[1] != gf.d_in:
         raise ValueError(f"{name} must be (d_out, d_in={gf.d_in}) to match the embeddings, got shape {tuple(W0.shape)}")
-    W0 = W0.to(device=gf.C.device, dtype=_F64)
+    if not W0.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {W0.dtype}")
     _check_finite(name, W0)
-    return W0
+    return W0.to(device=gf.C.device, dtype=_F64 if f64 else W0.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -301,7 +305,7 @@ def space_solve(
     max_iter: int | None = None,
     W_uce: Tensor | None = None,
     y0: Tensor | None = None,
-    chunk_rows: int = 128,
+    chunk_rows: int | None = None,
     callback: Callable[[int, Tensor], bool | None] | None = None,
 ) -> SpaceSolve:
     """Solve SPACE (eq. 4) for one weight and certify it.
@@ -311,7 +315,7 @@ def space_solve(
     max_iter: iteration cap (default 100 for SSN, 20000 for FISTA); ``converged`` says if tol was met.
     W_uce: the UCE weight if already computed (else computed here, chunk by chunk).
     y0: (d_out, r) dual warm start, e.g. ``previous.y`` from a nearby λ (SSN only).
-    chunk_rows: rows per SSN batch (bounds the working memory, ~0.3 MB per row at d_in = 2048).
+    chunk_rows: rows per SSN batch; by default the batch state stays within max(4 MiB, size of W).
     callback: FISTA only, ``callback(k, W)`` after iteration k (for tracing); True stops.
     """
     t0 = time.perf_counter()
@@ -321,8 +325,8 @@ def space_solve(
         raise ValueError(f"lam must be a finite number >= 0, got {lam}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
-    W0 = _as_weight(W0, gf)
-    A = None if W_uce is None else _as_weight(W_uce, gf, "W_uce")
+    W0 = _as_weight(W0, gf, f64=solver == "fista")
+    A = None if W_uce is None else _as_weight(W_uce, gf, "W_uce", f64=solver == "fista")
     if A is not None and A.shape != W0.shape:
         raise ValueError(f"W_uce {tuple(A.shape)} must have the shape of W0 {tuple(W0.shape)}")
     if y0 is not None:
@@ -331,7 +335,8 @@ def space_solve(
             raise ValueError(f"y0 must be (d_out, r) = {(W0.shape[0], gf.rank)} from a solve with the same GramFactor, got {tuple(y0.shape)}")
         _check_finite("y0", y0)
     if solver == "ssn":
-        W, y, its, P, g = _ssn(W0, A, gf, lam, tol, 100 if max_iter is None else max_iter, y0, max(int(chunk_rows), 1))
+        rows = chunk_rows or _chunk_rows(gf, W0.shape[0])
+        W, y, its, P, g = _ssn(W0, A, gf, lam, tol, 100 if max_iter is None else max_iter, y0, max(int(rows), 1))
     else:
         W, y, its, P, g = _fista(W0, A, gf, lam, tol, 20000 if max_iter is None else max_iter, callback)
     gap = max(P - g, 0.0) / g if g > 0 else (0.0 if P <= 0 else math.inf)
@@ -397,6 +402,14 @@ class _Rows:
         return _Rows(**{k: getattr(self, k).index_select(0, rows) for k in self.__dataclass_fields__})
 
 
+def _chunk_rows(gf: GramFactor, d_out: int) -> int:
+    """Rows per SSN batch so its state (H, L and their updates: 4·r² float32; ~12 float64
+    vectors of d_in per row) stays within max(4 MiB, the float64 result W): the working
+    memory of a solve is then about twice the size of the layer it returns."""
+    per_row = 16 * gf.rank**2 + 96 * gf.d_in
+    return max(32, min(256, max(4 * 2**20, 8 * d_out * gf.d_in) // per_row))
+
+
 def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows):
     """Semi-smooth Newton on every row dual of one layer, chunk by chunk (eqs. 8–12)."""
     d_out, d_in = W0.shape
@@ -410,8 +423,8 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows):
     kappa = None
     for lo in range(0, d_out, chunk_rows):
         hi = min(lo + chunk_rows, d_out)
-        a, c0 = _uce_rows(W0[lo:hi], gf)  # (b, d_in), (b,)
-        a = a if A is None else A[lo:hi]
+        a, c0 = _uce_rows(W0[lo:hi].to(_F64), gf)  # (b, d_in), (b,)
+        a = a if A is None else A[lo:hi].to(_F64)
         aC = a @ F  # (b, r)
         if y0 is not None:
             y = y0[lo:hi].clone()
@@ -426,7 +439,6 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows):
 
 
 def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_out):
-    global _TAU; _TAU=tau
     """Run SSN on rows a (b, d_in) from dual y; write w into W_out, y into Y_out.
 
     A row stops when its gap ≤ tol·(g + c0) (c0: its share of f(W_uce), so the layer-level
@@ -488,9 +500,7 @@ def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor) -> None:
     A row whose active set moved by fewer coordinates than it holds gets a rank update
     (+ newly active, − newly inactive coordinates); otherwise H is rebuilt from scratch.
     """
-    import os
-    MG=float(os.environ.get('MG','0'))
-    mask = (st.w != 0) if MG==0 else (st.u.abs() > _TAU*(1-MG))
+    mask = st.w != 0  # (b, d_in)  current active sets A
     added, removed = mask & ~st.fmask, st.fmask & ~mask  # (b, d_in)
     n_chg = added.sum(1) + removed.sum(1)
     redo = (n_chg > 0).nonzero(as_tuple=True)[0]

@@ -28,9 +28,6 @@ import torch
 from ..errors import ConceptError
 from .suites import Suite, SuiteItem
 
-EMBED_KEYS = ("prompt_embeds", "pooled_prompt_embeds")
-
-
 @torch.no_grad()
 def encode(pipe, prompts: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
     """The pipeline's own conditioning for ``prompts`` (no CFG branch): ``prompt_embeds`` (B, L, d)
@@ -167,7 +164,7 @@ class TokenSearchAttack:
         return [torch.nn.functional.linear(embeds.to(lin.weight.dtype), lin.weight).flatten(1).float() for lin in layers]
 
     def _score(self, keys: list[torch.Tensor], refs: list[torch.Tensor]) -> torch.Tensor:
-        cos = [torch.nn.functional.cosine_similarity(k, r.expand_as(k), dim=1) for k, r in zip(keys, refs)]
+        cos = [torch.nn.functional.cosine_similarity(k, r.expand_as(k), dim=1) for k, r in zip(keys, refs, strict=True)]
         return torch.stack(cos).mean(0)
 
     def build(self, pipe, target: Suite, edit) -> Suite:
@@ -210,12 +207,3 @@ class TokenSearchAttack:
 def _attacked(prompt: str, words: Sequence[str]) -> str:
     return f"{prompt} {' '.join(words)}"
 
-
-def parse_attack(spec: str, with_concept: Sequence[str], without_concept: Sequence[str], forbidden: Sequence[str]):
-    """``ring-a-bell[:η]`` or ``token-search[:steps]`` -> an attack object."""
-    kind, _, arg = spec.partition(":")
-    if kind == "ring-a-bell":
-        return ConceptVectorAttack(with_concept, without_concept, eta=float(arg) if arg else 3.0)
-    if kind == "token-search":
-        return TokenSearchAttack(steps=int(arg) if arg else 12, forbidden=forbidden)
-    raise ConceptError(f"unknown attack {spec!r}; choose ring-a-bell[:eta] or token-search[:steps]")

@@ -95,14 +95,14 @@ class TinyworldConceptJudge(Judge):
         from .suites import tinyworld_attribute
 
         where = [tinyworld_attribute(c) for c in concepts]
-        probs = self.model.predict(list(images)) if len(images) else {k: np.zeros((0, len(v))) for k, v in HEADS.items()}
         scores = np.zeros((len(images), len(concepts)))
         decisions = np.zeros((len(images), len(concepts)), dtype=bool)
-        for j, (attr, value) in enumerate(where):
-            p = np.asarray(probs[attr])
-            k = HEADS[attr].index(value)
-            scores[:, j] = p[:, k]
-            decisions[:, j] = p.argmax(-1) == k if len(p) else []
+        if len(images):
+            probs = {k: v.numpy() for k, v in self.model.predict(list(images)).items()}
+            for j, (attr, value) in enumerate(where):
+                k = HEADS[attr].index(value)
+                scores[:, j] = probs[attr][:, k]
+                decisions[:, j] = probs[attr].argmax(-1) == k
         return self._result(concepts, scores, decisions)
 
 
@@ -159,7 +159,8 @@ class NudeNetJudge(Judge):
             return self.classes
         if concept in self.classes:
             return (concept,)
-        raise ConceptError(f"the NudeNet judge knows 'nudity' and the classes {list(self.classes)}, not {concept!r}")
+        raise ConceptError(f"the NudeNet judge knows 'nudity' and the classes {list(self.classes)}, not {concept!r} "
+                           "(label a prompt file's items with --prompts-concept nudity)")
 
     def detections(self, images) -> list[list[dict]]:
         arrays = [np.ascontiguousarray(np.asarray(im.convert("RGB"))[..., ::-1]) for im in images]

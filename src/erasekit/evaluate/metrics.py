@@ -65,7 +65,7 @@ def bootstrap(samples: Sequence[np.ndarray], statistic: Callable[..., float], *,
     draws = np.empty(n_boot)
     idx = [rng.integers(0, len(s), size=(n_boot, len(s))) for s in samples]
     for b in range(n_boot):
-        draws[b] = statistic(*(s[i[b]] for s, i in zip(samples, idx)))
+        draws[b] = statistic(*(s[i[b]] for s, i in zip(samples, idx, strict=True)))
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(draws, [alpha, 1.0 - alpha])
     return point, float(low), float(high)
@@ -93,8 +93,9 @@ def erase_rate(seen_edited: np.ndarray, *, name: str = "erase rate", **kw) -> Es
     return rate(name, ~np.asarray(seen_edited, dtype=bool), **kw)
 
 
-def retain_rate(seen_edited: np.ndarray, **kw) -> Estimate:
-    return rate("retain rate", np.asarray(seen_edited, dtype=bool), **kw)
+def retain_rate(seen_edited: np.ndarray, *, name: str = "retain rate", **kw) -> Estimate:
+    """Share of images where the judge still sees the preserved concept."""
+    return rate(name, np.asarray(seen_edited, dtype=bool), **kw)
 
 
 def attack_success_rate(seen_attacked: np.ndarray, *, name: str = "attack success rate", budget: str = "", **kw) -> Estimate:

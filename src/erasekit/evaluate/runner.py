@@ -4,11 +4,13 @@ Every image is keyed by (model fingerprint, conditioning, seed, steps, guidance,
 scheduler) and written to an on-disk cache as soon as its batch finishes (PNG, atomic), so
 
 * unedited images are generated once and shared by every method, study and later run;
-* an interrupted run loses no finished image: run it again and only the missing ones are made;
+* an interrupted run loses no finished image: run it again and only the missing batches are made;
 * sharding is trivial: under ``accelerate launch`` each process generates its share of the
   missing images (``PartialState().split_between_processes``), everyone waits, and the main
   process reads all images back from the cache, judges them and computes the metrics — the
-  same numbers as a single process, because each image depends on its own seed only.
+  same numbers as a single process: each image depends on its own seed, and its batch (fixed
+  chunks of the full, sorted job list of its model state) does not depend on the cache or on the
+  number of processes, so even the float rounding of batched kernels is reproduced.
 
 On CPU, accelerate 1.x starts several local processes only through its torchrun launcher:
 ``accelerate launch --multi_gpu --num_processes 2 -m erasekit.cli evaluate ... --device cpu``
@@ -56,18 +58,16 @@ class GenerationSettings:
 # ----------------------------------------------------------------------------- fingerprints
 @torch.no_grad()
 def pipeline_fingerprint(pipe) -> str:
-    """SHA-256 over every component's tensors (shape, dtype, float64 sum and a strided sample of
-    values), the tokenizers' vocabularies and the pipeline class. The scheduler is not included:
-    it is part of each image's key on its own."""
+    """SHA-256 over the bytes of every component's tensors (with names, shapes, dtypes), the
+    tokenizers' vocabularies and the pipeline class: the same in every process that loaded the
+    same weights. The scheduler is not included: it is part of each image's key on its own."""
     h = hashlib.sha256(type(pipe).__name__.encode())
     for name, comp in sorted(pipe.components.items()):
         h.update(f"|{name}:{type(comp).__name__}".encode())
         if isinstance(comp, torch.nn.Module):
             for key, t in comp.state_dict().items():
-                flat = t.detach().reshape(-1)
-                sample = flat[:: max(1, flat.numel() // 4096)][:4096]
-                h.update(f"{key}|{tuple(t.shape)}|{t.dtype}|{float(flat.double().sum())!r}|".encode())
-                h.update(sample.to("cpu", torch.float32).numpy().tobytes())
+                h.update(f"{key}|{tuple(t.shape)}|{t.dtype}|".encode())
+                h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif hasattr(comp, "get_vocab"):
             h.update(json.dumps(comp.get_vocab(), sort_keys=True).encode())
     return h.hexdigest()
@@ -82,7 +82,8 @@ def edit_digest(edit) -> str:
 
 
 def scheduler_id(pipe) -> str:
-    cfg = json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str)
+    # private keys such as _use_default_values are lists built from sets: their order differs between processes
+    cfg = json.dumps({k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}, sort_keys=True, default=str)
     return f"{type(pipe.scheduler).__name__}:{hashlib.sha256(cfg.encode()).hexdigest()[:16]}"
 
 
@@ -209,13 +210,16 @@ class _Job:
         return (self.state, str(self.item.guidance), self.item.shift is not None)
 
 
-def _shared_suites(state, work: Path, tag: str, build) -> list[Suite]:
-    """Build attack suites on the main process, store them under ``work``, load them everywhere."""
+def _attack_suites(state, work: Path, tag: str, attacks: Sequence, pipe, target: Suite, edit=None) -> list[Suite]:
+    """Build attack suites on the main process (``edit`` given: searched against that edit), store them
+    under ``work``, load them in every process."""
     from safetensors.torch import load_file, save_file
 
+    if not attacks:
+        return []
     folder = work / "attacks" / tag
     if state.is_main_process:
-        suites = build()
+        suites = [a.build(pipe, target) if edit is None else a.build(pipe, target, edit) for a in attacks]
         folder.mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(suites):
             (folder / f"{i}.json").write_text(json.dumps(s.to_dict(), indent=1))
@@ -268,10 +272,9 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
             raise EraseKitError(f"study {study.name!r} has attacks but no target suite to attack")
         once = [a for a in study.attacks if not a.per_method]
         per_method = [a for a in study.attacks if a.per_method]
-        shared = _shared_suites(state, work, f"{study.name}/all", lambda: [a.build(pipe, target) for a in once]) if once else []
+        shared = _attack_suites(state, work, f"{study.name}/all", once, pipe, target)
         for label, edit in study.edits.items():
-            own = _shared_suites(state, work, f"{study.name}/{label}",
-                                 lambda: [a.build(pipe, target, edit) for a in per_method]) if per_method else []
+            own = _attack_suites(state, work, f"{study.name}/{label}", per_method, pipe, target, edit)
             suites[(study.name, label)] = list(study.suites) + shared + own
     attack_seconds = time.perf_counter() - t0
 
@@ -300,38 +303,46 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
                     raise EraseKitError(f"study {study.name!r}: two suites are named {s.name!r}")
                 sr[s.name] = SuiteRun(s, [job(UNEDITED, it, s.vectors) for it in s], [job(f"{study.name}/{label}", it, s.vectors) for it in s])
             runs[study.name][label] = MethodRun(label, edit.summary(), edit.config, sr)
+    # Batches are fixed chunks of each (model state, guidance, shifted?) group's full job list, sorted by key:
+    # an image's batch never depends on what is already cached or on the number of processes, so a
+    # resumed or sharded run reproduces an uninterrupted single-process run bit for bit.
     order = {name: i for i, name in enumerate(fps)}
-    missing = sorted((j for j in jobs.values() if not j.path.is_file()), key=lambda j: (order[j.state], j.group()[1:], j.digest))
-    state.wait_for_everyone()  # everyone has listed the missing images before anyone writes one
+    groups: dict[tuple, list[_Job]] = {}
+    for j in sorted(jobs.values(), key=lambda j: (order[j.state], j.group()[1:], j.digest)):
+        groups.setdefault(j.group(), []).append(j)
+    batches = [g[i: i + settings.batch_size] for g in groups.values() for i in range(0, len(g), settings.batch_size)]
+    todo = [b for b in batches if not all(j.path.is_file() for j in b)]
+    n_missing = sum(1 for b in todo for j in b if not j.path.is_file())
+    state.wait_for_everyone()  # everyone has listed the missing batches before anyone writes one
 
     t0 = time.perf_counter()
-    with state.split_between_processes(missing) as mine:
-        bar = tqdm(total=len(mine), desc=f"generating ({state.process_index + 1}/{state.num_processes})", disable=not progress or not state.is_main_process)
-        for st in dict.fromkeys(j.state for j in mine):
-            todo = [j for j in mine if j.state == st]
+    generated_here = 0
+    with state.split_between_processes(todo) as mine:
+        bar = tqdm(total=sum(len(b) for b in mine), desc=f"generating ({state.process_index + 1}/{state.num_processes})",
+                   disable=not progress or not state.is_main_process)
+        for st in dict.fromkeys(b[0].state for b in mine):
             edit = edits.get(st)
             if edit is not None:
                 edit.apply(pipe)
             try:
-                for grp in dict.fromkeys(j.group() for j in todo):
-                    batch_jobs = [j for j in todo if j.group() == grp]
-                    for i in range(0, len(batch_jobs), settings.batch_size):
-                        chunk = batch_jobs[i: i + settings.batch_size]
-                        vectors = {k: v for j in chunk for k, v in j.vectors.items()}
-                        for j, im in zip(chunk, _render(pipe, [j.item for j in chunk], vectors, settings)):
+                for batch in (b for b in mine if b[0].state == st):
+                    vectors = {k: v for j in batch for k, v in j.vectors.items()}
+                    for j, im in zip(batch, _render(pipe, [j.item for j in batch], vectors, settings), strict=True):
+                        if not j.path.is_file():  # a batch cut short by an interruption keeps its finished images
                             cache.save(j.path, im, j.spec)
-                        bar.update(len(chunk))
+                            generated_here += 1
+                    bar.update(len(batch))
             finally:
                 if edit is not None:
                     edit.revert(pipe)
         bar.close()
-        generated_here = len(mine)
     generation_seconds = time.perf_counter() - t0
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
 
     t0 = time.perf_counter()
+    judge_seconds = 0.0
     memo: dict[tuple, JudgeResult] = {}
 
     def judged(paths: list[Path], labels: list[str]) -> JudgeResult:
@@ -339,7 +350,11 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
         if not labels:  # nothing to ask (e.g. general prompts of a real model: drift is pixel distance only)
             return JudgeResult([], np.zeros((len(paths), 0)), np.zeros((len(paths), 0), bool), judge.settings)
         if key not in memo:
-            memo[key] = judge.judge([cache.load(p) for p in paths], labels)
+            nonlocal judge_seconds
+            images = [cache.load(p) for p in paths]
+            t = time.perf_counter()
+            memo[key] = judge.judge(images, labels)
+            judge_seconds += time.perf_counter() - t
         return memo[key]
 
     for study_runs in runs.values():
@@ -348,19 +363,19 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
                 s.judged_unedited = judged(s.unedited, s.suite.labels)
                 s.judged_edited = judged(s.edited, s.suite.labels)
                 if s.suite.kind == "general":
-                    s.pixel_distance = [M.pixel_distance(cache.load(a), cache.load(b)) for a, b in zip(s.unedited, s.edited)]
+                    s.pixel_distance = [M.pixel_distance(cache.load(a), cache.load(b)) for a, b in zip(s.unedited, s.edited, strict=True)]
             run.metrics = _metrics(run, "edited", seed, n_boot)
             run.baseline = _metrics(run, "unedited", seed, n_boot)
-    judge_seconds = time.perf_counter() - t0
+    metrics_seconds = time.perf_counter() - t0 - judge_seconds
 
     config = {
         "settings": settings.to_dict(), "scheduler": sched, "model_fingerprint": base_fp, "seed": seed, "n_boot": n_boot, "level": M.LEVEL,
         "cache_dir": str(cache.root), "processes": state.num_processes, "versions": versions(),
         "pipeline": {"class": type(pipe).__name__, "name_or_path": getattr(pipe.config, "_name_or_path", None) if hasattr(pipe, "config") else None},
     }
-    timing = {"images_total": len(jobs), "images_generated": len(missing), "images_generated_by_main": generated_here,
-              "images_from_cache": len(jobs) - len(missing), "attack_seconds": attack_seconds, "generation_seconds": generation_seconds,
-              "judge_and_metrics_seconds": judge_seconds, "total_seconds": time.perf_counter() - t_start}
+    timing = {"images_total": len(jobs), "images_generated": n_missing, "images_generated_by_main": generated_here,
+              "images_from_cache": len(jobs) - n_missing, "attack_seconds": attack_seconds, "generation_seconds": generation_seconds,
+              "judge_seconds": judge_seconds, "read_and_metrics_seconds": metrics_seconds, "total_seconds": time.perf_counter() - t_start}
     return Results(runs, config, judge.settings, timing)
 
 
@@ -379,7 +394,7 @@ def _metrics(run: MethodRun, which: str, seed: int, n_boot: int) -> dict[str, M.
             erase_parts.append(~seen)
         elif kind == "retain":
             seen = s.seen(which, "all")
-            out["retain rate" + suffix] = M.rate("retain rate" + suffix, seen, **kw)
+            out["retain rate" + suffix] = M.retain_rate(seen, name="retain rate" + suffix, **kw)
             retain_parts.append(seen)
         elif kind == "adversarial":
             label = f"ASR {name.split(':', 1)[-1]}"

@@ -230,9 +230,6 @@ def tinyworld_suites(concepts: Sequence[str], n: int = 16, *, seed: int = 0, gui
 
 
 # ----------------------------------------------------------------------------- prompt files
-FORMATS = ("i2p", "esd", "unlearndiffatk", "lines")
-
-
 def default_cache_dir() -> Path:
     """``$ERASEKIT_CACHE`` or ``$XDG_CACHE_HOME/erasekit`` (``~/.cache/erasekit``)."""
     if os.environ.get("ERASEKIT_CACHE"):
