@@ -11,7 +11,9 @@ Data (random, seeded; printed again in the output):
   * γ = 0.5, α = β = 1 (UCE defaults); λ from lam_for_sparsity for the target sparsity (shared
     by all layers), chosen before and outside the timed comparison.
 
-Timings are process wall time with torch on --threads CPU threads. SPACE's gap is certified by
+Timings are process wall time with torch on --threads CPU threads; UCE is timed layer by layer
+right before SPACE's solve of the same layer (same machine load; the ratio uses this) and as the
+best of three standalone passes. SPACE's gap is certified by
 its duality gap and checked against a tight reference F* (warm-started SSN to 1e-13). FISTA runs
 with an oracle stop — it is stopped at the first check (every 10 iterations) where the true gap
 (F(W) − F*)/F* ≤ tol, and the checks are not timed — on one layer per distinct d_out (its
@@ -68,22 +70,25 @@ def make_family(name: str, quick: bool, seed: int = 0):
     return weights, (C_E, C_G, C_P)
 
 
+def pin_mmap_threshold() -> None:
+    """Serve every allocation ≥ 128 KiB by mmap (M_MMAP_THRESHOLD, no dynamic raise), so freed
+    tensors leave the RSS instead of lingering in malloc's heap. Call before allocating."""
+    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)
+
+
 class RssPeak:
     """Anonymous resident set size sampled by a thread every 2 ms inside ``window()`` blocks.
 
-    glibc's mmap threshold is pinned at 128 KiB so freed tensors leave the RSS instead of
-    lingering in malloc's cache; the baseline is taken after trimming the heap.
+    The baseline is taken after trimming the heap; call :func:`pin_mmap_threshold` first.
     """
 
     def __init__(self) -> None:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
         self.active = threading.Event()
         self.peak = 0
         threading.Thread(target=self._run, daemon=True).start()
         with self.window():  # the sampler's own stack and malloc arena belong to the baseline
             time.sleep(0.01)
-        libc.malloc_trim(0)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.base = self.rss()
 
     def rss(self) -> int:
@@ -111,6 +116,7 @@ class RssPeak:
 
 def layer_peak_bytes(name: str, quick: bool, lam: float, threads: int) -> int:
     """Peak RSS beyond the weights while solving the largest layer (run in a fresh process)."""
+    pin_mmap_threshold()
     torch.set_num_threads(threads)
     weights, cols = make_family(name, quick)
     gf = linalg.gram_factor(*cols, gamma=0.5)
@@ -166,17 +172,20 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
           f"σ_max(C̃)² = {gf.lam_max_M - gf.gamma:.3g}, cond(M) = {gf.cond_M:.3g}")
 
     # UCE over all layers (best of 3 passes)
-    uce_s = min(timed(lambda: [linalg.uce_weight(W, gf) for W in weights])[1] for _ in range(3))
+    uce_best = min(timed(lambda: [linalg.uce_weight(W, gf) for W in weights])[1] for _ in range(3))
+    progress(f"{name}: UCE {uce_best:.2f} s")
 
     # λ for the target sparsity, shared by all layers (timed separately)
     lam, lam_s = timed(lambda: linalg.lam_for_sparsity(weights, gf, args.target))
+    progress(f"{name}: λ = {lam:.4g} in {lam_s:.1f} s")
 
     # SPACE (SSN) over all layers, layer by layer, memory sampled; each result is measured (CSR
     # size, sparsity) and dropped, keeping only its duals (their bytes are not counted as working memory)
     linalg.space_solve(weights[0][:64], gf, lam)  # warm-up: MKL / OpenMP buffers belong to the baseline
     mem, kept, work_bytes = RssPeak(), 0, 0
-    space_s, csr_total, ssn_layer, runs = 0.0, 0, {}, []
+    space_s, uce_s, csr_total, ssn_layer, runs = 0.0, 0.0, 0, {}, []
     for W in weights:
+        uce_s += timed(lambda: linalg.uce_weight(W, gf))[1]  # UCE again, interleaved: same machine load as SPACE
         with mem.window() as win:
             t = time.perf_counter()
             res = linalg.space_solve(W, gf, lam, tol=args.tol)
@@ -188,6 +197,7 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
         runs.append((res.y, res.iterations, res.converged, int((res.W == 0).sum()), res.gap))
         kept += res.y.numel() * res.y.element_size()
         del res
+    progress(f"{name}: SPACE {space_s:.1f} s")
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         layer_bytes = pool.apply(layer_peak_bytes, (name, args.quick, lam, args.threads))
@@ -201,6 +211,7 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
         true_gap = (linalg.space_objective(timed_W, W, gf, lam) - ref.objective) / ref.objective
         stats.append((its_, conv, nz, gap, true_gap))
     del runs
+    progress(f"{name}: references done")
     its = [s[0] for s in stats]
     zeros = sum(s[2] for s in stats)
 
@@ -210,9 +221,10 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
         i = d_outs.index(d_out)
         f_s, f_its, reached = fista_oracle(weights[i], gf, lam, F_star[i], args.tol, args.fista_max_iter)
         fista_rows.append((d_out, ssn_layer[d_out], its[i], f_s, f_its, reached))
+        progress(f"{name}: FISTA {d_out}×{d_in}: {f_s:.1f} s, {f_its} iterations")
 
     rows = [
-        ("UCE, all layers", f"{uce_s:.2f} s"),
+        ("UCE, all layers", f"{uce_s:.2f} s interleaved with SPACE's layers (best standalone pass {uce_best:.2f} s)"),
         (f"λ for {args.target:.0%} sparsity (lam_for_sparsity, shared)", f"{lam_s:.2f} s   (λ = {lam:.4g})"),
         (f"SPACE (SSN), all layers, tol {args.tol:g}", f"{space_s:.2f} s"),
         ("SPACE / UCE", f"{space_s / uce_s:.1f}×"),
@@ -221,7 +233,8 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
         ("certified gap (max over layers)", f"{max(s[3] for s in stats):.2e}"),
         ("true gap vs reference F* (max over layers)", f"{max(s[4] for s in stats):.2e}"),
         ("achieved sparsity (exact zeros, all layers)", f"{zeros / (d_in * sum(d_outs)):.4f}"),
-        ("peak memory beyond weights: largest layer's solve", f"{layer_bytes / 2**20:.1f} MiB = {layer_bytes / dense_bytes:.1%} of fp32 weights (fresh process)"),
+        ("peak memory beyond weights: largest layer's solve", f"{layer_bytes / 2**20:.1f} MiB = {layer_bytes / dense_bytes:.1%} of fp32 weights "
+         f"(fresh process; the float64 result W alone is {8 * d_in * max(d_outs) / dense_bytes:.1%})"),
         ("  … during the whole layer-by-layer pass", f"{work_bytes / 2**20:.1f} MiB = {work_bytes / dense_bytes:.1%} (in process, incl. allocator growth)"),
         ("CSR (fp32 values + int32 indices) / dense fp32", f"{csr_total / dense_bytes:.1%}"),
     ]
@@ -230,6 +243,10 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
         rows.append((f"layer {d_out}×{d_in}: SPACE | FISTA (oracle stop)",
                      f"{s_s:.2f} s ({s_its} it) | {f_s:.1f} s ({f_its} it) → FISTA/SPACE {f_s / s_s:.0f}×{flag}"))
     return rows
+
+
+def progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def timed(fn):
@@ -247,6 +264,7 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=1e-6, help="relative objective gap")
     p.add_argument("--fista-max-iter", type=int, default=20000)
     args = p.parse_args()
+    pin_mmap_threshold()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at start; {'quick' if args.quick else 'full'} run")

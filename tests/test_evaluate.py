@@ -464,14 +464,16 @@ needs_tinyworld = pytest.mark.skipif(
 @needs_tinyworld
 def test_tinyworld_erasure_is_measured(tmp_path):
     """On the bundled model the instrument measures something: the unedited model shows the named
-    shape, UCE removes it, the neighbouring shapes survive."""
+    shape, UCE on all token positions removes it, the neighbouring shapes survive. (UCE's default,
+    the last concept token only, leaves tinyworld's circles in place: the concept also lives in the
+    EOS / padding positions.)"""
     from erasekit.evaluate.bench import tinyworld_concept_set
     from erasekit.evaluate.judges import TinyworldConceptJudge
     from erasekit.evaluate.plan import Plan, make_study
 
     pipe = erasekit.load_pipeline("tinyworld")
     cs = tinyworld_concept_set("circle")
-    edit = erasekit.erase(pipe, "uce", cs, progress=False)
+    edit = erasekit.erase(pipe, "uce", cs, token="all", progress=False)
     study = make_study("circle", cs, {"uce": edit}, Plan(kinds=("target", "retain"), n=8), tinyworld=True)
     res = evaluate(pipe, [study], TinyworldConceptJudge(), out_dir=tmp_path, cache_dir=tmp_path / "c",
                    settings=GenerationSettings(steps=12, guidance=5.0, batch_size=16), n_boot=200, progress=False)

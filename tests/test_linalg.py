@@ -130,6 +130,24 @@ def test_warm_start_from_dual_saves_iterations():
     assert torch.allclose(warm.W, cold.W, atol=1e-9)
 
 
+def kkt_violation(W, W0, gf, lam):
+    """Largest violation of 0 ∈ 2(W − W_uce)M + λ∂‖W‖₁, relative to λ."""
+    A = linalg.uce_weight(W0, gf)
+    G = 2 * (gf.gamma * (W - A) + ((W - A) @ gf.C) @ gf.C.T)  # ∇f(W) = 2(W − W_uce) M
+    on = W != 0
+    return float(torch.where(on, (G + lam * torch.sign(W)).abs(), (G.abs() - lam).clamp_min(0)).max()) / lam
+
+
+def test_ill_conditioned_system_warns_and_still_solves():
+    W0, C_E, C_G, C_P = make_problem(d_out=8, d_in=40, n_e=4, n_p=8, seed=6)
+    with pytest.warns(RuntimeWarning, match="ill-conditioned"):
+        gf = linalg.gram_factor(30 * C_E, 30 * C_G, 30 * C_P, gamma=1e-3)  # cond(M) ≈ 1e9: float64 Newton systems
+    assert gf.cond_M > 1e8
+    res = linalg.space_solve(W0, gf, 0.01, tol=1e-10)
+    assert res.converged and 0.1 < res.sparsity < 0.95
+    assert kkt_violation(res.W, W0, gf, 0.01) < 1e-5
+
+
 def test_half_precision_weights_are_solved_in_float64():
     W0, C_E, C_G, C_P = make_problem()
     gf = linalg.gram_factor(C_E.half(), C_G.half(), C_P.half())

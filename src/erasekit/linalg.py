@@ -48,13 +48,20 @@ Writing ‖z‖² = max_y (y·z − ‖y‖²/4) gives the r-dimensional, uncons
 (A = {i : w_i ≠ 0}, F_A its rows of F). Any y gives a lower bound g(y) ≤ P*, so
 G(Y) = Σ_rows g + c0 ≤ F* and (F(W) − G(Y))/G(Y) ≥ (F(W) − F*)/F* is a rigorous certificate.
 
-``solver="ssn"`` (default): semi-smooth Newton on (10), rows batched; each row's Newton
-system uses its own active set, in float32, kept up to date by signed rank updates when the
-active set moves and refactored only for rows whose set changed; residuals, line search and
-certificate in float64; rows leave the batch as soon as their certificate holds.
+Solvers
+-------
+``solver="ssn"`` (default): semi-smooth Newton ascent on (10), rows in batches. Each row's
+Newton matrix γI + F_AᵀF_A (r × r) is built in float32 over its own active set only, kept
+current by signed rank updates (± f_i f_iᵀ for coordinates entering / leaving A), and
+refactored (Cholesky) only for rows whose set moved; an inexact float32 direction is fine
+because residuals, the Armijo line search (on exact differences of (10)) and the certificate
+are float64. A row stops as soon as its gap ‖∇g‖² ≤ tol·(g + its share of c0), so the layer
+certificate (F − G)/G ≤ tol holds. Cold start: y = 2(κ − 1)(aF)(I + κ diag(s²)/γ)⁻¹, the
+dual of a linear shrink w ≈ κ·u, with κ picked per call by the largest dual value on a row
+sample; or warm start from given duals (λ scans).
 ``solver="fista"``: the paper's "iterative closed-form" proximal-gradient step (FISTA with
-per-row O'Donoghue–Candès gradient restart), all rows at once as matrix products — the
-faithful, slow reference.
+per-row O'Donoghue–Candès gradient restart), all rows at once as matrix products, warm
+started at W_uce — the faithful reference; it needs ~√cond(M)·log(1/tol) iterations.
 """
 
 from __future__ import annotations
@@ -103,6 +110,7 @@ class GramFactor:
     gamma: float  # γ > 0
     U: Tensor  # (d_in, r)  left singular vectors of C̃
     s: Tensor  # (r,)       singular values of C̃, descending
+    F: Tensor  # (d_in, r)  U diag(s): F Fᵀ = C̃C̃ᵀ, the factor every SPACE row works with, eq. (6)
     DV: Tensor  # (d_in, r)  (B − C̃) V
     D_perp: Tensor  # (d_in, p)  Φ with ΦΦᵀ = (B − C̃)(I − VVᵀ)(B − C̃)ᵀ; p = 0 when rank C̃ = n
 
@@ -119,11 +127,6 @@ class GramFactor:
     def rank(self) -> int:
         """Numerical rank r of C̃: the dimension of every SPACE row dual."""
         return self.s.shape[0]
-
-    @property
-    def F(self) -> Tensor:
-        """(d_in, r) factor U diag(s) with F Fᵀ = C̃C̃ᵀ, eq. (6)."""
-        return self.U * self.s
 
     @property
     def h(self) -> Tensor:
@@ -144,8 +147,8 @@ class GramFactor:
 def _check_finite(name: str, x: Tensor) -> None:
     """Raise on NaN/Inf; scans 2-D tensors in row blocks so the check needs little memory."""
     blocks = x.split(max(1, 2**18 // max(x.shape[-1], 1))) if x.ndim == 2 else (x,)
-    bad = sum(int((~torch.isfinite(blk)).sum()) for blk in blocks)
-    if bad:
+    if not all(bool(torch.isfinite(blk).all()) for blk in blocks):
+        bad = sum(int((~torch.isfinite(blk)).sum()) for blk in blocks)
         raise ValueError(f"{name} contains {bad} NaN/Inf value(s); check the text encoder output or the weight before editing")
 
 
@@ -192,7 +195,7 @@ def gram_factor(C_E, C_G, C_P=None, alpha: float = 1.0, beta: float = 1.0, gamma
     D = B - C  # (d_in, n)
     DV = D @ V  # (d_in, r)
     D_perp = _column_factor(D - DV @ V.T)  # (d_in, p)  (B − C̃)(I − VVᵀ), compressed
-    gf = GramFactor(C=C, B=B, gamma=float(gamma), U=U, s=s, DV=DV, D_perp=D_perp)
+    gf = GramFactor(C=C, B=B, gamma=float(gamma), U=U, s=s, F=U * s, DV=DV, D_perp=D_perp)
 
     if gf.cond_M > _COND_RAISE:
         raise ValueError(
@@ -627,12 +630,12 @@ def _fista(W0, A, gf, lam, tol, max_iter, callback):
     k = 0
     for k in range(1, max_iter + 1):
         D = Yk - A  # (d_out, d_in)
-        grad_half = gamma * D + (D @ F) @ F.T  # (Y − A) M = (Y M − R), eq. (2)
-        X_new = _soft(Yk - (2 / Lip) * grad_half, lam / Lip)  # proximal step
-        restart = ((Yk - X_new) * (X_new - X)).sum(1, keepdim=True) > 0  # O'Donoghue–Candès
+        G = torch.addmm(D, D @ F, F.T, beta=gamma)  # (Y − A) M = Y M − R, eq. (2)
+        X_new = _soft(G.mul_(-2 / Lip).add_(Yk), lam / Lip)  # proximal step
+        step = X_new - X
+        restart = torch.linalg.vecdot(Yk - X_new, step).unsqueeze(1) > 0  # O'Donoghue–Candès, per row
         t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        beta = torch.where(restart, 0.0, (t - 1) / t_new)
-        Yk = X_new + beta * (X_new - X)  # momentum
+        Yk = step.mul_(torch.where(restart, 0.0, (t - 1) / t_new)).add_(X_new)  # momentum
         X, t = X_new, torch.where(restart, 1.0, t_new)
         if callback is not None and callback(k, X):
             break

@@ -362,7 +362,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=weights_dir())
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--minutes", type=float, default=75.0, help="wall-clock budget for the whole run")
+    ap.add_argument("--minutes", type=float, default=85.0, help="wall-clock budget for the whole run")
     ap.add_argument("--steps", type=int, default=None, help="cap on diffusion steps (else time-budgeted)")
     ap.add_argument("--vae-minutes", type=float, default=None, help="default: 8%% of --minutes, at most 6")
     ap.add_argument("--judge-steps", type=int, default=700)
