@@ -73,9 +73,9 @@ def demo_prompts(concept: str, n: int, seed: int = 0) -> dict[str, tuple[list[st
     }
 
 
-def run_demo(concept: str = "circle", method: str = "space", n: int = 24, steps: int = 20, guidance: float = 5.0,
+def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps: int = 15, guidance: float = 5.0,
              out_dir: str | Path = "erasekit-demo", seed: int = 0, pipe=None, judge=None, progress: bool = True,
-             **method_options) -> DemoResult:
+             templates: bool = True, **method_options) -> DemoResult:
     import erasekit
     from .tinyworld import world
     from .tinyworld.judge import TinyworldJudge
@@ -90,7 +90,9 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 24, steps:
     if method == "space":
         method_options.setdefault("target_sparsity", 0.85)
     t0 = time.perf_counter()
-    edit = erasekit.erase(pipe, method=method, concepts=[concept], kind="object", preserve=others, progress=progress, **method_options)
+    # The 'object' templates give the edit the concept in context, as tinyworld's captions use it.
+    edit = erasekit.erase(pipe, method=method, concepts=[concept], kind="object", preserve=others, templates=templates,
+                          progress=progress, **method_options)
     fit_seconds = time.perf_counter() - t0
 
     seeds = list(range(seed, seed + n))

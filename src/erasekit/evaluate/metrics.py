@@ -42,13 +42,6 @@ class Estimate:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def fmt(self, percent: bool = True) -> str:
-        if self.n == 0 or np.isnan(self.value):
-            return "–"
-        if percent:
-            return f"{100 * self.value:.1f} [{100 * self.low:.1f}, {100 * self.high:.1f}]"
-        return f"{self.value:.4f} [{self.low:.4f}, {self.high:.4f}]"
-
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)

@@ -51,12 +51,15 @@ def metric_rows(results: Results) -> tuple[list[str], list[tuple[str, str, dict]
     return names, rows
 
 
-def _fmt(est) -> tuple[str, str]:
-    if est is None:
-        return "–", ""
-    percent = "pixel" not in est.name
+def _html_cell(est) -> str:
+    """Value, then its interval and counts in small print."""
+    if est is None or est.n == 0 or np.isnan(est.value):
+        return "<td>–</td>"
+    scale, digits = (1.0, 4) if "pixel" in est.name else (100.0, 1)
     counts = f"{est.k}/{est.n}" if est.k is not None else f"n={est.n}"
-    return est.fmt(percent), counts
+    title = html.escape(est.note, quote=True)
+    return (f"<td title='{title}'>{scale * est.value:.{digits}f}<small>[{scale * est.low:.{digits}f}, {scale * est.high:.{digits}f}]</small>"
+            f"<small>{counts}</small></td>")
 
 
 _SHORT = {"erase rate": "erase", "paraphrase erase rate": "paraphrase", "retain rate": "retain", "harmonic mean": "H",
@@ -126,7 +129,7 @@ def write_html(results: Results, path: str | Path, *, max_rows: int = 8, thumb: 
            f"{results.timing['images_total']} images ({results.timing['images_from_cache']} from cache) · same seeds for every column.</p>",
            "<h2>Metrics</h2><table id='metrics'><tr><th>study</th><th>method</th>" + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>"]
     for study, label, ms in rows:
-        cells = "".join(f"<td>{e(v)}<small>{e(c)}</small></td>" for v, c in (_fmt(ms.get(n)) for n in names))
+        cells = "".join(_html_cell(ms.get(n)) for n in names)
         out.append(f"<tr><td>{e(study)}</td><td><b>{e(label)}</b></td>{cells}</tr>")
     out.append("</table><p>Rates in %, value [95 % percentile-bootstrap interval], successes / images below. "
                "The unedited row applies the same measures to the unedited model's images.</p>")
