@@ -131,8 +131,9 @@ def write_html(results: Results, path: str | Path, *, max_rows: int = 8, thumb: 
     for study, label, ms in rows:
         cells = "".join(_html_cell(ms.get(n)) for n in names)
         out.append(f"<tr><td>{e(study)}</td><td><b>{e(label)}</b></td>{cells}</tr>")
-    out.append("</table><p>Rates in %, value [95 % percentile-bootstrap interval], successes / images below. "
-               "The unedited row applies the same measures to the unedited model's images.</p>")
+    out.append("</table><p>Rates in %, value [95 % percentile-bootstrap interval], successes / images below; pixel distance is the "
+               "mean |edited − unedited| in [0, 1] on the same seeds. The unedited row applies the same measures to the unedited "
+               "model's images. Hover a cell for an attack's budget.</p>")
     for study, runs in results.studies.items():
         out.append(f"<h2>Study: {e(study)}</h2>")
         labels = list(runs)
