@@ -136,13 +136,14 @@ def csr_bytes(W: torch.Tensor) -> int:
 
 def fista_oracle(W0, gf, lam, F_star, tol, max_iter):
     """(seconds, iterations, reached) of FISTA until (F(W) − F*)/F* ≤ tol, checks not timed."""
-    A, c0 = linalg._uce_rows(W0.double(), gf)
+    A = linalg.uce_weight(W0, gf)
+    c0 = linalg.space_objective(A, W0, gf, 0.0)  # f(W_uce)
     F, gamma = gf.F, gf.gamma
     state = {"check": 0.0, "k": None}
 
     def objective(W):  # F(W) = Σ_rows (w − a) M (w − a)ᵀ + λ‖W‖₁ + f(W_uce), eqs. (7)–(8)
         E = W - A
-        return float(gamma * (E * E).sum() + ((E @ F) ** 2).sum() + lam * W.abs().sum() + c0.sum())
+        return float(gamma * (E * E).sum() + ((E @ F) ** 2).sum() + lam * W.abs().sum() + c0)
 
     def callback(k, W):
         if k % 10:

@@ -12,6 +12,15 @@ from erasekit import linalg
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These problems are tiny: one thread avoids OpenMP barrier stalls on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_problem(d_out=12, d_in=32, n_e=3, n_p=6, seed=0, scale=3.0, duplicate=False):
     g = torch.Generator().manual_seed(seed)
     W0 = 0.02 * torch.randn(d_out, d_in, generator=g, dtype=F64)
@@ -114,8 +123,8 @@ def test_ssn_and_fista_agree_and_certificate_bounds_true_gap():
         assert res.converged and res.gap <= tol, (solver, tol)
         assert res.gap >= true_gap - 1e-13, (solver, tol)  # the certificate is an upper bound
         assert res.objective == pytest.approx(linalg.space_objective(res.W, W0, gf, lam), rel=1e-11)
-    fista = linalg.space_solve(W0, gf, lam, solver="fista", tol=1e-10, max_iter=200_000)
-    assert torch.allclose(fista.W, ref.W, atol=2e-5)  # objective gap 1e-10 ⇒ ‖W − W*‖ ≲ 1e-5
+    fista = linalg.space_solve(W0, gf, lam, solver="fista", tol=1e-9, max_iter=200_000)
+    assert torch.allclose(fista.W, ref.W, atol=5e-5)  # objective gap 1e-9 ⇒ ‖W − W*‖ ≲ 5e-5
 
 
 def test_warm_start_from_dual_saves_iterations():

@@ -567,7 +567,9 @@ def _chol_solve(L: Tensor, rhs: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(L.transpose(1, 2), x, upper=True).squeeze(2)
 
 
-def _step_gain(u0: Tensor, w0: Tensor, du: Tensor, t: float, lin: Tensor, quad: Tensor, gamma: float, tau: float):
+def _step_gain(
+    u0: Tensor, w0: Tensor, du: Tensor, t: float, lin: Tensor, quad: Tensor, gamma: float, tau: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(u1, w1, Δ‖w‖², g(y + t d) − g(y)) for the step u → u + du, from eq. (10).
 
     Δg = −t (aF·d + y·d/2) − γ Δ‖w‖² − t²‖d‖²/4, with Δ‖w‖² = Σ (w1 − w0)(w1 + w0) and
