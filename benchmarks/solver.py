@@ -18,11 +18,14 @@ its duality gap and checked against a tight reference F* (warm-started SSN to 1e
 with an oracle stop — it is stopped at the first check (every 10 iterations) where the true gap
 (F(W) − F*)/F* ≤ tol, and the checks are not timed — on one layer per distinct d_out (its
 ~10³ iterations per layer make all layers too slow here), compared with SPACE on that layer.
-Memory: anonymous resident set size (RssAnon) sampled every 2 ms during the timed SPACE solves (layer by layer; each
-result is measured, then dropped, its duals kept and not counted) minus the RSS before the pass
-(taken after a small warm-up solve, so one-off MKL / OpenMP buffers count as baseline), relative to
-the fp32 size of all weights; glibc's mmap threshold is pinned at 128 KiB so that freed tensors
-leave the RSS instead of lingering in malloc's cache.
+Memory: anonymous resident set size (RssAnon) sampled every 2 ms during SPACE solves, in a fresh
+spawned process, minus the RSS before the solve (taken after a small warm-up solve, so one-off MKL /
+OpenMP buffers count as baseline), relative to the fp32 size of all weights. Layers are solved one
+at a time and each result is handed back before the next, so the working memory of the pass is the
+largest single-layer peak; the process solves one layer per distinct d_out and reports the largest.
+glibc's mmap threshold is pinned at 128 KiB in that process only, so that freed tensors leave the
+RSS instead of lingering in malloc's cache. (Pinning turns every large temporary into fresh
+page-faulted memory, which slows SSN down about 2×: the timed passes run unpinned, as users do.)
 """
 
 from __future__ import annotations
@@ -114,19 +117,22 @@ class RssPeak:
             self.peak = max(self.peak, self.rss())
 
 
-def layer_peak_bytes(name: str, quick: bool, lam: float, threads: int) -> int:
-    """Peak RSS beyond the weights while solving the largest layer (run in a fresh process)."""
+def layer_peak_bytes(name: str, quick: bool, lam: float, threads: int, tol: float) -> dict[int, int]:
+    """{d_out: peak RSS beyond the weights while solving that layer}, one layer per distinct
+    d_out, one after the other (run in a fresh spawned process, mmap threshold pinned)."""
     pin_mmap_threshold()
     torch.set_num_threads(threads)
     weights, cols = make_family(name, quick)
     gf = linalg.gram_factor(*cols, gamma=0.5)
-    W = max(weights, key=lambda w: w.shape[0])
-    linalg.space_solve(W[:64], gf, lam)  # warm-up: MKL / OpenMP buffers belong to the baseline
-    mem = RssPeak()
-    with mem.window():
-        res = linalg.space_solve(W, gf, lam)
-    del res  # the float64 result W and duals were live at the peak: counted as working memory
-    return mem.peak - mem.base
+    linalg.space_solve(weights[0][:64], gf, lam)  # warm-up: MKL / OpenMP buffers belong to the baseline
+    mem, peaks = RssPeak(), {}
+    for d_out in sorted({w.shape[0] for w in weights}):
+        W = next(w for w in weights if w.shape[0] == d_out)
+        with mem.window() as win:
+            res = linalg.space_solve(W, gf, lam, tol=tol)
+        del res  # the float64 result W and duals were live at the peak: counted as working memory
+        peaks[d_out] = win.peak - mem.base
+    return peaks
 
 
 def csr_bytes(W: torch.Tensor) -> int:
@@ -173,35 +179,34 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
           f"σ_max(C̃)² = {gf.lam_max_M - gf.gamma:.3g}, cond(M) = {gf.cond_M:.3g}")
 
     # UCE over all layers (best of 3 passes)
-    uce_best = min(timed(lambda: [linalg.uce_weight(W, gf) for W in weights])[1] for _ in range(3))
+    def uce_pass() -> None:  # each result dropped before the next, as SPACE's pass does
+        for W in weights:
+            linalg.uce_weight(W, gf)
+
+    uce_best = min(timed(uce_pass)[1] for _ in range(3))
     progress(f"{name}: UCE {uce_best:.2f} s")
 
     # λ for the target sparsity, shared by all layers (timed separately)
     lam, lam_s = timed(lambda: linalg.lam_for_sparsity(weights, gf, args.target))
     progress(f"{name}: λ = {lam:.4g} in {lam_s:.1f} s")
 
-    # SPACE (SSN) over all layers, layer by layer, memory sampled; each result is measured (CSR
-    # size, sparsity) and dropped, keeping only its duals (their bytes are not counted as working memory)
-    linalg.space_solve(weights[0][:64], gf, lam)  # warm-up: MKL / OpenMP buffers belong to the baseline
-    mem, kept, work_bytes = RssPeak(), 0, 0
+    # SPACE (SSN) over all layers, layer by layer; each result is measured (CSR size, sparsity)
+    # and dropped, keeping only its duals for the reference solves below
+    linalg.space_solve(weights[0][:64], gf, lam)  # warm-up: MKL / OpenMP buffers
     space_s, uce_s, csr_total, ssn_layer, runs = 0.0, 0.0, 0, {}, []
     for W in weights:
         uce_s += timed(lambda: linalg.uce_weight(W, gf))[1]  # UCE again, interleaved: same machine load as SPACE
-        with mem.window() as win:
-            t = time.perf_counter()
-            res = linalg.space_solve(W, gf, lam, tol=args.tol)
-            dt = time.perf_counter() - t
-        work_bytes = max(work_bytes, win.peak - mem.base - kept)
+        res, dt = timed(lambda: linalg.space_solve(W, gf, lam, tol=args.tol))
         space_s += dt
         ssn_layer.setdefault(W.shape[0], dt)
         csr_total += csr_bytes(res.W)
         runs.append((res.y, res.iterations, res.converged, int((res.W == 0).sum()), res.gap))
-        kept += res.y.numel() * res.y.element_size()
         del res
     progress(f"{name}: SPACE {space_s:.1f} s")
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        layer_bytes = pool.apply(layer_peak_bytes, (name, args.quick, lam, args.threads))
+        peaks = pool.apply(layer_peak_bytes, (name, args.quick, lam, args.threads, args.tol))
+    progress(f"{name}: memory measured")
 
     # tight reference F* per layer, warm-started from the timed solve's duals; true gaps
     stats, F_star = [], []
@@ -234,9 +239,9 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
         ("certified gap (max over layers)", f"{max(s[3] for s in stats):.2e}"),
         ("true gap vs reference F* (max over layers)", f"{max(s[4] for s in stats):.2e}"),
         ("achieved sparsity (exact zeros, all layers)", f"{zeros / (d_in * sum(d_outs)):.4f}"),
-        ("peak memory beyond weights: largest layer's solve", f"{layer_bytes / 2**20:.1f} MiB = {layer_bytes / dense_bytes:.1%} of fp32 weights "
-         f"(fresh process; the float64 result W alone is {8 * d_in * max(d_outs) / dense_bytes:.1%})"),
-        ("  … during the whole layer-by-layer pass", f"{work_bytes / 2**20:.1f} MiB = {work_bytes / dense_bytes:.1%} (in process, incl. allocator growth)"),
+        ("peak memory beyond weights (layer by layer)", f"{max(peaks.values()) / 2**20:.1f} MiB = {max(peaks.values()) / dense_bytes:.1%} of fp32 weights "
+         f"(fresh process; the float64 result W of the largest layer alone is {8 * d_in * max(d_outs) / dense_bytes:.1%})"),
+        ("  … per layer", ", ".join(f"{d}×{d_in}: {b / 2**20:.1f} MiB" for d, b in sorted(peaks.items()))),
         ("CSR (fp32 values + int32 indices) / dense fp32", f"{csr_total / dense_bytes:.1%}"),
     ]
     for d_out, s_s, s_its, f_s, f_its, reached in fista_rows:
@@ -265,7 +270,6 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=1e-6, help="relative objective gap")
     p.add_argument("--fista-max-iter", type=int, default=20000)
     args = p.parse_args()
-    pin_mmap_threshold()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at start; {'quick' if args.quick else 'full'} run")

@@ -442,17 +442,23 @@ def test_two_accelerate_processes_equal_one(edit, clip_dir, tmp_path):
 def test_cli_bench_compares_methods(clip_dir, tmp_path, capsys):
     from erasekit.cli import main
 
-    rc = main(["bench", "--model", "tiny-sd", "--methods", "uce,space", "--concepts", "circle", "--preserve", "square",
+    rc = main(["bench", "--model", "tiny-sd", "--methods", "uce,space,uce_all=uce", "--concepts", "circle", "--preserve", "square",
                "--judge", f"clip:{clip_dir}", "--suite", "target,retain", "--seeds", "1", "--steps", "2", "--guidance", "5",
                "--bootstrap", "100", "--out", str(tmp_path / "b"), "--cache", str(tmp_path / "c"), "--no-progress",
-               "--set", "space.target_sparsity=0.5"])
+               "--set", "space.target_sparsity=0.5", "--set", "uce_all.token=all"])
     assert rc == 0
     d = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert list(d["studies"]["circle"]) == ["uce", "space"] and set(d["config"]["fit_seconds"]) == {"circle/uce", "circle/space"}
+    assert list(d["studies"]["circle"]) == ["uce", "space", "uce_all"]
+    assert set(d["config"]["fit_seconds"]) == {"circle/uce", "circle/space", "circle/uce_all"}
     assert d["studies"]["circle"]["space"]["config"]["target_sparsity"] == 0.5
-    assert (tmp_path / "b" / "report.html").is_file() and (tmp_path / "b" / "edits" / "circle-space.safetensors").is_file()
+    # a variant runs the registered method with its own options, under its own label
+    assert d["studies"]["circle"]["uce_all"]["config"]["token"] == "all" and d["studies"]["circle"]["uce"]["config"]["token"] != "all"
+    assert (tmp_path / "b" / "report.html").is_file() and (tmp_path / "b" / "edits" / "circle-uce_all.safetensors").is_file()
     assert main(["bench", "--model", "tiny-sd", "--methods", "uce", "--set", "space.lam=1", "--out", str(tmp_path / "x")]) == 2
     assert "not among the benchmarked methods" in capsys.readouterr().err
+    for bad, msg in (("uce,uce", "appears twice"), ("x=nope", "nope"), ("a.b=uce", "LABEL=METHOD")):
+        assert main(["bench", "--model", "tiny-sd", "--methods", bad, "--out", str(tmp_path / "x")]) == 2
+        assert msg in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- tinyworld end to end

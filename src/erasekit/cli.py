@@ -6,6 +6,7 @@
     erasekit generate --model M --edit e.safetensors --prompt "a painting by Van Gogh" --seed 0 --out grid.png
     erasekit evaluate --model M --edit e.safetensors [--suite target,paraphrase,...] [--judge tinyworld|nudenet|clip:PATH] --out DIR
     erasekit bench    --model tinyworld --methods uce,space --concepts circle,red,striped --out DIR
+    erasekit export   --model M --edit e.safetensors --out model-erased.safetensors   (A1111 / ComfyUI single file)
 """
 
 from __future__ import annotations
@@ -244,6 +245,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .edit import load_edit
+    from .models.ldm_export import export_single_file
+
+    pipe = _load(args)
+    edit = load_edit(args.edit, pipe) if args.edit else None  # checked strictly, then applied
+    out = export_single_file(pipe, args.out)
+    baked = f" with {edit!r} baked in" if edit is not None else ""
+    _info(f"wrote {out} ({out.stat().st_size:,} bytes, original LDM single-file layout){baked}")
+    return 0
+
+
 # ------------------------------------------------------------- evaluation
 def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="target,paraphrase,adversarial,retain,general",
@@ -332,14 +345,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_bench(args) -> int:
     from .concepts import ConceptSet
-    from .evaluate.bench import fit_edits, parse_options, tinyworld_concept_set
+    from .evaluate.bench import fit_edits, parse_methods, parse_options, tinyworld_concept_set
     from .evaluate.plan import make_study, parse_kinds
     from .evaluate.runner import evaluate
-    from .methods import get_method, list_methods
 
-    methods = list(parse_kinds(args.methods)) if args.methods else list(list_methods())
-    for m in methods:
-        get_method(m)  # unknown method: clear error before anything slow
+    methods = parse_methods(args.methods)  # label -> registered method; unknown ones fail before anything slow
     concepts = parse_kinds(args.concepts)
     tiny = args.model == "tinyworld"
     if tiny:
@@ -423,13 +433,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="erase each concept with each method, evaluate all, one table and one report page")
     _add_model_options(b, required=False)
-    b.add_argument("--methods", default=None, help="comma-separated registered methods (default: all, see `erasekit methods`)")
+    b.add_argument("--methods", default=None, help="comma-separated registered methods (default: all, see `erasekit methods`); "
+                   "LABEL=METHOD adds a variant, e.g. --methods pure,pure_text=pure --set pure_text.basis=text")
     b.add_argument("--concepts", default="circle,red,striped", help="comma-separated concepts, each erased on its own")
     b.add_argument("--kind", default="object", help="other models: concept kind (style, object, person, nsfw)")
     b.add_argument("--preserve", action="append", help="other models: concept to preserve (repeatable)")
     b.add_argument("--set", action="append", metavar="METHOD.OPTION=VALUE", help="method option, e.g. space.target_sparsity=0.85")
     _eval_common(b)
     b.set_defaults(func=cmd_bench)
+
+    x = sub.add_parser("export", help="write the model (with an edit applied) as one A1111 / ComfyUI .safetensors checkpoint (SD 1.x)")
+    _add_model_options(x)
+    x.add_argument("--edit", default=None, help="edit file to apply before exporting (checked against the model first)")
+    x.add_argument("--out", required=True, help="single-file checkpoint to write (.safetensors); --dtype float16 halves it")
+    x.set_defaults(func=cmd_export)
     return p
 
 

@@ -15,8 +15,39 @@ from ..concepts import ConceptSet
 from ..errors import MethodError
 
 
+def parse_methods(spec: str | None) -> dict[str, str]:
+    """``"uce,space,pure_text=pure"`` -> {"uce": "uce", "space": "space", "pure_text": "pure"} (label -> method).
+
+    ``LABEL=METHOD`` runs a registered method under another name, so that variants of one method
+    (``--set pure_text.basis=text``) are compared side by side on the same seeds. Default: every
+    registered method under its own name.
+    """
+    from ..methods import get_method, list_methods
+
+    if not spec:
+        return {m: m for m in list_methods()}
+    out: dict[str, str] = {}
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        label, eq, method = entry.partition("=")
+        label, method = label.strip(), (method.strip() if eq else label.strip())
+        if not label or not method or "." in label:
+            raise MethodError(f"method entry {entry!r} is not METHOD or LABEL=METHOD (e.g. pure_text=pure); labels have no '.'")
+        if label in out:
+            raise MethodError(f"method label {label!r} appears twice in --methods; give each variant its own label (LABEL=METHOD)")
+        get_method(method)  # unknown method: clear error before anything slow
+        out[label] = method
+    if not out:
+        raise MethodError("--methods is empty: name at least one registered method (see `erasekit methods`)")
+    return out
+
+
 def parse_options(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, dict]:
-    """``["space.target_sparsity=0.85", ...]`` -> {"space": {"target_sparsity": 0.85}}; values are JSON when they parse."""
+    """``["space.target_sparsity=0.85", ...]`` -> {"space": {"target_sparsity": 0.85}}; values are JSON when they parse.
+
+    ``methods`` are the labels of :func:`parse_methods` (a variant's options go under its label).
+    """
     out: dict[str, dict] = {m: {} for m in methods}
     for p in pairs:
         key, eq, value = p.partition("=")
@@ -41,18 +72,22 @@ def tinyworld_concept_set(concept: str) -> ConceptSet:
     return ConceptSet(erase=(value,), kind="object", preserve=tuple(v for v in world.ATTRIBUTES[attr] if v != value))
 
 
-def fit_edits(pipe, methods: Sequence[str], concept_sets: dict[str, ConceptSet], options: dict[str, dict], out_dir: Path,
+def fit_edits(pipe, methods: dict[str, str] | Sequence[str], concept_sets: dict[str, ConceptSet], options: dict[str, dict], out_dir: Path,
               progress: bool = True) -> tuple[dict[str, dict], dict[tuple[str, str], float]]:
-    """{study: {method: Edit}} and the fit seconds of each; every edit is also saved to ``out_dir/edits``."""
+    """{study: {label: Edit}} and the fit seconds of each; every edit is also saved to ``out_dir/edits``.
+
+    ``methods`` maps labels to registered methods (:func:`parse_methods`); a plain list uses each method as its label.
+    """
     import erasekit
 
+    methods = dict(methods) if isinstance(methods, dict) else {m: m for m in methods}
     edits: dict[str, dict] = {}
     seconds: dict[tuple[str, str], float] = {}
     for name, cs in concept_sets.items():
         edits[name] = {}
-        for m in methods:
+        for m, method in methods.items():
             t0 = time.perf_counter()
-            edit = erasekit.erase(pipe, method=m, concepts=cs, progress=progress, **options.get(m, {}))
+            edit = erasekit.erase(pipe, method=method, concepts=cs, progress=progress, **options.get(m, {}))
             seconds[(name, m)] = time.perf_counter() - t0
             edit.save(out_dir / "edits" / f"{name}-{m}.safetensors".replace(" ", "_"))
             edits[name][m] = edit
