@@ -109,6 +109,41 @@ def test_space_rows_agree_with_sklearn_lasso(d_in, n_e, n_p):
             assert torch.allclose(res.W[i], ref, atol=1e-7), (lam, i)
 
 
+def test_active_set_newton_form_matches_the_r_dimensional_solve():
+    """Eq. (13): (γI + F_AᵀF_A)⁻¹g through the |A| × |A| system equals the direct r × r solve,
+    also for empty and padded (unequal) active sets."""
+    g = torch.Generator().manual_seed(5)
+    F = torch.randn(30, 12, generator=g, dtype=F64)
+    Fpad = torch.cat([F, F.new_zeros(1, 12)])
+    mask = torch.rand(7, 30, generator=g) < 0.2
+    mask[0] = False  # empty active set
+    grad = torch.randn(7, 12, generator=g, dtype=F64)
+    got = linalg._active_solve(Fpad, mask, mask.sum(1), grad, 0.3)
+    for i in range(7):
+        FA = F[mask[i]]
+        want = torch.linalg.solve(0.3 * torch.eye(12, dtype=F64) + FA.T @ FA, grad[i])
+        assert torch.allclose(got[i], want, rtol=1e-10, atol=1e-12), i
+
+
+def test_space_rows_agree_with_lasso_when_columns_outnumber_d_in(monkeypatch):
+    """n ≥ d_in (token='all', many templates): r = d_in and the active sets are small, so SSN
+    takes the |A|-dimensional Newton form; its rows must still be the Lasso solutions."""
+    calls = []
+    real = linalg._active_solve
+    monkeypatch.setattr(linalg, "_active_solve", lambda *a: calls.append(1) or real(*a))
+    W0, C_E, C_G, C_P = make_problem(d_out=5, d_in=16, n_e=10, n_p=30, scale=1.0, seed=4)
+    gf = linalg.gram_factor(C_E, C_G, C_P, gamma=0.5)
+    assert gf.rank == 16
+    A = linalg.uce_weight(W0, gf)
+    for target in (0.7, 0.9):
+        lam = linalg.lam_for_sparsity([W0], gf, target)
+        res = linalg.space_solve(W0, gf, lam, tol=1e-13)
+        assert res.converged and res.sparsity > 0.6
+        for i in range(W0.shape[0]):
+            assert torch.allclose(res.W[i], lasso_row_reference(A[i], gf, lam), atol=1e-7), (lam, i)
+    assert calls, "the |A|-dimensional Newton form was never used"
+
+
 def test_ssn_and_fista_agree_and_certificate_bounds_true_gap():
     W0, C_E, C_G, C_P = make_problem(d_out=16, d_in=40, n_e=4, n_p=10, seed=1)
     gf = linalg.gram_factor(C_E, C_G, C_P)

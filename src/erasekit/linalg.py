@@ -45,7 +45,12 @@ Writing ‖z‖² = max_y (y·z − ‖y‖²/4) gives the r-dimensional, uncons
     ∇g(y) = Fᵀ(w(y) − a)ᵀ − y/2,    −∇²g = (γI + F_Aᵀ F_A)/(2γ)                        (11)
     P(w(y)) − g(y) = ‖∇g(y)‖²                    (the duality gap, exactly)            (12)
 
-(A = {i : w_i ≠ 0}, F_A its rows of F). Any y gives a lower bound g(y) ≤ P*, so
+(A = {i : w_i ≠ 0}, F_A its rows of F). When |A| is small next to r (many token columns, high
+sparsity) the Newton system is solved through the push-through identity instead,
+
+    (γI_r + F_AᵀF_A)⁻¹ = (I_r − F_Aᵀ(γI_|A| + F_A F_Aᵀ)⁻¹F_A)/γ,                        (13)
+
+an |A| × |A| factorisation in place of an r × r one. Any y gives a lower bound g(y) ≤ P*, so
 G(Y) = Σ_rows g + c0 ≤ F* and (F(W) − G(Y))/G(Y) ≥ (F(W) − F*)/F* is a rigorous certificate.
 
 Solvers
@@ -53,7 +58,8 @@ Solvers
 ``solver="ssn"`` (default): semi-smooth Newton ascent on (10), rows in batches. Each row's
 Newton matrix γI + F_AᵀF_A (r × r) is built in float32 over its own active set only, kept
 current by signed rank updates (± f_i f_iᵀ for coordinates entering / leaving A), and
-refactored (Cholesky) only for rows whose set moved; an inexact float32 direction is fine
+refactored (Cholesky) only for rows whose set moved — or, while every row of the batch has
+|A| ≤ r/2, replaced by the |A|-dimensional system (13) built afresh; an inexact float32 direction is fine
 because residuals, the Armijo line search (on exact differences of (10)) and the certificate
 are float64. A row stops as soon as its gap ‖∇g‖² ≤ tol·(g + its share of c0), so the layer
 certificate (F − G)/G ≤ tol holds. Cold start: y = 2(κ − 1)(aF)(I + κ diag(s²)/γ)⁻¹, the
@@ -454,6 +460,7 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
     u = a - y @ F.T / (2 * gamma)  # (b, d_in)  eq. (9)
     w = _soft(u, tau)
     eye = torch.eye(r, dtype=hdt, device=a.device)
+    Fpad64 = Fpad if hdt == _F64 else torch.cat([F, F.new_zeros(1, r)])  # (d_in + 1, r) float64
     st = _Rows(
         idx=torch.arange(b, device=a.device), a=a, c0=c0, aC=aC, aa=gamma * (a * a).sum(1), y=y, u=u, w=w, ww=(w * w).sum(1),
         fmask=torch.zeros(b, d_in, dtype=torch.bool, device=a.device),
@@ -478,8 +485,13 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
             if done.all():
                 return P_out, g_out, its_max
             st, grad = st.take(~done), grad[~done]
-        _refresh_newton(st, Fpad, gamma, eye)
-        d = 2 * gamma * _chol_solve(st.L, grad.to(hdt)).to(_F64)  # (b, r)  Newton step −(∇²g)⁻¹∇g
+        mask = st.w != 0  # (b, d_in)  active sets A
+        counts = mask.sum(1)
+        if int(counts.max()) <= r // 2:  # small active sets: solve in the |A|-dim form, eq. (13)
+            d = 2 * gamma * _active_solve(Fpad64, mask, counts, grad, gamma)
+        else:
+            _refresh_newton(st, Fpad, gamma, eye)
+            d = 2 * gamma * _chol_solve(st.L, grad.to(hdt)).to(_F64)  # (b, r)  Newton step −(∇²g)⁻¹∇g
         _line_search(st, d, grad, F, gamma, tau)
         st.its += 1
 
@@ -559,6 +571,22 @@ def _padded_indices(sel: Tensor, counts: Tensor, pad: int) -> Tensor:
     idx = torch.full((sel.shape[0], int(counts.max()) if counts.numel() else 0), pad, dtype=torch.long, device=sel.device)
     idx[rows, pos] = cols
     return idx
+
+
+def _active_solve(Fpad: Tensor, mask: Tensor, counts: Tensor, g: Tensor, gamma: float) -> Tensor:
+    """(b, r) (γI + F_AᵀF_A)⁻¹ g per row through the |A| × |A| system of eq. (13), float64.
+
+    Rows are padded to the longest active set with Fpad's zero row; a padded coordinate adds γ on
+    K's diagonal and nothing else, so it changes no solution.
+    """
+    m = int(counts.max())
+    if m == 0:
+        return g / gamma  # every active set empty: H = γI
+    X = Fpad.index_select(0, _padded_indices(mask, counts, Fpad.shape[0] - 1).flatten()).view(g.shape[0], m, -1)  # (b, m, r)  F_A
+    K = X @ X.transpose(1, 2)  # (b, m, m)  F_A F_Aᵀ
+    K.diagonal(dim1=1, dim2=2).add_(gamma)  # γI + F_A F_Aᵀ
+    z = torch.cholesky_solve((X @ g.unsqueeze(2)), torch.linalg.cholesky(K))  # (b, m, 1)  K⁻¹ F_A g
+    return (g - (X.transpose(1, 2) @ z).squeeze(2)) / gamma  # eq. (13)
 
 
 def _chol_solve(L: Tensor, rhs: Tensor) -> Tensor:
