@@ -3,8 +3,9 @@
 #   bash benchmarks/tinyworld_methods.sh [OUT_DIR] [N]     (~7 min on 2 CPU cores)
 # Prints one table (erase rate on named prompts, on synonym-only prompts, retain rate on the other
 # values of the same attribute, fit seconds, edit bytes) and writes OUT_DIR/results.json and
-# OUT_DIR/report.html. Settings per method are the tinyworld calibrations of the test suite
-# (tests/test_tinyworld_erasure.py); `uce` is UCE as published (last concept token, no templates).
+# OUT_DIR/report.html. Settings per method are tinyworld calibrations (tests/test_tinyworld_erasure.py;
+# SPACE as `erasekit demo` runs it, every token position); `uce` is UCE as published (last concept
+# token, no templates) and `uce_all` UCE with the same templates and token positions as SPACE.
 set -euo pipefail
 out=${1:-tinyworld-methods}
 n=${2:-24}

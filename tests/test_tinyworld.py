@@ -167,3 +167,24 @@ def test_pipeline_loads_offline_and_generates(monkeypatch):
     out = pipe([text, "a blue square"], num_inference_steps=4, guidance_scale=5.0, generator=g, output_type="np")
     assert out.images.shape == (2, 32, 32, 3) and np.isfinite(out.images).all()
     assert out.images.std() > 0.01
+
+
+def test_training_script_runs_end_to_end_and_writes_a_loadable_model(tmp_path):
+    """`python -m erasekit.tinyworld.train` on a minimal budget: every stage runs, the pipeline
+    folder loads offline as a diffusers StableDiffusionPipeline, the judge loads, the card is written."""
+    from diffusers import StableDiffusionPipeline
+
+    from erasekit.tinyworld import train
+    from erasekit.tinyworld.judge import TinyworldJudge
+
+    train.main(["--out", str(tmp_path), "--steps", "2", "--judge-steps", "2", "--vae-minutes", "0.02", "--minutes", "1",
+                "--batch", "8", "--threads", "2"])
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "pipeline"), local_files_only=True, torch_dtype=torch.float32)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    judge = TinyworldJudge.load(tmp_path / "judge.safetensors")
+    image = pipe(prompt="a red circle", num_inference_steps=2, output_type="pil").images[0]
+    probs = judge.predict([image])
+    assert {k: tuple(v.shape) for k, v in probs.items()} == {"shape": (1, 6), "color": (1, 6), "pattern": (1, 4)}
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["diffusion"]["steps"] == 2 and log["seed"] == 0
+    assert "python -m erasekit.tinyworld.train" in (tmp_path / "MODEL_CARD.md").read_text()
