@@ -63,7 +63,9 @@ def test_demo_runs_end_to_end_on_a_reduced_setting(world, tmp_path):
     pipe, judge, _, _ = world
     res = run_demo(pipe=pipe, judge=judge, n=4, steps=6, out_dir=tmp_path, progress=False)
     assert res.grid_path.is_file() and res.html_path.is_file() and (tmp_path / "demo.json").is_file()
-    assert set(res.rows) == {"target", "paraphrase", "retain"} and all(r["n"] == 4 for r in res.rows.values())
+    assert set(res.rows) == {"target", "paraphrase", "retain", "colour"}
+    assert all(res.rows[k]["n"] == 4 for k in ("target", "paraphrase", "retain")) and res.rows["colour"]["n"] == 12
+    assert 0.0 <= res.rows["colour"]["value"] <= 1.0 and "colour kept" in res.html_path.read_text()
     assert res.sparsity is not None and abs(res.sparsity - 0.85) <= 0.01
     assert "<table" in res.html_path.read_text()
 
@@ -77,3 +79,4 @@ def test_demo_at_its_defaults_erases_named_and_paraphrased_circles(world, tmp_pa
     assert res.rows["target"]["base_rate"] >= 0.9 and res.rows["paraphrase"]["base_rate"] >= 0.8
     assert res.rows["target"]["value"] >= 0.9 and res.rows["paraphrase"]["value"] >= 0.8
     assert res.rows["retain"]["value"] >= 0.75
+    assert res.rows["colour"]["base_rate"] >= 0.9 and res.rows["colour"]["value"] >= 0.75  # colours mostly survive

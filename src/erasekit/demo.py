@@ -25,7 +25,7 @@ from .generate import generate_pairs, image_grid
 class DemoResult:
     concept: str
     method: str
-    rows: dict[str, dict]  # suite -> {"n", "base_rate", "edited_rate", "metric", "value"}
+    rows: dict[str, dict]  # target / paraphrase / retain / colour -> {"n", "base_rate", "edited_rate", "metric", "value"}
     sparsity: float | None
     edit_bytes: int
     fit_seconds: float
@@ -40,6 +40,7 @@ class DemoResult:
             ("erase rate (named prompts)", _pct(r["target"]["value"])),
             ("paraphrase erase rate (synonyms only)", _pct(r["paraphrase"]["value"])),
             ("retain rate (other shapes)", _pct(r["retain"]["value"]) + f"  (unedited {_pct(r['retain']['base_rate'])})"),
+            ("prompted colour kept (all images)", _pct(r["colour"]["value"]) + f"  (unedited {_pct(r['colour']['base_rate'])})"),
             ("concept seen before erasure (named / paraphrased)", f"{_pct(r['target']['base_rate'])} / {_pct(r['paraphrase']['base_rate'])}"),
         ]
         if self.sparsity is not None:
@@ -55,21 +56,29 @@ def _pct(x: float) -> str:
 
 def demo_prompts(concept: str, n: int, seed: int = 0) -> dict[str, tuple[list[str], list[str]]]:
     """suite -> (prompts, prompted shape per prompt); colours and patterns vary, shapes are the concept."""
+    return {k: (prompts, shapes) for k, (prompts, shapes, _) in _demo_suites(concept, n, seed).items()}
+
+
+def _demo_suites(concept: str, n: int, seed: int) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """suite -> (prompts, prompted shape, prompted colour) per prompt."""
     from .tinyworld import world
 
     rng = np.random.default_rng(seed)
     others = [s for s in world.SHAPE_NAMES if s != concept]
 
-    def cap(shape, synonyms):
-        c = world.COLOR_NAMES[int(rng.integers(len(world.COLOR_NAMES)))]
-        p = world.PATTERN_NAMES[int(rng.integers(len(world.PATTERN_NAMES)))]
-        return world.caption(shape, c, p, rng, synonyms=synonyms, template=0)
+    def suite(shapes, synonyms):
+        prompts, colours = [], []
+        for shape in shapes:
+            c = world.COLOR_NAMES[int(rng.integers(len(world.COLOR_NAMES)))]
+            p = world.PATTERN_NAMES[int(rng.integers(len(world.PATTERN_NAMES)))]
+            prompts.append(world.caption(shape, c, p, rng, synonyms=synonyms, template=0))
+            colours.append(c)
+        return prompts, list(shapes), colours
 
-    retain_shapes = [others[i % len(others)] for i in range(n)]
     return {
-        "target": ([cap(concept, False) for _ in range(n)], [concept] * n),
-        "paraphrase": ([cap(concept, "only") for _ in range(n)], [concept] * n),
-        "retain": ([cap(s, False) for s in retain_shapes], retain_shapes),
+        "target": suite([concept] * n, False),
+        "paraphrase": suite([concept] * n, "only"),
+        "retain": suite([others[i % len(others)] for i in range(n)], False),
     }
 
 
@@ -85,7 +94,7 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     t_start = time.perf_counter()
     pipe = pipe if pipe is not None else erasekit.load_pipeline("tinyworld")
     judge = judge if judge is not None else TinyworldJudge.load()
-    suites = demo_prompts(concept, n, seed)
+    suites = _demo_suites(concept, n, seed)
     others = [s for s in world.SHAPE_NAMES if s != concept]
     if method == "space":
         method_options.setdefault("target_sparsity", 0.85)
@@ -105,20 +114,28 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     def images(prompts):  # prompt i gets seed i, the same for both models
         return generate_pairs(pipe, list(zip(prompts, seeds)), steps=steps, guidance=guidance, batch_size=32)
 
-    base = {k: images(p) for k, (p, _) in suites.items()}
+    base = {k: images(p) for k, (p, _, _) in suites.items()}
     edit.apply(pipe)
     try:
-        edited = {k: images(p) for k, (p, _) in suites.items()}
+        edited = {k: images(p) for k, (p, _, _) in suites.items()}
     finally:
         edit.revert(pipe)
 
     rows = {}
-    for k, (prompts, shapes) in suites.items():
-        seen_base = _shape_hits(judge, base[k], shapes)
-        seen_edit = _shape_hits(judge, edited[k], shapes)
+    colour_base, colour_edit = [], []
+    for k, (prompts, shapes, colours) in suites.items():
+        seen_base = _hits(judge, base[k], "shape", shapes)
+        seen_edit = _hits(judge, edited[k], "shape", shapes)
         value = 1.0 - seen_edit.mean() if k != "retain" else seen_edit.mean()
         rows[k] = {"n": len(prompts), "base_rate": float(seen_base.mean()), "edited_rate": float(seen_edit.mean()),
                    "metric": "retain rate" if k == "retain" else "erase rate", "value": float(value)}
+        colour_base.append(_hits(judge, base[k], "color", colours))
+        colour_edit.append(_hits(judge, edited[k], "color", colours))
+    # Collateral damage the shape judge cannot see: is the prompted colour still drawn, on every
+    # image (an erased circle should become a *red* something, not lose its colour too)?
+    rows["colour"] = {"n": sum(len(c) for c in colour_edit), "base_rate": float(np.concatenate(colour_base).mean()),
+                      "edited_rate": float(np.concatenate(colour_edit).mean()), "metric": "colour kept",
+                      "value": float(np.concatenate(colour_edit).mean())}
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +147,7 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     grid_path = out_dir / "demo_grid.png"
     grid.save(grid_path)
     result = DemoResult(concept, method, rows, edit.sparsity(), edit.nbytes, fit_seconds, 0.0, grid_path, out_dir / "demo.html",
-                        {k: p for k, (p, _) in suites.items()})
+                        {k: p for k, (p, _, _) in suites.items()})
     result.total_seconds = time.perf_counter() - t_start
     _write_html(result, grid)
     (out_dir / "demo.json").write_text(json.dumps({
@@ -140,12 +157,13 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     return result
 
 
-def _shape_hits(judge, images, shapes) -> np.ndarray:
+def _hits(judge, images, attribute: str, values: list[str]) -> np.ndarray:
+    """Per image: does the judge read the prompted ``attribute`` ("shape" or "color") value?"""
     from .tinyworld import world
 
-    pred = judge.predict(images)["shape"].argmax(-1).numpy()
-    want = np.array([world.SHAPE_NAMES.index(s) for s in shapes])
-    return pred == want
+    names = {"shape": world.SHAPE_NAMES, "color": world.COLOR_NAMES}[attribute]
+    pred = judge.predict(images)[attribute].argmax(-1).numpy()
+    return pred == np.array([names.index(v) for v in values])
 
 
 def _write_html(result: DemoResult, grid) -> None:
