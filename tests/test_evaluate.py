@@ -456,7 +456,8 @@ def test_cli_bench_compares_methods(clip_dir, tmp_path, capsys):
     assert (tmp_path / "b" / "report.html").is_file() and (tmp_path / "b" / "edits" / "circle-uce_all.safetensors").is_file()
     assert main(["bench", "--model", "tiny-sd", "--methods", "uce", "--set", "space.lam=1", "--out", str(tmp_path / "x")]) == 2
     assert "not among the benchmarked methods" in capsys.readouterr().err
-    for bad, msg in (("uce,uce", "appears twice"), ("x=nope", "nope"), ("a.b=uce", "LABEL=METHOD")):
+    for bad, msg in (("uce,uce", "appears twice"), ("x=nope", "nope"), ("a.b=uce", "LABEL=METHOD"), ("a/b=uce", "LABEL=METHOD"),
+                     ("unedited=uce", "reserved")):
         assert main(["bench", "--model", "tiny-sd", "--methods", bad, "--out", str(tmp_path / "x")]) == 2
         assert msg in capsys.readouterr().err
 

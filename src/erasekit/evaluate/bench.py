@@ -7,6 +7,7 @@ later are benchmarked without changes here.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Sequence
@@ -32,8 +33,11 @@ def parse_methods(spec: str | None) -> dict[str, str]:
             continue
         label, eq, method = entry.partition("=")
         label, method = label.strip(), (method.strip() if eq else label.strip())
-        if not label or not method or "." in label:
-            raise MethodError(f"method entry {entry!r} is not METHOD or LABEL=METHOD (e.g. pure_text=pure); labels have no '.'")
+        if not method or not re.fullmatch(r"[A-Za-z0-9_-]+", label):
+            raise MethodError(f"method entry {entry!r} is not METHOD or LABEL=METHOD (e.g. pure_text=pure); "
+                              "labels use letters, digits, '_' and '-' (they name edit files and --set keys)")
+        if label == "unedited":
+            raise MethodError("'unedited' is reserved for the unedited model's row; choose another label")
         if label in out:
             raise MethodError(f"method label {label!r} appears twice in --methods; give each variant its own label (LABEL=METHOD)")
         get_method(method)  # unknown method: clear error before anything slow
