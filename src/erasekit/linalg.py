@@ -490,7 +490,7 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
         if int(counts.max()) <= r // 2:  # small active sets: solve in the |A|-dim form, eq. (13)
             d = 2 * gamma * _active_solve(Fpad64, mask, counts, grad, gamma)
         else:
-            _refresh_newton(st, Fpad, gamma, eye)
+            _refresh_newton(st, Fpad, gamma, eye, mask)
             d = 2 * gamma * _chol_solve(st.L, grad.to(hdt)).to(_F64)  # (b, r)  Newton step −(∇²g)⁻¹∇g
         _line_search(st, d, grad, F, gamma, tau)
         st.its += 1
@@ -509,13 +509,13 @@ def _certify(a: Tensor, aC: Tensor, y: Tensor, F: Tensor, gamma: float, lam: flo
     return P, _dual_value(gamma * (a * a).sum(1), aC, y, w, gamma), w  # eq. (10)
 
 
-def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor) -> None:
+def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor, mask: Tensor) -> None:
     """Bring H = γI + F_Aᵀ F_A to the current active sets and refactor the rows that changed.
 
     A row whose active set moved by fewer coordinates than it holds gets a rank update
     (+ newly active, − newly inactive coordinates); otherwise H is rebuilt from scratch.
     """
-    mask = st.w != 0  # (b, d_in)  current active sets A
+    # mask (b, d_in): the current active sets A, st.w != 0
     added, removed = mask & ~st.fmask, st.fmask & ~mask  # (b, d_in)
     n_chg = added.sum(1) + removed.sum(1)
     redo = (n_chg > 0).nonzero(as_tuple=True)[0]
