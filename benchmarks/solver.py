@@ -174,7 +174,7 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
     dense_bytes = 4 * d_in * sum(d_outs)
     print(f"\n== {name}: {len(weights)} matrices, d_in {d_in}, Σ d_out {sum(d_outs):,} "
           f"({sum(d_outs) // 2:,} per projection), fp32 weights {dense_bytes / 2**20:.1f} MiB")
-    print(f"   mix: " + ", ".join(f"{d}×{d_outs.count(d)}" for d in sorted(set(d_outs))) + " (matrices by d_out)")
+    print("   mix: " + ", ".join(f"{d}×{d_outs.count(d)}" for d in sorted(set(d_outs))) + " (matrices by d_out)")
     print(f"   tokens: n = {gf.n}, rank {gf.rank}, ‖c‖ ≈ {cols[0].norm(dim=0).mean():.1f}, "
           f"σ_max(C̃)² = {gf.lam_max_M - gf.gamma:.3g}, cond(M) = {gf.cond_M:.3g}")
 

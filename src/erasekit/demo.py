@@ -124,13 +124,14 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     rows = {}
     colour_base, colour_edit = [], []
     for k, (prompts, shapes, colours) in suites.items():
-        seen_base = _hits(judge, base[k], "shape", shapes)
-        seen_edit = _hits(judge, edited[k], "shape", shapes)
+        pred_base, pred_edit = judge.predict(base[k]), judge.predict(edited[k])  # one judge pass per image set
+        seen_base = _hits(pred_base, "shape", shapes)
+        seen_edit = _hits(pred_edit, "shape", shapes)
         value = 1.0 - seen_edit.mean() if k != "retain" else seen_edit.mean()
         rows[k] = {"n": len(prompts), "base_rate": float(seen_base.mean()), "edited_rate": float(seen_edit.mean()),
                    "metric": "retain rate" if k == "retain" else "erase rate", "value": float(value)}
-        colour_base.append(_hits(judge, base[k], "color", colours))
-        colour_edit.append(_hits(judge, edited[k], "color", colours))
+        colour_base.append(_hits(pred_base, "color", colours))
+        colour_edit.append(_hits(pred_edit, "color", colours))
     # Collateral damage the shape judge cannot see: is the prompted colour still drawn, on every
     # image (an erased circle should become a *red* something, not lose its colour too)?
     rows["colour"] = {"n": sum(len(c) for c in colour_edit), "base_rate": float(np.concatenate(colour_base).mean()),
@@ -157,13 +158,12 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     return result
 
 
-def _hits(judge, images, attribute: str, values: list[str]) -> np.ndarray:
-    """Per image: does the judge read the prompted ``attribute`` ("shape" or "color") value?"""
+def _hits(pred: dict, attribute: str, values: list[str]) -> np.ndarray:
+    """Per image: did the judge (its ``predict`` output) read the prompted ``attribute`` ("shape" or "color") value?"""
     from .tinyworld import world
 
     names = {"shape": world.SHAPE_NAMES, "color": world.COLOR_NAMES}[attribute]
-    pred = judge.predict(images)[attribute].argmax(-1).numpy()
-    return pred == np.array([names.index(v) for v in values])
+    return pred[attribute].argmax(-1).numpy() == np.array([names.index(v) for v in values])
 
 
 def _write_html(result: DemoResult, grid) -> None:
