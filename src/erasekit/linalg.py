@@ -171,11 +171,14 @@ def _as_matrix(name: str, x, d_in: int | None = None) -> Tensor:
     return x
 
 
-def gram_factor(C_E, C_G, C_P=None, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.5) -> GramFactor:
+def gram_factor(C_E, C_G, C_P=None, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.5, prior=None) -> GramFactor:
     """Validate the embeddings and factor everything the layers share, once.
 
     C_E, C_G: (d_in, n_e) paired erase / guide token embeddings; C_P: (d_in, n_p) or None.
     alpha, beta ≥ 0 and gamma > 0 weight the three terms of eq. (1) (UCE defaults 1, 1, 0.5).
+    prior: optional (d_in, m) factor P, already weighted, adding ‖W P − W0 P‖² to eq. (1) (the
+    general-prompt prior of :mod:`erasekit.prior`, P Pᵀ = ρ S): its columns are appended to
+    both C̃ and B like preserve columns, so n counts them and nothing downstream changes.
     Raises ValueError naming the problem and the fix on bad shapes, NaN/Inf, gamma ≤ 0, or
     cond(M) > 1e12; warns (RuntimeWarning) when cond(M) > 1e8.
     """
@@ -193,8 +196,10 @@ def gram_factor(C_E, C_G, C_P=None, alpha: float = 1.0, beta: float = 1.0, gamma
         raise ValueError("C_E has no columns: give at least one erase-token embedding")
     C_P = torch.zeros(d_in, 0, dtype=_F64) if C_P is None else _as_matrix("C_P", C_P, d_in)
 
-    C = torch.cat([math.sqrt(alpha) * C_E, math.sqrt(beta) * C_P], dim=1)  # (d_in, n)  C̃
-    B = torch.cat([math.sqrt(alpha) * C_G, math.sqrt(beta) * C_P], dim=1)  # (d_in, n)  B
+    P = torch.zeros(d_in, 0, dtype=_F64) if prior is None else _as_matrix("prior", prior, d_in)  # (d_in, m)
+
+    C = torch.cat([math.sqrt(alpha) * C_E, math.sqrt(beta) * C_P, P], dim=1)  # (d_in, n)  C̃
+    B = torch.cat([math.sqrt(alpha) * C_G, math.sqrt(beta) * C_P, P], dim=1)  # (d_in, n)  B
     U, s, Vh = torch.linalg.svd(C, full_matrices=False)  # C̃ = U diag(s) Vh
     r = int((s > s[0] * max(C.shape) * torch.finfo(_F64).eps).sum()) if s.numel() and s[0] > 0 else 0
     U, s, V = U[:, :r].contiguous(), s[:r].contiguous(), Vh[:r].T  # (d_in, r), (r,), (n, r)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -21,12 +22,56 @@ def token_columns(adapter, concepts, config) -> tuple[torch.Tensor, torch.Tensor
     return C_E, C_G, C_P
 
 
-def gram(adapter, concepts, config) -> "linalg.GramFactor":
-    C_E, C_G, C_P = token_columns(adapter, concepts, config)
+def general_prior(adapter, concepts, config, progress: bool = False):
+    """The config's general-prompt prior (:mod:`erasekit.prior`), or None when ``config.prior`` is 'none'.
+
+    Prompts that name an erased concept (or, on tinyworld's vocabulary, one of its synonyms) are
+    dropped, so the prior never protects what is being erased.
+    """
+    if getattr(config, "prior", "none") == "none":
+        return None
+    from .. import prior as pr
+
+    source = config.prior_prompts
+    if source == "auto":
+        source = "tinyworld" if _is_tinyworld(adapter) else None
+        if source is None:
+            raise MethodError(
+                "prior='general' needs a general prompt list for this model: set prior_prompts to a CSV/txt path "
+                "(e.g. COCO captions) or an https URL with prior_sha256"
+            )
+    prompts = pr.general_prompts(source, sha256=config.prior_sha256,
+                                 limit=config.prior_limit if source == "tinyworld" else None)
+    exclude = [a for c in concepts.erase for a in pr.concept_aliases(c)]
+    return pr.general_prior(adapter, prompts, limit=config.prior_limit, exclude=exclude, source=source, progress=progress)
+
+
+def _is_tinyworld(adapter) -> bool:
+    from pathlib import Path
+
+    from ..tinyworld import pipeline_dir
+
+    name = adapter.describe().get("name_or_path")
     try:
-        return linalg.gram_factor(C_E, C_G, C_P, alpha=config.erase_scale, beta=config.preserve_scale, gamma=config.lamb)
+        return name is not None and Path(name).resolve() == pipeline_dir().resolve()
+    except OSError:
+        return False
+
+
+def gram_and_prior(adapter, concepts, config) -> tuple["linalg.GramFactor", dict]:
+    """(shared Gram factor, stats entry) — the entry is {'prior': record} when a general prior is used, else {}."""
+    C_E, C_G, C_P = token_columns(adapter, concepts, config)
+    gp = general_prior(adapter, concepts, config)
+    P = None if gp is None else gp.factor * math.sqrt(config.prior_weight)  # (d_in, m)  √ρ F
+    try:
+        gf = linalg.gram_factor(C_E, C_G, C_P, alpha=config.erase_scale, beta=config.preserve_scale, gamma=config.lamb, prior=P)
     except ValueError as e:
         raise MethodError(str(e)) from None
+    return gf, ({} if gp is None else {"prior": {**gp.record(), "weight": config.prior_weight}})
+
+
+def gram(adapter, concepts, config) -> "linalg.GramFactor":
+    return gram_and_prior(adapter, concepts, config)[0]
 
 
 def edit_layers(adapter, paths, fit_layer: Callable[[str, torch.Tensor], LayerEdit], desc: str, progress: bool) -> list[LayerEdit]:

@@ -63,7 +63,7 @@ class SPACEConfig(UCEConfig):
 class SPACE(Method):
     def fit(self, adapter, concepts, config: SPACEConfig, progress: bool = True):
         t0 = time.perf_counter()
-        gf = cf.gram(adapter, concepts, config)
+        gf, prior_stats = cf.gram_and_prior(adapter, concepts, config)
         shared_lam = config.lam
         if config.target_sparsity is not None and config.sparsity_scope == "shared":
             weights = [adapter.linear(p).weight.detach() for p in adapter.paths]
@@ -91,5 +91,6 @@ class SPACE(Method):
             "objective": sum(le.stats["objective"] for le in layers),
             "iterations": sum(le.stats["iterations"] for le in layers),
             "converged": not bad,
+            **prior_stats,
         }
         return cf.make_edit(self.name, adapter, concepts, config, layers, stats)

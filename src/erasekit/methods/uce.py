@@ -24,9 +24,20 @@ class UCEConfig(MethodConfig):
     preserve_scale: float = help_field(1.0, "beta: weight of the preservation term ‖W C_P − W0 C_P‖²")
     lamb: float = help_field(0.5, "gamma: weight of ‖W − W0‖², keeps the solve well-posed (UCE's 'lamb')")
     storage: str = help_field("auto", "how to store each layer: 'auto' (smaller of dense / lowrank), 'dense' or 'lowrank'")
+    prior: str = help_field("none", "'general': also preserve a broad set of general prompts, ρ‖(W − W0)F‖² with F Fᵀ = their Σ c cᵀ per prompt over every token (erasekit.prior); 'none': off")
+    prior_weight: float = help_field(1.0, "rho: weight of the general prior (1 = one extra preserved prompt, all 77 positions)")
+    prior_prompts: str = help_field("auto", "general prompts of the prior: 'auto' (tinyworld's training captions on tinyworld, otherwise required), 'tinyworld', a CSV/txt path or an https URL (then prior_sha256)")
+    prior_sha256: str | None = help_field(None, "sha256 of the prior_prompts file (required for a URL)")
+    prior_limit: int = help_field(2000, "at most this many general prompts (after dropping those that name an erased concept)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.prior not in ("none", "general"):
+            raise MethodError(f"prior must be 'none' or 'general', got {self.prior!r}")
+        if not (self.prior_weight >= 0 and self.prior_weight < float("inf")):
+            raise MethodError(f"prior_weight must be a finite number >= 0, got {self.prior_weight}")
+        if self.prior_limit < 1:
+            raise MethodError(f"prior_limit must be >= 1, got {self.prior_limit}")
         if self.lamb <= 0:
             raise MethodError(f"lamb (gamma) must be > 0 so the closed-form solve exists, got {self.lamb}")
         if self.erase_scale < 0 or self.preserve_scale < 0:
@@ -48,7 +59,7 @@ def uce_layer_edit(path, W0, gf, storage: str) -> LayerEdit:
 class UCE(Method):
     def fit(self, adapter, concepts, config: UCEConfig, progress: bool = True):
         t0 = time.perf_counter()
-        gf = cf.gram(adapter, concepts, config)
+        gf, prior_stats = cf.gram_and_prior(adapter, concepts, config)
         layers = cf.edit_layers(adapter, adapter.paths, lambda p, w0: uce_layer_edit(p, w0, gf, config.storage), "uce", progress)
-        stats = {"seconds": round(time.perf_counter() - t0, 4), "token_columns": gf.n}
+        stats = {"seconds": round(time.perf_counter() - t0, 4), "token_columns": gf.n, **prior_stats}
         return cf.make_edit(self.name, adapter, concepts, config, layers, stats)
