@@ -9,6 +9,23 @@
    layer's output space). W − W0 = −V_F [V_Fᵀ (I − P_R) W0] has rank ≤ rank(V_F) and is stored
    as a low-rank delta.
 
+Reconstruction choices (the paper is not public; DESIGN §5, measured in
+``benchmarks/pure_ablation.py``):
+
+* ``centre``: raw mean-pooled outputs share a dominant common component (the start token
+  takes most of the attention mass), so an uncentred SVD spends the forget energy on a
+  direction the retain basis also holds and E removes almost nothing. ``'retain'`` subtracts
+  the retain mean μ_R; ``'paired'`` subtracts, row by row, the activation of a neutral twin
+  prompt (the concept's guide) run on the same x_t and step (hooks that leave the trajectory
+  unchanged). Both then project the common direction μ̂ out of every basis, so E μ̂ = μ̂.
+* ``forget_rule``: ``'joint'`` (SVD of the forget rows) or ``'residual'`` (SVD of the forget
+  rows after removing the retain basis, so the energy threshold counts only what E can remove).
+* ``record_steps``: all, the early half, or the late half of each trajectory.
+* ``k_basis``: attention outputs live in V's output space, so E is exact for W_V; for W_K it is a
+  heuristic (``'same'``, as described) or skipped (``'none'``).
+* one forget basis per erased concept, joined by an orthonormal union, so one concept's
+  energy cannot crowd out another's.
+
 ``basis='text'`` builds the same projector from token embeddings instead (CURE-style,
 right-multiplied: W ← W (I − P_F (I − P_R)) with bases in the text-embedding space), so the
 paper's central comparison — activation basis vs text basis — runs on the same concepts.
@@ -39,6 +56,23 @@ def energy_basis(H: torch.Tensor, energy: float, max_rank: int | None = None) ->
     r = int((share < energy - 1e-12).sum()) + 1  # smallest r with share[r-1] ≥ energy
     r = min(r, int((S > S[0] * 1e-10).sum()), max_rank or r)  # drop numerically null directions
     return Vh[:r].T.contiguous()  # (d, r)
+
+
+def orthonormal_union(bases: list[torch.Tensor], tol: float = 1e-8) -> torch.Tensor:
+    """Orthonormal basis (d, r) of the span of the columns of every V in ``bases`` (each (d, r_i))."""
+    X = torch.cat(bases, dim=1)  # (d, Σ r_i)
+    if X.shape[1] == 0:
+        return X
+    U, S, _ = torch.linalg.svd(X, full_matrices=False)
+    return U[:, S > tol * max(float(S[0]), 1e-300)].contiguous()
+
+
+def centre_rows(X: torch.Tensor, mu: torch.Tensor | None) -> torch.Tensor:
+    """X (I − μ̂μ̂ᵀ): rows of X (n, d) with the common direction μ̂ = μ/‖μ‖ (d,) removed."""
+    if mu is None or float(mu.norm()) == 0:
+        return X
+    u = (mu / mu.norm()).to(X.dtype)
+    return X - (X @ u).unsqueeze(1) * u  # (n, d)
 
 
 def projector_E(V_F: torch.Tensor, V_R: torch.Tensor) -> torch.Tensor:
@@ -77,11 +111,20 @@ class PUREConfig(MethodConfig):
     seed: int = help_field(0, "seed of the anchor latents")
     forget_prompts: tuple[str, ...] = help_field((), "forget anchor prompts (default: the ConceptSet's erase prompts)")
     retain_prompts: tuple[str, ...] = help_field((), "retain anchor prompts (default: the ConceptSet's preserve prompts)")
+    centre: str = help_field("none", "activation centring: 'none' (as published), 'retain' (subtract the retain mean) or 'paired' (subtract a neutral twin prompt's activation on the same x_t and step)")
+    forget_rule: str = help_field("joint", "'joint': SVD of the (centred) forget rows; 'residual': of the forget rows with the retain basis removed first")
+    record_steps: str = help_field("all", "trajectory steps recorded: 'all', 'early' (first half) or 'late' (second half)")
+    k_basis: str = help_field("same", "'same': E also left-multiplies W_K; 'none': only W_V is edited (attention outputs live in V's output space)")
+    per_concept: bool = help_field(True, "one forget basis per erased concept, joined as an orthonormal union")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.basis not in ("activation", "text"):
             raise MethodError(f"basis must be 'activation' or 'text', got {self.basis!r}")
+        for name, allowed in (("centre", ("none", "retain", "paired")), ("forget_rule", ("joint", "residual")),
+                              ("record_steps", ("all", "early", "late")), ("k_basis", ("same", "none"))):
+            if getattr(self, name) not in allowed:
+                raise MethodError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("forget_energy", "retain_energy"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise MethodError(f"{name} must be in (0, 1], got {getattr(self, name)}")
@@ -98,41 +141,103 @@ def _prompt_tuple(x) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------- activations
+def recorded_steps(rule: str, steps: int) -> list[int] | None:
+    """UNet-call indices recorded for ``rule`` ('all' → None, 'early' / 'late' → that half, at least one)."""
+    if rule == "all":
+        return None
+    half = max(1, (steps + 1) // 2)
+    return list(range(half)) if rule == "early" else list(range(steps - half, steps))
+
+
 @torch.no_grad()
-def anchor_activations(adapter, prompts: list[str], config: PUREConfig, desc: str, progress: bool) -> dict[str, torch.Tensor]:
-    """Attention block -> H (len(prompts)·n_latents·steps, d_ℓ) recorded along short trajectories."""
+def anchor_activations(adapter, prompts: list[str], config: PUREConfig, desc: str, progress: bool,
+                       neutral: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(H, H_N): attention block -> (len(prompts)·n_latents·recorded steps, d_ℓ) along short trajectories.
+
+    With ``neutral`` (one per prompt), H_N holds the paired twin's activations (same x_t and step,
+    neutral prompt), row-aligned with H; otherwise H_N is empty.
+    """
     if not prompts:
-        return {}
+        return {}, {}
     pipe = adapter.pipe
-    jobs = [(p, config.seed + j) for p in prompts for j in range(config.n_latents)]
+    jobs = [(k, config.seed + j) for k in range(len(prompts)) for j in range(config.n_latents)]
     size = {k: v for k, v in dict(height=config.height, width=config.width).items() if v is not None}
     batch = 8
+    N = adapter.encode(neutral).embeds if neutral else None  # (len(prompts), L, d_in)
     saved_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)  # one bar over anchors instead of one per trajectory
     try:
-        with CrossAttentionCapture(adapter.unet, adapter.attention_layers(), cfg=config.guidance > 1.0) as cap:
+        with CrossAttentionCapture(adapter.unet, adapter.attention_layers(), steps=recorded_steps(config.record_steps, config.steps),
+                                   cfg=config.guidance > 1.0, paired=N is not None) as cap:
             for i in tqdm(range(0, len(jobs), batch), desc=desc, unit="batch", disable=not progress, leave=False):
                 chunk = jobs[i : i + batch]
                 gens = [torch.Generator(device="cpu").manual_seed(s) for _, s in chunk]
-                pipe(prompt=[p for p, _ in chunk], generator=gens, num_inference_steps=config.steps, guidance_scale=config.guidance,
-                     output_type="latent", **size)
+                if N is not None:
+                    cap.neutral = N[[k for k, _ in chunk]]
+                pipe(prompt=[prompts[k] for k, _ in chunk], generator=gens, num_inference_steps=config.steps,
+                     guidance_scale=config.guidance, output_type="latent", **size)
     finally:
         pipe.set_progress_bar_config(**saved_bar)
-    return cap.stacked()
+    return cap.stacked(), cap.twin_stacked()
+
+
+def forget_groups(concepts, config) -> list[tuple[list[str], list[str]]]:
+    """[(forget prompts, their neutral twins)], one group per erased concept (or one for all)."""
+    if config.forget_prompts:
+        neutral = [""] * len(config.forget_prompts)
+        return [(list(config.forget_prompts), neutral)]
+    pairs = concepts.erase_pairs()
+    per = len(concepts.template_list)
+    groups = [pairs[i : i + per] for i in range(0, len(pairs), per)]
+    if not config.per_concept:
+        groups = [pairs]
+    return [([e for e, _ in g], [n for _, n in g]) for g in groups]
+
+
+def activation_bases(H_F: list[torch.Tensor], H_N: list[torch.Tensor | None], H_R: torch.Tensor | None,
+                     config: PUREConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V_F, V_R) of one block from forget rows per concept (H_F[i] (n_i, d)), their paired twins, and retain rows."""
+    d = H_F[0].shape[1]
+    H_F = [h.double() for h in H_F]
+    mu = None  # the common direction every prompt shares
+    if config.centre != "none":
+        if H_R is not None and H_R.shape[0]:
+            mu = H_R.double().mean(0)  # (d,)  retain mean
+        elif config.centre == "paired":
+            mu = torch.cat([n.double() for n in H_N]).mean(0)  # neutral twins' mean
+        else:
+            raise MethodError("centre='retain' needs retain prompts (preserve concepts or retain_prompts); use centre='paired'")
+    X_R = None
+    if H_R is not None and H_R.shape[0]:
+        X_R = H_R.double() if mu is None else centre_rows(H_R.double() - mu, mu)
+    V_R = energy_basis(X_R, config.retain_energy, config.max_rank) if X_R is not None else H_F[0].new_zeros(d, 0)
+    parts = []
+    for h, n in zip(H_F, H_N):
+        if config.centre == "paired":
+            X = h - n.double()  # concept minus neutral on the same x_t and step
+        elif config.centre == "retain":
+            X = h - mu
+        else:
+            X = h
+        X = centre_rows(X, mu)  # V_F ⟂ μ̂: E keeps what every prompt shares
+        if config.forget_rule == "residual" and V_R.shape[1]:
+            X = X - (X @ V_R) @ V_R.T  # X (I − P_R)
+        parts.append(energy_basis(X, config.forget_energy, config.max_rank))
+    V_F = orthonormal_union(parts)
+    if config.max_rank is not None:
+        V_F = V_F[:, : config.max_rank]
+    return V_F, V_R
 
 
 def _bases_activation(adapter, concepts, config, progress):
-    forget = list(config.forget_prompts) or [e for e, _ in concepts.erase_pairs()]
+    groups = forget_groups(concepts, config)
     retain = list(config.retain_prompts) or concepts.preserve_prompts()
-    H_F = anchor_activations(adapter, forget, config, "pure: forget anchors", progress)
-    H_R = anchor_activations(adapter, retain, config, "pure: retain anchors", progress)
-    out = {}
-    for block in adapter.attention_layers():
-        V_F = energy_basis(H_F[block], config.forget_energy, config.max_rank)
-        d = V_F.shape[0]
-        V_R = energy_basis(H_R[block], config.retain_energy, config.max_rank) if block in H_R else V_F.new_zeros(d, 0)
-        out[block] = (V_F, V_R)
-    return out
+    paired = config.centre == "paired"
+    acts = [anchor_activations(adapter, f, config, f"pure: forget anchors {i + 1}/{len(groups)}", progress, n if paired else None)
+            for i, (f, n) in enumerate(groups)]
+    H_R, _ = anchor_activations(adapter, retain, config, "pure: retain anchors", progress)
+    return {block: activation_bases([a[0][block] for a in acts], [a[1].get(block) for a in acts], H_R.get(block), config)
+            for block in adapter.attention_layers()}
 
 
 def _bases_text(adapter, concepts, config):
@@ -164,7 +269,12 @@ class PURE(Method):
             B, A = delta(W0, V_F, V_R)
             return LayerEdit.lowrank(path, B, A, rank_forget=V_F.shape[1], rank_retain=V_R.shape[1])
 
-        layers = cf.edit_layers(adapter, adapter.paths, fit_layer, "pure", progress)
+        paths = adapter.paths
+        if config.basis == "activation" and config.k_basis == "none":
+            paths = [p for p in paths if not p.endswith(".to_k")]
+            if not paths:
+                raise MethodError("k_basis='none' leaves no layer to edit: include 'v' in projections")
+        layers = cf.edit_layers(adapter, paths, fit_layer, "pure", progress)
         stats = {"seconds": round(time.perf_counter() - t0, 4), "basis": config.basis,
                  "mean_rank_forget": sum(le.stats["rank_forget"] for le in layers) / len(layers)}
         return cf.make_edit(self.name, adapter, concepts, config, layers, stats)

@@ -4,6 +4,11 @@ For every cross-attention layer the hook records the attention output *before* `
 (heads merged, shape (B, N_spatial, d_ℓ)), mean-pooled over space, at the chosen denoising
 steps, keeping only the conditional half of the batch when classifier-free guidance is on
 (diffusers stacks [unconditional, conditional]). Hooks are always removed, also on error.
+
+With ``paired=True`` every recorded UNet call is followed by a *twin* call on the same latents
+x_t and timestep with a neutral conditioning (``cap.neutral``), whose activations go to
+``twin_records``; the twin's output is discarded, so the trajectory is unchanged (PURE's paired
+centring: concept activation minus neutral activation on the same x_t).
 """
 
 from __future__ import annotations
@@ -24,23 +29,51 @@ class CrossAttentionCapture:
         cfg: True when the pipeline runs with classifier-free guidance (keep the second half of the batch).
     """
 
-    def __init__(self, unet, layers: Iterable[str], steps: Iterable[int] | None = None, cfg: bool = True):
+    def __init__(self, unet, layers: Iterable[str], steps: Iterable[int] | None = None, cfg: bool = True, paired: bool = False):
         self.unet = unet
         self.layers = list(layers)
         self.steps = None if steps is None else set(int(s) for s in steps)
         self.cfg = cfg
+        self.paired = paired
         self.step = -1
         self.records: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.twin_records: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.neutral: torch.Tensor | None = None  # (B_cond, L, d_in) twin conditioning of the current batch
+        self._in_twin = False
         self._handles: list = []
 
     def _on_unet(self, module, args, kwargs):
-        self.step += 1
+        if not self._in_twin:
+            self.step += 1
+
+    def _twin(self, module, args, kwargs, output):
+        """Paired neutral twin: the same UNet on the same x_t and t with the neutral prompt, recorded and
+        discarded (returns None, so the trajectory is exactly the one without the twin)."""
+        if self._in_twin or self.neutral is None or (self.steps is not None and self.step not in self.steps):
+            return None
+        sample = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        half = sample.shape[0] // 2 if self.cfg else 0
+        kw = {k: v for k, v in kwargs.items() if k not in ("sample", "timestep", "encoder_hidden_states")}
+        if isinstance(kw.get("added_cond_kwargs"), dict):  # SDXL: keep the conditional half (pooled text of the forget prompt)
+            kw["added_cond_kwargs"] = {k: v[half:] for k, v in kw["added_cond_kwargs"].items()}
+        if torch.is_tensor(t) and t.ndim and t.shape[0] == sample.shape[0]:
+            t = t[half:]
+        self._in_twin = True
+        try:
+            module(sample[half:], t, encoder_hidden_states=self.neutral.to(sample.device, sample.dtype), **kw)
+        finally:
+            self._in_twin = False
+        return None
 
     def _recorder(self, layer: str):
         def hook(module, args):
             if self.steps is not None and self.step not in self.steps:
                 return
             x = args[0]  # (B, N, d_ℓ): attention output before to_out
+            if self._in_twin:
+                self.twin_records[layer].append(x.detach().float().mean(dim=1).cpu())  # (B_cond, d_ℓ), no CFG half
+                return
             if self.cfg:
                 x = x[x.shape[0] // 2 :]
             self.records[layer].append(x.detach().float().mean(dim=1).cpu())  # (B_cond, d_ℓ)
@@ -50,6 +83,8 @@ class CrossAttentionCapture:
     def __enter__(self) -> "CrossAttentionCapture":
         try:
             self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
+            if self.paired:
+                self._handles.append(self.unet.register_forward_hook(self._twin, with_kwargs=True))
             for layer in self.layers:
                 attn = self.unet.get_submodule(layer)
                 self._handles.append(attn.to_out[0].register_forward_pre_hook(self._recorder(layer)))
@@ -69,3 +104,7 @@ class CrossAttentionCapture:
     def stacked(self) -> dict[str, torch.Tensor]:
         """layer -> H (rows, d_ℓ): one row per (prompt, latent, recorded step)."""
         return {k: torch.cat(v) for k, v in self.records.items()}
+
+    def twin_stacked(self) -> dict[str, torch.Tensor]:
+        """layer -> H_N (rows, d_ℓ) of the paired neutral twins, row-aligned with :meth:`stacked`."""
+        return {k: torch.cat(v) for k, v in self.twin_records.items()}
