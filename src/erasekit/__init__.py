@@ -29,6 +29,9 @@ def erase(pipe, method: str = "uce", concepts: ConceptSet | Sequence[str] | str 
     ``guide`` and ``templates`` build the ConceptSet in the second case. Remaining keyword
     arguments are the method's config (see ``erasekit methods -v``); unknown ones are errors.
     """
+    if isinstance(concepts, ConceptSet) and (tuple(preserve) or kind != "style" or guide is not None or templates is not False):
+        raise ConceptError("concepts is a ConceptSet: give preserve / kind / guide / templates inside it "
+                           "(dataclasses.replace(cs, templates=True)), not as separate arguments, which would be ignored")
     if not isinstance(concepts, ConceptSet):
         if concepts is None:
             raise ConceptError("no concept to erase: pass concepts=['...'] or a ConceptSet")

@@ -116,13 +116,24 @@ def cmd_erase(args) -> int:
     from .concepts import ConceptSet
     from .methods import make_config
 
-    options = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_")}
+    from .defaults import resolve, split_concept_options
+    from .methods import get_method
+
+    user = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_")}
+    if args.templates is not None:
+        user["templates"] = args.templates
+    valid = {f.name for f in dataclasses.fields(get_method(args.method).config_class)}
+    resolved, record = resolve(args.model, args.method, user, published=args.published_defaults, valid=valid)
+    concept_opts, options = split_concept_options(resolved)
     concepts = ConceptSet(erase=tuple(args.erase or ()), kind=args.kind, guide=_guide(args.guide), preserve=tuple(args.preserve or ()),
-                          templates=args.templates)
+                          templates=concept_opts.get("templates", False))
     make_config(args.method, **options)  # refuse bad options before the (slow) model load
+    if record["applied"]:
+        _info("defaults (" + record["source"] + "): " + ", ".join(f"{k}={v['value']}" for k, v in record["applied"].items()))
     pipe = _load(args)
     t0 = time.perf_counter()
     edit = erasekit.erase(pipe, method=args.method, concepts=concepts, progress=True, **options)
+    edit.stats["defaults"] = record
     out = edit.save(args.out)
     _info(f"{args.method}: {len(edit.layers)} layers in {time.perf_counter() - t0:.1f}s -> {out} ({edit.nbytes:,} bytes)")
     _print_summary(edit)
@@ -238,7 +249,8 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     options = _parse_sets(args.set or [])
-    res = run_demo(concept=args.concept, method=args.method, n=args.n, steps=args.steps, out_dir=args.out, **options)
+    res = run_demo(concept=args.concept, method=args.method, n=args.n, steps=args.steps, out_dir=args.out,
+                   published_defaults=args.published_defaults, **options)
     t = Table(title=f"erasekit demo: {res.method} erases '{res.concept}' from tinyworld (same seeds, tinyworld judge)")
     t.add_column("measure")
     t.add_column("value", justify="right")
@@ -353,21 +365,30 @@ def cmd_bench(args) -> int:
     from .evaluate.plan import make_study, parse_kinds
     from .evaluate.runner import evaluate
 
+    from .defaults import resolve
+    from .evaluate.bench import split_concepts
+    from .methods import get_method
+
     methods = parse_methods(args.methods)  # label -> registered method; unknown ones fail before anything slow
-    concepts = parse_kinds(args.concepts)
+    concepts = parse_kinds(args.concepts)  # each entry is one edit: CONCEPT or A+B (several at once)
     tiny = args.model == "tinyworld"
     if tiny:
         sets = {c: tinyworld_concept_set(c) for c in concepts}
     else:
-        sets = {c: ConceptSet(erase=(c,), kind=args.kind, preserve=tuple(args.preserve or ())) for c in concepts}
-    options = parse_options(args.set or [], methods)
+        sets = {c: ConceptSet(erase=split_concepts(c), kind=args.kind, preserve=tuple(args.preserve or ())) for c in concepts}
+    user = parse_options(args.set or [], methods)
+    options, defaults = {}, {}
+    for label, method in methods.items():
+        valid = {f.name for f in dataclasses.fields(get_method(method).config_class)}
+        options[label], defaults[label] = resolve(args.model, method, user[label], published=args.published_defaults, valid=valid)
     pipe, judge, plan, settings = _eval_setup(args)
-    edits, seconds = fit_edits(pipe, methods, sets, options, Path(args.out), progress=not args.no_progress)
+    edits, seconds = fit_edits(pipe, methods, sets, options, Path(args.out), progress=not args.no_progress, defaults=defaults)
     studies = [make_study(c, sets[c], edits[c], plan, tinyworld=tiny) for c in concepts]
     results = evaluate(pipe, studies, judge, out_dir=args.out, settings=settings, cache_dir=args.cache, seed=args.seed,
                        n_boot=args.bootstrap, progress=not args.no_progress)
     if results is not None:
         results.config["fit_seconds"] = {f"{s}/{m}": v for (s, m), v in seconds.items()}
+        results.config["defaults"] = defaults
     extra = {"fit s": {k: f"{v:.1f}" for k, v in seconds.items()},
              "bytes": {(s, m): f"{e.nbytes:,}" for s, d in edits.items() for m, e in d.items()}}
     return _eval_finish(args, results, f"erasekit bench on {args.model}: {', '.join(methods)} × {', '.join(concepts)}", extra)
@@ -392,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kind", default="style", help="style, object, person or nsfw (templates, default guide)")
     e.add_argument("--guide", action="append", metavar="TEXT", help="guide concept: once for all, or once per --erase")
     e.add_argument("--preserve", action="append", metavar="CONCEPT", help="concept to preserve (repeatable)")
-    e.add_argument("--templates", action="store_true", help="expand concepts with the kind's prompt templates")
+    e.add_argument("--templates", action=argparse.BooleanOptionalAction, default=None,
+                   help="expand concepts with the kind's prompt templates (default: the model's default, see erasekit/defaults.py)")
+    e.add_argument("--published-defaults", action="store_true", help="start from the papers' settings instead of erasekit's per-model defaults")
     e.add_argument("--out", required=True, help="edit file to write (.safetensors)")
     _add_method_options(e)
     e.set_defaults(func=cmd_erase)
@@ -422,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=15, help="denoising steps")
     d.add_argument("--out", default="erasekit-demo", help="folder for demo_grid.png, demo.html, demo.json")
     d.add_argument("--set", action="append", metavar="OPTION=VALUE", help="method option, e.g. --set target_sparsity=0.9 (repeatable)")
+    d.add_argument("--published-defaults", action="store_true", help="the papers' settings instead of erasekit's tinyworld defaults")
     d.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("evaluate", help="evaluate edit files: suites, judge, metrics with confidence intervals, results.json + report.html")
@@ -439,10 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(b, required=False)
     b.add_argument("--methods", default=None, help="comma-separated registered methods (default: all, see `erasekit methods`); "
                    "LABEL=METHOD adds a variant, e.g. --methods pure,pure_text=pure --set pure_text.basis=text")
-    b.add_argument("--concepts", default="circle,red,striped", help="comma-separated concepts, each erased on its own")
+    b.add_argument("--concepts", default="circle,red,striped",
+                   help="comma-separated entries, each one edit: a concept, or A+B to erase several in one edit (e.g. circle,circle+red)")
     b.add_argument("--kind", default="object", help="other models: concept kind (style, object, person, nsfw)")
     b.add_argument("--preserve", action="append", help="other models: concept to preserve (repeatable)")
-    b.add_argument("--set", action="append", metavar="METHOD.OPTION=VALUE", help="method option, e.g. space.target_sparsity=0.85")
+    b.add_argument("--set", action="append", metavar="METHOD.OPTION=VALUE", help="method option, e.g. space.target_sparsity=0.85 "
+                   "(also METHOD.templates=true); options given here win over the per-model defaults (erasekit/defaults.py)")
+    b.add_argument("--published-defaults", action="store_true", help="start every method from the papers' settings instead of erasekit's per-model defaults")
     _eval_common(b)
     b.set_defaults(func=cmd_bench)
 

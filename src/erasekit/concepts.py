@@ -74,6 +74,10 @@ class ConceptSet:
                 if normalize(c) in seen:
                     raise ConceptError(f"duplicate {label} concept {c!r} (same as {seen[normalize(c)]!r}); list each concept once")
                 seen[normalize(c)] = c
+        for a in erase:
+            for b in erase:
+                if a is not b and re.search(rf"(^|\W){re.escape(normalize(a))}($|\W)", normalize(b)):
+                    raise ConceptError(f"erase concept {a!r} is contained in {b!r}; erasing {a!r} already covers it, list it once")
         both = sorted({normalize(c) for c in erase} & {normalize(c) for c in preserve})
         if both:
             raise ConceptError(f"concept(s) {both} are both erased and preserved; remove them from one of the two lists")

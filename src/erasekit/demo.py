@@ -13,7 +13,7 @@ import html
 import io
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,7 @@ def _demo_suites(concept: str, n: int, seed: int) -> dict[str, tuple[list[str], 
 
 def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps: int = 15, guidance: float = 5.0,
              out_dir: str | Path = "erasekit-demo", seed: int = 0, pipe=None, judge=None, progress: bool = True,
-             templates: bool = True, **method_options) -> DemoResult:
+             templates: bool | None = None, published_defaults: bool = False, **method_options) -> DemoResult:
     import erasekit
     from .tinyworld import world
     from .tinyworld.judge import TinyworldJudge
@@ -96,17 +96,19 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     judge = judge if judge is not None else TinyworldJudge.load()
     suites = _demo_suites(concept, n, seed)
     others = [s for s in world.SHAPE_NAMES if s != concept]
-    if method == "space":
-        method_options.setdefault("target_sparsity", 0.85)
-    if method in ("uce", "space"):
-        # tinyworld's text encoder spreads a concept into the EOS / padding positions, so the
-        # closed-form edits map every token position (the last concept token alone leaves ~40 % of
-        # circles; measured in the closing notes of the demo issue).
-        method_options.setdefault("token", "all")
+    from .defaults import resolve, split_concept_options
+    from .methods import get_method
+
+    # tinyworld's per-method defaults (erasekit/defaults.py: every token position for the closed-form
+    # edits, the 'object' templates, PURE's paired centring); options given here win.
+    user = dict(method_options, **({} if templates is None else {"templates": templates}))
+    valid = {f.name for f in fields(get_method(method).config_class)}
+    resolved, defaults = resolve("tinyworld", method, user, published=published_defaults, valid=valid)
+    concept_opts, method_options = split_concept_options(resolved)
     t0 = time.perf_counter()
-    # The 'object' templates give the edit the concept in context, as tinyworld's captions use it.
-    edit = erasekit.erase(pipe, method=method, concepts=[concept], kind="object", preserve=others, templates=templates,
-                          progress=progress, **method_options)
+    edit = erasekit.erase(pipe, method=method, concepts=[concept], kind="object", preserve=others,
+                          templates=concept_opts.get("templates", False), progress=progress, **method_options)
+    edit.stats["defaults"] = defaults
     fit_seconds = time.perf_counter() - t0
 
     seeds = list(range(seed, seed + n))
@@ -154,7 +156,7 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     (out_dir / "demo.json").write_text(json.dumps({
         "concept": concept, "method": method, "rows": rows, "sparsity": result.sparsity, "edit_bytes": result.edit_bytes,
         "fit_seconds": fit_seconds, "total_seconds": result.total_seconds, "seeds": seeds, "steps": steps, "guidance": guidance,
-        "prompts": result.prompts, "edit_config": edit.config}, indent=2))
+        "prompts": result.prompts, "edit_config": edit.config, "defaults": defaults}, indent=2))
     return result
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..concepts import ConceptSet
-from ..errors import MethodError
+from ..errors import ConceptError, MethodError
 
 
 def parse_methods(spec: str | None) -> dict[str, str]:
@@ -67,22 +67,51 @@ def parse_options(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, dic
     return out
 
 
-def tinyworld_concept_set(concept: str) -> ConceptSet:
-    """Erase one tinyworld value, preserving the other values of the same attribute (guide: the empty prompt)."""
+def split_concepts(spec: str) -> tuple[str, ...]:
+    """``"circle+red"`` -> ("circle", "red"): the concepts one edit erases together."""
+    parts = tuple(p.strip() for p in spec.split("+") if p.strip())
+    if not parts:
+        raise ConceptError(f"empty concept entry {spec!r}; write CONCEPT or A+B for several in one edit")
+    return parts
+
+
+def tinyworld_concept_set(concept: str | Sequence[str]) -> ConceptSet:
+    """Erase one or several tinyworld values in one edit (``"circle+red"`` or a list), preserving
+    the values left of each attribute touched (guide: the empty prompt).
+
+    Refuses a value named twice (also through a synonym, ``circle+disc``) and erasing every value
+    of an attribute (nothing would be left to draw or to retain).
+    """
     from ..tinyworld import world
     from .suites import tinyworld_attribute
 
-    attr, value = tinyworld_attribute(concept)
-    return ConceptSet(erase=(value,), kind="object", preserve=tuple(v for v in world.ATTRIBUTES[attr] if v != value))
+    names = split_concepts(concept) if isinstance(concept, str) else tuple(concept)
+    parsed = [tinyworld_attribute(c) for c in names]
+    seen: dict[str, str] = {}
+    for name, (_, value) in zip(names, parsed):
+        if value in seen:
+            raise ConceptError(f"{name!r} and {seen[value]!r} are the same tinyworld concept ({value}); list it once")
+        seen[value] = name
+    erased = {a: [v for b, v in parsed if b == a] for a in world.ATTRIBUTES}
+    for attr, values in erased.items():
+        if values and len(values) == len(world.ATTRIBUTES[attr]):
+            raise ConceptError(f"erasing every {attr} ({', '.join(values)}) leaves nothing to draw or retain; keep at least one")
+    preserve = tuple(v for a, vs in erased.items() if vs for v in world.ATTRIBUTES[a] if v not in vs)
+    return ConceptSet(erase=tuple(v for _, v in parsed), kind="object", preserve=preserve)
 
 
 def fit_edits(pipe, methods: dict[str, str] | Sequence[str], concept_sets: dict[str, ConceptSet], options: dict[str, dict], out_dir: Path,
-              progress: bool = True) -> tuple[dict[str, dict], dict[tuple[str, str], float]]:
+              progress: bool = True, defaults: dict[str, dict] | None = None) -> tuple[dict[str, dict], dict[tuple[str, str], float]]:
     """{study: {label: Edit}} and the fit seconds of each; every edit is also saved to ``out_dir/edits``.
 
     ``methods`` maps labels to registered methods (:func:`parse_methods`); a plain list uses each method as its label.
+    ConceptSet options among a label's options (``templates``) apply to that label's concept set;
+    ``defaults`` (label -> record of :func:`erasekit.defaults.resolve`) is stored in each edit's stats.
     """
+    import dataclasses
+
     import erasekit
+    from ..defaults import split_concept_options
 
     methods = dict(methods) if isinstance(methods, dict) else {m: m for m in methods}
     edits: dict[str, dict] = {}
@@ -90,9 +119,13 @@ def fit_edits(pipe, methods: dict[str, str] | Sequence[str], concept_sets: dict[
     for name, cs in concept_sets.items():
         edits[name] = {}
         for m, method in methods.items():
+            concept_opts, method_opts = split_concept_options(options.get(m, {}))
+            cs_m = dataclasses.replace(cs, **concept_opts) if concept_opts else cs  # e.g. --set M.templates=true
             t0 = time.perf_counter()
-            edit = erasekit.erase(pipe, method=method, concepts=cs, progress=progress, **options.get(m, {}))
+            edit = erasekit.erase(pipe, method=method, concepts=cs_m, progress=progress, **method_opts)
             seconds[(name, m)] = time.perf_counter() - t0
+            if defaults and m in defaults:
+                edit.stats["defaults"] = defaults[m]
             edit.save(out_dir / "edits" / f"{name}-{m}.safetensors".replace(" ", "_"))
             edits[name][m] = edit
     return edits, seconds

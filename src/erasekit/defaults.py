@@ -1,0 +1,89 @@
+"""Per-model, per-method defaults that erase, each with its reason — and the papers' settings beside them.
+
+``erasekit erase``, ``bench`` and ``demo`` start from these; options the user gives always win;
+``--published-defaults`` switches to the papers' settings exactly (:data:`PUBLISHED`), so a
+comparison can show both. Whatever was used is recorded in the edit (``stats.defaults``), in
+``results.json`` (``config.defaults``) and in ``demo.json``.
+
+Settings were chosen on development concepts (tinyworld: square, blue, dotted;
+``benchmarks/pure_ablation.py``), never on the concepts a result is reported for.
+
+Keys are method config options, plus ``templates`` (a :class:`~erasekit.ConceptSet` option:
+expand each concept with its kind's prompt templates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+__all__ = ["Setting", "ERASEKIT", "PUBLISHED", "CONCEPT_OPTIONS", "model_key", "resolve"]
+
+CONCEPT_OPTIONS = ("templates",)  # defaults that configure the ConceptSet, not the method
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: Any
+    reason: str
+
+
+_ALL = Setting("all", "tinyworld's causal text encoder carries the concept into the EOS and padding positions as well; the last "
+                       "concept token alone erases 0 % of circle (issue 13), so every position is mapped (as `erasekit demo` measured)")
+_TEMPLATES = Setting(True, "one erase pair per prompt template covers how captions name the concept (UCE's style templates, "
+                           "generalised per kind); bare concepts only match one-word prompts")
+
+# erasekit's defaults, per model ("*" = any model without its own entry), per method.
+ERASEKIT: dict[str, dict[str, dict[str, Setting]]] = {
+    "tinyworld": {
+        "uce": {"token": _ALL, "templates": _TEMPLATES},
+        "space": {"token": _ALL, "templates": _TEMPLATES},
+        "pure": {
+            "templates": _TEMPLATES,
+            "centre": Setting("paired", "raw mean-pooled outputs share a dominant component every prompt has; subtracting a neutral "
+                                        "twin on the same x_t and step leaves what the concept adds (benchmarks/pure_ablation.py, dev split)"),
+            "forget_rule": Setting("residual", "the forget energy counts only what E can remove (outside the retain basis)"),
+            "forget_energy": Setting(1.0, "the paired differences are low-rank; keeping all of them is still rank ≤ 4 per block on tinyworld"),
+            "retain_energy": Setting(0.5, "a broad retain basis (0.99) covers the forget directions too and E removes nothing"),
+        },
+        "ace": {"templates": _TEMPLATES},
+    },
+    "*": {},
+}
+
+# The papers' settings (what the config classes default to, plus the bare concept): --published-defaults.
+PUBLISHED: dict[str, dict[str, Setting]] = {
+    "uce": {"token": Setting("last", "UCE v2 / SPEED: the last concept token"), "templates": Setting(False, "the concept as given")},
+    "space": {"token": Setting("last", "SPACE builds on UCE's closed form and token choice"), "templates": Setting(False, "the concept as given")},
+    "pure": {"centre": Setting("none", "the paper's SVD of the recorded activations, uncentred"),
+             "forget_energy": Setting(0.9, "PURE's forget energy threshold"), "retain_energy": Setting(0.99, "PURE's retain energy threshold"),
+             "forget_rule": Setting("joint", "one SVD of the forget activations"), "templates": Setting(False, "the concept as given")},
+    "ace": {"templates": Setting(False, "the concept as given")},
+}
+
+
+def model_key(model: str | None) -> str:
+    """'tinyworld' for the bundled model, '*' for every other."""
+    return "tinyworld" if model == "tinyworld" else "*"
+
+
+def resolve(model: str | None, method: str, user: Mapping[str, Any] | None = None, *, published: bool = False,
+            valid: set[str] | None = None) -> tuple[dict[str, Any], dict]:
+    """(options, record): the defaults for ``method`` on ``model`` with ``user`` options on top.
+
+    ``valid``: the option names ``method`` accepts (a default it does not know is skipped, so
+    a renamed option cannot break the CLI). The record lists every default applied with its
+    reason, and which options the user set.
+    """
+    user = dict(user or {})
+    table = PUBLISHED.get(method, {}) if published else {**ERASEKIT["*"].get(method, {}), **ERASEKIT.get(model_key(model), {}).get(method, {})}
+    applied = {k: s for k, s in table.items() if k not in user and (valid is None or k in valid or k in CONCEPT_OPTIONS)}
+    options = {**{k: s.value for k, s in applied.items()}, **user}
+    record = {"source": "published" if published else "erasekit", "model": model_key(model),
+              "applied": {k: {"value": s.value, "reason": s.reason} for k, s in applied.items()}, "user": sorted(user)}
+    return options, record
+
+
+def split_concept_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(ConceptSet options, method options)."""
+    return ({k: v for k, v in options.items() if k in CONCEPT_OPTIONS}, {k: v for k, v in options.items() if k not in CONCEPT_OPTIONS})
