@@ -17,6 +17,9 @@ from erasekit.evaluate.suites import tinyworld_attribute, tinyworld_suites
 from erasekit.generate import generate_pairs
 
 
+KINDS = ("target", "paraphrase", "retain", "general")
+
+
 class World:
     def __init__(self, steps: int = 10, n: int = 8, guidance: float = 5.0):
         from erasekit.tinyworld.judge import TinyworldJudge
@@ -27,8 +30,9 @@ class World:
         self.steps, self.n, self.guidance = steps, n, guidance
         self._base: dict = {}
 
-    def suites(self, concepts, kinds=("target", "paraphrase", "retain", "general")):
-        return {s.kind: s for s in tinyworld_suites(list(concepts), n=self.n, kinds=kinds)}
+    def suites(self, concepts, kinds=KINDS):
+        # always built with every kind: the suites share one generator, so a kind's prompts depend on the kinds before it
+        return {s.kind: s for s in tinyworld_suites(list(concepts), n=self.n, kinds=KINDS) if s.kind in kinds}
 
     def judged(self, suite) -> dict[str, list[str]]:
         images = generate_pairs(self.pipe, [(it.prompt, it.seed) for it in suite.items], steps=self.steps,
@@ -41,7 +45,7 @@ class World:
             self._base[key] = self.judged(self.suites(concepts, (kind,))[kind])
         return self._base[key]
 
-    def rates(self, edit, concepts, kinds=("target", "paraphrase", "retain", "general")) -> dict[str, float]:
+    def rates(self, edit, concepts, kinds=KINDS) -> dict[str, float]:
         """{'target', 'paraphrase': erase rate; 'retain': retain rate; 'general': agreement} for ``edit`` (None = unedited)."""
         suites = self.suites(concepts, kinds)
         out = {}

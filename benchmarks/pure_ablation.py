@@ -33,6 +33,9 @@ VARIANTS = {
     "paired_res_100_50_late": dict(centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, record_steps="late"),
     "paired_res_100_50_v": dict(centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, k_basis="none"),
     "paired_res_100_50_4lat": dict(centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, n_latents=4),
+    "paired_res_99_50_late": dict(centre="paired", forget_rule="residual", forget_energy=0.99, retain_energy=0.5, record_steps="late"),
+    "paired_res_100_50_late_v": dict(centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, record_steps="late", k_basis="none"),
+    "retain_res_100_50_late": dict(centre="retain", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, record_steps="late"),
     "text_tail": dict(basis="text", token="tail", forget_energy=0.95, retain_energy=0.5),
 }
 

@@ -2,7 +2,7 @@
 
     python benchmarks/space_prior_curve.py [--concept circle] [--sparsity 0.8,0.85,0.9] [--weights 1] [--plot /tmp/i13/space_prior_curve.png]
 
-On tinyworld (templates on, tail tokens for every method, the other values of the attribute
+On tinyworld (templates on, every token position for every method (the tinyworld default), the other values of the attribute
 preserved). For each point: erase % on named and paraphrased prompts, retain %, judged
 agreement with the unedited model on general prompts (held-out caption templates, none naming
 the concept), exact sparsity, fit seconds. The prior's prompts are tinyworld *training*
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--concept", default="circle")
     ap.add_argument("--sparsity", default="0.8,0.85,0.9")
     ap.add_argument("--weights", default="1", help="prior weights rho to try (comma-separated)")
-    ap.add_argument("--token", default="tail")
+    ap.add_argument("--token", default="all", help="token selection for every method (tinyworld default: all)")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--plot", default="/tmp/i13/space_prior_curve.png", help="PNG to write (needs matplotlib); '' for none")
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             opts["target_sparsity"] = target
         edit, sec = fit(world, method, cs, **opts)
         r = world.rates(edit, [args.concept])
-        sp = edit.sparsity or 0.0
+        sp = edit.sparsity() or 0.0
         rows.append(dict(method=method, prior=prior, weight=w, target_sparsity=target, sparsity=sp, fit_s=sec, **r))
         label = "none" if prior == "none" else f"ρ={w:g}"
         print(f"{method:6s} {label:>8s} {target or 0:7.2f} {100 * sp:7.1f}% {fmt(r['target']):>6s} {fmt(r['paraphrase']):>6s} "
@@ -78,12 +78,13 @@ def plot(rows, path, concept):
             for w in sorted({r["weight"] for r in rows if r["prior"] == prior}, key=lambda x: x or 0):
                 pts = sorted((r["sparsity"], r[key]) for r in rows if r["method"] == "space" and r["prior"] == prior and r["weight"] == w)
                 if pts:
-                    ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], style,
-                            label=f"SPACE {'no prior' if prior == 'none' else f'+ prior ρ={w:g}'}")
+                    tag = "no prior" if prior == "none" else "+ prior ρ=%g" % w
+                    ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], style, label=f"SPACE {tag}")
             for r in rows:
                 if r["method"] == "uce" and r["prior"] == prior:
+                    tag = "no prior" if prior == "none" else "+ prior ρ=%g" % r["weight"]
                     ax.axhline(100 * r[key], color="grey" if prior == "none" else "black", ls=":" if prior == "none" else "-.",
-                               label=f"UCE {'no prior' if prior == 'none' else f'+ prior ρ={r['weight']:g}'}")
+                               label=f"UCE {tag}")
         ax.set_xlabel("sparsity of the edited weights (%)")
         ax.set_ylabel("%")
         ax.set_title(title)
