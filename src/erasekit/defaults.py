@@ -6,7 +6,9 @@ comparison can show both. Whatever was used is recorded in the edit (``stats.def
 ``results.json`` (``config.defaults``) and in ``demo.json``.
 
 Settings were chosen on development concepts (tinyworld: square, blue, dotted;
-``benchmarks/pure_ablation.py``), never on the concepts a result is reported for.
+``benchmarks/pure_ablation.py``: PURE's best mean erase + paraphrase erase with retain ≥ 90 %, at
+8 prompts per suite, so choices between close variants are within noise), never on the
+concepts a result is reported for (circle, red, striped).
 
 Keys are method config options, plus ``templates`` (a :class:`~erasekit.ConceptSet` option:
 expand each concept with its kind's prompt templates).
@@ -41,10 +43,11 @@ ERASEKIT: dict[str, dict[str, dict[str, Setting]]] = {
         "pure": {
             "templates": _TEMPLATES,
             "centre": Setting("paired", "raw mean-pooled outputs share a dominant component every prompt has; subtracting a neutral "
-                                        "twin on the same x_t and step leaves what the concept adds (benchmarks/pure_ablation.py, dev split)"),
+                                        "twin on the same x_t and step leaves what the concept adds"),
             "forget_rule": Setting("residual", "the forget energy counts only what E can remove (outside the retain basis)"),
-            "forget_energy": Setting(1.0, "the paired differences are low-rank; keeping all of them is still rank ≤ 4 per block on tinyworld"),
-            "retain_energy": Setting(0.5, "a broad retain basis (0.99) covers the forget directions too and E removes nothing"),
+            "forget_energy": Setting(0.99, "the paired differences are low-rank (2–3 directions per block at 0.99 on tinyworld)"),
+            "retain_energy": Setting(0.5, "a broad retain basis (0.99) also covers the forget directions and E removes almost nothing"),
+            "record_steps": Setting("late", "the late half of each trajectory, where the concept's shape / colour / pattern is drawn"),
         },
         "ace": {"templates": _TEMPLATES},
     },
