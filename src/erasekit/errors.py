@@ -28,3 +28,7 @@ class EditFileError(EraseKitError):
 
 class UnprotectedMetadataWarning(UserWarning):
     """An edit file of format 1: its metadata is not covered by the checksum (re-save it to protect it)."""
+
+
+class OutputPathError(EraseKitError):
+    """An output path cannot be written: a directory, a read-only folder, a missing permission."""
