@@ -59,10 +59,16 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
 
 def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required, default=None if required else "tinyworld",
-                   help="'tinyworld', tiny-sd / tiny-sdxl, a diffusers folder, a hub id, or a single-file .safetensors")
+                   help="'tinyworld', 'tinyworld-xl', tiny-sd / tiny-sdxl, a diffusers folder, a hub id, or a single-file .safetensors")
     p.add_argument("--config", default=None, help="with a single-file checkpoint: a local diffusers folder of the same architecture")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps ...")
+
+
+def is_tinyworld(model) -> bool:
+    from .models.loading import is_tinyworld as _is
+
+    return _is(model)
 
 
 def _load(args):
@@ -315,9 +321,9 @@ def cmd_demo(args) -> int:
     options = _parse_sets(args.set or [])
     make_config(args.method, **options)  # before the model load
     _check_positive(args, "n", "steps")
-    res = run_demo(concept=args.concept, method=args.method, n=args.n, steps=args.steps, out_dir=args.out,
+    res = run_demo(concept=args.concept, method=args.method, n=args.n, steps=args.steps, out_dir=args.out, model=args.model,
                    published_defaults=args.published_defaults, **options)
-    t = Table(title=f"erasekit demo: {res.method} erases '{res.concept}' from tinyworld (same seeds, tinyworld judge)")
+    t = Table(title=f"erasekit demo: {res.method} erases '{res.concept}' from {args.model} (same seeds, tinyworld judge)")
     t.add_column("measure")
     t.add_column("value", justify="right")
     for a, b in res.table_rows():
@@ -390,7 +396,7 @@ def _eval_setup(args):
     plan = Plan(kinds=parse_kinds(args.suite), n=args.n, seeds=args.seeds, seed=args.seed, attacks=parse_kinds(args.attack),
                 eta=args.eta, search_steps=args.search_steps)
     judge = make_judge(args.judge, device=args.device, **({"threshold": args.threshold} if args.threshold is not None else {}))
-    tiny = args.model == "tinyworld"
+    tiny = is_tinyworld(args.model)
     settings = GenerationSettings(steps=args.steps if args.steps is not None else (20 if tiny else None),
                                   guidance=args.guidance if args.guidance is not None else (5.0 if tiny else None),
                                   height=args.height, width=args.width, batch_size=args.batch_size)
@@ -429,7 +435,7 @@ def cmd_evaluate(args) -> int:
         name = ", ".join(cs.erase)
         runs = groups.setdefault(name, (cs, {}))[1]
         runs[edit.method if edit.method not in runs else Path(path).stem] = edit
-    studies = [make_study(name, cs, edits, plan, tinyworld=args.model == "tinyworld", extra=extra) for name, (cs, edits) in groups.items()]
+    studies = [make_study(name, cs, edits, plan, tinyworld=is_tinyworld(args.model), extra=extra) for name, (cs, edits) in groups.items()]
     for st in studies:
         absent = [k for k in plan.kinds if k != "adversarial" and not any(s.kind == k for s in st.suites)]
         if absent:
@@ -451,7 +457,7 @@ def cmd_bench(args) -> int:
 
     methods = parse_methods(args.methods)  # label -> registered method; unknown ones fail before anything slow
     concepts = parse_kinds(args.concepts)  # each entry is one edit: CONCEPT or A+B (several at once)
-    tiny = args.model == "tinyworld"
+    tiny = is_tinyworld(args.model)
     if tiny:
         sets = {c: tinyworld_concept_set(c) for c in concepts}
     else:
@@ -520,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="erase a shape from the bundled tinyworld model, judge before/after, write a grid and a page")
     d.add_argument("--concept", default="circle", help="tinyworld shape to erase (default circle)")
+    d.add_argument("--model", default="tinyworld", choices=("tinyworld", "tinyworld-xl"),
+                   help="bundled model: tinyworld (SD 1.x architecture) or tinyworld-xl (SDXL architecture)")
     d.add_argument("--method", default="space", help="registered method (default space)")
     d.add_argument("--n", type=int, default=16, help="prompts per suite (named, paraphrased, retained)")
     d.add_argument("--steps", type=int, default=15, help="denoising steps")

@@ -33,6 +33,7 @@ class DemoResult:
     grid_path: Path
     html_path: Path
     prompts: dict[str, list[str]] = field(default_factory=dict)
+    model: str = "tinyworld"
 
     def table_rows(self) -> list[tuple[str, str]]:
         r = self.rows
@@ -84,7 +85,8 @@ def _demo_suites(concept: str, n: int, seed: int) -> dict[str, tuple[list[str], 
 
 def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps: int = 15, guidance: float = 5.0,
              out_dir: str | Path = "erasekit-demo", seed: int = 0, pipe=None, judge=None, progress: bool = True,
-             templates: bool | None = None, published_defaults: bool = False, **method_options) -> DemoResult:
+             templates: bool | None = None, published_defaults: bool = False, model: str = "tinyworld",
+             **method_options) -> DemoResult:
     import erasekit
     from .tinyworld import world
     from .tinyworld.judge import TinyworldJudge
@@ -92,7 +94,7 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     if concept not in world.SHAPES:
         raise erasekit.ConceptError(f"tinyworld has no shape {concept!r}; choose one of {', '.join(world.SHAPE_NAMES)}")
     t_start = time.perf_counter()
-    pipe = pipe if pipe is not None else erasekit.load_pipeline("tinyworld")
+    pipe = pipe if pipe is not None else erasekit.load_pipeline(model)
     judge = judge if judge is not None else TinyworldJudge.load()
     suites = _demo_suites(concept, n, seed)
     others = [s for s in world.SHAPE_NAMES if s != concept]
@@ -150,11 +152,11 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     grid_path = out_dir / "demo_grid.png"
     grid.save(grid_path)
     result = DemoResult(concept, method, rows, edit.sparsity(), edit.nbytes, fit_seconds, 0.0, grid_path, out_dir / "demo.html",
-                        {k: p for k, (p, _, _) in suites.items()})
+                        {k: p for k, (p, _, _) in suites.items()}, model=model)
     result.total_seconds = time.perf_counter() - t_start
     _write_html(result, grid)
     (out_dir / "demo.json").write_text(json.dumps({
-        "concept": concept, "method": method, "rows": rows, "sparsity": result.sparsity, "edit_bytes": result.edit_bytes,
+        "concept": concept, "method": method, "model": result.model, "rows": rows, "sparsity": result.sparsity, "edit_bytes": result.edit_bytes,
         "fit_seconds": fit_seconds, "total_seconds": result.total_seconds, "seeds": seeds, "steps": steps, "guidance": guidance,
         "prompts": result.prompts, "edit_config": edit.config, "defaults": defaults}, indent=2))
     return result
@@ -178,7 +180,7 @@ def _write_html(result: DemoResult, grid) -> None:
     )
     result.html_path.write_text(f"""<!doctype html><meta charset="utf-8"><title>erasekit demo: {html.escape(result.concept)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:4px 10px}}</style>
-<h1>erasekit demo — {html.escape(result.method)} erases “{html.escape(result.concept)}” from tinyworld</h1>
+<h1>erasekit demo — {html.escape(result.method)} erases “{html.escape(result.concept)}” from {html.escape(result.model)}</h1>
 <table id="metrics">{rows}</table>
 <p>Same seeds for both columns. The tinyworld judge decides which shape each image shows.</p>
 <img id="grid" alt="unedited vs edited grid" src="data:image/png;base64,{img}">

@@ -1,6 +1,6 @@
 """Load a pipeline from whatever users pass as ``--model``.
 
-* ``tinyworld`` — the bundled model (DESIGN §8)
+* ``tinyworld`` — the bundled model (DESIGN §8); ``tinyworld-xl`` — its SDXL-architecture sibling
 * ``tiny-sd`` / ``tiny-sd2`` / ``tiny-sdxl`` — tiny random pipelines built offline (smoke tests)
 * a local diffusers folder (``model_index.json``) — ``DiffusionPipeline.from_pretrained``
 * a single-file ``.safetensors`` checkpoint (A1111 / ComfyUI layout) — ``from_single_file``
@@ -22,6 +22,12 @@ from ..errors import ModelError
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 TINY = {"tiny-sd": "sd", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+BUNDLED = ("tinyworld", "tinyworld-xl")  # trained on the tinyworld world: tinyworld suites, judge and defaults apply
+
+
+def is_tinyworld(model) -> bool:
+    """Whether ``model`` names a bundled tinyworld model (``tinyworld`` or ``tinyworld-xl``)."""
+    return str(model) in BUNDLED
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -61,10 +67,11 @@ class _DropHalfOnCpuWarning(logging.Filter):
 
 
 def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: str | None):
-    if model == "tinyworld":
+    if model in BUNDLED:
         from .. import tinyworld
 
-        return tinyworld.load_pipeline(dtype=torch_dtype)
+        load = tinyworld.load_pipeline if model == "tinyworld" else tinyworld.load_pipeline_xl
+        return load(dtype=torch_dtype)
     if model in TINY:
         from .tiny import build_tiny_pipeline
 
@@ -87,7 +94,7 @@ def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: st
     if _HUB_ID.match(model) and not path.exists():
         return _from_pretrained(model, torch_dtype, revision, local=False)
     raise ModelError(
-        f"unknown model {model!r}: pass 'tinyworld', tiny-sd / tiny-sd2 / tiny-sdxl, a diffusers folder, "
+        f"unknown model {model!r}: pass 'tinyworld', 'tinyworld-xl', tiny-sd / tiny-sd2 / tiny-sdxl, a diffusers folder, "
         "a single-file .safetensors checkpoint, or a HuggingFace Hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
     )
 

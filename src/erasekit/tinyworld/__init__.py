@@ -3,6 +3,7 @@ colours and fill patterns whose ground truth is known (DESIGN.md section 8).
 
     from erasekit import tinyworld
     pipe = tinyworld.load_pipeline()            # a diffusers StableDiffusionPipeline
+    pipe = tinyworld.load_pipeline_xl()         # tinyworld-xl: a StableDiffusionXLPipeline
     judge = tinyworld.TinyworldJudge.load()     # shape / colour / pattern classifier
 """
 
@@ -23,20 +24,41 @@ def pipeline_dir() -> Path:
     return weights_dir() / "pipeline"
 
 
+def weights_xl_dir() -> Path:
+    """Folder holding tinyworld-xl (``pipeline/``, ``MODEL_CARD.md``); its judge is tinyworld's."""
+    return Path(__file__).resolve().parent / "weights_xl"
+
+
+def pipeline_xl_dir() -> Path:
+    return weights_xl_dir() / "pipeline"
+
+
+def load_pipeline_xl(device="cpu", dtype=None, path=None):
+    """Load the shipped tinyworld-xl ``StableDiffusionXLPipeline`` offline (fp32 on CPU by default)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return _load(StableDiffusionXLPipeline, path or pipeline_xl_dir(), device, dtype, {})
+
+
 def load_pipeline(device="cpu", dtype=None, path=None):
     """Load the shipped tinyworld ``StableDiffusionPipeline`` offline (fp32 on CPU by default).
 
     The scheduler saved with the pipeline is DPMSolverMultistep (use ~20 steps, guidance ~5).
     """
+    from diffusers import StableDiffusionPipeline
+
+    return _load(StableDiffusionPipeline, path or pipeline_dir(), device, dtype,
+                 {"safety_checker": None, "requires_safety_checker": False})
+
+
+def _load(cls, path, device, dtype, extra: dict):
     import warnings
 
     import torch
-    from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as dlogging
-
-    dtype = torch.float32 if dtype is None else dtype
     from transformers.utils import logging as tlogging
 
+    dtype = torch.float32 if dtype is None else dtype
     prev, bars = dlogging.get_verbosity(), (dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled())
     dlogging.set_verbosity_error()
     dlogging.disable_progress_bar()
@@ -44,10 +66,7 @@ def load_pipeline(device="cpu", dtype=None, path=None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename in recent diffusers
-            pipe = StableDiffusionPipeline.from_pretrained(
-                str(path or pipeline_dir()), torch_dtype=dtype, safety_checker=None,
-                requires_safety_checker=False, local_files_only=True,
-            )
+            pipe = cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True, **extra)
     finally:
         dlogging.set_verbosity(prev)
         if bars[0]:

@@ -1,6 +1,7 @@
 """Train tinyworld from a seed: VAE, judge, then text encoder + UNet jointly.
 
     python -m erasekit.tinyworld.train --out DIR --seed 0 [--minutes M] [--steps N] [--device cpu|cuda]
+    python -m erasekit.tinyworld.train --arch xl --init-from src/erasekit/tinyworld/weights --out DIR ...
 
 Writes ``DIR/pipeline/`` (a diffusers StableDiffusionPipeline folder, fp16 safetensors),
 ``DIR/judge.safetensors`` + ``DIR/judge.json``, ``DIR/MODEL_CARD.md`` and ``DIR/train_log.json``.
@@ -373,7 +374,22 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--init", type=Path, default=None,
                     help="continue from a finished run's folder: reuse its VAE and judge, keep training text encoder + UNet")
+    ap.add_argument("--arch", choices=("sd1", "xl"), default="sd1",
+                    help="sd1: tinyworld (StableDiffusionPipeline); xl: tinyworld-xl (StableDiffusionXLPipeline), "
+                         "warm-started from --init-from")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="--arch xl: a finished tinyworld folder to warm-start from (VAE and judge reused)")
+    ap.add_argument("--distill-steps", type=int, default=300,
+                    help="--arch xl: steps that make the warm start's LayerNorm fold exact on prompts")
+    ap.add_argument("--p-drop-context", type=float, default=0.15,
+                    help="--arch xl: share of samples whose context alone is replaced by the empty prompt's")
+    ap.add_argument("--p-drop-pooled", type=float, default=0.10,
+                    help="--arch xl: share of samples whose pooled embedding alone is replaced")
     args = ap.parse_args(argv)
+    if args.arch == "xl":
+        from .train_xl import main_xl
+
+        return main_xl(args, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out: Path = args.out

@@ -1,6 +1,6 @@
 """Is tinyworld a valid testbed? Measure the judge and the generator against the known ground truth.
 
-    python -m erasekit.tinyworld.validity [--n N] [--steps 20] [--guidance 5] [--no-card]
+    python -m erasekit.tinyworld.validity [--model tinyworld|tinyworld-xl] [--n N] [--steps 20] [--guidance 5] [--no-card]
 
 1. judge accuracy on held-out renders (a render seed never used in training), per attribute;
 2. for images generated from prompts, the share the judge reads as showing the prompted
@@ -128,8 +128,8 @@ def update_model_card(res: dict, card: Path | None = None) -> Path:
 
     card = Path(card) if card is not None else weights_dir() / "MODEL_CARD.md"
     m = res.get("meta", {})
-    body = (f"{CARD_VALIDITY_START}\nMeasured by `python -m erasekit.tinyworld.validity` on {time.strftime('%Y-%m-%d')}: "
-            f"{m.get('n_per_set')} generated images per prompt set (all 144 shape x colour x pattern combinations, "
+    body = (f"{CARD_VALIDITY_START}\nMeasured by `{m.get('command', 'python -m erasekit.tinyworld.validity')}` on {time.strftime('%Y-%m-%d')}: "
+            f"{m.get('n_per_set')} generated images per prompt set ({'all' if m.get('n_per_set', 0) >= 144 else 'cycling through'} the 144 shape x colour x pattern combinations, "
             f"fixed seeds), {m.get('scheduler')} {m.get('steps')} steps, guidance {m.get('guidance')}; judge on "
             f"{m.get('n_renders')} held-out renders. Share of images the judge reads as the prompted value "
             f"(✓ = meets the project's target).\n\n{table(res)}\n\n"
@@ -146,7 +146,10 @@ def update_model_card(res: dict, card: Path | None = None) -> Path:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=("tinyworld", "tinyworld-xl"), default="tinyworld",
+                    help="which bundled model to measure (tinyworld-xl is judged by tinyworld's judge)")
     ap.add_argument("--n", type=int, default=288, help="generated images per prompt set")
+    ap.add_argument("--renders", type=int, default=2000, help="held-out renders for the judge's accuracy")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -156,12 +159,17 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from . import load_pipeline, weights_dir
+    import sys
 
-    wd = args.weights or weights_dir()
-    pipe = load_pipeline(path=wd / "pipeline")
-    judge = TinyworldJudge.load(wd / "judge.safetensors")
-    res = measure(pipe, judge, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    from . import load_pipeline, load_pipeline_xl, weights_dir, weights_xl_dir
+
+    xl = args.model == "tinyworld-xl"
+    wd = args.weights or (weights_xl_dir() if xl else weights_dir())
+    pipe = (load_pipeline_xl if xl else load_pipeline)(path=wd / "pipeline")
+    judge_path = wd / "judge.safetensors"
+    judge = TinyworldJudge.load(judge_path if judge_path.is_file() else weights_dir() / "judge.safetensors")
+    res = measure(pipe, judge, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed, n_renders=args.renders)
+    res["meta"]["command"] = "python -m erasekit.tinyworld.validity " + " ".join(argv if argv is not None else sys.argv[1:])
     print(table(res))
     if not args.no_card:
         print(f"model card updated: {update_model_card(res, wd / 'MODEL_CARD.md')}")
