@@ -241,13 +241,20 @@ class Edit:
         if stack is None:
             stack = []
             setattr(unet, _APPLIED_ATTR, stack)
-        originals, new = {}, {}
-        for path, le in self.layers.items():
-            w = unet.get_submodule(path).weight
-            originals[path] = w.detach().to("cpu", copy=True)
-            new[path] = le.materialize(w).to(device=w.device, dtype=w.dtype)
-        for path, value in new.items():  # all computed before anything is written
-            unet.get_submodule(path).weight.copy_(value)
+        # Layer by layer: keep the original (the pipeline's dtype, on cpu), materialise one new
+        # weight, write it. Peak extra memory: the originals of the edited layers (what revert
+        # needs) plus one float32 layer, never a second copy of every edited layer. Checked
+        # first (check_compatible); if a write still fails, the layers written so far are restored.
+        originals = {}
+        try:
+            for path, le in self.layers.items():
+                w = unet.get_submodule(path).weight
+                originals[path] = w.detach().to("cpu", copy=True)
+                w.copy_(le.materialize(w))  # copy_ casts to w's dtype and device
+        except BaseException:
+            for path, w0 in originals.items():
+                unet.get_submodule(path).weight.copy_(w0)
+            raise
         stack.append((id(self), repr(self), originals))
         return self
 

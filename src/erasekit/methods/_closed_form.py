@@ -24,9 +24,10 @@ def token_columns(adapter, concepts, config) -> tuple[torch.Tensor, torch.Tensor
 def gram(adapter, concepts, config) -> "linalg.GramFactor":
     C_E, C_G, C_P = token_columns(adapter, concepts, config)
     try:
-        return linalg.gram_factor(C_E, C_G, C_P, alpha=config.erase_scale, beta=config.preserve_scale, gamma=config.lamb)
+        gf = linalg.gram_factor(C_E, C_G, C_P, alpha=config.erase_scale, beta=config.preserve_scale, gamma=config.lamb)
     except ValueError as e:
         raise MethodError(str(e)) from None
+    return gf.to(adapter.device)  # every layer's solve runs where the pipeline lives (GPU included)
 
 
 def edit_layers(adapter, paths, fit_layer: Callable[[str, torch.Tensor], LayerEdit], desc: str, progress: bool) -> list[LayerEdit]:

@@ -216,6 +216,7 @@ def _check_mode(mode: str) -> None:
 
 _SKETCH_SEED = 20240613
 _SKETCH_N = 8
+_SKETCH_ROWS = 256
 
 
 @torch.no_grad()
@@ -226,16 +227,21 @@ def weight_fingerprint(weight: torch.Tensor) -> dict:
     the Frobenius norm) recognises the same base model loaded in another dtype
     (fp32 / fp16 / bf16), and tells different models apart with overwhelming probability.
     """
-    w = weight.detach().to("cpu")
-    digest = hashlib.sha256(w.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-    w64 = w.to(torch.float64)
-    d_out, d_in = w64.shape
+    w = weight.detach().to("cpu").contiguous()  # no copy for a contiguous cpu weight
+    digest = hashlib.sha256(memoryview(w.view(torch.uint8).numpy())).hexdigest()  # hashes the storage in place
+    d_out, d_in = w.shape
     gen = torch.Generator().manual_seed(_SKETCH_SEED + d_out * 7919 + d_in)
     u = torch.randn(_SKETCH_N, d_out, generator=gen, dtype=torch.float64)
     r = torch.randn(_SKETCH_N, d_in, generator=gen, dtype=torch.float64)
     u, r = u / u.norm(dim=1, keepdim=True), r / r.norm(dim=1, keepdim=True)
-    fro = float(w64.norm())
-    probes = ((u @ w64) * r).sum(dim=1) * (d_out * d_in) ** 0.5 / max(fro, 1e-30)  # each ~N(0,1) for unrelated weights
+    uw = torch.zeros(_SKETCH_N, d_in, dtype=torch.float64)  # (8, d_in)  u W
+    sq = 0.0
+    for lo in range(0, d_out, _SKETCH_ROWS):  # float64 in row blocks: never a float64 copy of the whole weight
+        blk = w[lo : lo + _SKETCH_ROWS].to(torch.float64)  # (≤ 256, d_in)
+        uw += u[:, lo : lo + _SKETCH_ROWS] @ blk
+        sq += float((blk * blk).sum())
+    fro = sq**0.5
+    probes = (uw * r).sum(dim=1) * (d_out * d_in) ** 0.5 / max(fro, 1e-30)  # each ~N(0,1) for unrelated weights
     return {"sha256": digest, "dtype": str(w.dtype).replace("torch.", ""), "shape": [d_out, d_in], "fro": fro, "sketch": [round(float(x), 6) for x in probes]}
 
 
