@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     size = pipeline_bytes(pipe)
     load_peak_beyond = sampler.peak - base - (rss_anon() - base)  # transient extra above the loaded pipeline
     base = rss_anon()
-    rows.append(("-", "load", load_s, sampler.cpu, load_peak_beyond, f"pipeline {size / 2**30:.2f} GiB resident +{(base - 0) / 2**30:.2f} GiB RssAnon"))
+    rows.append(("-", "load", load_s, sampler.cpu, load_peak_beyond, f"pipeline {size / 2**30:.2f} GiB (weights memory-mapped); RssAnon after load {base / 2**30:.2f} GiB"))
     print(f"{args.family} {args.dtype} on {args.device}: pipeline {size / 2**30:.2f} GiB, loaded in {load_s:.1f} s", file=sys.stderr)
 
     concepts = erasekit.ConceptSet(erase=(CONCEPT,), kind="style", preserve=tuple(PRESERVE))

@@ -261,6 +261,7 @@ def load_baseline(rev: str):
     src = subprocess.run(["git", "-C", str(root), "show", f"{rev}:src/erasekit/linalg.py"], check=True, capture_output=True, text=True).stdout
     spec = importlib.util.spec_from_loader(f"linalg_{rev}", loader=None)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up here
     exec(compile(src, f"{rev}:src/erasekit/linalg.py", "exec"), mod.__dict__)
     return mod
 

@@ -141,3 +141,94 @@ def test_streamed_writer_matches_safetensors(tmp_path):
     assert back["0.weight"].float().std().item() == pytest.approx(0.02, rel=0.5)
     again = fsm.stream_safetensors(tmp_path / "n.safetensors", meta, torch.float16, seed=3)
     assert again == n and all(torch.equal(back[k], v) for k, v in load_file(str(tmp_path / "n.safetensors")).items())
+
+
+# ------------------------------------------------------------------ memory paths and device refusal
+
+
+def test_apply_restores_every_layer_when_a_write_fails(tiny_pipes, monkeypatch):
+    """apply works layer by layer; a failure half-way puts back the layers already written."""
+    import erasekit
+    from erasekit.edit import LayerEdit
+
+    pipe = tiny_pipes["sd"]
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    edit = erasekit.erase(pipe, "uce", ["Van Gogh"], progress=False)
+    calls = []
+    real = LayerEdit.materialize
+
+    def flaky(self, base):
+        calls.append(self.path)
+        if len(calls) == 3:
+            raise RuntimeError("simulated failure on the third layer")
+        return real(self, base)
+
+    monkeypatch.setattr(LayerEdit, "materialize", flaky)
+    with pytest.raises(RuntimeError, match="third layer"):
+        edit.apply(pipe)
+    after = pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and not erasekit.Edit.applied(pipe)
+
+
+def test_fingerprint_hashes_the_stored_bytes():
+    import hashlib
+
+    from erasekit.models.adapter import weight_fingerprint
+
+    w = torch.randn(300, 17).to(torch.float16)  # more rows than one sketch block
+    fp = weight_fingerprint(w)
+    assert fp["sha256"] == hashlib.sha256(w.numpy().tobytes()).hexdigest()
+    assert fp["fro"] == pytest.approx(float(w.double().norm()), rel=1e-12)
+    assert weight_fingerprint(w.float())["sketch"] == pytest.approx(fp["sketch"], abs=1e-6)  # same values, other dtype
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on machines without a GPU")
+def test_benchmarks_refuse_cuda_without_a_gpu(capsys):
+    spec = importlib.util.spec_from_file_location("full_scale_bench", ROOT / "benchmarks" / "full_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--family", "sd15", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "solver.py"), "--device", "cuda", "--baseline", "HEAD"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "no CUDA GPU" in out.stderr
+
+
+# ------------------------------------------------------------------ full size (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,options", [("uce", {}), ("space", {"target_sparsity": 0.85})])
+def test_sd15_full_size_end_to_end(method, options, tmp_path):
+    """Full-size SD 1.5 (random weights, fp16): erase -> save -> strict load -> apply -> revert, bit-exact."""
+    import hashlib
+
+    import erasekit
+    from erasekit.edit import Edit
+
+    folder = fsm.pipeline_folder("sd15", progress=False)  # cached under ~/.cache/erasekit/full_scale
+    pipe = erasekit.load_pipeline(str(folder), dtype="float16")
+    adapter = erasekit.PipelineAdapter(pipe)
+    assert len(adapter.attention_layers()) == 16 and adapter.d_in == 768
+
+    def digest() -> dict:
+        return {p: hashlib.sha256(adapter.linear(p).weight.detach().numpy().tobytes()).hexdigest() for p in adapter.paths}
+
+    before = digest()
+    edit = erasekit.erase(pipe, method, ["Van Gogh"], preserve=["Claude Monet", "Rembrandt"], progress=False, **options)
+    assert digest() == before and len(edit.layers) == 32  # fitting never touches the pipeline
+    path = edit.save(tmp_path / f"{method}.safetensors")
+    loaded = Edit.load(path)
+    loaded.check_compatible(pipe)  # strict: fingerprints of all 32 layers
+    expected = {p: le.materialize(adapter.linear(p).weight).to(torch.float16) for p, le in loaded.layers.items()}
+    loaded.apply(pipe)
+    changed = digest()
+    assert sum(changed[p] != before[p] for p in before) == 32
+    for p, w in expected.items():  # what was written is the stored weight, cast to the pipeline's dtype
+        assert torch.equal(adapter.linear(p).weight, w)
+    loaded.revert(pipe)
+    assert digest() == before
+    if method == "space":
+        assert abs(loaded.sparsity() - 0.85) <= 0.01
