@@ -1,6 +1,7 @@
 """Measure UCE, SPACE (semi-smooth Newton) and plain FISTA on SD1.5- and SDXL-shaped layers.
 
     python benchmarks/solver.py [--family sd15|sdxl|both] [--quick] [--threads N]
+    python benchmarks/solver.py --baseline <git rev> [--family ...] [--quick]   (before vs after, one run)
 
 Data (random, seeded; printed again in the output):
   * weights: one to_k and one to_v per cross-attention block, fp32, entries N(0, 0.02²), with
@@ -251,6 +252,86 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
     return rows
 
 
+def load_baseline(rev: str):
+    """erasekit.linalg as it was at git revision ``rev``, imported beside the current one."""
+    import importlib.util
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "-C", str(root), "show", f"{rev}:src/erasekit/linalg.py"], check=True, capture_output=True, text=True).stdout
+    spec = importlib.util.spec_from_loader(f"linalg_{rev}", loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up here
+    exec(compile(src, f"{rev}:src/erasekit/linalg.py", "exec"), mod.__dict__)
+    return mod
+
+
+def cpu_timed(fn):
+    """(result, seconds): process CPU time on a CPU; wall time after a synchronize on a GPU."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+    t0 = time.process_time()
+    out = fn()
+    return out, time.process_time() - t0
+
+
+DEVICE = torch.device("cpu")
+
+
+def compare_family(name: str, args, old) -> list[tuple[str, str]]:
+    """Before (``old`` linalg) vs after (current), interleaved layer by layer, in CPU seconds.
+
+    Per layer: UCE; SPACE at a fixed λ (the shared λ for the target, found once, untimed) with the
+    old and the new solver; and the per-layer target-sparsity fit as the SPACE method runs it:
+    before, lam_for_sparsity([W]) then space_solve; after, space_solve_sparsity, both cold (no λ
+    from a previous layer) and chained (λ path started at the previous layer's λ of the same
+    projection and d_out, as SPACE.fit does).
+    """
+    weights, cols = make_family(name, args.quick)
+    weights, cols = [w.to(DEVICE) for w in weights], [c.to(DEVICE) for c in cols]
+    gf_new = linalg.gram_factor(*cols, gamma=0.5)
+    gf_old = old.gram_factor(*cols, gamma=0.5)
+    lam = linalg.lam_for_sparsity(weights, gf_new, args.target)
+    linalg.space_solve(weights[0][:64], gf_new, lam)  # warm-up
+    old.space_solve(weights[0][:64], gf_old, lam)
+    t = {k: 0.0 for k in ("uce", "old_fixed", "new_fixed", "old_target", "new_target_cold", "new_target_chained")}
+    worst_gap, sp, chain = 0.0, [], {}
+    for i, W in enumerate(weights):
+        t["uce"] += cpu_timed(lambda: linalg.uce_weight(W, gf_new))[1]
+        r_old, dt = cpu_timed(lambda: old.space_solve(W, gf_old, lam, tol=args.tol))
+        t["old_fixed"] += dt
+        r_new, dt = cpu_timed(lambda: linalg.space_solve(W, gf_new, lam, tol=args.tol))
+        t["new_fixed"] += dt
+        worst_gap = max(worst_gap, r_old.gap, r_new.gap)
+        _, dt = cpu_timed(lambda: old.space_solve(W, gf_old, old.lam_for_sparsity([W], gf_old, args.target), tol=args.tol))
+        t["old_target"] += dt
+        (r_cold, _), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol))
+        t["new_target_cold"] += dt
+        key = (i % 2, W.shape[0])  # weights alternate to_k, to_v
+        (r_ch, lam_ch), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol, lam0=chain.get(key, chain.get("last"))))
+        chain[key] = chain["last"] = lam_ch
+        t["new_target_chained"] += dt
+        worst_gap = max(worst_gap, r_cold.gap, r_ch.gap)
+        sp += [r_cold.sparsity, r_ch.sparsity]
+        progress(f"{name}: layer {i + 1}/{len(weights)} {tuple(W.shape)} done")
+        del r_old, r_new, r_cold, r_ch
+    return [
+        ("layers", f"{len(weights)} ({', '.join(str(w.shape[0]) for w in weights)} × {gf_new.d_in})"),
+        ("UCE, all layers (CPU s)", f"{t['uce']:.2f}"),
+        (f"SPACE fixed λ = {lam:.4g}: before | after (CPU s)", f"{t['old_fixed']:.2f} | {t['new_fixed']:.2f}"),
+        ("SPACE / UCE: before | after", f"{t['old_fixed'] / t['uce']:.1f}× | {t['new_fixed'] / t['uce']:.1f}×"),
+        ("per-layer target fit / fixed-λ fit: before", f"{t['old_target'] / t['old_fixed']:.2f}×  ({t['old_target']:.2f} s)"),
+        ("  after, each layer cold", f"{t['new_target_cold'] / t['new_fixed']:.2f}×  ({t['new_target_cold']:.2f} s)"),
+        ("  after, λ path chained over layers (as SPACE.fit)", f"{t['new_target_chained'] / t['new_fixed']:.2f}×  ({t['new_target_chained']:.2f} s)"),
+        ("worst certified gap (all solves)", f"{worst_gap:.2e} (tol {args.tol:g})"),
+        ("per-layer sparsity after (min, max)", f"{min(sp):.4f}, {max(sp):.4f} (target {args.target})"),
+    ]
+
+
 def progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -269,15 +350,26 @@ def main() -> None:
     p.add_argument("--target", type=float, default=0.85, help="target sparsity")
     p.add_argument("--tol", type=float, default=1e-6, help="relative objective gap")
     p.add_argument("--fista-max-iter", type=int, default=20000)
+    p.add_argument("--baseline", default=None, metavar="REV", help="compare with erasekit.linalg at this git revision (before vs after, CPU seconds)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (refused when no GPU is visible)")
     args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU machine or use --device cpu")
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type != "cpu" and not args.baseline:
+        sys.exit("--device cuda runs the before/after comparison only: pass --baseline <rev> (the full table samples CPU memory)")
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at start; {'quick' if args.quick else 'full'} run")
     print("weights: fp32 N(0, 0.02²); tokens: 20 erase + 20 guide + 80 preserve CLIP-like columns "
           "(norm ≈ 28, 70 % shared mean direction, 20 % 8-dim subspace, 10 % noise); γ = 0.5, α = β = 1")
     t0 = time.perf_counter()
+    old = load_baseline(args.baseline) if args.baseline else None
+    if old is not None:
+        print(f"before: erasekit.linalg at {args.baseline}; after: the working tree; CPU seconds (process time), interleaved per layer")
     for name in (["sd15", "sdxl"] if args.family == "both" else [args.family]):
-        rows = run_family(name, args)
+        rows = compare_family(name, args, old) if old is not None else run_family(name, args)
         width = max(len(k) for k, _ in rows)
         print("   " + "-" * (width + 40))
         for k, v in rows:

@@ -67,6 +67,7 @@ def gram_and_prior(adapter, concepts, config) -> tuple["linalg.GramFactor", dict
         gf = linalg.gram_factor(C_E, C_G, C_P, alpha=config.erase_scale, beta=config.preserve_scale, gamma=config.lamb, prior=P)
     except ValueError as e:
         raise MethodError(str(e)) from None
+    gf = gf.to(adapter.device)  # every layer's solve runs where the pipeline lives (GPU included)
     return gf, ({} if gp is None else {"prior": {**gp.record(), "weight": config.prior_weight}})
 
 

@@ -69,9 +69,17 @@ class SPACE(Method):
             weights = [adapter.linear(p).weight.detach() for p in adapter.paths]
             shared_lam = linalg.lam_for_sparsity(weights, gf, config.target_sparsity)
 
+        lams: dict = {}  # λ of the last layer per (projection, d_out): the next such layer's λ path starts there
+
         def fit_layer(path, W0):
-            lam = shared_lam if shared_lam is not None else linalg.lam_for_sparsity([W0], gf, config.target_sparsity)
-            res = linalg.space_solve(W0, gf, lam, solver=config.solver, tol=config.tol, max_iter=config.max_iter)
+            if shared_lam is None and config.solver == "ssn":  # per-layer target: one warm-started λ path
+                key = (path.rsplit(".", 1)[-1], W0.shape[0])
+                lam0 = lams.get(key, lams.get("last"))
+                res, lam = linalg.space_solve_sparsity(W0, gf, config.target_sparsity, tol=config.tol, max_iter=config.max_iter, lam0=lam0)
+                lams[key] = lams["last"] = lam
+            else:
+                lam = shared_lam if shared_lam is not None else linalg.lam_for_sparsity([W0], gf, config.target_sparsity)
+                res = linalg.space_solve(W0, gf, lam, solver=config.solver, tol=config.tol, max_iter=config.max_iter)
             sparsity = float((res.W == 0).double().mean())
             stats = dict(lam=lam, sparsity=round(sparsity, 6), objective=res.objective, gap=res.gap,
                          iterations=res.iterations, converged=bool(res.converged), solve_seconds=round(res.seconds, 4))

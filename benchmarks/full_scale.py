@@ -1,0 +1,219 @@
+"""Time and memory of every erasekit phase on a full-size SD 1.5 / SD 2.1 / SDXL pipeline (random weights).
+
+    python benchmarks/full_scale.py --family sd15|sd21|sdxl [--dtype float16] [--methods uce,space]
+                                    [--device cpu|cuda] [--cache-dir DIR]
+
+The pipeline is the cached folder of ``benchmarks/full_scale_models.py`` (built on first use).
+Per method, each phase is timed (wall clock) and its peak resident memory recorded:
+
+  load      from_pretrained in --dtype (once, shared by the methods; it defines the baseline)
+  encode    encoding the concept prompts alone (erase, guide, preserve) with the pipeline's encoder(s)
+  fit       erasekit.erase(...): encoding again + the method's solve, the pipeline untouched
+  save      Edit.save (safetensors, atomic)
+  load_edit Edit.load + check_compatible: the strict load, fingerprints of every edited layer included
+  apply     Edit.apply
+  export    the LoRA-free single-file export is SD 1.x only (models/ldm_export); skipped otherwise
+  revert    Edit.revert, then a bit-exact check of every edited layer against a hash taken before
+
+Time: wall clock and process CPU seconds (the CPU column is the one to trust on a shared machine).
+Memory: a sampler thread reads RssAnon (anonymous resident memory: what the process allocated,
+not the page cache of mmapped files) every 2 ms. "beyond" is a phase's peak minus the RssAnon right
+after the pipeline was loaded, and "share" divides it by the pipeline's own size (bytes of every
+parameter and buffer of its modules). glibc's mmap threshold is pinned at 128 KiB so that freed
+tensors leave the RSS instead of lingering in malloc's cache (Linux only). Images are noise; the
+times and memory are real. Closed-form methods run at full size; PURE / ACE are not run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import os
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+import full_scale_models as fsm  # noqa: E402
+
+CONCEPT = "Van Gogh"
+PRESERVE = ["Claude Monet", "Pablo Picasso", "Rembrandt", "Johannes Vermeer", "Salvador Dali", "Frida Kahlo"]
+
+
+def rss_anon() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Sampler:
+    """Peak RssAnon (bytes) while a phase runs, sampled every ``period`` seconds."""
+
+    def __init__(self, period: float = 0.002):
+        self.period, self.peak, self.cpu, self._stop = period, 0, 0.0, threading.Event()
+
+    @contextmanager
+    def phase(self):
+        self.peak, self._stop = rss_anon(), threading.Event()
+        cpu0 = time.process_time()
+
+        def run():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, rss_anon())
+                time.sleep(self.period)
+
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            th.join()
+            self.peak = max(self.peak, rss_anon())
+            self.cpu = time.process_time() - cpu0
+
+
+def pin_malloc() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except OSError:
+        pass
+
+
+def pipeline_bytes(pipe) -> int:
+    total = 0
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        m = getattr(pipe, name, None)
+        if m is not None:
+            total += sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))
+    return total
+
+
+def layer_hashes(pipe, paths) -> dict[str, str]:
+    out = {}
+    for p in paths:
+        w = pipe.unet.get_submodule(p).weight.detach().to("cpu")
+        out[p] = hashlib.sha256(memoryview(w.contiguous().view(torch.uint8).numpy())).hexdigest()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", default="sd15", choices=fsm.FAMILIES)
+    ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    ap.add_argument("--methods", default="uce,space", help="comma-separated closed-form methods (uce, space)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (refused when no GPU is visible)")
+    ap.add_argument("--cache-dir", default=None, help="folder of the cached pipelines (default ~/.cache/erasekit/full_scale)")
+    ap.add_argument("--scaled", action="store_true", help="use the scaled-down copy of the config (a quick check of this script)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None)
+    ap.add_argument("--space-option", action="append", default=[], help="extra SPACE config as key=value (e.g. lam=0.05)")
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU machine "
+              "or use --device cpu", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pin_malloc()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import erasekit
+    from erasekit.edit import Edit
+    from erasekit.methods import _closed_form as cf
+    from erasekit.models.adapter import PipelineAdapter
+
+    config = fsm.published_config(args.family)
+    folder = fsm.pipeline_folder(args.family, args.cache_dir, config=fsm.scaled_config(config) if args.scaled else config)
+    sampler = Sampler()
+    rows = []
+
+    def record(method, phase, seconds, note=""):
+        beyond = sampler.peak - base
+        rows.append((method, phase, seconds, sampler.cpu, beyond, note))
+        print(f"  {method:6s} {phase:10s} {seconds:8.2f} s  beyond {beyond / 2**20:8.1f} MiB  {note}", file=sys.stderr, flush=True)
+
+    base = rss_anon()
+    t0 = time.perf_counter()
+    with sampler.phase():
+        pipe = erasekit.load_pipeline(str(folder), dtype=args.dtype, device=args.device)
+    load_s = time.perf_counter() - t0
+    size = pipeline_bytes(pipe)
+    load_peak_beyond = sampler.peak - base - (rss_anon() - base)  # transient extra above the loaded pipeline
+    base = rss_anon()
+    rows.append(("-", "load", load_s, sampler.cpu, load_peak_beyond, f"pipeline {size / 2**30:.2f} GiB (weights memory-mapped); RssAnon after load {base / 2**30:.2f} GiB"))
+    print(f"{args.family} {args.dtype} on {args.device}: pipeline {size / 2**30:.2f} GiB, loaded in {load_s:.1f} s", file=sys.stderr)
+
+    concepts = erasekit.ConceptSet(erase=(CONCEPT,), kind="style", preserve=tuple(PRESERVE))
+    adapter = PipelineAdapter(pipe)
+    n_layers, n_weights = len(adapter.paths), sum(adapter.linear(p).weight.numel() for p in adapter.paths)
+    before = layer_hashes(pipe, adapter.paths)
+    tmp = Path(tempfile.mkdtemp(prefix="erasekit-fullscale-"))
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        options = {}
+        if method == "space":
+            for kv in args.space_option:
+                k, v = kv.split("=", 1)
+                options[k] = float(v) if k in ("lam", "target_sparsity", "tol") else v
+        t0 = time.perf_counter()
+        with sampler.phase():
+            cfg = erasekit.make_config(method, **options)
+            cf.token_columns(adapter, concepts, cfg)
+        record(method, "encode", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with sampler.phase():
+            edit = erasekit.erase(pipe, method, concepts, progress=False, **options)
+        s = edit.sparsity()
+        record(method, "fit", time.perf_counter() - t0, f"{len(edit.layers)} layers" + (f", sparsity {s:.3f}" if s is not None else ""))
+        path = tmp / f"{method}.safetensors"
+        t0 = time.perf_counter()
+        with sampler.phase():
+            edit.save(path)
+        record(method, "save", time.perf_counter() - t0, f"{path.stat().st_size / 2**20:.1f} MiB file")
+        del edit
+        t0 = time.perf_counter()
+        with sampler.phase():
+            edit = Edit.load(path)
+            edit.check_compatible(pipe)
+        record(method, "load_edit", time.perf_counter() - t0, "strict, fingerprints included")
+        t0 = time.perf_counter()
+        with sampler.phase():
+            edit.apply(pipe)
+        record(method, "apply", time.perf_counter() - t0)
+        if args.family == "sd15" and method == args.methods.split(",")[0].strip():
+            from erasekit.models.ldm_export import export_single_file
+
+            t0 = time.perf_counter()
+            with sampler.phase():
+                out = export_single_file(pipe, tmp / "export.safetensors")
+            record(method, "export", time.perf_counter() - t0, f"single file {out.stat().st_size / 2**30:.2f} GiB")
+            out.unlink()
+        t0 = time.perf_counter()
+        with sampler.phase():
+            edit.revert(pipe)
+        exact = layer_hashes(pipe, adapter.paths) == before
+        record(method, "revert", time.perf_counter() - t0, "bit-exact" if exact else "NOT BIT-EXACT")
+        path.unlink()
+        del edit
+
+    print()
+    print(f"# full scale: {args.family}, {args.dtype}, device {args.device}, torch threads {torch.get_num_threads()}, "
+          f"{n_layers} edited K/V matrices ({n_weights / 1e6:.1f} M weights), pipeline {size / 2**30:.2f} GiB")
+    print("| method | phase | wall s | CPU s | peak beyond pipeline | share of pipeline | note |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for method, phase, sec, cpu, beyond, note in rows:
+        print(f"| {method} | {phase} | {sec:.2f} | {cpu:.2f} | {beyond / 2**20:.0f} MiB | {100 * beyond / size:.1f} % | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

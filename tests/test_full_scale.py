@@ -1,0 +1,210 @@
+"""Full-size pipeline builder (benchmarks/full_scale_models.py).
+
+Default run: a scaled-down copy of each published config (fewer channels, same block structure and
+context width) goes through the same meta build, streamed safetensors and ``from_pretrained``; layer
+discovery and prompt encoding are checked against what each family's published config implies.
+Slow: SD 1.5 at full size, erase -> save -> strict load -> apply -> revert (bit-exact) with UCE and SPACE.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("full_scale_models", ROOT / "benchmarks" / "full_scale_models.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("full_scale_models", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+fsm = _builder()
+
+# What each published architecture must show, stated from the model cards rather than read from the configs.
+EXPECTED = {
+    "sd15": dict(blocks=16, d_in=768, linear_proj=False, pipeline="StableDiffusionPipeline"),
+    "sd21": dict(blocks=16, d_in=1024, linear_proj=True, pipeline="StableDiffusionPipeline"),
+    "sdxl": dict(blocks=70, d_in=2048, linear_proj=True, pipeline="StableDiffusionXLPipeline"),
+}
+
+
+def _expected_depths(unet_cfg: dict) -> dict[str, list[int]]:
+    """Transformer blocks per cross-attention module of the down / mid / up path, from the block lists."""
+    depth = unet_cfg.get("transformer_layers_per_block", 1)
+    n = len(unet_cfg["down_block_types"])
+    depth = [depth] * n if isinstance(depth, int) else list(depth)
+    lpb = unet_cfg["layers_per_block"]
+    out = {"down": [], "mid": [depth[-1]], "up": []}
+    for t, d in zip(unet_cfg["down_block_types"], depth):
+        out["down"] += [d] * lpb if t.startswith("CrossAttn") else []
+    for t, d in zip(unet_cfg["up_block_types"], reversed(depth)):  # up blocks mirror the down path
+        out["up"] += [d] * (lpb + 1) if t.startswith("CrossAttn") else []
+    return out
+
+
+@pytest.fixture(scope="module", params=fsm.FAMILIES)
+def scaled(request, tmp_path_factory):
+    from erasekit.models.loading import load_pipeline
+
+    family = request.param
+    cfg = fsm.scaled_config(fsm.published_config(family))
+    folder = fsm.pipeline_folder(family, tmp_path_factory.mktemp("fs"), config=cfg, progress=False)
+    return family, cfg, folder, load_pipeline(str(folder), dtype="float32")
+
+
+def test_scaled_copy_keeps_structure():
+    for family in fsm.FAMILIES:
+        pub = fsm.published_config(family)
+        small = fsm.scaled_config(pub)
+        for key in ("down_block_types", "up_block_types", "layers_per_block", "cross_attention_dim"):
+            assert small["unet"][key] == pub["unet"][key]
+        assert small["unet"].get("transformer_layers_per_block") == pub["unet"].get("transformer_layers_per_block")
+        assert small["unet"].get("use_linear_projection") == pub["unet"].get("use_linear_projection")
+        assert sum(small["unet"]["block_out_channels"]) * 8 == sum(pub["unet"]["block_out_channels"])
+
+
+def test_folder_layout_and_dtype(scaled):
+    family, cfg, folder, pipe = scaled
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == EXPECTED[family]["pipeline"] == type(pipe).__name__
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+        assert {f.get_slice(k).get_dtype() for k in keys} == {"F16"}
+    assert set(keys) == set(pipe.unet.state_dict())  # every parameter written, nothing extra
+    # the cache folder is complete and reused: a second call does not rebuild
+    assert fsm.pipeline_folder(family, folder.parent, config=cfg, progress=False) == folder
+    assert not list(folder.parent.glob(".*partial*"))
+
+
+def test_layer_discovery(scaled):
+    from erasekit.models.adapter import PipelineAdapter
+
+    family, cfg, _, pipe = scaled
+    exp = EXPECTED[family]
+    adapter = PipelineAdapter(pipe)
+    blocks = adapter.attention_layers()
+    assert len(blocks) == exp["blocks"] and len(adapter.paths) == 2 * exp["blocks"]
+    assert adapter.d_in == exp["d_in"]
+    # per-module transformer depth (SDXL: 1 / 2 / 10) from the published block lists
+    per_module: dict[str, int] = {}
+    for b in blocks:
+        per_module[b.split(".transformer_blocks.")[0]] = per_module.get(b.split(".transformer_blocks.")[0], 0) + 1
+    by_path = {part: [n for m, n in per_module.items() if m.startswith(part)] for part in ("down", "mid", "up")}
+    assert by_path == _expected_depths(cfg["unet"])
+    # to_k / to_v output widths: the channel width of the block they sit in
+    for path in adapter.paths:
+        parent = pipe.unet.get_submodule(path.split(".transformer_blocks.")[0])
+        assert isinstance(parent.proj_in, nn.Linear) is exp["linear_proj"]
+        width = parent.proj_in.out_features if exp["linear_proj"] else parent.proj_in.out_channels
+        assert adapter.linear(path).out_features == width
+
+
+def test_prompt_encoding(scaled):
+    from erasekit.models.adapter import PipelineAdapter
+
+    family, _, _, pipe = scaled
+    adapter = PipelineAdapter(pipe)
+    enc = adapter.encode(["a painting of a lighthouse", "a photo of a cat on a red sofa at night"])
+    assert tuple(enc.embeds.shape) == (2, 77, EXPECTED[family]["d_in"])
+    assert torch.isfinite(enc.embeds).all() and enc.embeds.std() > 0
+    assert enc.n_tokens.tolist() == [7, 13]  # BOS + words + EOS with the real CLIP tokenizer
+    # "painting" vs "photo" at position 2: the encoder really reads the tokens
+    assert torch.equal(enc.embeds[0, 1], enc.embeds[1, 1]) and not torch.allclose(enc.embeds[0, 2], enc.embeds[1, 2])
+    if family == "sdxl":  # the 2048-d context is both encoders' states side by side: 768 + 1280
+        assert pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size == 2048
+
+
+def test_streamed_writer_matches_safetensors(tmp_path):
+    """The hand-written streaming writer produces files that safetensors reads back tensor for tensor."""
+    from safetensors.torch import load_file
+
+    model = nn.Sequential(nn.Embedding(50, 7), nn.Linear(7, 5), nn.LayerNorm(5))
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Embedding(50, 7), nn.Linear(7, 5), nn.LayerNorm(5))
+    n = fsm.stream_safetensors(tmp_path / "m.safetensors", meta, torch.float16, seed=3)
+    back = load_file(str(tmp_path / "m.safetensors"))
+    assert set(back) == set(model.state_dict()) and n == sum(t.numel() * 2 for t in back.values())
+    assert torch.equal(back["2.weight"], torch.ones(5, dtype=torch.float16)) and not back["1.bias"].any()
+    assert back["1.weight"].float().std().item() == pytest.approx(7 ** -0.5, rel=0.5)
+    assert back["0.weight"].float().std().item() == pytest.approx(0.02, rel=0.5)
+    again = fsm.stream_safetensors(tmp_path / "n.safetensors", meta, torch.float16, seed=3)
+    assert again == n and all(torch.equal(back[k], v) for k, v in load_file(str(tmp_path / "n.safetensors")).items())
+
+
+# ------------------------------------------------------------------ memory paths and device refusal
+
+
+def test_fingerprint_hashes_the_stored_bytes():
+    import hashlib
+
+    from erasekit.models.adapter import weight_fingerprint
+
+    w = torch.randn(300, 17).to(torch.float16)  # more rows than one sketch block
+    fp = weight_fingerprint(w)
+    assert fp["sha256"] == hashlib.sha256(w.numpy().tobytes()).hexdigest()
+    assert fp["fro"] == pytest.approx(float(w.double().norm()), rel=1e-12)
+    assert weight_fingerprint(w.float())["sketch"] == pytest.approx(fp["sketch"], abs=1e-6)  # same values, other dtype
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on machines without a GPU")
+def test_benchmarks_refuse_cuda_without_a_gpu(capsys):
+    spec = importlib.util.spec_from_file_location("full_scale_bench", ROOT / "benchmarks" / "full_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--family", "sd15", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "solver.py"), "--device", "cuda", "--baseline", "HEAD"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "no CUDA GPU" in out.stderr
+
+
+# ------------------------------------------------------------------ full size (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,options", [("uce", {}), ("space", {"target_sparsity": 0.85})])
+def test_sd15_full_size_end_to_end(method, options, tmp_path):
+    """Full-size SD 1.5 (random weights, fp16): erase -> save -> strict load -> apply -> revert, bit-exact."""
+    import hashlib
+
+    import erasekit
+    from erasekit.edit import Edit
+
+    folder = fsm.pipeline_folder("sd15", progress=False)  # cached under ~/.cache/erasekit/full_scale
+    pipe = erasekit.load_pipeline(str(folder), dtype="float16")
+    adapter = erasekit.PipelineAdapter(pipe)
+    assert len(adapter.attention_layers()) == 16 and adapter.d_in == 768
+
+    def digest() -> dict:
+        return {p: hashlib.sha256(adapter.linear(p).weight.detach().numpy().tobytes()).hexdigest() for p in adapter.paths}
+
+    before = digest()
+    edit = erasekit.erase(pipe, method, ["Van Gogh"], preserve=["Claude Monet", "Rembrandt"], progress=False, **options)
+    assert digest() == before and len(edit.layers) == 32  # fitting never touches the pipeline
+    path = edit.save(tmp_path / f"{method}.safetensors")
+    loaded = Edit.load(path)
+    loaded.check_compatible(pipe)  # strict: fingerprints of all 32 layers
+    expected = {p: le.materialize(adapter.linear(p).weight).to(torch.float16) for p, le in loaded.layers.items()}
+    loaded.apply(pipe)
+    changed = digest()
+    assert sum(changed[p] != before[p] for p in before) == 32
+    for p, w in expected.items():  # what was written is the stored weight, cast to the pipeline's dtype
+        assert torch.equal(adapter.linear(p).weight, w)
+    loaded.revert(pipe)
+    assert digest() == before
+    if method == "space":
+        assert abs(loaded.sparsity() - 0.85) <= 0.01
