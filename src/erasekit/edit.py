@@ -309,6 +309,10 @@ class Edit:
         path = Path(path)
         if not path.is_file():
             raise EditFileError(f"edit file {str(path)!r} does not exist")
+        from .export.lora_import import is_lora_export, read_lora_export
+
+        if is_lora_export(path):  # an erasekit LoRA export (erasekit export --format lora / lora-kohya) reads back too
+            return read_lora_export(path)
         try:
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
