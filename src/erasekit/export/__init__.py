@@ -90,6 +90,10 @@ def export(edit_or_pipe, format: str = "single-file", path: str | os.PathLike | 
     if format in _EDIT_ONLY:
         if edit is None:
             raise ExportError(f"the {format!r} format carries an edit, not a whole pipeline: pass the Edit and pipe=<its base pipeline>")
+        odd = [k for k, le in edit.layers.items() if getattr(le, "param", "weight") != "weight" or len(le.shape) != 2]
+        if odd:
+            raise ExportError(f"the {format!r} format carries Linear weight changes only; this edit also changes {odd[0]!r}: "
+                              "export it as 'diffusers' or 'single-file'")
         why = _needs_pipe(edit, format, kohya_names)
         if pipe is None and why:
             raise ExportError(f"the {format!r} export of this edit needs its base pipeline (pipe=...): {why}")
