@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 import erasekit
-from erasekit.errors import EditFileError, ModelError
+from erasekit.errors import EditFileError, EraseKitError, ModelError
 from erasekit.models.ldm_export import export_single_file
 from erasekit.models.loading import _single_file_class
 from erasekit.models.tiny import build_tiny_pipeline
@@ -133,7 +133,7 @@ def test_cli_export_bakes_the_edit_in(tinyworld_edit, tmp_path, capsys):
     pipe, edit, edit_path = tinyworld_edit
     out = tmp_path / "tinyworld-circle.safetensors"
     assert main(["export", "--model", "tinyworld", "--edit", str(edit_path), "--out", str(out)]) == 0
-    assert "original LDM single-file layout" in capsys.readouterr().err
+    assert "single-file (sd1)" in capsys.readouterr().err
     erased = erasekit.load_pipeline(str(out), config=str(pipeline_dir()))
     edit.apply(pipe)
     try:
@@ -141,16 +141,37 @@ def test_cli_export_bakes_the_edit_in(tinyworld_edit, tmp_path, capsys):
     finally:
         edit.revert(pipe)
     bad = tmp_path / "sdxl.safetensors"
-    assert main(["export", "--model", "tiny-sdxl", "--out", str(bad)]) == 2
+    assert main(["export", "--model", "tiny-sdxl", "--edit", str(edit_path), "--out", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "SDXL single files" in err and "Traceback" not in err and not bad.exists()
+    assert "does not fit" in err and "Traceback" not in err and not bad.exists()
 
 
-@pytest.mark.parametrize("family, match", [("sd2", "use_linear_projection=True"), ("sdxl", "SDXL")])
-def test_layouts_the_original_format_cannot_express_are_refused(tiny_pipes, family, match, tmp_path):
-    out = tmp_path / "x.safetensors"
-    with pytest.raises(ModelError, match=match):
-        export_single_file(tiny_pipes[family], out)
+@pytest.mark.parametrize("fam", ["sd2", "sdxl"])
+def test_sd2_and_sdxl_single_files_round_trip(fam, tmp_path):
+    """SD 2.x (OpenCLIP text encoder) and SDXL (both conditioners) come back bit-identical; an edit fitted on the
+    original loads strictly onto the reloaded pipeline, and a baked export refuses it."""
+    folder_pipe, file_pipe = build_tiny_pipeline(fam, seed=0), build_tiny_pipeline(fam, seed=1)
+    folder_pipe.save_pretrained(tmp_path / "folder")
+    path = export_single_file(file_pipe, tmp_path / "m.safetensors")
+    slices, _ = _keys(path)
+    te_prefix = "cond_stage_model.model." if fam == "sd2" else "conditioner.embedders.1.model."
+    assert any(k.startswith(te_prefix) and k.endswith("attn.in_proj_weight") for k in slices)
+    loaded = erasekit.load_pipeline(str(path), config=str(tmp_path / "folder"))
+    comps = COMPONENTS + (("text_encoder_2",) if fam == "sdxl" else ())
+    for comp in comps:
+        a, b = getattr(file_pipe, comp).state_dict(), getattr(loaded, comp).state_dict()
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), comp
+    edit = erasekit.erase(file_pipe, "uce", ["a cat"], progress=False)
+    erasekit.load_edit(edit.save(tmp_path / "e.safetensors"), loaded).revert(loaded)
+    baked = erasekit.export(edit, "single-file", tmp_path / "baked.safetensors", pipe=file_pipe, save_dtype="float32").path
+    erased = erasekit.load_pipeline(str(baked), config=str(tmp_path / "folder"))
+    with pytest.raises(EditFileError, match="weights differ from the base model"):
+        erasekit.load_edit(tmp_path / "e.safetensors", erased)
+
+
+def test_an_sd2_unet_is_refused_in_the_sd1_layout(tiny_pipes, tmp_path):
+    with pytest.raises(ModelError, match="use_linear_projection=True"):
+        export_single_file(tiny_pipes["sd2"], tmp_path / "x.safetensors", layout="sd1")
     assert os.listdir(tmp_path) == []
 
 
@@ -173,6 +194,6 @@ def test_a_failed_write_leaves_nothing_behind(tiny_pair, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(EraseKitError, match="disk full"):
         export_single_file(tiny_pair[1], tmp_path / "x.safetensors")
     assert os.listdir(tmp_path) == []

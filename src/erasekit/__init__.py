@@ -15,6 +15,7 @@ from typing import Sequence
 from .concepts import ConceptSet
 from .edit import Edit, LayerEdit, load_edit
 from .errors import ConceptError, EditFileError, EraseKitError, MethodError, ModelError
+from .export import export  # the function (erasekit.export(edit, "lora", path, pipe=pipe)); formats live in erasekit/export/
 from .methods import get_method, list_methods, make_config, register_method
 from .models.adapter import PipelineAdapter
 from .models.loading import load_pipeline
@@ -56,6 +57,6 @@ def erase(pipe, method: str = "uce", concepts: ConceptSet | Sequence[str] | str 
 
 
 __all__ = [
-    "ConceptSet", "Edit", "LayerEdit", "PipelineAdapter", "erase", "load_edit", "load_pipeline", "list_methods",
+    "ConceptSet", "Edit", "LayerEdit", "PipelineAdapter", "erase", "export", "load_edit", "load_pipeline", "list_methods",
     "get_method", "make_config", "register_method", "EraseKitError", "ConceptError", "ModelError", "MethodError", "EditFileError",
 ]

@@ -6,7 +6,7 @@
     erasekit generate --model M --edit e.safetensors --prompt "a painting by Van Gogh" --seed 0 --out grid.png
     erasekit evaluate --model M --edit e.safetensors [--suite target,paraphrase,...] [--judge tinyworld|nudenet|clip:PATH] --out DIR
     erasekit bench    --model tinyworld --methods uce,space --concepts circle,red,striped --out DIR
-    erasekit export   --model M --edit e.safetensors --out model-erased.safetensors   (A1111 / ComfyUI single file)
+    erasekit export   --model M --edit e.safetensors --format lora|lora-kohya|diff|diffusers|single-file --out PATH [--rank K]
 """
 
 from __future__ import annotations
@@ -334,18 +334,25 @@ def cmd_demo(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ._atomic import check_writable
-    from .models.ldm_export import export_single_file
+    from .export import ExportError, export
+    from .export._common import check_output, resolve_save_dtype
 
     _check_model_options(args)
-    check_writable(args.out, "checkpoint", "model.safetensors")
+    if args.format not in ("single-file", "diffusers") and not args.edit:
+        raise ExportError(f"--format {args.format} writes an edit: give --edit FILE")
+    if args.rank is not None and args.rank < 1:
+        raise ExportError(f"--rank must be >= 1, got {args.rank}")
+    resolve_save_dtype(args.save_dtype)
+    check_output(args.out, folder=args.format == "diffusers")  # before the (slow) model load
     edit = _load_edit_file(args.edit) if args.edit else None  # parsed before the model load
     pipe = _load(args)
     if edit is not None:
-        edit.apply(pipe)  # checked strictly against the model, then applied
-    out = export_single_file(pipe, args.out)
-    baked = f" with {edit!r} baked in" if edit is not None else ""
-    _info(f"wrote {out} ({out.stat().st_size:,} bytes, original LDM single-file layout){baked}")
+        edit.check_compatible(pipe)  # strict: the base weights this edit was made for
+    t0 = time.perf_counter()
+    res = export(edit if edit is not None else pipe, args.format, args.out, pipe=pipe if edit is not None else None, rank=args.rank,
+                 save_dtype=args.save_dtype, kohya_names=args.kohya_names, layout=args.layout, progress=True)
+    baked = f"; {edit!r} baked in" if edit is not None and args.format in ("single-file", "diffusers") else ""
+    _info(f"{res.describe()}{baked} in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
@@ -561,10 +568,21 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_common(b)
     b.set_defaults(func=cmd_bench)
 
-    x = sub.add_parser("export", help="write the model (with an edit applied) as one A1111 / ComfyUI .safetensors checkpoint (SD 1.x)")
+    x = sub.add_parser("export", help="write the edit where people run models: LoRA (diffusers / kohya), .diff, a merged diffusers folder, "
+                       "or an A1111 / ComfyUI single file (SD 1.x / 2.x / XL)")
     _add_model_options(x)
-    x.add_argument("--edit", default=None, help="edit file to apply before exporting (checked against the model first)")
-    x.add_argument("--out", required=True, help="single-file checkpoint to write (.safetensors); --dtype float16 halves it")
+    x.add_argument("--edit", default=None, help="edit file (checked strictly against the model first); required except for single-file / diffusers")
+    x.add_argument("--format", default="single-file", choices=("single-file", "diffusers", "lora", "lora-kohya", "diff"),
+                   help="single-file (default; whole model, edit baked in), diffusers (merged folder), lora (PEFT keys, "
+                        "pipe.load_lora_weights), lora-kohya (A1111 / ComfyUI), diff (full ΔW, kohya .diff)")
+    x.add_argument("--out", required=True, help="file to write (.safetensors); a new folder for --format diffusers")
+    x.add_argument("--rank", type=int, default=None, help="LoRA formats: largest rank; sparse / dense edits of higher numerical "
+                   "rank get a truncated-SVD LoRA (relative error reported and stored)")
+    x.add_argument("--save-dtype", default=None, help="float32, float16 or bfloat16 for the written tensors (default: float32 for "
+                   "edit formats, the model's --dtype for whole models)")
+    x.add_argument("--kohya-names", default=None, choices=("diffusers", "ldm"), help="lora-kohya / diff: module-name spelling "
+                   "(default ldm for SDXL, diffusers for SD 1.x / 2.x, as kohya's trainers write them)")
+    x.add_argument("--layout", default=None, choices=("sd1", "sd2", "sdxl"), help="single-file: checkpoint layout (default: from the model)")
     x.set_defaults(func=cmd_export)
     return p
 

@@ -394,6 +394,10 @@ class Edit:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Edit":
         """Read and fully validate an edit file; raises EditFileError naming what is wrong."""
+        from .export.lora_import import is_lora_export, read_lora_export
+
+        if is_lora_export(path):  # an erasekit LoRA export (erasekit export --format lora / lora-kohya) reads back too
+            return read_lora_export(path)
         return cls.from_parsed(*read_edit_file(path))
 
 

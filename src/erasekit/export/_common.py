@@ -1,0 +1,132 @@
+"""What every export format shares: its error type, result record, output-path checks and metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import EraseKitError
+
+META_KEY = "erasekit_export"  # safetensors metadata key of every erasekit export (a JSON document)
+META_FORMAT = "erasekit.export"
+META_VERSION = 1
+SAVE_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class ExportError(EraseKitError):
+    """The edit or pipeline cannot be written in the requested format, or the output cannot be written."""
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote: path, format, size on disk, and how faithfully it carries the edit."""
+
+    path: Path
+    format: str
+    nbytes: int
+    layers: int = 0  # edited layers the file carries (0: a whole model with nothing to report per layer)
+    rank: int | None = None  # largest LoRA rank written
+    rel_error: float | None = None  # ‖ΔW − B A‖_F / ‖ΔW‖_F over all layers (0 when exact)
+    exact: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = [f"wrote {self.path} ({self.nbytes:,} bytes, {self.format})"]
+        if self.layers:
+            parts.append(f"{self.layers} layers")
+        if self.rank is not None:
+            parts.append(f"rank ≤ {self.rank}")
+        if self.rel_error is not None:
+            parts.append("exact" if self.exact else f"relative error {self.rel_error:.4g} (truncated SVD)")
+        return ", ".join(parts) + "".join(f"\n  {n}" for n in self.notes)
+
+
+def resolve_save_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in SAVE_DTYPES:
+        raise ExportError(f"unknown save dtype {dtype!r}; choose float32, float16 or bfloat16")
+    return SAVE_DTYPES[dtype]
+
+
+def path_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Refuse, before any work, an output that cannot be written: a directory for a file, an existing
+    non-empty folder for a folder, or a location whose nearest existing folder is not writable."""
+    path = Path(path)
+    if folder:
+        if path.is_file():
+            raise ExportError(f"{str(path)!r} is an existing file; the diffusers format writes a folder: give a new folder path")
+        if path.is_dir() and any(path.iterdir()):
+            raise ExportError(f"folder {str(path)!r} already exists and is not empty; remove it or give a new folder path")
+    elif path.is_dir():
+        raise ExportError(f"{str(path)!r} is a directory; give a file name, e.g. {str(path / 'model.safetensors')!r}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ExportError(f"cannot write {str(path)!r}: {str(parent)!r} is a file, not a folder")
+    try:  # a real probe: os.access says yes to root on a read-only mount
+        fd, probe = tempfile.mkstemp(prefix=".erasekit-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ExportError(f"cannot write {str(path)!r}: folder {str(parent)!r} is not writable ({e.strerror})") from None
+    return path
+
+
+def write_error(path, e: OSError) -> ExportError:
+    return ExportError(f"could not write {str(path)!r}: {e.strerror or e}; nothing was written")
+
+
+def edit_record(edit) -> dict:
+    """The edit's identity as every export records it: method, config, concepts, base model and the
+    fingerprint of every edited layer's base weight (what ``load_edit`` checks a pipeline against)."""
+    meta = edit.metadata()
+    rec = {k: meta[k] for k in ("erasekit_version", "method", "config", "concepts", "base", "stats") if k in meta}
+    rec["layers"] = {p: {"kind": info["kind"], "shape": info["shape"], "fingerprint": info["fingerprint"]}
+                     for p, info in meta["layers"].items()}
+    return rec
+
+
+def export_metadata(export_format: str, **fields) -> dict:
+    from .. import __version__
+
+    return {"format": META_FORMAT, "format_version": META_VERSION, "export_format": export_format,
+            "erasekit_version": __version__, **fields}
+
+
+def content_sha256(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """SHA-256 over the canonical metadata (without this field) and every tensor's key, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "content_sha256"}, sort_keys=True).encode())
+    for key in sorted(tensors):
+        x = tensors[key].detach().to("cpu").contiguous()
+        h.update(f"|{key}|{x.dtype}|{tuple(x.shape)}|".encode())
+        h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+    return h.hexdigest()
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    """Write atomically (temp file + rename); an OSError becomes one clear ExportError and leaves nothing."""
+    from safetensors.torch import save_file
+
+    from .._atomic import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+    except OSError as e:
+        raise write_error(path, e) from None
+    return path

@@ -1,0 +1,51 @@
+"""``diffusers``: a merged diffusers folder (``save_pretrained``) with the edit baked into the UNet.
+
+Every other component is saved unchanged. The folder loads with
+``DiffusionPipeline.from_pretrained`` (and ``erasekit --model FOLDER``); ``erasekit_export.json``
+beside ``model_index.json`` records which edit was baked in. The folder is written under a
+temporary name and renamed into place, so an interrupted export leaves no half-written folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ._common import ExportResult, check_output, export_metadata, path_size, resolve_save_dtype, write_error
+
+RECORD_FILE = "erasekit_export.json"
+
+
+def write_folder(pipe, path, *, save_dtype=None, record: dict | None = None, progress: bool = False) -> ExportResult:
+    """``pipe.save_pretrained`` into a temporary sibling folder, then rename it to ``path``."""
+    from ..edit import Edit
+
+    path = check_output(path, folder=True)
+    cast = resolve_save_dtype(save_dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the folder gets the user's usual mode
+        target = pipe
+        if cast is not None and getattr(pipe, "dtype", None) != cast:
+            # A copy in the save dtype: the live pipeline keeps its own (casting back and forth would lose bits).
+            target = copy.deepcopy(pipe).to(dtype=cast)
+        target.save_pretrained(str(tmp), safe_serialization=True)
+        meta = export_metadata("diffusers", edits=[record] if record else [], applied=Edit.applied(pipe),
+                               save_dtype=str(cast or getattr(pipe, "dtype", "")).replace("torch.", ""))
+        (tmp / RECORD_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if path.is_dir():
+            path.rmdir()  # an empty folder (checked above) is replaced
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(path, "diffusers", path_size(path))
