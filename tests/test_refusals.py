@@ -189,9 +189,11 @@ def test_flipped_tensor_bytes_are_refused(saved_edit, tmp_path, tiny_pipes):
     _expect_refusal(tiny_pipes["sd"], bad, "checksum|NaN|CSR")
 
 
-def _rewrite(path, out, mutate_meta=None, mutate_tensors=None):
+def _rewrite(path, out, mutate_meta=None, mutate_tensors=None, rehash=False):
     from safetensors import safe_open
     from safetensors.torch import save_file
+
+    from erasekit.edit_format import content_sha256
 
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["erasekit"])
@@ -200,6 +202,8 @@ def _rewrite(path, out, mutate_meta=None, mutate_tensors=None):
         mutate_meta(meta)
     if mutate_tensors:
         mutate_tensors(tensors)
+    if rehash:  # a consistent rewrite: the checksum cannot catch it, the structural checks must
+        meta["content_sha256"] = content_sha256(meta, tensors)
     save_file(tensors, str(out), metadata={"erasekit": json.dumps(meta)})
     return out
 
@@ -224,32 +228,32 @@ def test_tampered_files_are_refused(saved_edit, tmp_path, tiny_pipes, mutate_met
 
 def test_consistent_but_wrong_structure_is_refused(saved_edit, tmp_path, tiny_pipes):
     """Even with a recomputed checksum, a missing/extra tensor or a wrong shape is caught."""
-    from erasekit.edit import _content_sha256
-
     _, path = saved_edit
+    first = [None]
 
-    def drop_and_rehash(meta_holder):
-        def mt(t):
-            t.pop(f"{_first(meta_holder[0])}.weight.values")
-            meta_holder[0]["content_sha256"] = _content_sha256(t)
-        return mt
-
-    holder = [None]
     def grab(m):
-        holder[0] = m
-    bad = _rewrite(path, tmp_path / "a.safetensors", grab, drop_and_rehash(holder))
+        first[0] = _first(m)
+
+    def drop(t):
+        t.pop(f"{first[0]}.weight.values")
+
+    bad = _rewrite(path, tmp_path / "a.safetensors", grab, drop, rehash=True)
     _expect_refusal(tiny_pipes["sd"], bad, "missing tensor")
 
     def extra(t):
         t["stowaway"] = torch.zeros(3)
-        holder[0]["content_sha256"] = _content_sha256(t)
-    bad = _rewrite(path, tmp_path / "b.safetensors", grab, extra)
+
+    bad = _rewrite(path, tmp_path / "b.safetensors", None, extra, rehash=True)
     _expect_refusal(tiny_pipes["sd"], bad, "unexpected tensor")
 
     def wrong_shape(m):
         m["layers"][_first(m)]["shape"][0] += 1
-    bad = _rewrite(path, tmp_path / "c.safetensors", wrong_shape)
-    _expect_refusal(tiny_pipes["sd"], bad, "CSR structure")
+        m["layers"][_first(m)]["fingerprint"]["shape"][0] += 1
+
+    bad = _rewrite(path, tmp_path / "c.safetensors", wrong_shape, rehash=True)
+    _expect_refusal(tiny_pipes["sd"], bad, "CSR crow_indices")
+    bad = _rewrite(path, tmp_path / "d.safetensors", wrong_shape)
+    _expect_refusal(tiny_pipes["sd"], bad, "checksum")
 
 
 def test_not_an_edit_file(tmp_path, tiny_pipes):
@@ -284,7 +288,7 @@ def test_edit_on_modified_layers_names_the_applied_edit(tiny_pipes):
     b = erasekit.erase(pipe, method="uce", concepts=["dog"], progress=False)
     a.apply(pipe)
     try:
-        with pytest.raises(EditFileError, match="Another edit is applied"):
+        with pytest.raises(EditFileError, match="already carry an applied edit.*stack=True"):
             b.apply(pipe)
     finally:
         a.revert(pipe)

@@ -82,6 +82,51 @@ def _info(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+# ------------------------------------------------- checks before the model load
+def _check_model_options(args) -> None:
+    from .models.loading import resolve_dtype
+
+    resolve_dtype(args.dtype)  # ModelError naming the choices
+
+
+def _check_positive(args, *names: str, minimum: int = 1) -> None:
+    from .errors import EraseKitError
+
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v < minimum:
+            raise EraseKitError(f"--{name.replace('_', '-')} must be >= {minimum}, got {v}")
+
+
+def _check_finite(args, *names: str) -> None:
+    import math
+
+    from .errors import EraseKitError
+
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and not math.isfinite(v):
+            raise EraseKitError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+
+
+def _check_image_size(pipe, height: int | None, width: int | None) -> None:
+    """Sizes must be positive multiples of the VAE's downscaling factor (checked right after the load)."""
+    from .errors import EraseKitError
+
+    factor = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    for name, v in (("height", height), ("width", width)):
+        if v is not None and (v <= 0 or v % factor):
+            fix = max(factor, round(v / factor) * factor)
+            raise EraseKitError(f"{name} must be a positive multiple of {factor} (the VAE's downscaling factor), got {v}; try {fix}")
+
+
+def _load_edit_file(path: str):
+    """Parse an edit file before the model load: a bad file fails in milliseconds, not after it."""
+    from .edit import Edit
+
+    return Edit.load(path)
+
+
 # ---------------------------------------------------------------- commands
 def cmd_methods(args) -> int:
     from rich.console import Console
@@ -113,6 +158,7 @@ def cmd_methods(args) -> int:
 def cmd_erase(args) -> int:
     import erasekit
 
+    from ._atomic import check_writable
     from .concepts import ConceptSet
     from .methods import make_config
 
@@ -127,7 +173,9 @@ def cmd_erase(args) -> int:
     concept_opts, options = split_concept_options(resolved)
     concepts = ConceptSet(erase=tuple(args.erase or ()), kind=args.kind, guide=_guide(args.guide), preserve=tuple(args.preserve or ()),
                           templates=concept_opts.get("templates", False))
-    make_config(args.method, **options)  # refuse bad options before the (slow) model load
+    make_config(args.method, **options)  # refuse bad options (NaN / Inf included) before the (slow) model load
+    _check_model_options(args)
+    check_writable(args.out, "edit file")  # before the fit, not after it
     if record["applied"]:
         _info("defaults (" + record["source"] + "): " + ", ".join(f"{k}={v['value']}" for k, v in record["applied"].items()))
     pipe = _load(args)
@@ -152,7 +200,14 @@ def _parse_sets(items: list[str]) -> dict:
         if not sep or name not in fields:
             raise MethodError(f"--set expects OPTION=VALUE with a method option ({', '.join(sorted(fields))}), got {item!r}")
         kind = _field_type(fields[name])
-        out[name] = value.lower() in ("1", "true", "yes") if kind == "bool" else kind(value)
+        if kind == "bool":
+            out[name] = value.lower() in ("1", "true", "yes")
+            continue
+        try:
+            out[name] = kind(value)
+        except ValueError:
+            want = "an integer" if kind is int else "a number" if kind is float else "a value"
+            raise MethodError(f"--set {name}= expects {want}, got {value!r}") from None
     return out
 
 
@@ -215,13 +270,20 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .edit import load_edit
+    from ._atomic import atomic_path, check_writable
     from .generate import generate, image_grid
 
+    _check_model_options(args)
+    _check_positive(args, "steps", "height", "width")
+    _check_finite(args, "guidance")
+    check_writable(args.out, "image grid", "grid.png")
+    edit = _load_edit_file(args.edit) if args.edit else None
     pipe = _load(args)
+    _check_image_size(pipe, args.height, args.width)
     prompts, seeds = args.prompt, args.seed or [0]
     kw = dict(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width)
-    edit = load_edit(args.edit, pipe, apply=False) if args.edit else None
+    if edit is not None:
+        edit.check_compatible(pipe)
     before = generate(pipe, prompts, seeds, **kw)
     columns, images = ["unedited"], [before]
     if edit is not None:
@@ -236,8 +298,8 @@ def cmd_generate(args) -> int:
         rows.append([col[i] for col in images])
         labels.append(f"{p[:40]} | seed {s}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(rows, labels, columns).save(out)
+    with atomic_path(out) as tmp:
+        image_grid(rows, labels, columns).save(tmp, format="PNG")
     _info(f"wrote {out} ({len(rows)} rows: {' | '.join(columns)})")
     return 0
 
@@ -248,7 +310,11 @@ def cmd_demo(args) -> int:
 
     from .demo import run_demo
 
+    from .methods import make_config
+
     options = _parse_sets(args.set or [])
+    make_config(args.method, **options)  # before the model load
+    _check_positive(args, "n", "steps")
     res = run_demo(concept=args.concept, method=args.method, n=args.n, steps=args.steps, out_dir=args.out,
                    published_defaults=args.published_defaults, **options)
     t = Table(title=f"erasekit demo: {res.method} erases '{res.concept}' from tinyworld (same seeds, tinyworld judge)")
@@ -262,11 +328,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .edit import load_edit
+    from ._atomic import check_writable
     from .models.ldm_export import export_single_file
 
+    _check_model_options(args)
+    check_writable(args.out, "checkpoint", "model.safetensors")
+    edit = _load_edit_file(args.edit) if args.edit else None  # parsed before the model load
     pipe = _load(args)
-    edit = load_edit(args.edit, pipe) if args.edit else None  # checked strictly, then applied
+    if edit is not None:
+        edit.apply(pipe)  # checked strictly against the model, then applied
     out = export_single_file(pipe, args.out)
     baked = f" with {edit!r} baked in" if edit is not None else ""
     _info(f"wrote {out} ({out.stat().st_size:,} bytes, original LDM single-file layout){baked}")
@@ -296,6 +366,15 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _check_eval_args(args) -> None:
+    from ._atomic import check_writable
+
+    _check_model_options(args)
+    _check_positive(args, "steps", "height", "width", "n", "seeds", "batch_size", "search_steps", "bootstrap")
+    _check_finite(args, "guidance", "eta", "threshold")
+    check_writable(Path(args.out) / "results.json", "results file")
+
+
 def _eval_setup(args):
     """(pipeline, judge, Plan, GenerationSettings) from the common evaluation options."""
     from accelerate import PartialState
@@ -304,6 +383,7 @@ def _eval_setup(args):
     from .evaluate.plan import Plan, parse_kinds
     from .evaluate.runner import GenerationSettings
 
+    _check_eval_args(args)
     state = PartialState(cpu=args.device == "cpu")
     if args.device.startswith("cuda") and state.num_processes > 1:
         args.device = str(state.device)  # one GPU per process under accelerate launch
@@ -334,17 +414,17 @@ def _eval_finish(args, results, title: str, extra: dict | None = None) -> int:
 
 def cmd_evaluate(args) -> int:
     from .concepts import ConceptSet
-    from .edit import load_edit
     from .evaluate.plan import make_study
     from .evaluate.runner import evaluate
     from .evaluate.suites import load_prompts
 
+    edit_files = [_load_edit_file(path) for path in args.edit]  # every file parsed before the model load
     pipe, judge, plan, settings = _eval_setup(args)
     extra = [load_prompts(args.prompts, kind=args.prompts_kind, sha256=args.sha256, seed=args.seed, limit=args.limit,
                           concepts=args.prompts_concept.split(",") if args.prompts_concept else None)] if args.prompts else []
     groups: dict[str, tuple[ConceptSet, dict]] = {}
-    for path in args.edit:
-        edit = load_edit(path, pipe, apply=False)
+    for path, edit in zip(args.edit, edit_files):
+        edit.check_compatible(pipe)
         cs = ConceptSet.from_dict(edit.concepts)
         name = ", ".join(cs.erase)
         runs = groups.setdefault(name, (cs, {}))[1]
@@ -492,6 +572,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EraseKitError as e:
         print(f"erasekit: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("erasekit: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except OSError as e:  # a full disk, a vanished folder: every write is atomic, so nothing partial is left
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"erasekit: error: {e.strerror or e}{where}; no partial file was written", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

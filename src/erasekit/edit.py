@@ -1,22 +1,21 @@
-"""Edit: the result of every method — new cross-attention weights, stored compactly.
+"""Edit: the result of every method — new UNet parameters, stored compactly.
 
-Per layer the new weight is kept as one of three storage kinds (DESIGN §6):
+Per edited parameter the new value is kept as one of three storage kinds (DESIGN §6):
 
-* ``dense``   — ``<path>.weight``                                   (d_out, d_in)
-* ``csr``     — ``<path>.weight.crow_indices / .col_indices / .values``: the new weight itself
+* ``dense``   — ``<module>.<param>``, any rank (a Linear or Conv2d weight, a bias)
+* ``csr``     — ``<module>.weight.crow_indices / .col_indices / .values``: the new matrix itself
   is sparse (SPACE), values fp32 + int32 indices
-* ``lowrank`` — ``<path>.weight.lora_B`` (d_out, r) and ``.lora_A`` (r, d_in): W = W0 + B A
+* ``lowrank`` — ``<module>.weight.lora_B`` (d_out, r) and ``.lora_A`` (r, d_in): W = W0 + B A
 
-An edit file is one ``.safetensors`` file whose metadata holds a single JSON document
-(method, config, concepts, base model, per-layer shape / dtype / fingerprint / statistics,
-and a SHA-256 of the tensor contents). Loading is strict and changes nothing on failure;
-applying records the original weights so that :meth:`Edit.revert` restores the exact bytes.
+The file format and its one parser live in :mod:`erasekit.edit_format`. Applying is a
+transaction: every new value is materialised in the pipeline's dtype and checked before
+anything is written, the originals are recorded, and any failure midway (Ctrl-C included)
+restores them; :meth:`Edit.revert` restores the exact original bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +24,14 @@ from typing import Any, Iterable
 import torch
 
 from ._atomic import atomic_path
+from .edit_format import (FLOAT_DTYPES, FORMAT, FORMAT_VERSION, STORAGE_KINDS, EditMeta, Fingerprint, canonical_json,
+                          content_sha256, layer_key, parse_metadata, read_edit_file, suffixes, tensor_digest, thaw)
 from .errors import EditFileError
 from .models.adapter import fingerprints_match, weight_fingerprint
 
-FORMAT = "erasekit.edit"
-FORMAT_VERSION = 1
-STORAGE_KINDS = ("dense", "csr", "lowrank")
-_SUFFIXES = {
-    "dense": ("weight",),
-    "csr": ("weight.crow_indices", "weight.col_indices", "weight.values"),
-    "lowrank": ("weight.lora_A", "weight.lora_B"),
-}
-_APPLIED_ATTR = "_erasekit_applied"  # stack of (edit id, {path: original weight on cpu}) kept on the UNet
+__all__ = ["Edit", "LayerEdit", "load_edit", "FORMAT", "FORMAT_VERSION", "STORAGE_KINDS"]
+
+_APPLIED_ATTR = "_erasekit_applied"  # list of _Record kept on the UNet, oldest first
 
 
 def _version() -> str:
@@ -45,24 +40,42 @@ def _version() -> str:
     return __version__
 
 
+def _content_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Digest of the tensors alone (format 1's checksum; still a stable id of an edit's contents)."""
+    return tensor_digest(tensors)
+
+
 @dataclass
 class LayerEdit:
-    """The new weight of one Linear layer, in one storage kind."""
+    """The new value of one UNet parameter (``path``'s ``param``), in one storage kind."""
 
     path: str
     kind: str
-    shape: tuple[int, int]
-    tensors: dict[str, torch.Tensor]  # suffix -> tensor
+    shape: tuple[int, ...]
+    tensors: dict[str, torch.Tensor]  # suffix relative to the module ("weight", "weight.values", ...) -> tensor
     stats: dict[str, Any] = field(default_factory=dict)
+    param: str = "weight"
+
+    def __post_init__(self) -> None:
+        self.tensors = {k: v.detach() for k, v in self.tensors.items()}  # never keep autograd state (ACE)
+        self.shape = tuple(int(s) for s in self.shape)
+
+    @property
+    def key(self) -> str:
+        """This entry's name in an Edit and in the file: the module path, plus ``.param`` unless it is 'weight'."""
+        return layer_key(self.path, self.param)
 
     @classmethod
-    def dense(cls, path: str, weight: torch.Tensor, **stats) -> "LayerEdit":
+    def dense(cls, path: str, weight: torch.Tensor, param: str = "weight", **stats) -> "LayerEdit":
+        """The new value of ``path``'s ``param`` as is (any rank: Linear / Conv2d weights, biases)."""
         w = weight.detach().to("cpu", torch.float32).contiguous()
-        return cls(path, "dense", tuple(w.shape), {"weight": w}, stats)
+        return cls(path, "dense", tuple(w.shape), {param: w}, stats, param)
 
     @classmethod
     def csr(cls, path: str, weight: torch.Tensor, **stats) -> "LayerEdit":
         w = weight.detach().to("cpu", torch.float32)
+        if w.dim() != 2:
+            raise ValueError(f"CSR storage holds a matrix, got shape {tuple(w.shape)}")
         nz = w != 0  # exact zeros of the solver's output are not stored
         counts = nz.sum(dim=1)
         tensors = {
@@ -76,7 +89,7 @@ class LayerEdit:
     def lowrank(cls, path: str, lora_B: torch.Tensor, lora_A: torch.Tensor, **stats) -> "LayerEdit":
         B = lora_B.detach().to("cpu", torch.float32).contiguous()  # (d_out, r)
         A = lora_A.detach().to("cpu", torch.float32).contiguous()  # (r, d_in)
-        if B.shape[1] != A.shape[0]:
+        if B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0]:
             raise ValueError(f"low-rank factors do not chain: B {tuple(B.shape)} and A {tuple(A.shape)}")
         return cls(path, "lowrank", (B.shape[0], A.shape[1]), {"weight.lora_B": B, "weight.lora_A": A}, stats)
 
@@ -85,80 +98,94 @@ class LayerEdit:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
     @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
     def rank(self) -> int | None:
-        return self.tensors["weight.lora_A"].shape[0] if self.kind == "lowrank" else None
+        return self.tensors[f"{self.param}.lora_A"].shape[0] if self.kind == "lowrank" else None
+
+    def _exact(self, base: torch.Tensor) -> torch.Tensor:
+        """The new value on cpu: float32 for dense / CSR, float64 for a low-rank delta (W0 + B A)."""
+        p, t = self.param, self.tensors
+        if self.kind == "dense":
+            return t[p]
+        if self.kind == "csr":
+            crow = t[f"{p}.crow_indices"].to(torch.int64)
+            rows = torch.repeat_interleave(torch.arange(self.shape[0]), crow[1:] - crow[:-1])  # (nnz,)
+            dense = torch.zeros(self.shape, dtype=torch.float32)
+            dense[rows, t[f"{p}.col_indices"].to(torch.int64)] = t[f"{p}.values"]
+            return dense
+        B, A = t[f"{p}.lora_B"].double(), t[f"{p}.lora_A"].double()  # (d_out, r), (r, d_in)
+        return base.detach().to("cpu", torch.float64) + B @ A
 
     def materialize(self, base: torch.Tensor) -> torch.Tensor:
-        """The new weight, float32 on cpu, given the live base weight (used by low-rank deltas)."""
-        if self.kind == "dense":
-            return self.tensors["weight"]
-        if self.kind == "csr":
-            t = self.tensors
-            crow = t["weight.crow_indices"].to(torch.int64)
-            rows = torch.repeat_interleave(torch.arange(self.shape[0]), crow[1:] - crow[:-1])
-            dense = torch.zeros(self.shape, dtype=torch.float32)
-            dense[rows, t["weight.col_indices"].to(torch.int64)] = t["weight.values"]
-            return dense
-        B, A = self.tensors["weight.lora_B"], self.tensors["weight.lora_A"]
-        return (base.detach().to("cpu", torch.float64) + B.double() @ A.double()).to(torch.float32)
+        """The new value, float32 on cpu, given the live base value (used by low-rank deltas)."""
+        return self._exact(base).to(torch.float32)
 
-    def validate(self) -> None:
-        """Structural checks of the stored tensors; raises EditFileError naming the problem."""
-        d_out, d_in = self.shape
-        t = self.tensors
-        expected = set(_SUFFIXES[self.kind])
-        if set(t) != expected:
-            raise EditFileError(f"layer {self.path!r}: tensors {sorted(t)} do not match storage kind {self.kind!r} (expected {sorted(expected)})")
-        for name, x in t.items():
-            if x.is_floating_point() and not torch.isfinite(x).all():
-                raise EditFileError(f"layer {self.path!r}: tensor {name!r} contains NaN or Inf")
-        if self.kind == "dense" and tuple(t["weight"].shape) != (d_out, d_in):
-            raise EditFileError(f"layer {self.path!r}: weight has shape {tuple(t['weight'].shape)}, metadata says {(d_out, d_in)}")
-        if self.kind == "lowrank":
-            B, A = t["weight.lora_B"], t["weight.lora_A"]
-            if B.dim() != 2 or A.dim() != 2 or B.shape[0] != d_out or A.shape[1] != d_in or B.shape[1] != A.shape[0]:
-                raise EditFileError(f"layer {self.path!r}: low-rank factors B {tuple(B.shape)}, A {tuple(A.shape)} do not make a {(d_out, d_in)} matrix")
-        if self.kind == "csr":
-            crow, col, val = t["weight.crow_indices"], t["weight.col_indices"], t["weight.values"]
-            if crow.dtype not in (torch.int32, torch.int64) or col.dtype not in (torch.int32, torch.int64):
-                raise EditFileError(f"layer {self.path!r}: CSR indices must be integers")
-            nnz = col.numel()
-            ok = (
-                crow.dim() == 1 and crow.numel() == d_out + 1 and int(crow[0]) == 0 and int(crow[-1]) == nnz
-                and val.numel() == nnz and bool((crow[1:] >= crow[:-1]).all())
-                and (nnz == 0 or (int(col.min()) >= 0 and int(col.max()) < d_in))
-            )
-            if not ok:
-                raise EditFileError(f"layer {self.path!r}: CSR structure is inconsistent with shape {(d_out, d_in)} (corrupted file?)")
+    def materialize_as(self, base: torch.Tensor) -> torch.Tensor:
+        """The new value in ``base``'s dtype and device; EditFileError if it is not finite there."""
+        exact = self._exact(base)
+        if not bool(torch.isfinite(exact).all()):
+            raise EditFileError(f"layer {self.key!r}: the new weight is not finite (the low-rank product B·A overflows)")
+        out = exact.to(dtype=base.dtype)
+        if not bool(torch.isfinite(out).all()):
+            dt = str(base.dtype).replace("torch.", "")
+            raise EditFileError(
+                f"layer {self.key!r}: the new weight overflows {dt} (largest |w| {float(exact.abs().max()):.4g}, "
+                f"{dt} holds up to {torch.finfo(base.dtype).max:.6g}); load the model in float32 or bfloat16")
+        return out.to(base.device)
 
 
-def _content_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        x = tensors[key].contiguous()
-        h.update(f"{key}|{x.dtype}|{tuple(x.shape)}|".encode())
-        h.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
-    return h.hexdigest()
+@dataclass
+class _Record:
+    edit_id: int
+    description: str
+    originals: dict[str, tuple[str, str, torch.Tensor]]  # key -> (module, param, original value on cpu)
+
+
+def _jsonable(x: Any) -> Any:
+    """Free-form statistics as JSON: tensors / numpy scalars to numbers, NaN / Inf to null."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor) and x.numel() == 1:
+        x = x.item()
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        try:
+            x = x.item()
+        except (TypeError, ValueError):
+            pass
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 class Edit:
-    """A concept-erasure edit of a pipeline's cross-attention weights.
+    """A concept-erasure edit of a pipeline's UNet parameters.
 
     Build one with :func:`erasekit.erase`, apply it to a live pipeline with :meth:`apply`,
     undo it bit-exactly with :meth:`revert`, store it with :meth:`save` and read it back
-    with :func:`erasekit.load_edit`.
+    with :func:`erasekit.load_edit`. ``layers`` and ``fingerprints`` are keyed by
+    :attr:`LayerEdit.key` (the module path for weights).
     """
 
     def __init__(self, method: str, config: dict, concepts: dict, base: dict, layers: Iterable[LayerEdit],
-                 fingerprints: dict[str, dict], stats: dict | None = None):
+                 fingerprints: dict[str, dict], stats: dict | None = None, *, compute_dtype: str | None = None):
         self.method = method
         self.config = config
         self.concepts = concepts
         self.base = base
-        self.layers: dict[str, LayerEdit] = {le.path: le for le in layers}
-        self.fingerprints = fingerprints
+        self.layers: dict[str, LayerEdit] = {}
+        for le in layers:
+            if le.key in self.layers:
+                raise ValueError(f"two entries for {le.key!r}")
+            self.layers[le.key] = le
+        self.fingerprints = {k: (v.to_json() if isinstance(v, Fingerprint) else v) for k, v in fingerprints.items()}
         self.stats = stats or {}
-        missing = set(self.layers) - set(fingerprints)
+        self.compute_dtype = compute_dtype
+        missing = set(self.layers) - set(self.fingerprints)
         if missing:
             raise ValueError(f"no base fingerprint for layers {sorted(missing)[:3]}")
 
@@ -169,16 +196,16 @@ class Edit:
 
     @property
     def dense_nbytes(self) -> int:
-        """What the same layers take as dense fp32 weights."""
-        return sum(4 * le.shape[0] * le.shape[1] for le in self.layers.values())
+        """What the same parameters take as dense fp32 values."""
+        return sum(4 * le.numel for le in self.layers.values())
 
     def sparsity(self) -> float | None:
         """Share of exact zeros over CSR layers (None when no layer is sparse)."""
         csr = [le for le in self.layers.values() if le.kind == "csr"]
         if not csr:
             return None
-        total = sum(le.shape[0] * le.shape[1] for le in csr)
-        return 1.0 - sum(le.tensors["weight.values"].numel() for le in csr) / total
+        total = sum(le.numel for le in csr)
+        return 1.0 - sum(le.tensors[f"{le.param}.values"].numel() for le in csr) / total
 
     def summary(self) -> dict:
         kinds: dict[str, int] = {}
@@ -193,39 +220,68 @@ class Edit:
             "sparsity": self.sparsity(),
             "bytes": self.nbytes,
             "dense_fp32_bytes": self.dense_nbytes,
+            "compute_dtype": self.compute_dtype,
             "stats": self.stats,
         }
 
     def __repr__(self) -> str:
-        erase = ", ".join(self.concepts.get("erase", []))
+        erase = self.concepts.get("erase", []) if isinstance(self.concepts, dict) else []
+        erase = ", ".join(str(c) for c in erase) if isinstance(erase, (list, tuple)) else str(erase)
         return f"Edit(method={self.method!r}, erase=[{erase}], layers={len(self.layers)}, bytes={self.nbytes:,})"
 
     # ------------------------------------------------------- apply / revert
-    def check_compatible(self, pipe) -> None:
-        """Raise EditFileError unless every edited layer exists in ``pipe`` with the base weights this edit was made for."""
+    @staticmethod
+    def _records(unet) -> list[_Record]:
+        return getattr(unet, _APPLIED_ATTR, None) or []
+
+    def _live(self, unet, le: LayerEdit):
+        """The live parameter tensor ``le`` edits, or a string saying why there is none."""
+        try:
+            module = unet.get_submodule(le.path)
+        except AttributeError:
+            return f"{le.key}: no such module"
+        p = getattr(module, le.param, None)
+        if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+            return f"{le.key}: {type(module).__name__} has no floating-point parameter {le.param!r}"
+        if tuple(p.shape) != tuple(le.shape):
+            return f"{le.key}: shape {tuple(p.shape)} != {tuple(le.shape)}"
+        return p
+
+    def check_compatible(self, pipe, *, stack: bool = False) -> None:
+        """Raise EditFileError unless every edited parameter exists in ``pipe`` with the base values this edit was made for.
+
+        A parameter that already carries an applied edit is refused unless ``stack``; with
+        ``stack`` its fingerprint is checked against the value it had before the first edit.
+        """
         unet = getattr(pipe, "unet", None)
-        if unet is None:
+        if unet is None or not hasattr(unet, "get_submodule"):
             raise EditFileError(f"{type(pipe).__name__} has no UNet; this edit is for a {self.base.get('pipeline', 'diffusers UNet')} pipeline")
+        records = self._records(unet)
+        if any(r.edit_id == id(self) for r in records):
+            raise EditFileError(f"{self!r} is already applied to this pipeline; revert it before applying it again")
+        carried: dict[str, tuple[torch.Tensor, str]] = {}
+        for r in records:
+            for key, (_, _, w0) in r.originals.items():
+                carried.setdefault(key, (w0, r.description))  # the oldest record holds the base value
+        if not stack:
+            overlap = [k for k in self.layers if k in carried]
+            if overlap:
+                raise EditFileError(
+                    f"{len(overlap)} of {len(self.layers)} layers already carry an applied edit ({carried[overlap[0]][1]}); "
+                    "revert it first, or pass stack=True to apply this edit on top of it on purpose")
         problems = []
-        for path, le in self.layers.items():
-            try:
-                lin = unet.get_submodule(path)
-            except AttributeError:
-                problems.append(f"{path}: no such layer")
+        for key, le in self.layers.items():
+            live = self._live(unet, le)
+            if isinstance(live, str):
+                problems.append(live)
                 continue
-            w = getattr(lin, "weight", None)
-            if w is None or tuple(w.shape) != tuple(le.shape):
-                problems.append(f"{path}: shape {None if w is None else tuple(w.shape)} != {tuple(le.shape)}")
-                continue
-            same, _ = fingerprints_match(self.fingerprints[path], weight_fingerprint(w))
+            base = carried[key][0] if key in carried else live
+            same, _ = fingerprints_match(self.fingerprints[key], weight_fingerprint(base))
             if not same:
-                problems.append(f"{path}: weights differ from the base model the edit was made for")
+                problems.append(f"{key}: weights differ from the base model the edit was made for")
         if problems:
-            stack = getattr(unet, _APPLIED_ATTR, [])
-            hint = (
-                f" Another edit is applied to this pipeline ({stack[-1][1]}); revert it first."
-                if stack else " Load the base model named in the edit file (erasekit inspect shows it)."
-            )
+            hint = (f" Another edit is applied to this pipeline ({records[-1].description}); revert it first."
+                    if records else " Load the base model named in the edit file (erasekit inspect shows it).")
             base = self.base.get("name_or_path") or self.base.get("pipeline")
             raise EditFileError(
                 f"this edit does not fit the pipeline ({len(problems)} of {len(self.layers)} layers differ; edit made for {base!r}): "
@@ -233,47 +289,60 @@ class Edit:
             )
 
     @torch.no_grad()
-    def apply(self, pipe) -> "Edit":
-        """Write the new weights into ``pipe``'s UNet (in place); checked first, all-or-nothing."""
-        self.check_compatible(pipe)
+    def apply(self, pipe, *, stack: bool = False) -> "Edit":
+        """Write the new values into ``pipe``'s UNet, in place, as one transaction.
+
+        Every check runs and every new value is materialised in the live dtype first (a value
+        that overflows it is refused); then the originals are recorded and the values written.
+        Any exception midway, Ctrl-C included, restores the originals and leaves no record.
+        A parameter that already carries an edit is refused unless ``stack=True``.
+        """
+        self.check_compatible(pipe, stack=stack)
         unet = pipe.unet
-        stack = getattr(unet, _APPLIED_ATTR, None)
-        if stack is None:
-            stack = []
-            setattr(unet, _APPLIED_ATTR, stack)
-        originals, new = {}, {}
-        for path, le in self.layers.items():
-            w = unet.get_submodule(path).weight
-            originals[path] = w.detach().to("cpu", copy=True)
-            new[path] = le.materialize(w).to(device=w.device, dtype=w.dtype)
-        for path, value in new.items():  # all computed before anything is written
-            unet.get_submodule(path).weight.copy_(value)
-        stack.append((id(self), repr(self), originals))
+        live = {key: self._live(unet, le) for key, le in self.layers.items()}
+        new = {key: le.materialize_as(live[key]) for key, le in self.layers.items()}
+        record = _Record(id(self), repr(self),
+                         {key: (le.path, le.param, live[key].detach().to("cpu", copy=True)) for key, le in self.layers.items()})
+        records = getattr(unet, _APPLIED_ATTR, None)
+        if records is None:
+            records = []
+            setattr(unet, _APPLIED_ATTR, records)
+        records.append(record)
+        try:
+            for key, value in new.items():
+                live[key].copy_(value)
+        except BaseException:
+            for key, (_, _, w0) in record.originals.items():
+                live[key].copy_(w0)
+            records.remove(record)
+            raise
         return self
 
     @torch.no_grad()
     def revert(self, pipe) -> None:
-        """Restore the exact original bytes of every layer this edit changed."""
-        stack = getattr(pipe.unet, _APPLIED_ATTR, [])
-        ids = [s[0] for s in stack]
+        """Restore the exact original bytes of every parameter this edit changed."""
+        records = self._records(getattr(pipe, "unet", None))
+        ids = [r.edit_id for r in records]
         if id(self) not in ids:
             raise EditFileError("this edit is not applied to this pipeline; nothing to revert")
         if ids[-1] != id(self):
-            raise EditFileError(f"another edit was applied after this one ({stack[-1][1]}); revert that one first")
-        _, _, originals = stack.pop()
-        for path, w0 in originals.items():
-            pipe.unet.get_submodule(path).weight.copy_(w0)
+            raise EditFileError(f"another edit was applied after this one ({records[-1].description}); revert that one first")
+        record = records[-1]
+        for module, param, w0 in record.originals.values():
+            getattr(pipe.unet.get_submodule(module), param).copy_(w0)
+        records.pop()
 
     @staticmethod
     def applied(pipe) -> list[str]:
         """Descriptions of the edits currently applied to ``pipe``, oldest first."""
-        return [s[1] for s in getattr(pipe.unet, _APPLIED_ATTR, [])]
+        return [r.description for r in Edit._records(getattr(pipe, "unet", None))]
 
     # ------------------------------------------------------------- storage
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return {f"{path}.{suffix}": t for path, le in self.layers.items() for suffix, t in le.tensors.items()}
+        return {f"{le.path}.{suffix}": t for le in self.layers.values() for suffix, t in le.tensors.items()}
 
     def metadata(self) -> dict:
+        """The format-2 metadata document, without its checksum."""
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -282,82 +351,62 @@ class Edit:
             "config": self.config,
             "concepts": self.concepts,
             "base": self.base,
-            "stats": self.stats,
+            "stats": _jsonable(self.stats),
+            "compute_dtype": self.compute_dtype,
             "layers": {
-                path: {"kind": le.kind, "shape": list(le.shape), "fingerprint": self.fingerprints[path], "stats": le.stats}
-                for path, le in self.layers.items()
+                key: {"kind": le.kind, "param": le.param, "shape": list(le.shape), "fingerprint": self.fingerprints[key],
+                      "stats": _jsonable(le.stats)}
+                for key, le in self.layers.items()
             },
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the edit as one safetensors file (atomically: temp file + rename)."""
+        """Write the edit as one safetensors file, atomically; the metadata is parsed back before writing."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        tensors = self._tensors()
+        if self.compute_dtype is not None and self.compute_dtype not in FLOAT_DTYPES:
+            raise EditFileError(f"compute_dtype must be one of {FLOAT_DTYPES} or None, got {self.compute_dtype!r}")
+        tensors = {k: t.contiguous() for k, t in self._tensors().items()}
         meta = self.metadata()
-        meta["content_sha256"] = _content_sha256(tensors)
+        try:
+            meta["content_sha256"] = content_sha256(meta, tensors)
+            text = canonical_json(meta)
+        except (TypeError, ValueError) as e:
+            raise EditFileError(f"cannot save this edit: its metadata is not plain JSON ({e})") from None
+        try:
+            parse_metadata(text, tensors)
+        except EditFileError as e:
+            raise EditFileError(f"refusing to write an edit file the reader would refuse: {e}") from None
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"erasekit": json.dumps(meta, sort_keys=True)})
+            save_file(tensors, str(tmp), metadata={"erasekit": text})
         return path
+
+    @classmethod
+    def from_parsed(cls, meta: EditMeta, tensors: dict[str, torch.Tensor]) -> "Edit":
+        layers = [LayerEdit(lm.module, lm.kind, lm.shape, {s: tensors[k] for s, k in lm.tensor_keys.items()},
+                            thaw(lm.stats), lm.param) for lm in meta.layers]
+        edit = cls(meta.method, thaw(meta.config), thaw(meta.concepts), thaw(meta.base), layers,
+                   {lm.key: lm.fingerprint.to_json() for lm in meta.layers}, thaw(meta.stats), compute_dtype=meta.compute_dtype)
+        edit.format_version = meta.format_version
+        return edit
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Edit":
         """Read and fully validate an edit file; raises EditFileError naming what is wrong."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise EditFileError(f"edit file {str(path)!r} does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types for truncated / garbled files
-            raise EditFileError(f"{str(path)!r} is not a readable safetensors file (truncated or corrupted?): {e}") from None
-        if "erasekit" not in header:
-            raise EditFileError(f"{str(path)!r} is a safetensors file but not an erasekit edit (no 'erasekit' metadata)")
-        try:
-            meta = json.loads(header["erasekit"])
-        except json.JSONDecodeError as e:
-            raise EditFileError(f"{str(path)!r}: edit metadata is not valid JSON ({e}); the file is corrupted") from None
-        if meta.get("format") != FORMAT:
-            raise EditFileError(f"{str(path)!r}: unknown format {meta.get('format')!r}")
-        if int(meta.get("format_version", -1)) > FORMAT_VERSION:
-            raise EditFileError(
-                f"{str(path)!r} uses edit format v{meta.get('format_version')}, this erasekit reads up to v{FORMAT_VERSION}; upgrade erasekit"
-            )
-        if meta.get("content_sha256") != _content_sha256(tensors):
-            raise EditFileError(f"{str(path)!r}: tensor contents do not match the recorded checksum (the file was modified or corrupted)")
-        layers, fps = [], {}
-        expected_keys = set()
-        for lpath, info in meta["layers"].items():
-            kind = info.get("kind")
-            if kind not in STORAGE_KINDS:
-                raise EditFileError(f"layer {lpath!r}: unknown storage kind {kind!r}")
-            keys = {s: f"{lpath}.{s}" for s in _SUFFIXES[kind]}
-            expected_keys |= set(keys.values())
-            missing = [k for k in keys.values() if k not in tensors]
-            if missing:
-                raise EditFileError(f"{str(path)!r}: missing tensor(s) {missing} for layer {lpath!r}")
-            le = LayerEdit(lpath, kind, tuple(info["shape"]), {s: tensors[k] for s, k in keys.items()}, info.get("stats", {}))
-            le.validate()
-            layers.append(le)
-            fps[lpath] = info["fingerprint"]
-        extra = sorted(set(tensors) - expected_keys)
-        if extra:
-            raise EditFileError(f"{str(path)!r}: unexpected tensor(s) {extra[:3]} not described by the metadata")
-        return cls(meta["method"], meta.get("config", {}), meta.get("concepts", {}), meta.get("base", {}), layers, fps, meta.get("stats", {}))
+        return cls.from_parsed(*read_edit_file(path))
 
 
-def load_edit(path: str | os.PathLike, pipe=None, *, apply: bool = True) -> Edit:
+def load_edit(path: str | os.PathLike, pipe=None, *, apply: bool = True, stack: bool = False) -> Edit:
     """Load an edit file strictly; with ``pipe``, check it fits and (by default) apply it.
 
-    Nothing is changed unless every check passes.
+    Nothing is changed unless every check passes; ``stack=True`` allows applying it over
+    parameters that already carry another edit.
     """
     edit = Edit.load(path)
     if pipe is not None:
-        edit.check_compatible(pipe)
         if apply:
-            edit.apply(pipe)
+            edit.apply(pipe, stack=stack)
+        else:
+            edit.check_compatible(pipe, stack=stack)
     return edit

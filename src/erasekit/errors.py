@@ -1,4 +1,4 @@
-"""Exceptions that name the problem and the fix.
+"""Exceptions (and warnings) that name the problem and the fix.
 
 Every refusal in erasekit raises a subclass of :class:`EraseKitError` (itself a
 ``ValueError``), so callers can catch one type and the CLI can print the message without a
@@ -24,3 +24,11 @@ class MethodError(EraseKitError):
 
 class EditFileError(EraseKitError):
     """An edit file is corrupt, truncated, tampered with, or does not match the pipeline."""
+
+
+class UnprotectedMetadataWarning(UserWarning):
+    """An edit file of format 1: its metadata is not covered by the checksum (re-save it to protect it)."""
+
+
+class OutputPathError(EraseKitError):
+    """An output path cannot be written: a directory, a read-only folder, a missing permission."""

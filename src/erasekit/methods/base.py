@@ -7,6 +7,7 @@ validation in ``__post_init__``, and a small registry (:func:`register_method`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -103,4 +104,35 @@ def make_config(name: str, **options) -> MethodConfig:
     unknown = sorted(set(options) - valid)
     if unknown:
         raise MethodError(f"option(s) {unknown} do not apply to method {name!r}; its options are: {', '.join(sorted(valid))}")
+    check_option_types(cls, options)
     return cls(**options)
+
+
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,), "None": (type(None),)}
+
+
+def check_option_types(cls: type[MethodConfig], options: dict) -> None:
+    """Refuse an option whose value does not have its field's type, and NaN / Inf numbers.
+
+    Runs before a config is built (and so before any model is loaded): ``lam=nan`` or
+    ``rank="4"`` fail here with the option's name, not later inside the maths.
+    """
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for name, value in options.items():
+        ann = types.get(name)
+        if ann is None:
+            continue
+        ok, known = False, True
+        for part in (p.strip() for p in ann.split("|")):
+            base = part.split("[")[0].strip()
+            if base in ("tuple", "list", "Sequence"):
+                ok = ok or isinstance(value, (list, tuple, str))
+            elif base in _SIMPLE_TYPES:
+                numeric_bool = base in ("float", "int") and isinstance(value, bool)
+                ok = ok or (isinstance(value, _SIMPLE_TYPES[base]) and not numeric_bool)
+            else:
+                known = False  # an annotation this check does not know: the config's own checks decide
+        if known and not ok:
+            raise MethodError(f"option {name} expects {ann}, got {value!r:.60}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MethodError(f"option {name} must be a finite number, got {value}")

@@ -10,6 +10,7 @@ and fingerprints base weights. Methods never touch the pipeline; they see matric
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -218,17 +219,27 @@ _SKETCH_SEED = 20240613
 _SKETCH_N = 8
 
 
+def _as_matrix(w: torch.Tensor) -> torch.Tensor:
+    """A parameter of any rank as the matrix its fingerprint probes: (d0, rest) — a bias is (1, n)."""
+    if w.dim() == 2:
+        return w
+    if w.dim() < 2:
+        return w.reshape(1, -1)
+    return w.reshape(w.shape[0], -1)
+
+
 @torch.no_grad()
 def weight_fingerprint(weight: torch.Tensor) -> dict:
-    """Exact hash of the bytes plus a dtype-tolerant numeric sketch.
+    """Exact hash of the bytes plus a dtype-tolerant numeric sketch, for a parameter of any rank.
 
     The hash decides bit-exact identity; the sketch (8 normalised bilinear probes uᵀWr and
     the Frobenius norm) recognises the same base model loaded in another dtype
     (fp32 / fp16 / bf16), and tells different models apart with overwhelming probability.
+    A matrix is probed as is; other ranks as the (d0, rest) matrix (a bias as one row).
     """
     w = weight.detach().to("cpu")
     digest = hashlib.sha256(w.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-    w64 = w.to(torch.float64)
+    w64 = _as_matrix(w.to(torch.float64))
     d_out, d_in = w64.shape
     gen = torch.Generator().manual_seed(_SKETCH_SEED + d_out * 7919 + d_in)
     u = torch.randn(_SKETCH_N, d_out, generator=gen, dtype=torch.float64)
@@ -236,16 +247,27 @@ def weight_fingerprint(weight: torch.Tensor) -> dict:
     u, r = u / u.norm(dim=1, keepdim=True), r / r.norm(dim=1, keepdim=True)
     fro = float(w64.norm())
     probes = ((u @ w64) * r).sum(dim=1) * (d_out * d_in) ** 0.5 / max(fro, 1e-30)  # each ~N(0,1) for unrelated weights
-    return {"sha256": digest, "dtype": str(w.dtype).replace("torch.", ""), "shape": [d_out, d_in], "fro": fro, "sketch": [round(float(x), 6) for x in probes]}
+    return {"sha256": digest, "dtype": str(w.dtype).replace("torch.", ""), "shape": list(w.shape), "fro": fro,
+            "sketch": [round(float(x), 6) for x in probes]}
 
 
-def fingerprints_match(stored: dict, live: dict, probe_tol: float = 0.05, fro_rtol: float = 0.01) -> tuple[bool, bool]:
-    """(same model, bit-exact same bytes)."""
-    if list(stored["shape"]) != list(live["shape"]):
+def fingerprints_match(stored, live: dict, probe_tol: float = 0.05, fro_rtol: float = 0.01) -> tuple[bool, bool]:
+    """(same model, bit-exact same bytes) for a stored fingerprint (dict or Fingerprint) and a live one.
+
+    "Same model" needs the shape, the Frobenius norm within ``fro_rtol`` and every one of the
+    8 probes within ``probe_tol``: never the norm alone, never an incomplete sketch. The exact
+    hash (with the dtype) then says whether the bytes are identical too.
+    """
+    if hasattr(stored, "to_json"):
+        stored = stored.to_json()
+    try:
+        shape, fro, sketch = list(stored["shape"]), float(stored["fro"]), [float(x) for x in stored["sketch"]]
+        live_sketch = [float(x) for x in live["sketch"]]
+    except (KeyError, TypeError, ValueError):
         return False, False
-    if stored["sha256"] == live["sha256"] and stored["dtype"] == live["dtype"]:
-        return True, True
-    same = abs(stored["fro"] - live["fro"]) <= fro_rtol * max(abs(stored["fro"]), 1e-30) and all(
-        abs(a - b) <= probe_tol for a, b in zip(stored["sketch"], live["sketch"])
-    )
-    return same, False
+    if shape != list(live["shape"]) or len(sketch) != _SKETCH_N or len(live_sketch) != _SKETCH_N:
+        return False, False
+    same = (math.isfinite(fro) and abs(fro - live["fro"]) <= fro_rtol * max(abs(fro), 1e-30)
+            and all(abs(a - b) <= probe_tol for a, b in zip(sketch, live_sketch)))
+    exact = same and stored.get("sha256") == live["sha256"] and stored.get("dtype") == live["dtype"]
+    return same, exact
