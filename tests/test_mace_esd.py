@@ -183,3 +183,21 @@ def test_esd_time_budget_stops_early_and_runs_are_seeded(tiny_pipes):
     a = erasekit.erase(pipe, method="esd-x-strict", iterations=3, **kw)
     b = erasekit.erase(pipe, method="esd-x-strict", iterations=3, **kw)
     assert all(torch.equal(a.layers[p].tensors["weight"], b.layers[p].tensors["weight"]) for p in a.layers)
+
+
+def test_esd_u_conv_weights_and_biases_round_trip_bit_exactly(tiny_pipes, tmp_path):
+    pipe = tiny_pipes["sd"]
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    edit = erasekit.erase(pipe, method="esd-u", concepts=["Van Gogh"], iterations=2, pool_latents=1, pool_steps=2, lr=1e-3, progress=False)
+    assert {le.param for le in edit.layers.values()} == {"weight", "bias"} and any(len(le.shape) == 4 for le in edit.layers.values())
+    edit.apply(pipe)
+    direct = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    edit.revert(pipe)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    loaded = erasekit.load_edit(edit.save(tmp_path / "u.safetensors"), pipe)
+    try:
+        assert any(not torch.equal(before[k], v) for k, v in direct.items())
+        assert all(torch.equal(direct[k], v) for k, v in pipe.unet.state_dict().items())
+    finally:
+        loaded.revert(pipe)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())

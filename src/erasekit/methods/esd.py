@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..edit import LayerEdit
+from ..edit import Edit, LayerEdit
+from ..models.adapter import weight_fingerprint
 from ..errors import MethodError
-from . import _closed_form as cf
 from . import _finetune as ft
 from .base import Method, MethodConfig, help_field, register_method
 
@@ -163,15 +163,20 @@ class _ESD(Method):
         paths = trainable_modules(adapter, variant, config)
         carriers = {p: ft.FullDelta(adapter.unet.get_submodule(p), train_bias=config.train_bias) for p in paths}
         train_stats = self._train(adapter, concepts, config, carriers, lr, eta, guidance, variant, progress)
-        layers = []
-        for p, c in carriers.items():
+        layers, prints = [], {}
+        for p, c in carriers.items():  # dense entries of any rank (Linear / Conv2d weights, biases)
             m = adapter.unet.get_submodule(p)
-            with torch.no_grad():
-                W = m.weight.detach().to(torch.float32) + c.dW.detach()
-            layers.append(LayerEdit.dense(p, W, trained="weight"))
+            for param, delta in (("weight", c.dW), ("bias", c.db)):
+                if delta is None:
+                    continue
+                base = getattr(m, param)
+                le = LayerEdit.dense(p, base.detach().to(torch.float32) + delta.detach(), param=param)
+                layers.append(le)
+                prints[le.key] = weight_fingerprint(base)
         stats = {"seconds": round(time.perf_counter() - t0, 4), "variant": variant, "lr": lr, "negative_guidance": eta,
                  "guidance": guidance, "trained_layers": len(paths), **train_stats}
-        return cf.make_edit(self.name, adapter, concepts, config, layers, stats)
+        return Edit(method=self.name, config=config.to_dict(), concepts=concepts.to_dict(), base=adapter.describe(),
+                    layers=layers, fingerprints=prints, stats=stats)
 
     def _train(self, adapter, concepts, config: ESDConfig, carriers, lr, eta, guidance, variant, progress) -> dict:
         unet = adapter.unet

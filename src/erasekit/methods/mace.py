@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..concepts import _fill
 from ..edit import LayerEdit
 from ..errors import MethodError
 from . import _closed_form as cf
@@ -337,62 +338,35 @@ class MACE(Method):
 
     def fit(self, adapter, concepts, config: MACEConfig, progress: bool = True):
         t0 = time.perf_counter()
+        plan = self.plan(adapter, concepts, config, progress)
+        loras, train_stats = [], []
+        if plan.opt["train_steps"] > 0:
+            for i, (c, (cps, _)) in enumerate(zip(plan.names, plan.prompts)):
+                lo, st = self.train_lora(adapter, plan, i, config, progress)
+                loras.append(lo)
+                train_stats.append({"concept": c, **st})
+        layers = fuse(adapter, plan, loras, config.storage, progress)
+        stats = {"seconds": round(time.perf_counter() - t0, 4), "concepts": plan.names, "mapping": plan.guides,
+                 "resolved": {k: v for k, v in plan.opt.items() if k != "extra_concepts"}, "cfr_columns": plan.cfr_columns,
+                 "fusion_columns": int(sum(X.shape[1] for X in plan.Xs)), "lora": train_stats, **plan.prior_stats}
+        return cf.make_edit(self.name, adapter, concepts, config, layers, stats)
+
+    def plan(self, adapter, concepts, config: MACEConfig, progress: bool = False) -> "Plan":
+        """Everything before the LoRA stage: prompts, the prior G, the CFR operator E_c and the fusion columns."""
         opt = config.resolved(concepts.kind)
-        tok = adapter.tokenizer
         guided = concepts.guide is None and opt["mapping"] is not None
         guides = [opt["mapping"] if guided else g for g in concepts.guides]
         names = list(concepts.erase) + [c for c in opt["extra_concepts"] if c not in concepts.erase]
         guides += [guides[0]] * (len(names) - len(guides))
         prompts = []  # per concept: (concept prompts, mapping prompts)
         for c, g in zip(names, guides):
-            if config.augment:
-                tpl = AUG_TEMPLATES[opt["concept_type"]]
-                prompts.append(([t.format(c) for t in tpl], [t.format(g).strip() for t in tpl]))
-            else:
-                from ..concepts import _fill
-
-                tpl = concepts.template_list
-                prompts.append(([_fill(t, c) for t in tpl], [_fill(t, g) for t in tpl]))
-
-        # ---- preservation prior G (d_in, m): √prior_count F_general, √preserve_weight C_preserve
-        G, prior_stats = self._prior(adapter, concepts, config, opt, progress)
-        # ---- stage 1: CFR columns (shared tokens + padding), shared by every layer
-        C_old, C_map = self._cfr_columns(adapter, prompts)
+            tpl = AUG_TEMPLATES[opt["concept_type"]] if config.augment else concepts.template_list
+            prompts.append(([_fill(t, c) for t in tpl], [_fill(t, g) for t in tpl]))
+        G, prior_stats = self._prior(adapter, concepts, config, opt, progress)  # (d_in, m)
+        C_old, C_map = self._cfr_columns(adapter, prompts)  # stage 1 columns, shared by every layer
         E_c, _ = cfr_operator(C_old, C_map, G, opt["s_train"] ** 2, opt["lamb"])
-        # ---- stage 2: one LoRA per concept on W_cfr
-        loras, train_stats = [], []
-        for i, (c, (cps, _)) in enumerate(zip(names, prompts)):
-            if opt["train_steps"] == 0:
-                break
-            lo, st = self._train_lora(adapter, c, cps, E_c, config, opt, i, progress)
-            loras.append(lo)
-            train_stats.append({"concept": c, **st})
-        # ---- stage 3: fusion over every position of every concept prompt
-        Xs = [adapter.encode(cps).embeds.reshape(-1, adapter.d_in).T.contiguous() for cps, _ in prompts]  # (d_in, n_i)
-        X = torch.cat(Xs, dim=1)
-        E_f, solver_f = fusion_operator(E_c, X, G, opt["s_fuse"], opt["lamb"])
-        P, Q = _factor(E_f)  # E_f = P Q, (d_in, r) (r, d_in)
-        proj = [solver_f.right((X_i @ X_i.T)) for X_i in Xs]  # X_i X_iᵀ M_f⁺ (d_in, d_in)
-
-        def fit_layer(path, W0):
-            B = [W0.to(F64) @ P]
-            A = [Q]
-            for lo, pr in zip(loras, proj):
-                Bi, Ai = lo[path]
-                B.append(Bi)
-                A.append(Ai @ pr)
-            B, A = torch.cat(B, 1), torch.cat(A, 0)
-            d_out, d_in = W0.shape
-            r = B.shape[1]
-            if config.storage == "lowrank" or (config.storage == "auto" and r * (d_out + d_in) < d_out * d_in):
-                return LayerEdit.lowrank(path, B, A, rank=r)
-            return LayerEdit.dense(path, W0.to(F64) + B @ A)
-
-        layers = cf.edit_layers(adapter, adapter.paths, fit_layer, "mace: fusion", progress)
-        stats = {"seconds": round(time.perf_counter() - t0, 4), "concepts": names, "mapping": guides,
-                 "resolved": {k: v for k, v in opt.items() if k != "extra_concepts"}, "cfr_columns": int(C_old.shape[1]),
-                 "fusion_columns": int(X.shape[1]), "cfr_rank": int(P.shape[1]), "lora": train_stats, **prior_stats}
-        return cf.make_edit(self.name, adapter, concepts, config, layers, stats)
+        Xs = [adapter.encode(cps).embeds.reshape(-1, adapter.d_in).T.contiguous() for cps, _ in prompts]  # (d_in, n_i): every position
+        return Plan(names, guides, prompts, opt, G, E_c, Xs, int(C_old.shape[1]), prior_stats)
 
     # ------------------------------------------------------------------ parts
     def _prior(self, adapter, concepts, config, opt, progress):
@@ -431,7 +405,10 @@ class MACE(Method):
                 news.append(e_new[j, ni])
         return torch.cat(olds).T.contiguous(), torch.cat(news).T.contiguous()  # (d_in, n) each
 
-    def _train_lora(self, adapter, concept, cps, E_c, config, opt, index, progress):
+    def train_lora(self, adapter, plan: "Plan", index: int, config: MACEConfig, progress: bool = False):
+        """{path: (B (d_out, r), A (r, d_in))}: concept ``index``'s LoRA, trained on W_cfr = W0 (I + E_c)."""
+        concept, (cps, _) = plan.names[index], plan.prompts[index]
+        opt, E_c = plan.opt, plan.E_c
         unet = adapter.unet
         seed = config.seed + 7919 * index
         rng = random.Random(seed)
@@ -487,6 +464,42 @@ class MACE(Method):
         stats["mask_share"] = round(float(masks.float().mean()), 4)
         lora = {p: (c.B.detach().to(F64).cpu(), c.A.detach().to(F64).cpu()) for p, c in carriers.items()}
         return lora, stats
+
+
+@dataclass
+class Plan:
+    names: list[str]  # erased concepts (with the preset's extra ones)
+    guides: list[str]  # their mapping concepts
+    prompts: list[tuple[list[str], list[str]]]  # per concept: (augmented concept prompts, mapping prompts)
+    opt: dict  # resolved preset options
+    G: torch.Tensor  # (d_in, m) preservation prior factor
+    E_c: torch.Tensor  # (d_in, d_in): W_cfr = W0 (I + E_c)
+    Xs: list[torch.Tensor]  # per concept (d_in, n_i): fusion columns
+    cfr_columns: int
+    prior_stats: dict
+
+
+def fuse(adapter, plan: Plan, loras: list[dict], storage: str = "auto", progress: bool = False) -> list[LayerEdit]:
+    """Stage 3: closed_form(W_cfr, [(W_cfr + Δ_i) X_i], X, G, W0; fuse_preserve_scale, λ) per layer, via the shared operators."""
+    X = torch.cat(plan.Xs, dim=1)
+    E_f, solver_f = fusion_operator(plan.E_c, X, plan.G, plan.opt["s_fuse"], plan.opt["lamb"])
+    P, Q = _factor(E_f)  # E_f = P Q, (d_in, r) (r, d_in)
+    proj = [solver_f.right(X_i @ X_i.T) for X_i in plan.Xs]  # X_i X_iᵀ M_f⁺ (d_in, d_in)
+
+    def fit_layer(path, W0):
+        B, A = [W0.to(F64).cpu() @ P], [Q]
+        for lo, pr in zip(loras, proj):
+            Bi, Ai = lo[path]
+            B.append(Bi)
+            A.append(Ai @ pr)
+        B, A = torch.cat(B, 1), torch.cat(A, 0)  # W − W0 = B A: (d_out, r'), (r', d_in)
+        d_out, d_in = W0.shape
+        r = B.shape[1]
+        if storage == "lowrank" or (storage == "auto" and r * (d_out + d_in) < d_out * d_in):
+            return LayerEdit.lowrank(path, B, A, rank=r)
+        return LayerEdit.dense(path, W0.to(F64).cpu() + B @ A)
+
+    return cf.edit_layers(adapter, adapter.paths, fit_layer, "mace: fusion", progress)
 
 
 def _factor(E: torch.Tensor, rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
