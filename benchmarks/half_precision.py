@@ -91,9 +91,9 @@ def main() -> None:
     model = args.model
     if args.family:
         sys.path.insert(0, str(Path(__file__).parent))
-        from full_scale_models import build_pipeline_folder  # benchmarks/full_scale_models.py
+        from full_scale_models import pipeline_folder  # benchmarks/full_scale_models.py
 
-        model = str(build_pipeline_folder(args.family))
+        model = str(pipeline_folder(args.family))
 
     concepts = erasekit.ConceptSet(erase=tuple(ERASE), kind="style", preserve=tuple(PRESERVE), templates=True)
     refs: dict[str, object] = {}

@@ -144,3 +144,10 @@ def test_half_generation_equals_float32_copy(half_and_full):
     import numpy as np
 
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+def test_compute_dtype_survives_save_and_load(half_and_full, tmp_path):
+    half, _ = half_and_full["sd"]
+    edit = erasekit.erase(half, method="uce", concepts=["a red circle"], kind="object", progress=False)
+    path = edit.save(tmp_path / "e.safetensors")
+    assert erasekit.Edit.load(path).compute_dtype == "float32"
