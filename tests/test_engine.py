@@ -60,8 +60,14 @@ FAST = {
     "space": {"target_sparsity": 0.85},
     "pure": {"n_latents": 1, "steps": 2},
     "ace": {"train_steps": 2, "adv_steps": 1, "pool_latents": 1, "pool_steps": 3, "batch_size": 2},
+    "mace": {"train_steps": 2, "n_images": 1, "image_steps": 2},
+    "esd": {"iterations": 2, "pool_latents": 1, "pool_steps": 2, "lr": 1e-3},
+    "esd-x": {"iterations": 2, "pool_latents": 1, "pool_steps": 2, "lr": 1e-3},
+    "esd-x-strict": {"iterations": 2, "pool_latents": 1, "pool_steps": 2, "lr": 1e-3},
+    "esd-u": {"iterations": 2, "pool_latents": 1, "pool_steps": 2, "lr": 1e-3},
 }
 ALL_METHODS = sorted(FAST)
+DENSE_BY_NATURE = {"mace", "esd", "esd-x", "esd-x-strict", "esd-u"}
 _FITTED = {}
 
 
@@ -88,7 +94,7 @@ def test_fit_does_not_touch_pipeline_and_revert_is_bit_exact(pipe, fitted):
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     edit.apply(pipe)
     changed = [k for k, v in pipe.unet.state_dict().items() if not torch.equal(before[k], v)]
-    assert changed and all(k.removesuffix(".weight") in edit.layers for k in changed)
+    assert changed and all(k.removesuffix(".weight") in edit.layers or k in edit.layers for k in changed)
     edit.revert(pipe)
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
 
@@ -112,7 +118,8 @@ def test_save_load_apply_gives_identical_weights(pipe, fitted, tmp_path):
 @pytest.mark.parametrize("fitted", ALL_METHODS, indirect=True)
 def test_edit_is_finite_nonzero_and_compact(pipe, fitted):
     edit, _ = fitted
-    assert edit.nbytes < edit.dense_nbytes
+    # ESD trains full weights (dense by nature); MACE's CFR delta has the rank of the shared-token differences (up to d_in)
+    assert edit.nbytes < edit.dense_nbytes or (edit.method in DENSE_BY_NATURE and edit.nbytes == edit.dense_nbytes)
     moved = 0.0
     for p, le in edit.layers.items():
         W0 = pipe.unet.get_submodule(p).weight

@@ -22,18 +22,17 @@ The merged result is a low-rank Edit (rank r per layer), saved / loaded / revert
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..edit import LayerEdit
 from ..errors import MethodError
 from . import _closed_form as cf
+from . import _finetune as ft
 from .base import Method, MethodConfig, help_field, register_method
 
 
@@ -85,7 +84,7 @@ class ACEConfig(MethodConfig):
 
 
 # --------------------------------------------------------- stage 2 carrier
-class _GatedLowRank(torch.nn.Module):
+class _GatedLowRank(ft.Carrier):
     """ΔW = B diag(σ(θ)) A added to a frozen Linear's output by a forward hook."""
 
     def __init__(self, U: torch.Tensor, W0: torch.Tensor):
@@ -93,66 +92,12 @@ class _GatedLowRank(torch.nn.Module):
         self.B = torch.nn.Parameter(-U.float())  # (d_out, r)
         self.A = torch.nn.Parameter((U.T @ W0.double()).float())  # (r, d_in)
         self.theta = torch.nn.Parameter(torch.full((U.shape[1],), 4.0))  # gates σ(4) ≈ 0.98: nullify at start
-        self.enabled = True
 
     def delta(self) -> torch.Tensor:
         return (self.B * torch.sigmoid(self.theta)) @ self.A  # (d_out, d_in)
 
-    def hook(self, module, args, out):
-        if not self.enabled:
-            return out
-        x = args[0]
-        return out + F.linear(x, self.delta().to(dtype=x.dtype, device=x.device))
-
-
-def _unet_inputs(adapter, prompts: list[str]):
-    """(encoder_hidden_states (b, L, d), added_cond_kwargs or None) exactly as the pipeline builds them."""
-    pipe = adapter.pipe
-    out = pipe.encode_prompt(prompts, device=adapter.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-    if adapter.family != "sdxl":
-        return out[0].detach(), None
-    embeds, pooled = out[0].detach(), out[2].detach()
-    h = w = adapter.unet.config.sample_size * pipe.vae_scale_factor
-    time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=embeds.dtype, device=embeds.device).repeat(len(prompts), 1)
-    return embeds, {"text_embeds": pooled, "time_ids": time_ids}
-
-
-def _index(cond, idx):
-    embeds, added = cond
-    return embeds[idx], (None if added is None else {k: v[idx] for k, v in added.items()})
-
-
-@torch.no_grad()
-def _trajectory_pool(adapter, prompts: list[str], config: ACEConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_t (m, c, h, w), t (m,), prompt index (m,)) from the unedited model's DDIM trajectories."""
-    from diffusers import DDIMScheduler
-
-    pipe = adapter.pipe
-    saved_sched, saved_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
-    pipe.scheduler = DDIMScheduler.from_config(saved_sched.config)  # unscaled model input: x_t is the UNet input
-    pipe.set_progress_bar_config(disable=True)
-    xs, ts, ids = [], [], []
-    try:
-        for pi, prompt in enumerate(prompts):
-            gens = [torch.Generator(device="cpu").manual_seed(config.seed + 1000 * pi + j) for j in range(config.pool_latents)]
-            steps: list[tuple[torch.Tensor, int]] = []
-
-            def keep(p, i, t, kw):
-                steps.append((kw["latents"].detach().clone(), i))
-                return kw
-
-            pipe(prompt=[prompt] * config.pool_latents, generator=gens, num_inference_steps=config.pool_steps,
-                 guidance_scale=config.guidance, output_type="latent", callback_on_step_end=keep,
-                 callback_on_step_end_tensor_inputs=["latents"])
-            timesteps = pipe.scheduler.timesteps
-            for lat, i in steps[:-1]:  # latents after step i are the UNet input at step i + 1
-                xs.append(lat)
-                ts.append(torch.full((lat.shape[0],), int(timesteps[i + 1])))
-                ids.append(torch.full((lat.shape[0],), pi))
-    finally:
-        pipe.scheduler = saved_sched
-        pipe.set_progress_bar_config(**saved_bar)
-    return torch.cat(xs), torch.cat(ts), torch.cat(ids)
+    def extra(self, module, x):
+        return F.linear(x, self.delta().to(dtype=x.dtype, device=x.device))
 
 
 def _adversarial_delta(eps_fn, embeds: torch.Tensor, target: torch.Tensor, config: ACEConfig) -> torch.Tensor:
@@ -202,58 +147,38 @@ class ACE(Method):
         concept_prompts = [e for e, _ in pairs] + list(config.synonyms)
         neutral_of = [g for _, g in pairs] + [pairs[i % len(pairs)][1] for i in range(len(config.synonyms))]
         retain_prompts = concepts.preserve_prompts()
-        cond_c, cond_n = _unet_inputs(adapter, concept_prompts), _unet_inputs(adapter, neutral_of)
-        cond_r = _unet_inputs(adapter, retain_prompts) if retain_prompts else None
-        x_pool, t_pool, p_pool = _trajectory_pool(adapter, concept_prompts, config)
-
-        requires = [p.requires_grad for p in unet.parameters()]
-        unet.requires_grad_(False)
-        handles = [adapter.linear(p).register_forward_hook(c.hook) for p, c in carriers.items()]
-        params = [q for c in carriers.values() for q in c.parameters()]
-        opt = torch.optim.Adam(params, lr=config.lr)
+        cond_c, cond_n = ft.unet_inputs(adapter, concept_prompts), ft.unet_inputs(adapter, neutral_of)
+        cond_r = ft.unet_inputs(adapter, retain_prompts) if retain_prompts else None
+        pool = ft.trajectory_pool(adapter, concept_prompts, n_latents=config.pool_latents, steps=config.pool_steps,
+                                  guidance=config.guidance, seed=config.seed)
+        parts = list(carriers.values())
 
         def eps(x, t, cond, enabled=True):
-            for c in carriers.values():
-                c.enabled = enabled
-            embeds, added = cond
-            return unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
+            ft.set_enabled(parts, enabled)
+            return ft.eps(unet, x, t, cond)
 
-        losses, t_start = [], time.perf_counter()
-        bar = tqdm(range(config.train_steps), desc="ace: adversarial fine-tuning", unit="step", disable=not progress, leave=False)
-        try:
-            for step in bar:
-                idx = torch.tensor([rng.randrange(len(x_pool)) for _ in range(config.batch_size)])
-                x, t, pid = x_pool[idx].to(adapter.device), t_pool[idx].to(adapter.device), p_pool[idx]
-                cc, cn = _index(cond_c, pid), _index(cond_n, pid)
-                with torch.no_grad():  # frozen targets: the unedited model
-                    e_n, e_c = eps(x, t, cn, False), eps(x, t, cc, False)
-                    target = e_n - config.negative_guidance * (e_c - e_n)
-                embeds, added = cc
-                if config.adv_steps and config.adv_radius > 0:
-                    delta = _adversarial_delta(lambda e: eps(x, t, (e, added)), embeds, target, config)
-                    loss_erase = 0.5 * (F.mse_loss(eps(x, t, cc), target) + F.mse_loss(eps(x, t, (embeds + delta, added)), target))
-                else:
-                    loss_erase = F.mse_loss(eps(x, t, cc), target)
-                loss = loss_erase
-                if cond_r is not None and config.preserve_weight > 0:
-                    rid = torch.tensor([rng.randrange(len(retain_prompts)) for _ in range(config.batch_size)])
-                    cr = _index(cond_r, rid)
-                    with torch.no_grad():
-                        e_r0 = eps(x, t, cr, False)
-                    loss = loss + config.preserve_weight * F.mse_loss(eps(x, t, cr), e_r0)
-                if not math.isfinite(loss.item()):
-                    raise MethodError("ACE fine-tuning diverged (loss is NaN/Inf); lower lr or load the model in float32")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                if config.time_budget is not None and time.perf_counter() - t_start > config.time_budget:
-                    break
-        finally:
-            for h in handles:
-                h.remove()
-            for p, r in zip(unet.parameters(), requires):
-                p.requires_grad_(r)
-        return {"train_steps": len(losses), "train_seconds": round(time.perf_counter() - t_start, 3),
-                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+        def step_loss(step):
+            idx = torch.tensor([rng.randrange(len(pool)) for _ in range(config.batch_size)])
+            x, t, pid = pool.x[idx].to(adapter.device), pool.t[idx].to(adapter.device), pool.prompt[idx]
+            cc, cn = ft.index_cond(cond_c, pid), ft.index_cond(cond_n, pid)
+            with torch.no_grad():  # frozen targets: the unedited model
+                e_n, e_c = eps(x, t, cn, False), eps(x, t, cc, False)
+                target = e_n - config.negative_guidance * (e_c - e_n)
+            embeds, added = cc
+            if config.adv_steps and config.adv_radius > 0:
+                delta = _adversarial_delta(lambda e: eps(x, t, (e, added)), embeds, target, config)
+                loss = 0.5 * (F.mse_loss(eps(x, t, cc), target) + F.mse_loss(eps(x, t, (embeds + delta, added)), target))
+            else:
+                loss = F.mse_loss(eps(x, t, cc), target)
+            if cond_r is not None and config.preserve_weight > 0:
+                rid = torch.tensor([rng.randrange(len(retain_prompts)) for _ in range(config.batch_size)])
+                cr = ft.index_cond(cond_r, rid)
+                with torch.no_grad():
+                    e_r0 = eps(x, t, cr, False)
+                loss = loss + config.preserve_weight * F.mse_loss(eps(x, t, cr), e_r0)
+            return loss
+
+        with ft.attached(unet, carriers):
+            return ft.train(step_loss, [q for c in parts for q in c.parameters()], steps=config.train_steps,
+                            seconds=config.time_budget, lr=config.lr, desc="ace: adversarial fine-tuning",
+                            progress=progress, method="ACE fine-tuning")

@@ -1,0 +1,253 @@
+"""Shared machinery of the fine-tuning methods (ACE stage 2, ESD, MACE's LoRA stage).
+
+A method that trains never writes into the pipeline: every trained quantity is a *carrier*
+(a small ``nn.Module``) whose forward hook adds its contribution to a frozen Linear or Conv2d,
+
+    y = module(x) + extra(x)          e.g. extra(x) = x ΔWᵀ (+ Δb),
+
+so the frozen model and the trained one are the same UNet with the carriers off or on, the
+pipeline's parameters are never modified, and the result is read off the carriers as an
+:class:`~erasekit.edit.Edit`. This module holds what the methods share:
+
+* :func:`unet_inputs` / :func:`index_cond` — the UNet's text conditioning exactly as the pipeline builds it;
+* :func:`trajectory_pool` — x_t (and the final latents) from the frozen model's own sampling;
+* carriers: :class:`Carrier` (the protocol), :class:`FullDelta` (ΔW, Δb of a Linear or Conv2d),
+  :class:`LowRankDelta` (a fixed dense delta plus a trainable LoRA B A);
+* :func:`attached` — hooks on, UNet frozen, everything restored on exit (also on error);
+* :func:`train` — the one optimisation loop (budget in steps or seconds, tqdm, NaN check).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import MethodError
+
+Cond = tuple[torch.Tensor, "dict[str, torch.Tensor] | None"]  # (encoder_hidden_states (b, L, d), SDXL added_cond_kwargs)
+
+
+# ------------------------------------------------------------------ conditioning
+@torch.no_grad()
+def unet_inputs(adapter, prompts: list[str]) -> Cond:
+    """(encoder_hidden_states (b, L, d), added_cond_kwargs or None) exactly as the pipeline builds them."""
+    pipe = adapter.pipe
+    out = pipe.encode_prompt(prompts, device=adapter.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    if adapter.family != "sdxl":
+        return out[0].detach(), None
+    embeds, pooled = out[0].detach(), out[2].detach()
+    h = w = adapter.unet.config.sample_size * pipe.vae_scale_factor
+    time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=embeds.dtype, device=embeds.device).repeat(len(prompts), 1)
+    return embeds, {"text_embeds": pooled, "time_ids": time_ids}
+
+
+def index_cond(cond: Cond, idx) -> Cond:
+    embeds, added = cond
+    return embeds[idx], (None if added is None else {k: v[idx] for k, v in added.items()})
+
+
+def eps(unet, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+    """ε(x_t, t, c): the UNet's prediction under conditioning ``cond``."""
+    embeds, added = cond
+    return unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
+
+
+# ------------------------------------------------------------ trajectory pool
+@dataclass
+class Pool:
+    """x_t samples from the frozen model's own DDIM trajectories."""
+
+    x: torch.Tensor  # (m, c, h, w): UNet inputs along the trajectories
+    t: torch.Tensor  # (m,) their timesteps
+    prompt: torch.Tensor  # (m,) index of the prompt each came from
+    x0: torch.Tensor  # (n, c, h, w): the final latents of the n trajectories
+    x0_prompt: torch.Tensor  # (n,)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+@torch.no_grad()
+def trajectory_pool(adapter, prompts: list[str], *, n_latents: int, steps: int, guidance: float, seed: int,
+                    include_start: bool = False, progress: bool = False, desc: str = "trajectories") -> Pool:
+    """Sample ``n_latents`` DDIM trajectories per prompt with the frozen pipeline and keep every UNet input.
+
+    The latents after step i are the UNet input at step i + 1 (DDIM does not scale model inputs);
+    ``include_start`` also keeps the initial noise x_T at the first timestep (ESD's
+    ``run_till_timestep = 0``). Seeds are ``seed + 1000·prompt + j``.
+    """
+    from diffusers import DDIMScheduler
+
+    pipe = adapter.pipe
+    saved_sched, saved_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.scheduler = DDIMScheduler.from_config(saved_sched.config)  # unscaled model input: x_t is the UNet input
+    pipe.set_progress_bar_config(disable=True)
+    xs, ts, ids, finals, final_ids = [], [], [], [], []
+    try:
+        for pi, prompt in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False)):
+            gens = [torch.Generator(device="cpu").manual_seed(seed + 1000 * pi + j) for j in range(n_latents)]
+            kept: list[torch.Tensor] = []
+
+            def keep(p, i, t, kw):
+                kept.append(kw["latents"].detach().clone())
+                return kw
+
+            out = pipe(prompt=[prompt] * n_latents, generator=gens, num_inference_steps=steps, guidance_scale=guidance,
+                       output_type="latent", callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"])
+            timesteps = pipe.scheduler.timesteps
+            if include_start:  # the initial noise, as the pipeline drew it from the same generators
+                start = pipe.prepare_latents(n_latents, adapter.unet.config.in_channels, *_size(adapter), kept[0].dtype,
+                                             kept[0].device, [torch.Generator(device="cpu").manual_seed(seed + 1000 * pi + j) for j in range(n_latents)])
+                xs.append(start)
+                ts.append(torch.full((n_latents,), int(timesteps[0])))
+                ids.append(torch.full((n_latents,), pi))
+            for i, lat in enumerate(kept[:-1]):
+                xs.append(lat)
+                ts.append(torch.full((n_latents,), int(timesteps[i + 1])))
+                ids.append(torch.full((n_latents,), pi))
+            finals.append(out.images if torch.is_tensor(out.images) else kept[-1])
+            final_ids.append(torch.full((n_latents,), pi))
+    finally:
+        pipe.scheduler = saved_sched
+        pipe.set_progress_bar_config(**saved_bar)
+    return Pool(torch.cat(xs), torch.cat(ts), torch.cat(ids), torch.cat(finals), torch.cat(final_ids))
+
+
+def _size(adapter) -> tuple[int, int]:
+    h = w = adapter.unet.config.sample_size * adapter.pipe.vae_scale_factor
+    return h, w
+
+
+# --------------------------------------------------------------------- carriers
+class Carrier(nn.Module):
+    """Adds ``extra(module, x)`` to a frozen module's output through a forward hook while ``enabled``."""
+
+    def __init__(self):
+        super().__init__()
+        self.enabled = True
+
+    def extra(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def hook(self, module, args, out):
+        if not self.enabled:
+            return out
+        return out + self.extra(module, args[0])
+
+
+class FullDelta(Carrier):
+    """ΔW (same shape as the weight) and Δb of a Linear or Conv2d, zero at start: the module computes with W0 + ΔW, b0 + Δb.
+
+    Adam's update does not depend on the parameter's value, so training Δ from zero takes exactly the
+    steps that training the weight itself would (ESD trains the weights in place).
+    """
+
+    def __init__(self, module: nn.Module, train_bias: bool = True):
+        super().__init__()
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            raise MethodError(f"can only fine-tune Linear and Conv2d layers, got {type(module).__name__}")
+        w = module.weight
+        self.dW = nn.Parameter(torch.zeros(w.shape, dtype=torch.float32, device=w.device))  # (d_out, d_in) or (c_out, c_in/g, kh, kw)
+        has_bias = train_bias and module.bias is not None
+        self.db = nn.Parameter(torch.zeros(module.bias.shape, dtype=torch.float32, device=w.device)) if has_bias else None
+
+    def extra(self, module, x):
+        dW = self.dW.to(x.dtype)
+        db = None if self.db is None else self.db.to(x.dtype)
+        if isinstance(module, nn.Linear):
+            return F.linear(x, dW, db)
+        return module._conv_forward(x, dW, db)  # same stride / padding / dilation / groups as the module
+
+
+class LowRankDelta(Carrier):
+    """A fixed dense delta D (d_out, d_in) plus a trainable LoRA B A (d_out, r)(r, d_in) on a Linear.
+
+    Initialised like diffusers' ``LoRALinearLayer`` (A ~ N(0, 1/r²), B = 0), so it starts at D.
+    """
+
+    def __init__(self, module: nn.Linear, rank: int, fixed: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        super().__init__()
+        d_out, d_in = module.weight.shape
+        dev = module.weight.device
+        self.register_buffer("D", None if fixed is None else fixed.to(dev, torch.float32).contiguous())
+        A = torch.randn(rank, d_in, generator=generator, dtype=torch.float32) / rank
+        self.A = nn.Parameter(A.to(dev))  # (r, d_in)
+        self.B = nn.Parameter(torch.zeros(d_out, rank, dtype=torch.float32, device=dev))  # (d_out, r)
+
+    def lora(self) -> torch.Tensor:
+        return self.B @ self.A  # (d_out, d_in)
+
+    def extra(self, module, x):
+        out = F.linear(F.linear(x, self.A.to(x.dtype)), self.B.to(x.dtype))
+        return out if self.D is None else out + F.linear(x, self.D.to(x.dtype))
+
+
+def set_enabled(carriers: Iterable[Carrier], flag: bool) -> None:
+    for c in carriers:
+        c.enabled = flag
+
+
+@contextlib.contextmanager
+def attached(unet, carriers: dict[str, Carrier], extra_hooks: Iterable[tuple[str, Callable]] = ()) -> Iterator[None]:
+    """Hook every carrier onto ``unet.get_submodule(path)`` with the UNet frozen; restore everything on exit.
+
+    ``extra_hooks``: further (module path, forward hook) pairs registered *after* the carriers, so they
+    see the carried output (MACE reads the edited keys this way).
+    """
+    requires = [p.requires_grad for p in unet.parameters()]
+    handles = []
+    try:
+        unet.requires_grad_(False)
+        for path, c in carriers.items():
+            handles.append(unet.get_submodule(path).register_forward_hook(c.hook))
+        for path, h in extra_hooks:
+            handles.append(unet.get_submodule(path).register_forward_hook(h))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for p, r in zip(unet.parameters(), requires):
+            p.requires_grad_(r)
+
+
+# ------------------------------------------------------------------------- loop
+def train(step_loss: Callable[[int], torch.Tensor], params: list[torch.Tensor], *, steps: int, seconds: float | None,
+          lr: float, desc: str, progress: bool, optimizer: str = "adam", weight_decay: float = 0.0,
+          max_grad_norm: float | None = None, method: str = "fine-tuning") -> dict:
+    """Minimise ``step_loss(step)`` over ``params`` for ``steps`` steps or ``seconds`` seconds, whichever ends first.
+
+    ``optimizer``: 'adam' (ESD, ACE) or 'adamw' (MACE: betas 0.9/0.999, eps 1e-8, ``weight_decay``).
+    Returns the statistics every fine-tuning method reports.
+    """
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+    else:
+        raise MethodError(f"unknown optimizer {optimizer!r}")
+    losses: list[float] = []
+    t_start = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False)
+    for step in bar:
+        loss = step_loss(step)
+        if not math.isfinite(loss.item()):
+            raise MethodError(f"{method} diverged at step {step} (loss is NaN/Inf); lower lr or load the model in float32")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if seconds is not None and time.perf_counter() - t_start > seconds:
+            break
+    return {"train_steps": len(losses), "train_seconds": round(time.perf_counter() - t_start, 3),
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}

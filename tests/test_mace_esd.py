@@ -1,0 +1,203 @@
+"""MACE's closed forms and fusion, ESD's objective and variants, against independent oracles."""
+
+import pytest
+import torch
+
+import erasekit
+from erasekit import ConceptSet
+from erasekit.methods import _finetune as ft
+from erasekit.methods.esd import esd_target, resolve, trainable_modules
+from erasekit.methods.mace import MACE, MACEConfig, cfr_operator, closed_form, fuse, fusion_operator, matching_indices
+from erasekit.models.adapter import PipelineAdapter
+
+F64 = torch.float64
+
+
+def _rand(gen, *shape):
+    return torch.randn(*shape, generator=gen, dtype=F64)
+
+
+def _lstsq_oracle(W_ref, V, X, G, W_p, s, lamb):
+    """argmin λ‖W − W_ref‖² + ‖W X − V‖² + s‖(W − W_p) G‖² as one stacked least-squares problem, solved by lstsq."""
+    d = X.shape[0]
+    A = torch.cat([lamb**0.5 * torch.eye(d, dtype=F64), X, s**0.5 * G], dim=1)  # (d_in, ·)
+    B = torch.cat([lamb**0.5 * W_ref, V, s**0.5 * W_p @ G], dim=1)  # (d_out, ·)
+    return torch.linalg.lstsq(A.T, B.T).solution.T
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("lamb", [0.5, 0.0])
+def test_closed_form_equals_lstsq(seed, lamb):
+    g = torch.Generator().manual_seed(seed)
+    d_out, d_in, n, m = 7, 12, 20, 5  # n > d_in: full-rank normal matrix also at λ = 0
+    W_ref, W_p, V, X, G = _rand(g, d_out, d_in), _rand(g, d_out, d_in), _rand(g, d_out, n), _rand(g, d_in, n), _rand(g, d_in, m)
+    W = closed_form(W_ref, V, X, G, W_p, s=0.3, lamb=lamb)
+    torch.testing.assert_close(W, _lstsq_oracle(W_ref, V, X, G, W_p, 0.3, lamb), rtol=1e-9, atol=1e-9)
+
+
+def test_closed_form_at_lambda_zero_with_few_columns_is_the_limit():
+    """Rank-deficient M at λ = 0: the λ → 0⁺ limit fits V exactly and keeps W_ref off span(X)."""
+    g = torch.Generator().manual_seed(5)
+    W_ref, V, X = _rand(g, 6, 10), _rand(g, 6, 3), _rand(g, 10, 3)
+    G = torch.zeros(10, 0, dtype=F64)
+    W = closed_form(W_ref, V, X, G, W_ref, s=0.0, lamb=0.0)
+    torch.testing.assert_close(W @ X, V, rtol=1e-9, atol=1e-9)
+    perp = torch.linalg.svd(X, full_matrices=True)[0][:, 3:]  # (10, 7) orthogonal to span(X)
+    torch.testing.assert_close(W @ perp, W_ref @ perp, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(W, closed_form(W_ref, V, X, G, W_ref, s=0.0, lamb=1e-9), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lamb", [2.0, 0.0])
+def test_shared_operators_equal_the_per_layer_closed_forms(lamb):
+    """W0 (I + E_c) is CFR's closed form, and the fusion operator plus Σ Δ_i X_i X_iᵀ M_f⁺ is the fusion's, for any W0."""
+    g = torch.Generator().manual_seed(1)
+    d_out, d_in = 9, 14
+    C_old, C_map, G = _rand(g, d_in, 30), _rand(g, d_in, 30), _rand(g, d_in, 4)
+    Xs = [_rand(g, d_in, 16), _rand(g, d_in, 16)]
+    E_c, _ = cfr_operator(C_old, C_map, G, 0.04, lamb)
+    E_f, solver = fusion_operator(E_c, torch.cat(Xs, 1), G, 0.2, lamb)
+    for _ in range(2):
+        W0 = _rand(g, d_out, d_in)
+        W_cfr = closed_form(W0, W0 @ C_map, C_old, G, W0, s=0.04, lamb=lamb)
+        torch.testing.assert_close(W0 @ (torch.eye(d_in, dtype=F64) + E_c), W_cfr, rtol=1e-8, atol=1e-8)
+        deltas = [_rand(g, d_out, 1) @ _rand(g, 1, d_in) for _ in Xs]  # rank-1 LoRAs
+        V = torch.cat([(W_cfr + D) @ X for D, X in zip(deltas, Xs)], 1)
+        W_f = closed_form(W_cfr, V, torch.cat(Xs, 1), G, W0, s=0.2, lamb=lamb)
+        mine = W0 + W0 @ E_f + sum(D @ solver.right(X @ X.T) for D, X in zip(deltas, Xs))
+        torch.testing.assert_close(mine, W_f, rtol=1e-8, atol=1e-8)
+
+
+def test_matching_indices_align_shared_tokens_and_padding():
+    # BOS a photo of [circle] EOS  vs  BOS a photo of EOS   (77 → 10 positions here)
+    old, new = [0, 5, 6, 7, 9, 1], [0, 5, 6, 7, 1]
+    oi, ni = matching_indices(old, new, 10)
+    assert oi == [0, 1, 2, 3, 5, 6, 7, 8, 9] and ni == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    oi, ni = matching_indices(new, old, 10)  # the mapping prompt may be the longer one
+    assert len(oi) == len(ni) and oi[:5] == [0, 1, 2, 3, 4] and ni[:5] == [0, 1, 2, 3, 5] and ni[-1] == 9
+
+
+def test_single_concept_fusion_equals_the_lora_on_its_tokens(tiny_pipes):
+    """With λ = 0 and no prior the fused weight reproduces W_cfr + Δ on every position of the concept's
+    prompts; tolerance 1e-6 relative (float64 solves, float32 storage)."""
+    pipe = tiny_pipes["sd"]
+    adapter = PipelineAdapter(pipe)
+    cs = ConceptSet(erase=("Van Gogh",), kind="style")
+    cfg = MACEConfig(lamb=0.0, prior="none", preserve_weight=0.0, train_steps=3, lr=1e-2, n_images=1, image_steps=2)
+    m = MACE()
+    plan = m.plan(adapter, cs, cfg)
+    lora, stats = m.train_lora(adapter, plan, 0, cfg)
+    assert stats["train_steps"] == 3
+    layers = fuse(adapter, plan, [lora], storage="dense")
+    X = plan.Xs[0]
+    # trained away from B = 0 (except the last to_v: no later attention map depends on it, as in the reference)
+    assert sum(bool(B.abs().max() > 0) for B, _ in lora.values()) >= len(lora) - 1
+    for le in layers:
+        W0 = adapter.linear(le.path).weight.detach().to(F64)
+        B, A = lora[le.path]
+        want = (W0 + W0 @ plan.E_c + B @ A) @ X
+        got = le.materialize(W0).to(F64) @ X
+        assert float((got - want).norm() / want.norm()) < 1e-6, le.path
+
+
+def test_mace_without_loras_is_the_per_layer_cfr_closed_form(tiny_pipes):
+    """Stage 1 alone (train_steps=0; object preset: no prior) equals closed_form(W0, W0 C_map, C_old, ·, λ) per layer;
+    with no LoRA the fusion returns W_cfr. Shared-token outputs move towards the mapping prompt's."""
+    pipe = tiny_pipes["sd"]
+    edit = erasekit.erase(pipe, method="mace", concepts=["cat"], kind="object", train_steps=0, lamb=1e-3, progress=False)
+    adapter = PipelineAdapter(pipe)
+    plan = MACE().plan(adapter, ConceptSet(erase=("cat",), kind="object"), MACEConfig(train_steps=0, lamb=1e-3))
+    C_old, C_map = MACE()._cfr_columns(adapter, plan.prompts)
+    G = torch.zeros(C_old.shape[0], 0, dtype=F64)
+    for path, le in edit.layers.items():
+        W0 = adapter.linear(path).weight.detach().to(F64)
+        W = le.materialize(W0).to(F64)
+        torch.testing.assert_close(W, closed_form(W0, W0 @ C_map, C_old, G, W0, s=0.0, lamb=1e-3).float().to(F64), rtol=1e-4, atol=1e-5)
+        assert (W @ C_old - W0 @ C_map).norm() < (W0 @ C_old - W0 @ C_map).norm(), path
+
+
+def test_mace_presets_follow_the_reference_configs():
+    assert MACEConfig().resolved("object")["lamb"] == 1e3 and MACEConfig().resolved("object")["prior"] is False
+    nsfw = MACEConfig().resolved("nsfw")
+    assert nsfw["train_steps"] == 120 and nsfw["s_train"] == 7e-7 and not nsfw["importance_sampling"]
+    assert nsfw["mapping"] == "a person wearing clothes" and set(nsfw["extra_concepts"]) == {"naked", "erotic", "sexual"}
+    assert MACEConfig(lamb=3.0, preset="style").resolved("object")["lamb"] == 3.0  # user options win, preset overrides the kind
+
+
+# --------------------------------------------------------------------- ESD
+def _esd_eval_loss(pipe, edit, concept, eta, n=6):
+    """The ESD objective on fixed x_t from the frozen model, for the pipeline with `edit` applied (or not)."""
+    adapter = PipelineAdapter(pipe)
+    pool = ft.trajectory_pool(adapter, [concept], n_latents=2, steps=4, guidance=3.0, seed=123, include_start=True)
+    x, t = pool.x[:n], pool.t[:n]
+    cc = ft.index_cond(ft.unet_inputs(adapter, [concept]), [0] * len(x))
+    cn = ft.index_cond(ft.unet_inputs(adapter, [""]), [0] * len(x))
+    with torch.no_grad():
+        e_c, e_n = ft.eps(pipe.unet, x, t, cc), ft.eps(pipe.unet, x, t, cn)
+        target = esd_target(e_c, e_c, e_n, eta)
+        if edit is None:
+            return float(torch.nn.functional.mse_loss(e_c, target))
+        edit.apply(pipe)
+        try:
+            return float(torch.nn.functional.mse_loss(ft.eps(pipe.unet, x, t, cc), target))
+        finally:
+            edit.revert(pipe)
+
+
+@pytest.mark.parametrize("method", ["esd-x", "esd-x-strict"])
+def test_esd_lowers_its_objective_on_held_out_samples(tiny_pipes, method):
+    pipe = tiny_pipes["sd"]
+    edit = erasekit.erase(pipe, method=method, concepts=["Van Gogh"], iterations=30, lr=2e-3, pool_latents=2, pool_steps=4, progress=False)
+    before, after = _esd_eval_loss(pipe, None, "Van Gogh", 2.0), _esd_eval_loss(pipe, edit, "Van Gogh", 2.0)
+    assert after <= 0.9 * before, (before, after)
+    assert edit.stats["train_steps"] == 30 and edit.stats["negative_guidance"] == 2.0
+
+
+def test_esd_variants_select_the_reference_layers(tiny_pipes):
+    pipe = tiny_pipes["sdxl"]
+    adapter = PipelineAdapter(pipe)
+    cfg = erasekit.make_config("esd-x")
+    x = trainable_modules(adapter, "esd-x", cfg)
+    strict = trainable_modules(adapter, "esd-x-strict", cfg)
+    u = trainable_modules(adapter, "esd-u", cfg)
+    assert set(strict) == set(adapter.paths) < set(x) and all(".attn2." in p for p in x)
+    assert not set(u) & set(x) and all("emb" not in p and "block" in p for p in u)  # esd_sdxl.py's filter
+    assert any(isinstance(pipe.unet.get_submodule(p), torch.nn.Conv2d) for p in u)
+    assert resolve(cfg, "esd-x", "sdxl") == (2e-4, 1.0, 2.0) and resolve(cfg, "esd-u", "sdxl")[0] == 1e-5
+    assert resolve(cfg, "esd-x", "sd") == (5e-5, 2.0, 3.0)
+
+
+def test_esd_picks_its_variant_by_kind(tiny_pipes):
+    pipe = tiny_pipes["sd"]
+    style = erasekit.erase(pipe, method="esd", concepts=["Van Gogh"], kind="style", iterations=1, pool_latents=1, pool_steps=2, progress=False)
+    assert style.stats["variant"] == "esd-x"
+    assert erasekit.make_config("esd", variant="esd-x-strict").variant == "esd-x-strict"
+    with pytest.raises(erasekit.MethodError):
+        erasekit.make_config("esd", variant="esd-z")
+
+
+def test_esd_time_budget_stops_early_and_runs_are_seeded(tiny_pipes):
+    pipe = tiny_pipes["sd"]
+    kw = dict(concepts=["Van Gogh"], pool_latents=1, pool_steps=3, lr=1e-3, progress=False)
+    short = erasekit.erase(pipe, method="esd-x-strict", iterations=10_000, time_budget=0.5, **kw)
+    assert 1 <= short.stats["train_steps"] < 10_000
+    a = erasekit.erase(pipe, method="esd-x-strict", iterations=3, **kw)
+    b = erasekit.erase(pipe, method="esd-x-strict", iterations=3, **kw)
+    assert all(torch.equal(a.layers[p].tensors["weight"], b.layers[p].tensors["weight"]) for p in a.layers)
+
+
+def test_esd_u_conv_weights_and_biases_round_trip_bit_exactly(tiny_pipes, tmp_path):
+    pipe = tiny_pipes["sd"]
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    edit = erasekit.erase(pipe, method="esd-u", concepts=["Van Gogh"], iterations=2, pool_latents=1, pool_steps=2, lr=1e-3, progress=False)
+    assert {le.param for le in edit.layers.values()} == {"weight", "bias"} and any(len(le.shape) == 4 for le in edit.layers.values())
+    edit.apply(pipe)
+    direct = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    edit.revert(pipe)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    loaded = erasekit.load_edit(edit.save(tmp_path / "u.safetensors"), pipe)
+    try:
+        assert any(not torch.equal(before[k], v) for k, v in direct.items())
+        assert all(torch.equal(direct[k], v) for k, v in pipe.unet.state_dict().items())
+    finally:
+        loaded.revert(pipe)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
