@@ -29,8 +29,9 @@ threshold 1e-4 — the README's 10-celebrity command leaves the threshold at 0.1
 produced the paper's tables uses 1e-4, erasekit follows the script.
 
 Where erasekit differs, and why:
-* k-means: ``kmeans_pytorch`` is replaced by erasekit's own seeded Lloyd iteration (random distinct
-  initial centres, as kmeans_pytorch; stop when the centres move less than 1e-4) — no new dependency.
+* k-means: ``kmeans_pytorch`` is replaced by erasekit's own seeded Lloyd iteration (k-means++
+  initial centres where kmeans_pytorch picks random rows; the same stopping rule, centres moving
+  less than 1e-4 in total) — no new dependency, no scikit-learn at run time.
 * DPA draws ε ~ N(0, 1) per copy directly; the reference draws a full Gaussian vector and projects
   it on v_min v_minᵀ, which gives the same distribution along v_min. Seeded by ``seed``.
 * A retain set that IPF filters down to nothing (e.g. a single retain prompt: nothing lies strictly
@@ -121,11 +122,14 @@ def iec_right_factor(T: torch.Tensor, V0: torch.Tensor | None, K2: torch.Tensor,
 
 
 def kmeans(X: torch.Tensor, k: int, gen: torch.Generator, tol: float = 1e-4, max_iter: int = 300) -> torch.Tensor:
-    """k centres (k, d) of the rows of X (N, d) by Lloyd's iteration from k distinct random rows
-    (kmeans_pytorch's scheme); stops when Σ‖centre shift‖² < tol. An empty cluster keeps its centre."""
+    """k centres (k, d) of the rows of X (N, d): k-means++ seeding, then Lloyd's iteration until
+    Σ‖centre shift‖² < tol (kmeans_pytorch's stopping rule). An empty cluster keeps its centre."""
     if X.shape[0] < k:
         raise MethodError(f"k-means needs at least {k} points, got {X.shape[0]}")
-    C = X[torch.randperm(X.shape[0], generator=gen)[:k]].clone()  # (k, d)
+    C = X[torch.randint(X.shape[0], (1,), generator=gen)]  # (1, d)
+    while C.shape[0] < k:  # k-means++: next centre with probability ∝ squared distance to the nearest one
+        d2 = torch.cdist(X, C).min(dim=1).values ** 2
+        C = torch.cat([C, X[torch.multinomial(d2 / d2.sum(), 1, generator=gen)] if d2.sum() > 0 else X[:1]])
     for _ in range(max_iter):
         assign = torch.cdist(X, C).argmin(dim=1)  # (N,)
         new = torch.stack([X[assign == j].mean(0) if bool((assign == j).any()) else C[j] for j in range(k)])
