@@ -25,6 +25,22 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 # UCE's defaults: styles are steered towards generic "art", everything else towards the empty prompt.
 DEFAULT_GUIDE = {"style": "art", "object": "", "person": "", "nsfw": ""}
 
+# The UCE reference scripts' own template lists (the bare concept first). Both versions use the
+# same two lists: trainscripts/uce_sd_erase.py (v2, ``--expand_prompts``: 'art' gets the style list,
+# every other type the object list) and train-scripts/train_erase.py (v1, ``--add_prompts``: 'art'
+# and 'object'). ``uce --preset v1|v2`` uses these; TEMPLATES above are erasekit's extensions.
+REFERENCE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "style": ("{}", "painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}"),
+    "object": ("{}", "image of {}", "photo of {}", "portrait of {}", "picture of {}", "painting of {}"),
+}
+
+
+def reference_templates(kind: str) -> tuple[str, ...]:
+    """The UCE reference scripts' template list for ``kind`` (styles: the 'art' list; any other kind: the object list)."""
+    if kind not in KINDS:
+        raise ConceptError(f"unknown concept kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return REFERENCE_TEMPLATES["style" if kind == "style" else "object"]
+
 
 def normalize(concept: str) -> str:
     """Case- and whitespace-insensitive key used to detect duplicates and contradictions."""
@@ -112,18 +128,30 @@ class ConceptSet:
 
     @property
     def template_list(self) -> tuple[str, ...]:
+        return self.templates_for(reference=False)
+
+    def templates_for(self, reference: bool = False) -> tuple[str, ...]:
+        """The templates to expand with: ``("{}",)`` when off, the user's list when given, else the
+        kind's list — erasekit's (``reference=False``) or the UCE reference scripts' (``reference=True``)."""
         if self.templates is True:
-            return TEMPLATES[self.kind]
+            return reference_templates(self.kind) if reference else TEMPLATES[self.kind]
         if self.templates is False:
             return ("{}",)
         return self.templates
 
-    def erase_pairs(self) -> list[tuple[str, str]]:
-        """Aligned (erase prompt, guide prompt) pairs after template expansion."""
-        return [(_fill(t, c), _fill(t, g)) for c, g in zip(self.erase, self.guides) for t in self.template_list]
+    def erase_pairs(self, templates: tuple[str, ...] | None = None, template_guide: bool = True) -> list[tuple[str, str]]:
+        """Aligned (erase prompt, guide prompt) pairs after template expansion.
 
-    def preserve_prompts(self) -> list[str]:
-        return [_fill(t, c) for c in self.preserve for t in self.template_list]
+        ``templates`` overrides :attr:`template_list`; ``template_guide=False`` keeps the guide bare
+        (UCE v1 templates the erase prompt only).
+        """
+        tpl = self.template_list if templates is None else templates
+        return [(_fill(t, c), _fill(t, g) if template_guide else g) for c, g in zip(self.erase, self.guides) for t in tpl]
+
+    def preserve_prompts(self, templates: tuple[str, ...] | None = None) -> list[str]:
+        """Preserve prompts after template expansion (``templates`` overrides :attr:`template_list`)."""
+        tpl = self.template_list if templates is None else templates
+        return [_fill(t, c) for c in self.preserve for t in tpl]
 
     def to_dict(self) -> dict:
         return {

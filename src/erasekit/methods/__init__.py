@@ -1,6 +1,6 @@
 """Concept-erasure methods. Importing this package registers every built-in method."""
 
 from .base import Method, MethodConfig, get_method, list_methods, make_config, register_method
-from . import ace, esd, mace, pure, space, uce  # noqa: F401  (registration side effect)
+from . import ace, cure, esd, mace, pure, rece, space, speed, uce  # noqa: F401  (registration side effect)
 
 __all__ = ["Method", "MethodConfig", "get_method", "list_methods", "make_config", "register_method"]

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .. import linalg
 from ..edit import LayerEdit
 from ..errors import MethodError
 from ..models.capture import CrossAttentionCapture
@@ -90,10 +91,9 @@ def left_delta(W0: torch.Tensor, V_F: torch.Tensor, V_R: torch.Tensor) -> tuple[
 
 
 def right_delta(W0: torch.Tensor, V_F: torch.Tensor, V_R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, A) with W0 E − W0 = −W0 P_F (I − P_R) = B A;  B (d_out, r), A (r, d_in)."""
-    W0 = W0.double()
-    A = V_F.T - (V_F.T @ V_R) @ V_R.T  # V_Fᵀ (I − P_R)
-    return -(W0 @ V_F), A
+    """(B, A) with W0 E − W0 = −W0 P_F (I − P_R) = B A;  B (d_out, r), A (r, d_in) (hard projectors;
+    CURE uses the same maths with spectral weights, ``linalg.projector_delta_right``)."""
+    return linalg.projector_delta_right(W0, V_F, V_R)
 
 
 # ----------------------------------------------------------------- config

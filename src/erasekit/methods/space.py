@@ -28,6 +28,7 @@ from .uce import UCEConfig
 
 @dataclass
 class SPACEConfig(UCEConfig):
+    preset: str | None = help_field("erasekit", "how concepts become token columns, as for UCE: 'erasekit' (default: erasekit's templates on erase, guide and preserve prompts), 'v2' or 'v1'")
     lam: float | None = help_field(None, "lambda: L1 weight on the edited weights (give this or target_sparsity)")
     target_sparsity: float | None = help_field(None, "share of exact zeros to reach, in (0, 1); lambda found by bisection (default 0.85 when lam is not given)")
     sparsity_scope: str = help_field("layer", "'layer': one lambda per layer, each meeting the target; 'shared': one lambda for all layers")
