@@ -264,7 +264,8 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge", default="tinyworld", help="tinyworld, nudenet or clip:PATH (a local CLIP model folder)")
     p.add_argument("--threshold", type=float, default=None, help="NudeNet detection threshold (default 0.6)")
     p.add_argument("--attack", default="ring-a-bell,token-search", help="attacks for the adversarial suite: ring-a-bell, token-search")
-    p.add_argument("--eta", type=float, default=3.0, help="ring-a-bell: strength of the concept vector")
+    p.add_argument("--eta", default="1,2,3", help="ring-a-bell: strengths η of the concept vector (a curve; the headline η is the "
+                   "strongest at which the unedited model keeps ≥ 90 %% of its prompted attributes)")
     p.add_argument("--search-steps", type=int, default=12, help="token-search: coordinate steps per prompt (32 candidates each)")
     p.add_argument("--n", type=int, default=16, help="tinyworld: items per suite")
     p.add_argument("--seeds", type=int, default=2, help="other models: seeds per templated prompt")
@@ -273,7 +274,7 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (tinyworld default 5, else the pipeline's; a prompt file's own guidance wins)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32, help="images per pipeline call")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the confidence intervals")
     p.add_argument("--cache", default=None, help="image cache folder (default ~/.cache/erasekit; unedited images are shared across runs)")
     p.add_argument("--out", required=True, help="folder for results.json and report.html")
@@ -292,7 +293,7 @@ def _eval_setup(args):
     if args.device.startswith("cuda") and state.num_processes > 1:
         args.device = str(state.device)  # one GPU per process under accelerate launch
     plan = Plan(kinds=parse_kinds(args.suite), n=args.n, seeds=args.seeds, seed=args.seed, attacks=parse_kinds(args.attack),
-                eta=args.eta, search_steps=args.search_steps)
+                etas=args.eta, search_steps=args.search_steps)
     judge = make_judge(args.judge, device=args.device, **({"threshold": args.threshold} if args.threshold is not None else {}))
     tiny = args.model == "tinyworld"
     settings = GenerationSettings(steps=args.steps if args.steps is not None else (20 if tiny else None),
