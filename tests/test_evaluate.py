@@ -404,7 +404,9 @@ def test_report_page_loads_in_chromium(evaluated, tmp_path):
     state = json.loads(dom[start: dom.index("</div>", start)])
     n_images = sum(min(8, len(r.suite)) * 2 for r in res.studies["circle"]["uce"].suites.values() if r.suite.name != "adversarial:token-search") \
         + min(8, len(res.studies["circle"]["uce"].suites["adversarial:token-search"].suite)) * 2
-    assert state == {"images": n_images, "broken": 0, "table": True, "settings": True}
+    figures = sorted((tmp_path / "plots").glob("*.png"))
+    assert [f.name for f in figures] == ["attack-circle-ring-a-bell.png", "tradeoff-circle.png"]  # also embedded in the page
+    assert state == {"images": n_images + len(figures), "broken": 0, "table": True, "settings": True}
     shot = tmp_path / "report.png"
     subprocess.run(flags + ["--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90)
     assert shot.is_file() and Image.open(shot).size == (1200, 1600)
