@@ -36,10 +36,20 @@ def erase(pipe, method: str = "uce", concepts: ConceptSet | Sequence[str] | str 
         guide_arg = guide if guide is None or isinstance(guide, str) else tuple(guide)
         tpl = templates if isinstance(templates, bool) else tuple(templates)
         concepts = ConceptSet(erase=erase_list, kind=kind, guide=guide_arg, preserve=tuple(preserve), templates=tpl)
+    from .models.precision import computing_in, pipeline_compute_dtype, text_encoders
+
     m = get_method(method)
     cfg = make_config(m.name, **config)
     adapter = PipelineAdapter(pipe, layer_regex=cfg.layer_regex, projections=cfg.projections)
-    return m.fit(adapter, concepts, cfg, progress=progress)
+    stored, target = pipeline_compute_dtype(pipe)
+    if target == stored or not m.uses_unet(cfg):
+        edit = m.fit(adapter, concepts, cfg, progress=progress)  # encoding borrows its own dtype, layer by layer
+    else:
+        adapter.pin_fingerprints()  # in the stored dtype, before the UNet is borrowed
+        with computing_in([*text_encoders(pipe), pipe.unet], target):
+            edit = m.fit(adapter, concepts, cfg, progress=progress)
+    edit.compute_dtype = str(target).replace("torch.", "")
+    return edit
 
 
 __all__ = [

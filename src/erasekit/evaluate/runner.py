@@ -33,6 +33,7 @@ from PIL import Image, PngImagePlugin
 
 from .._atomic import atomic_path
 from ..errors import EraseKitError
+from ..models.precision import generating_in_compute_dtype, pipeline_compute_dtype
 from . import metrics as M
 from . import stats as S
 from .attacks import headline_eta, shifted_conditioning, vector_digest
@@ -96,13 +97,18 @@ class ImageCache:
         self.root = Path(root) if root is not None else default_cache_dir()
 
     @staticmethod
-    def key(model_fp: str, item: SuiteItem, settings: GenerationSettings, scheduler: str, vectors: dict) -> tuple[str, dict]:
+    def key(model_fp: str, item: SuiteItem, settings: GenerationSettings, scheduler: str, vectors: dict,
+            compute_dtype: str | None = None) -> tuple[str, dict]:
+        """``compute_dtype``: set when the pipeline computes in another dtype than it stores (float16 on a
+        CPU runs in float32), so those images never mix with images rendered in the stored dtype."""
         guidance = item.guidance if item.guidance is not None else settings.guidance
         spec = {
             "model": model_fp, "prompt": item.prompt, "seed": int(item.seed),
             "shift": None if item.shift is None else [vector_digest(vectors[item.shift[0]]), float(item.shift[1])],
             "steps": settings.steps, "guidance": guidance, "height": settings.height, "width": settings.width, "scheduler": scheduler,
         }
+        if compute_dtype is not None:
+            spec["compute_dtype"] = compute_dtype
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(), spec
 
     def path(self, model_fp: str, digest: str) -> Path:
@@ -219,7 +225,8 @@ def _render(pipe, items: Sequence[SuiteItem], vectors: dict, settings: Generatio
         cond = {"prompt": [it.prompt for it in items]}
     else:
         cond = shifted_conditioning(pipe, items, vectors)
-    return pipe(**cond, generator=gens, output_type="pil", **kw).images
+    with generating_in_compute_dtype(pipe):  # float16 on a CPU runs in float32 (models/precision.py)
+        return pipe(**cond, generator=gens, output_type="pil", **kw).images
 
 
 @dataclass
@@ -288,6 +295,9 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
     t_start = time.perf_counter()
     base_fp = pipeline_fingerprint(pipe)
     sched = scheduler_id(pipe)
+    stored_dt, gen_dt = pipeline_compute_dtype(pipe)
+    gen_dtype = str(gen_dt).replace("torch.", "")
+    borrowed_dtype = gen_dtype if gen_dt != stored_dt else None
 
     # adversarial suites: built once on the main process, shared through files
     t0 = time.perf_counter()
@@ -315,7 +325,7 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
     runs: dict[str, dict[str, MethodRun]] = {}
 
     def job(state_name: str, item: SuiteItem, vectors: dict) -> Path:
-        digest, spec = cache.key(fps[state_name], item, settings, sched, vectors)
+        digest, spec = cache.key(fps[state_name], item, settings, sched, vectors, borrowed_dtype)
         path = cache.path(fps[state_name], digest)
         jobs.setdefault(digest, _Job(state_name, digest, path, spec, item, vectors))
         return path
@@ -404,7 +414,8 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
     metrics_seconds = time.perf_counter() - t0 - judge_seconds
 
     config = {
-        "settings": settings.to_dict(), "scheduler": sched, "model_fingerprint": base_fp, "seed": seed, "n_boot": n_boot, "level": M.LEVEL,
+        "settings": settings.to_dict(), "generation_dtype": gen_dtype, "stored_dtype": str(stored_dt).replace("torch.", ""),
+        "scheduler": sched, "model_fingerprint": base_fp, "seed": seed, "n_boot": n_boot, "level": M.LEVEL,
         "cache_dir": str(cache.root), "processes": state.num_processes, "versions": versions(),
         "pipeline": {"class": type(pipe).__name__, "name_or_path": getattr(pipe.config, "_name_or_path", None) if hasattr(pipe, "config") else None},
     }

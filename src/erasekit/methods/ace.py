@@ -172,6 +172,9 @@ def _adversarial_delta(eps_fn, embeds: torch.Tensor, target: torch.Tensor, confi
 
 @register_method("ace", ACEConfig, "ACE: gated low-rank nullification + adversarial fine-tuning (arXiv 2504.11850, reconstruction)")
 class ACE(Method):
+    def uses_unet(self, config: ACEConfig) -> bool:
+        return True
+
     def fit(self, adapter, concepts, config: ACEConfig, progress: bool = True):
         t0 = time.perf_counter()
         C_E, C_G, C_P = cf.token_columns(adapter, concepts, config)

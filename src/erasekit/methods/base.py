@@ -59,6 +59,14 @@ class Method(ABC):
     def fit(self, adapter, concepts, config: MethodConfig, progress: bool = True):
         """Compute the edit. Must not modify the pipeline."""
 
+    def uses_unet(self, config: MethodConfig) -> bool:
+        """Whether ``fit`` runs the UNet (sampling, capture or training), not only reads its K/V weights.
+
+        :func:`erasekit.erase` then borrows the whole UNet in the compute dtype for the fit
+        (models/precision.py); closed-form methods pay nothing for it.
+        """
+        return False
+
 
 _REGISTRY: dict[str, type[Method]] = {}
 

@@ -148,6 +148,9 @@ def _bases_text(adapter, concepts, config):
 
 @register_method("pure", PUREConfig, "PURE: project concept directions out of cross-attention activations, E = I − P_F(I − P_R) (Moon et al., 2026)")
 class PURE(Method):
+    def uses_unet(self, config: PUREConfig) -> bool:
+        return config.basis == "activation"
+
     def fit(self, adapter, concepts, config: PUREConfig, progress: bool = True):
         t0 = time.perf_counter()
         if config.basis == "activation":

@@ -65,6 +65,7 @@ class PipelineAdapter:
             raise ModelError(f"unknown projection(s) {bad or projections}; choose from 'k' and 'v'")
         self.paths = self._discover(layer_regex, tuple(projections))
         self.d_in = self._check_in_features()
+        self._pinned_fingerprints: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ layers
     def _discover(self, layer_regex: str | None, projections: tuple[str, ...]) -> list[str]:
@@ -130,15 +131,22 @@ class PipelineAdapter:
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], batch_size: int = 64) -> Encoded:
         """Encode with the pipeline's own ``encode_prompt`` (no CFG branch): the exact UNet context."""
+        from .precision import compute_dtype, computing_in_layers, stored_dtype, text_encoders
+
         prompts = list(prompts)
         if not prompts:
             raise ModelError("no prompt to encode")
+        encoders = text_encoders(self.pipe)
+        target = compute_dtype(self.device, stored_dtype(encoders[0])) if encoders else torch.float32
         chunks = []
-        for i in range(0, len(prompts), batch_size):
-            out = self.pipe.encode_prompt(
-                prompts[i : i + batch_size], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
-            )
-            chunks.append(out[0].detach().to("cpu", torch.float64))  # (b, L, d_in)
+        # A float16 text encoder on a CPU runs each layer in float32 (issue 16); the output is then
+        # cast to the encoder's dtype by diffusers, exactly as the UNet receives it at generation time.
+        with computing_in_layers(encoders, target):
+            for i in range(0, len(prompts), batch_size):
+                out = self.pipe.encode_prompt(
+                    prompts[i : i + batch_size], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+                )
+                chunks.append(out[0].detach().to("cpu", torch.float64))  # (b, L, d_in)
         embeds = torch.cat(chunks)
         if embeds.shape[-1] != self.d_in:
             raise ModelError(f"prompt embeddings are {embeds.shape[-1]}-d but the edited layers read {self.d_in}-d inputs")
@@ -183,7 +191,13 @@ class PipelineAdapter:
 
     # ------------------------------------------------------------ fingerprint
     def fingerprint(self, paths: Sequence[str] | None = None) -> dict[str, dict]:
-        return {p: weight_fingerprint(self.linear(p).weight) for p in (paths or self.paths)}
+        """Fingerprints of the base weights (pinned ones first: see :meth:`pin_fingerprints`)."""
+        return {p: self._pinned_fingerprints.get(p) or weight_fingerprint(self.linear(p).weight) for p in (paths or self.paths)}
+
+    def pin_fingerprints(self) -> None:
+        """Fingerprint every edited layer now, in its stored dtype, before a fit borrows the UNet in
+        another dtype (models/precision.py); the edit then records the weights as they are stored."""
+        self._pinned_fingerprints = {p: weight_fingerprint(self.linear(p).weight) for p in self.paths}
 
     def describe(self) -> dict:
         cfg = getattr(self.pipe, "config", {}) or {}

@@ -11,6 +11,7 @@ Pickle-based checkpoints (``.ckpt``, ``.pt``, ``.bin``) are refused: they can ru
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -38,13 +39,25 @@ def load_pipeline(model: str, dtype: str | torch.dtype = "float32", device: str 
     """Load ``model`` (see module docstring) onto ``device`` in ``dtype``."""
     torch_dtype = resolve_dtype(dtype)
     pipe = _load(str(model), torch_dtype, config, revision)
+    # diffusers warns that float16 "cannot run" on a CPU; erasekit computes in float32 there instead
+    # (models/precision.py) and says so itself, once.
+    quiet = _DropHalfOnCpuWarning()
+    pipeline_logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    pipeline_logger.addFilter(quiet)
     try:
         pipe = pipe.to(device)
     except (RuntimeError, AssertionError) as e:
         raise ModelError(f"cannot move the pipeline to device {device!r}: {e}") from None
+    finally:
+        pipeline_logger.removeFilter(quiet)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+class _DropHalfOnCpuWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "cannot run with `cpu` device" not in record.getMessage()
 
 
 def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: str | None):
