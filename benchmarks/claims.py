@@ -1,6 +1,6 @@
 """Every claim of the founding papers, with a verdict that survives statistics: the claims table.
 
-    python benchmarks/claims.py --out claims-out [--n 96] [--steps 20] [--models tinyworld,tinyworld-xl]
+    python benchmarks/claims.py --out claims-out [--n 96] [--steps 10] [--models tinyworld,tinyworld-xl]
     python benchmarks/claims.py --small --out /tmp/claims-small          # the default test's size (minutes)
 
 On each model (tinyworld, and tinyworld-xl when it is installed) it fits every registered method
@@ -502,7 +502,7 @@ def parse_args(argv=None):
                     help="method labels (unregistered ones are skipped and their claims marked not measurable)")
     ap.add_argument("--concept", default="circle", help="the tinyworld concept of the main study")
     ap.add_argument("--n", type=int, default=96, help="prompts per suite (≥ 96 for ±10-point intervals)")
-    ap.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps per image")
+    ap.add_argument("--steps", type=int, default=10, help="DPM-Solver++ steps per image (tinyworld validity holds at 10)")
     ap.add_argument("--eta", default="1,2,3", help="concept-vector strengths")
     ap.add_argument("--search-steps", type=int, default=12)
     ap.add_argument("--search-candidates", type=int, default=32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,10 @@ VERDICTS = ("holds", "holds partly", "does not hold", "not measurable here")
 def claims():
     spec = importlib.util.spec_from_file_location("claims", REPO / "benchmarks" / "claims.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["claims"] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
-    return mod
+    yield mod
+    sys.modules.pop("claims", None)
 
 
 def _c(diff, significant, a="space", b="uce", metric="erase rate"):

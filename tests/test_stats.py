@@ -132,3 +132,41 @@ def test_holm_matches_statsmodels_style_reference_on_all_small_tables():
             r = srt.index(p)
             ref = max(min(1.0, (len(base) - j) * srt[j]) for j in range(r + 1))
             assert adj[i] == pytest.approx(ref)
+
+
+def test_vectorised_bootstrap_equals_draw_by_draw():
+    """Mean and harmonic-mean statistics take the all-draws-at-once path; a wrapped statistic takes the loop: same interval."""
+    from erasekit.evaluate import metrics as M
+
+    rng = np.random.default_rng(3)
+    a, b, c = rng.random(50) < 0.6, rng.random(30) < 0.1, rng.random(40)
+    for stat, samples in ((M._mean, [a]), (M._mean, [c]), (M._hmean, [a, b]), (M._hmean, [a, np.zeros(5, bool)])):
+        fast = M.bootstrap(samples, stat, n_boot=400, seed=5)
+        slow = M.bootstrap(samples, lambda *x, f=stat: f(*x), n_boot=400, seed=5)
+        assert fast == pytest.approx(slow, abs=1e-12)
+
+
+def test_pipeline_fingerprint_memo_sees_every_weight_change(tiny_pipes):
+    import torch
+
+    from erasekit.evaluate import runner as R
+
+    sd = tiny_pipes["sd"]
+    fp = R.pipeline_fingerprint(sd)
+    assert R.pipeline_fingerprint(sd) == fp == R._hash_pipeline(sd)
+    w = sd.unet.conv_in.weight
+    try:
+        with torch.no_grad():
+            w[0, 0, 0, 0] += 1.0  # an in-place write bumps the version counter: the memo must not be used
+        changed = R.pipeline_fingerprint(sd)
+        assert changed != fp and changed == R._hash_pipeline(sd)
+    finally:
+        with torch.no_grad():
+            w[0, 0, 0, 0] -= 1.0
+    assert R.pipeline_fingerprint(sd) == R._hash_pipeline(sd)
+    edit = __import__("erasekit").erase(sd, "uce", ["circle"], kind="object", progress=False)
+    edit.apply(sd)
+    try:
+        assert R.pipeline_fingerprint(sd) == R._hash_pipeline(sd) != fp
+    finally:
+        edit.revert(sd)

@@ -262,6 +262,7 @@ def cmd_export(args) -> int:
 
 
 # ------------------------------------------------------------- evaluation
+TINYWORLD_STEPS = 10  # validity at 10 vs 20 steps (python -m erasekit.tinyworld.validity --steps 10): every target holds
 def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="target,paraphrase,adversarial,retain,general",
                    help="comma-separated suite kinds: target, paraphrase, adversarial, retain, general")
@@ -274,7 +275,7 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=16, help="tinyworld: items per suite")
     p.add_argument("--seeds", type=int, default=2, help="other models: seeds per templated prompt")
     p.add_argument("--seed", type=int, default=0, help="first seed; also seeds the bootstrap and the attacks")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (tinyworld default 20, else the pipeline's)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (tinyworld default 10 DPM-Solver++ steps, where its validity table still holds; else the pipeline's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (tinyworld default 5, else the pipeline's; a prompt file's own guidance wins)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
@@ -300,7 +301,7 @@ def _eval_setup(args):
                 etas=args.eta, search_steps=args.search_steps)
     judge = make_judge(args.judge, device=args.device, **({"threshold": args.threshold} if args.threshold is not None else {}))
     tiny = args.model == "tinyworld"
-    settings = GenerationSettings(steps=args.steps if args.steps is not None else (20 if tiny else None),
+    settings = GenerationSettings(steps=args.steps if args.steps is not None else (TINYWORLD_STEPS if tiny else None),
                                   guidance=args.guidance if args.guidance is not None else (5.0 if tiny else None),
                                   height=args.height, width=args.width, batch_size=args.batch_size)
     return _load(args), judge, plan, settings

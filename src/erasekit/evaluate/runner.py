@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -58,11 +59,51 @@ class GenerationSettings:
 
 
 # ----------------------------------------------------------------------------- fingerprints
-@torch.no_grad()
+_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pipe -> (state key, fingerprint); dies with the pipe
+
+
+def _state_key(pipe) -> tuple:
+    """Cheap identity of a pipeline's current weights: every parameter / buffer's storage address, version
+    counter (bumped by every in-place write, ``Edit.apply`` and ``revert`` included), shape and dtype, and the
+    tokenizers' sizes. Equal keys mean no tensor was replaced or written since the key was taken."""
+    parts: list = [type(pipe).__name__]
+    for name, comp in sorted(pipe.components.items()):
+        if isinstance(comp, torch.nn.Module):
+            for k, t in comp.state_dict(keep_vars=True).items():
+                try:
+                    version = t._version
+                except RuntimeError:  # inference-mode tensors have no version counter: nothing to trust
+                    return ()
+                parts.append((name, k, t.data_ptr(), version, tuple(t.shape), t.dtype))
+        elif hasattr(comp, "get_vocab"):
+            parts.append((name, id(comp), len(comp)))
+        else:
+            parts.append((name, type(comp).__name__))
+    return tuple(parts)
+
+
 def pipeline_fingerprint(pipe) -> str:
     """SHA-256 over the bytes of every component's tensors (with names, shapes, dtypes), the
     tokenizers' vocabularies and the pipeline class: the same in every process that loaded the
-    same weights. The scheduler is not included: it is part of each image's key on its own."""
+    same weights. The scheduler is not included: it is part of each image's key on its own.
+
+    Hashing every weight is the runner's largest fixed cost (seconds on a loaded CPU), so the result is
+    remembered per pipeline object and reused while :func:`_state_key` is unchanged."""
+    key = _state_key(pipe)
+    try:
+        hit = _FINGERPRINTS.get(pipe)
+    except TypeError:  # not weak-referenceable: no memo
+        return _hash_pipeline(pipe)
+    if key and hit is not None and hit[0] == key:
+        return hit[1]
+    fp = _hash_pipeline(pipe)
+    if key:
+        _FINGERPRINTS[pipe] = (key, fp)
+    return fp
+
+
+@torch.no_grad()
+def _hash_pipeline(pipe) -> str:
     h = hashlib.sha256(type(pipe).__name__.encode())
     for name, comp in sorted(pipe.components.items()):
         h.update(f"|{name}:{type(comp).__name__}".encode())
