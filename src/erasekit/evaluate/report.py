@@ -130,7 +130,7 @@ def figure_html(png: bytes, name: str, folder: Path, alt: str) -> str:
     """Save ``png`` as ``folder/name.png`` and return an <img> that embeds the same bytes (the page stays self-contained)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(folder / f"{name}.png", png)
-    return f"<img alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    return f"<img id='{html.escape(name, quote=True)}' alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
 def _safe(name: str) -> str:
