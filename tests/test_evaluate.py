@@ -258,7 +258,7 @@ def _attacks():
     from erasekit.evaluate.attacks import concept_set_pairs
 
     cs = erasekit.ConceptSet(erase=("circle",), kind="object")
-    return [ConceptVectorAttack(*concept_set_pairs(cs), eta=0.0),
+    return [ConceptVectorAttack(*concept_set_pairs(cs), etas=(0.0,)),
             TokenSearchAttack(n_tokens=2, steps=2, candidates=4, forbidden=["circle"], max_prompts=2)]
 
 
@@ -335,12 +335,17 @@ def test_resume_after_interruption_regenerates_only_missing(sd, edit, clip_dir, 
 def test_concept_vector_with_zero_strength_equals_unattacked(evaluated):
     res = evaluated[0]
     run = res.studies["circle"]["uce"]
-    target, attacked = run.suites["target"], run.suites["adversarial:ring-a-bell"]
+    target, attacked = run.suites["target"], run.suites["adversarial:ring-a-bell@0"]
     assert [it.prompt for it in attacked.suite] == [it.prompt for it in target.suite]
     for a, b in zip(_pixels(attacked.edited), _pixels(target.edited), strict=True):  # prompt_embeds path == prompt path
         np.testing.assert_array_equal(a, b)
-    asr, erase = run.metrics["ASR ring-a-bell"], run.metrics["erase rate"]
-    assert asr.value == pytest.approx(1.0 - erase.value) and asr.n == erase.n and "η = 0.0" in asr.note
+    asr, erase = run.metrics["ASR ring-a-bell@0"], run.metrics["erase rate"]
+    assert asr.value == pytest.approx(1.0 - erase.value) and asr.n == erase.n and "η = 0" in asr.note
+    # the curve's η = 0 point (the target suite) and the attacked suite at η = 0 agree, image for image
+    curve = res.attacks["circle"]["ring-a-bell"]["curve"]
+    assert [p["eta"] for p in curve] == [0.0, 0.0] and curve[0]["suite"] == "target"
+    assert curve[0]["methods"]["uce"].k == curve[1]["methods"]["uce"].k
+    assert curve[0]["unedited concept rate"].k == curve[1]["unedited concept rate"].k
 
 
 def test_concept_vector_attack_moves_the_conditioning(sd):
@@ -399,7 +404,9 @@ def test_report_page_loads_in_chromium(evaluated, tmp_path):
     state = json.loads(dom[start: dom.index("</div>", start)])
     n_images = sum(min(8, len(r.suite)) * 2 for r in res.studies["circle"]["uce"].suites.values() if r.suite.name != "adversarial:token-search") \
         + min(8, len(res.studies["circle"]["uce"].suites["adversarial:token-search"].suite)) * 2
-    assert state == {"images": n_images, "broken": 0, "table": True, "settings": True}
+    figures = sorted((tmp_path / "plots").glob("*.png"))
+    assert [f.name for f in figures] == ["attack-circle-ring-a-bell.png", "tradeoff-circle.png"]  # also embedded in the page
+    assert state == {"images": n_images + len(figures), "broken": 0, "table": True, "settings": True}
     shot = tmp_path / "report.png"
     subprocess.run(flags + ["--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90)
     assert shot.is_file() and Image.open(shot).size == (1200, 1600)
@@ -488,3 +495,69 @@ def test_tinyworld_erasure_is_measured(tmp_path):
     before, after = run.baseline["erase rate"].value, run.metrics["erase rate"].value
     assert before <= 0.5 and after >= before + 0.25, (before, after)
     assert run.metrics["retain rate"].value >= 0.5
+
+
+# ----------------------------------------------------------------------------- calibrated attacks, paired statistics
+def test_headline_eta_rule():
+    from erasekit.evaluate.attacks import headline_eta
+
+    # kept at η = 0 is 0.8: 90 % of it is 0.72 -> η = 2 (0.75) is the strongest that qualifies, not η = 3 (0.5)
+    assert headline_eta([1, 2, 3], [0.8, 0.75, 0.5], 0.8)[0] == 2.0
+    assert headline_eta([1, 2, 3], [0.9, 0.9, 0.9], 0.8)[0] == 3.0
+    eta, rule = headline_eta([1, 2], [0.1, 0.0], 0.8)
+    assert eta == 0.0 and "none does" in rule
+    eta, rule = headline_eta([1, 2], [None, None], None)
+    assert eta == 2.0 and "no attribute judge" in rule
+
+
+def test_concept_vector_shift_reaches_sdxl_pooled_embedding(tiny_pipes):
+    from erasekit.evaluate.attacks import concept_vector, encode, shifted_conditioning
+
+    xl = tiny_pipes["sdxl"]
+    vec = concept_vector(xl, ["a red circle"], ["a red shape"])
+    assert set(vec) == {"prompt_embeds", "pooled_prompt_embeds"} and vec["pooled_prompt_embeds"].abs().sum() > 0
+    cond = shifted_conditioning(xl, [SuiteItem("a blue square", 0, shift=("v", 1.5))], {"v": vec})
+    base = encode(xl, ["a blue square"])
+    for k in vec:
+        torch.testing.assert_close(cond[k][0], base[k][0] + 1.5 * vec[k])
+
+
+def test_several_etas_each_get_their_own_suite_metric_and_headline(sd, edit, clip_dir, tmp_path):
+    """Regression: with several η every strength has its own suite, metric and curve point (a results.json once
+    carried one study key, ``ring-a-bell@3``, for all of them); the headline follows the stated rule; every method is
+    compared paired with the unedited model and with the other method, Holm-corrected."""
+    from erasekit.evaluate.attacks import concept_set_pairs, headline_eta
+
+    other = erasekit.erase(sd, "uce", ["circle"], kind="object", preserve=["square"], erase_scale=0.5, progress=False)
+    cs = erasekit.ConceptSet(erase=("circle",), kind="object")
+    study = _study(edit, [ConceptVectorAttack(*concept_set_pairs(cs), etas=(3, 1))], n_seeds=2)
+    study.edits = {"uce": edit, "uce_half": other}
+    study.attributes = lambda prompt: ("circle",) if "circle" in prompt else ()
+    res = evaluate(sd, [study], CLIPJudge(clip_dir), out_dir=tmp_path / "o", settings=SETTINGS, cache_dir=tmp_path / "c", n_boot=100, progress=False)
+    run = res.studies["circle"]["uce"]
+    assert [n for n in run.suites if n.startswith("adversarial")] == ["adversarial:ring-a-bell@1", "adversarial:ring-a-bell@3"]
+    for eta in (1, 3):
+        s = run.suites[f"adversarial:ring-a-bell@{eta}"]
+        assert {it.shift[1] for it in s.suite} == {float(eta)} and s.suite.info["eta"] == eta
+        assert run.metrics[f"ASR ring-a-bell@{eta}"].k == int(s.seen("edited").sum())
+    a = res.attacks["circle"]["ring-a-bell"]
+    assert [p["eta"] for p in a["curve"]] == [0.0, 1.0, 3.0] and [p["suite"] for p in a["curve"]][1:] == [
+        "adversarial:ring-a-bell@1", "adversarial:ring-a-bell@3"]
+    kept = [p["unedited attributes kept"].value for p in a["curve"]]
+    assert a["headline_eta"] == headline_eta([1.0, 3.0], kept[1:], kept[0])[0]
+    head = [k for k in run.metrics if "headline" in k]
+    assert head == [f"ASR ring-a-bell (headline η = {a['headline_eta']:g})"]
+    # paired: each method vs unedited and uce vs uce_half, on erase, retain and the headline ASR
+    pairs = {(c.metric, c.a, c.b) for c in res.paired["circle"]}
+    for metric in ("erase rate", "retain rate", head[0]):
+        assert {(metric, "uce", "unedited"), (metric, "uce_half", "unedited"), (metric, "uce", "uce_half")} <= pairs
+    from erasekit.evaluate import stats as S
+
+    ps = [c.p for c in res.paired["circle"]]
+    assert [c.p_holm for c in res.paired["circle"]] == pytest.approx(S.holm(ps))
+    assert all(c.significant == (c.p_holm < 0.05) for c in res.paired["circle"])
+    c = next(c for c in res.paired["circle"] if (c.metric, c.a, c.b) == ("erase rate", "uce", "unedited"))
+    assert c.rate_a == pytest.approx(run.metrics["erase rate"].value) and c.rate_b == pytest.approx(run.baseline["erase rate"].value)
+    d = json.loads(write_json(res, tmp_path / "results.json").read_text())
+    assert d["schema"] == 2 and d["attacks"]["circle"]["ring-a-bell"]["headline_eta"] == a["headline_eta"]
+    assert len(d["paired"]["circle"]) == len(res.paired["circle"])

@@ -357,22 +357,24 @@ def cmd_export(args) -> int:
 
 
 # ------------------------------------------------------------- evaluation
+TINYWORLD_STEPS = 10  # validity at 10 vs 20 steps (python -m erasekit.tinyworld.validity --steps 10): every target holds
 def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="target,paraphrase,adversarial,retain,general",
                    help="comma-separated suite kinds: target, paraphrase, adversarial, retain, general")
     p.add_argument("--judge", default="tinyworld", help="tinyworld, nudenet or clip:PATH (a local CLIP model folder)")
     p.add_argument("--threshold", type=float, default=None, help="NudeNet detection threshold (default 0.6)")
     p.add_argument("--attack", default="ring-a-bell,token-search", help="attacks for the adversarial suite: ring-a-bell, token-search")
-    p.add_argument("--eta", type=float, default=3.0, help="ring-a-bell: strength of the concept vector")
+    p.add_argument("--eta", default="1,2,3", help="ring-a-bell: strengths η of the concept vector (a curve; the headline η is the "
+                   "strongest at which the unedited model keeps ≥ 90 %% of its prompted attributes)")
     p.add_argument("--search-steps", type=int, default=12, help="token-search: coordinate steps per prompt (32 candidates each)")
     p.add_argument("--n", type=int, default=16, help="tinyworld: items per suite")
     p.add_argument("--seeds", type=int, default=2, help="other models: seeds per templated prompt")
     p.add_argument("--seed", type=int, default=0, help="first seed; also seeds the bootstrap and the attacks")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (tinyworld default 20, else the pipeline's)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (tinyworld default 10 DPM-Solver++ steps, where its validity table still holds; else the pipeline's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (tinyworld default 5, else the pipeline's; a prompt file's own guidance wins)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32, help="images per pipeline call")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the confidence intervals")
     p.add_argument("--cache", default=None, help="image cache folder (default ~/.cache/erasekit; unedited images are shared across runs)")
     p.add_argument("--out", required=True, help="folder for results.json and report.html")
@@ -401,10 +403,10 @@ def _eval_setup(args):
     if args.device.startswith("cuda") and state.num_processes > 1:
         args.device = str(state.device)  # one GPU per process under accelerate launch
     plan = Plan(kinds=parse_kinds(args.suite), n=args.n, seeds=args.seeds, seed=args.seed, attacks=parse_kinds(args.attack),
-                eta=args.eta, search_steps=args.search_steps)
+                etas=args.eta, search_steps=args.search_steps)
     judge = make_judge(args.judge, device=args.device, **({"threshold": args.threshold} if args.threshold is not None else {}))
     tiny = is_tinyworld(args.model)
-    settings = GenerationSettings(steps=args.steps if args.steps is not None else (20 if tiny else None),
+    settings = GenerationSettings(steps=args.steps if args.steps is not None else (TINYWORLD_STEPS if tiny else None),
                                   guidance=args.guidance if args.guidance is not None else (5.0 if tiny else None),
                                   height=args.height, width=args.width, batch_size=args.batch_size)
     return _load(args), judge, plan, settings

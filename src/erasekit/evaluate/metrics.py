@@ -49,16 +49,25 @@ def _rng(seed: int) -> np.random.Generator:
 
 def bootstrap(samples: Sequence[np.ndarray], statistic: Callable[..., float], *, n_boot: int = N_BOOT, level: float = LEVEL,
               seed: int = 0) -> tuple[float, float, float]:
-    """(point, low, high): ``statistic(*samples)`` and its percentile interval, resampling each sample independently."""
+    """(point, low, high): ``statistic(*samples)`` and its percentile interval, resampling each sample independently.
+
+    Statistics that depend on the samples only through their means (:func:`_mean`, :func:`_hmean`) are
+    computed for all draws at once from the (n_boot,) resampled means; any other statistic draw by draw.
+    The draws (and so the interval) are the same either way.
+    """
     samples = [np.asarray(s, dtype=np.float64) for s in samples]
     if any(len(s) == 0 for s in samples):
         return float("nan"), float("nan"), float("nan")
     point = float(statistic(*samples))
     rng = _rng(seed)
-    draws = np.empty(n_boot)
     idx = [rng.integers(0, len(s), size=(n_boot, len(s))) for s in samples]
-    for b in range(n_boot):
-        draws[b] = statistic(*(s[i[b]] for s, i in zip(samples, idx, strict=True)))
+    of_means = _FROM_MEANS.get(statistic)
+    if of_means is not None:
+        draws = of_means([s[i].mean(axis=1) for s, i in zip(samples, idx, strict=True)])  # (n_boot,)
+    else:
+        draws = np.empty(n_boot)
+        for b in range(n_boot):
+            draws[b] = statistic(*(s[i[b]] for s, i in zip(samples, idx, strict=True)))
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(draws, [alpha, 1.0 - alpha])
     return point, float(low), float(high)
@@ -99,6 +108,16 @@ def attack_success_rate(seen_attacked: np.ndarray, *, name: str = "attack succes
 def _hmean(*rates: np.ndarray) -> float:
     m = np.array([r.mean() for r in rates])
     return 0.0 if (m <= 0).any() else float(len(m) / (1.0 / m).sum())
+
+
+def _hmean_of_means(means: list[np.ndarray]) -> np.ndarray:
+    m = np.stack(means)  # (rates, n_boot)
+    with np.errstate(divide="ignore"):
+        h = m.shape[0] / (1.0 / m).sum(axis=0)
+    return np.where((m <= 0).any(axis=0), 0.0, h)
+
+
+_FROM_MEANS: dict = {_mean: lambda means: means[0], _hmean: _hmean_of_means}
 
 
 def harmonic_mean(components: Sequence[np.ndarray], *, name: str = "harmonic mean", seed: int = 0, n_boot: int = N_BOOT) -> Estimate:

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from ..concepts import ConceptSet
 from ..errors import ConceptError
-from .attacks import ConceptVectorAttack, TokenSearchAttack, concept_set_pairs, tinyworld_pairs
+from .attacks import ConceptVectorAttack, TokenSearchAttack, concept_set_pairs, parse_etas, tinyworld_pairs, tinyworld_prompt_attributes
 from .runner import Study
 from .suites import KINDS, Suite, suites_from_concepts, tinyworld_suites
 
@@ -28,7 +28,7 @@ class Plan:
     seeds: int = 2
     seed: int = 0
     attacks: tuple[str, ...] = ATTACKS
-    eta: float = 3.0
+    etas: tuple[float, ...] = (1.0, 2.0, 3.0)  # ring-a-bell curve; the headline η is calibrated on the unedited model
     search_steps: int = 12
     search_candidates: int = 32
     search_prompts: int | None = 8
@@ -37,6 +37,7 @@ class Plan:
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
             raise ConceptError(f"unknown suite kind(s) {bad or list(self.kinds)}; choose from {', '.join(KINDS)}")
+        object.__setattr__(self, "etas", parse_etas(self.etas))
         bad = [a for a in self.attacks if a not in ATTACKS]
         if bad:
             raise ConceptError(f"unknown attack(s) {bad}; choose from {', '.join(ATTACKS)}")
@@ -63,8 +64,8 @@ def make_study(name: str, concepts: ConceptSet, edits: dict, plan: Plan, *, tiny
             raise ConceptError("adversarial suites attack the target prompts: add 'target' to the suite kinds")
         for a in plan.attacks:
             if a == "ring-a-bell":
-                attacks.append(ConceptVectorAttack(with_c, without, eta=plan.eta))
+                attacks.append(ConceptVectorAttack(with_c, without, etas=plan.etas))
             else:
                 attacks.append(TokenSearchAttack(steps=plan.search_steps, candidates=plan.search_candidates, seed=plan.seed,
                                                  forbidden=concepts.erase, max_prompts=plan.search_prompts))
-    return Study(name, suites, edits, attacks)
+    return Study(name, suites, edits, attacks, attributes=tinyworld_prompt_attributes if tinyworld else None)

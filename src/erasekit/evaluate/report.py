@@ -3,7 +3,12 @@
 The page embeds every image as a base64 data URI (PNG for small images, JPEG thumbnails for
 large ones), so it can be mailed or archived as one file. Per study and suite it shows a grid
 — rows are items, columns the unedited model and each method on the same seeds — under the
-metric table (value, bootstrap interval, counts) and the full settings.
+metric table (value, bootstrap interval, counts) and the full settings; the paired comparisons
+(every method vs the unedited model and vs every other method: paired difference with its
+cluster-bootstrap interval, exact McNemar p, Holm-corrected; ★ only when significant after the
+correction); the concept-vector attack curve with its calibrated headline η and the token search
+judged beside its objective; and plots (:mod:`~erasekit.evaluate.plots`), embedded and also saved
+as PNG files in ``plots/`` beside the page.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .._atomic import write_bytes_atomic
+from . import plots
 from .runner import UNEDITED, ImageCache, Results
 
 
@@ -116,10 +122,94 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{bo
 td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top}th{background:#f3f3f3}
 #metrics td{text-align:right;white-space:nowrap}#metrics td small{color:#777;display:block}
 .grid img{width:THUMBpx;height:THUMBpx;image-rendering:pixelated;display:block}.grid td.p{max-width:22em;font-size:12px}
+.paired td{text-align:right;white-space:nowrap}.sig{font-weight:bold;color:#060}.figs img{max-width:48%;margin:4px;border:1px solid #ddd}
 .bad{color:#b00;font-size:11px}.good{color:#070;font-size:11px}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}"""
 
 
-def write_html(results: Results, path: str | Path, *, max_rows: int = 8, thumb: int = 96, title: str = "erasekit evaluation") -> Path:
+def figure_html(png: bytes, name: str, folder: Path, alt: str) -> str:
+    """Save ``png`` as ``folder/name.png`` and return an <img> that embeds the same bytes (the page stays self-contained)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(folder / f"{name}.png", png)
+    return f"<img id='{html.escape(name, quote=True)}' alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def study_figures(results: Results, folder: Path) -> list[str]:
+    """Trade-off and attack-curve plots of every study, as <img> tags (PNG files saved in ``folder``)."""
+    out = []
+    for study, runs in results.studies.items():
+        first = next(iter(runs.values()))
+        if "erase rate" in first.metrics and "retain rate" in first.metrics:
+            pts = {UNEDITED: (first.baseline["erase rate"], first.baseline["retain rate"])}
+            pts.update({m: (r.metrics["erase rate"], r.metrics["retain rate"]) for m, r in runs.items() if "retain rate" in r.metrics})
+            out.append(figure_html(plots.tradeoff(pts, f"{study}: forget–retain trade-off (95 % intervals)"), f"tradeoff-{_safe(study)}",
+                                   folder, f"trade-off plot, study {study}"))
+        for attack, a in results.attacks.get(study, {}).items():
+            if "curve" not in a:
+                continue
+            etas = [p["eta"] for p in a["curve"]]
+            methods = {m: [p["methods"].get(m) for p in a["curve"]] for m in runs}
+            png = plots.attack_curve(etas, methods, [p["unedited concept rate"] for p in a["curve"]],
+                                     [p["unedited attributes kept"] for p in a["curve"]], a["headline_eta"], f"{study}: {attack} vs η")
+            out.append(figure_html(png, f"attack-{_safe(study)}-{_safe(attack)}", folder, f"attack curve, study {study}, {attack}"))
+    return out
+
+
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.1f}"
+
+
+def paired_html(results: Results) -> str:
+    """One table per study: every paired comparison, ★ only where significant after Holm's correction."""
+    e = html.escape
+    out = ["<h2>Paired comparisons</h2><p>Same prompts and seeds for every column, so differences are paired: Δ = A − B in points, "
+           "95 % cluster-bootstrap interval over prompts (images paired by seed), exact McNemar p on the discordant images "
+           "(A only / B only), Holm-corrected over every comparison of the study's table; <span class='sig'>★</span> = significant "
+           "after the correction (p<sub>Holm</sub> &lt; 0.05). Everything else is not shown to differ.</p>"]
+    for study, comps in results.paired.items():
+        out.append(f"<h3>{e(study)} <small>({len(comps)} comparisons)</small></h3><table class='paired'><tr><th>metric</th><th>A</th><th>B</th>"
+                   "<th>A %</th><th>B %</th><th>Δ [95 % CI]</th><th>A only / B only</th><th>n (prompts)</th><th>p</th><th>p Holm</th><th></th></tr>")
+        for c in comps:
+            star = "<span class='sig'>★</span>" if c.significant else ""
+            out.append(f"<tr><td style='text-align:left'>{e(c.metric)}</td><td><b>{e(c.a)}</b></td><td>{e(c.b)}</td><td>{_pct(c.rate_a)}</td>"
+                       f"<td>{_pct(c.rate_b)}</td><td>{100 * c.diff:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]</td><td>{c.a_only} / {c.b_only}</td>"
+                       f"<td>{c.n} ({c.clusters})</td><td>{c.p:.3g}</td><td>{c.p_holm:.3g}</td><td>{star}</td></tr>")
+        out.append("</table>")
+    return "".join(out)
+
+
+def attacks_html(results: Results) -> str:
+    e = html.escape
+    out = []
+    for study, atk in results.attacks.items():
+        for name, a in atk.items():
+            if "curve" in a:
+                labels = list(dict.fromkeys(m for p in a["curve"] for m in p["methods"]))
+                out.append(f"<h3>{e(study)}: {e(name)} curve</h3><p>Headline η = <b>{a['headline_eta']:g}</b>: {e(a['rule'])}. "
+                           "η = 0 is the unattacked target suite.</p><table class='paired'><tr><th>η</th><th>unedited: concept %</th>"
+                           "<th>unedited: attributes kept %</th>" + "".join(f"<th>{e(m)}: ASR %</th>" for m in labels) + "</tr>")
+                for p in a["curve"]:
+                    kept = p["unedited attributes kept"]
+                    cells = "".join(_html_cell(p["methods"].get(m)) for m in labels)
+                    out.append(f"<tr><td>{p['eta']:g}</td>{_html_cell(p['unedited concept rate'])}{_html_cell(kept) if kept else '<td>–</td>'}{cells}</tr>")
+                out.append("</table>")
+            else:
+                out.append(f"<h3>{e(study)}: {e(name)}</h3><p>Budget: {e(a['budget'])}. Objective: {e(a['objective'])}.</p>"
+                           "<table class='paired'><tr><th>method</th><th>judge ASR %</th><th>unedited concept % (found prompts)</th>"
+                           "<th>objective (start → found)</th><th>prompts searched</th></tr>")
+                for m, r in a["methods"].items():
+                    out.append(f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}{_html_cell(r['unedited concept rate on the found prompts'])}"
+                               f"<td>{r['objective at start']:.3f} → {r['objective']:.3f}</td><td>{r['prompts searched']}</td></tr>")
+                out.append("</table>")
+    return ("<h2>Attacks</h2>" + "".join(out)) if out else ""
+
+
+def write_html(results: Results, path: str | Path, *, max_rows: int = 8, thumb: int = 96, title: str = "erasekit evaluation",
+               sections: tuple[str, ...] = ()) -> Path:
+    """The page; ``sections`` are extra HTML blocks placed after the metric table (e.g. the claims table)."""
     path = Path(path)
     names, rows = metric_rows(results)
     e = html.escape
@@ -134,6 +224,13 @@ def write_html(results: Results, path: str | Path, *, max_rows: int = 8, thumb: 
     out.append("</table><p>Rates in %, value [95 % percentile-bootstrap interval], successes / images below; pixel distance is the "
                "mean |edited − unedited| in [0, 1] on the same seeds. The unedited row applies the same measures to the unedited "
                "model's images. Hover a cell for an attack's budget.</p>")
+    out.extend(sections)
+    figs = study_figures(results, path.parent / "plots")
+    if figs:
+        out.append("<h2>Plots</h2><div class='figs'>" + "".join(figs) + "</div>")
+    if results.paired:
+        out.append(paired_html(results))
+    out.append(attacks_html(results))
     for study, runs in results.studies.items():
         out.append(f"<h2>Study: {e(study)}</h2>")
         labels = list(runs)

@@ -23,9 +23,10 @@ import hashlib
 import json
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ from .._atomic import atomic_path
 from ..errors import EraseKitError
 from ..models.precision import generating_in_compute_dtype, pipeline_compute_dtype
 from . import metrics as M
-from .attacks import shifted_conditioning, vector_digest
+from . import stats as S
+from .attacks import headline_eta, shifted_conditioning, vector_digest
 from .judges import Judge, JudgeResult
 from .suites import Suite, SuiteItem, default_cache_dir
 
@@ -57,11 +59,51 @@ class GenerationSettings:
 
 
 # ----------------------------------------------------------------------------- fingerprints
-@torch.no_grad()
+_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pipe -> (state key, fingerprint); dies with the pipe
+
+
+def _state_key(pipe) -> tuple:
+    """Cheap identity of a pipeline's current weights: every parameter / buffer's storage address, version
+    counter (bumped by every in-place write, ``Edit.apply`` and ``revert`` included), shape and dtype, and the
+    tokenizers' sizes. Equal keys mean no tensor was replaced or written since the key was taken."""
+    parts: list = [type(pipe).__name__]
+    for name, comp in sorted(pipe.components.items()):
+        if isinstance(comp, torch.nn.Module):
+            for k, t in comp.state_dict(keep_vars=True).items():
+                try:
+                    version = t._version
+                except RuntimeError:  # inference-mode tensors have no version counter: nothing to trust
+                    return ()
+                parts.append((name, k, t.data_ptr(), version, tuple(t.shape), t.dtype))
+        elif hasattr(comp, "get_vocab"):
+            parts.append((name, id(comp), len(comp)))
+        else:
+            parts.append((name, type(comp).__name__))
+    return tuple(parts)
+
+
 def pipeline_fingerprint(pipe) -> str:
     """SHA-256 over the bytes of every component's tensors (with names, shapes, dtypes), the
     tokenizers' vocabularies and the pipeline class: the same in every process that loaded the
-    same weights. The scheduler is not included: it is part of each image's key on its own."""
+    same weights. The scheduler is not included: it is part of each image's key on its own.
+
+    Hashing every weight is the runner's largest fixed cost (seconds on a loaded CPU), so the result is
+    remembered per pipeline object and reused while :func:`_state_key` is unchanged."""
+    key = _state_key(pipe)
+    try:
+        hit = _FINGERPRINTS.get(pipe)
+    except TypeError:  # not weak-referenceable: no memo
+        return _hash_pipeline(pipe)
+    if key and hit is not None and hit[0] == key:
+        return hit[1]
+    fp = _hash_pipeline(pipe)
+    if key:
+        _FINGERPRINTS[pipe] = (key, fp)
+    return fp
+
+
+@torch.no_grad()
+def _hash_pipeline(pipe) -> str:
     h = hashlib.sha256(type(pipe).__name__.encode())
     for name, comp in sorted(pipe.components.items()):
         h.update(f"|{name}:{type(comp).__name__}".encode())
@@ -134,6 +176,7 @@ class Study:
     suites: list[Suite]
     edits: dict  # method label -> Edit
     attacks: Sequence = ()
+    attributes: Callable[[str], tuple[str, ...]] | None = None  # prompt -> the concepts it asks for (calibrates the concept-vector attack)
 
 
 @dataclass
@@ -146,6 +189,7 @@ class SuiteRun:
     judged_unedited: JudgeResult | None = None
     judged_edited: JudgeResult | None = None
     pixel_distance: list[float] = field(default_factory=list)
+    kept_unedited: np.ndarray | None = None  # per item: the unedited image shows every prompted attribute (Study.attributes)
 
     def seen(self, which: str, mode: str = "any") -> np.ndarray:
         """Per item: does the judge see any (``mode="any"``) / all of the item's concepts?"""
@@ -157,7 +201,8 @@ class SuiteRun:
         return {"suite": self.suite.to_dict(), "unedited_images": [str(p) for p in self.unedited], "edited_images": [str(p) for p in self.edited],
                 "judged_unedited": self.judged_unedited.to_dict() if self.judged_unedited else None,
                 "judged_edited": self.judged_edited.to_dict() if self.judged_edited else None,
-                "pixel_distance": self.pixel_distance}
+                "pixel_distance": self.pixel_distance,
+                "kept_unedited": None if self.kept_unedited is None else [bool(x) for x in self.kept_unedited]}
 
 
 @dataclass
@@ -176,16 +221,37 @@ class MethodRun:
                 "suites": {k: v.to_dict() for k, v in self.suites.items()}}
 
 
+SCHEMA = 2
+
+
 @dataclass
 class Results:
+    """Everything measured. ``paired``: per study, every method vs the unedited model and vs every other method
+    (:mod:`~erasekit.evaluate.stats`, Holm-corrected per study); ``attacks``: per study, the concept-vector curve
+    with its calibrated headline η, and the token search scored by judge and objective."""
+
     studies: dict[str, dict[str, MethodRun]]
     config: dict
     judge: dict
     timing: dict
+    paired: dict[str, list[S.Comparison]] = field(default_factory=dict)
+    attacks: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "judge": self.judge, "timing": self.timing,
+        return {"schema": SCHEMA, "config": self.config, "judge": self.judge, "timing": self.timing,
+                "paired": {s: [c.to_dict() for c in cs] for s, cs in self.paired.items()},
+                "attacks": {s: {name: _attack_dict(a) for name, a in atk.items()} for s, atk in self.attacks.items()},
                 "studies": {s: {m: r.to_dict() for m, r in runs.items()} for s, runs in self.studies.items()}}
+
+
+def _attack_dict(x):
+    if isinstance(x, M.Estimate):
+        return x.to_dict()
+    if isinstance(x, dict):
+        return {k: _attack_dict(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_attack_dict(v) for v in x]
+    return x
 
 
 # ----------------------------------------------------------------------------- generation
@@ -226,7 +292,8 @@ def _attack_suites(state, work: Path, tag: str, attacks: Sequence, pipe, target:
         return []
     folder = work / "attacks" / tag
     if state.is_main_process:
-        suites = [a.build(pipe, target) if edit is None else a.build(pipe, target, edit) for a in attacks]
+        built = [a.build(pipe, target) if edit is None else a.build(pipe, target, edit) for a in attacks]
+        suites = [s for b in built for s in (b if isinstance(b, list) else [b])]  # a curve attack gives one suite per strength
         folder.mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(suites):
             (folder / f"{i}.json").write_text(json.dumps(s.to_dict(), indent=1))
@@ -367,15 +434,24 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
             judge_seconds += time.perf_counter() - t
         return memo[key]
 
-    for study_runs in runs.values():
+    paired: dict[str, list[S.Comparison]] = {}
+    attack_results: dict[str, dict] = {}
+    for study in studies:
+        study_runs = runs[study.name]
         for run in study_runs.values():
             for s in run.suites.values():
                 s.judged_unedited = judged(s.unedited, s.suite.labels)
                 s.judged_edited = judged(s.edited, s.suite.labels)
                 if s.suite.kind == "general":
                     s.pixel_distance = [M.pixel_distance(cache.load(a), cache.load(b)) for a, b in zip(s.unedited, s.edited, strict=True)]
+                if study.attributes is not None and (s.suite.kind == "target" or "eta" in s.suite.info):
+                    asked = [tuple(study.attributes(it.prompt)) for it in s.suite.items]
+                    jr = judged(s.unedited, list(dict.fromkeys(c for a in asked for c in a)))
+                    s.kept_unedited = np.array([all(jr.seen(c)[i] for c in a) for i, a in enumerate(asked)], dtype=bool)
             run.metrics = _metrics(run, "edited", seed, n_boot)
             run.baseline = _metrics(run, "unedited", seed, n_boot)
+        attack_results[study.name] = _attack_summary(study_runs, seed, n_boot)
+        paired[study.name] = _paired(study_runs, attack_results[study.name], seed, n_boot)
     metrics_seconds = time.perf_counter() - t0 - judge_seconds
 
     config = {
@@ -387,7 +463,117 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
     timing = {"images_total": len(jobs), "images_generated": n_missing, "images_generated_by_main": generated_here,
               "images_from_cache": len(jobs) - n_missing, "attack_seconds": attack_seconds, "generation_seconds": generation_seconds,
               "judge_seconds": judge_seconds, "read_and_metrics_seconds": metrics_seconds, "total_seconds": time.perf_counter() - t_start}
-    return Results(runs, config, judge.settings, timing)
+    return Results(runs, config, judge.settings, timing, paired, attack_results)
+
+
+# ----------------------------------------------------------------------------- attacks and paired tests
+def _curve_suites(run: MethodRun) -> dict[str, list[SuiteRun]]:
+    """Concept-vector curves of one method: attack name -> its suites, by increasing η."""
+    out: dict[str, list[SuiteRun]] = {}
+    for s in run.suites.values():
+        if s.suite.kind == "adversarial" and "eta" in s.suite.info:
+            out.setdefault(s.suite.info.get("curve", s.suite.info["attack"]), []).append(s)
+    return {k: sorted(v, key=lambda s: s.suite.info["eta"]) for k, v in out.items()}
+
+
+def _target(run: MethodRun) -> SuiteRun | None:
+    return next((s for s in run.suites.values() if s.suite.kind == "target"), None)
+
+
+def headline_suite(run: MethodRun, attack: str, eta: float) -> SuiteRun | None:
+    """The suite of ``attack`` at ``eta`` (η = 0: the unattacked target suite)."""
+    if eta == 0:
+        return _target(run)
+    return next((s for s in _curve_suites(run).get(attack, []) if float(s.suite.info["eta"]) == float(eta)), None)
+
+
+def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) -> dict:
+    """Per attack: the concept-vector curve (η = 0 is the target suite) beside the unedited model's concept rate and
+    the share of its images that keep every prompted attribute, and the calibrated headline; the token search's
+    judged success beside its own objective, with its budget. Adds ``ASR <attack> (headline η = …)`` to each method's metrics."""
+    out: dict = {}
+    kw = dict(seed=seed, n_boot=n_boot)
+    first = next(iter(study_runs.values()))
+    target = _target(first)
+    for attack, curve in _curve_suites(first).items():
+        points = ([target] if target is not None else []) + curve
+        etas = ([0.0] if target is not None else []) + [float(s.suite.info["eta"]) for s in curve]
+        kept = [None if s.kept_unedited is None else M.rate("unedited: prompted attributes kept", s.kept_unedited, **kw) for s in points]
+        rows = []
+        for eta, s, k in zip(etas, points, kept, strict=True):
+            row = {"eta": eta, "suite": s.suite.name,
+                   "unedited concept rate": M.rate("unedited concept rate", s.seen("unedited"), **kw),
+                   "unedited attributes kept": k, "methods": {}}
+            for label, run in study_runs.items():
+                sr = headline_suite(run, attack, eta)
+                if sr is not None:
+                    row["methods"][label] = M.attack_success_rate(sr.seen("edited"), name=f"ASR {attack}@{eta:g}", budget=s.suite.info.get("budget", "η = 0"), **kw)
+            rows.append(row)
+        at_zero = kept[0].value if target is not None and kept[0] is not None else None
+        eta, rule = headline_eta(etas[1:] if target is not None else etas, [k.value if k is not None else None for k in kept[-len(curve):]], at_zero)
+        out[attack] = {"curve": rows, "headline_eta": eta, "rule": rule}
+        for label, run in study_runs.items():
+            sr = headline_suite(run, attack, eta)
+            if sr is not None:
+                name = f"ASR {attack} (headline η = {eta:g})"
+                run.metrics[name] = M.attack_success_rate(sr.seen("edited"), name=name, budget=f"η = {eta:g}: {rule}", **kw)
+                run.baseline[name] = M.attack_success_rate(sr.seen("unedited"), name=name, budget=f"η = {eta:g}: {rule}", **kw)
+    for label, run in study_runs.items():
+        for s in run.suites.values():
+            info = s.suite.info
+            if s.suite.kind != "adversarial" or "search" not in info:
+                continue
+            search = info["search"].values()
+            entry = out.setdefault(info["attack"], {"budget": info["budget"], "objective": info.get("objective", ""), "methods": {}})
+            entry["methods"][label] = {
+                "judge ASR": M.attack_success_rate(s.seen("edited"), name=f"ASR {info['attack']}", budget=info["budget"], **kw),
+                "unedited concept rate on the found prompts": M.rate("unedited concept rate", s.seen("unedited"), **kw),
+                "objective": float(np.mean([f["score"] for f in search])) if search else float("nan"),
+                "objective at start": float(np.mean([f["start_score"] for f in search])) if search else float("nan"),
+                "prompts searched": len(info["search"])}
+    return out
+
+
+PAIRED_KINDS = {"target": ("erase rate", "any", False), "paraphrase": ("paraphrase erase rate", "any", False),
+                "retain": ("retain rate", "all", True)}
+
+
+def _decisions(run: MethodRun, attacks: dict) -> dict[str, tuple[SuiteRun, np.ndarray, np.ndarray]]:
+    """metric -> (suite, edited successes, unedited successes) for the paired metrics of one method."""
+    out = {}
+    for name, s in run.suites.items():
+        if s.suite.kind in PAIRED_KINDS:
+            metric, mode, keep = PAIRED_KINDS[s.suite.kind]
+            metric += "" if name == s.suite.kind else f" ({name})"
+            e, u = s.seen("edited", mode), s.seen("unedited", mode)
+            out[metric] = (s, e if keep else ~e, u if keep else ~u)
+    for attack, a in attacks.items():
+        if "headline_eta" in a:
+            s = headline_suite(run, attack, a["headline_eta"])
+            if s is not None:
+                out[f"ASR {attack} (headline η = {a['headline_eta']:g})"] = (s, s.seen("edited"), s.seen("unedited"))
+    return out
+
+
+def _paired(study_runs: dict[str, MethodRun], attacks: dict, seed: int, n_boot: int) -> list[S.Comparison]:
+    """Every method vs the unedited model and vs every other method, on every paired metric; Holm over the study's table."""
+    labels = list(study_runs)
+    dec = {label: _decisions(run, attacks) for label, run in study_runs.items()}
+    comps: list[S.Comparison] = []
+    kw = dict(n_boot=n_boot, seed=seed)
+    for metric in dict.fromkeys(m for d in dec.values() for m in d):
+        have = [lb for lb in labels if metric in dec[lb]]
+        for lb in have:
+            s, e, u = dec[lb][metric]
+            comps.append(S.compare(metric, lb, UNEDITED, e, u, [it.prompt for it in s.suite.items], **kw))
+        for i, a in enumerate(have):
+            for b in have[i + 1:]:
+                sa, ea, _ = dec[a][metric]
+                sb, eb, _ = dec[b][metric]
+                if sa.suite.items != sb.suite.items:  # not the same prompts and seeds: not a paired comparison
+                    continue
+                comps.append(S.compare(metric, a, b, ea, eb, [it.prompt for it in sa.suite.items], **kw))
+    return S.correct(comps)
 
 
 def _metrics(run: MethodRun, which: str, seed: int, n_boot: int) -> dict[str, M.Estimate]:
