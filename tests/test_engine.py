@@ -105,18 +105,23 @@ def test_fit_does_not_touch_pipeline_and_revert_is_bit_exact(pipe, fitted):
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
 
 
+def _live(pipe, le):
+    """The UNet parameter an edit entry changes (a Linear weight for K/V edits; any parameter for ESD-u)."""
+    return getattr(pipe.unet.get_submodule(le.path), le.param)
+
+
 @pytest.mark.parametrize("fitted", ALL_METHODS, indirect=True)
 def test_save_load_apply_gives_identical_weights(pipe, fitted, tmp_path):
     edit, _ = fitted
     edit.apply(pipe)
-    direct = {p: pipe.unet.get_submodule(p).weight.clone() for p in edit.layers}
+    direct = {k: _live(pipe, le).clone() for k, le in edit.layers.items()}
     edit.revert(pipe)
     f = edit.save(tmp_path / "e.safetensors")
     loaded = erasekit.load_edit(f, pipe)
     try:
         assert loaded.method == edit.method and loaded.concepts == edit.concepts and loaded.config == edit.config
-        for p, w in direct.items():
-            assert torch.equal(pipe.unet.get_submodule(p).weight, w), p
+        for k, w in direct.items():
+            assert torch.equal(_live(pipe, loaded.layers[k]), w), k
     finally:
         loaded.revert(pipe)
 
@@ -130,8 +135,8 @@ def test_edit_is_finite_nonzero_and_compact(pipe, fitted):
     else:
         assert edit.nbytes < edit.dense_nbytes
     moved = 0.0
-    for p, le in edit.layers.items():
-        W0 = pipe.unet.get_submodule(p).weight
+    for le in edit.layers.values():
+        W0 = _live(pipe, le)
         W = le.materialize(W0)
         assert torch.isfinite(W).all()
         moved += float((W - W0).norm())
