@@ -22,6 +22,7 @@ Verdicts: holds / holds partly / does not hold / not measurable here (with why).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ HOLDS, PARTLY, FAILS, NA = "holds", "holds partly", "does not hold", "not measur
 # Tinyworld calibrations of the founding methods (benchmarks/tinyworld_methods.sh, tests/test_tinyworld_erasure.py).
 OPTIONS = {
     "uce": {},  # UCE as published: last concept token, no templates
-    "uce_all": {"templates": True, "token": "all"},  # UCE with SPACE's templates and token positions: the dense twin
+    "uce_all": {"templates": True, "token": "all", "preset": "erasekit"},  # UCE with SPACE's templates and token positions: the dense twin
     "space": {"templates": True, "token": "all", "target_sparsity": 0.85},
     "pure": {"templates": True, "forget_energy": 0.95, "retain_energy": 0.5},
     "pure_text": {"basis": "text", "templates": True, "forget_energy": 0.95, "retain_energy": 0.5},
@@ -143,6 +144,9 @@ def fit_or_load(pipe, model: str, study: str, label: str, cs, options: dict, out
     if path.is_file() and key in fits:
         return load_edit(path, pipe, apply=False)
     t0 = time.perf_counter()
+    options = dict(options)
+    if "templates" in options:  # a concept-set option, not a method option
+        cs = dataclasses.replace(cs, templates=options.pop("templates"))
     edit = erasekit.erase(pipe, method=method or METHOD_OF.get(label, label), concepts=cs, progress=progress, **options)
     fits[key] = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)

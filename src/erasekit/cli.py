@@ -381,12 +381,28 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _parse_etas(text) -> tuple[float, ...]:
+    import math
+
+    from .errors import EraseKitError
+    from .evaluate.attacks import parse_etas
+
+    try:
+        etas = parse_etas(text)
+    except ValueError:
+        raise EraseKitError(f"--eta expects comma-separated numbers such as 1,2,3, got {text!r}") from None
+    if not all(math.isfinite(e) for e in etas):
+        raise EraseKitError(f"--eta must be a finite number (each value), got {text!r}")
+    return etas
+
+
 def _check_eval_args(args) -> None:
     from ._atomic import check_writable
 
     _check_model_options(args)
     _check_positive(args, "steps", "height", "width", "n", "seeds", "batch_size", "search_steps", "bootstrap")
-    _check_finite(args, "guidance", "eta", "threshold")
+    _check_finite(args, "guidance", "threshold")
+    args.eta = _parse_etas(args.eta)  # before the model load: a bad --eta list is one line, not a traceback later
     check_writable(Path(args.out) / "results.json", "results file")
 
 
