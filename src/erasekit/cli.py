@@ -386,7 +386,7 @@ def _check_eval_args(args) -> None:
 
     _check_model_options(args)
     _check_positive(args, "steps", "height", "width", "n", "seeds", "batch_size", "search_steps", "bootstrap")
-    _check_finite(args, "guidance", "eta", "threshold")
+    _check_finite(args, "guidance", "threshold")  # --eta is a list: parse_etas checks it
     check_writable(Path(args.out) / "results.json", "results file")
 
 
