@@ -20,6 +20,7 @@ judge sees the concept again.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -145,9 +146,12 @@ def concept_set_pairs(concepts) -> tuple[list[str], list[str]]:
 # ----------------------------------------------------------------------------- attacks
 def parse_etas(text: str | Sequence[float]) -> tuple[float, ...]:
     """``"1,2,3"`` -> (1.0, 2.0, 3.0); sorted, unique, non-negative."""
-    vals = [float(x) for x in (text.split(",") if isinstance(text, str) else text) if str(x).strip()]
-    if not vals or any(v < 0 or v != v for v in vals):
-        raise ConceptError(f"η values must be non-negative numbers, e.g. --eta 1,2,3; got {text!r}")
+    try:
+        vals = [float(x) for x in (text.split(",") if isinstance(text, str) else text) if str(x).strip()]
+    except ValueError:
+        vals = []
+    if not vals or any(v < 0 or not math.isfinite(v) for v in vals):
+        raise ConceptError(f"--eta must be a finite number ≥ 0 (or a comma-separated list of them, e.g. 1,2,3), got {text!r}")
     return tuple(sorted(set(vals)))
 
 
