@@ -177,7 +177,7 @@ def test_training_script_runs_end_to_end_and_writes_a_loadable_model(tmp_path):
     from erasekit.tinyworld import train
     from erasekit.tinyworld.judge import TinyworldJudge
 
-    train.main(["--out", str(tmp_path), "--steps", "2", "--judge-steps", "2", "--vae-minutes", "0.02", "--minutes", "1",
+    train.main(["--out", str(tmp_path), "--steps", "2", "--judge-steps", "2", "--vae-minutes", "0.02", "--minutes", "5",
                 "--batch", "8", "--threads", "2"])
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "pipeline"), local_files_only=True, torch_dtype=torch.float32)
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
