@@ -195,7 +195,7 @@ def test_refusals_write_nothing(tiny_pipes, edits, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     cases = [
-        (lambda: export(edit, "lora", blocker / "e.safetensors", pipe=sd), ExportError, "is a file, not a folder"),
+        (lambda: export(edit, "lora", blocker / "e.safetensors", pipe=sd), ExportError, "is not a folder"),
         (lambda: export(edit, "lora", tmp_path, pipe=sd), ExportError, "is a directory"),
         (lambda: export(edit, "single-file", tmp_path / "x.safetensors", pipe=sdxl), EditFileError, "does not fit"),
         (lambda: export(edit, "lora", tmp_path / "x.safetensors", pipe=sdxl), EditFileError, "does not fit"),

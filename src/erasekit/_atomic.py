@@ -35,22 +35,30 @@ def _mode_for(target: Path) -> int:
         return 0o666 & ~_umask()
 
 
-def check_writable(target: str | os.PathLike, what: str = "output file", example: str = "out.safetensors") -> Path:
-    """Raise OutputPathError unless ``target`` can be written as a file (before any slow work)."""
-    target = Path(target)
-    if target.is_dir():
-        raise OutputPathError(f"{what} {str(target)!r} is a directory; give a file name, e.g. {str(target / example)!r}")
-    folder = target.parent
-    while not folder.exists():  # the nearest existing ancestor: atomic_path creates the rest
+def check_parent_writable(target: Path, what: str = "output file", error: type[Exception] = OutputPathError) -> None:
+    """Raise ``error`` unless the nearest existing folder above ``target`` takes a new file.
+
+    A real probe file, because ``os.access`` says yes to root on a read-only mount; the folders
+    below it are created later by :func:`atomic_path`."""
+    folder = Path(target).parent
+    while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
-        raise OutputPathError(f"cannot write {what} {str(target)!r}: {str(folder)!r} is not a folder")
+        raise error(f"cannot write {what} {str(target)!r}: {str(folder)!r} is not a folder")
     try:
         fd, probe = tempfile.mkstemp(prefix=".erasekit-probe.", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputPathError(f"cannot write {what} {str(target)!r}: folder {str(folder)!r} is not writable ({e.strerror})") from None
+        raise error(f"cannot write {what} {str(target)!r}: folder {str(folder)!r} is not writable ({e.strerror})") from None
+
+
+def check_writable(target: str | os.PathLike, what: str = "output file", example: str = "out.safetensors") -> Path:
+    """Raise OutputPathError unless ``target`` can be written as a file (before any slow work)."""
+    target = Path(target)
+    if target.is_dir():
+        raise OutputPathError(f"{what} {str(target)!r} is a directory; give a file name, e.g. {str(target / example)!r}")
+    check_parent_writable(target, what)
     return target
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .._atomic import check_parent_writable
 from ..errors import EraseKitError
 
 META_KEY = "erasekit_export"  # safetensors metadata key of every erasekit export (a JSON document)
@@ -73,17 +73,7 @@ def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
             raise ExportError(f"folder {str(path)!r} already exists and is not empty; remove it or give a new folder path")
     elif path.is_dir():
         raise ExportError(f"{str(path)!r} is a directory; give a file name, e.g. {str(path / 'model.safetensors')!r}")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ExportError(f"cannot write {str(path)!r}: {str(parent)!r} is a file, not a folder")
-    try:  # a real probe: os.access says yes to root on a read-only mount
-        fd, probe = tempfile.mkstemp(prefix=".erasekit-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ExportError(f"cannot write {str(path)!r}: folder {str(parent)!r} is not writable ({e.strerror})") from None
+    check_parent_writable(path, "export", error=ExportError)
     return path
 
 

@@ -23,17 +23,32 @@ def help_field(default: Any, help: str, **kw) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+def check_choice(option: str, value, choices: tuple) -> None:
+    """Refuse ``value`` unless it is one of ``choices`` (``None`` only where ``choices`` lists it)."""
+    if value not in choices:
+        shown = ", ".join(repr(c) for c in choices if c is not None)
+        raise MethodError(f"{option} must be one of {shown}, got {value!r}")
+
+
 @dataclass
 class MethodConfig:
-    """Options common to all methods."""
+    """Options common to all methods.
+
+    Subclasses narrow or widen ``TOKEN_CHOICES`` (``None``: chosen at fit from the concept kind), and
+    list ``STORAGE_CHOICES`` when they have a ``storage`` option; the checks run here, once.
+    """
+
+    TOKEN_CHOICES: ClassVar[tuple[str | None, ...]] = TOKEN_MODES
+    STORAGE_CHOICES: ClassVar[tuple[str, ...]] = ()
 
     token: str = help_field("last", "token selection: 'last' concept token, 'tail' (last token to EOS/padding) or 'all' 77 positions")
     projections: tuple[str, ...] = help_field(("k", "v"), "which cross-attention projections to edit: k, v or both")
     layer_regex: str | None = help_field(None, "edit the UNet Linear layers whose path matches this regex instead of every cross-attention to_k/to_v")
 
     def __post_init__(self) -> None:
-        if self.token not in TOKEN_MODES:
-            raise MethodError(f"token must be one of {TOKEN_MODES}, got {self.token!r}")
+        check_choice("token", self.token, self.TOKEN_CHOICES)
+        if self.STORAGE_CHOICES:
+            check_choice("storage", getattr(self, "storage"), self.STORAGE_CHOICES)
         if isinstance(self.projections, str):
             self.projections = tuple(p.strip() for p in self.projections.split(",") if p.strip())
         self.projections = tuple(self.projections)

@@ -51,6 +51,8 @@ def spectral_projector_factors(C: torch.Tensor, alpha: float) -> tuple[torch.Ten
 # ----------------------------------------------------------------- config
 @dataclass
 class CUREConfig(MethodConfig):
+    STORAGE_CHOICES = ("auto", "lowrank", "dense")
+
     alpha: float | None = help_field(None, "expansion α of f(r) = αr/((α−1)r+1): larger → closer to a hard projector (default: 5 for kind nsfw, 2 otherwise, the paper's)")
     forget_prompts: tuple[str, ...] = help_field((), "forget prompts, '|'-separated on the CLI (default: the ConceptSet's erase prompts)")
     retain_prompts: tuple[str, ...] = help_field((), "retain prompts, '|'-separated on the CLI (default: the ConceptSet's preserve prompts)")
@@ -60,8 +62,6 @@ class CUREConfig(MethodConfig):
         super().__post_init__()
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and 1.0 <= float(self.alpha) < float("inf")):
             raise MethodError(f"alpha must be a finite number >= 1 (the paper uses 2, and 5 for nudity), got {self.alpha}")
-        if self.storage not in ("auto", "lowrank", "dense"):
-            raise MethodError(f"storage must be 'auto', 'lowrank' or 'dense', got {self.storage!r}")
         self.forget_prompts = _prompt_tuple(self.forget_prompts)
         self.retain_prompts = _prompt_tuple(self.retain_prompts)
 

@@ -113,6 +113,8 @@ PRESETS = {
 
 @dataclass
 class MACEConfig(MethodConfig):
+    STORAGE_CHOICES = ("auto", "lowrank", "dense")
+
     preset: str = help_field("auto", "reference config to start from: 'auto' (the concept kind), object, style, person or nsfw; the options below override it")
     lamb: float | None = help_field(None, "lambda: weight of ‖W − W_ref‖² in both closed forms (preset: object 1e3, others 0)")
     train_preserve_scale: float | None = help_field(None, "CFR prior scale s (applied twice, s², as the code does; preset: object 0, style/person 1e-4, nsfw 7e-7)")
@@ -146,8 +148,6 @@ class MACEConfig(MethodConfig):
             raise MethodError(f"preset must be 'auto' or one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.prior not in ("auto", "general", "none"):
             raise MethodError(f"prior must be 'auto', 'general' or 'none', got {self.prior!r}")
-        if self.storage not in ("auto", "dense", "lowrank"):
-            raise MethodError(f"storage must be 'auto', 'dense' or 'lowrank', got {self.storage!r}")
         for name in ("lamb", "train_preserve_scale", "fuse_preserve_scale", "preserve_weight", "prior_count", "weight_decay"):
             v = getattr(self, name)
             if v is not None and not (0 <= v < math.inf):

@@ -73,6 +73,8 @@ def adversarial_objective(W_cur, W_orig, c_adv: torch.Tensor, c: torch.Tensor, r
 # ----------------------------------------------------------------- config
 @dataclass
 class RECEConfig(MethodConfig):
+    STORAGE_CHOICES = ("auto", "lowrank", "dense")
+
     token: str = help_field("tail", "token selection of the starting UCE v1 edit's erase columns (the adversarial step always uses all 77 positions, as the reference)")
     epochs: int | None = help_field(None, "adversarial epochs (default: 3 for kind nsfw, 1 otherwise)")
     reg_scale: float | None = help_field(None, "λ_r: ridge weight of the adversarial embedding (default: 0.1 for nsfw, 1e-3 otherwise)")
@@ -94,8 +96,6 @@ class RECEConfig(MethodConfig):
             raise MethodError("lamb and uce_lamb must be > 0 so the closed-form solves exist")
         if min(self.erase_scale, self.preserve_scale, self.uce_erase_scale) < 0 or (self.uce_preserve_scale or 0) < 0:
             raise MethodError("erase / preserve scales must be >= 0")
-        if self.storage not in ("auto", "lowrank", "dense"):
-            raise MethodError(f"storage must be 'auto', 'lowrank' or 'dense', got {self.storage!r}")
 
 
 # ------------------------------------------------------------------ fit

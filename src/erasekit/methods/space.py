@@ -28,6 +28,8 @@ from .uce import UCEConfig
 
 @dataclass
 class SPACEConfig(UCEConfig):
+    STORAGE_CHOICES = ("csr", "dense")
+
     preset: str | None = help_field("erasekit", "how concepts become token columns, as for UCE: 'erasekit' (default: erasekit's templates on erase, guide and preserve prompts), 'v2' or 'v1'")
     lam: float | None = help_field(None, "lambda: L1 weight on the edited weights (give this or target_sparsity)")
     target_sparsity: float | None = help_field(None, "share of exact zeros to reach, in (0, 1); lambda found by bisection (default 0.85 when lam is not given)")
@@ -38,12 +40,7 @@ class SPACEConfig(UCEConfig):
     storage: str = help_field("csr", "'csr' (sparse new weight, default) or 'dense'")
 
     def __post_init__(self) -> None:
-        storage = self.storage
-        self.storage = "dense"  # UCEConfig validates its own storage kinds; SPACE's are checked below
         super().__post_init__()
-        self.storage = storage
-        if self.storage not in ("csr", "dense"):
-            raise MethodError(f"storage must be 'csr' or 'dense' for SPACE, got {self.storage!r}")
         if self.lam is not None and self.target_sparsity is not None:
             raise MethodError("give either lam or target_sparsity, not both")
         if self.lam is None and self.target_sparsity is None:

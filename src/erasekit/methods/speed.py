@@ -148,6 +148,9 @@ def smallest_right_singular(W: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------- config
 @dataclass
 class SPEEDConfig(MethodConfig):
+    TOKEN_CHOICES = (None, *SPEED_TOKENS)  # None: after_bos for kind nsfw, last otherwise
+    STORAGE_CHOICES = ("auto", "lowrank", "dense")
+
     token: str | None = help_field(None, "target/anchor tokens: 'last' subject token or 'after_bos' (every token after BOS, the reference's nudity setting); default after_bos for kind nsfw, last otherwise")
     projections: tuple[str, ...] = help_field(("v",), "which cross-attention projections to edit (reference --params V; 'k,v' for KV)")
     retain_scale: float | None = help_field(None, "s in M = (C_tt P + sI)⁻¹ (default 1; person 0.05; nsfw 0.7)")
@@ -160,12 +163,7 @@ class SPEEDConfig(MethodConfig):
     storage: str = help_field("auto", "'auto' (smaller of low-rank / dense), 'lowrank' or 'dense'")
 
     def __post_init__(self) -> None:
-        token = self.token
-        self.token = "last"  # MethodConfig validates its own token modes; SPEED's are checked here
         super().__post_init__()
-        self.token = token
-        if token is not None and token not in SPEED_TOKENS:
-            raise MethodError(f"token must be one of {SPEED_TOKENS} for SPEED, got {token!r}")
         if self.retain_scale is not None and not self.retain_scale > 0:
             raise MethodError(f"retain_scale (s) must be > 0 so M = (C_tt P + sI)⁻¹ exists, got {self.retain_scale}")
         if self.lamb is not None and self.lamb < 0:
@@ -174,8 +172,6 @@ class SPEEDConfig(MethodConfig):
             raise MethodError(f"threshold must be > 0, got {self.threshold}")
         if self.aug_num < 0 or self.clusters < 1:
             raise MethodError("aug_num must be >= 0 and clusters >= 1")
-        if self.storage not in ("auto", "lowrank", "dense"):
-            raise MethodError(f"storage must be 'auto', 'lowrank' or 'dense', got {self.storage!r}")
 
 
 # ------------------------------------------------------------ embeddings

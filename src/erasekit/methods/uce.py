@@ -39,6 +39,7 @@ from .. import linalg
 from ..edit import LayerEdit
 from ..errors import MethodError
 from . import _closed_form as cf
+from ..models.adapter import TOKEN_MODES
 from .base import Method, MethodConfig, help_field, register_method
 
 # Each preset's token selections (erase/guide columns, preserve columns); None = same as token.
@@ -49,6 +50,9 @@ KIND_PRESETS = {"default": {"preset": "v2"}, "nsfw": {"preset": "v1"}}
 
 @dataclass
 class UCEConfig(MethodConfig):
+    TOKEN_CHOICES = (None, *TOKEN_MODES)  # None: the preset (or, without one, the kind) decides at fit
+    STORAGE_CHOICES = ("auto", "dense", "lowrank")
+
     preset: str | None = help_field(None, "which UCE reference to reproduce: 'v2' (uce_sd_erase.py), 'v1' (train_erase.py, the paper's tables) or 'erasekit' (erasekit's template extensions); default v1 for kind nsfw, v2 otherwise")
     token: str | None = help_field(None, "erase/guide token selection: 'last', 'tail' or 'all' (default: the preset's — v2 'last', v1 'tail', erasekit 'last')")
     preserve_token: str | None = help_field(None, "preserve token selection (default: v1 'all', otherwise the same as token)")
@@ -74,18 +78,13 @@ class UCEConfig(MethodConfig):
                 self.preserve_token = preserve_token or self.token
             if self.preserve_scale is None and self.preset != "v1":  # v1's β depends on the number of preserve prompts: set at fit
                 self.preserve_scale = 1.0
-        token = self.token
-        self.token = token or "last"  # MethodConfig validates the other shared options
         super().__post_init__()
-        self.token = token
         if self.preserve_token not in (None, "last", "tail", "all"):
             raise MethodError(f"preserve_token must be 'last', 'tail' or 'all', got {self.preserve_token!r}")
         if self.lamb <= 0:
             raise MethodError(f"lamb (gamma) must be > 0 so the closed-form solve exists, got {self.lamb}")
         if self.erase_scale < 0 or (self.preserve_scale is not None and self.preserve_scale < 0):
             raise MethodError("erase_scale and preserve_scale must be >= 0")
-        if self.storage not in ("auto", "dense", "lowrank"):
-            raise MethodError(f"storage must be 'auto', 'dense' or 'lowrank' for UCE, got {self.storage!r}")
         if self.prior not in ("none", "general"):
             raise MethodError(f"prior must be 'none' or 'general', got {self.prior!r}")
         if not (self.prior_weight >= 0 and self.prior_weight < float("inf")):
