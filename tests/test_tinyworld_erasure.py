@@ -1,4 +1,7 @@
-"""Erasure measured for real on the bundled tinyworld model, with its judge and fixed seeds."""
+"""Erasure measured for real on the bundled tinyworld models, with their judge and fixed seeds.
+
+One matrix: every method × {tinyworld (SD 1.x architecture), tinyworld-xl (SDXL architecture)},
+the same settings, prompts, seeds and tolerances on both."""
 
 import pytest
 import torch
@@ -6,9 +9,12 @@ import torch
 import erasekit
 from erasekit.demo import demo_prompts, run_demo
 from erasekit.generate import generate_pairs
-from erasekit.tinyworld import weights_dir
+from erasekit.tinyworld import weights_dir, weights_xl_dir
 
-pytestmark = pytest.mark.skipif(not (weights_dir() / "pipeline" / "model_index.json").is_file(), reason="tinyworld weights not shipped")
+SHIPPED = {"tinyworld": weights_dir(), "tinyworld-xl": weights_xl_dir()}
+MODELS = [pytest.param(m, marks=pytest.mark.skipif(not (d / "pipeline" / "model_index.json").is_file(), reason=f"{m} weights not shipped"))
+          for m, d in SHIPPED.items()]
+TINYWORLD_ONLY = MODELS[:1]  # the demo is tinyworld's
 
 N, STEPS = 12, 12
 # Settings per method (calibrated on tinyworld; see the closing notes): every method must cut the
@@ -32,12 +38,12 @@ SETTINGS = {
 ERASE_DROP, RETAIN_TOL = 0.3, 0.25
 
 
-@pytest.fixture(scope="module")
-def world():
+@pytest.fixture(scope="module", params=MODELS)
+def world(request):
     from erasekit.tinyworld.judge import TinyworldJudge
 
     torch.manual_seed(0)
-    pipe = erasekit.load_pipeline("tinyworld")
+    pipe = erasekit.load_pipeline(request.param)
     judge = TinyworldJudge.load()
     suites = demo_prompts("circle", N)
     base = {k: _rates(pipe, judge, p, s) for k, (p, s) in suites.items()}
@@ -68,8 +74,11 @@ def test_erasing_a_shape_lowers_its_rate_and_keeps_the_others(world, method):
     assert after["retain"] >= base["retain"] - RETAIN_TOL, (base, after)
 
 
-def test_demo_runs_end_to_end_on_a_reduced_setting(world, tmp_path):
-    pipe, judge, _, _ = world
+@pytest.mark.parametrize("model", TINYWORLD_ONLY)
+def test_demo_runs_end_to_end_on_a_reduced_setting(model, tmp_path):
+    from erasekit.tinyworld.judge import TinyworldJudge
+
+    pipe, judge = erasekit.load_pipeline(model), TinyworldJudge.load()
     res = run_demo(pipe=pipe, judge=judge, n=4, steps=6, out_dir=tmp_path, progress=False)
     assert res.grid_path.is_file() and res.html_path.is_file() and (tmp_path / "demo.json").is_file()
     assert set(res.rows) == {"target", "paraphrase", "retain", "colour"}
@@ -80,10 +89,13 @@ def test_demo_runs_end_to_end_on_a_reduced_setting(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_at_its_defaults_erases_named_and_paraphrased_circles(world, tmp_path):
+@pytest.mark.parametrize("model", TINYWORLD_ONLY)
+def test_demo_at_its_defaults_erases_named_and_paraphrased_circles(model, tmp_path):
     """What `erasekit demo` shows a newcomer (SPACE, every token position, n=16, 15 steps) is a
     clear erasure that generalises to synonyms and keeps most other shapes."""
-    pipe, judge, _, _ = world
+    from erasekit.tinyworld.judge import TinyworldJudge
+
+    pipe, judge = erasekit.load_pipeline(model), TinyworldJudge.load()
     res = run_demo(pipe=pipe, judge=judge, out_dir=tmp_path, progress=False)
     assert res.rows["target"]["base_rate"] >= 0.9 and res.rows["paraphrase"]["base_rate"] >= 0.8
     assert res.rows["target"]["value"] >= 0.9 and res.rows["paraphrase"]["value"] >= 0.8

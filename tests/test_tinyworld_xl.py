@@ -74,6 +74,24 @@ def test_warm_start_with_distillation_matches_tinyworld_within_5_percent():
     assert (out - ref).norm() / ref.norm() < 0.05
 
 
+def test_xl_training_script_runs_end_to_end_and_writes_a_loadable_sdxl_folder(tmp_path):
+    """`train --arch xl` on a minimal budget: warm start, distillation, diffusion steps with both
+    dropouts, a folder plain diffusers loads as StableDiffusionXLPipeline, the log and the card."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from erasekit.tinyworld import train
+
+    train.main(["--arch", "xl", "--init-from", str(weights_dir()), "--out", str(tmp_path), "--steps", "2", "--distill-steps", "2",
+                "--minutes", "5", "--batch", "4", "--threads", "2"])
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tmp_path / "pipeline"), local_files_only=True)
+    assert pipe.unet.config.addition_embed_type == "text_time" and pipe.unet.config.cross_attention_dim == xl.CONTEXT
+    out = pipe("a red circle", num_inference_steps=2, output_type="np").images
+    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["diffusion"]["steps"] == 2 and log["init_from"]["diffusion"]["steps"] > 0
+    assert (tmp_path / "preview.png").is_file() and "--arch xl" in (tmp_path / "MODEL_CARD.md").read_text()
+
+
 # ----------------------------------------------------------------------------- the shipped folder
 @needs_xl
 def test_shipped_folder_is_an_sdxl_pipeline_and_all_weights_fit_the_budget():

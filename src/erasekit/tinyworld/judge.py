@@ -12,7 +12,6 @@ model generates. Pure torch, no torchvision.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 

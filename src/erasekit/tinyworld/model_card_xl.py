@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import world, xl
+from . import xl
 from .train import CARD_VALIDITY_END, CARD_VALIDITY_START
 
 POOLED_START = "<!-- pooled:start -->"

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -47,13 +48,19 @@ def make_vae():
     )
 
 
-def make_text_encoder():
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_text_config(hidden: int, layers: int, max_tokens: int = MAX_TOKENS):
+    """A small CLIP text encoder over the real CLIP vocabulary (tinyworld's, and tinyworld-xl's two)."""
+    from transformers import CLIPTextConfig
 
-    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=TEXT_HIDDEN, intermediate_size=4 * TEXT_HIDDEN, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_HIDDEN,
-                         hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    return CLIPTextModel(cfg)
+    return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                          num_attention_heads=4, max_position_embeddings=max_tokens, projection_dim=hidden,
+                          hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+
+def make_text_encoder():
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(clip_text_config(TEXT_HIDDEN, 2))
 
 
 def make_unet():
@@ -187,11 +194,11 @@ def folder_mb(folder: Path) -> float:
 
 
 @torch.no_grad()
-def preview(pipe_dir: Path, out_png: Path, seed: int = 0):
-    """A grid: rows = colours, columns = shapes, pattern cycling."""
-    from . import load_pipeline
+def preview(pipe_dir: Path, out_png: Path, seed: int = 0, xl: bool = False):
+    """A grid: rows = colours, columns = shapes, pattern cycling (``xl``: a tinyworld-xl folder)."""
+    from . import load_pipeline, load_pipeline_xl
 
-    pipe = load_pipeline(path=pipe_dir)
+    pipe = (load_pipeline_xl if xl else load_pipeline)(path=pipe_dir)
     prompts = []
     for ci, c in enumerate(world.COLOR_NAMES):
         for si, s in enumerate(world.SHAPE_NAMES):
@@ -200,6 +207,40 @@ def preview(pipe_dir: Path, out_png: Path, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     ims = pipe(prompts, num_inference_steps=20, guidance_scale=5.0, generator=g, output_type="np").images
     world.contact_sheet((ims * 255).round().astype(np.uint8), ncol=6).save(out_png)
+
+
+def lr_at(lr: float, step: int, frac: float, warm: int) -> float:
+    """Linear warm-up over ``warm`` steps, then cosine decay to 10 % over the budget fraction ``frac``."""
+    return lr * min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+@torch.no_grad()
+def ema_update(pairs, step: int) -> None:
+    """EMA of each (trained, averaged) module pair, with the usual warm-up of the decay."""
+    d = min(0.999, (1 + step) / (10 + step))
+    for src, dst in pairs:
+        for ps, pd in zip(src.parameters(), dst.parameters()):
+            pd.lerp_(ps, 1 - d)
+
+
+def open_log(out: Path):
+    """A ``log(msg)`` that prints with a timestamp and appends to ``out/train_log.txt``."""
+    logf = open(out / "train_log.txt", "a")
+
+    def log(msg):
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
+    return log
+
+
+def run_info(args, argv) -> dict:
+    """What every train_log.json starts with: the command, the hardware, threads and seed."""
+    return {"command": "python -m erasekit.tinyworld.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu"
+            else torch.cuda.get_device_name(0), "threads": torch.get_num_threads(), "seed": args.seed}
 
 
 def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, tokenizer_dir: Path,
@@ -249,7 +290,7 @@ def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, toke
         frac = (time.time() - t0) / seconds
         if max_steps:
             frac = max(frac, step / max_steps)
-        cur_lr = lr * min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        cur_lr = lr_at(lr, step, frac, warm)
         for g in opt.param_groups:
             g["lr"] = cur_lr
         imgs, _, caps = world.sample_batch(batch, rng, SIZE, synonyms=True, split="train",
@@ -271,11 +312,7 @@ def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, toke
         torch.nn.utils.clip_grad_norm_(other + [emb], 1.0)
         opt.step()
         step += 1
-        d = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for src, dst in ((te, ema_te), (unet, ema_unet)):
-                for ps, pd in zip(src.parameters(), dst.parameters()):
-                    pd.lerp_(ps, 1 - d)
+        ema_update(((te, ema_te), (unet, ema_unet)), step)
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         bar.update(1)
         if step % 10 == 0:
@@ -395,18 +432,9 @@ def main(argv=None):
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    logf = open(out / "train_log.txt", "a")
-
-    def log(msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        logf.write(line + "\n")
-        logf.flush()
-
+    log = open_log(out)
     budget = args.minutes * 60
-    info = {"command": "python -m erasekit.tinyworld.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-            "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu"
-            else torch.cuda.get_device_name(0), "threads": torch.get_num_threads(), "seed": args.seed}
+    info = run_info(args, argv)
     tok_dir = out / "_tokenizer"
     from erasekit.models.tokenizer import write_clip_tokenizer_files
 

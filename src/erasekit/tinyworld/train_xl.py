@@ -15,7 +15,6 @@ Micro-conditioning ids are the constant :data:`erasekit.tinyworld.xl.TIME_IDS`.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from . import world, xl
-from .train import SCHEDULER_KW, SIZE, _autocast, n_params, to_tensor
+from .train import SCHEDULER_KW, SIZE, _autocast, ema_update, lr_at, n_params, open_log, preview, run_info, to_tensor
 
 # parameters that did not exist in tinyworld (they get ``lr * new_lr_mult``)
 _NEW_TAGS = ("add_embedding.", "transformer_blocks.1.", "text_projection.", "encoder.layers.2.", "final_layer_norm.")
@@ -46,21 +45,6 @@ def init_from_tinyworld(sd1_pipeline_dir: Path, seed: int, distill_steps: int, l
                                           distill_steps=distill_steps, caption_fn=caption_batch)
     log(f"warm start from {sd1_pipeline_dir}: LayerNorm affine fit residual {resid:.3f}")
     return sd1.vae, te1, te2, unet
-
-
-@torch.no_grad()
-def preview_xl(pipe_dir: Path, out_png: Path, seed: int = 0):
-    from . import load_pipeline_xl
-
-    pipe = load_pipeline_xl(path=pipe_dir)
-    prompts = []
-    for ci, c in enumerate(world.COLOR_NAMES):
-        for si, s in enumerate(world.SHAPE_NAMES):
-            p = world.PATTERN_NAMES[(ci + si) % 4]
-            prompts.append(world.caption(s, c, p, np.random.default_rng(0), synonyms=False, split="train", template=0))
-    g = torch.Generator().manual_seed(seed)
-    ims = pipe(prompts, num_inference_steps=20, guidance_scale=5.0, generator=g, output_type="np").images
-    world.contact_sheet((ims * 255).round().astype(np.uint8), ncol=6).save(out_png)
 
 
 def train_diffusion_xl(vae, te1, te2, unet, seconds: float, seed: int, device, log, out: Path,
@@ -110,7 +94,7 @@ def train_diffusion_xl(vae, te1, te2, unet, seconds: float, seed: int, device, l
     def save(tag):
         xl.save_pipeline_xl(out / "pipeline", vae, *emas)
         try:
-            preview_xl(out / "pipeline", out / "preview.png")
+            preview(out / "pipeline", out / "preview.png", xl=True)
         except Exception as e:  # noqa: BLE001 - a preview must never kill training
             log(f"preview failed: {e}")
         log(f"[{tag}] saved pipeline at step {step} ({(time.time() - t0) / 60:.1f} min, loss {ema_loss:.4f})")
@@ -124,7 +108,7 @@ def train_diffusion_xl(vae, te1, te2, unet, seconds: float, seed: int, device, l
         frac = (time.time() - t0) / seconds
         if max_steps:
             frac = max(frac, step / max_steps)
-        cur = lr * min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        cur = lr_at(lr, step, frac, warm)
         for g in opt.param_groups:
             g["lr"] = cur * mult[g["name"]]
         imgs, _, caps = world.sample_batch(batch, rng, SIZE, synonyms=True, split="train",
@@ -154,11 +138,7 @@ def train_diffusion_xl(vae, te1, te2, unet, seconds: float, seed: int, device, l
         torch.nn.utils.clip_grad_norm_(all_params, 1.0)
         opt.step()
         step += 1
-        d = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for src, dst in zip(mods, emas):
-                for ps, pd in zip(src.parameters(), dst.parameters()):
-                    pd.lerp_(ps, 1 - d)
+        ema_update(zip(mods, emas), step)
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         bar.update(1)
         if step % 10 == 0:
@@ -174,8 +154,6 @@ def train_diffusion_xl(vae, te1, te2, unet, seconds: float, seed: int, device, l
 def main_xl(args, argv):
     """``train --arch xl``: warm start from ``--init-from`` then :func:`train_diffusion_xl`."""
     import json
-    import os
-    import platform
 
     from .model_card_xl import write_model_card_xl
     from .train import folder_mb
@@ -187,21 +165,11 @@ def main_xl(args, argv):
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    logf = open(out / "train_log.txt", "a")
-
-    def log(msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        logf.write(line + "\n")
-        logf.flush()
-
+    log = open_log(out)
     src = Path(args.init_from)
     prev = json.loads((src / "train_log.json").read_text())
-    info = {"command": "python -m erasekit.tinyworld.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-            "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu"
-            else torch.cuda.get_device_name(0), "threads": torch.get_num_threads(), "seed": args.seed,
-            "init_from": {"command": prev.get("command"), "total_minutes": prev.get("total_minutes"),
-                          "diffusion": prev.get("diffusion"), "judge": prev.get("judge")}}
+    info = {**run_info(args, argv), "init_from": {"command": prev.get("command"), "total_minutes": prev.get("total_minutes"),
+                                                  "diffusion": prev.get("diffusion"), "judge": prev.get("judge")}}
     vae, te1, te2, unet = init_from_tinyworld(src / "pipeline", args.seed, args.distill_steps, log)
     info["warm_start_minutes"] = round((time.time() - t_start) / 60, 2)
     vae = vae.to(args.device).eval()

@@ -34,21 +34,19 @@ _NEW_BLOCK_TAGS = (".transformer_blocks.1.",)
 
 
 def make_text_encoder_1():
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=TE1_HIDDEN, intermediate_size=4 * TE1_HIDDEN, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TE1_HIDDEN,
-                         hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    return CLIPTextModel(cfg)
+    from .train import clip_text_config
+
+    return CLIPTextModel(clip_text_config(TE1_HIDDEN, 2, MAX_TOKENS))
 
 
 def make_text_encoder_2():
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
-    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=TE2_HIDDEN, intermediate_size=4 * TE2_HIDDEN, num_hidden_layers=3,
-                         num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TE2_HIDDEN,
-                         hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    return CLIPTextModelWithProjection(cfg)
+    from .train import clip_text_config
+
+    return CLIPTextModelWithProjection(clip_text_config(TE2_HIDDEN, 3, MAX_TOKENS))
 
 
 def make_unet_xl():
