@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .judge import HEADS, TinyworldJudge
+from .train import write_card_section
 
 CONDITIONS = {  # name: (context from the prompt?, pooled from the prompt?)
     "prompt context + prompt pooled": (True, True),
@@ -89,13 +90,7 @@ def update_card(res: dict, meta: dict, card: Path) -> Path:
             f"{meta['n']} canonical prompts (validity's canonical set), the same seeds in every row, {meta['steps']} steps, "
             f"guidance {meta['guidance']}; \"neutral\" = the empty prompt's encoding. Judged share of the prompted value:\n\n"
             f"{table(res)}\n\n```json\n{json.dumps({'rates': res, 'meta': meta}, indent=1)}\n```\n{END}")
-    text = card.read_text() if card.exists() else f"## The pooled path\n{START}\n{END}\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + body + text[text.index(END) + len(END):]
-    else:
-        text += "\n## The pooled path\n" + body + "\n"
-    card.write_text(text)
-    return card
+    return write_card_section(card, "The pooled path", START, END, body)
 
 
 def main(argv=None):

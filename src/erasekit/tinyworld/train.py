@@ -331,6 +331,19 @@ CARD_VALIDITY_START = "<!-- validity:start -->"
 CARD_VALIDITY_END = "<!-- validity:end -->"
 
 
+def write_card_section(card: Path, heading: str, start: str, end: str, body: str, new_card: str = "") -> Path:
+    """Replace what lies between the ``start`` / ``end`` markers of a model card by ``body`` (which
+    carries the markers itself), or append ``## heading`` + body; measurements rewrite only their own section."""
+    card = Path(card)
+    text = card.read_text() if card.exists() else new_card
+    if start in text and end in text:
+        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
+    else:
+        text += f"\n## {heading}\n" + body + "\n"
+    card.write_text(text)
+    return card
+
+
 def write_model_card(out: Path, info: dict):
     out = Path(out)
     card = out / "MODEL_CARD.md"

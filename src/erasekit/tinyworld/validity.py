@@ -124,7 +124,7 @@ def table(res: dict) -> str:
 
 def update_model_card(res: dict, card: Path | None = None) -> Path:
     from . import weights_dir
-    from .train import CARD_VALIDITY_END, CARD_VALIDITY_START
+    from .train import CARD_VALIDITY_END, CARD_VALIDITY_START, write_card_section
 
     card = Path(card) if card is not None else weights_dir() / "MODEL_CARD.md"
     m = res.get("meta", {})
@@ -134,14 +134,7 @@ def update_model_card(res: dict, card: Path | None = None) -> Path:
             f"{m.get('n_renders')} held-out renders. Share of images the judge reads as the prompted value "
             f"(✓ = meets the project's target).\n\n{table(res)}\n\n"
             f"```json\n{json.dumps(res, indent=1)}\n```\n{CARD_VALIDITY_END}")
-    text = card.read_text() if card.exists() else f"# tinyworld — model card\n\n## Validity\n{CARD_VALIDITY_START}\n{CARD_VALIDITY_END}\n"
-    if CARD_VALIDITY_START in text and CARD_VALIDITY_END in text:
-        a, b = text.index(CARD_VALIDITY_START), text.index(CARD_VALIDITY_END) + len(CARD_VALIDITY_END)
-        text = text[:a] + body + text[b:]
-    else:
-        text += "\n## Validity\n" + body + "\n"
-    card.write_text(text)
-    return card
+    return write_card_section(card, "Validity", CARD_VALIDITY_START, CARD_VALIDITY_END, body, "# tinyworld — model card\n")
 
 
 def main(argv=None):
