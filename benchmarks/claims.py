@@ -33,7 +33,7 @@ from pathlib import Path
 
 HOLDS, PARTLY, FAILS, NA = "holds", "holds partly", "does not hold", "not measurable here"
 
-# Tinyworld calibrations of the founding methods (benchmarks/tinyworld_methods.sh, tests/test_tinyworld_erasure.py).
+# Tinyworld calibrations of the founding methods (tests/test_tinyworld_erasure.py), with the two UCE and PURE twins the claims compare.
 OPTIONS = {
     "uce": {},  # UCE as published: last concept token, no templates
     "uce_all": {"templates": True, "token": "all", "preset": "erasekit"},  # UCE with SPACE's templates and token positions: the dense twin
