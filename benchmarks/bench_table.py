@@ -41,12 +41,13 @@ def table(results: list[dict], labels: list[str], metrics: list[str]) -> str:
     head = ["concept", "method"]
     for m in metrics:
         head += [m if len(results) == 1 else f"{m} ({lab})" for lab in labels]
-    head += [f"fit s ({lab})" if len(results) > 1 else "fit s" for lab in labels] + ["bytes"]
+    head += [f"fit s ({lab})" if len(results) > 1 else "fit s" for lab in labels]
+    head += [f"bytes ({lab})" if len(results) > 1 else "bytes" for lab in labels]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for study, runs in first["studies"].items():
         some = next(iter(runs.values()))
         base = ["", "unedited"] + [_cell(_metric(some["unedited_metrics"], m)) if m != "H" else "–"
-                                   for m in metrics for _ in results] + ["–"] * len(results) + ["–"]
+                                   for m in metrics for _ in results] + ["–"] * (2 * len(results))
         base[0] = study
         lines.append("| " + " | ".join(base) + " |")
         for method in runs:
@@ -58,7 +59,9 @@ def table(results: list[dict], labels: list[str], metrics: list[str]) -> str:
             for r in results:
                 fs = r["config"].get("fit_seconds", {}).get(f"{study}/{method}")
                 row.append("–" if fs is None else f"{fs:.1f}")
-            row.append(f"{runs[method]['edit']['bytes']:,}")
+            for r in results:
+                run = r["studies"].get(study, {}).get(method)
+                row.append("–" if run is None else f"{run['edit']['bytes']:,}")
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
