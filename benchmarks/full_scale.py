@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     import erasekit
     from erasekit.edit import Edit
     from erasekit.methods import _closed_form as cf
+    from erasekit.methods.uce import KIND_PRESETS
     from erasekit.models.adapter import PipelineAdapter
 
     config = fsm.published_config(args.family)
@@ -166,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                 options[k] = float(v) if k in ("lam", "target_sparsity", "tol") else v
         t0 = time.perf_counter()
         with sampler.phase():
-            cfg = erasekit.make_config(method, **options)
-            cf.token_columns(adapter, concepts, cfg)
+            # the method's own column plan (preset and kind resolved as in fit), encoded once
+            cfg = cf.resolve_for_kind(erasekit.make_config(method, **options), concepts.kind, KIND_PRESETS)
+            cf.plan_columns(adapter, cf.column_plan(concepts, cfg.preset, cfg.token, cfg.preserve_token, cfg.preserve_scale))
         record(method, "encode", time.perf_counter() - t0)
         t0 = time.perf_counter()
         with sampler.phase():

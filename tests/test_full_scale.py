@@ -172,6 +172,21 @@ def test_benchmarks_refuse_cuda_without_a_gpu(capsys):
     assert out.returncode != 0 and "no CUDA GPU" in out.stderr
 
 
+@pytest.mark.parametrize("family", fsm.FAMILIES)
+def test_full_scale_benchmark_runs_every_phase_on_a_scaled_copy(family, tmp_path, capsys):
+    """benchmarks/full_scale.py as its user runs it (``--scaled``): every phase of both closed-form
+    methods appears in the table, and revert is bit-exact."""
+    spec = importlib.util.spec_from_file_location("full_scale_bench", ROOT / "benchmarks" / "full_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--family", family, "--scaled", "--methods", "uce,space", "--cache-dir", str(tmp_path), "--threads", "2"]) in (0, None)
+    table = capsys.readouterr().out
+    for method in ("uce", "space"):
+        phases = {line.split("|")[2].strip() for line in table.splitlines() if line.startswith(f"| {method} |")}
+        assert {"encode", "fit", "save", "load_edit", "apply", "revert"} <= phases, (method, phases)
+    assert table.count("bit-exact") == 2
+
+
 # ------------------------------------------------------------------ full size (slow)
 
 
