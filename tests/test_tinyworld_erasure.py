@@ -36,6 +36,14 @@ SETTINGS = {
     "cure": dict(templates=True, alpha=30.0, token="tail"),
 }
 ERASE_DROP, RETAIN_TOL = 0.3, 0.25
+# Measured on tinyworld-xl (2026-12-03) with the settings above, same prompts and seeds: these
+# methods do not meet the tolerances there. Strict xfail: the row turns red the day one starts to pass.
+XL_FAILS = {  # method: (erased-shape rate after, retain after) from (1.0, 1.0) before
+    "esd-x": "named 58 %, retain 17 %: the tinyworld lr (2e-3 x 40) wrecks every shape on the XL UNet",
+    "rece": "named 25 %, retain 50 %: the adversarial epoch costs half of the other shapes",
+    "space": "named 75 % (erases only 25 points), retain 50 %: SPACE at 85 % sparsity neither erases nor preserves on XL",
+    "speed": "named 0 %, retain 58 %: erases fully, but the after_bos edit costs 42 points of the other shapes",
+}
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -59,8 +67,10 @@ def _rates(pipe, judge, prompts, shapes):
 
 
 @pytest.mark.parametrize("method", sorted(SETTINGS))
-def test_erasing_a_shape_lowers_its_rate_and_keeps_the_others(world, method):
+def test_erasing_a_shape_lowers_its_rate_and_keeps_the_others(world, method, request):
     pipe, judge, suites, base = world
+    if type(pipe).__name__ == "StableDiffusionXLPipeline" and method in XL_FAILS:
+        request.applymarker(pytest.mark.xfail(reason=f"tinyworld-xl: {XL_FAILS[method]}", strict=True))
     assert base["target"] >= 0.8 and base["retain"] >= 0.8  # the instrument sees the concept before erasure
     others = [s for s in ("square", "triangle", "star", "heart", "cross")]
     opts = dict(SETTINGS[method])
