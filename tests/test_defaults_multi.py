@@ -20,6 +20,8 @@ def test_resolve_user_options_win_and_every_default_has_a_reason():
     assert all(v["reason"] for v in rec["applied"].values())
     pub, rec = defaults.resolve("tinyworld", "pure", {}, published=True)
     assert pub["centre"] == "none" and pub["retain_energy"] == 0.99 and rec["source"] == "published"
+    xl, rec = defaults.resolve("tinyworld-xl", "uce", {})  # the same world, the same defaults
+    assert xl == defaults.resolve("tinyworld", "uce", {})[0] and rec["model"] == "tinyworld"
     other, rec = defaults.resolve("some/model", "uce", {})
     assert other == {} and rec["model"] == "*"  # real models start from the papers' settings
     skipped, _ = defaults.resolve("tinyworld", "pure", {}, valid={"centre"})  # a default the method lacks is skipped

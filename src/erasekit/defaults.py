@@ -66,8 +66,9 @@ PUBLISHED: dict[str, dict[str, Setting]] = {
 
 
 def model_key(model: str | None) -> str:
-    """'tinyworld' for the bundled model, '*' for every other."""
-    return "tinyworld" if model == "tinyworld" else "*"
+    """'tinyworld' for the bundled models (tinyworld and tinyworld-xl: one world, one vocabulary, causal
+    CLIP encoders, so the same reasons hold), '*' for every other."""
+    return "tinyworld" if model in ("tinyworld", "tinyworld-xl") else "*"
 
 
 def resolve(model: str | None, method: str, user: Mapping[str, Any] | None = None, *, published: bool = False,
