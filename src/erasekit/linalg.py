@@ -72,6 +72,7 @@ started at W_uce — the faithful reference; it needs ~√cond(M)·log(1/tol) it
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -373,6 +374,27 @@ def space_solve(
         W, y, its, P, g = _fista(W0, A, gf, lam, tol, 20000 if max_iter is None else max_iter, callback)
     gap = max(P - g, 0.0) / g if g > 0 else (0.0 if P <= 0 else math.inf)
     return SpaceSolve(W=W, y=y, iterations=its, objective=P, gap=gap, seconds=time.perf_counter() - t0, converged=gap <= tol)
+
+
+@contextlib.contextmanager
+def solver_threads(W0: Tensor):
+    """One intra-op CPU thread while SPACE solves a layer of input width below 1,024 (SD 1.x, tinyworld).
+
+    SSN's work per row chunk there is small GEMMs and r × r Cholesky factors: a second OpenMP
+    thread adds barriers and little else, and on a machine with any other busy process those
+    barriers stall. ``benchmarks/space_threads.py`` on 2 cores, tinyworld's SPACE fit: beside one
+    busy process 9.5 s with the rule vs 29.9 s without (3.2×); on a quiet machine 7.4 vs 6.8 s.
+    Wider layers (SDXL, d_in 2,048) keep torch's setting; GPU solves are untouched.
+    """
+    if W0.device.type != "cpu" or W0.shape[-1] >= 1024 or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ------------------------------- semi-smooth Newton ---------------------------------------
