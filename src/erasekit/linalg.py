@@ -348,7 +348,7 @@ def space_solve(
     max_iter: iteration cap (default 100 for SSN, 20000 for FISTA); ``converged`` says if tol was met.
     W_uce: the UCE weight if already computed (else computed here, chunk by chunk).
     y0: (d_out, r) dual warm start, e.g. ``previous.y`` from a nearby λ (SSN only).
-    chunk_rows: rows per SSN batch; by default the batch state stays within max(4 MiB, size of W).
+    chunk_rows: rows per SSN batch; by default the batch state stays within max(16 MiB, size of W).
     callback: FISTA only, ``callback(k, W)`` after iteration k (for tracing); True stops.
     """
     t0 = time.perf_counter()
@@ -458,10 +458,14 @@ class _Rows:
 
 def _chunk_rows(gf: GramFactor, d_out: int) -> int:
     """Rows per SSN batch so its state (H, L and their updates: 4·r² float32; ~12 float64
-    vectors of d_in per row) stays within max(4 MiB, the float64 result W): the working
-    memory of a solve is then about twice the size of the layer it returns."""
+    vectors of d_in per row) stays within max(16 MiB, the float64 result W): the working
+    memory of a solve is then at most about twice the size of the layer it returns, or 16 MiB.
+
+    The 16 MiB floor matters for narrow layers (SD 1.x, d_in 768): a (1280 × 768) layer got
+    33-row batches under a 4 MiB floor, and Python's per-batch, per-iteration overhead then
+    cost ~12 % of the solve (72-row batches: 5.6 → 4.9 s, ``benchmarks/solver.py``)."""
     per_row = 16 * gf.rank**2 + 96 * gf.d_in
-    return max(32, min(256, max(4 * 2**20, 8 * d_out * gf.d_in) // per_row))
+    return max(32, min(256, max(16 * 2**20, 8 * d_out * gf.d_in) // per_row))
 
 
 def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows):
