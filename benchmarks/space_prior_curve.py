@@ -1,6 +1,7 @@
 """SPACE's sparsity / erase / general-drift trade-off with and without the general prior, beside UCE.
 
     python benchmarks/space_prior_curve.py [--concept circle] [--sparsity 0.8,0.85,0.9] [--weights 1] [--plot /tmp/i13/space_prior_curve.png]
+    python benchmarks/space_prior_curve.py --combine a.json,b.json --html report.html     # one page from earlier runs
 
 On tinyworld (templates on, every token position for every method (the tinyworld default), the other values of the attribute
 preserved). For each point: erase % on named and paraphrased prompts, retain %, judged
@@ -35,7 +36,13 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--plot", default="/tmp/i13/space_prior_curve.png", help="PNG to write (needs matplotlib); '' for none")
     ap.add_argument("--out", default="/tmp/i13/space_prior_curve.json")
+    ap.add_argument("--html", default="", help="also write a self-contained HTML page (numbers and plots; PNGs beside it)")
+    ap.add_argument("--combine", default="", help="comma-separated JSON files of earlier runs: write --html from them and exit")
     args = ap.parse_args(argv)
+    if args.combine:
+        runs = [json.loads(Path(p).read_text()) for p in args.combine.split(",") if p.strip()]
+        print(f"report: {write_page(runs, Path(args.html or 'space_prior_curve.html'))}")
+        return 0
     world = World(steps=args.steps, n=args.n)
     cs = dataclasses.replace(tinyworld_concept_set(args.concept), templates=True)
     weights = [float(w) for w in args.weights.split(",") if w.strip()]
@@ -61,12 +68,49 @@ def main(argv=None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(dict(args=vars(args), rows=rows), indent=1))
     if args.plot:
-        plot(rows, args.plot, args.concept)
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.plot).write_bytes(plot(rows, args.concept))
         print(f"plot: {args.plot}")
+    if args.html:
+        print(f"report: {write_page([dict(args=vars(args), rows=rows)], Path(args.html))}")
     return 0
 
 
-def plot(rows, path, concept):
+def write_page(runs: list[dict], path: Path) -> Path:
+    """One self-contained page: per concept, the numbers and the plot (embedded, and saved as PNG beside the page)."""
+    import html
+
+    from erasekit._atomic import write_bytes_atomic
+    from erasekit.evaluate.report import figure_html
+
+    e = html.escape
+    out = ["<!doctype html><html><head><meta charset='utf-8'><title>SPACE with and without the general prior</title>"
+           "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 8px;"
+           "text-align:right} img{max-width:100%}</style></head><body><h1>SPACE sparsity / erase / general drift, with and without the "
+           "general prior, beside UCE (tinyworld)</h1><p>erase / para: named / paraphrased prompts no longer judged as the concept; retain: "
+           "other values of the attribute still judged correctly; general: held-out general prompts whose three judged attributes match "
+           "the unedited model's. The prior's prompts are tinyworld training captions; the general suite uses held-out templates.</p>"]
+    for run in runs:
+        a, rows = run["args"], run["rows"]
+        out.append(f"<h2>{e(a['concept'])}</h2><p>n = {a['n']} prompts per suite, {a['steps']} steps, token = {e(a['token'])}</p>"
+                   "<table><tr><th>method</th><th>prior</th><th>target sparsity</th><th>sparsity</th><th>erase</th><th>para</th>"
+                   "<th>retain</th><th>general</th><th>fit s</th></tr>")
+        for r in rows:
+            prior = "none" if r["prior"] == "none" else f"ρ={r['weight']:g}"
+            out.append(f"<tr><td>{r['method']}</td><td>{prior}</td><td>{r['target_sparsity'] or 0:.2f}</td><td>{100 * r['sparsity']:.1f} %</td>"
+                       + "".join(f"<td>{fmt(r.get(k))}</td>" for k in ("target", "paraphrase", "retain", "general")) + f"<td>{r['fit_s']:.1f}</td></tr>")
+        out.append("</table>")
+        out.append(figure_html(plot(rows, a["concept"]), f"space-prior-{a['concept']}", path.parent / "plots",
+                               f"SPACE prior trade-off, {a['concept']}"))
+    out.append("</body></html>")
+    write_bytes_atomic(path, "\n".join(out).encode("utf-8"))
+    return path
+
+
+def plot(rows, concept) -> bytes:
+    """PNG bytes: general-prompt agreement and erase rate vs sparsity, SPACE with / without the prior, UCE as lines."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,8 +135,10 @@ def plot(rows, path, concept):
         ax.set_ylim(-5, 105)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 if __name__ == "__main__":
