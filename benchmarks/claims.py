@@ -28,7 +28,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 HOLDS, PARTLY, FAILS, NA = "holds", "holds partly", "does not hold", "not measurable here"

@@ -14,7 +14,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
 
 import erasekit
 from erasekit.export import ExportError, export
@@ -80,7 +79,7 @@ def main() -> None:
                     else:
                         got, loader = erasekit.load_pipeline(str(res.path), config=str(tmp / f"cfg-{fam}")).unet.state_dict(), "from_single_file"
                     rows.append((fmt, fam, kind, res.nbytes, loader, _diff(want, got), note))
-    print(f"| format | family | kind | bytes | loader | max abs diff vs edit.apply | note |\n|---|---|---|---|---|---|---|")
+    print("| format | family | kind | bytes | loader | max abs diff vs edit.apply | note |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:,} | {r[4]} | {r[5]:.2g} | {r[6]} |")
 

@@ -64,7 +64,6 @@ def prepare(out: Path) -> None:
     from erasekit.export import export
     from erasekit.export import ldm_names as N
     from erasekit.export.lora_kohya import kohya_name
-    from erasekit.models.adapter import PipelineAdapter
     from erasekit.models.tiny import build_tiny_pipeline
 
     out.mkdir(parents=True, exist_ok=True)

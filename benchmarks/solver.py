@@ -1,7 +1,7 @@
 """Measure UCE, SPACE (semi-smooth Newton) and plain FISTA on SD1.5- and SDXL-shaped layers.
 
     python benchmarks/solver.py [--family sd15|sdxl|both] [--quick] [--threads N]
-    python benchmarks/solver.py --baseline <git rev> [--family ...] [--quick]   (before vs after, one run)
+    python benchmarks/solver.py --baseline <git rev | old_linalg.py> [--family ...] [--quick]   (before vs after, one run)
 
 Data (random, seeded; printed again in the output):
   * weights: one to_k and one to_v per cross-attention block, fp32, entries N(0, 0.02²), with
@@ -253,13 +253,27 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
 
 
 def load_baseline(rev: str):
-    """erasekit.linalg as it was at git revision ``rev``, imported beside the current one."""
+    """erasekit.linalg as it was at git revision ``rev`` (or in the file ``rev``), imported beside the current one.
+
+    A file path serves machines without the repository's history (a device machine gets a copy
+    of the working tree only): ``git show REV:src/erasekit/linalg.py > linalg_REV.py`` here first.
+    """
     import importlib.util
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "-C", str(root), "show", f"{rev}:src/erasekit/linalg.py"], check=True, capture_output=True, text=True).stdout
-    spec = importlib.util.spec_from_loader(f"linalg_{rev}", loader=None)
+    if rev.endswith(".py"):
+        if not Path(rev).is_file():
+            sys.exit(f"--baseline {rev}: no such file (make it with: git show REV:src/erasekit/linalg.py > {rev})")
+        src = Path(rev).read_text()
+        rev = Path(rev).stem
+    else:
+        done = subprocess.run(["git", "-C", str(root), "show", f"{rev}:src/erasekit/linalg.py"], capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"--baseline {rev}: git cannot show src/erasekit/linalg.py at that revision ({done.stderr.strip()}); "
+                     "pass a revision of this repository or a .py file of the old module")
+        src = done.stdout
+    spec = importlib.util.spec_from_loader(f"linalg_{rev.replace('.', '_').replace('-', '_')}", loader=None)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up here
     exec(compile(src, f"{rev}:src/erasekit/linalg.py", "exec"), mod.__dict__)
@@ -350,7 +364,7 @@ def main() -> None:
     p.add_argument("--target", type=float, default=0.85, help="target sparsity")
     p.add_argument("--tol", type=float, default=1e-6, help="relative objective gap")
     p.add_argument("--fista-max-iter", type=int, default=20000)
-    p.add_argument("--baseline", default=None, metavar="REV", help="compare with erasekit.linalg at this git revision (before vs after, CPU seconds)")
+    p.add_argument("--baseline", default=None, metavar="REV", help="compare with erasekit.linalg at this git revision, or in this .py file (before vs after, CPU seconds)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (refused when no GPU is visible)")
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():

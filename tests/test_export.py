@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import erasekit
 from erasekit.edit import LayerEdit
-from erasekit.errors import EditFileError, EraseKitError
+from erasekit.errors import EditFileError
 from erasekit.export import ExportError, export
 from erasekit.export.ldm_names import UNET_PREFIX, unet_to_ldm
 

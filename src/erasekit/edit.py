@@ -25,7 +25,7 @@ import torch
 
 from ._atomic import atomic_path
 from .edit_format import (FLOAT_DTYPES, FORMAT, FORMAT_VERSION, STORAGE_KINDS, EditMeta, Fingerprint, canonical_json,
-                          content_sha256, layer_key, parse_metadata, read_edit_file, suffixes, tensor_digest, thaw)
+                          content_sha256, layer_key, parse_metadata, read_edit_file, tensor_digest, thaw)
 from .errors import EditFileError
 from .models.adapter import fingerprints_match, weight_fingerprint
 
