@@ -15,13 +15,19 @@ Per method, each phase is timed (wall clock) and its peak resident memory record
   export    the LoRA-free single-file export is SD 1.x only (models/ldm_export); skipped otherwise
   revert    Edit.revert, then a bit-exact check of every edited layer against a hash taken before
 
+Closed-form methods (uce, space) run at full size and get a separate "encode" phase (their column
+plan alone). Methods that run the UNet are measured at a reduced budget, stated in the fit row's
+note (:data:`REDUCED`): PURE's anchor trajectories at 256 × 256 px, 2 steps, 1 latent per prompt;
+ACE and ESD-x 2 training steps from an x_t pool of 1 latent × 2 steps at the pipeline's own size —
+their time and memory per step, not their results.
+
 Time: wall clock and process CPU seconds (the CPU column is the one to trust on a shared machine).
 Memory: a sampler thread reads RssAnon (anonymous resident memory: what the process allocated,
 not the page cache of mmapped files) every 2 ms. "beyond" is a phase's peak minus the RssAnon right
 after the pipeline was loaded, and "share" divides it by the pipeline's own size (bytes of every
 parameter and buffer of its modules). glibc's mmap threshold is pinned at 128 KiB so that freed
 tensors leave the RSS instead of lingering in malloc's cache (Linux only). Images are noise; the
-times and memory are real. Closed-form methods run at full size; PURE / ACE are not run here.
+times and memory are real.
 """
 
 from __future__ import annotations
@@ -46,6 +52,13 @@ sys.path.insert(0, str(HERE))
 import full_scale_models as fsm  # noqa: E402
 
 CONCEPT = "Van Gogh"
+CLOSED_FORM = ("uce", "space")  # methods whose prompt encoding is timed as its own phase
+# methods that run the UNet: the budget they get here (options, what the fit row says about it)
+REDUCED = {
+    "pure": ({"height": 256, "width": 256, "steps": 2, "n_latents": 1}, "anchors 256×256 px, 2 steps, 1 latent/prompt"),
+    "ace": ({"train_steps": 2, "pool_steps": 2, "pool_latents": 1, "batch_size": 1, "adv_steps": 1}, "2 train steps (1 adversarial step each), x_t pool 1 latent × 2 steps"),
+    "esd-x": ({"iterations": 2, "pool_steps": 2, "pool_latents": 1}, "2 iterations, x_t pool 1 latent × 2 steps"),
+}
 PRESERVE = ["Claude Monet", "Pablo Picasso", "Rembrandt", "Johannes Vermeer", "Salvador Dali", "Frida Kahlo"]
 
 
@@ -112,13 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", default="sd15", choices=fsm.FAMILIES)
     ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
-    ap.add_argument("--methods", default="uce,space", help="comma-separated closed-form methods (uce, space)")
+    ap.add_argument("--methods", default="uce,space", help="comma-separated: closed-form uce, space at full size; pure, ace, esd-x at the reduced budget of REDUCED")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (refused when no GPU is visible)")
     ap.add_argument("--cache-dir", default=None, help="folder of the cached pipelines (default ~/.cache/erasekit/full_scale)")
     ap.add_argument("--scaled", action="store_true", help="use the scaled-down copy of the config (a quick check of this script)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None)
     ap.add_argument("--space-option", action="append", default=[], help="extra SPACE config as key=value (e.g. lam=0.05)")
     args = ap.parse_args(argv)
+    unknown = [m for m in args.methods.split(",") if m.strip() and m.strip() not in CLOSED_FORM + tuple(REDUCED)]
+    if unknown:
+        print(f"--methods: {', '.join(unknown)} not measured here; choose from {', '.join(CLOSED_FORM + tuple(REDUCED))}", file=sys.stderr)
+        return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU machine "
               "or use --device cpu", file=sys.stderr)
@@ -160,22 +177,25 @@ def main(argv: list[str] | None = None) -> int:
     before = layer_hashes(pipe, adapter.paths)
     tmp = Path(tempfile.mkdtemp(prefix="erasekit-fullscale-"))
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        options = {}
+        options, budget = REDUCED.get(method, ({}, ""))
+        options = dict(options)
         if method == "space":
             for kv in args.space_option:
                 k, v = kv.split("=", 1)
                 options[k] = float(v) if k in ("lam", "target_sparsity", "tol") else v
-        t0 = time.perf_counter()
-        with sampler.phase():
-            # the method's own column plan (preset and kind resolved as in fit), encoded once
-            cfg = cf.resolve_for_kind(erasekit.make_config(method, **options), concepts.kind, KIND_PRESETS)
-            cf.plan_columns(adapter, cf.column_plan(concepts, cfg.preset, cfg.token, cfg.preserve_token, cfg.preserve_scale))
-        record(method, "encode", time.perf_counter() - t0)
+        if method in CLOSED_FORM:
+            t0 = time.perf_counter()
+            with sampler.phase():
+                # the method's own column plan (preset and kind resolved as in fit), encoded once
+                cfg = cf.resolve_for_kind(erasekit.make_config(method, **options), concepts.kind, KIND_PRESETS)
+                cf.plan_columns(adapter, cf.column_plan(concepts, cfg.preset, cfg.token, cfg.preserve_token, cfg.preserve_scale))
+            record(method, "encode", time.perf_counter() - t0)
         t0 = time.perf_counter()
         with sampler.phase():
             edit = erasekit.erase(pipe, method, concepts, progress=False, **options)
         s = edit.sparsity()
-        record(method, "fit", time.perf_counter() - t0, f"{len(edit.layers)} layers" + (f", sparsity {s:.3f}" if s is not None else ""))
+        record(method, "fit", time.perf_counter() - t0, f"{len(edit.layers)} layers" + (f", sparsity {s:.3f}" if s is not None else "")
+               + (f"; reduced: {budget}" if budget else ""))
         path = tmp / f"{method}.safetensors"
         t0 = time.perf_counter()
         with sampler.phase():

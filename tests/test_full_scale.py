@@ -187,6 +187,24 @@ def test_full_scale_benchmark_runs_every_phase_on_a_scaled_copy(family, tmp_path
     assert table.count("bit-exact") == 2
 
 
+def test_full_scale_benchmark_runs_unet_methods_at_their_reduced_budget(tmp_path, capsys):
+    """PURE, ACE and ESD-x go through every phase but the closed-form encode one, and each fit row states its reduced budget."""
+    spec = importlib.util.spec_from_file_location("full_scale_bench", ROOT / "benchmarks" / "full_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--family", "sd15", "--scaled", "--methods", "pure,ace,esd-x", "--cache-dir", str(tmp_path), "--threads", "2"]) in (0, None)
+    table = capsys.readouterr().out
+    for method in ("pure", "ace", "esd-x"):
+        rows = [line for line in table.splitlines() if line.startswith(f"| {method} |")]
+        phases = {line.split("|")[2].strip() for line in rows}
+        assert {"fit", "save", "load_edit", "apply", "revert"} <= phases and "encode" not in phases, (method, phases)
+        fit = next(line for line in rows if line.split("|")[2].strip() == "fit")
+        assert "reduced: " + mod.REDUCED[method][1] in fit
+    assert table.count("bit-exact") == 3
+    assert mod.main(["--family", "sd15", "--scaled", "--methods", "uce,mace", "--cache-dir", str(tmp_path)]) == 2  # refused before loading
+    assert "mace not measured here" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ full size (slow)
 
 
