@@ -197,7 +197,8 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
     space_s, uce_s, csr_total, ssn_layer, runs = 0.0, 0.0, 0, {}, []
     for W in weights:
         uce_s += timed(lambda: linalg.uce_weight(W, gf))[1]  # UCE again, interleaved: same machine load as SPACE
-        res, dt = timed(lambda: linalg.space_solve(W, gf, lam, tol=args.tol))
+        with linalg.solver_threads(W):  # as SPACE.fit runs it
+            res, dt = timed(lambda: linalg.space_solve(W, gf, lam, tol=args.tol))
         space_s += dt
         ssn_layer.setdefault(W.shape[0], dt)
         csr_total += csr_bytes(res.W)
@@ -299,6 +300,8 @@ DEVICE = torch.device("cpu")
 def compare_family(name: str, args, old) -> list[tuple[str, str]]:
     """Before (``old`` linalg) vs after (current), interleaved layer by layer, in CPU seconds.
 
+    "After" SPACE solves run under linalg.solver_threads, as SPACE.fit runs them (one intra-op
+    thread below d_in 1,024 on a CPU; the baseline predates that rule and uses --threads).
     Per layer: UCE; SPACE at a fixed λ (the shared λ for the target, found once, untimed) with the
     old and the new solver; and the per-layer target-sparsity fit as the SPACE method runs it:
     before, lam_for_sparsity([W]) then space_solve; after, space_solve_sparsity, both cold (no λ
@@ -318,15 +321,19 @@ def compare_family(name: str, args, old) -> list[tuple[str, str]]:
         t["uce"] += cpu_timed(lambda: linalg.uce_weight(W, gf_new))[1]
         r_old, dt = cpu_timed(lambda: old.space_solve(W, gf_old, lam, tol=args.tol))
         t["old_fixed"] += dt
-        r_new, dt = cpu_timed(lambda: linalg.space_solve(W, gf_new, lam, tol=args.tol))
+        with linalg.solver_threads(W):  # the thread rule SPACE.fit applies (one thread below d_in 1,024 on a CPU)
+            r_new, dt = cpu_timed(lambda: linalg.space_solve(W, gf_new, lam, tol=args.tol))
         t["new_fixed"] += dt
         worst_gap = max(worst_gap, r_old.gap, r_new.gap)
         _, dt = cpu_timed(lambda: old.space_solve(W, gf_old, old.lam_for_sparsity([W], gf_old, args.target), tol=args.tol))
         t["old_target"] += dt
-        (r_cold, _), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol))
+        with linalg.solver_threads(W):
+            (r_cold, _), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol))
         t["new_target_cold"] += dt
         key = (i % 2, W.shape[0])  # weights alternate to_k, to_v
-        (r_ch, lam_ch), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol, lam0=chain.get(key, chain.get("last"))))
+        with linalg.solver_threads(W):
+            (r_ch, lam_ch), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol,
+                                                                               lam0=chain.get(key, chain.get("last"))))
         chain[key] = chain["last"] = lam_ch
         t["new_target_chained"] += dt
         worst_gap = max(worst_gap, r_cold.gap, r_ch.gap)
