@@ -117,18 +117,19 @@ def plot(rows, concept) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    # one colour per prior setting: SPACE as markers and lines, UCE (no sparsity) as a dotted level of the same colour
+    settings = sorted({(r["prior"], r["weight"]) for r in rows}, key=lambda pw: (pw[0] != "none", pw[1] or 0))
+    colour = {pw: f"C{i}" for i, pw in enumerate(settings)}
     for ax, key, title in ((axes[0], "general", "general-prompt agreement with unedited"), (axes[1], "target", f"erase rate ('{concept}', named)")):
-        for prior, style in (("none", "o-"), ("general", "s--")):
-            for w in sorted({r["weight"] for r in rows if r["prior"] == prior}, key=lambda x: x or 0):
-                pts = sorted((r["sparsity"], r[key]) for r in rows if r["method"] == "space" and r["prior"] == prior and r["weight"] == w)
-                if pts:
-                    tag = "no prior" if prior == "none" else "+ prior ρ=%g" % w
-                    ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], style, label=f"SPACE {tag}")
+        for prior, w in settings:
+            tag = "no prior" if prior == "none" else "+ prior ρ=%g" % w
+            pts = sorted((r["sparsity"], r[key]) for r in rows if r["method"] == "space" and (r["prior"], r["weight"]) == (prior, w))
+            if pts:
+                ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "o-" if prior == "none" else "s--", color=colour[prior, w],
+                        label=f"SPACE {tag}")
             for r in rows:
-                if r["method"] == "uce" and r["prior"] == prior:
-                    tag = "no prior" if prior == "none" else "+ prior ρ=%g" % r["weight"]
-                    ax.axhline(100 * r[key], color="grey" if prior == "none" else "black", ls=":" if prior == "none" else "-.",
-                               label=f"UCE {tag}")
+                if r["method"] == "uce" and (r["prior"], r["weight"]) == (prior, w):
+                    ax.axhline(100 * r[key], color=colour[prior, w], ls=":", lw=2, label=f"UCE {tag}")
         ax.set_xlabel("sparsity of the edited weights (%)")
         ax.set_ylabel("%")
         ax.set_title(title)
