@@ -205,3 +205,23 @@ def test_gram_statistics_are_shared_not_recomputed(pipe, monkeypatch):
     monkeypatch.setattr(linalg, "gram_factor", lambda *a, **k: calls.append(1) or real(*a, **k))
     edit = _fit(pipe, "space", target_sparsity=0.8)
     assert len(calls) == 1 and len(edit.layers) > 1
+
+
+def test_apply_refused_at_the_last_layer_rolls_back_every_earlier_one(pipe):
+    """apply writes layer by layer; a value refused at the last layer (it overflows the live dtype)
+    must leave every layer written before it restored bit-exactly and no record behind."""
+    from erasekit.edit import Edit, LayerEdit
+    from erasekit.errors import EraseKitError
+
+    edit = _fit(pipe, "uce")
+    last = list(edit.layers)[-1]
+    le = edit.layers[last]
+    bad = LayerEdit.dense(le.path, torch.full(le.shape, float("inf")), param=le.param)  # refused by materialize_as
+    layers = dict(edit.layers)
+    layers[last] = bad
+    tampered = Edit(edit.method, edit.config, edit.concepts, edit.base, layers.values(), edit.fingerprints, edit.stats)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    with pytest.raises(EraseKitError, match="not finite"):
+        tampered.apply(pipe)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    assert Edit.applied(pipe) == []
