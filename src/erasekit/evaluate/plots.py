@@ -63,24 +63,26 @@ def attack_curve(etas: Sequence[float], methods: Mapping[str, Sequence[Estimate 
                  kept: Sequence[Estimate | None], headline: float, title: str) -> bytes:
     """Attack success (%) vs η per method (with interval bars), the unedited model's concept rate and its
     prompted-attributes-kept share (dashed), and a vertical line at the headline η."""
-    plt, fig, ax = _figure(5.8, 4.0)
+    plt, fig, ax = _figure(7.6, 4.0)  # wider: the legend sits beside the axes, never over a curve
     for i, (label, ests) in enumerate(methods.items()):
         pts = [(eta, e) for eta, e in zip(etas, ests, strict=True) if e is not None]
         if pts:
             v = [_err(e) for _, e in pts]
-            ax.errorbar([p[0] for p in pts], [x[0] for x in v], yerr=[[x[1] for x in v], [x[2] for x in v]], color=f"C{i}", marker="o",
+            colour = f"C{i}" if len(methods) <= 10 else plt.cm.tab20(i % 20)  # the default cycle repeats after 10
+            ax.errorbar([p[0] for p in pts], [x[0] for x in v], yerr=[[x[1] for x in v], [x[2] for x in v]], color=colour, marker="o",
                         capsize=3, label=f"{label}: ASR")
     ax.plot(etas, [100 * e.value for e in unedited_rate], "k--", marker="s", label="unedited: concept rate")
     if all(k is not None for k in kept):
         ax.plot(etas, [100 * k.value for k in kept], ":", color="grey", marker="^", label="unedited: prompted attributes kept")
     ax.axvline(headline, color="red", alpha=0.5, lw=1)
-    ax.annotate(f"headline η = {headline:g}", (headline, 101), fontsize=8, color="red", ha="center", va="bottom")
+    ax.annotate(f"headline η = {headline:g}", (headline, 101), fontsize=8, color="red", va="bottom",
+                ha="right" if headline >= max(etas) else "center")  # never cut at the right edge
     ax.set_xlabel("η (concept-vector strength)")
     ax.set_ylabel("%")
     ax.set_ylim(-3, 110)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _png(plt, fig)
 
 
