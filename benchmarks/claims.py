@@ -33,17 +33,30 @@ from pathlib import Path
 
 HOLDS, PARTLY, FAILS, NA = "holds", "holds partly", "does not hold", "not measurable here"
 
-# Tinyworld calibrations of the founding methods (tests/test_tinyworld_erasure.py), with the two UCE and PURE twins the claims compare.
-OPTIONS = {
-    "uce": {},  # UCE as published: last concept token, no templates
-    "uce_all": {"templates": True, "token": "all", "preset": "erasekit"},  # UCE with SPACE's templates and token positions: the dense twin
-    "space": {"templates": True, "token": "all", "target_sparsity": 0.85},
-    "pure": {"templates": True, "forget_energy": 0.95, "retain_energy": 0.5},
-    "pure_text": {"basis": "text", "templates": True, "forget_energy": 0.95, "retain_energy": 0.5},
-    "ace": {"templates": True, "train_steps": 40},
-    "rece": {}, "speed": {}, "cure": {}, "mace": {},
+# What each label measures: (source of the defaults, options on top). "erasekit" = the per-model defaults
+# of erasekit/defaults.py (chosen on development concepts), "published" = the papers' settings.
+LABELS = {
+    "uce": ("published", {}),  # UCE as published: last concept token, no templates
+    "uce_all": ("erasekit", {"preset": "erasekit"}),  # UCE with SPACE's templates and token positions: the dense twin
+    "space": ("erasekit", {"target_sparsity": 0.85}),
+    "pure": ("erasekit", {}),  # the paired-centred reconstruction (issue 13)
+    # PURE's own text basis, as the PURE ablation's text_tail variant (tail tokens; the last token alone erases nothing here)
+    "pure_text": ("published", {"basis": "text", "token": "tail", "templates": True, "forget_energy": 0.95, "retain_energy": 0.5}),
+    "ace": ("erasekit", {"train_steps": 40}),
+    "rece": ("erasekit", {}), "speed": ("erasekit", {}), "cure": ("erasekit", {}), "mace": ("erasekit", {}),
 }
 METHOD_OF = {"uce_all": "uce", "pure_text": "pure"}
+
+
+def label_options(model: str, label: str) -> dict:
+    """The options ``label`` is fitted with on ``model`` (templates included, as a concept-set option)."""
+    from erasekit import defaults
+
+    source, extra = LABELS.get(label, ("erasekit", {}))
+    options, _ = defaults.resolve(model, METHOD_OF.get(label, label), extra, published=source == "published")
+    return options
+
+
 SMALL_OPTIONS = {"ace": {"train_steps": 2, "adv_steps": 1, "pool_steps": 2}, "pure": {"steps": 2}}
 
 
@@ -142,7 +155,10 @@ def fit_or_load(pipe, model: str, study: str, label: str, cs, options: dict, out
     key = f"{model}/{study}/{label}"
     path = out / "edits" / f"{model}-{study}-{label}.safetensors".replace(" ", "_").replace(",", "_")
     if path.is_file() and key in fits:
-        return load_edit(path, pipe, apply=False)
+        edit = load_edit(path, pipe, apply=False)
+        if _fitted_with(edit, options):
+            return edit
+        print(f"note: {path.name} was fitted with other options; fitting it again", file=sys.stderr)
     t0 = time.perf_counter()
     options = dict(options)
     if "templates" in options:  # a concept-set option, not a method option
@@ -153,6 +169,18 @@ def fit_or_load(pipe, model: str, study: str, label: str, cs, options: dict, out
     edit.save(path)
     (out / "fits.json").write_text(json.dumps(fits, indent=1))
     return edit
+
+
+def _fitted_with(edit, options: dict) -> bool:
+    """True when a saved edit's recorded config (and templates) match ``options``: a changed option refits."""
+    norm = lambda v: json.loads(json.dumps(v))  # noqa: E731 — tuples and lists compare alike
+    for k, v in options.items():
+        if k == "templates":
+            if bool(edit.concepts.get("templates") not in (None, [], ["{}"])) != bool(v):
+                return False
+        elif norm(edit.config.get(k)) != norm(v):
+            return False
+    return True
 
 
 def time_inference(pipe, edits: dict, steps: int, repeats: int, batch: int = 4) -> dict[str, float]:
@@ -388,7 +416,7 @@ def run_model(model: str, args, out: Path, fits: dict, hw: str, xl_summary: dict
     judge = make_judge("tinyworld")
     registered = set(list_methods())
     labels = [lb for lb in args.methods.split(",") if METHOD_OF.get(lb, lb) in registered]
-    opts = {lb: {**OPTIONS.get(lb, {}), **(SMALL_OPTIONS.get(METHOD_OF.get(lb, lb), {}) if args.small else {})} for lb in labels}
+    opts = {lb: {**label_options(model, lb), **(SMALL_OPTIONS.get(METHOD_OF.get(lb, lb), {}) if args.small else {})} for lb in labels}
     progress = not args.no_progress
     concept = args.concept
     cs = tinyworld_concept_set(concept)
