@@ -123,13 +123,19 @@ def test_pure_runs_the_unet_in_float32_and_leaves_it_float16(half_and_full):
     half, _ = half_and_full["sd"]
     before = _snapshot(half)
     seen = []
-    hook = half.unet.register_forward_pre_hook(lambda mod, args: seen.append(mod.conv_in.weight.dtype))
+    # a forward hook on conv_in runs while that layer holds its borrowed float32 weight (one layer at a time)
+    hook = half.unet.conv_in.register_forward_hook(lambda mod, args, out: seen.append((mod.weight.dtype, out.dtype)))
+    # ... and no whole float32 copy of the UNet exists: when the UNet's forward starts, its layers are still float16
+    whole = []
+    hook_whole = half.unet.register_forward_pre_hook(lambda mod, args: whole.append(mod.conv_out.weight.dtype))
     try:
         edit = erasekit.erase(half, method="pure", concepts=["a red circle"], preserve=["a blue square"], kind="object",
                               progress=False, steps=2, n_latents=1)
     finally:
         hook.remove()
-    assert seen and set(seen) == {torch.float32}
+        hook_whole.remove()
+    assert seen and set(seen) == {(torch.float32, torch.float32)}
+    assert whole and set(whole) == {torch.float16}
     assert _same_bytes(before, _snapshot(half))
     assert edit.compute_dtype == "float32"
     # fingerprints were taken in the stored dtype
