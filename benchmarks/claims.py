@@ -267,7 +267,7 @@ def judge_claims(model: str, res, main: str, sweep: dict, many: dict, fits: dict
             c.numbers = f"SD 1.x: {fmt_cmp(here)}; SDXL: {there['text']}"
             c.verdict = HOLDS if there["low"] > here.high else PARTLY if there["diff"] > here.diff else FAILS
     else:
-        c.why = "tinyworld-xl is not installed" if model == "tinyworld" else "judged on the tinyworld row"
+        c.why = "tinyworld-xl was not measured in this run (not in --models, or not installed)" if model == "tinyworld" else "judged on the tinyworld row"
     rows.append(c)
 
     c = Claim("SPACE-5", "more robust than the dense baselines to adversarial prompts", "SPACE, abstract",
