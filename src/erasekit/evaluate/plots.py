@@ -35,6 +35,11 @@ def _png(plt, fig) -> bytes:
     return buf.getvalue()
 
 
+def _colour(plt, i: int, n: int):
+    """Series i of n: the default cycle up to 10 series, tab20 beyond (the default cycle repeats after 10)."""
+    return f"C{i}" if n <= 10 else plt.cm.tab20(i % 20)
+
+
 def _err(e: Estimate) -> tuple[float, float, float]:
     """(value, lower error, upper error) in %."""
     return 100 * e.value, 100 * max(0.0, e.value - e.low), 100 * max(0.0, e.high - e.value)
@@ -47,7 +52,7 @@ def tradeoff(points: Mapping[str, tuple[Estimate, Estimate]], title: str) -> byt
         y, ylo, yhi = _err(er)
         x, xlo, xhi = _err(re)
         ax.errorbar([x], [y], xerr=[[xlo], [xhi]], yerr=[[ylo], [yhi]], fmt="o" if label != "unedited" else "s", capsize=3,
-                    color=f"C{i}", label=label)
+                    color=_colour(plt, i, len(points)), label=label)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("retain rate (%)  → better")
     ax.set_ylabel("erase rate (%)  → better")
@@ -68,8 +73,7 @@ def attack_curve(etas: Sequence[float], methods: Mapping[str, Sequence[Estimate 
         pts = [(eta, e) for eta, e in zip(etas, ests, strict=True) if e is not None]
         if pts:
             v = [_err(e) for _, e in pts]
-            colour = f"C{i}" if len(methods) <= 10 else plt.cm.tab20(i % 20)  # the default cycle repeats after 10
-            ax.errorbar([p[0] for p in pts], [x[0] for x in v], yerr=[[x[1] for x in v], [x[2] for x in v]], color=colour, marker="o",
+            ax.errorbar([p[0] for p in pts], [x[0] for x in v], yerr=[[x[1] for x in v], [x[2] for x in v]], color=_colour(plt, i, len(methods)), marker="o",
                         capsize=3, label=f"{label}: ASR")
     ax.plot(etas, [100 * e.value for e in unedited_rate], "k--", marker="s", label="unedited: concept rate")
     if all(k is not None for k in kept):
