@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None)
     ap.add_argument("--space-option", action="append", default=[], help="extra SPACE config as key=value (e.g. lam=0.05)")
     args = ap.parse_args(argv)
-    unknown = [m for m in args.methods.split(",") if m.strip() and m.strip() not in CLOSED_FORM + tuple(REDUCED)]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]  # parsed once, validated before anything loads
+    unknown = [m for m in methods if m not in CLOSED_FORM + tuple(REDUCED)]
     if unknown:
         print(f"--methods: {', '.join(unknown)} not measured here; choose from {', '.join(CLOSED_FORM + tuple(REDUCED))}", file=sys.stderr)
         return 2
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     n_layers, n_weights = len(adapter.paths), sum(adapter.linear(p).weight.numel() for p in adapter.paths)
     before = layer_hashes(pipe, adapter.paths)
     tmp = Path(tempfile.mkdtemp(prefix="erasekit-fullscale-"))
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+    for method in methods:
         options, budget = REDUCED.get(method, ({}, ""))
         options = dict(options)
         if method == "space":
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         with sampler.phase():
             edit.apply(pipe)
         record(method, "apply", time.perf_counter() - t0)
-        if args.family == "sd15" and method == args.methods.split(",")[0].strip():
+        if args.family == "sd15" and method == methods[0]:
             from erasekit.models.ldm_export import export_single_file
 
             t0 = time.perf_counter()
