@@ -28,15 +28,12 @@ def _diff(a, b):
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--families", default="sd,sd2,sdxl")
-    ap.add_argument("--rank", type=int, default=4)
-    args = ap.parse_args()
+def matrix(families: list[str], rank: int) -> list[tuple]:
+    """(format, family, kind, bytes, loader, max |Δ| vs edit.apply, note) for every export."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for fam in args.families.split(","):
+        for fam in families:
             p = build_tiny_pipeline(fam, seed=0)
             p.set_progress_bar_config(disable=True)
             p.save_pretrained(tmp / f"cfg-{fam}")
@@ -49,13 +46,13 @@ def main() -> None:
                 want = _state(p)
                 edit.revert(p)
                 for fmt in ("lora", "lora-kohya", "diff", "diffusers", "single-file"):
-                    out = tmp / f"{fam}-{kind[:4]}-{fmt}"
+                    out = tmp / f"{fam}-{kind[:4]}-{fmt}{'' if fmt == 'diffusers' else '.safetensors'}"
                     note = ""
                     try:
                         res = export(edit, fmt, out, pipe=p)
                     except ExportError:
-                        res = export(edit, fmt, out, pipe=p, rank=args.rank)
-                        note = f"rank {args.rank}, rel. err {res.rel_error:.3f}"
+                        res = export(edit, fmt, out, pipe=p, rank=rank)
+                        note = f"rank {rank}, rel. err {res.rel_error:.3f}"
                     if fmt.startswith("lora"):
                         p.load_lora_weights(str(res.path))
                         p.fuse_lora()
@@ -71,14 +68,25 @@ def main() -> None:
                         got = dict(base)
                         for lp in edit.layers:
                             got[lp + ".weight"] = base[lp + ".weight"] + d[names[lp] + ".diff"]
-                        loader = "W0 + diff"
+                        loader = "W0 + diff (LyCORIS: export_thirdparty.py)"
                     elif fmt == "diffusers":
                         from diffusers import DiffusionPipeline
 
                         got, loader = DiffusionPipeline.from_pretrained(str(res.path)).unet.state_dict(), "from_pretrained"
                     else:
-                        got, loader = erasekit.load_pipeline(str(res.path), config=str(tmp / f"cfg-{fam}")).unet.state_dict(), "from_single_file"
+                        # the pipeline class's own from_single_file, no erasekit in between (the tiny config stands in for the Hub's)
+                        reloaded = type(p).from_single_file(str(res.path), config=str(tmp / f"cfg-{fam}"), local_files_only=True)
+                        got, loader = reloaded.unet.state_dict(), "from_single_file"
                     rows.append((fmt, fam, kind, res.nbytes, loader, _diff(want, got), note))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--families", default="sd,sd2,sdxl")
+    ap.add_argument("--rank", type=int, default=4)
+    args = ap.parse_args()
+    rows = matrix(args.families.split(","), args.rank)
     print("| format | family | kind | bytes | loader | max abs diff vs edit.apply | note |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:,} | {r[4]} | {r[5]:.2g} | {r[6]} |")

@@ -3,11 +3,8 @@
     python benchmarks/export_thirdparty.py prepare DIR                 # project venv: write exports + expectations
     .venv-3p/bin/python benchmarks/export_thirdparty.py check DIR      # third-party venv: load them, print JSON
 
-The third-party venv (never the project's: these pin old libraries) is made with
-    python3 -m venv .venv-3p && .venv-3p/bin/pip install torch==2.13.0 \\
-      && .venv-3p/bin/pip install --no-deps stable-diffusion-sdkit==2.1.5 \\
-      && .venv-3p/bin/pip install -c <(echo torch==2.13.0) einops pillow omegaconf lycoris-lora==4.1.3 sd-mecha==1.1.8
-(--no-deps for sdkit: its declared dependencies would replace torch and pull torchvision / open-clip).
+The third-party venv (never the project's: these pin old libraries) is made by
+    bash benchmarks/thirdparty_venv.sh          # CI runs it too, so the export test uses these loaders
 
 Checks:
 * LyCORIS (the LoRA code A1111 / ComfyUI users run) merges our kohya LoRA and .diff into module trees

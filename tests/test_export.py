@@ -274,3 +274,23 @@ def test_third_party_loaders(tiny_pipes, edits, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     res = json.loads(run.stdout.strip().splitlines()[-1])
     assert res["failures"] == [], res
+
+
+def test_export_matrix_benchmark_runs_and_exact_formats_are_exact():
+    """benchmarks/export_matrix.py on tiny SD1: every format × kind exports and loads back; the exact ones match
+    edit.apply to fp32 rounding, and the truncated LoRA of the sparse edit reports its error."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "export_matrix.py"
+    spec = importlib.util.spec_from_file_location("export_matrix", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.matrix(["sd"], rank=2)
+    assert {(r[0], r[2]) for r in rows} == {(f, k) for f in ("lora", "lora-kohya", "diff", "diffusers", "single-file")
+                                              for k in ("low-rank (UCE)", "sparse (SPACE)", "dense (UCE)")}
+    for fmt, _, kind, nbytes, _, err, note in rows:
+        assert nbytes > 0
+        if fmt.startswith("lora") and kind.startswith("sparse"):
+            assert note.startswith("rank 2, rel. err") and err > 1e-4  # truncated: not exact, and says so
+        else:
+            assert err <= 1e-6, (fmt, kind, err)
