@@ -197,8 +197,7 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
     space_s, uce_s, csr_total, ssn_layer, runs = 0.0, 0.0, 0, {}, []
     for W in weights:
         uce_s += timed(lambda: linalg.uce_weight(W, gf))[1]  # UCE again, interleaved: same machine load as SPACE
-        with linalg.solver_threads(W):  # as SPACE.fit runs it
-            res, dt = timed(lambda: linalg.space_solve(W, gf, lam, tol=args.tol))
+        res, dt = timed(lambda: linalg.space_solve(W, gf, lam, tol=args.tol))  # row chunks on --threads workers, as SPACE.fit runs it
         space_s += dt
         ssn_layer.setdefault(W.shape[0], dt)
         csr_total += csr_bytes(res.W)
@@ -281,6 +280,16 @@ def load_baseline(rev: str):
     return mod
 
 
+def both_timed(fn):
+    """(result, CPU seconds, wall seconds); on a GPU both are wall time after a synchronize."""
+    if DEVICE.type == "cuda":
+        out, dt = cpu_timed(fn)
+        return out, dt, dt
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c0, time.perf_counter() - t0
+
+
 def cpu_timed(fn):
     """(result, seconds): process CPU time on a CPU; wall time after a synchronize on a GPU."""
     if DEVICE.type == "cuda":
@@ -300,8 +309,10 @@ DEVICE = torch.device("cpu")
 def compare_family(name: str, args, old) -> list[tuple[str, str]]:
     """Before (``old`` linalg) vs after (current), interleaved layer by layer, in CPU seconds.
 
-    "After" SPACE solves run under linalg.solver_threads, as SPACE.fit runs them (one intra-op
-    thread below d_in 1,024 on a CPU; the baseline predates that rule and uses --threads).
+    "After" SPACE solves run as SPACE.fit runs them: row chunks on --threads worker threads, each op
+    single-threaded (the baseline uses --threads intra-op threads). CPU seconds measure work; the
+    wall-clock rows show what the workers add on --threads cores (UCE, before and after all timed
+    on the same --threads).
     Per layer: UCE; SPACE at a fixed λ (the shared λ for the target, found once, untimed) with the
     old and the new solver; and the per-layer target-sparsity fit as the SPACE method runs it:
     before, lam_for_sparsity([W]) then space_solve; after, space_solve_sparsity, both cold (no λ
@@ -316,24 +327,23 @@ def compare_family(name: str, args, old) -> list[tuple[str, str]]:
     linalg.space_solve(weights[0][:64], gf_new, lam)  # warm-up
     old.space_solve(weights[0][:64], gf_old, lam)
     t = {k: 0.0 for k in ("uce", "old_fixed", "new_fixed", "old_target", "new_target_cold", "new_target_chained")}
+    wall = {k: 0.0 for k in ("uce", "old_fixed", "new_fixed")}
     worst_gap, sp, chain = 0.0, [], {}
     for i, W in enumerate(weights):
-        t["uce"] += cpu_timed(lambda: linalg.uce_weight(W, gf_new))[1]
-        r_old, dt = cpu_timed(lambda: old.space_solve(W, gf_old, lam, tol=args.tol))
-        t["old_fixed"] += dt
-        with linalg.solver_threads(W):  # the thread rule SPACE.fit applies (one thread below d_in 1,024 on a CPU)
-            r_new, dt = cpu_timed(lambda: linalg.space_solve(W, gf_new, lam, tol=args.tol))
-        t["new_fixed"] += dt
+        _, t_uce, w_uce = both_timed(lambda: linalg.uce_weight(W, gf_new))
+        r_old, t_old, w_old = both_timed(lambda: old.space_solve(W, gf_old, lam, tol=args.tol))
+        r_new, t_new, w_new = both_timed(lambda: linalg.space_solve(W, gf_new, lam, tol=args.tol))
+        for k, c, w in (("uce", t_uce, w_uce), ("old_fixed", t_old, w_old), ("new_fixed", t_new, w_new)):
+            t[k] += c
+            wall[k] += w
         worst_gap = max(worst_gap, r_old.gap, r_new.gap)
         _, dt = cpu_timed(lambda: old.space_solve(W, gf_old, old.lam_for_sparsity([W], gf_old, args.target), tol=args.tol))
         t["old_target"] += dt
-        with linalg.solver_threads(W):
-            (r_cold, _), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol))
+        (r_cold, _), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol))
         t["new_target_cold"] += dt
         key = (i % 2, W.shape[0])  # weights alternate to_k, to_v
-        with linalg.solver_threads(W):
-            (r_ch, lam_ch), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol,
-                                                                               lam0=chain.get(key, chain.get("last"))))
+        (r_ch, lam_ch), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol,
+                                                                           lam0=chain.get(key, chain.get("last"))))
         chain[key] = chain["last"] = lam_ch
         t["new_target_chained"] += dt
         worst_gap = max(worst_gap, r_cold.gap, r_ch.gap)
@@ -344,7 +354,9 @@ def compare_family(name: str, args, old) -> list[tuple[str, str]]:
         ("layers", f"{len(weights)} ({', '.join(str(w.shape[0]) for w in weights)} × {gf_new.d_in})"),
         ("UCE, all layers (CPU s)", f"{t['uce']:.2f}"),
         (f"SPACE fixed λ = {lam:.4g}: before | after (CPU s)", f"{t['old_fixed']:.2f} | {t['new_fixed']:.2f}"),
-        ("SPACE / UCE: before | after", f"{t['old_fixed'] / t['uce']:.1f}× | {t['new_fixed'] / t['uce']:.1f}×"),
+        ("SPACE / UCE (CPU s): before | after", f"{t['old_fixed'] / t['uce']:.1f}× | {t['new_fixed'] / t['uce']:.1f}×"),
+        (f"wall s on {args.threads} thread(s): UCE | SPACE before | after", f"{wall['uce']:.2f} | {wall['old_fixed']:.2f} | {wall['new_fixed']:.2f}"),
+        ("SPACE / UCE (wall): before | after", f"{wall['old_fixed'] / wall['uce']:.1f}× | {wall['new_fixed'] / wall['uce']:.1f}×"),
         ("per-layer target fit / fixed-λ fit: before", f"{t['old_target'] / t['old_fixed']:.2f}×  ({t['old_target']:.2f} s)"),
         ("  after, each layer cold", f"{t['new_target_cold'] / t['new_fixed']:.2f}×  ({t['new_target_cold']:.2f} s)"),
         ("  after, λ path chained over layers (as SPACE.fit)", f"{t['new_target_chained'] / t['new_fixed']:.2f}×  ({t['new_target_chained']:.2f} s)"),

@@ -245,3 +245,23 @@ def test_bad_inputs_raise_helpful_errors():
         linalg.space_solve(W0, gf, 0.01, y0=torch.zeros(3, 3))
     with pytest.raises(ValueError, match="target sparsity must be in"):
         linalg.lam_for_sparsity([W0], gf, 85)
+
+
+def test_ssn_workers_give_bit_identical_results_and_restore_threads():
+    """Row chunks solved concurrently (workers > 1) compute exactly what one worker computes,
+    whatever torch's thread count, and leave torch's thread count as it was."""
+    W0, C_E, C_G, C_P = make_problem(d_out=37, d_in=24, n_e=3, n_p=8, scale=1.0, seed=7)
+    gf = linalg.gram_factor(C_E, C_G, C_P, gamma=0.5)
+    lam = linalg.lam_for_sparsity([W0], gf, 0.7)
+    before = torch.get_num_threads()
+    ref = linalg.space_solve(W0, gf, lam, chunk_rows=5, workers=1)
+    assert ref.converged and 0.5 < ref.sparsity < 0.9
+    for workers, threads in ((2, before), (4, 1), (3, 2)):
+        torch.set_num_threads(threads)
+        try:
+            got = linalg.space_solve(W0, gf, lam, chunk_rows=5, workers=workers)
+            assert torch.get_num_threads() == threads
+        finally:
+            torch.set_num_threads(before)
+        assert torch.equal(got.W, ref.W) and torch.equal(got.y, ref.y), workers
+        assert got.objective == ref.objective and got.gap == ref.gap and got.iterations == ref.iterations

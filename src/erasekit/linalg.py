@@ -64,7 +64,9 @@ because residuals, the Armijo line search (on exact differences of (10)) and the
 are float64. A row stops as soon as its gap ‖∇g‖² ≤ tol·(g + its share of c0), so the layer
 certificate (F − G)/G ≤ tol holds. Cold start: y = 2(κ − 1)(aF)(I + κ diag(s²)/γ)⁻¹, the
 dual of a linear shrink w ≈ κ·u, with κ picked per call by the largest dual value on a row
-sample; or warm start from given duals (λ scans).
+sample; or warm start from given duals (λ scans). On a CPU the row chunks run side by side on
+torch's thread count of worker threads, every op single-threaded (bit-identical results for
+any count).
 ``solver="fista"``: the paper's "iterative closed-form" proximal-gradient step (FISTA with
 per-row O'Donoghue–Candès gradient restart), all rows at once as matrix products, warm
 started at W_uce — the faithful reference; it needs ~√cond(M)·log(1/tol) iterations.
@@ -74,6 +76,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 import time
 import warnings
 from dataclasses import dataclass
@@ -340,6 +343,7 @@ def space_solve(
     y0: Tensor | None = None,
     chunk_rows: int | None = None,
     callback: Callable[[int, Tensor], bool | None] | None = None,
+    workers: int | None = None,
 ) -> SpaceSolve:
     """Solve SPACE (eq. 4) for one weight and certify it.
 
@@ -350,6 +354,8 @@ def space_solve(
     y0: (d_out, r) dual warm start, e.g. ``previous.y`` from a nearby λ (SSN only).
     chunk_rows: rows per SSN batch; by default the batch state stays within max(16 MiB, size of W).
     callback: FISTA only, ``callback(k, W)`` after iteration k (for tracing); True stops.
+    workers: SSN row chunks solved concurrently (default: torch's CPU thread count; 1 on a GPU).
+        The result does not depend on it, bit for bit.
     """
     t0 = time.perf_counter()
     if solver not in ("ssn", "fista"):
@@ -369,32 +375,13 @@ def space_solve(
         _check_finite("y0", y0)
     if solver == "ssn":
         rows = chunk_rows or _chunk_rows(gf, W0.shape[0])
-        W, y, its, P, g = _ssn(W0, A, gf, lam, tol, 100 if max_iter is None else max_iter, y0, max(int(rows), 1))
+        if workers is None:
+            workers = torch.get_num_threads() if W0.device.type == "cpu" else 1
+        W, y, its, P, g = _ssn(W0, A, gf, lam, tol, 100 if max_iter is None else max_iter, y0, max(int(rows), 1), max(int(workers), 1))
     else:
         W, y, its, P, g = _fista(W0, A, gf, lam, tol, 20000 if max_iter is None else max_iter, callback)
     gap = max(P - g, 0.0) / g if g > 0 else (0.0 if P <= 0 else math.inf)
     return SpaceSolve(W=W, y=y, iterations=its, objective=P, gap=gap, seconds=time.perf_counter() - t0, converged=gap <= tol)
-
-
-@contextlib.contextmanager
-def solver_threads(W0: Tensor):
-    """One intra-op CPU thread while SPACE solves a layer of input width below 1,024 (SD 1.x, tinyworld).
-
-    SSN's work per row chunk there is small GEMMs and r × r Cholesky factors: a second OpenMP
-    thread adds barriers and little else, and on a machine with any other busy process those
-    barriers stall. ``benchmarks/space_threads.py`` on 2 cores, tinyworld's SPACE fit: beside one
-    busy process 9.5 s with the rule vs 29.9 s without (3.2×); on a quiet machine 7.4 vs 6.8 s.
-    Wider layers (SDXL, d_in 2,048) keep torch's setting; GPU solves are untouched.
-    """
-    if W0.device.type != "cpu" or W0.shape[-1] >= 1024 or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ------------------------------- semi-smooth Newton ---------------------------------------
@@ -468,8 +455,16 @@ def _chunk_rows(gf: GramFactor, d_out: int) -> int:
     return max(32, min(256, max(16 * 2**20, 8 * d_out * gf.d_in) // per_row))
 
 
-def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows):
-    """Semi-smooth Newton on every row dual of one layer, chunk by chunk (eqs. 8–12)."""
+def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers):
+    """Semi-smooth Newton on every row dual of one layer, chunk by chunk (eqs. 8–12).
+
+    Rows are independent problems, so with ``workers`` > 1 the chunks run concurrently in that
+    many threads. On a CPU every op runs single-threaded: the work is many small LAPACK and GEMM
+    calls that intra-op threading barely speeds up (and whose OpenMP barriers stall beside any
+    other busy process), while whole chunks side by side scale with the cores. Each chunk computes
+    exactly what it computes alone and the sums are taken in chunk order, so on a CPU the result
+    is bit-identical for every ``workers`` and every torch thread count.
+    """
     d_out, d_in = W0.shape
     gamma, tau, r = gf.gamma, lam / (2 * gf.gamma), gf.rank
     F = gf.F  # (d_in, r)
@@ -477,23 +472,42 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows):
     Fpad = torch.cat([F, F.new_zeros(1, r)]).to(hdt)  # (d_in + 1, r), zero row for padding
     W = torch.empty(d_out, d_in, dtype=_F64, device=W0.device)
     Y = torch.empty(d_out, r, dtype=_F64, device=W0.device)
-    P_tot, g_tot, its_max = 0.0, 0.0, 0
-    kappa = None
-    for lo in range(0, d_out, chunk_rows):
-        hi = min(lo + chunk_rows, d_out)
+    chunks = [(lo, min(lo + chunk_rows, d_out)) for lo in range(0, d_out, chunk_rows)]
+
+    def rows_of(lo: int, hi: int) -> tuple[Tensor, Tensor]:
         a, c0 = _uce_rows(W0[lo:hi].to(_F64), gf)  # (b, d_in), (b,)
-        a = a if A is None else A[lo:hi].to(_F64)
+        return (a if A is None else A[lo:hi].to(_F64)), c0
+
+    kappa = None if y0 is not None else _pick_kappa(rows_of(*chunks[0])[0], gf, tau)  # one cold-start shrink for the layer
+
+    def solve_chunk(lo: int, hi: int) -> tuple[float, float, int]:
+        a, c0 = rows_of(lo, hi)
         aC = a @ F  # (b, r)
-        if y0 is not None:
-            y = y0[lo:hi].clone()
-        else:
-            kappa = kappa if kappa is not None else _pick_kappa(a, gf, tau)
-            y = _cold_dual(aC, gf.s, gamma, kappa)
+        y = y0[lo:hi].clone() if y0 is not None else _cold_dual(aC, gf.s, gamma, kappa)
         P, g, its = _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W[lo:hi], Y[lo:hi])
-        P_tot += float(P.sum() + c0.sum())  # F(W) = Σ P + f(W_uce), eq. (7)
-        g_tot += float(g.sum() + c0.sum())  # G(Y) = Σ g + f(W_uce)
-        its_max = max(its_max, its)
+        return float(P.sum() + c0.sum()), float(g.sum() + c0.sum()), its  # F(W) = Σ P + f(W_uce), eq. (7); G(Y) likewise
+
+    workers = min(workers, len(chunks))
+    with _intra_op_threads(1) if W0.device.type == "cpu" else contextlib.nullcontext():
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="erasekit-ssn") as pool:
+                parts = list(pool.map(lambda c: solve_chunk(*c), chunks))
+        else:
+            parts = [solve_chunk(*c) for c in chunks]
+    P_tot, g_tot, its_max = 0.0, 0.0, 0
+    for P, g, its in parts:  # chunk order: the same sums for every ``workers``
+        P_tot, g_tot, its_max = P_tot + P, g_tot + g, max(its_max, its)
     return W, Y, its_max, P_tot, g_tot
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_out):

@@ -70,10 +70,6 @@ class SPACE(Method):
         lams: dict = {}  # λ of the last layer per (projection, d_out): the next such layer's λ path starts there
 
         def fit_layer(path, W0):
-            with linalg.solver_threads(W0):
-                return solve_layer(path, W0)
-
-        def solve_layer(path, W0):
             if shared_lam is None and config.solver == "ssn":  # per-layer target: one warm-started λ path
                 key = (path.rsplit(".", 1)[-1], W0.shape[0])
                 lam0 = lams.get(key, lams.get("last"))
