@@ -591,14 +591,13 @@ def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor, mask: Te
     H = pick(st.H)  # (k, r, r)  the old H (in place when full)
     if rebuild.any():
         H[rebuild] = gamma * eye
-    H += _gram(Fpad, torch.where(rebuild.unsqueeze(1), mask_r, added))  # + Σ f_i f_iᵀ, i newly active
     removed &= ~rebuild.unsqueeze(1)
-    if removed.any():
-        H -= _gram(Fpad, removed)  # − Σ f_i f_iᵀ, i newly inactive
+    sel = torch.where(rebuild.unsqueeze(1), mask_r, added | removed)  # (k, d_in) coordinates whose f_i f_iᵀ moves H
+    _add_gram(H, Fpad, sel, removed if removed.any() else None)  # + newly active, − newly inactive, in one pass
     L, info = torch.linalg.cholesky_ex(H)
     bad = (info > 0).nonzero(as_tuple=True)[0]
     if bad.numel():  # float32 breakdown (rounding drift of the updates): rebuild those in float64
-        H64 = gamma * eye.to(_F64) + _gram(Fpad.to(_F64), mask_r.index_select(0, bad))
+        H64 = _add_gram(gamma * eye.to(_F64).expand(bad.numel(), -1, -1).clone(), Fpad.to(_F64), mask_r.index_select(0, bad))
         H[bad] = H64.to(H.dtype)
         L[bad] = torch.linalg.cholesky(H64).to(L.dtype)
     if full:
@@ -610,21 +609,24 @@ def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor, mask: Te
 _GRAM_GROUP = 32  # rows per gather in _gram (each group padded to its longest index list)
 
 
-def _gram(Fpad: Tensor, sel: Tensor) -> Tensor:
-    """(b, r, r) F_selᵀ F_sel = Σ_{i ∈ sel} f_i f_iᵀ per row of sel (b, d_in) over rows f_i of F.
+def _add_gram(H: Tensor, Fpad: Tensor, sel: Tensor, negative: Tensor | None = None) -> Tensor:
+    """H[k] += Σ_{i ∈ sel_k} ±f_i f_iᵀ in place, over rows f_i of F; − where ``negative`` (⊆ sel). Returns H.
 
-    Rows are sorted by |sel| and gathered in groups into (g, m, r) blocks, each padded to its
-    own longest list with Fpad's trailing zero row, so padding and memory stay small.
+    H (b, r, r); sel, negative (b, d_in) bool. Rows are sorted by |sel| and gathered in groups
+    into (g, m, r) blocks, each padded to its own longest list with Fpad's trailing zero row, so
+    padding and memory stay small; each block adds Xᵀ(σ ⊙ X) with one batched product.
     """
     counts, order = torch.sort(sel.sum(1))
     idx = _padded_indices(sel.index_select(0, order), counts, Fpad.shape[0] - 1)  # (b, m_max)
-    out = Fpad.new_empty(sel.shape[0], Fpad.shape[1], Fpad.shape[1])
+    if negative is not None:  # σ = −1 on the removed coordinates, +1 elsewhere (the pad index reads +1 of a zero row)
+        sigma = 1 - 2 * torch.nn.functional.pad(negative.index_select(0, order), (0, 1)).gather(1, idx).to(Fpad.dtype)  # (b, m_max)
     for lo in range(0, sel.shape[0], _GRAM_GROUP):
         hi = min(lo + _GRAM_GROUP, sel.shape[0])
         m = int(counts[hi - 1])
         X = Fpad.index_select(0, idx[lo:hi, :m].flatten()).view(hi - lo, m, Fpad.shape[1])  # (g, m, r)
-        out[order[lo:hi]] = X.transpose(1, 2) @ X
-    return out
+        Xs = X if negative is None else X * sigma[lo:hi, :m, None]
+        H.index_add_(0, order[lo:hi], X.transpose(1, 2) @ Xs)
+    return H
 
 
 def _padded_indices(sel: Tensor, counts: Tensor, pad: int) -> Tensor:
