@@ -76,9 +76,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -473,12 +473,12 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers):
     W = torch.empty(d_out, d_in, dtype=_F64, device=W0.device)
     Y = torch.empty(d_out, r, dtype=_F64, device=W0.device)
     chunks = [(lo, min(lo + chunk_rows, d_out)) for lo in range(0, d_out, chunk_rows)]
+    if not chunks:  # no rows: nothing to solve, F = G = 0
+        return W, Y, 0, 0.0, 0.0
 
     def rows_of(lo: int, hi: int) -> tuple[Tensor, Tensor]:
         a, c0 = _uce_rows(W0[lo:hi].to(_F64), gf)  # (b, d_in), (b,)
         return (a if A is None else A[lo:hi].to(_F64)), c0
-
-    kappa = None if y0 is not None else _pick_kappa(rows_of(*chunks[0])[0], gf, tau)  # one cold-start shrink for the layer
 
     def solve_chunk(lo: int, hi: int) -> tuple[float, float, int]:
         a, c0 = rows_of(lo, hi)
@@ -489,6 +489,7 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers):
 
     workers = min(workers, len(chunks))
     with _intra_op_threads(1) if W0.device.type == "cpu" else contextlib.nullcontext():
+        kappa = None if y0 is not None else _pick_kappa(rows_of(*chunks[0])[0], gf, tau)  # one cold-start shrink for the layer
         if workers > 1:
             with ThreadPoolExecutor(workers, thread_name_prefix="erasekit-ssn") as pool:
                 parts = list(pool.map(lambda c: solve_chunk(*c), chunks))
