@@ -283,8 +283,11 @@ def load_baseline(rev: str):
 def both_timed(fn):
     """(result, CPU seconds, wall seconds); on a GPU both are wall time after a synchronize."""
     if DEVICE.type == "cuda":
-        out, dt = cpu_timed(fn)
-        return out, dt, dt
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - t0, time.perf_counter() - t0
     c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
     return out, time.process_time() - c0, time.perf_counter() - t0
@@ -292,15 +295,8 @@ def both_timed(fn):
 
 def cpu_timed(fn):
     """(result, seconds): process CPU time on a CPU; wall time after a synchronize on a GPU."""
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize()
-        return out, time.perf_counter() - t0
-    t0 = time.process_time()
-    out = fn()
-    return out, time.process_time() - t0
+    out, cpu, _ = both_timed(fn)
+    return out, cpu
 
 
 DEVICE = torch.device("cpu")

@@ -480,8 +480,10 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers):
         a, c0 = _uce_rows(W0[lo:hi].to(_F64), gf)  # (b, d_in), (b,)
         return (a if A is None else A[lo:hi].to(_F64)), c0
 
+    first: tuple[Tensor, Tensor] | None = None  # chunk 0's rows, already built for κ
+
     def solve_chunk(lo: int, hi: int) -> tuple[float, float, int]:
-        a, c0 = rows_of(lo, hi)
+        a, c0 = first if lo == 0 and first is not None else rows_of(lo, hi)
         aC = a @ F  # (b, r)
         y = y0[lo:hi].clone() if y0 is not None else _cold_dual(aC, gf.s, gamma, kappa)
         P, g, its = _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W[lo:hi], Y[lo:hi])
@@ -489,7 +491,9 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers):
 
     workers = min(workers, len(chunks))
     with _intra_op_threads(1) if W0.device.type == "cpu" else contextlib.nullcontext():
-        kappa = None if y0 is not None else _pick_kappa(rows_of(*chunks[0])[0], gf, tau)  # one cold-start shrink for the layer
+        if y0 is None:  # one cold-start shrink for the layer, picked on chunk 0's rows
+            first = rows_of(*chunks[0])
+        kappa = None if first is None else _pick_kappa(first[0], gf, tau)
         if workers > 1:
             with ThreadPoolExecutor(workers, thread_name_prefix="erasekit-ssn") as pool:
                 parts = list(pool.map(lambda c: solve_chunk(*c), chunks))
