@@ -40,7 +40,7 @@ def erase(pipe, method: str = "uce", concepts: ConceptSet | Sequence[str] | str 
         guide_arg = guide if guide is None or isinstance(guide, str) else tuple(guide)
         tpl = templates if isinstance(templates, bool) else tuple(templates)
         concepts = ConceptSet(erase=erase_list, kind=kind, guide=guide_arg, preserve=tuple(preserve), templates=tpl)
-    from .models.precision import computing_in, computing_in_layers, pipeline_compute_dtype, text_encoders
+    from .models.precision import computing_in_layers, pipeline_compute_dtype, text_encoders
 
     m = get_method(method)
     cfg = make_config(m.name, **config)
@@ -50,9 +50,8 @@ def erase(pipe, method: str = "uce", concepts: ConceptSet | Sequence[str] | str 
         edit = m.fit(adapter, concepts, cfg, progress=progress)  # encoding borrows its own dtype, layer by layer
     else:
         adapter.pin_fingerprints()  # in the stored dtype, before the UNet is borrowed
-        # training needs the whole UNet in the compute dtype (one copy); forward-only methods borrow one layer at a time
-        borrow = computing_in if m.trains_unet(cfg) else computing_in_layers
-        with borrow([*text_encoders(pipe), pipe.unet], target):
+        # one layer at a time, also for training (saved weights are recast for the backward pass): never a whole copy
+        with computing_in_layers([*text_encoders(pipe), pipe.unet], target):
             edit = m.fit(adapter, concepts, cfg, progress=progress)
     edit.compute_dtype = str(target).replace("torch.", "")
     return edit

@@ -120,9 +120,6 @@ class ACE(Method):
     def uses_unet(self, config: ACEConfig) -> bool:
         return True
 
-    def trains_unet(self, config: ACEConfig) -> bool:
-        return True
-
     def fit(self, adapter, concepts, config: ACEConfig, progress: bool = True):
         t0 = time.perf_counter()
         C_E, C_G, C_P = cf.token_columns(adapter, concepts, config)

@@ -78,16 +78,8 @@ class Method(ABC):
     def uses_unet(self, config: MethodConfig) -> bool:
         """Whether ``fit`` runs the UNet (sampling, capture or training), not only reads its K/V weights.
 
-        :func:`erasekit.erase` then borrows the UNet in the compute dtype for the fit
-        (models/precision.py); closed-form methods pay nothing for it.
-        """
-        return False
-
-    def trains_unet(self, config: MethodConfig) -> bool:
-        """Whether ``fit`` backpropagates through the UNet (fine-tuning methods).
-
-        A method that only runs the UNet forward borrows it one layer at a time (extra memory: one
-        layer); one that trains needs the whole UNet in the compute dtype for autograd (one copy).
+        :func:`erasekit.erase` then borrows the UNet in the compute dtype for the fit, one layer at a
+        time, training included (models/precision.py); closed-form methods pay nothing for it.
         """
         return False
 

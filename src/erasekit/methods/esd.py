@@ -153,9 +153,6 @@ class _ESD(Method):
     def uses_unet(self, config: ESDConfig) -> bool:
         return True
 
-    def trains_unet(self, config: ESDConfig) -> bool:
-        return True
-
     def pick_variant(self, concepts, config) -> str:
         return self.variant
 

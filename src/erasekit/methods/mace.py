@@ -336,9 +336,6 @@ class MACE(Method):
     def uses_unet(self, config: MACEConfig) -> bool:
         return True
 
-    def trains_unet(self, config: MACEConfig) -> bool:
-        return True
-
     def fit(self, adapter, concepts, config: MACEConfig, progress: bool = True):
         t0 = time.perf_counter()
         plan = self.plan(adapter, concepts, config, progress)

@@ -25,6 +25,7 @@ leaf module at a time (forward hooks), so the extra memory is one layer, not one
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
@@ -107,24 +108,74 @@ def _cast_inputs(x, dtype: torch.dtype):
     return x
 
 
+@dataclass(frozen=True)
+class _Recast:
+    """A saved-for-backward view of a borrowed copy, stored as the original tensor it was cast from."""
+
+    original: torch.Tensor
+    dtype: torch.dtype
+    size: torch.Size
+    stride: tuple[int, ...]
+    offset: int
+
+    def tensor(self) -> torch.Tensor:
+        # ``to`` keeps a dense tensor's strides, so the view's geometry applies to the fresh copy as it did to the first
+        return self.original.to(self.dtype).as_strided(self.size, self.stride, self.offset)
+
+
+def _storage_address(x: torch.Tensor) -> int:
+    if x.layout != torch.strided or x.is_nested:
+        return 0
+    try:
+        return x.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without a storage
+        return 0
+
+
 @contextmanager
 def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype) -> Iterator[None]:
-    """Like :func:`computing_in`, but one leaf module at a time, for inference only.
+    """Like :func:`computing_in`, but one leaf module at a time, for inference and for training.
 
     Each module that owns floating parameters borrows them in ``dtype`` just before its forward
     (its floating inputs are cast too) and gives them back right after, so the extra memory is
     the largest single layer. Outputs stay in ``dtype``; code that casts them to the model's
     ``.dtype`` (diffusers does, after the text encoders) sees the stored dtype, exactly as when
     the pipeline itself runs.
+
+    Training through the borrowed layers (ESD, ACE, MACE fine-tune carriers on a frozen UNet):
+    autograd keeps the weights a layer computed with until the backward pass, which would keep
+    every layer's ``dtype`` copy alive at once: a whole float32 UNet. A saved-tensor hook stores
+    such a weight as the original (stored-dtype) tensor instead and casts it again when the
+    backward pass needs it, so the memory stays one layer (the recast is exact: float16 and
+    bfloat16 values are exact in float32). The borrowed weights themselves are for frozen layers:
+    what trains is a separate float32 delta (methods/_finetune.py freezes the UNet), since a
+    gradient for a borrowed weight would be in ``dtype`` while the weight is back in its own.
     """
     handles, live = [], {}
+    copies: dict[int, torch.Tensor] = {}  # storage address of each live borrowed copy -> the original it was cast from
 
     def pre(mod, args, kwargs):
-        live[id(mod)] = _borrow(list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)), dtype)
+        own = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
+        stash = _borrow(own, dtype)
+        live.setdefault(id(mod), []).extend(stash)  # extend: a forward that raised earlier may still hold its stash
+        for t, original, _ in stash:
+            copies[_storage_address(t.data)] = original
         return _cast_inputs(args, dtype), _cast_inputs(kwargs, dtype)
 
     def post(mod, args, output):
-        _give_back(live.pop(id(mod), []))
+        stash = live.pop(id(mod), [])
+        for t, _, _ in stash:
+            copies.pop(_storage_address(t.data), None)
+        _give_back(stash)
+
+    def pack(x: torch.Tensor):
+        original = copies.get(_storage_address(x)) if copies else None
+        if original is None:
+            return x
+        return _Recast(original, x.dtype, x.size(), x.stride(), x.storage_offset())
+
+    def unpack(saved):
+        return saved.tensor() if isinstance(saved, _Recast) else saved
 
     try:
         for m in modules:
@@ -135,13 +186,15 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
                 if owns:
                     handles.append(sub.register_forward_pre_hook(pre, with_kwargs=True))
                     handles.append(sub.register_forward_hook(post))
-        yield
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
     finally:
         for h in handles:
             h.remove()
         for stash in live.values():  # a forward that raised never reached its post hook
             _give_back(stash)
         live.clear()
+        copies.clear()
 
 
 def text_encoders(pipe) -> list[nn.Module]:
