@@ -201,3 +201,41 @@ def test_esd_u_conv_weights_and_biases_round_trip_bit_exactly(tiny_pipes, tmp_pa
     finally:
         loaded.revert(pipe)
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+
+
+@pytest.mark.parametrize("fam", ["sd", "sdxl"])
+@pytest.mark.parametrize("method,options", [
+    ("esd-x", {"iterations": 3, "pool_steps": 2, "pool_latents": 1}),
+    ("esd-u", {"iterations": 2, "pool_steps": 2, "pool_latents": 1}),
+    ("ace", {"train_steps": 2, "pool_steps": 2, "pool_latents": 1, "batch_size": 2, "adv_steps": 1}),
+])
+def test_gradient_checkpointing_recomputes_blocks_and_changes_no_bit(tiny_pipes, fam, method, options):
+    """With checkpointing, backward re-runs the UNet blocks (their forward count grows) and the edit is bit-identical."""
+    pipe = tiny_pipes[fam]
+    block = pipe.unet.down_blocks[-1].resnets[0]
+    calls = {True: 0, False: 0}
+    edits = {}
+    for ckpt in (True, False):
+        def count(mod, args, ckpt=ckpt):  # a pre-hook: a recompute may stop early, before forward hooks run
+            calls[ckpt] += torch.is_grad_enabled()
+        h = block.register_forward_pre_hook(count)
+        try:
+            edits[ckpt] = erasekit.erase(pipe, method=method, concepts=["a red circle"], preserve=["a blue square"],
+                                         kind="object", progress=False, gradient_checkpointing=ckpt, **options)
+        finally:
+            h.remove()
+        assert not pipe.unet.is_gradient_checkpointing  # restored
+    assert calls[True] > calls[False] > 0
+    a, b = edits[True], edits[False]
+    assert a.layers.keys() == b.layers.keys()
+    assert all(torch.equal(a.layers[p].tensors[k], b.layers[p].tensors[k]) for p in a.layers for k in a.layers[p].tensors)
+
+
+def test_a_carrier_switched_off_while_recording_gradients_is_refused():
+    lin = torch.nn.Linear(3, 2)
+    c = ft.FullDelta(lin)
+    ft.set_enabled([c], False)
+    with pytest.raises(erasekit.MethodError, match="no_grad"):
+        c.hook(lin, (torch.randn(1, 3),), torch.zeros(1, 2))
+    with torch.no_grad():
+        assert torch.equal(c.hook(lin, (torch.randn(1, 3),), torch.zeros(1, 2)), torch.zeros(1, 2))

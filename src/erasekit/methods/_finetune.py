@@ -139,6 +139,11 @@ class Carrier(nn.Module):
 
     def hook(self, module, args, out):
         if not self.enabled:
+            if torch.is_grad_enabled():
+                # a gradient-checkpointed block recomputes its forward during backward: with the carrier off it would
+                # silently differentiate another function than the one that made the loss
+                raise MethodError("a carrier is switched off in a forward pass that records gradients; switch carriers off "
+                                  "only under torch.no_grad() and on again before the loss is built")
             return out
         return out + self.extra(module, args[0])
 
@@ -196,16 +201,26 @@ def set_enabled(carriers: Iterable[Carrier], flag: bool) -> None:
 
 
 @contextlib.contextmanager
-def attached(unet, carriers: dict[str, Carrier], extra_hooks: Iterable[tuple[str, Callable]] = ()) -> Iterator[None]:
+def attached(unet, carriers: dict[str, Carrier], extra_hooks: Iterable[tuple[str, Callable]] = (),
+             checkpointing: bool = False) -> Iterator[None]:
     """Hook every carrier onto ``unet.get_submodule(path)`` with the UNet frozen; restore everything on exit.
 
     ``extra_hooks``: further (module path, forward hook) pairs registered *after* the carriers, so they
     see the carried output (MACE reads the edited keys this way).
+    ``checkpointing``: diffusers' gradient checkpointing for the block, so backward recomputes each UNet
+    block instead of keeping its activations (about a third more time, a fraction of the memory; the
+    gradients are the same). Hooks then run again during backward, so it is refused with ``extra_hooks``,
+    which record what they see.
     """
+    if checkpointing and tuple(extra_hooks):
+        raise MethodError("gradient checkpointing re-runs forward hooks during backward; it cannot be combined with extra_hooks")
     requires = [p.requires_grad for p in unet.parameters()]
+    checkpointed = bool(getattr(unet, "is_gradient_checkpointing", False))
     handles = []
     try:
         unet.requires_grad_(False)
+        if checkpointing and not checkpointed and getattr(unet, "_supports_gradient_checkpointing", False):
+            unet.enable_gradient_checkpointing()
         for path, c in carriers.items():
             handles.append(unet.get_submodule(path).register_forward_hook(c.hook))
         for path, h in extra_hooks:
@@ -214,6 +229,8 @@ def attached(unet, carriers: dict[str, Carrier], extra_hooks: Iterable[tuple[str
     finally:
         for h in handles:
             h.remove()
+        if not checkpointed and bool(getattr(unet, "is_gradient_checkpointing", False)):
+            unet.disable_gradient_checkpointing()
         for p, r in zip(unet.parameters(), requires):
             p.requires_grad_(r)
 

@@ -71,6 +71,7 @@ class ACEConfig(MethodConfig):
     pool_steps: int = help_field(10, "denoising steps of those trajectories")
     guidance: float = help_field(5.0, "guidance of those trajectories")
     seed: int = help_field(0, "seed of the trajectories, sampling and initialisation")
+    gradient_checkpointing: bool = help_field(True, "recompute each UNet block during backward instead of keeping its activations: about a third more time, a fraction of the memory, the same gradients")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -178,7 +179,7 @@ class ACE(Method):
                 loss = loss + config.preserve_weight * F.mse_loss(eps(x, t, cr), e_r0)
             return loss
 
-        with ft.attached(unet, carriers):
+        with ft.attached(unet, carriers, checkpointing=config.gradient_checkpointing):
             return ft.train(step_loss, [q for c in parts for q in c.parameters()], steps=config.train_steps,
                             seconds=config.time_budget, lr=config.lr, desc="ace: adversarial fine-tuning",
                             progress=progress, method="ACE fine-tuning")

@@ -132,6 +132,36 @@ def _storage_address(x: torch.Tensor) -> int:
         return 0
 
 
+_Swap = tuple[dict, str, torch.Tensor, torch.Tensor, int]  # (slot dict, name, original, borrowed copy, copy's version)
+
+
+def _substitute(mod: nn.Module, dtype: torch.dtype) -> list[_Swap]:
+    """Put a ``dtype`` copy of each of ``mod``'s own floating parameters and buffers in its slot.
+
+    Unlike :func:`_borrow` (which repoints ``.data``), the copy is a tensor object of its own, so
+    anything that keeps a reference to what the forward used (autograd's saved tensors, activation
+    checkpointing's recomputed ones) keeps the copy after the original is put back.
+    """
+    swaps = []
+    for slots in (mod._parameters, mod._buffers):
+        for name, t in list(slots.items()):
+            if t is not None and t.is_floating_point() and t.dtype != dtype:
+                copy = t.to(dtype)  # differentiable: a trainable original would receive its gradient in its own dtype
+                slots[name] = copy
+                swaps.append((slots, name, t, copy, copy._version))
+    return swaps
+
+
+def _restore(swaps: list[_Swap]) -> None:
+    written = False
+    for slots, name, original, copy, version in reversed(swaps):
+        written |= copy._version != version
+        slots[name] = original
+    if written:
+        raise RuntimeError("a weight was modified while erasekit held it in its compute dtype; the modification was "
+                           "discarded and the original weights restored")
+
+
 @contextmanager
 def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype) -> Iterator[None]:
     """Like :func:`computing_in`, but one leaf module at a time, for inference and for training.
@@ -147,26 +177,26 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
     every layer's ``dtype`` copy alive at once: a whole float32 UNet. A saved-tensor hook stores
     such a weight as the original (stored-dtype) tensor instead and casts it again when the
     backward pass needs it, so the memory stays one layer (the recast is exact: float16 and
-    bfloat16 values are exact in float32). The borrowed weights themselves are for frozen layers:
-    what trains is a separate float32 delta (methods/_finetune.py freezes the UNet), since a
-    gradient for a borrowed weight would be in ``dtype`` while the weight is back in its own.
+    bfloat16 values are exact in float32). The copy sits in the module's parameter slot as a tensor
+    of its own (the Parameter object is put back after the forward), so activation checkpointing,
+    which keeps references to what the recomputed forward used, also sees the copy. What trains is
+    a separate float32 delta (methods/_finetune.py freezes the UNet).
     """
     handles, live = [], {}
     copies: dict[int, torch.Tensor] = {}  # storage address of each live borrowed copy -> the original it was cast from
 
     def pre(mod, args, kwargs):
-        own = list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
-        stash = _borrow(own, dtype)
-        live.setdefault(id(mod), []).extend(stash)  # extend: a forward that raised earlier may still hold its stash
-        for t, original, _ in stash:
-            copies[_storage_address(t.data)] = original
+        swaps = _substitute(mod, dtype)
+        live.setdefault(id(mod), []).extend(swaps)  # extend: a forward that raised earlier may still hold its swaps
+        for _, _, original, copy, _ in swaps:
+            copies[_storage_address(copy)] = original
         return _cast_inputs(args, dtype), _cast_inputs(kwargs, dtype)
 
     def post(mod, args, output):
-        stash = live.pop(id(mod), [])
-        for t, _, _ in stash:
-            copies.pop(_storage_address(t.data), None)
-        _give_back(stash)
+        swaps = live.pop(id(mod), [])
+        for _, _, _, copy, _ in swaps:
+            copies.pop(_storage_address(copy), None)
+        _restore(swaps)
 
     def pack(x: torch.Tensor):
         original = copies.get(_storage_address(x)) if copies else None
@@ -191,8 +221,8 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
     finally:
         for h in handles:
             h.remove()
-        for stash in live.values():  # a forward that raised never reached its post hook
-            _give_back(stash)
+        for swaps in live.values():  # a forward that raised never reached its post hook
+            _restore(swaps)
         live.clear()
         copies.clear()
 
