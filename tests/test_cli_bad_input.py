@@ -91,6 +91,8 @@ def _cases(m: str, f: Path, out: Path) -> list[tuple[str, list[str], int, str, b
         ("demo --set target_sparsity=abc", ["demo", "--set", "target_sparsity=abc", "--out", str(out / "demo")], 2, "expects a number, got 'abc'", False),
         ("demo --set rank=2.5", ["demo", "--method", "ace", "--set", "rank=2.5", "--out", str(out / "demo")], 2, "expects an integer", False),
         ("demo --n 0", ["demo", "--n", "0", "--out", str(out / "demo")], 2, "--n must be >= 1", False),
+        ("demo --set gradient_checkpointing=ture", ["demo", "--method", "ace", "--set", "gradient_checkpointing=ture", "--out", str(out / "demo")],
+         2, "expects true or false, got 'ture'", False),
     ]
 
 

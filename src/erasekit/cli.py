@@ -194,6 +194,9 @@ def cmd_erase(args) -> int:
     return 0
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _parse_sets(items: list[str]) -> dict:
     """'name=value' method options, typed by the config field they name."""
     from .errors import MethodError
@@ -207,7 +210,10 @@ def _parse_sets(items: list[str]) -> dict:
             raise MethodError(f"--set expects OPTION=VALUE with a method option ({', '.join(sorted(fields))}), got {item!r}")
         kind = _field_type(fields[name])
         if kind == "bool":
-            out[name] = value.lower() in ("1", "true", "yes")
+            flag = value.strip().lower()
+            if flag not in _TRUE + _FALSE:
+                raise MethodError(f"--set {name}= expects true or false, got {value!r}")
+            out[name] = flag in _TRUE
             continue
         try:
             out[name] = kind(value)
