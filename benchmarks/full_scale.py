@@ -23,9 +23,11 @@ their time and memory per step, not their results.
 
 Time: wall clock and process CPU seconds (the CPU column is the one to trust on a shared machine).
 Memory: a sampler thread reads RssAnon (anonymous resident memory: what the process allocated,
-not the page cache of mmapped files) every 2 ms. "beyond" is a phase's peak minus the RssAnon right
-after the pipeline was loaded, and "share" divides it by the pipeline's own size (bytes of every
-parameter and buffer of its modules). glibc's mmap threshold is pinned at 128 KiB so that freed
+not the page cache of mmapped files) every 2 ms. "beyond" is a phase's peak minus the RssAnon at
+the start of its method (right after the load for the first; for a later one, after the previous
+method's revert, when the reverted layers have moved from the memory-mapped file into anonymous
+memory: counting from the load would charge them to the later method), and "share" divides it by
+the pipeline's own size (bytes of every parameter and buffer of its modules). glibc's mmap threshold is pinned at 128 KiB so that freed
 tensors leave the RSS instead of lingering in malloc's cache (Linux only). Images are noise; the
 times and memory are real.
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import hashlib
 import os
 import sys
@@ -101,6 +104,13 @@ def pin_malloc() -> None:
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
     except OSError:
+        pass
+
+
+def trim_malloc() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
         pass
 
 
@@ -177,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     n_layers, n_weights = len(adapter.paths), sum(adapter.linear(p).weight.numel() for p in adapter.paths)
     before = layer_hashes(pipe, adapter.paths)
     tmp = Path(tempfile.mkdtemp(prefix="erasekit-fullscale-"))
+    load_base = base
     for method in methods:
+        gc.collect()
+        trim_malloc()
+        base = rss_anon()  # this method's baseline (module docstring)
+        since = "" if base - load_base < 0.01 * size else f"; measured from RssAnon {base / 2**30:.2f} GiB at this method's start"
         options, budget = REDUCED.get(method, ({}, ""))
         options = dict(options)
         if method == "space":
@@ -196,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             edit = erasekit.erase(pipe, method, concepts, progress=False, **options)
         s = edit.sparsity()
         record(method, "fit", time.perf_counter() - t0, f"{len(edit.layers)} layers" + (f", sparsity {s:.3f}" if s is not None else "")
-               + (f"; reduced: {budget}" if budget else ""))
+               + (f"; reduced: {budget}" if budget else "") + since)
         path = tmp / f"{method}.safetensors"
         t0 = time.perf_counter()
         with sampler.phase():
