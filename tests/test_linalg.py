@@ -162,6 +162,52 @@ def test_ssn_and_fista_agree_and_certificate_bounds_true_gap():
     assert torch.allclose(fista.W, ref.W, atol=5e-5)  # objective gap 1e-9 ⇒ ‖W − W*‖ ≲ 5e-5
 
 
+def _iterate_dtypes(monkeypatch) -> set:
+    """Record the dtype of every SSN line search (the dtype the iterates run in)."""
+    seen, real = set(), linalg._line_search
+    monkeypatch.setattr(linalg, "_line_search", lambda st, d, *a: seen.add(d.dtype) or real(st, d, *a))
+    return seen
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6])
+def test_float32_iterates_are_certified_in_float64(tol, monkeypatch):
+    """At loose tolerances SSN iterates in float32; the certificate is float64 and bounds the true gap,
+    and the solution is the float64-iterate one to within what tol allows."""
+    W0, C_E, C_G, C_P = make_problem(d_out=64, d_in=96, n_e=6, n_p=20, seed=4)
+    gf = linalg.gram_factor(C_E, C_G, C_P)
+    lam = 0.01
+    ref = linalg.space_solve(W0, gf, lam, tol=1e-14)
+    seen = _iterate_dtypes(monkeypatch)
+    f32 = linalg.space_solve(W0, gf, lam, tol=tol)
+    assert seen == {torch.float32}
+    monkeypatch.setattr(linalg, "_F32_ITERATE_TOL", math.inf)
+    seen.clear()
+    f64 = linalg.space_solve(W0, gf, lam, tol=tol)
+    assert seen == {F64}
+    for res in (f32, f64):
+        true_gap = (linalg.space_objective(res.W, W0, gf, lam) - ref.objective) / ref.objective
+        assert res.converged and true_gap <= res.gap <= tol
+        assert res.W.dtype == F64 and res.objective == pytest.approx(linalg.space_objective(res.W, W0, gf, lam), rel=1e-11)
+    # ‖W − W*‖²_M ≤ F(W) − F*: both are within tol of the optimum, hence of each other
+    bound = 2 * math.sqrt(tol * ref.objective / gf.gamma)
+    assert float((f32.W - ref.W).norm()) <= bound and float((f64.W - ref.W).norm()) <= bound
+
+
+def test_rows_that_float32_cannot_certify_are_finished_in_float64(monkeypatch):
+    """Float32 iterates asked for a gap below their rounding stop short; the float64 certificate
+    catches it and those rows go on in float64 from their duals, so ``converged`` still means gap ≤ tol."""
+    W0, C_E, C_G, C_P = make_problem(d_out=32, d_in=64, n_e=4, n_p=12, seed=2)
+    gf = linalg.gram_factor(C_E, C_G, C_P)
+    ref = linalg.space_solve(W0, gf, 0.02, tol=1e-14)
+    monkeypatch.setattr(linalg, "_F32_ITERATE_TOL", 0.0)  # float32 iterates even at tol 1e-13
+    seen = _iterate_dtypes(monkeypatch)
+    res = linalg.space_solve(W0, gf, 0.02, tol=1e-13)
+    assert seen == {torch.float32, F64}
+    assert res.converged and res.gap <= 1e-13
+    assert torch.allclose(res.W, ref.W, atol=1e-7)
+    assert torch.equal(res.W, linalg.space_solve(W0, gf, 0.02, tol=1e-13, y0=res.y).W)  # W is a function of the returned duals
+
+
 def test_warm_start_from_dual_saves_iterations():
     W0, C_E, C_G, C_P = make_problem(d_out=32, d_in=64, n_e=4, n_p=12, seed=2)
     gf = linalg.gram_factor(C_E, C_G, C_P)

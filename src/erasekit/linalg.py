@@ -60,9 +60,11 @@ Newton matrix γI + F_AᵀF_A (r × r) is built in float32 over its own active s
 current by signed rank updates (± f_i f_iᵀ for coordinates entering / leaving A), and
 refactored (Cholesky) only for rows whose set moved — or, while every row of the batch has
 |A| ≤ r/2, replaced by the |A|-dimensional system (13) built afresh; an inexact float32 direction is fine
-because residuals, the Armijo line search (on exact differences of (10)) and the certificate
-are float64. A row stops as soon as its gap ‖∇g‖² ≤ tol·(g + its share of c0), so the layer
-certificate (F − G)/G ≤ tol holds. Cold start: y = 2(κ − 1)(aF)(I + κ diag(s²)/γ)⁻¹, the
+because the Armijo line search (on exact differences of (10)) only accepts ascent and the
+certificate is float64. The duals y are float64; the (b, d_in) iterates u, w and their products
+with F are float32 when tol ≥ 1e-9 (float64 below: float32 could not resolve such a gap), and a
+row whose float64 certificate then misses tol goes on in float64. A row stops as soon as its gap
+‖∇g‖² ≤ tol·(g + its share of c0), so the layer certificate (F − G)/G ≤ tol holds. Cold start: y = 2(κ − 1)(aF)(I + κ diag(s²)/γ)⁻¹, the
 dual of a linear shrink w ≈ κ·u, with κ picked per call by the largest dual value on a row
 sample; or warm start from given duals (λ scans). On a CPU the row chunks run side by side on
 torch's thread count of worker threads, every op single-threaded (bit-identical results for
@@ -108,6 +110,7 @@ _COND_RAISE = 1e12  # cond(M) above which float64 solves lose every digit the to
 _COND_WARN = 1e8  # cond(M) above which SSN builds its Newton systems in float64 (slower)
 _KAPPAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # candidate shrink factors for the cold dual start (1: y = 0)
 _ARMIJO = 1e-4  # sufficient-increase constant of the dual line search
+_F32_ITERATE_TOL = 1e-9  # SSN iterates in float32 for gap tolerances at least this loose (see _ssn_rows)
 
 
 # ----------------------------------------------------------------------------------------
@@ -421,14 +424,14 @@ def _pick_kappa(A: Tensor, gf: GramFactor, tau: float) -> float:
 
 @dataclass
 class _Rows:
-    """SSN state of a batch of rows (all float64 unless noted)."""
+    """SSN state of a batch of rows (in the iterate dtype unless noted)."""
 
     idx: Tensor  # (b,) row numbers in the chunk
     a: Tensor  # (b, d_in) W_uce rows
     c0: Tensor  # (b,)    this row's share of f(W_uce)
     aC: Tensor  # (b, r)  a F
     aa: Tensor  # (b,)    γ‖a‖²
-    y: Tensor  # (b, r)  dual
+    y: Tensor  # (b, r)  dual, float64
     u: Tensor  # (b, d_in)  a − F y/(2γ)
     w: Tensor  # (b, d_in)  S_τ(u), eq. (9)
     ww: Tensor  # (b,)    ‖w‖²
@@ -515,22 +518,33 @@ def _intra_op_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_out):
+def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_out, iterate_dtype=None):
     """Run SSN on rows a (b, d_in) from dual y; write w into W_out, y into Y_out.
 
     A row stops when its gap ≤ tol·(g + c0) (c0: its share of f(W_uce), so the layer-level
     ratio Σ gap / G ≤ tol follows), at the rounding floor of ∇g, or at max_iter.
     Returns per-row primal P(w) and dual g(y) (float64) and the most iterations used.
+
+    The iterates (u, w and the (b, d_in) products; y stays float64) run in ``iterate_dtype``: float32 when the
+    Newton systems are float32 and tol ≥ _F32_ITERATE_TOL, since the stopping gap ‖∇g‖² ≤ tol·g
+    then lies far above float32's rounding of ∇g (about 1e-7·‖wF‖, squared: 1e-14·g); float32
+    GEMMs and half the bytes per elementwise pass make the iterations about 10 % faster overall. The certificate is always float64 (eqs. 8–10
+    from y): a row whose float64 gap misses tol is solved on in float64 from its y, so
+    ``converged`` means the same for either dtype.
     """
+    hdt = Fpad.dtype
+    vdt = iterate_dtype or (torch.float32 if hdt == torch.float32 and tol >= _F32_ITERATE_TOL else _F64)
     b, d_in = a.shape
     r = F.shape[1]
-    hdt = Fpad.dtype
-    u = a - y @ F.T / (2 * gamma)  # (b, d_in)  eq. (9)
+    a64, aC64 = a, aC  # float64, for the certificate
+    Fv = F.to(vdt)  # (d_in, r)
+    av, aCv = a.to(vdt), aC.to(vdt)  # y stays float64: the duals returned (and certified) are the ones iterated
+    u = av - y.to(vdt) @ Fv.T / (2 * gamma)  # (b, d_in)  eq. (9)
     w = _soft(u, tau)
     eye = torch.eye(r, dtype=hdt, device=a.device)
     Fpad64 = Fpad if hdt == _F64 else torch.cat([F, F.new_zeros(1, r)])  # (d_in + 1, r) float64
     st = _Rows(
-        idx=torch.arange(b, device=a.device), a=a, c0=c0, aC=aC, aa=gamma * (a * a).sum(1), y=y, u=u, w=w, ww=(w * w).sum(1),
+        idx=torch.arange(b, device=a.device), a=av, c0=c0.to(vdt), aC=aCv, aa=gamma * (av * av).sum(1), y=y, u=u, w=w, ww=(w * w).sum(1),
         fmask=torch.zeros(b, d_in, dtype=torch.bool, device=a.device),
         H=(gamma * eye).expand(b, r, r).clone(), L=(math.sqrt(gamma) * eye).expand(b, r, r).clone(),  # factor of the empty set
         its=torch.zeros(b, dtype=torch.long, device=a.device), stuck=torch.zeros(b, dtype=torch.bool, device=a.device),
@@ -538,30 +552,44 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
     P_out = a.new_zeros(b)
     g_out = a.new_zeros(b)
     its_max = 0
+    eps = 1e-13 if vdt == _F64 else 1e-6  # relative rounding of ∇g's terms
+    retry = []  # float32 rows whose float64 certificate missed tol
     while True:
-        wF = st.w @ F  # (b, r)
+        wF = st.w @ Fv  # (b, r)
         grad = wF - st.aC - st.y / 2  # (b, r)  ∇g, eq. (11)
         gap = (grad * grad).sum(1)  # P − g, eq. (12)
         g = st.aa - (st.aC * st.y).sum(1) - gamma * st.ww - (st.y * st.y).sum(1) / 4  # eq. (10)
-        floor = (1e-13 * (wF.norm(dim=1) + st.aC.norm(dim=1) + st.y.norm(dim=1))) ** 2  # rounding level of ∇g
+        floor = (eps * (wF.norm(dim=1) + st.aC.norm(dim=1) + st.y.norm(dim=1))) ** 2  # rounding level of ∇g
         done = (gap <= tol * (g + st.c0).clamp_min(0)) | (gap <= floor) | (st.its >= max_iter) | st.stuck
         if done.any():
             rows = st.idx[done]
-            P_out[rows], g_out[rows], W_out[rows] = _certify(st.a[done], st.aC[done], st.y[done], F, gamma, lam, tau)
-            Y_out[rows] = st.y[done]
+            P, gd, W_rows = _certify(a64[rows], aC64[rows], st.y[done], F, gamma, lam, tau)
+            P_out[rows], g_out[rows], W_out[rows], Y_out[rows] = P, gd, W_rows, st.y[done]
+            if vdt != _F64:
+                miss = (P - gd > tol * (gd + c0[rows]).clamp_min(0)) & (st.its[done] < max_iter)
+                if miss.any():
+                    retry.append(rows[miss])
             its_max = max(its_max, int(st.its[done].max()))
             if done.all():
-                return P_out, g_out, its_max
+                break
             st, grad = st.take(~done), grad[~done]
         mask = st.w != 0  # (b, d_in)  active sets A
         counts = mask.sum(1)
         if int(counts.max()) <= r // 2:  # small active sets: solve in the |A|-dim form, eq. (13)
-            d = 2 * gamma * _active_solve(Fpad64, mask, counts, grad, gamma)
+            d = 2 * gamma * _active_solve(Fpad64, mask, counts, grad.to(_F64), gamma).to(vdt)
         else:
             _refresh_newton(st, Fpad, gamma, eye, mask)
-            d = 2 * gamma * _chol_solve(st.L, grad.to(hdt)).to(_F64)  # (b, r)  Newton step −(∇²g)⁻¹∇g
-        _line_search(st, d, grad, F, gamma, tau)
+            d = 2 * gamma * _chol_solve(st.L, grad.to(hdt)).to(vdt)  # (b, r)  Newton step −(∇²g)⁻¹∇g
+        _line_search(st, d, grad, Fv, gamma, tau)
         st.its += 1
+    if retry:  # on in float64 from the float32 duals
+        rows = torch.cat(retry)
+        P, gd, its = _ssn_rows(a64[rows], aC64[rows], c0[rows], Y_out[rows].clone(), F, Fpad, gamma, lam, tau, tol, max_iter,
+                               W_out_rows := W_out.new_empty(rows.numel(), d_in), Y_out_rows := Y_out.new_empty(rows.numel(), r),
+                               iterate_dtype=_F64)
+        P_out[rows], g_out[rows], W_out[rows], Y_out[rows] = P, gd, W_out_rows, Y_out_rows
+        its_max = max(its_max, its)
+    return P_out, g_out, its_max
 
 
 def _certify(a: Tensor, aC: Tensor, y: Tensor, F: Tensor, gamma: float, lam: float, tau: float) -> tuple[Tensor, Tensor, Tensor]:
