@@ -261,6 +261,36 @@ def test_lam_for_sparsity_shared_and_per_layer(target):
     assert abs(linalg.space_solve(weights[2], gf, lam_one).sparsity - target) <= 0.01
 
 
+@pytest.mark.parametrize("d_in", [256, 1024])
+def test_per_layer_target_sparsity_solve_hits_the_target_and_is_the_fixed_lambda_solve(d_in):
+    """space_solve_sparsity searches λ on a row sample (2¹⁸ / d_in rows, ≥ 64) and finishes on every row:
+    the layer lands within tol_points of the target and is the certified solve at the λ it returns."""
+    W0, C_E, C_G, C_P = make_problem(d_out=300, d_in=d_in, n_e=4, n_p=12, seed=7)
+    gf = linalg.gram_factor(C_E, C_G, C_P)
+    res, lam = linalg.space_solve_sparsity(W0, gf, 0.85, tol=1e-8)
+    assert res.converged and res.gap <= 1e-8 and abs(res.sparsity - 0.85) <= 0.005
+    fixed = linalg.space_solve(W0, gf, lam, tol=1e-8)
+    bound = 2 * math.sqrt(1e-8 * fixed.objective / gf.gamma)  # both within tol of the same optimum
+    assert res.objective == pytest.approx(fixed.objective, rel=2e-8) and float((res.W - fixed.W).norm()) <= bound
+
+
+def test_per_layer_target_sparsity_recovers_from_an_unrepresentative_sample(monkeypatch):
+    """When the sampled rows differ from the rest, the whole layer misses the target after the sampled
+    search; the search then continues on every row, and the layer still lands on the target."""
+    W0, C_E, C_G, C_P = make_problem(d_out=200, d_in=64, n_e=4, n_p=12, seed=8)
+    gf = linalg.gram_factor(C_E, C_G, C_P)
+    searches, real = [], linalg._lam_search
+    monkeypatch.setattr(linalg, "_lam_search", lambda S, *a, **k: searches.append(S.shape[0]) or real(S, *a, **k))
+    res, _ = linalg.space_solve_sparsity(W0, gf, 0.85, sample_rows=64)
+    assert searches == [64] and abs(res.sparsity - 0.85) <= 0.005  # a fair sample: one search
+    pick = torch.linspace(0, 199, 64).round().long().unique()  # the rows a sample of 64 takes
+    W0[pick] *= 20  # far denser than the others at any λ
+    searches.clear()
+    res, _ = linalg.space_solve_sparsity(W0, gf, 0.85, sample_rows=64)
+    assert searches == [64, 200]  # the sample misled; the search went on over every row
+    assert res.converged and abs(res.sparsity - 0.85) <= 0.005
+
+
 # ------------------------------------------------------------------------------ bad input
 
 

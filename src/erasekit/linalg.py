@@ -893,6 +893,12 @@ def _lam_search(S: Tensor, A: Tensor, wt: Tensor, gf: GramFactor, target: float,
     return best[1], best[2], best[3]
 
 
+# Entries a per-layer λ search counts zeros over: a fixed count gives a fixed binomial error of the
+# sample's sparsity, √(0.85·0.15/2¹⁸) ≈ 0.07 points, well inside tol_points/2 (0.25 points); the
+# rows a layer needs for it shrink as d_in grows (SD 1.x: 342 rows, SDXL: 128).
+_SAMPLE_ENTRIES = 2**18
+
+
 def space_solve_sparsity(
     W0,
     gf: GramFactor,
@@ -901,7 +907,7 @@ def space_solve_sparsity(
     tol: float = 1e-6,
     tol_points: float = 0.005,
     lam0: float | None = None,
-    sample_rows: int = 256,
+    sample_rows: int | None = None,
     solve_tol: float = 1e-5,
     max_iter: int | None = None,
     max_steps: int = 40,
@@ -910,7 +916,7 @@ def space_solve_sparsity(
 
     The per-layer target-sparsity fit as one warm-started λ path instead of a search followed by
     an unrelated solve: λ is searched (:func:`_lam_search`) on ``sample_rows`` evenly spaced rows
-    (all rows when d_out ≤ sample_rows) with loose solves, and the final solve at ``tol`` starts
+    (all rows when d_out ≤ sample_rows; default: _SAMPLE_ENTRIES / d_in rows, within [64, 512]) with loose solves, and the final solve at ``tol`` starts
     from the search's duals on those rows (cold start elsewhere), so it mostly tightens. If the
     whole layer then misses the target by more than tol_points (an unrepresentative sample), the
     search continues on every row from the final duals.
@@ -920,6 +926,8 @@ def space_solve_sparsity(
     W0 = _as_weight(W0, gf)
     d_out = W0.shape[0]
     A, _ = _uce_rows(W0, gf)  # (d_out, d_in)  W_uce
+    if sample_rows is None:
+        sample_rows = min(512, max(64, math.ceil(_SAMPLE_ENTRIES / gf.d_in)))
     pick = torch.linspace(0, d_out - 1, min(d_out, sample_rows), device=W0.device).round().long().unique()
     wt = torch.full((pick.numel(),), 1.0 / (pick.numel() * gf.d_in), dtype=_F64, device=W0.device)
     lam, yS, _ = _lam_search(W0[pick], A[pick], wt, gf, target, tol_points, lam0, solve_tol, max_steps)
