@@ -208,6 +208,24 @@ def test_rows_that_float32_cannot_certify_are_finished_in_float64(monkeypatch):
     assert torch.equal(res.W, linalg.space_solve(W0, gf, 0.02, tol=1e-13, y0=res.y).W)  # W is a function of the returned duals
 
 
+def test_cold_starts_take_diagonal_steps_first_and_reach_the_same_optimum(monkeypatch):
+    """A cold SSN start takes _FIRST_ORDER_STEPS diagonal-model steps before Newton; a warm start takes none;
+    either way the solve is certified and lands on the optimum."""
+    W0, C_E, C_G, C_P = make_problem(d_out=48, d_in=80, n_e=4, n_p=16, seed=9)
+    gf = linalg.gram_factor(C_E, C_G, C_P)
+    ref = linalg.space_solve(W0, gf, 0.015, tol=1e-14)
+    steps, real = [], linalg._ssn_rows
+    monkeypatch.setattr(linalg, "_ssn_rows", lambda *a, **k: steps.append(k.get("first_order_steps", 0)) or real(*a, **k))
+    cold = linalg.space_solve(W0, gf, 0.015, tol=1e-10)
+    assert steps and set(steps) == {linalg._FIRST_ORDER_STEPS} and linalg._FIRST_ORDER_STEPS > 0
+    steps.clear()
+    warm = linalg.space_solve(W0, gf, 0.015, tol=1e-10, y0=ref.y)
+    assert set(steps) == {0}
+    for res in (cold, warm):
+        assert res.converged and res.gap <= 1e-10
+        assert torch.allclose(res.W, ref.W, atol=1e-6)
+
+
 def test_warm_start_from_dual_saves_iterations():
     W0, C_E, C_G, C_P = make_problem(d_out=32, d_in=64, n_e=4, n_p=12, seed=2)
     gf = linalg.gram_factor(C_E, C_G, C_P)
