@@ -221,7 +221,10 @@ def test_cold_starts_take_diagonal_steps_first_and_reach_the_same_optimum(monkey
     steps.clear()
     warm = linalg.space_solve(W0, gf, 0.015, tol=1e-10, y0=ref.y)
     assert set(steps) == {0}
-    for res in (cold, warm):
+    steps.clear()
+    mostly_cold = linalg.space_solve(W0, gf, 0.015, tol=1e-10, y0=torch.zeros_like(ref.y), first_order_steps=2)
+    assert set(steps) == {2}
+    for res in (cold, warm, mostly_cold):
         assert res.converged and res.gap <= 1e-10
         assert torch.allclose(res.W, ref.W, atol=1e-6)
 
@@ -337,6 +340,9 @@ def test_bad_inputs_raise_helpful_errors():
         linalg.space_solve(W0, gf, -1.0)
     with pytest.raises(ValueError, match="y0 must be"):
         linalg.space_solve(W0, gf, 0.01, y0=torch.zeros(3, 3))
+    for steps in (-1, 1.5):
+        with pytest.raises(ValueError, match="first_order_steps must be an integer >= 0"):
+            linalg.space_solve(W0, gf, 0.01, first_order_steps=steps)
     with pytest.raises(ValueError, match="target sparsity must be in"):
         linalg.lam_for_sparsity([W0], gf, 85)
 

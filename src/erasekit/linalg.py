@@ -349,6 +349,7 @@ def space_solve(
     chunk_rows: int | None = None,
     callback: Callable[[int, Tensor], bool | None] | None = None,
     workers: int | None = None,
+    first_order_steps: int | None = None,
 ) -> SpaceSolve:
     """Solve SPACE (eq. 4) for one weight and certify it.
 
@@ -361,6 +362,8 @@ def space_solve(
     callback: FISTA only, ``callback(k, W)`` after iteration k (for tracing); True stops.
     workers: SSN row chunks solved concurrently (default: torch's CPU thread count; 1 on a GPU).
         The result does not depend on it, bit for bit.
+    first_order_steps: SSN only, diagonal-model steps before the first Newton factorisation (default:
+        2 from a cold start, 0 from y0; pass 2 with a y0 that is cold for most rows).
     """
     t0 = time.perf_counter()
     if solver not in ("ssn", "fista"):
@@ -369,6 +372,8 @@ def space_solve(
         raise ValueError(f"lam must be a finite number >= 0, got {lam}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
+    if first_order_steps is not None and not (isinstance(first_order_steps, int) and first_order_steps >= 0):
+        raise ValueError(f"first_order_steps must be an integer >= 0, got {first_order_steps!r}")
     W0 = _as_weight(W0, gf, f64=solver == "fista")
     A = None if W_uce is None else _as_weight(W_uce, gf, "W_uce", f64=solver == "fista")
     if A is not None and A.shape != W0.shape:
@@ -382,7 +387,8 @@ def space_solve(
         rows = chunk_rows or _chunk_rows(gf, W0.shape[0])
         if workers is None:
             workers = torch.get_num_threads() if W0.device.type == "cpu" else 1
-        W, y, its, P, g = _ssn(W0, A, gf, lam, tol, 100 if max_iter is None else max_iter, y0, max(int(rows), 1), max(int(workers), 1))
+        steps = (0 if y0 is not None else _FIRST_ORDER_STEPS) if first_order_steps is None else int(first_order_steps)
+        W, y, its, P, g = _ssn(W0, A, gf, lam, tol, 100 if max_iter is None else max_iter, y0, max(int(rows), 1), max(int(workers), 1), steps)
     else:
         W, y, its, P, g = _fista(W0, A, gf, lam, tol, 20000 if max_iter is None else max_iter, callback)
     gap = max(P - g, 0.0) / g if g > 0 else (0.0 if P <= 0 else math.inf)
@@ -460,7 +466,7 @@ def _chunk_rows(gf: GramFactor, d_out: int) -> int:
     return max(32, min(256, max(16 * 2**20, 8 * d_out * gf.d_in) // per_row))
 
 
-def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers):
+def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers, first_order_steps):
     """Semi-smooth Newton on every row dual of one layer, chunk by chunk (eqs. 8–12).
 
     Rows are independent problems, so with ``workers`` > 1 the chunks run concurrently in that
@@ -492,7 +498,7 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers):
         aC = a @ F  # (b, r)
         y = y0[lo:hi].clone() if y0 is not None else _cold_dual(aC, gf.s, gamma, kappa)
         P, g, its = _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W[lo:hi], Y[lo:hi],
-                              first_order_steps=0 if y0 is not None else _FIRST_ORDER_STEPS)
+                              first_order_steps=first_order_steps)
         return float(P.sum() + c0.sum()), float(g.sum() + c0.sum()), its  # F(W) = Σ P + f(W_uce), eq. (7); G(Y) likewise
 
     workers = min(workers, len(chunks))
@@ -954,7 +960,9 @@ def space_solve_sparsity(
         tau = lam / (2 * gf.gamma)
         y0 = _cold_dual(A @ gf.F, gf.s, gf.gamma, _pick_kappa(A, gf, tau))  # (d_out, r)
         y0[pick] = yS
-    res = space_solve(W0, gf, lam, tol=tol, W_uce=A, y0=y0, max_iter=max_iter)
+    # most rows start cold (the sample's duals cover pick.numel() of d_out): they get the cold start's first-order steps
+    res = space_solve(W0, gf, lam, tol=tol, W_uce=A, y0=y0, max_iter=max_iter,
+                      first_order_steps=None if pick.numel() == d_out else _FIRST_ORDER_STEPS)
     if abs(res.sparsity - target) > tol_points:  # the sample misled: continue the path on all rows
         wt = torch.full((d_out,), 1.0 / (d_out * gf.d_in), dtype=_F64, device=W0.device)
         lam, y, _ = _lam_search(W0, A, wt, gf, target, tol_points, lam, solve_tol, max_steps, y=res.y)
