@@ -64,8 +64,8 @@ because the Armijo line search (on exact differences of (10)) only accepts ascen
 certificate is float64. The duals y are float64; the (b, d_in) iterates u, w and their products
 with F are float32 when tol ≥ 1e-9 (float64 below: float32 could not resolve such a gap), and a
 row whose float64 certificate then misses tol goes on in float64. A row stops as soon as its gap
-‖∇g‖² ≤ tol·(g + its share of c0), so the layer certificate (F − G)/G ≤ tol holds. Cold start: y = 2(κ − 1)(aF)(I + κ diag(s²)/γ)⁻¹, the
-dual of a linear shrink w ≈ κ·u, with κ picked per call by the largest dual value on a row
+‖∇g‖² ≤ tol·(g + its share of c0), so the layer certificate (F − G)/G ≤ tol holds.
+Cold start: y = 2(κ − 1)(aF)(I + κ diag(s²)/γ)⁻¹, the dual of a linear shrink w ≈ κ·u, with κ picked per call by the largest dual value on a row
 sample, then two steps with a diagonal model of the Newton matrix before the first factorisation;
 or warm start from given duals (λ scans). On a CPU the row chunks run side by side on
 torch's thread count of worker threads, every op single-threaded (bit-identical results for
@@ -534,19 +534,21 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
     ratio Σ gap / G ≤ tol follows), at the rounding floor of ∇g, or at max_iter.
     Returns per-row primal P(w) and dual g(y) (float64) and the most iterations used.
 
-    The iterates (u, w and the (b, d_in) products; y stays float64) run in ``iterate_dtype``: float32 when the
-    Newton systems are float32 and tol ≥ _F32_ITERATE_TOL, since the stopping gap ‖∇g‖² ≤ tol·g
-    then lies far above float32's rounding of ∇g (about 1e-7·‖wF‖, squared: 1e-14·g); float32
-    GEMMs and half the bytes per elementwise pass make the iterations about 10 % faster overall. The certificate is always float64 (eqs. 8–10
-    from y): a row whose float64 gap misses tol is solved on in float64 from its y, so
-    ``converged`` means the same for either dtype.
+    The iterates (u, w and the (b, d_in) products; y stays float64) run in ``iterate_dtype``:
+    float32 when the Newton systems are float32 and tol ≥ _F32_ITERATE_TOL, since the stopping
+    gap ‖∇g‖² ≤ tol·g then lies far above float32's rounding of ∇g (about 1e-7·‖wF‖, squared:
+    1e-14·g); float32 GEMMs and half the bytes per elementwise pass make the iterations about
+    10 % faster overall. The certificate is always float64 (eqs. 8–10 from y): a row whose
+    float64 gap misses tol is solved on in float64 from its y, so ``converged`` means the same
+    for either dtype.
 
     ``first_order_steps`` (cold starts): the first iterations step with a diagonal model of the
     Newton matrix, γI + 2·E[F_AᵀF_A] for a random active set of the same size (E[F_AᵀF_A] =
-    (|A|/d_in)·diag(s²)), instead of the factored one. From the cold dual the first Newton step moves a row's active set by about
-    half its size (~140 of ~300 coordinates on SDXL shapes), so its factorisation is mostly wasted;
-    two cheap steps settle the sets first, and the Newton steps that follow change fewer of them
-    (SDXL shapes: about 15 % faster, SD 1.5 shapes about 9 %; ``benchmarks/solver.py``).
+    (|A|/d_in)·diag(s²)), instead of the factored one. From the cold dual the first Newton step
+    moves a row's active set by about half its size (~140 of ~300 coordinates on SDXL shapes),
+    so its factorisation is mostly wasted; two cheap steps settle the sets first, and the Newton
+    steps that follow change fewer of them (SDXL shapes: about 15 % faster, SD 1.5 shapes about
+    9 %; ``benchmarks/solver.py``).
     """
     hdt = Fpad.dtype
     vdt = iterate_dtype or (torch.float32 if hdt == torch.float32 and tol >= _F32_ITERATE_TOL else _F64)
@@ -607,10 +609,10 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
         k += 1
     if retry:  # on in float64 from the float32 duals
         rows = torch.cat(retry)
+        W_rows, Y_rows = W_out.new_empty(rows.numel(), d_in), Y_out.new_empty(rows.numel(), r)
         P, gd, its = _ssn_rows(a64[rows], aC64[rows], c0[rows], Y_out[rows].clone(), F, Fpad, gamma, lam, tau, tol, max_iter,
-                               W_out_rows := W_out.new_empty(rows.numel(), d_in), Y_out_rows := Y_out.new_empty(rows.numel(), r),
-                               iterate_dtype=_F64)
-        P_out[rows], g_out[rows], W_out[rows], Y_out[rows] = P, gd, W_out_rows, Y_out_rows
+                               W_rows, Y_rows, iterate_dtype=_F64)
+        P_out[rows], g_out[rows], W_out[rows], Y_out[rows] = P, gd, W_rows, Y_rows
         its_max = max(its_max, its)
     return P_out, g_out, its_max
 
@@ -939,8 +941,9 @@ def space_solve_sparsity(
 
     The per-layer target-sparsity fit as one warm-started λ path instead of a search followed by
     an unrelated solve: λ is searched (:func:`_lam_search`) on ``sample_rows`` evenly spaced rows
-    (all rows when d_out ≤ sample_rows; default: _SAMPLE_ENTRIES / d_in rows, within [64, 512]) with loose solves, and the final solve at ``tol`` starts
-    from the search's duals on those rows (cold start elsewhere), so it mostly tightens. If the
+    (all rows when d_out ≤ sample_rows; default: _SAMPLE_ENTRIES / d_in rows, within [64, 512])
+    with loose solves, and the final solve at ``tol`` starts from the search's duals on those
+    rows (cold start elsewhere), so it mostly tightens. If the
     whole layer then misses the target by more than tol_points (an unrepresentative sample), the
     search continues on every row from the final duals.
     """

@@ -72,6 +72,10 @@ def _give_back(stash: list[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
     for t, original, version in reversed(stash):
         written |= t._version != version
         t.data = original
+    _refuse_lost_writes(written)
+
+
+def _refuse_lost_writes(written: bool) -> None:
     if written:
         # The block wrote into a borrowed copy; that write is gone with the copy. Say so rather than lose it silently.
         raise RuntimeError("a weight was modified while erasekit held it in its compute dtype; the modification was "
@@ -157,9 +161,7 @@ def _restore(swaps: list[_Swap]) -> None:
     for slots, name, original, copy, version in reversed(swaps):
         written |= copy._version != version
         slots[name] = original
-    if written:
-        raise RuntimeError("a weight was modified while erasekit held it in its compute dtype; the modification was "
-                           "discarded and the original weights restored")
+    _refuse_lost_writes(written)
 
 
 @contextmanager
