@@ -252,3 +252,22 @@ def test_half_fine_tuning_borrows_one_layer_at_a_time_and_matches_float32(half_a
         # the float16 pipeline rounds its prompt embeddings and its trajectory latents to float16, as it does when
         # it generates; the float32 copy does not (measured ≤ 1.1e-2 on these pipelines)
         assert rel < 3e-2, f"{method} {path}: float16-loaded fit differs from the float32 fit by {rel:.2e}"
+
+
+def test_a_write_into_a_borrowed_layer_is_refused_and_the_original_kept():
+    """A forward that writes into the weight erasekit lent it (in the compute dtype) loses that write with the copy:
+    computing_in_layers says so, and the half-precision original is back, unchanged."""
+    from erasekit.models.precision import computing_in_layers
+
+    class Writes(torch.nn.Linear):
+        def forward(self, x):
+            with torch.no_grad():
+                self.weight.add_(1.0)
+            return super().forward(x)
+
+    lin = Writes(4, 3).to(torch.float16)
+    original, before = lin.weight, lin.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="modified while erasekit held it"):
+        with computing_in_layers([lin], torch.float32):
+            lin(torch.randn(2, 4, dtype=torch.float16))
+    assert lin.weight is original and lin.weight.dtype == torch.float16 and torch.equal(lin.weight, before)
