@@ -27,8 +27,9 @@ not the page cache of mmapped files) every 2 ms. "beyond" is a phase's peak minu
 the start of its method (right after the load for the first; for a later one, after the previous
 method's revert, when the reverted layers have moved from the memory-mapped file into anonymous
 memory: counting from the load would charge them to the later method), and "share" divides it by
-the pipeline's own size (bytes of every parameter and buffer of its modules). glibc's mmap threshold is pinned at 128 KiB so that freed
-tensors leave the RSS instead of lingering in malloc's cache (Linux only). Images are noise; the
+the pipeline's own size (bytes of every parameter and buffer of its modules). glibc's mmap
+threshold is pinned at 128 KiB so that freed tensors leave the RSS instead of lingering in
+malloc's cache (Linux only). Images are noise; the
 times and memory are real.
 """
 
