@@ -30,3 +30,27 @@ def pipe(tiny_pipes, family):
     # Guard: a test that forgot to revert would poison the others.
     after = p.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "test left the shared pipeline modified"
+
+
+@pytest.fixture(scope="session")
+def determinism_rows():
+    """Rows that tests/test_determinism.py fills: (code path, probe report), printed after the run."""
+    return _DETERMINISM_ROWS
+
+
+_DETERMINISM_ROWS: list = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _DETERMINISM_ROWS:
+        return
+    tr = terminalreporter
+    tr.section("bit-identity promises by CPU code path (tests/test_determinism.py)")
+    m0 = _DETERMINISM_ROWS[0][1]["machine"]
+    tr.write_line(f"CPU: {m0['cpu']}; SIMD flags: {', '.join(m0['flags'])}; BLAS: {m0['blas']}; torch {m0['torch']}")
+    for path, report in _DETERMINISM_ROWS:
+        m, checks = report["machine"], report["checks"]
+        held = ", ".join(f"{k} {'held' if v['ok'] else 'FAILED'}" for k, v in checks.items())
+        fresh = checks.get("gemm", {}).get("fresh_thread_differs")
+        extra = f"; unpinned-thread GEMM differs on {len(fresh)} shape(s)" if fresh else ""
+        tr.write_line(f"  {path:<50} ATen {m['aten_capability']:<8} {held}{extra}")

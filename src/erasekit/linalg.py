@@ -68,8 +68,8 @@ row whose float64 certificate then misses tol goes on in float64. A row stops as
 Cold start: y = 2(κ − 1)(aF)(I + κ diag(s²)/γ)⁻¹, the dual of a linear shrink w ≈ κ·u, with κ picked per call by the largest dual value on a row
 sample, then two steps with a diagonal model of the Newton matrix before the first factorisation;
 or warm start from given duals (λ scans). On a CPU the row chunks run side by side on
-torch's thread count of worker threads, every op single-threaded (bit-identical results for
-any count).
+torch's thread count of worker threads, every op single-threaded; see :func:`_ssn` for what
+is bit-identical across worker and thread counts and why.
 ``solver="fista"``: the paper's "iterative closed-form" proximal-gradient step (FISTA with
 per-row O'Donoghue–Candès gradient restart), all rows at once as matrix products, warm
 started at W_uce — the faithful reference; it needs ~√cond(M)·log(1/tol) iterations.
@@ -361,7 +361,9 @@ def space_solve(
     chunk_rows: rows per SSN batch; by default the batch state stays within max(16 MiB, size of W).
     callback: FISTA only, ``callback(k, W)`` after iteration k (for tracing); True stops.
     workers: SSN row chunks solved concurrently (default: torch's CPU thread count; 1 on a GPU).
-        The result does not depend on it, bit for bit.
+        On a CPU the result does not depend on it nor on torch's thread count, bit for bit, for a
+        given CPU, torch build and environment (see :func:`_ssn`); across CPUs or BLAS code paths
+        results agree to rounding (the certificate, not the bits, is what carries over).
     first_order_steps: SSN only, diagonal-model steps before the first Newton factorisation (default:
         2 from a cold start, 0 from y0; pass 2 with a y0 that is cold for most rows).
     """
@@ -472,9 +474,22 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers, first_order_ste
     Rows are independent problems, so with ``workers`` > 1 the chunks run concurrently in that
     many threads. On a CPU every op runs single-threaded: the work is many small LAPACK and GEMM
     calls that intra-op threading barely speeds up (and whose OpenMP barriers stall beside any
-    other busy process), while whole chunks side by side scale with the cores. Each chunk computes
-    exactly what it computes alone and the sums are taken in chunk order, so on a CPU the result
-    is bit-identical for every ``workers`` and every torch thread count.
+    other busy process), while whole chunks side by side scale with the cores.
+
+    Bit-identity across ``workers`` and torch thread counts. Each chunk computes exactly what it
+    computes alone and the sums are taken in chunk order; what remains is the thread a chunk runs
+    on. ``torch.set_num_threads`` pins MKL through ``mkl_set_num_threads_local``, which is per
+    thread: a thread torch never initialised (a plain ``ThreadPoolExecutor`` worker doing only
+    small ops, which never reach ``at::parallel_for``'s lazy init) runs MKL GEMMs on MKL's global
+    default, every core. MKL then splits a long inner dimension across threads and sums the
+    partial products in another order: a (64 × 2048) @ (2048 × 80) product differs in the last
+    bit from the single-threaded one on an AVX-512 Xeon, and on MKL's AVX2 path (the one AMD EPYC
+    gets, reproduced here with ``MKL_ENABLE_INSTRUCTIONS=AVX2``) already at d_in 768
+    (``tests/test_determinism.py`` has the minimal reproduction). So every piece of work, κ and
+    chunk 0's rows included, runs on a worker thread that first pins itself to one intra-op and
+    one MKL thread (:func:`_pinned_worker`), for every ``workers`` value, 1 included: no chunk
+    depends on the calling thread's state either. Bits still depend on the CPU's code path and
+    the torch / MKL build, as any BLAS result does.
     """
     d_out, d_in = W0.shape
     gamma, tau, r = gf.gamma, lam / (2 * gf.gamma), gf.rank
@@ -491,7 +506,12 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers, first_order_ste
         a, c0 = _uce_rows(W0[lo:hi].to(_F64), gf)  # (b, d_in), (b,)
         return (a if A is None else A[lo:hi].to(_F64)), c0
 
-    first: tuple[Tensor, Tensor] | None = None  # chunk 0's rows, already built for κ
+    def cold_start() -> tuple[tuple[Tensor, Tensor] | None, float | None]:
+        """One cold-start shrink κ for the layer, picked on chunk 0's rows (kept for its solve)."""
+        if y0 is not None:
+            return None, None
+        first = rows_of(*chunks[0])
+        return first, _pick_kappa(first[0], gf, tau)
 
     def solve_chunk(lo: int, hi: int) -> tuple[float, float, int]:
         a, c0 = first if lo == 0 and first is not None else rows_of(lo, hi)
@@ -501,24 +521,31 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers, first_order_ste
                               first_order_steps=first_order_steps)
         return float(P.sum() + c0.sum()), float(g.sum() + c0.sum()), its  # F(W) = Σ P + f(W_uce), eq. (7); G(Y) likewise
 
-    workers = min(workers, len(chunks))
-    with _intra_op_threads(1) if W0.device.type == "cpu" else contextlib.nullcontext():
-        if y0 is None:  # one cold-start shrink for the layer, picked on chunk 0's rows
-            first = rows_of(*chunks[0])
-        kappa = None if first is None else _pick_kappa(first[0], gf, tau)
-        if workers > 1:
-            with ThreadPoolExecutor(workers, thread_name_prefix="erasekit-ssn") as pool:
-                parts = list(pool.map(lambda c: solve_chunk(*c), chunks))
-        else:
-            parts = [solve_chunk(*c) for c in chunks]
+    if W0.device.type == "cpu":
+        with _intra_op_threads(1), ThreadPoolExecutor(min(workers, len(chunks)), thread_name_prefix="erasekit-ssn",
+                                                      initializer=_pinned_worker) as pool:
+            first, kappa = pool.submit(cold_start).result()
+            parts = list(pool.map(lambda c: solve_chunk(*c), chunks))
+    else:
+        first, kappa = cold_start()
+        parts = [solve_chunk(*c) for c in chunks]
     P_tot, g_tot, its_max = 0.0, 0.0, 0
     for P, g, its in parts:  # chunk order: the same sums for every ``workers``
         P_tot, g_tot, its_max = P_tot + P, g_tot + g, max(its_max, its)
     return W, Y, its_max, P_tot, g_tot
 
 
+def _pinned_worker() -> None:
+    """Start of every SSN worker thread: one intra-op thread, and (through torch's
+    ``mkl_set_num_threads_local``) one MKL thread, so this thread's BLAS calls do not depend on
+    MKL's global default or on whatever thread state the caller had."""
+    torch.set_num_threads(1)
+
+
 @contextlib.contextmanager
 def _intra_op_threads(n: int):
+    """torch's intra-op thread count set to n for the block (its process-wide default for threads
+    that start inside it, too), then restored in the calling thread."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -12,6 +12,16 @@ scheduler) and written to an on-disk cache as soon as its batch finishes (PNG, a
   chunks of the full, sorted job list of its model state) does not depend on the cache or on the
   number of processes, so even the float rounding of batched kernels is reproduced.
 
+What "the same" covers: pixels are bit-identical between runs (resumed, sharded or single) whose
+processes each run the same torch intra-op thread count on the same CPU code path and library build.
+The UNet's convolutions and GEMMs split their reductions by thread count, so 1 and 2 threads give
+latents that differ in the last float bits, enough to move some uint8 pixels by one (measured on
+tinyworld, 10 steps). ``accelerate launch`` through torchrun sets ``OMP_NUM_THREADS=1`` per process
+unless it is set: pin the thread count (``OMP_NUM_THREADS`` or ``--threads``) to compare a sharded
+run with a single one. Each process's thread count is recorded in results.json
+(``config.torch_threads``), and the cache is reused as found: images it holds from another thread
+count or CPU are read, not regenerated.
+
 On CPU, accelerate 1.x starts several local processes only through its torchrun launcher:
 ``accelerate launch --multi_gpu --num_processes 2 -m erasekit.cli evaluate ... --device cpu``
 (``--cpu --num_processes 2`` needs MPI and otherwise runs one process).
@@ -321,6 +331,7 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
     ``pipe`` must be unedited; each edit is applied for its images and reverted.
     """
     from accelerate import PartialState
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     from ..edit import Edit
@@ -415,6 +426,8 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
         bar.close()
     generation_seconds = time.perf_counter() - t0
     state.wait_for_everyone()
+    # pixels depend on each process's intra-op thread count (module docstring): record them all
+    threads_per_process = gather_object([torch.get_num_threads()]) if state.num_processes > 1 else [torch.get_num_threads()]
     if not state.is_main_process:
         return None
 
@@ -457,7 +470,8 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
     config = {
         "settings": settings.to_dict(), "generation_dtype": gen_dtype, "stored_dtype": str(stored_dt).replace("torch.", ""),
         "scheduler": sched, "model_fingerprint": base_fp, "seed": seed, "n_boot": n_boot, "level": M.LEVEL,
-        "cache_dir": str(cache.root), "processes": state.num_processes, "versions": versions(),
+        "cache_dir": str(cache.root), "processes": state.num_processes, "torch_threads": threads_per_process,
+        "versions": versions(),
         "pipeline": {"class": type(pipe).__name__, "name_or_path": getattr(pipe.config, "_name_or_path", None) if hasattr(pipe, "config") else None},
     }
     timing = {"images_total": len(jobs), "images_generated": n_missing, "images_generated_by_main": generated_here,
