@@ -26,7 +26,8 @@ import erasekit  # noqa: E402
 from erasekit import defaults  # noqa: E402
 from erasekit.concepts import ConceptSet  # noqa: E402
 from erasekit.evaluate.bench import tinyworld_concept_set  # noqa: E402
-from erasekit.evaluate.suites import tinyworld_attribute, tinyworld_suites  # noqa: E402
+from erasekit.evaluate import metrics as M  # noqa: E402
+from erasekit.evaluate.suites import tinyworld_suites  # noqa: E402
 
 ORDER = ("circle", "red", "striped", "square", "blue", "dotted", "triangle", "green", "checkered", "star", "yellow", "heart")
 
@@ -55,15 +56,14 @@ def main(argv=None) -> int:
             sec = time.perf_counter() - t0
             edit.apply(world.pipe)
             try:
-                jt, jr = world.judged(target), world.judged(retain)
+                seen_t, seen_r = world.seen(target), world.seen(retain)
             finally:
                 edit.revert(world.pipe)
             per = {}
             for c in concepts:
                 idx = [i for i, it in enumerate(target.items) if it.concepts[0] == c]
-                attr = tinyworld_attribute(c)[0]
-                per[c] = 1 - sum(jt[attr][i] == c for i in idx) / len(idx)
-            ret = sum(jr[tinyworld_attribute(it.concepts[0])[0]][i] == it.concepts[0] for i, it in enumerate(retain.items)) / len(retain.items)
+                per[c] = M.erase_rate(seen_t[idx]).value
+            ret = M.retain_rate(seen_r).value
             row = dict(method=method, k=k, erase_min=min(per.values()), erase_mean=sum(per.values()) / k, retain=ret, fit_s=sec,
                        bytes=edit.nbytes, per_concept=per)
             rows.append(row)

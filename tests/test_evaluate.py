@@ -23,7 +23,7 @@ from erasekit.evaluate import (
     suites_from_concepts, tinyworld_suites, write_html, write_json,
 )
 from erasekit.evaluate import metrics as M
-from erasekit.evaluate import runner as R
+from erasekit.evaluate import generate as G
 from erasekit.evaluate.suites import Suite, SuiteItem
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,7 +300,7 @@ def test_unedited_images_are_shared_across_methods(sd, edit, clip_dir, tmp_path)
 
 
 def test_resume_after_interruption_regenerates_only_missing(sd, edit, clip_dir, tmp_path, monkeypatch):
-    real = R._render
+    real = G._render
     calls = {"n": 0, "images": 0}
 
     def crashing(pipe, items, vectors, settings):
@@ -313,7 +313,7 @@ def test_resume_after_interruption_regenerates_only_missing(sd, edit, clip_dir, 
     study = _study(edit, [])
     judge = CLIPJudge(clip_dir)
     kw = dict(out_dir=tmp_path / "o", settings=GenerationSettings(steps=2, guidance=5.0, batch_size=3), cache_dir=tmp_path / "c", n_boot=50, progress=False)
-    monkeypatch.setattr(R, "_render", crashing)
+    monkeypatch.setattr(G, "_render", crashing)
     with pytest.raises(KeyboardInterrupt):
         evaluate(sd, [study], judge, **kw)
     assert not erasekit.Edit.applied(sd)  # the edit was reverted on the way out
@@ -326,7 +326,7 @@ def test_resume_after_interruption_regenerates_only_missing(sd, edit, clip_dir, 
         return real(pipe, items, vectors, settings)
 
     calls["images"] = 0
-    monkeypatch.setattr(R, "_render", counting)
+    monkeypatch.setattr(G, "_render", counting)
     res = evaluate(sd, [study], judge, **kw)
     assert calls["images"] == res.timing["images_generated"] == res.timing["images_total"] - 6
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished images were not rewritten

@@ -149,24 +149,24 @@ def test_vectorised_bootstrap_equals_draw_by_draw():
 def test_pipeline_fingerprint_memo_sees_every_weight_change(tiny_pipes):
     import torch
 
-    from erasekit.evaluate import runner as R
+    from erasekit.evaluate import cache as C
 
     sd = tiny_pipes["sd"]
-    fp = R.pipeline_fingerprint(sd)
-    assert R.pipeline_fingerprint(sd) == fp == R._hash_pipeline(sd)
+    fp = C.pipeline_fingerprint(sd)
+    assert C.pipeline_fingerprint(sd) == fp == C._hash_pipeline(sd)
     w = sd.unet.conv_in.weight
     try:
         with torch.no_grad():
             w[0, 0, 0, 0] += 1.0  # an in-place write bumps the version counter: the memo must not be used
-        changed = R.pipeline_fingerprint(sd)
-        assert changed != fp and changed == R._hash_pipeline(sd)
+        changed = C.pipeline_fingerprint(sd)
+        assert changed != fp and changed == C._hash_pipeline(sd)
     finally:
         with torch.no_grad():
             w[0, 0, 0, 0] -= 1.0
-    assert R.pipeline_fingerprint(sd) == R._hash_pipeline(sd)
+    assert C.pipeline_fingerprint(sd) == C._hash_pipeline(sd)
     edit = __import__("erasekit").erase(sd, "uce", ["circle"], kind="object", progress=False)
     edit.apply(sd)
     try:
-        assert R.pipeline_fingerprint(sd) == R._hash_pipeline(sd) != fp
+        assert C.pipeline_fingerprint(sd) == C._hash_pipeline(sd) != fp
     finally:
         edit.revert(sd)

@@ -1,0 +1,203 @@
+"""The runner's *summarise* stage: metrics, attack summaries, paired statistics, and the run's configuration record.
+
+Per method: the headline metrics on the edited images (and, for reference, the same on the unedited images); per
+study: the concept-vector curve with its calibrated headline η and the token search's judged success beside its own
+objective, then every method against the unedited model and against every other method on the paired metrics
+(:mod:`~erasekit.evaluate.stats`, Holm-corrected per study).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import metrics as M
+from . import stats as S
+from .attacks import headline_eta
+from .cache import ImageCache, ModelIdentity
+from .results import UNEDITED, MethodRun, SuiteRun, versions
+
+
+def summarise(runs: dict[str, dict[str, MethodRun]], *, seed: int, n_boot: int) -> tuple[dict, dict]:
+    """Fill every run's metrics in place; returns (paired comparisons, attack summaries), each per study."""
+    paired: dict[str, list[S.Comparison]] = {}
+    attacks: dict[str, dict] = {}
+    for study, study_runs in runs.items():
+        for run in study_runs.values():
+            run.metrics = _metrics(run, "edited", seed, n_boot)
+            run.baseline = _metrics(run, "unedited", seed, n_boot)
+        attacks[study] = _attack_summary(study_runs, seed, n_boot)
+        paired[study] = _paired(study_runs, attacks[study], seed, n_boot)
+    return paired, attacks
+
+
+def run_config(pipe, model: ModelIdentity, settings, cache: ImageCache, *, seed: int, n_boot: int, processes: int,
+               torch_threads: list[int]) -> dict:
+    """results.json's ``config``: what the images and numbers depend on."""
+    return {
+        "settings": settings.to_dict(), **model.to_config(), "seed": seed, "n_boot": n_boot, "level": M.LEVEL,
+        "cache_dir": str(cache.root), "processes": processes, "torch_threads": torch_threads,
+        "versions": versions(),
+        "pipeline": {"class": type(pipe).__name__,
+                     "name_or_path": getattr(pipe.config, "_name_or_path", None) if hasattr(pipe, "config") else None},
+    }
+
+
+def _curve_suites(run: MethodRun) -> dict[str, list[SuiteRun]]:
+    """Concept-vector curves of one method: attack name -> its suites, by increasing η."""
+    out: dict[str, list[SuiteRun]] = {}
+    for s in run.suites.values():
+        if s.suite.kind == "adversarial" and "eta" in s.suite.info:
+            out.setdefault(s.suite.info.get("curve", s.suite.info["attack"]), []).append(s)
+    return {k: sorted(v, key=lambda s: s.suite.info["eta"]) for k, v in out.items()}
+
+
+def _target(run: MethodRun) -> SuiteRun | None:
+    return next((s for s in run.suites.values() if s.suite.kind == "target"), None)
+
+
+def headline_suite(run: MethodRun, attack: str, eta: float) -> SuiteRun | None:
+    """The suite of ``attack`` at ``eta`` (η = 0: the unattacked target suite)."""
+    if eta == 0:
+        return _target(run)
+    return next((s for s in _curve_suites(run).get(attack, []) if float(s.suite.info["eta"]) == float(eta)), None)
+
+
+def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) -> dict:
+    """Per attack: the concept-vector curve (η = 0 is the target suite) beside the unedited model's concept rate and
+    the share of its images that keep every prompted attribute, and the calibrated headline; the token search's
+    judged success beside its own objective, with its budget. Adds ``ASR <attack> (headline η = …)`` to each
+    method's metrics."""
+    out: dict = {}
+    kw = {"seed": seed, "n_boot": n_boot}
+    first = next(iter(study_runs.values()))
+    target = _target(first)
+    for attack, curve in _curve_suites(first).items():
+        points = ([target] if target is not None else []) + curve
+        etas = ([0.0] if target is not None else []) + [float(s.suite.info["eta"]) for s in curve]
+        kept = [None if s.kept_unedited is None else M.rate("unedited: prompted attributes kept", s.kept_unedited, **kw)
+                for s in points]
+        rows = []
+        for eta, s, k in zip(etas, points, kept, strict=True):
+            row = {"eta": eta, "suite": s.suite.name,
+                   "unedited concept rate": M.rate("unedited concept rate", s.seen("unedited"), **kw),
+                   "unedited attributes kept": k, "methods": {}}
+            for label, run in study_runs.items():
+                sr = headline_suite(run, attack, eta)
+                if sr is not None:
+                    row["methods"][label] = M.attack_success_rate(sr.seen("edited"), name=f"ASR {attack}@{eta:g}",
+                                                                  budget=s.suite.info.get("budget", "η = 0"), **kw)
+            rows.append(row)
+        at_zero = kept[0].value if target is not None and kept[0] is not None else None
+        eta, rule = headline_eta(etas[1:] if target is not None else etas,
+                                 [k.value if k is not None else None for k in kept[-len(curve):]], at_zero)
+        out[attack] = {"curve": rows, "headline_eta": eta, "rule": rule}
+        for label, run in study_runs.items():
+            sr = headline_suite(run, attack, eta)
+            if sr is not None:
+                name = f"ASR {attack} (headline η = {eta:g})"
+                budget = f"η = {eta:g}: {rule}"
+                run.metrics[name] = M.attack_success_rate(sr.seen("edited"), name=name, budget=budget, **kw)
+                run.baseline[name] = M.attack_success_rate(sr.seen("unedited"), name=name, budget=budget, **kw)
+    for label, run in study_runs.items():
+        for s in run.suites.values():
+            info = s.suite.info
+            if s.suite.kind != "adversarial" or "search" not in info:
+                continue
+            search = info["search"].values()
+            entry = out.setdefault(info["attack"], {"budget": info["budget"], "objective": info.get("objective", ""),
+                                                    "methods": {}})
+            entry["methods"][label] = {
+                "judge ASR": M.attack_success_rate(s.seen("edited"), name=f"ASR {info['attack']}",
+                                                   budget=info["budget"], **kw),
+                "unedited concept rate on the found prompts": M.rate("unedited concept rate", s.seen("unedited"), **kw),
+                "objective": float(np.mean([f["score"] for f in search])) if search else float("nan"),
+                "objective at start": float(np.mean([f["start_score"] for f in search])) if search else float("nan"),
+                "prompts searched": len(info["search"])}
+    return out
+
+
+PAIRED_KINDS = {"target": ("erase rate", "any", False), "paraphrase": ("paraphrase erase rate", "any", False),
+                "retain": ("retain rate", "all", True)}
+
+
+def _decisions(run: MethodRun, attacks: dict) -> dict[str, tuple[SuiteRun, np.ndarray, np.ndarray]]:
+    """metric -> (suite, edited successes, unedited successes) for the paired metrics of one method."""
+    out = {}
+    for name, s in run.suites.items():
+        if s.suite.kind in PAIRED_KINDS:
+            metric, mode, keep = PAIRED_KINDS[s.suite.kind]
+            metric += "" if name == s.suite.kind else f" ({name})"
+            e, u = s.seen("edited", mode), s.seen("unedited", mode)
+            out[metric] = (s, e if keep else ~e, u if keep else ~u)
+    for attack, a in attacks.items():
+        if "headline_eta" in a:
+            s = headline_suite(run, attack, a["headline_eta"])
+            if s is not None:
+                out[f"ASR {attack} (headline η = {a['headline_eta']:g})"] = (s, s.seen("edited"), s.seen("unedited"))
+    return out
+
+
+def _paired(study_runs: dict[str, MethodRun], attacks: dict, seed: int, n_boot: int) -> list[S.Comparison]:
+    """Every method vs the unedited model and vs every other method, on every paired metric; Holm over the
+    study's table."""
+    labels = list(study_runs)
+    dec = {label: _decisions(run, attacks) for label, run in study_runs.items()}
+    comps: list[S.Comparison] = []
+    kw = {"n_boot": n_boot, "seed": seed}
+    for metric in dict.fromkeys(m for d in dec.values() for m in d):
+        have = [lb for lb in labels if metric in dec[lb]]
+        for lb in have:
+            s, e, u = dec[lb][metric]
+            comps.append(S.compare(metric, lb, UNEDITED, e, u, [it.prompt for it in s.suite.items], **kw))
+        for i, a in enumerate(have):
+            for b in have[i + 1:]:
+                sa, ea, _ = dec[a][metric]
+                sb, eb, _ = dec[b][metric]
+                if sa.suite.items != sb.suite.items:  # not the same prompts and seeds: not a paired comparison
+                    continue
+                comps.append(S.compare(metric, a, b, ea, eb, [it.prompt for it in sa.suite.items], **kw))
+    return S.correct(comps)
+
+
+def _metrics(run: MethodRun, which: str, seed: int, n_boot: int) -> dict[str, M.Estimate]:
+    """Headline metrics of one method on the edited (or, for reference, the unedited) images."""
+    out: dict[str, M.Estimate] = {}
+    erase_parts, retain_parts = [], []
+    kw = {"seed": seed, "n_boot": n_boot}
+    for name, s in run.suites.items():
+        kind = s.suite.kind
+        suffix = "" if name == kind else f" ({name})"
+        if kind in ("target", "paraphrase"):
+            seen = s.seen(which, "any")
+            label = "erase rate" if kind == "target" else "paraphrase erase rate"
+            out[label + suffix] = M.erase_rate(seen, name=label + suffix, **kw)
+            erase_parts.append(~seen)
+        elif kind == "retain":
+            seen = s.seen(which, "all")
+            out["retain rate" + suffix] = M.retain_rate(seen, name="retain rate" + suffix, **kw)
+            retain_parts.append(seen)
+        elif kind == "adversarial":
+            label = f"ASR {name.split(':', 1)[-1]}"
+            out[label] = M.attack_success_rate(s.seen(which, "any"), name=label, budget=s.suite.info.get("budget", ""),
+                                               **kw)
+        elif kind == "general" and which == "edited":
+            if s.suite.labels:
+                out["drift: judge agreement" + suffix] = M.judge_agreement(
+                    _item_decisions(s, "edited"), _item_decisions(s, "unedited"), **kw)
+            out["drift: pixel distance" + suffix] = M.mean(
+                "drift: pixel distance" + suffix, np.array(s.pixel_distance),
+                note="mean |edited − unedited| in [0, 1], same seeds", **kw)
+    if erase_parts and retain_parts:
+        out["harmonic mean"] = M.harmonic_mean(erase_parts + retain_parts, **kw)
+    return out
+
+
+def _item_decisions(s: SuiteRun, which: str) -> np.ndarray:
+    """(items, max labels) decisions on each item's own concepts (padded with False)."""
+    jr = s.judged_edited if which == "edited" else s.judged_unedited
+    width = max((len(it.concepts) for it in s.suite.items), default=0)
+    out = np.zeros((len(s.suite.items), width), dtype=bool)
+    for i, it in enumerate(s.suite.items):
+        for j, c in enumerate(it.concepts):
+            out[i, j] = jr.seen(c)[i]
+    return out
