@@ -23,8 +23,15 @@ import numpy as np
 from PIL import Image
 
 from .._atomic import write_bytes_atomic
+from ..text import plain, shown
 from . import plots
 from .runner import UNEDITED, ImageCache, Results
+
+
+def _esc(value: object) -> str:
+    """HTML text of any value: controls, surrogates and bidi controls first written as visible escapes
+    (a lone surrogate cannot be encoded as UTF-8, an escape character would reach a terminal that cats the page)."""
+    return html.escape(plain(value), quote=True)
 
 
 def _jsonable(x):
@@ -63,7 +70,7 @@ def _html_cell(est) -> str:
         return "<td>–</td>"
     scale, digits = (1.0, 4) if "pixel" in est.name else (100.0, 1)
     counts = f"{est.k}/{est.n}" if est.k is not None else f"n={est.n}"
-    title = html.escape(est.note, quote=True)
+    title = _esc(est.note)
     return (f"<td title='{title}'>{scale * est.value:.{digits}f}<small>[{scale * est.low:.{digits}f}, {scale * est.high:.{digits}f}]</small>"
             f"<small>{counts}</small></td>")
 
@@ -90,15 +97,17 @@ def print_table(results: Results, title: str = "erasekit evaluation", extra: dic
 
     names, rows = metric_rows(results)
     extra = extra or {}
-    t = Table(title=f"{title} — % [95 % bootstrap CI]; judge {results.judge.get('judge')}")
+    # study names, labels and judge names come from users: shown() keeps rich from reading them as markup
+    t = Table(title=f"{shown(title)} — % \\[95 % bootstrap CI]; judge {shown(results.judge.get('judge'))}")
     t.add_column("study")
     t.add_column("method", style="bold")
     for n in names:
         t.add_column(_SHORT.get(n, n), justify="right")
     for col in extra:
-        t.add_column(col, justify="right")
+        t.add_column(shown(col), justify="right")
     for study, label, ms in rows:
-        t.add_row(study, label, *(_compact(ms.get(n)) for n in names), *(cells.get((study, label), "") for cells in extra.values()))
+        t.add_row(shown(study), shown(label), *(shown(_compact(ms.get(n))) for n in names),
+                  *(shown(cells.get((study, label), "")) for cells in extra.values()))
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(120, 24 * (len(names) + len(extra) + 2)))
@@ -130,7 +139,7 @@ def figure_html(png: bytes, name: str, folder: Path, alt: str) -> str:
     """Save ``png`` as ``folder/name.png`` and return an <img> that embeds the same bytes (the page stays self-contained)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(folder / f"{name}.png", png)
-    return f"<img id='{html.escape(name, quote=True)}' alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    return f"<img id='{_esc(name)}' alt='{_esc(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
 def _safe(name: str) -> str:
@@ -164,7 +173,7 @@ def _pct(x: float) -> str:
 
 def paired_html(results: Results) -> str:
     """One table per study: every paired comparison, ★ only where significant after Holm's correction."""
-    e = html.escape
+    e = _esc
     out = ["<h2>Paired comparisons</h2><p>Same prompts and seeds for every column, so differences are paired: Δ = A − B in points, "
            "95 % cluster-bootstrap interval over prompts (images paired by seed), exact McNemar p on the discordant images "
            "(A only / B only), Holm-corrected over every comparison of the study's table; <span class='sig'>★</span> = significant "
@@ -182,7 +191,7 @@ def paired_html(results: Results) -> str:
 
 
 def attacks_html(results: Results) -> str:
-    e = html.escape
+    e = _esc
     out = []
     for study, atk in results.attacks.items():
         for name, a in atk.items():
@@ -212,7 +221,7 @@ def write_html(results: Results, path: str | Path, *, max_rows: int = 8, thumb: 
     """The page; ``sections`` are extra HTML blocks placed after the metric table (e.g. the claims table)."""
     path = Path(path)
     names, rows = metric_rows(results)
-    e = html.escape
+    e = _esc
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS.replace('THUMB', str(thumb))}</style></head><body>",
            f"<h1>{e(title)}</h1>",
            f"<p>Judge: <b>{e(results.judge.get('judge', '?'))}</b> · model fingerprint <code>{e(results.config['model_fingerprint'][:16])}</code> · "
@@ -251,11 +260,11 @@ def _decision(run, which: str, i: int) -> str:
     seen = [c for c in item.concepts if jr.seen(c)[i]]
     good = bool(seen) if run.suite.kind in ("retain", "general") else not seen  # erased concepts should not be seen
     cls = "good" if good else "bad"
-    return f"<div class='{cls}'>{html.escape('sees ' + ', '.join(seen) if seen else 'sees none of ' + ', '.join(item.concepts))}</div>"
+    return f"<div class='{cls}'>{_esc('sees ' + ', '.join(seen) if seen else 'sees none of ' + ', '.join(item.concepts))}</div>"
 
 
 def _grid(suite_name: str, suite_runs: list, labels: list[str], max_rows: int, thumb: int) -> str:
-    e = html.escape
+    e = _esc
     first = suite_runs[0]
     same_items = all(r.suite.items == first.suite.items for r in suite_runs)
     n = min(max_rows, len(first.suite.items))
