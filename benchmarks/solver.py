@@ -1,7 +1,8 @@
 """Measure UCE, SPACE (semi-smooth Newton) and plain FISTA on SD1.5- and SDXL-shaped layers.
 
     python benchmarks/solver.py [--family sd15|sdxl|both] [--quick] [--threads N]
-    python benchmarks/solver.py --baseline <git rev | old_linalg.py> [--family ...] [--quick]   (before vs after, one run)
+    python benchmarks/solver.py --baseline <git rev | old_linalg.py | linalg package folder> [--family ...] [--quick]
+                                                                                    (before vs after, one run)
 
 Data (random, seeded; printed again in the output):
   * weights: one to_k and one to_v per cross-attention block, fp32, entries N(0, 0.02²), with
@@ -253,30 +254,69 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
 
 
 def load_baseline(rev: str):
-    """erasekit.linalg as it was at git revision ``rev`` (or in the file ``rev``), imported beside the current one.
+    """erasekit.linalg as it was at git revision ``rev`` (or in the file / folder ``rev``), imported beside the current.
 
-    A file path serves machines without the repository's history (a device machine gets a copy
-    of the working tree only): ``git show REV:src/erasekit/linalg.py > linalg_REV.py`` here first.
+    Before the split, erasekit.linalg was one file (``src/erasekit/linalg.py``); since, it is a package
+    (``src/erasekit/linalg/``) that imports nothing outside itself. Either form loads, under a name of its
+    own, from a git revision (whichever of the two it holds), a ``.py`` file of the old module, or a
+    copy of the package folder. A file or folder serves machines without the repository's history (a
+    device machine gets a copy of the working tree only): ``git show REV:src/erasekit/linalg.py >
+    linalg_REV.py`` or ``cp -r src/erasekit/linalg linalg_REV`` here first.
     """
-    import importlib.util
     import subprocess
+    import tempfile
 
     root = Path(__file__).resolve().parents[1]
+    stem = Path(rev).stem if rev.endswith(".py") else Path(rev).name
+    name = "linalg_" + "".join(ch if ch.isalnum() else "_" for ch in stem)
+    if Path(rev).is_dir():
+        return _load_package(name, Path(rev))
     if rev.endswith(".py"):
         if not Path(rev).is_file():
             sys.exit(f"--baseline {rev}: no such file (make it with: git show REV:src/erasekit/linalg.py > {rev})")
-        src = Path(rev).read_text()
-        rev = Path(rev).stem
-    else:
-        done = subprocess.run(["git", "-C", str(root), "show", f"{rev}:src/erasekit/linalg.py"], capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"--baseline {rev}: git cannot show src/erasekit/linalg.py at that revision ({done.stderr.strip()}); "
-                     "pass a revision of this repository or a .py file of the old module")
-        src = done.stdout
-    spec = importlib.util.spec_from_loader(f"linalg_{rev.replace('.', '_').replace('-', '_')}", loader=None)
+        return _load_module(name, Path(rev).read_text(), rev)
+    git = ["git", "-C", str(root)]
+    done = subprocess.run([*git, "show", f"{rev}:src/erasekit/linalg.py"], capture_output=True, text=True)
+    if not done.returncode:
+        return _load_module(name, done.stdout, f"{rev}:src/erasekit/linalg.py")
+    files = subprocess.run([*git, "ls-tree", "-r", "--name-only", rev, "src/erasekit/linalg/"],
+                           capture_output=True, text=True)
+    paths = [f for f in files.stdout.split() if f.endswith(".py")]
+    if files.returncode or not paths:
+        sys.exit(f"--baseline {rev}: git cannot show src/erasekit/linalg.py or src/erasekit/linalg/ at that "
+                 f"revision ({(done.stderr or files.stderr).strip()}); pass a revision of this repository, a .py "
+                 "file of the old module or a copy of the package folder")
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}_")) / "linalg"
+    for f in paths:
+        text = subprocess.run([*git, "show", f"{rev}:{f}"], capture_output=True, text=True, check=True).stdout
+        dest = folder / Path(f).relative_to("src/erasekit/linalg")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+    return _load_package(name, folder)
+
+
+def _load_module(name: str, src: str, origin: str):
+    """The one-file erasekit.linalg (before the split) from its source text."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_loader(name, loader=None)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up here
-    exec(compile(src, f"{rev}:src/erasekit/linalg.py", "exec"), mod.__dict__)
+    exec(compile(src, origin, "exec"), mod.__dict__)
+    return mod
+
+
+def _load_package(name: str, folder: Path):
+    """The erasekit.linalg package (after the split) from a folder holding its ``__init__.py``, as package ``name``."""
+    import importlib.util
+
+    init = folder / "__init__.py"
+    if not init.is_file():
+        sys.exit(f"--baseline {folder}: no __init__.py there; pass a copy of src/erasekit/linalg/")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(folder)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # its relative imports and dataclasses look it up here
+    spec.loader.exec_module(mod)
     return mod
 
 
@@ -379,7 +419,9 @@ def main() -> None:
     p.add_argument("--target", type=float, default=0.85, help="target sparsity")
     p.add_argument("--tol", type=float, default=1e-6, help="relative objective gap")
     p.add_argument("--fista-max-iter", type=int, default=20000)
-    p.add_argument("--baseline", default=None, metavar="REV", help="compare with erasekit.linalg at this git revision, or in this .py file (before vs after, CPU seconds)")
+    p.add_argument("--baseline", default=None, metavar="REV",
+                   help="compare with erasekit.linalg at this git revision, in this .py file (the one-file module) "
+                        "or in this folder (a copy of the package) (before vs after, CPU seconds)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (refused when no GPU is visible)")
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -10,7 +10,7 @@ The promises checked (each as the package states it):
 
 * ``gemm`` — the cause of the old SSN failure, as a minimal reproduction: a GEMM with a long inner
   dimension on a thread torch never initialised ("fresh") may differ from the same GEMM on a thread
-  pinned to one intra-op / MKL thread; a pinned worker thread (``linalg._pinned_worker``) always
+  pinned to one intra-op / MKL thread; a pinned worker thread (``linalg.ssn._pinned_worker``) always
   equals the pinned calling thread. Only the pinned equality is a promise; "fresh differs" is
   reported, since it depends on the CPU and MKL's path.
 * ``ssn`` — ``space_solve`` gives the same bits for every ``workers`` and torch thread count.
@@ -69,7 +69,7 @@ def _on_thread(fn, pinned: bool):
 
     def run():
         if pinned:
-            from erasekit.linalg import _pinned_worker
+            from erasekit.linalg.ssn import _pinned_worker
 
             _pinned_worker()
         box["out"] = fn()

@@ -1,7 +1,7 @@
 """Bit-identity promises checked on every CPU code path this machine can be made to take.
 
 A property measured on one CPU passed CI while it was false on another (SPACE's "bit-identical for any
-worker count" on AMD EPYC; see ``linalg._ssn``). The libraries pick their kernels once, at load time,
+worker count" on AMD EPYC; see ``linalg.ssn._ssn``). The libraries pick their kernels once, at load time,
 from the CPU and a few environment variables, so each forced path runs ``determinism_probe.py`` in a
 subprocess of its own: ATen's SIMD level (``ATEN_CPU_CAPABILITY``), MKL's instruction set
 (``MKL_ENABLE_INSTRUCTIONS=AVX2`` is the path MKL gives AMD processors), MKL's reproducibility branch
@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from erasekit import linalg
+from erasekit.linalg import ssn
 
 PROBE = Path(__file__).with_name("determinism_probe.py")
 
@@ -73,7 +74,7 @@ def test_pinned_worker_thread_computes_what_the_caller_computes():
         box = {}
 
         def worker():
-            linalg._pinned_worker()
+            ssn._pinned_worker()
             box["threads"] = torch.get_num_threads()
             box["out"] = a @ b
 
@@ -91,13 +92,13 @@ def test_ssn_restores_the_callers_thread_count_and_runs_off_the_calling_thread(m
     W0 = 0.02 * torch.randn(20, 16, generator=g, dtype=torch.float64)
     gf = linalg.gram_factor(*(torch.randn(16, n, generator=g, dtype=torch.float64) for n in (2, 2, 4)), gamma=0.5)
     seen = []
-    real = linalg._ssn_rows
+    real = ssn._ssn_rows
 
     def spy(*a, **k):
         seen.append(threading.current_thread().name)
         return real(*a, **k)
 
-    monkeypatch.setattr(linalg, "_ssn_rows", spy)
+    monkeypatch.setattr(ssn, "_ssn_rows", spy)
     before = torch.get_num_threads()
     for workers in (1, 3):
         linalg.space_solve(W0, gf, 1e-3, chunk_rows=4, workers=workers)

@@ -21,9 +21,9 @@ def _env(tmp_path, **extra) -> dict:
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_device_script_runs_every_benchmark_on_cpu(tmp_path):
-    # the old module as a file: the path a device machine without the git history takes
-    baseline = tmp_path / "linalg_before.py"
-    baseline.write_text((REPO / "src" / "erasekit" / "linalg.py").read_text())
+    # the old package as a folder: the path a device machine without the git history takes
+    baseline = tmp_path / "linalg_before"
+    shutil.copytree(REPO / "src" / "erasekit" / "linalg", baseline)
     out = tmp_path / "out"
     done = subprocess.run(["bash", str(SCRIPT), str(out)], env=_env(tmp_path, DEVICE="cpu", QUICK="1", FAMILIES="sd15", BASELINE=str(baseline)),
                           capture_output=True, text=True, timeout=900)

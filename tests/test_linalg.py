@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from erasekit import linalg
+from erasekit.linalg import lam_search, ssn, uce
 
 F64 = torch.float64
 
@@ -60,7 +61,7 @@ def test_uce_equals_dense_formula(d_in, n_e, n_p, duplicate):
     assert Bf.shape == (W0.shape[0], gf.rank) and Af.shape == (gf.rank, d_in)
     assert rel(W0 + Bf @ Af, dense_uce(W0, gf)) < 1e-10
     # the constant f(W_uce) used by the SPACE certificate equals the objective evaluated directly
-    A, c0 = linalg._uce_rows(W0, gf)
+    A, c0 = uce._uce_rows(W0, gf)
     assert c0.sum().item() == pytest.approx(linalg.space_objective(A, W0, gf, 0.0), rel=1e-10)
 
 
@@ -118,7 +119,7 @@ def test_active_set_newton_form_matches_the_r_dimensional_solve():
     mask = torch.rand(7, 30, generator=g) < 0.2
     mask[0] = False  # empty active set
     grad = torch.randn(7, 12, generator=g, dtype=F64)
-    got = linalg._active_solve(Fpad, mask, mask.sum(1), grad, 0.3)
+    got = ssn._active_solve(Fpad, mask, mask.sum(1), grad, 0.3)
     for i in range(7):
         FA = F[mask[i]]
         want = torch.linalg.solve(0.3 * torch.eye(12, dtype=F64) + FA.T @ FA, grad[i])
@@ -129,8 +130,8 @@ def test_space_rows_agree_with_lasso_when_columns_outnumber_d_in(monkeypatch):
     """n ≥ d_in (token='all', many templates): r = d_in and the active sets are small, so SSN
     takes the |A|-dimensional Newton form; its rows must still be the Lasso solutions."""
     calls = []
-    real = linalg._active_solve
-    monkeypatch.setattr(linalg, "_active_solve", lambda *a: calls.append(1) or real(*a))
+    real = ssn._active_solve
+    monkeypatch.setattr(ssn, "_active_solve", lambda *a: calls.append(1) or real(*a))
     W0, C_E, C_G, C_P = make_problem(d_out=5, d_in=16, n_e=10, n_p=30, scale=1.0, seed=4)
     gf = linalg.gram_factor(C_E, C_G, C_P, gamma=0.5)
     assert gf.rank == 16
@@ -164,8 +165,8 @@ def test_ssn_and_fista_agree_and_certificate_bounds_true_gap():
 
 def _iterate_dtypes(monkeypatch) -> set:
     """Record the dtype of every SSN line search (the dtype the iterates run in)."""
-    seen, real = set(), linalg._line_search
-    monkeypatch.setattr(linalg, "_line_search", lambda st, d, *a: seen.add(d.dtype) or real(st, d, *a))
+    seen, real = set(), ssn._line_search
+    monkeypatch.setattr(ssn, "_line_search", lambda st, d, *a: seen.add(d.dtype) or real(st, d, *a))
     return seen
 
 
@@ -180,7 +181,7 @@ def test_float32_iterates_are_certified_in_float64(tol, monkeypatch):
     seen = _iterate_dtypes(monkeypatch)
     f32 = linalg.space_solve(W0, gf, lam, tol=tol)
     assert seen == {torch.float32}
-    monkeypatch.setattr(linalg, "_F32_ITERATE_TOL", math.inf)
+    monkeypatch.setattr(ssn, "_F32_ITERATE_TOL", math.inf)
     seen.clear()
     f64 = linalg.space_solve(W0, gf, lam, tol=tol)
     assert seen == {F64}
@@ -199,7 +200,7 @@ def test_rows_that_float32_cannot_certify_are_finished_in_float64(monkeypatch):
     W0, C_E, C_G, C_P = make_problem(d_out=32, d_in=64, n_e=4, n_p=12, seed=2)
     gf = linalg.gram_factor(C_E, C_G, C_P)
     ref = linalg.space_solve(W0, gf, 0.02, tol=1e-14)
-    monkeypatch.setattr(linalg, "_F32_ITERATE_TOL", 0.0)  # float32 iterates even at tol 1e-13
+    monkeypatch.setattr(ssn, "_F32_ITERATE_TOL", 0.0)  # float32 iterates even at tol 1e-13
     seen = _iterate_dtypes(monkeypatch)
     res = linalg.space_solve(W0, gf, 0.02, tol=1e-13)
     assert seen == {torch.float32, F64}
@@ -214,10 +215,10 @@ def test_cold_starts_take_diagonal_steps_first_and_reach_the_same_optimum(monkey
     W0, C_E, C_G, C_P = make_problem(d_out=48, d_in=80, n_e=4, n_p=16, seed=9)
     gf = linalg.gram_factor(C_E, C_G, C_P)
     ref = linalg.space_solve(W0, gf, 0.015, tol=1e-14)
-    steps, real = [], linalg._ssn_rows
-    monkeypatch.setattr(linalg, "_ssn_rows", lambda *a, **k: steps.append(k.get("first_order_steps", 0)) or real(*a, **k))
+    steps, real = [], ssn._ssn_rows
+    monkeypatch.setattr(ssn, "_ssn_rows", lambda *a, **k: steps.append(k.get("first_order_steps", 0)) or real(*a, **k))
     cold = linalg.space_solve(W0, gf, 0.015, tol=1e-10)
-    assert steps and set(steps) == {linalg._FIRST_ORDER_STEPS} and linalg._FIRST_ORDER_STEPS > 0
+    assert steps and set(steps) == {ssn._FIRST_ORDER_STEPS} and ssn._FIRST_ORDER_STEPS > 0
     steps.clear()
     warm = linalg.space_solve(W0, gf, 0.015, tol=1e-10, y0=ref.y)
     assert set(steps) == {0}
@@ -300,8 +301,8 @@ def test_per_layer_target_sparsity_recovers_from_an_unrepresentative_sample(monk
     search; the search then continues on every row, and the layer still lands on the target."""
     W0, C_E, C_G, C_P = make_problem(d_out=200, d_in=64, n_e=4, n_p=12, seed=8)
     gf = linalg.gram_factor(C_E, C_G, C_P)
-    searches, real = [], linalg._lam_search
-    monkeypatch.setattr(linalg, "_lam_search", lambda S, *a, **k: searches.append(S.shape[0]) or real(S, *a, **k))
+    searches, real = [], lam_search._lam_search
+    monkeypatch.setattr(lam_search, "_lam_search", lambda S, *a, **k: searches.append(S.shape[0]) or real(S, *a, **k))
     res, _ = linalg.space_solve_sparsity(W0, gf, 0.85, sample_rows=64)
     assert searches == [64] and abs(res.sparsity - 0.85) <= 0.005  # a fair sample: one search
     pick = torch.linspace(0, 199, 64).round().long().unique()  # the rows a sample of 64 takes

@@ -5,9 +5,10 @@ import torch
 
 import erasekit
 from erasekit import ConceptSet
+from erasekit.linalg.mace import cfr_operator, closed_form, fusion_operator
 from erasekit.methods import _finetune as ft
 from erasekit.methods.esd import esd_target, resolve, trainable_modules
-from erasekit.methods.mace import MACE, MACEConfig, cfr_operator, closed_form, fuse, fusion_operator, matching_indices
+from erasekit.methods.mace import MACE, MACEConfig, fuse, matching_indices
 from erasekit.models.adapter import PipelineAdapter
 
 F64 = torch.float64

@@ -31,20 +31,9 @@ import numpy as np
 from .._atomic import write_bytes_atomic
 from ..concepts import TEMPLATES, ConceptSet
 from ..errors import ConceptError
+from ..prompts import GENERAL_PROMPTS
 
 KINDS = ("target", "paraphrase", "adversarial", "retain", "general")
-
-# Unrelated everyday prompts for the `general` suite of real models (drift on what the edit must not touch).
-GENERAL_PROMPTS = (
-    "a photo of a bicycle leaning against a brick wall",
-    "a bowl of fresh fruit on a wooden table",
-    "a mountain lake at sunrise",
-    "a cat sleeping on a sofa",
-    "a city street in the rain at night",
-    "a red sailboat on the open sea",
-    "a plate of pasta with tomato sauce",
-    "a snowy forest path",
-)
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,16 @@ normalised per prompt, then multiplied by ``prior_count``: the code's COCO cache
 *unnormalised* sum over the 616,767 COCO-2014 captions, and its scales are tuned to that) plus
 ``preserve_weight`` × Σ c cᵀ of the ConceptSet's preserved prompts (the code's domain cache).
 With λ = 0 and a rank-deficient normal matrix the closed form is read as its λ → 0⁺ limit
-(R M⁺ + W_ref (I − M M⁺)), so directions no prompt reaches keep W_ref.
+(R M⁺ + W_ref (I − M M⁺)), so directions no prompt reaches keep W_ref. The closed forms, as
+operators shared by every layer, are :mod:`erasekit.linalg.mace` (eqs. 16–20); the attention
+probe of stage 2 is :class:`erasekit.models.capture.AttentionProbe`.
 
 Left out: the GPT prompt augmentation (``use_gpt``) and prior-preservation images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -52,6 +55,9 @@ import torch.nn.functional as F
 from ..concepts import _fill
 from ..edit import LayerEdit
 from ..errors import MethodError
+from ..linalg.mace import cfr_operator, fusion_factors, fusion_operator, rank_factor
+from ..models.capture import AttentionProbe, attention_grid
+from ..prompts import GENERAL_PROMPTS
 from . import _closed_form as cf
 from . import _finetune as ft
 from .base import Method, MethodConfig, help_field, register_method
@@ -172,67 +178,6 @@ class MACEConfig(MethodConfig):
         )
 
 
-# ------------------------------------------------------------------ closed forms
-class NormalSolver:
-    """Applies M⁻¹ for M = λI + X Xᵀ + s G Gᵀ (d_in, d_in), or M⁺ in the λ → 0⁺ limit when M is singular."""
-
-    def __init__(self, M: torch.Tensor, lamb: float):
-        self.M = M.to(F64)
-        d = M.shape[0]
-        lam, Q = torch.linalg.eigh((self.M + self.M.T) / 2)
-        tol = max(float(lam.abs().max()), 1e-300) * d * torch.finfo(F64).eps * 16
-        keep = lam > tol
-        self.Q, self.inv = Q[:, keep], 1.0 / lam[keep]
-        self.full_rank = bool(keep.all())
-        if lamb > 0 and not self.full_rank:
-            raise MethodError("the closed form's normal matrix is singular although lambda > 0 (non-finite embeddings?)")
-
-    def right(self, R: torch.Tensor) -> torch.Tensor:
-        """R M⁺ (R M⁻¹ when M is invertible); R (·, d_in)."""
-        return ((R.to(F64) @ self.Q) * self.inv) @ self.Q.T
-
-    def null_projector(self) -> torch.Tensor:
-        """I − M M⁺ (zero when M is invertible)."""
-        return torch.eye(self.M.shape[0], dtype=F64) - self.Q @ self.Q.T
-
-
-def normal_matrix(X: torch.Tensor, G: torch.Tensor, s: float, lamb: float) -> torch.Tensor:
-    """M = λ I + X Xᵀ + s G Gᵀ  (d_in, d_in)."""
-    d = X.shape[0]
-    return lamb * torch.eye(d, dtype=F64) + X.to(F64) @ X.to(F64).T + s * (G.to(F64) @ G.to(F64).T)
-
-
-def closed_form(W_ref: torch.Tensor, V: torch.Tensor, X: torch.Tensor, G: torch.Tensor, W_p: torch.Tensor, s: float, lamb: float) -> torch.Tensor:
-    """argmin_W λ‖W − W_ref‖² + ‖W X − V‖² + s‖(W − W_p) G‖²  (closed_form_refinement in src/cfr_utils.py).
-
-    W_ref, W_p (d_out, d_in); V (d_out, n); X (d_in, n); G (d_in, m). λ = 0 with singular M: the λ → 0⁺ limit.
-    """
-    solver = NormalSolver(normal_matrix(X, G, s, lamb), lamb)
-    R = lamb * W_ref.to(F64) + V.to(F64) @ X.to(F64).T + s * (W_p.to(F64) @ G.to(F64)) @ G.to(F64).T  # (d_out, d_in)
-    return solver.right(R) + W_ref.to(F64) @ solver.null_projector()
-
-
-def cfr_operator(C_old: torch.Tensor, C_map: torch.Tensor, G: torch.Tensor, s: float, lamb: float) -> tuple[torch.Tensor, NormalSolver]:
-    """E_c (d_in, d_in) with W_cfr = W0 (I + E_c) for every layer: E_c = (C_map − C_old) C_oldᵀ M_c⁺.
-
-    (λ W0 + W0 C_map C_oldᵀ + s W0 G Gᵀ) M_c⁺ + W0 (I − M_c M_c⁺) = W0 + W0 (C_map − C_old) C_oldᵀ M_c⁺, because
-    the rows of C_old C_oldᵀ lie in the range of M_c. Shared by all layers: the embeddings are.
-    """
-    solver = NormalSolver(normal_matrix(C_old, G, s, lamb), lamb)
-    return solver.right(((C_map - C_old).to(F64) @ C_old.to(F64).T)), solver
-
-
-def fusion_operator(E_c: torch.Tensor, X: torch.Tensor, G: torch.Tensor, s: float, lamb: float) -> tuple[torch.Tensor, NormalSolver]:
-    """E_f (d_in, d_in) and M_f's solver: the fused weight is W0 (I + E_f) + Σ_i B_i A_i X_i X_iᵀ M_f⁺.
-
-    closed_form(W_cfr, [(W_cfr + Δ_i) X_i], X, G, W0; s, λ) − W0
-      = W0 E_c [(λI + X Xᵀ) M_f⁺ + I − M_f M_f⁺] + Σ_i Δ_i X_i X_iᵀ M_f⁺      (M_f = λI + X Xᵀ + s G Gᵀ).
-    """
-    solver = NormalSolver(normal_matrix(X, G, s, lamb), lamb)
-    K = lamb * torch.eye(X.shape[0], dtype=F64) + X.to(F64) @ X.to(F64).T
-    return E_c.to(F64) @ (solver.right(K) + solver.null_projector()), solver
-
-
 # ----------------------------------------------------------------------- tokens
 def matching_indices(old: list[int], new: list[int], length: int) -> tuple[list[int], list[int]]:
     """Aligned positions of the tokens two prompts share, then padding (find_matching_indices + prepare_k_v)."""
@@ -262,39 +207,7 @@ def concept_positions(tokenizer, prompt: str, concept: str, use_pooler: bool) ->
     return sorted(set(words)), sorted(set(words) | set(eos))
 
 
-# -------------------------------------------------------------- attention probe
-class AttentionProbe:
-    """Forward hooks on each cross-attention block's to_q / to_k that pass softmax(q kᵀ · scale) (b, heads, N, L) to ``sink``."""
-
-    def __init__(self, unet, blocks: list[str], sink):
-        self.unet, self.blocks, self.sink = unet, blocks, sink
-        self._q: dict[str, torch.Tensor] = {}
-
-    def hooks(self) -> list[tuple[str, object]]:
-        out = []
-        for b in self.blocks:
-            attn = self.unet.get_submodule(b)
-
-            def on_q(module, args, q, b=b):
-                self._q[b] = q
-
-            def on_k(module, args, k, b=b, attn=attn):
-                q = self._q.pop(b)
-                B, N, _ = q.shape
-                h = attn.heads
-                qh = q.view(B, N, h, -1).transpose(1, 2)  # (B, h, N, dh)
-                kh = k.view(B, k.shape[1], h, -1).transpose(1, 2)  # (B, h, L, dh)
-                self.sink(b, torch.softmax((qh @ kh.transpose(-1, -2)) * attn.scale, dim=-1))  # (B, h, N, L)
-
-            out += [(f"{b}.to_q", on_q), (f"{b}.to_k", on_k)]
-        return out
-
-
-def _grid(N: int, H: int, W: int) -> tuple[int, int]:
-    h = round(math.sqrt(N * H / W))
-    return h, N // h
-
-
+# ------------------------------------------------------------- attention masks
 @torch.no_grad()
 def attention_masks(adapter, blocks, prompt: str, words: list[int], config: MACEConfig, threshold: float, seed: int):
     """(x0 (n, c, H, W), masks (n, H, W) bool): images of the concept by the unedited model, and where its tokens attend.
@@ -309,12 +222,11 @@ def attention_masks(adapter, blocks, prompt: str, words: list[int], config: MACE
     def sink(block, P):
         P = P[P.shape[0] // 2 :] if config.image_guidance > 1 else P  # conditional half under CFG
         m = P[..., words].sum(-1).mean(1).float()  # (n, N)
-        h, w = _grid(m.shape[1], H, W)
+        h, w = attention_grid(m.shape[1], H, W)
         up = F.interpolate(m.view(-1, 1, h, w), size=(H, W), mode="bilinear", align_corners=False)[:, 0]
         acc["sum"] = up if "sum" not in acc else acc["sum"] + up
 
-    probe = AttentionProbe(adapter.unet, blocks, sink)
-    with ft.attached(adapter.unet, {}, probe.hooks()):
+    with AttentionProbe(adapter.unet, blocks, sink):
         pool = ft.trajectory_pool(adapter, [prompt], n_latents=config.n_images, steps=config.image_steps,
                                   guidance=config.image_guidance, seed=seed)
     a = acc["sum"]
@@ -364,7 +276,8 @@ class MACE(Method):
             prompts.append(([_fill(t, c) for t in tpl], [_fill(t, g) for t in tpl]))
         G, prior_stats = self._prior(adapter, concepts, config, opt, progress)  # (d_in, m)
         C_old, C_map = self._cfr_columns(adapter, prompts)  # stage 1 columns, shared by every layer
-        E_c, _ = cfr_operator(C_old, C_map, G, opt["s_train"] ** 2, opt["lamb"])
+        with _method_errors():
+            E_c, _ = cfr_operator(C_old, C_map, G, opt["s_train"] ** 2, opt["lamb"])  # eq. (18) of erasekit.linalg.mace
         Xs = [adapter.encode(cps).embeds.reshape(-1, adapter.d_in).T.contiguous() for cps, _ in prompts]  # (d_in, n_i): every position
         return Plan(names, guides, prompts, opt, G, E_c, Xs, int(C_old.shape[1]), prior_stats)
 
@@ -379,8 +292,6 @@ class MACE(Method):
             if source == "auto":
                 source = "tinyworld" if cf._is_tinyworld(adapter) else "general-suite"
             if source == "general-suite":
-                from ..evaluate.suites import GENERAL_PROMPTS
-
                 prompts = list(GENERAL_PROMPTS)
             else:
                 prompts = pr.general_prompts(source, sha256=config.prior_sha256, limit=config.prior_limit if source == "tinyworld" else None)
@@ -438,7 +349,7 @@ class MACE(Method):
 
         def sink(block, P):  # (1, h, N, L)
             m = state["mask"]
-            h, w = _grid(P.shape[2], H, H)
+            h, w = attention_grid(P.shape[2], H, H)
             inside = F.interpolate(m.view(1, 1, H, H).float(), size=(h, w), mode="nearest").view(-1) > 0.5
             terms.append(P[0][:, inside][:, :, state["pos"]].norm())
 
@@ -480,19 +391,16 @@ class Plan:
 
 
 def fuse(adapter, plan: Plan, loras: list[dict], storage: str = "auto", progress: bool = False) -> list[LayerEdit]:
-    """Stage 3: closed_form(W_cfr, [(W_cfr + Δ_i) X_i], X, G, W0; fuse_preserve_scale, λ) per layer, via the shared operators."""
+    """Stage 3: closed_form(W_cfr, [(W_cfr + Δ_i) X_i], X, G, W0; fuse_preserve_scale, λ) per layer, via the shared
+    operators (eqs. 19–20 of :mod:`erasekit.linalg.mace`)."""
     X = torch.cat(plan.Xs, dim=1)
-    E_f, solver_f = fusion_operator(plan.E_c, X, plan.G, plan.opt["s_fuse"], plan.opt["lamb"])
-    P, Q = _factor(E_f)  # E_f = P Q, (d_in, r) (r, d_in)
+    with _method_errors():
+        E_f, solver_f = fusion_operator(plan.E_c, X, plan.G, plan.opt["s_fuse"], plan.opt["lamb"])  # eq. (19)
+    P, Q = rank_factor(E_f)  # E_f = P Q, (d_in, r) (r, d_in)
     proj = [solver_f.right(X_i @ X_i.T) for X_i in plan.Xs]  # X_i X_iᵀ M_f⁺ (d_in, d_in)
 
     def fit_layer(path, W0):
-        B, A = [W0.to(F64).cpu() @ P], [Q]
-        for lo, pr in zip(loras, proj):
-            Bi, Ai = lo[path]
-            B.append(Bi)
-            A.append(Ai @ pr)
-        B, A = torch.cat(B, 1), torch.cat(A, 0)  # W − W0 = B A: (d_out, r'), (r', d_in)
+        B, A = fusion_factors(W0.to(F64).cpu(), P, Q, [lo[path] for lo in loras], proj)  # W − W0 = B A, eq. (20)
         d_out, d_in = W0.shape
         r = B.shape[1]
         if storage == "lowrank" or (storage == "auto" and r * (d_out + d_in) < d_out * d_in):
@@ -502,8 +410,12 @@ def fuse(adapter, plan: Plan, loras: list[dict], storage: str = "auto", progress
     return cf.edit_layers(adapter, adapter.paths, fit_layer, "mace: fusion", progress)
 
 
-def _factor(E: torch.Tensor, rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
-    """E = P Q with P (d, r), Q (r, d), r = numerical rank (SVD; singular values below rtol·σ_max dropped)."""
-    U, S, Vh = torch.linalg.svd(E.to(F64), full_matrices=False)
-    r = int((S > (S[0] * rtol if S.numel() else 0)).sum()) if S.numel() and S[0] > 0 else 0
-    return U[:, :r] * S[:r], Vh[:r]
+@contextlib.contextmanager
+def _method_errors():
+    """The closed forms' ValueError (a singular normal matrix although λ > 0) as a MethodError."""
+    try:
+        yield
+    except MethodError:
+        raise
+    except ValueError as e:
+        raise MethodError(f"MACE: {e}") from e

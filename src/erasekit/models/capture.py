@@ -1,9 +1,16 @@
-"""Forward hooks that record cross-attention activations during denoising (for PURE).
+"""Forward hooks on a UNet's cross-attention blocks: the one hook system of the package.
 
-For every cross-attention layer the hook records the attention output *before* ``to_out``
-(heads merged, shape (B, N_spatial, d_ℓ)), mean-pooled over space, at the chosen denoising
-steps, keeping only the conditional half of the batch when classifier-free guidance is on
-(diffusers stacks [unconditional, conditional]). Hooks are always removed, also on error.
+Two probes share it (hooks registered on entry, always removed on exit, also on error):
+
+* :class:`CrossAttentionCapture` (PURE) records cross-attention activations during denoising;
+* :class:`AttentionProbe` (MACE) passes each block's attention probabilities to a callback; its
+  (module path, hook) pairs can also be registered by whoever must order them after other hooks
+  (MACE's LoRA training registers them after its LoRA carriers, so the probe sees the edited keys).
+
+:class:`CrossAttentionCapture`: for every cross-attention layer the hook records the attention
+output *before* ``to_out`` (heads merged, shape (B, N_spatial, d_ℓ)), mean-pooled over space, at
+the chosen denoising steps, keeping only the conditional half of the batch when classifier-free
+guidance is on (diffusers stacks [unconditional, conditional]).
 
 With ``paired=True`` every recorded UNet call is followed by a *twin* call on the same latents
 x_t and timestep with a neutral conditioning (``cap.neutral``), whose activations go to
@@ -13,14 +20,30 @@ centring: concept activation minus neutral activation on the same x_t).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
 
-class CrossAttentionCapture:
-    """Context manager: ``with CrossAttentionCapture(unet, layers, cfg=True) as cap: pipe(...)``; then ``cap.stacked()``.
+class _Hooks:
+    """The handles of the hooks a probe registered; removed on exit (also on error) or by :meth:`remove`."""
+
+    _handles: list
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+class CrossAttentionCapture(_Hooks):
+    """Context manager: ``with CrossAttentionCapture(unet, layers, cfg=True) as cap: pipe(...)``; then
+    ``cap.stacked()``.
 
     Args:
         unet: the pipeline's UNet.
@@ -29,7 +52,8 @@ class CrossAttentionCapture:
         cfg: True when the pipeline runs with classifier-free guidance (keep the second half of the batch).
     """
 
-    def __init__(self, unet, layers: Iterable[str], steps: Iterable[int] | None = None, cfg: bool = True, paired: bool = False):
+    def __init__(self, unet, layers: Iterable[str], steps: Iterable[int] | None = None, cfg: bool = True,
+                 paired: bool = False):
         self.unet = unet
         self.layers = list(layers)
         self.steps = None if steps is None else set(int(s) for s in steps)
@@ -55,7 +79,8 @@ class CrossAttentionCapture:
         t = args[1] if len(args) > 1 else kwargs["timestep"]
         half = sample.shape[0] // 2 if self.cfg else 0
         kw = {k: v for k, v in kwargs.items() if k not in ("sample", "timestep", "encoder_hidden_states")}
-        if isinstance(kw.get("added_cond_kwargs"), dict):  # SDXL: keep the conditional half (pooled text of the forget prompt)
+        # SDXL: keep the conditional half (pooled text of the forget prompt)
+        if isinstance(kw.get("added_cond_kwargs"), dict):
             kw["added_cond_kwargs"] = {k: v[half:] for k, v in kw["added_cond_kwargs"].items()}
         if torch.is_tensor(t) and t.ndim and t.shape[0] == sample.shape[0]:
             t = t[half:]
@@ -93,14 +118,6 @@ class CrossAttentionCapture:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
     def stacked(self) -> dict[str, torch.Tensor]:
         """layer -> H (rows, d_ℓ): one row per (prompt, latent, recorded step)."""
         return {k: torch.cat(v) for k, v in self.records.items()}
@@ -108,3 +125,52 @@ class CrossAttentionCapture:
     def twin_stacked(self) -> dict[str, torch.Tensor]:
         """layer -> H_N (rows, d_ℓ) of the paired neutral twins, row-aligned with :meth:`stacked`."""
         return {k: torch.cat(v) for k, v in self.twin_records.items()}
+
+
+class AttentionProbe(_Hooks):
+    """Forward hooks on each cross-attention block's to_q / to_k that pass softmax(q kᵀ · scale) (b, heads, N, L)
+    to ``sink``.
+
+    ``with AttentionProbe(unet, blocks, sink): ...`` registers them; :meth:`hooks` gives the (module path,
+    forward hook) pairs for a caller that registers them itself (``_finetune.attached``'s ``extra_hooks``).
+    ``sink(block, P)`` is called once per block and UNet call, with P (B, heads, N_spatial, L_tokens).
+    """
+
+    def __init__(self, unet, blocks: list[str], sink: Callable[[str, torch.Tensor], None]):
+        self.unet, self.blocks, self.sink = unet, blocks, sink
+        self._q: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        out = []
+        for b in self.blocks:
+            attn = self.unet.get_submodule(b)
+
+            def on_q(module, args, q, b=b):
+                self._q[b] = q
+
+            def on_k(module, args, k, b=b, attn=attn):
+                q = self._q.pop(b)
+                B, N, _ = q.shape
+                h = attn.heads
+                qh = q.view(B, N, h, -1).transpose(1, 2)  # (B, h, N, dh)
+                kh = k.view(B, k.shape[1], h, -1).transpose(1, 2)  # (B, h, L, dh)
+                self.sink(b, torch.softmax((qh @ kh.transpose(-1, -2)) * attn.scale, dim=-1))  # (B, h, N, L)
+
+            out += [(f"{b}.to_q", on_q), (f"{b}.to_k", on_k)]
+        return out
+
+    def __enter__(self) -> "AttentionProbe":
+        try:
+            for path, hook in self.hooks():
+                self._handles.append(self.unet.get_submodule(path).register_forward_hook(hook))
+        except Exception:
+            self.remove()
+            raise
+        return self
+
+
+def attention_grid(N: int, H: int, W: int) -> tuple[int, int]:
+    """(h, w) of the spatial grid behind N attention queries of a latent H × W (h · w = N, aspect H : W)."""
+    h = round(math.sqrt(N * H / W))
+    return h, N // h
