@@ -12,7 +12,7 @@ Per method, each phase is timed (wall clock) and its peak resident memory record
   save      Edit.save (safetensors, atomic)
   load_edit Edit.load + check_compatible: the strict load, fingerprints of every edited layer included
   apply     Edit.apply
-  export    the LoRA-free single-file export is SD 1.x only (models/ldm_export); skipped otherwise
+  export    the single-file export of the edited pipeline (export/single_file), SD 1.5 only here; skipped otherwise
   revert    Edit.revert, then a bit-exact check of every edited layer against a hash taken before
 
 Closed-form methods (uce, space) run at full size and get a separate "encode" phase (their column
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             edit.apply(pipe)
         record(method, "apply", time.perf_counter() - t0)
         if args.family == "sd15" and method == methods[0]:
-            from erasekit.models.ldm_export import export_single_file
+            from erasekit.export.single_file import export_single_file
 
             t0 = time.perf_counter()
             with sampler.phase():

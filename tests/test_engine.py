@@ -1,5 +1,7 @@
 """The shared property matrix: every method × every pipeline family (SD1-, SD2-, SDXL-like)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -196,7 +198,85 @@ def test_templates_add_columns_and_change_the_edit(pipe):
 def test_registry_lists_builtin_methods():
     methods = erasekit.list_methods()
     assert {"uce", "space", "pure", "ace", "rece", "speed", "cure"} <= set(methods) and all(methods.values())
-    assert set(_REGISTRY) == set(methods)
+    for name in methods:  # every listed method is the registered class of that name, with its own config class
+        m = erasekit.get_method(name)
+        assert m.name == name and type(m) is _REGISTRY[name] and dataclasses.is_dataclass(m.config_class)
+    with pytest.raises(erasekit.MethodError, match="unknown method"):
+        erasekit.get_method("no-such-method")
+
+
+# ------------------------------------------------------------------ edit files: structure, not the registry
+def _unet_bytes(pipe) -> dict:
+    return {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_unknown_config_key_loads_with_a_warning_and_is_kept(pipe, tmp_path):
+    """An option renamed since the file was written: the file still loads (warning naming the key), keeps the key
+    as written, and applies exactly as the original."""
+    from erasekit.edit import Edit
+    from erasekit.errors import UncheckedConfigWarning
+
+    edit = _fit(pipe, "uce")
+    base = _unet_bytes(pipe)
+    edit.apply(pipe)
+    want = _unet_bytes(pipe)
+    edit.revert(pipe)
+    renamed = Edit(edit.method, {**edit.config, "erase_strength_v0": 0.5}, edit.concepts, edit.base,
+                   edit.layers.values(), edit.fingerprints, edit.stats)
+    path = renamed.save(tmp_path / "old.safetensors")
+    with pytest.warns(UncheckedConfigWarning, match="erase_strength_v0"):
+        loaded = erasekit.load_edit(path, pipe)
+    assert loaded.config["erase_strength_v0"] == 0.5 and loaded.config == renamed.config
+    assert _same(_unet_bytes(pipe), want)
+    loaded.revert(pipe)
+    assert _same(_unet_bytes(pipe), base)
+
+
+def test_an_unregistered_methods_edit_loads_and_applies(pipe, tmp_path):
+    """A plugin method's edit, read where the plugin is not installed: loads (warning), applies, reverts."""
+    from erasekit.edit import Edit
+    from erasekit.errors import UncheckedConfigWarning
+
+    edit = _fit(pipe, "uce", storage="lowrank")
+    base = _unet_bytes(pipe)
+    edit.apply(pipe)
+    want = _unet_bytes(pipe)
+    edit.revert(pipe)
+    plugin = Edit("my-plugin-method", {"strength": 2, "nested": {"a": [1, 2]}}, edit.concepts, edit.base,
+                  edit.layers.values(), edit.fingerprints, {"note": "written by a plugin"})
+    assert "my-plugin-method" not in erasekit.list_methods()
+    path = plugin.save(tmp_path / "plugin.safetensors")
+    with pytest.warns(UncheckedConfigWarning, match="'my-plugin-method' is not registered"):
+        loaded = erasekit.load_edit(path, pipe)
+    assert loaded.method == "my-plugin-method" and loaded.config == plugin.config
+    assert _same(_unet_bytes(pipe), want)
+    loaded.revert(pipe)
+    assert _same(_unet_bytes(pipe), base)
+
+
+def test_applied_records_are_keyed_by_the_edits_contents(pipe, tmp_path):
+    """The same edit loaded twice is one edit: the copy is refused as already applied (even with stack=True) and can
+    revert the original; a different edit is a different record."""
+    from erasekit.edit import Edit
+
+    edit = _fit(pipe, "uce", storage="lowrank")
+    path = edit.save(tmp_path / "e.safetensors")
+    copy = Edit.load(path)
+    assert copy is not edit and copy.digest == edit.digest
+    other = _fit(pipe, "uce", storage="lowrank", erase_scale=0.5)
+    assert other.digest != edit.digest
+    base = _unet_bytes(pipe)
+    edit.apply(pipe)
+    with pytest.raises(erasekit.EditFileError, match="already applied"):
+        copy.apply(pipe, stack=True)
+    with pytest.raises(erasekit.EditFileError, match="not applied"):
+        other.revert(pipe)
+    copy.revert(pipe)  # the same contents: it reverts the original's record
+    assert _same(_unet_bytes(pipe), base) and Edit.applied(pipe) == []
 
 
 def test_gram_statistics_are_shared_not_recomputed(pipe, monkeypatch):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import erasekit
 from erasekit.edit import LayerEdit
 from erasekit.errors import EditFileError
-from erasekit.export import ExportError, export
+from erasekit.export import ExportError, ExportFormat, export, get_format, list_formats, register_format
 from erasekit.export.ldm_names import UNET_PREFIX, unet_to_ldm
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -201,7 +201,9 @@ def test_refusals_write_nothing(tiny_pipes, edits, tmp_path):
         (lambda: export(edit, "lora", tmp_path / "x.safetensors", pipe=sdxl), EditFileError, "does not fit"),
         (lambda: export(edit, "diff", tmp_path / "x.safetensors"), ExportError, "needs its base pipeline"),
         (lambda: export(sd, "lora", tmp_path / "x.safetensors"), ExportError, "carries an edit"),
-        (lambda: export(edit, "single-file", tmp_path / "x.safetensors", pipe=sd, rank=2), ExportError, "LoRA formats only"),
+        (lambda: export(edit, "single-file", tmp_path / "x.safetensors", pipe=sd, rank=2), ExportError,
+         r"'single-file' format does not take rank \(rank is taken by lora, lora-kohya\); it accepts save_dtype, "
+         "layout"),
         (lambda: export(edit, "onnx", tmp_path / "x.safetensors", pipe=sd), ExportError, "unknown export format"),
         (lambda: export(edit, "diffusers", blocker, pipe=sd), ExportError, "existing file"),
     ]
@@ -211,6 +213,105 @@ def test_refusals_write_nothing(tiny_pipes, edits, tmp_path):
             call()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
     assert _max_diff(before, _state(sd)) == 0.0 and erasekit.Edit.applied(sd) == []
+
+
+# ------------------------------------------------------------ the format registry
+def test_every_registered_format_round_trips_or_says_it_cannot(tiny_pipes, edits, tmp_path):
+    """Each registered format writes; one with a read_back gives back an edit whose apply equals the original's
+    (to fp32 rounding), and load_edit picks that reader from the file; one without is refused by load_edit, named."""
+    sd = tiny_pipes["sd"]
+    edit = edits["sd"]["uce-dense"]
+    want = _applied_state(edit, sd)
+    scale = max(float(v.abs().max()) for v in want.values())
+    formats = list_formats()
+    assert {"single-file", "diffusers", "lora", "lora-kohya", "diff"} <= set(formats)
+    for name, fmt in formats.items():
+        assert fmt.name == name and get_format(name) is fmt
+        out = tmp_path / (name if fmt.folder else f"{name}.safetensors")
+        res = export(edit, name, out, pipe=sd)
+        assert res.path == out and res.nbytes > 0 and out.exists() and erasekit.Edit.applied(sd) == []
+        if fmt.read_back is None:
+            with pytest.raises(EditFileError, match=f"'{name}' export"):
+                erasekit.load_edit(out)
+            continue
+        for back in (fmt.read_back(out), erasekit.load_edit(out)):
+            assert back.method == edit.method and back.concepts == edit.concepts
+            assert set(back.layers) == set(edit.layers)
+            back.apply(sd)
+            try:
+                got = _state(sd)
+            finally:
+                back.revert(sd)
+            assert _max_diff(want, got) <= 8 * EPS32 * scale, name
+    assert any(f.read_back is not None for f in formats.values())
+
+
+def test_an_option_a_format_does_not_take_is_refused(tiny_pipes, edits, tmp_path):
+    sd, edit = tiny_pipes["sd"], edits["sd"]["uce-lowrank"]
+    values = {"rank": 2, "kohya_names": "diffusers", "layout": "sd1", "save_dtype": "float32"}
+    formats = list_formats()
+    every = {o for f in formats.values() for o in f.options}
+    assert every == set(values)
+    refused = 0
+    for name, fmt in formats.items():
+        for option in sorted(every - set(fmt.options)):
+            with pytest.raises(ExportError, match=f"'{name}' format does not take {option} .*it accepts "
+                                                  + ", ".join(fmt.options)):
+                export(edit, name, tmp_path / "x.safetensors", pipe=sd, **{option: values[option]})
+            refused += 1
+        with pytest.raises(ExportError, match=f"'{name}' format does not take bogus .*no format takes bogus"):
+            export(edit, name, tmp_path / "x.safetensors", pipe=sd, bogus=1)
+        export_ok = fmt.accept({o: values[o] for o in fmt.options})  # every option it lists is taken
+        assert export_ok == {o: values[o] for o in fmt.options}
+    assert refused > 0 and list(tmp_path.iterdir()) == [] and erasekit.Edit.applied(sd) == []
+
+
+def _export_parser_choices():
+    import argparse
+
+    from erasekit.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    fmt = next(a for a in sub.choices["export"]._actions if a.dest == "format")
+    return fmt.choices, fmt.default
+
+
+def test_cli_format_choices_are_the_registry():
+    choices, default = _export_parser_choices()
+    assert tuple(choices) == tuple(list_formats()) and default in choices
+
+
+def test_a_registered_format_is_a_cli_choice_and_dispatched(tiny_pipes, edits, tmp_path):
+    """A plugin format (one register_format call) is a --format choice, receives only the options it takes,
+    and is refused an option it does not."""
+    from erasekit.export import base
+    from erasekit.export._common import ExportResult
+
+    calls = []
+
+    def write(edit, pipe, path, *, progress=False, **options):
+        calls.append((edit, pipe, options))
+        Path(path).write_bytes(b"x")
+        return ExportResult(Path(path), "test-plugin", 1)
+
+    fmt = register_format(ExportFormat(name="test-plugin", kind="edit", help="a test", write=write, options=("rank",)))
+    try:
+        assert "test-plugin" in _export_parser_choices()[0]
+        edit = edits["sd"]["uce-lowrank"]
+        export(edit, "test-plugin", tmp_path / "a", rank=3, save_dtype=None)
+        assert calls == [(edit, None, {"rank": 3})]
+        with pytest.raises(ExportError, match="'test-plugin' format does not take save_dtype .*it accepts rank"):
+            export(edit, "test-plugin", tmp_path / "b", save_dtype="float16")
+        with pytest.raises(ExportError, match="already registered"):
+            register_format(ExportFormat(name="test-plugin", kind="model", help="another", write=write))
+        with pytest.raises(ExportError, match="kind must be one of"):
+            ExportFormat(name="x", kind="weights", help="h", write=write)
+        with pytest.raises(ExportError, match="distinct keyword names"):
+            ExportFormat(name="x", kind="edit", help="h", write=write, options=("path",))
+        assert register_format(fmt) is fmt  # the same format again: a no-op
+    finally:
+        base._REGISTRY.pop(fmt.name, None)
+    assert "test-plugin" not in _export_parser_choices()[0]
 
 
 def test_a_lowrank_lora_needs_no_pipeline(edits, tmp_path):
@@ -242,7 +343,8 @@ def test_cli_export_lora_and_refusals(tiny_pipes, edits, tmp_path, capsys):
 
 def _tinyworld_lora_round_trip(tmp_path):
     p = erasekit.load_pipeline("tinyworld")
-    edit = erasekit.erase(p, "uce", ["circle"], kind="object", progress=False)
+    # last-token columns: a ΔW of small numerical rank, an exact LoRA whatever the per-model defaults add
+    edit = erasekit.erase(p, "uce", ["circle"], kind="object", progress=False, token="last")
     base, want = _state(p), _applied_state(edit, p)
     for fmt in ("lora", "lora-kohya"):
         p.load_lora_weights(str(export(edit, fmt, tmp_path / f"{fmt}.safetensors", pipe=p).path))

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 import erasekit
 from erasekit.errors import EditFileError, EraseKitError, ModelError
-from erasekit.models.ldm_export import export_single_file
+from erasekit.export.single_file import export_single_file
 from erasekit.models.loading import _single_file_class
 from erasekit.models.tiny import build_tiny_pipeline
 

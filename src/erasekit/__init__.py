@@ -8,14 +8,15 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401  (a leaf module: writers import it from there)
 
 from typing import Sequence
 
 from .concepts import ConceptSet
-from .edit import Edit, LayerEdit, load_edit
+from .edit import Edit, LayerEdit
 from .errors import ConceptError, EditFileError, EraseKitError, MethodError, ModelError
 from .export import export  # the function (erasekit.export(edit, "lora", path, pipe=pipe)); formats live in erasekit/export/
+from .io import load_edit  # edit files and erasekit's LoRA exports, by their contents
 from .methods import get_method, list_methods, make_config, register_method
 from .models.adapter import PipelineAdapter
 from .models.loading import load_pipeline

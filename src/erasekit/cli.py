@@ -127,10 +127,10 @@ def _check_image_size(pipe, height: int | None, width: int | None) -> None:
 
 
 def _load_edit_file(path: str):
-    """Parse an edit file before the model load: a bad file fails in milliseconds, not after it."""
-    from .edit import Edit
+    """Parse an edit file (or an erasekit LoRA export) before the model load: a bad file fails in milliseconds."""
+    from .io import read_edit
 
-    return Edit.load(path)
+    return read_edit(path)
 
 
 # ---------------------------------------------------------------- commands
@@ -271,9 +271,7 @@ def _base_fingerprint(edit) -> str:
 
 
 def cmd_inspect(args) -> int:
-    from .edit import Edit
-
-    edit = Edit.load(args.file)
+    edit = _load_edit_file(args.file)
     if args.json:
         print(json.dumps({**edit.summary(), "base_fingerprint": _base_fingerprint(edit), "config": edit.config}, indent=2, default=str))
     else:
@@ -339,25 +337,30 @@ def cmd_demo(args) -> int:
     return 0
 
 
+EXPORT_OPTIONS = ("save_dtype", "rank", "kohya_names", "layout")  # passed on when given; the format refuses others
+
+
 def cmd_export(args) -> int:
-    from .export import ExportError, export
+    from .export import ExportError, export, get_format
     from .export._common import check_output, resolve_save_dtype
 
     _check_model_options(args)
-    if args.format not in ("single-file", "diffusers") and not args.edit:
-        raise ExportError(f"--format {args.format} writes an edit: give --edit FILE")
+    fmt = get_format(args.format)
+    options = fmt.accept({k: getattr(args, k) for k in EXPORT_OPTIONS})  # refused before the (slow) model load
+    if fmt.kind == "edit" and not args.edit:
+        raise ExportError(f"--format {fmt.name} writes an edit: give --edit FILE")
     if args.rank is not None and args.rank < 1:
         raise ExportError(f"--rank must be >= 1, got {args.rank}")
     resolve_save_dtype(args.save_dtype)
-    check_output(args.out, folder=args.format == "diffusers")  # before the (slow) model load
+    check_output(args.out, folder=fmt.folder)
     edit = _load_edit_file(args.edit) if args.edit else None  # parsed before the model load
     pipe = _load(args)
     if edit is not None:
         edit.check_compatible(pipe)  # strict: the base weights this edit was made for
     t0 = time.perf_counter()
-    res = export(edit if edit is not None else pipe, args.format, args.out, pipe=pipe if edit is not None else None, rank=args.rank,
-                 save_dtype=args.save_dtype, kohya_names=args.kohya_names, layout=args.layout, progress=True)
-    baked = f"; {edit!r} baked in" if edit is not None and args.format in ("single-file", "diffusers") else ""
+    res = export(edit if edit is not None else pipe, fmt.name, args.out, pipe=pipe if edit is not None else None,
+                 progress=True, **options)
+    baked = f"; {edit!r} baked in" if edit is not None and fmt.kind == "model" else ""
     _info(f"{res.describe()}{baked} in {time.perf_counter() - t0:.1f}s")
     return 0
 
@@ -583,21 +586,30 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_common(b)
     b.set_defaults(func=cmd_bench)
 
+    from .export import list_formats
+
+    formats = list_formats()
+
+    def takers(option: str) -> str:
+        return " / ".join(n for n, f in formats.items() if option in f.options)
+
     x = sub.add_parser("export", help="write the edit where people run models: LoRA (diffusers / kohya), .diff, a merged diffusers folder, "
                        "or an A1111 / ComfyUI single file (SD 1.x / 2.x / XL)")
     _add_model_options(x)
-    x.add_argument("--edit", default=None, help="edit file (checked strictly against the model first); required except for single-file / diffusers")
-    x.add_argument("--format", default="single-file", choices=("single-file", "diffusers", "lora", "lora-kohya", "diff"),
-                   help="single-file (default; whole model, edit baked in), diffusers (merged folder), lora (PEFT keys, "
-                        "pipe.load_lora_weights), lora-kohya (A1111 / ComfyUI), diff (full ΔW, kohya .diff)")
-    x.add_argument("--out", required=True, help="file to write (.safetensors); a new folder for --format diffusers")
-    x.add_argument("--rank", type=int, default=None, help="LoRA formats: largest rank; sparse / dense edits of higher numerical "
-                   "rank get a truncated-SVD LoRA (relative error reported and stored)")
+    x.add_argument("--edit", default=None, help="edit file (checked strictly against the model first); required for "
+                   + " / ".join(n for n, f in formats.items() if f.kind == "edit"))
+    x.add_argument("--format", default="single-file", choices=tuple(formats),
+                   help="; ".join(f"{n}: {f.help}" for n, f in formats.items()) + " (default: single-file)")
+    x.add_argument("--out", required=True, help="file to write (.safetensors); a new folder for "
+                   + " / ".join(f"--format {n}" for n, f in formats.items() if f.folder))
+    x.add_argument("--rank", type=int, default=None, help=f"{takers('rank')}: largest rank; sparse / dense edits of "
+                   "higher numerical rank get a truncated-SVD LoRA (relative error reported and stored)")
     x.add_argument("--save-dtype", default=None, help="float32, float16 or bfloat16 for the written tensors (default: float32 for "
                    "edit formats, the model's --dtype for whole models)")
-    x.add_argument("--kohya-names", default=None, choices=("diffusers", "ldm"), help="lora-kohya / diff: module-name spelling "
-                   "(default ldm for SDXL, diffusers for SD 1.x / 2.x, as kohya's trainers write them)")
-    x.add_argument("--layout", default=None, choices=("sd1", "sd2", "sdxl"), help="single-file: checkpoint layout (default: from the model)")
+    x.add_argument("--kohya-names", default=None, choices=("diffusers", "ldm"), help=f"{takers('kohya_names')}: "
+                   "module-name spelling (default ldm for SDXL, diffusers for SD 1.x / 2.x, as kohya's trainers write them)")
+    x.add_argument("--layout", default=None, choices=("sd1", "sd2", "sdxl"), help=f"{takers('layout')}: checkpoint "
+                   "layout (default: from the model)")
     x.set_defaults(func=cmd_export)
     return p
 

@@ -7,7 +7,8 @@ Per edited parameter the new value is kept as one of three storage kinds (DESIGN
   is sparse (SPACE), values fp32 + int32 indices
 * ``lowrank`` — ``<module>.weight.lora_B`` (d_out, r) and ``.lora_A`` (r, d_in): W = W0 + B A
 
-The file format and its one parser live in :mod:`erasekit.edit_format`. Applying is a
+The file format and its one parser live in :mod:`erasekit.edit_format`; :func:`erasekit.load_edit`
+(:mod:`erasekit.io`) reads edit files and erasekit's LoRA exports alike. Applying is a
 transaction: every new value is materialised in the pipeline's dtype and checked before
 anything is written, the originals are recorded, and any failure midway (Ctrl-C included)
 restores them; :meth:`Edit.revert` restores the exact original bytes.
@@ -24,24 +25,20 @@ from typing import Any, Iterable
 import torch
 
 from ._atomic import atomic_path
+from ._version import __version__
 from .edit_format import (FLOAT_DTYPES, FORMAT, FORMAT_VERSION, STORAGE_KINDS, EditMeta, Fingerprint, canonical_json,
                           content_sha256, layer_key, parse_metadata, read_edit_file, tensor_digest, thaw)
-from .errors import EditFileError
+from .errors import EditError, EditFileError
 from .models.adapter import fingerprints_match, weight_fingerprint
 
-__all__ = ["Edit", "LayerEdit", "load_edit", "FORMAT", "FORMAT_VERSION", "STORAGE_KINDS"]
+__all__ = ["Edit", "LayerEdit", "FORMAT", "FORMAT_VERSION", "STORAGE_KINDS"]
 
 _APPLIED_ATTR = "_erasekit_applied"  # list of _Record kept on the UNet, oldest first
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
+_DIGEST_DOMAIN = "erasekit.edit-content/1"  # Edit.digest: what an edit writes, whatever its metadata
 
 
 def _content_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """Digest of the tensors alone (format 1's checksum; still a stable id of an edit's contents)."""
+    """Digest of the tensors alone (evaluate/runner.py keys its cache by it; :attr:`Edit.digest` is the edit's id)."""
     return tensor_digest(tensors)
 
 
@@ -75,7 +72,7 @@ class LayerEdit:
     def csr(cls, path: str, weight: torch.Tensor, **stats) -> "LayerEdit":
         w = weight.detach().to("cpu", torch.float32)
         if w.dim() != 2:
-            raise ValueError(f"CSR storage holds a matrix, got shape {tuple(w.shape)}")
+            raise EditError(f"CSR storage holds a matrix, got shape {tuple(w.shape)}")
         nz = w != 0  # exact zeros of the solver's output are not stored
         counts = nz.sum(dim=1)
         tensors = {
@@ -90,7 +87,7 @@ class LayerEdit:
         B = lora_B.detach().to("cpu", torch.float32).contiguous()  # (d_out, r)
         A = lora_A.detach().to("cpu", torch.float32).contiguous()  # (r, d_in)
         if B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0]:
-            raise ValueError(f"low-rank factors do not chain: B {tuple(B.shape)} and A {tuple(A.shape)}")
+            raise EditError(f"low-rank factors do not chain: B {tuple(B.shape)} and A {tuple(A.shape)}")
         return cls(path, "lowrank", (B.shape[0], A.shape[1]), {"weight.lora_B": B, "weight.lora_A": A}, stats)
 
     @property
@@ -139,7 +136,7 @@ class LayerEdit:
 
 @dataclass
 class _Record:
-    edit_id: int
+    digest: str  # Edit.digest of the applied edit: the same contents, loaded twice, are the same edit
     description: str
     originals: dict[str, tuple[str, str, torch.Tensor]]  # key -> (module, param, original value on cpu)
 
@@ -180,14 +177,16 @@ class Edit:
         self.layers: dict[str, LayerEdit] = {}
         for le in layers:
             if le.key in self.layers:
-                raise ValueError(f"two entries for {le.key!r}")
+                raise EditError(f"two entries for {le.key!r}: an edit sets each parameter once")
             self.layers[le.key] = le
         self.fingerprints = {k: (v.to_json() if isinstance(v, Fingerprint) else v) for k, v in fingerprints.items()}
         self.stats = stats or {}
         self.compute_dtype = compute_dtype
+        self._digest: str | None = None
         missing = set(self.layers) - set(self.fingerprints)
         if missing:
-            raise ValueError(f"no base fingerprint for layers {sorted(missing)[:3]}")
+            raise EditError(f"no base fingerprint for layers {sorted(missing)[:3]}: pass fingerprints of the base "
+                            "weights (erasekit.models.adapter.weight_fingerprint) for every edited layer")
 
     # ---------------------------------------------------------------- summary
     @property
@@ -229,6 +228,19 @@ class Edit:
         erase = ", ".join(str(c) for c in erase) if isinstance(erase, (list, tuple)) else str(erase)
         return f"Edit(method={self.method!r}, erase=[{erase}], layers={len(self.layers)}, bytes={self.nbytes:,})"
 
+    @property
+    def digest(self) -> str:
+        """SHA-256 of what this edit writes: every layer's key, storage, shape and base fingerprint, and its tensors.
+
+        The applied-edit records on a pipeline are keyed by it, so the same edit loaded twice is recognised
+        (and a copy can revert it). Computed once: an edit's contents are not meant to change after it is built.
+        """
+        if getattr(self, "_digest", None) is None:
+            layers = {k: {"kind": le.kind, "param": le.param, "shape": list(le.shape),
+                          "fingerprint": self.fingerprints[k]} for k, le in self.layers.items()}
+            self._digest = content_sha256({"layers": layers}, self._tensors(), domain=_DIGEST_DOMAIN)
+        return self._digest
+
     # ------------------------------------------------------- apply / revert
     @staticmethod
     def _records(unet) -> list[_Record]:
@@ -257,7 +269,7 @@ class Edit:
         if unet is None or not hasattr(unet, "get_submodule"):
             raise EditFileError(f"{type(pipe).__name__} has no UNet; this edit is for a {self.base.get('pipeline', 'diffusers UNet')} pipeline")
         records = self._records(unet)
-        if any(r.edit_id == id(self) for r in records):
+        if any(r.digest == self.digest for r in records):
             raise EditFileError(f"{self!r} is already applied to this pipeline; revert it before applying it again")
         carried: dict[str, tuple[torch.Tensor, str]] = {}
         for r in records:
@@ -303,7 +315,7 @@ class Edit:
         """
         self.check_compatible(pipe, stack=stack)
         unet = pipe.unet
-        record = _Record(id(self), repr(self), {})  # the description first: nothing may fail after a write but a layer
+        record = _Record(self.digest, repr(self), {})  # description first: nothing may fail after a write but a layer
         records = getattr(unet, _APPLIED_ATTR, None)
         if records is None:
             records = []
@@ -327,10 +339,10 @@ class Edit:
     def revert(self, pipe) -> None:
         """Restore the exact original bytes of every parameter this edit changed."""
         records = self._records(getattr(pipe, "unet", None))
-        ids = [r.edit_id for r in records]
-        if id(self) not in ids:
+        ids = [r.digest for r in records]
+        if self.digest not in ids:
             raise EditFileError("this edit is not applied to this pipeline; nothing to revert")
-        if ids[-1] != id(self):
+        if ids[-1] != self.digest:
             raise EditFileError(f"another edit was applied after this one ({records[-1].description}); revert that one first")
         record = records[-1]
         for module, param, w0 in record.originals.values():
@@ -351,7 +363,7 @@ class Edit:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "erasekit_version": _version(),
+            "erasekit_version": __version__,
             "method": self.method,
             "config": self.config,
             "concepts": self.concepts,
@@ -398,24 +410,6 @@ class Edit:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Edit":
-        """Read and fully validate an edit file; raises EditFileError naming what is wrong."""
-        from .export.lora_import import is_lora_export, read_lora_export
-
-        if is_lora_export(path):  # an erasekit LoRA export (erasekit export --format lora / lora-kohya) reads back too
-            return read_lora_export(path)
+        """Read and fully validate an edit file (the format :meth:`save` writes); raises EditFileError naming what is
+        wrong. :func:`erasekit.load_edit` also reads erasekit's LoRA exports back."""
         return cls.from_parsed(*read_edit_file(path))
-
-
-def load_edit(path: str | os.PathLike, pipe=None, *, apply: bool = True, stack: bool = False) -> Edit:
-    """Load an edit file strictly; with ``pipe``, check it fits and (by default) apply it.
-
-    Nothing is changed unless every check passes; ``stack=True`` allows applying it over
-    parameters that already carry another edit.
-    """
-    edit = Edit.load(path)
-    if pipe is not None:
-        if apply:
-            edit.apply(pipe, stack=stack)
-        else:
-            edit.check_compatible(pipe, stack=stack)
-    return edit

@@ -9,7 +9,7 @@ file the reader refuses.
 Format 2 (written since issue 9)::
 
     {"format": "erasekit.edit", "format_version": 2, "erasekit_version": str,
-     "method": registered method, "config": that method's config, "concepts": a ConceptSet,
+     "method": method name, "config": {str: JSON}, "concepts": a ConceptSet,
      "base": {str: scalar}, "stats": {str: JSON}, "compute_dtype": float dtype name | null,
      "layers": {key: {"kind": dense|csr|lowrank, "param": "weight", "shape": [int, ...],
                       "fingerprint": {sha256, dtype, shape, fro, sketch[8]}, "stats": {...}}},
@@ -23,7 +23,14 @@ tensor is float32 and finite, CSR indices are int32 or int64.
 
 The checksum detects corruption and accidental edits; it is not a signature: whoever can
 rewrite the file can recompute it. Format 1 files (checksum over the tensors only) still load,
-with a warning that their metadata is unprotected.
+with a warning that their metadata is unprotected. :func:`content_sha256` is also the checksum of
+erasekit's exports (another domain string), so there is one canonical JSON and one tensor digest.
+
+The parser checks structure only: ``method`` is a name and ``config`` a JSON object, kept as
+written. It does not ask the methods registry whether the method exists or its options are
+current, so a file survives an option's rename and a plugin method's edit reads without the plugin;
+:func:`erasekit.load_edit` warns about keys the registered method does not know, and the method
+validates its config when it refits.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from .errors import EditFileError, UnprotectedMetadataWarning
 
 FORMAT = "erasekit.edit"
 FORMAT_VERSION = 2
+DOMAIN = f"{FORMAT}/{FORMAT_VERSION}"  # the checksum's domain string for edit files
 READABLE_VERSIONS = (1, 2)
 STORAGE_KINDS = ("dense", "csr", "lowrank")
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -193,14 +201,15 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     for key in sorted(tensors):
         x = tensors[key].detach().to("cpu").contiguous()
         h.update(f"{key}|{x.dtype}|{tuple(x.shape)}|".encode())
-        h.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+        h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes() if x.numel() else b"")  # reshape: 0-d tensors too
     return h.hexdigest()
 
 
-def content_sha256(meta: Mapping, tensors: Mapping[str, torch.Tensor]) -> str:
-    """Format 2 checksum: the canonical metadata (without this field) and the tensors together."""
+def content_sha256(meta: Mapping, tensors: Mapping[str, torch.Tensor], *, domain: str = DOMAIN) -> str:
+    """The checksum of a document and its tensors: ``domain`` (what kind of file), the canonical metadata
+    (without this field) and :func:`tensor_digest`. Edit files (format 2) and erasekit exports use it."""
     body = {k: v for k, v in meta.items() if k != "content_sha256"}
-    h = hashlib.sha256(f"{FORMAT}/{FORMAT_VERSION}\n".encode())
+    h = hashlib.sha256(f"{domain}\n".encode())
     h.update(canonical_json(body).encode())
     h.update(b"\n" + tensor_digest(tensors).encode())
     return h.hexdigest()
@@ -337,20 +346,6 @@ def _version(doc: dict) -> int:
     return v
 
 
-def _config(method: str, config: dict) -> None:
-    from .errors import EraseKitError
-    from .methods import get_method, make_config
-
-    try:
-        get_method(method)
-    except EraseKitError as e:
-        raise _fail("method", str(e)) from None
-    try:
-        make_config(method, **config)
-    except (EraseKitError, TypeError, ValueError, AttributeError) as e:
-        raise _fail("config", f"not a valid {method!r} config: {e}") from None
-
-
 _CONCEPT_FIELDS = {"erase", "kind", "guides", "guide", "preserve", "templates"}
 
 
@@ -404,8 +399,7 @@ def parse_metadata(text: str, tensors: Mapping[str, torch.Tensor], *, check_sum:
             what = "metadata and tensor contents do" if version >= 2 else "tensor contents do"
             raise EditFileError(f"the {what} not match the recorded checksum (the file was modified or corrupted)")
     method = _str(doc["method"], "method")
-    config = _obj(doc.get("config", {}), "config")
-    _config(method, config)
+    config = _obj(doc.get("config", {}), "config")  # structure only: the method validates its own config when it refits
     _concepts(doc.get("concepts"))
     _base(doc.get("base", {}))
     stats = _obj(doc.get("stats", {}), "stats")
@@ -496,6 +490,9 @@ def read_edit_file(path: str | Path) -> tuple[EditMeta, dict[str, torch.Tensor]]
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own types (and OSError) for truncated / garbled files
         raise EditFileError(f"{name!r} is not a readable safetensors file (truncated or corrupted?): {str(e)[:200]}") from None
+    if "erasekit" not in header and "erasekit_export" in header:
+        raise EditFileError(f"{name!r} is an erasekit export, not an edit file: read it with erasekit.load_edit "
+                            "(LoRA exports read back as edits) or `erasekit inspect`")
     if "erasekit" not in header:
         raise EditFileError(f"{name!r} is a safetensors file but not an erasekit edit (no 'erasekit' metadata)")
     try:

@@ -32,3 +32,12 @@ class UnprotectedMetadataWarning(UserWarning):
 
 class OutputPathError(EraseKitError):
     """An output path cannot be written: a directory, a read-only folder, a missing permission."""
+
+
+class EditError(EraseKitError):
+    """An edit cannot be built in memory: layer entries that do not fit together."""
+
+
+class UncheckedConfigWarning(UserWarning):
+    """An edit file's method config has a key this erasekit does not know, or names a method that is not registered:
+    it is kept as written (the method validates its config when it refits)."""

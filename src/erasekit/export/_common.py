@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +10,13 @@ from pathlib import Path
 import torch
 
 from .._atomic import check_parent_writable
+from .._version import __version__
+from ..edit_format import content_sha256 as _content_sha256
 from ..errors import EraseKitError
 
 META_KEY = "erasekit_export"  # safetensors metadata key of every erasekit export (a JSON document)
 META_FORMAT = "erasekit.export"
-META_VERSION = 1
+META_VERSION = 2  # 2: checksummed with edit_format.content_sha256 (1: an export-only checksum, still read back)
 SAVE_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -92,20 +93,25 @@ def edit_record(edit) -> dict:
 
 
 def export_metadata(export_format: str, **fields) -> dict:
-    from .. import __version__
-
     return {"format": META_FORMAT, "format_version": META_VERSION, "export_format": export_format,
             "erasekit_version": __version__, **fields}
 
 
-def content_sha256(tensors: dict[str, torch.Tensor], meta: dict) -> str:
-    """SHA-256 over the canonical metadata (without this field) and every tensor's key, dtype, shape and bytes."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "content_sha256"}, sort_keys=True).encode())
-    for key in sorted(tensors):
-        x = tensors[key].detach().to("cpu").contiguous()
-        h.update(f"|{key}|{x.dtype}|{tuple(x.shape)}|".encode())
-        h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes() if x.numel() else b"")
-    return h.hexdigest()
+def content_sha256(meta: dict, tensors: dict[str, torch.Tensor]) -> str:
+    """The checksum of an export (format 2): :func:`erasekit.edit_format.content_sha256` in the export domain."""
+    return _content_sha256(meta, tensors, domain=f"{META_FORMAT}/{META_VERSION}")
+
+
+@contextlib.contextmanager
+def baked(edit, pipe):
+    """``edit`` (None: nothing) applied to ``pipe`` for the duration of a whole-model write, reverted after."""
+    if edit is not None:
+        edit.apply(pipe)  # strict: checks the base weights first
+    try:
+        yield pipe
+    finally:
+        if edit is not None:
+            edit.revert(pipe)
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:

@@ -15,9 +15,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ._common import ExportResult, check_output, export_metadata, path_size, resolve_save_dtype, write_error
+from ._common import (ExportResult, baked, check_output, edit_record, export_metadata, path_size, resolve_save_dtype,
+                      write_error)
+from .base import ExportFormat, register_format
 
 RECORD_FILE = "erasekit_export.json"
+
+
+def write(edit, pipe, path, *, save_dtype=None, progress: bool = False) -> ExportResult:
+    """``pipe`` with ``edit`` (None: as it is) baked in, as a merged diffusers folder."""
+    record = edit_record(edit) if edit is not None else None
+    with baked(edit, pipe):
+        return write_folder(pipe, path, save_dtype=save_dtype, record=record, progress=progress)
 
 
 def write_folder(pipe, path, *, save_dtype=None, record: dict | None = None, progress: bool = False) -> ExportResult:
@@ -49,3 +58,9 @@ def write_folder(pipe, path, *, save_dtype=None, record: dict | None = None, pro
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(path, "diffusers", path_size(path))
+
+
+register_format(ExportFormat(
+    name="diffusers", kind="model", write=write, folder=True,
+    help="a merged save_pretrained folder, edit baked in (DiffusionPipeline.from_pretrained)",
+))

@@ -18,6 +18,8 @@ import torch
 
 from ._common import (ExportResult, check_output, content_sha256, edit_record, export_metadata, path_size, resolve_save_dtype,
                       save_safetensors)
+from .base import ExportFormat, register_format
+from .lora_import import read_lora_export
 from .lowrank import Factors, edit_factors, total_rel_error
 
 UNET = "unet"
@@ -49,7 +51,7 @@ def lora_metadata(export_format: str, edit, factors: dict[str, Factors], keys: d
 
 def finish(tensors: dict[str, torch.Tensor], meta: dict, header: dict[str, str], path: Path, export_format: str,
            factors: dict[str, Factors]) -> ExportResult:
-    meta["content_sha256"] = content_sha256(tensors, meta)
+    meta["content_sha256"] = content_sha256(meta, tensors)
     header = {"format": "pt", **header, "erasekit_export": json.dumps(meta, sort_keys=True)}
     save_safetensors(tensors, path, header)
     exact = meta["exact"]
@@ -59,6 +61,13 @@ def finish(tensors: dict[str, torch.Tensor], meta: dict, header: dict[str, str],
         worst = max(factors.items(), key=lambda kv: kv[1].rel_error)
         res.notes.append(f"truncated SVD: worst layer {worst[0]} relative error {worst[1].rel_error:.4g} (written into the metadata)")
     return res
+
+
+def needs_base_weights(edit, options) -> str | None:
+    """A LoRA of a dense / sparse layer is factored against its base weight; a low-rank edit is its own LoRA."""
+    if any(le.kind != "lowrank" for le in edit.layers.values()):
+        return "dense / sparse layers are factored against the base weights"
+    return None
 
 
 def write(edit, pipe, path, *, rank: int | None = None, save_dtype=None, progress: bool = False, **_) -> ExportResult:
@@ -76,3 +85,10 @@ def write(edit, pipe, path, *, rank: int | None = None, save_dtype=None, progres
     meta = lora_metadata("lora", edit, factors, keys, rank, cast)
     header = {"lora_adapter_metadata": json.dumps(adapter_config(factors), sort_keys=True)} if tensors else {}
     return finish(tensors, meta, header, path, "lora", factors)
+
+
+register_format(ExportFormat(
+    name="lora", kind="edit", write=write, options=("save_dtype", "rank"), needs_pipe=needs_base_weights,
+    read_back=read_lora_export,
+    help="PEFT LoRA keys, pipe.load_lora_weights (exact for low-rank edits; --rank K: truncated SVD)",
+))

@@ -4,13 +4,15 @@ The file's ``erasekit_export`` record names the original edit (method, config, c
 model and the fingerprint of every edited layer) and, per layer, the tensor key it was written
 under; its checksum covers that record and every tensor. The result is a low-rank edit
 W = W0 + B A (B = ``lora_B`` / ``lora_up``, A = ``lora_A`` / ``lora_down``, scale alpha / r = 1) that
-loads, applies and reverts like any other: :func:`erasekit.load_edit` dispatches here when the
-metadata says the file is such an export. A truncated-SVD export reads back as what it is, the
-approximation (``stats["export"]`` keeps its relative error).
+loads, applies and reverts like any other: it is the ``read_back`` of the ``lora`` and ``lora-kohya``
+formats, which :func:`erasekit.load_edit` picks when the metadata says the file is such an export. A
+truncated-SVD export reads back as what it is, the approximation (``stats["export"]`` keeps its
+relative error). Export format 1 files (an export-only checksum) still read back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,20 +25,14 @@ from ._common import META_FORMAT, META_KEY, META_VERSION, content_sha256
 LORA_FORMATS = ("lora", "lora-kohya")
 
 
-def _header(path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
-
-
-def is_lora_export(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a readable safetensors file whose metadata says it is an erasekit LoRA export."""
-    try:
-        meta = json.loads(_header(path).get(META_KEY, "null"))
-    except Exception:  # unreadable or not JSON: let the edit-file loader report it
-        return False
-    return isinstance(meta, dict) and meta.get("format") == META_FORMAT and meta.get("export_format") in LORA_FORMATS
+def _v1_checksum(meta: dict, tensors: dict[str, torch.Tensor]) -> str:
+    """The checksum of export format 1 (read back only; format 2 writes :func:`._common.content_sha256`)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "content_sha256"}, sort_keys=True).encode())
+    for key in sorted(tensors):
+        x = tensors[key].detach().to("cpu").contiguous()
+        h.update(f"|{key}|{x.dtype}|{tuple(x.shape)}|".encode())
+        h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+    return h.hexdigest()
 
 
 def _tensor(tensors: dict, key: str, where: str) -> torch.Tensor:
@@ -66,7 +62,8 @@ def read_lora_export(path: str | os.PathLike):
             raise EditFileError(f"{where} is not an erasekit LoRA export")
         if not isinstance(meta.get("format_version"), int) or not 1 <= meta["format_version"] <= META_VERSION:
             raise EditFileError(f"{where}: export format version {meta.get('format_version')!r} is not supported (this erasekit reads 1..{META_VERSION})")
-        if meta.get("content_sha256") != content_sha256(tensors, meta):
+        expected = (content_sha256 if meta["format_version"] >= 2 else _v1_checksum)(meta, tensors)
+        if meta.get("content_sha256") != expected:
             raise EditFileError(f"{where}: tensors or metadata do not match the recorded checksum (the file was modified or corrupted)")
         rec, per_layer = meta["edit"], meta["layers"]
         layers, fingerprints, used = [], {}, set()

@@ -25,8 +25,10 @@ import torch
 
 from ..errors import ModelError
 from . import ldm_names as N
-from ._common import ExportError, check_output, resolve_save_dtype
-from .lora import finish, lora_metadata
+from ._common import ExportError, ExportResult, check_output, resolve_save_dtype
+from .base import ExportFormat, register_format
+from .lora import finish, lora_metadata, needs_base_weights
+from .lora_import import read_lora_export
 from .lowrank import edit_factors
 
 SPELLINGS = ("diffusers", "ldm")
@@ -82,8 +84,15 @@ def layer_names(edit, pipe, spelling: str | None) -> tuple[dict[str, str], str]:
     return names, spelling
 
 
+def needs_pipe(edit, options) -> str | None:
+    why = needs_base_weights(edit, options)
+    if why is None and (options.get("kohya_names") or default_spelling(None, edit)) == "ldm":
+        why = "LDM-spelled kohya names take their block indices from the UNet config"
+    return why
+
+
 def write(edit, pipe, path, *, rank: int | None = None, save_dtype=None, kohya_names: str | None = None, progress: bool = False,
-          **_) -> "ExportResult":  # noqa: F821
+          **_) -> ExportResult:
     """Write ``edit`` (checked against ``pipe`` when given) as a kohya LoRA file."""
     path = check_output(path)
     cast = resolve_save_dtype(save_dtype) or torch.float32
@@ -104,3 +113,10 @@ def write(edit, pipe, path, *, rank: int | None = None, save_dtype=None, kohya_n
     header = {"ss_network_module": "networks.lora", "ss_network_dim": str(max((f.rank for f in factors.values()), default=0)),
               "ss_network_alpha": "per-module (= rank)", "ss_base_model_version": edit.base.get("family") or ""}
     return finish(tensors, meta, header, path, "lora-kohya", factors)
+
+
+register_format(ExportFormat(
+    name="lora-kohya", kind="edit", write=write, options=("save_dtype", "rank", "kohya_names"), needs_pipe=needs_pipe,
+    read_back=read_lora_export,
+    help="kohya LoRA (A1111, ComfyUI, Forge, diffusers; LDM names for SDXL)",
+))

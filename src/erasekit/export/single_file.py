@@ -24,12 +24,13 @@ import torch
 
 from ..errors import ModelError
 from . import ldm_names as N
-from ._common import check_output, export_metadata, resolve_save_dtype, save_safetensors
+from ._common import (ExportResult, baked, check_output, edit_record, export_metadata, path_size, resolve_save_dtype,
+                      save_safetensors)
+from .base import ExportFormat, register_format
 
 LAYOUTS = ("sd1", "sd2", "sdxl")
 _UNET_DOWN = {"DownBlock2D", "CrossAttnDownBlock2D"}
 _UNET_UP = {"UpBlock2D", "CrossAttnUpBlock2D"}
-_PLACEHOLDER_NOTE = "erasekit_placeholders"
 
 
 def detect_layout(pipe) -> str:
@@ -150,3 +151,21 @@ def export_single_file(pipe, path: str | os.PathLike, dtype: str | torch.dtype |
     meta = export_metadata("single-file", layout=layout, edits=[record] if record else [])
     header = {"format": "pt", "erasekit_applied_edits": json.dumps(Edit.applied(pipe)), "erasekit_export": json.dumps(meta, sort_keys=True)}
     return save_safetensors(tensors, path, header)
+
+
+def write(edit, pipe, path, *, save_dtype=None, layout: str | None = None, progress: bool = False) -> ExportResult:
+    """``pipe`` with ``edit`` (None: as it is) baked in, as one single-file checkpoint; the layout is checked first."""
+    layout = layout or detect_layout(pipe)
+    if layout not in LAYOUTS:
+        raise ModelError(f"unknown single-file layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    _check_pipeline(pipe, layout)  # refuse before applying anything
+    record = edit_record(edit) if edit is not None else None
+    with baked(edit, pipe):
+        out = export_single_file(pipe, path, save_dtype, layout=layout, record=record)
+    return ExportResult(out, f"single-file ({layout})", path_size(out))
+
+
+register_format(ExportFormat(
+    name="single-file", kind="model", write=write, options=("save_dtype", "layout"),
+    help="the whole model, edit baked in, one .safetensors (A1111, ComfyUI, Forge, from_single_file; SD 1.x/2.x/XL)",
+))

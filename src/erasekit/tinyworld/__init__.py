@@ -9,28 +9,9 @@ colours and fill patterns whose ground truth is known (DESIGN.md section 8).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import world  # noqa: F401
+from ._paths import pipeline_dir, pipeline_xl_dir, weights_dir, weights_xl_dir  # noqa: F401
 from .world import COLORS, PATTERNS, SHAPES, caption, render, sample_batch  # noqa: F401
-
-
-def weights_dir() -> Path:
-    """Folder holding the shipped weights (``pipeline/``, ``judge.safetensors``, ``MODEL_CARD.md``)."""
-    return Path(__file__).resolve().parent / "weights"
-
-
-def pipeline_dir() -> Path:
-    return weights_dir() / "pipeline"
-
-
-def weights_xl_dir() -> Path:
-    """Folder holding tinyworld-xl (``pipeline/``, ``MODEL_CARD.md``); its judge is tinyworld's."""
-    return Path(__file__).resolve().parent / "weights_xl"
-
-
-def pipeline_xl_dir() -> Path:
-    return weights_xl_dir() / "pipeline"
 
 
 def load_pipeline_xl(device="cpu", dtype=None, path=None):

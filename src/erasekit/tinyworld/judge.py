@@ -50,7 +50,7 @@ class TinyworldJudge(nn.Module):
     # ------------------------------------------------------------------ io
     @staticmethod
     def default_path() -> Path:
-        from . import weights_dir
+        from ._paths import weights_dir
 
         return weights_dir() / "judge.safetensors"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import xl
-from .train import CARD_VALIDITY_END, CARD_VALIDITY_START
+from ._training import CARD_VALIDITY_END, CARD_VALIDITY_START
 
 POOLED_START = "<!-- pooled:start -->"
 POOLED_END = "<!-- pooled:end -->"

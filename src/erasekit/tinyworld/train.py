@@ -16,9 +16,6 @@ import argparse
 import copy
 import json
 import math
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -27,14 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from . import world
+from ._training import (  # noqa: F401  (CARD_*, write_card_section, preview, ...: re-exported for validity / pooled)
+    CARD_VALIDITY_END, CARD_VALIDITY_START, MAX_TOKENS, SCHEDULER_KW, SIZE, autocast, clip_text_config, ema_update,
+    folder_mb, lr_at, n_params, open_log, preview, run_info, to_tensor, to_uint8, write_card_section,
+)
 
-SIZE = 32          # image resolution
 LATENT = 16        # latent resolution (VAE downsamples by 2)
 TEXT_HIDDEN = 128
-MAX_TOKENS = 77    # as in SD 1.x
-
-SCHEDULER_KW = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                    prediction_type="epsilon", steps_offset=1)
 
 
 # ----------------------------------------------------------------------------- model definitions
@@ -46,15 +42,6 @@ def make_vae():
         block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=SIZE,
         mid_block_add_attention=False,
     )
-
-
-def clip_text_config(hidden: int, layers: int, max_tokens: int = MAX_TOKENS):
-    """A small CLIP text encoder over the real CLIP vocabulary (tinyworld's, and tinyworld-xl's two)."""
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, max_position_embeddings=max_tokens, projection_dim=hidden,
-                          hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
 
 def make_text_encoder():
@@ -75,23 +62,6 @@ def make_unet():
         block_out_channels=(48, 96, 144), layers_per_block=1, cross_attention_dim=TEXT_HIDDEN,
         attention_head_dim=4, norm_num_groups=16,
     )
-
-
-def n_params(m) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def to_tensor(imgs: np.ndarray, device) -> torch.Tensor:
-    """uint8 (n,H,W,3) -> float (n,3,H,W) in [-1,1]."""
-    return torch.from_numpy(imgs).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _autocast(device):
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -189,60 +159,6 @@ def save_pipeline(folder: Path, vae, text_encoder, unet, tokenizer_dir: Path):
         shutil.rmtree(old)
 
 
-def folder_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 1e6
-
-
-@torch.no_grad()
-def preview(pipe_dir: Path, out_png: Path, seed: int = 0, xl: bool = False):
-    """A grid: rows = colours, columns = shapes, pattern cycling (``xl``: a tinyworld-xl folder)."""
-    from . import load_pipeline, load_pipeline_xl
-
-    pipe = (load_pipeline_xl if xl else load_pipeline)(path=pipe_dir)
-    prompts = []
-    for ci, c in enumerate(world.COLOR_NAMES):
-        for si, s in enumerate(world.SHAPE_NAMES):
-            p = world.PATTERN_NAMES[(ci + si) % 4]
-            prompts.append(world.caption(s, c, p, np.random.default_rng(0), synonyms=False, split="train", template=0))
-    g = torch.Generator().manual_seed(seed)
-    ims = pipe(prompts, num_inference_steps=20, guidance_scale=5.0, generator=g, output_type="np").images
-    world.contact_sheet((ims * 255).round().astype(np.uint8), ncol=6).save(out_png)
-
-
-def lr_at(lr: float, step: int, frac: float, warm: int) -> float:
-    """Linear warm-up over ``warm`` steps, then cosine decay to 10 % over the budget fraction ``frac``."""
-    return lr * min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-
-
-@torch.no_grad()
-def ema_update(pairs, step: int) -> None:
-    """EMA of each (trained, averaged) module pair, with the usual warm-up of the decay."""
-    d = min(0.999, (1 + step) / (10 + step))
-    for src, dst in pairs:
-        for ps, pd in zip(src.parameters(), dst.parameters()):
-            pd.lerp_(ps, 1 - d)
-
-
-def open_log(out: Path):
-    """A ``log(msg)`` that prints with a timestamp and appends to ``out/train_log.txt``."""
-    logf = open(out / "train_log.txt", "a")
-
-    def log(msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        logf.write(line + "\n")
-        logf.flush()
-
-    return log
-
-
-def run_info(args, argv) -> dict:
-    """What every train_log.json starts with: the command, the hardware, threads and seed."""
-    return {"command": "python -m erasekit.tinyworld.train " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu"
-            else torch.cuda.get_device_name(0), "threads": torch.get_num_threads(), "seed": args.seed}
-
-
 def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, tokenizer_dir: Path,
                     max_steps: int | None = None, batch: int = 64, lr: float = 8e-4, save_every: float = 600,
                     p_uncond: float = 0.1, info_cb=None, init=None, warm: int = 200):
@@ -302,7 +218,7 @@ def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, toke
         noise = torch.randn_like(z)
         t = torch.randint(0, 1000, (batch,), device=device)
         zt = noise_sched.add_noise(z, noise, t)
-        with _autocast(device):
+        with autocast(device):
             enc = te(ids)[0]
             pred = unet(zt, t, enc).sample
         loss = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3))
@@ -327,23 +243,6 @@ def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, toke
 
 
 # ----------------------------------------------------------------------------- model card
-CARD_VALIDITY_START = "<!-- validity:start -->"
-CARD_VALIDITY_END = "<!-- validity:end -->"
-
-
-def write_card_section(card: Path, heading: str, start: str, end: str, body: str, new_card: str = "") -> Path:
-    """Replace what lies between the ``start`` / ``end`` markers of a model card by ``body`` (which
-    carries the markers itself), or append ``## heading`` + body; measurements rewrite only their own section."""
-    card = Path(card)
-    text = card.read_text() if card.exists() else new_card
-    if start in text and end in text:
-        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
-    else:
-        text += f"\n## {heading}\n" + body + "\n"
-    card.write_text(text)
-    return card
-
-
 def write_model_card(out: Path, info: dict):
     out = Path(out)
     card = out / "MODEL_CARD.md"

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from . import world, xl
-from .train import SCHEDULER_KW, SIZE, _autocast, ema_update, lr_at, n_params, open_log, preview, run_info, to_tensor
+from ._training import (SCHEDULER_KW, SIZE, autocast, ema_update, folder_mb, lr_at, n_params, open_log, preview,
+                        run_info, to_tensor)
 
 # parameters that did not exist in tinyworld (they get ``lr * new_lr_mult``)
 _NEW_TAGS = ("add_embedding.", "transformer_blocks.1.", "text_projection.", "encoder.layers.2.", "final_layer_norm.")
@@ -124,7 +125,7 @@ def train_diffusion_xl(vae, te1, te2, unet, seconds: float, seed: int, device, l
         noise = torch.randn_like(z)
         t = torch.randint(0, 1000, (batch,), device=device)
         zt = noise_sched.add_noise(z, noise, t)
-        with _autocast(device):
+        with autocast(device):
             ctx, pooled = xl.encode(mods[0], mods[1], ids, ids)         # (n+1,77,192), (n+1,128)
             mc = torch.as_tensor(drop_ctx, device=device)[:, None, None]
             mp = torch.as_tensor(drop_pool, device=device)[:, None]
@@ -156,7 +157,6 @@ def main_xl(args, argv):
     import json
 
     from .model_card_xl import write_model_card_xl
-    from .train import folder_mb
 
     if args.init_from is None:
         raise SystemExit("--arch xl needs --init-from (a finished tinyworld folder, e.g. src/erasekit/tinyworld/weights)")

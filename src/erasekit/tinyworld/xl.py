@@ -36,7 +36,7 @@ _NEW_BLOCK_TAGS = (".transformer_blocks.1.",)
 def make_text_encoder_1():
     from transformers import CLIPTextModel
 
-    from .train import clip_text_config
+    from ._training import clip_text_config
 
     return CLIPTextModel(clip_text_config(TE1_HIDDEN, 2, MAX_TOKENS))
 
@@ -44,7 +44,7 @@ def make_text_encoder_1():
 def make_text_encoder_2():
     from transformers import CLIPTextModelWithProjection
 
-    from .train import clip_text_config
+    from ._training import clip_text_config
 
     return CLIPTextModelWithProjection(clip_text_config(TE2_HIDDEN, 3, MAX_TOKENS))
 
@@ -202,7 +202,7 @@ def distill_penultimate(te2, te_sd1, tokenizer, A, b, steps: int, caption_fn, se
 def build_pipeline(vae, te1, te2, unet, tokenizer, tokenizer_2):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
 
-    from .train import SCHEDULER_KW
+    from ._training import SCHEDULER_KW
 
     return StableDiffusionXLPipeline(
         vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
