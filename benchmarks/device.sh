@@ -8,9 +8,10 @@
 #   DEVICE    cuda (default) | cuda:N | cpu
 #   FAMILIES  full-scale families, comma-separated (default sd15,sd21,sdxl)
 #   DTYPE     load dtype of the full-scale pipelines (default float16)
-#   BASELINE  the solver's "before": a git revision of this repository, or a .py file of the old
-#             erasekit/linalg.py for a machine without the history (default 39c22aa, the solver
-#             before issue 14; make the file here with `git show 39c22aa:src/erasekit/linalg.py > F`)
+#   BASELINE  the solver's "before": a git revision of this repository, a .py file of the old one-file
+#             erasekit/linalg.py, or a folder holding a copy of the erasekit/linalg package, for a machine
+#             without the history (default 39c22aa, the one-file solver before its speed work; make the
+#             file here with `git show 39c22aa:src/erasekit/linalg.py > F`)
 #   QUICK     1: solver on one block per distinct width, full-scale on the scaled-down configs
 #   PYTHON    interpreter (default: .venv/bin/python if present, else python)
 #
