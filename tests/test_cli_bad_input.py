@@ -63,6 +63,10 @@ def _cases(m: str, f: Path, out: Path) -> list[tuple[str, list[str], int, str, b
         ("erase --lamb 0", [*erase, "--lamb", "0", "--out", str(out / "e.safetensors")], 2, "must be > 0", False),
         ("erase --target-sparsity 1.5", [*erase, "--method", "space", "--target-sparsity", "1.5", "--out", str(out / "e.safetensors")], 2, "in (0, 1)", False),
         ("erase: option of another method", [*erase, "--method", "uce", "--target-sparsity", "0.5", "--out", str(out / "e.safetensors")], 2, "do not apply to method 'uce'", False),
+        ("erase: option of another method by --set", [*erase, "--method", "space", "--set", "train_steps=3", "--out", str(out / "e.safetensors")],
+         2, "do not apply to method 'space'", False),
+        ("erase --set rank=2.5", [*erase, "--method", "ace", "--set", "rank=2.5", "--out", str(out / "e.safetensors")], 2,
+         "option rank expects an integer, got '2.5'", False),
         ("erase --method nosuch", [*erase, "--method", "nosuch", "--out", str(out / "e.safetensors")], 2, "unknown method 'nosuch'", False),
         ("erase --erase ''", ["erase", "--model", m, "--erase", "", "--out", str(out / "e.safetensors")], 2, "empty erase concept", False),
         ("erase --dtype float8", [*erase, "--dtype", "float8", "--out", str(out / "e.safetensors")], 2, "unknown dtype", False),
@@ -119,12 +123,12 @@ def test_bad_command_lines(model_dir, files, tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_during_erase_exits_130_and_writes_nothing(model_dir, tmp_path, capsys, monkeypatch):
-    import erasekit
+    import erasekit.api
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(erasekit, "erase", interrupted)
+    monkeypatch.setattr(erasekit.api, "fit", interrupted)  # the fit the command runs (the one erasekit.erase runs)
     rc = main(["erase", "--model", model_dir, "--erase", "cat", "--out", str(tmp_path / "e.safetensors")])
     line = _one_line(capsys.readouterr().err)
     ROWS.append(("Ctrl-C during erase", rc, line))

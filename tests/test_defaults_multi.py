@@ -18,7 +18,7 @@ def test_resolve_user_options_win_and_every_default_has_a_reason():
     assert opts["token"] == "last" and opts["templates"] is True  # the user's token, the model's templates
     assert "token" not in rec["applied"] and rec["user"] == ["token"] and rec["source"] == "erasekit"
     assert all(v["reason"] for v in rec["applied"].values())
-    pub, rec = defaults.resolve("tinyworld", "pure", {}, published=True)
+    pub, rec = defaults.resolve("tinyworld", "pure", {}, source="published")
     assert pub["centre"] == "none" and pub["retain_energy"] == 0.99 and rec["source"] == "published"
     xl, rec = defaults.resolve("tinyworld-xl", "uce", {})  # the same world, the same defaults
     assert xl == defaults.resolve("tinyworld", "uce", {})[0] and rec["model"] == "tinyworld"
@@ -26,6 +26,10 @@ def test_resolve_user_options_win_and_every_default_has_a_reason():
     assert other == {} and rec["model"] == "*"  # real models start from the papers' settings
     skipped, _ = defaults.resolve("tinyworld", "pure", {}, valid={"centre"})  # a default the method lacks is skipped
     assert "forget_rule" not in skipped and skipped["templates"] is True
+    none, rec = defaults.resolve("tinyworld", "uce", {"lamb": 1.0}, source=None)
+    assert none == {"lamb": 1.0} and rec["source"] == "none" and rec["applied"] == {}
+    with pytest.raises(erasekit.MethodError, match="defaults must be"):
+        defaults.resolve("tinyworld", "uce", {}, source="papers")
     for table in (*defaults.ERASEKIT.values(), defaults.PUBLISHED):
         for method, settings in table.items():
             fields = erasekit.get_method(method).config_class.field_help()
@@ -36,13 +40,70 @@ def test_bench_templates_option_reaches_the_concept_set(tiny_pipes, tmp_path):
     # the bug: `bench --set M.templates=true` used to be silently ignored
     cs = ConceptSet(erase=("Van Gogh",), kind="style")
     edits, _ = fit_edits(tiny_pipes["sd"], {"plain": "uce", "tpl": "uce"}, {"vg": cs}, {"tpl": {"templates": True}}, tmp_path,
-                         progress=False, defaults={"tpl": {"source": "test"}})
+                         progress=False, defaults="published")
     assert len(edits["vg"]["tpl"].concepts["templates"]) > 1 and edits["vg"]["plain"].concepts["templates"] == ["{}"]
-    assert edits["vg"]["tpl"].stats["defaults"] == {"source": "test"}
+    rec = edits["vg"]["tpl"].stats["defaults"]
+    assert rec["source"] == "published" and rec["user"] == ["templates"] and "templates" not in rec["applied"]
     saved = erasekit.load_edit(tmp_path / "edits" / "vg-tpl.safetensors", apply=False)
-    assert saved.stats["defaults"] == {"source": "test"}
-    with pytest.raises(ConceptError, match="ConceptSet"):  # and erase() no longer drops them either
-        erasekit.erase(tiny_pipes["sd"], concepts=cs, templates=True)
+    assert saved.stats["defaults"] == rec
+    # erase() honours templates= beside a ConceptSet (it used to drop it); preserve / kind / guide belong inside it
+    assert len(erasekit.erase(tiny_pipes["sd"], concepts=cs, templates=True, progress=False).concepts["templates"]) > 1
+    with pytest.raises(ConceptError, match="ConceptSet"):
+        erasekit.erase(tiny_pipes["sd"], concepts=cs, preserve=["Monet"])
+
+
+def test_bench_options_are_typed_per_method():
+    from erasekit.evaluate.bench import parse_methods, parse_options
+
+    methods = parse_methods("space,pure_text=pure")
+    opts = parse_options(["space.target_sparsity=0.9", "space.max-iter=7", "pure_text.basis=text", "pure_text.templates=yes"], methods)
+    assert opts == {"space": {"target_sparsity": 0.9, "max_iter": 7}, "pure_text": {"basis": "text", "templates": True}}
+    with pytest.raises(erasekit.MethodError, match="do not apply to method 'space'"):
+        parse_options(["space.basis=text"], methods)  # pure's option, under a space label
+    with pytest.raises(erasekit.MethodError, match="expects an integer"):
+        parse_options(["space.max_iter=2.5"], methods)
+
+
+def test_api_applies_the_model_defaults_the_command_applies(tiny_pipes):
+    from erasekit.api import plan_erase
+    from erasekit.models.record import model_record, record_model
+
+    pipe = tiny_pipes["sd"]
+    assert model_record(pipe).defaults_key == "*" and not erasekit.is_tinyworld(pipe)  # built, not loaded: no record
+    other = plan_erase(pipe, "uce", ["Van Gogh"])
+    assert other.record["applied"] == {} and other.concepts.templates is False
+    try:  # the same pipeline recorded as the bundled model: tinyworld's defaults, as `erasekit erase --model tinyworld`
+        record_model(pipe, "tinyworld")
+        tw = plan_erase(pipe, "uce", ["circle"], kind="object")
+        assert tw.config.token == "all" and tw.concepts.templates is True and tw.record["model"] == "tinyworld"
+        assert plan_erase("tinyworld", "uce", ["circle"], kind="object") == tw  # by name, before a load: the same plan
+        assert plan_erase(pipe, "uce", ["circle"], kind="object", token="last").config.token == "last"  # the user wins
+        pub = plan_erase(pipe, "uce", ["circle"], kind="object", defaults="published")
+        assert pub.config.token == "last" and pub.concepts.templates is False and pub.record["source"] == "published"
+        bare = plan_erase(pipe, "uce", ["circle"], kind="object", defaults=None)
+        assert bare.config == erasekit.make_config("uce") and bare.record["applied"] == {}
+        # a ConceptSet without templates gets the model's; one with its own keeps them; templates= wins over both
+        cs = ConceptSet(erase=("circle",), kind="object")
+        assert plan_erase(pipe, "uce", cs).concepts.templates is True
+        own = ConceptSet(erase=("circle",), kind="object", templates=("a {}",))
+        assert plan_erase(pipe, "uce", own).concepts.templates == ("a {}",)
+        assert plan_erase(pipe, "uce", own, templates=False).concepts.templates is False
+        edit = erasekit.erase(pipe, "uce", ["circle"], kind="object", progress=False)
+        assert edit.stats["defaults"] == tw.record and edit.config["token"] == "all"
+    finally:
+        del pipe._erasekit_model
+
+
+def test_is_tinyworld_is_one_rule_for_names_records_and_folders(tiny_pipes):
+    from erasekit.models.record import describe_model, model_record
+    from erasekit.tinyworld import pipeline_dir, pipeline_xl_dir
+
+    assert erasekit.is_tinyworld("tinyworld") and erasekit.is_tinyworld("tinyworld-xl")  # xl too (the path check missed it)
+    assert erasekit.is_tinyworld(str(pipeline_xl_dir())) and erasekit.is_tinyworld(str(pipeline_dir()))
+    assert not erasekit.is_tinyworld("tiny-sd") and not erasekit.is_tinyworld("some/model") and not erasekit.is_tinyworld(None)
+    assert describe_model("tinyworld-xl").defaults_key == "tinyworld" and describe_model("x").prior_prompts is None
+    assert defaults.model_key("tinyworld-xl") == defaults.model_key(str(pipeline_xl_dir())) == "tinyworld"
+    assert not model_record(tiny_pipes["sdxl"]).tinyworld
 
 
 def test_many_concepts_refusals():

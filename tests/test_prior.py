@@ -123,3 +123,31 @@ def test_prior_refusals(tiny_pipes):
         erasekit.erase(tiny_pipes["sd"], method="uce", concepts=["x"], prior="general", progress=False)
     with pytest.raises(MethodError, match="no general prompt"):
         pr.general_prior(PipelineAdapter(tiny_pipes["sd"]), ["a circle"], exclude=["circle"])
+
+
+@pytest.mark.parametrize("model", ["tinyworld", "tinyworld-xl"])
+def test_auto_prior_on_either_bundled_model_uses_its_captions(model):
+    """prior_prompts='auto' reads the pipeline's record: tinyworld-xl too (the old path check only knew tinyworld's folder)."""
+    from erasekit.tinyworld import weights_dir, weights_xl_dir
+
+    if not ((weights_dir() if model == "tinyworld" else weights_xl_dir()) / "pipeline" / "model_index.json").is_file():
+        pytest.skip(f"{model} not shipped")
+    pipe = erasekit.load_pipeline(model)
+    edit = erasekit.erase(pipe, method="uce", concepts=["circle"], kind="object", prior="general", prior_limit=50,
+                          defaults=None, progress=False)
+    rec = edit.stats["prior"]
+    assert rec["source"] == "tinyworld" and 0 < rec["n_prompts"] <= 50
+    assert rec["prompts_sha256"] != pr.general_prior(PipelineAdapter(pipe), ["a red square"], source="x").prompts_sha256
+
+
+def test_the_methods_and_the_prior_do_not_import_the_bundled_model():
+    """What they need of tinyworld comes through erasekit.models.record (the pipeline's record, the vocabulary)."""
+    import ast
+
+    src = Path(erasekit.__file__).resolve().parent
+    for rel in ("prior.py", "methods/_closed_form.py"):
+        tree = ast.parse((src / rel).read_text())
+        names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+        assert not [n for n in names if "tinyworld" in n.split(".")], (rel, names)

@@ -75,7 +75,8 @@ def test_erasing_a_shape_lowers_its_rate_and_keeps_the_others(world, method, req
     assert base["target"] >= 0.8 and base["retain"] >= 0.8  # the instrument sees the concept before erasure
     others = [s for s in ("square", "triangle", "star", "heart", "cross")]
     opts = dict(SETTINGS[method])
-    edit = erasekit.erase(pipe, method=method, concepts=["circle"], kind="object", preserve=others, progress=False, **opts)
+    edit = erasekit.erase(pipe, method=method, concepts=["circle"], kind="object", preserve=others, progress=False,
+                          defaults=None, **opts)  # SETTINGS are complete: no per-model defaults on top
     edit.apply(pipe)
     try:
         after = {k: _rates(pipe, judge, p, s) for k, (p, s) in suites.items()}

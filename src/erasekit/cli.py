@@ -20,41 +20,68 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import EraseKitError
+from .models.record import is_tinyworld
 
 
 # ----------------------------------------------------------------- options
-def _field_type(f: dataclasses.Field):
-    t = str(f.type)
-    if t.startswith("bool"):
-        return "bool"
-    if t.startswith("int"):
-        return int
-    if t.startswith("float"):
-        return float
-    return str
+def _add_method_options(p: argparse.ArgumentParser, method: str) -> None:
+    """``method``'s config options as flags, each with its own help (the second stage of `erase`'s parse)."""
+    from .methods import get_method
+    from .methods.base import option_types
 
-
-def _method_fields() -> dict[str, dataclasses.Field]:
-    """Union of every registered method's config fields (an option valid for one method only is checked later)."""
-    from .methods.base import _REGISTRY
-
-    fields: dict[str, dataclasses.Field] = {}
-    for cls in _REGISTRY.values():
-        for f in dataclasses.fields(cls.config_class):
-            fields.setdefault(f.name, f)
-    return fields
-
-
-def _add_method_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("method options (each applies to the methods whose config has it; see `erasekit methods -v`)")
-    for name, f in _method_fields().items():
-        flag = "--" + name.replace("_", "-")
-        kind = _field_type(f)
+    m = get_method(method)
+    g = p.add_argument_group(f"{m.name} options (--method {m.name}; `erasekit erase --method M --help` shows M's)")
+    types = option_types(m.config_class)
+    for f in dataclasses.fields(m.config_class):
+        flag, ot = "--" + f.name.replace("_", "-"), types[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
-        if kind == "bool":
-            g.add_argument(flag, dest=f"opt_{name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        if "default" not in help_text:
+            help_text += f" (default: {default!r})"
+        help_text = help_text.replace("%", "%%")
+        if ot.base == "bool":
+            g.add_argument(flag, dest=f"opt_{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            g.add_argument(flag, dest=f"opt_{name}", type=kind, default=argparse.SUPPRESS, help=help_text)
+            g.add_argument(flag, dest=f"opt_{f.name}", type=_flag_type(f.name, ot), default=argparse.SUPPRESS, help=help_text,
+                           metavar=f.name.upper())
+
+
+def _flag_type(name: str, ot):
+    """argparse ``type=``: the shared parse (methods/base.py), its refusal as argparse's message."""
+    from .errors import MethodError
+
+    def parse(text: str):
+        try:
+            return ot.parse(name, text)
+        except MethodError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _parse_sets(items: list[str], method: str) -> dict:
+    """``--set OPTION=VALUE`` items as ``method``'s options, typed by the config field each names."""
+    from .errors import MethodError
+    from .methods import get_method
+    from .methods.base import not_an_option, option_types
+
+    types = option_types(get_method(method).config_class)
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise MethodError(f"--set expects OPTION=VALUE with an option of method {method!r}, got {item!r}")
+        if name not in types:
+            raise not_an_option(method, [name])
+        out[name] = types[name].parse(name, value)
+    return out
+
+
+def _method_options(args) -> dict:
+    """The method options of a parsed `erase` command line: its flags, then its ``--set`` items."""
+    flags = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_")}
+    return {**flags, **_parse_sets(args.set or [], args.method)}
 
 
 def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -63,12 +90,6 @@ def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> Non
     p.add_argument("--config", default=None, help="with a single-file checkpoint: a local diffusers folder of the same architecture")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps ...")
-
-
-def is_tinyworld(model) -> bool:
-    from .models.loading import is_tinyworld as _is
-
-    return _is(model)
 
 
 def _load(args):
@@ -162,65 +183,27 @@ def cmd_methods(args) -> int:
 
 
 def cmd_erase(args) -> int:
-    import erasekit
-
     from ._atomic import check_writable
-    from .concepts import ConceptSet
-    from .methods import make_config
+    from .api import fit, plan_erase
 
-    from .defaults import resolve, split_concept_options
-    from .methods import get_method
-
-    user = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_")}
-    if args.templates is not None:
-        user["templates"] = args.templates
-    valid = {f.name for f in dataclasses.fields(get_method(args.method).config_class)}
-    resolved, record = resolve(args.model, args.method, user, published=args.published_defaults, valid=valid)
-    concept_opts, options = split_concept_options(resolved)
-    concepts = ConceptSet(erase=tuple(args.erase or ()), kind=args.kind, guide=_guide(args.guide), preserve=tuple(args.preserve or ()),
-                          templates=concept_opts.get("templates", False))
-    make_config(args.method, **options)  # refuse bad options (NaN / Inf included) before the (slow) model load
+    # the plan refuses bad options (NaN / Inf included) before the (slow) model load
+    plan = plan_erase(args.model, args.method, tuple(args.erase or ()), preserve=tuple(args.preserve or ()), kind=args.kind,
+                      guide=_guide(args.guide), templates=args.templates, defaults=_defaults_source(args), **_method_options(args))
     _check_model_options(args)
     check_writable(args.out, "edit file")  # before the fit, not after it
-    if record["applied"]:
-        _info("defaults (" + record["source"] + "): " + ", ".join(f"{k}={v['value']}" for k, v in record["applied"].items()))
+    if plan.record["applied"]:
+        _info("defaults (" + plan.record["source"] + "): " + ", ".join(f"{k}={v['value']}" for k, v in plan.record["applied"].items()))
     pipe = _load(args)
     t0 = time.perf_counter()
-    edit = erasekit.erase(pipe, method=args.method, concepts=concepts, progress=True, **options)
-    edit.stats["defaults"] = record
+    edit = fit(pipe, plan, progress=True)
     out = edit.save(args.out)
-    _info(f"{args.method}: {len(edit.layers)} layers in {time.perf_counter() - t0:.1f}s -> {out} ({edit.nbytes:,} bytes)")
+    _info(f"{plan.method}: {len(edit.layers)} layers in {time.perf_counter() - t0:.1f}s -> {out} ({edit.nbytes:,} bytes)")
     _print_summary(edit)
     return 0
 
 
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _parse_sets(items: list[str]) -> dict:
-    """'name=value' method options, typed by the config field they name."""
-    from .errors import MethodError
-
-    fields = _method_fields()
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in fields:
-            raise MethodError(f"--set expects OPTION=VALUE with a method option ({', '.join(sorted(fields))}), got {item!r}")
-        kind = _field_type(fields[name])
-        if kind == "bool":
-            flag = value.strip().lower()
-            if flag not in _TRUE + _FALSE:
-                raise MethodError(f"--set {name}= expects true or false, got {value!r}")
-            out[name] = flag in _TRUE
-            continue
-        try:
-            out[name] = kind(value)
-        except ValueError:
-            want = "an integer" if kind is int else "a number" if kind is float else "a value"
-            raise MethodError(f"--set {name}= expects {want}, got {value!r}") from None
-    return out
+def _defaults_source(args) -> str:
+    return "published" if args.published_defaults else "erasekit"
 
 
 def _guide(guide: list[str] | None):
@@ -320,10 +303,7 @@ def cmd_demo(args) -> int:
 
     from .demo import run_demo
 
-    from .methods import make_config
-
-    options = _parse_sets(args.set or [])
-    make_config(args.method, **options)  # before the model load
+    options = _parse_sets(args.set or [], args.method)  # run_demo plans the edit (and refuses bad options) before any load
     _check_positive(args, "n", "steps")
     res = run_demo(concept=args.concept, method=args.method, n=args.n, steps=args.steps, out_dir=args.out, model=args.model,
                    published_defaults=args.published_defaults, **options)
@@ -471,14 +451,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from .api import plan_erase
     from .concepts import ConceptSet
-    from .evaluate.bench import fit_edits, parse_methods, parse_options, tinyworld_concept_set
+    from .evaluate.bench import fit_edits, parse_methods, parse_options, split_concepts, tinyworld_concept_set
     from .evaluate.plan import make_study, parse_kinds
     from .evaluate.runner import evaluate
-
-    from .defaults import resolve
-    from .evaluate.bench import split_concepts
-    from .methods import get_method
 
     methods = parse_methods(args.methods)  # label -> registered method; unknown ones fail before anything slow
     concepts = parse_kinds(args.concepts)  # each entry is one edit: CONCEPT or A+B (several at once)
@@ -488,25 +465,25 @@ def cmd_bench(args) -> int:
     else:
         sets = {c: ConceptSet(erase=split_concepts(c), kind=args.kind, preserve=tuple(args.preserve or ())) for c in concepts}
     user = parse_options(args.set or [], methods)
-    options, defaults = {}, {}
-    for label, method in methods.items():
-        valid = {f.name for f in dataclasses.fields(get_method(method).config_class)}
-        options[label], defaults[label] = resolve(args.model, method, user[label], published=args.published_defaults, valid=valid)
+    source = _defaults_source(args)
+    for label, method in methods.items():  # every option checked before the model load
+        plan_erase(args.model, method, next(iter(sets.values())), defaults=source, **user[label])
     pipe, judge, plan, settings = _eval_setup(args)
-    edits, seconds = fit_edits(pipe, methods, sets, options, Path(args.out), progress=not args.no_progress, defaults=defaults)
+    edits, seconds = fit_edits(pipe, methods, sets, user, Path(args.out), progress=not args.no_progress, defaults=source)
     studies = [make_study(c, sets[c], edits[c], plan, tinyworld=tiny) for c in concepts]
     results = evaluate(pipe, studies, judge, out_dir=args.out, settings=settings, cache_dir=args.cache, seed=args.seed,
                        n_boot=args.bootstrap, progress=not args.no_progress)
     if results is not None:
         results.config["fit_seconds"] = {f"{s}/{m}": v for (s, m), v in seconds.items()}
-        results.config["defaults"] = defaults
+        results.config["defaults"] = {label: edits[concepts[0]][label].stats["defaults"] for label in methods}
     extra = {"fit s": {k: f"{v:.1f}" for k, v in seconds.items()},
              "bytes": {(s, m): f"{e.nbytes:,}" for s, d in edits.items() for m, e in d.items()}}
     return _eval_finish(args, results, f"erasekit bench on {args.model}: {', '.join(methods)} × {', '.join(concepts)}", extra)
 
 
 # ------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
+    """The command's parser; `erase` carries the options of ``erase_method`` only (:func:`main` reads ``--method`` first)."""
     import erasekit
 
     p = argparse.ArgumentParser(prog="erasekit", description="Erase concepts from diffusion models by editing cross-attention.")
@@ -517,9 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-v", "--verbose", action="store_true", help="also list every method's options")
     m.set_defaults(func=cmd_methods)
 
-    e = sub.add_parser("erase", help="fit an edit and save it as a .safetensors edit file")
+    e = sub.add_parser("erase", help="fit an edit and save it as a .safetensors edit file", allow_abbrev=False,
+                       description="Fit an edit. The options after the common ones are those of --method "
+                                   "(`erasekit erase --method M --help` lists M's).")
     _add_model_options(e)
-    e.add_argument("--method", default="uce", help="registered method (see `erasekit methods`)")
+    e.add_argument("--method", default="uce", help="registered method (see `erasekit methods`); its options follow")
     e.add_argument("--erase", action="append", required=True, metavar="CONCEPT", help="concept to erase (repeatable)")
     e.add_argument("--kind", default="style", help="style, object, person or nsfw (templates, default guide)")
     e.add_argument("--guide", action="append", metavar="TEXT", help="guide concept: once for all, or once per --erase")
@@ -528,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expand concepts with the kind's prompt templates (default: the model's default, see erasekit/defaults.py)")
     e.add_argument("--published-defaults", action="store_true", help="start from the papers' settings instead of erasekit's per-model defaults")
     e.add_argument("--out", required=True, help="edit file to write (.safetensors)")
-    _add_method_options(e)
+    e.add_argument("--set", action="append", metavar="OPTION=VALUE", help="an option of --method, as OPTION=VALUE (repeatable; "
+                   "the same as its flag)")
+    _add_method_options(e, erase_method)
     e.set_defaults(func=cmd_erase)
 
     i = sub.add_parser("inspect", help="show what an edit file contains")
@@ -618,9 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep library chatter out of the command's output
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        parser = build_parser(_erase_method(argv))
+        args, rest = parser.parse_known_args(argv)
+        if rest:
+            _refuse_unknown(parser, args, rest)
         return args.func(args)
     except EraseKitError as e:
         print(f"erasekit: error: {e}", file=sys.stderr)
@@ -632,6 +616,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"erasekit: error: {e.strerror or e}{where}; no partial file was written", file=sys.stderr)
         return 1
+
+
+def _erase_method(argv: list[str]) -> str:
+    """Stage one of `erase`'s parse: its ``--method`` (registered; default uce), whose options stage two offers."""
+    from .methods import get_method
+
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command != "erase":
+        return "uce"
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--method", default="uce")
+    known, _ = pre.parse_known_args(argv[argv.index("erase") + 1:])
+    return get_method(known.method).name  # MethodError naming the registered methods
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, args, rest: list[str]) -> None:
+    """Arguments no parser took: another method's options are refused naming this method's; the rest as argparse does."""
+    from .methods.base import _REGISTRY, not_an_option
+
+    if getattr(args, "command", None) == "erase":
+        every = {f.name for cls in _REGISTRY.values() for f in dataclasses.fields(cls.config_class)}
+        names = [a[2:].split("=")[0].replace("-", "_") for a in rest if a.startswith("--")]
+        others = [n for n in names if n in every]
+        if others:
+            raise not_an_option(args.method, others)
+    parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Per-model, per-method defaults that erase, each with its reason — and the papers' settings beside them.
 
-``erasekit erase``, ``bench`` and ``demo`` start from these; options the user gives always win;
-``--published-defaults`` switches to the papers' settings exactly (:data:`PUBLISHED`), so a
-comparison can show both. Whatever was used is recorded in the edit (``stats.defaults``), in
-``results.json`` (``config.defaults``) and in ``demo.json``.
+:func:`erasekit.erase` (``defaults="erasekit"``, the default) and so ``erasekit erase``, ``bench``
+and ``demo`` start from these; options the user gives always win; ``defaults="published"``
+(``--published-defaults``) switches to the papers' settings exactly (:data:`PUBLISHED`), so a
+comparison can show both, and ``defaults=None`` applies none. Whatever was used is recorded in the
+edit (``stats.defaults``), in ``results.json`` (``config.defaults``) and in ``demo.json``.
 
 Settings were chosen on development concepts (tinyworld: square, blue, dotted;
 ``benchmarks/pure_ablation.py``: PURE's best mean erase + paraphrase erase with retain ≥ 90 %, at
@@ -19,7 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["Setting", "ERASEKIT", "PUBLISHED", "CONCEPT_OPTIONS", "model_key", "resolve"]
+from .errors import MethodError
+
+__all__ = ["Setting", "ERASEKIT", "PUBLISHED", "CONCEPT_OPTIONS", "SOURCES", "model_key", "resolve", "split_concept_options"]
 
 CONCEPT_OPTIONS = ("templates",)  # defaults that configure the ConceptSet, not the method
 
@@ -65,25 +68,41 @@ PUBLISHED: dict[str, dict[str, Setting]] = {
 }
 
 
-def model_key(model: str | None) -> str:
+SOURCES = ("erasekit", "published", None)  # erase(defaults=...): erasekit's per-model table, the papers', or none
+
+
+def model_key(model) -> str:
     """'tinyworld' for the bundled models (tinyworld and tinyworld-xl: one world, one vocabulary, causal
-    CLIP encoders, so the same reasons hold), '*' for every other."""
-    return "tinyworld" if model in ("tinyworld", "tinyworld-xl") else "*"
+    CLIP encoders, so the same reasons hold), '*' for every other. ``model``: a pipeline or a ``--model`` name."""
+    from .models.record import describe_model, model_record
+
+    rec = describe_model(model) if model is None or isinstance(model, str) else model_record(model)
+    return rec.defaults_key
 
 
-def resolve(model: str | None, method: str, user: Mapping[str, Any] | None = None, *, published: bool = False,
+def resolve(model, method: str, user: Mapping[str, Any] | None = None, *, source: str | None = "erasekit",
             valid: set[str] | None = None) -> tuple[dict[str, Any], dict]:
-    """(options, record): the defaults for ``method`` on ``model`` with ``user`` options on top.
+    """(options, record): the defaults of ``source`` for ``method`` on ``model`` with ``user`` options on top.
 
-    ``valid``: the option names ``method`` accepts (a default it does not know is skipped, so
-    a renamed option cannot break the CLI). The record lists every default applied with its
+    ``model``: a pipeline (its load record) or a ``--model`` name. ``source``: 'erasekit' (this
+    module's per-model table), 'published' (the papers' settings) or None (no defaults: ``user``
+    alone). ``valid``: the option names ``method`` accepts (a default it does not know is skipped,
+    so a renamed option cannot break the CLI). The record lists every default applied with its
     reason, and which options the user set.
     """
+    if source not in SOURCES:
+        raise MethodError(f"defaults must be 'erasekit', 'published' or None, got {source!r}")
     user = dict(user or {})
-    table = PUBLISHED.get(method, {}) if published else {**ERASEKIT["*"].get(method, {}), **ERASEKIT.get(model_key(model), {}).get(method, {})}
+    key = model_key(model)
+    if source == "published":
+        table = PUBLISHED.get(method, {})
+    elif source == "erasekit":
+        table = {**ERASEKIT["*"].get(method, {}), **ERASEKIT.get(key, {}).get(method, {})}
+    else:
+        table = {}
     applied = {k: s for k, s in table.items() if k not in user and (valid is None or k in valid or k in CONCEPT_OPTIONS)}
     options = {**{k: s.value for k, s in applied.items()}, **user}
-    record = {"source": "published" if published else "erasekit", "model": model_key(model),
+    record = {"source": source or "none", "model": key,
               "applied": {k: {"value": s.value, "reason": s.reason} for k, s in applied.items()}, "user": sorted(user)}
     return options, record
 

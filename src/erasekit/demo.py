@@ -13,7 +13,7 @@ import html
 import io
 import json
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -88,29 +88,25 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
              templates: bool | None = None, published_defaults: bool = False, model: str = "tinyworld",
              **method_options) -> DemoResult:
     import erasekit
+    from .api import fit, plan_erase
     from .tinyworld import world
     from .tinyworld.judge import TinyworldJudge
 
     if concept not in world.SHAPES:
         raise erasekit.ConceptError(f"tinyworld has no shape {concept!r}; choose one of {', '.join(world.SHAPE_NAMES)}")
     t_start = time.perf_counter()
+    others = [s for s in world.SHAPE_NAMES if s != concept]
+    # tinyworld's per-method defaults (erasekit/defaults.py: every token position for the closed-form
+    # edits, the 'object' templates, PURE's paired centring); options given here win. Planned (and
+    # checked) before anything is loaded.
+    plan = plan_erase(pipe if pipe is not None else model, method, [concept], kind="object", preserve=others, templates=templates,
+                      defaults="published" if published_defaults else "erasekit", **method_options)
     pipe = pipe if pipe is not None else erasekit.load_pipeline(model)
     judge = judge if judge is not None else TinyworldJudge.load()
     suites = _demo_suites(concept, n, seed)
-    others = [s for s in world.SHAPE_NAMES if s != concept]
-    from .defaults import resolve, split_concept_options
-    from .methods import get_method
-
-    # tinyworld's per-method defaults (erasekit/defaults.py: every token position for the closed-form
-    # edits, the 'object' templates, PURE's paired centring); options given here win.
-    user = dict(method_options, **({} if templates is None else {"templates": templates}))
-    valid = {f.name for f in fields(get_method(method).config_class)}
-    resolved, defaults = resolve("tinyworld", method, user, published=published_defaults, valid=valid)
-    concept_opts, method_options = split_concept_options(resolved)
     t0 = time.perf_counter()
-    edit = erasekit.erase(pipe, method=method, concepts=[concept], kind="object", preserve=others,
-                          templates=concept_opts.get("templates", False), progress=progress, **method_options)
-    edit.stats["defaults"] = defaults
+    edit = fit(pipe, plan, progress=progress)
+    defaults = plan.record
     fit_seconds = time.perf_counter() - t0
 
     seeds = list(range(seed, seed + n))

@@ -99,14 +99,9 @@ def general_prompts(source: str, *, limit: int | None = None, sha256: str | None
     if limit is not None and limit < 1:
         raise MethodError(f"prior limit must be >= 1 prompt, got {limit}")
     if source == "tinyworld":
-        import numpy as np
+        from .models.record import tinyworld_captions  # the bundled model's vocabulary, through the models layer
 
-        from .tinyworld import world
-
-        n = limit or TINYWORLD_PRIOR_N
-        rng = np.random.default_rng(_TINYWORLD_SEED)
-        _, _, caps = world.sample_batch(n, rng, size=8, split="train", p_drop_pattern=0.3, p_drop_color=0.2)
-        return caps
+        return tinyworld_captions(limit or TINYWORLD_PRIOR_N, _TINYWORLD_SEED)
     if re.match(r"^https?://", source) and not sha256:
         raise MethodError(f"prior prompt URL {source!r} needs its sha256 (prior_sha256=...) so a changed file is noticed")
     from .evaluate.suites import load_prompts  # CSV/txt parsing, URL fetch + checksum, shared with the evaluation
@@ -123,14 +118,9 @@ def general_prompts(source: str, *, limit: int | None = None, sha256: str | None
 
 def concept_aliases(concept: str) -> tuple[str, ...]:
     """The concept and, where tinyworld's vocabulary knows it, its synonyms (all lower case)."""
-    from .tinyworld import world
+    from .models.record import tinyworld_aliases
 
-    key = concept.strip().lower()
-    for vocab in (world.SHAPES, world.COLORS, world.PATTERNS):
-        for names in vocab.values():
-            if key in names:
-                return tuple(n.removeprefix("with ") for n in names)
-    return (key,)
+    return tinyworld_aliases(concept) or (concept.strip().lower(),)
 
 
 def _drop_named(prompts: Sequence[str], exclude: Sequence[str]) -> list[str]:

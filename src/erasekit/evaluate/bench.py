@@ -6,11 +6,10 @@ later are benchmarked without changes here.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..concepts import ConceptSet
 from ..errors import ConceptError, MethodError
@@ -47,23 +46,34 @@ def parse_methods(spec: str | None) -> dict[str, str]:
     return out
 
 
-def parse_options(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, dict]:
-    """``["space.target_sparsity=0.85", ...]`` -> {"space": {"target_sparsity": 0.85}}; values are JSON when they parse.
+def parse_options(pairs: Sequence[str], methods: Mapping[str, str] | Sequence[str]) -> dict[str, dict]:
+    """``["space.target_sparsity=0.85", ...]`` -> {"space": {"target_sparsity": 0.85}}.
 
-    ``methods`` are the labels of :func:`parse_methods` (a variant's options go under its label).
+    ``methods``: label -> registered method (:func:`parse_methods`; a plain list uses each method as its
+    label); a variant's options go under its label. Values are typed by the option's config field
+    (the shared parse of :mod:`erasekit.methods.base`); ``templates`` is a yes/no concept-set option.
     """
-    out: dict[str, dict] = {m: {} for m in methods}
+    from ..defaults import CONCEPT_OPTIONS
+    from ..methods import get_method
+    from ..methods.base import OptionType, not_an_option, option_types
+
+    labels = dict(methods) if isinstance(methods, Mapping) else {m: m for m in methods}
+    out: dict[str, dict] = {m: {} for m in labels}
     for p in pairs:
         key, eq, value = p.partition("=")
-        method, dot, option = key.partition(".")
+        label, dot, option = key.partition(".")
+        option = option.strip().replace("-", "_")
         if not eq or not dot or not option:
             raise MethodError(f"option {p!r} is not METHOD.OPTION=VALUE (e.g. space.target_sparsity=0.85)")
-        if method not in out:
-            raise MethodError(f"option {p!r} is for {method!r}, which is not among the benchmarked methods {list(methods)}")
-        try:
-            out[method][option] = json.loads(value)
-        except json.JSONDecodeError:
-            out[method][option] = value
+        if label not in out:
+            raise MethodError(f"option {p!r} is for {label!r}, which is not among the benchmarked methods {list(labels)}")
+        types = option_types(get_method(labels[label]).config_class)
+        if option in CONCEPT_OPTIONS:
+            out[label][option] = OptionType.of("bool").parse(option, value)
+        elif option in types:
+            out[label][option] = types[option].parse(option, value)
+        else:
+            raise not_an_option(labels[label], [option])
     return out
 
 
@@ -101,17 +111,15 @@ def tinyworld_concept_set(concept: str | Sequence[str]) -> ConceptSet:
 
 
 def fit_edits(pipe, methods: dict[str, str] | Sequence[str], concept_sets: dict[str, ConceptSet], options: dict[str, dict], out_dir: Path,
-              progress: bool = True, defaults: dict[str, dict] | None = None) -> tuple[dict[str, dict], dict[tuple[str, str], float]]:
+              progress: bool = True, defaults: str | None = "erasekit") -> tuple[dict[str, dict], dict[tuple[str, str], float]]:
     """{study: {label: Edit}} and the fit seconds of each; every edit is also saved to ``out_dir/edits``.
 
     ``methods`` maps labels to registered methods (:func:`parse_methods`); a plain list uses each method as its label.
-    ConceptSet options among a label's options (``templates``) apply to that label's concept set;
-    ``defaults`` (label -> record of :func:`erasekit.defaults.resolve`) is stored in each edit's stats.
+    ``options`` (label -> the user's options, ``templates`` included) go to :func:`erasekit.erase` with
+    ``defaults`` (its per-model defaults: 'erasekit', 'published' or None), which records what was applied
+    in each edit's ``stats['defaults']``.
     """
-    import dataclasses
-
     import erasekit
-    from ..defaults import split_concept_options
 
     methods = dict(methods) if isinstance(methods, dict) else {m: m for m in methods}
     edits: dict[str, dict] = {}
@@ -119,13 +127,9 @@ def fit_edits(pipe, methods: dict[str, str] | Sequence[str], concept_sets: dict[
     for name, cs in concept_sets.items():
         edits[name] = {}
         for m, method in methods.items():
-            concept_opts, method_opts = split_concept_options(options.get(m, {}))
-            cs_m = dataclasses.replace(cs, **concept_opts) if concept_opts else cs  # e.g. --set M.templates=true
             t0 = time.perf_counter()
-            edit = erasekit.erase(pipe, method=method, concepts=cs_m, progress=progress, **method_opts)
+            edit = erasekit.erase(pipe, method=method, concepts=cs, defaults=defaults, progress=progress, **options.get(m, {}))
             seconds[(name, m)] = time.perf_counter() - t0
-            if defaults and m in defaults:
-                edit.stats["defaults"] = defaults[m]
             edit.save(out_dir / "edits" / f"{name}-{m}.safetensors".replace(" ", "_"))
             edits[name][m] = edit
     return edits, seconds

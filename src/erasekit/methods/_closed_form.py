@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .. import linalg
 from ..edit import Edit, LayerEdit
 from ..errors import MethodError
+from ..models.record import is_tinyworld, model_record
 
 PRESETS = ("v2", "v1", "erasekit")
 
@@ -102,7 +103,7 @@ def general_prior(adapter, concepts, config, progress: bool = False):
 
     source = config.prior_prompts
     if source == "auto":
-        source = "tinyworld" if _is_tinyworld(adapter) else None
+        source = model_record(adapter.pipe).prior_prompts  # the model's own general prompts (tinyworld's captions), if any
         if source is None:
             raise MethodError(
                 "prior='general' needs a general prompt list for this model: set prior_prompts to a CSV/txt path "
@@ -115,15 +116,8 @@ def general_prior(adapter, concepts, config, progress: bool = False):
 
 
 def _is_tinyworld(adapter) -> bool:
-    from pathlib import Path
-
-    from ..tinyworld import pipeline_dir
-
-    name = adapter.describe().get("name_or_path")
-    try:
-        return name is not None and Path(name).resolve() == pipeline_dir().resolve()
-    except OSError:
-        return False
+    """Whether ``adapter``'s pipeline is a bundled tinyworld model (:func:`erasekit.models.record.is_tinyworld`)."""
+    return is_tinyworld(adapter.pipe)
 
 
 def gram_and_plan(adapter, concepts, config) -> tuple["linalg.GramFactor", ColumnPlan, dict]:

@@ -118,12 +118,80 @@ def make_config(name: str, **options) -> MethodConfig:
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise MethodError(f"option(s) {unknown} do not apply to method {name!r}; its options are: {', '.join(sorted(valid))}")
+        raise not_an_option(name, unknown)
     check_option_types(cls, options)
     return cls(**options)
 
 
+def not_an_option(method: str, unknown: list[str]) -> MethodError:
+    """The refusal of options ``method``'s config does not have, naming the ones it has."""
+    m = get_method(method)
+    valid = sorted(f.name for f in dataclasses.fields(m.config_class))
+    return MethodError(f"option(s) {unknown} do not apply to method {m.name!r}; its options are: {', '.join(valid)}")
+
+
+# ------------------------------------------------------------------ option types
 _SIMPLE_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,), "None": (type(None),)}
+_SEQUENCES = ("tuple", "list", "Sequence")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class OptionType:
+    """A config field's type, read once from its annotation (``'float | None'``, ``'tuple[str, ...]'``).
+
+    The one place option types are interpreted: :func:`check_option_types` (Python values) and the
+    command line (``--option VALUE``, ``--set OPTION=VALUE``: :meth:`parse`) both use it.
+    """
+
+    kinds: tuple[str, ...]  # each of 'float', 'int', 'bool', 'str', 'seq', 'None', or '?' (a type this does not know)
+
+    @classmethod
+    def of(cls, annotation: Any) -> "OptionType":
+        parts = (p.strip().split("[")[0].strip() for p in str(annotation).split("|"))
+        return cls(tuple("seq" if p in _SEQUENCES else p if p in _SIMPLE_TYPES else "?" for p in parts))
+
+    @property
+    def base(self) -> str:
+        """The type a command-line value is parsed to: the first one besides None ('seq' stays text: the config splits it)."""
+        return next((k for k in self.kinds if k != "None"), "str")
+
+    @property
+    def optional(self) -> bool:
+        return "None" in self.kinds
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` has this type (True where the annotation holds a type this does not know)."""
+        if "?" in self.kinds:
+            return True
+        for k in self.kinds:
+            if k == "seq" and isinstance(value, (list, tuple, str)):
+                return True
+            if k in _SIMPLE_TYPES and isinstance(value, _SIMPLE_TYPES[k]) and not (k in ("float", "int") and isinstance(value, bool)):
+                return True
+        return False
+
+    def parse(self, name: str, text: str) -> Any:
+        """``text`` from a command line as this type; 'none' is None where the option allows it (and is not text)."""
+        word = text.strip().lower()
+        if self.optional and self.base not in ("str", "seq") and word in ("none", "null"):
+            return None
+        if self.base == "bool":
+            if word not in _TRUE + _FALSE:
+                raise MethodError(f"option {name} expects true or false, got {text!r}")
+            return word in _TRUE
+        if self.base in ("int", "float"):
+            try:
+                return int(text) if self.base == "int" else float(text)
+            except ValueError:
+                want = "an integer" if self.base == "int" else "a number"
+                raise MethodError(f"option {name} expects {want}, got {text!r}") from None
+        return text
+
+
+def option_types(cls: type[MethodConfig]) -> dict[str, OptionType]:
+    """Option name -> :class:`OptionType` of every field of the config class ``cls``."""
+    return {f.name: OptionType.of(f.type) for f in dataclasses.fields(cls)}
 
 
 def check_option_types(cls: type[MethodConfig], options: dict) -> None:
@@ -132,22 +200,11 @@ def check_option_types(cls: type[MethodConfig], options: dict) -> None:
     Runs before a config is built (and so before any model is loaded): ``lam=nan`` or
     ``rank="4"`` fail here with the option's name, not later inside the maths.
     """
-    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
     for name, value in options.items():
-        ann = types.get(name)
-        if ann is None:
+        if name not in types:
             continue
-        ok, known = False, True
-        for part in (p.strip() for p in ann.split("|")):
-            base = part.split("[")[0].strip()
-            if base in ("tuple", "list", "Sequence"):
-                ok = ok or isinstance(value, (list, tuple, str))
-            elif base in _SIMPLE_TYPES:
-                numeric_bool = base in ("float", "int") and isinstance(value, bool)
-                ok = ok or (isinstance(value, _SIMPLE_TYPES[base]) and not numeric_bool)
-            else:
-                known = False  # an annotation this check does not know: the config's own checks decide
-        if known and not ok:
-            raise MethodError(f"option {name} expects {ann}, got {value!r:.60}")
+        if not OptionType.of(types[name]).accepts(value):
+            raise MethodError(f"option {name} expects {types[name]}, got {value!r:.60}")
         if isinstance(value, float) and not math.isfinite(value):
             raise MethodError(f"option {name} must be a finite number, got {value}")

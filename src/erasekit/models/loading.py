@@ -18,16 +18,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from .record import BUNDLED, is_tinyworld, model_record, record_model  # noqa: F401 — is_tinyworld, model_record: re-exported
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 TINY = {"tiny-sd": "sd", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
-BUNDLED = ("tinyworld", "tinyworld-xl")  # trained on the tinyworld world: tinyworld suites, judge and defaults apply
-
-
-def is_tinyworld(model) -> bool:
-    """Whether ``model`` names a bundled tinyworld model (``tinyworld`` or ``tinyworld-xl``)."""
-    return str(model) in BUNDLED
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -42,7 +37,11 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def load_pipeline(model: str, dtype: str | torch.dtype = "float32", device: str = "cpu", config: str | None = None,
                   revision: str | None = None):
-    """Load ``model`` (see module docstring) onto ``device`` in ``dtype``."""
+    """Load ``model`` (see module docstring) onto ``device`` in ``dtype``.
+
+    The pipeline carries the record of ``model`` (:func:`erasekit.models.record.model_record`):
+    :func:`erasekit.erase` reads it to pick the model's defaults.
+    """
     torch_dtype = resolve_dtype(dtype)
     pipe = _load(str(model), torch_dtype, config, revision)
     # diffusers warns that float16 "cannot run" on a CPU; erasekit computes in float32 there instead
@@ -58,6 +57,7 @@ def load_pipeline(model: str, dtype: str | torch.dtype = "float32", device: str 
         pipeline_logger.removeFilter(quiet)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
+    record_model(pipe, model)
     return pipe
 
 
