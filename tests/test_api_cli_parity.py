@@ -18,8 +18,8 @@ from erasekit.cli import main
 from erasekit.tinyworld import weights_dir, weights_xl_dir
 
 SHIPPED = {"tinyworld": weights_dir(), "tinyworld-xl": weights_xl_dir()}
-MODELS = [pytest.param(m, marks=pytest.mark.skipif(not (d / "pipeline" / "model_index.json").is_file(), reason=f"{m} not shipped"))
-          for m, d in SHIPPED.items()]
+MODELS = [pytest.param(m, marks=pytest.mark.skipif(not (d / "pipeline" / "model_index.json").is_file(),
+                                                   reason=f"{m} not shipped")) for m, d in SHIPPED.items()]
 
 # Cheap settings (a few steps of each fine-tuning method, SPACE at a fixed λ instead of a sparsity search,
 # PURE on the bare concept); the other closed forms run as they are. templates= is the --[no-]templates flag.
@@ -60,7 +60,7 @@ def _tensors(path) -> tuple[dict, dict]:
 def test_cheap_settings_cover_every_registered_method():
     assert set(CHEAP) == set(erasekit.list_methods())
     for method, options in CHEAP.items():
-        erasekit.make_config(method, **{k: v for k, v in options.items() if k != "templates"})  # each is an option of its method
+        erasekit.make_config(method, **{k: v for k, v in options.items() if k != "templates"})  # each is M's option
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -71,7 +71,8 @@ def test_python_api_and_cli_fit_byte_identical_edits(model, method, loaded, tmp_
     assert erasekit.is_tinyworld(pipe)  # the record load_pipeline attached (tinyworld-xl included)
     options = CHEAP[method]
     torch.manual_seed(0)
-    api = erasekit.erase(pipe, method=method, concepts=[CONCEPT], kind="object", preserve=PRESERVE, progress=False, **options)
+    api = erasekit.erase(pipe, method=method, concepts=[CONCEPT], kind="object", preserve=PRESERVE, progress=False,
+                         **options)
     api_path = api.save(tmp_path / "api.safetensors")
     cli_path = tmp_path / "cli.safetensors"
     sets = [x for k, v in options.items() if k != "templates" for x in ("--set", f"{k}={v}")]
@@ -84,7 +85,8 @@ def test_python_api_and_cli_fit_byte_identical_edits(model, method, loaded, tmp_
     assert ten_a.keys() == ten_c.keys() and ten_a
     for k in ten_a:
         a, c = ten_a[k], ten_c[k]
-        assert a.dtype == c.dtype and a.shape == c.shape and a.contiguous().view(torch.uint8).equal(c.contiguous().view(torch.uint8)), k
+        assert a.dtype == c.dtype and a.shape == c.shape, k
+        assert a.contiguous().view(torch.uint8).equal(c.contiguous().view(torch.uint8)), k  # byte for byte
     assert meta_a["config"] == meta_c["config"] and meta_a["concepts"] == meta_c["concepts"]
     rec = meta_a["stats"]["defaults"]
     assert rec == meta_c["stats"]["defaults"] and rec["source"] == "erasekit" and rec["model"] == "tinyworld"

@@ -34,8 +34,9 @@ class ErasePlan:
     method: str
     concepts: ConceptSet
     config: MethodConfig
-    record: dict  # erasekit.defaults.resolve's record: source, model row, each default applied with its reason, the user's options
-    options: dict[str, Any]  # the options set: the defaults applied and the user's, templates included (what a cache compares)
+    # erasekit.defaults.resolve's record: source, model row, each default applied with its reason, the user's options
+    record: dict
+    options: dict[str, Any]  # the options set: defaults applied and the user's, templates included (caches compare it)
 
 
 def plan_erase(model, method: str = "uce", concepts: ConceptSet | Sequence[str] | str | None = None, *,
@@ -46,7 +47,9 @@ def plan_erase(model, method: str = "uce", concepts: ConceptSet | Sequence[str] 
     Raises before anything slow: unknown method, an option the method does not have, a bad value.
     """
     m = get_method(method)
-    user = dict(config, **({} if templates is None else {"templates": templates if isinstance(templates, bool) else tuple(templates)}))
+    user = dict(config)
+    if templates is not None:
+        user["templates"] = templates if isinstance(templates, bool) else tuple(templates)
     valid = {f.name for f in dataclasses.fields(m.config_class)}
     resolved, record = resolve(model, m.name, user, source=defaults, valid=valid)
     concept_opts, options = split_concept_options(resolved)
@@ -57,8 +60,8 @@ def plan_erase(model, method: str = "uce", concepts: ConceptSet | Sequence[str] 
 def _concept_set(concepts, preserve, kind, guide, concept_opts: dict, user_templates: bool) -> ConceptSet:
     if isinstance(concepts, ConceptSet):
         if tuple(preserve) or kind != "style" or guide is not None:
-            raise ConceptError("concepts is a ConceptSet: give preserve / kind / guide inside it "
-                               "(dataclasses.replace(cs, preserve=...)), not as separate arguments, which would be ignored")
+            raise ConceptError("concepts is a ConceptSet: give preserve / kind / guide inside it (dataclasses.replace("
+                               "cs, preserve=...)), not as separate arguments, which would be ignored")
         # the model's default templates fill a ConceptSet that has none; the caller's templates= always wins
         if "templates" in concept_opts and (user_templates or concepts.templates is False):
             return dataclasses.replace(concepts, templates=concept_opts["templates"])

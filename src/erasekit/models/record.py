@@ -26,7 +26,7 @@ _ATTR = "_erasekit_model"
 class ModelRecord:
     """What erasekit knows about a pipeline beyond its weights."""
 
-    name: str  # as given to load_pipeline ('tinyworld', a folder, a hub id, a .safetensors file), or the folder it came from
+    name: str  # as given to load_pipeline ('tinyworld', a folder, a hub id, a .safetensors file), or its folder
     bundled: str | None = None  # 'tinyworld' / 'tinyworld-xl' for the bundled models, else None
 
     @property
@@ -41,7 +41,7 @@ class ModelRecord:
 
     @property
     def prior_prompts(self) -> str | None:
-        """What ``prior_prompts='auto'`` means on this model: its own training captions, or None (no list of its own)."""
+        """What ``prior_prompts='auto'`` means here: the model's own training captions, or None (it has none)."""
         return "tinyworld" if self.tinyworld else None
 
 
