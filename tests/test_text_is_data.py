@@ -36,3 +36,81 @@ def test_check_user_text_refuses_naming_the_argument_and_the_problem(value, why)
         check_user_text("--erase", value)
     assert isinstance(e.value, EraseKitError) and "--erase" in str(e.value) and why in str(e.value)
     str(e.value).encode("utf-8")  # the message itself is printable
+
+
+# ----------------------------------------------------------------------------- the command line, end to end
+import json  # noqa: E402
+
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save as st_save  # noqa: E402
+
+from erasekit.cli import main  # noqa: E402
+from erasekit.edit_format import content_sha256  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bracket_edit(tmp_path_factory):
+    """An edit of tiny-sd whose concept is spelled with rich's closing tag, written by the command itself."""
+    out = tmp_path_factory.mktemp("bracket") / "bracket.safetensors"
+    assert main(["erase", "--model", "tiny-sd", "--method", "uce", "--erase", "[/]", "--preserve", "[/bold]", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_concept_spelled_as_markup_fits_prints_and_inspects(bracket_edit, capsys):
+    capsys.readouterr()
+    assert main(["inspect", str(bracket_edit)]) == 0
+    out = capsys.readouterr().out
+    assert "[/]" in out and "[/bold]" in out
+
+
+@pytest.mark.parametrize("value,why", [("\udcff", "not valid UTF-8"), ("a\x1b[31mb", "control character"), ("x\u202ey", "bidirectional")])
+def test_bad_command_line_text_is_refused_before_the_model_loads(value, why, tmp_path, capsys, monkeypatch):
+    import erasekit.models.loading as loading
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the text was checked")
+
+    monkeypatch.setattr(loading, "load_pipeline", no_load)
+    out = tmp_path / "x.safetensors"
+    for argv in (["erase", "--model", "tiny-sd", "--erase", value, "--out", str(out)],
+                 ["erase", "--model", "tiny-sd", "--erase", "ok", "--preserve", value, "--out", str(out)],
+                 ["generate", "--model", "tiny-sd", "--prompt", value, "--out", str(tmp_path / "g.png")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert why in err and ("--erase" in err or "--preserve" in err or "--prompt" in err), err
+        assert "Traceback" not in err and "\x1b" not in err
+        err.encode("utf-8")
+    assert not list(tmp_path.iterdir())
+
+
+def _resign(src, dst, change) -> None:
+    with safe_open(str(src), framework="pt") as f:
+        doc, tensors = json.loads(f.metadata()["erasekit"]), {k: f.get_tensor(k) for k in f.keys()}
+    change(doc)
+    doc["content_sha256"] = content_sha256(doc, tensors)
+    dst.write_bytes(st_save(tensors, metadata={"erasekit": json.dumps(doc)}))
+
+
+def test_hostile_metadata_is_shown_escaped_and_hostile_concepts_are_refused(bracket_edit, tmp_path, capsys):
+    hostile = "\x1b[2J\x1b]0;owned\x07[/bold]\ud800\u202e"
+
+    def base_and_stats(doc):
+        doc["base"]["name_or_path"] = hostile
+        doc["stats"]["seconds"] = hostile
+
+    shown_file = tmp_path / "shown.safetensors"
+    _resign(bracket_edit, shown_file, base_and_stats)
+    capsys.readouterr()
+    assert main(["inspect", str(shown_file)]) == 0
+    out = capsys.readouterr().out
+    assert "\\x1b[2J" in out and "\\ud800" in out and "\\u202e" in out and "[/bold]" in out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    out.encode("utf-8")
+    assert main(["inspect", "--json", str(shown_file)]) == 0  # JSON escapes it its own way (\\u001b)
+    assert "\x1b" not in capsys.readouterr().out
+
+    refused = tmp_path / "refused.safetensors"
+    _resign(bracket_edit, refused, lambda doc: doc["concepts"].update(erase=["a\x1b[31mb"]))
+    assert main(["inspect", str(refused)]) == 2
+    err = capsys.readouterr().err
+    assert "control character" in err and "\x1b" not in err

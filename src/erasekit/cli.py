@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import EraseKitError
+from .text import plain, shown
 from .models.record import is_tinyworld
 
 
@@ -106,7 +107,7 @@ def _load(args):
 
 
 def _info(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(plain(msg), file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------- checks before the model load
@@ -165,19 +166,19 @@ def cmd_methods(args) -> int:
     table.add_column("method", style="bold")
     table.add_column("description")
     for name, summary in list_methods().items():
-        table.add_row(name, summary)
+        table.add_row(shown(name), shown(summary))  # a plugin's text is not erasekit's: shown as data
     console = Console()
     console.print(table)
     if args.verbose:
         for name in list_methods():
             cfg = get_method(name).config_class
-            t = Table(title=f"{name} options")
+            t = Table(title=f"{shown(name)} options")
             t.add_column("option")
             t.add_column("default")
             t.add_column("help")
             for f in dataclasses.fields(cfg):
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-                t.add_row("--" + f.name.replace("_", "-"), repr(default), f.metadata.get("help", ""))
+                t.add_row(shown("--" + f.name.replace("_", "-")), shown(repr(default)), shown(f.metadata.get("help", "")))
             console.print(t)
     return 0
 
@@ -217,22 +218,24 @@ def _print_summary(edit, show_layers: bool = False) -> None:
     from rich.table import Table
 
     s = edit.summary()
+    # every value below comes from the file (concepts, paths, stats): shown() keeps it from acting as markup or terminal control
     t = Table(show_header=False, title="edit")
     t.add_column(style="bold")
     t.add_column()
     c = s["concepts"]
-    t.add_row("method", s["method"])
-    t.add_row("erase", ", ".join(c.get("erase", [])) + f"  (kind {c.get('kind')}, guide {c.get('guides')})")
-    t.add_row("preserve", ", ".join(c.get("preserve", [])) or "-")
-    t.add_row("base model", f"{s['base'].get('name_or_path') or '?'} ({s['base'].get('pipeline')}, {s['base'].get('family')})")
-    t.add_row("base fingerprint", _base_fingerprint(edit))
-    t.add_row("layers", f"{s['layers']}  storage {s['storage']}")
+    row = lambda key, value: t.add_row(key, shown(value))  # noqa: E731
+    row("method", s["method"])
+    row("erase", ", ".join(c.get("erase", [])) + f"  (kind {c.get('kind')}, guide {c.get('guides')})")
+    row("preserve", ", ".join(c.get("preserve", [])) or "-")
+    row("base model", f"{s['base'].get('name_or_path') or '?'} ({s['base'].get('pipeline')}, {s['base'].get('family')})")
+    row("base fingerprint", _base_fingerprint(edit))
+    row("layers", f"{s['layers']}  storage {s['storage']}")
     if s["sparsity"] is not None:
-        t.add_row("sparsity", f"{100 * s['sparsity']:.2f} % exact zeros")
-    t.add_row("bytes", f"{s['bytes']:,}  ({100 * s['bytes'] / max(s['dense_fp32_bytes'], 1):.1f} % of dense fp32 {s['dense_fp32_bytes']:,})")
+        row("sparsity", f"{100 * s['sparsity']:.2f} % exact zeros")
+    row("bytes", f"{s['bytes']:,}  ({100 * s['bytes'] / max(s['dense_fp32_bytes'], 1):.1f} % of dense fp32 {s['dense_fp32_bytes']:,})")
     for k in ("seconds", "objective", "iterations", "converged"):
         if k in s["stats"]:
-            t.add_row(k, str(s["stats"][k]))
+            row(k, str(s["stats"][k]))
     console = Console()
     console.print(t)
     if show_layers:
@@ -241,8 +244,8 @@ def _print_summary(edit, show_layers: bool = False) -> None:
             lt.add_column(col)
         for path, le in edit.layers.items():
             sp = le.stats.get("sparsity")
-            lt.add_row(path, le.kind, "×".join(map(str, le.shape)), f"{le.nbytes:,}", "-" if sp is None else f"{100 * sp:.1f}%",
-                       str(le.rank or "-"), str(le.stats.get("seconds", "-")))
+            lt.add_row(*map(shown, (path, le.kind, "×".join(map(str, le.shape)), f"{le.nbytes:,}", "-" if sp is None else f"{100 * sp:.1f}%",
+                                    str(le.rank or "-"), str(le.stats.get("seconds", "-")))))
         console.print(lt)
 
 
@@ -307,11 +310,11 @@ def cmd_demo(args) -> int:
     _check_positive(args, "n", "steps")
     res = run_demo(concept=args.concept, method=args.method, n=args.n, steps=args.steps, out_dir=args.out, model=args.model,
                    published_defaults=args.published_defaults, **options)
-    t = Table(title=f"erasekit demo: {res.method} erases '{res.concept}' from {args.model} (same seeds, tinyworld judge)")
+    t = Table(title=f"erasekit demo: {shown(res.method)} erases '{shown(res.concept)}' from {shown(args.model)} (same seeds, tinyworld judge)")
     t.add_column("measure")
     t.add_column("value", justify="right")
     for a, b in res.table_rows():
-        t.add_row(a, b)
+        t.add_row(shown(a), shown(b))
     Console().print(t)
     _info(f"grid: {res.grid_path}\npage: {res.html_path}")
     return 0
@@ -567,6 +570,10 @@ def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
     _eval_common(b)
     b.set_defaults(func=cmd_bench)
 
+    from .evaluate.claims_run import add_command as add_claims_command
+
+    add_claims_command(sub)  # `erasekit claims`: the founding papers' claims measured on the bundled models
+
     from .export import list_formats
 
     formats = list_formats()
@@ -605,17 +612,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, rest = parser.parse_known_args(argv)
         if rest:
             _refuse_unknown(parser, args, rest)
+        _check_text_arguments(args)
         return args.func(args)
     except EraseKitError as e:
-        print(f"erasekit: error: {e}", file=sys.stderr)
+        print(f"erasekit: error: {plain(e)}", file=sys.stderr)  # messages quote user text: shown escaped
         return 2
     except KeyboardInterrupt:
         print("erasekit: interrupted; nothing was written", file=sys.stderr)
         return 130
     except OSError as e:  # a full disk, a vanished folder: every write is atomic, so nothing partial is left
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"erasekit: error: {e.strerror or e}{where}; no partial file was written", file=sys.stderr)
+        print(f"erasekit: error: {plain(e.strerror or e)}{plain(where)}; no partial file was written", file=sys.stderr)
         return 1
+
+
+# arguments whose text becomes a concept name or a prompt: checked once, here, before any model loads
+_TEXT_ARGUMENTS = ("erase", "guide", "preserve", "concept", "concepts", "prompt", "prompts_concept")
+
+
+def _check_text_arguments(args) -> None:
+    """Refuse (exit 2, naming the argument) text that is not valid UTF-8, or holds surrogates or control characters."""
+    from .text import check_user_text
+
+    for name in _TEXT_ARGUMENTS:
+        value = getattr(args, name, None)
+        for item in [value] if isinstance(value, str) else value or ():
+            check_user_text("--" + name.replace("_", "-"), item)
 
 
 def _erase_method(argv: list[str]) -> str:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import ConceptError
+from .text import plain, text_problem
 
 KINDS = ("style", "object", "person", "nsfw")
 
@@ -85,6 +86,7 @@ class ConceptSet:
             for c in items:
                 if not isinstance(c, str) or not normalize(c):
                     raise ConceptError(f"empty {label} concept {c!r}: every concept must be a non-empty string")
+                _check_text(f"{label} concept", c)
             seen: dict[str, str] = {}
             for c in items:
                 if normalize(c) in seen:
@@ -98,6 +100,8 @@ class ConceptSet:
         if both:
             raise ConceptError(f"concept(s) {both} are both erased and preserved; remove them from one of the two lists")
         object.__setattr__(self, "_guides", self._resolve_guides(erase))
+        for g in self._guides:
+            _check_text("guide", g)
         if isinstance(self.templates, (list, tuple)):
             tpl = tuple(self.templates)
             if not tpl or any(t.count("{}") != 1 for t in tpl):
@@ -172,3 +176,11 @@ class ConceptSet:
             preserve=tuple(d.get("preserve", ())),
             templates=False if tpl == ("{}",) else tpl,
         )
+
+
+def _check_text(label: str, value: str) -> None:
+    """Concepts are prompt text: no bytes that were not UTF-8, no lone surrogates, no control characters (erasekit.text).
+    The CLI refuses them at the command line; this catches the Python API and edit files."""
+    problem = text_problem(value)
+    if problem:
+        raise ConceptError(f"{label} '{plain(value)}': {problem}; give concepts as plain text")

@@ -38,6 +38,8 @@ def _unsafe(ch: str) -> bool:
 
 def _escaped(ch: str) -> str:
     code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, carried by surrogateescape: shown as that byte
+        return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
@@ -75,5 +77,5 @@ def check_user_text(what: str, value: str) -> str:
     """``value`` if it is acceptable text, else :class:`UserTextError` naming ``what`` (e.g. ``--erase``)."""
     problem = text_problem(value)
     if problem:
-        raise UserTextError(f"{what} {plain(value)!s}: {problem}; give it as plain UTF-8 text without control characters")
+        raise UserTextError(f"{what} '{plain(value)}': {problem}; give it as plain UTF-8 text without control characters")
     return value
