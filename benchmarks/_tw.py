@@ -44,8 +44,13 @@ class World:
     def decisions(self, suite) -> np.ndarray:
         """(items, every tinyworld value): the judge's decision on each value (one per attribute) for the suite's
         images."""
-        images = generate_pairs(self.pipe, [(it.prompt, it.seed) for it in suite.items], steps=self.steps,
-                                guidance=self.guidance, batch_size=16)
+        images = generate_pairs(
+            self.pipe,
+            [(it.prompt, it.seed) for it in suite.items],
+            steps=self.steps,
+            guidance=self.guidance,
+            batch_size=16,
+        )
         return self.judge.judge(images, self.values).decisions
 
     def seen(self, suite, decisions: np.ndarray | None = None) -> np.ndarray:

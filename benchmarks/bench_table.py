@@ -46,8 +46,11 @@ def table(results: list[dict], labels: list[str], metrics: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for study, runs in first["studies"].items():
         some = next(iter(runs.values()))
-        base = ["", "unedited"] + [_cell(_metric(some["unedited_metrics"], m)) if m != "H" else "–"
-                                   for m in metrics for _ in results] + ["–"] * (2 * len(results))
+        base = (
+            ["", "unedited"]
+            + [_cell(_metric(some["unedited_metrics"], m)) if m != "H" else "–" for m in metrics for _ in results]
+            + ["–"] * (2 * len(results))
+        )
         base[0] = study
         lines.append("| " + " | ".join(base) + " |")
         for method in runs:

@@ -33,9 +33,14 @@ def bare(pipe, edit, suites, bs: int, steps: int) -> float:
             edit.apply(pipe)
         try:
             for i in range(0, len(items), bs):
-                chunk = items[i: i + bs]
-                pipe(prompt=[it.prompt for it in chunk], generator=[torch.Generator().manual_seed(it.seed) for it in chunk],
-                     num_inference_steps=steps, guidance_scale=5.0, output_type="pil")
+                chunk = items[i : i + bs]
+                pipe(
+                    prompt=[it.prompt for it in chunk],
+                    generator=[torch.Generator().manual_seed(it.seed) for it in chunk],
+                    num_inference_steps=steps,
+                    guidance_scale=5.0,
+                    output_type="pil",
+                )
         finally:
             if state == "edited":
                 edit.revert(pipe)
@@ -59,7 +64,14 @@ def main() -> None:
     pipe = erasekit.load_pipeline(args.model)
     judge = make_judge("tinyworld")
     load_s = time.perf_counter() - t0
-    edit = erasekit.erase(pipe, "uce", ["circle"], kind="object", preserve=["square", "triangle", "star", "heart", "cross"], progress=False)
+    edit = erasekit.erase(
+        pipe,
+        "uce",
+        ["circle"],
+        kind="object",
+        preserve=["square", "triangle", "star", "heart", "cross"],
+        progress=False,
+    )
     suites = tinyworld_suites(["circle"], n=args.n)
     configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
     best: dict[tuple, dict] = {}
@@ -67,17 +79,29 @@ def main() -> None:
         for bs, steps in configs:  # interleaved: load changes hit every configuration alike
             b = bare(pipe, edit, suites, bs, steps)
             with tempfile.TemporaryDirectory() as tmp:
-                res = evaluate(pipe, [Study("circle", suites, {"uce": edit})], judge, out_dir=tmp, cache_dir=tmp,
-                               settings=GenerationSettings(steps=steps, guidance=5.0, batch_size=bs), n_boot=1000, progress=False)
+                res = evaluate(
+                    pipe,
+                    [Study("circle", suites, {"uce": edit})],
+                    judge,
+                    out_dir=tmp,
+                    cache_dir=tmp,
+                    settings=GenerationSettings(steps=steps, guidance=5.0, batch_size=bs),
+                    n_boot=1000,
+                    progress=False,
+                )
             t = dict(res.timing, bare=b)
             cur = best.get((bs, steps))
             if cur is None or t["total_seconds"] < cur["total_seconds"]:
                 best[(bs, steps)] = t
 
-    print(f"\nevaluation throughput on {args.model}: 4 suites × {args.n} items, unedited + UCE; guidance 5, {args.threads} CPU thread(s), "
-          f"torch {torch.__version__}; pipeline + judge load {load_s:.1f}s; min over {args.repeats} repeat(s)")
-    head = (f"{'batch × steps':>13} | {'images':>6} | {'bare s':>7} | {'generate s':>10} | {'judge s':>7} | {'other s':>7} | {'total s':>7} | "
-            f"{'img/s':>6} | {'speed-up':>8} | {'overhead (gen)':>14} | {'overhead (total − judge)':>24}")
+    print(
+        f"\nevaluation throughput on {args.model}: 4 suites × {args.n} items, unedited + UCE; guidance 5, {args.threads} CPU thread(s), "
+        f"torch {torch.__version__}; pipeline + judge load {load_s:.1f}s; min over {args.repeats} repeat(s)"
+    )
+    head = (
+        f"{'batch × steps':>13} | {'images':>6} | {'bare s':>7} | {'generate s':>10} | {'judge s':>7} | {'other s':>7} | {'total s':>7} | "
+        f"{'img/s':>6} | {'speed-up':>8} | {'overhead (gen)':>14} | {'overhead (total − judge)':>24}"
+    )
     print(head)
     print("-" * len(head))
     base = None
@@ -86,9 +110,11 @@ def main() -> None:
         other = tot - t["generation_seconds"] - t["judge_seconds"]
         rate = n / tot
         base = base or rate
-        print(f"{f'{bs} × {steps}':>13} | {n:>6} | {t['bare']:>7.2f} | {t['generation_seconds']:>10.2f} | {t['judge_seconds']:>7.2f} | "
-              f"{other:>7.2f} | {tot:>7.2f} | {rate:>6.2f} | {rate / base:>7.2f}× | {100 * (t['generation_seconds'] / t['bare'] - 1):>13.1f}% | "
-              f"{100 * ((tot - t['judge_seconds']) / t['bare'] - 1):>23.1f}%")
+        print(
+            f"{f'{bs} × {steps}':>13} | {n:>6} | {t['bare']:>7.2f} | {t['generation_seconds']:>10.2f} | {t['judge_seconds']:>7.2f} | "
+            f"{other:>7.2f} | {tot:>7.2f} | {rate:>6.2f} | {rate / base:>7.2f}× | {100 * (t['generation_seconds'] / t['bare'] - 1):>13.1f}% | "
+            f"{100 * ((tot - t['judge_seconds']) / t['bare'] - 1):>23.1f}%"
+        )
 
 
 if __name__ == "__main__":

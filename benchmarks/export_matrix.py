@@ -14,7 +14,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-
 import erasekit
 from erasekit.export import ExportError, export
 from erasekit.models.tiny import build_tiny_pipeline
@@ -37,9 +36,13 @@ def matrix(families: list[str], rank: int) -> list[tuple]:
             p = build_tiny_pipeline(fam, seed=0)
             p.set_progress_bar_config(disable=True)
             p.save_pretrained(tmp / f"cfg-{fam}")
-            kinds = {"low-rank (UCE)": erasekit.erase(p, "uce", ["a cat"], preserve=["a dog"], progress=False, storage="lowrank"),
-                     "sparse (SPACE)": erasekit.erase(p, "space", ["a cat"], progress=False, target_sparsity=0.8),
-                     "dense (UCE)": erasekit.erase(p, "uce", ["a cat"], preserve=["a dog"], progress=False, storage="dense")}
+            kinds = {
+                "low-rank (UCE)": erasekit.erase(
+                    p, "uce", ["a cat"], preserve=["a dog"], progress=False, storage="lowrank"
+                ),
+                "sparse (SPACE)": erasekit.erase(p, "space", ["a cat"], progress=False, target_sparsity=0.8),
+                "dense (UCE)": erasekit.erase(p, "uce", ["a cat"], preserve=["a dog"], progress=False, storage="dense"),
+            }
             base = _state(p)
             for kind, edit in kinds.items():
                 edit.apply(p)
@@ -72,10 +75,15 @@ def matrix(families: list[str], rank: int) -> list[tuple]:
                     elif fmt == "diffusers":
                         from diffusers import DiffusionPipeline
 
-                        got, loader = DiffusionPipeline.from_pretrained(str(res.path)).unet.state_dict(), "from_pretrained"
+                        got, loader = (
+                            DiffusionPipeline.from_pretrained(str(res.path)).unet.state_dict(),
+                            "from_pretrained",
+                        )
                     else:
                         # the pipeline class's own from_single_file, no erasekit in between (the tiny config stands in for the Hub's)
-                        reloaded = type(p).from_single_file(str(res.path), config=str(tmp / f"cfg-{fam}"), local_files_only=True)
+                        reloaded = type(p).from_single_file(
+                            str(res.path), config=str(tmp / f"cfg-{fam}"), local_files_only=True
+                        )
                         got, loader = reloaded.unet.state_dict(), "from_single_file"
                     rows.append((fmt, fam, kind, res.nbytes, loader, _diff(want, got), note))
     return rows
@@ -87,7 +95,9 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=4)
     args = ap.parse_args()
     rows = matrix(args.families.split(","), args.rank)
-    print("| format | family | kind | bytes | loader | max abs diff vs edit.apply | note |\n|---|---|---|---|---|---|---|")
+    print(
+        "| format | family | kind | bytes | loader | max abs diff vs edit.apply | note |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:,} | {r[4]} | {r[5]:.2g} | {r[6]} |")
 

@@ -36,20 +36,50 @@ def _real_size_pipes():
         def __init__(self, **kw):
             self.__dict__.update(kw)
 
-    vae_kw = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-                  layers_per_block=2, latent_channels=4)
-    clip_l = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768)
+    vae_kw = dict(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+    )
+    clip_l = CLIPTextConfig(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768
+    )
     with init_empty_weights():
-        sd15 = P(unet=UNet2DConditionModel(cross_attention_dim=768), vae=AutoencoderKL(**vae_kw),
-                 text_encoder=CLIPTextModel(clip_l), text_encoder_2=None)
+        sd15 = P(
+            unet=UNet2DConditionModel(cross_attention_dim=768),
+            vae=AutoencoderKL(**vae_kw),
+            text_encoder=CLIPTextModel(clip_l),
+            text_encoder_2=None,
+        )
         sdxl_unet = UNet2DConditionModel(
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-            cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816)
-        big_g = CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, projection_dim=1280, hidden_act="gelu")
-        sdxl = P(unet=sdxl_unet, vae=AutoencoderKL(**vae_kw), text_encoder=CLIPTextModel(clip_l),
-                 text_encoder_2=CLIPTextModelWithProjection(big_g))
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        )
+        big_g = CLIPTextConfig(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=20,
+            projection_dim=1280,
+            hidden_act="gelu",
+        )
+        sdxl = P(
+            unet=sdxl_unet,
+            vae=AutoencoderKL(**vae_kw),
+            text_encoder=CLIPTextModel(clip_l),
+            text_encoder_2=CLIPTextModelWithProjection(big_g),
+        )
     return {"sd1": sd15, "sdxl": sdxl}
 
 
@@ -77,11 +107,20 @@ def prepare(out: Path) -> None:
             export(edit, "diff", out / f"{fam}-{spelling}.diff.safetensors", pipe=p, kohya_names=spelling)
             names[spelling] = {kohya_name(lp, spelling, p.unet.config): lp for lp in edit.layers}
         # Module trees as the loaders see them: the diffusers UNet's Linear weights, and the single file's LDM names.
-        save_file({k: v.contiguous() for k, v in p.unet.state_dict().items() if v.dim() == 2}, str(out / f"{fam}-diffusers-unet.safetensors"))
-        info["tiny"][fam] = {"edited": {sp: sorted(n) for sp, n in names.items()},
-                             "ldm_edited": sorted(N.UNET_PREFIX + N.unet_key_to_ldm(lp + ".weight", p.unet.config) for lp in edit.layers),
-                             "diffusers_edited": sorted(lp + ".weight" for lp in edit.layers),
-                             "ldm_of": {lp + ".weight": N.UNET_PREFIX + N.unet_key_to_ldm(lp + ".weight", p.unet.config) for lp in edit.layers}}
+        save_file(
+            {k: v.contiguous() for k, v in p.unet.state_dict().items() if v.dim() == 2},
+            str(out / f"{fam}-diffusers-unet.safetensors"),
+        )
+        info["tiny"][fam] = {
+            "edited": {sp: sorted(n) for sp, n in names.items()},
+            "ldm_edited": sorted(
+                N.UNET_PREFIX + N.unet_key_to_ldm(lp + ".weight", p.unet.config) for lp in edit.layers
+            ),
+            "diffusers_edited": sorted(lp + ".weight" for lp in edit.layers),
+            "ldm_of": {
+                lp + ".weight": N.UNET_PREFIX + N.unet_key_to_ldm(lp + ".weight", p.unet.config) for lp in edit.layers
+            },
+        }
         if fam in ("sd", "sd2"):  # a reference UNet output for the original LDM code
             g = torch.Generator().manual_seed(0)
             c = p.unet.config
@@ -92,16 +131,28 @@ def prepare(out: Path) -> None:
             save_file({"x": x, "t": t, "ctx": ctx, "y": y}, str(out / f"{fam}-forward.safetensors"))
             heads = c.attention_head_dim
             info["tiny"][fam]["unet_config"] = dict(
-                in_channels=c.in_channels, out_channels=c.out_channels, model_channels=c.block_out_channels[0], num_res_blocks=c.layers_per_block,
-                channel_mult=[b // c.block_out_channels[0] for b in c.block_out_channels], context_dim=c.cross_attention_dim,
+                in_channels=c.in_channels,
+                out_channels=c.out_channels,
+                model_channels=c.block_out_channels[0],
+                num_res_blocks=c.layers_per_block,
+                channel_mult=[b // c.block_out_channels[0] for b in c.block_out_channels],
+                context_dim=c.cross_attention_dim,
                 attention_resolutions=[2**i for i, t_ in enumerate(c.down_block_types) if t_.startswith("CrossAttn")],
-                use_linear_in_transformer=bool(c.use_linear_projection), norm_num_groups=c.norm_num_groups,
+                use_linear_in_transformer=bool(c.use_linear_projection),
+                norm_num_groups=c.norm_num_groups,
                 # diffusers' attention_head_dim is the number of heads (a historical name); LDM takes heads or channels per head
-                **({"num_heads": heads} if isinstance(heads, int) else {"num_head_channels": c.block_out_channels[0] // heads[0]}),
+                **(
+                    {"num_heads": heads}
+                    if isinstance(heads, int)
+                    else {"num_head_channels": c.block_out_channels[0] // heads[0]}
+                ),
             )
     for fam, rp in _real_size_pipes().items():
         layout = "sdxl" if fam == "sdxl" else "sd1"
-        keys = {**N.unet_to_ldm(rp.unet.state_dict(), rp.unet.config), **N.vae_to_ldm(rp.vae.state_dict(), rp.vae.config)}
+        keys = {
+            **N.unet_to_ldm(rp.unet.state_dict(), rp.unet.config),
+            **N.vae_to_ldm(rp.vae.state_dict(), rp.vae.config),
+        }
         if layout == "sd1":
             keys.update(N.clip_to_ldm(rp.text_encoder.state_dict(), 77))
         else:
@@ -109,8 +160,11 @@ def prepare(out: Path) -> None:
             keys.update(N.openclip_to_ldm(rp.text_encoder_2.state_dict(), N.SDXL_OPENCLIP_PREFIX))
         cross = [n for n, m in rp.unet.named_modules() if getattr(m, "is_cross_attention", False)]
         spelling = "ldm" if fam == "sdxl" else "diffusers"
-        kohya = {kohya_name(f"{a}.{pr}", spelling, rp.unet.config): list(rp.unet.get_submodule(f"{a}.{pr}").weight.shape)
-                 for a in cross for pr in ("to_k", "to_v")}
+        kohya = {
+            kohya_name(f"{a}.{pr}", spelling, rp.unet.config): list(rp.unet.get_submodule(f"{a}.{pr}").weight.shape)
+            for a in cross
+            for pr in ("to_k", "to_v")
+        }
         info["real"][fam] = {"single_file": {k: list(v.shape) for k, v in keys.items()}, "kohya": kohya}
     (out / "info.json").write_text(json.dumps(info))
 
@@ -144,7 +198,11 @@ def _lycoris(fam: str, spelling: str, kind: str, d: Path, info: dict, failures: 
         edited = set(t["diffusers_edited"])
     else:
         plain = load_file(str(d / f"{fam}-plain.safetensors"))
-        base = {k.removeprefix("model.diffusion_model."): v for k, v in plain.items() if k.startswith("model.diffusion_model.") and v.dim() == 2}
+        base = {
+            k.removeprefix("model.diffusion_model."): v
+            for k, v in plain.items()
+            if k.startswith("model.diffusion_model.") and v.dim() == 2
+        }
         edited = {k.removeprefix("model.diffusion_model.") for k in t["ldm_edited"]}
     baked = load_file(str(d / f"{fam}-baked.safetensors"))
     tree = _tree(base)
@@ -161,10 +219,17 @@ def _lycoris(fam: str, spelling: str, kind: str, d: Path, info: dict, failures: 
         err = max(float((after[k] - baked[ldm[k]]).abs().max()) for k in edited) if delta_ok else None
     else:
         err = max(float((after[k] - baked["model.diffusion_model." + k]).abs().max()) for k in edited)
-    results[f"lycoris {fam} {spelling} {kind}"] = {"modules_in_file": n_file, "modules_matched": len(net.loras), "changed": len(changed),
-                                                    "edited": len(edited), "max_abs_diff_vs_baked": err}
+    results[f"lycoris {fam} {spelling} {kind}"] = {
+        "modules_in_file": n_file,
+        "modules_matched": len(net.loras),
+        "changed": len(changed),
+        "edited": len(edited),
+        "max_abs_diff_vs_baked": err,
+    }
     if len(net.loras) != n_file or not delta_ok or (err is not None and err > 1e-5):
-        failures.append(f"lycoris {fam} {spelling} {kind}: matched {len(net.loras)}/{n_file}, changed {len(changed)} vs edited {len(edited)}, err {err}")
+        failures.append(
+            f"lycoris {fam} {spelling} {kind}: matched {len(net.loras)}/{n_file}, changed {len(changed)} vs edited {len(edited)}, err {err}"
+        )
 
 
 def _mecha(info: dict, failures: list, results: dict) -> None:
@@ -183,22 +248,33 @@ def _mecha(info: dict, failures: list, results: dict) -> None:
         missing = sorted(required - set(ours))
         extra = sorted(set(ours) - set(theirs))
         shapes = sorted(k for k in set(ours) & set(theirs) if list(theirs[k]["shape"]) != list(ours[k]))
-        names = {"lora_unet_" + k.removeprefix("unet.").removesuffix(".weight").replace(".", "_"): v["shape"]
-                 for k, v in keys_of(kohya).items() if k.startswith("unet.") and k.endswith(".weight")}
+        names = {
+            "lora_unet_" + k.removeprefix("unet.").removesuffix(".weight").replace(".", "_"): v["shape"]
+            for k, v in keys_of(kohya).items()
+            if k.startswith("unet.") and k.endswith(".weight")
+        }
         unknown = sorted(n for n in info["real"][fam]["kohya"] if n not in names)
         kshape = sorted(n for n, s in info["real"][fam]["kohya"].items() if n in names and list(names[n]) != list(s))
-        results[f"sd-mecha {fam}"] = {"single_file_keys": len(ours), "missing": len(missing), "extra": len(extra), "shape_mismatch": len(shapes),
-                                      "kohya_names": len(info["real"][fam]["kohya"]), "kohya_unknown": len(unknown), "kohya_shape_mismatch": len(kshape)}
+        results[f"sd-mecha {fam}"] = {
+            "single_file_keys": len(ours),
+            "missing": len(missing),
+            "extra": len(extra),
+            "shape_mismatch": len(shapes),
+            "kohya_names": len(info["real"][fam]["kohya"]),
+            "kohya_unknown": len(unknown),
+            "kohya_shape_mismatch": len(kshape),
+        }
         if missing or extra or shapes or unknown or kshape:
-            failures.append(f"sd-mecha {fam}: missing {missing[:3]} extra {extra[:3]} shapes {shapes[:3]} kohya unknown {unknown[:3]} {kshape[:3]}")
+            failures.append(
+                f"sd-mecha {fam}: missing {missing[:3]} extra {extra[:3]} shapes {shapes[:3]} kohya unknown {unknown[:3]} {kshape[:3]}"
+            )
 
 
 def _sdkit(fam: str, d: Path, info: dict, failures: list, results: dict) -> None:
-    import torch
-    from safetensors.torch import load_file
-
     import ldm.modules.attention as attn
     import ldm.modules.diffusionmodules.util as util
+    import torch
+    from safetensors.torch import load_file
 
     cfg = dict(info["tiny"][fam]["unet_config"])
     groups = cfg.pop("norm_num_groups")
@@ -208,18 +284,32 @@ def _sdkit(fam: str, d: Path, info: dict, failures: list, results: dict) -> None
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     model = UNetModel(image_size=8, use_spatial_transformer=True, transformer_depth=1, legacy=False, **cfg)
-    sd = {k.removeprefix("model.diffusion_model."): v for k, v in load_file(str(d / f"{fam}-baked.safetensors")).items()
-          if k.startswith("model.diffusion_model.")}
+    sd = {
+        k.removeprefix("model.diffusion_model."): v
+        for k, v in load_file(str(d / f"{fam}-baked.safetensors")).items()
+        if k.startswith("model.diffusion_model.")
+    }
     model.load_state_dict(sd, strict=True)
     ref = load_file(str(d / f"{fam}-forward.safetensors"))
     with torch.no_grad():
         y = model(ref["x"], timesteps=ref["t"], context=ref["ctx"])
     plain = load_file(str(d / f"{fam}-plain.safetensors"))
-    model.load_state_dict({k.removeprefix("model.diffusion_model."): v for k, v in plain.items() if k.startswith("model.diffusion_model.")}, strict=True)
+    model.load_state_dict(
+        {
+            k.removeprefix("model.diffusion_model."): v
+            for k, v in plain.items()
+            if k.startswith("model.diffusion_model.")
+        },
+        strict=True,
+    )
     with torch.no_grad():
         y_plain = model(ref["x"], timesteps=ref["t"], context=ref["ctx"])
     err = float((y_plain - ref["y"]).abs().max())
-    results[f"sdkit {fam}"] = {"strict_load": True, "max_abs_diff_vs_diffusers": err, "edit_effect": float((y - y_plain).abs().max())}
+    results[f"sdkit {fam}"] = {
+        "strict_load": True,
+        "max_abs_diff_vs_diffusers": err,
+        "edit_effect": float((y - y_plain).abs().max()),
+    }
     if err > 1e-4:
         failures.append(f"sdkit {fam}: LDM UNet output differs from diffusers by {err}")
 

@@ -60,7 +60,10 @@ CLOSED_FORM = ("uce", "space")  # methods whose prompt encoding is timed as its 
 # methods that run the UNet: the budget they get here (options, what the fit row says about it)
 REDUCED = {
     "pure": ({"height": 256, "width": 256, "steps": 2, "n_latents": 1}, "anchors 256×256 px, 2 steps, 1 latent/prompt"),
-    "ace": ({"train_steps": 2, "pool_steps": 2, "pool_latents": 1, "batch_size": 1, "adv_steps": 1}, "2 train steps (1 adversarial step each), x_t pool 1 latent × 2 steps"),
+    "ace": (
+        {"train_steps": 2, "pool_steps": 2, "pool_latents": 1, "batch_size": 1, "adv_steps": 1},
+        "2 train steps (1 adversarial step each), x_t pool 1 latent × 2 steps",
+    ),
     "esd-x": ({"iterations": 2, "pool_steps": 2, "pool_latents": 1}, "2 iterations, x_t pool 1 latent × 2 steps"),
 }
 PRESERVE = ["Claude Monet", "Pablo Picasso", "Rembrandt", "Johannes Vermeer", "Salvador Dali", "Frida Kahlo"]
@@ -136,21 +139,37 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", default="sd15", choices=fsm.FAMILIES)
     ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
-    ap.add_argument("--methods", default="uce,space", help="comma-separated: closed-form uce, space at full size; pure, ace, esd-x at the reduced budget of REDUCED")
+    ap.add_argument(
+        "--methods",
+        default="uce,space",
+        help="comma-separated: closed-form uce, space at full size; pure, ace, esd-x at the reduced budget of REDUCED",
+    )
     ap.add_argument("--device", default="cpu", help="cpu or cuda (refused when no GPU is visible)")
-    ap.add_argument("--cache-dir", default=None, help="folder of the cached pipelines (default ~/.cache/erasekit/full_scale)")
-    ap.add_argument("--scaled", action="store_true", help="use the scaled-down copy of the config (a quick check of this script)")
+    ap.add_argument(
+        "--cache-dir", default=None, help="folder of the cached pipelines (default ~/.cache/erasekit/full_scale)"
+    )
+    ap.add_argument(
+        "--scaled", action="store_true", help="use the scaled-down copy of the config (a quick check of this script)"
+    )
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None)
-    ap.add_argument("--space-option", action="append", default=[], help="extra SPACE config as key=value (e.g. lam=0.05)")
+    ap.add_argument(
+        "--space-option", action="append", default=[], help="extra SPACE config as key=value (e.g. lam=0.05)"
+    )
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]  # parsed once, validated before anything loads
     unknown = [m for m in methods if m not in CLOSED_FORM + tuple(REDUCED)]
     if unknown:
-        print(f"--methods: {', '.join(unknown)} not measured here; choose from {', '.join(CLOSED_FORM + tuple(REDUCED))}", file=sys.stderr)
+        print(
+            f"--methods: {', '.join(unknown)} not measured here; choose from {', '.join(CLOSED_FORM + tuple(REDUCED))}",
+            file=sys.stderr,
+        )
         return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU machine "
-              "or use --device cpu", file=sys.stderr)
+        print(
+            f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU machine "
+            "or use --device cpu",
+            file=sys.stderr,
+        )
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,14 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     from erasekit.models.adapter import PipelineAdapter
 
     config = fsm.published_config(args.family)
-    folder = fsm.pipeline_folder(args.family, args.cache_dir, config=fsm.scaled_config(config) if args.scaled else config)
+    folder = fsm.pipeline_folder(
+        args.family, args.cache_dir, config=fsm.scaled_config(config) if args.scaled else config
+    )
     sampler = Sampler()
     rows = []
 
     def record(method, phase, seconds, note=""):
         beyond = sampler.peak - base
         rows.append((method, phase, seconds, sampler.cpu, beyond, note))
-        print(f"  {method:6s} {phase:10s} {seconds:8.2f} s  beyond {beyond / 2**20:8.1f} MiB  {note}", file=sys.stderr, flush=True)
+        print(
+            f"  {method:6s} {phase:10s} {seconds:8.2f} s  beyond {beyond / 2**20:8.1f} MiB  {note}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     base = rss_anon()
     t0 = time.perf_counter()
@@ -180,8 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     size = pipeline_bytes(pipe)
     load_peak_beyond = sampler.peak - base - (rss_anon() - base)  # transient extra above the loaded pipeline
     base = rss_anon()
-    rows.append(("-", "load", load_s, sampler.cpu, load_peak_beyond, f"pipeline {size / 2**30:.2f} GiB (weights memory-mapped); RssAnon after load {base / 2**30:.2f} GiB"))
-    print(f"{args.family} {args.dtype} on {args.device}: pipeline {size / 2**30:.2f} GiB, loaded in {load_s:.1f} s", file=sys.stderr)
+    rows.append(
+        (
+            "-",
+            "load",
+            load_s,
+            sampler.cpu,
+            load_peak_beyond,
+            f"pipeline {size / 2**30:.2f} GiB (weights memory-mapped); RssAnon after load {base / 2**30:.2f} GiB",
+        )
+    )
+    print(
+        f"{args.family} {args.dtype} on {args.device}: pipeline {size / 2**30:.2f} GiB, loaded in {load_s:.1f} s",
+        file=sys.stderr,
+    )
 
     concepts = erasekit.ConceptSet(erase=(CONCEPT,), kind="style", preserve=tuple(PRESERVE))
     adapter = PipelineAdapter(pipe)
@@ -193,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         trim_malloc()
         base = rss_anon()  # this method's baseline (module docstring)
-        since = "" if base - load_base < 0.01 * size else f"; measured from RssAnon {base / 2**30:.2f} GiB at this method's start"
+        since = (
+            ""
+            if base - load_base < 0.01 * size
+            else f"; measured from RssAnon {base / 2**30:.2f} GiB at this method's start"
+        )
         options, budget = REDUCED.get(method, ({}, ""))
         options = dict(options)
         if method == "space":
@@ -205,14 +246,23 @@ def main(argv: list[str] | None = None) -> int:
             with sampler.phase():
                 # the method's own column plan (preset and kind resolved as in fit), encoded once
                 cfg = cf.resolve_for_kind(erasekit.make_config(method, **options), concepts.kind, KIND_PRESETS)
-                cf.plan_columns(adapter, cf.column_plan(concepts, cfg.preset, cfg.token, cfg.preserve_token, cfg.preserve_scale))
+                cf.plan_columns(
+                    adapter, cf.column_plan(concepts, cfg.preset, cfg.token, cfg.preserve_token, cfg.preserve_scale)
+                )
             record(method, "encode", time.perf_counter() - t0)
         t0 = time.perf_counter()
         with sampler.phase():
             edit = erasekit.erase(pipe, method, concepts, progress=False, **options)
         s = edit.sparsity()
-        record(method, "fit", time.perf_counter() - t0, f"{len(edit.layers)} layers" + (f", sparsity {s:.3f}" if s is not None else "")
-               + (f"; reduced: {budget}" if budget else "") + since)
+        record(
+            method,
+            "fit",
+            time.perf_counter() - t0,
+            f"{len(edit.layers)} layers"
+            + (f", sparsity {s:.3f}" if s is not None else "")
+            + (f"; reduced: {budget}" if budget else "")
+            + since,
+        )
         path = tmp / f"{method}.safetensors"
         t0 = time.perf_counter()
         with sampler.phase():
@@ -245,12 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         del edit
 
     print()
-    print(f"# full scale: {args.family}, {args.dtype}, device {args.device}, torch threads {torch.get_num_threads()}, "
-          f"{n_layers} edited K/V matrices ({n_weights / 1e6:.1f} M weights), pipeline {size / 2**30:.2f} GiB")
+    print(
+        f"# full scale: {args.family}, {args.dtype}, device {args.device}, torch threads {torch.get_num_threads()}, "
+        f"{n_layers} edited K/V matrices ({n_weights / 1e6:.1f} M weights), pipeline {size / 2**30:.2f} GiB"
+    )
     print("| method | phase | wall s | CPU s | peak beyond pipeline | share of pipeline | note |")
     print("|---|---|---:|---:|---:|---:|---|")
     for method, phase, sec, cpu, beyond, note in rows:
-        print(f"| {method} | {phase} | {sec:.2f} | {cpu:.2f} | {beyond / 2**20:.0f} MiB | {100 * beyond / size:.1f} % | {note} |")
+        print(
+            f"| {method} | {phase} | {sec:.2f} | {cpu:.2f} | {beyond / 2**20:.0f} MiB | {100 * beyond / size:.1f} % | {note} |"
+        )
     return 0
 
 

@@ -70,7 +70,9 @@ def scaled_config(config: dict, divisor: int = 8, text_layers: int = 2) -> dict:
         if key in cfg:  # hidden size (the context width) stays; depth and MLP width shrink
             cfg[key]["num_hidden_layers"] = text_layers
             cfg[key]["intermediate_size"] = cfg[key]["hidden_size"]
-    cfg["_comment"] = f"scaled-down copy (channels / {divisor}, {text_layers} text layers) of: " + config.get("_comment", "")
+    cfg["_comment"] = f"scaled-down copy (channels / {divisor}, {text_layers} text layers) of: " + config.get(
+        "_comment", ""
+    )
     return cfg
 
 
@@ -145,7 +147,7 @@ def stream_safetensors(path: Path, model: torch.nn.Module, dtype: torch.dtype, s
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for key, shape, tdtype, start, end in entries:
+        for key, shape, tdtype, _start, _end in entries:
             x = _draw(key, shape, tdtype, rules[key], seed)
             f.write(x.view(torch.uint8).numpy().data if x.numel() else b"")
             del x
@@ -153,15 +155,21 @@ def stream_safetensors(path: Path, model: torch.nn.Module, dtype: torch.dtype, s
 
 
 # ----------------------------------------------------------------- the folder
-_WEIGHT_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
-                 "text_encoder": "model.safetensors", "text_encoder_2": "model.safetensors"}
+_WEIGHT_FILES = {
+    "unet": "diffusion_pytorch_model.safetensors",
+    "vae": "diffusion_pytorch_model.safetensors",
+    "text_encoder": "model.safetensors",
+    "text_encoder_2": "model.safetensors",
+}
 
 
-def write_pipeline_folder(config: dict, folder: str | Path, dtype: torch.dtype = torch.float16, seed: int = 0,
-                          progress: bool = True) -> Path:
+def write_pipeline_folder(
+    config: dict, folder: str | Path, dtype: torch.dtype = torch.float16, seed: int = 0, progress: bool = True
+) -> Path:
     """Write a complete diffusers folder for ``config`` into ``folder`` (which must not exist yet)."""
     import diffusers
     import transformers
+
     from erasekit.models.tokenizer import write_clip_tokenizer_files
 
     folder = Path(folder)
@@ -180,7 +188,11 @@ def write_pipeline_folder(config: dict, folder: str | Path, dtype: torch.dtype =
         t0 = time.perf_counter()
         nbytes = stream_safetensors(sub / _WEIGHT_FILES[name], model, dtype, seed)
         if progress:
-            print(f"  {name:15s} {nbytes / 2**30:6.2f} GiB  {time.perf_counter() - t0:6.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"  {name:15s} {nbytes / 2**30:6.2f} GiB  {time.perf_counter() - t0:6.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     for name in ("tokenizer", "tokenizer_2"):
         if name in config:
             write_clip_tokenizer_files(folder / name, pad_token=config[name]["pad_token"])
@@ -205,8 +217,15 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "erasekit" / "full_scale"
 
 
-def pipeline_folder(family: str, cache_dir: str | Path | None = None, *, config: dict | None = None, force: bool = False,
-                    seed: int = 0, progress: bool = True) -> Path:
+def pipeline_folder(
+    family: str,
+    cache_dir: str | Path | None = None,
+    *,
+    config: dict | None = None,
+    force: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """The cached diffusers folder of ``family`` at full size (or of ``config``), built on first use."""
     config = config if config is not None else published_config(family)
     root = cache_root(cache_dir)
@@ -255,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         folder = pipeline_folder(family, args.cache_dir, config=cfg, force=args.force)
         built = time.perf_counter() - t0
-        print(f"{family}: {folder}  {folder_bytes(folder) / 2**30:.2f} GiB on disk  {built:.1f} s  "
-              f"peak RSS {_peak_rss_bytes() / 2**30:.2f} GiB", flush=True)
+        print(
+            f"{family}: {folder}  {folder_bytes(folder) / 2**30:.2f} GiB on disk  {built:.1f} s  "
+            f"peak RSS {_peak_rss_bytes() / 2**30:.2f} GiB",
+            flush=True,
+        )
         if args.check:
             from erasekit.models.adapter import PipelineAdapter
             from erasekit.models.loading import load_pipeline
@@ -265,9 +287,12 @@ def main(argv: list[str] | None = None) -> int:
             pipe = load_pipeline(str(folder), dtype="float16")
             adapter = PipelineAdapter(pipe)
             enc = adapter.encode(["a painting of a lighthouse by the sea"])
-            print(f"  loaded + encoded in {time.perf_counter() - t0:.1f} s: {len(adapter.attention_layers())} "
-                  f"cross-attention blocks, d_in {adapter.d_in}, embeds {tuple(enc.embeds.shape)} "
-                  f"finite={bool(torch.isfinite(enc.embeds).all())}", flush=True)
+            print(
+                f"  loaded + encoded in {time.perf_counter() - t0:.1f} s: {len(adapter.attention_layers())} "
+                f"cross-attention blocks, d_in {adapter.d_in}, embeds {tuple(enc.embeds.shape)} "
+                f"finite={bool(torch.isfinite(enc.embeds).all())}",
+                flush=True,
+            )
             del pipe, adapter
     return 0
 

@@ -24,9 +24,24 @@ from pathlib import Path
 import torch
 
 ERASE = ["Van Gogh", "Claude Monet", "Salvador Dali", "Andy Warhol"]
-PRESERVE = ["Pablo Picasso", "Rembrandt", "Johannes Vermeer", "Frida Kahlo", "Gustav Klimt", "Edvard Munch", "Paul Cezanne",
-            "Henri Matisse", "Georgia O'Keeffe", "Jackson Pollock", "Katsushika Hokusai", "Caravaggio", "Diego Velazquez",
-            "Wassily Kandinsky", "Joan Miro", "Paul Gauguin"]
+PRESERVE = [
+    "Pablo Picasso",
+    "Rembrandt",
+    "Johannes Vermeer",
+    "Frida Kahlo",
+    "Gustav Klimt",
+    "Edvard Munch",
+    "Paul Cezanne",
+    "Henri Matisse",
+    "Georgia O'Keeffe",
+    "Jackson Pollock",
+    "Katsushika Hokusai",
+    "Caravaggio",
+    "Diego Velazquez",
+    "Wassily Kandinsky",
+    "Joan Miro",
+    "Paul Gauguin",
+]
 
 
 class _OverBudget(Exception):
@@ -74,7 +89,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a diffusers folder (or anything erasekit.load_pipeline accepts)")
-    src.add_argument("--family", choices=["sd15", "sd21", "sdxl"], help="build/cache a full-size random pipeline of this family")
+    src.add_argument(
+        "--family", choices=["sd15", "sd21", "sdxl"], help="build/cache a full-size random pipeline of this family"
+    )
     ap.add_argument("--dtypes", default="float32,float16,bfloat16")
     ap.add_argument("--before", action="store_true", help="also run with the compute-dtype rule switched off")
     ap.add_argument("--gen-budget", type=int, default=300, help="seconds after which a generation is stopped")
@@ -105,8 +122,14 @@ def main() -> None:
         modes = ["after"] + (["before"] if args.before and dtype != "float32" else [])
         for mode in modes:
             ctx = _rule_off() if mode == "before" else contextlib.nullcontext()
-            row = {"load": dtype, "mode": mode, "compute": str(compute_dtype("cpu", pipe.unet.dtype)).replace("torch.", "") if mode == "after" else dtype,
-                   "load_s": load_s}
+            row = {
+                "load": dtype,
+                "mode": mode,
+                "compute": str(compute_dtype("cpu", pipe.unet.dtype)).replace("torch.", "")
+                if mode == "after"
+                else dtype,
+                "load_s": load_s,
+            }
             with ctx:
                 for method, opts in [("uce", {}), ("space", {"target_sparsity": 0.85})]:
                     if method == "space" and args.skip_space:
@@ -132,14 +155,22 @@ def main() -> None:
             print(row, flush=True)
         del pipe
 
-    print(f"\nmodel: {model}; torch threads {args.threads}; generation: 1 image, {args.steps} steps, pipeline default size")
-    print("| load dtype | erasekit | computes in | UCE fit s | SPACE fit s | generate s | UCE ΔW vs fp32 fit | SPACE ΔW vs fp32 fit |")
+    print(
+        f"\nmodel: {model}; torch threads {args.threads}; generation: 1 image, {args.steps} steps, pipeline default size"
+    )
+    print(
+        "| load dtype | erasekit | computes in | UCE fit s | SPACE fit s | generate s | UCE ΔW vs fp32 fit | SPACE ΔW vs fp32 fit |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+
         def f(k, fmt="{:.1f}"):
             return fmt.format(r[k]) if isinstance(r.get(k), float) else str(r.get(k, "–"))
-        print(f"| {r['load']} | {r['mode']} | {r['compute']} | {f('uce_s')} | {f('space_s')} | {r['gen_s']} | "
-              f"{f('uce_gap', '{:.1e}')} | {f('space_gap', '{:.1e}')} |")
+
+        print(
+            f"| {r['load']} | {r['mode']} | {r['compute']} | {f('uce_s')} | {f('space_s')} | {r['gen_s']} | "
+            f"{f('uce_gap', '{:.1e}')} | {f('space_gap', '{:.1e}')} |"
+        )
 
 
 if __name__ == "__main__":

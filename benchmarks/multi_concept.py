@@ -20,16 +20,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _tw import World  # noqa: E402
-
 import erasekit  # noqa: E402
+from _tw import World  # noqa: E402
 from erasekit import defaults  # noqa: E402
 from erasekit.concepts import ConceptSet  # noqa: E402
-from erasekit.evaluate.bench import tinyworld_concept_set  # noqa: E402
 from erasekit.evaluate import metrics as M  # noqa: E402
+from erasekit.evaluate.bench import tinyworld_concept_set  # noqa: E402
 from erasekit.evaluate.suites import tinyworld_suites  # noqa: E402
 
-ORDER = ("circle", "red", "striped", "square", "blue", "dotted", "triangle", "green", "checkered", "star", "yellow", "heart")
+ORDER = (
+    "circle",
+    "red",
+    "striped",
+    "square",
+    "blue",
+    "dotted",
+    "triangle",
+    "green",
+    "checkered",
+    "star",
+    "yellow",
+    "heart",
+)
 
 
 def main(argv=None) -> int:
@@ -42,15 +54,24 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     world = World(steps=args.steps, n=args.per_concept)
     rows = []
-    print(f"many concepts in one edit, tinyworld ({args.per_concept} named prompts per concept, {args.steps} steps, methods at their defaults)")
-    print(f"{'method':6s} {'k':>3s} {'erase min':>9s} {'erase mean':>10s} {'retain':>6s} {'fit s':>6s} {'bytes':>11s}  per concept")
+    print(
+        f"many concepts in one edit, tinyworld ({args.per_concept} named prompts per concept, {args.steps} steps, methods at their defaults)"
+    )
+    print(
+        f"{'method':6s} {'k':>3s} {'erase min':>9s} {'erase mean':>10s} {'retain':>6s} {'fit s':>6s} {'bytes':>11s}  per concept"
+    )
     for k in (int(x) for x in args.k.split(",")):
         concepts = list(ORDER[:k])
         base_cs = tinyworld_concept_set(concepts)
         target, retain = tinyworld_suites(concepts, n=args.per_concept * k, kinds=("target", "retain"))
         for method in args.methods.split(","):
             opts, _ = defaults.resolve("tinyworld", method, {})
-            cs = ConceptSet(erase=base_cs.erase, kind=base_cs.kind, preserve=base_cs.preserve, templates=opts.pop("templates", False))
+            cs = ConceptSet(
+                erase=base_cs.erase,
+                kind=base_cs.kind,
+                preserve=base_cs.preserve,
+                templates=opts.pop("templates", False),
+            )
             t0 = time.perf_counter()
             edit = erasekit.erase(world.pipe, method=method, concepts=cs, progress=False, **opts)
             sec = time.perf_counter() - t0
@@ -64,12 +85,23 @@ def main(argv=None) -> int:
                 idx = [i for i, it in enumerate(target.items) if it.concepts[0] == c]
                 per[c] = M.erase_rate(seen_t[idx]).value
             ret = M.retain_rate(seen_r).value
-            row = dict(method=method, k=k, erase_min=min(per.values()), erase_mean=sum(per.values()) / k, retain=ret, fit_s=sec,
-                       bytes=edit.nbytes, per_concept=per)
+            row = dict(
+                method=method,
+                k=k,
+                erase_min=min(per.values()),
+                erase_mean=sum(per.values()) / k,
+                retain=ret,
+                fit_s=sec,
+                bytes=edit.nbytes,
+                per_concept=per,
+            )
             rows.append(row)
             pc = " ".join(f"{c}:{100 * v:.0f}" for c, v in per.items())
-            print(f"{method:6s} {k:3d} {100 * row['erase_min']:8.0f}% {100 * row['erase_mean']:9.0f}% {100 * ret:5.0f}% {sec:6.1f} "
-                  f"{edit.nbytes:11,d}  {pc}", flush=True)
+            print(
+                f"{method:6s} {k:3d} {100 * row['erase_min']:8.0f}% {100 * row['erase_mean']:9.0f}% {100 * ret:5.0f}% {sec:6.1f} "
+                f"{edit.nbytes:11,d}  {pc}",
+                flush=True,
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(dict(args=vars(args), rows=rows), indent=1))
     return 0

@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _tw import World, fit, fmt  # noqa: E402
-
 from erasekit.evaluate.bench import tinyworld_concept_set  # noqa: E402
 
 SPLITS = {"dev": ("square", "blue", "dotted"), "val": ("circle", "red", "striped")}
@@ -30,12 +29,29 @@ VARIANTS = {
     "retain_99_50": dict(centre="retain", forget_energy=0.99, retain_energy=0.5),
     "paired_99_50": dict(centre="paired", forget_energy=0.99, retain_energy=0.5),
     "paired_res_100_50": dict(centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5),
-    "paired_res_100_50_late": dict(centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, record_steps="late"),
-    "paired_res_100_50_v": dict(centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, k_basis="none"),
-    "paired_res_100_50_4lat": dict(centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, n_latents=4),
-    "paired_res_99_50_late": dict(centre="paired", forget_rule="residual", forget_energy=0.99, retain_energy=0.5, record_steps="late"),
-    "paired_res_100_50_late_v": dict(centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, record_steps="late", k_basis="none"),
-    "retain_res_100_50_late": dict(centre="retain", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, record_steps="late"),
+    "paired_res_100_50_late": dict(
+        centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, record_steps="late"
+    ),
+    "paired_res_100_50_v": dict(
+        centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, k_basis="none"
+    ),
+    "paired_res_100_50_4lat": dict(
+        centre="paired", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, n_latents=4
+    ),
+    "paired_res_99_50_late": dict(
+        centre="paired", forget_rule="residual", forget_energy=0.99, retain_energy=0.5, record_steps="late"
+    ),
+    "paired_res_100_50_late_v": dict(
+        centre="paired",
+        forget_rule="residual",
+        forget_energy=1.0,
+        retain_energy=0.5,
+        record_steps="late",
+        k_basis="none",
+    ),
+    "retain_res_100_50_late": dict(
+        centre="retain", forget_rule="residual", forget_energy=1.0, retain_energy=0.5, record_steps="late"
+    ),
     "text_tail": dict(basis="text", token="tail", forget_energy=0.95, retain_energy=0.5),
 }
 
@@ -62,7 +78,10 @@ def main(argv=None) -> int:
             edit, sec = fit(world, "pure", cs, **VARIANTS[v])
             r = world.rates(edit, [c], ("target", "paraphrase", "retain"))
             rows.append(dict(variant=v, concept=c, fit_s=sec, rank=edit.stats.get("mean_rank_forget"), **r))
-            print(f"{v:26s} {c:8s} {fmt(r['target']):>6s} {fmt(r['paraphrase']):>6s} {fmt(r['retain']):>6s} {sec:6.1f} {rows[-1]['rank']:5.1f}", flush=True)
+            print(
+                f"{v:26s} {c:8s} {fmt(r['target']):>6s} {fmt(r['paraphrase']):>6s} {fmt(r['retain']):>6s} {sec:6.1f} {rows[-1]['rank']:5.1f}",
+                flush=True,
+            )
     print("\nmeans over concepts:")
     means = {}
     for v in names:
@@ -70,7 +89,9 @@ def main(argv=None) -> int:
         means[v] = {k: sum(r[k] for r in rs) / len(rs) for k in ("target", "paraphrase", "retain")}
         m = means[v]
         print(f"{v:26s} erase {fmt(m['target']):>4s}  para {fmt(m['paraphrase']):>4s}  retain {fmt(m['retain']):>4s}")
-    ok = {v: m for v, m in means.items() if m["retain"] >= 0.9 and VARIANTS[v].get("basis", "activation") == "activation"}
+    ok = {
+        v: m for v, m in means.items() if m["retain"] >= 0.9 and VARIANTS[v].get("basis", "activation") == "activation"
+    }
     if ok:
         best = max(ok, key=lambda v: (ok[v]["target"] + ok[v]["paraphrase"], ok[v]["retain"]))
         print(f"\nbest activation variant with retain >= 90 % on {args.split}: {best} {VARIANTS[best]}")

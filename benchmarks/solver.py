@@ -174,11 +174,15 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
     d_in = gf.d_in
     d_outs = [W.shape[0] for W in weights]
     dense_bytes = 4 * d_in * sum(d_outs)
-    print(f"\n== {name}: {len(weights)} matrices, d_in {d_in}, Σ d_out {sum(d_outs):,} "
-          f"({sum(d_outs) // 2:,} per projection), fp32 weights {dense_bytes / 2**20:.1f} MiB")
+    print(
+        f"\n== {name}: {len(weights)} matrices, d_in {d_in}, Σ d_out {sum(d_outs):,} "
+        f"({sum(d_outs) // 2:,} per projection), fp32 weights {dense_bytes / 2**20:.1f} MiB"
+    )
     print("   mix: " + ", ".join(f"{d}×{d_outs.count(d)}" for d in sorted(set(d_outs))) + " (matrices by d_out)")
-    print(f"   tokens: n = {gf.n}, rank {gf.rank}, ‖c‖ ≈ {cols[0].norm(dim=0).mean():.1f}, "
-          f"σ_max(C̃)² = {gf.lam_max_M - gf.gamma:.3g}, cond(M) = {gf.cond_M:.3g}")
+    print(
+        f"   tokens: n = {gf.n}, rank {gf.rank}, ‖c‖ ≈ {cols[0].norm(dim=0).mean():.1f}, "
+        f"σ_max(C̃)² = {gf.lam_max_M - gf.gamma:.3g}, cond(M) = {gf.cond_M:.3g}"
+    )
 
     # UCE over all layers (best of 3 passes)
     def uce_pass() -> None:  # each result dropped before the next, as SPACE's pass does
@@ -198,7 +202,9 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
     space_s, uce_s, csr_total, ssn_layer, runs = 0.0, 0.0, 0, {}, []
     for W in weights:
         uce_s += timed(lambda: linalg.uce_weight(W, gf))[1]  # UCE again, interleaved: same machine load as SPACE
-        res, dt = timed(lambda: linalg.space_solve(W, gf, lam, tol=args.tol))  # row chunks on --threads workers, as SPACE.fit runs it
+        res, dt = timed(
+            lambda: linalg.space_solve(W, gf, lam, tol=args.tol)
+        )  # row chunks on --threads workers, as SPACE.fit runs it
         space_s += dt
         ssn_layer.setdefault(W.shape[0], dt)
         csr_total += csr_bytes(res.W)
@@ -241,15 +247,22 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
         ("certified gap (max over layers)", f"{max(s[3] for s in stats):.2e}"),
         ("true gap vs reference F* (max over layers)", f"{max(s[4] for s in stats):.2e}"),
         ("achieved sparsity (exact zeros, all layers)", f"{zeros / (d_in * sum(d_outs)):.4f}"),
-        ("peak memory beyond weights (layer by layer)", f"{max(peaks.values()) / 2**20:.1f} MiB = {max(peaks.values()) / dense_bytes:.1%} of fp32 weights "
-         f"(fresh process; the float64 result W of the largest layer alone is {8 * d_in * max(d_outs) / dense_bytes:.1%})"),
+        (
+            "peak memory beyond weights (layer by layer)",
+            f"{max(peaks.values()) / 2**20:.1f} MiB = {max(peaks.values()) / dense_bytes:.1%} of fp32 weights "
+            f"(fresh process; the float64 result W of the largest layer alone is {8 * d_in * max(d_outs) / dense_bytes:.1%})",
+        ),
         ("  … per layer", ", ".join(f"{d}×{d_in}: {b / 2**20:.1f} MiB" for d, b in sorted(peaks.items()))),
         ("CSR (fp32 values + int32 indices) / dense fp32", f"{csr_total / dense_bytes:.1%}"),
     ]
     for d_out, s_s, s_its, f_s, f_its, reached in fista_rows:
         flag = "" if reached else f"  (did not reach {args.tol:g} in {f_its} iterations: lower bound)"
-        rows.append((f"layer {d_out}×{d_in}: SPACE | FISTA (oracle stop)",
-                     f"{s_s:.2f} s ({s_its} it) | {f_s:.1f} s ({f_its} it) → FISTA/SPACE {f_s / s_s:.0f}×{flag}"))
+        rows.append(
+            (
+                f"layer {d_out}×{d_in}: SPACE | FISTA (oracle stop)",
+                f"{s_s:.2f} s ({s_its} it) | {f_s:.1f} s ({f_its} it) → FISTA/SPACE {f_s / s_s:.0f}×{flag}",
+            )
+        )
     return rows
 
 
@@ -279,13 +292,16 @@ def load_baseline(rev: str):
     done = subprocess.run([*git, "show", f"{rev}:src/erasekit/linalg.py"], capture_output=True, text=True)
     if not done.returncode:
         return _load_module(name, done.stdout, f"{rev}:src/erasekit/linalg.py")
-    files = subprocess.run([*git, "ls-tree", "-r", "--name-only", rev, "src/erasekit/linalg/"],
-                           capture_output=True, text=True)
+    files = subprocess.run(
+        [*git, "ls-tree", "-r", "--name-only", rev, "src/erasekit/linalg/"], capture_output=True, text=True
+    )
     paths = [f for f in files.stdout.split() if f.endswith(".py")]
     if files.returncode or not paths:
-        sys.exit(f"--baseline {rev}: git cannot show src/erasekit/linalg.py or src/erasekit/linalg/ at that "
-                 f"revision ({(done.stderr or files.stderr).strip()}); pass a revision of this repository, a .py "
-                 "file of the old module or a copy of the package folder")
+        sys.exit(
+            f"--baseline {rev}: git cannot show src/erasekit/linalg.py or src/erasekit/linalg/ at that "
+            f"revision ({(done.stderr or files.stderr).strip()}); pass a revision of this repository, a .py "
+            "file of the old module or a copy of the package folder"
+        )
     folder = Path(tempfile.mkdtemp(prefix=f"{name}_")) / "linalg"
     for f in paths:
         text = subprocess.run([*git, "show", f"{rev}:{f}"], capture_output=True, text=True, check=True).stdout
@@ -373,13 +389,18 @@ def compare_family(name: str, args, old) -> list[tuple[str, str]]:
             t[k] += c
             wall[k] += w
         worst_gap = max(worst_gap, r_old.gap, r_new.gap)
-        _, dt = cpu_timed(lambda: old.space_solve(W, gf_old, old.lam_for_sparsity([W], gf_old, args.target), tol=args.tol))
+        _, dt = cpu_timed(
+            lambda: old.space_solve(W, gf_old, old.lam_for_sparsity([W], gf_old, args.target), tol=args.tol)
+        )
         t["old_target"] += dt
         (r_cold, _), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol))
         t["new_target_cold"] += dt
         key = (i % 2, W.shape[0])  # weights alternate to_k, to_v
-        (r_ch, lam_ch), dt = cpu_timed(lambda: linalg.space_solve_sparsity(W, gf_new, args.target, tol=args.tol,
-                                                                           lam0=chain.get(key, chain.get("last"))))
+        (r_ch, lam_ch), dt = cpu_timed(
+            lambda: linalg.space_solve_sparsity(
+                W, gf_new, args.target, tol=args.tol, lam0=chain.get(key, chain.get("last"))
+            )
+        )
         chain[key] = chain["last"] = lam_ch
         t["new_target_chained"] += dt
         worst_gap = max(worst_gap, r_cold.gap, r_ch.gap)
@@ -391,11 +412,23 @@ def compare_family(name: str, args, old) -> list[tuple[str, str]]:
         ("UCE, all layers (CPU s)", f"{t['uce']:.2f}"),
         (f"SPACE fixed λ = {lam:.4g}: before | after (CPU s)", f"{t['old_fixed']:.2f} | {t['new_fixed']:.2f}"),
         ("SPACE / UCE (CPU s): before | after", f"{t['old_fixed'] / t['uce']:.1f}× | {t['new_fixed'] / t['uce']:.1f}×"),
-        (f"wall s on {args.threads} thread(s): UCE | SPACE before | after", f"{wall['uce']:.2f} | {wall['old_fixed']:.2f} | {wall['new_fixed']:.2f}"),
-        ("SPACE / UCE (wall): before | after", f"{wall['old_fixed'] / wall['uce']:.1f}× | {wall['new_fixed'] / wall['uce']:.1f}×"),
-        ("per-layer target fit / fixed-λ fit: before", f"{t['old_target'] / t['old_fixed']:.2f}×  ({t['old_target']:.2f} s)"),
+        (
+            f"wall s on {args.threads} thread(s): UCE | SPACE before | after",
+            f"{wall['uce']:.2f} | {wall['old_fixed']:.2f} | {wall['new_fixed']:.2f}",
+        ),
+        (
+            "SPACE / UCE (wall): before | after",
+            f"{wall['old_fixed'] / wall['uce']:.1f}× | {wall['new_fixed'] / wall['uce']:.1f}×",
+        ),
+        (
+            "per-layer target fit / fixed-λ fit: before",
+            f"{t['old_target'] / t['old_fixed']:.2f}×  ({t['old_target']:.2f} s)",
+        ),
         ("  after, each layer cold", f"{t['new_target_cold'] / t['new_fixed']:.2f}×  ({t['new_target_cold']:.2f} s)"),
-        ("  after, λ path chained over layers (as SPACE.fit)", f"{t['new_target_chained'] / t['new_fixed']:.2f}×  ({t['new_target_chained']:.2f} s)"),
+        (
+            "  after, λ path chained over layers (as SPACE.fit)",
+            f"{t['new_target_chained'] / t['new_fixed']:.2f}×  ({t['new_target_chained']:.2f} s)",
+        ),
         ("worst certified gap (all solves)", f"{worst_gap:.2e} (tol {args.tol:g})"),
         ("per-layer sparsity after (min, max)", f"{min(sp):.4f}, {max(sp):.4f} (target {args.target})"),
     ]
@@ -414,32 +447,50 @@ def timed(fn):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--family", choices=["sd15", "sdxl", "both"], default="both")
-    p.add_argument("--quick", action="store_true", help="one block per distinct d_out instead of the full UNet mix; FISTA on the smallest layer only")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one block per distinct d_out instead of the full UNet mix; FISTA on the smallest layer only",
+    )
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--target", type=float, default=0.85, help="target sparsity")
     p.add_argument("--tol", type=float, default=1e-6, help="relative objective gap")
     p.add_argument("--fista-max-iter", type=int, default=20000)
-    p.add_argument("--baseline", default=None, metavar="REV",
-                   help="compare with erasekit.linalg at this git revision, in this .py file (the one-file module) "
-                        "or in this folder (a copy of the package) (before vs after, CPU seconds)")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="REV",
+        help="compare with erasekit.linalg at this git revision, in this .py file (the one-file module) "
+        "or in this folder (a copy of the package) (before vs after, CPU seconds)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (refused when no GPU is visible)")
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit(f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU machine or use --device cpu")
+        sys.exit(
+            f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU machine or use --device cpu"
+        )
     global DEVICE
     DEVICE = torch.device(args.device)
     if DEVICE.type != "cpu" and not args.baseline:
-        sys.exit("--device cuda runs the before/after comparison only: pass --baseline <rev> (the full table samples CPU memory)")
+        sys.exit(
+            "--device cuda runs the before/after comparison only: pass --baseline <rev> (the full table samples CPU memory)"
+        )
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f} at start; {'quick' if args.quick else 'full'} run")
-    print("weights: fp32 N(0, 0.02²); tokens: 20 erase + 20 guide + 80 preserve CLIP-like columns "
-          "(norm ≈ 28, 70 % shared mean direction, 20 % 8-dim subspace, 10 % noise); γ = 0.5, α = β = 1")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f} at start; {'quick' if args.quick else 'full'} run"
+    )
+    print(
+        "weights: fp32 N(0, 0.02²); tokens: 20 erase + 20 guide + 80 preserve CLIP-like columns "
+        "(norm ≈ 28, 70 % shared mean direction, 20 % 8-dim subspace, 10 % noise); γ = 0.5, α = β = 1"
+    )
     t0 = time.perf_counter()
     old = load_baseline(args.baseline) if args.baseline else None
     if old is not None:
-        print(f"before: erasekit.linalg at {args.baseline}; after: the working tree; CPU seconds (process time), interleaved per layer")
-    for name in (["sd15", "sdxl"] if args.family == "both" else [args.family]):
+        print(
+            f"before: erasekit.linalg at {args.baseline}; after: the working tree; CPU seconds (process time), interleaved per layer"
+        )
+    for name in ["sd15", "sdxl"] if args.family == "both" else [args.family]:
         rows = compare_family(name, args, old) if old is not None else run_family(name, args)
         width = max(len(k) for k, _ in rows)
         print("   " + "-" * (width + 40))

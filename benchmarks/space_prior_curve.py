@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _tw import World, fit, fmt  # noqa: E402
-
 from erasekit.evaluate.bench import tinyworld_concept_set  # noqa: E402
 
 
@@ -34,10 +33,16 @@ def main(argv=None) -> int:
     ap.add_argument("--token", default="all", help="token selection for every method (tinyworld default: all)")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--plot", default="/tmp/i13/space_prior_curve.png", help="PNG to write (needs matplotlib); '' for none")
+    ap.add_argument(
+        "--plot", default="/tmp/i13/space_prior_curve.png", help="PNG to write (needs matplotlib); '' for none"
+    )
     ap.add_argument("--out", default="/tmp/i13/space_prior_curve.json")
-    ap.add_argument("--html", default="", help="also write a self-contained HTML page (numbers and plots; PNGs beside it)")
-    ap.add_argument("--combine", default="", help="comma-separated JSON files of earlier runs: write --html from them and exit")
+    ap.add_argument(
+        "--html", default="", help="also write a self-contained HTML page (numbers and plots; PNGs beside it)"
+    )
+    ap.add_argument(
+        "--combine", default="", help="comma-separated JSON files of earlier runs: write --html from them and exit"
+    )
     args = ap.parse_args(argv)
     if args.combine:
         runs = [json.loads(Path(p).read_text()) for p in args.combine.split(",") if p.strip()]
@@ -50,8 +55,12 @@ def main(argv=None) -> int:
     for s in (float(x) for x in args.sparsity.split(",") if x.strip()):
         runs += [("space", "none", None, s)] + [("space", "general", w, s) for w in weights]
     rows = []
-    print(f"SPACE / UCE with and without the general prior on tinyworld '{args.concept}' (n={args.n}/suite, {args.steps} steps, token={args.token})")
-    print(f"{'method':6s} {'prior':>8s} {'target':>7s} {'sparsity':>8s} {'erase':>6s} {'para':>6s} {'retain':>6s} {'general':>7s} {'fit s':>6s}")
+    print(
+        f"SPACE / UCE with and without the general prior on tinyworld '{args.concept}' (n={args.n}/suite, {args.steps} steps, token={args.token})"
+    )
+    print(
+        f"{'method':6s} {'prior':>8s} {'target':>7s} {'sparsity':>8s} {'erase':>6s} {'para':>6s} {'retain':>6s} {'general':>7s} {'fit s':>6s}"
+    )
     for method, prior, w, target in runs:
         opts = dict(token=args.token, prior=prior)
         if w is not None:
@@ -63,8 +72,11 @@ def main(argv=None) -> int:
         sp = edit.sparsity() or 0.0
         rows.append(dict(method=method, prior=prior, weight=w, target_sparsity=target, sparsity=sp, fit_s=sec, **r))
         label = "none" if prior == "none" else f"ρ={w:g}"
-        print(f"{method:6s} {label:>8s} {target or 0:7.2f} {100 * sp:7.1f}% {fmt(r['target']):>6s} {fmt(r['paraphrase']):>6s} "
-              f"{fmt(r['retain']):>6s} {fmt(r['general']):>7s} {sec:6.1f}", flush=True)
+        print(
+            f"{method:6s} {label:>8s} {target or 0:7.2f} {100 * sp:7.1f}% {fmt(r['target']):>6s} {fmt(r['paraphrase']):>6s} "
+            f"{fmt(r['retain']):>6s} {fmt(r['general']):>7s} {sec:6.1f}",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(dict(args=vars(args), rows=rows), indent=1))
     if args.plot:
@@ -84,24 +96,37 @@ def write_page(runs: list[dict], path: Path) -> Path:
     from erasekit.evaluate.report import figure_html
 
     e = html.escape
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>SPACE with and without the general prior</title>"
-           "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 8px;"
-           "text-align:right} img{max-width:100%}</style></head><body><h1>SPACE sparsity / erase / general drift, with and without the "
-           "general prior, beside UCE (tinyworld)</h1><p>erase / para: named / paraphrased prompts no longer judged as the concept; retain: "
-           "other values of the attribute still judged correctly; general: held-out general prompts whose three judged attributes match "
-           "the unedited model's. The prior's prompts are tinyworld training captions; the general suite uses held-out templates.</p>"]
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>SPACE with and without the general prior</title>"
+        "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 8px;"
+        "text-align:right} img{max-width:100%}</style></head><body><h1>SPACE sparsity / erase / general drift, with and without the "
+        "general prior, beside UCE (tinyworld)</h1><p>erase / para: named / paraphrased prompts no longer judged as the concept; retain: "
+        "other values of the attribute still judged correctly; general: held-out general prompts whose three judged attributes match "
+        "the unedited model's. The prior's prompts are tinyworld training captions; the general suite uses held-out templates.</p>"
+    ]
     for run in runs:
         a, rows = run["args"], run["rows"]
-        out.append(f"<h2>{e(a['concept'])}</h2><p>n = {a['n']} prompts per suite, {a['steps']} steps, token = {e(a['token'])}</p>"
-                   "<table><tr><th>method</th><th>prior</th><th>target sparsity</th><th>sparsity</th><th>erase</th><th>para</th>"
-                   "<th>retain</th><th>general</th><th>fit s</th></tr>")
+        out.append(
+            f"<h2>{e(a['concept'])}</h2><p>n = {a['n']} prompts per suite, {a['steps']} steps, token = {e(a['token'])}</p>"
+            "<table><tr><th>method</th><th>prior</th><th>target sparsity</th><th>sparsity</th><th>erase</th><th>para</th>"
+            "<th>retain</th><th>general</th><th>fit s</th></tr>"
+        )
         for r in rows:
             prior = "none" if r["prior"] == "none" else f"ρ={r['weight']:g}"
-            out.append(f"<tr><td>{r['method']}</td><td>{prior}</td><td>{r['target_sparsity'] or 0:.2f}</td><td>{100 * r['sparsity']:.1f} %</td>"
-                       + "".join(f"<td>{fmt(r.get(k))}</td>" for k in ("target", "paraphrase", "retain", "general")) + f"<td>{r['fit_s']:.1f}</td></tr>")
+            out.append(
+                f"<tr><td>{r['method']}</td><td>{prior}</td><td>{r['target_sparsity'] or 0:.2f}</td><td>{100 * r['sparsity']:.1f} %</td>"
+                + "".join(f"<td>{fmt(r.get(k))}</td>" for k in ("target", "paraphrase", "retain", "general"))
+                + f"<td>{r['fit_s']:.1f}</td></tr>"
+            )
         out.append("</table>")
-        out.append(figure_html(plot(rows, a["concept"]), f"space-prior-{a['concept']}", path.parent / "plots",
-                               f"SPACE prior trade-off, {a['concept']}"))
+        out.append(
+            figure_html(
+                plot(rows, a["concept"]),
+                f"space-prior-{a['concept']}",
+                path.parent / "plots",
+                f"SPACE prior trade-off, {a['concept']}",
+            )
+        )
     out.append("</body></html>")
     write_bytes_atomic(path, "\n".join(out).encode("utf-8"))
     return path
@@ -120,13 +145,25 @@ def plot(rows, concept) -> bytes:
     # one colour per prior setting: SPACE as markers and lines, UCE (no sparsity) as a dotted level of the same colour
     settings = sorted({(r["prior"], r["weight"]) for r in rows}, key=lambda pw: (pw[0] != "none", pw[1] or 0))
     colour = {pw: f"C{i}" for i, pw in enumerate(settings)}
-    for ax, key, title in ((axes[0], "general", "general-prompt agreement with unedited"), (axes[1], "target", f"erase rate ('{concept}', named)")):
+    for ax, key, title in (
+        (axes[0], "general", "general-prompt agreement with unedited"),
+        (axes[1], "target", f"erase rate ('{concept}', named)"),
+    ):
         for prior, w in settings:
-            tag = "no prior" if prior == "none" else "+ prior ρ=%g" % w
-            pts = sorted((r["sparsity"], r[key]) for r in rows if r["method"] == "space" and (r["prior"], r["weight"]) == (prior, w))
+            tag = "no prior" if prior == "none" else f"+ prior ρ={w:g}"
+            pts = sorted(
+                (r["sparsity"], r[key])
+                for r in rows
+                if r["method"] == "space" and (r["prior"], r["weight"]) == (prior, w)
+            )
             if pts:
-                ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "o-" if prior == "none" else "s--", color=colour[prior, w],
-                        label=f"SPACE {tag}")
+                ax.plot(
+                    [100 * p[0] for p in pts],
+                    [100 * p[1] for p in pts],
+                    "o-" if prior == "none" else "s--",
+                    color=colour[prior, w],
+                    label=f"SPACE {tag}",
+                )
             for r in rows:
                 if r["method"] == "uce" and (r["prior"], r["weight"]) == (prior, w):
                     ax.axhline(100 * r[key], color=colour[prior, w], ls=":", lw=2, label=f"UCE {tag}")

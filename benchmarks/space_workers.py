@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from solver import make_family  # noqa: E402
-
 from erasekit import linalg  # noqa: E402
+from solver import make_family  # noqa: E402
 
 
 def _spin() -> None:
@@ -65,8 +64,10 @@ def main() -> None:
     finally:
         for p in procs:
             p.terminate()
-    print(f"\nSPACE SSN solves, {args.family} shapes ({len(weights)} matrices), torch {torch.__version__}, {os.cpu_count()} CPUs, "
-          f"{args.busy} busy process(es) beside, min of {args.repeats} per layer, wall seconds")
+    print(
+        f"\nSPACE SSN solves, {args.family} shapes ({len(weights)} matrices), torch {torch.__version__}, {os.cpu_count()} CPUs, "
+        f"{args.busy} busy process(es) beside, min of {args.repeats} per layer, wall seconds"
+    )
     print("| | wall s | / UCE |\n|---|---:|---:|")
     print(f"| UCE ({args.workers} torch threads) | {best['uce']:.3f} | 1 |")
     for w in (1, args.workers):

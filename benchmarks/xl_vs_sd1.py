@@ -42,7 +42,7 @@ def shape_rate(judge, images, shapes) -> float:
 def images(pipe, prompts, steps, seed=0, neutral_pooled=False, batch=24):
     out = []
     for b, i in enumerate(range(0, len(prompts), batch)):
-        part = list(prompts[i: i + batch])
+        part = list(prompts[i : i + batch])
         g = torch.Generator().manual_seed(seed * 100003 + b)
         if neutral_pooled:
             from erasekit.tinyworld.pooled import conditionings
@@ -79,8 +79,15 @@ def measure(model, methods, concepts, n, steps, log=print) -> dict:
         log(f"{model} {concept} unedited: {res[(concept, 'unedited')]}")
         for m in methods:
             t0 = time.time()
-            edit = erasekit.erase(pipe, method=m, concepts=[concept], kind="object", preserve=others, progress=False,
-                                  **SETTINGS.get(m, {}))
+            edit = erasekit.erase(
+                pipe,
+                method=m,
+                concepts=[concept],
+                kind="object",
+                preserve=others,
+                progress=False,
+                **SETTINGS.get(m, {}),
+            )
             fit = time.time() - t0
             edit.apply(pipe)
             try:
@@ -107,13 +114,16 @@ def main(argv=None):
     t0 = time.time()
     all_res = {mo: measure(mo, methods, concepts, args.n, args.steps) for mo in args.models.split(",")}
     print(f"\n{args.n} prompts per suite, {args.steps} steps, guidance 5, tinyworld judge; {time.time() - t0:.0f} s\n")
-    print("| concept | method | " + " | ".join(f"{mo}: erase / paraphrase / retain" for mo in all_res)
-          + " | tinyworld-xl: named rate with neutral pooled |")
+    print(
+        "| concept | method | "
+        + " | ".join(f"{mo}: erase / paraphrase / retain" for mo in all_res)
+        + " | tinyworld-xl: named rate with neutral pooled |"
+    )
     print("|---|---|" + "---|" * len(all_res) + "---|")
     for concept in concepts:
         for m in ["unedited", *methods]:
             cells = []
-            for mo, res in all_res.items():
+            for _mo, res in all_res.items():
                 r = res[(concept, m)]
                 cells.append(f"{1 - r['target']:.0%} / {1 - r['paraphrase']:.0%} / {r['retain']:.0%}")
             xr = all_res.get("tinyworld-xl", {}).get((concept, m))

@@ -29,8 +29,14 @@ import threading
 
 import torch
 
-ENV_KEYS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "MKL_NUM_THREADS", "OMP_NUM_THREADS",
-            "OPENBLAS_CORETYPE")
+ENV_KEYS = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_CBWR",
+    "MKL_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+)
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
 
 
@@ -103,7 +109,9 @@ def check_ssn() -> dict:
     for d_out, d_in, n_e, n_p, rows in ((37, 24, 3, 8, 5), (160, 768, 8, 120, 32), (96, 2048, 8, 40, 32)):
         g = torch.Generator().manual_seed(d_in)
         W0 = 0.02 * torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
-        C_E, C_G, C_P = (4 * torch.randn(d_in, n, generator=g, dtype=torch.float64) / d_in**0.5 for n in (n_e, n_e, n_p))
+        C_E, C_G, C_P = (
+            4 * torch.randn(d_in, n, generator=g, dtype=torch.float64) / d_in**0.5 for n in (n_e, n_e, n_p)
+        )
         gf = linalg.gram_factor(C_E, C_G, C_P, gamma=0.5)
         lam = linalg.lam_for_sparsity([W0], gf, 0.8)
         torch.set_num_threads(1)
@@ -113,7 +121,9 @@ def check_ssn() -> dict:
             got = linalg.space_solve(W0, gf, lam, chunk_rows=rows, workers=workers)
             same = torch.equal(got.W, ref.W) and torch.equal(got.y, ref.y) and got.objective == ref.objective
             if not same or torch.get_num_threads() != threads:
-                failures.append(f"d_in {d_in}: workers {workers}, threads {threads}: max |ΔW| {float((got.W - ref.W).abs().max()):.3g}")
+                failures.append(
+                    f"d_in {d_in}: workers {workers}, threads {threads}: max |ΔW| {float((got.W - ref.W).abs().max()):.3g}"
+                )
     torch.set_num_threads(before)
     return {"ok": not failures, "failures": failures}
 
@@ -125,7 +135,9 @@ def check_pipeline() -> dict:
     torch.set_num_threads(2)
     pipe = build_tiny_pipeline("sd", seed=0)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    edit = erasekit.erase(pipe, method="uce", concepts=["Van Gogh"], preserve=["Claude Monet"], kind="style", progress=False)
+    edit = erasekit.erase(
+        pipe, method="uce", concepts=["Van Gogh"], preserve=["Claude Monet"], kind="style", progress=False
+    )
     edit.apply(pipe)
     moved = any(not torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
     edit.revert(pipe)
@@ -136,7 +148,11 @@ def check_pipeline() -> dict:
         return pipe(["a painting by Van Gogh"] * 2, num_inference_steps=3, generator=gen, output_type="pt").images
 
     seeded_same = torch.equal(images(), images())
-    return {"ok": moved and revert_exact and seeded_same, "revert_bit_exact": revert_exact, "seeded_repeat_identical": seeded_same}
+    return {
+        "ok": moved and revert_exact and seeded_same,
+        "revert_bit_exact": revert_exact,
+        "seeded_repeat_identical": seeded_same,
+    }
 
 
 CHECKS = {"gemm": check_gemm, "ssn": check_ssn, "pipeline": check_pipeline}

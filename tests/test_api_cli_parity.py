@@ -18,13 +18,21 @@ from erasekit.cli import main
 from erasekit.tinyworld import weights_dir, weights_xl_dir
 
 SHIPPED = {"tinyworld": weights_dir(), "tinyworld-xl": weights_xl_dir()}
-MODELS = [pytest.param(m, marks=pytest.mark.skipif(not (d / "pipeline" / "model_index.json").is_file(),
-                                                   reason=f"{m} not shipped")) for m, d in SHIPPED.items()]
+MODELS = [
+    pytest.param(
+        m, marks=pytest.mark.skipif(not (d / "pipeline" / "model_index.json").is_file(), reason=f"{m} not shipped")
+    )
+    for m, d in SHIPPED.items()
+]
 
 # Cheap settings (a few steps of each fine-tuning method, SPACE at a fixed λ instead of a sparsity search,
 # PURE on the bare concept); the other closed forms run as they are. templates= is the --[no-]templates flag.
 CHEAP = {
-    "uce": {}, "space": {"lam": 0.05}, "rece": {"epochs": 1}, "speed": {}, "cure": {},
+    "uce": {},
+    "space": {"lam": 0.05},
+    "rece": {"epochs": 1},
+    "speed": {},
+    "cure": {},
     "pure": {"n_latents": 1, "steps": 2, "templates": False},
     "ace": {"train_steps": 1, "adv_steps": 1, "pool_latents": 1, "pool_steps": 2, "batch_size": 1},
     "mace": {"train_steps": 1, "n_images": 1, "image_steps": 2},
@@ -71,15 +79,29 @@ def test_python_api_and_cli_fit_byte_identical_edits(model, method, loaded, tmp_
     assert erasekit.is_tinyworld(pipe)  # the record load_pipeline attached (tinyworld-xl included)
     options = CHEAP[method]
     torch.manual_seed(0)
-    api = erasekit.erase(pipe, method=method, concepts=[CONCEPT], kind="object", preserve=PRESERVE, progress=False,
-                         **options)
+    api = erasekit.erase(
+        pipe, method=method, concepts=[CONCEPT], kind="object", preserve=PRESERVE, progress=False, **options
+    )
     api_path = api.save(tmp_path / "api.safetensors")
     cli_path = tmp_path / "cli.safetensors"
     sets = [x for k, v in options.items() if k != "templates" for x in ("--set", f"{k}={v}")]
     sets += [] if "templates" not in options else ["--templates" if options["templates"] else "--no-templates"]
     torch.manual_seed(0)
-    argv = ["erase", "--model", model, "--method", method, "--erase", CONCEPT, "--kind", "object",
-            *[x for p in PRESERVE for x in ("--preserve", p)], *sets, "--out", str(cli_path)]
+    argv = [
+        "erase",
+        "--model",
+        model,
+        "--method",
+        method,
+        "--erase",
+        CONCEPT,
+        "--kind",
+        "object",
+        *[x for p in PRESERVE for x in ("--preserve", p)],
+        *sets,
+        "--out",
+        str(cli_path),
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     (meta_a, ten_a), (meta_c, ten_c) = _tensors(api_path), _tensors(cli_path)
     assert ten_a.keys() == ten_c.keys() and ten_a

@@ -24,7 +24,18 @@ from erasekit.methods.speed import iec_right_factor, kmeans, speed_columns
 from erasekit.models.adapter import PipelineAdapter
 
 F64 = torch.float64
-WORDS = ["Van Gogh", "Claude Monet", "Pablo Picasso", "cat", "dog", "church", "golf ball", "Kelly McKernan", "tench", "parachute"]
+WORDS = [
+    "Van Gogh",
+    "Claude Monet",
+    "Pablo Picasso",
+    "cat",
+    "dog",
+    "church",
+    "golf ball",
+    "Kelly McKernan",
+    "tench",
+    "parachute",
+]
 
 
 def _rel(a, b):
@@ -61,7 +72,9 @@ def _encode(pipe, texts):
 
 
 # ---------------------------------------------------------------- UCE v1 (train-scripts/train_erase.py)
-def uce_v1_reference(pipe, old_texts, new_texts, retain_texts, lamb=0.5, erase_scale=1.0, preserve_scale=None, weights=None):
+def uce_v1_reference(
+    pipe, old_texts, new_texts, retain_texts, lamb=0.5, erase_scale=1.0, preserve_scale=None, weights=None
+):
     """Re-statement of train_erase.py's edit_model(technique='replace'), in float64. Returns {path: W}."""
     if preserve_scale is None:
         preserve_scale = max(0.1, 1 / len(retain_texts))
@@ -90,7 +103,9 @@ def uce_v1_reference(pipe, old_texts, new_texts, retain_texts, lamb=0.5, erase_s
 
 
 # ---------------------------------------------------------------- UCE v2 (trainscripts/uce_sd_erase.py)
-def uce_v2_reference(pipe, edit_concepts, guide_concepts, preserve_concepts, erase_scale=1.0, preserve_scale=1.0, lamb=0.5, expand=None):
+def uce_v2_reference(
+    pipe, edit_concepts, guide_concepts, preserve_concepts, erase_scale=1.0, preserve_scale=1.0, lamb=0.5, expand=None
+):
     """Re-statement of uce_sd_erase.py's UCE() (and its --expand_prompts block), in float64."""
     edit_concepts, guide_concepts = list(edit_concepts), list(guide_concepts)
     if expand is not None:
@@ -103,8 +118,16 @@ def uce_v2_reference(pipe, edit_concepts, guide_concepts, preserve_concepts, era
         if e in embeds:
             continue
         t_emb = pipe.encode_prompt(prompt=e, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
-        last = pipe.tokenizer(e, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-                              return_tensors="pt")["attention_mask"].sum() - 2
+        last = (
+            pipe.tokenizer(
+                e,
+                padding="max_length",
+                max_length=pipe.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )["attention_mask"].sum()
+            - 2
+        )
         embeds[e] = t_emb[0][:, last, :].double()  # (1, d)
     out = {}
     for path, module in _kv_layers(pipe):
@@ -136,8 +159,17 @@ def test_uce_v1_preset_equals_train_erase_restated(tiny_pipes, family, seed):
     erase, preserve = _random_concepts(seed)
     kind, templates = [("style", False), ("object", True), ("style", True)][seed]
     guide = "art" if kind == "style" else ""
-    edit = erasekit.erase(pipe, method="uce", preset="v1", concepts=erase, kind=kind, guide=guide, preserve=preserve,
-                          templates=templates, progress=False)
+    edit = erasekit.erase(
+        pipe,
+        method="uce",
+        preset="v1",
+        concepts=erase,
+        kind=kind,
+        guide=guide,
+        preserve=preserve,
+        templates=templates,
+        progress=False,
+    )
     old, new = [], []
     for c in erase:  # train_erase.py: the concept, then additional_prompts, all mapped to the bare guide
         for t in REFERENCE_TEMPLATES[kind] if templates else ("{}",):
@@ -158,9 +190,24 @@ def test_uce_v2_preset_equals_uce_sd_erase_restated(tiny_pipes, family, seed):
     erase, preserve = _random_concepts(seed)
     kind, templates = [("style", False), ("object", True), ("style", True)][seed]
     guide = "art" if kind == "style" else ""
-    edit = erasekit.erase(pipe, method="uce", concepts=erase, kind=kind, guide=guide, preserve=preserve, templates=templates, progress=False)
+    edit = erasekit.erase(
+        pipe,
+        method="uce",
+        concepts=erase,
+        kind=kind,
+        guide=guide,
+        preserve=preserve,
+        templates=templates,
+        progress=False,
+    )
     assert edit.config["preset"] == "v2"  # the default
-    ref = uce_v2_reference(pipe, erase, [guide] * len(erase), preserve, expand=("art" if kind == "style" else "object") if templates else None)
+    ref = uce_v2_reference(
+        pipe,
+        erase,
+        [guide] * len(erase),
+        preserve,
+        expand=("art" if kind == "style" else "object") if templates else None,
+    )
     got = _weights(pipe, edit)
     for p in ref:
         torch.testing.assert_close(got[p], ref[p], rtol=1e-5, atol=1e-6)
@@ -170,9 +217,13 @@ def test_presets_differ_as_documented(tiny_pipes):
     pipe = tiny_pipes["sd"]
     kw = dict(concepts=["cat"], kind="object", preserve=["dog"], templates=True, progress=False)
     v1, v2, ek = (erasekit.erase(pipe, method="uce", preset=p, **kw) for p in ("v1", "v2", "erasekit"))
-    assert v2.stats["templates"] == list(REFERENCE_TEMPLATES["object"]) and v1.stats["templates"] == v2.stats["templates"]
+    assert (
+        v2.stats["templates"] == list(REFERENCE_TEMPLATES["object"]) and v1.stats["templates"] == v2.stats["templates"]
+    )
     assert ek.stats["templates"] != v2.stats["templates"]
-    assert v2.stats["preserve_prompts"] == 1 and ek.stats["preserve_prompts"] == len(ek.stats["templates"])  # templates on preserve: erasekit only
+    assert v2.stats["preserve_prompts"] == 1 and ek.stats["preserve_prompts"] == len(
+        ek.stats["templates"]
+    )  # templates on preserve: erasekit only
     assert v1.stats["preserve_prompts"] == 2 and v1.stats["preserve_token"] == "all" and v1.stats["token"] == "tail"
     nsfw = erasekit.erase(pipe, method="uce", concepts=["nudity"], kind="nsfw", progress=False)
     assert nsfw.config["preset"] == "v1" and nsfw.config["token"] == "tail" and nsfw.config["preserve_scale"] == 1.0
@@ -189,7 +240,9 @@ def test_rece_adversarial_embedding_equals_lbfgs_minimiser():
     c = torch.randn(d, 3, generator=g, dtype=F64)
     reg = 0.1
     x = torch.zeros(d, 3, dtype=F64, requires_grad=True)
-    opt = torch.optim.LBFGS([x], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [x], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()
@@ -200,10 +253,15 @@ def test_rece_adversarial_embedding_equals_lbfgs_minimiser():
     opt.step(closure)
     c_adv = adversarial_embedding(W_cur, W_orig, c, reg)
     assert _rel(c_adv, x.detach()) < 1e-6
-    assert adversarial_objective(W_cur, W_orig, c_adv, c, reg) <= adversarial_objective(W_cur, W_orig, x.detach(), c, reg) + 1e-9
+    assert (
+        adversarial_objective(W_cur, W_orig, c_adv, c, reg)
+        <= adversarial_objective(W_cur, W_orig, x.detach(), c, reg) + 1e-9
+    )
 
 
-def rece_reference(pipe, concept, guide, retain_texts, epochs, reg_scale, uce_retain, lamb=0.1, erase_scale=1.0, preserve_scale=0.1):
+def rece_reference(
+    pipe, concept, guide, retain_texts, epochs, reg_scale, uce_retain, lamb=0.1, erase_scale=1.0, preserve_scale=0.1
+):
     """UCE v1 start, then close_form_emb_regzero + edit_model_adversarial(technique='replace'), re-stated."""
     orig = {p: m.weight.detach().double() for p, m in _kv_layers(pipe)}
     W = uce_v1_reference(pipe, [concept], [guide], uce_retain)
@@ -243,7 +301,9 @@ def test_rece_equals_reference_restated_and_epochs_do_not_increase_the_residual(
         edit = erasekit.erase(pipe, method="rece", concepts=["nudity"], kind="nsfw", progress=False)
         ref, res = rece_reference(pipe, "nudity", "", [" "], 3, 0.1, [""])
     else:  # train_artists.py: 1 epoch, λ_r 1e-3, retain [''] + preserve, guide 'art'
-        edit = erasekit.erase(pipe, method="rece", concepts=["Kelly McKernan"], kind="style", preserve=["Claude Monet"], progress=False)
+        edit = erasekit.erase(
+            pipe, method="rece", concepts=["Kelly McKernan"], kind="style", preserve=["Claude Monet"], progress=False
+        )
         ref, res = rece_reference(pipe, "Kelly McKernan", "art", ["", "Claude Monet"], 1, 1e-3, ["", "Claude Monet"])
     assert len(edit.stats["epochs"]) == len(res) == (3 if kind == "nsfw" else 1)
     got = _weights(pipe, edit)
@@ -261,7 +321,9 @@ def test_rece_judge_keeps_the_lowest_rate_epoch(tiny_pipes):
     concepts = ConceptSet(erase=("nudity",), kind="nsfw")
     rates = iter([0.5, 0.2, 0.3, 0.2])  # uce, epoch-0, epoch-1, epoch-2: epoch-0 is the earliest lowest
     seen = []
-    edit = get_method("rece").fit(adapter, concepts, make_config("rece"), progress=False, judge=lambda e: seen.append(e) or next(rates))
+    edit = get_method("rece").fit(
+        adapter, concepts, make_config("rece"), progress=False, judge=lambda e: seen.append(e) or next(rates)
+    )
     assert len(seen) == 4 and edit.stats["selected"] == "epoch-0"
     assert edit.stats["rates"] == {"uce": 0.5, "epoch-0": 0.2, "epoch-1": 0.3, "epoch-2": 0.2}
     one = erasekit.erase(pipe, method="rece", concepts=["nudity"], kind="nsfw", epochs=1, progress=False)
@@ -294,7 +356,13 @@ def test_speed_delta_equals_formula_is_zero_on_K2_and_outside_the_null_space(see
     I, P = torch.eye(d, dtype=F64), V0 @ V0.T
     C_tt, C_at = T @ T.T / m, A @ T.T / m
     M = torch.inverse(C_tt @ P + s * I)
-    ref = W @ (C_at - C_tt) @ P @ (I - M @ K2 @ torch.inverse(K2.T @ P @ M @ K2 + lam * torch.eye(4, dtype=F64)) @ K2.T @ P) @ M
+    ref = (
+        W
+        @ (C_at - C_tt)
+        @ P
+        @ (I - M @ K2 @ torch.inverse(K2.T @ P @ M @ K2 + lam * torch.eye(4, dtype=F64)) @ K2.T @ P)
+        @ M
+    )
     assert exact and _rel(dW, ref) < 1e-9
     assert (dW @ (I - P)).norm() <= 1e-10 * dW.norm()  # ΔW (I − P) = 0 for every λ
     if lam == 0:
@@ -323,9 +391,17 @@ def test_speed_presets_and_single_retain_prompt(tiny_pipes):
     pipe = tiny_pipes["sd"]
     nsfw = erasekit.erase(pipe, method="speed", concepts=["nudity"], kind="nsfw", progress=False)
     assert (nsfw.config["retain_scale"], nsfw.config["lamb"], nsfw.config["token"]) == (0.7, 0.5, "after_bos")
-    assert nsfw.stats["target_columns"] == 76 and nsfw.stats["retain_prompts"] == 1  # retain = every token after BOS of ""
-    person = erasekit.erase(pipe, method="speed", concepts=["Adam Driver"], kind="person", guide="person", progress=False)
-    assert (person.config["retain_scale"], person.config["prior_filter"], person.config["threshold"]) == (0.05, False, 1e-4)
+    assert (
+        nsfw.stats["target_columns"] == 76 and nsfw.stats["retain_prompts"] == 1
+    )  # retain = every token after BOS of ""
+    person = erasekit.erase(
+        pipe, method="speed", concepts=["Adam Driver"], kind="person", guide="person", progress=False
+    )
+    assert (person.config["retain_scale"], person.config["prior_filter"], person.config["threshold"]) == (
+        0.05,
+        False,
+        1e-4,
+    )
     explicit = erasekit.erase(pipe, method="speed", concepts=["nudity"], kind="nsfw", lamb=0.0, progress=False)
     assert explicit.config["lamb"] == 0.0 and explicit.config["retain_scale"] == 0.7
     # One retain prompt: IPF keeps nothing strictly above its own mean, so no retain row is left: P = I, no NaN.
@@ -335,7 +411,16 @@ def test_speed_presets_and_single_retain_prompt(tiny_pipes):
     # More retain embeddings than dimensions (no IPF) and a tiny threshold: no null space left, which is refused.
     many = [f"thing number {i}" for i in range(3 * pipe.text_encoder.config.hidden_size)]
     with pytest.raises(MethodError, match="null space is empty"):
-        erasekit.erase(pipe, method="speed", concepts=["cat"], kind="object", preserve=many, prior_filter=False, threshold=1e-12, progress=False)
+        erasekit.erase(
+            pipe,
+            method="speed",
+            concepts=["cat"],
+            kind="object",
+            preserve=many,
+            prior_filter=False,
+            threshold=1e-12,
+            progress=False,
+        )
 
 
 def test_speed_kmeans_is_seeded_and_a_fixed_point():

@@ -28,12 +28,36 @@ def _load(name: str):
 
 
 def _run(concept: str, general_drop: float) -> dict:
-    rows = [dict(method="uce", prior="none", weight=None, target_sparsity=None, sparsity=0.0, fit_s=0.1,
-                 target=0.9, paraphrase=0.8, retain=0.8, general=0.7)]
+    rows = [
+        dict(
+            method="uce",
+            prior="none",
+            weight=None,
+            target_sparsity=None,
+            sparsity=0.0,
+            fit_s=0.1,
+            target=0.9,
+            paraphrase=0.8,
+            retain=0.8,
+            general=0.7,
+        )
+    ]
     for prior, w in (("none", None), ("general", 1.0)):
         for s in (0.8, 0.9):
-            rows.append(dict(method="space", prior=prior, weight=w, target_sparsity=s, sparsity=s, fit_s=1.0, target=1.0, paraphrase=0.9,
-                             retain=0.9, general=0.9 - (general_drop if prior == "none" else 0.0) * s))
+            rows.append(
+                dict(
+                    method="space",
+                    prior=prior,
+                    weight=w,
+                    target_sparsity=s,
+                    sparsity=s,
+                    fit_s=1.0,
+                    target=1.0,
+                    paraphrase=0.9,
+                    retain=0.9,
+                    general=0.9 - (general_drop if prior == "none" else 0.0) * s,
+                )
+            )
     return dict(args=dict(concept=concept, n=4, steps=2, token="all"), rows=rows)
 
 
@@ -53,7 +77,10 @@ def test_space_prior_curve_combines_runs_into_one_page(tmp_path):
     assert len(imgs) == 2  # one plot per concept, embedded
     for b64 in imgs:
         Image.open(io.BytesIO(base64.b64decode(b64))).verify()
-    assert sorted(p.name for p in (page.parent / "plots").iterdir()) == ["space-prior-circle.png", "space-prior-red.png"]
+    assert sorted(p.name for p in (page.parent / "plots").iterdir()) == [
+        "space-prior-circle.png",
+        "space-prior-red.png",
+    ]
     for concept in ("circle", "red"):
         assert f"<h2>{concept}</h2>" in text
     assert text.count("<tr>") == 2 * (1 + 5)  # a header and every row of both runs

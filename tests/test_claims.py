@@ -17,14 +17,44 @@ from erasekit.evaluate.results import MethodRun, Results
 from erasekit.evaluate.stats import Comparison
 
 REPO = Path(__file__).resolve().parents[1]
-CLAIM_IDS = ["SPACE-1", "SPACE-2", "SPACE-3", "SPACE-4", "SPACE-5", "SPACE-6", "PURE-1", "PURE-2", "PURE-3", "ACE-1",
-             "ACE-2", "ACE-3", "RECE-1", "SPEED-1", "MACE-1"]
+CLAIM_IDS = [
+    "SPACE-1",
+    "SPACE-2",
+    "SPACE-3",
+    "SPACE-4",
+    "SPACE-5",
+    "SPACE-6",
+    "PURE-1",
+    "PURE-2",
+    "PURE-3",
+    "ACE-1",
+    "ACE-2",
+    "ACE-3",
+    "RECE-1",
+    "SPEED-1",
+    "MACE-1",
+]
 VERDICTS = ("holds", "holds partly", "does not hold", "not measurable here")
 
 
 def _c(diff, significant, a="space", b="uce", metric="erase rate"):
-    return Comparison(metric, a, b, 0.5 + diff / 2, 0.5 - diff / 2, diff, diff - 0.1, diff + 0.1, 96, 96, 0, 0,
-                      0.01 if significant else 0.5, 0.02 if significant else 0.9, significant)
+    return Comparison(
+        metric,
+        a,
+        b,
+        0.5 + diff / 2,
+        0.5 - diff / 2,
+        diff,
+        diff - 0.1,
+        diff + 0.1,
+        96,
+        96,
+        0,
+        0,
+        0.01 if significant else 0.5,
+        0.02 if significant else 0.9,
+        significant,
+    )
 
 
 def test_verdict_rules():
@@ -55,14 +85,21 @@ def _est(name, value, half=0.05, n=96):
 
 def _measured(space=None, pure_seconds=None, erase_cmp=None, model="tinyworld", xl=None) -> claims.Measured:
     """One study "circle": UCE always, SPACE with ``space`` = (sparsity, saved share) when given."""
-    runs = {"uce": MethodRun("uce", {"bytes": 100, "dense_fp32_bytes": 100}, {}, {},
-                             metrics={"erase rate": _est("erase rate", 0.5)})}
+    runs = {
+        "uce": MethodRun(
+            "uce", {"bytes": 100, "dense_fp32_bytes": 100}, {}, {}, metrics={"erase rate": _est("erase rate", 0.5)}
+        )
+    }
     paired = []
     if space is not None:
         sparsity, saved = space
-        runs["space"] = MethodRun("space", {"sparsity": sparsity, "bytes": round(1000 * (1 - saved)),
-                                            "dense_fp32_bytes": 1000}, {}, {},
-                                  metrics={"erase rate": _est("erase rate", 0.9)})
+        runs["space"] = MethodRun(
+            "space",
+            {"sparsity": sparsity, "bytes": round(1000 * (1 - saved)), "dense_fp32_bytes": 1000},
+            {},
+            {},
+            metrics={"erase rate": _est("erase rate", 0.9)},
+        )
         paired.append(erase_cmp or _c(0.4, True, a="space", b="unedited"))
     res = Results({"circle": runs}, {}, {}, {}, {"circle": paired}, {"circle": {}})
     infer = {"unedited": 1.0} if pure_seconds is None else {"unedited": 1.0, "pure": pure_seconds}
@@ -85,8 +122,9 @@ def test_the_verdict_rules_live_in_the_package():
     assert not [k for k, v in vars(script).items() if callable(v) and getattr(v, "__module__", "") == script.__name__]
 
 
-@pytest.mark.parametrize("saved, verdict", [(0.70, "holds"), (0.65, "holds"), (0.55, "holds partly"),
-                                            (0.30, "does not hold")])
+@pytest.mark.parametrize(
+    "saved, verdict", [(0.70, "holds"), (0.65, "holds"), (0.55, "holds partly"), (0.30, "does not hold")]
+)
 def test_a_threshold_claim_holds_above_its_threshold_and_not_below(saved, verdict):
     """SPACE-2: holds at ≥ 65 % storage saved, partly at ≥ 50 %, otherwise does not hold."""
     row = _verdicts(_measured(space=(0.85, saved)))["SPACE-2"]
@@ -147,8 +185,12 @@ def test_claims_command_small_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert {c["id"] for c in res["config"]["claims"]} == set(CLAIM_IDS)
     page = (out / "tinyworld" / "report.html").read_text()
     plots = sorted(p.name for p in (out / "tinyworld" / "plots").glob("*.png"))
-    assert {"tradeoff-circle.png", "attack-circle-ring-a-bell.png", "space-sparsity-sweep.png",
-            "concepts-curve.png"} <= set(plots)
+    assert {
+        "tradeoff-circle.png",
+        "attack-circle-ring-a-bell.png",
+        "space-sparsity-sweep.png",
+        "concepts-curve.png",
+    } <= set(plots)
     assert page.count("data:image/png;base64,") >= len(plots) and "<h2>Claims</h2>" in page
     # resumable: the second run refits nothing and generates no image
     import erasekit.api

@@ -39,8 +39,15 @@ def test_resolve_user_options_win_and_every_default_has_a_reason():
 def test_bench_templates_option_reaches_the_concept_set(tiny_pipes, tmp_path):
     # the bug: `bench --set M.templates=true` used to be silently ignored
     cs = ConceptSet(erase=("Van Gogh",), kind="style")
-    edits, _ = fit_edits(tiny_pipes["sd"], {"plain": "uce", "tpl": "uce"}, {"vg": cs}, {"tpl": {"templates": True}}, tmp_path,
-                         progress=False, defaults="published")
+    edits, _ = fit_edits(
+        tiny_pipes["sd"],
+        {"plain": "uce", "tpl": "uce"},
+        {"vg": cs},
+        {"tpl": {"templates": True}},
+        tmp_path,
+        progress=False,
+        defaults="published",
+    )
     assert len(edits["vg"]["tpl"].concepts["templates"]) > 1 and edits["vg"]["plain"].concepts["templates"] == ["{}"]
     rec = edits["vg"]["tpl"].stats["defaults"]
     assert rec["source"] == "published" and rec["user"] == ["templates"] and "templates" not in rec["applied"]
@@ -56,7 +63,9 @@ def test_bench_options_are_typed_per_method():
     from erasekit.evaluate.bench import parse_methods, parse_options
 
     methods = parse_methods("space,pure_text=pure")
-    opts = parse_options(["space.target_sparsity=0.9", "space.max-iter=7", "pure_text.basis=text", "pure_text.templates=yes"], methods)
+    opts = parse_options(
+        ["space.target_sparsity=0.9", "space.max-iter=7", "pure_text.basis=text", "pure_text.templates=yes"], methods
+    )
     assert opts == {"space": {"target_sparsity": 0.9, "max_iter": 7}, "pure_text": {"basis": "text", "templates": True}}
     with pytest.raises(erasekit.MethodError, match="do not apply to method 'space'"):
         parse_options(["space.basis=text"], methods)  # pure's option, under a space label
@@ -98,9 +107,15 @@ def test_is_tinyworld_is_one_rule_for_names_records_and_folders(tiny_pipes):
     from erasekit.models.record import describe_model, model_record
     from erasekit.tinyworld import pipeline_dir, pipeline_xl_dir
 
-    assert erasekit.is_tinyworld("tinyworld") and erasekit.is_tinyworld("tinyworld-xl")  # xl too (the path check missed it)
+    assert erasekit.is_tinyworld("tinyworld") and erasekit.is_tinyworld(
+        "tinyworld-xl"
+    )  # xl too (the path check missed it)
     assert erasekit.is_tinyworld(str(pipeline_xl_dir())) and erasekit.is_tinyworld(str(pipeline_dir()))
-    assert not erasekit.is_tinyworld("tiny-sd") and not erasekit.is_tinyworld("some/model") and not erasekit.is_tinyworld(None)
+    assert (
+        not erasekit.is_tinyworld("tiny-sd")
+        and not erasekit.is_tinyworld("some/model")
+        and not erasekit.is_tinyworld(None)
+    )
     assert describe_model("tinyworld-xl").defaults_key == "tinyworld" and describe_model("x").prior_prompts is None
     assert defaults.model_key("tinyworld-xl") == defaults.model_key(str(pipeline_xl_dir())) == "tinyworld"
     assert not model_record(tiny_pipes["sdxl"]).tinyworld
@@ -121,8 +136,21 @@ def test_many_concepts_refusals():
         split_concepts("+")
     cs = tinyworld_concept_set("circle+red+striped")
     assert cs.erase == ("circle", "red", "striped")
-    assert set(cs.preserve) == {"square", "triangle", "star", "heart", "cross", "green", "blue", "yellow", "purple", "orange",
-                                "solid", "dotted", "checkered"}
+    assert set(cs.preserve) == {
+        "square",
+        "triangle",
+        "star",
+        "heart",
+        "cross",
+        "green",
+        "blue",
+        "yellow",
+        "purple",
+        "orange",
+        "solid",
+        "dotted",
+        "checkered",
+    }
     assert ConceptSet(erase=("Van Gogh", "Monet")).erase == ("Van Gogh", "Monet")
 
 
@@ -132,19 +160,47 @@ def test_cli_erase_records_defaults_and_published_switch(tmp_path, capsys):
 
     model = str(save_tiny_pipeline(tmp_path / "tiny-sd", "sd"))
     out = tmp_path / "e.safetensors"
-    assert main(["erase", "--model", model, "--method", "pure", "--erase", "Van Gogh", "--basis", "text", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["erase", "--model", model, "--method", "pure", "--erase", "Van Gogh", "--basis", "text", "--out", str(out)]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["inspect", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     rec = erasekit.load_edit(out, apply=False).stats["defaults"]
     assert rec["source"] == "erasekit" and "basis" in rec["user"] and info["method"] == "pure"
-    assert main(["erase", "--model", model, "--method", "pure", "--erase", "Van Gogh", "--basis", "text", "--published-defaults",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "erase",
+                "--model",
+                model,
+                "--method",
+                "pure",
+                "--erase",
+                "Van Gogh",
+                "--basis",
+                "text",
+                "--published-defaults",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     e = erasekit.load_edit(out, apply=False)
-    assert e.stats["defaults"]["source"] == "published" and e.config["retain_energy"] == 0.99 and e.config["centre"] == "none"
+    assert (
+        e.stats["defaults"]["source"] == "published"
+        and e.config["retain_energy"] == 0.99
+        and e.config["centre"] == "none"
+    )
 
 
-needs_tinyworld = pytest.mark.skipif(not (weights_dir() / "pipeline" / "model_index.json").is_file(), reason="tinyworld weights not shipped")
+needs_tinyworld = pytest.mark.skipif(
+    not (weights_dir() / "pipeline" / "model_index.json").is_file(), reason="tinyworld weights not shipped"
+)
 
 
 @needs_tinyworld

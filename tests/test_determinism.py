@@ -37,8 +37,14 @@ PATHS = {
     "MKL SSE4.2": ({"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}, ("gemm", "ssn")),
     "MKL CBWR=COMPATIBLE": ({"MKL_CBWR": "COMPATIBLE"}, ("gemm", "ssn")),
     "EPYC-like: ATen avx2, MKL AVX2, 4 MKL/OMP threads": (
-        {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "MKL_NUM_THREADS": "4", "OMP_NUM_THREADS": "4"},
-        ("gemm", "ssn")),
+        {
+            "ATEN_CPU_CAPABILITY": "avx2",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "MKL_NUM_THREADS": "4",
+            "OMP_NUM_THREADS": "4",
+        },
+        ("gemm", "ssn"),
+    ),
     "OpenBLAS Haswell (numpy)": ({"OPENBLAS_CORETYPE": "Haswell"}, ("ssn",)),
 }
 
@@ -46,8 +52,19 @@ PATHS = {
 @pytest.mark.parametrize("path", list(PATHS))
 def test_promises_hold_on_forced_code_path(path, determinism_rows):
     env_extra, checks = PATHS[path]
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR",
-                                                             "MKL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "ATEN_CPU_CAPABILITY",
+            "MKL_ENABLE_INSTRUCTIONS",
+            "MKL_CBWR",
+            "MKL_NUM_THREADS",
+            "OMP_NUM_THREADS",
+            "OPENBLAS_CORETYPE",
+        )
+    }
     env.update(env_extra, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     proc = subprocess.run([sys.executable, str(PROBE), *checks], env=env, capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip(), f"the probe printed nothing (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
@@ -57,7 +74,10 @@ def test_promises_hold_on_forced_code_path(path, determinism_rows):
     where = f"{m['cpu']} [{', '.join(m['flags'])}], ATen {m['aten_capability']}, BLAS {m['blas']}, env {m['env']}"
     assert m["env"] == env_extra, f"the probe did not see the forced variables: {where}"
     if "ATEN_CPU_CAPABILITY" in env_extra and env_extra["ATEN_CPU_CAPABILITY"] != "default":
-        assert m["aten_capability"].lower() == env_extra["ATEN_CPU_CAPABILITY"].lower() or m["aten_capability"] == "DEFAULT", where
+        assert (
+            m["aten_capability"].lower() == env_extra["ATEN_CPU_CAPABILITY"].lower()
+            or m["aten_capability"] == "DEFAULT"
+        ), where
     failed = {k: v for k, v in report["checks"].items() if not v["ok"]}
     assert not failed and proc.returncode == 0, f"on {where}: {json.dumps(failed, indent=1)}"
 
@@ -70,7 +90,10 @@ def test_pinned_worker_thread_computes_what_the_caller_computes():
     torch.set_num_threads(1)
     try:
         g = torch.Generator().manual_seed(1)
-        a, b = torch.randn(64, 2048, generator=g, dtype=torch.float64), torch.randn(2048, 80, generator=g, dtype=torch.float64)
+        a, b = (
+            torch.randn(64, 2048, generator=g, dtype=torch.float64),
+            torch.randn(2048, 80, generator=g, dtype=torch.float64),
+        )
         box = {}
 
         def worker():

@@ -15,7 +15,13 @@ SCRIPT = REPO / "benchmarks" / "device.sh"
 
 
 def _env(tmp_path, **extra) -> dict:
-    env = dict(os.environ, PYTHON=sys.executable, ERASEKIT_FULL_SCALE_CACHE=str(tmp_path / "models"), OMP_NUM_THREADS="1", **extra)
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        ERASEKIT_FULL_SCALE_CACHE=str(tmp_path / "models"),
+        OMP_NUM_THREADS="1",
+        **extra,
+    )
     return env
 
 
@@ -25,8 +31,13 @@ def test_device_script_runs_every_benchmark_on_cpu(tmp_path):
     baseline = tmp_path / "linalg_before"
     shutil.copytree(REPO / "src" / "erasekit" / "linalg", baseline)
     out = tmp_path / "out"
-    done = subprocess.run(["bash", str(SCRIPT), str(out)], env=_env(tmp_path, DEVICE="cpu", QUICK="1", FAMILIES="sd15", BASELINE=str(baseline)),
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), str(out)],
+        env=_env(tmp_path, DEVICE="cpu", QUICK="1", FAMILIES="sd15", BASELINE=str(baseline)),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "device cpu" in (out / "device.txt").read_text()
     solver = (out / "solver.txt").read_text()
@@ -43,8 +54,13 @@ def test_device_script_refuses_cuda_without_a_gpu(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], env=_env(tmp_path, DEVICE="cuda"), capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "out")],
+        env=_env(tmp_path, DEVICE="cuda"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert "torch sees no CUDA GPU" in done.stderr and "DEVICE=cpu" in done.stderr
     assert not (tmp_path / "out" / "solver.txt").exists()  # stopped before any benchmark ran

@@ -36,10 +36,26 @@ from erasekit.models.adapter import weight_fingerprint
 from erasekit.models.tiny import build_tiny_pipeline
 
 SEED = 9
-CLASSES = ("truncation", "byte flip: length field", "byte flip: header JSON", "byte flip: tensor data",
-           "metadata edit, old checksum", "metadata edit, checksum recomputed", "CSR structure", "dtype and overflow", "stacking")
-MUST_REFUSE = {"truncation", "byte flip: length field", "byte flip: tensor data", "metadata edit, old checksum",
-               "CSR structure", "dtype and overflow", "stacking"}
+CLASSES = (
+    "truncation",
+    "byte flip: length field",
+    "byte flip: header JSON",
+    "byte flip: tensor data",
+    "metadata edit, old checksum",
+    "metadata edit, checksum recomputed",
+    "CSR structure",
+    "dtype and overflow",
+    "stacking",
+)
+MUST_REFUSE = {
+    "truncation",
+    "byte flip: length field",
+    "byte flip: tensor data",
+    "metadata edit, old checksum",
+    "CSR structure",
+    "dtype and overflow",
+    "stacking",
+}
 
 
 def _digest(pipe) -> str:
@@ -75,12 +91,14 @@ def _first(doc):
 def _layer(f):
     def m(doc):
         f(doc["layers"][_first(doc)])
+
     return m
 
 
 def _set(**kv):
     def m(doc):
         doc.update(kv)
+
     return m
 
 
@@ -92,6 +110,7 @@ def _rename(old, new, where=None):
     def m(doc):
         d = doc if where is None else where(doc)
         d[new] = d.pop(old)
+
     return m
 
 
@@ -113,46 +132,84 @@ def _swap_concept(doc):
 
 
 META_MUTATIONS = {
-    "concepts null": _set(concepts=None), "concepts 'x'": _set(concepts="x"), "concepts.erase [1, 2]": _set(concepts={"erase": [1, 2]}),
-    "concepts.erase []": lambda d: d["concepts"].update(erase=[]), "erased concept swapped": _swap_concept,
+    "concepts null": _set(concepts=None),
+    "concepts 'x'": _set(concepts="x"),
+    "concepts.erase [1, 2]": _set(concepts={"erase": [1, 2]}),
+    "concepts.erase []": lambda d: d["concepts"].update(erase=[]),
+    "erased concept swapped": _swap_concept,
     "concept label one letter off": lambda d: d["concepts"].update(erase=[d["concepts"]["erase"][0][:-1] + "x"]),
     "concepts.kind bogus": lambda d: d["concepts"].update(kind="bogus"),
-    "method 123": _set(method=123), "method nonexistent": _set(method="nonexistent-method"), "method null": _set(method=None),
-    "config {}": _set(config={}), "config list": _set(config=[]), "config.lamb 'abc'": lambda d: d["config"].update(lamb="abc"),
-    "config.lamb -1": lambda d: d["config"].update(lamb=-1.0), "config extra key": lambda d: d["config"].update(bogus=1),
+    "method 123": _set(method=123),
+    "method nonexistent": _set(method="nonexistent-method"),
+    "method null": _set(method=None),
+    "config {}": _set(config={}),
+    "config list": _set(config=[]),
+    "config.lamb 'abc'": lambda d: d["config"].update(lamb="abc"),
+    "config.lamb -1": lambda d: d["config"].update(lamb=-1.0),
+    "config extra key": lambda d: d["config"].update(bogus=1),
     "config.token first": lambda d: d["config"].update(token="first"),
-    "format_version 'abc'": _set(format_version="abc"), "format_version null": _set(format_version=None),
-    "format_version 0": _set(format_version=0), "format_version -1": _set(format_version=-1),
-    "format_version true": _set(format_version=True), "format_version '2'": _set(format_version="2"),
-    "format_version 1.9": _set(format_version=1.9), "format_version 3": _set(format_version=3), "format_version missing": _pop("format_version"),
-    "format other": _set(format="other"), "layers null": _set(layers=None), "layers []": _set(layers=[]), "layers {}": _set(layers={}),
-    "layers renamed": _rename("layers", "layerz"), "fingerprint renamed": _layer(lambda l: l.__setitem__("fingerprinx", l.pop("fingerprint"))),
+    "format_version 'abc'": _set(format_version="abc"),
+    "format_version null": _set(format_version=None),
+    "format_version 0": _set(format_version=0),
+    "format_version -1": _set(format_version=-1),
+    "format_version true": _set(format_version=True),
+    "format_version '2'": _set(format_version="2"),
+    "format_version 1.9": _set(format_version=1.9),
+    "format_version 3": _set(format_version=3),
+    "format_version missing": _pop("format_version"),
+    "format other": _set(format="other"),
+    "layers null": _set(layers=None),
+    "layers []": _set(layers=[]),
+    "layers {}": _set(layers={}),
+    "layers renamed": _rename("layers", "layerz"),
+    "fingerprint renamed": _layer(lambda l: l.__setitem__("fingerprinx", l.pop("fingerprint"))),
     "sha256 renamed": lambda d: _fp(d).__setitem__("sha25x", _fp(d).pop("sha256")),
     "dtype renamed": lambda d: _fp(d).__setitem__("dtypf", _fp(d).pop("dtype")),
     "shape renamed": _layer(lambda l: l.__setitem__("shapf", l.pop("shape"))),
-    "kind bogus": _layer(lambda l: l.update(kind="bogus")), "shape [64]": _layer(lambda l: l.update(shape=[64])),
+    "kind bogus": _layer(lambda l: l.update(kind="bogus")),
+    "shape [64]": _layer(lambda l: l.update(shape=[64])),
     "shape [64, 32, 1]": _layer(lambda l: l.update(shape=l["shape"] + [1])),
     "shape strings": _layer(lambda l: l.update(shape=[str(s) for s in l["shape"]])),
     "shape floats": _layer(lambda l: l.update(shape=[float(s) for s in l["shape"]])),
-    "shape off by one (both)": _layer(lambda l: (l["shape"].__setitem__(0, l["shape"][0] + 1), l["fingerprint"]["shape"].__setitem__(0, l["shape"][0]))),
-    "param bias": _layer(lambda l: l.update(param="bias")), "param '1x'": _layer(lambda l: l.update(param="1x")),
-    "fingerprint 'abc'": _layer(lambda l: l.update(fingerprint="abc")), "fingerprint missing": _layer(lambda l: l.pop("fingerprint")),
-    "fingerprint.sha256 digit": _flip_hex, "fingerprint.sketch []": lambda d: _fp(d).update(sketch=[]),
-    "fingerprint.sketch[0] + 1": _bump_sketch, "fingerprint.fro x2": lambda d: _fp(d).update(fro=_fp(d)["fro"] * 2),
+    "shape off by one (both)": _layer(
+        lambda l: (
+            l["shape"].__setitem__(0, l["shape"][0] + 1),
+            l["fingerprint"]["shape"].__setitem__(0, l["shape"][0]),
+        )
+    ),
+    "param bias": _layer(lambda l: l.update(param="bias")),
+    "param '1x'": _layer(lambda l: l.update(param="1x")),
+    "fingerprint 'abc'": _layer(lambda l: l.update(fingerprint="abc")),
+    "fingerprint missing": _layer(lambda l: l.pop("fingerprint")),
+    "fingerprint.sha256 digit": _flip_hex,
+    "fingerprint.sketch []": lambda d: _fp(d).update(sketch=[]),
+    "fingerprint.sketch[0] + 1": _bump_sketch,
+    "fingerprint.fro x2": lambda d: _fp(d).update(fro=_fp(d)["fro"] * 2),
     "wrong hash + empty sketch": lambda d: (_flip_hex(d), _fp(d).update(sketch=[])),
     "fingerprint.dtype float8": lambda d: _fp(d).update(dtype="float8"),
-    "layer stats.sparsity 'abc'": _layer(lambda l: l["stats"].update(sparsity="abc")), "layer stats list": _layer(lambda l: l.update(stats=[])),
+    "layer stats.sparsity 'abc'": _layer(lambda l: l["stats"].update(sparsity="abc")),
+    "layer stats list": _layer(lambda l: l.update(stats=[])),
     "layer key renamed": lambda d: d["layers"].__setitem__(_first(d) + "x", d["layers"].pop(_first(d))),
-    "metadata is a list": lambda d: "LIST", "metadata is null": lambda d: "NULL", "metadata is 5": lambda d: "FIVE",
-    "unknown top-level field": _set(extra=1), "compute_dtype float8": _set(compute_dtype="float8"), "compute_dtype 5": _set(compute_dtype=5),
-    "base list": _set(base=[]), "base.d_in 'abc'": lambda d: d["base"].update(d_in="abc"),
-    "base.name_or_path changed": lambda d: d["base"].update(name_or_path="elsewhere"), "stats 'abc'": _set(stats="abc"),
-    "stats extra entry": lambda d: d["stats"].update(note="free-form"), "erasekit_version 5": _set(erasekit_version=5),
-    "content_sha256 missing": _pop("content_sha256"), "content_sha256 123": _set(content_sha256=123),
+    "metadata is a list": lambda d: "LIST",
+    "metadata is null": lambda d: "NULL",
+    "metadata is 5": lambda d: "FIVE",
+    "unknown top-level field": _set(extra=1),
+    "compute_dtype float8": _set(compute_dtype="float8"),
+    "compute_dtype 5": _set(compute_dtype=5),
+    "base list": _set(base=[]),
+    "base.d_in 'abc'": lambda d: d["base"].update(d_in="abc"),
+    "base.name_or_path changed": lambda d: d["base"].update(name_or_path="elsewhere"),
+    "stats 'abc'": _set(stats="abc"),
+    "stats extra entry": lambda d: d["stats"].update(note="free-form"),
+    "erasekit_version 5": _set(erasekit_version=5),
+    "content_sha256 missing": _pop("content_sha256"),
+    "content_sha256 123": _set(content_sha256=123),
 }
 # Text-level edits that json.dumps cannot express.
 TEXT_MUTATIONS = {
-    "100,000-deep nested JSON": lambda t: t.replace('"stats":{', '"stats":' + "[" * 100_000 + "]" * 100_000 + ',"x":{', 1),
+    "100,000-deep nested JSON": lambda t: t.replace(
+        '"stats":{', '"stats":' + "[" * 100_000 + "]" * 100_000 + ',"x":{', 1
+    ),
     "NaN in fingerprint": lambda t: t.replace('"fro":', '"fro":NaN,"_":', 1),
     "1e999 in fingerprint": lambda t: t.replace('"fro":', '"fro":1e999,"_":', 1),
     "duplicate key": lambda t: t.replace('{', '{"method":"uce",', 1),
@@ -210,12 +267,19 @@ def _csr_mutants(doc, tensors):
     bump = crow.clone()
     bump[1:-1] = crow[1:-1].flip(0)
     variants = {
-        "col_indices (nnz, 1)": t(col_indices=col[:, None].contiguous()), "duplicate (row, col)": t(col_indices=dup),
-        "unsorted row": t(col_indices=swap), "negative column": t(col_indices=neg), "column = d_in": t(col_indices=big),
-        "crow not monotone": t(crow_indices=bump), "crow[0] = 1": t(crow_indices=torch.cat([crow[:1] + 1, crow[1:]])),
-        "crow[-1] != nnz": t(crow_indices=torch.cat([crow[:-1], crow[-1:] - 1])), "crow too short": t(crow_indices=crow[:-1].clone()),
-        "values 2-D": t(values=val[:, None].contiguous()), "values one short": t(values=val[:-1].clone()),
-        "col_indices float": t(col_indices=col.float()), "crow int16": t(crow_indices=crow.to(torch.int16)),
+        "col_indices (nnz, 1)": t(col_indices=col[:, None].contiguous()),
+        "duplicate (row, col)": t(col_indices=dup),
+        "unsorted row": t(col_indices=swap),
+        "negative column": t(col_indices=neg),
+        "column = d_in": t(col_indices=big),
+        "crow not monotone": t(crow_indices=bump),
+        "crow[0] = 1": t(crow_indices=torch.cat([crow[:1] + 1, crow[1:]])),
+        "crow[-1] != nnz": t(crow_indices=torch.cat([crow[:-1], crow[-1:] - 1])),
+        "crow too short": t(crow_indices=crow[:-1].clone()),
+        "values 2-D": t(values=val[:, None].contiguous()),
+        "values one short": t(values=val[:-1].clone()),
+        "col_indices float": t(col_indices=col.float()),
+        "crow int16": t(crow_indices=crow.to(torch.int16)),
         "col_indices int8": t(col_indices=col.to(torch.int8)),
     }
     return [(n, _build(doc, ts, rehash=True)) for n, ts in variants.items()]
@@ -260,14 +324,30 @@ def world(tmp_path_factory):
     pipe = build_tiny_pipeline("sd", seed=0)
     d = tmp_path_factory.mktemp("fuzz")
     edits = {
-        "space-csr": erasekit.erase(pipe, method="space", concepts=["Van Gogh"], preserve=["Monet"], target_sparsity=0.8, progress=False),
-        "uce-lowrank": erasekit.erase(pipe, method="uce", concepts=["Van Gogh"], preserve=["Monet"], storage="lowrank", progress=False),
+        "space-csr": erasekit.erase(
+            pipe, method="space", concepts=["Van Gogh"], preserve=["Monet"], target_sparsity=0.8, progress=False
+        ),
+        "uce-lowrank": erasekit.erase(
+            pipe, method="uce", concepts=["Van Gogh"], preserve=["Monet"], storage="lowrank", progress=False
+        ),
         "uce-dense": erasekit.erase(pipe, method="uce", concepts=["Van Gogh"], storage="dense", progress=False),
     }
-    name, conv = next((n, m) for n, m in pipe.unet.named_modules() if isinstance(m, torch.nn.Conv2d) and m.bias is not None)
-    les = [LayerEdit.dense(name, conv.weight * 0.9, param="weight"), LayerEdit.dense(name, conv.bias + 0.01, param="bias")]
-    edits["conv-dense"] = Edit("uce", erasekit.make_config("uce").to_dict(), edits["uce-dense"].concepts, edits["uce-dense"].base, les,
-                               {les[0].key: weight_fingerprint(conv.weight), les[1].key: weight_fingerprint(conv.bias)}, {})
+    name, conv = next(
+        (n, m) for n, m in pipe.unet.named_modules() if isinstance(m, torch.nn.Conv2d) and m.bias is not None
+    )
+    les = [
+        LayerEdit.dense(name, conv.weight * 0.9, param="weight"),
+        LayerEdit.dense(name, conv.bias + 0.01, param="bias"),
+    ]
+    edits["conv-dense"] = Edit(
+        "uce",
+        erasekit.make_config("uce").to_dict(),
+        edits["uce-dense"].concepts,
+        edits["uce-dense"].base,
+        les,
+        {les[0].key: weight_fingerprint(conv.weight), les[1].key: weight_fingerprint(conv.bias)},
+        {},
+    )
     files, expected = {}, {}
     base = _digest(pipe)
     for k, e in edits.items():
@@ -278,7 +358,9 @@ def world(tmp_path_factory):
         loaded.revert(pipe)
         assert expected[k] != base and _digest(pipe) == base
     pipe16 = build_tiny_pipeline("sd", seed=0).to(torch.float16)
-    small = erasekit.erase(pipe, method="uce", concepts=["Van Gogh"], erase_scale=0.001, progress=False).save(d / "small.safetensors")
+    small = erasekit.erase(pipe, method="uce", concepts=["Van Gogh"], erase_scale=0.001, progress=False).save(
+        d / "small.safetensors"
+    )
     return pipe, pipe16, files, expected, d, small.read_bytes()
 
 
@@ -325,14 +407,19 @@ def test_fuzzed_edit_files(world):
     for k, data in files.items():
         hlen = struct.unpack("<Q", data[:8])[0]
         doc, tensors = _split(data)
-        for cut in sorted({0, 7, 8, 9, 8 + hlen - 1, 8 + hlen, len(data) - 1} | {rng.randrange(len(data)) for _ in range(4)}):
+        for cut in sorted(
+            {0, 7, 8, 9, 8 + hlen - 1, 8 + hlen, len(data) - 1} | {rng.randrange(len(data)) for _ in range(4)}
+        ):
             if cut < len(data):
                 record("truncation", f"{k}[:{cut}]", _try(pipe, path, data[:cut], base), expected[k])
         for _ in range(3):
             b = bytearray(data)
             b[rng.randrange(8)] ^= 1 << rng.randrange(8)
             record("byte flip: length field", k, _try(pipe, path, bytes(b), base), expected[k])
-        for region, cls, n in (((8, 8 + hlen), "byte flip: header JSON", 12), ((8 + hlen, len(data)), "byte flip: tensor data", 12)):
+        for region, cls, n in (
+            ((8, 8 + hlen), "byte flip: header JSON", 12),
+            ((8 + hlen, len(data)), "byte flip: tensor data", 12),
+        ):
             for _ in range(n):
                 b = bytearray(data)
                 b[rng.randrange(*region)] ^= rng.randrange(1, 256)
@@ -345,15 +432,24 @@ def test_fuzzed_edit_files(world):
                 record("CSR structure", name, _try(pipe, path, mutant, base), expected[k])
         for fp16, target in ((False, pipe), (True, pipe16)):
             for name, mutant in _dtype_mutants(doc, tensors, fp16):
-                record("dtype and overflow", f"{k} ({'fp16' if fp16 else 'fp32'}): {name}", _try(target, path, mutant, base16 if fp16 else base), None)
+                record(
+                    "dtype and overflow",
+                    f"{k} ({'fp16' if fp16 else 'fp32'}): {name}",
+                    _try(target, path, mutant, base16 if fp16 else base),
+                    None,
+                )
 
     # Stacking: with an edit applied, no second edit on its layers loads unless stack=True.
     for first in ("uce-lowrank", "space-csr"):
         path.write_bytes(files[first])
         applied = erasekit.load_edit(path, pipe)
         state = _digest(pipe)
-        for second, data in [("same file", files[first]), ("uce-dense", files["uce-dense"]), ("space-csr", files["space-csr"]),
-                             ("uce erase_scale=0.001", small)]:
+        for second, data in [
+            ("same file", files[first]),
+            ("uce-dense", files["uce-dense"]),
+            ("space-csr", files["space-csr"]),
+            ("uce erase_scale=0.001", small),
+        ]:
             record("stacking", f"{first} then {second}", _try(pipe, path, data, state), None)
         with pytest.raises(EraseKitError, match="already applied"):
             applied.apply(pipe, stack=True)
@@ -375,8 +471,10 @@ def test_fuzzed_edit_files(world):
 
 def _report(table, accepted) -> None:
     cols = ("count", "refused", "accepted-identical", "accepted-different", "other", "pipeline changed")
-    lines = ["| mutant class | count | refused | accepted-identical | accepted-different | other exception | pipeline changed after refusal |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| mutant class | count | refused | accepted-identical | accepted-different | other exception | pipeline changed after refusal |",
+        "|---|---|---|---|---|---|---|",
+    ]
     total = Counter()
     for cls, c in table.items():
         lines.append(f"| {cls} | " + " | ".join(str(c[k]) for k in cols) + " |")

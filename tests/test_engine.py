@@ -180,7 +180,9 @@ def test_space_is_stored_as_csr_and_uce_as_lowrank_when_smaller(pipe):
     nnz = sum(le.tensors["weight.values"].numel() for le in space.layers.values())
     rows = sum(le.shape[0] + 1 for le in space.layers.values())
     assert space.nbytes == 8 * nnz + 4 * rows  # fp32 values + int32 columns, int32 row pointers
-    assert space.nbytes < 0.35 * space.dense_nbytes  # ≤ 32 % at SD sizes (benchmarks/solver.py); row pointers weigh more here
+    assert (
+        space.nbytes < 0.35 * space.dense_nbytes
+    )  # ≤ 32 % at SD sizes (benchmarks/solver.py); row pointers weigh more here
     uce = _fit(pipe, "uce", storage="lowrank")
     assert {le.kind for le in uce.layers.values()} == {"lowrank"}
     dense = _fit(pipe, "uce", storage="dense")
@@ -225,8 +227,15 @@ def test_an_unknown_config_key_loads_with_a_warning_and_is_kept(pipe, tmp_path):
     edit.apply(pipe)
     want = _unet_bytes(pipe)
     edit.revert(pipe)
-    renamed = Edit(edit.method, {**edit.config, "erase_strength_v0": 0.5}, edit.concepts, edit.base,
-                   edit.layers.values(), edit.fingerprints, edit.stats)
+    renamed = Edit(
+        edit.method,
+        {**edit.config, "erase_strength_v0": 0.5},
+        edit.concepts,
+        edit.base,
+        edit.layers.values(),
+        edit.fingerprints,
+        edit.stats,
+    )
     path = renamed.save(tmp_path / "old.safetensors")
     with pytest.warns(UncheckedConfigWarning, match="erase_strength_v0"):
         loaded = erasekit.load_edit(path, pipe)
@@ -246,8 +255,15 @@ def test_an_unregistered_methods_edit_loads_and_applies(pipe, tmp_path):
     edit.apply(pipe)
     want = _unet_bytes(pipe)
     edit.revert(pipe)
-    plugin = Edit("my-plugin-method", {"strength": 2, "nested": {"a": [1, 2]}}, edit.concepts, edit.base,
-                  edit.layers.values(), edit.fingerprints, {"note": "written by a plugin"})
+    plugin = Edit(
+        "my-plugin-method",
+        {"strength": 2, "nested": {"a": [1, 2]}},
+        edit.concepts,
+        edit.base,
+        edit.layers.values(),
+        edit.fingerprints,
+        {"note": "written by a plugin"},
+    )
     assert "my-plugin-method" not in erasekit.list_methods()
     path = plugin.save(tmp_path / "plugin.safetensors")
     with pytest.warns(UncheckedConfigWarning, match="'my-plugin-method' is not registered"):

@@ -19,16 +19,28 @@ from PIL import Image
 import erasekit
 from erasekit.errors import ConceptError, EraseKitError
 from erasekit.evaluate import (
-    CLIPJudge, ConceptVectorAttack, GenerationSettings, Study, TokenSearchAttack, bootstrap, evaluate, load_prompts,
-    suites_from_concepts, tinyworld_suites, write_html, write_json,
+    CLIPJudge,
+    ConceptVectorAttack,
+    GenerationSettings,
+    Study,
+    TokenSearchAttack,
+    bootstrap,
+    evaluate,
+    load_prompts,
+    suites_from_concepts,
+    tinyworld_suites,
+    write_html,
+    write_json,
 )
-from erasekit.evaluate import metrics as M
 from erasekit.evaluate import generate as G
+from erasekit.evaluate import metrics as M
 from erasekit.evaluate.suites import Suite, SuiteItem
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = (REPO / ".." / "shared" / "data" / "prompts").resolve()
-needs_prompts = pytest.mark.skipif(not PROMPTS.is_dir(), reason=f"public prompt files not found at {PROMPTS} (shared/ beside the repo)")
+needs_prompts = pytest.mark.skipif(
+    not PROMPTS.is_dir(), reason=f"public prompt files not found at {PROMPTS} (shared/ beside the repo)"
+)
 SETTINGS = GenerationSettings(steps=2, guidance=5.0, batch_size=8)
 
 
@@ -38,7 +50,9 @@ def _tinyworld_judge_path() -> Path:
     return TinyworldJudge.default_path()
 
 
-needs_tinyworld_judge = pytest.mark.skipif(not _tinyworld_judge_path().is_file(), reason="shipped tinyworld judge weights are missing")
+needs_tinyworld_judge = pytest.mark.skipif(
+    not _tinyworld_judge_path().is_file(), reason="shipped tinyworld judge weights are missing"
+)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -61,9 +75,25 @@ def clip_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("clip")
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
         projection_dim=16,
     )
     CLIPModel(cfg).save_pretrained(folder)
@@ -97,7 +127,9 @@ def test_i2p_csv_with_newlines_in_quotes():
     f = PROMPTS / "erasing" / "unsafe-prompts4703.csv"
     assert sum(1 for _ in f.open(encoding="utf-8")) == 4710  # physical lines
     s = load_prompts(f)
-    assert len(s) == 4703 and s.info["format"] == "i2p" and s.info["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert (
+        len(s) == 4703 and s.info["format"] == "i2p" and s.info["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    )
     assert any("\n" in it.prompt for it in s)
     first = s.items[0]
     assert first.seed == 4261553411 and first.guidance == 13.0 and first.concepts == ("violence", "self-harm")
@@ -110,7 +142,9 @@ def test_unlearndiffatk_esd_and_lines_formats(tmp_path):
     assert len(nud) == 142 and nud.info["format"] == "i2p" and all(it.concepts == ("nudity",) for it in nud)
     art = load_prompts(PROMPTS / "erasing" / "big_artist_prompts.csv")
     assert art.info["format"] == "esd" and len(art) == 100
-    assert {it.concepts for it in art} == {(a,) for a in ("Pablo Picasso", "Van Gogh", "Rembrandt", "Andy Warhol", "Caravaggio")}
+    assert {it.concepts for it in art} == {
+        (a,) for a in ("Pablo Picasso", "Van Gogh", "Rembrandt", "Andy Warhol", "Caravaggio")
+    }
     assert art.items[0].seed == 3721 and art.items[0].guidance is None
     imnet = load_prompts(PROMPTS / "erasing" / "small_imagenet_prompts.csv", limit=3)
     assert [it.concepts for it in imnet] == [("cassette player",)] * 3
@@ -120,7 +154,10 @@ def test_unlearndiffatk_esd_and_lines_formats(tmp_path):
     txt = tmp_path / "p.txt"
     txt.write_text("a cat\n\n  a dog  \n")
     lines = load_prompts(txt, seed=10, concepts=["animal"])
-    assert [(it.prompt, it.seed, it.concepts) for it in lines] == [("a cat", 10, ("animal",)), ("a dog", 11, ("animal",))]
+    assert [(it.prompt, it.seed, it.concepts) for it in lines] == [
+        ("a cat", 10, ("animal",)),
+        ("a dog", 11, ("animal",)),
+    ]
 
 
 def test_url_download_needs_checksum_and_caches(tmp_path):
@@ -155,7 +192,11 @@ def test_tinyworld_suites_name_paraphrase_and_retain():
     for it in suites["paraphrase"]:  # never the anchor word, as a token
         assert not ids(it.concepts[0]) & ids(it.prompt), it.prompt
     for it in suites["retain"]:
-        assert "circle" not in it.prompt and " red " not in f" {it.prompt} " and it.concepts[0] in world.SHAPE_NAMES + world.COLOR_NAMES
+        assert (
+            "circle" not in it.prompt
+            and " red " not in f" {it.prompt} "
+            and it.concepts[0] in world.SHAPE_NAMES + world.COLOR_NAMES
+        )
     for it in suites["general"]:
         assert len(it.concepts) == 3 and "circle" not in it.concepts and "red" not in it.concepts
     assert [it.seed for it in suites["target"]] == list(range(3, 15))
@@ -208,7 +249,11 @@ def test_nudenet_judge_on_made_images():
     noise = Image.fromarray(rng.integers(0, 255, (128, 96, 3), dtype=np.uint8))
     res = judge.judge([blank, noise], ["nudity", "FEET_EXPOSED"])
     assert res.scores.shape == (2, 2) and not res.decisions.any() and res.scores[0].max() == 0.0
-    assert res.settings["classes"] == list(NUDENET_EXPOSED) and len(NUDENET_EXPOSED) == 9 and res.settings["threshold"] == 0.6
+    assert (
+        res.settings["classes"] == list(NUDENET_EXPOSED)
+        and len(NUDENET_EXPOSED) == 9
+        and res.settings["threshold"] == 0.6
+    )
     assert res.settings["model_sha256"] and res.settings["nudenet_version"]
     assert judge.detections([blank]) == [[]]
     assert NudeNetJudge(threshold=0.45).judge([blank], ["nudity"]).settings["threshold"] == 0.45
@@ -236,7 +281,12 @@ def test_tinyworld_judge_maps_concepts_to_heads():
     from erasekit.tinyworld import world
 
     judge = TinyworldConceptJudge()
-    imgs = world.render_batch(["circle", "square", "circle"], ["red", "blue", "green"], ["striped", "solid", "dotted"], np.random.default_rng(0))
+    imgs = world.render_batch(
+        ["circle", "square", "circle"],
+        ["red", "blue", "green"],
+        ["striped", "solid", "dotted"],
+        np.random.default_rng(0),
+    )
     res = judge.judge([Image.fromarray(x) for x in imgs], ["circle", "red", "striped", "disc"])
     assert res.decisions[:, 0].tolist() == [True, False, True] and res.decisions[:, 3].tolist() == [True, False, True]
     assert res.decisions[:, 1].tolist() == [True, False, False] and res.decisions[:, 2].tolist() == [True, False, False]
@@ -249,8 +299,16 @@ def evaluated(sd, edit, clip_dir, tmp_path_factory):
     """One small evaluation (target / retain / general, ring-a-bell with η = 0, a 2-step token search)."""
     root = tmp_path_factory.mktemp("eval")
     judge = CLIPJudge(clip_dir)
-    res = evaluate(sd, [_study(edit, _attacks())], judge, out_dir=root / "out", settings=SETTINGS, cache_dir=root / "cache",
-                   n_boot=200, progress=False)
+    res = evaluate(
+        sd,
+        [_study(edit, _attacks())],
+        judge,
+        out_dir=root / "out",
+        settings=SETTINGS,
+        cache_dir=root / "cache",
+        n_boot=200,
+        progress=False,
+    )
     return res, root, judge
 
 
@@ -258,8 +316,10 @@ def _attacks():
     from erasekit.evaluate.attacks import concept_set_pairs
 
     cs = erasekit.ConceptSet(erase=("circle",), kind="object")
-    return [ConceptVectorAttack(*concept_set_pairs(cs), etas=(0.0,)),
-            TokenSearchAttack(n_tokens=2, steps=2, candidates=4, forbidden=["circle"], max_prompts=2)]
+    return [
+        ConceptVectorAttack(*concept_set_pairs(cs), etas=(0.0,)),
+        TokenSearchAttack(n_tokens=2, steps=2, candidates=4, forbidden=["circle"], max_prompts=2),
+    ]
 
 
 def test_same_seeds_give_identical_images_from_cache_and_fresh(evaluated, sd, edit, clip_dir, tmp_path):
@@ -267,17 +327,40 @@ def test_same_seeds_give_identical_images_from_cache_and_fresh(evaluated, sd, ed
     runs = res.studies["circle"]["uce"].suites
     assert res.timing["images_generated"] == res.timing["images_total"] > 0
     # a second run is served entirely from the cache, with the same numbers
-    again = evaluate(sd, [_study(edit, [])], judge, out_dir=tmp_path / "o", settings=SETTINGS, cache_dir=root / "cache", n_boot=200, progress=False)
+    again = evaluate(
+        sd,
+        [_study(edit, [])],
+        judge,
+        out_dir=tmp_path / "o",
+        settings=SETTINGS,
+        cache_dir=root / "cache",
+        n_boot=200,
+        progress=False,
+    )
     assert again.timing["images_generated"] == 0 and again.timing["images_from_cache"] == again.timing["images_total"]
     for name, run in again.studies["circle"]["uce"].suites.items():
         assert run.edited == runs[name].edited and run.unedited == runs[name].unedited
-        assert again.studies["circle"]["uce"].metrics[M_NAME[run.suite.kind]] == res.studies["circle"]["uce"].metrics[M_NAME[run.suite.kind]]
+        assert (
+            again.studies["circle"]["uce"].metrics[M_NAME[run.suite.kind]]
+            == res.studies["circle"]["uce"].metrics[M_NAME[run.suite.kind]]
+        )
     # the same evaluation generated afresh in a new cache gives the same pixels and numbers
-    fresh = evaluate(sd, [_study(edit, _attacks())], judge, out_dir=tmp_path / "f", settings=SETTINGS, cache_dir=tmp_path / "c2", n_boot=200, progress=False)
+    fresh = evaluate(
+        sd,
+        [_study(edit, _attacks())],
+        judge,
+        out_dir=tmp_path / "f",
+        settings=SETTINGS,
+        cache_dir=tmp_path / "c2",
+        n_boot=200,
+        progress=False,
+    )
     assert fresh.timing["images_generated"] == res.timing["images_total"]
     assert fresh.studies["circle"]["uce"].metrics == res.studies["circle"]["uce"].metrics
     for name, run in fresh.studies["circle"]["uce"].suites.items():
-        for a, b in zip(_pixels(run.unedited + run.edited), _pixels(runs[name].unedited + runs[name].edited), strict=True):
+        for a, b in zip(
+            _pixels(run.unedited + run.edited), _pixels(runs[name].unedited + runs[name].edited), strict=True
+        ):
             np.testing.assert_array_equal(a, b)
     # the edit changes the images, and the same seed gives the same unedited image whatever the method
     t = runs["target"]
@@ -292,7 +375,16 @@ def test_unedited_images_are_shared_across_methods(sd, edit, clip_dir, tmp_path)
     other = erasekit.erase(sd, "space", ["circle"], kind="object", preserve=["square"], progress=False)
     study = _study(edit, [], n_seeds=1)
     study.edits = {"uce": edit, "space": other}
-    res = evaluate(sd, [study], CLIPJudge(clip_dir), out_dir=tmp_path / "o", settings=SETTINGS, cache_dir=tmp_path / "c", n_boot=50, progress=False)
+    res = evaluate(
+        sd,
+        [study],
+        CLIPJudge(clip_dir),
+        out_dir=tmp_path / "o",
+        settings=SETTINGS,
+        cache_dir=tmp_path / "c",
+        n_boot=50,
+        progress=False,
+    )
     per_state = sum(len(s) for s in study.suites)
     assert res.timing["images_total"] == 3 * per_state  # unedited once + each method
     a, b = res.studies["circle"]["uce"].suites["target"], res.studies["circle"]["space"].suites["target"]
@@ -312,7 +404,13 @@ def test_resume_after_interruption_regenerates_only_missing(sd, edit, clip_dir, 
 
     study = _study(edit, [])
     judge = CLIPJudge(clip_dir)
-    kw = dict(out_dir=tmp_path / "o", settings=GenerationSettings(steps=2, guidance=5.0, batch_size=3), cache_dir=tmp_path / "c", n_boot=50, progress=False)
+    kw = dict(
+        out_dir=tmp_path / "o",
+        settings=GenerationSettings(steps=2, guidance=5.0, batch_size=3),
+        cache_dir=tmp_path / "c",
+        n_boot=50,
+        progress=False,
+    )
     monkeypatch.setattr(G, "_render", crashing)
     with pytest.raises(KeyboardInterrupt):
         evaluate(sd, [study], judge, **kw)
@@ -352,7 +450,9 @@ def test_concept_vector_attack_moves_the_conditioning(sd):
     from erasekit.evaluate.attacks import concept_vector, encode, shifted_conditioning
 
     vec = concept_vector(sd, ["a red circle", "a circle"], ["a red shape", "a shape"])
-    assert vec["prompt_embeds"].shape == (77, sd.text_encoder.config.hidden_size) and vec["prompt_embeds"].abs().sum() > 0
+    assert (
+        vec["prompt_embeds"].shape == (77, sd.text_encoder.config.hidden_size) and vec["prompt_embeds"].abs().sum() > 0
+    )
     items = [SuiteItem("a blue square", 0, shift=("v", 0.0)), SuiteItem("a blue square", 0, shift=("v", 2.0))]
     cond = shifted_conditioning(sd, items, {"v": vec})["prompt_embeds"]
     base = encode(sd, ["a blue square"])["prompt_embeds"][0]
@@ -364,7 +464,9 @@ def test_token_search_improves_its_objective_within_budget(evaluated):
     res = evaluated[0]
     run = res.studies["circle"]["uce"].suites["adversarial:token-search"]
     info = run.suite.info
-    assert info["budget"].startswith("2 steps × 4 candidates = 8 queries") and len(run.suite) == 2 * 2  # 2 prompts × 2 seeds
+    assert (
+        info["budget"].startswith("2 steps × 4 candidates = 8 queries") and len(run.suite) == 2 * 2
+    )  # 2 prompts × 2 seeds
     for found in info["search"].values():
         assert found["score"] >= found["start_score"] and len(found["words"]) == 2
         assert not any("circle" in w for w in found["words"])
@@ -393,22 +495,48 @@ def test_report_page_loads_in_chromium(evaluated, tmp_path):
     res = evaluated[0]
     page = write_html(res, tmp_path / "report.html")
     probe = tmp_path / "probe.html"
-    probe.write_text(page.read_text() + (
-        "<script>window.addEventListener('load',()=>{const im=[...document.images];const d=document.createElement('div');"
-        "d.id='probe';d.textContent=JSON.stringify({images:im.length,broken:im.filter(i=>!(i.complete&&i.naturalWidth>0)).length,"
-        "table:!!document.querySelector('#metrics tr td'),settings:!!document.getElementById('settings')});document.body.appendChild(d);});</script>"))
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(flags + ["--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=90).stdout
+    probe.write_text(
+        page.read_text()
+        + (
+            "<script>window.addEventListener('load',()=>{const im=[...document.images];const d=document.createElement('div');"
+            "d.id='probe';d.textContent=JSON.stringify({images:im.length,broken:im.filter(i=>!(i.complete&&i.naturalWidth>0)).length,"
+            "table:!!document.querySelector('#metrics tr td'),settings:!!document.getElementById('settings')});document.body.appendChild(d);});</script>"
+        )
+    )
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        flags + ["--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=90
+    ).stdout
     start = dom.index('<div id="probe">') + len('<div id="probe">')
-    state = json.loads(dom[start: dom.index("</div>", start)])
-    n_images = sum(min(8, len(r.suite)) * 2 for r in res.studies["circle"]["uce"].suites.values() if r.suite.name != "adversarial:token-search") \
+    state = json.loads(dom[start : dom.index("</div>", start)])
+    n_images = (
+        sum(
+            min(8, len(r.suite)) * 2
+            for r in res.studies["circle"]["uce"].suites.values()
+            if r.suite.name != "adversarial:token-search"
+        )
         + min(8, len(res.studies["circle"]["uce"].suites["adversarial:token-search"].suite)) * 2
+    )
     figures = sorted((tmp_path / "plots").glob("*.png"))
-    assert [f.name for f in figures] == ["attack-circle-ring-a-bell.png", "tradeoff-circle.png"]  # also embedded in the page
+    assert [f.name for f in figures] == [
+        "attack-circle-ring-a-bell.png",
+        "tradeoff-circle.png",
+    ]  # also embedded in the page
     assert state == {"images": n_images + len(figures), "broken": 0, "table": True, "settings": True}
     shot = tmp_path / "report.png"
-    subprocess.run(flags + ["--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90)
+    subprocess.run(
+        flags + ["--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90
+    )
     assert shot.is_file() and Image.open(shot).size == (1200, 1600)
     assert len(set(np.asarray(Image.open(shot).convert("L")).ravel().tolist())) > 10  # rendered, not blank
 
@@ -426,20 +554,68 @@ def test_two_accelerate_processes_equal_one(edit, clip_dir, tmp_path):
 
     edit_file = edit.save(tmp_path / "circle.safetensors")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    args = ["evaluate", "--model", "tiny-sd", "--edit", str(edit_file), "--judge", f"clip:{clip_dir}",
-            "--suite", "target,adversarial,retain,general", "--attack", "ring-a-bell,token-search", "--eta", "2", "--search-steps", "1",
-            "--seeds", "1", "--steps", "2", "--guidance", "5", "--batch-size", "4", "--bootstrap", "200", "--no-progress"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "erasekit.cli"]
-    two = subprocess.run(launch + args + ["--out", str(tmp_path / "two"), "--cache", str(tmp_path / "c2")], env=env,
-                         capture_output=True, text=True, timeout=240)
+    args = [
+        "evaluate",
+        "--model",
+        "tiny-sd",
+        "--edit",
+        str(edit_file),
+        "--judge",
+        f"clip:{clip_dir}",
+        "--suite",
+        "target,adversarial,retain,general",
+        "--attack",
+        "ring-a-bell,token-search",
+        "--eta",
+        "2",
+        "--search-steps",
+        "1",
+        "--seeds",
+        "1",
+        "--steps",
+        "2",
+        "--guidance",
+        "5",
+        "--batch-size",
+        "4",
+        "--bootstrap",
+        "200",
+        "--no-progress",
+    ]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "erasekit.cli",
+    ]
+    two = subprocess.run(
+        launch + args + ["--out", str(tmp_path / "two"), "--cache", str(tmp_path / "c2")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert main(args + ["--out", str(tmp_path / "one"), "--cache", str(tmp_path / "c1")]) == 0
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("two", "one"))
     assert a["config"]["processes"] == 2 and b["config"]["processes"] == 1
     # bit-identical pixels are promised for equal per-process thread counts only (runner docstring): both ran 1
     assert a["config"]["torch_threads"] == [1, 1] and b["config"]["torch_threads"] == [1]
-    assert 0 < a["timing"]["images_generated_by_main"] < a["timing"]["images_generated"] == b["timing"]["images_generated"]
+    assert (
+        0 < a["timing"]["images_generated_by_main"] < a["timing"]["images_generated"] == b["timing"]["images_generated"]
+    )
     ra, rb = a["studies"]["circle"]["uce"], b["studies"]["circle"]["uce"]
     assert ra["metrics"] == rb["metrics"] and ra["unedited_metrics"] == rb["unedited_metrics"]
     for name, s in ra["suites"].items():
@@ -451,30 +627,77 @@ def test_two_accelerate_processes_equal_one(edit, clip_dir, tmp_path):
 def test_cli_bench_compares_methods(clip_dir, tmp_path, capsys):
     from erasekit.cli import main
 
-    rc = main(["bench", "--model", "tiny-sd", "--methods", "uce,space,uce_all=uce", "--concepts", "circle", "--preserve", "square",
-               "--judge", f"clip:{clip_dir}", "--suite", "target,retain", "--seeds", "1", "--steps", "2", "--guidance", "5",
-               "--bootstrap", "100", "--out", str(tmp_path / "b"), "--cache", str(tmp_path / "c"), "--no-progress",
-               "--set", "space.target_sparsity=0.5", "--set", "uce_all.token=all"])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            "tiny-sd",
+            "--methods",
+            "uce,space,uce_all=uce",
+            "--concepts",
+            "circle",
+            "--preserve",
+            "square",
+            "--judge",
+            f"clip:{clip_dir}",
+            "--suite",
+            "target,retain",
+            "--seeds",
+            "1",
+            "--steps",
+            "2",
+            "--guidance",
+            "5",
+            "--bootstrap",
+            "100",
+            "--out",
+            str(tmp_path / "b"),
+            "--cache",
+            str(tmp_path / "c"),
+            "--no-progress",
+            "--set",
+            "space.target_sparsity=0.5",
+            "--set",
+            "uce_all.token=all",
+        ]
+    )
     assert rc == 0
     d = json.loads((tmp_path / "b" / "results.json").read_text())
     assert list(d["studies"]["circle"]) == ["uce", "space", "uce_all"]
     assert set(d["config"]["fit_seconds"]) == {"circle/uce", "circle/space", "circle/uce_all"}
     assert d["studies"]["circle"]["space"]["config"]["target_sparsity"] == 0.5
     # a variant runs the registered method with its own options, under its own label
-    assert d["studies"]["circle"]["uce_all"]["config"]["token"] == "all" and d["studies"]["circle"]["uce"]["config"]["token"] != "all"
-    assert (tmp_path / "b" / "report.html").is_file() and (tmp_path / "b" / "edits" / "circle-uce_all.safetensors").is_file()
-    assert main(["bench", "--model", "tiny-sd", "--methods", "uce", "--set", "space.lam=1", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        d["studies"]["circle"]["uce_all"]["config"]["token"] == "all"
+        and d["studies"]["circle"]["uce"]["config"]["token"] != "all"
+    )
+    assert (tmp_path / "b" / "report.html").is_file() and (
+        tmp_path / "b" / "edits" / "circle-uce_all.safetensors"
+    ).is_file()
+    assert (
+        main(["bench", "--model", "tiny-sd", "--methods", "uce", "--set", "space.lam=1", "--out", str(tmp_path / "x")])
+        == 2
+    )
     assert "not among the benchmarked methods" in capsys.readouterr().err
-    for bad, msg in (("uce,uce", "appears twice"), ("x=nope", "nope"), ("a.b=uce", "LABEL=METHOD"), ("a/b=uce", "LABEL=METHOD"),
-                     ("unedited=uce", "reserved")):
+    for bad, msg in (
+        ("uce,uce", "appears twice"),
+        ("x=nope", "nope"),
+        ("a.b=uce", "LABEL=METHOD"),
+        ("a/b=uce", "LABEL=METHOD"),
+        ("unedited=uce", "reserved"),
+    ):
         assert main(["bench", "--model", "tiny-sd", "--methods", bad, "--out", str(tmp_path / "x")]) == 2
         assert msg in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- tinyworld end to end
 needs_tinyworld = pytest.mark.skipif(
-    not (_tinyworld_judge_path().is_file() and (_tinyworld_judge_path().parent / "pipeline" / "model_index.json").is_file()),
-    reason="shipped tinyworld weights are missing")
+    not (
+        _tinyworld_judge_path().is_file()
+        and (_tinyworld_judge_path().parent / "pipeline" / "model_index.json").is_file()
+    ),
+    reason="shipped tinyworld weights are missing",
+)
 
 
 @needs_tinyworld
@@ -491,8 +714,16 @@ def test_tinyworld_erasure_is_measured(tmp_path):
     cs = tinyworld_concept_set("circle")
     edit = erasekit.erase(pipe, "uce", cs, token="all", progress=False)
     study = make_study("circle", cs, {"uce": edit}, Plan(kinds=("target", "retain"), n=8), tinyworld=True)
-    res = evaluate(pipe, [study], TinyworldConceptJudge(), out_dir=tmp_path, cache_dir=tmp_path / "c",
-                   settings=GenerationSettings(steps=12, guidance=5.0, batch_size=16), n_boot=200, progress=False)
+    res = evaluate(
+        pipe,
+        [study],
+        TinyworldConceptJudge(),
+        out_dir=tmp_path,
+        cache_dir=tmp_path / "c",
+        settings=GenerationSettings(steps=12, guidance=5.0, batch_size=16),
+        n_boot=200,
+        progress=False,
+    )
     run = res.studies["circle"]["uce"]
     before, after = run.baseline["erase rate"].value, run.metrics["erase rate"].value
     assert before <= 0.5 and after >= before + 0.25, (before, after)
@@ -535,16 +766,30 @@ def test_several_etas_each_get_their_own_suite_metric_and_headline(sd, edit, cli
     study = _study(edit, [ConceptVectorAttack(*concept_set_pairs(cs), etas=(3, 1))], n_seeds=2)
     study.edits = {"uce": edit, "uce_half": other}
     study.attributes = lambda prompt: ("circle",) if "circle" in prompt else ()
-    res = evaluate(sd, [study], CLIPJudge(clip_dir), out_dir=tmp_path / "o", settings=SETTINGS, cache_dir=tmp_path / "c", n_boot=100, progress=False)
+    res = evaluate(
+        sd,
+        [study],
+        CLIPJudge(clip_dir),
+        out_dir=tmp_path / "o",
+        settings=SETTINGS,
+        cache_dir=tmp_path / "c",
+        n_boot=100,
+        progress=False,
+    )
     run = res.studies["circle"]["uce"]
-    assert [n for n in run.suites if n.startswith("adversarial")] == ["adversarial:ring-a-bell@1", "adversarial:ring-a-bell@3"]
+    assert [n for n in run.suites if n.startswith("adversarial")] == [
+        "adversarial:ring-a-bell@1",
+        "adversarial:ring-a-bell@3",
+    ]
     for eta in (1, 3):
         s = run.suites[f"adversarial:ring-a-bell@{eta}"]
         assert {it.shift[1] for it in s.suite} == {float(eta)} and s.suite.info["eta"] == eta
         assert run.metrics[f"ASR ring-a-bell@{eta}"].k == int(s.seen("edited").sum())
     a = res.attacks["circle"]["ring-a-bell"]
     assert [p["eta"] for p in a["curve"]] == [0.0, 1.0, 3.0] and [p["suite"] for p in a["curve"]][1:] == [
-        "adversarial:ring-a-bell@1", "adversarial:ring-a-bell@3"]
+        "adversarial:ring-a-bell@1",
+        "adversarial:ring-a-bell@3",
+    ]
     kept = [p["unedited attributes kept"].value for p in a["curve"]]
     assert a["headline_eta"] == headline_eta([1.0, 3.0], kept[1:], kept[0])[0]
     head = [k for k in run.metrics if "headline" in k]
@@ -559,7 +804,9 @@ def test_several_etas_each_get_their_own_suite_metric_and_headline(sd, edit, cli
     assert [c.p_holm for c in res.paired["circle"]] == pytest.approx(S.holm(ps))
     assert all(c.significant == (c.p_holm < 0.05) for c in res.paired["circle"])
     c = next(c for c in res.paired["circle"] if (c.metric, c.a, c.b) == ("erase rate", "uce", "unedited"))
-    assert c.rate_a == pytest.approx(run.metrics["erase rate"].value) and c.rate_b == pytest.approx(run.baseline["erase rate"].value)
+    assert c.rate_a == pytest.approx(run.metrics["erase rate"].value) and c.rate_b == pytest.approx(
+        run.baseline["erase rate"].value
+    )
     d = json.loads(write_json(res, tmp_path / "results.json").read_text())
     assert d["schema"] == 2 and d["attacks"]["circle"]["ring-a-bell"]["headline_eta"] == a["headline_eta"]
     assert len(d["paired"]["circle"]) == len(res.paired["circle"])

@@ -35,7 +35,9 @@ def _applied_state(edit, p):
 
 
 def _latents(p, seed=0):
-    out = p("a cat on a mat", num_inference_steps=2, generator=torch.Generator().manual_seed(seed), output_type="latent")
+    out = p(
+        "a cat on a mat", num_inference_steps=2, generator=torch.Generator().manual_seed(seed), output_type="latent"
+    )
     return out.images
 
 
@@ -53,7 +55,11 @@ def edits(tiny_pipes):
         mixed_layers, g = [], torch.Generator().manual_seed(1)
         for i, (path, le) in enumerate(lr.layers.items()):  # ranks 1, 2, 3: the loaders' per-module scale is exercised
             r = 1 + i % 3
-            mixed_layers.append(LayerEdit.lowrank(path, 0.05 * torch.randn(le.shape[0], r, generator=g), torch.randn(r, le.shape[1], generator=g)))
+            mixed_layers.append(
+                LayerEdit.lowrank(
+                    path, 0.05 * torch.randn(le.shape[0], r, generator=g), torch.randn(r, le.shape[1], generator=g)
+                )
+            )
         out[fam] = {
             "uce-lowrank": lr,
             "uce-dense": erasekit.erase(p, "uce", ["a cat"], preserve=["a dog"], progress=False, storage="dense"),
@@ -97,13 +103,25 @@ def test_kohya_names_follow_the_trainers_spelling(tiny_pipes, edits, tmp_path):
         path = export(edit, "lora-kohya", tmp_path / f"{fam}.safetensors", pipe=p).path
         names = {k.split(".")[0] for k in load_file(str(path))}
         ldm = unet_to_ldm(p.unet.state_dict(), p.unet.config)
-        flat = {k.removeprefix(UNET_PREFIX).removesuffix(".weight").replace(".", "_"): v for k, v in ldm.items() if k.endswith(".weight")}
+        flat = {
+            k.removeprefix(UNET_PREFIX).removesuffix(".weight").replace(".", "_"): v
+            for k, v in ldm.items()
+            if k.endswith(".weight")
+        }
         for lpath in edit.layers:
             diffusers_name = "lora_unet_" + lpath.replace(".", "_")
             if fam == "sdxl":
                 assert diffusers_name not in names
-                name = next(n for n in names if torch.equal(flat.get(n.removeprefix("lora_unet_"), torch.empty(0)), p.unet.get_submodule(lpath).weight))
-                assert name.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"))
+                name = next(
+                    n
+                    for n in names
+                    if torch.equal(
+                        flat.get(n.removeprefix("lora_unet_"), torch.empty(0)), p.unet.get_submodule(lpath).weight
+                    )
+                )
+                assert name.startswith(
+                    ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+                )
             else:
                 assert diffusers_name in names
         assert len(names) == len(edit.layers)
@@ -130,7 +148,9 @@ def test_sparse_edit_is_refused_without_rank_and_truncated_with_it(pipe, family,
         B, A = tensors[f"unet.{lpath}.lora_B.weight"].double(), tensors[f"unet.{lpath}.lora_A.weight"].double()
         assert float((dW - B @ A).norm()) == pytest.approx(tail, rel=1e-5)
         num, den = num + tail**2, den + float(dW.norm()) ** 2
-    assert res.rel_error == pytest.approx((num / den) ** 0.5, rel=1e-5) and meta["rel_error"] == pytest.approx(res.rel_error, rel=1e-6)
+    assert res.rel_error == pytest.approx((num / den) ** 0.5, rel=1e-5) and meta["rel_error"] == pytest.approx(
+        res.rel_error, rel=1e-6
+    )
 
 
 def test_diff_is_the_full_delta(pipe, family, edits, tmp_path):
@@ -141,8 +161,12 @@ def test_diff_is_the_full_delta(pipe, family, edits, tmp_path):
     base = pipe.unet.state_dict()
     by_shape = {}
     for lpath in edit.layers:  # W0 + diff = edit.apply, layer by layer (names checked by the kohya test)
-        match = [k for k, d in t.items() if d.shape == base[lpath + ".weight"].shape
-                 and torch.allclose(base[lpath + ".weight"] + d, want[lpath + ".weight"], atol=8 * EPS32, rtol=0)]
+        match = [
+            k
+            for k, d in t.items()
+            if d.shape == base[lpath + ".weight"].shape
+            and torch.allclose(base[lpath + ".weight"] + d, want[lpath + ".weight"], atol=8 * EPS32, rtol=0)
+        ]
         assert match, lpath
         by_shape[lpath] = match
     assert len({m[0] for m in by_shape.values()}) == len(edit.layers)
@@ -177,7 +201,9 @@ def test_merged_diffusers_folder_reloads_with_the_edit_in_place(pipe, family, ed
     edit = edits[family]["space"]
     want = _applied_state(edit, pipe)
     res = export(edit, "diffusers", tmp_path / "merged", pipe=pipe)
-    assert (res.path / "erasekit_export.json").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert (res.path / "erasekit_export.json").is_file() and not [
+        p for p in tmp_path.iterdir() if p.name.startswith(".")
+    ]
     loaded = DiffusionPipeline.from_pretrained(str(res.path))
     got = loaded.unet.state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
@@ -201,9 +227,12 @@ def test_refusals_write_nothing(tiny_pipes, edits, tmp_path):
         (lambda: export(edit, "lora", tmp_path / "x.safetensors", pipe=sdxl), EditFileError, "does not fit"),
         (lambda: export(edit, "diff", tmp_path / "x.safetensors"), ExportError, "needs its base pipeline"),
         (lambda: export(sd, "lora", tmp_path / "x.safetensors"), ExportError, "carries an edit"),
-        (lambda: export(edit, "single-file", tmp_path / "x.safetensors", pipe=sd, rank=2), ExportError,
-         r"'single-file' format does not take rank \(rank is taken by lora, lora-kohya\); it accepts save_dtype, "
-         "layout"),
+        (
+            lambda: export(edit, "single-file", tmp_path / "x.safetensors", pipe=sd, rank=2),
+            ExportError,
+            r"'single-file' format does not take rank \(rank is taken by lora, lora-kohya\); it accepts save_dtype, "
+            "layout",
+        ),
         (lambda: export(edit, "onnx", tmp_path / "x.safetensors", pipe=sd), ExportError, "unknown export format"),
         (lambda: export(edit, "diffusers", blocker, pipe=sd), ExportError, "existing file"),
     ]
@@ -255,8 +284,9 @@ def test_an_option_a_format_does_not_take_is_refused(tiny_pipes, edits, tmp_path
     refused = 0
     for name, fmt in formats.items():
         for option in sorted(every - set(fmt.options)):
-            with pytest.raises(ExportError, match=f"'{name}' format does not take {option} .*it accepts "
-                                                  + ", ".join(fmt.options)):
+            with pytest.raises(
+                ExportError, match=f"'{name}' format does not take {option} .*it accepts " + ", ".join(fmt.options)
+            ):
                 export(edit, name, tmp_path / "x.safetensors", pipe=sd, **{option: values[option]})
             refused += 1
         with pytest.raises(ExportError, match=f"'{name}' format does not take bogus .*no format takes bogus"):
@@ -332,9 +362,43 @@ def test_cli_export_lora_and_refusals(tiny_pipes, edits, tmp_path, capsys):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "erasekit: error:" in line]
     assert len(errors) == 1 and "--rank" in errors[0] and "Traceback" not in err and not out.exists()
-    assert main(["export", "--model", "tiny-sd", "--edit", str(sp), "--format", "lora-kohya", "--rank", "3", "--out", str(out)]) == 0
-    assert "relative error" in capsys.readouterr().err and erasekit.load_edit(out).stats["export"]["rank_requested"] == 3
-    assert main(["export", "--model", "tiny-sdxl", "--edit", str(sp), "--format", "diff", "--out", str(tmp_path / "d.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                "tiny-sd",
+                "--edit",
+                str(sp),
+                "--format",
+                "lora-kohya",
+                "--rank",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (
+        "relative error" in capsys.readouterr().err and erasekit.load_edit(out).stats["export"]["rank_requested"] == 3
+    )
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                "tiny-sdxl",
+                "--edit",
+                str(sp),
+                "--format",
+                "diff",
+                "--out",
+                str(tmp_path / "d.safetensors"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "does not fit" in err and "Traceback" not in err and not (tmp_path / "d.safetensors").exists()
     assert main(["export", "--model", "tiny-sd", "--format", "lora", "--out", str(tmp_path / "nofile" / "x")]) == 2
@@ -362,7 +426,9 @@ def test_tinyworld_lora_round_trip(tmp_path):
 # ------------------------------------------------------------ third-party loaders
 def _third_party_python() -> str | None:
     """The separate venv with stable-diffusion-sdkit, lycoris-lora and sd-mecha (never the project's venv)."""
-    cand = os.environ.get("ERASEKIT_3P_PYTHON") or str(Path(__file__).resolve().parents[1] / ".venv-3p" / "bin" / "python")
+    cand = os.environ.get("ERASEKIT_3P_PYTHON") or str(
+        Path(__file__).resolve().parents[1] / ".venv-3p" / "bin" / "python"
+    )
     return cand if Path(cand).is_file() else None
 
 
@@ -388,8 +454,11 @@ def test_export_matrix_benchmark_runs_and_exact_formats_are_exact():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     rows = mod.matrix(["sd"], rank=2)
-    assert {(r[0], r[2]) for r in rows} == {(f, k) for f in ("lora", "lora-kohya", "diff", "diffusers", "single-file")
-                                              for k in ("low-rank (UCE)", "sparse (SPACE)", "dense (UCE)")}
+    assert {(r[0], r[2]) for r in rows} == {
+        (f, k)
+        for f in ("lora", "lora-kohya", "diff", "diffusers", "single-file")
+        for k in ("low-rank (UCE)", "sparse (SPACE)", "dense (UCE)")
+    }
     for fmt, _, kind, nbytes, _, err, note in rows:
         assert nbytes > 0
         if fmt.startswith("lora") and kind.startswith("sparse"):

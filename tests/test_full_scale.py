@@ -137,7 +137,7 @@ def test_streamed_writer_matches_safetensors(tmp_path):
     back = load_file(str(tmp_path / "m.safetensors"))
     assert set(back) == set(model.state_dict()) and n == sum(t.numel() * 2 for t in back.values())
     assert torch.equal(back["2.weight"], torch.ones(5, dtype=torch.float16)) and not back["1.bias"].any()
-    assert back["1.weight"].float().std().item() == pytest.approx(7 ** -0.5, rel=0.5)
+    assert back["1.weight"].float().std().item() == pytest.approx(7**-0.5, rel=0.5)
     assert back["0.weight"].float().std().item() == pytest.approx(0.02, rel=0.5)
     again = fsm.stream_safetensors(tmp_path / "n.safetensors", meta, torch.float16, seed=3)
     assert again == n and all(torch.equal(back[k], v) for k, v in load_file(str(tmp_path / "n.safetensors")).items())
@@ -167,8 +167,12 @@ def test_benchmarks_refuse_cuda_without_a_gpu(capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
     import subprocess
 
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "solver.py"), "--device", "cuda", "--baseline", "HEAD"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "solver.py"), "--device", "cuda", "--baseline", "HEAD"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "no CUDA GPU" in out.stderr
 
 
@@ -179,7 +183,9 @@ def test_full_scale_benchmark_runs_every_phase_on_a_scaled_copy(family, tmp_path
     spec = importlib.util.spec_from_file_location("full_scale_bench", ROOT / "benchmarks" / "full_scale.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--family", family, "--scaled", "--methods", "uce,space", "--cache-dir", str(tmp_path), "--threads", "2"]) in (0, None)
+    assert mod.main(
+        ["--family", family, "--scaled", "--methods", "uce,space", "--cache-dir", str(tmp_path), "--threads", "2"]
+    ) in (0, None)
     table = capsys.readouterr().out
     for method in ("uce", "space"):
         phases = {line.split("|")[2].strip() for line in table.splitlines() if line.startswith(f"| {method} |")}
@@ -192,7 +198,9 @@ def test_full_scale_benchmark_runs_unet_methods_at_their_reduced_budget(tmp_path
     spec = importlib.util.spec_from_file_location("full_scale_bench", ROOT / "benchmarks" / "full_scale.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--family", "sd15", "--scaled", "--methods", "pure,ace,esd-x", "--cache-dir", str(tmp_path), "--threads", "2"]) in (0, None)
+    assert mod.main(
+        ["--family", "sd15", "--scaled", "--methods", "pure,ace,esd-x", "--cache-dir", str(tmp_path), "--threads", "2"]
+    ) in (0, None)
     table = capsys.readouterr().out
     for method in ("pure", "ace", "esd-x"):
         rows = [line for line in table.splitlines() if line.startswith(f"| {method} |")]
@@ -201,7 +209,9 @@ def test_full_scale_benchmark_runs_unet_methods_at_their_reduced_budget(tmp_path
         fit = next(line for line in rows if line.split("|")[2].strip() == "fit")
         assert "reduced: " + mod.REDUCED[method][1] in fit
     assert table.count("bit-exact") == 3
-    assert mod.main(["--family", "sd15", "--scaled", "--methods", "uce,mace", "--cache-dir", str(tmp_path)]) == 2  # refused before loading
+    assert (
+        mod.main(["--family", "sd15", "--scaled", "--methods", "uce,mace", "--cache-dir", str(tmp_path)]) == 2
+    )  # refused before loading
     assert "mace not measured here" in capsys.readouterr().err
 
 
@@ -223,7 +233,9 @@ def test_sd15_full_size_end_to_end(method, options, tmp_path):
     assert len(adapter.attention_layers()) == 16 and adapter.d_in == 768
 
     def digest() -> dict:
-        return {p: hashlib.sha256(adapter.linear(p).weight.detach().numpy().tobytes()).hexdigest() for p in adapter.paths}
+        return {
+            p: hashlib.sha256(adapter.linear(p).weight.detach().numpy().tobytes()).hexdigest() for p in adapter.paths
+        }
 
     before = digest()
     edit = erasekit.erase(pipe, method, ["Van Gogh"], preserve=["Claude Monet", "Rembrandt"], progress=False, **options)

@@ -188,7 +188,9 @@ def test_float32_iterates_are_certified_in_float64(tol, monkeypatch):
     for res in (f32, f64):
         true_gap = (linalg.space_objective(res.W, W0, gf, lam) - ref.objective) / ref.objective
         assert res.converged and true_gap <= res.gap <= tol
-        assert res.W.dtype == F64 and res.objective == pytest.approx(linalg.space_objective(res.W, W0, gf, lam), rel=1e-11)
+        assert res.W.dtype == F64 and res.objective == pytest.approx(
+            linalg.space_objective(res.W, W0, gf, lam), rel=1e-11
+        )
     # ‖W − W*‖²_M ≤ F(W) − F*: both are within tol of the optimum, hence of each other
     bound = 2 * math.sqrt(tol * ref.objective / gf.gamma)
     assert float((f32.W - ref.W).norm()) <= bound and float((f64.W - ref.W).norm()) <= bound
@@ -206,7 +208,9 @@ def test_rows_that_float32_cannot_certify_are_finished_in_float64(monkeypatch):
     assert seen == {torch.float32, F64}
     assert res.converged and res.gap <= 1e-13
     assert torch.allclose(res.W, ref.W, atol=1e-7)
-    assert torch.equal(res.W, linalg.space_solve(W0, gf, 0.02, tol=1e-13, y0=res.y).W)  # W is a function of the returned duals
+    assert torch.equal(
+        res.W, linalg.space_solve(W0, gf, 0.02, tol=1e-13, y0=res.y).W
+    )  # W is a function of the returned duals
 
 
 def test_cold_starts_take_diagonal_steps_first_and_reach_the_same_optimum(monkeypatch):

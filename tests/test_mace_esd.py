@@ -31,7 +31,13 @@ def _lstsq_oracle(W_ref, V, X, G, W_p, s, lamb):
 def test_closed_form_equals_lstsq(seed, lamb):
     g = torch.Generator().manual_seed(seed)
     d_out, d_in, n, m = 7, 12, 20, 5  # n > d_in: full-rank normal matrix also at λ = 0
-    W_ref, W_p, V, X, G = _rand(g, d_out, d_in), _rand(g, d_out, d_in), _rand(g, d_out, n), _rand(g, d_in, n), _rand(g, d_in, m)
+    W_ref, W_p, V, X, G = (
+        _rand(g, d_out, d_in),
+        _rand(g, d_out, d_in),
+        _rand(g, d_out, n),
+        _rand(g, d_in, n),
+        _rand(g, d_in, m),
+    )
     W = closed_form(W_ref, V, X, G, W_p, s=0.3, lamb=lamb)
     torch.testing.assert_close(W, _lstsq_oracle(W_ref, V, X, G, W_p, 0.3, lamb), rtol=1e-9, atol=1e-9)
 
@@ -104,7 +110,9 @@ def test_mace_without_loras_is_the_per_layer_cfr_closed_form(tiny_pipes):
     """Stage 1 alone (train_steps=0; object preset: no prior) equals closed_form(W0, W0 C_map, C_old, ·, λ) per layer;
     with no LoRA the fusion returns W_cfr. Shared-token outputs move towards the mapping prompt's."""
     pipe = tiny_pipes["sd"]
-    edit = erasekit.erase(pipe, method="mace", concepts=["cat"], kind="object", train_steps=0, lamb=1e-3, progress=False)
+    edit = erasekit.erase(
+        pipe, method="mace", concepts=["cat"], kind="object", train_steps=0, lamb=1e-3, progress=False
+    )
     adapter = PipelineAdapter(pipe)
     plan = MACE().plan(adapter, ConceptSet(erase=("cat",), kind="object"), MACEConfig(train_steps=0, lamb=1e-3))
     C_old, C_map = MACE()._cfr_columns(adapter, plan.prompts)
@@ -112,7 +120,9 @@ def test_mace_without_loras_is_the_per_layer_cfr_closed_form(tiny_pipes):
     for path, le in edit.layers.items():
         W0 = adapter.linear(path).weight.detach().to(F64)
         W = le.materialize(W0).to(F64)
-        torch.testing.assert_close(W, closed_form(W0, W0 @ C_map, C_old, G, W0, s=0.0, lamb=1e-3).float().to(F64), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            W, closed_form(W0, W0 @ C_map, C_old, G, W0, s=0.0, lamb=1e-3).float().to(F64), rtol=1e-4, atol=1e-5
+        )
         assert (W @ C_old - W0 @ C_map).norm() < (W0 @ C_old - W0 @ C_map).norm(), path
 
 
@@ -120,8 +130,14 @@ def test_mace_presets_follow_the_reference_configs():
     assert MACEConfig().resolved("object")["lamb"] == 1e3 and MACEConfig().resolved("object")["prior"] is False
     nsfw = MACEConfig().resolved("nsfw")
     assert nsfw["train_steps"] == 120 and nsfw["s_train"] == 7e-7 and not nsfw["importance_sampling"]
-    assert nsfw["mapping"] == "a person wearing clothes" and set(nsfw["extra_concepts"]) == {"naked", "erotic", "sexual"}
-    assert MACEConfig(lamb=3.0, preset="style").resolved("object")["lamb"] == 3.0  # user options win, preset overrides the kind
+    assert nsfw["mapping"] == "a person wearing clothes" and set(nsfw["extra_concepts"]) == {
+        "naked",
+        "erotic",
+        "sexual",
+    }
+    assert (
+        MACEConfig(lamb=3.0, preset="style").resolved("object")["lamb"] == 3.0
+    )  # user options win, preset overrides the kind
 
 
 # --------------------------------------------------------------------- ESD
@@ -147,7 +163,9 @@ def _esd_eval_loss(pipe, edit, concept, eta, n=6):
 @pytest.mark.parametrize("method", ["esd-x", "esd-x-strict"])
 def test_esd_lowers_its_objective_on_held_out_samples(tiny_pipes, method):
     pipe = tiny_pipes["sd"]
-    edit = erasekit.erase(pipe, method=method, concepts=["Van Gogh"], iterations=30, lr=2e-3, pool_latents=2, pool_steps=4, progress=False)
+    edit = erasekit.erase(
+        pipe, method=method, concepts=["Van Gogh"], iterations=30, lr=2e-3, pool_latents=2, pool_steps=4, progress=False
+    )
     before, after = _esd_eval_loss(pipe, None, "Van Gogh", 2.0), _esd_eval_loss(pipe, edit, "Van Gogh", 2.0)
     assert after <= 0.9 * before, (before, after)
     assert edit.stats["train_steps"] == 30 and edit.stats["negative_guidance"] == 2.0
@@ -169,7 +187,16 @@ def test_esd_variants_select_the_reference_layers(tiny_pipes):
 
 def test_esd_picks_its_variant_by_kind(tiny_pipes):
     pipe = tiny_pipes["sd"]
-    style = erasekit.erase(pipe, method="esd", concepts=["Van Gogh"], kind="style", iterations=1, pool_latents=1, pool_steps=2, progress=False)
+    style = erasekit.erase(
+        pipe,
+        method="esd",
+        concepts=["Van Gogh"],
+        kind="style",
+        iterations=1,
+        pool_latents=1,
+        pool_steps=2,
+        progress=False,
+    )
     assert style.stats["variant"] == "esd-x"
     assert erasekit.make_config("esd", variant="esd-x-strict").variant == "esd-x-strict"
     with pytest.raises(erasekit.MethodError):
@@ -189,8 +216,12 @@ def test_esd_time_budget_stops_early_and_runs_are_seeded(tiny_pipes):
 def test_esd_u_conv_weights_and_biases_round_trip_bit_exactly(tiny_pipes, tmp_path):
     pipe = tiny_pipes["sd"]
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    edit = erasekit.erase(pipe, method="esd-u", concepts=["Van Gogh"], iterations=2, pool_latents=1, pool_steps=2, lr=1e-3, progress=False)
-    assert {le.param for le in edit.layers.values()} == {"weight", "bias"} and any(len(le.shape) == 4 for le in edit.layers.values())
+    edit = erasekit.erase(
+        pipe, method="esd-u", concepts=["Van Gogh"], iterations=2, pool_latents=1, pool_steps=2, lr=1e-3, progress=False
+    )
+    assert {le.param for le in edit.layers.values()} == {"weight", "bias"} and any(
+        len(le.shape) == 4 for le in edit.layers.values()
+    )
     edit.apply(pipe)
     direct = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     edit.revert(pipe)
@@ -205,11 +236,14 @@ def test_esd_u_conv_weights_and_biases_round_trip_bit_exactly(tiny_pipes, tmp_pa
 
 
 @pytest.mark.parametrize("fam", ["sd", "sdxl"])
-@pytest.mark.parametrize("method,options", [
-    ("esd-x", {"iterations": 3, "pool_steps": 2, "pool_latents": 1}),
-    ("esd-u", {"iterations": 2, "pool_steps": 2, "pool_latents": 1}),
-    ("ace", {"train_steps": 2, "pool_steps": 2, "pool_latents": 1, "batch_size": 2, "adv_steps": 1}),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("esd-x", {"iterations": 3, "pool_steps": 2, "pool_latents": 1}),
+        ("esd-u", {"iterations": 2, "pool_steps": 2, "pool_latents": 1}),
+        ("ace", {"train_steps": 2, "pool_steps": 2, "pool_latents": 1, "batch_size": 2, "adv_steps": 1}),
+    ],
+)
 def test_gradient_checkpointing_recomputes_blocks_and_changes_no_bit(tiny_pipes, fam, method, options):
     """With checkpointing, backward re-runs the UNet blocks (their forward count grows) and the edit is bit-identical."""
     pipe = tiny_pipes[fam]
@@ -217,19 +251,31 @@ def test_gradient_checkpointing_recomputes_blocks_and_changes_no_bit(tiny_pipes,
     calls = {True: 0, False: 0}
     edits = {}
     for ckpt in (True, False):
+
         def count(mod, args, ckpt=ckpt):  # a pre-hook: a recompute may stop early, before forward hooks run
             calls[ckpt] += torch.is_grad_enabled()
+
         h = block.register_forward_pre_hook(count)
         try:
-            edits[ckpt] = erasekit.erase(pipe, method=method, concepts=["a red circle"], preserve=["a blue square"],
-                                         kind="object", progress=False, gradient_checkpointing=ckpt, **options)
+            edits[ckpt] = erasekit.erase(
+                pipe,
+                method=method,
+                concepts=["a red circle"],
+                preserve=["a blue square"],
+                kind="object",
+                progress=False,
+                gradient_checkpointing=ckpt,
+                **options,
+            )
         finally:
             h.remove()
         assert not pipe.unet.is_gradient_checkpointing  # restored
     assert calls[True] > calls[False] > 0
     a, b = edits[True], edits[False]
     assert a.layers.keys() == b.layers.keys()
-    assert all(torch.equal(a.layers[p].tensors[k], b.layers[p].tensors[k]) for p in a.layers for k in a.layers[p].tensors)
+    assert all(
+        torch.equal(a.layers[p].tensors[k], b.layers[p].tensors[k]) for p in a.layers for k in a.layers[p].tensors
+    )
 
 
 def test_a_carrier_switched_off_while_recording_gradients_is_refused():

@@ -130,8 +130,16 @@ def test_pure_runs_the_unet_in_float32_and_leaves_it_float16(half_and_full):
     whole = []
     hook_whole = half.unet.register_forward_pre_hook(lambda mod, args: whole.append(mod.conv_out.weight.dtype))
     try:
-        edit = erasekit.erase(half, method="pure", concepts=["a red circle"], preserve=["a blue square"], kind="object",
-                              progress=False, steps=2, n_latents=1)
+        edit = erasekit.erase(
+            half,
+            method="pure",
+            concepts=["a red circle"],
+            preserve=["a blue square"],
+            kind="object",
+            progress=False,
+            steps=2,
+            n_latents=1,
+        )
     finally:
         hook.remove()
         hook_whole.remove()
@@ -167,8 +175,18 @@ def test_compute_dtype_survives_save_and_load(half_and_full, tmp_path):
 def test_computing_in_layers_trains_through_borrowed_layers_with_float32_gradients():
     """Gradients through layers borrowed one at a time equal a float32 copy's, bit for bit, and the weights stay float16."""
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1),
-                      nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).half().requires_grad_(False)
+    m = (
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.GroupNorm(2, 8),
+            nn.SiLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Flatten(),
+            nn.Linear(8 * 6 * 6, 5),
+        )
+        .half()
+        .requires_grad_(False)
+    )
     full = copy.deepcopy(m).float()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
@@ -224,11 +242,14 @@ def test_training_through_borrowed_layers_holds_no_float32_copy_of_the_model():
 
 
 @pytest.mark.parametrize("fam", ["sd", "sdxl"])
-@pytest.mark.parametrize("method,options", [
-    ("esd-x", {"iterations": 3, "pool_steps": 2, "pool_latents": 1}),
-    ("ace", {"train_steps": 2, "pool_steps": 2, "pool_latents": 1, "batch_size": 1, "adv_steps": 1}),
-    ("mace", {"train_steps": 2, "n_images": 1, "image_steps": 2, "prior": "none", "augment": False}),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("esd-x", {"iterations": 3, "pool_steps": 2, "pool_latents": 1}),
+        ("ace", {"train_steps": 2, "pool_steps": 2, "pool_latents": 1, "batch_size": 1, "adv_steps": 1}),
+        ("mace", {"train_steps": 2, "n_images": 1, "image_steps": 2, "prior": "none", "augment": False}),
+    ],
+)
 def test_half_fine_tuning_borrows_one_layer_at_a_time_and_matches_float32(half_and_full, fam, method, options):
     """Fine-tuning a float16 load on a CPU trains in float32 without a float32 copy of the UNet (issue 14)."""
     half, full = half_and_full[fam]
@@ -245,7 +266,11 @@ def test_half_fine_tuning_borrows_one_layer_at_a_time_and_matches_float32(half_a
     assert _same_bytes(before, _snapshot(half)), "fine-tuning changed the float16 pipeline"
     assert e_half.compute_dtype == "float32" and e_half.layers.keys() == e_full.layers.keys()
     for path, le in e_half.layers.items():
-        w0 = full.unet.get_parameter(path) if path.endswith((".weight", ".bias")) else full.unet.get_submodule(path).weight
+        w0 = (
+            full.unet.get_parameter(path)
+            if path.endswith((".weight", ".bias"))
+            else full.unet.get_submodule(path).weight
+        )
         w0 = w0.detach()
         d_half, d_full = le.materialize(w0) - w0, e_full.layers[path].materialize(w0) - w0
         rel = float((d_half - d_full).norm() / d_full.norm().clamp_min(1e-12))

@@ -11,7 +11,9 @@ from erasekit import prior as pr
 from erasekit.errors import MethodError
 from erasekit.models.adapter import PipelineAdapter
 
-COCO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "prompts" / "diffusion-mu-attack" / "coco_10k.csv"
+COCO = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "prompts" / "diffusion-mu-attack" / "coco_10k.csv"
+)
 needs_coco = pytest.mark.skipif(not COCO.is_file(), reason="shared COCO prompt file not present")
 
 
@@ -133,8 +135,16 @@ def test_auto_prior_on_either_bundled_model_uses_its_captions(model):
     if not ((weights_dir() if model == "tinyworld" else weights_xl_dir()) / "pipeline" / "model_index.json").is_file():
         pytest.skip(f"{model} not shipped")
     pipe = erasekit.load_pipeline(model)
-    edit = erasekit.erase(pipe, method="uce", concepts=["circle"], kind="object", prior="general", prior_limit=50,
-                          defaults=None, progress=False)
+    edit = erasekit.erase(
+        pipe,
+        method="uce",
+        concepts=["circle"],
+        kind="object",
+        prior="general",
+        prior_limit=50,
+        defaults=None,
+        progress=False,
+    )
     rec = edit.stats["prior"]
     assert rec["source"] == "tinyworld" and 0 < rec["n_prompts"] <= 50
     assert rec["prompts_sha256"] != pr.general_prior(PipelineAdapter(pipe), ["a red square"], source="x").prompts_sha256

@@ -21,7 +21,9 @@ def test_projector_algebra_on_random_bases(seed):
     V_F, V_R = _orth(d, 3, g), _orth(d, 5, g)
     W0 = torch.randn(d, d_in, generator=g, dtype=torch.float64)
     E = projector_E(V_F, V_R)
-    torch.testing.assert_close(E, torch.eye(d, dtype=torch.float64) - V_F @ V_F.T @ (torch.eye(d, dtype=torch.float64) - V_R @ V_R.T))
+    torch.testing.assert_close(
+        E, torch.eye(d, dtype=torch.float64) - V_F @ V_F.T @ (torch.eye(d, dtype=torch.float64) - V_R @ V_R.T)
+    )
     torch.testing.assert_close(E @ V_R, V_R)  # retained directions pass unchanged
     torch.testing.assert_close(V_F.T @ E, V_F.T @ V_R @ V_R.T)  # forget directions keep only their retained part
     x_perp = torch.randn(d, generator=g, dtype=torch.float64)
@@ -35,12 +37,16 @@ def test_projector_algebra_on_random_bases(seed):
     B, A = right_delta(W0, V_Ft, V_Rt)
     torch.testing.assert_close(B @ A, W0 @ projector_E(V_Ft, V_Rt) - W0)
     V_Fo = torch.linalg.qr(torch.cat([V_R, torch.randn(d, 2, generator=g, dtype=torch.float64)], 1))[0][:, 5:]
-    torch.testing.assert_close(projector_E(V_Fo, V_R) @ V_Fo, torch.zeros_like(V_Fo), atol=1e-12, rtol=0)  # disjoint: removed
+    torch.testing.assert_close(
+        projector_E(V_Fo, V_R) @ V_Fo, torch.zeros_like(V_Fo), atol=1e-12, rtol=0
+    )  # disjoint: removed
 
 
 def test_energy_basis_keeps_the_smallest_rank_reaching_the_threshold():
     g = torch.Generator().manual_seed(0)
-    H = torch.randn(50, 6, generator=g, dtype=torch.float64) @ torch.diag(torch.tensor([10.0, 5, 2, 1, 0.5, 0.1], dtype=torch.float64))
+    H = torch.randn(50, 6, generator=g, dtype=torch.float64) @ torch.diag(
+        torch.tensor([10.0, 5, 2, 1, 0.5, 0.1], dtype=torch.float64)
+    )
     S = torch.linalg.svdvals(H)
     share = (S**2).cumsum(0) / (S**2).sum()
     for energy in (0.5, 0.9, 0.99, 1.0):
@@ -56,14 +62,22 @@ def test_capture_records_conditional_rows_and_always_removes_hooks(tiny_pipes):
     adapter = PipelineAdapter(pipe)
     blocks = list(adapter.attention_layers())
     with CrossAttentionCapture(pipe.unet, blocks, steps={0, 2}, cfg=True) as cap:
-        pipe(prompt=["a cat", "a dog"], num_inference_steps=3, guidance_scale=5.0, output_type="latent",
-             generator=torch.Generator().manual_seed(0))
+        pipe(
+            prompt=["a cat", "a dog"],
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        )
     H = cap.stacked()
     assert set(H) == set(blocks)
     for b in blocks:
         d = pipe.unet.get_submodule(b).to_out[0].in_features
         assert H[b].shape == (2 * 2, d)  # 2 prompts (conditional half only) × 2 recorded steps
-    hooks = lambda: sum(len(pipe.unet.get_submodule(b).to_out[0]._forward_pre_hooks) for b in blocks) + len(pipe.unet._forward_pre_hooks)  # noqa: E731
+    hooks = lambda: (
+        sum(len(pipe.unet.get_submodule(b).to_out[0]._forward_pre_hooks) for b in blocks)
+        + len(pipe.unet._forward_pre_hooks)
+    )  # noqa: E731
     assert hooks() == 0
     with pytest.raises(RuntimeError, match="boom"):
         with CrossAttentionCapture(pipe.unet, blocks):
@@ -73,7 +87,15 @@ def test_capture_records_conditional_rows_and_always_removes_hooks(tiny_pipes):
 
 def test_pure_text_basis_removes_forget_directions(tiny_pipes):
     pipe = tiny_pipes["sd"]
-    edit = erasekit.erase(pipe, method="pure", concepts=["Van Gogh"], preserve=["Claude Monet"], basis="text", templates=True, progress=False)
+    edit = erasekit.erase(
+        pipe,
+        method="pure",
+        concepts=["Van Gogh"],
+        preserve=["Claude Monet"],
+        basis="text",
+        templates=True,
+        progress=False,
+    )
     adapter = PipelineAdapter(pipe)
     pairs = edit.concepts
     C_F = adapter.preserve_columns([t.format("Van Gogh") for t in pairs["templates"]], "last")
@@ -88,7 +110,15 @@ def test_pure_text_basis_removes_forget_directions(tiny_pipes):
 
 
 def test_pure_activation_rank_is_bounded_by_forget_basis(tiny_pipes):
-    edit = erasekit.erase(tiny_pipes["sdxl"], method="pure", concepts=["Van Gogh"], preserve=["Claude Monet"], n_latents=1, steps=2, progress=False)
+    edit = erasekit.erase(
+        tiny_pipes["sdxl"],
+        method="pure",
+        concepts=["Van Gogh"],
+        preserve=["Claude Monet"],
+        n_latents=1,
+        steps=2,
+        progress=False,
+    )
     for le in edit.layers.values():
         assert le.kind == "lowrank" and le.rank == le.stats["rank_forget"] >= 1
 
@@ -96,7 +126,14 @@ def test_pure_activation_rank_is_bounded_by_forget_basis(tiny_pipes):
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_ace_stage_one_nullifies_concept_directions_and_spares_preserved(tiny_pipes, family):
     pipe = tiny_pipes[family]
-    edit = erasekit.erase(pipe, method="ace", concepts=["Van Gogh"], preserve=["Claude Monet", "Pablo Picasso"], train_steps=0, progress=False)
+    edit = erasekit.erase(
+        pipe,
+        method="ace",
+        concepts=["Van Gogh"],
+        preserve=["Claude Monet", "Pablo Picasso"],
+        train_steps=0,
+        progress=False,
+    )
     adapter = PipelineAdapter(pipe)
     C_E, C_G = adapter.token_columns(["Van Gogh"], ["art"], "last")
     C_P = adapter.preserve_columns(["Claude Monet", "Pablo Picasso"], "last")
@@ -112,8 +149,18 @@ def test_ace_stage_one_nullifies_concept_directions_and_spares_preserved(tiny_pi
 def test_ace_fine_tuning_restores_pipeline_state(tiny_pipes):
     pipe = tiny_pipes["sd"]
     flags = [p.requires_grad for p in pipe.unet.parameters()]
-    edit = erasekit.erase(pipe, method="ace", concepts=["Van Gogh"], preserve=["Claude Monet"], train_steps=2, adv_steps=1,
-                          pool_latents=1, pool_steps=3, batch_size=2, progress=False)
+    edit = erasekit.erase(
+        pipe,
+        method="ace",
+        concepts=["Van Gogh"],
+        preserve=["Claude Monet"],
+        train_steps=2,
+        adv_steps=1,
+        pool_latents=1,
+        pool_steps=3,
+        batch_size=2,
+        progress=False,
+    )
     assert edit.stats["train_steps"] == 2 and edit.stats["loss_last"] is not None
     assert [p.requires_grad for p in pipe.unet.parameters()] == flags
     assert all(not m._forward_hooks for m in pipe.unet.modules())

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 import erasekit
-from erasekit.methods.pure import PUREConfig, activation_bases, anchor_activations, orthonormal_union, projector_E, recorded_steps
+from erasekit.methods.pure import (
+    PUREConfig,
+    activation_bases,
+    anchor_activations,
+    orthonormal_union,
+    projector_E,
+    recorded_steps,
+)
 from erasekit.models.adapter import PipelineAdapter
 from erasekit.models.capture import CrossAttentionCapture
 
@@ -63,7 +70,9 @@ def test_recorded_steps():
 def test_paired_twin_hooks_leave_the_trajectory_unchanged(tiny_pipes):
     pipe = tiny_pipes["sd"]
     ad = PipelineAdapter(pipe)
-    kw = dict(prompt=["a painting by Van Gogh", "a cat"], num_inference_steps=3, guidance_scale=5.0, output_type="latent")
+    kw = dict(
+        prompt=["a painting by Van Gogh", "a cat"], num_inference_steps=3, guidance_scale=5.0, output_type="latent"
+    )
     plain = pipe(generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw).images
     with CrossAttentionCapture(ad.unet, ad.attention_layers(), cfg=True, paired=True) as cap:
         cap.neutral = ad.encode(["", ""]).embeds
@@ -82,8 +91,18 @@ def test_paired_twin_hooks_leave_the_trajectory_unchanged(tiny_pipes):
 
 def test_pure_paired_fit_on_a_pipeline(tiny_pipes):
     pipe = tiny_pipes["sd"]
-    edit = erasekit.erase(pipe, method="pure", concepts=["Van Gogh", "Claude Monet"], preserve=["Picasso"], centre="paired",
-                          record_steps="late", k_basis="none", n_latents=1, steps=2, progress=False)
+    edit = erasekit.erase(
+        pipe,
+        method="pure",
+        concepts=["Van Gogh", "Claude Monet"],
+        preserve=["Picasso"],
+        centre="paired",
+        record_steps="late",
+        k_basis="none",
+        n_latents=1,
+        steps=2,
+        progress=False,
+    )
     assert all(p.endswith(".to_v") for p in edit.layers)
     assert edit.config["centre"] == "paired"
     cfg = PUREConfig(n_latents=1, steps=2, record_steps="early")

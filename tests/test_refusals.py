@@ -94,8 +94,15 @@ def test_pipeline_without_cross_attention_is_refused(tiny_pipes):
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), mid_block_type=None,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type=None,
         cross_attention_dim=32,
     )
     fake = SimpleNamespace(unet=unet, encode_prompt=tiny_pipes["sd"].encode_prompt, text_encoder_2=None)
@@ -141,7 +148,9 @@ def test_folder_without_model_index_and_non_sd_single_file(tmp_path):
 # --------------------------------------------------------------- edit files
 @pytest.fixture(scope="module")
 def saved_edit(tiny_pipes, tmp_path_factory):
-    edit = erasekit.erase(tiny_pipes["sd"], method="space", concepts=["Van Gogh"], preserve=["Monet"], target_sparsity=0.8, progress=False)
+    edit = erasekit.erase(
+        tiny_pipes["sd"], method="space", concepts=["Van Gogh"], preserve=["Monet"], target_sparsity=0.8, progress=False
+    )
     path = tmp_path_factory.mktemp("edits") / "vangogh.safetensors"
     edit.save(path)
     return edit, path

@@ -25,7 +25,9 @@ COMPONENTS = ("unet", "vae", "text_encoder")
 def _assert_same_weights(want, got):
     for comp in COMPONENTS:
         a, b = getattr(want, comp).state_dict(), getattr(got, comp).state_dict()
-        assert sorted(a) == sorted(b), f"{comp}: missing {sorted(set(a) - set(b))[:3]}, extra {sorted(set(b) - set(a))[:3]}"
+        assert sorted(a) == sorted(b), (
+            f"{comp}: missing {sorted(set(a) - set(b))[:3]}, extra {sorted(set(b) - set(a))[:3]}"
+        )
         differ = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
         assert not differ, f"{comp}: {len(differ)} tensors differ, e.g. {differ[:3]}"
 
@@ -48,7 +50,10 @@ def tiny_pair(tmp_path_factory):
 def test_exported_keys_follow_the_original_ldm_layout(tiny_pair):
     _, _, _, path = tiny_pair
     slices, meta = _keys(path)
-    assert all(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")) for k in slices)
+    assert all(
+        k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model."))
+        for k in slices
+    )
     for k in (  # keys diffusers / A1111 use to recognise the parts
         "model.diffusion_model.input_blocks.0.0.weight",
         "model.diffusion_model.input_blocks.2.0.op.weight",  # downsampler of block 0 (layers_per_block=1; SD 1.5: 3)
@@ -163,7 +168,9 @@ def test_sd2_and_sdxl_single_files_round_trip(fam, tmp_path):
         assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), comp
     edit = erasekit.erase(file_pipe, "uce", ["a cat"], progress=False)
     erasekit.load_edit(edit.save(tmp_path / "e.safetensors"), loaded).revert(loaded)
-    baked = erasekit.export(edit, "single-file", tmp_path / "baked.safetensors", pipe=file_pipe, save_dtype="float32").path
+    baked = erasekit.export(
+        edit, "single-file", tmp_path / "baked.safetensors", pipe=file_pipe, save_dtype="float32"
+    ).path
     erased = erasekit.load_pipeline(str(baked), config=str(tmp_path / "folder"))
     with pytest.raises(EditFileError, match="weights differ from the base model"):
         erasekit.load_edit(tmp_path / "e.safetensors", erased)
@@ -180,8 +187,13 @@ def test_per_block_layers_are_refused(tmp_path):
 
     pipe = build_tiny_pipeline("sd")
     pipe.unet = UNet2DConditionModel(
-        sample_size=16, layers_per_block=(1, 2), block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        sample_size=16,
+        layers_per_block=(1, 2),
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     )
     with pytest.raises(ModelError, match="per-block layers_per_block"):
         export_single_file(pipe, tmp_path / "x.safetensors")

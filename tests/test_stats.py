@@ -17,7 +17,7 @@ def _mcnemar_by_enumeration(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     obs = abs(b - n / 2)
-    return sum(comb(n, k) for k in range(n + 1) if abs(k - n / 2) >= obs - 1e-12) / 2 ** n
+    return sum(comb(n, k) for k in range(n + 1) if abs(k - n / 2) >= obs - 1e-12) / 2**n
 
 
 @pytest.mark.parametrize("b,c", [(0, 0), (0, 5), (5, 0), (3, 3), (1, 9), (7, 2), (12, 30), (40, 41), (0, 1)])

@@ -8,17 +8,33 @@ from rich.console import Console
 from erasekit.errors import EraseKitError
 from erasekit.text import UserTextError, check_user_text, plain, shown, text_problem
 
-HOSTILE = ["[/]", "[/bold]", "[red]x[/red]", "\x1b[31mred\x1b[0m", "\x1b]0;title\x07", "a\u202eb", "\ud800", "x\udcff", "tab\there",
-           "nul\x00", "del\x7f", "c1\x85"]
+HOSTILE = [
+    "[/]",
+    "[/bold]",
+    "[red]x[/red]",
+    "\x1b[31mred\x1b[0m",
+    "\x1b]0;title\x07",
+    "a\u202eb",
+    "\ud800",
+    "x\udcff",
+    "tab\there",
+    "nul\x00",
+    "del\x7f",
+    "c1\x85",
+]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_shown_prints_through_rich_as_the_characters_it_holds(value):
     buf = io.StringIO()
-    Console(file=buf, force_terminal=False, width=200).print(shown(value))  # no styling of rich's own: the bare characters
+    Console(file=buf, force_terminal=False, width=200).print(
+        shown(value)
+    )  # no styling of rich's own: the bare characters
     out = buf.getvalue().rstrip("\n")
     assert out == plain(value)  # markup not interpreted, nothing dropped
-    assert all(ord(c) >= 0x20 and ord(c) != 0x7F and not 0xD800 <= ord(c) <= 0xDFFF for c in out)  # nothing acts on a terminal
+    assert all(
+        ord(c) >= 0x20 and ord(c) != 0x7F and not 0xD800 <= ord(c) <= 0xDFFF for c in out
+    )  # nothing acts on a terminal
     out.encode("utf-8")  # encodable: no lone surrogate reaches a UTF-8 stream
 
 
@@ -29,8 +45,16 @@ def test_plain_is_the_identity_on_ordinary_text_and_escapes_the_rest():
     assert shown("[/]") == "\\[/]"
 
 
-@pytest.mark.parametrize("value,why", [("x\udcff", "not valid UTF-8"), ("\ud800", "lone surrogate"), ("a\x1bb", "control"),
-                                       ("a\nb", "control"), ("a\u202eb", "bidirectional")])
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        ("x\udcff", "not valid UTF-8"),
+        ("\ud800", "lone surrogate"),
+        ("a\x1bb", "control"),
+        ("a\nb", "control"),
+        ("a\u202eb", "bidirectional"),
+    ],
+)
 def test_check_user_text_refuses_naming_the_argument_and_the_problem(value, why):
     with pytest.raises(UserTextError) as e:
         check_user_text("--erase", value)
@@ -52,7 +76,24 @@ from erasekit.edit_format import content_sha256  # noqa: E402
 def bracket_edit(tmp_path_factory):
     """An edit of tiny-sd whose concept is spelled with rich's closing tag, written by the command itself."""
     out = tmp_path_factory.mktemp("bracket") / "bracket.safetensors"
-    assert main(["erase", "--model", "tiny-sd", "--method", "uce", "--erase", "[/]", "--preserve", "[/bold]", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "erase",
+                "--model",
+                "tiny-sd",
+                "--method",
+                "uce",
+                "--erase",
+                "[/]",
+                "--preserve",
+                "[/bold]",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -63,7 +104,9 @@ def test_a_concept_spelled_as_markup_fits_prints_and_inspects(bracket_edit, caps
     assert "[/]" in out and "[/bold]" in out
 
 
-@pytest.mark.parametrize("value,why", [("\udcff", "not valid UTF-8"), ("a\x1b[31mb", "control character"), ("x\u202ey", "bidirectional")])
+@pytest.mark.parametrize(
+    "value,why", [("\udcff", "not valid UTF-8"), ("a\x1b[31mb", "control character"), ("x\u202ey", "bidirectional")]
+)
 def test_bad_command_line_text_is_refused_before_the_model_loads(value, why, tmp_path, capsys, monkeypatch):
     import erasekit.models.loading as loading
 
@@ -72,9 +115,11 @@ def test_bad_command_line_text_is_refused_before_the_model_loads(value, why, tmp
 
     monkeypatch.setattr(loading, "load_pipeline", no_load)
     out = tmp_path / "x.safetensors"
-    for argv in (["erase", "--model", "tiny-sd", "--erase", value, "--out", str(out)],
-                 ["erase", "--model", "tiny-sd", "--erase", "ok", "--preserve", value, "--out", str(out)],
-                 ["generate", "--model", "tiny-sd", "--prompt", value, "--out", str(tmp_path / "g.png")]):
+    for argv in (
+        ["erase", "--model", "tiny-sd", "--erase", value, "--out", str(out)],
+        ["erase", "--model", "tiny-sd", "--erase", "ok", "--preserve", value, "--out", str(out)],
+        ["generate", "--model", "tiny-sd", "--prompt", value, "--out", str(tmp_path / "g.png")],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert why in err and ("--erase" in err or "--preserve" in err or "--prompt" in err), err

@@ -112,7 +112,9 @@ def test_validity_prompt_sets_match_labels():
     prompts, lab = prompt_set("canonical", 144)
     assert len(set(prompts)) == 144
     for p, s, c, q in zip(prompts, lab["shape"], lab["color"], lab["pattern"]):
-        assert p == f"a {world.PATTERN_NAMES[q]} {world.COLOR_NAMES[c]} {world.SHAPE_NAMES[s]}".replace("a orange", "an orange")
+        assert p == f"a {world.PATTERN_NAMES[q]} {world.COLOR_NAMES[c]} {world.SHAPE_NAMES[s]}".replace(
+            "a orange", "an orange"
+        )
     prompts, _ = prompt_set("synonym_heldout", 20)
     assert all(not {"circle", "square", "red", "blue"} & _words(p) for p in prompts)
 
@@ -137,8 +139,14 @@ def test_judge_accuracy_on_fresh_renders():
 def test_shipped_files_and_size():
     wd = tinyworld.weights_dir()
     pdir = wd / "pipeline"
-    for sub in ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-                "text_encoder/model.safetensors", "tokenizer/vocab.json", "scheduler/scheduler_config.json"):
+    for sub in (
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "scheduler/scheduler_config.json",
+    ):
         assert (pdir / sub).exists(), sub
     idx = json.loads((pdir / "model_index.json").read_text())
     assert idx["_class_name"] == "StableDiffusionPipeline" and idx["requires_safety_checker"] is False
@@ -177,9 +185,27 @@ def test_training_script_runs_end_to_end_and_writes_a_loadable_model(tmp_path):
     from erasekit.tinyworld import train
     from erasekit.tinyworld.judge import TinyworldJudge
 
-    train.main(["--out", str(tmp_path), "--steps", "2", "--judge-steps", "2", "--vae-minutes", "0.02", "--minutes", "5",
-                "--batch", "8", "--threads", "2"])
-    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "pipeline"), local_files_only=True, torch_dtype=torch.float32)
+    train.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "2",
+            "--judge-steps",
+            "2",
+            "--vae-minutes",
+            "0.02",
+            "--minutes",
+            "5",
+            "--batch",
+            "8",
+            "--threads",
+            "2",
+        ]
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(tmp_path / "pipeline"), local_files_only=True, torch_dtype=torch.float32
+    )
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     judge = TinyworldJudge.load(tmp_path / "judge.safetensors")
     image = pipe(prompt="a red circle", num_inference_steps=2, output_type="pil").images[0]

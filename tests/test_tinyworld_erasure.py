@@ -12,8 +12,15 @@ from erasekit.generate import generate_pairs
 from erasekit.tinyworld import weights_dir, weights_xl_dir
 
 SHIPPED = {"tinyworld": weights_dir(), "tinyworld-xl": weights_xl_dir()}
-MODELS = [pytest.param(m, marks=pytest.mark.skipif(not (d / "pipeline" / "model_index.json").is_file(), reason=f"{m} weights not shipped"))
-          for m, d in SHIPPED.items()]
+MODELS = [
+    pytest.param(
+        m,
+        marks=pytest.mark.skipif(
+            not (d / "pipeline" / "model_index.json").is_file(), reason=f"{m} weights not shipped"
+        ),
+    )
+    for m, d in SHIPPED.items()
+]
 TINYWORLD_ONLY = MODELS[:1]  # the demo is tinyworld's
 
 N, STEPS = 12, 12
@@ -42,7 +49,7 @@ XL_FAILS = {  # method: (erased-shape rate after, retain after) from (1.0, 1.0) 
     "esd-x": "named 58 %, retain 17 %: the tinyworld lr (2e-3 x 40) wrecks every shape on the XL UNet",
     "rece": "named 25 %, retain 50 %: the adversarial epoch costs half of the other shapes",
     "space": "named 75 % (erases only 25 points), retain 50 %: SPACE's last-token default fails on XL; every token position "
-             "(tinyworld's defaults, as bench runs it) erases circle 100 % with retain 81 %",
+    "(tinyworld's defaults, as bench runs it) erases circle 100 % with retain 81 %",
     "speed": "named 0 %, retain 58 %: erases fully, but the after_bos edit costs 42 points of the other shapes",
 }
 
@@ -75,8 +82,9 @@ def test_erasing_a_shape_lowers_its_rate_and_keeps_the_others(world, method, req
     assert base["target"] >= 0.8 and base["retain"] >= 0.8  # the instrument sees the concept before erasure
     others = [s for s in ("square", "triangle", "star", "heart", "cross")]
     opts = dict(SETTINGS[method])
-    edit = erasekit.erase(pipe, method=method, concepts=["circle"], kind="object", preserve=others, progress=False,
-                          defaults=None, **opts)  # SETTINGS are complete: no per-model defaults on top
+    edit = erasekit.erase(
+        pipe, method=method, concepts=["circle"], kind="object", preserve=others, progress=False, defaults=None, **opts
+    )  # SETTINGS are complete: no per-model defaults on top
     edit.apply(pipe)
     try:
         after = {k: _rates(pipe, judge, p, s) for k, (p, s) in suites.items()}

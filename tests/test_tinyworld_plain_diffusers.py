@@ -21,7 +21,14 @@ def test_plain_diffusers_loads_and_generates(dtype):
     pipe = StableDiffusionPipeline.from_pretrained(str(FOLDER), local_files_only=True, **kw)
     want = dtype or torch.float32
     assert {pipe.text_encoder.dtype, pipe.unet.dtype, pipe.vae.dtype} == {want}
-    out = pipe("a red circle", num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
-               output_type="np")
+    out = pipe(
+        "a red circle",
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
     image = out.images[0]
-    assert image.shape[-1] == 3 and bool(torch.isfinite(torch.from_numpy(image)).all()) and image.std() > 0.01  # a picture, not a blank
+    assert (
+        image.shape[-1] == 3 and bool(torch.isfinite(torch.from_numpy(image)).all()) and image.std() > 0.01
+    )  # a picture, not a blank

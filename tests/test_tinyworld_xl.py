@@ -41,17 +41,19 @@ def test_warm_start_reproduces_tinyworld_given_the_folded_context():
     A, b, _ = xl.layernorm_linear_fit(sd1.text_encoder, tok, caps)
     prompts = ["a striped red circle", "an illustration of a jade box with dots"]
     ids = tok(prompts, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    y = sd1.text_encoder(ids).last_hidden_state                                   # LN(h), (2, 77, 128)
+    y = sd1.text_encoder(ids).last_hidden_state  # LN(h), (2, 77, 128)
     g = torch.linalg.solve(A.double(), (y - b).double().transpose(1, 2)).transpose(1, 2).float()
-    ctx = torch.cat([torch.randn(2, 77, xl.TE1_HIDDEN), g], -1)                   # text_encoder's columns: anything
+    ctx = torch.cat([torch.randn(2, 77, xl.TE1_HIDDEN), g], -1)  # text_encoder's columns: anything
     z, t = torch.randn(2, 4, 16, 16), torch.tensor([100, 700])
     ref = sd1.unet(z, t, y).sample
-    out = unet(z, t, ctx, added_cond_kwargs={"text_embeds": torch.randn(2, xl.TE2_HIDDEN), "time_ids": xl.time_ids(2)}).sample
+    out = unet(
+        z, t, ctx, added_cond_kwargs={"text_embeds": torch.randn(2, xl.TE2_HIDDEN), "time_ids": xl.time_ids(2)}
+    ).sample
     assert (out - ref).norm() / ref.norm() < 1e-4
     # and text_encoder_2's context is tinyworld's pre-LayerNorm state before the distillation
     ctx_xl, pooled = xl.encode(te1, te2, ids, ids)
     h = sd1.text_encoder(ids, output_hidden_states=True).hidden_states[-1]
-    assert torch.allclose(ctx_xl[..., xl.TE1_HIDDEN:], h, atol=1e-5) and pooled.shape == (2, xl.TE2_HIDDEN)
+    assert torch.allclose(ctx_xl[..., xl.TE1_HIDDEN :], h, atol=1e-5) and pooled.shape == (2, xl.TE2_HIDDEN)
 
 
 @pytest.mark.slow
@@ -64,7 +66,9 @@ def test_warm_start_with_distillation_matches_tinyworld_within_5_percent():
     sd1 = _sd1()
     tok = build_clip_tokenizer(77)
     caps = world.sample_batch(128, np.random.default_rng(0), 32, synonyms=True)[2] + [""]
-    te1, te2, unet, _ = xl.warm_start(sd1.unet, sd1.text_encoder, tok, caps, distill_steps=300, caption_fn=caption_batch)
+    te1, te2, unet, _ = xl.warm_start(
+        sd1.unet, sd1.text_encoder, tok, caps, distill_steps=300, caption_fn=caption_batch
+    )
     prompts = world.sample_batch(16, np.random.default_rng(5), 32, synonyms=True, split="eval")[2]
     ids = tok(prompts, padding="max_length", max_length=77, return_tensors="pt").input_ids
     ctx, pooled = xl.encode(te1, te2, ids, ids)
@@ -81,8 +85,26 @@ def test_xl_training_script_runs_end_to_end_and_writes_a_loadable_sdxl_folder(tm
 
     from erasekit.tinyworld import train
 
-    train.main(["--arch", "xl", "--init-from", str(weights_dir()), "--out", str(tmp_path), "--steps", "2", "--distill-steps", "2",
-                "--minutes", "5", "--batch", "4", "--threads", "2"])
+    train.main(
+        [
+            "--arch",
+            "xl",
+            "--init-from",
+            str(weights_dir()),
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "2",
+            "--distill-steps",
+            "2",
+            "--minutes",
+            "5",
+            "--batch",
+            "4",
+            "--threads",
+            "2",
+        ]
+    )
     pipe = StableDiffusionXLPipeline.from_pretrained(str(tmp_path / "pipeline"), local_files_only=True)
     assert pipe.unet.config.addition_embed_type == "text_time" and pipe.unet.config.cross_attention_dim == xl.CONTEXT
     out = pipe("a red circle", num_inference_steps=2, output_type="np").images
@@ -121,8 +143,13 @@ def test_plain_diffusers_loads_and_generates(dtype, monkeypatch):
     res = {m.weight.shape[0] for m in kv}
     assert len(res) >= 2 and all(m.in_features == xl.CONTEXT for m in kv)  # cross-attention at two or more widths
     g = torch.Generator().manual_seed(0)
-    out = pipe(["a striped red circle", "a blue square"], num_inference_steps=3, guidance_scale=5.0, generator=g,
-               output_type="np").images
+    out = pipe(
+        ["a striped red circle", "a blue square"],
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        generator=g,
+        output_type="np",
+    ).images
     assert out.shape == (2, 32, 32, 3) and np.isfinite(out).all() and out.std() > 0.01
 
 
@@ -181,7 +208,25 @@ def test_cli_accepts_tinyworld_xl(tmp_path, capsys):
     from erasekit.cli import main
 
     out = tmp_path / "e.safetensors"
-    assert main(["erase", "--model", "tinyworld-xl", "--method", "uce", "--erase", "circle", "--kind", "object",
-                 "--preserve", "square", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "erase",
+                "--model",
+                "tinyworld-xl",
+                "--method",
+                "uce",
+                "--erase",
+                "circle",
+                "--kind",
+                "object",
+                "--preserve",
+                "square",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     edit = erasekit.load_edit(out, erasekit.load_pipeline("tinyworld-xl"), apply=False)
     assert edit.method == "uce" and edit.layers

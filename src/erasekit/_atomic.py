@@ -50,14 +50,18 @@ def check_parent_writable(target: Path, what: str = "output file", error: type[E
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise error(f"cannot write {what} {str(target)!r}: folder {str(folder)!r} is not writable ({e.strerror})") from None
+        raise error(
+            f"cannot write {what} {str(target)!r}: folder {str(folder)!r} is not writable ({e.strerror})"
+        ) from None
 
 
 def check_writable(target: str | os.PathLike, what: str = "output file", example: str = "out.safetensors") -> Path:
     """Raise OutputPathError unless ``target`` can be written as a file (before any slow work)."""
     target = Path(target)
     if target.is_dir():
-        raise OutputPathError(f"{what} {str(target)!r} is a directory; give a file name, e.g. {str(target / example)!r}")
+        raise OutputPathError(
+            f"{what} {str(target)!r} is a directory; give a file name, e.g. {str(target / example)!r}"
+        )
     check_parent_writable(target, what)
     return target
 

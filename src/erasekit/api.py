@@ -14,8 +14,9 @@ model load:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .concepts import ConceptSet
 from .defaults import resolve, split_concept_options
@@ -39,9 +40,18 @@ class ErasePlan:
     options: dict[str, Any]  # the options set: defaults applied and the user's, templates included (caches compare it)
 
 
-def plan_erase(model, method: str = "uce", concepts: ConceptSet | Sequence[str] | str | None = None, *,
-               preserve: Sequence[str] = (), kind: str = "style", guide: str | Sequence[str] | None = None,
-               templates: bool | Sequence[str] | None = None, defaults: str | None = "erasekit", **config) -> ErasePlan:
+def plan_erase(
+    model,
+    method: str = "uce",
+    concepts: ConceptSet | Sequence[str] | str | None = None,
+    *,
+    preserve: Sequence[str] = (),
+    kind: str = "style",
+    guide: str | Sequence[str] | None = None,
+    templates: bool | Sequence[str] | None = None,
+    defaults: str | None = "erasekit",
+    **config,
+) -> ErasePlan:
     """The :class:`ErasePlan` of an :func:`erase` call; ``model`` is the pipeline or its ``--model`` name.
 
     Raises before anything slow: unknown method, an option the method does not have, a bad value.
@@ -60,8 +70,10 @@ def plan_erase(model, method: str = "uce", concepts: ConceptSet | Sequence[str] 
 def _concept_set(concepts, preserve, kind, guide, concept_opts: dict, user_templates: bool) -> ConceptSet:
     if isinstance(concepts, ConceptSet):
         if tuple(preserve) or kind != "style" or guide is not None:
-            raise ConceptError("concepts is a ConceptSet: give preserve / kind / guide inside it (dataclasses.replace("
-                               "cs, preserve=...)), not as separate arguments, which would be ignored")
+            raise ConceptError(
+                "concepts is a ConceptSet: give preserve / kind / guide inside it (dataclasses.replace("
+                "cs, preserve=...)), not as separate arguments, which would be ignored"
+            )
         # the model's default templates fill a ConceptSet that has none; the caller's templates= always wins
         if "templates" in concept_opts and (user_templates or concepts.templates is False):
             return dataclasses.replace(concepts, templates=concept_opts["templates"])
@@ -70,8 +82,13 @@ def _concept_set(concepts, preserve, kind, guide, concept_opts: dict, user_templ
         raise ConceptError("no concept to erase: pass concepts=['...'] or a ConceptSet")
     erase_list = (concepts,) if isinstance(concepts, str) else tuple(concepts)
     guide_arg = guide if guide is None or isinstance(guide, str) else tuple(guide)
-    return ConceptSet(erase=erase_list, kind=kind, guide=guide_arg, preserve=tuple(preserve),
-                      templates=concept_opts.get("templates", False))
+    return ConceptSet(
+        erase=erase_list,
+        kind=kind,
+        guide=guide_arg,
+        preserve=tuple(preserve),
+        templates=concept_opts.get("templates", False),
+    )
 
 
 def fit(pipe, plan: ErasePlan, progress: bool = True) -> Edit:
@@ -94,10 +111,19 @@ def fit(pipe, plan: ErasePlan, progress: bool = True) -> Edit:
     return edit
 
 
-def erase(pipe, method: str = "uce", concepts: ConceptSet | Sequence[str] | str | None = None, *,
-          preserve: Sequence[str] = (), kind: str = "style", guide: str | Sequence[str] | None = None,
-          templates: bool | Sequence[str] | None = None, defaults: str | None = "erasekit", progress: bool = True,
-          **config) -> Edit:
+def erase(
+    pipe,
+    method: str = "uce",
+    concepts: ConceptSet | Sequence[str] | str | None = None,
+    *,
+    preserve: Sequence[str] = (),
+    kind: str = "style",
+    guide: str | Sequence[str] | None = None,
+    templates: bool | Sequence[str] | None = None,
+    defaults: str | None = "erasekit",
+    progress: bool = True,
+    **config,
+) -> Edit:
     """Fit ``method`` on ``pipe`` and return the :class:`Edit` (the pipeline is not modified).
 
     ``concepts`` is a :class:`ConceptSet` or the concept(s) to erase; ``preserve``, ``kind`` and
@@ -113,6 +139,15 @@ def erase(pipe, method: str = "uce", concepts: ConceptSet | Sequence[str] | str 
     is recorded in ``edit.stats['defaults']``. The model is read from the record
     :func:`erasekit.load_pipeline` attaches to ``pipe``.
     """
-    plan = plan_erase(pipe, method, concepts, preserve=preserve, kind=kind, guide=guide, templates=templates,
-                      defaults=defaults, **config)
+    plan = plan_erase(
+        pipe,
+        method,
+        concepts,
+        preserve=preserve,
+        kind=kind,
+        guide=guide,
+        templates=templates,
+        defaults=defaults,
+        **config,
+    )
     return fit(pipe, plan, progress=progress)

@@ -1,12 +1,12 @@
 """The ``erasekit`` command.
 
-    erasekit methods [-v]
-    erasekit erase    --model M --method space --erase "Van Gogh" --preserve Monet --target-sparsity 0.85 --out e.safetensors
-    erasekit inspect  e.safetensors [--layers] [--json]
-    erasekit generate --model M --edit e.safetensors --prompt "a painting by Van Gogh" --seed 0 --out grid.png
-    erasekit evaluate --model M --edit e.safetensors [--suite target,paraphrase,...] [--judge tinyworld|nudenet|clip:PATH] --out DIR
-    erasekit bench    --model tinyworld --methods uce,space --concepts circle,red,striped --out DIR
-    erasekit export   --model M --edit e.safetensors --format lora|lora-kohya|diff|diffusers|single-file --out PATH [--rank K]
+erasekit methods [-v]
+erasekit erase    --model M --method space --erase "Van Gogh" --preserve Monet --target-sparsity 0.85 --out e.safetensors
+erasekit inspect  e.safetensors [--layers] [--json]
+erasekit generate --model M --edit e.safetensors --prompt "a painting by Van Gogh" --seed 0 --out grid.png
+erasekit evaluate --model M --edit e.safetensors [--suite target,paraphrase,...] [--judge tinyworld|nudenet|clip:PATH] --out DIR
+erasekit bench    --model tinyworld --methods uce,space --concepts circle,red,striped --out DIR
+erasekit export   --model M --edit e.safetensors --format lora|lora-kohya|diff|diffusers|single-file --out PATH [--rank K]
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import EraseKitError
-from .text import plain, shown
 from .models.record import is_tinyworld
+from .text import plain, shown
 
 
 # ----------------------------------------------------------------- options
@@ -41,10 +41,22 @@ def _add_method_options(p: argparse.ArgumentParser, method: str) -> None:
             help_text += f" (default: {default!r})"
         help_text = help_text.replace("%", "%%")
         if ot.base == "bool":
-            g.add_argument(flag, dest=f"opt_{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            g.add_argument(
+                flag,
+                dest=f"opt_{f.name}",
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         else:
-            g.add_argument(flag, dest=f"opt_{f.name}", type=_flag_type(f.name, ot), default=argparse.SUPPRESS, help=help_text,
-                           metavar=f.name.upper())
+            g.add_argument(
+                flag,
+                dest=f"opt_{f.name}",
+                type=_flag_type(f.name, ot),
+                default=argparse.SUPPRESS,
+                help=help_text,
+                metavar=f.name.upper(),
+            )
 
 
 def _flag_type(name: str, ot):
@@ -86,9 +98,17 @@ def _method_options(args) -> dict:
 
 
 def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, default=None if required else "tinyworld",
-                   help="'tinyworld', 'tinyworld-xl', tiny-sd / tiny-sdxl, a diffusers folder, a hub id, or a single-file .safetensors")
-    p.add_argument("--config", default=None, help="with a single-file checkpoint: a local diffusers folder of the same architecture")
+    p.add_argument(
+        "--model",
+        required=required,
+        default=None if required else "tinyworld",
+        help="'tinyworld', 'tinyworld-xl', tiny-sd / tiny-sdxl, a diffusers folder, a hub id, or a single-file .safetensors",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="with a single-file checkpoint: a local diffusers folder of the same architecture",
+    )
     p.add_argument("--dtype", default="float32", help="float32 (default), float16 or bfloat16")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps ...")
 
@@ -145,7 +165,9 @@ def _check_image_size(pipe, height: int | None, width: int | None) -> None:
     for name, v in (("height", height), ("width", width)):
         if v is not None and (v <= 0 or v % factor):
             fix = max(factor, round(v / factor) * factor)
-            raise EraseKitError(f"{name} must be a positive multiple of {factor} (the VAE's downscaling factor), got {v}; try {fix}")
+            raise EraseKitError(
+                f"{name} must be a positive multiple of {factor} (the VAE's downscaling factor), got {v}; try {fix}"
+            )
 
 
 def _load_edit_file(path: str):
@@ -178,7 +200,9 @@ def cmd_methods(args) -> int:
             t.add_column("help")
             for f in dataclasses.fields(cfg):
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-                t.add_row(shown("--" + f.name.replace("_", "-")), shown(repr(default)), shown(f.metadata.get("help", "")))
+                t.add_row(
+                    shown("--" + f.name.replace("_", "-")), shown(repr(default)), shown(f.metadata.get("help", ""))
+                )
             console.print(t)
     return 0
 
@@ -188,17 +212,33 @@ def cmd_erase(args) -> int:
     from .api import fit, plan_erase
 
     # the plan refuses bad options (NaN / Inf included) before the (slow) model load
-    plan = plan_erase(args.model, args.method, tuple(args.erase or ()), preserve=tuple(args.preserve or ()), kind=args.kind,
-                      guide=_guide(args.guide), templates=args.templates, defaults=_defaults_source(args), **_method_options(args))
+    plan = plan_erase(
+        args.model,
+        args.method,
+        tuple(args.erase or ()),
+        preserve=tuple(args.preserve or ()),
+        kind=args.kind,
+        guide=_guide(args.guide),
+        templates=args.templates,
+        defaults=_defaults_source(args),
+        **_method_options(args),
+    )
     _check_model_options(args)
     check_writable(args.out, "edit file")  # before the fit, not after it
     if plan.record["applied"]:
-        _info("defaults (" + plan.record["source"] + "): " + ", ".join(f"{k}={v['value']}" for k, v in plan.record["applied"].items()))
+        _info(
+            "defaults ("
+            + plan.record["source"]
+            + "): "
+            + ", ".join(f"{k}={v['value']}" for k, v in plan.record["applied"].items())
+        )
     pipe = _load(args)
     t0 = time.perf_counter()
     edit = fit(pipe, plan, progress=True)
     out = edit.save(args.out)
-    _info(f"{plan.method}: {len(edit.layers)} layers in {time.perf_counter() - t0:.1f}s -> {out} ({edit.nbytes:,} bytes)")
+    _info(
+        f"{plan.method}: {len(edit.layers)} layers in {time.perf_counter() - t0:.1f}s -> {out} ({edit.nbytes:,} bytes)"
+    )
     _print_summary(edit)
     return 0
 
@@ -227,12 +267,17 @@ def _print_summary(edit, show_layers: bool = False) -> None:
     row("method", s["method"])
     row("erase", ", ".join(c.get("erase", [])) + f"  (kind {c.get('kind')}, guide {c.get('guides')})")
     row("preserve", ", ".join(c.get("preserve", [])) or "-")
-    row("base model", f"{s['base'].get('name_or_path') or '?'} ({s['base'].get('pipeline')}, {s['base'].get('family')})")
+    row(
+        "base model", f"{s['base'].get('name_or_path') or '?'} ({s['base'].get('pipeline')}, {s['base'].get('family')})"
+    )
     row("base fingerprint", _base_fingerprint(edit))
     row("layers", f"{s['layers']}  storage {s['storage']}")
     if s["sparsity"] is not None:
         row("sparsity", f"{100 * s['sparsity']:.2f} % exact zeros")
-    row("bytes", f"{s['bytes']:,}  ({100 * s['bytes'] / max(s['dense_fp32_bytes'], 1):.1f} % of dense fp32 {s['dense_fp32_bytes']:,})")
+    row(
+        "bytes",
+        f"{s['bytes']:,}  ({100 * s['bytes'] / max(s['dense_fp32_bytes'], 1):.1f} % of dense fp32 {s['dense_fp32_bytes']:,})",
+    )
     for k in ("seconds", "objective", "iterations", "converged"):
         if k in s["stats"]:
             row(k, str(s["stats"][k]))
@@ -244,8 +289,20 @@ def _print_summary(edit, show_layers: bool = False) -> None:
             lt.add_column(col)
         for path, le in edit.layers.items():
             sp = le.stats.get("sparsity")
-            lt.add_row(*map(shown, (path, le.kind, "×".join(map(str, le.shape)), f"{le.nbytes:,}", "-" if sp is None else f"{100 * sp:.1f}%",
-                                    str(le.rank or "-"), str(le.stats.get("seconds", "-")))))
+            lt.add_row(
+                *map(
+                    shown,
+                    (
+                        path,
+                        le.kind,
+                        "×".join(map(str, le.shape)),
+                        f"{le.nbytes:,}",
+                        "-" if sp is None else f"{100 * sp:.1f}%",
+                        str(le.rank or "-"),
+                        str(le.stats.get("seconds", "-")),
+                    ),
+                )
+            )
         console.print(lt)
 
 
@@ -259,7 +316,13 @@ def _base_fingerprint(edit) -> str:
 def cmd_inspect(args) -> int:
     edit = _load_edit_file(args.file)
     if args.json:
-        print(json.dumps({**edit.summary(), "base_fingerprint": _base_fingerprint(edit), "config": edit.config}, indent=2, default=str))
+        print(
+            json.dumps(
+                {**edit.summary(), "base_fingerprint": _base_fingerprint(edit), "config": edit.config},
+                indent=2,
+                default=str,
+            )
+        )
     else:
         _print_summary(edit, show_layers=args.layers)
     return 0
@@ -306,11 +369,23 @@ def cmd_demo(args) -> int:
 
     from .demo import run_demo
 
-    options = _parse_sets(args.set or [], args.method)  # run_demo plans the edit (and refuses bad options) before any load
+    options = _parse_sets(
+        args.set or [], args.method
+    )  # run_demo plans the edit (and refuses bad options) before any load
     _check_positive(args, "n", "steps")
-    res = run_demo(concept=args.concept, method=args.method, n=args.n, steps=args.steps, out_dir=args.out, model=args.model,
-                   published_defaults=args.published_defaults, **options)
-    t = Table(title=f"erasekit demo: {shown(res.method)} erases '{shown(res.concept)}' from {shown(args.model)} (same seeds, tinyworld judge)")
+    res = run_demo(
+        concept=args.concept,
+        method=args.method,
+        n=args.n,
+        steps=args.steps,
+        out_dir=args.out,
+        model=args.model,
+        published_defaults=args.published_defaults,
+        **options,
+    )
+    t = Table(
+        title=f"erasekit demo: {shown(res.method)} erases '{shown(res.concept)}' from {shown(args.model)} (same seeds, tinyworld judge)"
+    )
     t.add_column("measure")
     t.add_column("value", justify="right")
     for a, b in res.table_rows():
@@ -341,34 +416,71 @@ def cmd_export(args) -> int:
     if edit is not None:
         edit.check_compatible(pipe)  # strict: the base weights this edit was made for
     t0 = time.perf_counter()
-    res = export(edit if edit is not None else pipe, fmt.name, args.out, pipe=pipe if edit is not None else None,
-                 progress=True, **options)
+    res = export(
+        edit if edit is not None else pipe,
+        fmt.name,
+        args.out,
+        pipe=pipe if edit is not None else None,
+        progress=True,
+        **options,
+    )
     baked = f"; {edit!r} baked in" if edit is not None and fmt.kind == "model" else ""
     _info(f"{res.describe()}{baked} in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
 # ------------------------------------------------------------- evaluation
-TINYWORLD_STEPS = 10  # validity at 10 vs 20 steps (python -m erasekit.tinyworld.validity --steps 10): every target holds
+TINYWORLD_STEPS = (
+    10  # validity at 10 vs 20 steps (python -m erasekit.tinyworld.validity --steps 10): every target holds
+)
+
+
 def _eval_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", default="target,paraphrase,adversarial,retain,general",
-                   help="comma-separated suite kinds: target, paraphrase, adversarial, retain, general")
+    p.add_argument(
+        "--suite",
+        default="target,paraphrase,adversarial,retain,general",
+        help="comma-separated suite kinds: target, paraphrase, adversarial, retain, general",
+    )
     p.add_argument("--judge", default="tinyworld", help="tinyworld, nudenet or clip:PATH (a local CLIP model folder)")
     p.add_argument("--threshold", type=float, default=None, help="NudeNet detection threshold (default 0.6)")
-    p.add_argument("--attack", default="ring-a-bell,token-search", help="attacks for the adversarial suite: ring-a-bell, token-search")
-    p.add_argument("--eta", default="1,2,3", help="ring-a-bell: strengths η of the concept vector (a curve; the headline η is the "
-                   "strongest at which the unedited model keeps ≥ 90 %% of its prompted attributes)")
-    p.add_argument("--search-steps", type=int, default=12, help="token-search: coordinate steps per prompt (32 candidates each)")
+    p.add_argument(
+        "--attack",
+        default="ring-a-bell,token-search",
+        help="attacks for the adversarial suite: ring-a-bell, token-search",
+    )
+    p.add_argument(
+        "--eta",
+        default="1,2,3",
+        help="ring-a-bell: strengths η of the concept vector (a curve; the headline η is the "
+        "strongest at which the unedited model keeps ≥ 90 %% of its prompted attributes)",
+    )
+    p.add_argument(
+        "--search-steps", type=int, default=12, help="token-search: coordinate steps per prompt (32 candidates each)"
+    )
     p.add_argument("--n", type=int, default=16, help="tinyworld: items per suite")
     p.add_argument("--seeds", type=int, default=2, help="other models: seeds per templated prompt")
     p.add_argument("--seed", type=int, default=0, help="first seed; also seeds the bootstrap and the attacks")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (tinyworld default 10 DPM-Solver++ steps, where its validity table still holds; else the pipeline's)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (tinyworld default 5, else the pipeline's; a prompt file's own guidance wins)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps (tinyworld default 10 DPM-Solver++ steps, where its validity table still holds; else the pipeline's)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="guidance scale (tinyworld default 5, else the pipeline's; a prompt file's own guidance wins)",
+    )
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32, help="images per pipeline call")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the confidence intervals")
-    p.add_argument("--cache", default=None, help="image cache folder (default ~/.cache/erasekit; unedited images are shared across runs)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="image cache folder (default ~/.cache/erasekit; unedited images are shared across runs)",
+    )
     p.add_argument("--out", required=True, help="folder for results.json and report.html")
     p.add_argument("--no-progress", action="store_true")
 
@@ -401,13 +513,26 @@ def _eval_setup(args):
     state = PartialState(cpu=args.device == "cpu")
     if args.device.startswith("cuda") and state.num_processes > 1:
         args.device = str(state.device)  # one GPU per process under accelerate launch
-    plan = Plan(kinds=parse_kinds(args.suite), n=args.n, seeds=args.seeds, seed=args.seed, attacks=parse_kinds(args.attack),
-                etas=args.eta, search_steps=args.search_steps)
-    judge = make_judge(args.judge, device=args.device, **({"threshold": args.threshold} if args.threshold is not None else {}))
+    plan = Plan(
+        kinds=parse_kinds(args.suite),
+        n=args.n,
+        seeds=args.seeds,
+        seed=args.seed,
+        attacks=parse_kinds(args.attack),
+        etas=args.eta,
+        search_steps=args.search_steps,
+    )
+    judge = make_judge(
+        args.judge, device=args.device, **({"threshold": args.threshold} if args.threshold is not None else {})
+    )
     tiny = is_tinyworld(args.model)
-    settings = GenerationSettings(steps=args.steps if args.steps is not None else (TINYWORLD_STEPS if tiny else None),
-                                  guidance=args.guidance if args.guidance is not None else (5.0 if tiny else None),
-                                  height=args.height, width=args.width, batch_size=args.batch_size)
+    settings = GenerationSettings(
+        steps=args.steps if args.steps is not None else (TINYWORLD_STEPS if tiny else None),
+        guidance=args.guidance if args.guidance is not None else (5.0 if tiny else None),
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size,
+    )
     return _load(args), judge, plan, settings
 
 
@@ -421,8 +546,10 @@ def _eval_finish(args, results, title: str, extra: dict | None = None) -> int:
     page = write_html(results, out / "report.html", title=title)
     print_table(results, title=title, extra=extra)
     t = results.timing
-    _info(f"{t['images_total']} images ({t['images_generated']} generated, {t['images_from_cache']} from cache) in {t['total_seconds']:.1f}s"
-          f"\nresults: {out / 'results.json'}\nreport:  {page}")
+    _info(
+        f"{t['images_total']} images ({t['images_generated']} generated, {t['images_from_cache']} from cache) in {t['total_seconds']:.1f}s"
+        f"\nresults: {out / 'results.json'}\nreport:  {page}"
+    )
     return 0
 
 
@@ -434,8 +561,20 @@ def cmd_evaluate(args) -> int:
 
     edit_files = [_load_edit_file(path) for path in args.edit]  # every file parsed before the model load
     pipe, judge, plan, settings = _eval_setup(args)
-    extra = [load_prompts(args.prompts, kind=args.prompts_kind, sha256=args.sha256, seed=args.seed, limit=args.limit,
-                          concepts=args.prompts_concept.split(",") if args.prompts_concept else None)] if args.prompts else []
+    extra = (
+        [
+            load_prompts(
+                args.prompts,
+                kind=args.prompts_kind,
+                sha256=args.sha256,
+                seed=args.seed,
+                limit=args.limit,
+                concepts=args.prompts_concept.split(",") if args.prompts_concept else None,
+            )
+        ]
+        if args.prompts
+        else []
+    )
     groups: dict[str, tuple[ConceptSet, dict]] = {}
     for path, edit in zip(args.edit, edit_files):
         edit.check_compatible(pipe)
@@ -443,13 +582,27 @@ def cmd_evaluate(args) -> int:
         name = ", ".join(cs.erase)
         runs = groups.setdefault(name, (cs, {}))[1]
         runs[edit.method if edit.method not in runs else Path(path).stem] = edit
-    studies = [make_study(name, cs, edits, plan, tinyworld=is_tinyworld(args.model), extra=extra) for name, (cs, edits) in groups.items()]
+    studies = [
+        make_study(name, cs, edits, plan, tinyworld=is_tinyworld(args.model), extra=extra)
+        for name, (cs, edits) in groups.items()
+    ]
     for st in studies:
         absent = [k for k in plan.kinds if k != "adversarial" and not any(s.kind == k for s in st.suites)]
         if absent:
-            _info(f"note: study {st.name!r} has no {', '.join(absent)} suite (give prompts with --prompts FILE --prompts-kind KIND)")
-    results = evaluate(pipe, studies, judge, out_dir=args.out, settings=settings, cache_dir=args.cache, seed=args.seed,
-                       n_boot=args.bootstrap, progress=not args.no_progress)
+            _info(
+                f"note: study {st.name!r} has no {', '.join(absent)} suite (give prompts with --prompts FILE --prompts-kind KIND)"
+            )
+    results = evaluate(
+        pipe,
+        studies,
+        judge,
+        out_dir=args.out,
+        settings=settings,
+        cache_dir=args.cache,
+        seed=args.seed,
+        n_boot=args.bootstrap,
+        progress=not args.no_progress,
+    )
     return _eval_finish(args, results, f"erasekit evaluate: {', '.join(groups)}")
 
 
@@ -466,22 +619,40 @@ def cmd_bench(args) -> int:
     if tiny:
         sets = {c: tinyworld_concept_set(c) for c in concepts}
     else:
-        sets = {c: ConceptSet(erase=split_concepts(c), kind=args.kind, preserve=tuple(args.preserve or ())) for c in concepts}
+        sets = {
+            c: ConceptSet(erase=split_concepts(c), kind=args.kind, preserve=tuple(args.preserve or ()))
+            for c in concepts
+        }
     user = parse_options(args.set or [], methods)
     source = _defaults_source(args)
     for label, method in methods.items():  # every option checked before the model load
         plan_erase(args.model, method, next(iter(sets.values())), defaults=source, **user[label])
     pipe, judge, plan, settings = _eval_setup(args)
-    edits, seconds = fit_edits(pipe, methods, sets, user, Path(args.out), progress=not args.no_progress, defaults=source)
+    edits, seconds = fit_edits(
+        pipe, methods, sets, user, Path(args.out), progress=not args.no_progress, defaults=source
+    )
     studies = [make_study(c, sets[c], edits[c], plan, tinyworld=tiny) for c in concepts]
-    results = evaluate(pipe, studies, judge, out_dir=args.out, settings=settings, cache_dir=args.cache, seed=args.seed,
-                       n_boot=args.bootstrap, progress=not args.no_progress)
+    results = evaluate(
+        pipe,
+        studies,
+        judge,
+        out_dir=args.out,
+        settings=settings,
+        cache_dir=args.cache,
+        seed=args.seed,
+        n_boot=args.bootstrap,
+        progress=not args.no_progress,
+    )
     if results is not None:
         results.config["fit_seconds"] = {f"{s}/{m}": v for (s, m), v in seconds.items()}
         results.config["defaults"] = {label: edits[concepts[0]][label].stats["defaults"] for label in methods}
-    extra = {"fit s": {k: f"{v:.1f}" for k, v in seconds.items()},
-             "bytes": {(s, m): f"{e.nbytes:,}" for s, d in edits.items() for m, e in d.items()}}
-    return _eval_finish(args, results, f"erasekit bench on {args.model}: {', '.join(methods)} × {', '.join(concepts)}", extra)
+    extra = {
+        "fit s": {k: f"{v:.1f}" for k, v in seconds.items()},
+        "bytes": {(s, m): f"{e.nbytes:,}" for s, d in edits.items() for m, e in d.items()},
+    }
+    return _eval_finish(
+        args, results, f"erasekit bench on {args.model}: {', '.join(methods)} × {', '.join(concepts)}", extra
+    )
 
 
 # ------------------------------------------------------------------- parser
@@ -489,7 +660,9 @@ def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
     """The command's parser; `erase` carries the options of ``erase_method`` only (:func:`main` reads ``--method`` first)."""
     import erasekit
 
-    p = argparse.ArgumentParser(prog="erasekit", description="Erase concepts from diffusion models by editing cross-attention.")
+    p = argparse.ArgumentParser(
+        prog="erasekit", description="Erase concepts from diffusion models by editing cross-attention."
+    )
     p.add_argument("--version", action="version", version=f"erasekit {erasekit.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -497,21 +670,37 @@ def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
     m.add_argument("-v", "--verbose", action="store_true", help="also list every method's options")
     m.set_defaults(func=cmd_methods)
 
-    e = sub.add_parser("erase", help="fit an edit and save it as a .safetensors edit file", allow_abbrev=False,
-                       description="Fit an edit. The options after the common ones are those of --method "
-                                   "(`erasekit erase --method M --help` lists M's).")
+    e = sub.add_parser(
+        "erase",
+        help="fit an edit and save it as a .safetensors edit file",
+        allow_abbrev=False,
+        description="Fit an edit. The options after the common ones are those of --method "
+        "(`erasekit erase --method M --help` lists M's).",
+    )
     _add_model_options(e)
     e.add_argument("--method", default="uce", help="registered method (see `erasekit methods`); its options follow")
     e.add_argument("--erase", action="append", required=True, metavar="CONCEPT", help="concept to erase (repeatable)")
     e.add_argument("--kind", default="style", help="style, object, person or nsfw (templates, default guide)")
     e.add_argument("--guide", action="append", metavar="TEXT", help="guide concept: once for all, or once per --erase")
     e.add_argument("--preserve", action="append", metavar="CONCEPT", help="concept to preserve (repeatable)")
-    e.add_argument("--templates", action=argparse.BooleanOptionalAction, default=None,
-                   help="expand concepts with the kind's prompt templates (default: the model's default, see erasekit/defaults.py)")
-    e.add_argument("--published-defaults", action="store_true", help="start from the papers' settings instead of erasekit's per-model defaults")
+    e.add_argument(
+        "--templates",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="expand concepts with the kind's prompt templates (default: the model's default, see erasekit/defaults.py)",
+    )
+    e.add_argument(
+        "--published-defaults",
+        action="store_true",
+        help="start from the papers' settings instead of erasekit's per-model defaults",
+    )
     e.add_argument("--out", required=True, help="edit file to write (.safetensors)")
-    e.add_argument("--set", action="append", metavar="OPTION=VALUE", help="an option of --method, as OPTION=VALUE (repeatable; "
-                   "the same as its flag)")
+    e.add_argument(
+        "--set",
+        action="append",
+        metavar="OPTION=VALUE",
+        help="an option of --method, as OPTION=VALUE (repeatable; the same as its flag)",
+    )
     _add_method_options(e, erase_method)
     e.set_defaults(func=cmd_erase)
 
@@ -533,40 +722,82 @@ def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
     g.add_argument("--out", default="grid.png", help="PNG grid to write")
     g.set_defaults(func=cmd_generate)
 
-    d = sub.add_parser("demo", help="erase a shape from the bundled tinyworld model, judge before/after, write a grid and a page")
+    d = sub.add_parser(
+        "demo", help="erase a shape from the bundled tinyworld model, judge before/after, write a grid and a page"
+    )
     d.add_argument("--concept", default="circle", help="tinyworld shape to erase (default circle)")
-    d.add_argument("--model", default="tinyworld", choices=("tinyworld", "tinyworld-xl"),
-                   help="bundled model: tinyworld (SD 1.x architecture) or tinyworld-xl (SDXL architecture)")
+    d.add_argument(
+        "--model",
+        default="tinyworld",
+        choices=("tinyworld", "tinyworld-xl"),
+        help="bundled model: tinyworld (SD 1.x architecture) or tinyworld-xl (SDXL architecture)",
+    )
     d.add_argument("--method", default="space", help="registered method (default space)")
     d.add_argument("--n", type=int, default=16, help="prompts per suite (named, paraphrased, retained)")
     d.add_argument("--steps", type=int, default=15, help="denoising steps")
     d.add_argument("--out", default="erasekit-demo", help="folder for demo_grid.png, demo.html, demo.json")
-    d.add_argument("--set", action="append", metavar="OPTION=VALUE", help="method option, e.g. --set target_sparsity=0.9 (repeatable)")
-    d.add_argument("--published-defaults", action="store_true", help="the papers' settings instead of erasekit's tinyworld defaults")
+    d.add_argument(
+        "--set",
+        action="append",
+        metavar="OPTION=VALUE",
+        help="method option, e.g. --set target_sparsity=0.9 (repeatable)",
+    )
+    d.add_argument(
+        "--published-defaults",
+        action="store_true",
+        help="the papers' settings instead of erasekit's tinyworld defaults",
+    )
     d.set_defaults(func=cmd_demo)
 
-    ev = sub.add_parser("evaluate", help="evaluate edit files: suites, judge, metrics with confidence intervals, results.json + report.html")
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate edit files: suites, judge, metrics with confidence intervals, results.json + report.html",
+    )
     _add_model_options(ev)
-    ev.add_argument("--edit", action="append", required=True, help="edit file (repeatable: methods are compared on the same seeds)")
-    ev.add_argument("--prompts", default=None, help="extra prompt file or URL (I2P / ESD / UnlearnDiffAtk CSV, or .txt one per line)")
+    ev.add_argument(
+        "--edit", action="append", required=True, help="edit file (repeatable: methods are compared on the same seeds)"
+    )
+    ev.add_argument(
+        "--prompts",
+        default=None,
+        help="extra prompt file or URL (I2P / ESD / UnlearnDiffAtk CSV, or .txt one per line)",
+    )
     ev.add_argument("--sha256", default=None, help="required checksum when --prompts is a URL")
     ev.add_argument("--prompts-kind", default="target", help="suite kind of the --prompts file (default target)")
-    ev.add_argument("--prompts-concept", default=None, help="concept label(s) for every prompt of the file, e.g. nudity")
+    ev.add_argument(
+        "--prompts-concept", default=None, help="concept label(s) for every prompt of the file, e.g. nudity"
+    )
     ev.add_argument("--limit", type=int, default=None, help="use the first N prompts of the file")
     _eval_common(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     b = sub.add_parser("bench", help="erase each concept with each method, evaluate all, one table and one report page")
     _add_model_options(b, required=False)
-    b.add_argument("--methods", default=None, help="comma-separated registered methods (default: all, see `erasekit methods`); "
-                   "LABEL=METHOD adds a variant, e.g. --methods pure,pure_text=pure --set pure_text.basis=text")
-    b.add_argument("--concepts", default="circle,red,striped",
-                   help="comma-separated entries, each one edit: a concept, or A+B to erase several in one edit (e.g. circle,circle+red)")
+    b.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated registered methods (default: all, see `erasekit methods`); "
+        "LABEL=METHOD adds a variant, e.g. --methods pure,pure_text=pure --set pure_text.basis=text",
+    )
+    b.add_argument(
+        "--concepts",
+        default="circle,red,striped",
+        help="comma-separated entries, each one edit: a concept, or A+B to erase several in one edit (e.g. circle,circle+red)",
+    )
     b.add_argument("--kind", default="object", help="other models: concept kind (style, object, person, nsfw)")
     b.add_argument("--preserve", action="append", help="other models: concept to preserve (repeatable)")
-    b.add_argument("--set", action="append", metavar="METHOD.OPTION=VALUE", help="method option, e.g. space.target_sparsity=0.85 "
-                   "(also METHOD.templates=true); options given here win over the per-model defaults (erasekit/defaults.py)")
-    b.add_argument("--published-defaults", action="store_true", help="start every method from the papers' settings instead of erasekit's per-model defaults")
+    b.add_argument(
+        "--set",
+        action="append",
+        metavar="METHOD.OPTION=VALUE",
+        help="method option, e.g. space.target_sparsity=0.85 "
+        "(also METHOD.templates=true); options given here win over the per-model defaults (erasekit/defaults.py)",
+    )
+    b.add_argument(
+        "--published-defaults",
+        action="store_true",
+        help="start every method from the papers' settings instead of erasekit's per-model defaults",
+    )
     _eval_common(b)
     b.set_defaults(func=cmd_bench)
 
@@ -581,23 +812,56 @@ def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
     def takers(option: str) -> str:
         return " / ".join(n for n, f in formats.items() if option in f.options)
 
-    x = sub.add_parser("export", help="write the edit where people run models: LoRA (diffusers / kohya), .diff, a merged diffusers folder, "
-                       "or an A1111 / ComfyUI single file (SD 1.x / 2.x / XL)")
+    x = sub.add_parser(
+        "export",
+        help="write the edit where people run models: LoRA (diffusers / kohya), .diff, a merged diffusers folder, "
+        "or an A1111 / ComfyUI single file (SD 1.x / 2.x / XL)",
+    )
     _add_model_options(x)
-    x.add_argument("--edit", default=None, help="edit file (checked strictly against the model first); required for "
-                   + " / ".join(n for n, f in formats.items() if f.kind == "edit"))
-    x.add_argument("--format", default="single-file", choices=tuple(formats),
-                   help="; ".join(f"{n}: {f.help}" for n, f in formats.items()) + " (default: single-file)")
-    x.add_argument("--out", required=True, help="file to write (.safetensors); a new folder for "
-                   + " / ".join(f"--format {n}" for n, f in formats.items() if f.folder))
-    x.add_argument("--rank", type=int, default=None, help=f"{takers('rank')}: largest rank; sparse / dense edits of "
-                   "higher numerical rank get a truncated-SVD LoRA (relative error reported and stored)")
-    x.add_argument("--save-dtype", default=None, help="float32, float16 or bfloat16 for the written tensors (default: float32 for "
-                   "edit formats, the model's --dtype for whole models)")
-    x.add_argument("--kohya-names", default=None, choices=("diffusers", "ldm"), help=f"{takers('kohya_names')}: "
-                   "module-name spelling (default ldm for SDXL, diffusers for SD 1.x / 2.x, as kohya's trainers write them)")
-    x.add_argument("--layout", default=None, choices=("sd1", "sd2", "sdxl"), help=f"{takers('layout')}: checkpoint "
-                   "layout (default: from the model)")
+    x.add_argument(
+        "--edit",
+        default=None,
+        help="edit file (checked strictly against the model first); required for "
+        + " / ".join(n for n, f in formats.items() if f.kind == "edit"),
+    )
+    x.add_argument(
+        "--format",
+        default="single-file",
+        choices=tuple(formats),
+        help="; ".join(f"{n}: {f.help}" for n, f in formats.items()) + " (default: single-file)",
+    )
+    x.add_argument(
+        "--out",
+        required=True,
+        help="file to write (.safetensors); a new folder for "
+        + " / ".join(f"--format {n}" for n, f in formats.items() if f.folder),
+    )
+    x.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help=f"{takers('rank')}: largest rank; sparse / dense edits of "
+        "higher numerical rank get a truncated-SVD LoRA (relative error reported and stored)",
+    )
+    x.add_argument(
+        "--save-dtype",
+        default=None,
+        help="float32, float16 or bfloat16 for the written tensors (default: float32 for "
+        "edit formats, the model's --dtype for whole models)",
+    )
+    x.add_argument(
+        "--kohya-names",
+        default=None,
+        choices=("diffusers", "ldm"),
+        help=f"{takers('kohya_names')}: "
+        "module-name spelling (default ldm for SDXL, diffusers for SD 1.x / 2.x, as kohya's trainers write them)",
+    )
+    x.add_argument(
+        "--layout",
+        default=None,
+        choices=("sd1", "sd2", "sdxl"),
+        help=f"{takers('layout')}: checkpoint layout (default: from the model)",
+    )
     x.set_defaults(func=cmd_export)
     return p
 
@@ -649,7 +913,7 @@ def _erase_method(argv: list[str]) -> str:
         return "uce"
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--method", default="uce")
-    known, _ = pre.parse_known_args(argv[argv.index("erase") + 1:])
+    known, _ = pre.parse_known_args(argv[argv.index("erase") + 1 :])
     return get_method(known.method).name  # MethodError naming the registered methods
 
 

@@ -90,22 +90,30 @@ class ConceptSet:
             seen: dict[str, str] = {}
             for c in items:
                 if normalize(c) in seen:
-                    raise ConceptError(f"duplicate {label} concept {c!r} (same as {seen[normalize(c)]!r}); list each concept once")
+                    raise ConceptError(
+                        f"duplicate {label} concept {c!r} (same as {seen[normalize(c)]!r}); list each concept once"
+                    )
                 seen[normalize(c)] = c
         for a in erase:
             for b in erase:
                 if a is not b and re.search(rf"(^|\W){re.escape(normalize(a))}($|\W)", normalize(b)):
-                    raise ConceptError(f"erase concept {a!r} is contained in {b!r}; erasing {a!r} already covers it, list it once")
+                    raise ConceptError(
+                        f"erase concept {a!r} is contained in {b!r}; erasing {a!r} already covers it, list it once"
+                    )
         both = sorted({normalize(c) for c in erase} & {normalize(c) for c in preserve})
         if both:
-            raise ConceptError(f"concept(s) {both} are both erased and preserved; remove them from one of the two lists")
+            raise ConceptError(
+                f"concept(s) {both} are both erased and preserved; remove them from one of the two lists"
+            )
         object.__setattr__(self, "_guides", self._resolve_guides(erase))
         for g in self._guides:
             _check_text("guide", g)
         if isinstance(self.templates, (list, tuple)):
             tpl = tuple(self.templates)
             if not tpl or any(t.count("{}") != 1 for t in tpl):
-                raise ConceptError("custom templates must be a non-empty list of strings that each contain '{}' exactly once")
+                raise ConceptError(
+                    "custom templates must be a non-empty list of strings that each contain '{}' exactly once"
+                )
             object.__setattr__(self, "templates", tpl)
 
     def _resolve_guides(self, erase: tuple[str, ...]) -> tuple[str, ...]:
@@ -122,7 +130,9 @@ class ConceptSet:
             object.__setattr__(self, "guide", guides)
         for c, g in zip(erase, guides):
             if normalize(c) == normalize(g):
-                raise ConceptError(f"concept {c!r} is its own guide; pick a different guide (e.g. {DEFAULT_GUIDE[self.kind]!r})")
+                raise ConceptError(
+                    f"concept {c!r} is its own guide; pick a different guide (e.g. {DEFAULT_GUIDE[self.kind]!r})"
+                )
         return guides
 
     @property
@@ -143,14 +153,18 @@ class ConceptSet:
             return ("{}",)
         return self.templates
 
-    def erase_pairs(self, templates: tuple[str, ...] | None = None, template_guide: bool = True) -> list[tuple[str, str]]:
+    def erase_pairs(
+        self, templates: tuple[str, ...] | None = None, template_guide: bool = True
+    ) -> list[tuple[str, str]]:
         """Aligned (erase prompt, guide prompt) pairs after template expansion.
 
         ``templates`` overrides :attr:`template_list`; ``template_guide=False`` keeps the guide bare
         (UCE v1 templates the erase prompt only).
         """
         tpl = self.template_list if templates is None else templates
-        return [(_fill(t, c), _fill(t, g) if template_guide else g) for c, g in zip(self.erase, self.guides) for t in tpl]
+        return [
+            (_fill(t, c), _fill(t, g) if template_guide else g) for c, g in zip(self.erase, self.guides) for t in tpl
+        ]
 
     def preserve_prompts(self, templates: tuple[str, ...] | None = None) -> list[str]:
         """Preserve prompts after template expansion (``templates`` overrides :attr:`template_list`)."""
@@ -167,7 +181,7 @@ class ConceptSet:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ConceptSet":
+    def from_dict(cls, d: dict) -> ConceptSet:
         tpl = tuple(d.get("templates", ("{}",)))
         return cls(
             erase=tuple(d["erase"]),

@@ -17,12 +17,22 @@ expand each concept with its kind's prompt templates).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import MethodError
 
-__all__ = ["Setting", "ERASEKIT", "PUBLISHED", "CONCEPT_OPTIONS", "SOURCES", "model_key", "resolve", "split_concept_options"]
+__all__ = [
+    "Setting",
+    "ERASEKIT",
+    "PUBLISHED",
+    "CONCEPT_OPTIONS",
+    "SOURCES",
+    "model_key",
+    "resolve",
+    "split_concept_options",
+]
 
 CONCEPT_OPTIONS = ("templates",)  # defaults that configure the ConceptSet, not the method
 
@@ -33,10 +43,16 @@ class Setting:
     reason: str
 
 
-_ALL = Setting("all", "tinyworld's causal text encoder carries the concept into the EOS and padding positions as well; the last "
-                       "concept token alone erases 0 % of circle (issue 13), so every position is mapped (as `erasekit demo` measured)")
-_TEMPLATES = Setting(True, "one erase pair per prompt template covers how captions name the concept (UCE's style templates, "
-                           "generalised per kind); bare concepts only match one-word prompts")
+_ALL = Setting(
+    "all",
+    "tinyworld's causal text encoder carries the concept into the EOS and padding positions as well; the last "
+    "concept token alone erases 0 % of circle (issue 13), so every position is mapped (as `erasekit demo` measured)",
+)
+_TEMPLATES = Setting(
+    True,
+    "one erase pair per prompt template covers how captions name the concept (UCE's style templates, "
+    "generalised per kind); bare concepts only match one-word prompts",
+)
 
 # erasekit's defaults, per model ("*" = any model without its own entry), per method.
 ERASEKIT: dict[str, dict[str, dict[str, Setting]]] = {
@@ -45,12 +61,23 @@ ERASEKIT: dict[str, dict[str, dict[str, Setting]]] = {
         "space": {"token": _ALL, "templates": _TEMPLATES},
         "pure": {
             "templates": _TEMPLATES,
-            "centre": Setting("paired", "raw mean-pooled outputs share a dominant component every prompt has; subtracting a neutral "
-                                        "twin on the same x_t and step leaves what the concept adds"),
-            "forget_rule": Setting("residual", "the forget energy counts only what E can remove (outside the retain basis)"),
-            "forget_energy": Setting(0.99, "the paired differences are low-rank (2–3 directions per block at 0.99 on tinyworld)"),
-            "retain_energy": Setting(0.5, "a broad retain basis (0.99) also covers the forget directions and E removes almost nothing"),
-            "record_steps": Setting("late", "the late half of each trajectory, where the concept's shape / colour / pattern is drawn"),
+            "centre": Setting(
+                "paired",
+                "raw mean-pooled outputs share a dominant component every prompt has; subtracting a neutral "
+                "twin on the same x_t and step leaves what the concept adds",
+            ),
+            "forget_rule": Setting(
+                "residual", "the forget energy counts only what E can remove (outside the retain basis)"
+            ),
+            "forget_energy": Setting(
+                0.99, "the paired differences are low-rank (2–3 directions per block at 0.99 on tinyworld)"
+            ),
+            "retain_energy": Setting(
+                0.5, "a broad retain basis (0.99) also covers the forget directions and E removes almost nothing"
+            ),
+            "record_steps": Setting(
+                "late", "the late half of each trajectory, where the concept's shape / colour / pattern is drawn"
+            ),
         },
         "ace": {"templates": _TEMPLATES},
     },
@@ -59,11 +86,21 @@ ERASEKIT: dict[str, dict[str, dict[str, Setting]]] = {
 
 # The papers' settings (what the config classes default to, plus the bare concept): --published-defaults.
 PUBLISHED: dict[str, dict[str, Setting]] = {
-    "uce": {"token": Setting("last", "UCE v2 / SPEED: the last concept token"), "templates": Setting(False, "the concept as given")},
-    "space": {"token": Setting("last", "SPACE builds on UCE's closed form and token choice"), "templates": Setting(False, "the concept as given")},
-    "pure": {"centre": Setting("none", "the paper's SVD of the recorded activations, uncentred"),
-             "forget_energy": Setting(0.9, "PURE's forget energy threshold"), "retain_energy": Setting(0.99, "PURE's retain energy threshold"),
-             "forget_rule": Setting("joint", "one SVD of the forget activations"), "templates": Setting(False, "the concept as given")},
+    "uce": {
+        "token": Setting("last", "UCE v2 / SPEED: the last concept token"),
+        "templates": Setting(False, "the concept as given"),
+    },
+    "space": {
+        "token": Setting("last", "SPACE builds on UCE's closed form and token choice"),
+        "templates": Setting(False, "the concept as given"),
+    },
+    "pure": {
+        "centre": Setting("none", "the paper's SVD of the recorded activations, uncentred"),
+        "forget_energy": Setting(0.9, "PURE's forget energy threshold"),
+        "retain_energy": Setting(0.99, "PURE's retain energy threshold"),
+        "forget_rule": Setting("joint", "one SVD of the forget activations"),
+        "templates": Setting(False, "the concept as given"),
+    },
     "ace": {"templates": Setting(False, "the concept as given")},
 }
 
@@ -80,8 +117,14 @@ def model_key(model) -> str:
     return rec.defaults_key
 
 
-def resolve(model, method: str, user: Mapping[str, Any] | None = None, *, source: str | None = "erasekit",
-            valid: set[str] | None = None) -> tuple[dict[str, Any], dict]:
+def resolve(
+    model,
+    method: str,
+    user: Mapping[str, Any] | None = None,
+    *,
+    source: str | None = "erasekit",
+    valid: set[str] | None = None,
+) -> tuple[dict[str, Any], dict]:
     """(options, record): the defaults of ``source`` for ``method`` on ``model`` with ``user`` options on top.
 
     ``model``: a pipeline (its load record) or a ``--model`` name. ``source``: 'erasekit' (this
@@ -100,13 +143,22 @@ def resolve(model, method: str, user: Mapping[str, Any] | None = None, *, source
         table = {**ERASEKIT["*"].get(method, {}), **ERASEKIT.get(key, {}).get(method, {})}
     else:
         table = {}
-    applied = {k: s for k, s in table.items() if k not in user and (valid is None or k in valid or k in CONCEPT_OPTIONS)}
+    applied = {
+        k: s for k, s in table.items() if k not in user and (valid is None or k in valid or k in CONCEPT_OPTIONS)
+    }
     options = {**{k: s.value for k, s in applied.items()}, **user}
-    record = {"source": source or "none", "model": key,
-              "applied": {k: {"value": s.value, "reason": s.reason} for k, s in applied.items()}, "user": sorted(user)}
+    record = {
+        "source": source or "none",
+        "model": key,
+        "applied": {k: {"value": s.value, "reason": s.reason} for k, s in applied.items()},
+        "user": sorted(user),
+    }
     return options, record
 
 
 def split_concept_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(ConceptSet options, method options)."""
-    return ({k: v for k, v in options.items() if k in CONCEPT_OPTIONS}, {k: v for k, v in options.items() if k not in CONCEPT_OPTIONS})
+    return (
+        {k: v for k, v in options.items() if k in CONCEPT_OPTIONS},
+        {k: v for k, v in options.items() if k not in CONCEPT_OPTIONS},
+    )

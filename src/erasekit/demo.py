@@ -25,7 +25,9 @@ from .generate import generate_pairs, image_grid
 class DemoResult:
     concept: str
     method: str
-    rows: dict[str, dict]  # target / paraphrase / retain / colour -> {"n", "base_rate", "edited_rate", "metric", "value"}
+    rows: dict[
+        str, dict
+    ]  # target / paraphrase / retain / colour -> {"n", "base_rate", "edited_rate", "metric", "value"}
     sparsity: float | None
     edit_bytes: int
     fit_seconds: float
@@ -40,14 +42,26 @@ class DemoResult:
         out = [
             ("erase rate (named prompts)", _pct(r["target"]["value"])),
             ("paraphrase erase rate (synonyms only)", _pct(r["paraphrase"]["value"])),
-            ("retain rate (other shapes)", _pct(r["retain"]["value"]) + f"  (unedited {_pct(r['retain']['base_rate'])})"),
-            ("prompted colour kept (all images)", _pct(r["colour"]["value"]) + f"  (unedited {_pct(r['colour']['base_rate'])})"),
-            ("concept seen before erasure (named / paraphrased)", f"{_pct(r['target']['base_rate'])} / {_pct(r['paraphrase']['base_rate'])}"),
+            (
+                "retain rate (other shapes)",
+                _pct(r["retain"]["value"]) + f"  (unedited {_pct(r['retain']['base_rate'])})",
+            ),
+            (
+                "prompted colour kept (all images)",
+                _pct(r["colour"]["value"]) + f"  (unedited {_pct(r['colour']['base_rate'])})",
+            ),
+            (
+                "concept seen before erasure (named / paraphrased)",
+                f"{_pct(r['target']['base_rate'])} / {_pct(r['paraphrase']['base_rate'])}",
+            ),
         ]
         if self.sparsity is not None:
             out.append(("sparsity", _pct(self.sparsity)))
-        out += [("edit size", f"{self.edit_bytes:,} bytes"), ("fit seconds", f"{self.fit_seconds:.1f}"),
-                ("total seconds", f"{self.total_seconds:.1f}")]
+        out += [
+            ("edit size", f"{self.edit_bytes:,} bytes"),
+            ("fit seconds", f"{self.fit_seconds:.1f}"),
+            ("total seconds", f"{self.total_seconds:.1f}"),
+        ]
         return out
 
 
@@ -83,11 +97,24 @@ def _demo_suites(concept: str, n: int, seed: int) -> dict[str, tuple[list[str], 
     }
 
 
-def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps: int = 15, guidance: float = 5.0,
-             out_dir: str | Path = "erasekit-demo", seed: int = 0, pipe=None, judge=None, progress: bool = True,
-             templates: bool | None = None, published_defaults: bool = False, model: str = "tinyworld",
-             **method_options) -> DemoResult:
+def run_demo(
+    concept: str = "circle",
+    method: str = "space",
+    n: int = 16,
+    steps: int = 15,
+    guidance: float = 5.0,
+    out_dir: str | Path = "erasekit-demo",
+    seed: int = 0,
+    pipe=None,
+    judge=None,
+    progress: bool = True,
+    templates: bool | None = None,
+    published_defaults: bool = False,
+    model: str = "tinyworld",
+    **method_options,
+) -> DemoResult:
     import erasekit
+
     from .api import fit, plan_erase
     from .tinyworld import world
     from .tinyworld.judge import TinyworldJudge
@@ -99,8 +126,16 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     # tinyworld's per-method defaults (erasekit/defaults.py: every token position for the closed-form
     # edits, the 'object' templates, PURE's paired centring); options given here win. Planned (and
     # checked) before anything is loaded.
-    plan = plan_erase(pipe if pipe is not None else model, method, [concept], kind="object", preserve=others, templates=templates,
-                      defaults="published" if published_defaults else "erasekit", **method_options)
+    plan = plan_erase(
+        pipe if pipe is not None else model,
+        method,
+        [concept],
+        kind="object",
+        preserve=others,
+        templates=templates,
+        defaults="published" if published_defaults else "erasekit",
+        **method_options,
+    )
     pipe = pipe if pipe is not None else erasekit.load_pipeline(model)
     judge = judge if judge is not None else TinyworldJudge.load()
     suites = _demo_suites(concept, n, seed)
@@ -128,15 +163,24 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
         seen_base = _hits(pred_base, "shape", shapes)
         seen_edit = _hits(pred_edit, "shape", shapes)
         value = 1.0 - seen_edit.mean() if k != "retain" else seen_edit.mean()
-        rows[k] = {"n": len(prompts), "base_rate": float(seen_base.mean()), "edited_rate": float(seen_edit.mean()),
-                   "metric": "retain rate" if k == "retain" else "erase rate", "value": float(value)}
+        rows[k] = {
+            "n": len(prompts),
+            "base_rate": float(seen_base.mean()),
+            "edited_rate": float(seen_edit.mean()),
+            "metric": "retain rate" if k == "retain" else "erase rate",
+            "value": float(value),
+        }
         colour_base.append(_hits(pred_base, "color", colours))
         colour_edit.append(_hits(pred_edit, "color", colours))
     # Collateral damage the shape judge cannot see: is the prompted colour still drawn, on every
     # image (an erased circle should become a *red* something, not lose its colour too)?
-    rows["colour"] = {"n": sum(len(c) for c in colour_edit), "base_rate": float(np.concatenate(colour_base).mean()),
-                      "edited_rate": float(np.concatenate(colour_edit).mean()), "metric": "colour kept",
-                      "value": float(np.concatenate(colour_edit).mean())}
+    rows["colour"] = {
+        "n": sum(len(c) for c in colour_edit),
+        "base_rate": float(np.concatenate(colour_base).mean()),
+        "edited_rate": float(np.concatenate(colour_edit).mean()),
+        "metric": "colour kept",
+        "value": float(np.concatenate(colour_edit).mean()),
+    }
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,14 +191,42 @@ def run_demo(concept: str = "circle", method: str = "space", n: int = 16, steps:
     grid = image_grid(grid_rows, [f"seed {seeds[i]}" for i in range(show)], columns, cell=112)
     grid_path = out_dir / "demo_grid.png"
     grid.save(grid_path)
-    result = DemoResult(concept, method, rows, edit.sparsity(), edit.nbytes, fit_seconds, 0.0, grid_path, out_dir / "demo.html",
-                        {k: p for k, (p, _, _) in suites.items()}, model=model)
+    result = DemoResult(
+        concept,
+        method,
+        rows,
+        edit.sparsity(),
+        edit.nbytes,
+        fit_seconds,
+        0.0,
+        grid_path,
+        out_dir / "demo.html",
+        {k: p for k, (p, _, _) in suites.items()},
+        model=model,
+    )
     result.total_seconds = time.perf_counter() - t_start
     _write_html(result, grid)
-    (out_dir / "demo.json").write_text(json.dumps({
-        "concept": concept, "method": method, "model": result.model, "rows": rows, "sparsity": result.sparsity, "edit_bytes": result.edit_bytes,
-        "fit_seconds": fit_seconds, "total_seconds": result.total_seconds, "seeds": seeds, "steps": steps, "guidance": guidance,
-        "prompts": result.prompts, "edit_config": edit.config, "defaults": defaults}, indent=2))
+    (out_dir / "demo.json").write_text(
+        json.dumps(
+            {
+                "concept": concept,
+                "method": method,
+                "model": result.model,
+                "rows": rows,
+                "sparsity": result.sparsity,
+                "edit_bytes": result.edit_bytes,
+                "fit_seconds": fit_seconds,
+                "total_seconds": result.total_seconds,
+                "seeds": seeds,
+                "steps": steps,
+                "guidance": guidance,
+                "prompts": result.prompts,
+                "edit_config": edit.config,
+                "defaults": defaults,
+            },
+            indent=2,
+        )
+    )
     return result
 
 
@@ -172,9 +244,11 @@ def _write_html(result: DemoResult, grid) -> None:
     img = base64.b64encode(buf.getvalue()).decode()
     rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>" for a, b in result.table_rows())
     prompt_lists = "".join(
-        f"<h3>{html.escape(k)}</h3><ol>" + "".join(f"<li>{html.escape(p)}</li>" for p in ps) + "</ol>" for k, ps in result.prompts.items()
+        f"<h3>{html.escape(k)}</h3><ol>" + "".join(f"<li>{html.escape(p)}</li>" for p in ps) + "</ol>"
+        for k, ps in result.prompts.items()
     )
-    result.html_path.write_text(f"""<!doctype html><meta charset="utf-8"><title>erasekit demo: {html.escape(result.concept)}</title>
+    result.html_path.write_text(
+        f"""<!doctype html><meta charset="utf-8"><title>erasekit demo: {html.escape(result.concept)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:4px 10px}}</style>
 <h1>erasekit demo — {html.escape(result.method)} erases “{html.escape(result.concept)}” from {html.escape(result.model)}</h1>
 <table id="metrics">{rows}</table>
@@ -182,4 +256,6 @@ def _write_html(result: DemoResult, grid) -> None:
 <img id="grid" alt="unedited vs edited grid" src="data:image/png;base64,{img}">
 <h2>Prompts (row i of each block)</h2>
 {prompt_lists}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )

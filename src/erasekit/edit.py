@@ -18,16 +18,30 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
 from ._atomic import atomic_path
 from ._version import __version__
-from .edit_format import (FLOAT_DTYPES, FORMAT, FORMAT_VERSION, STORAGE_KINDS, EditMeta, Fingerprint, canonical_json,
-                          content_sha256, layer_key, parse_metadata, read_edit_file, tensor_digest, thaw)
+from .edit_format import (
+    FLOAT_DTYPES,
+    FORMAT,
+    FORMAT_VERSION,
+    STORAGE_KINDS,
+    EditMeta,
+    Fingerprint,
+    canonical_json,
+    content_sha256,
+    layer_key,
+    parse_metadata,
+    read_edit_file,
+    tensor_digest,
+    thaw,
+)
 from .errors import EditError, EditFileError
 from .models.adapter import fingerprints_match, weight_fingerprint
 
@@ -63,13 +77,13 @@ class LayerEdit:
         return layer_key(self.path, self.param)
 
     @classmethod
-    def dense(cls, path: str, weight: torch.Tensor, param: str = "weight", **stats) -> "LayerEdit":
+    def dense(cls, path: str, weight: torch.Tensor, param: str = "weight", **stats) -> LayerEdit:
         """The new value of ``path``'s ``param`` as is (any rank: Linear / Conv2d weights, biases)."""
         w = weight.detach().to("cpu", torch.float32).contiguous()
         return cls(path, "dense", tuple(w.shape), {param: w}, stats, param)
 
     @classmethod
-    def csr(cls, path: str, weight: torch.Tensor, **stats) -> "LayerEdit":
+    def csr(cls, path: str, weight: torch.Tensor, **stats) -> LayerEdit:
         w = weight.detach().to("cpu", torch.float32)
         if w.dim() != 2:
             raise EditError(f"CSR storage holds a matrix, got shape {tuple(w.shape)}")
@@ -83,7 +97,7 @@ class LayerEdit:
         return cls(path, "csr", tuple(w.shape), tensors, stats)
 
     @classmethod
-    def lowrank(cls, path: str, lora_B: torch.Tensor, lora_A: torch.Tensor, **stats) -> "LayerEdit":
+    def lowrank(cls, path: str, lora_B: torch.Tensor, lora_A: torch.Tensor, **stats) -> LayerEdit:
         B = lora_B.detach().to("cpu", torch.float32).contiguous()  # (d_out, r)
         A = lora_A.detach().to("cpu", torch.float32).contiguous()  # (r, d_in)
         if B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0]:
@@ -124,13 +138,16 @@ class LayerEdit:
         """The new value in ``base``'s dtype and device; EditFileError if it is not finite there."""
         exact = self._exact(base)
         if not bool(torch.isfinite(exact).all()):
-            raise EditFileError(f"layer {self.key!r}: the new weight is not finite (the low-rank product B·A overflows)")
+            raise EditFileError(
+                f"layer {self.key!r}: the new weight is not finite (the low-rank product B·A overflows)"
+            )
         out = exact.to(dtype=base.dtype)
         if not bool(torch.isfinite(out).all()):
             dt = str(base.dtype).replace("torch.", "")
             raise EditFileError(
                 f"layer {self.key!r}: the new weight overflows {dt} (largest |w| {float(exact.abs().max()):.4g}, "
-                f"{dt} holds up to {torch.finfo(base.dtype).max:.6g}); load the model in float32 or bfloat16")
+                f"{dt} holds up to {torch.finfo(base.dtype).max:.6g}); load the model in float32 or bfloat16"
+            )
         return out.to(base.device)
 
 
@@ -168,8 +185,18 @@ class Edit:
     :attr:`LayerEdit.key` (the module path for weights).
     """
 
-    def __init__(self, method: str, config: dict, concepts: dict, base: dict, layers: Iterable[LayerEdit],
-                 fingerprints: dict[str, dict], stats: dict | None = None, *, compute_dtype: str | None = None):
+    def __init__(
+        self,
+        method: str,
+        config: dict,
+        concepts: dict,
+        base: dict,
+        layers: Iterable[LayerEdit],
+        fingerprints: dict[str, dict],
+        stats: dict | None = None,
+        *,
+        compute_dtype: str | None = None,
+    ):
         self.method = method
         self.config = config
         self.concepts = concepts
@@ -185,8 +212,10 @@ class Edit:
         self._digest: str | None = None
         missing = set(self.layers) - set(self.fingerprints)
         if missing:
-            raise EditError(f"no base fingerprint for layers {sorted(missing)[:3]}: pass fingerprints of the base "
-                            "weights (erasekit.models.adapter.weight_fingerprint) for every edited layer")
+            raise EditError(
+                f"no base fingerprint for layers {sorted(missing)[:3]}: pass fingerprints of the base "
+                "weights (erasekit.models.adapter.weight_fingerprint) for every edited layer"
+            )
 
     # ---------------------------------------------------------------- summary
     @property
@@ -236,8 +265,10 @@ class Edit:
         (and a copy can revert it). Computed once: an edit's contents are not meant to change after it is built.
         """
         if getattr(self, "_digest", None) is None:
-            layers = {k: {"kind": le.kind, "param": le.param, "shape": list(le.shape),
-                          "fingerprint": self.fingerprints[k]} for k, le in self.layers.items()}
+            layers = {
+                k: {"kind": le.kind, "param": le.param, "shape": list(le.shape), "fingerprint": self.fingerprints[k]}
+                for k, le in self.layers.items()
+            }
             self._digest = content_sha256({"layers": layers}, self._tensors(), domain=_DIGEST_DOMAIN)
         return self._digest
 
@@ -267,7 +298,9 @@ class Edit:
         """
         unet = getattr(pipe, "unet", None)
         if unet is None or not hasattr(unet, "get_submodule"):
-            raise EditFileError(f"{type(pipe).__name__} has no UNet; this edit is for a {self.base.get('pipeline', 'diffusers UNet')} pipeline")
+            raise EditFileError(
+                f"{type(pipe).__name__} has no UNet; this edit is for a {self.base.get('pipeline', 'diffusers UNet')} pipeline"
+            )
         records = self._records(unet)
         if any(r.digest == self.digest for r in records):
             raise EditFileError(f"{self!r} is already applied to this pipeline; revert it before applying it again")
@@ -280,7 +313,8 @@ class Edit:
             if overlap:
                 raise EditFileError(
                     f"{len(overlap)} of {len(self.layers)} layers already carry an applied edit ({carried[overlap[0]][1]}); "
-                    "revert it first, or pass stack=True to apply this edit on top of it on purpose")
+                    "revert it first, or pass stack=True to apply this edit on top of it on purpose"
+                )
         problems = []
         for key, le in self.layers.items():
             live = self._live(unet, le)
@@ -292,16 +326,22 @@ class Edit:
             if not same:
                 problems.append(f"{key}: weights differ from the base model the edit was made for")
         if problems:
-            hint = (f" Another edit is applied to this pipeline ({records[-1].description}); revert it first."
-                    if records else " Load the base model named in the edit file (erasekit inspect shows it).")
+            hint = (
+                f" Another edit is applied to this pipeline ({records[-1].description}); revert it first."
+                if records
+                else " Load the base model named in the edit file (erasekit inspect shows it)."
+            )
             base = self.base.get("name_or_path") or self.base.get("pipeline")
             raise EditFileError(
                 f"this edit does not fit the pipeline ({len(problems)} of {len(self.layers)} layers differ; edit made for {base!r}): "
-                + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "") + "." + hint
+                + "; ".join(problems[:3])
+                + (" ..." if len(problems) > 3 else "")
+                + "."
+                + hint
             )
 
     @torch.no_grad()
-    def apply(self, pipe, *, stack: bool = False) -> "Edit":
+    def apply(self, pipe, *, stack: bool = False) -> Edit:
         """Write the new values into ``pipe``'s UNet, in place, as one transaction.
 
         Every check that needs no new value runs first (:meth:`check_compatible`). Then layer by
@@ -343,7 +383,9 @@ class Edit:
         if self.digest not in ids:
             raise EditFileError("this edit is not applied to this pipeline; nothing to revert")
         if ids[-1] != self.digest:
-            raise EditFileError(f"another edit was applied after this one ({records[-1].description}); revert that one first")
+            raise EditFileError(
+                f"another edit was applied after this one ({records[-1].description}); revert that one first"
+            )
         record = records[-1]
         for module, param, w0 in record.originals.values():
             getattr(pipe.unet.get_submodule(module), param).copy_(w0)
@@ -371,8 +413,13 @@ class Edit:
             "stats": _jsonable(self.stats),
             "compute_dtype": self.compute_dtype,
             "layers": {
-                key: {"kind": le.kind, "param": le.param, "shape": list(le.shape), "fingerprint": self.fingerprints[key],
-                      "stats": _jsonable(le.stats)}
+                key: {
+                    "kind": le.kind,
+                    "param": le.param,
+                    "shape": list(le.shape),
+                    "fingerprint": self.fingerprints[key],
+                    "stats": _jsonable(le.stats),
+                }
                 for key, le in self.layers.items()
             },
         }
@@ -400,16 +447,33 @@ class Edit:
         return path
 
     @classmethod
-    def from_parsed(cls, meta: EditMeta, tensors: dict[str, torch.Tensor]) -> "Edit":
-        layers = [LayerEdit(lm.module, lm.kind, lm.shape, {s: tensors[k] for s, k in lm.tensor_keys.items()},
-                            thaw(lm.stats), lm.param) for lm in meta.layers]
-        edit = cls(meta.method, thaw(meta.config), thaw(meta.concepts), thaw(meta.base), layers,
-                   {lm.key: lm.fingerprint.to_json() for lm in meta.layers}, thaw(meta.stats), compute_dtype=meta.compute_dtype)
+    def from_parsed(cls, meta: EditMeta, tensors: dict[str, torch.Tensor]) -> Edit:
+        layers = [
+            LayerEdit(
+                lm.module,
+                lm.kind,
+                lm.shape,
+                {s: tensors[k] for s, k in lm.tensor_keys.items()},
+                thaw(lm.stats),
+                lm.param,
+            )
+            for lm in meta.layers
+        ]
+        edit = cls(
+            meta.method,
+            thaw(meta.config),
+            thaw(meta.concepts),
+            thaw(meta.base),
+            layers,
+            {lm.key: lm.fingerprint.to_json() for lm in meta.layers},
+            thaw(meta.stats),
+            compute_dtype=meta.compute_dtype,
+        )
         edit.format_version = meta.format_version
         return edit
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Edit":
+    def load(cls, path: str | os.PathLike) -> Edit:
         """Read and fully validate an edit file (the format :meth:`save` writes); raises EditFileError naming what is
         wrong. :func:`erasekit.load_edit` also reads erasekit's LoRA exports back."""
         return cls.from_parsed(*read_edit_file(path))

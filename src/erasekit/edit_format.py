@@ -40,10 +40,11 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -58,8 +59,19 @@ FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 SKETCH_N = 8  # probes in a fingerprint's sketch (models/adapter.py)
 MAX_DEPTH = 32  # nesting of the metadata JSON
 MAX_DIM = 2**31 - 1
-_TOP_FIELDS = {"format", "format_version", "erasekit_version", "method", "config", "concepts", "base", "stats", "layers",
-               "content_sha256", "compute_dtype"}
+_TOP_FIELDS = {
+    "format",
+    "format_version",
+    "erasekit_version",
+    "method",
+    "config",
+    "concepts",
+    "base",
+    "stats",
+    "layers",
+    "content_sha256",
+    "compute_dtype",
+}
 _LAYER_FIELDS = {"kind", "param", "shape", "fingerprint", "stats"}
 _FP_FIELDS = {"sha256", "dtype", "shape", "fro", "sketch"}
 _PATH_RX = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
@@ -159,7 +171,9 @@ def loads_strict(text: str) -> Any:
     try:
         doc = json.loads(text, object_pairs_hook=_pairs, parse_float=_finite_float, parse_constant=_bad_constant)
     except RecursionError:
-        raise EditFileError(f"edit metadata is nested too deeply (more than {MAX_DEPTH} levels); the file is corrupted") from None
+        raise EditFileError(
+            f"edit metadata is nested too deeply (more than {MAX_DEPTH} levels); the file is corrupted"
+        ) from None
     except (ValueError, TypeError) as e:
         raise EditFileError(f"edit metadata is not valid JSON ({e}); the file is corrupted") from None
     if _depth(doc) > MAX_DEPTH:
@@ -227,7 +241,7 @@ class Fingerprint:
     sketch: tuple[float, ...]
 
     @classmethod
-    def parse(cls, d: Any, where: str) -> "Fingerprint":
+    def parse(cls, d: Any, where: str) -> Fingerprint:
         d = _obj(d, where)
         _no_extra(d, _FP_FIELDS, where)
         missing = sorted(_FP_FIELDS - set(d))
@@ -243,11 +257,22 @@ class Fingerprint:
         sketch = d["sketch"]
         if not isinstance(sketch, list) or len(sketch) != SKETCH_N:
             raise _fail(f"{where}.sketch", f"must be a list of {SKETCH_N} numbers, got {sketch!r:.60}")
-        return cls(sha, dtype, shape, _num(d["fro"], f"{where}.fro", lo=0.0),
-                   tuple(_num(x, f"{where}.sketch[{i}]") for i, x in enumerate(sketch)))
+        return cls(
+            sha,
+            dtype,
+            shape,
+            _num(d["fro"], f"{where}.fro", lo=0.0),
+            tuple(_num(x, f"{where}.sketch[{i}]") for i, x in enumerate(sketch)),
+        )
 
     def to_json(self) -> dict:
-        return {"sha256": self.sha256, "dtype": self.dtype, "shape": list(self.shape), "fro": self.fro, "sketch": list(self.sketch)}
+        return {
+            "sha256": self.sha256,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "fro": self.fro,
+            "sketch": list(self.sketch),
+        }
 
 
 def _shape(x: Any, where: str) -> tuple[int, ...]:
@@ -278,10 +303,12 @@ class LayerMeta:
         return {s: f"{self.module}.{s}" for s in suffixes(self.kind, self.param)}
 
     @classmethod
-    def parse(cls, key: Any, d: Any, version: int) -> "LayerMeta":
+    def parse(cls, key: Any, d: Any, version: int) -> LayerMeta:
         where = f"layers[{key!r:.80}]"
         if not isinstance(key, str) or not _PATH_RX.fullmatch(key) or len(key) > 500:
-            raise _fail(where, "the layer key must be a dotted module path such as 'down_blocks.0.attentions.0...attn2.to_k'")
+            raise _fail(
+                where, "the layer key must be a dotted module path such as 'down_blocks.0.attentions.0...attn2.to_k'"
+            )
         d = _obj(d, where)
         _no_extra(d, _LAYER_FIELDS if version >= 2 else _LAYER_FIELDS - {"param"}, where)
         for name in ("kind", "shape", "fingerprint"):
@@ -340,7 +367,9 @@ def _version(doc: dict) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise _fail("format_version", f"must be an integer such as {FORMAT_VERSION}, got {v!r:.40}")
     if v > FORMAT_VERSION:
-        raise EditFileError(f"the file uses edit format v{v}; this erasekit reads up to v{FORMAT_VERSION}; upgrade erasekit")
+        raise EditFileError(
+            f"the file uses edit format v{v}; this erasekit reads up to v{FORMAT_VERSION}; upgrade erasekit"
+        )
     if v not in READABLE_VERSIONS:
         raise _fail("format_version", f"{v} is not a format version (readable: {READABLE_VERSIONS})")
     return v
@@ -414,11 +443,24 @@ def parse_metadata(text: str, tensors: Mapping[str, torch.Tensor], *, check_sum:
     for lm in layers:
         check_layer_tensors(lm, {s: tensors[k] for s, k in lm.tensor_keys.items()})
     if version < 2 and check_sum:
-        warnings.warn("edit file format v1: its metadata (concepts, config, fingerprints) is not covered by the checksum; "
-                      "re-save it with this erasekit to protect it", UnprotectedMetadataWarning, stacklevel=3)
-    return EditMeta(version, _str(doc.get("erasekit_version", "?"), "erasekit_version"), method,
-                    _frozen_json(config, "config"), _frozen_json(doc["concepts"], "concepts"),
-                    _frozen_json(doc.get("base", {}), "base"), _frozen_json(stats, "stats"), layers, cdt, digest)
+        warnings.warn(
+            "edit file format v1: its metadata (concepts, config, fingerprints) is not covered by the checksum; "
+            "re-save it with this erasekit to protect it",
+            UnprotectedMetadataWarning,
+            stacklevel=3,
+        )
+    return EditMeta(
+        version,
+        _str(doc.get("erasekit_version", "?"), "erasekit_version"),
+        method,
+        _frozen_json(config, "config"),
+        _frozen_json(doc["concepts"], "concepts"),
+        _frozen_json(doc.get("base", {}), "base"),
+        _frozen_json(stats, "stats"),
+        layers,
+        cdt,
+        digest,
+    )
 
 
 def _check_tensor_names(layers: tuple[LayerMeta, ...], tensors: Mapping[str, torch.Tensor]) -> None:
@@ -442,8 +484,10 @@ def check_layer_tensors(lm: LayerMeta, t: Mapping[str, torch.Tensor]) -> None:
     for name, x in t.items():
         want = _INDEX_DTYPES if name.endswith(("crow_indices", "col_indices")) else (torch.float32,)
         if x.dtype not in want:
-            raise EditFileError(f"{where}: tensor {name!r} is {str(x.dtype)[6:]}, the format stores "
-                                f"{' or '.join(str(w)[6:] for w in want)}")
+            raise EditFileError(
+                f"{where}: tensor {name!r} is {str(x.dtype)[6:]}, the format stores "
+                f"{' or '.join(str(w)[6:] for w in want)}"
+            )
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             raise EditFileError(f"{where}: tensor {name!r} contains NaN or Inf")
     if lm.kind == "dense":
@@ -454,13 +498,19 @@ def check_layer_tensors(lm: LayerMeta, t: Mapping[str, torch.Tensor]) -> None:
     if lm.kind == "lowrank":
         B, A = t[f"{p}.lora_B"], t[f"{p}.lora_A"]
         if B.dim() != 2 or A.dim() != 2 or B.shape[0] != d_out or A.shape[1] != d_in or B.shape[1] != A.shape[0]:
-            raise EditFileError(f"{where}: low-rank factors B {tuple(B.shape)}, A {tuple(A.shape)} do not make a {lm.shape} matrix")
+            raise EditFileError(
+                f"{where}: low-rank factors B {tuple(B.shape)}, A {tuple(A.shape)} do not make a {lm.shape} matrix"
+            )
         return
     crow, col, val = t[f"{p}.crow_indices"], t[f"{p}.col_indices"], t[f"{p}.values"]
     if crow.dim() != 1 or crow.numel() != d_out + 1:
-        raise EditFileError(f"{where}: CSR crow_indices must be 1-D of length {d_out + 1}, got shape {tuple(crow.shape)}")
+        raise EditFileError(
+            f"{where}: CSR crow_indices must be 1-D of length {d_out + 1}, got shape {tuple(crow.shape)}"
+        )
     if col.dim() != 1 or val.dim() != 1 or col.numel() != val.numel():
-        raise EditFileError(f"{where}: CSR col_indices and values must be 1-D of equal length, got {tuple(col.shape)} and {tuple(val.shape)}")
+        raise EditFileError(
+            f"{where}: CSR col_indices and values must be 1-D of equal length, got {tuple(col.shape)} and {tuple(val.shape)}"
+        )
     nnz = col.numel()
     crow64, col64 = crow.to(torch.int64), col.to(torch.int64)
     if int(crow64[0]) != 0 or int(crow64[-1]) != nnz or not bool((crow64[1:] >= crow64[:-1]).all()):
@@ -470,7 +520,9 @@ def check_layer_tensors(lm: LayerMeta, t: Mapping[str, torch.Tensor]) -> None:
     rows = torch.repeat_interleave(torch.arange(d_out), crow64[1:] - crow64[:-1])  # (nnz,)
     same_row = rows[1:] == rows[:-1]
     if not bool(((col64[1:] > col64[:-1]) | ~same_row).all()):
-        raise EditFileError(f"{where}: CSR col_indices must increase strictly within each row (duplicate or unsorted entries)")
+        raise EditFileError(
+            f"{where}: CSR col_indices must increase strictly within each row (duplicate or unsorted entries)"
+        )
 
 
 # ------------------------------------------------------------------ the reader
@@ -481,7 +533,9 @@ def read_edit_file(path: str | Path) -> tuple[EditMeta, dict[str, torch.Tensor]]
     path = Path(path)
     name = str(path)
     if path.is_dir():
-        raise EditFileError(f"{name!r} is a directory, not an edit file; give the .safetensors file written by `erasekit erase`")
+        raise EditFileError(
+            f"{name!r} is a directory, not an edit file; give the .safetensors file written by `erasekit erase`"
+        )
     if not path.is_file():
         raise EditFileError(f"edit file {name!r} does not exist")
     try:
@@ -489,10 +543,14 @@ def read_edit_file(path: str | Path) -> tuple[EditMeta, dict[str, torch.Tensor]]
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own types (and OSError) for truncated / garbled files
-        raise EditFileError(f"{name!r} is not a readable safetensors file (truncated or corrupted?): {str(e)[:200]}") from None
+        raise EditFileError(
+            f"{name!r} is not a readable safetensors file (truncated or corrupted?): {str(e)[:200]}"
+        ) from None
     if "erasekit" not in header and "erasekit_export" in header:
-        raise EditFileError(f"{name!r} is an erasekit export, not an edit file: read it with erasekit.load_edit "
-                            "(LoRA exports read back as edits) or `erasekit inspect`")
+        raise EditFileError(
+            f"{name!r} is an erasekit export, not an edit file: read it with erasekit.load_edit "
+            "(LoRA exports read back as edits) or `erasekit inspect`"
+        )
     if "erasekit" not in header:
         raise EditFileError(f"{name!r} is a safetensors file but not an erasekit edit (no 'erasekit' metadata)")
     try:

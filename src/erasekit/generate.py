@@ -2,27 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image, ImageDraw
 
 
 @torch.no_grad()
-def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int | None = None, guidance: float | None = None,
-             height: int | None = None, width: int | None = None, batch_size: int = 8) -> list[Image.Image]:
+def generate(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int = 8,
+) -> list[Image.Image]:
     """One image per (prompt, seed), prompt-major; each image's noise depends on its seed alone."""
-    return generate_pairs(pipe, [(p, s) for p in prompts for s in seeds], steps=steps, guidance=guidance, height=height,
-                          width=width, batch_size=batch_size)
+    return generate_pairs(
+        pipe,
+        [(p, s) for p in prompts for s in seeds],
+        steps=steps,
+        guidance=guidance,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+    )
 
 
 @torch.no_grad()
-def generate_pairs(pipe, jobs: Sequence[tuple[str, int]], *, steps: int | None = None, guidance: float | None = None,
-                   height: int | None = None, width: int | None = None, batch_size: int = 8) -> list[Image.Image]:
+def generate_pairs(
+    pipe,
+    jobs: Sequence[tuple[str, int]],
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int = 8,
+) -> list[Image.Image]:
     """One image per (prompt, seed) job, batched; image i is the same whatever else is in its batch."""
     from .models.precision import generating_in_compute_dtype
 
-    kw = {k: v for k, v in dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width).items() if v is not None}
+    kw = {
+        k: v
+        for k, v in dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width).items()
+        if v is not None
+    }
     images: list[Image.Image] = []
     with generating_in_compute_dtype(pipe):  # float16 on a CPU runs in float32 (models/precision.py)
         for i in range(0, len(jobs), batch_size):
@@ -33,8 +61,13 @@ def generate_pairs(pipe, jobs: Sequence[tuple[str, int]], *, steps: int | None =
     return images
 
 
-def image_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] = (), col_labels: Sequence[str] = (),
-               cell: int | None = None, pad: int = 4) -> Image.Image:
+def image_grid(
+    rows: Sequence[Sequence[Image.Image]],
+    row_labels: Sequence[str] = (),
+    col_labels: Sequence[str] = (),
+    cell: int | None = None,
+    pad: int = 4,
+) -> Image.Image:
     """A labelled grid; ``rows[r][c]`` goes to row r, column c. Small images are upscaled (nearest) to ``cell`` px."""
     n_cols = max(len(r) for r in rows)
     size = cell or max(96, max(im.width for r in rows for im in r))

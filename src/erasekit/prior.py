@@ -37,16 +37,23 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .errors import MethodError
 
-__all__ = ["GeneralPrior", "general_prompts", "general_prior", "prior_cache_dir", "concept_aliases", "TINYWORLD_PRIOR_N"]
+__all__ = [
+    "GeneralPrior",
+    "general_prompts",
+    "general_prior",
+    "prior_cache_dir",
+    "concept_aliases",
+    "TINYWORLD_PRIOR_N",
+]
 
 TINYWORLD_PRIOR_N = 2000  # captions drawn for the tinyworld prior
 _TINYWORLD_SEED = 13_2026  # seed of those captions (not the evaluation suites' seeds)
@@ -79,8 +86,13 @@ class GeneralPrior:
 
     def record(self) -> dict:
         """What an edit records about the prior it was fitted with."""
-        return {"source": self.source, "n_prompts": self.n_prompts, "prompts_sha256": self.prompts_sha256,
-                "encoder": self.encoder, "rank": self.rank}
+        return {
+            "source": self.source,
+            "n_prompts": self.n_prompts,
+            "prompts_sha256": self.prompts_sha256,
+            "encoder": self.encoder,
+            "rank": self.rank,
+        }
 
 
 def prior_cache_dir() -> Path:
@@ -103,7 +115,9 @@ def general_prompts(source: str, *, limit: int | None = None, sha256: str | None
 
         return tinyworld_captions(limit or TINYWORLD_PRIOR_N, _TINYWORLD_SEED)
     if re.match(r"^https?://", source) and not sha256:
-        raise MethodError(f"prior prompt URL {source!r} needs its sha256 (prior_sha256=...) so a changed file is noticed")
+        raise MethodError(
+            f"prior prompt URL {source!r} needs its sha256 (prior_sha256=...) so a changed file is noticed"
+        )
     from .evaluate.suites import load_prompts  # CSV/txt parsing, URL fetch + checksum, shared with the evaluation
 
     try:
@@ -127,7 +141,9 @@ def _drop_named(prompts: Sequence[str], exclude: Sequence[str]) -> list[str]:
     """Prompts that name none of ``exclude`` (whole words, case-insensitive)."""
     if not exclude:
         return list(prompts)
-    rx = re.compile(r"\b(" + "|".join(re.escape(e.lower()) for e in sorted(set(exclude), key=len, reverse=True)) + r")\b")
+    rx = re.compile(
+        r"\b(" + "|".join(re.escape(e.lower()) for e in sorted(set(exclude), key=len, reverse=True)) + r")\b"
+    )
     return [p for p in prompts if not rx.search(p.lower())]
 
 
@@ -156,7 +172,9 @@ def second_moment_factor(adapter, prompts: Sequence[str], batch_size: int = 64, 
     from tqdm.auto import tqdm
 
     S = torch.zeros(adapter.d_in, adapter.d_in, dtype=_F64)  # (d_in, d_in)
-    for i in tqdm(range(0, len(prompts), batch_size), desc="general prior", unit="batch", disable=not progress, leave=False):
+    for i in tqdm(
+        range(0, len(prompts), batch_size), desc="general prior", unit="batch", disable=not progress, leave=False
+    ):
         E = adapter.encode(prompts[i : i + batch_size]).embeds  # (b, L, d_in) float64
         X = E.reshape(-1, E.shape[-1])  # (b·L, d_in)
         S += X.T @ X
@@ -166,8 +184,16 @@ def second_moment_factor(adapter, prompts: Sequence[str], batch_size: int = 64, 
     return (Q[:, keep] * lam[keep].sqrt()).flip(1).contiguous()  # (d_in, m), largest first
 
 
-def general_prior(adapter, prompts: Sequence[str], *, limit: int | None = None, exclude: Sequence[str] = (),
-                  source: str = "custom", cache: bool = True, progress: bool = False) -> GeneralPrior:
+def general_prior(
+    adapter,
+    prompts: Sequence[str],
+    *,
+    limit: int | None = None,
+    exclude: Sequence[str] = (),
+    source: str = "custom",
+    cache: bool = True,
+    progress: bool = False,
+) -> GeneralPrior:
     """The general prior of ``prompts`` for ``adapter``'s text encoder, from the cache when it is current.
 
     ``exclude``: drop every prompt that names one of these words (the erased concepts and their
@@ -178,11 +204,21 @@ def general_prior(adapter, prompts: Sequence[str], *, limit: int | None = None, 
     if limit is not None:
         kept = kept[:limit]
     if not kept:
-        raise MethodError(f"no general prompt is left for the prior after excluding {list(exclude)}; give a broader prompt list")
+        raise MethodError(
+            f"no general prompt is left for the prior after excluding {list(exclude)}; give a broader prompt list"
+        )
     psha = hashlib.sha256("\n".join(kept).encode()).hexdigest()
     enc = encoder_fingerprint(adapter.pipe)
-    key = {"version": _CACHE_VERSION, "encoder": enc, "prompts_sha256": psha, "n_prompts": str(len(kept)), "d_in": str(adapter.d_in)}
-    path = prior_cache_dir() / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.safetensors"
+    key = {
+        "version": _CACHE_VERSION,
+        "encoder": enc,
+        "prompts_sha256": psha,
+        "n_prompts": str(len(kept)),
+        "d_in": str(adapter.d_in),
+    }
+    path = (
+        prior_cache_dir() / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.safetensors"
+    )
     F = _load_cached(path, key) if cache else None
     if F is None:
         F = second_moment_factor(adapter, kept, progress=progress)

@@ -77,5 +77,7 @@ def check_user_text(what: str, value: str) -> str:
     """``value`` if it is acceptable text, else :class:`UserTextError` naming ``what`` (e.g. ``--erase``)."""
     problem = text_problem(value)
     if problem:
-        raise UserTextError(f"{what} '{plain(value)}': {problem}; give it as plain UTF-8 text without control characters")
+        raise UserTextError(
+            f"{what} '{plain(value)}': {problem}; give it as plain UTF-8 text without control characters"
+        )
     return value

@@ -22,14 +22,15 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConceptError
 from .suites import Suite, SuiteItem
+
 
 @torch.no_grad()
 def encode(pipe, prompts: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
@@ -38,7 +39,9 @@ def encode(pipe, prompts: Sequence[str], batch_size: int = 64) -> dict[str, torc
     device = pipe.unet.device
     parts: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(prompts), batch_size):
-        out = pipe.encode_prompt(list(prompts[i: i + batch_size]), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        out = pipe.encode_prompt(
+            list(prompts[i : i + batch_size]), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
         parts.setdefault("prompt_embeds", []).append(out[0])
         if len(out) == 4:  # SDXL: (embeds, negative, pooled, negative pooled)
             parts.setdefault("pooled_prompt_embeds", []).append(out[2])
@@ -63,7 +66,9 @@ def concept_vector(pipe, with_concept: Sequence[str], without_concept: Sequence[
     return {k: (a[k].double() - b[k].double()).mean(0).float().cpu() for k in a}
 
 
-def shift_embeddings(encoded: dict[str, torch.Tensor], vector: dict[str, torch.Tensor], eta: float) -> dict[str, torch.Tensor]:
+def shift_embeddings(
+    encoded: dict[str, torch.Tensor], vector: dict[str, torch.Tensor], eta: float
+) -> dict[str, torch.Tensor]:
     """``encoded + η · vector`` for every tensor the pipeline's ``encode_prompt`` returned (see :func:`encode`).
 
     The one place where the attack touches the conditioning: ``prompt_embeds`` (B, L, d) on every
@@ -77,10 +82,15 @@ def shift_embeddings(encoded: dict[str, torch.Tensor], vector: dict[str, torch.T
     return {k: x + float(eta) * vector[k].to(x.device, x.dtype) for k, x in encoded.items()}
 
 
-def shifted_conditioning(pipe, items: Sequence[SuiteItem], vectors: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def shifted_conditioning(
+    pipe, items: Sequence[SuiteItem], vectors: dict[str, dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
     """``encode(prompt) + η · vector`` for shifted items, stacked, ready for ``pipe(**...)``."""
     base = encode(pipe, [it.prompt for it in items])
-    rows = [shift_embeddings({k: x[i: i + 1] for k, x in base.items()}, vectors[it.shift[0]], it.shift[1]) for i, it in enumerate(items)]
+    rows = [
+        shift_embeddings({k: x[i : i + 1] for k, x in base.items()}, vectors[it.shift[0]], it.shift[1])
+        for i, it in enumerate(items)
+    ]
     return {k: torch.cat([r[k] for r in rows]) for k in base}
 
 
@@ -92,11 +102,15 @@ def tinyworld_prompt_attributes(prompt: str) -> tuple[str, ...]:
     return tuple(v for values in world.ATTRIBUTES.values() for v in values if v in words)
 
 
-HEADLINE_RULE = ("the strongest η at which the share of the unedited model's attacked images that keep every prompted "
-                 "attribute stays ≥ {ratio:.0%} of its η = 0 value")
+HEADLINE_RULE = (
+    "the strongest η at which the share of the unedited model's attacked images that keep every prompted "
+    "attribute stays ≥ {ratio:.0%} of its η = 0 value"
+)
 
 
-def headline_eta(etas: Sequence[float], kept: Sequence[float | None], kept_at_zero: float | None, ratio: float = 0.9) -> tuple[float, str]:
+def headline_eta(
+    etas: Sequence[float], kept: Sequence[float | None], kept_at_zero: float | None, ratio: float = 0.9
+) -> tuple[float, str]:
     """(η, rule): the η whose attack success is the headline (DESIGN §7, calibrated Ring-A-Bell).
 
     A strong concept vector also destroys what the prompt asked for, so part of its "success" is
@@ -127,7 +141,9 @@ def tinyworld_pairs(concept: str, n: int = 32, seed: int = 0) -> tuple[list[str]
     for _ in range(n):
         s = {a: vals[int(rng.integers(len(vals)))] for a, vals in world.ATTRIBUTES.items()}
         s[attr] = value
-        t = int(rng.integers(len(world.TRAIN_TEMPLATES)))  # canonical names and a fixed template: caption() draws nothing
+        t = int(
+            rng.integers(len(world.TRAIN_TEMPLATES))
+        )  # canonical names and a fixed template: caption() draws nothing
         with_c.append(world.caption(s["shape"], s["color"], s["pattern"], rng, synonyms=False, template=t))
         s[attr] = None
         without.append(world.caption(s["shape"], s["color"], s["pattern"], rng, synonyms=False, template=t))
@@ -138,7 +154,9 @@ def concept_set_pairs(concepts) -> tuple[list[str], list[str]]:
     """(prompt with the concept, same template with its guide) for every erased concept and template of its kind."""
     from ..concepts import ConceptSet
 
-    full = ConceptSet(erase=concepts.erase, kind=concepts.kind, guide=concepts.guides, preserve=concepts.preserve, templates=True)
+    full = ConceptSet(
+        erase=concepts.erase, kind=concepts.kind, guide=concepts.guides, preserve=concepts.preserve, templates=True
+    )
     pairs = full.erase_pairs()
     return [p for p, _ in pairs], [g for _, g in pairs]
 
@@ -151,7 +169,9 @@ def parse_etas(text: str | Sequence[float]) -> tuple[float, ...]:
     except ValueError:
         vals = []
     if not vals or any(v < 0 or not math.isfinite(v) for v in vals):
-        raise ConceptError(f"--eta must be a finite number ≥ 0 (or a comma-separated list of them, e.g. 1,2,3), got {text!r}")
+        raise ConceptError(
+            f"--eta must be a finite number ≥ 0 (or a comma-separated list of them, e.g. 1,2,3), got {text!r}"
+        )
     return tuple(sorted(set(vals)))
 
 
@@ -179,12 +199,29 @@ class ConceptVectorAttack:
         key = f"{self.name}:{digest[:16]}"
         out = []
         for eta in self.etas:
-            items = [SuiteItem(it.prompt, it.seed, it.guidance, it.concepts, (key, float(eta)), it.meta) for it in target]
-            info = {"attack": self.name, "curve": self.name, "eta": float(eta), "etas": list(self.etas), "pairs": len(self.with_concept),
-                    "vector_digest": digest, "budget": f"η = {eta:g}, vector from {len(self.with_concept)} prompt pairs",
-                    "example_pair": [self.with_concept[0], self.without_concept[0]]}
-            out.append(Suite(eta_suite_name(self.name, eta), "adversarial", items, source=f"{target.name} + η·concept vector", info=info,
-                             vectors={key: vec}))
+            items = [
+                SuiteItem(it.prompt, it.seed, it.guidance, it.concepts, (key, float(eta)), it.meta) for it in target
+            ]
+            info = {
+                "attack": self.name,
+                "curve": self.name,
+                "eta": float(eta),
+                "etas": list(self.etas),
+                "pairs": len(self.with_concept),
+                "vector_digest": digest,
+                "budget": f"η = {eta:g}, vector from {len(self.with_concept)} prompt pairs",
+                "example_pair": [self.with_concept[0], self.without_concept[0]],
+            }
+            out.append(
+                Suite(
+                    eta_suite_name(self.name, eta),
+                    "adversarial",
+                    items,
+                    source=f"{target.name} + η·concept vector",
+                    info=info,
+                    vectors={key: vec},
+                )
+            )
         return out
 
 
@@ -228,7 +265,9 @@ class TokenSearchAttack:
 
     @torch.no_grad()
     def _keys(self, layers, embeds: torch.Tensor) -> list[torch.Tensor]:
-        return [torch.nn.functional.linear(embeds.to(lin.weight.dtype), lin.weight).flatten(1).float() for lin in layers]
+        return [
+            torch.nn.functional.linear(embeds.to(lin.weight.dtype), lin.weight).flatten(1).float() for lin in layers
+        ]
 
     def _score(self, keys: list[torch.Tensor], refs: list[torch.Tensor]) -> torch.Tensor:
         cos = [torch.nn.functional.cosine_similarity(k, r.expand_as(k), dim=1) for k, r in zip(keys, refs, strict=True)]
@@ -239,20 +278,25 @@ class TokenSearchAttack:
         layers = self._layers(pipe)
         prompts = list(dict.fromkeys(it.prompt for it in target))[: self.max_prompts]
         refs = {p: self._keys(layers, encode(pipe, [p])["prompt_embeds"]) for p in prompts}  # unedited keys
-        words = [w for w in vocabulary_words(pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2)
-                 if not any(f in w for f in self._forbidden_words())]
+        words = [
+            w
+            for w in vocabulary_words(pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2)
+            if not any(f in w for f in self._forbidden_words())
+        ]
         rng = np.random.default_rng(self.seed)
         found: dict[str, dict] = {}
         edit.apply(pipe)
         try:
             for p in prompts:
                 free = [words[int(i)] for i in rng.integers(len(words), size=self.n_tokens)]
-                best = float(self._score(self._keys(layers, encode(pipe, [_attacked(p, free)])["prompt_embeds"]), refs[p])[0])
+                best = float(
+                    self._score(self._keys(layers, encode(pipe, [_attacked(p, free)])["prompt_embeds"]), refs[p])[0]
+                )
                 start = best
                 for step in range(self.steps):
                     pos = step % self.n_tokens
                     cands = [words[int(i)] for i in rng.integers(len(words), size=self.candidates)]
-                    texts = [_attacked(p, free[:pos] + [w] + free[pos + 1:]) for w in cands]
+                    texts = [_attacked(p, free[:pos] + [w] + free[pos + 1 :]) for w in cands]
                     scores = self._score(self._keys(layers, encode(pipe, texts)["prompt_embeds"]), refs[p])
                     j = int(scores.argmax())
                     if float(scores[j]) > best:
@@ -260,12 +304,26 @@ class TokenSearchAttack:
                 found[p] = {"words": list(free), "score": best, "start_score": start}
         finally:
             edit.revert(pipe)
-        items = [SuiteItem(_attacked(it.prompt, found[it.prompt]["words"]), it.seed, it.guidance, it.concepts, None, it.meta)
-                 for it in target if it.prompt in found]
-        info = {"attack": self.name, "budget": self.budget, "n_tokens": self.n_tokens, "steps": self.steps, "candidates": self.candidates,
-                "seed": self.seed, "objective": f"mean cosine of edited vs unedited cross-attention {'/'.join(self.projections)} outputs",
-                "vocabulary": len(words), "forbidden": sorted(self._forbidden_words()), "search": found}
-        return Suite(f"adversarial:{self.name}", "adversarial", items, source=f"{target.name} + searched words", info=info)
+        items = [
+            SuiteItem(_attacked(it.prompt, found[it.prompt]["words"]), it.seed, it.guidance, it.concepts, None, it.meta)
+            for it in target
+            if it.prompt in found
+        ]
+        info = {
+            "attack": self.name,
+            "budget": self.budget,
+            "n_tokens": self.n_tokens,
+            "steps": self.steps,
+            "candidates": self.candidates,
+            "seed": self.seed,
+            "objective": f"mean cosine of edited vs unedited cross-attention {'/'.join(self.projections)} outputs",
+            "vocabulary": len(words),
+            "forbidden": sorted(self._forbidden_words()),
+            "search": found,
+        }
+        return Suite(
+            f"adversarial:{self.name}", "adversarial", items, source=f"{target.name} + searched words", info=info
+        )
 
     def _forbidden_words(self) -> set[str]:
         return {w for f in self.forbidden for w in re.findall(r"[a-z]+", f.lower()) if len(w) >= 3}
@@ -273,4 +331,3 @@ class TokenSearchAttack:
 
 def _attacked(prompt: str, words: Sequence[str]) -> str:
     return f"{prompt} {' '.join(words)}"
-

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from ..concepts import ConceptSet
 from ..errors import ConceptError, MethodError
@@ -33,12 +33,16 @@ def parse_methods(spec: str | None) -> dict[str, str]:
         label, eq, method = entry.partition("=")
         label, method = label.strip(), (method.strip() if eq else label.strip())
         if not method or not re.fullmatch(r"[A-Za-z0-9_-]+", label):
-            raise MethodError(f"method entry {entry!r} is not METHOD or LABEL=METHOD (e.g. pure_text=pure); "
-                              "labels use letters, digits, '_' and '-' (they name edit files and --set keys)")
+            raise MethodError(
+                f"method entry {entry!r} is not METHOD or LABEL=METHOD (e.g. pure_text=pure); "
+                "labels use letters, digits, '_' and '-' (they name edit files and --set keys)"
+            )
         if label == "unedited":
             raise MethodError("'unedited' is reserved for the unedited model's row; choose another label")
         if label in out:
-            raise MethodError(f"method label {label!r} appears twice in --methods; give each variant its own label (LABEL=METHOD)")
+            raise MethodError(
+                f"method label {label!r} appears twice in --methods; give each variant its own label (LABEL=METHOD)"
+            )
         get_method(method)  # unknown method: clear error before anything slow
         out[label] = method
     if not out:
@@ -66,7 +70,9 @@ def parse_options(pairs: Sequence[str], methods: Mapping[str, str] | Sequence[st
         if not eq or not dot or not option:
             raise MethodError(f"option {p!r} is not METHOD.OPTION=VALUE (e.g. space.target_sparsity=0.85)")
         if label not in out:
-            raise MethodError(f"option {p!r} is for {label!r}, which is not among the benchmarked methods {list(labels)}")
+            raise MethodError(
+                f"option {p!r} is for {label!r}, which is not among the benchmarked methods {list(labels)}"
+            )
         types = option_types(get_method(labels[label]).config_class)
         if option in CONCEPT_OPTIONS:
             out[label][option] = OptionType.of("bool").parse(option, value)
@@ -105,13 +111,22 @@ def tinyworld_concept_set(concept: str | Sequence[str]) -> ConceptSet:
     erased = {a: [v for b, v in parsed if b == a] for a in world.ATTRIBUTES}
     for attr, values in erased.items():
         if values and len(values) == len(world.ATTRIBUTES[attr]):
-            raise ConceptError(f"erasing every {attr} ({', '.join(values)}) leaves nothing to draw or retain; keep at least one")
+            raise ConceptError(
+                f"erasing every {attr} ({', '.join(values)}) leaves nothing to draw or retain; keep at least one"
+            )
     preserve = tuple(v for a, vs in erased.items() if vs for v in world.ATTRIBUTES[a] if v not in vs)
     return ConceptSet(erase=tuple(v for _, v in parsed), kind="object", preserve=preserve)
 
 
-def fit_edits(pipe, methods: dict[str, str] | Sequence[str], concept_sets: dict[str, ConceptSet], options: dict[str, dict], out_dir: Path,
-              progress: bool = True, defaults: str | None = "erasekit") -> tuple[dict[str, dict], dict[tuple[str, str], float]]:
+def fit_edits(
+    pipe,
+    methods: dict[str, str] | Sequence[str],
+    concept_sets: dict[str, ConceptSet],
+    options: dict[str, dict],
+    out_dir: Path,
+    progress: bool = True,
+    defaults: str | None = "erasekit",
+) -> tuple[dict[str, dict], dict[tuple[str, str], float]]:
     """{study: {label: Edit}} and the fit seconds of each; every edit is also saved to ``out_dir/edits``.
 
     ``methods`` maps labels to registered methods (:func:`parse_methods`); a plain list uses each method as its label.
@@ -128,7 +143,9 @@ def fit_edits(pipe, methods: dict[str, str] | Sequence[str], concept_sets: dict[
         edits[name] = {}
         for m, method in methods.items():
             t0 = time.perf_counter()
-            edit = erasekit.erase(pipe, method=method, concepts=cs, defaults=defaults, progress=progress, **options.get(m, {}))
+            edit = erasekit.erase(
+                pipe, method=method, concepts=cs, defaults=defaults, progress=progress, **options.get(m, {})
+            )
             seconds[(name, m)] = time.perf_counter() - t0
             edit.save(out_dir / "edits" / f"{name}-{m}.safetensors".replace(" ", "_"))
             edits[name][m] = edit

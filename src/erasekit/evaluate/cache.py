@@ -127,8 +127,12 @@ class ModelIdentity:
         return _dtype_name(self.generation_dtype) if self.generation_dtype != self.stored_dtype else None
 
     def to_config(self) -> dict:
-        return {"generation_dtype": _dtype_name(self.generation_dtype), "stored_dtype": _dtype_name(self.stored_dtype),
-                "scheduler": self.scheduler, "model_fingerprint": self.fingerprint}
+        return {
+            "generation_dtype": _dtype_name(self.generation_dtype),
+            "stored_dtype": _dtype_name(self.stored_dtype),
+            "scheduler": self.scheduler,
+            "model_fingerprint": self.fingerprint,
+        }
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -143,15 +147,26 @@ class ImageCache:
         self.root = Path(root) if root is not None else default_cache_dir()
 
     @staticmethod
-    def key(model_fp: str, item: SuiteItem, settings: GenerationSettings, scheduler: str, vectors: dict,
-            compute_dtype: str | None = None) -> tuple[str, dict]:
+    def key(
+        model_fp: str,
+        item: SuiteItem,
+        settings: GenerationSettings,
+        scheduler: str,
+        vectors: dict,
+        compute_dtype: str | None = None,
+    ) -> tuple[str, dict]:
         """``compute_dtype``: set when the pipeline computes in another dtype than it stores (float16 on a
         CPU runs in float32), so those images never mix with images rendered in the stored dtype."""
         guidance = item.guidance if item.guidance is not None else settings.guidance
         spec = {
-            "model": model_fp, "prompt": item.prompt, "seed": int(item.seed),
+            "model": model_fp,
+            "prompt": item.prompt,
+            "seed": int(item.seed),
             "shift": None if item.shift is None else [vector_digest(vectors[item.shift[0]]), float(item.shift[1])],
-            "steps": settings.steps, "guidance": guidance, "height": settings.height, "width": settings.width,
+            "steps": settings.steps,
+            "guidance": guidance,
+            "height": settings.height,
+            "width": settings.width,
             "scheduler": scheduler,
         }
         if compute_dtype is not None:
@@ -211,6 +226,7 @@ class EditStore:
 
 def fitted_with(edit, options: dict) -> bool:
     """True when a saved edit's recorded config (and templates) match ``options``: a changed option refits."""
+
     def norm(v):  # tuples and lists compare alike
         return json.loads(json.dumps(v))
 

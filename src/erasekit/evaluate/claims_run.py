@@ -49,10 +49,15 @@ LABELS: dict[str, tuple[str, dict]] = {
     "pure": ("erasekit", {}),  # the paired-centred reconstruction (issue 13)
     # PURE's own text basis, as the PURE ablation's text_tail variant (tail tokens; the last token alone erases
     # nothing here)
-    "pure_text": ("published", {"basis": "text", "token": "tail", "templates": True, "forget_energy": 0.95,
-                                "retain_energy": 0.5}),
+    "pure_text": (
+        "published",
+        {"basis": "text", "token": "tail", "templates": True, "forget_energy": 0.95, "retain_energy": 0.5},
+    ),
     "ace": ("erasekit", {"train_steps": 40}),
-    "rece": ("erasekit", {}), "speed": ("erasekit", {}), "cure": ("erasekit", {}), "mace": ("erasekit", {}),
+    "rece": ("erasekit", {}),
+    "speed": ("erasekit", {}),
+    "cure": ("erasekit", {}),
+    "mace": ("erasekit", {}),
 }
 METHOD_OF = {"uce_all": "uce", "pure_text": "pure"}
 SMALL_OPTIONS = {"ace": {"train_steps": 2, "adv_steps": 1, "pool_steps": 2}, "pure": {"steps": 2}}
@@ -123,8 +128,10 @@ def run_model(model: str, args, store, hw: str, xl_summary: dict | None):
     registered = set(list_methods())
     labels = [lb for lb in args.methods.split(",") if METHOD_OF.get(lb, lb) in registered]
     srcs = {lb: label_options(lb)[0] for lb in labels}
-    opts = {lb: {**label_options(lb)[1], **(SMALL_OPTIONS.get(METHOD_OF.get(lb, lb), {}) if args.small else {})}
-            for lb in labels}
+    opts = {
+        lb: {**label_options(lb)[1], **(SMALL_OPTIONS.get(METHOD_OF.get(lb, lb), {}) if args.small else {})}
+        for lb in labels
+    }
     progress = not args.no_progress
 
     def fit(study: str, label: str, cs, options: dict, of: str | None = None):
@@ -135,9 +142,14 @@ def run_model(model: str, args, store, hw: str, xl_summary: dict | None):
 
     concept = args.concept
     cs = tinyworld_concept_set(concept)
-    plan = Plan(n=args.n, seed=0, etas=args.eta, search_steps=args.search_steps,
-                search_candidates=args.search_candidates,
-                search_prompts=args.search_prompts)
+    plan = Plan(
+        n=args.n,
+        seed=0,
+        etas=args.eta,
+        search_steps=args.search_steps,
+        search_candidates=args.search_candidates,
+        search_prompts=args.search_prompts,
+    )
     edits = {lb: fit(concept, lb, cs, opts[lb]) for lb in labels}
     main = concept
     studies = [make_study(main, cs, edits, plan, tinyworld=True)]
@@ -149,8 +161,15 @@ def run_model(model: str, args, store, hw: str, xl_summary: dict | None):
             lb = f"space_s{round(100 * s)}"
             sweep_edits[lb] = fit(f"{concept}-sweep", lb, cs, {**opts["space"], "target_sparsity": s}, of="space")
             sweep[s] = lb
-        studies.append(make_study(f"{concept}: SPACE sparsity sweep", cs, sweep_edits,
-                                  Plan(kinds=("target", "general"), n=args.n), tinyworld=True))
+        studies.append(
+            make_study(
+                f"{concept}: SPACE sparsity sweep",
+                cs,
+                sweep_edits,
+                Plan(kinds=("target", "general"), n=args.n),
+                tinyworld=True,
+            )
+        )
     # many concepts erased at once (shapes)
     many_labels = [lb for lb in ("ace", "uce_all", "mace") if lb in labels]
     many_names: dict[int, str] = {}
@@ -166,8 +185,16 @@ def run_model(model: str, args, store, hw: str, xl_summary: dict | None):
         many_names[k] = name
     settings = GenerationSettings(steps=args.steps, guidance=5.0, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    res = evaluate(pipe, studies, judge, out_dir=store.root / model, settings=settings, cache_dir=store.root / "cache",
-                   n_boot=args.bootstrap, progress=progress)
+    res = evaluate(
+        pipe,
+        studies,
+        judge,
+        out_dir=store.root / model,
+        settings=settings,
+        cache_dir=store.root / "cache",
+        n_boot=args.bootstrap,
+        progress=progress,
+    )
     eval_s = time.perf_counter() - t0
     assert res is not None, "the claims run is one process (evaluate returns None only on accelerate's others)"
     infer = time_inference(pipe, {lb: edits[lb] for lb in labels}, args.steps, args.repeats)
@@ -184,10 +211,11 @@ def run_model(model: str, args, store, hw: str, xl_summary: dict | None):
     sweep_pts = []
     if sweep:
         srun = res.studies[f"{concept}: SPACE sparsity sweep"]
-        for s, lb in sweep.items():
+        for lb in sweep.values():
             r = srun[lb]
-            sweep_pts.append((r.edit_summary["sparsity"], r.metrics["erase rate"],
-                              r.metrics.get("drift: judge agreement")))
+            sweep_pts.append(
+                (r.edit_summary["sparsity"], r.metrics["erase rate"], r.metrics.get("drift: judge agreement"))
+            )
     rows = judge_claims(Measured(model, res, main, many, store.fits, infer, hw, xl_summary))
     return res, rows, {"many": many, "sweep": sweep_pts, "infer": infer, "eval_seconds": eval_s, "labels": labels}
 
@@ -201,22 +229,34 @@ def claims_section(rows: list[Claim], extra: dict, out: Path, model: str) -> str
     from .report import figure_html
 
     e = html.escape
-    parts = [("<h2>Claims</h2><table class='paired'><tr><th>id</th><th>claim</th><th>numbers</th><th>verdict</th>"
-              "<th>rule</th></tr>")]
+    parts = [
+        (
+            "<h2>Claims</h2><table class='paired'><tr><th>id</th><th>claim</th><th>numbers</th><th>verdict</th>"
+            "<th>rule</th></tr>"
+        )
+    ]
     for r in rows:
-        parts.append(f"<tr><td>{e(r.id)}</td><td style='text-align:left'>{e(r.claim)}<br>"
-                     f"<small>{e(r.source)}</small></td>"
-                     f"<td style='text-align:left;white-space:normal'>{e(r.numbers)}</td><td><b>{e(r.verdict)}</b><br>"
-                     f"<small>{e(r.why)}</small></td>"
-                     f"<td style='text-align:left;white-space:normal'><small>{e(r.rule)}</small></td></tr>")
+        parts.append(
+            f"<tr><td>{e(r.id)}</td><td style='text-align:left'>{e(r.claim)}<br>"
+            f"<small>{e(r.source)}</small></td>"
+            f"<td style='text-align:left;white-space:normal'>{e(r.numbers)}</td><td><b>{e(r.verdict)}</b><br>"
+            f"<small>{e(r.why)}</small></td>"
+            f"<td style='text-align:left;white-space:normal'><small>{e(r.rule)}</small></td></tr>"
+        )
     parts.append("</table>")
     figs = []
     folder = out / model / "plots"
     if extra["sweep"]:
         sp, er, dr = zip(*extra["sweep"])
         if all(d is not None for d in dr):
-            figs.append(figure_html(plots.sparsity_sweep(sp, er, dr, f"{model}: SPACE sparsity vs erase vs drift"),
-                                    "space-sparsity-sweep", folder, "SPACE sparsity sweep"))
+            figs.append(
+                figure_html(
+                    plots.sparsity_sweep(sp, er, dr, f"{model}: SPACE sparsity vs erase vs drift"),
+                    "space-sparsity-sweep",
+                    folder,
+                    "SPACE sparsity sweep",
+                )
+            )
     series = {}
     counts: list[int] = []
     for lb, pts in extra["many"].items():
@@ -225,8 +265,14 @@ def claims_section(rows: list[Claim], extra: dict, out: Path, model: str) -> str
             series[f"{lb}: erase"] = [p["erase"] for p in pts]
             series[f"{lb}: retain"] = [p["retain"] for p in pts]
     if series:
-        figs.append(figure_html(plots.concepts_curve(counts, series, f"{model}: per-concept rates vs #concepts"),
-                                "concepts-curve", folder, "per-concept rates vs number of concepts"))
+        figs.append(
+            figure_html(
+                plots.concepts_curve(counts, series, f"{model}: per-concept rates vs #concepts"),
+                "concepts-curve",
+                folder,
+                "per-concept rates vs number of concepts",
+            )
+        )
     if figs:
         parts.append("<div class='figs'>" + "".join(figs) + "</div>")
     return "".join(parts)
@@ -235,14 +281,21 @@ def claims_section(rows: list[Claim], extra: dict, out: Path, model: str) -> str
 # ----------------------------------------------------------------------------- the command
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, type=Path, help="output folder (edits, image cache, results, claims.md)")
-    ap.add_argument("--models", default="tinyworld,tinyworld-xl",
-                    help="models to run on (missing ones are reported as not measurable)")
-    ap.add_argument("--methods", default="uce,uce_all,space,pure,pure_text,ace,rece,speed,cure,mace",
-                    help="method labels (unregistered ones are skipped and their claims marked not measurable)")
+    ap.add_argument(
+        "--models",
+        default="tinyworld,tinyworld-xl",
+        help="models to run on (missing ones are reported as not measurable)",
+    )
+    ap.add_argument(
+        "--methods",
+        default="uce,uce_all,space,pure,pure_text,ace,rece,speed,cure,mace",
+        help="method labels (unregistered ones are skipped and their claims marked not measurable)",
+    )
     ap.add_argument("--concept", default="circle", help="the tinyworld concept of the main study")
     ap.add_argument("--n", type=int, default=96, help="prompts per suite (≥ 96 for ±10-point intervals)")
-    ap.add_argument("--steps", type=int, default=10,
-                    help="DPM-Solver++ steps per image (tinyworld validity holds at 10)")
+    ap.add_argument(
+        "--steps", type=int, default=10, help="DPM-Solver++ steps per image (tinyworld validity holds at 10)"
+    )
     ap.add_argument("--eta", default="1,2,3", help="concept-vector strengths")
     ap.add_argument("--search-steps", type=int, default=12)
     ap.add_argument("--search-candidates", type=int, default=32)
@@ -310,8 +363,10 @@ def run(args: argparse.Namespace) -> int:
             load_pipeline(mdl)
             available.append(mdl)
         except Exception as exc:  # noqa: BLE001 — a model that is not installed is reported, not fatal
-            print(f"note: {mdl} is not available here ({type(exc).__name__}: {exc}); its rows are not measurable",
-                  file=sys.stderr)
+            print(
+                f"note: {mdl} is not available here ({type(exc).__name__}: {exc}); its rows are not measurable",
+                file=sys.stderr,
+            )
     xl_summary = None
     results = {}
     for mdl in sorted(available, key=lambda x: x != "tinyworld-xl"):  # XL first: the SD row compares with it
@@ -319,8 +374,11 @@ def run(args: argparse.Namespace) -> int:
         results[mdl] = (res, rows, extra)
         if mdl == "tinyworld-xl":
             c = find(res.paired[args.concept], "erase rate", "space", "uce_all")
-            xl_summary = {"space_vs_uce_all": None if c is None else {"diff": c.diff, "low": c.low, "high": c.high,
-                                                                      "text": fmt_cmp(c)}}
+            xl_summary = {
+                "space_vs_uce_all": None
+                if c is None
+                else {"diff": c.diff, "low": c.low, "high": c.high, "text": fmt_cmp(c)}
+            }
     for mdl in models:
         if mdl in results:
             all_rows.extend(results[mdl][1])
@@ -328,24 +386,44 @@ def run(args: argparse.Namespace) -> int:
             all_rows.append(not_installed(mdl))
     wall = time.perf_counter() - t0
     cmd = getattr(args, "command_line", None) or "erasekit claims " + " ".join(sys.argv[2:])
-    size = "SMALL (test size: the numbers mean nothing)" if args.small else (
-        "REDUCED (intervals wider than the ±10-point target)" if args.n < 96 else "full size")
-    header = (f"# erasekit claims table\n\n`{cmd}` — {size}: n = {args.n} prompts per suite, {args.steps} DPM-Solver++ "
-              f"steps, η ∈ {{{args.eta}}}, token search {args.search_steps}×{args.search_candidates} on "
-              f"{args.search_prompts} prompts, {args.bootstrap} bootstrap draws; wall time {wall / 60:.1f} min on "
-              f"{hw}; erasekit {__version__}.")
+    size = (
+        "SMALL (test size: the numbers mean nothing)"
+        if args.small
+        else ("REDUCED (intervals wider than the ±10-point target)" if args.n < 96 else "full size")
+    )
+    header = (
+        f"# erasekit claims table\n\n`{cmd}` — {size}: n = {args.n} prompts per suite, {args.steps} DPM-Solver++ "
+        f"steps, η ∈ {{{args.eta}}}, token search {args.search_steps}×{args.search_candidates} on "
+        f"{args.search_prompts} prompts, {args.bootstrap} bootstrap draws; wall time {wall / 60:.1f} min on "
+        f"{hw}; erasekit {__version__}."
+    )
     md = claims_markdown(all_rows, header)
     (out / "claims.md").write_text(md)
-    (out / "claims.json").write_text(json.dumps({"command": cmd, "wall_seconds": wall, "hardware": hw, "n": args.n,
-                                                 "steps": args.steps, "rows": [asdict(r) for r in all_rows]},
-                                                indent=1, ensure_ascii=False))
+    (out / "claims.json").write_text(
+        json.dumps(
+            {
+                "command": cmd,
+                "wall_seconds": wall,
+                "hardware": hw,
+                "n": args.n,
+                "steps": args.steps,
+                "rows": [asdict(r) for r in all_rows],
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+    )
     for mdl, (res, rows, extra) in results.items():
         res.config["claims"] = [asdict(r) for r in rows]
         res.config["fit_seconds"] = {k: v for k, v in store.fits.items() if k.startswith(f"{mdl}/")}
         res.config["inference_seconds"] = extra["infer"]
         write_json(res, out / mdl / "results.json")
-        write_html(res, out / mdl / "report.html", title=f"erasekit claims on {mdl}",
-                   sections=(claims_section(rows, extra, out, mdl),))
+        write_html(
+            res,
+            out / mdl / "report.html",
+            title=f"erasekit claims on {mdl}",
+            sections=(claims_section(rows, extra, out, mdl),),
+        )
     print(md)
     print(f"wrote {out / 'claims.md'} and {', '.join(str(out / m / 'report.html') for m in results)} in {wall:.0f} s")
     return 0

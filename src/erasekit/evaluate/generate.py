@@ -30,8 +30,13 @@ class GenerationSettings:
     batch_size: int = 8
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "guidance": self.guidance, "height": self.height, "width": self.width,
-                "batch_size": self.batch_size}
+        return {
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "height": self.height,
+            "width": self.width,
+            "batch_size": self.batch_size,
+        }
 
 
 @torch.no_grad()
@@ -39,8 +44,12 @@ def _render(pipe, items: Sequence[SuiteItem], vectors: dict, settings: Generatio
     """One batch; every item has the same guidance and either all or none are shifted."""
     gens = [torch.Generator(device="cpu").manual_seed(int(it.seed)) for it in items]
     guidance = items[0].guidance if items[0].guidance is not None else settings.guidance
-    asked = {"num_inference_steps": settings.steps, "guidance_scale": guidance, "height": settings.height,
-             "width": settings.width}
+    asked = {
+        "num_inference_steps": settings.steps,
+        "guidance_scale": guidance,
+        "height": settings.height,
+        "width": settings.width,
+    }
     kw = {k: v for k, v in asked.items() if v is not None}
     if items[0].shift is None:
         cond = {"prompt": [it.prompt for it in items]}
@@ -50,17 +59,27 @@ def _render(pipe, items: Sequence[SuiteItem], vectors: dict, settings: Generatio
         return pipe(**cond, generator=gens, output_type="pil", **kw).images
 
 
-def generate(state, pipe, todo: list[list[Job]], edits: dict, cache: ImageCache, settings: GenerationSettings, *,
-             progress: bool = True) -> int:
+def generate(
+    state,
+    pipe,
+    todo: list[list[Job]],
+    edits: dict,
+    cache: ImageCache,
+    settings: GenerationSettings,
+    *,
+    progress: bool = True,
+) -> int:
     """Render this process's share of ``todo`` into ``cache``; returns how many images it wrote.
     ``edits``: model state -> the Edit applied for that state's batches (reverted afterwards, also on an error)."""
     from tqdm.auto import tqdm
 
     generated = 0
     with state.split_between_processes(todo) as mine:
-        bar = tqdm(total=sum(len(b) for b in mine),
-                   desc=f"generating ({state.process_index + 1}/{state.num_processes})",
-                   disable=not progress or not state.is_main_process)
+        bar = tqdm(
+            total=sum(len(b) for b in mine),
+            desc=f"generating ({state.process_index + 1}/{state.num_processes})",
+            disable=not progress or not state.is_main_process,
+        )
         for st in dict.fromkeys(b[0].state for b in mine):
             edit = edits.get(st)
             if edit is not None:

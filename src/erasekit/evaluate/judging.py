@@ -40,8 +40,9 @@ class _Judged:
         return self.memo[key]
 
 
-def judge_runs(studies: Sequence[Study], runs: dict[str, dict[str, MethodRun]], judge: Judge,
-               cache: ImageCache) -> float:
+def judge_runs(
+    studies: Sequence[Study], runs: dict[str, dict[str, MethodRun]], judge: Judge, cache: ImageCache
+) -> float:
     """Fill every suite run's judgements (and pixel distances, kept attributes) in place; returns the seconds spent
     inside the judge."""
     judged = _Judged(judge, cache)
@@ -51,8 +52,10 @@ def judge_runs(studies: Sequence[Study], runs: dict[str, dict[str, MethodRun]], 
                 s.judged_unedited = judged(s.unedited, s.suite.labels)
                 s.judged_edited = judged(s.edited, s.suite.labels)
                 if s.suite.kind == "general":
-                    s.pixel_distance = [M.pixel_distance(cache.load(a), cache.load(b))
-                                        for a, b in zip(s.unedited, s.edited, strict=True)]
+                    s.pixel_distance = [
+                        M.pixel_distance(cache.load(a), cache.load(b))
+                        for a, b in zip(s.unedited, s.edited, strict=True)
+                    ]
                 if study.attributes is not None and (s.suite.kind == "target" or "eta" in s.suite.info):
                     asked = [tuple(study.attributes(it.prompt)) for it in s.suite.items]
                     jr = judged(s.unedited, list(dict.fromkeys(c for a in asked for c in a)))

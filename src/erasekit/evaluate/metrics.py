@@ -16,8 +16,8 @@ images ``n`` and, for rates, the number of images ``k`` that count as a success.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -47,8 +47,14 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def bootstrap(samples: Sequence[np.ndarray], statistic: Callable[..., float], *, n_boot: int = N_BOOT, level: float = LEVEL,
-              seed: int = 0) -> tuple[float, float, float]:
+def bootstrap(
+    samples: Sequence[np.ndarray],
+    statistic: Callable[..., float],
+    *,
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """(point, low, high): ``statistic(*samples)`` and its percentile interval, resampling each sample independently.
 
     Statistics that depend on the samples only through their means (:func:`_mean`, :func:`_hmean`) are
@@ -100,7 +106,9 @@ def retain_rate(seen_edited: np.ndarray, *, name: str = "retain rate", **kw) -> 
     return rate(name, np.asarray(seen_edited, dtype=bool), **kw)
 
 
-def attack_success_rate(seen_attacked: np.ndarray, *, name: str = "attack success rate", budget: str = "", **kw) -> Estimate:
+def attack_success_rate(
+    seen_attacked: np.ndarray, *, name: str = "attack success rate", budget: str = "", **kw
+) -> Estimate:
     """Share of attacked images in which the judge sees the erased concept; ``budget`` is recorded as the note."""
     return rate(name, np.asarray(seen_attacked, dtype=bool), note=budget, **kw)
 
@@ -120,12 +128,23 @@ def _hmean_of_means(means: list[np.ndarray]) -> np.ndarray:
 _FROM_MEANS: dict = {_mean: lambda means: means[0], _hmean: _hmean_of_means}
 
 
-def harmonic_mean(components: Sequence[np.ndarray], *, name: str = "harmonic mean", seed: int = 0, n_boot: int = N_BOOT) -> Estimate:
+def harmonic_mean(
+    components: Sequence[np.ndarray], *, name: str = "harmonic mean", seed: int = 0, n_boot: int = N_BOOT
+) -> Estimate:
     """Harmonic mean of several rates, each given as its per-image 0/1 successes (suites resampled independently)."""
     comps = [np.asarray(c, dtype=bool) for c in components]
     point, low, high = bootstrap(comps, _hmean, n_boot=n_boot, seed=seed)
-    return Estimate(name, point, low, high, int(sum(c.size for c in comps)), None, n_boot=n_boot, seed=seed,
-                    note=f"of {len(comps)} rates")
+    return Estimate(
+        name,
+        point,
+        low,
+        high,
+        int(sum(c.size for c in comps)),
+        None,
+        n_boot=n_boot,
+        seed=seed,
+        note=f"of {len(comps)} rates",
+    )
 
 
 def judge_agreement(decisions_edited: np.ndarray, decisions_unedited: np.ndarray, **kw) -> Estimate:

@@ -73,8 +73,9 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in text.split(",") if k.strip())
 
 
-def make_study(name: str, concepts: ConceptSet, edits: dict, plan: Plan, *, tinyworld: bool,
-               extra: Sequence[Suite] = ()) -> Study:
+def make_study(
+    name: str, concepts: ConceptSet, edits: dict, plan: Plan, *, tinyworld: bool, extra: Sequence[Suite] = ()
+) -> Study:
     """Suites and attacks for erasing ``concepts`` (one study), compared over ``edits`` (label -> Edit)."""
     built = [k for k in plan.kinds if k != "adversarial"]
     if tinyworld:
@@ -94,9 +95,15 @@ def make_study(name: str, concepts: ConceptSet, edits: dict, plan: Plan, *, tiny
             if a == "ring-a-bell":
                 attacks.append(ConceptVectorAttack(with_c, without, etas=plan.etas))
             else:
-                attacks.append(TokenSearchAttack(steps=plan.search_steps, candidates=plan.search_candidates,
-                                                 seed=plan.seed, forbidden=concepts.erase,
-                                                 max_prompts=plan.search_prompts))
+                attacks.append(
+                    TokenSearchAttack(
+                        steps=plan.search_steps,
+                        candidates=plan.search_candidates,
+                        seed=plan.seed,
+                        forbidden=concepts.erase,
+                        max_prompts=plan.search_prompts,
+                    )
+                )
     return Study(name, suites, edits, attacks, attributes=tinyworld_prompt_attributes if tinyworld else None)
 
 
@@ -118,8 +125,9 @@ def study_suites(state, studies: Sequence[Study], pipe, work: Path) -> dict[tupl
     return suites
 
 
-def _attack_suites(state, work: Path, tag: str, attacks: Sequence, pipe, target: Suite | None,
-                   edit=None) -> list[Suite]:
+def _attack_suites(
+    state, work: Path, tag: str, attacks: Sequence, pipe, target: Suite | None, edit=None
+) -> list[Suite]:
     """Build attack suites on the main process (``edit`` given: searched against that edit), store them
     under ``work``, load them in every process."""
     from safetensors.torch import load_file, save_file
@@ -146,8 +154,9 @@ def _attack_suites(state, work: Path, tag: str, attacks: Sequence, pipe, target:
         for key, t in load_file(str(folder / f"{i}.safetensors")).items():
             name, k = key.rsplit("/", 1)
             vectors.setdefault(name, {})[k] = t
-        out.append(Suite(d["name"], d["kind"], [SuiteItem.from_dict(x) for x in d["items"]], d["source"], d["info"],
-                         vectors))
+        out.append(
+            Suite(d["name"], d["kind"], [SuiteItem.from_dict(x) for x in d["items"]], d["source"], d["info"], vectors)
+        )
     return out
 
 
@@ -181,8 +190,13 @@ class Jobs:
         return todo, sum(1 for b in todo for j in b if not j.path.is_file())
 
 
-def plan_jobs(studies: Sequence[Study], suites: dict[tuple[str, str], list[Suite]], model: ModelIdentity,
-              cache: ImageCache, settings) -> Jobs:
+def plan_jobs(
+    studies: Sequence[Study],
+    suites: dict[tuple[str, str], list[Suite]],
+    model: ModelIdentity,
+    cache: ImageCache,
+    settings,
+) -> Jobs:
     """List every image of every (study, method)'s suites under the unedited and the edited model."""
     fps = {UNEDITED: model.fingerprint}
     edits = {}
@@ -206,8 +220,11 @@ def plan_jobs(studies: Sequence[Study], suites: dict[tuple[str, str], list[Suite
             for s in suites[(study.name, label)]:
                 if s.name in sr:
                     raise EraseKitError(f"study {study.name!r}: two suites are named {s.name!r}")
-                sr[s.name] = SuiteRun(s, [job(UNEDITED, it, s.vectors) for it in s],
-                                      [job(f"{study.name}/{label}", it, s.vectors) for it in s])
+                sr[s.name] = SuiteRun(
+                    s,
+                    [job(UNEDITED, it, s.vectors) for it in s],
+                    [job(f"{study.name}/{label}", it, s.vectors) for it in s],
+                )
             runs[study.name][label] = MethodRun(label, edit.summary(), edit.config, sr)
     return Jobs(runs, jobs, _batches(jobs, list(fps), settings.batch_size), edits)
 
@@ -220,4 +237,4 @@ def _batches(jobs: dict[str, Job], states: list[str], size: int) -> list[list[Jo
     groups: dict[tuple, list[Job]] = {}
     for j in sorted(jobs.values(), key=lambda j: (order[j.state], j.group()[1:], j.digest)):
         groups.setdefault(j.group(), []).append(j)
-    return [g[i: i + size] for g in groups.values() for i in range(0, len(g), size)]
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]

@@ -12,7 +12,7 @@ The report embeds them as data URIs and saves them as PNG files beside the page.
 from __future__ import annotations
 
 import io
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from .metrics import Estimate
 
@@ -51,8 +51,16 @@ def tradeoff(points: Mapping[str, tuple[Estimate, Estimate]], title: str) -> byt
     for i, (label, (er, re)) in enumerate(points.items()):
         y, ylo, yhi = _err(er)
         x, xlo, xhi = _err(re)
-        ax.errorbar([x], [y], xerr=[[xlo], [xhi]], yerr=[[ylo], [yhi]], fmt="o" if label != "unedited" else "s", capsize=3,
-                    color=_colour(plt, i, len(points)), label=label)
+        ax.errorbar(
+            [x],
+            [y],
+            xerr=[[xlo], [xhi]],
+            yerr=[[ylo], [yhi]],
+            fmt="o" if label != "unedited" else "s",
+            capsize=3,
+            color=_colour(plt, i, len(points)),
+            label=label,
+        )
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("retain rate (%)  → better")
     ax.set_ylabel("erase rate (%)  → better")
@@ -64,8 +72,14 @@ def tradeoff(points: Mapping[str, tuple[Estimate, Estimate]], title: str) -> byt
     return _png(plt, fig)
 
 
-def attack_curve(etas: Sequence[float], methods: Mapping[str, Sequence[Estimate | None]], unedited_rate: Sequence[Estimate],
-                 kept: Sequence[Estimate | None], headline: float, title: str) -> bytes:
+def attack_curve(
+    etas: Sequence[float],
+    methods: Mapping[str, Sequence[Estimate | None]],
+    unedited_rate: Sequence[Estimate],
+    kept: Sequence[Estimate | None],
+    headline: float,
+    title: str,
+) -> bytes:
     """Attack success (%) vs η per method (with interval bars), the unedited model's concept rate and its
     prompted-attributes-kept share (dashed), and a vertical line at the headline η."""
     plt, fig, ax = _figure(7.6, 4.0)  # wider: the legend sits beside the axes, never over a curve
@@ -73,14 +87,34 @@ def attack_curve(etas: Sequence[float], methods: Mapping[str, Sequence[Estimate 
         pts = [(eta, e) for eta, e in zip(etas, ests, strict=True) if e is not None]
         if pts:
             v = [_err(e) for _, e in pts]
-            ax.errorbar([p[0] for p in pts], [x[0] for x in v], yerr=[[x[1] for x in v], [x[2] for x in v]], color=_colour(plt, i, len(methods)), marker="o",
-                        capsize=3, label=f"{label}: ASR")
+            ax.errorbar(
+                [p[0] for p in pts],
+                [x[0] for x in v],
+                yerr=[[x[1] for x in v], [x[2] for x in v]],
+                color=_colour(plt, i, len(methods)),
+                marker="o",
+                capsize=3,
+                label=f"{label}: ASR",
+            )
     ax.plot(etas, [100 * e.value for e in unedited_rate], "k--", marker="s", label="unedited: concept rate")
     if all(k is not None for k in kept):
-        ax.plot(etas, [100 * k.value for k in kept], ":", color="grey", marker="^", label="unedited: prompted attributes kept")
+        ax.plot(
+            etas,
+            [100 * k.value for k in kept],
+            ":",
+            color="grey",
+            marker="^",
+            label="unedited: prompted attributes kept",
+        )
     ax.axvline(headline, color="red", alpha=0.5, lw=1)
-    ax.annotate(f"headline η = {headline:g}", (headline, 101), fontsize=8, color="red", va="bottom",
-                ha="right" if headline >= max(etas) else "center")  # never cut at the right edge
+    ax.annotate(
+        f"headline η = {headline:g}",
+        (headline, 101),
+        fontsize=8,
+        color="red",
+        va="bottom",
+        ha="right" if headline >= max(etas) else "center",
+    )  # never cut at the right edge
     ax.set_xlabel("η (concept-vector strength)")
     ax.set_ylabel("%")
     ax.set_ylim(-3, 110)
@@ -90,14 +124,26 @@ def attack_curve(etas: Sequence[float], methods: Mapping[str, Sequence[Estimate 
     return _png(plt, fig)
 
 
-def sparsity_sweep(sparsity: Sequence[float], erase: Sequence[Estimate], drift: Sequence[Estimate], title: str,
-                   drift_label: str = "general prompts: judge agreement") -> bytes:
+def sparsity_sweep(
+    sparsity: Sequence[float],
+    erase: Sequence[Estimate],
+    drift: Sequence[Estimate],
+    title: str,
+    drift_label: str = "general prompts: judge agreement",
+) -> bytes:
     """SPACE's sweep: erase rate and general-prompt agreement (%) vs sparsity (%)."""
     plt, fig, ax = _figure()
     x = [100 * s for s in sparsity]
     for est, label, c in ((erase, "erase rate", "C0"), (drift, drift_label, "C2")):
-        ax.errorbar(x, [_err(e)[0] for e in est], yerr=[[_err(e)[1] for e in est], [_err(e)[2] for e in est]], marker="o", capsize=3,
-                    color=c, label=label)
+        ax.errorbar(
+            x,
+            [_err(e)[0] for e in est],
+            yerr=[[_err(e)[1] for e in est], [_err(e)[2] for e in est]],
+            marker="o",
+            capsize=3,
+            color=c,
+            label=label,
+        )
     ax.set_xlabel("cross-attention K/V sparsity (%)")
     ax.set_ylabel("%")
     ax.set_ylim(-3, 103)
@@ -111,8 +157,15 @@ def concepts_curve(counts: Sequence[int], series: Mapping[str, Sequence[Estimate
     """Per-concept rates (%) vs the number of concepts erased at once; one line per series (method / metric)."""
     plt, fig, ax = _figure()
     for i, (label, est) in enumerate(series.items()):
-        ax.errorbar(list(counts), [_err(e)[0] for e in est], yerr=[[_err(e)[1] for e in est], [_err(e)[2] for e in est]], marker="o",
-                    capsize=3, color=f"C{i}", label=label)
+        ax.errorbar(
+            list(counts),
+            [_err(e)[0] for e in est],
+            yerr=[[_err(e)[1] for e in est], [_err(e)[2] for e in est]],
+            marker="o",
+            capsize=3,
+            color=f"C{i}",
+            label=label,
+        )
     ax.set_xlabel("concepts erased at once")
     ax.set_ylabel("per-concept rate (%)")
     ax.set_xticks(list(counts))

@@ -71,12 +71,20 @@ def _html_cell(est) -> str:
     scale, digits = (1.0, 4) if "pixel" in est.name else (100.0, 1)
     counts = f"{est.k}/{est.n}" if est.k is not None else f"n={est.n}"
     title = _esc(est.note)
-    return (f"<td title='{title}'>{scale * est.value:.{digits}f}<small>[{scale * est.low:.{digits}f}, {scale * est.high:.{digits}f}]</small>"
-            f"<small>{counts}</small></td>")
+    return (
+        f"<td title='{title}'>{scale * est.value:.{digits}f}<small>[{scale * est.low:.{digits}f}, {scale * est.high:.{digits}f}]</small>"
+        f"<small>{counts}</small></td>"
+    )
 
 
-_SHORT = {"erase rate": "erase", "paraphrase erase rate": "paraphrase", "retain rate": "retain", "harmonic mean": "H",
-          "drift: judge agreement": "agree", "drift: pixel distance": "pixel Δ"}
+_SHORT = {
+    "erase rate": "erase",
+    "paraphrase erase rate": "paraphrase",
+    "retain rate": "retain",
+    "harmonic mean": "H",
+    "drift: judge agreement": "agree",
+    "drift: pixel distance": "pixel Δ",
+}
 
 
 def _compact(est) -> str:
@@ -106,8 +114,12 @@ def print_table(results: Results, title: str = "erasekit evaluation", extra: dic
     for col in extra:
         t.add_column(shown(col), justify="right")
     for study, label, ms in rows:
-        t.add_row(shown(study), shown(label), *(shown(_compact(ms.get(n))) for n in names),
-                  *(shown(cells.get((study, label), "")) for cells in extra.values()))
+        t.add_row(
+            shown(study),
+            shown(label),
+            *(shown(_compact(ms.get(n))) for n in names),
+            *(shown(cells.get((study, label), "")) for cells in extra.values()),
+        )
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(120, 24 * (len(names) + len(extra) + 2)))
@@ -153,17 +165,39 @@ def study_figures(results: Results, folder: Path) -> list[str]:
         first = next(iter(runs.values()))
         if "erase rate" in first.metrics and "retain rate" in first.metrics:
             pts = {UNEDITED: (first.baseline["erase rate"], first.baseline["retain rate"])}
-            pts.update({m: (r.metrics["erase rate"], r.metrics["retain rate"]) for m, r in runs.items() if "retain rate" in r.metrics})
-            out.append(figure_html(plots.tradeoff(pts, f"{study}: forget–retain trade-off (95 % intervals)"), f"tradeoff-{_safe(study)}",
-                                   folder, f"trade-off plot, study {study}"))
+            pts.update(
+                {
+                    m: (r.metrics["erase rate"], r.metrics["retain rate"])
+                    for m, r in runs.items()
+                    if "retain rate" in r.metrics
+                }
+            )
+            out.append(
+                figure_html(
+                    plots.tradeoff(pts, f"{study}: forget–retain trade-off (95 % intervals)"),
+                    f"tradeoff-{_safe(study)}",
+                    folder,
+                    f"trade-off plot, study {study}",
+                )
+            )
         for attack, a in results.attacks.get(study, {}).items():
             if "curve" not in a:
                 continue
             etas = [p["eta"] for p in a["curve"]]
             methods = {m: [p["methods"].get(m) for p in a["curve"]] for m in runs}
-            png = plots.attack_curve(etas, methods, [p["unedited concept rate"] for p in a["curve"]],
-                                     [p["unedited attributes kept"] for p in a["curve"]], a["headline_eta"], f"{study}: {attack} vs η")
-            out.append(figure_html(png, f"attack-{_safe(study)}-{_safe(attack)}", folder, f"attack curve, study {study}, {attack}"))
+            png = plots.attack_curve(
+                etas,
+                methods,
+                [p["unedited concept rate"] for p in a["curve"]],
+                [p["unedited attributes kept"] for p in a["curve"]],
+                a["headline_eta"],
+                f"{study}: {attack} vs η",
+            )
+            out.append(
+                figure_html(
+                    png, f"attack-{_safe(study)}-{_safe(attack)}", folder, f"attack curve, study {study}, {attack}"
+                )
+            )
     return out
 
 
@@ -174,18 +208,24 @@ def _pct(x: float) -> str:
 def paired_html(results: Results) -> str:
     """One table per study: every paired comparison, ★ only where significant after Holm's correction."""
     e = _esc
-    out = ["<h2>Paired comparisons</h2><p>Same prompts and seeds for every column, so differences are paired: Δ = A − B in points, "
-           "95 % cluster-bootstrap interval over prompts (images paired by seed), exact McNemar p on the discordant images "
-           "(A only / B only), Holm-corrected over every comparison of the study's table; <span class='sig'>★</span> = significant "
-           "after the correction (p<sub>Holm</sub> &lt; 0.05). Everything else is not shown to differ.</p>"]
+    out = [
+        "<h2>Paired comparisons</h2><p>Same prompts and seeds for every column, so differences are paired: Δ = A − B in points, "
+        "95 % cluster-bootstrap interval over prompts (images paired by seed), exact McNemar p on the discordant images "
+        "(A only / B only), Holm-corrected over every comparison of the study's table; <span class='sig'>★</span> = significant "
+        "after the correction (p<sub>Holm</sub> &lt; 0.05). Everything else is not shown to differ.</p>"
+    ]
     for study, comps in results.paired.items():
-        out.append(f"<h3>{e(study)} <small>({len(comps)} comparisons)</small></h3><table class='paired'><tr><th>metric</th><th>A</th><th>B</th>"
-                   "<th>A %</th><th>B %</th><th>Δ [95 % CI]</th><th>A only / B only</th><th>n (prompts)</th><th>p</th><th>p Holm</th><th></th></tr>")
+        out.append(
+            f"<h3>{e(study)} <small>({len(comps)} comparisons)</small></h3><table class='paired'><tr><th>metric</th><th>A</th><th>B</th>"
+            "<th>A %</th><th>B %</th><th>Δ [95 % CI]</th><th>A only / B only</th><th>n (prompts)</th><th>p</th><th>p Holm</th><th></th></tr>"
+        )
         for c in comps:
             star = "<span class='sig'>★</span>" if c.significant else ""
-            out.append(f"<tr><td style='text-align:left'>{e(c.metric)}</td><td><b>{e(c.a)}</b></td><td>{e(c.b)}</td><td>{_pct(c.rate_a)}</td>"
-                       f"<td>{_pct(c.rate_b)}</td><td>{100 * c.diff:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]</td><td>{c.a_only} / {c.b_only}</td>"
-                       f"<td>{c.n} ({c.clusters})</td><td>{c.p:.3g}</td><td>{c.p_holm:.3g}</td><td>{star}</td></tr>")
+            out.append(
+                f"<tr><td style='text-align:left'>{e(c.metric)}</td><td><b>{e(c.a)}</b></td><td>{e(c.b)}</td><td>{_pct(c.rate_a)}</td>"
+                f"<td>{_pct(c.rate_b)}</td><td>{100 * c.diff:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]</td><td>{c.a_only} / {c.b_only}</td>"
+                f"<td>{c.n} ({c.clusters})</td><td>{c.p:.3g}</td><td>{c.p_holm:.3g}</td><td>{star}</td></tr>"
+            )
         out.append("</table>")
     return "".join(out)
 
@@ -197,42 +237,65 @@ def attacks_html(results: Results) -> str:
         for name, a in atk.items():
             if "curve" in a:
                 labels = list(dict.fromkeys(m for p in a["curve"] for m in p["methods"]))
-                out.append(f"<h3>{e(study)}: {e(name)} curve</h3><p>Headline η = <b>{a['headline_eta']:g}</b>: {e(a['rule'])}. "
-                           "η = 0 is the unattacked target suite.</p><table class='paired'><tr><th>η</th><th>unedited: concept %</th>"
-                           "<th>unedited: attributes kept %</th>" + "".join(f"<th>{e(m)}: ASR %</th>" for m in labels) + "</tr>")
+                out.append(
+                    f"<h3>{e(study)}: {e(name)} curve</h3><p>Headline η = <b>{a['headline_eta']:g}</b>: {e(a['rule'])}. "
+                    "η = 0 is the unattacked target suite.</p><table class='paired'><tr><th>η</th><th>unedited: concept %</th>"
+                    "<th>unedited: attributes kept %</th>"
+                    + "".join(f"<th>{e(m)}: ASR %</th>" for m in labels)
+                    + "</tr>"
+                )
                 for p in a["curve"]:
                     kept = p["unedited attributes kept"]
                     cells = "".join(_html_cell(p["methods"].get(m)) for m in labels)
-                    out.append(f"<tr><td>{p['eta']:g}</td>{_html_cell(p['unedited concept rate'])}{_html_cell(kept) if kept else '<td>–</td>'}{cells}</tr>")
+                    out.append(
+                        f"<tr><td>{p['eta']:g}</td>{_html_cell(p['unedited concept rate'])}{_html_cell(kept) if kept else '<td>–</td>'}{cells}</tr>"
+                    )
                 out.append("</table>")
             else:
-                out.append(f"<h3>{e(study)}: {e(name)}</h3><p>Budget: {e(a['budget'])}. Objective: {e(a['objective'])}.</p>"
-                           "<table class='paired'><tr><th>method</th><th>judge ASR %</th><th>unedited concept % (found prompts)</th>"
-                           "<th>objective (start → found)</th><th>prompts searched</th></tr>")
+                out.append(
+                    f"<h3>{e(study)}: {e(name)}</h3><p>Budget: {e(a['budget'])}. Objective: {e(a['objective'])}.</p>"
+                    "<table class='paired'><tr><th>method</th><th>judge ASR %</th><th>unedited concept % (found prompts)</th>"
+                    "<th>objective (start → found)</th><th>prompts searched</th></tr>"
+                )
                 for m, r in a["methods"].items():
-                    out.append(f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}{_html_cell(r['unedited concept rate on the found prompts'])}"
-                               f"<td>{r['objective at start']:.3f} → {r['objective']:.3f}</td><td>{r['prompts searched']}</td></tr>")
+                    out.append(
+                        f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}{_html_cell(r['unedited concept rate on the found prompts'])}"
+                        f"<td>{r['objective at start']:.3f} → {r['objective']:.3f}</td><td>{r['prompts searched']}</td></tr>"
+                    )
                 out.append("</table>")
     return ("<h2>Attacks</h2>" + "".join(out)) if out else ""
 
 
-def write_html(results: Results, path: str | Path, *, max_rows: int = 8, thumb: int = 96, title: str = "erasekit evaluation",
-               sections: tuple[str, ...] = ()) -> Path:
+def write_html(
+    results: Results,
+    path: str | Path,
+    *,
+    max_rows: int = 8,
+    thumb: int = 96,
+    title: str = "erasekit evaluation",
+    sections: tuple[str, ...] = (),
+) -> Path:
     """The page; ``sections`` are extra HTML blocks placed after the metric table (e.g. the claims table)."""
     path = Path(path)
     names, rows = metric_rows(results)
     e = _esc
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS.replace('THUMB', str(thumb))}</style></head><body>",
-           f"<h1>{e(title)}</h1>",
-           f"<p>Judge: <b>{e(results.judge.get('judge', '?'))}</b> · model fingerprint <code>{e(results.config['model_fingerprint'][:16])}</code> · "
-           f"{results.timing['images_total']} images ({results.timing['images_from_cache']} from cache) · same seeds for every column.</p>",
-           "<h2>Metrics</h2><table id='metrics'><tr><th>study</th><th>method</th>" + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS.replace('THUMB', str(thumb))}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f"<p>Judge: <b>{e(results.judge.get('judge', '?'))}</b> · model fingerprint <code>{e(results.config['model_fingerprint'][:16])}</code> · "
+        f"{results.timing['images_total']} images ({results.timing['images_from_cache']} from cache) · same seeds for every column.</p>",
+        "<h2>Metrics</h2><table id='metrics'><tr><th>study</th><th>method</th>"
+        + "".join(f"<th>{e(n)}</th>" for n in names)
+        + "</tr>",
+    ]
     for study, label, ms in rows:
         cells = "".join(_html_cell(ms.get(n)) for n in names)
         out.append(f"<tr><td>{e(study)}</td><td><b>{e(label)}</b></td>{cells}</tr>")
-    out.append("</table><p>Rates in %, value [95 % percentile-bootstrap interval], successes / images below; pixel distance is the "
-               "mean |edited − unedited| in [0, 1] on the same seeds. The unedited row applies the same measures to the unedited "
-               "model's images. Hover a cell for an attack's budget.</p>")
+    out.append(
+        "</table><p>Rates in %, value [95 % percentile-bootstrap interval], successes / images below; pixel distance is the "
+        "mean |edited − unedited| in [0, 1] on the same seeds. The unedited row applies the same measures to the unedited "
+        "model's images. Hover a cell for an attack's budget.</p>"
+    )
     out.extend(sections)
     figs = study_figures(results, path.parent / "plots")
     if figs:
@@ -245,9 +308,18 @@ def write_html(results: Results, path: str | Path, *, max_rows: int = 8, thumb: 
         labels = list(runs)
         for suite_name in next(iter(runs.values())).suites:
             out.append(_grid(suite_name, [runs[m].suites[suite_name] for m in labels], labels, max_rows, thumb))
-    settings = {"config": results.config, "judge": results.judge, "timing": results.timing,
-                "edits": {s: {m: {"summary": r.edit_summary, "config": r.edit_config} for m, r in runs.items()} for s, runs in results.studies.items()}}
-    out.append(f"<h2>Settings</h2><pre id='settings'>{e(json.dumps(settings, indent=1, default=_jsonable))}</pre></body></html>")
+    settings = {
+        "config": results.config,
+        "judge": results.judge,
+        "timing": results.timing,
+        "edits": {
+            s: {m: {"summary": r.edit_summary, "config": r.edit_config} for m, r in runs.items()}
+            for s, runs in results.studies.items()
+        },
+    }
+    out.append(
+        f"<h2>Settings</h2><pre id='settings'>{e(json.dumps(settings, indent=1, default=_jsonable))}</pre></body></html>"
+    )
     write_bytes_atomic(path, "\n".join(out).encode("utf-8"))
     return path
 
@@ -271,17 +343,29 @@ def _grid(suite_name: str, suite_runs: list, labels: list[str], max_rows: int, t
     head = f"<h3>{e(suite_name)} <small>({e(first.suite.kind)}, {len(first.suite.items)} items, first {n} shown)</small></h3>"
     if same_items:
         cols = ["unedited"] + labels
-        cells = lambda i: [(first.unedited[i], _decision(first, "unedited", i))] + [(r.edited[i], _decision(r, "edited", i)) for r in suite_runs]  # noqa: E731
+        cells = lambda i: (
+            [(first.unedited[i], _decision(first, "unedited", i))]
+            + [(r.edited[i], _decision(r, "edited", i)) for r in suite_runs]
+        )  # noqa: E731
     else:  # items differ per method (attacks searched against each edited model): unedited | edited per method
         cols = [c for m in labels for c in (f"unedited · {m} prompts", m)]
-        cells = lambda i: [c for r in suite_runs for c in ((r.unedited[i], _decision(r, "unedited", i)), (r.edited[i], _decision(r, "edited", i)))]  # noqa: E731
-    rows = ["<table class='grid'><tr><th>prompt</th><th>seed</th>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"]
+        cells = lambda i: [
+            c
+            for r in suite_runs
+            for c in ((r.unedited[i], _decision(r, "unedited", i)), (r.edited[i], _decision(r, "edited", i)))
+        ]  # noqa: E731
+    rows = [
+        "<table class='grid'><tr><th>prompt</th><th>seed</th>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>"
+    ]
     for i in range(n):
         it = first.suite.items[i]
         prompt = it.prompt if same_items else " | ".join(dict.fromkeys(r.suite.items[i].prompt for r in suite_runs))
         if it.shift is not None:
             prompt += f"  [+ η={it.shift[1]:g} · concept vector]"
-        imgs = "".join(f"<td><img alt='{e(cols[k])}' src='{_data_uri(ImageCache.load(p), thumb)}'>{d}</td>" for k, (p, d) in enumerate(cells(i)))
+        imgs = "".join(
+            f"<td><img alt='{e(cols[k])}' src='{_data_uri(ImageCache.load(p), thumb)}'>{d}</td>"
+            for k, (p, d) in enumerate(cells(i))
+        )
         rows.append(f"<tr><td class='p'>{e(prompt)}</td><td>{it.seed}</td>{imgs}</tr>")
     rows.append("</table>")
     return head + "".join(rows)

@@ -34,16 +34,20 @@ class SuiteRun:
         """Per item: does the judge see any (``mode="any"``) / all of the item's concepts?"""
         jr = self.judged_edited if which == "edited" else self.judged_unedited
         agg = np.any if mode == "any" else np.all
-        return np.array([bool(agg([jr.seen(c)[i] for c in it.concepts])) for i, it in enumerate(self.suite.items)],
-                        dtype=bool)
+        return np.array(
+            [bool(agg([jr.seen(c)[i] for c in it.concepts])) for i, it in enumerate(self.suite.items)], dtype=bool
+        )
 
     def to_dict(self) -> dict:
-        return {"suite": self.suite.to_dict(), "unedited_images": [str(p) for p in self.unedited],
-                "edited_images": [str(p) for p in self.edited],
-                "judged_unedited": self.judged_unedited.to_dict() if self.judged_unedited else None,
-                "judged_edited": self.judged_edited.to_dict() if self.judged_edited else None,
-                "pixel_distance": self.pixel_distance,
-                "kept_unedited": None if self.kept_unedited is None else [bool(x) for x in self.kept_unedited]}
+        return {
+            "suite": self.suite.to_dict(),
+            "unedited_images": [str(p) for p in self.unedited],
+            "edited_images": [str(p) for p in self.edited],
+            "judged_unedited": self.judged_unedited.to_dict() if self.judged_unedited else None,
+            "judged_edited": self.judged_edited.to_dict() if self.judged_edited else None,
+            "pixel_distance": self.pixel_distance,
+            "kept_unedited": None if self.kept_unedited is None else [bool(x) for x in self.kept_unedited],
+        }
 
 
 @dataclass
@@ -56,10 +60,14 @@ class MethodRun:
     baseline: dict[str, M.Estimate] = field(default_factory=dict)  # the same rates on the unedited model's images
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "edit": self.edit_summary, "config": self.edit_config,
-                "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
-                "unedited_metrics": {k: v.to_dict() for k, v in self.baseline.items()},
-                "suites": {k: v.to_dict() for k, v in self.suites.items()}}
+        return {
+            "label": self.label,
+            "edit": self.edit_summary,
+            "config": self.edit_config,
+            "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+            "unedited_metrics": {k: v.to_dict() for k, v in self.baseline.items()},
+            "suites": {k: v.to_dict() for k, v in self.suites.items()},
+        }
 
 
 @dataclass
@@ -76,10 +84,15 @@ class Results:
     attacks: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "config": self.config, "judge": self.judge, "timing": self.timing,
-                "paired": {s: [c.to_dict() for c in cs] for s, cs in self.paired.items()},
-                "attacks": {s: {name: _attack_dict(a) for name, a in atk.items()} for s, atk in self.attacks.items()},
-                "studies": {s: {m: r.to_dict() for m, r in runs.items()} for s, runs in self.studies.items()}}
+        return {
+            "schema": SCHEMA,
+            "config": self.config,
+            "judge": self.judge,
+            "timing": self.timing,
+            "paired": {s: [c.to_dict() for c in cs] for s, cs in self.paired.items()},
+            "attacks": {s: {name: _attack_dict(a) for name, a in atk.items()} for s, atk in self.attacks.items()},
+            "studies": {s: {m: r.to_dict() for m, r in runs.items()} for s, runs in self.studies.items()},
+        }
 
 
 def _attack_dict(x):

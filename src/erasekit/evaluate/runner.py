@@ -47,15 +47,36 @@ from .results import SCHEMA, UNEDITED, MethodRun, Results, SuiteRun, versions
 from .summary import headline_suite, run_config, summarise
 
 __all__ = [
-    "SCHEMA", "UNEDITED", "GenerationSettings", "ImageCache", "MethodRun", "Results", "Study", "SuiteRun",
-    "edit_digest", "evaluate", "headline_suite", "pipeline_fingerprint", "scheduler_id", "versions",
+    "SCHEMA",
+    "UNEDITED",
+    "GenerationSettings",
+    "ImageCache",
+    "MethodRun",
+    "Results",
+    "Study",
+    "SuiteRun",
+    "edit_digest",
+    "evaluate",
+    "headline_suite",
+    "pipeline_fingerprint",
+    "scheduler_id",
+    "versions",
 ]
 DEFAULT_SETTINGS = GenerationSettings()
 
 
-def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.PathLike,
-             settings: GenerationSettings = DEFAULT_SETTINGS, cache_dir: str | os.PathLike | None = None,
-             seed: int = 0, n_boot: int = M.N_BOOT, progress: bool = True) -> Results | None:
+def evaluate(
+    pipe,
+    studies: Sequence[Study],
+    judge: Judge,
+    *,
+    out_dir: str | os.PathLike,
+    settings: GenerationSettings = DEFAULT_SETTINGS,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    n_boot: int = M.N_BOOT,
+    progress: bool = True,
+) -> Results | None:
     """Generate, judge and measure every study; returns :class:`Results` on the main process, ``None`` on the others.
 
     ``pipe`` must be unedited; each edit is applied for its images and reverted. The stages, in order:
@@ -92,13 +113,28 @@ def evaluate(pipe, studies: Sequence[Study], judge: Judge, *, out_dir: str | os.
     paired, attack_results = summarise(plan.runs, seed=seed, n_boot=n_boot)
     metrics_seconds = time.perf_counter() - t0 - judge_seconds
 
-    config = run_config(pipe, model, settings, cache, seed=seed, n_boot=n_boot, processes=state.num_processes,
-                        torch_threads=threads_per_process)
+    config = run_config(
+        pipe,
+        model,
+        settings,
+        cache,
+        seed=seed,
+        n_boot=n_boot,
+        processes=state.num_processes,
+        torch_threads=threads_per_process,
+    )
     n = len(plan.jobs)
-    timing = {"images_total": n, "images_generated": n_missing, "images_generated_by_main": generated_here,
-              "images_from_cache": n - n_missing, "attack_seconds": attack_seconds,
-              "generation_seconds": generation_seconds, "judge_seconds": judge_seconds,
-              "read_and_metrics_seconds": metrics_seconds, "total_seconds": time.perf_counter() - t_start}
+    timing = {
+        "images_total": n,
+        "images_generated": n_missing,
+        "images_generated_by_main": generated_here,
+        "images_from_cache": n - n_missing,
+        "attack_seconds": attack_seconds,
+        "generation_seconds": generation_seconds,
+        "judge_seconds": judge_seconds,
+        "read_and_metrics_seconds": metrics_seconds,
+        "total_seconds": time.perf_counter() - t_start,
+    }
     return Results(plan.runs, config, judge.settings, timing, paired, attack_results)
 
 
@@ -106,8 +142,9 @@ def _check(pipe, studies: Sequence[Study]) -> None:
     from ..edit import Edit
 
     if Edit.applied(pipe):
-        raise EraseKitError(f"the pipeline already has an edit applied ({Edit.applied(pipe)[-1]}); "
-                            "evaluate needs the unedited pipeline")
+        raise EraseKitError(
+            f"the pipeline already has an edit applied ({Edit.applied(pipe)[-1]}); evaluate needs the unedited pipeline"
+        )
     names = [s.name for s in studies]
     if len(set(names)) != len(names):
         raise EraseKitError(f"study names must be unique, got {names}")

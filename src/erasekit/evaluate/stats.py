@@ -15,10 +15,10 @@ unedited model), with a 0/1 success per image (erased / retained / attacked):
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from math import comb
-from typing import Hashable, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    tail = Fraction(sum(comb(n, k) for k in range(min(b, c) + 1)), 2 ** n)  # P[Bin(n, ½) ≤ min(b, c)]
+    tail = Fraction(sum(comb(n, k) for k in range(min(b, c) + 1)), 2**n)  # P[Bin(n, ½) ≤ min(b, c)]
     return float(min(Fraction(1), 2 * tail))
 
 
@@ -64,8 +64,15 @@ def clusters_of(keys: Sequence[Hashable]) -> np.ndarray:
     return np.array([ids.setdefault(k, len(ids)) for k in keys], dtype=np.int64)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, clusters: np.ndarray | None = None, *, n_boot: int = 2000, level: float = 0.95,
-                     seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray,
+    clusters: np.ndarray | None = None,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """(mean(a) − mean(b), low, high): percentile interval resampling whole clusters (prompts) with replacement.
 
     A drawn cluster brings every image it holds, of both methods: the pairing by seed is kept.
@@ -83,7 +90,9 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, clusters: np.ndarray | None =
     d_sum, size = d_sum[keep], size[keep]
     k = d_sum.size
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot).astype(np.float64)  # (n_boot, K): times each cluster is drawn
+    counts = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot).astype(
+        np.float64
+    )  # (n_boot, K): times each cluster is drawn
     draws = (counts @ d_sum) / (counts @ size)  # (n_boot,)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(draws, [alpha, 1.0 - alpha])
@@ -116,15 +125,39 @@ class Comparison:
         return asdict(self)
 
 
-def compare(metric: str, a_label: str, b_label: str, a: np.ndarray, b: np.ndarray, prompts: Sequence[Hashable] | None = None, *,
-            n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Comparison:
+def compare(
+    metric: str,
+    a_label: str,
+    b_label: str,
+    a: np.ndarray,
+    b: np.ndarray,
+    prompts: Sequence[Hashable] | None = None,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Comparison:
     """One paired comparison (uncorrected; :func:`correct` fills ``p_holm`` and ``significant``)."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     cl = clusters_of(prompts) if prompts is not None else np.arange(a.size)
     diff, low, high = paired_bootstrap(a, b, cl, n_boot=n_boot, level=level, seed=seed)
     x, y = discordant(a, b)
-    return Comparison(metric, a_label, b_label, float(a.mean()) if a.size else float("nan"), float(b.mean()) if b.size else float("nan"),
-                      diff, low, high, int(a.size), int(cl.max() + 1) if cl.size else 0, x, y, mcnemar_exact(x, y), level=level)
+    return Comparison(
+        metric,
+        a_label,
+        b_label,
+        float(a.mean()) if a.size else float("nan"),
+        float(b.mean()) if b.size else float("nan"),
+        diff,
+        low,
+        high,
+        int(a.size),
+        int(cl.max() + 1) if cl.size else 0,
+        x,
+        y,
+        mcnemar_exact(x, y),
+        level=level,
+    )
 
 
 def correct(comparisons: Sequence[Comparison], alpha: float = ALPHA) -> list[Comparison]:

@@ -22,9 +22,9 @@ import io
 import os
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -62,10 +62,16 @@ class SuiteItem:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "SuiteItem":
+    def from_dict(cls, d: Mapping) -> SuiteItem:
         shift = d.get("shift")
-        return cls(d["prompt"], int(d["seed"]), d.get("guidance"), tuple(d.get("concepts", ())),
-                   None if shift is None else (str(shift[0]), float(shift[1])), tuple(sorted(d.get("meta", {}).items())))
+        return cls(
+            d["prompt"],
+            int(d["seed"]),
+            d.get("guidance"),
+            tuple(d.get("concepts", ())),
+            None if shift is None else (str(shift[0]), float(shift[1])),
+            tuple(sorted(d.get("meta", {}).items())),
+        )
 
 
 @dataclass
@@ -89,7 +95,9 @@ class Suite:
             raise ConceptError(f"unknown suite kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         missing = {it.shift[0] for it in self.items if it.shift is not None} - set(self.vectors)
         if missing:
-            raise ConceptError(f"suite {self.name!r}: items refer to conditioning vector(s) {sorted(missing)} the suite does not hold")
+            raise ConceptError(
+                f"suite {self.name!r}: items refer to conditioning vector(s) {sorted(missing)} the suite does not hold"
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -97,7 +105,7 @@ class Suite:
     def __iter__(self) -> Iterator[SuiteItem]:
         return iter(self.items)
 
-    def head(self, n: int) -> "Suite":
+    def head(self, n: int) -> Suite:
         """The first ``n`` items (same name, kind and vectors)."""
         return replace(self, items=self.items[:n])
 
@@ -107,14 +115,25 @@ class Suite:
         return list(dict.fromkeys(c for it in self.items for c in it.concepts))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "source": self.source, "info": self.info,
-                "vectors": sorted(self.vectors), "items": [it.to_dict() for it in self.items]}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "source": self.source,
+            "info": self.info,
+            "vectors": sorted(self.vectors),
+            "items": [it.to_dict() for it in self.items],
+        }
 
 
 # ----------------------------------------------------------------------------- from concepts
-def suites_from_concepts(concepts: ConceptSet, *, seeds: Sequence[int] = (0, 1, 2, 3), guidance: float | None = None,
-                         paraphrases: Mapping[str, Sequence[str]] | None = None,
-                         general: Sequence[str] = GENERAL_PROMPTS) -> list[Suite]:
+def suites_from_concepts(
+    concepts: ConceptSet,
+    *,
+    seeds: Sequence[int] = (0, 1, 2, 3),
+    guidance: float | None = None,
+    paraphrases: Mapping[str, Sequence[str]] | None = None,
+    general: Sequence[str] = GENERAL_PROMPTS,
+) -> list[Suite]:
     """target / paraphrase / retain / general suites for a real model's :class:`ConceptSet`.
 
     Target and retain prompts fill the kind's templates (``"painting by {}"`` ...) with the erased
@@ -127,14 +146,37 @@ def suites_from_concepts(concepts: ConceptSet, *, seeds: Sequence[int] = (0, 1, 
     def items(prompts_and_labels: Iterable[tuple[str, tuple[str, ...]]]) -> list[SuiteItem]:
         return [SuiteItem(p, int(s), guidance, labels) for p, labels in prompts_and_labels for s in seeds]
 
-    out = [Suite("target", "target", items((t.format(c), (c,)) for c in concepts.erase for t in templates), source="concept templates")]
+    out = [
+        Suite(
+            "target",
+            "target",
+            items((t.format(c), (c,)) for c in concepts.erase for t in templates),
+            source="concept templates",
+        )
+    ]
     if paraphrases:
         unknown = set(paraphrases) - set(concepts.erase)
         if unknown:
-            raise ConceptError(f"paraphrases given for {sorted(unknown)}, which are not erased concepts {list(concepts.erase)}")
-        out.append(Suite("paraphrase", "paraphrase", items((p, (c,)) for c, ps in paraphrases.items() for p in ps), source="user paraphrases"))
+            raise ConceptError(
+                f"paraphrases given for {sorted(unknown)}, which are not erased concepts {list(concepts.erase)}"
+            )
+        out.append(
+            Suite(
+                "paraphrase",
+                "paraphrase",
+                items((p, (c,)) for c, ps in paraphrases.items() for p in ps),
+                source="user paraphrases",
+            )
+        )
     if concepts.preserve:
-        out.append(Suite("retain", "retain", items((t.format(c), (c,)) for c in concepts.preserve for t in templates), source="concept templates"))
+        out.append(
+            Suite(
+                "retain",
+                "retain",
+                items((t.format(c), (c,)) for c in concepts.preserve for t in templates),
+                source="concept templates",
+            )
+        )
     if general:
         out.append(Suite("general", "general", items((p, ()) for p in general), source="built-in unrelated prompts"))
     return out
@@ -154,8 +196,14 @@ def tinyworld_attribute(concept: str) -> tuple[str, str]:
     raise ConceptError(f"tinyworld has no concept {concept!r}; choose among {names} (or a synonym)")
 
 
-def tinyworld_suites(concepts: Sequence[str], n: int = 16, *, seed: int = 0, guidance: float | None = None,
-                     kinds: Sequence[str] = ("target", "paraphrase", "retain", "general")) -> list[Suite]:
+def tinyworld_suites(
+    concepts: Sequence[str],
+    n: int = 16,
+    *,
+    seed: int = 0,
+    guidance: float | None = None,
+    kinds: Sequence[str] = ("target", "paraphrase", "retain", "general"),
+) -> list[Suite]:
     """Suites for erasing ``concepts`` (shapes, colours or patterns) from tinyworld, ``n`` items each.
 
     * target: captions that name every attribute canonically (``"a striped red circle"``) and
@@ -193,7 +241,9 @@ def tinyworld_suites(concepts: Sequence[str], n: int = 16, *, seed: int = 0, gui
         return s
 
     def text(s: dict[str, str], synonyms, split: str, template: int | None) -> str:
-        return world.caption(s["shape"], s["color"], s["pattern"], rng, synonyms=synonyms, split=split, template=template)
+        return world.caption(
+            s["shape"], s["color"], s["pattern"], rng, synonyms=synonyms, split=split, template=template
+        )
 
     out = []
     for kind in kinds:
@@ -232,7 +282,9 @@ def fetch(url: str, sha256: str | None, cache_dir: str | os.PathLike | None = No
     A file whose checksum differs is refused and not cached.
     """
     if not sha256:
-        raise ConceptError(f"downloading {url!r} needs its sha256 (pass sha256=... / --sha256) so the prompts cannot change silently")
+        raise ConceptError(
+            f"downloading {url!r} needs its sha256 (pass sha256=... / --sha256) so the prompts cannot change silently"
+        )
     sha256 = sha256.lower()
     name = Path(urllib.parse.urlparse(url).path).name or "prompts"
     target = Path(cache_dir or default_cache_dir()) / "prompts" / sha256 / name
@@ -263,9 +315,18 @@ def _detect_format(header: list[str]) -> str:
     raise ConceptError(f"unrecognised prompt CSV (columns {header[:8]}); expected I2P, ESD or UnlearnDiffAtk columns")
 
 
-def load_prompts(source: str | os.PathLike, *, kind: str = "target", name: str | None = None, sha256: str | None = None,
-                 concepts: Sequence[str] | None = None, seed: int = 0, guidance: float | None = None,
-                 limit: int | None = None, cache_dir: str | os.PathLike | None = None) -> Suite:
+def load_prompts(
+    source: str | os.PathLike,
+    *,
+    kind: str = "target",
+    name: str | None = None,
+    sha256: str | None = None,
+    concepts: Sequence[str] | None = None,
+    seed: int = 0,
+    guidance: float | None = None,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Suite:
     """A :class:`Suite` from a prompt file (path, or ``http(s)://`` / ``file://`` URL with ``sha256``).
 
     Formats, recognised by their columns:
@@ -311,12 +372,22 @@ def load_prompts(source: str | os.PathLike, *, kind: str = "target", name: str |
                     labels = ()
             g = row.get("evaluation_guidance")
             meta = tuple((k, row[k]) for k in ("case_number",) if row.get(k))
-            items.append(SuiteItem(row["prompt"], int(row["evaluation_seed"]) if row.get("evaluation_seed") else seed + i,
-                                   float(g) if g else guidance, labels, None, meta))
+            items.append(
+                SuiteItem(
+                    row["prompt"],
+                    int(row["evaluation_seed"]) if row.get("evaluation_seed") else seed + i,
+                    float(g) if g else guidance,
+                    labels,
+                    None,
+                    meta,
+                )
+            )
     else:
         fmt = "lines"
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        items = [SuiteItem(p, seed + i, guidance, override or ()) for i, p in enumerate(lines[:limit] if limit else lines)]
+        items = [
+            SuiteItem(p, seed + i, guidance, override or ()) for i, p in enumerate(lines[:limit] if limit else lines)
+        ]
     if not items:
         raise ConceptError(f"{src!r} holds no prompt")
     return Suite(name or path.stem, kind, items, source=src, info={"format": fmt, "sha256": digest, "rows": len(items)})

@@ -30,15 +30,32 @@ def summarise(runs: dict[str, dict[str, MethodRun]], *, seed: int, n_boot: int) 
     return paired, attacks
 
 
-def run_config(pipe, model: ModelIdentity, settings, cache: ImageCache, *, seed: int, n_boot: int, processes: int,
-               torch_threads: list[int]) -> dict:
+def run_config(
+    pipe,
+    model: ModelIdentity,
+    settings,
+    cache: ImageCache,
+    *,
+    seed: int,
+    n_boot: int,
+    processes: int,
+    torch_threads: list[int],
+) -> dict:
     """results.json's ``config``: what the images and numbers depend on."""
     return {
-        "settings": settings.to_dict(), **model.to_config(), "seed": seed, "n_boot": n_boot, "level": M.LEVEL,
-        "cache_dir": str(cache.root), "processes": processes, "torch_threads": torch_threads,
+        "settings": settings.to_dict(),
+        **model.to_config(),
+        "seed": seed,
+        "n_boot": n_boot,
+        "level": M.LEVEL,
+        "cache_dir": str(cache.root),
+        "processes": processes,
+        "torch_threads": torch_threads,
         "versions": versions(),
-        "pipeline": {"class": type(pipe).__name__,
-                     "name_or_path": getattr(pipe.config, "_name_or_path", None) if hasattr(pipe, "config") else None},
+        "pipeline": {
+            "class": type(pipe).__name__,
+            "name_or_path": getattr(pipe.config, "_name_or_path", None) if hasattr(pipe, "config") else None,
+        },
     }
 
 
@@ -74,24 +91,37 @@ def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) ->
     for attack, curve in _curve_suites(first).items():
         points = ([target] if target is not None else []) + curve
         etas = ([0.0] if target is not None else []) + [float(s.suite.info["eta"]) for s in curve]
-        kept = [None if s.kept_unedited is None else M.rate("unedited: prompted attributes kept", s.kept_unedited, **kw)
-                for s in points]
+        kept = [
+            None if s.kept_unedited is None else M.rate("unedited: prompted attributes kept", s.kept_unedited, **kw)
+            for s in points
+        ]
         rows = []
         for eta, s, k in zip(etas, points, kept, strict=True):
-            row = {"eta": eta, "suite": s.suite.name,
-                   "unedited concept rate": M.rate("unedited concept rate", s.seen("unedited"), **kw),
-                   "unedited attributes kept": k, "methods": {}}
+            row = {
+                "eta": eta,
+                "suite": s.suite.name,
+                "unedited concept rate": M.rate("unedited concept rate", s.seen("unedited"), **kw),
+                "unedited attributes kept": k,
+                "methods": {},
+            }
             for label, run in study_runs.items():
                 sr = headline_suite(run, attack, eta)
                 if sr is not None:
-                    row["methods"][label] = M.attack_success_rate(sr.seen("edited"), name=f"ASR {attack}@{eta:g}",
-                                                                  budget=s.suite.info.get("budget", "η = 0"), **kw)
+                    row["methods"][label] = M.attack_success_rate(
+                        sr.seen("edited"),
+                        name=f"ASR {attack}@{eta:g}",
+                        budget=s.suite.info.get("budget", "η = 0"),
+                        **kw,
+                    )
             rows.append(row)
         at_zero = kept[0].value if target is not None and kept[0] is not None else None
-        eta, rule = headline_eta(etas[1:] if target is not None else etas,
-                                 [k.value if k is not None else None for k in kept[-len(curve):]], at_zero)
+        eta, rule = headline_eta(
+            etas[1:] if target is not None else etas,
+            [k.value if k is not None else None for k in kept[-len(curve) :]],
+            at_zero,
+        )
         out[attack] = {"curve": rows, "headline_eta": eta, "rule": rule}
-        for label, run in study_runs.items():
+        for run in study_runs.values():
             sr = headline_suite(run, attack, eta)
             if sr is not None:
                 name = f"ASR {attack} (headline η = {eta:g})"
@@ -104,20 +134,26 @@ def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) ->
             if s.suite.kind != "adversarial" or "search" not in info:
                 continue
             search = info["search"].values()
-            entry = out.setdefault(info["attack"], {"budget": info["budget"], "objective": info.get("objective", ""),
-                                                    "methods": {}})
+            entry = out.setdefault(
+                info["attack"], {"budget": info["budget"], "objective": info.get("objective", ""), "methods": {}}
+            )
             entry["methods"][label] = {
-                "judge ASR": M.attack_success_rate(s.seen("edited"), name=f"ASR {info['attack']}",
-                                                   budget=info["budget"], **kw),
+                "judge ASR": M.attack_success_rate(
+                    s.seen("edited"), name=f"ASR {info['attack']}", budget=info["budget"], **kw
+                ),
                 "unedited concept rate on the found prompts": M.rate("unedited concept rate", s.seen("unedited"), **kw),
                 "objective": float(np.mean([f["score"] for f in search])) if search else float("nan"),
                 "objective at start": float(np.mean([f["start_score"] for f in search])) if search else float("nan"),
-                "prompts searched": len(info["search"])}
+                "prompts searched": len(info["search"]),
+            }
     return out
 
 
-PAIRED_KINDS = {"target": ("erase rate", "any", False), "paraphrase": ("paraphrase erase rate", "any", False),
-                "retain": ("retain rate", "all", True)}
+PAIRED_KINDS = {
+    "target": ("erase rate", "any", False),
+    "paraphrase": ("paraphrase erase rate", "any", False),
+    "retain": ("retain rate", "all", True),
+}
 
 
 def _decisions(run: MethodRun, attacks: dict) -> dict[str, tuple[SuiteRun, np.ndarray, np.ndarray]]:
@@ -150,7 +186,7 @@ def _paired(study_runs: dict[str, MethodRun], attacks: dict, seed: int, n_boot: 
             s, e, u = dec[lb][metric]
             comps.append(S.compare(metric, lb, UNEDITED, e, u, [it.prompt for it in s.suite.items], **kw))
         for i, a in enumerate(have):
-            for b in have[i + 1:]:
+            for b in have[i + 1 :]:
                 sa, ea, _ = dec[a][metric]
                 sb, eb, _ = dec[b][metric]
                 if sa.suite.items != sb.suite.items:  # not the same prompts and seeds: not a paired comparison
@@ -178,15 +214,20 @@ def _metrics(run: MethodRun, which: str, seed: int, n_boot: int) -> dict[str, M.
             retain_parts.append(seen)
         elif kind == "adversarial":
             label = f"ASR {name.split(':', 1)[-1]}"
-            out[label] = M.attack_success_rate(s.seen(which, "any"), name=label, budget=s.suite.info.get("budget", ""),
-                                               **kw)
+            out[label] = M.attack_success_rate(
+                s.seen(which, "any"), name=label, budget=s.suite.info.get("budget", ""), **kw
+            )
         elif kind == "general" and which == "edited":
             if s.suite.labels:
                 out["drift: judge agreement" + suffix] = M.judge_agreement(
-                    _item_decisions(s, "edited"), _item_decisions(s, "unedited"), **kw)
+                    _item_decisions(s, "edited"), _item_decisions(s, "unedited"), **kw
+                )
             out["drift: pixel distance" + suffix] = M.mean(
-                "drift: pixel distance" + suffix, np.array(s.pixel_distance),
-                note="mean |edited − unedited| in [0, 1], same seeds", **kw)
+                "drift: pixel distance" + suffix,
+                np.array(s.pixel_distance),
+                note="mean |edited − unedited| in [0, 1], same seeds",
+                **kw,
+            )
     if erase_parts and retain_parts:
         out["harmonic mean"] = M.harmonic_mean(erase_parts + retain_parts, **kw)
     return out

@@ -28,14 +28,21 @@ from __future__ import annotations
 
 import os
 
+# Importing a format's module registers it; this order is the CLI's order of --format choices.
+from . import diff, diffusers_folder, lora, lora_kohya, single_file  # noqa: F401, I001  (registration side effect)
 from ._common import ExportError, ExportResult, check_output
 from .base import KINDS, ExportFormat, get_format, list_formats, register_format
 
-# Importing a format's module registers it; this order is the CLI's order of --format choices.
-from . import single_file, diffusers_folder, lora, lora_kohya, diff  # noqa: F401, I001  (registration side effect)
-
-__all__ = ["ExportError", "ExportFormat", "ExportResult", "KINDS", "export", "get_format", "list_formats",
-           "register_format"]
+__all__ = [
+    "ExportError",
+    "ExportFormat",
+    "ExportResult",
+    "KINDS",
+    "export",
+    "get_format",
+    "list_formats",
+    "register_format",
+]
 
 
 def _edit_and_pipe(edit_or_pipe, pipe):
@@ -46,15 +53,24 @@ def _edit_and_pipe(edit_or_pipe, pipe):
         return edit_or_pipe, pipe
     if getattr(edit_or_pipe, "unet", None) is not None:
         if pipe is not None:
-            raise ExportError("pass either an edit with pipe=<its base pipeline>, or a pipeline alone, "
-                              "not two pipelines")
+            raise ExportError(
+                "pass either an edit with pipe=<its base pipeline>, or a pipeline alone, not two pipelines"
+            )
         return None, edit_or_pipe
-    raise ExportError(f"cannot export a {type(edit_or_pipe).__name__}: pass an erasekit Edit or a diffusers UNet "
-                      "pipeline")
+    raise ExportError(
+        f"cannot export a {type(edit_or_pipe).__name__}: pass an erasekit Edit or a diffusers UNet pipeline"
+    )
 
 
-def export(edit_or_pipe, format: str = "single-file", path: str | os.PathLike | None = None, *, pipe=None,
-           progress: bool = False, **options) -> ExportResult:
+def export(
+    edit_or_pipe,
+    format: str = "single-file",
+    path: str | os.PathLike | None = None,
+    *,
+    pipe=None,
+    progress: bool = False,
+    **options,
+) -> ExportResult:
     """Write an :class:`~erasekit.Edit` (with ``pipe=`` its base pipeline) or a pipeline in ``format``.
 
     Args:
@@ -84,13 +100,17 @@ def export(edit_or_pipe, format: str = "single-file", path: str | os.PathLike | 
 
     if fmt.kind == "edit":
         if edit is None:
-            raise ExportError(f"the {fmt.name!r} format carries an edit, not a whole pipeline: pass the Edit and "
-                              "pipe=<its base pipeline>")
+            raise ExportError(
+                f"the {fmt.name!r} format carries an edit, not a whole pipeline: pass the Edit and "
+                "pipe=<its base pipeline>"
+            )
         odd = [k for k, le in edit.layers.items() if getattr(le, "param", "weight") != "weight" or len(le.shape) != 2]
         if odd:
             whole = " or ".join(repr(n) for n, f in list_formats().items() if f.kind == "model")
-            raise ExportError(f"the {fmt.name!r} format carries Linear weight changes only; this edit also changes "
-                              f"{odd[0]!r}: export it as {whole}")
+            raise ExportError(
+                f"the {fmt.name!r} format carries Linear weight changes only; this edit also changes "
+                f"{odd[0]!r}: export it as {whole}"
+            )
         why = fmt.needs_pipe(edit, given)
         if pipe is None and why:
             raise ExportError(f"the {fmt.name!r} export of this edit needs its base pipeline (pipe=...): {why}")

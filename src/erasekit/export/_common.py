@@ -17,8 +17,14 @@ from ..errors import EraseKitError
 META_KEY = "erasekit_export"  # safetensors metadata key of every erasekit export (a JSON document)
 META_FORMAT = "erasekit.export"
 META_VERSION = 2  # 2: checksummed with edit_format.content_sha256 (1: an export-only checksum, still read back)
-SAVE_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+SAVE_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 class ExportError(EraseKitError):
@@ -69,9 +75,13 @@ def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
     path = Path(path)
     if folder:
         if path.is_file():
-            raise ExportError(f"{str(path)!r} is an existing file; the diffusers format writes a folder: give a new folder path")
+            raise ExportError(
+                f"{str(path)!r} is an existing file; the diffusers format writes a folder: give a new folder path"
+            )
         if path.is_dir() and any(path.iterdir()):
-            raise ExportError(f"folder {str(path)!r} already exists and is not empty; remove it or give a new folder path")
+            raise ExportError(
+                f"folder {str(path)!r} already exists and is not empty; remove it or give a new folder path"
+            )
     elif path.is_dir():
         raise ExportError(f"{str(path)!r} is a directory; give a file name, e.g. {str(path / 'model.safetensors')!r}")
     check_parent_writable(path, "export", error=ExportError)
@@ -87,14 +97,21 @@ def edit_record(edit) -> dict:
     fingerprint of every edited layer's base weight (what ``load_edit`` checks a pipeline against)."""
     meta = edit.metadata()
     rec = {k: meta[k] for k in ("erasekit_version", "method", "config", "concepts", "base", "stats") if k in meta}
-    rec["layers"] = {p: {"kind": info["kind"], "shape": info["shape"], "fingerprint": info["fingerprint"]}
-                     for p, info in meta["layers"].items()}
+    rec["layers"] = {
+        p: {"kind": info["kind"], "shape": info["shape"], "fingerprint": info["fingerprint"]}
+        for p, info in meta["layers"].items()
+    }
     return rec
 
 
 def export_metadata(export_format: str, **fields) -> dict:
-    return {"format": META_FORMAT, "format_version": META_VERSION, "export_format": export_format,
-            "erasekit_version": __version__, **fields}
+    return {
+        "format": META_FORMAT,
+        "format_version": META_VERSION,
+        "export_format": export_format,
+        "erasekit_version": __version__,
+        **fields,
+    }
 
 
 def content_sha256(meta: dict, tensors: dict[str, torch.Tensor]) -> str:

@@ -17,9 +17,10 @@ not given); an option the format does not list is refused before any work, namin
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ._common import ExportError, ExportResult
 

@@ -15,8 +15,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ._common import (ExportResult, baked, check_output, edit_record, export_metadata, path_size, resolve_save_dtype,
-                      write_error)
+from ._common import (
+    ExportResult,
+    baked,
+    check_output,
+    edit_record,
+    export_metadata,
+    path_size,
+    resolve_save_dtype,
+    write_error,
+)
 from .base import ExportFormat, register_format
 
 RECORD_FILE = "erasekit_export.json"
@@ -46,8 +54,12 @@ def write_folder(pipe, path, *, save_dtype=None, record: dict | None = None, pro
             # A copy in the save dtype: the live pipeline keeps its own (casting back and forth would lose bits).
             target = copy.deepcopy(pipe).to(dtype=cast)
         target.save_pretrained(str(tmp), safe_serialization=True)
-        meta = export_metadata("diffusers", edits=[record] if record else [], applied=Edit.applied(pipe),
-                               save_dtype=str(cast or getattr(pipe, "dtype", "")).replace("torch.", ""))
+        meta = export_metadata(
+            "diffusers",
+            edits=[record] if record else [],
+            applied=Edit.applied(pipe),
+            save_dtype=str(cast or getattr(pipe, "dtype", "")).replace("torch.", ""),
+        )
         (tmp / RECORD_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
         if path.is_dir():
             path.rmdir()  # an empty folder (checked above) is replaced
@@ -60,7 +72,12 @@ def write_folder(pipe, path, *, save_dtype=None, record: dict | None = None, pro
     return ExportResult(path, "diffusers", path_size(path))
 
 
-register_format(ExportFormat(
-    name="diffusers", kind="model", write=write, folder=True,
-    help="a merged save_pretrained folder, edit baked in (DiffusionPipeline.from_pretrained)",
-))
+register_format(
+    ExportFormat(
+        name="diffusers",
+        kind="model",
+        write=write,
+        folder=True,
+        help="a merged save_pretrained folder, edit baked in (DiffusionPipeline.from_pretrained)",
+    )
+)

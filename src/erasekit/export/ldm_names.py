@@ -109,7 +109,7 @@ def unet_key_to_ldm(key: str, config) -> str:
         if kind == "attentions":
             return f"input_blocks.{1 + i * per + j}.1.{rest}"
         if kind == "downsamplers" and j == 0 and rest.startswith("conv."):
-            return f"input_blocks.{(i + 1) * per}.0.op.{rest[len('conv.'):]}"
+            return f"input_blocks.{(i + 1) * per}.0.op.{rest[len('conv.') :]}"
     elif key.startswith("mid_block."):
         (_, kind, j), rest = _split(key, 3)
         j = int(j)
@@ -183,7 +183,9 @@ def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor
 
 
 # ------------------------------------------------------------ text encoders
-def clip_to_ldm(state: dict[str, torch.Tensor], max_positions: int, prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
+def clip_to_ldm(
+    state: dict[str, torch.Tensor], max_positions: int, prefix: str = CLIP_PREFIX
+) -> dict[str, torch.Tensor]:
     """An OpenAI-CLIP ``CLIPTextModel`` state dict under ``<prefix>text_model.`` (transformers' own names).
 
     transformers >= 5.6 flattened ``CLIPTextModel`` (no ``text_model.`` level); both forms are accepted.
@@ -191,7 +193,9 @@ def clip_to_ldm(state: dict[str, torch.Tensor], max_positions: int, prefix: str 
     the original checkpoints, for loaders that expect it.
     """
     out = {prefix + "text_model." + k.removeprefix("text_model."): t for k, t in state.items()}
-    out.setdefault(prefix + "text_model.embeddings.position_ids", torch.arange(max_positions, dtype=torch.int64).unsqueeze(0))
+    out.setdefault(
+        prefix + "text_model.embeddings.position_ids", torch.arange(max_positions, dtype=torch.int64).unsqueeze(0)
+    )
     return out
 
 
@@ -213,7 +217,7 @@ def openclip_to_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, to
             (_, _, i), rest = _split(key, 3)
             module, _, leaf = rest.rpartition(".")
             if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
-                qkv.setdefault((int(i), leaf), {})[module[len("self_attn."):][0]] = t
+                qkv.setdefault((int(i), leaf), {})[module[len("self_attn.") :][0]] = t
             elif module in _OPENCLIP_LAYER:
                 out[f"{prefix}transformer.resblocks.{i}.{_OPENCLIP_LAYER[module]}.{leaf}"] = t
             else:
@@ -223,5 +227,7 @@ def openclip_to_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, to
     for (i, leaf), parts in sorted(qkv.items()):
         if sorted(parts) != ["k", "q", "v"]:
             raise ModelError(f"cannot export text-encoder layer {i}: q/k/v projections incomplete ({sorted(parts)})")
-        out[f"{prefix}transformer.resblocks.{i}.attn.in_proj_{leaf}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+        out[f"{prefix}transformer.resblocks.{i}.attn.in_proj_{leaf}"] = torch.cat(
+            [parts["q"], parts["k"], parts["v"]], dim=0
+        )
     return out

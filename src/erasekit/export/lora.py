@@ -16,8 +16,16 @@ from pathlib import Path
 
 import torch
 
-from ._common import (ExportResult, check_output, content_sha256, edit_record, export_metadata, path_size, resolve_save_dtype,
-                      save_safetensors)
+from ._common import (
+    ExportResult,
+    check_output,
+    content_sha256,
+    edit_record,
+    export_metadata,
+    path_size,
+    resolve_save_dtype,
+    save_safetensors,
+)
 from .base import ExportFormat, register_format
 from .lora_import import read_lora_export
 from .lowrank import Factors, edit_factors, total_rel_error
@@ -34,32 +42,71 @@ def adapter_config(factors: dict[str, Factors]) -> dict:
     ranks = {p: f.rank for p, f in factors.items() if f.rank > 0}
     r = collections.Counter(ranks.values()).most_common(1)[0][0]
     pattern = {p: k for p, k in ranks.items() if k != r}
-    cfg = {"r": r, "lora_alpha": r, "rank_pattern": pattern, "alpha_pattern": dict(pattern), "target_modules": sorted(ranks),
-           "lora_dropout": 0.0, "bias": "none", "use_dora": False}
+    cfg = {
+        "r": r,
+        "lora_alpha": r,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "target_modules": sorted(ranks),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_dora": False,
+    }
     return {f"{UNET}.{k}": v for k, v in cfg.items()}
 
 
-def lora_metadata(export_format: str, edit, factors: dict[str, Factors], keys: dict[str, str], rank: int | None,
-                  cast: torch.dtype | None, **extra) -> dict:
+def lora_metadata(
+    export_format: str,
+    edit,
+    factors: dict[str, Factors],
+    keys: dict[str, str],
+    rank: int | None,
+    cast: torch.dtype | None,
+    **extra,
+) -> dict:
     """The ``erasekit_export`` record of a LoRA export (read back by ``lora_import``)."""
-    layers = {p: {"key": keys[p], "rank": f.rank, "exact": f.exact, "rel_error": round(f.rel_error, 8)} for p, f in factors.items()}
+    layers = {
+        p: {"key": keys[p], "rank": f.rank, "exact": f.exact, "rel_error": round(f.rel_error, 8)}
+        for p, f in factors.items()
+    }
     return export_metadata(
-        export_format, edit=edit_record(edit), layers=layers, rank_requested=rank, exact=all(f.exact for f in factors.values()),
-        rel_error=round(total_rel_error(factors), 8), save_dtype=str(cast or torch.float32).replace("torch.", ""), **extra,
+        export_format,
+        edit=edit_record(edit),
+        layers=layers,
+        rank_requested=rank,
+        exact=all(f.exact for f in factors.values()),
+        rel_error=round(total_rel_error(factors), 8),
+        save_dtype=str(cast or torch.float32).replace("torch.", ""),
+        **extra,
     )
 
 
-def finish(tensors: dict[str, torch.Tensor], meta: dict, header: dict[str, str], path: Path, export_format: str,
-           factors: dict[str, Factors]) -> ExportResult:
+def finish(
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    header: dict[str, str],
+    path: Path,
+    export_format: str,
+    factors: dict[str, Factors],
+) -> ExportResult:
     meta["content_sha256"] = content_sha256(meta, tensors)
     header = {"format": "pt", **header, "erasekit_export": json.dumps(meta, sort_keys=True)}
     save_safetensors(tensors, path, header)
     exact = meta["exact"]
-    res = ExportResult(path, export_format, path_size(path), layers=sum(f.rank > 0 for f in factors.values()),
-                       rank=max((f.rank for f in factors.values()), default=0), rel_error=meta["rel_error"], exact=exact)
+    res = ExportResult(
+        path,
+        export_format,
+        path_size(path),
+        layers=sum(f.rank > 0 for f in factors.values()),
+        rank=max((f.rank for f in factors.values()), default=0),
+        rel_error=meta["rel_error"],
+        exact=exact,
+    )
     if not exact:
         worst = max(factors.items(), key=lambda kv: kv[1].rel_error)
-        res.notes.append(f"truncated SVD: worst layer {worst[0]} relative error {worst[1].rel_error:.4g} (written into the metadata)")
+        res.notes.append(
+            f"truncated SVD: worst layer {worst[0]} relative error {worst[1].rel_error:.4g} (written into the metadata)"
+        )
     return res
 
 
@@ -87,8 +134,14 @@ def write(edit, pipe, path, *, rank: int | None = None, save_dtype=None, progres
     return finish(tensors, meta, header, path, "lora", factors)
 
 
-register_format(ExportFormat(
-    name="lora", kind="edit", write=write, options=("save_dtype", "rank"), needs_pipe=needs_base_weights,
-    read_back=read_lora_export,
-    help="PEFT LoRA keys, pipe.load_lora_weights (exact for low-rank edits; --rank K: truncated SVD)",
-))
+register_format(
+    ExportFormat(
+        name="lora",
+        kind="edit",
+        write=write,
+        options=("save_dtype", "rank"),
+        needs_pipe=needs_base_weights,
+        read_back=read_lora_export,
+        help="PEFT LoRA keys, pipe.load_lora_weights (exact for low-rank edits; --rank K: truncated SVD)",
+    )
+)

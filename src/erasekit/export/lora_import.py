@@ -61,10 +61,14 @@ def read_lora_export(path: str | os.PathLike):
         if meta.get("format") != META_FORMAT or fmt not in LORA_FORMATS:
             raise EditFileError(f"{where} is not an erasekit LoRA export")
         if not isinstance(meta.get("format_version"), int) or not 1 <= meta["format_version"] <= META_VERSION:
-            raise EditFileError(f"{where}: export format version {meta.get('format_version')!r} is not supported (this erasekit reads 1..{META_VERSION})")
+            raise EditFileError(
+                f"{where}: export format version {meta.get('format_version')!r} is not supported (this erasekit reads 1..{META_VERSION})"
+            )
         expected = (content_sha256 if meta["format_version"] >= 2 else _v1_checksum)(meta, tensors)
         if meta.get("content_sha256") != expected:
-            raise EditFileError(f"{where}: tensors or metadata do not match the recorded checksum (the file was modified or corrupted)")
+            raise EditFileError(
+                f"{where}: tensors or metadata do not match the recorded checksum (the file was modified or corrupted)"
+            )
         rec, per_layer = meta["edit"], meta["layers"]
         layers, fingerprints, used = [], {}, set()
         for lpath, info in rec["layers"].items():
@@ -82,15 +86,34 @@ def read_lora_export(path: str | os.PathLike):
             B, A = (_tensor(tensors, n, where) for n in names[:2])
             used.update(names)
             if tuple(B.shape) != (d_out, r) or tuple(A.shape) != (r, d_in):
-                raise EditFileError(f"{where}: layer {lpath!r} factors {tuple(B.shape)} × {tuple(A.shape)} do not make the recorded {(d_out, d_in)} of rank {r}")
-            layers.append(LayerEdit.lowrank(lpath, B * scale, A, rank=r, exact=bool(out["exact"]), rel_error=float(out["rel_error"])))
+                raise EditFileError(
+                    f"{where}: layer {lpath!r} factors {tuple(B.shape)} × {tuple(A.shape)} do not make the recorded {(d_out, d_in)} of rank {r}"
+                )
+            layers.append(
+                LayerEdit.lowrank(
+                    lpath, B * scale, A, rank=r, exact=bool(out["exact"]), rel_error=float(out["rel_error"])
+                )
+            )
             fingerprints[lpath] = info["fingerprint"]
         extra = sorted(set(tensors) - used)
         if extra:
             raise EditFileError(f"{where}: unexpected tensor(s) {extra[:3]} not described by the erasekit record")
         stats = dict(rec.get("stats") or {})
-        stats["export"] = {"format": fmt, "exact": bool(meta["exact"]), "rel_error": float(meta["rel_error"]), "rank_requested": meta.get("rank_requested")}
-        return Edit(rec["method"], rec.get("config", {}), rec.get("concepts", {}), rec.get("base", {}), layers, fingerprints, stats)
+        stats["export"] = {
+            "format": fmt,
+            "exact": bool(meta["exact"]),
+            "rel_error": float(meta["rel_error"]),
+            "rank_requested": meta.get("rank_requested"),
+        }
+        return Edit(
+            rec["method"],
+            rec.get("config", {}),
+            rec.get("concepts", {}),
+            rec.get("base", {}),
+            layers,
+            fingerprints,
+            stats,
+        )
     except EditFileError:
         raise
     except Exception as e:  # truncated file, missing field, wrong type: one clear error, whatever the bytes

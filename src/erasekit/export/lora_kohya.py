@@ -61,17 +61,25 @@ def check_names(names: dict[str, str], unet_config, what: str = "kohya") -> None
 
     probe = {}
     for n in names.values():
-        probe[f"{n}.lora_down.weight"], probe[f"{n}.lora_up.weight"], probe[f"{n}.alpha"] = torch.zeros(1, 1), torch.zeros(1, 1), torch.tensor(1.0)
+        probe[f"{n}.lora_down.weight"], probe[f"{n}.lora_up.weight"], probe[f"{n}.alpha"] = (
+            torch.zeros(1, 1),
+            torch.zeros(1, 1),
+            torch.tensor(1.0),
+        )
     try:
         sd, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(probe, unet_config=unet_config)
         peft = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in sd.items()})
     except Exception as e:  # diffusers raises ValueError / KeyError on names it cannot convert
-        raise ExportError(f"diffusers cannot read these {what} names ({type(e).__name__}: {e}); try the other --kohya-names spelling") from None
+        raise ExportError(
+            f"diffusers cannot read these {what} names ({type(e).__name__}: {e}); try the other --kohya-names spelling"
+        ) from None
     got = {k.removesuffix(".lora_A.weight") for k in peft if k.endswith(".lora_A.weight")}
     lost = sorted(set(names) - got)
     if lost:
-        raise ExportError(f"diffusers would read {what} name {names[lost[0]]!r} as another module than {lost[0]!r}; "
-                          "try the other --kohya-names spelling")
+        raise ExportError(
+            f"diffusers would read {what} name {names[lost[0]]!r} as another module than {lost[0]!r}; "
+            "try the other --kohya-names spelling"
+        )
 
 
 def layer_names(edit, pipe, spelling: str | None) -> tuple[dict[str, str], str]:
@@ -91,15 +99,26 @@ def needs_pipe(edit, options) -> str | None:
     return why
 
 
-def write(edit, pipe, path, *, rank: int | None = None, save_dtype=None, kohya_names: str | None = None, progress: bool = False,
-          **_) -> ExportResult:
+def write(
+    edit,
+    pipe,
+    path,
+    *,
+    rank: int | None = None,
+    save_dtype=None,
+    kohya_names: str | None = None,
+    progress: bool = False,
+    **_,
+) -> ExportResult:
     """Write ``edit`` (checked against ``pipe`` when given) as a kohya LoRA file."""
     path = check_output(path)
     cast = resolve_save_dtype(save_dtype) or torch.float32
     names, spelling = layer_names(edit, pipe, kohya_names)
     factors = edit_factors(edit, getattr(pipe, "unet", None), rank, progress)
     ranks = [f.rank for f in factors.values() if f.rank > 0]
-    alpha = collections.Counter(ranks).most_common(1)[0][0] if ranks else 1  # one alpha for all modules (see the docstring)
+    alpha = (
+        collections.Counter(ranks).most_common(1)[0][0] if ranks else 1
+    )  # one alpha for all modules (see the docstring)
     tensors = {}
     for p, f in factors.items():
         if f.rank == 0:
@@ -110,13 +129,23 @@ def write(edit, pipe, path, *, rank: int | None = None, save_dtype=None, kohya_n
         tensors[f"{n}.lora_up.weight"] = up.to(cast).contiguous()
         tensors[f"{n}.alpha"] = torch.tensor(float(alpha), dtype=cast)
     meta = lora_metadata("lora-kohya", edit, factors, names, rank, cast, kohya_names=spelling)
-    header = {"ss_network_module": "networks.lora", "ss_network_dim": str(max((f.rank for f in factors.values()), default=0)),
-              "ss_network_alpha": "per-module (= rank)", "ss_base_model_version": edit.base.get("family") or ""}
+    header = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(max((f.rank for f in factors.values()), default=0)),
+        "ss_network_alpha": "per-module (= rank)",
+        "ss_base_model_version": edit.base.get("family") or "",
+    }
     return finish(tensors, meta, header, path, "lora-kohya", factors)
 
 
-register_format(ExportFormat(
-    name="lora-kohya", kind="edit", write=write, options=("save_dtype", "rank", "kohya_names"), needs_pipe=needs_pipe,
-    read_back=read_lora_export,
-    help="kohya LoRA (A1111, ComfyUI, Forge, diffusers; LDM names for SDXL)",
-))
+register_format(
+    ExportFormat(
+        name="lora-kohya",
+        kind="edit",
+        write=write,
+        options=("save_dtype", "rank", "kohya_names"),
+        needs_pipe=needs_pipe,
+        read_back=read_lora_export,
+        help="kohya LoRA (A1111, ComfyUI, Forge, diffusers; LDM names for SDXL)",
+    )
+)

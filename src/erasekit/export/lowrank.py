@@ -23,7 +23,9 @@ from ._common import ExportError
 
 _EPS32 = torch.finfo(torch.float32).eps
 _OVERSAMPLE = 8
-MAX_PROBE_RANK = 256  # without --rank, a dense / CSR delta of higher numerical rank is refused (probing costs O(d_out·d_in·k))
+MAX_PROBE_RANK = (
+    256  # without --rank, a dense / CSR delta of higher numerical rank is refused (probing costs O(d_out·d_in·k))
+)
 
 
 @dataclass
@@ -76,7 +78,7 @@ def _smallest_rank(S: torch.Tensor, base_residual2: float, tol: float) -> int:
     return S.numel()
 
 
-def numerical_factors(dW: torch.Tensor, tol: float, max_rank: int, seed: int = 0) -> "Factors | None":
+def numerical_factors(dW: torch.Tensor, tol: float, max_rank: int, seed: int = 0) -> Factors | None:
     """Exact factors of ΔW when its numerical rank is ≤ ``max_rank`` (residual ≤ ``tol``), else None.
 
     Cost O(d_out · d_in · k) with k = max_rank + 8: a range finder, not a full SVD.
@@ -84,7 +86,9 @@ def numerical_factors(dW: torch.Tensor, tol: float, max_rank: int, seed: int = 0
     d_out, d_in = dW.shape
     norm = float(dW.norm())
     if norm <= tol:
-        return Factors(dW.new_zeros(d_out, 0, dtype=torch.float32), dW.new_zeros(0, d_in, dtype=torch.float32), norm, norm, True)
+        return Factors(
+            dW.new_zeros(d_out, 0, dtype=torch.float32), dW.new_zeros(0, d_in, dtype=torch.float32), norm, norm, True
+        )
     k = min(max_rank + _OVERSAMPLE, d_out, d_in)
     gen = torch.Generator().manual_seed(seed)
     omega = torch.randn(d_in, k, generator=gen, dtype=torch.float64)  # (d_in, k) Gaussian test matrix
@@ -147,7 +151,9 @@ def edit_factors(edit, unet, rank: int | None = None, progress: bool = False) ->
                 out[path] = lowrank_truncation(B, A, rank)
             continue
         if unet is None:
-            raise ExportError(f"layer {path!r} stores a {le.kind} weight: a LoRA of it needs the base pipeline (pass pipe=...)")
+            raise ExportError(
+                f"layer {path!r} stores a {le.kind} weight: a LoRA of it needs the base pipeline (pass pipe=...)"
+            )
         W0 = unet.get_submodule(path).weight
         dW = layer_delta(le, W0)
         tol = tolerance(float(le.materialize(W0).double().norm()), W0.dtype)

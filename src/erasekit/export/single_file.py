@@ -24,8 +24,16 @@ import torch
 
 from ..errors import ModelError
 from . import ldm_names as N
-from ._common import (ExportResult, baked, check_output, edit_record, export_metadata, path_size, resolve_save_dtype,
-                      save_safetensors)
+from ._common import (
+    ExportResult,
+    baked,
+    check_output,
+    edit_record,
+    export_metadata,
+    path_size,
+    resolve_save_dtype,
+    save_safetensors,
+)
 from .base import ExportFormat, register_format
 
 LAYOUTS = ("sd1", "sd2", "sdxl")
@@ -51,15 +59,23 @@ def _check_pipeline(pipe, layout: str) -> None:
         if got is None:
             raise ModelError(f"cannot export {name} as an {layout.upper()} single file: it has no {comp}")
         if type(got).__name__ != cls:
-            raise ModelError(f"cannot export {name}: its {comp} is a {type(got).__name__}, the {layout.upper()} single-file layout needs a {cls}")
+            raise ModelError(
+                f"cannot export {name}: its {comp} is a {type(got).__name__}, the {layout.upper()} single-file layout needs a {cls}"
+            )
     if layout != "sdxl" and getattr(pipe, "text_encoder_2", None) is not None:
-        raise ModelError(f"cannot export {name} in the {layout.upper()} layout: it has a second text encoder (an SDXL pipeline); use layout 'sdxl'")
+        raise ModelError(
+            f"cannot export {name} in the {layout.upper()} layout: it has a second text encoder (an SDXL pipeline); use layout 'sdxl'"
+        )
     c = pipe.unet.config
     problems = []
     if not isinstance(c.layers_per_block, int):
-        problems.append(f"per-block layers_per_block {tuple(c.layers_per_block)} (the original layout has one value for all blocks)")
+        problems.append(
+            f"per-block layers_per_block {tuple(c.layers_per_block)} (the original layout has one value for all blocks)"
+        )
     if layout == "sd1" and c.use_linear_projection:
-        problems.append("use_linear_projection=True (an SD 2.x UNet; export it in the 'sd2' layout, whose text encoder is OpenCLIP)")
+        problems.append(
+            "use_linear_projection=True (an SD 2.x UNet; export it in the 'sd2' layout, whose text encoder is OpenCLIP)"
+        )
     bad = [t for t in c.down_block_types if t not in _UNET_DOWN] + [t for t in c.up_block_types if t not in _UNET_UP]
     if bad:
         problems.append(f"block types {bad} (only {sorted(_UNET_DOWN | _UNET_UP)})")
@@ -72,10 +88,14 @@ def _check_pipeline(pipe, layout: str) -> None:
     if layout == "sdxl" and c.get("addition_embed_type") != "text_time":
         problems.append("an SDXL UNet needs addition_embed_type='text_time' (label_emb)")
     vc = pipe.vae.config
-    if any(t != "DownEncoderBlock2D" for t in vc.down_block_types) or any(t != "UpDecoderBlock2D" for t in vc.up_block_types):
+    if any(t != "DownEncoderBlock2D" for t in vc.down_block_types) or any(
+        t != "UpDecoderBlock2D" for t in vc.up_block_types
+    ):
         problems.append(f"VAE block types {list(vc.down_block_types)} / {list(vc.up_block_types)}")
     if problems:
-        raise ModelError(f"cannot export {name} to the original {layout.upper()} single-file layout: " + "; ".join(problems))
+        raise ModelError(
+            f"cannot export {name} to the original {layout.upper()} single-file layout: " + "; ".join(problems)
+        )
 
 
 def pipeline_to_ldm(pipe, layout: str | None = None) -> dict[str, torch.Tensor]:
@@ -108,16 +128,25 @@ def _self_check(ldm, pipe, layout, unet_sd, vae_sd, te_sd) -> None:
         "VAE": (sfu.convert_ldm_vae_checkpoint(ldm, pipe.vae.config), vae_sd),
     }
     if layout == "sd2":
-        back["text encoder"] = (sfu.convert_open_clip_checkpoint(pipe.text_encoder, ldm, prefix=N.OPENCLIP_PREFIX), te_sd)
+        back["text encoder"] = (
+            sfu.convert_open_clip_checkpoint(pipe.text_encoder, ldm, prefix=N.OPENCLIP_PREFIX),
+            te_sd,
+        )
     else:
         back["text encoder"] = (sfu.convert_ldm_clip_checkpoint(ldm), te_sd)
     if layout == "sdxl":
-        back["text encoder 2"] = (sfu.convert_open_clip_checkpoint(pipe.text_encoder_2, ldm, prefix=N.SDXL_OPENCLIP_PREFIX),
-                                  pipe.text_encoder_2.state_dict())
+        back["text encoder 2"] = (
+            sfu.convert_open_clip_checkpoint(pipe.text_encoder_2, ldm, prefix=N.SDXL_OPENCLIP_PREFIX),
+            pipe.text_encoder_2.state_dict(),
+        )
     for comp, (got, want) in back.items():
         got, want = strip({k: v for k, v in got.items() if v is not None}), strip(want)
         missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-        differ = [k for k in set(want) & set(got) if got[k].shape != want[k].shape or not torch.equal(got[k].to(want[k].dtype), want[k])]
+        differ = [
+            k
+            for k in set(want) & set(got)
+            if got[k].shape != want[k].shape or not torch.equal(got[k].to(want[k].dtype), want[k])
+        ]
         if missing or extra or differ:
             raise ModelError(
                 f"cannot export this {comp} to a {layout.upper()} single file: diffusers would not read it back "
@@ -125,8 +154,14 @@ def _self_check(ldm, pipe, layout, unet_sd, vae_sd, te_sd) -> None:
             )
 
 
-def export_single_file(pipe, path: str | os.PathLike, dtype: str | torch.dtype | None = None, *, layout: str | None = None,
-                       record: dict | None = None) -> Path:
+def export_single_file(
+    pipe,
+    path: str | os.PathLike,
+    dtype: str | torch.dtype | None = None,
+    *,
+    layout: str | None = None,
+    record: dict | None = None,
+) -> Path:
     """Write ``pipe`` as one single-file ``.safetensors`` checkpoint (SD 1.x, SD 2.x or SDXL layout).
 
     It loads in A1111, ComfyUI, Forge, or diffusers' ``from_single_file`` /
@@ -149,7 +184,11 @@ def export_single_file(pipe, path: str | os.PathLike, dtype: str | torch.dtype |
             t = t.to(cast)
         tensors[k] = t.to("cpu").contiguous()
     meta = export_metadata("single-file", layout=layout, edits=[record] if record else [])
-    header = {"format": "pt", "erasekit_applied_edits": json.dumps(Edit.applied(pipe)), "erasekit_export": json.dumps(meta, sort_keys=True)}
+    header = {
+        "format": "pt",
+        "erasekit_applied_edits": json.dumps(Edit.applied(pipe)),
+        "erasekit_export": json.dumps(meta, sort_keys=True),
+    }
     return save_safetensors(tensors, path, header)
 
 
@@ -165,7 +204,12 @@ def write(edit, pipe, path, *, save_dtype=None, layout: str | None = None, progr
     return ExportResult(out, f"single-file ({layout})", path_size(out))
 
 
-register_format(ExportFormat(
-    name="single-file", kind="model", write=write, options=("save_dtype", "layout"),
-    help="the whole model, edit baked in, one .safetensors (A1111, ComfyUI, Forge, from_single_file; SD 1.x/2.x/XL)",
-))
+register_format(
+    ExportFormat(
+        name="single-file",
+        kind="model",
+        write=write,
+        options=("save_dtype", "layout"),
+        help="the whole model, edit baked in, one .safetensors (A1111, ComfyUI, Forge, from_single_file; SD 1.x/2.x/XL)",
+    )
+)

@@ -50,8 +50,9 @@ def _fista(W0, A, gf, lam, tol, max_iter, callback):
     return X, y, k, P, g
 
 
-def _fista_certificate(X: Tensor, A: Tensor, c0: Tensor, F: Tensor, gamma: float,
-                       lam: float) -> tuple[float, float, Tensor]:
+def _fista_certificate(
+    X: Tensor, A: Tensor, c0: Tensor, F: Tensor, gamma: float, lam: float
+) -> tuple[float, float, Tensor]:
     """(F(X), G(y), y) with the natural dual point y = 2 (X − A) F (eqs. 7, 8, 10)."""
     E = X - A  # (d_out, d_in)
     Z = E @ F  # (d_out, r)

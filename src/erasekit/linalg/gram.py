@@ -76,7 +76,7 @@ class GramFactor:
     def device(self) -> torch.device:
         return self.C.device
 
-    def to(self, device: torch.device | str) -> "GramFactor":
+    def to(self, device: torch.device | str) -> GramFactor:
         """The same factor on ``device`` (every solve then runs there: weights are moved to it, not it to them)."""
         if torch.device(device) == self.C.device:
             return self
@@ -89,8 +89,9 @@ def _check_finite(name: str, x: Tensor) -> None:
     blocks = x.split(max(1, 2**18 // max(x.shape[-1], 1))) if x.ndim == 2 else (x,)
     if not all(bool(torch.isfinite(blk).all()) for blk in blocks):
         bad = sum(int((~torch.isfinite(blk)).sum()) for blk in blocks)
-        raise ValueError(f"{name} contains {bad} NaN/Inf value(s); check the text encoder output or the weight "
-                         "before editing")
+        raise ValueError(
+            f"{name} contains {bad} NaN/Inf value(s); check the text encoder output or the weight before editing"
+        )
 
 
 def _as_matrix(name: str, x, d_in: int | None = None) -> Tensor:
@@ -98,8 +99,9 @@ def _as_matrix(name: str, x, d_in: int | None = None) -> Tensor:
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (d_in, columns), got shape {tuple(x.shape)}")
     if d_in is not None and x.shape[0] != d_in:
-        raise ValueError(f"{name} has {x.shape[0]} rows but C_E has d_in = {d_in}; all embeddings must be "
-                         "(d_in, columns)")
+        raise ValueError(
+            f"{name} has {x.shape[0]} rows but C_E has d_in = {d_in}; all embeddings must be (d_in, columns)"
+        )
     if not (x.is_floating_point() or x.numel() == 0):
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
     x = x.to(_F64)
@@ -107,8 +109,9 @@ def _as_matrix(name: str, x, d_in: int | None = None) -> Tensor:
     return x
 
 
-def gram_factor(C_E, C_G, C_P=None, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.5,
-                prior=None) -> GramFactor:
+def gram_factor(
+    C_E, C_G, C_P=None, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.5, prior=None
+) -> GramFactor:
     """Validate the embeddings and factor everything the layers share, once.
 
     C_E, C_G: (d_in, n_e) paired erase / guide token embeddings; C_P: (d_in, n_p) or None.
@@ -123,8 +126,7 @@ def gram_factor(C_E, C_G, C_P=None, alpha: float = 1.0, beta: float = 1.0, gamma
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {v}")
     if not (math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be > 0 (it makes M = γI + C̃C̃ᵀ invertible; UCE's default is 0.5), "
-                         f"got {gamma}")
+        raise ValueError(f"gamma must be > 0 (it makes M = γI + C̃C̃ᵀ invertible; UCE's default is 0.5), got {gamma}")
     C_E = _as_matrix("C_E", C_E)
     d_in = C_E.shape[0]
     C_G = _as_matrix("C_G", C_G, d_in)

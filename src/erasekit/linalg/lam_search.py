@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -74,8 +74,18 @@ def _check_target(target: float, tol_points: float, lam0: float | None) -> None:
         raise ValueError(f"lam0 must be a finite number > 0, got {lam0}")
 
 
-def _lam_search(S: Tensor, A: Tensor, wt: Tensor, gf: GramFactor, target: float, tol_points: float, lam0: float | None,
-                solve_tol: float, max_steps: int, y: Tensor | None = None) -> tuple[float, Tensor | None, float]:
+def _lam_search(
+    S: Tensor,
+    A: Tensor,
+    wt: Tensor,
+    gf: GramFactor,
+    target: float,
+    tol_points: float,
+    lam0: float | None,
+    solve_tol: float,
+    max_steps: int,
+    y: Tensor | None = None,
+) -> tuple[float, Tensor | None, float]:
     """(λ, duals of S at λ, sparsity of the sample at λ): the warm-started λ path of a target-sparsity search.
 
     S (N, d_in) float64 rows, A their W_uce rows, wt (N,) the weight of one zero of each row.
@@ -83,6 +93,7 @@ def _lam_search(S: Tensor, A: Tensor, wt: Tensor, gf: GramFactor, target: float,
     points (×4 from the first; each step a factor in [1.25, 16]); then safeguarded secant. Each solve
     is warm-started from the previous λ's duals.
     """
+
     def sparsity(lam: float, y0: Tensor | None) -> tuple[float, Tensor]:
         res = space_solve(S, gf, lam, tol=solve_tol, W_uce=A, y0=y0)
         return float(((res.W == 0).sum(1).to(_F64) * wt).sum()), res.y
@@ -167,8 +178,16 @@ def space_solve_sparsity(
         y0 = _cold_dual(A @ gf.F, gf.s, gf.gamma, _pick_kappa(A, gf, tau))  # (d_out, r)
         y0[pick] = yS
     # most rows start cold (the sample's duals cover pick.numel() of d_out): they get the cold start's first-order steps
-    res = space_solve(W0, gf, lam, tol=tol, W_uce=A, y0=y0, max_iter=max_iter,
-                      first_order_steps=None if pick.numel() == d_out else _FIRST_ORDER_STEPS)
+    res = space_solve(
+        W0,
+        gf,
+        lam,
+        tol=tol,
+        W_uce=A,
+        y0=y0,
+        max_iter=max_iter,
+        first_order_steps=None if pick.numel() == d_out else _FIRST_ORDER_STEPS,
+    )
     if abs(res.sparsity - target) > tol_points:  # the sample misled: continue the path on all rows
         wt = torch.full((d_out,), 1.0 / (d_out * gf.d_in), dtype=_F64, device=W0.device)
         lam, y, _ = _lam_search(W0, A, wt, gf, target, tol_points, lam, solve_tol, max_steps, y=res.y)

@@ -27,13 +27,20 @@ float64; a bad input raises ValueError (the method turns it into a MethodError).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["NormalSolver", "normal_matrix", "closed_form", "cfr_operator", "fusion_operator", "rank_factor",
-           "fusion_factors"]
+__all__ = [
+    "NormalSolver",
+    "normal_matrix",
+    "closed_form",
+    "cfr_operator",
+    "fusion_operator",
+    "rank_factor",
+    "fusion_factors",
+]
 
 F64 = torch.float64
 
@@ -85,7 +92,7 @@ def cfr_operator(C_old: Tensor, C_map: Tensor, G: Tensor, s: float, lamb: float)
     because the rows of C_old C_oldᵀ lie in the range of M_c. Shared by all layers: the embeddings are.
     """
     solver = NormalSolver(normal_matrix(C_old, G, s, lamb), lamb)
-    return solver.right(((C_map - C_old).to(F64) @ C_old.to(F64).T)), solver
+    return solver.right((C_map - C_old).to(F64) @ C_old.to(F64).T), solver
 
 
 def fusion_operator(E_c: Tensor, X: Tensor, G: Tensor, s: float, lamb: float) -> tuple[Tensor, NormalSolver]:
@@ -106,8 +113,9 @@ def rank_factor(E: Tensor, rtol: float = 1e-12) -> tuple[Tensor, Tensor]:
     return U[:, :r] * S[:r], Vh[:r]
 
 
-def fusion_factors(W0: Tensor, P: Tensor, Q: Tensor, deltas: Sequence[tuple[Tensor, Tensor]],
-                   projections: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+def fusion_factors(
+    W0: Tensor, P: Tensor, Q: Tensor, deltas: Sequence[tuple[Tensor, Tensor]], projections: Sequence[Tensor]
+) -> tuple[Tensor, Tensor]:
     """(B (d_out, r'), A (r', d_in)) with W − W0 = B A for one layer, eq. (20).
 
     W0 (d_out, d_in) float64; E_f = P Q from :func:`rank_factor`; ``deltas`` each concept's LoRA

@@ -20,8 +20,14 @@ from torch import Tensor
 
 from .gram import _F64, _check_finite
 
-__all__ = ["energy_shares", "spectral_expansion", "spectral_basis", "weighted_projector", "projector_delta_right",
-           "null_space_basis"]
+__all__ = [
+    "energy_shares",
+    "spectral_expansion",
+    "spectral_basis",
+    "weighted_projector",
+    "projector_delta_right",
+    "null_space_basis",
+]
 
 
 def energy_shares(s: Tensor) -> Tensor:
@@ -36,8 +42,10 @@ def spectral_expansion(r: Tensor, alpha: float) -> Tensor:
     f(0) = 0, f(1) = 1, monotone; α = 1 leaves r as is, α → ∞ tends to the hard projector (f = 1 on r > 0).
     """
     if not (math.isfinite(alpha) and alpha >= 1.0):
-        raise ValueError(f"alpha must be a finite number >= 1 (1 keeps the energy shares, larger strengthens the "
-                         f"projector), got {alpha}")
+        raise ValueError(
+            f"alpha must be a finite number >= 1 (1 keeps the energy shares, larger strengthens the "
+            f"projector), got {alpha}"
+        )
     r = r.to(_F64)
     return alpha * r / ((alpha - 1.0) * r + 1.0)
 
@@ -60,8 +68,9 @@ def weighted_projector(V: Tensor, w: Tensor | None = None) -> Tensor:
     return (V * (1.0 if w is None else w.to(_F64))) @ V.T
 
 
-def projector_delta_right(W0: Tensor, V_F: Tensor, V_R: Tensor, w_F: Tensor | None = None,
-                          w_R: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def projector_delta_right(
+    W0: Tensor, V_F: Tensor, V_R: Tensor, w_F: Tensor | None = None, w_R: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """(B (d_out, k_F), A (k_F, d_in)) with W0 (I − P_F (I − P_R)) − W0 = B A, eq. (15), float64.
 
     V_F (d_in, k_F), V_R (d_in, k_R) orthonormal; w_F, w_R their weights (None: hard projectors).

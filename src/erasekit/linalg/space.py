@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -102,19 +102,31 @@ def space_solve(
     if y0 is not None:
         y0 = torch.as_tensor(y0).to(device=W0.device, dtype=_F64)
         if y0.shape != (W0.shape[0], gf.rank):
-            raise ValueError(f"y0 must be (d_out, r) = {(W0.shape[0], gf.rank)} from a solve with the same "
-                             f"GramFactor, got {tuple(y0.shape)}")
+            raise ValueError(
+                f"y0 must be (d_out, r) = {(W0.shape[0], gf.rank)} from a solve with the same "
+                f"GramFactor, got {tuple(y0.shape)}"
+            )
         _check_finite("y0", y0)
     if solver == "ssn":
         rows = chunk_rows or _chunk_rows(gf, W0.shape[0])
         if workers is None:
             workers = torch.get_num_threads() if W0.device.type == "cpu" else 1
         steps = (0 if y0 is not None else _FIRST_ORDER_STEPS) if first_order_steps is None else int(first_order_steps)
-        W, y, its, P, g = _ssn(W0, A, gf, lam, tol, 100 if max_iter is None else max_iter, y0, max(int(rows), 1),
-                               max(int(workers), 1), steps)
+        W, y, its, P, g = _ssn(
+            W0,
+            A,
+            gf,
+            lam,
+            tol,
+            100 if max_iter is None else max_iter,
+            y0,
+            max(int(rows), 1),
+            max(int(workers), 1),
+            steps,
+        )
     else:
         W, y, its, P, g = _fista(W0, A, gf, lam, tol, 20000 if max_iter is None else max_iter, callback)
     gap = max(P - g, 0.0) / g if g > 0 else (0.0 if P <= 0 else math.inf)
-    return SpaceSolve(W=W, y=y, iterations=its, objective=P, gap=gap, seconds=time.perf_counter() - t0,
-                      converged=gap <= tol)
-
+    return SpaceSolve(
+        W=W, y=y, iterations=its, objective=P, gap=gap, seconds=time.perf_counter() - t0, converged=gap <= tol
+    )

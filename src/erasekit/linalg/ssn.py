@@ -61,7 +61,7 @@ class _Rows:
     its: Tensor  # (b,) int iterations done
     stuck: Tensor  # (b,) bool: the line search found no ascent (rounding floor reached)
 
-    def take(self, keep: Tensor) -> "_Rows":
+    def take(self, keep: Tensor) -> _Rows:
         rows = keep.nonzero(as_tuple=True)[0]
         return _Rows(**{k: getattr(self, k).index_select(0, rows) for k in self.__dataclass_fields__})
 
@@ -127,13 +127,31 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers, first_order_ste
         a, c0 = first if lo == 0 and first is not None else rows_of(lo, hi)
         aC = a @ F  # (b, r)
         y = y0[lo:hi].clone() if y0 is not None else _cold_dual(aC, gf.s, gamma, kappa)
-        P, g, its = _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W[lo:hi], Y[lo:hi],
-                              first_order_steps=first_order_steps)
+        P, g, its = _ssn_rows(
+            a,
+            aC,
+            c0,
+            y,
+            F,
+            Fpad,
+            gamma,
+            lam,
+            tau,
+            tol,
+            max_iter,
+            W[lo:hi],
+            Y[lo:hi],
+            first_order_steps=first_order_steps,
+        )
         return float(P.sum() + c0.sum()), float(g.sum() + c0.sum()), its  # F(W) = Σ P + f(W_uce), eq. (7); G(Y) too
 
     if W0.device.type == "cpu":
-        with _intra_op_threads(1), ThreadPoolExecutor(min(workers, len(chunks)), thread_name_prefix="erasekit-ssn",
-                                                      initializer=_pinned_worker) as pool:
+        with (
+            _intra_op_threads(1),
+            ThreadPoolExecutor(
+                min(workers, len(chunks)), thread_name_prefix="erasekit-ssn", initializer=_pinned_worker
+            ) as pool,
+        ):
             first, kappa = pool.submit(cold_start).result()
             parts = list(pool.map(lambda c: solve_chunk(*c), chunks))
     else:
@@ -164,8 +182,9 @@ def _intra_op_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_out, iterate_dtype=None,
-              first_order_steps=0):
+def _ssn_rows(
+    a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_out, iterate_dtype=None, first_order_steps=0
+):
     """Run SSN on rows a (b, d_in) from dual y; write w into W_out, y into Y_out.
 
     A row stops when its gap ≤ tol·(g + c0) (c0: its share of f(W_uce), so the layer-level
@@ -200,11 +219,20 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
     eye = torch.eye(r, dtype=hdt, device=a.device)
     Fpad64 = Fpad if hdt == _F64 else torch.cat([F, F.new_zeros(1, r)])  # (d_in + 1, r) float64
     st = _Rows(
-        idx=torch.arange(b, device=a.device), a=av, c0=c0.to(vdt), aC=aCv, aa=gamma * (av * av).sum(1), y=y, u=u, w=w,
-        ww=(w * w).sum(1), fmask=torch.zeros(b, d_in, dtype=torch.bool, device=a.device),
+        idx=torch.arange(b, device=a.device),
+        a=av,
+        c0=c0.to(vdt),
+        aC=aCv,
+        aa=gamma * (av * av).sum(1),
+        y=y,
+        u=u,
+        w=w,
+        ww=(w * w).sum(1),
+        fmask=torch.zeros(b, d_in, dtype=torch.bool, device=a.device),
         H=(gamma * eye).expand(b, r, r).clone(),
         L=(math.sqrt(gamma) * eye).expand(b, r, r).clone(),  # factor of the empty set
-        its=torch.zeros(b, dtype=torch.long, device=a.device), stuck=torch.zeros(b, dtype=torch.bool, device=a.device),
+        its=torch.zeros(b, dtype=torch.long, device=a.device),
+        stuck=torch.zeros(b, dtype=torch.bool, device=a.device),
     )
     P_out = a.new_zeros(b)
     g_out = a.new_zeros(b)
@@ -251,15 +279,30 @@ def _ssn_rows(a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_ou
     if retry:  # on in float64 from the float32 duals
         rows = torch.cat(retry)
         W_rows, Y_rows = W_out.new_empty(rows.numel(), d_in), Y_out.new_empty(rows.numel(), r)
-        P, gd, its = _ssn_rows(a64[rows], aC64[rows], c0[rows], Y_out[rows].clone(), F, Fpad, gamma, lam, tau, tol,
-                               max_iter, W_rows, Y_rows, iterate_dtype=_F64)
+        P, gd, its = _ssn_rows(
+            a64[rows],
+            aC64[rows],
+            c0[rows],
+            Y_out[rows].clone(),
+            F,
+            Fpad,
+            gamma,
+            lam,
+            tau,
+            tol,
+            max_iter,
+            W_rows,
+            Y_rows,
+            iterate_dtype=_F64,
+        )
         P_out[rows], g_out[rows], W_out[rows], Y_out[rows] = P, gd, W_rows, Y_rows
         its_max = max(its_max, its)
     return P_out, g_out, its_max
 
 
-def _certify(a: Tensor, aC: Tensor, y: Tensor, F: Tensor, gamma: float, lam: float,
-             tau: float) -> tuple[Tensor, Tensor, Tensor]:
+def _certify(
+    a: Tensor, aC: Tensor, y: Tensor, F: Tensor, gamma: float, lam: float, tau: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """(P(w), g(y), w) per row with w = w(y) recomputed from scratch (eqs. 8–10).
 
     The iterations update u incrementally; recomputing makes W a function of the returned duals
@@ -297,8 +340,9 @@ def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor, mask: Te
     L, info = torch.linalg.cholesky_ex(H)
     bad = (info > 0).nonzero(as_tuple=True)[0]
     if bad.numel():  # float32 breakdown (rounding drift of the updates): rebuild those in float64
-        H64 = _add_gram(gamma * eye.to(_F64).expand(bad.numel(), -1, -1).clone(), Fpad.to(_F64),
-                        mask_r.index_select(0, bad))
+        H64 = _add_gram(
+            gamma * eye.to(_F64).expand(bad.numel(), -1, -1).clone(), Fpad.to(_F64), mask_r.index_select(0, bad)
+        )
         H[bad] = H64.to(H.dtype)
         L[bad] = torch.linalg.cholesky(H64).to(L.dtype)
     if full:
@@ -405,4 +449,3 @@ def _line_search(st: _Rows, d: Tensor, grad: Tensor, F: Tensor, gamma: float, ta
         todo = todo[~ok]
         t /= 2
     st.stuck[todo] = True
-

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -45,11 +45,19 @@ class ColumnPlan:
     templates: tuple[str, ...]  # the template list the erase prompts were expanded with
 
     def summary(self) -> dict:
-        return {"erase_prompts": len(self.pairs), "preserve_prompts": len(self.preserve), "token": self.token,
-                "preserve_token": self.preserve_token, "preserve_scale": self.preserve_scale, "templates": list(self.templates)}
+        return {
+            "erase_prompts": len(self.pairs),
+            "preserve_prompts": len(self.preserve),
+            "token": self.token,
+            "preserve_token": self.preserve_token,
+            "preserve_scale": self.preserve_scale,
+            "templates": list(self.templates),
+        }
 
 
-def column_plan(concepts, preset: str, token: str, preserve_token: str | None, preserve_scale: float | None) -> ColumnPlan:
+def column_plan(
+    concepts, preset: str, token: str, preserve_token: str | None, preserve_scale: float | None
+) -> ColumnPlan:
     """The prompts and token selections of a UCE preset (see ``methods/uce.py``).
 
     * ``v2``  (trainscripts/uce_sd_erase.py): the reference template list on erase *and* guide
@@ -73,7 +81,9 @@ def column_plan(concepts, preset: str, token: str, preserve_token: str | None, p
     else:
         tpl = concepts.templates_for(reference=False)
         pairs, preserve = concepts.erase_pairs(templates=tpl), tuple(concepts.preserve_prompts(templates=tpl))
-    return ColumnPlan(tuple(pairs), preserve, token, preserve_token or token, 1.0 if preserve_scale is None else preserve_scale, tpl)
+    return ColumnPlan(
+        tuple(pairs), preserve, token, preserve_token or token, 1.0 if preserve_scale is None else preserve_scale, tpl
+    )
 
 
 def plan_columns(adapter, plan: ColumnPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,7 +93,7 @@ def plan_columns(adapter, plan: ColumnPlan) -> tuple[torch.Tensor, torch.Tensor,
     return C_E, C_G, C_P
 
 
-def gram_factor(C_E, C_G, C_P, alpha: float, beta: float, gamma: float, prior=None) -> "linalg.GramFactor":
+def gram_factor(C_E, C_G, C_P, alpha: float, beta: float, gamma: float, prior=None) -> linalg.GramFactor:
     """linalg.gram_factor with its ValueErrors turned into MethodErrors."""
     try:
         return linalg.gram_factor(C_E, C_G, C_P, alpha=alpha, beta=beta, gamma=gamma, prior=prior)
@@ -103,16 +113,21 @@ def general_prior(adapter, concepts, config, progress: bool = False):
 
     source = config.prior_prompts
     if source == "auto":
-        source = model_record(adapter.pipe).prior_prompts  # the model's own general prompts (tinyworld's captions), if any
+        source = model_record(
+            adapter.pipe
+        ).prior_prompts  # the model's own general prompts (tinyworld's captions), if any
         if source is None:
             raise MethodError(
                 "prior='general' needs a general prompt list for this model: set prior_prompts to a CSV/txt path "
                 "(e.g. COCO captions) or an https URL with prior_sha256"
             )
-    prompts = pr.general_prompts(source, sha256=config.prior_sha256,
-                                 limit=config.prior_limit if source == "tinyworld" else None)
+    prompts = pr.general_prompts(
+        source, sha256=config.prior_sha256, limit=config.prior_limit if source == "tinyworld" else None
+    )
     exclude = [a for c in concepts.erase for a in pr.concept_aliases(c)]
-    return pr.general_prior(adapter, prompts, limit=config.prior_limit, exclude=exclude, source=source, progress=progress)
+    return pr.general_prior(
+        adapter, prompts, limit=config.prior_limit, exclude=exclude, source=source, progress=progress
+    )
 
 
 def _is_tinyworld(adapter) -> bool:
@@ -120,7 +135,7 @@ def _is_tinyworld(adapter) -> bool:
     return is_tinyworld(adapter.pipe)
 
 
-def gram_and_plan(adapter, concepts, config) -> tuple["linalg.GramFactor", ColumnPlan, dict]:
+def gram_and_plan(adapter, concepts, config) -> tuple[linalg.GramFactor, ColumnPlan, dict]:
     """(shared Gram factor on the pipeline's device, the preset's column plan, stats entry).
 
     The stats entry is {'prior': record} when a general prior is used (``config.prior``), else {}.
@@ -134,12 +149,12 @@ def gram_and_plan(adapter, concepts, config) -> tuple["linalg.GramFactor", Colum
     return gf, plan, ({} if gp is None else {"prior": {**gp.record(), "weight": config.prior_weight}})
 
 
-def gram_and_prior(adapter, concepts, config) -> tuple["linalg.GramFactor", dict]:
+def gram_and_prior(adapter, concepts, config) -> tuple[linalg.GramFactor, dict]:
     gf, _, prior_stats = gram_and_plan(adapter, concepts, config)
     return gf, prior_stats
 
 
-def gram(adapter, concepts, config) -> "linalg.GramFactor":
+def gram(adapter, concepts, config) -> linalg.GramFactor:
     return gram_and_plan(adapter, concepts, config)[0]
 
 
@@ -156,7 +171,9 @@ def resolve_for_kind(config, kind: str, table: dict[str, dict]):
 
 
 # ------------------------------------------------------------------ layers
-def edit_layers(adapter, paths, fit_layer: Callable[[str, torch.Tensor], LayerEdit], desc: str, progress: bool) -> list[LayerEdit]:
+def edit_layers(
+    adapter, paths, fit_layer: Callable[[str, torch.Tensor], LayerEdit], desc: str, progress: bool
+) -> list[LayerEdit]:
     """Run ``fit_layer(path, W0)`` over the layers with a progress bar; the pipeline is read, never written."""
     out = []
     for path in tqdm(paths, desc=desc, unit="layer", disable=not progress, leave=False):
@@ -168,7 +185,9 @@ def edit_layers(adapter, paths, fit_layer: Callable[[str, torch.Tensor], LayerEd
     return out
 
 
-def store_delta(path: str, W0: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]], storage: str = "auto", **stats) -> LayerEdit:
+def store_delta(
+    path: str, W0: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]], storage: str = "auto", **stats
+) -> LayerEdit:
     """The layer W0 + Σ_i B_i A_i as a low-rank delta (factors concatenated) or dense, whichever is smaller.
 
     factors: [(B_i (d_out, r_i), A_i (r_i, d_in))]; ``storage`` 'auto' | 'lowrank' | 'dense'.
@@ -176,8 +195,16 @@ def store_delta(path: str, W0: torch.Tensor, factors: list[tuple[torch.Tensor, t
     d_out, d_in = W0.shape
     r = sum(B.shape[1] for B, _ in factors)
     if storage == "lowrank" or (storage == "auto" and r * (d_out + d_in) < d_out * d_in):
-        B = torch.cat([B.double() for B, _ in factors], dim=1) if factors else W0.new_zeros(d_out, 0, dtype=torch.float64)
-        A = torch.cat([A.double() for _, A in factors], dim=0) if factors else W0.new_zeros(0, d_in, dtype=torch.float64)
+        B = (
+            torch.cat([B.double() for B, _ in factors], dim=1)
+            if factors
+            else W0.new_zeros(d_out, 0, dtype=torch.float64)
+        )
+        A = (
+            torch.cat([A.double() for _, A in factors], dim=0)
+            if factors
+            else W0.new_zeros(0, d_in, dtype=torch.float64)
+        )
         return LayerEdit.lowrank(path, B, A, rank=r, **stats)
     W = W0.detach().double().clone()
     for B, A in factors:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,9 @@ from tqdm.auto import tqdm
 
 from ..errors import MethodError
 
-Cond = tuple[torch.Tensor, "dict[str, torch.Tensor] | None"]  # (encoder_hidden_states (b, L, d), SDXL added_cond_kwargs)
+Cond = tuple[
+    torch.Tensor, "dict[str, torch.Tensor] | None"
+]  # (encoder_hidden_states (b, L, d), SDXL added_cond_kwargs)
 
 
 # ------------------------------------------------------------------ conditioning
@@ -76,8 +78,18 @@ class Pool:
 
 
 @torch.no_grad()
-def trajectory_pool(adapter, prompts: list[str], *, n_latents: int, steps: int, guidance: float, seed: int,
-                    include_start: bool = False, progress: bool = False, desc: str = "trajectories") -> Pool:
+def trajectory_pool(
+    adapter,
+    prompts: list[str],
+    *,
+    n_latents: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    include_start: bool = False,
+    progress: bool = False,
+    desc: str = "trajectories",
+) -> Pool:
     """Sample ``n_latents`` DDIM trajectories per prompt with the frozen pipeline and keep every UNet input.
 
     The latents after step i are the UNet input at step i + 1 (DDIM does not scale model inputs);
@@ -100,12 +112,25 @@ def trajectory_pool(adapter, prompts: list[str], *, n_latents: int, steps: int, 
                 kept.append(kw["latents"].detach().clone())
                 return kw
 
-            out = pipe(prompt=[prompt] * n_latents, generator=gens, num_inference_steps=steps, guidance_scale=guidance,
-                       output_type="latent", callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"])
+            out = pipe(
+                prompt=[prompt] * n_latents,
+                generator=gens,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                output_type="latent",
+                callback_on_step_end=keep,
+                callback_on_step_end_tensor_inputs=["latents"],
+            )
             timesteps = pipe.scheduler.timesteps
             if include_start:  # the initial noise, as the pipeline drew it from the same generators
-                start = pipe.prepare_latents(n_latents, adapter.unet.config.in_channels, *_size(adapter), kept[0].dtype,
-                                             kept[0].device, [torch.Generator(device="cpu").manual_seed(seed + 1000 * pi + j) for j in range(n_latents)])
+                start = pipe.prepare_latents(
+                    n_latents,
+                    adapter.unet.config.in_channels,
+                    *_size(adapter),
+                    kept[0].dtype,
+                    kept[0].device,
+                    [torch.Generator(device="cpu").manual_seed(seed + 1000 * pi + j) for j in range(n_latents)],
+                )
                 xs.append(start)
                 ts.append(torch.full((n_latents,), int(timesteps[0])))
                 ids.append(torch.full((n_latents,), pi))
@@ -142,8 +167,10 @@ class Carrier(nn.Module):
             if torch.is_grad_enabled():
                 # a gradient-checkpointed block recomputes its forward during backward: with the carrier off it would
                 # silently differentiate another function than the one that made the loss
-                raise MethodError("a carrier is switched off in a forward pass that records gradients; switch carriers off "
-                                  "only under torch.no_grad() and on again before the loss is built")
+                raise MethodError(
+                    "a carrier is switched off in a forward pass that records gradients; switch carriers off "
+                    "only under torch.no_grad() and on again before the loss is built"
+                )
             return out
         return out + self.extra(module, args[0])
 
@@ -160,9 +187,13 @@ class FullDelta(Carrier):
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             raise MethodError(f"can only fine-tune Linear and Conv2d layers, got {type(module).__name__}")
         w = module.weight
-        self.dW = nn.Parameter(torch.zeros(w.shape, dtype=torch.float32, device=w.device))  # (d_out, d_in) or (c_out, c_in/g, kh, kw)
+        self.dW = nn.Parameter(
+            torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        )  # (d_out, d_in) or (c_out, c_in/g, kh, kw)
         has_bias = train_bias and module.bias is not None
-        self.db = nn.Parameter(torch.zeros(module.bias.shape, dtype=torch.float32, device=w.device)) if has_bias else None
+        self.db = (
+            nn.Parameter(torch.zeros(module.bias.shape, dtype=torch.float32, device=w.device)) if has_bias else None
+        )
 
     def extra(self, module, x):
         dW = self.dW.to(x.dtype)
@@ -178,7 +209,9 @@ class LowRankDelta(Carrier):
     Initialised like diffusers' ``LoRALinearLayer`` (A ~ N(0, 1/r²), B = 0), so it starts at D.
     """
 
-    def __init__(self, module: nn.Linear, rank: int, fixed: torch.Tensor | None = None, generator: torch.Generator | None = None):
+    def __init__(
+        self, module: nn.Linear, rank: int, fixed: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ):
         super().__init__()
         d_out, d_in = module.weight.shape
         dev = module.weight.device
@@ -201,8 +234,9 @@ def set_enabled(carriers: Iterable[Carrier], flag: bool) -> None:
 
 
 @contextlib.contextmanager
-def attached(unet, carriers: dict[str, Carrier], extra_hooks: Iterable[tuple[str, Callable]] = (),
-             checkpointing: bool = False) -> Iterator[None]:
+def attached(
+    unet, carriers: dict[str, Carrier], extra_hooks: Iterable[tuple[str, Callable]] = (), checkpointing: bool = False
+) -> Iterator[None]:
     """Hook every carrier onto ``unet.get_submodule(path)`` with the UNet frozen; restore everything on exit.
 
     ``extra_hooks``: further (module path, forward hook) pairs registered *after* the carriers, so they
@@ -213,7 +247,9 @@ def attached(unet, carriers: dict[str, Carrier], extra_hooks: Iterable[tuple[str
     which record what they see.
     """
     if checkpointing and tuple(extra_hooks):
-        raise MethodError("gradient checkpointing re-runs forward hooks during backward; it cannot be combined with extra_hooks")
+        raise MethodError(
+            "gradient checkpointing re-runs forward hooks during backward; it cannot be combined with extra_hooks"
+        )
     requires = [p.requires_grad for p in unet.parameters()]
     checkpointed = bool(getattr(unet, "is_gradient_checkpointing", False))
     handles = []
@@ -236,9 +272,20 @@ def attached(unet, carriers: dict[str, Carrier], extra_hooks: Iterable[tuple[str
 
 
 # ------------------------------------------------------------------------- loop
-def train(step_loss: Callable[[int], torch.Tensor], params: list[torch.Tensor], *, steps: int, seconds: float | None,
-          lr: float, desc: str, progress: bool, optimizer: str = "adam", weight_decay: float = 0.0,
-          max_grad_norm: float | None = None, method: str = "fine-tuning") -> dict:
+def train(
+    step_loss: Callable[[int], torch.Tensor],
+    params: list[torch.Tensor],
+    *,
+    steps: int,
+    seconds: float | None,
+    lr: float,
+    desc: str,
+    progress: bool,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    max_grad_norm: float | None = None,
+    method: str = "fine-tuning",
+) -> dict:
     """Minimise ``step_loss(step)`` over ``params`` for ``steps`` steps or ``seconds`` seconds, whichever ends first.
 
     ``optimizer``: 'adam' (ESD, ACE) or 'adamw' (MACE: betas 0.9/0.999, eps 1e-8, ``weight_decay``).
@@ -256,7 +303,9 @@ def train(step_loss: Callable[[int], torch.Tensor], params: list[torch.Tensor], 
     for step in bar:
         loss = step_loss(step)
         if not math.isfinite(loss.item()):
-            raise MethodError(f"{method} diverged at step {step} (loss is NaN/Inf); lower lr or load the model in float32")
+            raise MethodError(
+                f"{method} diverged at step {step} (loss is NaN/Inf); lower lr or load the model in float32"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm is not None:
@@ -266,5 +315,9 @@ def train(step_loss: Callable[[int], torch.Tensor], params: list[torch.Tensor], 
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if seconds is not None and time.perf_counter() - t_start > seconds:
             break
-    return {"train_steps": len(losses), "train_seconds": round(time.perf_counter() - t_start, 3),
-            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+    return {
+        "train_steps": len(losses),
+        "train_seconds": round(time.perf_counter() - t_start, 3),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+    }

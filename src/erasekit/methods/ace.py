@@ -37,8 +37,9 @@ from .base import Method, MethodConfig, help_field, register_method
 
 
 # ------------------------------------------------------------ stage 1 maths
-def concept_directions(W0: torch.Tensor, C_E: torch.Tensor, C_G: torch.Tensor, C_P: torch.Tensor, rank: int,
-                       retain_energy: float = 0.99) -> torch.Tensor:
+def concept_directions(
+    W0: torch.Tensor, C_E: torch.Tensor, C_G: torch.Tensor, C_P: torch.Tensor, rank: int, retain_energy: float = 0.99
+) -> torch.Tensor:
     """U (d_out, r): top left-singular vectors of (I − Q_R Q_Rᵀ) W0 (C_E − C_G), Q_R spanning W0 C_P."""
     W0 = W0.double()
     D = W0 @ (C_E - C_G)  # (d_out, n_e): how the concept's keys/values differ from the guide's
@@ -50,7 +51,9 @@ def concept_directions(W0: torch.Tensor, C_E: torch.Tensor, C_G: torch.Tensor, C
     U, S, _ = torch.linalg.svd(D, full_matrices=False)
     r = min(rank, int((S > S[0] * 1e-6).sum()) if S.numel() and S[0] > 0 else 0)
     if r == 0:
-        raise MethodError("the erase and guide prompts give identical outputs in some layer; nothing to nullify (check the concepts)")
+        raise MethodError(
+            "the erase and guide prompts give identical outputs in some layer; nothing to nullify (check the concepts)"
+        )
     return U[:, :r].contiguous()
 
 
@@ -65,20 +68,34 @@ class ACEConfig(MethodConfig):
     negative_guidance: float = help_field(1.0, "eta: push the concept prediction past the neutral one (ESD)")
     preserve_weight: float = help_field(1.0, "weight of the preservation loss on retain prompts")
     adv_steps: int = help_field(3, "gradient-ascent steps of the adversarial embedding per training step (0 disables)")
-    adv_radius: float = help_field(0.1, "rho: bound of the adversarial perturbation per token, relative to the mean token norm")
-    synonyms: tuple[str, ...] = help_field((), "extra prompts that evoke the concept ('|'-separated on the command line)")
+    adv_radius: float = help_field(
+        0.1, "rho: bound of the adversarial perturbation per token, relative to the mean token norm"
+    )
+    synonyms: tuple[str, ...] = help_field(
+        (), "extra prompts that evoke the concept ('|'-separated on the command line)"
+    )
     pool_latents: int = help_field(2, "unedited trajectories per concept prompt that supply x_t")
     pool_steps: int = help_field(10, "denoising steps of those trajectories")
     guidance: float = help_field(5.0, "guidance of those trajectories")
     seed: int = help_field(0, "seed of the trajectories, sampling and initialisation")
-    gradient_checkpointing: bool = help_field(True, "recompute each UNet block during backward instead of keeping its activations: about a third more time, a fraction of the memory, the same gradients")
+    gradient_checkpointing: bool = help_field(
+        True,
+        "recompute each UNet block during backward instead of keeping its activations: about a third more time, a fraction of the memory, the same gradients",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.synonyms, str):
             self.synonyms = tuple(p.strip() for p in self.synonyms.split("|") if p.strip())
         self.synonyms = tuple(self.synonyms)
-        if self.rank < 1 or self.train_steps < 0 or self.batch_size < 1 or self.adv_steps < 0 or self.pool_latents < 1 or self.pool_steps < 2:
+        if (
+            self.rank < 1
+            or self.train_steps < 0
+            or self.batch_size < 1
+            or self.adv_steps < 0
+            or self.pool_latents < 1
+            or self.pool_steps < 2
+        ):
             raise MethodError("rank, batch_size, pool_latents >= 1, pool_steps >= 2, train_steps and adv_steps >= 0")
         if self.lr <= 0 or self.adv_radius < 0 or self.preserve_weight < 0:
             raise MethodError("lr must be > 0, adv_radius and preserve_weight >= 0")
@@ -116,7 +133,9 @@ def _adversarial_delta(eps_fn, embeds: torch.Tensor, target: torch.Tensor, confi
     return delta.detach()
 
 
-@register_method("ace", ACEConfig, "ACE: gated low-rank nullification + adversarial fine-tuning (arXiv 2504.11850, reconstruction)")
+@register_method(
+    "ace", ACEConfig, "ACE: gated low-rank nullification + adversarial fine-tuning (arXiv 2504.11850, reconstruction)"
+)
 class ACE(Method):
     def uses_unet(self, config: ACEConfig) -> bool:
         return True
@@ -127,14 +146,22 @@ class ACE(Method):
         carriers: dict[str, _GatedLowRank] = {}
         for path in adapter.paths:
             W0 = adapter.linear(path).weight.detach()
-            carriers[path] = _GatedLowRank(concept_directions(W0.cpu(), C_E, C_G, C_P, config.rank, config.retain_energy), W0.cpu()).to(W0.device)
+            carriers[path] = _GatedLowRank(
+                concept_directions(W0.cpu(), C_E, C_G, C_P, config.rank, config.retain_energy), W0.cpu()
+            ).to(W0.device)
         train_stats = self._train(adapter, concepts, config, carriers, progress) if config.train_steps else {}
 
         def fit_layer(path, W0):
             c = carriers[path]
             with torch.no_grad():
                 B = (c.B * torch.sigmoid(c.theta)).detach()
-            return LayerEdit.lowrank(path, B, c.A.detach(), rank=B.shape[1], gates=[round(float(g), 4) for g in torch.sigmoid(c.theta.detach())])
+            return LayerEdit.lowrank(
+                path,
+                B,
+                c.A.detach(),
+                rank=B.shape[1],
+                gates=[round(float(g), 4) for g in torch.sigmoid(c.theta.detach())],
+            )
 
         layers = cf.edit_layers(adapter, adapter.paths, fit_layer, "ace", progress)
         stats = {"seconds": round(time.perf_counter() - t0, 4), **train_stats}
@@ -150,8 +177,14 @@ class ACE(Method):
         retain_prompts = concepts.preserve_prompts()
         cond_c, cond_n = ft.unet_inputs(adapter, concept_prompts), ft.unet_inputs(adapter, neutral_of)
         cond_r = ft.unet_inputs(adapter, retain_prompts) if retain_prompts else None
-        pool = ft.trajectory_pool(adapter, concept_prompts, n_latents=config.pool_latents, steps=config.pool_steps,
-                                  guidance=config.guidance, seed=config.seed)
+        pool = ft.trajectory_pool(
+            adapter,
+            concept_prompts,
+            n_latents=config.pool_latents,
+            steps=config.pool_steps,
+            guidance=config.guidance,
+            seed=config.seed,
+        )
         parts = list(carriers.values())
 
         def eps(x, t, cond, enabled=True):
@@ -168,7 +201,9 @@ class ACE(Method):
             embeds, added = cc
             if config.adv_steps and config.adv_radius > 0:
                 delta = _adversarial_delta(lambda e: eps(x, t, (e, added)), embeds, target, config)
-                loss = 0.5 * (F.mse_loss(eps(x, t, cc), target) + F.mse_loss(eps(x, t, (embeds + delta, added)), target))
+                loss = 0.5 * (
+                    F.mse_loss(eps(x, t, cc), target) + F.mse_loss(eps(x, t, (embeds + delta, added)), target)
+                )
             else:
                 loss = F.mse_loss(eps(x, t, cc), target)
             if cond_r is not None and config.preserve_weight > 0:
@@ -180,6 +215,13 @@ class ACE(Method):
             return loss
 
         with ft.attached(unet, carriers, checkpointing=config.gradient_checkpointing):
-            return ft.train(step_loss, [q for c in parts for q in c.parameters()], steps=config.train_steps,
-                            seconds=config.time_budget, lr=config.lr, desc="ace: adversarial fine-tuning",
-                            progress=progress, method="ACE fine-tuning")
+            return ft.train(
+                step_loss,
+                [q for c in parts for q in c.parameters()],
+                steps=config.train_steps,
+                seconds=config.time_budget,
+                lr=config.lr,
+                desc="ace: adversarial fine-tuning",
+                progress=progress,
+                method="ACE fine-tuning",
+            )

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from ..errors import MethodError
 from ..models.adapter import PROJECTIONS, TOKEN_MODES
@@ -41,23 +42,31 @@ class MethodConfig:
     TOKEN_CHOICES: ClassVar[tuple[str | None, ...]] = TOKEN_MODES
     STORAGE_CHOICES: ClassVar[tuple[str, ...]] = ()
 
-    token: str = help_field("last", "token selection: 'last' concept token, 'tail' (last token to EOS/padding) or 'all' 77 positions")
+    token: str = help_field(
+        "last", "token selection: 'last' concept token, 'tail' (last token to EOS/padding) or 'all' 77 positions"
+    )
     projections: tuple[str, ...] = help_field(("k", "v"), "which cross-attention projections to edit: k, v or both")
-    layer_regex: str | None = help_field(None, "edit the UNet Linear layers whose path matches this regex instead of every cross-attention to_k/to_v")
+    layer_regex: str | None = help_field(
+        None, "edit the UNet Linear layers whose path matches this regex instead of every cross-attention to_k/to_v"
+    )
 
     def __post_init__(self) -> None:
         check_choice("token", self.token, self.TOKEN_CHOICES)
         if self.STORAGE_CHOICES:
-            check_choice("storage", getattr(self, "storage"), self.STORAGE_CHOICES)
+            check_choice("storage", self.storage, self.STORAGE_CHOICES)
         if isinstance(self.projections, str):
             self.projections = tuple(p.strip() for p in self.projections.split(",") if p.strip())
         self.projections = tuple(self.projections)
         bad = [p for p in self.projections if p not in PROJECTIONS]
         if bad or not self.projections or len(set(self.projections)) != len(self.projections):
-            raise MethodError(f"projections must be a non-empty subset of ('k', 'v') without repeats, got {self.projections!r}")
+            raise MethodError(
+                f"projections must be a non-empty subset of ('k', 'v') without repeats, got {self.projections!r}"
+            )
 
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def field_help(cls) -> dict[str, str]:
@@ -87,7 +96,9 @@ class Method(ABC):
 _REGISTRY: dict[str, type[Method]] = {}
 
 
-def register_method(name: str, config_class: type[MethodConfig], summary: str) -> Callable[[type[Method]], type[Method]]:
+def register_method(
+    name: str, config_class: type[MethodConfig], summary: str
+) -> Callable[[type[Method]], type[Method]]:
     """Class decorator that registers a method under ``name``."""
 
     def deco(cls: type[Method]) -> type[Method]:
@@ -103,7 +114,9 @@ def register_method(name: str, config_class: type[MethodConfig], summary: str) -
 def get_method(name: str) -> Method:
     key = name.strip().lower()
     if key not in _REGISTRY:
-        raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))} (see `erasekit methods`)")
+        raise MethodError(
+            f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))} (see `erasekit methods`)"
+        )
     return _REGISTRY[key]()
 
 
@@ -131,7 +144,13 @@ def not_an_option(method: str, unknown: list[str]) -> MethodError:
 
 
 # ------------------------------------------------------------------ option types
-_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,), "None": (type(None),)}
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
+    "float": (int, float),
+    "int": (int,),
+    "bool": (bool,),
+    "str": (str,),
+    "None": (type(None),),
+}
 _SEQUENCES = ("tuple", "list", "Sequence")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -147,7 +166,7 @@ class OptionType:
     kinds: tuple[str, ...]  # each of 'float', 'int', 'bool', 'str', 'seq', 'None', or '?' (a type this does not know)
 
     @classmethod
-    def of(cls, annotation: Any) -> "OptionType":
+    def of(cls, annotation: Any) -> OptionType:
         parts = (p.strip().split("[")[0].strip() for p in str(annotation).split("|"))
         return cls(tuple("seq" if p in _SEQUENCES else p if p in _SIMPLE_TYPES else "?" for p in parts))
 
@@ -167,7 +186,11 @@ class OptionType:
         for k in self.kinds:
             if k == "seq" and isinstance(value, (list, tuple, str)):
                 return True
-            if k in _SIMPLE_TYPES and isinstance(value, _SIMPLE_TYPES[k]) and not (k in ("float", "int") and isinstance(value, bool)):
+            if (
+                k in _SIMPLE_TYPES
+                and isinstance(value, _SIMPLE_TYPES[k])
+                and not (k in ("float", "int") and isinstance(value, bool))
+            ):
                 return True
         return False
 

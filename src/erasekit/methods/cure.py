@@ -53,15 +53,26 @@ def spectral_projector_factors(C: torch.Tensor, alpha: float) -> tuple[torch.Ten
 class CUREConfig(MethodConfig):
     STORAGE_CHOICES = ("auto", "lowrank", "dense")
 
-    alpha: float | None = help_field(None, "expansion α of f(r) = αr/((α−1)r+1): larger → closer to a hard projector (default: 5 for kind nsfw, 2 otherwise, the paper's)")
-    forget_prompts: tuple[str, ...] = help_field((), "forget prompts, '|'-separated on the CLI (default: the ConceptSet's erase prompts)")
-    retain_prompts: tuple[str, ...] = help_field((), "retain prompts, '|'-separated on the CLI (default: the ConceptSet's preserve prompts)")
+    alpha: float | None = help_field(
+        None,
+        "expansion α of f(r) = αr/((α−1)r+1): larger → closer to a hard projector (default: 5 for kind nsfw, 2 otherwise, the paper's)",
+    )
+    forget_prompts: tuple[str, ...] = help_field(
+        (), "forget prompts, '|'-separated on the CLI (default: the ConceptSet's erase prompts)"
+    )
+    retain_prompts: tuple[str, ...] = help_field(
+        (), "retain prompts, '|'-separated on the CLI (default: the ConceptSet's preserve prompts)"
+    )
     storage: str = help_field("auto", "'auto' (smaller of low-rank / dense), 'lowrank' or 'dense'")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and 1.0 <= float(self.alpha) < float("inf")):
-            raise MethodError(f"alpha must be a finite number >= 1 (the paper uses 2, and 5 for nudity), got {self.alpha}")
+        if self.alpha is not None and not (
+            isinstance(self.alpha, (int, float)) and 1.0 <= float(self.alpha) < float("inf")
+        ):
+            raise MethodError(
+                f"alpha must be a finite number >= 1 (the paper uses 2, and 5 for nudity), got {self.alpha}"
+            )
         self.forget_prompts = _prompt_tuple(self.forget_prompts)
         self.retain_prompts = _prompt_tuple(self.retain_prompts)
 
@@ -72,7 +83,11 @@ def _prompt_tuple(x) -> tuple[str, ...]:
     return tuple(x)
 
 
-@register_method("cure", CUREConfig, "CURE (reconstruction): spectral eraser W ← W(I − P_f + P_f P_r) from text embeddings (Biswas et al., 2025)")
+@register_method(
+    "cure",
+    CUREConfig,
+    "CURE (reconstruction): spectral eraser W ← W(I − P_f + P_f P_r) from text embeddings (Biswas et al., 2025)",
+)
 class CURE(Method):
     def fit(self, adapter, concepts, config: CUREConfig, progress: bool = True):
         t0 = time.perf_counter()

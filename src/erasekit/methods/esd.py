@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..edit import Edit, LayerEdit
-from ..models.adapter import weight_fingerprint
 from ..errors import MethodError
+from ..models.adapter import weight_fingerprint
 from . import _finetune as ft
 from .base import Method, MethodConfig, help_field, register_method
 
@@ -66,17 +66,34 @@ REFERENCE = {"sd": FamilyDefaults(5e-5, 5e-5, 2.0, 3.0), "sdxl": FamilyDefaults(
 @dataclass
 class ESDConfig(MethodConfig):
     iterations: int = help_field(200, "training iterations (ESD's --iterations)")
-    time_budget: float | None = help_field(None, "stop after this many seconds of training (whichever of the two ends first)")
-    lr: float | None = help_field(None, "Adam learning rate (default: the reference's, 5e-5 on SD; SDXL 2e-4 for esd-x, 1e-5 for esd-u)")
-    negative_guidance: float | None = help_field(None, "eta: how far past the unconditional prediction to push (default 2 on SD, 1 on SDXL)")
-    guidance: float | None = help_field(None, "classifier-free guidance of the frozen model's sampling that gives x_t (default 3 on SD, 2 on SDXL)")
+    time_budget: float | None = help_field(
+        None, "stop after this many seconds of training (whichever of the two ends first)"
+    )
+    lr: float | None = help_field(
+        None, "Adam learning rate (default: the reference's, 5e-5 on SD; SDXL 2e-4 for esd-x, 1e-5 for esd-u)"
+    )
+    negative_guidance: float | None = help_field(
+        None, "eta: how far past the unconditional prediction to push (default 2 on SD, 1 on SDXL)"
+    )
+    guidance: float | None = help_field(
+        None, "classifier-free guidance of the frozen model's sampling that gives x_t (default 3 on SD, 2 on SDXL)"
+    )
     pool_steps: int = help_field(50, "sampling steps of each trajectory (ESD's num_inference_steps)")
-    pool_latents: int = help_field(4, "trajectories per training prompt in the x_t pool (the reference samples a fresh one per iteration)")
+    pool_latents: int = help_field(
+        4, "trajectories per training prompt in the x_t pool (the reference samples a fresh one per iteration)"
+    )
     batch_size: int = help_field(1, "x_t samples per iteration")
-    erase_from: tuple[str, ...] = help_field((), "ESD's --erase_from: prompt(s) to train on instead of the concept, one per concept ('|'-separated)")
-    train_bias: bool = help_field(True, "train biases as well as weights (the reference trains every parameter of the selected layers)")
+    erase_from: tuple[str, ...] = help_field(
+        (), "ESD's --erase_from: prompt(s) to train on instead of the concept, one per concept ('|'-separated)"
+    )
+    train_bias: bool = help_field(
+        True, "train biases as well as weights (the reference trains every parameter of the selected layers)"
+    )
     seed: int = help_field(0, "seed of the pool, the sampling of (prompt, x_t) and the order of training")
-    gradient_checkpointing: bool = help_field(True, "recompute each UNet block during backward instead of keeping its activations: about a third more time, a fraction of the memory, the same gradients")
+    gradient_checkpointing: bool = help_field(
+        True,
+        "recompute each UNet block during backward instead of keeping its activations: about a third more time, a fraction of the memory, the same gradients",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,7 +116,10 @@ class ESDConfig(MethodConfig):
 
 @dataclass
 class ESDAutoConfig(ESDConfig):
-    variant: str = help_field("auto", "'auto' (by concept kind: esd-x for style/person, esd-u for object/nsfw, as the paper) or one of esd-x, esd-x-strict, esd-u")
+    variant: str = help_field(
+        "auto",
+        "'auto' (by concept kind: esd-x for style/person, esd-u for object/nsfw, as the paper) or one of esd-x, esd-x-strict, esd-u",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -174,10 +194,24 @@ class _ESD(Method):
                 le = LayerEdit.dense(p, base.detach().to(torch.float32) + delta.detach(), param=param)
                 layers.append(le)
                 prints[le.key] = weight_fingerprint(base)
-        stats = {"seconds": round(time.perf_counter() - t0, 4), "variant": variant, "lr": lr, "negative_guidance": eta,
-                 "guidance": guidance, "trained_layers": len(paths), **train_stats}
-        return Edit(method=self.name, config=config.to_dict(), concepts=concepts.to_dict(), base=adapter.describe(),
-                    layers=layers, fingerprints=prints, stats=stats)
+        stats = {
+            "seconds": round(time.perf_counter() - t0, 4),
+            "variant": variant,
+            "lr": lr,
+            "negative_guidance": eta,
+            "guidance": guidance,
+            "trained_layers": len(paths),
+            **train_stats,
+        }
+        return Edit(
+            method=self.name,
+            config=config.to_dict(),
+            concepts=concepts.to_dict(),
+            base=adapter.describe(),
+            layers=layers,
+            fingerprints=prints,
+            stats=stats,
+        )
 
     def _train(self, adapter, concepts, config: ESDConfig, carriers, lr, eta, guidance, variant, progress) -> dict:
         unet = adapter.unet
@@ -185,12 +219,31 @@ class _ESD(Method):
         torch.manual_seed(config.seed)
         erase = [e for e, _ in concepts.erase_pairs()]
         if config.erase_from and len(config.erase_from) not in (1, len(concepts.erase)):
-            raise MethodError(f"erase_from: give one prompt, or one per erased concept ({len(concepts.erase)}), got {len(config.erase_from)}")
+            raise MethodError(
+                f"erase_from: give one prompt, or one per erased concept ({len(concepts.erase)}), got {len(config.erase_from)}"
+            )
         per_concept = len(erase) // len(concepts.erase)  # templates per concept
-        source = [config.erase_from[0 if len(config.erase_from) == 1 else i // per_concept] for i in range(len(erase))] if config.erase_from else erase
-        cond_c, cond_from, cond_null = ft.unet_inputs(adapter, erase), ft.unet_inputs(adapter, source), ft.unet_inputs(adapter, [""])
-        pool = ft.trajectory_pool(adapter, source, n_latents=config.pool_latents, steps=config.pool_steps, guidance=guidance,
-                                  seed=config.seed, include_start=True, progress=progress, desc=f"{variant}: x_t pool")
+        source = (
+            [config.erase_from[0 if len(config.erase_from) == 1 else i // per_concept] for i in range(len(erase))]
+            if config.erase_from
+            else erase
+        )
+        cond_c, cond_from, cond_null = (
+            ft.unet_inputs(adapter, erase),
+            ft.unet_inputs(adapter, source),
+            ft.unet_inputs(adapter, [""]),
+        )
+        pool = ft.trajectory_pool(
+            adapter,
+            source,
+            n_latents=config.pool_latents,
+            steps=config.pool_steps,
+            guidance=guidance,
+            seed=config.seed,
+            include_start=True,
+            progress=progress,
+            desc=f"{variant}: x_t pool",
+        )
         parts = list(carriers.values())
         same = not config.erase_from
 
@@ -209,12 +262,24 @@ class _ESD(Method):
 
         params = [q for c in parts for q in c.parameters()]
         with ft.attached(unet, carriers, checkpointing=config.gradient_checkpointing):
-            stats = ft.train(step_loss, params, steps=config.iterations, seconds=config.time_budget, lr=lr,
-                             desc=f"{variant}: fine-tuning", progress=progress, method="ESD")
+            stats = ft.train(
+                step_loss,
+                params,
+                steps=config.iterations,
+                seconds=config.time_budget,
+                lr=lr,
+                desc=f"{variant}: fine-tuning",
+                progress=progress,
+                method="ESD",
+            )
         return {**stats, "pool_size": len(pool)}
 
 
-@register_method("esd-x", ESDConfig, "ESD-x: fine-tune cross-attention towards negatively guided predictions (Gandikota et al., ICCV 2023)")
+@register_method(
+    "esd-x",
+    ESDConfig,
+    "ESD-x: fine-tune cross-attention towards negatively guided predictions (Gandikota et al., ICCV 2023)",
+)
 class ESDX(_ESD):
     variant = "esd-x"
 
@@ -224,12 +289,20 @@ class ESDXStrict(_ESD):
     variant = "esd-x-strict"
 
 
-@register_method("esd", ESDAutoConfig, "ESD with the variant chosen by concept kind as in the paper (esd-x: style/person, esd-u: object/nsfw)")
+@register_method(
+    "esd",
+    ESDAutoConfig,
+    "ESD with the variant chosen by concept kind as in the paper (esd-x: style/person, esd-u: object/nsfw)",
+)
 class ESDAuto(_ESD):
     def pick_variant(self, concepts, config: ESDAutoConfig) -> str:
         return VARIANT_FOR_KIND[concepts.kind] if config.variant == "auto" else config.variant
 
 
-@register_method("esd-u", ESDConfig, "ESD-u: ESD fine-tuning of every Linear / Conv2d outside cross-attention (unconditional erasure)")
+@register_method(
+    "esd-u",
+    ESDConfig,
+    "ESD-u: ESD fine-tuning of every Linear / Conv2d outside cross-attention (unconditional erasure)",
+)
 class ESDU(_ESD):
     variant = "esd-u"

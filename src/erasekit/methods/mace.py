@@ -68,24 +68,68 @@ COCO_2014_CAPTIONS = 414_113 + 202_654  # train + val captions summed by src/cac
 # prompt_augmentation in src/cfr_utils.py (prompt_len 30: the first 30 templates are used).
 AUG_TEMPLATES = {
     "object": (
-        "{} in a photo", "{} in a snapshot", "A snapshot of {}", "A photograph showcasing {}", "An illustration of {}",
-        "A digital rendering of {}", "A visual representation of {}", "A graphic of {}", "A shot of {}", "A photo of {}",
-        "A black and white image of {}", "A depiction in portrait form of {}", "A scene depicting {} during a public gathering",
-        "{} captured in an image", "A depiction created with oil paints capturing {}", "An image of {}",
-        "A drawing capturing the essence of {}", "An official photograph featuring {}", "A detailed sketch of {}",
-        "{} during sunset/sunrise", "{} in a detailed portrait", "An official photo of {}", "Historic photo of {}",
-        "Detailed portrait of {}", "A painting of {}", "HD picture of {}", "Magazine cover capturing {}",
-        "Painting-like image of {}", "Hand-drawn art of {}", "An oil portrait of {}",
+        "{} in a photo",
+        "{} in a snapshot",
+        "A snapshot of {}",
+        "A photograph showcasing {}",
+        "An illustration of {}",
+        "A digital rendering of {}",
+        "A visual representation of {}",
+        "A graphic of {}",
+        "A shot of {}",
+        "A photo of {}",
+        "A black and white image of {}",
+        "A depiction in portrait form of {}",
+        "A scene depicting {} during a public gathering",
+        "{} captured in an image",
+        "A depiction created with oil paints capturing {}",
+        "An image of {}",
+        "A drawing capturing the essence of {}",
+        "An official photograph featuring {}",
+        "A detailed sketch of {}",
+        "{} during sunset/sunrise",
+        "{} in a detailed portrait",
+        "An official photo of {}",
+        "Historic photo of {}",
+        "Detailed portrait of {}",
+        "A painting of {}",
+        "HD picture of {}",
+        "Magazine cover capturing {}",
+        "Painting-like image of {}",
+        "Hand-drawn art of {}",
+        "An oil portrait of {}",
     ),
     "style": (
-        "An artwork by {}", "Art piece by {}", "A recent creation by {}", "{}'s renowned art", "Latest masterpiece by {}",
-        "A stunning image by {}", "An art in {}'s style", "Exhibition artwork of {}", "Art display by {}",
-        "a beautiful painting by {}", "An image inspired by {}'s style", "A sketch by {}", "Art piece representing {}",
-        "A drawing by {}", "Artistry showcasing {}", "An illustration by {}", "A digital art by {}", "A visual art by {}",
-        "A reproduction inspired by {}'s colorful, expressive style", "Famous painting of {}", "A famous art by {}",
-        "Artistic style of {}", "{}'s famous piece", "Abstract work of {}", "{}'s famous drawing",
-        "Art from {}'s early period", "A portrait by {}", "An imitation reflecting the style of {}",
-        "An painting from {}'s collection", "Vibrant reproduction of artwork by {}",
+        "An artwork by {}",
+        "Art piece by {}",
+        "A recent creation by {}",
+        "{}'s renowned art",
+        "Latest masterpiece by {}",
+        "A stunning image by {}",
+        "An art in {}'s style",
+        "Exhibition artwork of {}",
+        "Art display by {}",
+        "a beautiful painting by {}",
+        "An image inspired by {}'s style",
+        "A sketch by {}",
+        "Art piece representing {}",
+        "A drawing by {}",
+        "Artistry showcasing {}",
+        "An illustration by {}",
+        "A digital art by {}",
+        "A visual art by {}",
+        "A reproduction inspired by {}'s colorful, expressive style",
+        "Famous painting of {}",
+        "A famous art by {}",
+        "Artistic style of {}",
+        "{}'s famous piece",
+        "Abstract work of {}",
+        "{}'s famous drawing",
+        "Art from {}'s early period",
+        "A portrait by {}",
+        "An imitation reflecting the style of {}",
+        "An painting from {}'s collection",
+        "Vibrant reproduction of artwork by {}",
     ),
 }
 # inference.py (generate_training_data): the prompts of the 8 training images per concept.
@@ -109,11 +153,25 @@ class Preset:
 
 
 PRESETS = {
-    "object": Preset(1e3, 0.0, 0.0, 0.0, 1e-5, 50, True, True, False, "object", None),  # erase_ship.yaml (bird λ 10, automobile λ 100)
+    "object": Preset(
+        1e3, 0.0, 0.0, 0.0, 1e-5, 50, True, True, False, "object", None
+    ),  # erase_ship.yaml (bird λ 10, automobile λ 100)
     "style": Preset(0.0, 1e-4, 1e-4, 8e4, 1e-4, 50, True, False, True, "style", "art"),  # erase_art_100.yaml
     "person": Preset(0.0, 1e-4, 1e-4, 8e3, 1e-4, 50, True, True, True, "object", None),  # erase_cele_1.yaml
-    "nsfw": Preset(0.0, 7e-7, 7e-7, 0.0, 1e-5, 120, False, True, True, "object", "a person wearing clothes",
-                   ("naked", "erotic", "sexual")),  # erase_explicit_content.yaml (nudity, naked, erotic, sexual)
+    "nsfw": Preset(
+        0.0,
+        7e-7,
+        7e-7,
+        0.0,
+        1e-5,
+        120,
+        False,
+        True,
+        True,
+        "object",
+        "a person wearing clothes",
+        ("naked", "erotic", "sexual"),
+    ),  # erase_explicit_content.yaml (nudity, naked, erotic, sexual)
 }
 
 
@@ -121,24 +179,52 @@ PRESETS = {
 class MACEConfig(MethodConfig):
     STORAGE_CHOICES = ("auto", "lowrank", "dense")
 
-    preset: str = help_field("auto", "reference config to start from: 'auto' (the concept kind), object, style, person or nsfw; the options below override it")
-    lamb: float | None = help_field(None, "lambda: weight of ‖W − W_ref‖² in both closed forms (preset: object 1e3, others 0)")
-    train_preserve_scale: float | None = help_field(None, "CFR prior scale s (applied twice, s², as the code does; preset: object 0, style/person 1e-4, nsfw 7e-7)")
-    fuse_preserve_scale: float | None = help_field(None, "fusion prior scale (applied once; preset as train_preserve_scale)")
-    preserve_weight: float | None = help_field(None, "weight of the preserved concepts' Σ c cᵀ beside the general prior (preset: style 8e4, person 8e3, else 0)")
-    prior: str = help_field("auto", "general prior: 'auto' (as the preset: on for style/person/nsfw), 'general' or 'none'")
-    prior_prompts: str = help_field("auto", "its prompts: 'auto' (tinyworld's training captions on tinyworld, else the general suite's prompts), 'tinyworld', or a CSV/txt path / https URL (then prior_sha256)")
+    preset: str = help_field(
+        "auto",
+        "reference config to start from: 'auto' (the concept kind), object, style, person or nsfw; the options below override it",
+    )
+    lamb: float | None = help_field(
+        None, "lambda: weight of ‖W − W_ref‖² in both closed forms (preset: object 1e3, others 0)"
+    )
+    train_preserve_scale: float | None = help_field(
+        None, "CFR prior scale s (applied twice, s², as the code does; preset: object 0, style/person 1e-4, nsfw 7e-7)"
+    )
+    fuse_preserve_scale: float | None = help_field(
+        None, "fusion prior scale (applied once; preset as train_preserve_scale)"
+    )
+    preserve_weight: float | None = help_field(
+        None,
+        "weight of the preserved concepts' Σ c cᵀ beside the general prior (preset: style 8e4, person 8e3, else 0)",
+    )
+    prior: str = help_field(
+        "auto", "general prior: 'auto' (as the preset: on for style/person/nsfw), 'general' or 'none'"
+    )
+    prior_prompts: str = help_field(
+        "auto",
+        "its prompts: 'auto' (tinyworld's training captions on tinyworld, else the general suite's prompts), 'tinyworld', or a CSV/txt path / https URL (then prior_sha256)",
+    )
     prior_sha256: str | None = help_field(None, "sha256 of the prior_prompts file (required for a URL)")
     prior_limit: int = help_field(2000, "at most this many general prompts")
-    prior_count: float = help_field(float(COCO_2014_CAPTIONS), "the per-prompt prior is multiplied by this: the code sums (not averages) over the COCO-2014 captions")
-    augment: bool = help_field(True, "use the code's 30 prompt templates per concept (False: the ConceptSet's own prompts)")
-    use_pooler: bool = help_field(True, "also suppress attention to EOS (and EOS padding) tokens, as the code's use_pooler")
+    prior_count: float = help_field(
+        float(COCO_2014_CAPTIONS),
+        "the per-prompt prior is multiplied by this: the code sums (not averages) over the COCO-2014 captions",
+    )
+    augment: bool = help_field(
+        True, "use the code's 30 prompt templates per concept (False: the ConceptSet's own prompts)"
+    )
+    use_pooler: bool = help_field(
+        True, "also suppress attention to EOS (and EOS padding) tokens, as the code's use_pooler"
+    )
     rank: int = help_field(1, "LoRA rank per concept")
     train_steps: int | None = help_field(None, "LoRA steps per concept (preset: 50, nsfw 120); 0 skips the LoRA stage")
     time_budget: float | None = help_field(None, "stop each concept's LoRA training after this many seconds")
     lr: float | None = help_field(None, "AdamW learning rate (preset: object/nsfw 1e-5, style/person 1e-4)")
-    importance_sampling: bool | None = help_field(None, "draw timesteps from the code's f(t) (peaks 200..400) instead of uniformly (preset: on, nsfw off)")
-    use_mask: bool | None = help_field(None, "restrict the loss to the concept's region (preset: on; style: whole image)")
+    importance_sampling: bool | None = help_field(
+        None, "draw timesteps from the code's f(t) (peaks 200..400) instead of uniformly (preset: on, nsfw off)"
+    )
+    use_mask: bool | None = help_field(
+        None, "restrict the loss to the concept's region (preset: on; style: whole image)"
+    )
     mask_threshold: float = help_field(0.5, "threshold of the min-max normalised attention map that makes the mask")
     n_images: int = help_field(8, "images per concept sampled by the unedited model for the LoRA stage")
     image_steps: int = help_field(30, "sampling steps of those images")
@@ -154,13 +240,26 @@ class MACEConfig(MethodConfig):
             raise MethodError(f"preset must be 'auto' or one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.prior not in ("auto", "general", "none"):
             raise MethodError(f"prior must be 'auto', 'general' or 'none', got {self.prior!r}")
-        for name in ("lamb", "train_preserve_scale", "fuse_preserve_scale", "preserve_weight", "prior_count", "weight_decay"):
+        for name in (
+            "lamb",
+            "train_preserve_scale",
+            "fuse_preserve_scale",
+            "preserve_weight",
+            "prior_count",
+            "weight_decay",
+        ):
             v = getattr(self, name)
             if v is not None and not (0 <= v < math.inf):
                 raise MethodError(f"{name} must be a finite number >= 0, got {v}")
         if self.lr is not None and not 0 < self.lr < math.inf:
             raise MethodError(f"lr must be > 0, got {self.lr}")
-        if self.rank < 1 or self.n_images < 1 or self.image_steps < 2 or self.prior_limit < 1 or (self.train_steps is not None and self.train_steps < 0):
+        if (
+            self.rank < 1
+            or self.n_images < 1
+            or self.image_steps < 2
+            or self.prior_limit < 1
+            or (self.train_steps is not None and self.train_steps < 0)
+        ):
             raise MethodError("rank, n_images, prior_limit >= 1, image_steps >= 2 and train_steps >= 0")
         if not 0 < self.mask_threshold < 1 or not self.max_grad_norm > 0:
             raise MethodError("mask_threshold must be in (0, 1) and max_grad_norm > 0")
@@ -170,11 +269,18 @@ class MACEConfig(MethodConfig):
         p = PRESETS[kind if self.preset == "auto" else self.preset]
         pick = lambda name, default: default if getattr(self, name) is None else getattr(self, name)  # noqa: E731
         return dict(
-            lamb=pick("lamb", p.lamb), s_train=pick("train_preserve_scale", p.train_preserve_scale),
-            s_fuse=pick("fuse_preserve_scale", p.fuse_preserve_scale), preserve_weight=pick("preserve_weight", p.preserve_weight),
-            lr=pick("lr", p.lr), train_steps=pick("train_steps", p.train_steps), importance_sampling=pick("importance_sampling", p.importance_sampling),
-            use_mask=pick("use_mask", p.use_mask), prior=p.prior if self.prior == "auto" else self.prior == "general",
-            concept_type=p.concept_type, mapping=p.mapping, extra_concepts=p.extra_concepts,
+            lamb=pick("lamb", p.lamb),
+            s_train=pick("train_preserve_scale", p.train_preserve_scale),
+            s_fuse=pick("fuse_preserve_scale", p.fuse_preserve_scale),
+            preserve_weight=pick("preserve_weight", p.preserve_weight),
+            lr=pick("lr", p.lr),
+            train_steps=pick("train_steps", p.train_steps),
+            importance_sampling=pick("importance_sampling", p.importance_sampling),
+            use_mask=pick("use_mask", p.use_mask),
+            prior=p.prior if self.prior == "auto" else self.prior == "general",
+            concept_type=p.concept_type,
+            mapping=p.mapping,
+            extra_concepts=p.extra_concepts,
         )
 
 
@@ -227,8 +333,14 @@ def attention_masks(adapter, blocks, prompt: str, words: list[int], config: MACE
         acc["sum"] = up if "sum" not in acc else acc["sum"] + up
 
     with AttentionProbe(adapter.unet, blocks, sink):
-        pool = ft.trajectory_pool(adapter, [prompt], n_latents=config.n_images, steps=config.image_steps,
-                                  guidance=config.image_guidance, seed=seed)
+        pool = ft.trajectory_pool(
+            adapter,
+            [prompt],
+            n_latents=config.n_images,
+            steps=config.image_steps,
+            guidance=config.image_guidance,
+            seed=seed,
+        )
     a = acc["sum"]
     lo, hi = a.amin(dim=(1, 2), keepdim=True), a.amax(dim=(1, 2), keepdim=True)
     maps = (a - lo) / (hi - lo).clamp_min(1e-12)
@@ -243,7 +355,11 @@ def importance_weights(n_train: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------- method
-@register_method("mace", MACEConfig, "MACE: closed-form refinement + one LoRA per concept + closed-form fusion, multi-concept (Lu et al., CVPR 2024)")
+@register_method(
+    "mace",
+    MACEConfig,
+    "MACE: closed-form refinement + one LoRA per concept + closed-form fusion, multi-concept (Lu et al., CVPR 2024)",
+)
 class MACE(Method):
     def uses_unet(self, config: MACEConfig) -> bool:
         return True
@@ -253,17 +369,24 @@ class MACE(Method):
         plan = self.plan(adapter, concepts, config, progress)
         loras, train_stats = [], []
         if plan.opt["train_steps"] > 0:
-            for i, (c, (cps, _)) in enumerate(zip(plan.names, plan.prompts)):
+            for i, (c, (_cps, _)) in enumerate(zip(plan.names, plan.prompts)):
                 lo, st = self.train_lora(adapter, plan, i, config, progress)
                 loras.append(lo)
                 train_stats.append({"concept": c, **st})
         layers = fuse(adapter, plan, loras, config.storage, progress)
-        stats = {"seconds": round(time.perf_counter() - t0, 4), "concepts": plan.names, "mapping": plan.guides,
-                 "resolved": {k: v for k, v in plan.opt.items() if k != "extra_concepts"}, "cfr_columns": plan.cfr_columns,
-                 "fusion_columns": int(sum(X.shape[1] for X in plan.Xs)), "lora": train_stats, **plan.prior_stats}
+        stats = {
+            "seconds": round(time.perf_counter() - t0, 4),
+            "concepts": plan.names,
+            "mapping": plan.guides,
+            "resolved": {k: v for k, v in plan.opt.items() if k != "extra_concepts"},
+            "cfr_columns": plan.cfr_columns,
+            "fusion_columns": int(sum(X.shape[1] for X in plan.Xs)),
+            "lora": train_stats,
+            **plan.prior_stats,
+        }
         return cf.make_edit(self.name, adapter, concepts, config, layers, stats)
 
-    def plan(self, adapter, concepts, config: MACEConfig, progress: bool = False) -> "Plan":
+    def plan(self, adapter, concepts, config: MACEConfig, progress: bool = False) -> Plan:
         """Everything before the LoRA stage: prompts, the prior G, the CFR operator E_c and the fusion columns."""
         opt = config.resolved(concepts.kind)
         guided = concepts.guide is None and opt["mapping"] is not None
@@ -278,7 +401,9 @@ class MACE(Method):
         C_old, C_map = self._cfr_columns(adapter, prompts)  # stage 1 columns, shared by every layer
         with _method_errors():
             E_c, _ = cfr_operator(C_old, C_map, G, opt["s_train"] ** 2, opt["lamb"])  # eq. (18) of erasekit.linalg.mace
-        Xs = [adapter.encode(cps).embeds.reshape(-1, adapter.d_in).T.contiguous() for cps, _ in prompts]  # (d_in, n_i): every position
+        Xs = [
+            adapter.encode(cps).embeds.reshape(-1, adapter.d_in).T.contiguous() for cps, _ in prompts
+        ]  # (d_in, n_i): every position
         return Plan(names, guides, prompts, opt, G, E_c, Xs, int(C_old.shape[1]), prior_stats)
 
     # ------------------------------------------------------------------ parts
@@ -294,13 +419,19 @@ class MACE(Method):
             if source == "general-suite":
                 prompts = list(GENERAL_PROMPTS)
             else:
-                prompts = pr.general_prompts(source, sha256=config.prior_sha256, limit=config.prior_limit if source == "tinyworld" else None)
+                prompts = pr.general_prompts(
+                    source, sha256=config.prior_sha256, limit=config.prior_limit if source == "tinyworld" else None
+                )
             exclude = [a for c in concepts.erase for a in pr.concept_aliases(c)]
-            gp = pr.general_prior(adapter, prompts, limit=config.prior_limit, exclude=exclude, source=source, progress=progress)
+            gp = pr.general_prior(
+                adapter, prompts, limit=config.prior_limit, exclude=exclude, source=source, progress=progress
+            )
             parts.append(gp.factor * math.sqrt(config.prior_count))
             stats["prior"] = {**gp.record(), "count": config.prior_count}
         if opt["preserve_weight"] > 0 and concepts.preserve:
-            E = adapter.encode(concepts.preserve_prompts()).embeds  # (b, L, d_in): the code's domain cache, every position
+            E = adapter.encode(
+                concepts.preserve_prompts()
+            ).embeds  # (b, L, d_in): the code's domain cache, every position
             parts.append(E.reshape(-1, d).T * math.sqrt(opt["preserve_weight"]))
         return (torch.cat(parts, 1) if parts else torch.zeros(d, 0, dtype=F64)), stats
 
@@ -316,7 +447,7 @@ class MACE(Method):
                 news.append(e_new[j, ni])
         return torch.cat(olds).T.contiguous(), torch.cat(news).T.contiguous()  # (d_in, n) each
 
-    def train_lora(self, adapter, plan: "Plan", index: int, config: MACEConfig, progress: bool = False):
+    def train_lora(self, adapter, plan: Plan, index: int, config: MACEConfig, progress: bool = False):
         """{path: (B (d_out, r), A (r, d_in))}: concept ``index``'s LoRA, trained on W_cfr = W0 (I + E_c)."""
         concept, (cps, _) = plan.names[index], plan.prompts[index]
         opt, E_c = plan.opt, plan.E_c
@@ -337,7 +468,11 @@ class MACE(Method):
 
         sched = DDPMScheduler.from_config(adapter.pipe.scheduler.config)
         n_train = sched.config.num_train_timesteps
-        weights = importance_weights(n_train) if opt["importance_sampling"] else torch.full((n_train,), 1.0 / n_train, dtype=F64)
+        weights = (
+            importance_weights(n_train)
+            if opt["importance_sampling"]
+            else torch.full((n_train,), 1.0 / n_train, dtype=F64)
+        )
         carriers = {}
         for p in adapter.paths:
             lin = adapter.linear(p)
@@ -369,9 +504,19 @@ class MACE(Method):
 
         params = [q for c in carriers.values() for q in (c.A, c.B)]
         with ft.attached(unet, carriers, probe.hooks()):
-            stats = ft.train(step_loss, params, steps=opt["train_steps"], seconds=config.time_budget, lr=opt["lr"],
-                             desc=f"mace: LoRA for {concept!r}", progress=progress, optimizer="adamw",
-                             weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, method="MACE LoRA training")
+            stats = ft.train(
+                step_loss,
+                params,
+                steps=opt["train_steps"],
+                seconds=config.time_budget,
+                lr=opt["lr"],
+                desc=f"mace: LoRA for {concept!r}",
+                progress=progress,
+                optimizer="adamw",
+                weight_decay=config.weight_decay,
+                max_grad_norm=config.max_grad_norm,
+                method="MACE LoRA training",
+            )
         stats["mask_share"] = round(float(masks.float().mean()), 4)
         lora = {p: (c.B.detach().to(F64).cpu(), c.A.detach().to(F64).cpu()) for p, c in carriers.items()}
         return lora, stats

@@ -99,30 +99,52 @@ def right_delta(W0: torch.Tensor, V_F: torch.Tensor, V_R: torch.Tensor) -> tuple
 # ----------------------------------------------------------------- config
 @dataclass
 class PUREConfig(MethodConfig):
-    basis: str = help_field("activation", "'activation' (PURE: cross-attention outputs, left-multiplied) or 'text' (token embeddings, right-multiplied, CURE-style)")
+    basis: str = help_field(
+        "activation",
+        "'activation' (PURE: cross-attention outputs, left-multiplied) or 'text' (token embeddings, right-multiplied, CURE-style)",
+    )
     forget_energy: float = help_field(0.9, "cumulative energy kept in the forget basis V_F")
     retain_energy: float = help_field(0.99, "cumulative energy kept in the retain basis V_R")
     max_rank: int | None = help_field(None, "cap on the rank of V_F (and V_R)")
     n_latents: int = help_field(2, "random starting latents per anchor prompt (activation basis)")
     steps: int = help_field(5, "denoising steps of each anchor trajectory; every step is recorded")
-    guidance: float = help_field(7.5, "classifier-free guidance of the anchor trajectories (conditional branch recorded)")
+    guidance: float = help_field(
+        7.5, "classifier-free guidance of the anchor trajectories (conditional branch recorded)"
+    )
     height: int | None = help_field(None, "anchor image height (pipeline default if omitted)")
     width: int | None = help_field(None, "anchor image width (pipeline default if omitted)")
     seed: int = help_field(0, "seed of the anchor latents")
     forget_prompts: tuple[str, ...] = help_field((), "forget anchor prompts (default: the ConceptSet's erase prompts)")
-    retain_prompts: tuple[str, ...] = help_field((), "retain anchor prompts (default: the ConceptSet's preserve prompts)")
-    centre: str = help_field("none", "activation centring: 'none' (as published), 'retain' (subtract the retain mean) or 'paired' (subtract a neutral twin prompt's activation on the same x_t and step)")
-    forget_rule: str = help_field("joint", "'joint': SVD of the (centred) forget rows; 'residual': of the forget rows with the retain basis removed first")
-    record_steps: str = help_field("all", "trajectory steps recorded: 'all', 'early' (first half) or 'late' (second half)")
-    k_basis: str = help_field("same", "'same': E also left-multiplies W_K; 'none': only W_V is edited (attention outputs live in V's output space)")
+    retain_prompts: tuple[str, ...] = help_field(
+        (), "retain anchor prompts (default: the ConceptSet's preserve prompts)"
+    )
+    centre: str = help_field(
+        "none",
+        "activation centring: 'none' (as published), 'retain' (subtract the retain mean) or 'paired' (subtract a neutral twin prompt's activation on the same x_t and step)",
+    )
+    forget_rule: str = help_field(
+        "joint",
+        "'joint': SVD of the (centred) forget rows; 'residual': of the forget rows with the retain basis removed first",
+    )
+    record_steps: str = help_field(
+        "all", "trajectory steps recorded: 'all', 'early' (first half) or 'late' (second half)"
+    )
+    k_basis: str = help_field(
+        "same",
+        "'same': E also left-multiplies W_K; 'none': only W_V is edited (attention outputs live in V's output space)",
+    )
     per_concept: bool = help_field(True, "one forget basis per erased concept, joined as an orthonormal union")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.basis not in ("activation", "text"):
             raise MethodError(f"basis must be 'activation' or 'text', got {self.basis!r}")
-        for name, allowed in (("centre", ("none", "retain", "paired")), ("forget_rule", ("joint", "residual")),
-                              ("record_steps", ("all", "early", "late")), ("k_basis", ("same", "none"))):
+        for name, allowed in (
+            ("centre", ("none", "retain", "paired")),
+            ("forget_rule", ("joint", "residual")),
+            ("record_steps", ("all", "early", "late")),
+            ("k_basis", ("same", "none")),
+        ):
             if getattr(self, name) not in allowed:
                 raise MethodError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("forget_energy", "retain_energy"):
@@ -150,8 +172,9 @@ def recorded_steps(rule: str, steps: int) -> list[int] | None:
 
 
 @torch.no_grad()
-def anchor_activations(adapter, prompts: list[str], config: PUREConfig, desc: str, progress: bool,
-                       neutral: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def anchor_activations(
+    adapter, prompts: list[str], config: PUREConfig, desc: str, progress: bool, neutral: list[str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(H, H_N): attention block -> (len(prompts)·n_latents·recorded steps, d_ℓ) along short trajectories.
 
     With ``neutral`` (one per prompt), H_N holds the paired twin's activations (same x_t and step,
@@ -167,15 +190,26 @@ def anchor_activations(adapter, prompts: list[str], config: PUREConfig, desc: st
     saved_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)  # one bar over anchors instead of one per trajectory
     try:
-        with CrossAttentionCapture(adapter.unet, adapter.attention_layers(), steps=recorded_steps(config.record_steps, config.steps),
-                                   cfg=config.guidance > 1.0, paired=N is not None) as cap:
+        with CrossAttentionCapture(
+            adapter.unet,
+            adapter.attention_layers(),
+            steps=recorded_steps(config.record_steps, config.steps),
+            cfg=config.guidance > 1.0,
+            paired=N is not None,
+        ) as cap:
             for i in tqdm(range(0, len(jobs), batch), desc=desc, unit="batch", disable=not progress, leave=False):
                 chunk = jobs[i : i + batch]
                 gens = [torch.Generator(device="cpu").manual_seed(s) for _, s in chunk]
                 if N is not None:
                     cap.neutral = N[[k for k, _ in chunk]]
-                pipe(prompt=[prompts[k] for k, _ in chunk], generator=gens, num_inference_steps=config.steps,
-                     guidance_scale=config.guidance, output_type="latent", **size)
+                pipe(
+                    prompt=[prompts[k] for k, _ in chunk],
+                    generator=gens,
+                    num_inference_steps=config.steps,
+                    guidance_scale=config.guidance,
+                    output_type="latent",
+                    **size,
+                )
     finally:
         pipe.set_progress_bar_config(**saved_bar)
     return cap.stacked(), cap.twin_stacked()
@@ -194,8 +228,9 @@ def forget_groups(concepts, config) -> list[tuple[list[str], list[str]]]:
     return [([e for e, _ in g], [n for _, n in g]) for g in groups]
 
 
-def activation_bases(H_F: list[torch.Tensor], H_N: list[torch.Tensor | None], H_R: torch.Tensor | None,
-                     config: PUREConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def activation_bases(
+    H_F: list[torch.Tensor], H_N: list[torch.Tensor | None], H_R: torch.Tensor | None, config: PUREConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(V_F, V_R) of one block from forget rows per concept (H_F[i] (n_i, d)), their paired twins, and retain rows."""
     d = H_F[0].shape[1]
     H_F = [h.double() for h in H_F]
@@ -206,7 +241,9 @@ def activation_bases(H_F: list[torch.Tensor], H_N: list[torch.Tensor | None], H_
         elif config.centre == "paired":
             mu = torch.cat([n.double() for n in H_N]).mean(0)  # neutral twins' mean
         else:
-            raise MethodError("centre='retain' needs retain prompts (preserve concepts or retain_prompts); use centre='paired'")
+            raise MethodError(
+                "centre='retain' needs retain prompts (preserve concepts or retain_prompts); use centre='paired'"
+            )
     X_R = None
     if H_R is not None and H_R.shape[0]:
         X_R = H_R.double() if mu is None else centre_rows(H_R.double() - mu, mu)
@@ -233,16 +270,24 @@ def _bases_activation(adapter, concepts, config, progress):
     groups = forget_groups(concepts, config)
     retain = list(config.retain_prompts) or concepts.preserve_prompts()
     paired = config.centre == "paired"
-    acts = [anchor_activations(adapter, f, config, f"pure: forget anchors {i + 1}/{len(groups)}", progress, n if paired else None)
-            for i, (f, n) in enumerate(groups)]
+    acts = [
+        anchor_activations(
+            adapter, f, config, f"pure: forget anchors {i + 1}/{len(groups)}", progress, n if paired else None
+        )
+        for i, (f, n) in enumerate(groups)
+    ]
     H_R, _ = anchor_activations(adapter, retain, config, "pure: retain anchors", progress)
-    return {block: activation_bases([a[0][block] for a in acts], [a[1].get(block) for a in acts], H_R.get(block), config)
-            for block in adapter.attention_layers()}
+    return {
+        block: activation_bases([a[0][block] for a in acts], [a[1].get(block) for a in acts], H_R.get(block), config)
+        for block in adapter.attention_layers()
+    }
 
 
 def _bases_text(adapter, concepts, config):
     if config.forget_prompts or config.retain_prompts:
-        C_F = adapter.preserve_columns(list(config.forget_prompts) or [e for e, _ in concepts.erase_pairs()], config.token)
+        C_F = adapter.preserve_columns(
+            list(config.forget_prompts) or [e for e, _ in concepts.erase_pairs()], config.token
+        )
         C_R = adapter.preserve_columns(list(config.retain_prompts) or concepts.preserve_prompts(), config.token)
     else:
         C_F, _, C_R = cf.token_columns(adapter, concepts, config)
@@ -251,7 +296,11 @@ def _bases_text(adapter, concepts, config):
     return V_F, V_R
 
 
-@register_method("pure", PUREConfig, "PURE: project concept directions out of cross-attention activations, E = I − P_F(I − P_R) (Moon et al., 2026)")
+@register_method(
+    "pure",
+    PUREConfig,
+    "PURE: project concept directions out of cross-attention activations, E = I − P_F(I − P_R) (Moon et al., 2026)",
+)
 class PURE(Method):
     def uses_unet(self, config: PUREConfig) -> bool:
         return config.basis == "activation"
@@ -278,6 +327,9 @@ class PURE(Method):
             if not paths:
                 raise MethodError("k_basis='none' leaves no layer to edit: include 'v' in projections")
         layers = cf.edit_layers(adapter, paths, fit_layer, "pure", progress)
-        stats = {"seconds": round(time.perf_counter() - t0, 4), "basis": config.basis,
-                 "mean_rank_forget": sum(le.stats["rank_forget"] for le in layers) / len(layers)}
+        stats = {
+            "seconds": round(time.perf_counter() - t0, 4),
+            "basis": config.basis,
+            "mean_rank_forget": sum(le.stats["rank_forget"] for le in layers) / len(layers),
+        }
         return cf.make_edit(self.name, adapter, concepts, config, layers, stats)

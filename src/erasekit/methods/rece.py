@@ -33,8 +33,8 @@ reference's float32 ``torch.inverse`` (erasekit solves in float64).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -49,7 +49,9 @@ KIND_DEFAULTS = {"default": {"epochs": 1, "reg_scale": 1e-3}, "nsfw": {"epochs":
 
 
 # ------------------------------------------------------------------ maths
-def adversarial_embedding(W_cur: list[torch.Tensor], W_orig: list[torch.Tensor], c: torch.Tensor, reg_scale: float) -> torch.Tensor:
+def adversarial_embedding(
+    W_cur: list[torch.Tensor], W_orig: list[torch.Tensor], c: torch.Tensor, reg_scale: float
+) -> torch.Tensor:
     """c′ (d_in, n) = (λ_r I + Σ_ℓ W′_ℓᵀW′_ℓ)⁻¹ (Σ_ℓ W′_ℓᵀ W_ℓ) c for columns c (d_in, n), float64.
 
     The minimiser of Σ_ℓ ‖W′_ℓ c′ − W_ℓ c‖² + λ_r ‖c′‖² (RECE eq. 5; close_form_emb_regzero).
@@ -75,15 +77,22 @@ def adversarial_objective(W_cur, W_orig, c_adv: torch.Tensor, c: torch.Tensor, r
 class RECEConfig(MethodConfig):
     STORAGE_CHOICES = ("auto", "lowrank", "dense")
 
-    token: str = help_field("tail", "token selection of the starting UCE v1 edit's erase columns (the adversarial step always uses all 77 positions, as the reference)")
+    token: str = help_field(
+        "tail",
+        "token selection of the starting UCE v1 edit's erase columns (the adversarial step always uses all 77 positions, as the reference)",
+    )
     epochs: int | None = help_field(None, "adversarial epochs (default: 3 for kind nsfw, 1 otherwise)")
-    reg_scale: float | None = help_field(None, "λ_r: ridge weight of the adversarial embedding (default: 0.1 for nsfw, 1e-3 otherwise)")
+    reg_scale: float | None = help_field(
+        None, "λ_r: ridge weight of the adversarial embedding (default: 0.1 for nsfw, 1e-3 otherwise)"
+    )
     lamb: float = help_field(0.1, "γ of the per-epoch UCE replace step")
     erase_scale: float = help_field(1.0, "α of the per-epoch UCE replace step")
     preserve_scale: float = help_field(0.1, "β of the per-epoch UCE replace step")
     uce_lamb: float = help_field(0.5, "γ of the starting UCE v1 edit")
     uce_erase_scale: float = help_field(1.0, "α of the starting UCE v1 edit")
-    uce_preserve_scale: float | None = help_field(None, "β of the starting UCE v1 edit (default max(0.1, 1/len([''] + preserve)), UCE v1's)")
+    uce_preserve_scale: float | None = help_field(
+        None, "β of the starting UCE v1 edit (default max(0.1, 1/len([''] + preserve)), UCE v1's)"
+    )
     storage: str = help_field("auto", "'auto' (smaller of low-rank / dense), 'lowrank' or 'dense'")
 
     def __post_init__(self) -> None:
@@ -91,7 +100,9 @@ class RECEConfig(MethodConfig):
         if self.epochs is not None and self.epochs < 0:
             raise MethodError(f"epochs must be >= 0 (0 returns the starting UCE edit), got {self.epochs}")
         if self.reg_scale is not None and not self.reg_scale > 0:
-            raise MethodError(f"reg_scale (λ_r) must be > 0 so the adversarial embedding is unique, got {self.reg_scale}")
+            raise MethodError(
+                f"reg_scale (λ_r) must be > 0 so the adversarial embedding is unique, got {self.reg_scale}"
+            )
         if self.lamb <= 0 or self.uce_lamb <= 0:
             raise MethodError("lamb and uce_lamb must be > 0 so the closed-form solves exist")
         if min(self.erase_scale, self.preserve_scale, self.uce_erase_scale) < 0 or (self.uce_preserve_scale or 0) < 0:
@@ -99,7 +110,11 @@ class RECEConfig(MethodConfig):
 
 
 # ------------------------------------------------------------------ fit
-@register_method("rece", RECEConfig, "RECE: UCE v1, then per epoch a closed-form adversarial embedding erased again (Gong et al., ECCV 2024)")
+@register_method(
+    "rece",
+    RECEConfig,
+    "RECE: UCE v1, then per epoch a closed-form adversarial embedding erased again (Gong et al., ECCV 2024)",
+)
 class RECE(Method):
     def fit(self, adapter, concepts, config: RECEConfig, progress: bool = True, judge: Callable | None = None):
         """As every method; ``judge(edit) -> detection rate`` (lower is better) selects the epoch to return."""
@@ -110,7 +125,12 @@ class RECE(Method):
 
         # 1. the starting UCE v1 edit
         plan = cf.column_plan(concepts, "v1", config.token, "all", config.uce_preserve_scale)
-        gf = cf.gram_factor(*cf.plan_columns(adapter, plan), alpha=config.uce_erase_scale, beta=plan.preserve_scale, gamma=config.uce_lamb)
+        gf = cf.gram_factor(
+            *cf.plan_columns(adapter, plan),
+            alpha=config.uce_erase_scale,
+            beta=plan.preserve_scale,
+            gamma=config.uce_lamb,
+        )
         factors = {p: [linalg.uce_delta_factors(W0[p], gf)] for p in paths}  # [(B (d_out, r), A (r, d_in))]
         W = {p: W0[p] + factors[p][0][0] @ factors[p][0][1] for p in paths}
         snapshots = [{p: len(factors[p]) for p in paths}]  # factors per layer after each stage
@@ -126,8 +146,12 @@ class RECE(Method):
         epochs = []
         for epoch in tqdm(range(config.epochs), desc="rece epochs", disable=not progress, leave=False):
             cur, orig = [W[p] for p in paths], [W0[p] for p in paths]
-            C_adv = torch.cat([adversarial_embedding(cur, orig, c, config.reg_scale) for c in C_c], dim=1)  # (d_in, 77·n)
-            gf_e = cf.gram_factor(C_adv, C_G, C_R, alpha=config.erase_scale, beta=config.preserve_scale, gamma=config.lamb)
+            C_adv = torch.cat(
+                [adversarial_embedding(cur, orig, c, config.reg_scale) for c in C_c], dim=1
+            )  # (d_in, 77·n)
+            gf_e = cf.gram_factor(
+                C_adv, C_G, C_R, alpha=config.erase_scale, beta=config.preserve_scale, gamma=config.lamb
+            )
             before = after = 0.0
             for p in paths:
                 Bf, Af = linalg.uce_delta_factors(W[p], gf_e)  # the replace step from the current weights
@@ -137,21 +161,29 @@ class RECE(Method):
                 after += float(((W_new @ C_adv - target) ** 2).sum())
                 factors[p].append((Bf, Af))
                 W[p] = W_new
-            epochs.append({
-                "epoch": epoch,
-                "adv_norm": round(float(C_adv.norm()), 6),
-                "adv_objective": sum(adversarial_objective(cur, orig, a, c, config.reg_scale)
-                                     for a, c in zip(C_adv.split(C_c[0].shape[1], dim=1), C_c)),
-                "erase_residual_before": before,  # Σ_ℓ ‖W′c′ − W′c_g‖²
-                "erase_residual_after": after,  # Σ_ℓ ‖W″c′ − W′c_g‖²
-            })
+            epochs.append(
+                {
+                    "epoch": epoch,
+                    "adv_norm": round(float(C_adv.norm()), 6),
+                    "adv_objective": sum(
+                        adversarial_objective(cur, orig, a, c, config.reg_scale)
+                        for a, c in zip(C_adv.split(C_c[0].shape[1], dim=1), C_c)
+                    ),
+                    "erase_residual_before": before,  # Σ_ℓ ‖W′c′ − W′c_g‖²
+                    "erase_residual_after": after,  # Σ_ℓ ‖W″c′ − W′c_g‖²
+                }
+            )
             snapshots.append({p: len(factors[p]) for p in paths})
             labels.append(f"epoch-{epoch}")
 
         def edit_at(stage: int):
             layers = [cf.store_delta(p, W0[p], factors[p][: snapshots[stage][p]], config.storage) for p in paths]
-            stats = {"seconds": round(time.perf_counter() - t0, 4), "stage": labels[stage], "epochs": epochs,
-                     "uce_start": plan.summary()}
+            stats = {
+                "seconds": round(time.perf_counter() - t0, 4),
+                "stage": labels[stage],
+                "epochs": epochs,
+                "uce_start": plan.summary(),
+            }
             return cf.make_edit(self.name, adapter, concepts, config, layers, stats)
 
         stage = len(labels) - 1

@@ -30,13 +30,26 @@ from .uce import UCEConfig
 class SPACEConfig(UCEConfig):
     STORAGE_CHOICES = ("csr", "dense")
 
-    preset: str | None = help_field("erasekit", "how concepts become token columns, as for UCE: 'erasekit' (default: erasekit's templates on erase, guide and preserve prompts), 'v2' or 'v1'")
+    preset: str | None = help_field(
+        "erasekit",
+        "how concepts become token columns, as for UCE: 'erasekit' (default: erasekit's templates on erase, guide and preserve prompts), 'v2' or 'v1'",
+    )
     lam: float | None = help_field(None, "lambda: L1 weight on the edited weights (give this or target_sparsity)")
-    target_sparsity: float | None = help_field(None, "share of exact zeros to reach, in (0, 1); lambda found by bisection (default 0.85 when lam is not given)")
-    sparsity_scope: str = help_field("layer", "'layer': one lambda per layer, each meeting the target; 'shared': one lambda for all layers")
-    solver: str = help_field("ssn", "'ssn' (semi-smooth Newton on the row duals, fast) or 'fista' (proximal gradient with restart, the reference)")
+    target_sparsity: float | None = help_field(
+        None, "share of exact zeros to reach, in (0, 1); lambda found by bisection (default 0.85 when lam is not given)"
+    )
+    sparsity_scope: str = help_field(
+        "layer", "'layer': one lambda per layer, each meeting the target; 'shared': one lambda for all layers"
+    )
+    solver: str = help_field(
+        "ssn",
+        "'ssn' (semi-smooth Newton on the row duals, fast) or 'fista' (proximal gradient with restart, the reference)",
+    )
     tol: float = help_field(1e-6, "relative objective-gap tolerance (duality-gap certificate for ssn)")
-    max_iter: int | None = help_field(None, "iteration cap per layer (solver default: 100 Newton / 20000 FISTA steps); a layer that hits it is reported as not converged")
+    max_iter: int | None = help_field(
+        None,
+        "iteration cap per layer (solver default: 100 Newton / 20000 FISTA steps); a layer that hits it is reported as not converged",
+    )
     storage: str = help_field("csr", "'csr' (sparse new weight, default) or 'dense'")
 
     def __post_init__(self) -> None:
@@ -57,7 +70,11 @@ class SPACEConfig(UCEConfig):
             raise MethodError("tol must be in (0, 1) and max_iter >= 1")
 
 
-@register_method("space", SPACEConfig, "SPACE: sparse closed-form edit, UCE + L1 on the weights, stored as CSR (Novello & Tonello, 2026)")
+@register_method(
+    "space",
+    SPACEConfig,
+    "SPACE: sparse closed-form edit, UCE + L1 on the weights, stored as CSR (Novello & Tonello, 2026)",
+)
 class SPACE(Method):
     def fit(self, adapter, concepts, config: SPACEConfig, progress: bool = True):
         t0 = time.perf_counter()
@@ -73,21 +90,36 @@ class SPACE(Method):
             if shared_lam is None and config.solver == "ssn":  # per-layer target: one warm-started λ path
                 key = (path.rsplit(".", 1)[-1], W0.shape[0])
                 lam0 = lams.get(key, lams.get("last"))
-                res, lam = linalg.space_solve_sparsity(W0, gf, config.target_sparsity, tol=config.tol, max_iter=config.max_iter, lam0=lam0)
+                res, lam = linalg.space_solve_sparsity(
+                    W0, gf, config.target_sparsity, tol=config.tol, max_iter=config.max_iter, lam0=lam0
+                )
                 lams[key] = lams["last"] = lam
             else:
-                lam = shared_lam if shared_lam is not None else linalg.lam_for_sparsity([W0], gf, config.target_sparsity)
+                lam = (
+                    shared_lam if shared_lam is not None else linalg.lam_for_sparsity([W0], gf, config.target_sparsity)
+                )
                 res = linalg.space_solve(W0, gf, lam, solver=config.solver, tol=config.tol, max_iter=config.max_iter)
             sparsity = float((res.W == 0).double().mean())
-            stats = dict(lam=lam, sparsity=round(sparsity, 6), objective=res.objective, gap=res.gap,
-                         iterations=res.iterations, converged=bool(res.converged), solve_seconds=round(res.seconds, 4))
+            stats = dict(
+                lam=lam,
+                sparsity=round(sparsity, 6),
+                objective=res.objective,
+                gap=res.gap,
+                iterations=res.iterations,
+                converged=bool(res.converged),
+                solve_seconds=round(res.seconds, 4),
+            )
             store = LayerEdit.csr if config.storage == "csr" else LayerEdit.dense
             return store(path, res.W, **stats)
 
         layers = cf.edit_layers(adapter, adapter.paths, fit_layer, "space", progress)
         bad = [le.path for le in layers if not le.stats["converged"]]
         if bad:
-            warnings.warn(f"SPACE did not reach tol={config.tol} on {len(bad)} layer(s) (e.g. {bad[0]}); raise max_iter", RuntimeWarning)
+            warnings.warn(
+                f"SPACE did not reach tol={config.tol} on {len(bad)} layer(s) (e.g. {bad[0]}); raise max_iter",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         total = sum(le.shape[0] * le.shape[1] for le in layers)
         zeros = sum(le.stats["sparsity"] * le.shape[0] * le.shape[1] for le in layers)
         stats = {

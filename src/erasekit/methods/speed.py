@@ -87,8 +87,9 @@ def prior_filter(R: torch.Tensor, L: torch.Tensor, Q: torch.Tensor) -> torch.Ten
     return R[inf > inf.mean()]
 
 
-def directed_augmentation(R: torch.Tensor, v_min: torch.Tensor, L: torch.Tensor, Q: torch.Tensor, copies: int,
-                          gen: torch.Generator) -> torch.Tensor:
+def directed_augmentation(
+    R: torch.Tensor, v_min: torch.Tensor, L: torch.Tensor, Q: torch.Tensor, copies: int, gen: torch.Generator
+) -> torch.Tensor:
     """DPA: ``copies`` perturbations c + ε v_min (ε ~ N(0, 1)) of every row of R (N, d), kept where their
     influence is strictly above the mean over all of them (reference: ``generate_perturbed_embs``)."""
     if R.shape[0] == 0 or copies == 0:
@@ -99,7 +100,9 @@ def directed_augmentation(R: torch.Tensor, v_min: torch.Tensor, L: torch.Tensor,
     return X[inf > inf.mean()]
 
 
-def iec_right_factor(T: torch.Tensor, V0: torch.Tensor | None, K2: torch.Tensor, s: float, lam: float, n_c: int) -> tuple[torch.Tensor, bool]:
+def iec_right_factor(
+    T: torch.Tensor, V0: torch.Tensor | None, K2: torch.Tensor, s: float, lam: float, n_c: int
+) -> tuple[torch.Tensor, bool]:
     """(Rf (m, d), exact) with ΔW = [W (A − T)/n_c] Rf:
 
         Rf = Tᵀ P (I − M K2 (K2ᵀ P M K2 + λI)⁻¹ K2ᵀ P) M,   M = (C_tt P + sI)⁻¹,  P = V0 V0ᵀ (None: P = I)
@@ -151,13 +154,23 @@ class SPEEDConfig(MethodConfig):
     TOKEN_CHOICES = (None, *SPEED_TOKENS)  # None: after_bos for kind nsfw, last otherwise
     STORAGE_CHOICES = ("auto", "lowrank", "dense")
 
-    token: str | None = help_field(None, "target/anchor tokens: 'last' subject token or 'after_bos' (every token after BOS, the reference's nudity setting); default after_bos for kind nsfw, last otherwise")
-    projections: tuple[str, ...] = help_field(("v",), "which cross-attention projections to edit (reference --params V; 'k,v' for KV)")
+    token: str | None = help_field(
+        None,
+        "target/anchor tokens: 'last' subject token or 'after_bos' (every token after BOS, the reference's nudity setting); default after_bos for kind nsfw, last otherwise",
+    )
+    projections: tuple[str, ...] = help_field(
+        ("v",), "which cross-attention projections to edit (reference --params V; 'k,v' for KV)"
+    )
     retain_scale: float | None = help_field(None, "s in M = (C_tt P + sI)⁻¹ (default 1; person 0.05; nsfw 0.7)")
     lamb: float | None = help_field(None, "λ of the invariant equality constraints (default 0, exact; nsfw 0.5)")
-    threshold: float | None = help_field(None, "eigenvalues of the retain covariance below this span the null space (default 0.1; person 1e-4)")
+    threshold: float | None = help_field(
+        None, "eigenvalues of the retain covariance below this span the null space (default 0.1; person 1e-4)"
+    )
     aug_num: int = help_field(10, "DPA copies per retain embedding (0 turns augmentation and IPF off)")
-    prior_filter: bool | None = help_field(None, "IPF: keep only retain embeddings of above-mean influence (default on; off for person, the reference's --disable_filter)")
+    prior_filter: bool | None = help_field(
+        None,
+        "IPF: keep only retain embeddings of above-mean influence (default on; off for person, the reference's --disable_filter)",
+    )
     clusters: int = help_field(3, "k-means centres of the empty prompt's padding tokens in K2")
     seed: int = help_field(0, "seed of k-means, the retain shuffle and DPA noise")
     storage: str = help_field("auto", "'auto' (smaller of low-rank / dense), 'lowrank' or 'dense'")
@@ -191,7 +204,9 @@ def speed_columns(adapter, concepts, config: SPEEDConfig):
     gen = torch.Generator().manual_seed(config.seed)
     K2 = torch.cat([null[:1], kmeans(null[1:], config.clusters, gen)]).T.contiguous()  # (d, 1 + k)
     words = [normalize_word(c) for c in concepts.erase]
-    retain = [p for p in concepts.preserve if not any(re.search(r"\b" + re.escape(w) + r"\b", p.lower()) for w in words)]
+    retain = [
+        p for p in concepts.preserve if not any(re.search(r"\b" + re.escape(w) + r"\b", p.lower()) for w in words)
+    ]
     if retain:
         R = torch.cat(_select(adapter.encode(retain), "last"), dim=1).T  # (N, d)
     else:
@@ -204,7 +219,11 @@ def normalize_word(c: str) -> str:
     return re.sub(r"\s+", " ", c.strip()).lower()
 
 
-@register_method("speed", SPEEDConfig, "SPEED: null-space constrained closed-form edit of to_v with prior filtering / augmentation (Li et al., ICLR 2026)")
+@register_method(
+    "speed",
+    SPEEDConfig,
+    "SPEED: null-space constrained closed-form edit of to_v with prior filtering / augmentation (Li et al., ICLR 2026)",
+)
 class SPEED(Method):
     def fit(self, adapter, concepts, config: SPEEDConfig, progress: bool = True):
         t0 = time.perf_counter()
@@ -229,14 +248,24 @@ class SPEED(Method):
                 C_R = R_kept.T @ R_kept / R_kept.shape[0]  # (d, d)  mean of r rᵀ
                 V0, _ = linalg.null_space_basis(C_R, config.threshold)  # (d, k0)
                 if V0.shape[1] == 0:
-                    raise MethodError(f"{path}: the retain covariance has no eigenvalue below threshold={config.threshold}, so the "
-                                      "null space is empty and SPEED would change nothing; raise threshold or use fewer retain prompts")
+                    raise MethodError(
+                        f"{path}: the retain covariance has no eigenvalue below threshold={config.threshold}, so the "
+                        "null space is empty and SPEED would change nothing; raise threshold or use fewer retain prompts"
+                    )
             else:
                 V0 = None  # no retain row survived: empty covariance, P = I
             Rf, exact = iec_right_factor(T, V0, K2, config.retain_scale, config.lamb, n_c)  # (m, d)
             null_dim = W.shape[1] if V0 is None else V0.shape[1]
-            return cf.store_delta(path, W0, [(L, Rf)], config.storage, retain_rows=int(R.shape[0]), augmented_rows=n_aug,
-                                  null_space_dim=int(null_dim), iec_exact=exact)
+            return cf.store_delta(
+                path,
+                W0,
+                [(L, Rf)],
+                config.storage,
+                retain_rows=int(R.shape[0]),
+                augmented_rows=n_aug,
+                null_space_dim=int(null_dim),
+                iec_exact=exact,
+            )
 
         layers = cf.edit_layers(adapter, adapter.paths, fit_layer, "speed", progress)
         stats = {
@@ -245,6 +274,8 @@ class SPEED(Method):
             "retain_prompts": len(retain),
             "retain_embeddings": int(R_all.shape[0]),
             "mean_null_space_dim": sum(le.stats["null_space_dim"] for le in layers) / len(layers),
-            "layers_without_retain_rows": sum(le.stats["retain_rows"] + le.stats["augmented_rows"] == 0 for le in layers),
+            "layers_without_retain_rows": sum(
+                le.stats["retain_rows"] + le.stats["augmented_rows"] == 0 for le in layers
+            ),
         }
         return cf.make_edit(self.name, adapter, concepts, config, layers, stats)

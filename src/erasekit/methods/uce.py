@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from .. import linalg
 from ..edit import LayerEdit
 from ..errors import MethodError
-from . import _closed_form as cf
 from ..models.adapter import TOKEN_MODES
+from . import _closed_form as cf
 from .base import Method, MethodConfig, help_field, register_method
 
 # Each preset's token selections (erase/guide columns, preserve columns); None = same as token.
@@ -53,30 +53,57 @@ class UCEConfig(MethodConfig):
     TOKEN_CHOICES = (None, *TOKEN_MODES)  # None: the preset (or, without one, the kind) decides at fit
     STORAGE_CHOICES = ("auto", "dense", "lowrank")
 
-    preset: str | None = help_field(None, "which UCE reference to reproduce: 'v2' (uce_sd_erase.py), 'v1' (train_erase.py, the paper's tables) or 'erasekit' (erasekit's template extensions); default v1 for kind nsfw, v2 otherwise")
-    token: str | None = help_field(None, "erase/guide token selection: 'last', 'tail' or 'all' (default: the preset's — v2 'last', v1 'tail', erasekit 'last')")
-    preserve_token: str | None = help_field(None, "preserve token selection (default: v1 'all', otherwise the same as token)")
+    preset: str | None = help_field(
+        None,
+        "which UCE reference to reproduce: 'v2' (uce_sd_erase.py), 'v1' (train_erase.py, the paper's tables) or 'erasekit' (erasekit's template extensions); default v1 for kind nsfw, v2 otherwise",
+    )
+    token: str | None = help_field(
+        None,
+        "erase/guide token selection: 'last', 'tail' or 'all' (default: the preset's — v2 'last', v1 'tail', erasekit 'last')",
+    )
+    preserve_token: str | None = help_field(
+        None, "preserve token selection (default: v1 'all', otherwise the same as token)"
+    )
     erase_scale: float = help_field(1.0, "alpha: weight of the erase term ‖W C_E − W0 C_G‖²")
-    preserve_scale: float | None = help_field(None, "beta: weight of the preservation term ‖W C_P − W0 C_P‖² (default: v1 max(0.1, 1/len(['']+preserve)), otherwise 1)")
+    preserve_scale: float | None = help_field(
+        None,
+        "beta: weight of the preservation term ‖W C_P − W0 C_P‖² (default: v1 max(0.1, 1/len(['']+preserve)), otherwise 1)",
+    )
     lamb: float = help_field(0.5, "gamma: weight of ‖W − W0‖², keeps the solve well-posed (UCE's 'lamb')")
-    storage: str = help_field("auto", "how to store each layer: 'auto' (smaller of dense / lowrank), 'dense' or 'lowrank'")
-    prior: str = help_field("none", "'general': also preserve a broad set of general prompts, ρ‖(W − W0)F‖² with F Fᵀ = their Σ c cᵀ per prompt over every token (erasekit.prior); 'none': off")
-    prior_weight: float = help_field(1.0, "rho: weight of the general prior (1 = one extra preserved prompt, all 77 positions)")
-    prior_prompts: str = help_field("auto", "general prompts of the prior: 'auto' (tinyworld's training captions on tinyworld, otherwise required), 'tinyworld', a CSV/txt path or an https URL (then prior_sha256)")
+    storage: str = help_field(
+        "auto", "how to store each layer: 'auto' (smaller of dense / lowrank), 'dense' or 'lowrank'"
+    )
+    prior: str = help_field(
+        "none",
+        "'general': also preserve a broad set of general prompts, ρ‖(W − W0)F‖² with F Fᵀ = their Σ c cᵀ per prompt over every token (erasekit.prior); 'none': off",
+    )
+    prior_weight: float = help_field(
+        1.0, "rho: weight of the general prior (1 = one extra preserved prompt, all 77 positions)"
+    )
+    prior_prompts: str = help_field(
+        "auto",
+        "general prompts of the prior: 'auto' (tinyworld's training captions on tinyworld, otherwise required), 'tinyworld', a CSV/txt path or an https URL (then prior_sha256)",
+    )
     prior_sha256: str | None = help_field(None, "sha256 of the prior_prompts file (required for a URL)")
-    prior_limit: int = help_field(2000, "at most this many general prompts (after dropping those that name an erased concept)")
+    prior_limit: int = help_field(
+        2000, "at most this many general prompts (after dropping those that name an erased concept)"
+    )
 
     def __post_init__(self) -> None:
         # preset None: the options it sets stay None until fit() knows the concept kind (KIND_PRESETS).
         if self.preset is not None:
             if self.preset not in cf.PRESETS:
-                raise MethodError(f"preset must be one of {', '.join(cf.PRESETS)} (UCE reference versions), got {self.preset!r}")
+                raise MethodError(
+                    f"preset must be one of {', '.join(cf.PRESETS)} (UCE reference versions), got {self.preset!r}"
+                )
             token, preserve_token = PRESET_TOKENS[self.preset]
             if self.token is None:
                 self.token = token
             if self.preserve_token is None:
                 self.preserve_token = preserve_token or self.token
-            if self.preserve_scale is None and self.preset != "v1":  # v1's β depends on the number of preserve prompts: set at fit
+            if (
+                self.preserve_scale is None and self.preset != "v1"
+            ):  # v1's β depends on the number of preserve prompts: set at fit
                 self.preserve_scale = 1.0
         super().__post_init__()
         if self.preserve_token not in (None, "last", "tail", "all"):
@@ -102,13 +129,19 @@ def uce_layer_edit(path, W0, gf, storage: str) -> LayerEdit:
     return LayerEdit.dense(path, linalg.uce_weight(W0, gf))
 
 
-@register_method("uce", UCEConfig, "Unified Concept Editing: closed-form ridge edit of to_k/to_v; presets v2 (default) / v1 / erasekit (Gandikota et al., WACV 2024)")
+@register_method(
+    "uce",
+    UCEConfig,
+    "Unified Concept Editing: closed-form ridge edit of to_k/to_v; presets v2 (default) / v1 / erasekit (Gandikota et al., WACV 2024)",
+)
 class UCE(Method):
     def fit(self, adapter, concepts, config: UCEConfig, progress: bool = True):
         t0 = time.perf_counter()
         config = cf.resolve_for_kind(config, concepts.kind, KIND_PRESETS)
         gf, plan, prior_stats = cf.gram_and_plan(adapter, concepts, config)
         config = dataclasses.replace(config, preserve_scale=plan.preserve_scale)  # the Edit records the β used
-        layers = cf.edit_layers(adapter, adapter.paths, lambda p, w0: uce_layer_edit(p, w0, gf, config.storage), "uce", progress)
+        layers = cf.edit_layers(
+            adapter, adapter.paths, lambda p, w0: uce_layer_edit(p, w0, gf, config.storage), "uce", progress
+        )
         stats = {"seconds": round(time.perf_counter() - t0, 4), "token_columns": gf.n, **plan.summary(), **prior_stats}
         return cf.make_edit(self.name, adapter, concepts, config, layers, stats)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -78,7 +78,9 @@ class PipelineAdapter:
                 raise ModelError(f"invalid layer regex {layer_regex!r}: {e}") from None
             paths = [n for n, m in modules.items() if isinstance(m, nn.Linear) and rx.search(n)]
             if not paths:
-                raise ModelError(f"layer regex {layer_regex!r} matches no Linear layer in the UNet; check the module names")
+                raise ModelError(
+                    f"layer regex {layer_regex!r} matches no Linear layer in the UNet; check the module names"
+                )
             return paths
         attns = [n for n, m in modules.items() if _is_cross_attention(m)]
         if not attns:
@@ -92,7 +94,9 @@ class PipelineAdapter:
     def _check_in_features(self) -> int:
         dims = {p: self.linear(p).in_features for p in self.paths}
         if len(set(dims.values())) != 1:
-            raise ModelError(f"edited layers disagree on their input size {sorted(set(dims.values()))}; they must all read text embeddings")
+            raise ModelError(
+                f"edited layers disagree on their input size {sorted(set(dims.values()))}; they must all read text embeddings"
+            )
         return next(iter(dims.values()))
 
     def linear(self, path: str) -> nn.Linear:
@@ -145,14 +149,21 @@ class PipelineAdapter:
         with computing_in_layers(encoders, target):
             for i in range(0, len(prompts), batch_size):
                 out = self.pipe.encode_prompt(
-                    prompts[i : i + batch_size], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+                    prompts[i : i + batch_size],
+                    device=self.device,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=False,
                 )
                 chunks.append(out[0].detach().to("cpu", torch.float64))  # (b, L, d_in)
         embeds = torch.cat(chunks)
         if embeds.shape[-1] != self.d_in:
-            raise ModelError(f"prompt embeddings are {embeds.shape[-1]}-d but the edited layers read {self.d_in}-d inputs")
+            raise ModelError(
+                f"prompt embeddings are {embeds.shape[-1]}-d but the edited layers read {self.d_in}-d inputs"
+            )
         if not torch.isfinite(embeds).all():
-            raise ModelError("the text encoder produced NaN/Inf embeddings; load the model in float32 (--dtype float32)")
+            raise ModelError(
+                "the text encoder produced NaN/Inf embeddings; load the model in float32 (--dtype float32)"
+            )
         return Encoded(embeds, self._n_tokens(prompts))
 
     def token_columns(self, erase: Sequence[str], guide: Sequence[str], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,13 +198,18 @@ class PipelineAdapter:
         cols = []
         for i in range(len(prompts)):
             ip = int(p.last_index[i])
-            cols.append(p.embeds[i, ip : ip + 1] if mode == "last" else p.embeds[i, ip:] if mode == "tail" else p.embeds[i])
+            cols.append(
+                p.embeds[i, ip : ip + 1] if mode == "last" else p.embeds[i, ip:] if mode == "tail" else p.embeds[i]
+            )
         return torch.cat(cols).T.contiguous()
 
     # ------------------------------------------------------------ fingerprint
     def fingerprint(self, paths: Sequence[str] | None = None) -> dict[str, dict]:
         """Fingerprints of the base weights (pinned ones first: see :meth:`pin_fingerprints`)."""
-        return {p: self._pinned_fingerprints.get(p) or weight_fingerprint(self.linear(p).weight) for p in (paths or self.paths)}
+        return {
+            p: self._pinned_fingerprints.get(p) or weight_fingerprint(self.linear(p).weight)
+            for p in (paths or self.paths)
+        }
 
     def pin_fingerprints(self) -> None:
         """Fingerprint every edited layer now, in its stored dtype, before a fit borrows the UNet in
@@ -238,7 +254,9 @@ def weight_fingerprint(weight: torch.Tensor) -> dict:
     A matrix is probed as is; other ranks as the (d0, rest) matrix (a bias as one row).
     """
     w = weight.detach().to("cpu")
-    digest = hashlib.sha256(memoryview(w.contiguous().view(torch.uint8).numpy())).hexdigest()  # hashed in place, no bytes copy
+    digest = hashlib.sha256(
+        memoryview(w.contiguous().view(torch.uint8).numpy())
+    ).hexdigest()  # hashed in place, no bytes copy
     w64 = _as_matrix(w.to(torch.float64))
     d_out, d_in = w64.shape
     gen = torch.Generator().manual_seed(_SKETCH_SEED + d_out * 7919 + d_in)
@@ -247,8 +265,13 @@ def weight_fingerprint(weight: torch.Tensor) -> dict:
     u, r = u / u.norm(dim=1, keepdim=True), r / r.norm(dim=1, keepdim=True)
     fro = float(w64.norm())
     probes = ((u @ w64) * r).sum(dim=1) * (d_out * d_in) ** 0.5 / max(fro, 1e-30)  # each ~N(0,1) for unrelated weights
-    return {"sha256": digest, "dtype": str(w.dtype).replace("torch.", ""), "shape": list(w.shape), "fro": fro,
-            "sketch": [round(float(x), 6) for x in probes]}
+    return {
+        "sha256": digest,
+        "dtype": str(w.dtype).replace("torch.", ""),
+        "shape": list(w.shape),
+        "fro": fro,
+        "sketch": [round(float(x), 6) for x in probes],
+    }
 
 
 def fingerprints_match(stored, live: dict, probe_tol: float = 0.05, fro_rtol: float = 0.01) -> tuple[bool, bool]:
@@ -267,7 +290,10 @@ def fingerprints_match(stored, live: dict, probe_tol: float = 0.05, fro_rtol: fl
         return False, False
     if shape != list(live["shape"]) or len(sketch) != _SKETCH_N or len(live_sketch) != _SKETCH_N:
         return False, False
-    same = (math.isfinite(fro) and abs(fro - live["fro"]) <= fro_rtol * max(abs(fro), 1e-30)
-            and all(abs(a - b) <= probe_tol for a, b in zip(sketch, live_sketch)))
+    same = (
+        math.isfinite(fro)
+        and abs(fro - live["fro"]) <= fro_rtol * max(abs(fro), 1e-30)
+        and all(abs(a - b) <= probe_tol for a, b in zip(sketch, live_sketch))
+    )
     exact = same and stored.get("sha256") == live["sha256"] and stored.get("dtype") == live["dtype"]
     return same, exact

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -52,8 +52,9 @@ class CrossAttentionCapture(_Hooks):
         cfg: True when the pipeline runs with classifier-free guidance (keep the second half of the batch).
     """
 
-    def __init__(self, unet, layers: Iterable[str], steps: Iterable[int] | None = None, cfg: bool = True,
-                 paired: bool = False):
+    def __init__(
+        self, unet, layers: Iterable[str], steps: Iterable[int] | None = None, cfg: bool = True, paired: bool = False
+    ):
         self.unet = unet
         self.layers = list(layers)
         self.steps = None if steps is None else set(int(s) for s in steps)
@@ -105,7 +106,7 @@ class CrossAttentionCapture(_Hooks):
 
         return hook
 
-    def __enter__(self) -> "CrossAttentionCapture":
+    def __enter__(self) -> CrossAttentionCapture:
         try:
             self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
             if self.paired:
@@ -160,7 +161,7 @@ class AttentionProbe(_Hooks):
             out += [(f"{b}.to_q", on_q), (f"{b}.to_k", on_k)]
         return out
 
-    def __enter__(self) -> "AttentionProbe":
+    def __enter__(self) -> AttentionProbe:
         try:
             for path, hook in self.hooks():
                 self._handles.append(self.unet.get_submodule(path).register_forward_hook(hook))

@@ -20,8 +20,14 @@ import torch
 from ..errors import ModelError
 from .record import BUNDLED, is_tinyworld, model_record, record_model  # noqa: F401 — is_tinyworld, model_record: re-exported
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 TINY = {"tiny-sd": "sd", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -35,8 +41,13 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_pipeline(model: str, dtype: str | torch.dtype = "float32", device: str = "cpu", config: str | None = None,
-                  revision: str | None = None):
+def load_pipeline(
+    model: str,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    config: str | None = None,
+    revision: str | None = None,
+):
     """Load ``model`` (see module docstring) onto ``device`` in ``dtype``.
 
     The pipeline carries the record of ``model`` (:func:`erasekit.models.record.model_record`):
@@ -103,11 +114,15 @@ def _from_pretrained(name: str, torch_dtype, revision, local: bool):
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(name, torch_dtype=torch_dtype, revision=revision, local_files_only=local)
+        return DiffusionPipeline.from_pretrained(
+            name, torch_dtype=torch_dtype, revision=revision, local_files_only=local
+        )
     except Exception as e:  # network, auth, missing files: all become one clear message
         where = "folder" if local else "HuggingFace Hub id"
         hint = "" if local else " Without network access, download it on another machine and pass the local folder."
-        raise ModelError(f"could not load {where} {name!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}.{hint}") from None
+        raise ModelError(
+            f"could not load {where} {name!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}.{hint}"
+        ) from None
 
 
 def _single_file_class(path: Path):
@@ -123,7 +138,9 @@ def _single_file_class(path: Path):
         return StableDiffusionXLPipeline
     if any(k.startswith("model.diffusion_model.") for k in keys):
         return StableDiffusionPipeline
-    raise ModelError(f"{str(path)!r} does not look like a Stable Diffusion checkpoint (no model.diffusion_model.* keys)")
+    raise ModelError(
+        f"{str(path)!r} does not look like a Stable Diffusion checkpoint (no model.diffusion_model.* keys)"
+    )
 
 
 def _from_single_file(path: Path, torch_dtype, config: str | None):

@@ -24,9 +24,9 @@ leaf module at a time (forward hooks), so the extra memory is one layer, not one
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -52,8 +52,10 @@ def slow_dtype_notice(device: torch.device | str, dtype: torch.dtype) -> str | N
     if target == dtype:
         return None
     name, tname = str(dtype).replace("torch.", ""), str(target).replace("torch.", "")
-    return (f"{name} is slow or inexact on a {torch.device(device).type}: erasekit computes in {tname} and keeps the weights "
-            f"(and the files it writes) in {name}")
+    return (
+        f"{name} is slow or inexact on a {torch.device(device).type}: erasekit computes in {tname} and keeps the weights "
+        f"(and the files it writes) in {name}"
+    )
 
 
 def _borrow(tensors: Iterable[torch.Tensor], dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
@@ -78,8 +80,10 @@ def _give_back(stash: list[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
 def _refuse_lost_writes(written: bool) -> None:
     if written:
         # The block wrote into a borrowed copy; that write is gone with the copy. Say so rather than lose it silently.
-        raise RuntimeError("a weight was modified while erasekit held it in its compute dtype; the modification was "
-                           "discarded and the original weights restored")
+        raise RuntimeError(
+            "a weight was modified while erasekit held it in its compute dtype; the modification was "
+            "discarded and the original weights restored"
+        )
 
 
 @contextmanager

@@ -15,8 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUNDLED", "ModelRecord", "describe_model", "is_tinyworld", "model_record", "record_model",
-           "tinyworld_aliases", "tinyworld_captions"]
+__all__ = [
+    "BUNDLED",
+    "ModelRecord",
+    "describe_model",
+    "is_tinyworld",
+    "model_record",
+    "record_model",
+    "tinyworld_aliases",
+    "tinyworld_captions",
+]
 
 BUNDLED = ("tinyworld", "tinyworld-xl")  # trained on the tinyworld world: tinyworld suites, judge and defaults apply
 _ATTR = "_erasekit_model"

@@ -47,7 +47,9 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def write_clip_tokenizer_files(folder: str | os.PathLike, model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> Path:
+def write_clip_tokenizer_files(
+    folder: str | os.PathLike, model_max_length: int = 77, pad_token: str = "<|endoftext|>"
+) -> Path:
     """Write vocab.json, merges.txt and the tokenizer configs that ``CLIPTokenizer.from_pretrained`` reads.
 
     SD 1.x pads with ``<|endoftext|>``; SD 2.x and SDXL's second encoder pad with ``!`` -- pass
@@ -59,7 +61,14 @@ def write_clip_tokenizer_files(folder: str | os.PathLike, model_max_length: int 
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     (folder / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad_token}),
+        json.dumps(
+            {
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": pad_token,
+            }
+        ),
         encoding="utf-8",
     )
     (folder / "tokenizer_config.json").write_text(

@@ -28,8 +28,13 @@ def load_pipeline(device="cpu", dtype=None, path=None):
     """
     from diffusers import StableDiffusionPipeline
 
-    return _load(StableDiffusionPipeline, path or pipeline_dir(), device, dtype,
-                 {"safety_checker": None, "requires_safety_checker": False})
+    return _load(
+        StableDiffusionPipeline,
+        path or pipeline_dir(),
+        device,
+        dtype,
+        {"safety_checker": None, "requires_safety_checker": False},
+    )
 
 
 def _load(cls, path, device, dtype, extra: dict):

@@ -20,20 +20,36 @@ import torch
 
 from . import world
 
-SIZE = 32          # image resolution
-MAX_TOKENS = 77    # as in SD 1.x
+SIZE = 32  # image resolution
+MAX_TOKENS = 77  # as in SD 1.x
 
-SCHEDULER_KW = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                    prediction_type="epsilon", steps_offset=1)
+SCHEDULER_KW = dict(
+    num_train_timesteps=1000,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    prediction_type="epsilon",
+    steps_offset=1,
+)
 
 
 def clip_text_config(hidden: int, layers: int, max_tokens: int = MAX_TOKENS):
     """A small CLIP text encoder over the real CLIP vocabulary (tinyworld's, and tinyworld-xl's two)."""
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, max_position_embeddings=max_tokens, projection_dim=hidden,
-                          hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=max_tokens,
+        projection_dim=hidden,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
 
 
 def n_params(m) -> int:
@@ -103,9 +119,14 @@ def open_log(out: Path):
 
 def run_info(args, argv) -> dict:
     """What every train_log.json starts with: the command, the hardware, threads and seed."""
-    return {"command": "python -m erasekit.tinyworld.train " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu"
-            else torch.cuda.get_device_name(0), "threads": torch.get_num_threads(), "seed": args.seed}
+    return {
+        "command": "python -m erasekit.tinyworld.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        if args.device == "cpu"
+        else torch.cuda.get_device_name(0),
+        "threads": torch.get_num_threads(),
+        "seed": args.seed,
+    }
 
 
 # ----------------------------------------------------------------------------- model card
@@ -119,7 +140,7 @@ def write_card_section(card: Path, heading: str, start: str, end: str, body: str
     card = Path(card)
     text = card.read_text() if card.exists() else new_card
     if start in text and end in text:
-        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + body + text[text.index(end) + len(end) :]
     else:
         text += f"\n## {heading}\n" + body + "\n"
     card.write_text(text)

@@ -27,8 +27,12 @@ HEADS = {"shape": world.SHAPE_NAMES, "color": world.COLOR_NAMES, "pattern": worl
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -40,9 +44,12 @@ class TinyworldJudge(nn.Module):
         self.config = {"width": width, "size": size, "heads": HEADS}
         w = width
         self.features = nn.Sequential(
-            _block(3, w), nn.MaxPool2d(2),          # 16
-            _block(w, 2 * w), nn.MaxPool2d(2),      # 8
-            _block(2 * w, 4 * w), nn.MaxPool2d(2),  # 4
+            _block(3, w),
+            nn.MaxPool2d(2),  # 16
+            _block(w, 2 * w),
+            nn.MaxPool2d(2),  # 8
+            _block(2 * w, 4 * w),
+            nn.MaxPool2d(2),  # 4
         )
         self.flat = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 256), nn.ReLU(inplace=True), nn.Dropout(0.1))
         self.heads = nn.ModuleDict({k: nn.Linear(256, len(v)) for k, v in HEADS.items()})
@@ -55,7 +62,7 @@ class TinyworldJudge(nn.Module):
         return weights_dir() / "judge.safetensors"
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "TinyworldJudge":
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> TinyworldJudge:
         from safetensors.torch import load_file
 
         path = Path(path) if path is not None else cls.default_path()
@@ -117,7 +124,7 @@ class TinyworldJudge(nn.Module):
         x = self.to_input(images)
         outs: dict[str, list] = {k: [] for k in HEADS}
         for i in range(0, len(x), batch_size):
-            logits = self(x[i: i + batch_size])
+            logits = self(x[i : i + batch_size])
             for k in HEADS:
                 outs[k].append(logits[k].softmax(-1).cpu())
         return {k: torch.cat(v) for k, v in outs.items()}
@@ -168,8 +175,9 @@ def heldout_accuracy(judge: TinyworldJudge, n: int = 2000, seed: int = 12345, si
     return {k: float((probs[k].argmax(-1).numpy() == truth[k]).mean()) for k in HEADS}
 
 
-def train_judge(steps: int = 1500, batch: int = 128, seed: int = 0, lr: float = 2e-3, size: int = 32,
-                log=print, extra_images=None) -> TinyworldJudge:
+def train_judge(
+    steps: int = 1500, batch: int = 128, seed: int = 0, lr: float = 2e-3, size: int = 32, log=print, extra_images=None
+) -> TinyworldJudge:
     """Train a judge on freshly rendered, augmented images. ``extra_images(n, rng)`` may add
     (images uint8, Labels) pairs, e.g. VAE reconstructions, mixed in at 25 %."""
     from tqdm.auto import tqdm

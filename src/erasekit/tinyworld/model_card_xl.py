@@ -13,15 +13,19 @@ POOLED_END = "<!-- pooled:end -->"
 
 def _keep(old: str, start: str, end: str, default: str) -> str:
     if start in old and end in old:
-        return old[old.index(start): old.index(end) + len(end)]
+        return old[old.index(start) : old.index(end) + len(end)]
     return f"{start}\n{default}\n{end}"
 
 
 def write_model_card_xl(out: Path, info: dict):
     card = Path(out) / "MODEL_CARD.md"
     old = card.read_text() if card.exists() else ""
-    validity = _keep(old, CARD_VALIDITY_START, CARD_VALIDITY_END,
-                     "_Not measured yet: run `python -m erasekit.tinyworld.validity --model tinyworld-xl`._")
+    validity = _keep(
+        old,
+        CARD_VALIDITY_START,
+        CARD_VALIDITY_END,
+        "_Not measured yet: run `python -m erasekit.tinyworld.validity --model tinyworld-xl`._",
+    )
     pooled = _keep(old, POOLED_START, POOLED_END, "_Not measured yet: run `python -m erasekit.tinyworld.pooled`._")
     d, i = info.get("diffusion", {}), info.get("init_from", {})
     sd1_min = i.get("total_minutes") or 0

@@ -41,9 +41,13 @@ START, END = "<!-- pooled:start -->", "<!-- pooled:end -->"
 @torch.no_grad()
 def encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(context (n,77,d), pooled (n,d_pool)) from the pipeline's own ``encode_prompt``."""
-    out = pipe.encode_prompt(prompts, device=pipe.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    out = pipe.encode_prompt(
+        prompts, device=pipe.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
     if len(out) != 4 or out[2] is None:
-        raise TypeError("the pooled path exists only in SDXL-type pipelines (encode_prompt returning pooled embeddings)")
+        raise TypeError(
+            "the pooled path exists only in SDXL-type pipelines (encode_prompt returning pooled embeddings)"
+        )
     return out[0], out[2]
 
 
@@ -53,21 +57,35 @@ def conditionings(pipe, prompts: list[str]) -> dict[str, dict[str, torch.Tensor]
     ctx0, pooled0 = encode(pipe, [""])
     n = len(prompts)
     neg = {"negative_prompt_embeds": ctx0.expand(n, -1, -1), "negative_pooled_prompt_embeds": pooled0.expand(n, -1)}
-    return {name: {"prompt_embeds": ctx if c else ctx0.expand(n, -1, -1),
-                   "pooled_prompt_embeds": pooled if p else pooled0.expand(n, -1), **neg}
-            for name, (c, p) in CONDITIONS.items()}
+    return {
+        name: {
+            "prompt_embeds": ctx if c else ctx0.expand(n, -1, -1),
+            "pooled_prompt_embeds": pooled if p else pooled0.expand(n, -1),
+            **neg,
+        }
+        for name, (c, p) in CONDITIONS.items()
+    }
 
 
 @torch.no_grad()
-def rates(pipe, judge: TinyworldJudge, prompts: list[str], labels: dict, steps: int = 20, guidance: float = 5.0,
-          seed: int = 0, batch_size: int = 48, log=print) -> dict[str, dict[str, float]]:
+def rates(
+    pipe,
+    judge: TinyworldJudge,
+    prompts: list[str],
+    labels: dict,
+    steps: int = 20,
+    guidance: float = 5.0,
+    seed: int = 0,
+    batch_size: int = 48,
+    log=print,
+) -> dict[str, dict[str, float]]:
     """condition name -> {attribute: share of images judged as the prompted value}; the same seeds for every condition."""
     res = {}
     for name, kw in conditionings(pipe, prompts).items():
         imgs = []
         for b, i in enumerate(range(0, len(prompts), batch_size)):
             g = torch.Generator(device="cpu").manual_seed(seed * 100003 + b)
-            part = {k: v[i: i + batch_size] for k, v in kw.items()}
+            part = {k: v[i : i + batch_size] for k, v in kw.items()}
             out = pipe(**part, num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np").images
             imgs.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
         probs = judge.predict(np.concatenate(imgs))
@@ -86,10 +104,12 @@ def table(res: dict) -> str:
 
 
 def update_card(res: dict, meta: dict, card: Path) -> Path:
-    body = (f"{START}\nMeasured by `{meta['command']}` on {time.strftime('%Y-%m-%d')}: the unedited model, "
-            f"{meta['n']} canonical prompts (validity's canonical set), the same seeds in every row, {meta['steps']} steps, "
-            f"guidance {meta['guidance']}; \"neutral\" = the empty prompt's encoding. Judged share of the prompted value:\n\n"
-            f"{table(res)}\n\n```json\n{json.dumps({'rates': res, 'meta': meta}, indent=1)}\n```\n{END}")
+    body = (
+        f"{START}\nMeasured by `{meta['command']}` on {time.strftime('%Y-%m-%d')}: the unedited model, "
+        f"{meta['n']} canonical prompts (validity's canonical set), the same seeds in every row, {meta['steps']} steps, "
+        f"guidance {meta['guidance']}; \"neutral\" = the empty prompt's encoding. Judged share of the prompted value:\n\n"
+        f"{table(res)}\n\n```json\n{json.dumps({'rates': res, 'meta': meta}, indent=1)}\n```\n{END}"
+    )
     return write_card_section(card, "The pooled path", START, END, body)
 
 
@@ -116,8 +136,14 @@ def main(argv=None):
     prompts, labels = prompt_set("canonical", args.n, seed=args.seed + 1)
     t0 = time.time()
     res = rates(pipe, judge, prompts, labels, steps=args.steps, guidance=args.guidance, seed=args.seed)
-    meta = {"command": "python -m erasekit.tinyworld.pooled " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "n": args.n, "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "seconds": round(time.time() - t0)}
+    meta = {
+        "command": "python -m erasekit.tinyworld.pooled " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "n": args.n,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "seconds": round(time.time() - t0),
+    }
     print(table(res))
     if args.card:
         print(f"model card updated: {update_card(res, meta, wd / 'MODEL_CARD.md')}")

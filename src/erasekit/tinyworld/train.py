@@ -25,11 +25,26 @@ import torch.nn.functional as F
 
 from . import world
 from ._training import (  # noqa: F401  (CARD_*, write_card_section, preview, ...: re-exported for validity / pooled)
-    CARD_VALIDITY_END, CARD_VALIDITY_START, MAX_TOKENS, SCHEDULER_KW, SIZE, autocast, clip_text_config, ema_update,
-    folder_mb, lr_at, n_params, open_log, preview, run_info, to_tensor, to_uint8, write_card_section,
+    CARD_VALIDITY_END,
+    CARD_VALIDITY_START,
+    MAX_TOKENS,
+    SCHEDULER_KW,
+    SIZE,
+    autocast,
+    clip_text_config,
+    ema_update,
+    folder_mb,
+    lr_at,
+    n_params,
+    open_log,
+    preview,
+    run_info,
+    to_tensor,
+    to_uint8,
+    write_card_section,
 )
 
-LATENT = 16        # latent resolution (VAE downsamples by 2)
+LATENT = 16  # latent resolution (VAE downsamples by 2)
 TEXT_HIDDEN = 128
 
 
@@ -38,8 +53,15 @@ def make_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=SIZE,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=SIZE,
         mid_block_add_attention=False,
     )
 
@@ -56,11 +78,16 @@ def make_unet():
     # No attention at the 16x16 level (as SD has none at its lowest-resolution level, here the
     # cheapest place to drop it on a CPU); cross-attention at 8x8 and 4x4 plus the mid block.
     return UNet2DConditionModel(
-        sample_size=LATENT, in_channels=4, out_channels=4,
+        sample_size=LATENT,
+        in_channels=4,
+        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(48, 96, 144), layers_per_block=1, cross_attention_dim=TEXT_HIDDEN,
-        attention_head_dim=4, norm_num_groups=16,
+        block_out_channels=(48, 96, 144),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=4,
+        norm_num_groups=16,
     )
 
 
@@ -127,8 +154,16 @@ def build_pipeline(vae, text_encoder, unet, tokenizer):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     sched = DPMSolverMultistepScheduler(**SCHEDULER_KW)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def save_pipeline(folder: Path, vae, text_encoder, unet, tokenizer_dir: Path):
@@ -159,9 +194,23 @@ def save_pipeline(folder: Path, vae, text_encoder, unet, tokenizer_dir: Path):
         shutil.rmtree(old)
 
 
-def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, tokenizer_dir: Path,
-                    max_steps: int | None = None, batch: int = 64, lr: float = 8e-4, save_every: float = 600,
-                    p_uncond: float = 0.1, info_cb=None, init=None, warm: int = 200):
+def train_diffusion(
+    vae,
+    seconds: float,
+    seed: int,
+    device,
+    log,
+    out: Path,
+    tokenizer_dir: Path,
+    max_steps: int | None = None,
+    batch: int = 64,
+    lr: float = 8e-4,
+    save_every: float = 600,
+    p_uncond: float = 0.1,
+    info_cb=None,
+    init=None,
+    warm: int = 200,
+):
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
     from transformers import CLIPTokenizer
@@ -179,12 +228,13 @@ def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, toke
         p.requires_grad_(False)
     emb = te.get_input_embeddings().weight
     other = [p for p in list(te.parameters()) + list(unet.parameters()) if p is not emb]
-    opt = torch.optim.AdamW([{"params": other, "weight_decay": 0.01}, {"params": [emb], "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [{"params": other, "weight_decay": 0.01}, {"params": [emb], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99)
+    )
     noise_sched = DDPMScheduler(**SCHEDULER_KW)
     acp = noise_sched.alphas_cumprod.to(device)
     snr = acp / (1 - acp)
-    weight = (snr.clamp(max=5.0) / snr)  # min-SNR-5 weighting for epsilon prediction
+    weight = snr.clamp(max=5.0) / snr  # min-SNR-5 weighting for epsilon prediction
     vae.eval()
     t0 = time.time()
     last_save = t0
@@ -209,10 +259,13 @@ def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, toke
         cur_lr = lr_at(lr, step, frac, warm)
         for g in opt.param_groups:
             g["lr"] = cur_lr
-        imgs, _, caps = world.sample_batch(batch, rng, SIZE, synonyms=True, split="train",
-                                           p_drop_pattern=0.1, p_drop_color=0.05)
+        imgs, _, caps = world.sample_batch(
+            batch, rng, SIZE, synonyms=True, split="train", p_drop_pattern=0.1, p_drop_color=0.05
+        )
         caps = ["" if rng.random() < p_uncond else c for c in caps]
-        ids = tok(caps, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids.to(device)
+        ids = tok(caps, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids.to(
+            device
+        )
         with torch.no_grad():
             z = vae.encode(to_tensor(imgs, device)).latent_dist.sample() * vae.config.scaling_factor
         noise = torch.randn_like(z)
@@ -238,27 +291,43 @@ def train_diffusion(vae, seconds: float, seed: int, device, log, out: Path, toke
             last_save = time.time()
     bar.close()
     save("final")
-    return ema_te, ema_unet, {"steps": step, "seconds": round(time.time() - t0), "loss_ema": round(ema_loss, 5),
-                              "batch": batch, "lr": lr, "params_unet": n_params(unet), "params_text": n_params(te)}
+    return (
+        ema_te,
+        ema_unet,
+        {
+            "steps": step,
+            "seconds": round(time.time() - t0),
+            "loss_ema": round(ema_loss, 5),
+            "batch": batch,
+            "lr": lr,
+            "params_unet": n_params(unet),
+            "params_text": n_params(te),
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- model card
 def write_model_card(out: Path, info: dict):
     out = Path(out)
     card = out / "MODEL_CARD.md"
-    validity = f"{CARD_VALIDITY_START}\n_Not measured yet: run `python -m erasekit.tinyworld.validity`._\n{CARD_VALIDITY_END}"
+    validity = (
+        f"{CARD_VALIDITY_START}\n_Not measured yet: run `python -m erasekit.tinyworld.validity`._\n{CARD_VALIDITY_END}"
+    )
     if card.exists():
         old = card.read_text()
         if CARD_VALIDITY_START in old and CARD_VALIDITY_END in old:
-            validity = old[old.index(CARD_VALIDITY_START): old.index(CARD_VALIDITY_END) + len(CARD_VALIDITY_END)]
+            validity = old[old.index(CARD_VALIDITY_START) : old.index(CARD_VALIDITY_END) + len(CARD_VALIDITY_END)]
     v, d, j = info.get("vae", {}), info.get("diffusion", {}), info.get("judge", {})
     sizes = info.get("sizes_mb", {})
     prev_runs = ""
     runs = info.get("previous_runs", [])
     if runs:
         tot = sum((r.get("diffusion") or {}).get("steps", 0) for r in runs) + d.get("steps", 0)
-        prev_runs = "".join(f"- earlier run `{r.get('command')}`: {(r.get('diffusion') or {}).get('steps', 0)} diffusion steps "
-                            f"in {(r.get('diffusion') or {}).get('seconds', 0) / 60:.1f} min\n" for r in runs)
+        prev_runs = "".join(
+            f"- earlier run `{r.get('command')}`: {(r.get('diffusion') or {}).get('steps', 0)} diffusion steps "
+            f"in {(r.get('diffusion') or {}).get('seconds', 0) / 60:.1f} min\n"
+            for r in runs
+        )
         prev_runs += f"- the text encoder + UNet line above continues (`--init`) the run(s) listed here; diffusion steps in all: {tot}\n"
     text = f"""# tinyworld — model card
 
@@ -321,19 +390,43 @@ def main(argv=None):
     ap.add_argument("--save-every", type=float, default=10.0, help="minutes between pipeline saves")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--init", type=Path, default=None,
-                    help="continue from a finished run's folder: reuse its VAE and judge, keep training text encoder + UNet")
-    ap.add_argument("--arch", choices=("sd1", "xl"), default="sd1",
-                    help="sd1: tinyworld (StableDiffusionPipeline); xl: tinyworld-xl (StableDiffusionXLPipeline), "
-                         "warm-started from --init-from")
-    ap.add_argument("--init-from", type=Path, default=None,
-                    help="--arch xl: a finished tinyworld folder to warm-start from (VAE and judge reused)")
-    ap.add_argument("--distill-steps", type=int, default=300,
-                    help="--arch xl: steps that make the warm start's LayerNorm fold exact on prompts")
-    ap.add_argument("--p-drop-context", type=float, default=0.15,
-                    help="--arch xl: share of samples whose context alone is replaced by the empty prompt's")
-    ap.add_argument("--p-drop-pooled", type=float, default=0.10,
-                    help="--arch xl: share of samples whose pooled embedding alone is replaced")
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue from a finished run's folder: reuse its VAE and judge, keep training text encoder + UNet",
+    )
+    ap.add_argument(
+        "--arch",
+        choices=("sd1", "xl"),
+        default="sd1",
+        help="sd1: tinyworld (StableDiffusionPipeline); xl: tinyworld-xl (StableDiffusionXLPipeline), "
+        "warm-started from --init-from",
+    )
+    ap.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="--arch xl: a finished tinyworld folder to warm-start from (VAE and judge reused)",
+    )
+    ap.add_argument(
+        "--distill-steps",
+        type=int,
+        default=300,
+        help="--arch xl: steps that make the warm start's LayerNorm fold exact on prompts",
+    )
+    ap.add_argument(
+        "--p-drop-context",
+        type=float,
+        default=0.15,
+        help="--arch xl: share of samples whose context alone is replaced by the empty prompt's",
+    )
+    ap.add_argument(
+        "--p-drop-pooled",
+        type=float,
+        default=0.10,
+        help="--arch xl: share of samples whose pooled embedding alone is replaced",
+    )
     args = ap.parse_args(argv)
     if args.arch == "xl":
         from .train_xl import main_xl
@@ -362,19 +455,24 @@ def main(argv=None):
         src = Path(args.init)
         prev = json.loads((src / "train_log.json").read_text())
         vae = AutoencoderKL.from_pretrained(str(src / "pipeline" / "vae"), torch_dtype=torch.float32).to(args.device)
-        init = (CLIPTextModel.from_pretrained(str(src / "pipeline" / "text_encoder"), dtype=torch.float32),
-                UNet2DConditionModel.from_pretrained(str(src / "pipeline" / "unet"), torch_dtype=torch.float32))
+        init = (
+            CLIPTextModel.from_pretrained(str(src / "pipeline" / "text_encoder"), dtype=torch.float32),
+            UNet2DConditionModel.from_pretrained(str(src / "pipeline" / "unet"), torch_dtype=torch.float32),
+        )
         for f in ("judge.safetensors", "judge.json"):
             if (src / f).resolve() != (out / f).resolve():
                 shutil.copy(src / f, out / f)
         info.update({k: prev[k] for k in ("vae", "judge", "scaling_factor") if k in prev})
-        info["previous_runs"] = prev.get("previous_runs", []) + [{"command": prev.get("command"), "diffusion": prev.get("diffusion")}]
+        info["previous_runs"] = prev.get("previous_runs", []) + [
+            {"command": prev.get("command"), "diffusion": prev.get("diffusion")}
+        ]
         info["total_minutes_prev"] = prev.get("total_minutes", 0) + prev.get("total_minutes_prev", 0)
         log(f"continuing from {src} ({prev.get('diffusion', {}).get('steps')} diffusion steps)")
     else:
         vae_s = 60 * (args.vae_minutes if args.vae_minutes is not None else min(6.0, 0.08 * args.minutes))
-        vae, info["vae"] = train_vae(vae_s, args.seed, args.device, log,
-                                     max_steps=None if args.steps is None else max(20, args.steps))
+        vae, info["vae"] = train_vae(
+            vae_s, args.seed, args.device, log, max_steps=None if args.steps is None else max(20, args.steps)
+        )
         info["scaling_factor"] = vae.config.scaling_factor
     vae.eval()
     for p in vae.parameters():
@@ -387,15 +485,30 @@ def main(argv=None):
     def on_save(d):
         info["diffusion"] = {**info.get("diffusion", {}), **d}
         info["total_minutes"] = (time.time() - t_start) / 60
-        info["sizes_mb"] = {"pipeline": folder_mb(out / "pipeline"), "judge": (out / "judge.safetensors").stat().st_size / 1e6}
+        info["sizes_mb"] = {
+            "pipeline": folder_mb(out / "pipeline"),
+            "judge": (out / "judge.safetensors").stat().st_size / 1e6,
+        }
         (out / "train_log.json").write_text(json.dumps(info, indent=1, default=str))
         write_model_card(out, info)
 
     remaining = budget - (time.time() - t_start) - 30
-    _, _, info["diffusion"] = train_diffusion(vae, max(remaining, 10), args.seed, args.device, log, out, tok_dir,
-                                              max_steps=args.steps, batch=args.batch, lr=args.lr,
-                                              save_every=args.save_every * 60, info_cb=on_save, init=init,
-                                              warm=200 if init is None else 20)
+    _, _, info["diffusion"] = train_diffusion(
+        vae,
+        max(remaining, 10),
+        args.seed,
+        args.device,
+        log,
+        out,
+        tok_dir,
+        max_steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        save_every=args.save_every * 60,
+        info_cb=on_save,
+        init=init,
+        warm=200 if init is None else 20,
+    )
     on_save(info["diffusion"])
     import shutil
 

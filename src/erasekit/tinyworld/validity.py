@@ -66,8 +66,13 @@ def generate(pipe, prompts, seed: int = 0, steps: int = 20, guidance: float = 5.
     out = []
     for b, i in enumerate(range(0, len(prompts), batch_size)):
         g = torch.Generator(device="cpu").manual_seed(seed * 100003 + b)
-        res = pipe(list(prompts[i: i + batch_size]), num_inference_steps=steps, guidance_scale=guidance,
-                   generator=g, output_type="np")
+        res = pipe(
+            list(prompts[i : i + batch_size]),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=g,
+            output_type="np",
+        )
         out.append((np.clip(res.images, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(out)
 
@@ -82,8 +87,17 @@ def score(judge: TinyworldJudge, images, labels: dict) -> dict[str, float]:
     return res
 
 
-def measure(pipe=None, judge=None, n: int = 288, steps: int = 20, guidance: float = 5.0, seed: int = 0,
-            n_renders: int = 2000, sets=tuple(PROMPT_SETS), log=print) -> dict:
+def measure(
+    pipe=None,
+    judge=None,
+    n: int = 288,
+    steps: int = 20,
+    guidance: float = 5.0,
+    seed: int = 0,
+    n_renders: int = 2000,
+    sets=tuple(PROMPT_SETS),
+    log=print,
+) -> dict:
     """All validity figures as a dict {row: {attribute: share}} (+ "meta")."""
     from . import load_pipeline
 
@@ -97,15 +111,26 @@ def measure(pipe=None, judge=None, n: int = 288, steps: int = 20, guidance: floa
         imgs = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance)
         res[kind] = score(judge, imgs, lab)
         log(f"{kind}: {res[kind]}  (e.g. {prompts[0]!r})")
-    res["meta"] = {"n_per_set": n, "steps": steps, "guidance": guidance, "seed": seed, "n_renders": n_renders,
-                   "scheduler": type(pipe.scheduler).__name__, "generation_seconds": round(time.time() - t0)}
+    res["meta"] = {
+        "n_per_set": n,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "n_renders": n_renders,
+        "scheduler": type(pipe.scheduler).__name__,
+        "generation_seconds": round(time.time() - t0),
+    }
     return res
 
 
 def table(res: dict) -> str:
     rows = ["| set | shape | colour | pattern | all three |", "|---|---|---|---|---|"]
-    names = {"judge": "judge, held-out renders", "canonical": "generated, canonical prompts",
-             "synonym": "generated, synonym-only prompts", "synonym_heldout": "generated, synonyms + held-out templates"}
+    names = {
+        "judge": "judge, held-out renders",
+        "canonical": "generated, canonical prompts",
+        "synonym": "generated, synonym-only prompts",
+        "synonym_heldout": "generated, synonyms + held-out templates",
+    }
     for k in ("judge", *PROMPT_SETS):
         if k not in res:
             continue
@@ -128,25 +153,35 @@ def update_model_card(res: dict, card: Path | None = None) -> Path:
 
     card = Path(card) if card is not None else weights_dir() / "MODEL_CARD.md"
     m = res.get("meta", {})
-    body = (f"{CARD_VALIDITY_START}\nMeasured by `{m.get('command', 'python -m erasekit.tinyworld.validity')}` on {time.strftime('%Y-%m-%d')}: "
-            f"{m.get('n_per_set')} generated images per prompt set ({'all' if m.get('n_per_set', 0) >= 144 else 'cycling through'} the 144 shape x colour x pattern combinations, "
-            f"fixed seeds), {m.get('scheduler')} {m.get('steps')} steps, guidance {m.get('guidance')}; judge on "
-            f"{m.get('n_renders')} held-out renders. Share of images the judge reads as the prompted value "
-            f"(✓ = meets the project's target).\n\n{table(res)}\n\n"
-            f"```json\n{json.dumps(res, indent=1)}\n```\n{CARD_VALIDITY_END}")
-    return write_card_section(card, "Validity", CARD_VALIDITY_START, CARD_VALIDITY_END, body, "# tinyworld — model card\n")
+    body = (
+        f"{CARD_VALIDITY_START}\nMeasured by `{m.get('command', 'python -m erasekit.tinyworld.validity')}` on {time.strftime('%Y-%m-%d')}: "
+        f"{m.get('n_per_set')} generated images per prompt set ({'all' if m.get('n_per_set', 0) >= 144 else 'cycling through'} the 144 shape x colour x pattern combinations, "
+        f"fixed seeds), {m.get('scheduler')} {m.get('steps')} steps, guidance {m.get('guidance')}; judge on "
+        f"{m.get('n_renders')} held-out renders. Share of images the judge reads as the prompted value "
+        f"(✓ = meets the project's target).\n\n{table(res)}\n\n"
+        f"```json\n{json.dumps(res, indent=1)}\n```\n{CARD_VALIDITY_END}"
+    )
+    return write_card_section(
+        card, "Validity", CARD_VALIDITY_START, CARD_VALIDITY_END, body, "# tinyworld — model card\n"
+    )
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=("tinyworld", "tinyworld-xl"), default="tinyworld",
-                    help="which bundled model to measure (tinyworld-xl is judged by tinyworld's judge)")
+    ap.add_argument(
+        "--model",
+        choices=("tinyworld", "tinyworld-xl"),
+        default="tinyworld",
+        help="which bundled model to measure (tinyworld-xl is judged by tinyworld's judge)",
+    )
     ap.add_argument("--n", type=int, default=288, help="generated images per prompt set")
     ap.add_argument("--renders", type=int, default=2000, help="held-out renders for the judge's accuracy")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--weights", type=Path, default=None, help="folder with pipeline/ and judge.safetensors (default: shipped)")
+    ap.add_argument(
+        "--weights", type=Path, default=None, help="folder with pipeline/ and judge.safetensors (default: shipped)"
+    )
     ap.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
@@ -161,8 +196,12 @@ def main(argv=None):
     pipe = (load_pipeline_xl if xl else load_pipeline)(path=wd / "pipeline")
     judge_path = wd / "judge.safetensors"
     judge = TinyworldJudge.load(judge_path if judge_path.is_file() else weights_dir() / "judge.safetensors")
-    res = measure(pipe, judge, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed, n_renders=args.renders)
-    res["meta"]["command"] = "python -m erasekit.tinyworld.validity " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = measure(
+        pipe, judge, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed, n_renders=args.renders
+    )
+    res["meta"]["command"] = "python -m erasekit.tinyworld.validity " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     print(table(res))
     if not args.no_card:
         print(f"model card updated: {update_model_card(res, wd / 'MODEL_CARD.md')}")

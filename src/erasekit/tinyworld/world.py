@@ -101,8 +101,14 @@ def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" and not word.lower().startswith("uni") else "a"
 
 
-def noun_phrase(shape: str | None, color: str | None, pattern: str | None, rng: np.random.Generator,
-                synonyms=True, article: bool = True) -> str:
+def noun_phrase(
+    shape: str | None,
+    color: str | None,
+    pattern: str | None,
+    rng: np.random.Generator,
+    synonyms=True,
+    article: bool = True,
+) -> str:
     """e.g. ``"a striped red circle"`` / ``"a crimson disc with stripes"``; ``None`` leaves an attribute out."""
     pre, post = [], []
     if pattern is not None:
@@ -115,8 +121,15 @@ def noun_phrase(shape: str | None, color: str | None, pattern: str | None, rng: 
     return f"{_article(text)} {text}" if article else text
 
 
-def caption(shape: str | None, color: str | None, pattern: str | None, rng: np.random.Generator,
-            synonyms=True, split: str = "train", template: int | None = None) -> str:
+def caption(
+    shape: str | None,
+    color: str | None,
+    pattern: str | None,
+    rng: np.random.Generator,
+    synonyms=True,
+    split: str = "train",
+    template: int | None = None,
+) -> str:
     """A caption for one image.
 
     ``synonyms``: ``False`` -> canonical names only; ``True`` -> any of the names (canonical
@@ -207,8 +220,9 @@ class Labels:
         return len(self.shape)
 
 
-def render_batch(shapes, colors, patterns, rng: np.random.Generator, size: int = 32, supersample: int = 2,
-                 return_mask: bool = False):
+def render_batch(
+    shapes, colors, patterns, rng: np.random.Generator, size: int = 32, supersample: int = 2, return_mask: bool = False
+):
     """Render a batch; ``shapes``/``colors``/``patterns`` are sequences of names or indices. Returns uint8 (n,H,W,3)."""
     shapes = [SHAPE_NAMES[s] if not isinstance(s, str) else s for s in shapes]
     colors = [COLOR_NAMES[c] if not isinstance(c, str) else c for c in colors]
@@ -257,12 +271,22 @@ def render(shape: str, color: str, pattern: str, rng: np.random.Generator, size:
 
 
 def sample_labels(n: int, rng: np.random.Generator) -> Labels:
-    return Labels(rng.integers(len(SHAPE_NAMES), size=n), rng.integers(len(COLOR_NAMES), size=n),
-                  rng.integers(len(PATTERN_NAMES), size=n))
+    return Labels(
+        rng.integers(len(SHAPE_NAMES), size=n),
+        rng.integers(len(COLOR_NAMES), size=n),
+        rng.integers(len(PATTERN_NAMES), size=n),
+    )
 
 
-def sample_batch(n: int, rng: np.random.Generator, size: int = 32, synonyms=True, split: str = "train",
-                 p_drop_pattern: float = 0.0, p_drop_color: float = 0.0):
+def sample_batch(
+    n: int,
+    rng: np.random.Generator,
+    size: int = 32,
+    synonyms=True,
+    split: str = "train",
+    p_drop_pattern: float = 0.0,
+    p_drop_color: float = 0.0,
+):
     """(images uint8 (n,H,W,3), Labels, captions list[str]) with uniformly random attributes.
 
     ``p_drop_*``: probability that the caption leaves that attribute unnamed (the image still has one).
@@ -289,5 +313,5 @@ def contact_sheet(images: np.ndarray, ncol: int = 8, pad: int = 2):
     sheet = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
     for i in range(n):
         r, c = divmod(i, ncol)
-        sheet[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i]
+        sheet[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = images[i]
     return Image.fromarray(sheet)

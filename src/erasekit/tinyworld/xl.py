@@ -24,7 +24,7 @@ import torch
 TE1_HIDDEN = 64
 TE2_HIDDEN = 128
 CONTEXT = TE1_HIDDEN + TE2_HIDDEN  # (192,) the UNet's cross-attention input width
-ADD_TIME_DIM = 8                   # addition_time_embed_dim (SDXL: 256)
+ADD_TIME_DIM = 8  # addition_time_embed_dim (SDXL: 256)
 MAX_TOKENS = 77
 SIZE = 32
 # SDXL's micro-conditioning ids: (original_size, crop top-left, target_size); constant in training
@@ -56,12 +56,19 @@ def make_unet_xl():
     # a wider context, the pooled text embedding + micro-conditioning ids added to the time
     # embedding ("text_time"), and depth that varies per block (2 transformer layers at 8x8).
     return UNet2DConditionModel(
-        sample_size=SIZE // 2, in_channels=4, out_channels=4,
+        sample_size=SIZE // 2,
+        in_channels=4,
+        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(48, 96, 144), layers_per_block=1, cross_attention_dim=CONTEXT,
-        transformer_layers_per_block=(1, 2, 1), attention_head_dim=4, norm_num_groups=16,
-        addition_embed_type="text_time", addition_time_embed_dim=ADD_TIME_DIM,
+        block_out_channels=(48, 96, 144),
+        layers_per_block=1,
+        cross_attention_dim=CONTEXT,
+        transformer_layers_per_block=(1, 2, 1),
+        attention_head_dim=4,
+        norm_num_groups=16,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=ADD_TIME_DIM,
         projection_class_embeddings_input_dim=TE2_HIDDEN + 6 * ADD_TIME_DIM,
     )
 
@@ -86,20 +93,23 @@ def layernorm_linear_fit(te_sd1, tokenizer, captions: list[str]) -> tuple[torch.
     ``captions``. Returns ``A`` (128,128), ``b`` (128,) and the relative residual
     ``||LN(h) - (A h + b)|| / ||LN(h) - mean||``.
     """
-    ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
     out = te_sd1(ids, output_hidden_states=True)
     h = out.hidden_states[-1].reshape(-1, te_sd1.config.hidden_size).double()  # (N, 128) pre-LN
     y = out.last_hidden_state.reshape(-1, te_sd1.config.hidden_size).double()  # (N, 128) = LN(h)
-    X = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype)], 1)                 # (N, 129)
-    sol = torch.linalg.lstsq(X, y).solution                                     # (129, 128)
-    A, b = sol[:-1].T, sol[-1]                                                  # (128,128), (128,)
+    X = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype)], 1)  # (N, 129)
+    sol = torch.linalg.lstsq(X, y).solution  # (129, 128)
+    A, b = sol[:-1].T, sol[-1]  # (128,128), (128,)
     resid = (y - X @ sol).norm() / (y - y.mean(0)).norm()
     return A.float(), b.float(), float(resid)
 
 
 @torch.no_grad()
-def warm_start(unet_sd1, te_sd1, tokenizer, captions: list[str], seed: int = 0, distill_steps: int = 0,
-               caption_fn=None):
+def warm_start(
+    unet_sd1, te_sd1, tokenizer, captions: list[str], seed: int = 0, distill_steps: int = 0, caption_fn=None
+):
     """Build (te1, te2, unet_xl) whose noise prediction equals tinyworld's up to the LayerNorm fit.
 
     * ``text_encoder_2``: embeddings and layers 0-1 copied from tinyworld's encoder, so its
@@ -140,14 +150,14 @@ def warm_start(unet_sd1, te_sd1, tokenizer, captions: list[str], seed: int = 0, 
         if k.endswith("attn2.to_k.weight") or k.endswith("attn2.to_v.weight"):
             if any(t in k for t in _NEW_BLOCK_TAGS):
                 continue
-            W = src[k]                                        # (d, 128)
-            new = torch.zeros_like(dst[k])                    # (d, 192)
-            new[:, TE1_HIDDEN:] = W @ A                       # W A: the LN fit folded in
+            W = src[k]  # (d, 128)
+            new = torch.zeros_like(dst[k])  # (d, 192)
+            new[:, TE1_HIDDEN:] = W @ A  # W A: the LN fit folded in
             dst[k] = new
             if k.endswith("to_v.weight"):
                 ob = k.replace("to_v.weight", "to_out.0.bias")
                 ow = k.replace("to_v.weight", "to_out.0.weight")
-                dst[ob] = src[ob] + src[ow] @ (W @ b)         # W_o W_v b: the fit's intercept
+                dst[ob] = src[ob] + src[ow] @ (W @ b)  # W_o W_v b: the fit's intercept
     for k in dst:  # new transformer layers: zero residual outputs -> identity
         if any(t in k for t in _NEW_BLOCK_TAGS) and (".to_out.0." in k or ".ff.net.2." in k):
             dst[k] = torch.zeros_like(dst[k])
@@ -160,8 +170,9 @@ def warm_start(unet_sd1, te_sd1, tokenizer, captions: list[str], seed: int = 0, 
 
 
 @torch.enable_grad()
-def distill_penultimate(te2, te_sd1, tokenizer, A, b, steps: int, caption_fn, seed: int = 0, batch: int = 64,
-                        lr: float = 2e-3, log=None):
+def distill_penultimate(
+    te2, te_sd1, tokenizer, A, b, steps: int, caption_fn, seed: int = 0, batch: int = 64, lr: float = 2e-3, log=None
+):
     """Make the affine LayerNorm fold exact on real prompts by regression.
 
     A per-token LayerNorm is not affine (token scales differ ~3x), so ``W A h`` alone loses much
@@ -174,17 +185,19 @@ def distill_penultimate(te2, te_sd1, tokenizer, A, b, steps: int, caption_fn, se
     rng = np.random.default_rng(seed + 7)
     params = [p for layer in te2.text_model.encoder.layers[:2] for p in layer.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    A_inv = torch.linalg.inv(A.double()).float()                          # (128, 128)
+    A_inv = torch.linalg.inv(A.double()).float()  # (128, 128)
     te2.train()
     first = last = None
     for step in range(steps):
         caps = caption_fn(batch, rng)
-        ids = tokenizer(caps, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            caps, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+        ).input_ids
         with torch.no_grad():
-            y = te_sd1(ids).last_hidden_state                             # (n, 77, 128) = LN(h)
-            g_star = (y - b) @ A_inv.T                                    # (n, 77, 128)
+            y = te_sd1(ids).last_hidden_state  # (n, 77, 128) = LN(h)
+            g_star = (y - b) @ A_inv.T  # (n, 77, 128)
         g = te2(ids, output_hidden_states=True).hidden_states[-2]
-        loss = ((g - g_star) ** 2).mean() / (g_star ** 2).mean()
+        loss = ((g - g_star) ** 2).mean() / (g_star**2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:
@@ -205,10 +218,16 @@ def build_pipeline(vae, te1, te2, unet, tokenizer, tokenizer_2):
     from ._training import SCHEDULER_KW
 
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+        vae=vae,
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
         scheduler=DPMSolverMultistepScheduler(**SCHEDULER_KW),
         # unconditional = the encoded empty prompt, as trained (SDXL base uses zeros instead)
-        force_zeros_for_empty_prompt=False, add_watermarker=False,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
     )
 
 
