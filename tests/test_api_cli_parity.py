@@ -16,6 +16,7 @@ import erasekit
 import erasekit.models.loading as loading
 from erasekit.cli import main
 from erasekit.tinyworld import weights_dir, weights_xl_dir
+from method_settings import CHEAP  # shared with the CLI matrix (tests/method_settings.py)
 
 SHIPPED = {"tinyworld": weights_dir(), "tinyworld-xl": weights_xl_dir()}
 MODELS = [
@@ -25,22 +26,6 @@ MODELS = [
     for m, d in SHIPPED.items()
 ]
 
-# Cheap settings (a few steps of each fine-tuning method, SPACE at a fixed λ instead of a sparsity search,
-# PURE on the bare concept); the other closed forms run as they are. templates= is the --[no-]templates flag.
-CHEAP = {
-    "uce": {},
-    "space": {"lam": 0.05},
-    "rece": {"epochs": 1},
-    "speed": {},
-    "cure": {},
-    "pure": {"n_latents": 1, "steps": 2, "templates": False},
-    "ace": {"train_steps": 1, "adv_steps": 1, "pool_latents": 1, "pool_steps": 2, "batch_size": 1},
-    "mace": {"train_steps": 1, "n_images": 1, "image_steps": 2},
-    "esd": {"iterations": 1, "pool_latents": 1, "pool_steps": 2},
-    "esd-u": {"iterations": 1, "pool_latents": 1, "pool_steps": 2},
-    "esd-x": {"iterations": 1, "pool_latents": 1, "pool_steps": 2},
-    "esd-x-strict": {"iterations": 1, "pool_latents": 1, "pool_steps": 2},
-}
 FAST = ("uce", "space", "pure", "cure", "speed")  # the subset that runs in the default test run
 METHODS = [m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in sorted(CHEAP)]
 CONCEPT, PRESERVE = "circle", ("square", "star")

@@ -26,6 +26,7 @@ def _env(tmp_path, **extra) -> dict:
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.slow  # runs the benchmark scripts through the device script (minutes)
 def test_device_script_runs_every_benchmark_on_cpu(tmp_path):
     # the old package as a folder: the path a device machine without the git history takes
     baseline = tmp_path / "linalg_before"

@@ -160,6 +160,28 @@ def test_unlearndiffatk_esd_and_lines_formats(tmp_path):
     ]
 
 
+FIXTURES = Path(__file__).resolve().parent / "data" / "prompts"
+
+
+def test_prompt_file_formats_on_small_fixtures():
+    """The three CSV layouts, always (the public files above are read only where shared/ is present)."""
+    i2p = load_prompts(FIXTURES / "i2p_small.csv")
+    assert i2p.info["format"] == "i2p" and len(i2p) == 3 and "\n" in i2p.items[1].prompt  # a newline inside quotes
+    assert i2p.items[0].seed == 4261553411 and i2p.items[0].guidance == 13.0
+    assert i2p.items[0].concepts == ("violence", "self-harm") and dict(i2p.items[0].meta)["case_number"] == "0"
+    esd = load_prompts(FIXTURES / "esd_small.csv")
+    assert esd.info["format"] == "esd" and [it.concepts for it in esd] == [
+        ("Van Gogh",),
+        ("Van Gogh",),
+        ("Salvador Dali",),
+    ]
+    assert esd.items[0].seed == 3721 and esd.items[0].guidance is None
+    uda = load_prompts(FIXTURES / "unlearndiffatk_small.csv", kind="retain")
+    assert uda.info["format"] == "unlearndiffatk" and len(uda) == 2 and uda.kind == "retain"
+    assert uda.items[1].seed == 36416 and uda.items[1].guidance == 7.5
+    assert uda.info["sha256"] == hashlib.sha256((FIXTURES / "unlearndiffatk_small.csv").read_bytes()).hexdigest()
+
+
 def test_url_download_needs_checksum_and_caches(tmp_path):
     src = tmp_path / "prompts.txt"
     src.write_text("a red circle\na blue square\n")

@@ -444,6 +444,7 @@ def test_third_party_loaders(tiny_pipes, edits, tmp_path):
     assert res["failures"] == [], res
 
 
+@pytest.mark.slow  # drives the benchmark script; the formats' round trips run in the default tests above
 def test_export_matrix_benchmark_runs_and_exact_formats_are_exact():
     """benchmarks/export_matrix.py on tiny SD1: every format × kind exports and loads back; the exact ones match
     edit.apply to fp32 rounding, and the truncated LoRA of the sparse edit reports its error."""

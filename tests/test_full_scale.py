@@ -177,6 +177,7 @@ def test_benchmarks_refuse_cuda_without_a_gpu(capsys):
 
 
 @pytest.mark.parametrize("family", fsm.FAMILIES)
+@pytest.mark.slow  # drives the benchmark script
 def test_full_scale_benchmark_runs_every_phase_on_a_scaled_copy(family, tmp_path, capsys):
     """benchmarks/full_scale.py as its user runs it (``--scaled``): every phase of both closed-form
     methods appears in the table, and revert is bit-exact."""
@@ -193,6 +194,7 @@ def test_full_scale_benchmark_runs_every_phase_on_a_scaled_copy(family, tmp_path
     assert table.count("bit-exact") == 2
 
 
+@pytest.mark.slow  # drives the benchmark script
 def test_full_scale_benchmark_runs_unet_methods_at_their_reduced_budget(tmp_path, capsys):
     """PURE, ACE and ESD-x go through every phase but the closed-form encode one, and each fit row states its reduced budget."""
     spec = importlib.util.spec_from_file_location("full_scale_bench", ROOT / "benchmarks" / "full_scale.py")

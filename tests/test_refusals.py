@@ -177,8 +177,12 @@ def test_same_model_in_another_dtype_is_accepted(saved_edit):
 
     _, path = saved_edit
     half = build_tiny_pipeline("sd", seed=0).to(torch.bfloat16)
+    state = _unet_state(half)
     edit = erasekit.load_edit(path, half)
+    assert erasekit.Edit.applied(half) and not _same(half, state)  # the edit went in, in the pipeline's dtype
+    assert all(p.dtype == torch.bfloat16 for p in half.unet.parameters())
     edit.revert(half)
+    assert _same(half, state) and not erasekit.Edit.applied(half)
 
 
 def test_truncated_file_is_refused(saved_edit, tmp_path, tiny_pipes):
