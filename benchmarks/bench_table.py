@@ -1,6 +1,7 @@
 """A results.json from ``erasekit bench`` as one markdown table (for notes, READMEs, papers).
 
-    python benchmarks/bench_table.py RESULTS.json [RESULTS2.json ...] [--labels default,published] [--metrics erase,paraphrase,retain,asr,H]
+    python benchmarks/bench_table.py RESULTS.json [RESULTS2.json ...] [--labels default,published]
+        [--metrics erase,paraphrase,retain,asr,H]
 
 One row per (study, method): the rate and its 95 % bootstrap interval for each metric, fit seconds
 and edit bytes. With several files (same studies and methods, e.g. with and without

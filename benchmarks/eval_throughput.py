@@ -95,11 +95,13 @@ def main() -> None:
                 best[(bs, steps)] = t
 
     print(
-        f"\nevaluation throughput on {args.model}: 4 suites × {args.n} items, unedited + UCE; guidance 5, {args.threads} CPU thread(s), "
+        f"\nevaluation throughput on {args.model}: 4 suites × {args.n} items, unedited + UCE; guidance 5, "
+        f"{args.threads} CPU thread(s), "
         f"torch {torch.__version__}; pipeline + judge load {load_s:.1f}s; min over {args.repeats} repeat(s)"
     )
     head = (
-        f"{'batch × steps':>13} | {'images':>6} | {'bare s':>7} | {'generate s':>10} | {'judge s':>7} | {'other s':>7} | {'total s':>7} | "
+        f"{'batch × steps':>13} | {'images':>6} | {'bare s':>7} | {'generate s':>10} | {'judge s':>7} | {'other s':>7} "
+        f"| {'total s':>7} | "
         f"{'img/s':>6} | {'speed-up':>8} | {'overhead (gen)':>14} | {'overhead (total − judge)':>24}"
     )
     print(head)
@@ -111,8 +113,10 @@ def main() -> None:
         rate = n / tot
         base = base or rate
         print(
-            f"{f'{bs} × {steps}':>13} | {n:>6} | {t['bare']:>7.2f} | {t['generation_seconds']:>10.2f} | {t['judge_seconds']:>7.2f} | "
-            f"{other:>7.2f} | {tot:>7.2f} | {rate:>6.2f} | {rate / base:>7.2f}× | {100 * (t['generation_seconds'] / t['bare'] - 1):>13.1f}% | "
+            f"{f'{bs} × {steps}':>13} | {n:>6} | {t['bare']:>7.2f} | {t['generation_seconds']:>10.2f} | "
+            f"{t['judge_seconds']:>7.2f} | "
+            f"{other:>7.2f} | {tot:>7.2f} | {rate:>6.2f} | {rate / base:>7.2f}× | "
+            f"{100 * (t['generation_seconds'] / t['bare'] - 1):>13.1f}% | "
             f"{100 * ((tot - t['judge_seconds']) / t['bare'] - 1):>23.1f}%"
         )
 

@@ -80,7 +80,8 @@ def matrix(families: list[str], rank: int) -> list[tuple]:
                             "from_pretrained",
                         )
                     else:
-                        # the pipeline class's own from_single_file, no erasekit in between (the tiny config stands in for the Hub's)
+                        # the pipeline class's own from_single_file, no erasekit in between (the tiny config stands in
+                        # for the Hub's)
                         reloaded = type(p).from_single_file(
                             str(res.path), config=str(tmp / f"cfg-{fam}"), local_files_only=True
                         )

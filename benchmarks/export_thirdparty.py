@@ -140,7 +140,8 @@ def prepare(out: Path) -> None:
                 attention_resolutions=[2**i for i, t_ in enumerate(c.down_block_types) if t_.startswith("CrossAttn")],
                 use_linear_in_transformer=bool(c.use_linear_projection),
                 norm_num_groups=c.norm_num_groups,
-                # diffusers' attention_head_dim is the number of heads (a historical name); LDM takes heads or channels per head
+                # diffusers' attention_head_dim is the number of heads (a historical name); LDM takes heads or channels
+                # per head
                 **(
                     {"num_heads": heads}
                     if isinstance(heads, int)
@@ -228,7 +229,8 @@ def _lycoris(fam: str, spelling: str, kind: str, d: Path, info: dict, failures: 
     }
     if len(net.loras) != n_file or not delta_ok or (err is not None and err > 1e-5):
         failures.append(
-            f"lycoris {fam} {spelling} {kind}: matched {len(net.loras)}/{n_file}, changed {len(changed)} vs edited {len(edited)}, err {err}"
+            f"lycoris {fam} {spelling} {kind}: matched {len(net.loras)}/{n_file}, changed {len(changed)} vs edited "
+            f"{len(edited)}, err {err}"
         )
 
 
@@ -266,7 +268,8 @@ def _mecha(info: dict, failures: list, results: dict) -> None:
         }
         if missing or extra or shapes or unknown or kshape:
             failures.append(
-                f"sd-mecha {fam}: missing {missing[:3]} extra {extra[:3]} shapes {shapes[:3]} kohya unknown {unknown[:3]} {kshape[:3]}"
+                f"sd-mecha {fam}: missing {missing[:3]} extra {extra[:3]} shapes {shapes[:3]} kohya unknown "
+                f"{unknown[:3]} {kshape[:3]}"
             )
 
 

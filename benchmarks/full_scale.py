@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(
-            f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU machine "
+            f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU "
+            "machine "
             "or use --device cpu",
             file=sys.stderr,
         )
@@ -303,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---:|---|")
     for method, phase, sec, cpu, beyond, note in rows:
         print(
-            f"| {method} | {phase} | {sec:.2f} | {cpu:.2f} | {beyond / 2**20:.0f} MiB | {100 * beyond / size:.1f} % | {note} |"
+            f"| {method} | {phase} | {sec:.2f} | {cpu:.2f} | {beyond / 2**20:.0f} MiB | {100 * beyond / size:.1f} % | "
+            f"{note} |"
         )
     return 0
 

@@ -1,7 +1,8 @@
 """Half-precision pipelines on a CPU: fit and generation time per load dtype, before vs after issue 16.
 
     python benchmarks/half_precision.py --model DIR [--dtypes float32,float16,bfloat16] [--before] [--gen-budget 300]
-    python benchmarks/half_precision.py --family sd15          # builds/caches the full-size SD 1.5 (benchmarks/full_scale_models.py)
+    # builds/caches the full-size SD 1.5 (benchmarks/full_scale_models.py):
+    python benchmarks/half_precision.py --family sd15
 
 For each load dtype, in one process: UCE and SPACE (85 % sparsity) fits with templates on 4 erased
 and 16 preserved artists (120 token columns), and one 2-step generation at the pipeline's default
@@ -156,10 +157,12 @@ def main() -> None:
         del pipe
 
     print(
-        f"\nmodel: {model}; torch threads {args.threads}; generation: 1 image, {args.steps} steps, pipeline default size"
+        f"\nmodel: {model}; torch threads {args.threads}; generation: 1 image, {args.steps} steps, pipeline default "
+        "size"
     )
     print(
-        "| load dtype | erasekit | computes in | UCE fit s | SPACE fit s | generate s | UCE ΔW vs fp32 fit | SPACE ΔW vs fp32 fit |"
+        "| load dtype | erasekit | computes in | UCE fit s | SPACE fit s | generate s | UCE ΔW vs fp32 fit | SPACE ΔW "
+        "vs fp32 fit |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

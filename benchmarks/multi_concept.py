@@ -55,10 +55,12 @@ def main(argv=None) -> int:
     world = World(steps=args.steps, n=args.per_concept)
     rows = []
     print(
-        f"many concepts in one edit, tinyworld ({args.per_concept} named prompts per concept, {args.steps} steps, methods at their defaults)"
+        f"many concepts in one edit, tinyworld ({args.per_concept} named prompts per concept, {args.steps} steps, "
+        "methods at their defaults)"
     )
     print(
-        f"{'method':6s} {'k':>3s} {'erase min':>9s} {'erase mean':>10s} {'retain':>6s} {'fit s':>6s} {'bytes':>11s}  per concept"
+        f"{'method':6s} {'k':>3s} {'erase min':>9s} {'erase mean':>10s} {'retain':>6s} {'fit s':>6s} {'bytes':>11s}  "
+        "per concept"
     )
     for k in (int(x) for x in args.k.split(",")):
         concepts = list(ORDER[:k])
@@ -98,7 +100,8 @@ def main(argv=None) -> int:
             rows.append(row)
             pc = " ".join(f"{c}:{100 * v:.0f}" for c, v in per.items())
             print(
-                f"{method:6s} {k:3d} {100 * row['erase_min']:8.0f}% {100 * row['erase_mean']:9.0f}% {100 * ret:5.0f}% {sec:6.1f} "
+                f"{method:6s} {k:3d} {100 * row['erase_min']:8.0f}% {100 * row['erase_mean']:9.0f}% {100 * ret:5.0f}% "
+                f"{sec:6.1f} "
                 f"{edit.nbytes:11,d}  {pc}",
                 flush=True,
             )

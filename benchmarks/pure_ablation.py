@@ -1,7 +1,7 @@
 """PURE reconstruction ablation on tinyworld: which centring / energy rule / steps make the activation basis erase?
 
-    python benchmarks/pure_ablation.py --split dev            # choose on square, blue, dotted
-    python benchmarks/pure_ablation.py --split val --variants published,CHOSEN,text_tail   # report on circle, red, striped
+    python benchmarks/pure_ablation.py --split dev  # choose on square, blue, dotted
+    python benchmarks/pure_ablation.py --split val --variants published,CHOSEN,text_tail  # report: circle, red, striped
 
 Development concepts choose the defaults; validation concepts are never used to choose.
 Prints one row per (variant, concept): erase % on named prompts, on paraphrases, retain %,
@@ -79,7 +79,8 @@ def main(argv=None) -> int:
             r = world.rates(edit, [c], ("target", "paraphrase", "retain"))
             rows.append(dict(variant=v, concept=c, fit_s=sec, rank=edit.stats.get("mean_rank_forget"), **r))
             print(
-                f"{v:26s} {c:8s} {fmt(r['target']):>6s} {fmt(r['paraphrase']):>6s} {fmt(r['retain']):>6s} {sec:6.1f} {rows[-1]['rank']:5.1f}",
+                f"{v:26s} {c:8s} {fmt(r['target']):>6s} {fmt(r['paraphrase']):>6s} {fmt(r['retain']):>6s} {sec:6.1f} "
+                f"{rows[-1]['rank']:5.1f}",
                 flush=True,
             )
     print("\nmeans over concepts:")

@@ -250,7 +250,8 @@ def run_family(name: str, args) -> list[tuple[str, str]]:
         (
             "peak memory beyond weights (layer by layer)",
             f"{max(peaks.values()) / 2**20:.1f} MiB = {max(peaks.values()) / dense_bytes:.1%} of fp32 weights "
-            f"(fresh process; the float64 result W of the largest layer alone is {8 * d_in * max(d_outs) / dense_bytes:.1%})",
+            "(fresh process; the float64 result W of the largest layer alone is "
+            f"{8 * d_in * max(d_outs) / dense_bytes:.1%})",
         ),
         ("  … per layer", ", ".join(f"{d}×{d_in}: {b / 2**20:.1f} MiB" for d, b in sorted(peaks.items()))),
         ("CSR (fp32 values + int32 indices) / dense fp32", f"{csr_total / dense_bytes:.1%}"),
@@ -467,13 +468,15 @@ def main() -> None:
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit(
-            f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU machine or use --device cpu"
+            f"--device {args.device}: no CUDA GPU is visible to torch (torch {torch.__version__}); run on a GPU "
+            "machine or use --device cpu"
         )
     global DEVICE
     DEVICE = torch.device(args.device)
     if DEVICE.type != "cpu" and not args.baseline:
         sys.exit(
-            "--device cuda runs the before/after comparison only: pass --baseline <rev> (the full table samples CPU memory)"
+            "--device cuda runs the before/after comparison only: pass --baseline <rev> (the full table samples CPU "
+            "memory)"
         )
     torch.set_num_threads(args.threads)
     print(
@@ -488,7 +491,8 @@ def main() -> None:
     old = load_baseline(args.baseline) if args.baseline else None
     if old is not None:
         print(
-            f"before: erasekit.linalg at {args.baseline}; after: the working tree; CPU seconds (process time), interleaved per layer"
+            f"before: erasekit.linalg at {args.baseline}; after: the working tree; CPU seconds (process time), "
+            "interleaved per layer"
         )
     for name in ["sd15", "sdxl"] if args.family == "both" else [args.family]:
         rows = compare_family(name, args, old) if old is not None else run_family(name, args)

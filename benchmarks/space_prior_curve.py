@@ -1,10 +1,11 @@
 """SPACE's sparsity / erase / general-drift trade-off with and without the general prior, beside UCE.
 
-    python benchmarks/space_prior_curve.py [--concept circle] [--sparsity 0.8,0.85,0.9] [--weights 1] [--plot /tmp/i13/space_prior_curve.png]
+    python benchmarks/space_prior_curve.py [--concept circle] [--sparsity 0.8,0.85,0.9] [--weights 1]
+        [--plot /tmp/i13/space_prior_curve.png]
     python benchmarks/space_prior_curve.py --combine a.json,b.json --html report.html     # one page from earlier runs
 
-On tinyworld (templates on, every token position for every method (the tinyworld default), the other values of the attribute
-preserved). For each point: erase % on named and paraphrased prompts, retain %, judged
+On tinyworld (templates on, every token position for every method (the tinyworld default), the other values of the
+attribute preserved). For each point: erase % on named and paraphrased prompts, retain %, judged
 agreement with the unedited model on general prompts (held-out caption templates, none naming
 the concept), exact sparsity, fit seconds. The prior's prompts are tinyworld *training*
 captions; the general suite uses the held-out evaluation templates, so the prior never saw them.
@@ -56,10 +57,12 @@ def main(argv=None) -> int:
         runs += [("space", "none", None, s)] + [("space", "general", w, s) for w in weights]
     rows = []
     print(
-        f"SPACE / UCE with and without the general prior on tinyworld '{args.concept}' (n={args.n}/suite, {args.steps} steps, token={args.token})"
+        f"SPACE / UCE with and without the general prior on tinyworld '{args.concept}' (n={args.n}/suite, {args.steps} "
+        f"steps, token={args.token})"
     )
     print(
-        f"{'method':6s} {'prior':>8s} {'target':>7s} {'sparsity':>8s} {'erase':>6s} {'para':>6s} {'retain':>6s} {'general':>7s} {'fit s':>6s}"
+        f"{'method':6s} {'prior':>8s} {'target':>7s} {'sparsity':>8s} {'erase':>6s} {'para':>6s} {'retain':>6s} "
+        f"{'general':>7s} {'fit s':>6s}"
     )
     for method, prior, w, target in runs:
         opts = dict(token=args.token, prior=prior)
@@ -73,7 +76,8 @@ def main(argv=None) -> int:
         rows.append(dict(method=method, prior=prior, weight=w, target_sparsity=target, sparsity=sp, fit_s=sec, **r))
         label = "none" if prior == "none" else f"ρ={w:g}"
         print(
-            f"{method:6s} {label:>8s} {target or 0:7.2f} {100 * sp:7.1f}% {fmt(r['target']):>6s} {fmt(r['paraphrase']):>6s} "
+            f"{method:6s} {label:>8s} {target or 0:7.2f} {100 * sp:7.1f}% {fmt(r['target']):>6s} "
+            f"{fmt(r['paraphrase']):>6s} "
             f"{fmt(r['retain']):>6s} {fmt(r['general']):>7s} {sec:6.1f}",
             flush=True,
         )
@@ -98,23 +102,31 @@ def write_page(runs: list[dict], path: Path) -> Path:
     e = html.escape
     out = [
         "<!doctype html><html><head><meta charset='utf-8'><title>SPACE with and without the general prior</title>"
-        "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 8px;"
-        "text-align:right} img{max-width:100%}</style></head><body><h1>SPACE sparsity / erase / general drift, with and without the "
-        "general prior, beside UCE (tinyworld)</h1><p>erase / para: named / paraphrased prompts no longer judged as the concept; retain: "
-        "other values of the attribute still judged correctly; general: held-out general prompts whose three judged attributes match "
-        "the unedited model's. The prior's prompts are tinyworld training captions; the general suite uses held-out templates.</p>"
+        "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{border:1px solid "
+        "#ccc;padding:2px 8px;"
+        "text-align:right} img{max-width:100%}</style></head><body><h1>SPACE sparsity / erase / general drift, with "
+        "and without the "
+        "general prior, beside UCE (tinyworld)</h1><p>erase / para: named / paraphrased prompts no longer judged as "
+        "the concept; retain: "
+        "other values of the attribute still judged correctly; general: held-out general prompts whose three judged "
+        "attributes match "
+        "the unedited model's. The prior's prompts are tinyworld training captions; the general suite uses held-out "
+        "templates.</p>"
     ]
     for run in runs:
         a, rows = run["args"], run["rows"]
         out.append(
-            f"<h2>{e(a['concept'])}</h2><p>n = {a['n']} prompts per suite, {a['steps']} steps, token = {e(a['token'])}</p>"
-            "<table><tr><th>method</th><th>prior</th><th>target sparsity</th><th>sparsity</th><th>erase</th><th>para</th>"
+            f"<h2>{e(a['concept'])}</h2><p>n = {a['n']} prompts per suite, {a['steps']} steps, token = "
+            f"{e(a['token'])}</p>"
+            "<table><tr><th>method</th><th>prior</th><th>target "
+            "sparsity</th><th>sparsity</th><th>erase</th><th>para</th>"
             "<th>retain</th><th>general</th><th>fit s</th></tr>"
         )
         for r in rows:
             prior = "none" if r["prior"] == "none" else f"ρ={r['weight']:g}"
             out.append(
-                f"<tr><td>{r['method']}</td><td>{prior}</td><td>{r['target_sparsity'] or 0:.2f}</td><td>{100 * r['sparsity']:.1f} %</td>"
+                f"<tr><td>{r['method']}</td><td>{prior}</td><td>{r['target_sparsity'] or 0:.2f}</td>"
+                f"<td>{100 * r['sparsity']:.1f} %</td>"
                 + "".join(f"<td>{fmt(r.get(k))}</td>" for k in ("target", "paraphrase", "retain", "general"))
                 + f"<td>{r['fit_s']:.1f}</td></tr>"
             )

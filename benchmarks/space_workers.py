@@ -65,7 +65,8 @@ def main() -> None:
         for p in procs:
             p.terminate()
     print(
-        f"\nSPACE SSN solves, {args.family} shapes ({len(weights)} matrices), torch {torch.__version__}, {os.cpu_count()} CPUs, "
+        f"\nSPACE SSN solves, {args.family} shapes ({len(weights)} matrices), torch {torch.__version__}, "
+        f"{os.cpu_count()} CPUs, "
         f"{args.busy} busy process(es) beside, min of {args.repeats} per layer, wall seconds"
     )
     print("| | wall s | / UCE |\n|---|---:|---:|")

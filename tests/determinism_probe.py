@@ -41,7 +41,8 @@ FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
 
 
 def machine() -> dict:
-    """The CPU (vendor, model, the SIMD flags that pick kernels), torch's kernel level and BLAS, the forced variables."""
+    """The CPU (vendor, model, the SIMD flags that pick kernels), torch's kernel level and BLAS, the forced
+    variables."""
     vendor = model = ""
     flags: set[str] = set()
     try:
@@ -122,7 +123,8 @@ def check_ssn() -> dict:
             same = torch.equal(got.W, ref.W) and torch.equal(got.y, ref.y) and got.objective == ref.objective
             if not same or torch.get_num_threads() != threads:
                 failures.append(
-                    f"d_in {d_in}: workers {workers}, threads {threads}: max |ΔW| {float((got.W - ref.W).abs().max()):.3g}"
+                    f"d_in {d_in}: workers {workers}, threads {threads}: max |ΔW| "
+                    f"{float((got.W - ref.W).abs().max()):.3g}"
                 )
     torch.set_num_threads(before)
     return {"ok": not failures, "failures": failures}

@@ -1,4 +1,5 @@
-"""Bad command lines: exit code 2 (1 for a full disk, 130 for Ctrl-C), one `erasekit:` line, no traceback, nothing written.
+"""Bad command lines: exit code 2 (1 for a full disk, 130 for Ctrl-C), one `erasekit:` line, no traceback, nothing
+written.
 
 Options, output paths, edit files and generation arguments are checked before the model is
 loaded; only the image-size check needs the loaded model (its VAE factor).

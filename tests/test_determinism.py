@@ -110,7 +110,8 @@ def test_pinned_worker_thread_computes_what_the_caller_computes():
 
 
 def test_ssn_restores_the_callers_thread_count_and_runs_off_the_calling_thread(monkeypatch):
-    """Every SSN chunk (and the cold start) runs on a pinned worker, never on the caller's thread, whatever ``workers``."""
+    """Every SSN chunk (and the cold start) runs on a pinned worker, never on the caller's thread, whatever
+    ``workers``."""
     g = torch.Generator().manual_seed(2)
     W0 = 0.02 * torch.randn(20, 16, generator=g, dtype=torch.float64)
     gf = linalg.gram_factor(*(torch.randn(16, n, generator=g, dtype=torch.float64) for n in (2, 2, 4)), gamma=0.5)

@@ -472,7 +472,8 @@ def test_fuzzed_edit_files(world):
 def _report(table, accepted) -> None:
     cols = ("count", "refused", "accepted-identical", "accepted-different", "other", "pipeline changed")
     lines = [
-        "| mutant class | count | refused | accepted-identical | accepted-different | other exception | pipeline changed after refusal |",
+        "| mutant class | count | refused | accepted-identical | accepted-different | other exception | pipeline "
+        "changed after refusal |",
         "|---|---|---|---|---|---|---|",
     ]
     total = Counter()

@@ -131,7 +131,8 @@ def test_save_load_apply_gives_identical_weights(pipe, fitted, tmp_path):
 @pytest.mark.parametrize("fitted", ALL_METHODS, indirect=True)
 def test_edit_is_finite_nonzero_and_compact(pipe, fitted):
     edit, _ = fitted
-    # ESD trains full weights (dense by nature); MACE's CFR delta has the rank of the shared-token differences (up to d_in)
+    # ESD trains full weights (dense by nature); MACE's CFR delta has the rank of the shared-token differences (up to
+    # d_in)
     if edit.method in DENSE_BY_NATURE or edit.method in FULL_RANK_ON_TINY:
         assert edit.nbytes <= edit.dense_nbytes
     else:

@@ -520,9 +520,11 @@ def test_report_page_loads_in_chromium(evaluated, tmp_path):
     probe.write_text(
         page.read_text()
         + (
-            "<script>window.addEventListener('load',()=>{const im=[...document.images];const d=document.createElement('div');"
+            "<script>window.addEventListener('load',()=>{const im=[...document.images];const "
+            "d=document.createElement('div');"
             "d.id='probe';d.textContent=JSON.stringify({images:im.length,broken:im.filter(i=>!(i.complete&&i.naturalWidth>0)).length,"
-            "table:!!document.querySelector('#metrics tr td'),settings:!!document.getElementById('settings')});document.body.appendChild(d);});</script>"
+            "table:!!document.querySelector('#metrics tr "
+            "td'),settings:!!document.getElementById('settings')});document.body.appendChild(d);});</script>"
         )
     )
     flags = [
@@ -571,7 +573,8 @@ def _free_port() -> int:
 
 
 def test_two_accelerate_processes_equal_one(edit, clip_dir, tmp_path):
-    """Two CPU processes (accelerate's torchrun launcher; ``--cpu --num_processes 2`` would need MPI) give the numbers of one."""
+    """Two CPU processes (accelerate's torchrun launcher; ``--cpu --num_processes 2`` would need MPI) give the numbers
+    of one."""
     from erasekit.cli import main
 
     edit_file = edit.save(tmp_path / "circle.safetensors")

@@ -97,7 +97,8 @@ def test_lora_loads_in_diffusers_exactly_as_apply(pipe, family, edits, kind, fmt
 
 
 def test_kohya_names_follow_the_trainers_spelling(tiny_pipes, edits, tmp_path):
-    """SD 1.x / 2.x: diffusers spelling; SDXL: LDM spelling whose dotted form is the single file's module holding that weight."""
+    """SD 1.x / 2.x: diffusers spelling; SDXL: LDM spelling whose dotted form is the single file's module holding that
+    weight."""
     for fam, p in tiny_pipes.items():
         edit = edits[fam]["uce-lowrank"]
         path = export(edit, "lora-kohya", tmp_path / f"{fam}.safetensors", pipe=p).path
@@ -435,7 +436,8 @@ def _third_party_python() -> str | None:
 @pytest.mark.skipif(_third_party_python() is None, reason="third-party loaders absent (.venv-3p or ERASEKIT_3P_PYTHON)")
 def test_third_party_loaders(tiny_pipes, edits, tmp_path):
     """Original LDM code (sdkit) loads SD 1.x / 2.x single files strictly; LyCORIS applies the kohya LoRA and .diff
-    to exactly the edited modules; sd-mecha's key lists match real-size exports (see benchmarks/export_thirdparty.py)."""
+    to exactly the edited modules; sd-mecha's key lists match real-size exports
+    (see benchmarks/export_thirdparty.py)."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "export_thirdparty.py"
     subprocess.run([sys.executable, str(script), "prepare", str(tmp_path)], check=True)
     run = subprocess.run([_third_party_python(), str(script), "check", str(tmp_path)], capture_output=True, text=True)

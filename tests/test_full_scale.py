@@ -196,7 +196,8 @@ def test_full_scale_benchmark_runs_every_phase_on_a_scaled_copy(family, tmp_path
 
 @pytest.mark.slow  # drives the benchmark script
 def test_full_scale_benchmark_runs_unet_methods_at_their_reduced_budget(tmp_path, capsys):
-    """PURE, ACE and ESD-x go through every phase but the closed-form encode one, and each fit row states its reduced budget."""
+    """PURE, ACE and ESD-x go through every phase but the closed-form encode one, and each fit row states its reduced
+    budget."""
     spec = importlib.util.spec_from_file_location("full_scale_bench", ROOT / "benchmarks" / "full_scale.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

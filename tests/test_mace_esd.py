@@ -56,7 +56,8 @@ def test_closed_form_at_lambda_zero_with_few_columns_is_the_limit():
 
 @pytest.mark.parametrize("lamb", [2.0, 0.0])
 def test_shared_operators_equal_the_per_layer_closed_forms(lamb):
-    """W0 (I + E_c) is CFR's closed form, and the fusion operator plus Σ Δ_i X_i X_iᵀ M_f⁺ is the fusion's, for any W0."""
+    """W0 (I + E_c) is CFR's closed form, and the fusion operator plus Σ Δ_i X_i X_iᵀ M_f⁺ is the fusion's, for any
+    W0."""
     g = torch.Generator().manual_seed(1)
     d_out, d_in = 9, 14
     C_old, C_map, G = _rand(g, d_in, 30), _rand(g, d_in, 30), _rand(g, d_in, 4)
@@ -245,7 +246,8 @@ def test_esd_u_conv_weights_and_biases_round_trip_bit_exactly(tiny_pipes, tmp_pa
     ],
 )
 def test_gradient_checkpointing_recomputes_blocks_and_changes_no_bit(tiny_pipes, fam, method, options):
-    """With checkpointing, backward re-runs the UNet blocks (their forward count grows) and the edit is bit-identical."""
+    """With checkpointing, backward re-runs the UNet blocks (their forward count grows) and the edit is
+    bit-identical."""
     pipe = tiny_pipes[fam]
     block = pipe.unet.down_blocks[-1].resnets[0]
     calls = {True: 0, False: 0}

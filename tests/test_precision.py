@@ -173,7 +173,8 @@ def test_compute_dtype_survives_save_and_load(half_and_full, tmp_path):
 
 
 def test_computing_in_layers_trains_through_borrowed_layers_with_float32_gradients():
-    """Gradients through layers borrowed one at a time equal a float32 copy's, bit for bit, and the weights stay float16."""
+    """Gradients through layers borrowed one at a time equal a float32 copy's, bit for bit, and the weights stay
+    float16."""
     torch.manual_seed(0)
     m = (
         nn.Sequential(
@@ -228,7 +229,8 @@ print(held / (layers * d * d * 4))  # share of one whole float32 copy of the wei
 def test_training_through_borrowed_layers_holds_no_float32_copy_of_the_model():
     """Autograd keeps what backward needs; with per-layer borrowing that is the float16 originals, not float32 copies.
 
-    Side by side with the whole-model borrow (``computing_in``), which must hold one full copy, so the probe can tell."""
+    Side by side with the whole-model borrow (``computing_in``), which must hold one full copy,
+    so the probe can tell."""
     import subprocess
     import sys
 

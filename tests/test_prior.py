@@ -129,7 +129,8 @@ def test_prior_refusals(tiny_pipes):
 
 @pytest.mark.parametrize("model", ["tinyworld", "tinyworld-xl"])
 def test_auto_prior_on_either_bundled_model_uses_its_captions(model):
-    """prior_prompts='auto' reads the pipeline's record: tinyworld-xl too (the old path check only knew tinyworld's folder)."""
+    """prior_prompts='auto' reads the pipeline's record: tinyworld-xl too (the old path check only knew tinyworld's
+    folder)."""
     from erasekit.tinyworld import weights_dir, weights_xl_dir
 
     if not ((weights_dir() if model == "tinyworld" else weights_xl_dir()) / "pipeline" / "model_index.json").is_file():

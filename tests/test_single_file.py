@@ -95,7 +95,8 @@ def test_float16_export(tiny_pair, tmp_path):
 
 @pytest.fixture(scope="module")
 def tinyworld_edit(tmp_path_factory):
-    """The bundled tinyworld pipeline (DownBlock2D first, UpBlock2D last, VAE without mid attention) and a UCE edit of it."""
+    """The bundled tinyworld pipeline (DownBlock2D first, UpBlock2D last, VAE without mid attention) and a UCE edit of
+    it."""
     pipe = erasekit.load_pipeline("tinyworld")
     edit = erasekit.erase(pipe, "uce", ["circle"], kind="object", progress=False)
     return pipe, edit, edit.save(tmp_path_factory.mktemp("edit") / "circle.safetensors")

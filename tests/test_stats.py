@@ -135,7 +135,8 @@ def test_holm_matches_statsmodels_style_reference_on_all_small_tables():
 
 
 def test_vectorised_bootstrap_equals_draw_by_draw():
-    """Mean and harmonic-mean statistics take the all-draws-at-once path; a wrapped statistic takes the loop: same interval."""
+    """Mean and harmonic-mean statistics take the all-draws-at-once path; a wrapped statistic takes the loop: same
+    interval."""
     from erasekit.evaluate import metrics as M
 
     rng = np.random.default_rng(3)

@@ -48,7 +48,8 @@ ERASE_DROP, RETAIN_TOL = 0.3, 0.25
 XL_FAILS = {  # method: (erased-shape rate after, retain after) from (1.0, 1.0) before
     "esd-x": "named 58 %, retain 17 %: the tinyworld lr (2e-3 x 40) wrecks every shape on the XL UNet",
     "rece": "named 25 %, retain 50 %: the adversarial epoch costs half of the other shapes",
-    "space": "named 75 % (erases only 25 points), retain 50 %: SPACE's last-token default fails on XL; every token position "
+    "space": "named 75 % (erases only 25 points), retain 50 %: SPACE's last-token default fails on XL; "
+    "every token position "
     "(tinyworld's defaults, as bench runs it) erases circle 100 % with retain 81 %",
     "speed": "named 0 %, retain 58 %: erases fully, but the after_bos edit costs 42 points of the other shapes",
 }

@@ -20,7 +20,8 @@ def _folder_bytes(path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-# ----------------------------------------------------------------------------- warm start (no weights needed beyond tinyworld)
+# ----------------------------------------------------------------------------- warm start (no weights needed beyond
+# tinyworld)
 def _sd1():
     return tinyworld.load_pipeline()
 

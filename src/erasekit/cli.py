@@ -1,12 +1,15 @@
 """The ``erasekit`` command.
 
 erasekit methods [-v]
-erasekit erase    --model M --method space --erase "Van Gogh" --preserve Monet --target-sparsity 0.85 --out e.safetensors
+erasekit erase    --model M --method space --erase "Van Gogh" --preserve Monet --target-sparsity 0.85
+                  --out e.safetensors
 erasekit inspect  e.safetensors [--layers] [--json]
 erasekit generate --model M --edit e.safetensors --prompt "a painting by Van Gogh" --seed 0 --out grid.png
-erasekit evaluate --model M --edit e.safetensors [--suite target,paraphrase,...] [--judge tinyworld|nudenet|clip:PATH] --out DIR
+erasekit evaluate --model M --edit e.safetensors [--suite target,paraphrase,...]
+                  [--judge tinyworld|nudenet|clip:PATH] --out DIR
 erasekit bench    --model tinyworld --methods uce,space --concepts circle,red,striped --out DIR
-erasekit export   --model M --edit e.safetensors --format lora|lora-kohya|diff|diffusers|single-file --out PATH [--rank K]
+erasekit export   --model M --edit e.safetensors --format lora|lora-kohya|diff|diffusers|single-file --out PATH
+                  [--rank K]
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> Non
         "--model",
         required=required,
         default=None if required else "tinyworld",
-        help="'tinyworld', 'tinyworld-xl', tiny-sd / tiny-sdxl, a diffusers folder, a hub id, or a single-file .safetensors",
+        help="'tinyworld', 'tinyworld-xl', tiny-sd / tiny-sdxl, a diffusers folder, a hub id, "
+        "or a single-file .safetensors",
     )
     p.add_argument(
         "--config",
@@ -258,7 +262,8 @@ def _print_summary(edit, show_layers: bool = False) -> None:
     from rich.table import Table
 
     s = edit.summary()
-    # every value below comes from the file (concepts, paths, stats): shown() keeps it from acting as markup or terminal control
+    # every value below comes from the file (concepts, paths, stats): shown() keeps it from acting as markup or
+    # terminal control
     t = Table(show_header=False, title="edit")
     t.add_column(style="bold")
     t.add_column()
@@ -276,7 +281,8 @@ def _print_summary(edit, show_layers: bool = False) -> None:
         row("sparsity", f"{100 * s['sparsity']:.2f} % exact zeros")
     row(
         "bytes",
-        f"{s['bytes']:,}  ({100 * s['bytes'] / max(s['dense_fp32_bytes'], 1):.1f} % of dense fp32 {s['dense_fp32_bytes']:,})",
+        f"{s['bytes']:,}  ({100 * s['bytes'] / max(s['dense_fp32_bytes'], 1):.1f} % "
+        f"of dense fp32 {s['dense_fp32_bytes']:,})",
     )
     for k in ("seconds", "objective", "iterations", "converged"):
         if k in s["stats"]:
@@ -384,7 +390,8 @@ def cmd_demo(args) -> int:
         **options,
     )
     t = Table(
-        title=f"erasekit demo: {shown(res.method)} erases '{shown(res.concept)}' from {shown(args.model)} (same seeds, tinyworld judge)"
+        title=f"erasekit demo: {shown(res.method)} erases '{shown(res.concept)}' from {shown(args.model)} "
+        "(same seeds, tinyworld judge)"
     )
     t.add_column("measure")
     t.add_column("value", justify="right")
@@ -464,7 +471,8 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         default=None,
-        help="denoising steps (tinyworld default 10 DPM-Solver++ steps, where its validity table still holds; else the pipeline's)",
+        help="denoising steps (tinyworld default 10 DPM-Solver++ steps, where its validity table still holds; "
+        "else the pipeline's)",
     )
     p.add_argument(
         "--guidance",
@@ -547,7 +555,8 @@ def _eval_finish(args, results, title: str, extra: dict | None = None) -> int:
     print_table(results, title=title, extra=extra)
     t = results.timing
     _info(
-        f"{t['images_total']} images ({t['images_generated']} generated, {t['images_from_cache']} from cache) in {t['total_seconds']:.1f}s"
+        f"{t['images_total']} images ({t['images_generated']} generated, {t['images_from_cache']} from cache) "
+        f"in {t['total_seconds']:.1f}s"
         f"\nresults: {out / 'results.json'}\nreport:  {page}"
     )
     return 0
@@ -590,7 +599,8 @@ def cmd_evaluate(args) -> int:
         absent = [k for k in plan.kinds if k != "adversarial" and not any(s.kind == k for s in st.suites)]
         if absent:
             _info(
-                f"note: study {st.name!r} has no {', '.join(absent)} suite (give prompts with --prompts FILE --prompts-kind KIND)"
+                f"note: study {st.name!r} has no {', '.join(absent)} suite "
+                "(give prompts with --prompts FILE --prompts-kind KIND)"
             )
     results = evaluate(
         pipe,
@@ -657,7 +667,8 @@ def cmd_bench(args) -> int:
 
 # ------------------------------------------------------------------- parser
 def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
-    """The command's parser; `erase` carries the options of ``erase_method`` only (:func:`main` reads ``--method`` first)."""
+    """The command's parser; `erase` carries the options of ``erase_method`` only
+    (:func:`main` reads ``--method`` first)."""
     import erasekit
 
     p = argparse.ArgumentParser(
@@ -687,7 +698,8 @@ def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
         "--templates",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="expand concepts with the kind's prompt templates (default: the model's default, see erasekit/defaults.py)",
+        help="expand concepts with the kind's prompt templates "
+        "(default: the model's default, see erasekit/defaults.py)",
     )
     e.add_argument(
         "--published-defaults",
@@ -782,7 +794,8 @@ def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
     b.add_argument(
         "--concepts",
         default="circle,red,striped",
-        help="comma-separated entries, each one edit: a concept, or A+B to erase several in one edit (e.g. circle,circle+red)",
+        help="comma-separated entries, each one edit: a concept, or A+B to erase several in one edit "
+        "(e.g. circle,circle+red)",
     )
     b.add_argument("--kind", default="object", help="other models: concept kind (style, object, person, nsfw)")
     b.add_argument("--preserve", action="append", help="other models: concept to preserve (repeatable)")
@@ -918,7 +931,8 @@ def _erase_method(argv: list[str]) -> str:
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, args, rest: list[str]) -> None:
-    """Arguments no parser took: another method's options are refused naming this method's; the rest as argparse does."""
+    """Arguments no parser took: another method's options are refused naming this method's;
+    the rest as argparse does."""
     from .methods.base import _REGISTRY, not_an_option
 
     if getattr(args, "command", None) == "erase":

@@ -37,7 +37,8 @@ REFERENCE_TEMPLATES: dict[str, tuple[str, ...]] = {
 
 
 def reference_templates(kind: str) -> tuple[str, ...]:
-    """The UCE reference scripts' template list for ``kind`` (styles: the 'art' list; any other kind: the object list)."""
+    """The UCE reference scripts' template list for ``kind`` (styles: the 'art' list; any other kind: the object
+    list)."""
     if kind not in KINDS:
         raise ConceptError(f"unknown concept kind {kind!r}; choose one of {', '.join(KINDS)}")
     return REFERENCE_TEMPLATES["style" if kind == "style" else "object"]
@@ -193,7 +194,8 @@ class ConceptSet:
 
 
 def _check_text(label: str, value: str) -> None:
-    """Concepts are prompt text: no bytes that were not UTF-8, no lone surrogates, no control characters (erasekit.text).
+    """Concepts are prompt text: no bytes that were not UTF-8, no lone surrogates, no control characters
+    (erasekit.text).
     The CLI refuses them at the command line; this catches the Python API and edit files."""
     problem = text_problem(value)
     if problem:

@@ -249,8 +249,10 @@ def _write_html(result: DemoResult, grid) -> None:
     )
     result.html_path.write_text(
         f"""<!doctype html><meta charset="utf-8"><title>erasekit demo: {html.escape(result.concept)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:4px 10px}}</style>
-<h1>erasekit demo — {html.escape(result.method)} erases “{html.escape(result.concept)}” from {html.escape(result.model)}</h1>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+td{{border:1px solid #ccc;padding:4px 10px}}</style>
+<h1>erasekit demo — {html.escape(result.method)} erases “{html.escape(result.concept)}” \
+from {html.escape(result.model)}</h1>
 <table id="metrics">{rows}</table>
 <p>Same seeds for both columns. The tinyworld judge decides which shape each image shows.</p>
 <img id="grid" alt="unedited vs edited grid" src="data:image/png;base64,{img}">

@@ -291,7 +291,8 @@ class Edit:
         return p
 
     def check_compatible(self, pipe, *, stack: bool = False) -> None:
-        """Raise EditFileError unless every edited parameter exists in ``pipe`` with the base values this edit was made for.
+        """Raise EditFileError unless every edited parameter exists in ``pipe`` with the base values this edit was made
+        for.
 
         A parameter that already carries an applied edit is refused unless ``stack``; with
         ``stack`` its fingerprint is checked against the value it had before the first edit.
@@ -299,7 +300,8 @@ class Edit:
         unet = getattr(pipe, "unet", None)
         if unet is None or not hasattr(unet, "get_submodule"):
             raise EditFileError(
-                f"{type(pipe).__name__} has no UNet; this edit is for a {self.base.get('pipeline', 'diffusers UNet')} pipeline"
+                f"{type(pipe).__name__} has no UNet; this edit is for a {self.base.get('pipeline', 'diffusers UNet')} "
+                "pipeline"
             )
         records = self._records(unet)
         if any(r.digest == self.digest for r in records):
@@ -312,7 +314,8 @@ class Edit:
             overlap = [k for k in self.layers if k in carried]
             if overlap:
                 raise EditFileError(
-                    f"{len(overlap)} of {len(self.layers)} layers already carry an applied edit ({carried[overlap[0]][1]}); "
+                    f"{len(overlap)} of {len(self.layers)} layers already carry an applied edit "
+                    f"({carried[overlap[0]][1]}); "
                     "revert it first, or pass stack=True to apply this edit on top of it on purpose"
                 )
         problems = []
@@ -333,11 +336,8 @@ class Edit:
             )
             base = self.base.get("name_or_path") or self.base.get("pipeline")
             raise EditFileError(
-                f"this edit does not fit the pipeline ({len(problems)} of {len(self.layers)} layers differ; edit made for {base!r}): "
-                + "; ".join(problems[:3])
-                + (" ..." if len(problems) > 3 else "")
-                + "."
-                + hint
+                f"this edit does not fit the pipeline ({len(problems)} of {len(self.layers)} layers differ; edit made "
+                f"for {base!r}): " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "") + "." + hint
             )
 
     @torch.no_grad()

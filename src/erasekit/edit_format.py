@@ -509,7 +509,8 @@ def check_layer_tensors(lm: LayerMeta, t: Mapping[str, torch.Tensor]) -> None:
         )
     if col.dim() != 1 or val.dim() != 1 or col.numel() != val.numel():
         raise EditFileError(
-            f"{where}: CSR col_indices and values must be 1-D of equal length, got {tuple(col.shape)} and {tuple(val.shape)}"
+            f"{where}: CSR col_indices and values must be 1-D of equal length, got {tuple(col.shape)} and "
+            f"{tuple(val.shape)}"
         )
     nnz = col.numel()
     crow64, col64 = crow.to(torch.int64), col.to(torch.int64)

@@ -255,7 +255,10 @@ class TokenSearchAttack:
 
     @property
     def budget(self) -> str:
-        return f"{self.steps} steps × {self.candidates} candidates = {self.steps * self.candidates} queries per prompt, {self.n_tokens} free words"
+        return (
+            f"{self.steps} steps × {self.candidates} candidates = {self.steps * self.candidates} queries per prompt, "
+            f"{self.n_tokens} free words"
+        )
 
     def _layers(self, pipe) -> list[torch.nn.Linear]:
         from ..models.adapter import PipelineAdapter
@@ -274,7 +277,8 @@ class TokenSearchAttack:
         return torch.stack(cos).mean(0)
 
     def build(self, pipe, target: Suite, edit) -> Suite:
-        """Search against ``pipe`` with ``edit`` applied (the pipeline must be unedited on entry; it is left unedited)."""
+        """Search against ``pipe`` with ``edit`` applied (the pipeline must be unedited on entry; it is left
+        unedited)."""
         layers = self._layers(pipe)
         prompts = list(dict.fromkeys(it.prompt for it in target))[: self.max_prompts]
         refs = {p: self._keys(layers, encode(pipe, [p])["prompt_embeds"]) for p in prompts}  # unedited keys

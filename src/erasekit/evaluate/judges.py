@@ -273,7 +273,10 @@ class CLIPJudge(Judge):
         return {
             "judge": self.name,
             "model": str(self.path),
-            "backbone": f"CLIP ViT patch {vc.patch_size}, {vc.hidden_size}-d, {vc.num_hidden_layers} layers, {self.image_size}px",
+            "backbone": (
+                f"CLIP ViT patch {vc.patch_size}, {vc.hidden_size}-d, {vc.num_hidden_layers} layers, "
+                f"{self.image_size}px"
+            ),
             "projection_dim": int(self.model.config.projection_dim),
             "template": self.template,
             "negatives": list(self.negatives),

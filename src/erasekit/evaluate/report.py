@@ -49,7 +49,8 @@ def write_json(results: Results, path: str | Path) -> Path:
 
 
 def metric_rows(results: Results) -> tuple[list[str], list[tuple[str, str, dict]]]:
-    """(metric names in first-seen order, rows of (study, method, {metric: Estimate})); an 'unedited' row per study first."""
+    """(metric names in first-seen order, rows of (study, method, {metric: Estimate}));
+    an 'unedited' row per study first."""
     names: list[str] = []
     rows = []
     for study, runs in results.studies.items():
@@ -72,7 +73,8 @@ def _html_cell(est) -> str:
     counts = f"{est.k}/{est.n}" if est.k is not None else f"n={est.n}"
     title = _esc(est.note)
     return (
-        f"<td title='{title}'>{scale * est.value:.{digits}f}<small>[{scale * est.low:.{digits}f}, {scale * est.high:.{digits}f}]</small>"
+        f"<td title='{title}'>{scale * est.value:.{digits}f}"
+        f"<small>[{scale * est.low:.{digits}f}, {scale * est.high:.{digits}f}]</small>"
         f"<small>{counts}</small></td>"
     )
 
@@ -139,19 +141,27 @@ def _data_uri(im: Image.Image, thumb: int) -> str:
     return f"data:image/{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top}th{background:#f3f3f3}
-#metrics td{text-align:right;white-space:nowrap}#metrics td small{color:#777;display:block}
-.grid img{width:THUMBpx;height:THUMBpx;image-rendering:pixelated;display:block}.grid td.p{max-width:22em;font-size:12px}
-.paired td{text-align:right;white-space:nowrap}.sig{font-weight:bold;color:#060}.figs img{max-width:48%;margin:4px;border:1px solid #ddd}
-.bad{color:#b00;font-size:11px}.good{color:#070;font-size:11px}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}"""
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em}\n"
+    "td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top}th{background:#f3f3f3}\n"
+    "#metrics td{text-align:right;white-space:nowrap}#metrics td small{color:#777;display:block}\n"
+    ".grid img{width:THUMBpx;height:THUMBpx;image-rendering:pixelated;display:block}"
+    ".grid td.p{max-width:22em;font-size:12px}\n"
+    ".paired td{text-align:right;white-space:nowrap}.sig{font-weight:bold;color:#060}"
+    ".figs img{max-width:48%;margin:4px;border:1px solid #ddd}\n"
+    ".bad{color:#b00;font-size:11px}.good{color:#070;font-size:11px}"
+    "pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}"
+)
 
 
 def figure_html(png: bytes, name: str, folder: Path, alt: str) -> str:
-    """Save ``png`` as ``folder/name.png`` and return an <img> that embeds the same bytes (the page stays self-contained)."""
+    """Save ``png`` as ``folder/name.png`` and return an <img> that embeds the same bytes
+    (the page stays self-contained)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(folder / f"{name}.png", png)
-    return f"<img id='{_esc(name)}' alt='{_esc(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    data = base64.b64encode(png).decode()
+    return f"<img id='{_esc(name)}' alt='{_esc(alt)}' src='data:image/png;base64,{data}'>"
 
 
 def _safe(name: str) -> str:
@@ -209,21 +219,28 @@ def paired_html(results: Results) -> str:
     """One table per study: every paired comparison, ★ only where significant after Holm's correction."""
     e = _esc
     out = [
-        "<h2>Paired comparisons</h2><p>Same prompts and seeds for every column, so differences are paired: Δ = A − B in points, "
-        "95 % cluster-bootstrap interval over prompts (images paired by seed), exact McNemar p on the discordant images "
-        "(A only / B only), Holm-corrected over every comparison of the study's table; <span class='sig'>★</span> = significant "
+        "<h2>Paired comparisons</h2><p>Same prompts and seeds for every column, so differences are paired: "
+        "Δ = A − B in points, "
+        "95 % cluster-bootstrap interval over prompts (images paired by seed), "
+        "exact McNemar p on the discordant images "
+        "(A only / B only), Holm-corrected over every comparison of the study's table; "
+        "<span class='sig'>★</span> = significant "
         "after the correction (p<sub>Holm</sub> &lt; 0.05). Everything else is not shown to differ.</p>"
     ]
     for study, comps in results.paired.items():
         out.append(
-            f"<h3>{e(study)} <small>({len(comps)} comparisons)</small></h3><table class='paired'><tr><th>metric</th><th>A</th><th>B</th>"
-            "<th>A %</th><th>B %</th><th>Δ [95 % CI]</th><th>A only / B only</th><th>n (prompts)</th><th>p</th><th>p Holm</th><th></th></tr>"
+            f"<h3>{e(study)} <small>({len(comps)} comparisons)</small></h3>"
+            "<table class='paired'><tr><th>metric</th><th>A</th><th>B</th>"
+            "<th>A %</th><th>B %</th><th>Δ [95 % CI]</th><th>A only / B only</th><th>n (prompts)</th>"
+            "<th>p</th><th>p Holm</th><th></th></tr>"
         )
         for c in comps:
             star = "<span class='sig'>★</span>" if c.significant else ""
             out.append(
-                f"<tr><td style='text-align:left'>{e(c.metric)}</td><td><b>{e(c.a)}</b></td><td>{e(c.b)}</td><td>{_pct(c.rate_a)}</td>"
-                f"<td>{_pct(c.rate_b)}</td><td>{100 * c.diff:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]</td><td>{c.a_only} / {c.b_only}</td>"
+                f"<tr><td style='text-align:left'>{e(c.metric)}</td><td><b>{e(c.a)}</b></td><td>{e(c.b)}</td>"
+                f"<td>{_pct(c.rate_a)}</td>"
+                f"<td>{_pct(c.rate_b)}</td><td>{100 * c.diff:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]</td>"
+                f"<td>{c.a_only} / {c.b_only}</td>"
                 f"<td>{c.n} ({c.clusters})</td><td>{c.p:.3g}</td><td>{c.p_holm:.3g}</td><td>{star}</td></tr>"
             )
         out.append("</table>")
@@ -238,8 +255,10 @@ def attacks_html(results: Results) -> str:
             if "curve" in a:
                 labels = list(dict.fromkeys(m for p in a["curve"] for m in p["methods"]))
                 out.append(
-                    f"<h3>{e(study)}: {e(name)} curve</h3><p>Headline η = <b>{a['headline_eta']:g}</b>: {e(a['rule'])}. "
-                    "η = 0 is the unattacked target suite.</p><table class='paired'><tr><th>η</th><th>unedited: concept %</th>"
+                    f"<h3>{e(study)}: {e(name)} curve</h3>"
+                    f"<p>Headline η = <b>{a['headline_eta']:g}</b>: {e(a['rule'])}. "
+                    "η = 0 is the unattacked target suite.</p>"
+                    "<table class='paired'><tr><th>η</th><th>unedited: concept %</th>"
                     "<th>unedited: attributes kept %</th>"
                     + "".join(f"<th>{e(m)}: ASR %</th>" for m in labels)
                     + "</tr>"
@@ -247,20 +266,24 @@ def attacks_html(results: Results) -> str:
                 for p in a["curve"]:
                     kept = p["unedited attributes kept"]
                     cells = "".join(_html_cell(p["methods"].get(m)) for m in labels)
-                    out.append(
-                        f"<tr><td>{p['eta']:g}</td>{_html_cell(p['unedited concept rate'])}{_html_cell(kept) if kept else '<td>–</td>'}{cells}</tr>"
-                    )
+                    kept_cell = _html_cell(kept) if kept else "<td>–</td>"
+                    concept_cell = _html_cell(p["unedited concept rate"])
+                    out.append(f"<tr><td>{p['eta']:g}</td>{concept_cell}{kept_cell}{cells}</tr>")
                 out.append("</table>")
             else:
                 out.append(
-                    f"<h3>{e(study)}: {e(name)}</h3><p>Budget: {e(a['budget'])}. Objective: {e(a['objective'])}.</p>"
-                    "<table class='paired'><tr><th>method</th><th>judge ASR %</th><th>unedited concept % (found prompts)</th>"
+                    f"<h3>{e(study)}: {e(name)}</h3>"
+                    f"<p>Budget: {e(a['budget'])}. Objective: {e(a['objective'])}.</p>"
+                    "<table class='paired'><tr><th>method</th><th>judge ASR %</th>"
+                    "<th>unedited concept % (found prompts)</th>"
                     "<th>objective (start → found)</th><th>prompts searched</th></tr>"
                 )
                 for m, r in a["methods"].items():
                     out.append(
-                        f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}{_html_cell(r['unedited concept rate on the found prompts'])}"
-                        f"<td>{r['objective at start']:.3f} → {r['objective']:.3f}</td><td>{r['prompts searched']}</td></tr>"
+                        f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}"
+                        f"{_html_cell(r['unedited concept rate on the found prompts'])}"
+                        f"<td>{r['objective at start']:.3f} → {r['objective']:.3f}</td>"
+                        f"<td>{r['prompts searched']}</td></tr>"
                     )
                 out.append("</table>")
     return ("<h2>Attacks</h2>" + "".join(out)) if out else ""
@@ -280,10 +303,13 @@ def write_html(
     names, rows = metric_rows(results)
     e = _esc
     out = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS.replace('THUMB', str(thumb))}</style></head><body>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+        f"<style>{_CSS.replace('THUMB', str(thumb))}</style></head><body>",
         f"<h1>{e(title)}</h1>",
-        f"<p>Judge: <b>{e(results.judge.get('judge', '?'))}</b> · model fingerprint <code>{e(results.config['model_fingerprint'][:16])}</code> · "
-        f"{results.timing['images_total']} images ({results.timing['images_from_cache']} from cache) · same seeds for every column.</p>",
+        f"<p>Judge: <b>{e(results.judge.get('judge', '?'))}</b> · "
+        f"model fingerprint <code>{e(results.config['model_fingerprint'][:16])}</code> · "
+        f"{results.timing['images_total']} images ({results.timing['images_from_cache']} from cache) · "
+        "same seeds for every column.</p>",
         "<h2>Metrics</h2><table id='metrics'><tr><th>study</th><th>method</th>"
         + "".join(f"<th>{e(n)}</th>" for n in names)
         + "</tr>",
@@ -292,8 +318,10 @@ def write_html(
         cells = "".join(_html_cell(ms.get(n)) for n in names)
         out.append(f"<tr><td>{e(study)}</td><td><b>{e(label)}</b></td>{cells}</tr>")
     out.append(
-        "</table><p>Rates in %, value [95 % percentile-bootstrap interval], successes / images below; pixel distance is the "
-        "mean |edited − unedited| in [0, 1] on the same seeds. The unedited row applies the same measures to the unedited "
+        "</table><p>Rates in %, value [95 % percentile-bootstrap interval], successes / images below; "
+        "pixel distance is the "
+        "mean |edited − unedited| in [0, 1] on the same seeds. "
+        "The unedited row applies the same measures to the unedited "
         "model's images. Hover a cell for an attack's budget.</p>"
     )
     out.extend(sections)
@@ -318,7 +346,8 @@ def write_html(
         },
     }
     out.append(
-        f"<h2>Settings</h2><pre id='settings'>{e(json.dumps(settings, indent=1, default=_jsonable))}</pre></body></html>"
+        f"<h2>Settings</h2><pre id='settings'>{e(json.dumps(settings, indent=1, default=_jsonable))}</pre>"
+        "</body></html>"
     )
     write_bytes_atomic(path, "\n".join(out).encode("utf-8"))
     return path
@@ -332,7 +361,8 @@ def _decision(run, which: str, i: int) -> str:
     seen = [c for c in item.concepts if jr.seen(c)[i]]
     good = bool(seen) if run.suite.kind in ("retain", "general") else not seen  # erased concepts should not be seen
     cls = "good" if good else "bad"
-    return f"<div class='{cls}'>{_esc('sees ' + ', '.join(seen) if seen else 'sees none of ' + ', '.join(item.concepts))}</div>"
+    said = "sees " + ", ".join(seen) if seen else "sees none of " + ", ".join(item.concepts)
+    return f"<div class='{cls}'>{_esc(said)}</div>"
 
 
 def _grid(suite_name: str, suite_runs: list, labels: list[str], max_rows: int, thumb: int) -> str:
@@ -340,7 +370,10 @@ def _grid(suite_name: str, suite_runs: list, labels: list[str], max_rows: int, t
     first = suite_runs[0]
     same_items = all(r.suite.items == first.suite.items for r in suite_runs)
     n = min(max_rows, len(first.suite.items))
-    head = f"<h3>{e(suite_name)} <small>({e(first.suite.kind)}, {len(first.suite.items)} items, first {n} shown)</small></h3>"
+    head = (
+        f"<h3>{e(suite_name)} <small>({e(first.suite.kind)}, {len(first.suite.items)} items, "
+        f"first {n} shown)</small></h3>"
+    )
     if same_items:
         cols = ["unedited"] + labels
         cells = lambda i: (

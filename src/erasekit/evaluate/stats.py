@@ -46,7 +46,8 @@ def discordant(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values (same order as given): p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j)) over the sorted p."""
+    """Holm-adjusted p-values (same order as given): p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j)) over the sorted
+    p."""
     p = np.asarray(pvalues, dtype=np.float64)
     m = p.size
     order = np.argsort(p, kind="stable")

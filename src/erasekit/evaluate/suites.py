@@ -184,7 +184,8 @@ def suites_from_concepts(
 
 # ----------------------------------------------------------------------------- tinyworld
 def tinyworld_attribute(concept: str) -> tuple[str, str]:
-    """(attribute, canonical value) of a tinyworld concept or one of its synonyms, e.g. 'disc' -> ('shape', 'circle')."""
+    """(attribute, canonical value) of a tinyworld concept or one of its synonyms,
+    e.g. 'disc' -> ('shape', 'circle')."""
     from ..tinyworld import world
 
     key = concept.strip().lower()

@@ -12,7 +12,7 @@ diff          the full ΔW per module (kohya / LyCORIS ``.diff``)           A111
 
     erasekit.export(edit, "lora", "vangogh-lora.safetensors", pipe=pipe)
     erasekit.export(edit, "single-file", "model-erased.safetensors", pipe=pipe, save_dtype="float16")
-    erasekit.export(pipe, "diffusers", "model-erased/")        # a pipeline: written as it is (edits applied are baked in)
+    erasekit.export(pipe, "diffusers", "model-erased/")  # a pipeline: written as it is (edits applied are baked in)
 
 A sparse or dense edit whose ΔW is not numerically low-rank cannot be an exact LoRA: ``rank=k``
 writes its truncated SVD (the relative error is returned and stored in the file), otherwise the

@@ -62,7 +62,8 @@ def read_lora_export(path: str | os.PathLike):
             raise EditFileError(f"{where} is not an erasekit LoRA export")
         if not isinstance(meta.get("format_version"), int) or not 1 <= meta["format_version"] <= META_VERSION:
             raise EditFileError(
-                f"{where}: export format version {meta.get('format_version')!r} is not supported (this erasekit reads 1..{META_VERSION})"
+                f"{where}: export format version {meta.get('format_version')!r} is not supported (this erasekit reads "
+                f"1..{META_VERSION})"
             )
         expected = (content_sha256 if meta["format_version"] >= 2 else _v1_checksum)(meta, tensors)
         if meta.get("content_sha256") != expected:
@@ -87,7 +88,8 @@ def read_lora_export(path: str | os.PathLike):
             used.update(names)
             if tuple(B.shape) != (d_out, r) or tuple(A.shape) != (r, d_in):
                 raise EditFileError(
-                    f"{where}: layer {lpath!r} factors {tuple(B.shape)} × {tuple(A.shape)} do not make the recorded {(d_out, d_in)} of rank {r}"
+                    f"{where}: layer {lpath!r} factors {tuple(B.shape)} × {tuple(A.shape)} do not make the recorded "
+                    f"{(d_out, d_in)} of rank {r}"
                 )
             layers.append(
                 LayerEdit.lowrank(

@@ -161,7 +161,8 @@ def edit_factors(edit, unet, rank: int | None = None, progress: bool = False) ->
         f = numerical_factors(dW, tol, cap)
         if f is None and rank is None:
             raise ExportError(
-                f"this {edit.method} edit cannot be an exact LoRA: layer {path!r} ({le.kind} storage) changes its weight by a "
+                f"this {edit.method} edit cannot be an exact LoRA: layer {path!r} ({le.kind} storage) changes its "
+                "weight by a "
                 f"ΔW of numerical rank > {cap}. Export it exactly as 'diff', 'diffusers' or 'single-file', "
                 "or pass --rank K for a truncated-SVD LoRA (its relative error is reported)"
             )

@@ -60,11 +60,13 @@ def _check_pipeline(pipe, layout: str) -> None:
             raise ModelError(f"cannot export {name} as an {layout.upper()} single file: it has no {comp}")
         if type(got).__name__ != cls:
             raise ModelError(
-                f"cannot export {name}: its {comp} is a {type(got).__name__}, the {layout.upper()} single-file layout needs a {cls}"
+                f"cannot export {name}: its {comp} is a {type(got).__name__}, the {layout.upper()} single-file layout "
+                f"needs a {cls}"
             )
     if layout != "sdxl" and getattr(pipe, "text_encoder_2", None) is not None:
         raise ModelError(
-            f"cannot export {name} in the {layout.upper()} layout: it has a second text encoder (an SDXL pipeline); use layout 'sdxl'"
+            f"cannot export {name} in the {layout.upper()} layout: it has a second text encoder (an SDXL pipeline); "
+            "use layout 'sdxl'"
         )
     c = pipe.unet.config
     problems = []
@@ -99,7 +101,8 @@ def _check_pipeline(pipe, layout: str) -> None:
 
 
 def pipeline_to_ldm(pipe, layout: str | None = None) -> dict[str, torch.Tensor]:
-    """The whole pipeline's weights in the original single-file layout (tensors shared, not copied, except fused q/k/v)."""
+    """The whole pipeline's weights in the original single-file layout (tensors shared, not copied, except fused
+    q/k/v)."""
     layout = layout or detect_layout(pipe)
     if layout not in LAYOUTS:
         raise ModelError(f"unknown single-file layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -210,6 +213,7 @@ register_format(
         kind="model",
         write=write,
         options=("save_dtype", "layout"),
-        help="the whole model, edit baked in, one .safetensors (A1111, ComfyUI, Forge, from_single_file; SD 1.x/2.x/XL)",
+        help="the whole model, edit baked in, one .safetensors "
+        "(A1111, ComfyUI, Forge, from_single_file; SD 1.x/2.x/XL)",
     )
 )

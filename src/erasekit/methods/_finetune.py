@@ -176,7 +176,8 @@ class Carrier(nn.Module):
 
 
 class FullDelta(Carrier):
-    """ΔW (same shape as the weight) and Δb of a Linear or Conv2d, zero at start: the module computes with W0 + ΔW, b0 + Δb.
+    """ΔW (same shape as the weight) and Δb of a Linear or Conv2d, zero at start: the module computes with W0 + ΔW, b0 +
+    Δb.
 
     Adam's update does not depend on the parameter's value, so training Δ from zero takes exactly the
     steps that training the weight itself would (ESD trains the weights in place).

@@ -80,7 +80,8 @@ class ACEConfig(MethodConfig):
     seed: int = help_field(0, "seed of the trajectories, sampling and initialisation")
     gradient_checkpointing: bool = help_field(
         True,
-        "recompute each UNet block during backward instead of keeping its activations: about a third more time, a fraction of the memory, the same gradients",
+        "recompute each UNet block during backward instead of keeping its activations: about a third more time, a "
+        "fraction of the memory, the same gradients",
     )
 
     def __post_init__(self) -> None:

@@ -172,7 +172,8 @@ class OptionType:
 
     @property
     def base(self) -> str:
-        """The type a command-line value is parsed to: the first one besides None ('seq' stays text: the config splits it)."""
+        """The type a command-line value is parsed to: the first one besides None ('seq' stays text: the config splits
+        it)."""
         return next((k for k in self.kinds if k != "None"), "str")
 
     @property

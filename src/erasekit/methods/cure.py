@@ -55,7 +55,8 @@ class CUREConfig(MethodConfig):
 
     alpha: float | None = help_field(
         None,
-        "expansion α of f(r) = αr/((α−1)r+1): larger → closer to a hard projector (default: 5 for kind nsfw, 2 otherwise, the paper's)",
+        "expansion α of f(r) = αr/((α−1)r+1): larger → closer to a hard projector (default: 5 for kind nsfw, 2 "
+        "otherwise, the paper's)",
     )
     forget_prompts: tuple[str, ...] = help_field(
         (), "forget prompts, '|'-separated on the CLI (default: the ConceptSet's erase prompts)"

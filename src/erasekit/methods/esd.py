@@ -92,7 +92,8 @@ class ESDConfig(MethodConfig):
     seed: int = help_field(0, "seed of the pool, the sampling of (prompt, x_t) and the order of training")
     gradient_checkpointing: bool = help_field(
         True,
-        "recompute each UNet block during backward instead of keeping its activations: about a third more time, a fraction of the memory, the same gradients",
+        "recompute each UNet block during backward instead of keeping its activations: about a third more time, a "
+        "fraction of the memory, the same gradients",
     )
 
     def __post_init__(self) -> None:
@@ -118,7 +119,8 @@ class ESDConfig(MethodConfig):
 class ESDAutoConfig(ESDConfig):
     variant: str = help_field(
         "auto",
-        "'auto' (by concept kind: esd-x for style/person, esd-u for object/nsfw, as the paper) or one of esd-x, esd-x-strict, esd-u",
+        "'auto' (by concept kind: esd-x for style/person, esd-u for object/nsfw, as the paper) or one of esd-x, "
+        "esd-x-strict, esd-u",
     )
 
     def __post_init__(self) -> None:
@@ -220,7 +222,8 @@ class _ESD(Method):
         erase = [e for e, _ in concepts.erase_pairs()]
         if config.erase_from and len(config.erase_from) not in (1, len(concepts.erase)):
             raise MethodError(
-                f"erase_from: give one prompt, or one per erased concept ({len(concepts.erase)}), got {len(config.erase_from)}"
+                f"erase_from: give one prompt, or one per erased concept ({len(concepts.erase)}), got "
+                f"{len(config.erase_from)}"
             )
         per_concept = len(erase) // len(concepts.erase)  # templates per concept
         source = (

@@ -181,7 +181,8 @@ class MACEConfig(MethodConfig):
 
     preset: str = help_field(
         "auto",
-        "reference config to start from: 'auto' (the concept kind), object, style, person or nsfw; the options below override it",
+        "reference config to start from: 'auto' (the concept kind), object, style, person or nsfw; the options below "
+        "override it",
     )
     lamb: float | None = help_field(
         None, "lambda: weight of ‖W − W_ref‖² in both closed forms (preset: object 1e3, others 0)"
@@ -201,7 +202,8 @@ class MACEConfig(MethodConfig):
     )
     prior_prompts: str = help_field(
         "auto",
-        "its prompts: 'auto' (tinyworld's training captions on tinyworld, else the general suite's prompts), 'tinyworld', or a CSV/txt path / https URL (then prior_sha256)",
+        "its prompts: 'auto' (tinyworld's training captions on tinyworld, else the general suite's prompts), "
+        "'tinyworld', or a CSV/txt path / https URL (then prior_sha256)",
     )
     prior_sha256: str | None = help_field(None, "sha256 of the prior_prompts file (required for a URL)")
     prior_limit: int = help_field(2000, "at most this many general prompts")
@@ -316,7 +318,8 @@ def concept_positions(tokenizer, prompt: str, concept: str, use_pooler: bool) ->
 # ------------------------------------------------------------- attention masks
 @torch.no_grad()
 def attention_masks(adapter, blocks, prompt: str, words: list[int], config: MACEConfig, threshold: float, seed: int):
-    """(x0 (n, c, H, W), masks (n, H, W) bool): images of the concept by the unedited model, and where its tokens attend.
+    """(x0 (n, c, H, W), masks (n, H, W) bool): images of the concept by the unedited model, and where its tokens
+    attend.
 
     The mask is the concept tokens' cross-attention mass (mean over heads, summed over blocks and
     sampling steps, conditional branch), min-max normalised per image and thresholded (stand-in for Grounded-SAM).

@@ -101,7 +101,8 @@ def right_delta(W0: torch.Tensor, V_F: torch.Tensor, V_R: torch.Tensor) -> tuple
 class PUREConfig(MethodConfig):
     basis: str = help_field(
         "activation",
-        "'activation' (PURE: cross-attention outputs, left-multiplied) or 'text' (token embeddings, right-multiplied, CURE-style)",
+        "'activation' (PURE: cross-attention outputs, left-multiplied) or 'text' (token embeddings, right-multiplied, "
+        "CURE-style)",
     )
     forget_energy: float = help_field(0.9, "cumulative energy kept in the forget basis V_F")
     retain_energy: float = help_field(0.99, "cumulative energy kept in the retain basis V_R")
@@ -120,7 +121,8 @@ class PUREConfig(MethodConfig):
     )
     centre: str = help_field(
         "none",
-        "activation centring: 'none' (as published), 'retain' (subtract the retain mean) or 'paired' (subtract a neutral twin prompt's activation on the same x_t and step)",
+        "activation centring: 'none' (as published), 'retain' (subtract the retain mean) or 'paired' (subtract a "
+        "neutral twin prompt's activation on the same x_t and step)",
     )
     forget_rule: str = help_field(
         "joint",

@@ -79,7 +79,8 @@ class RECEConfig(MethodConfig):
 
     token: str = help_field(
         "tail",
-        "token selection of the starting UCE v1 edit's erase columns (the adversarial step always uses all 77 positions, as the reference)",
+        "token selection of the starting UCE v1 edit's erase columns (the adversarial step always uses all 77 "
+        "positions, as the reference)",
     )
     epochs: int | None = help_field(None, "adversarial epochs (default: 3 for kind nsfw, 1 otherwise)")
     reg_scale: float | None = help_field(

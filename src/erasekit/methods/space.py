@@ -32,7 +32,8 @@ class SPACEConfig(UCEConfig):
 
     preset: str | None = help_field(
         "erasekit",
-        "how concepts become token columns, as for UCE: 'erasekit' (default: erasekit's templates on erase, guide and preserve prompts), 'v2' or 'v1'",
+        "how concepts become token columns, as for UCE: 'erasekit' (default: erasekit's templates on erase, guide and "
+        "preserve prompts), 'v2' or 'v1'",
     )
     lam: float | None = help_field(None, "lambda: L1 weight on the edited weights (give this or target_sparsity)")
     target_sparsity: float | None = help_field(
@@ -48,7 +49,8 @@ class SPACEConfig(UCEConfig):
     tol: float = help_field(1e-6, "relative objective-gap tolerance (duality-gap certificate for ssn)")
     max_iter: int | None = help_field(
         None,
-        "iteration cap per layer (solver default: 100 Newton / 20000 FISTA steps); a layer that hits it is reported as not converged",
+        "iteration cap per layer (solver default: 100 Newton / 20000 FISTA steps); a layer that hits it is reported "
+        "as not converged",
     )
     storage: str = help_field("csr", "'csr' (sparse new weight, default) or 'dense'")
 

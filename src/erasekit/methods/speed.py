@@ -144,7 +144,8 @@ def kmeans(X: torch.Tensor, k: int, gen: torch.Generator, tol: float = 1e-4, max
 
 
 def smallest_right_singular(W: torch.Tensor) -> torch.Tensor:
-    """v_min (d_in,): W's right-singular vector of its smallest of min(d_out, d_in) singular values (torch.svd's V[:, -1])."""
+    """v_min (d_in,): W's right-singular vector of its smallest of min(d_out, d_in) singular values (torch.svd's V[:,
+    -1])."""
     return torch.linalg.svd(W.to(_F64), full_matrices=False).Vh[-1]
 
 
@@ -156,7 +157,8 @@ class SPEEDConfig(MethodConfig):
 
     token: str | None = help_field(
         None,
-        "target/anchor tokens: 'last' subject token or 'after_bos' (every token after BOS, the reference's nudity setting); default after_bos for kind nsfw, last otherwise",
+        "target/anchor tokens: 'last' subject token or 'after_bos' (every token after BOS, the reference's nudity "
+        "setting); default after_bos for kind nsfw, last otherwise",
     )
     projections: tuple[str, ...] = help_field(
         ("v",), "which cross-attention projections to edit (reference --params V; 'k,v' for KV)"
@@ -169,7 +171,8 @@ class SPEEDConfig(MethodConfig):
     aug_num: int = help_field(10, "DPA copies per retain embedding (0 turns augmentation and IPF off)")
     prior_filter: bool | None = help_field(
         None,
-        "IPF: keep only retain embeddings of above-mean influence (default on; off for person, the reference's --disable_filter)",
+        "IPF: keep only retain embeddings of above-mean influence (default on; off for person, the reference's "
+        "--disable_filter)",
     )
     clusters: int = help_field(3, "k-means centres of the empty prompt's padding tokens in K2")
     seed: int = help_field(0, "seed of k-means, the retain shuffle and DPA noise")
@@ -250,7 +253,8 @@ class SPEED(Method):
                 if V0.shape[1] == 0:
                     raise MethodError(
                         f"{path}: the retain covariance has no eigenvalue below threshold={config.threshold}, so the "
-                        "null space is empty and SPEED would change nothing; raise threshold or use fewer retain prompts"
+                        "null space is empty and SPEED would change nothing; raise threshold or use fewer retain "
+                        "prompts"
                     )
             else:
                 V0 = None  # no retain row survived: empty covariance, P = I

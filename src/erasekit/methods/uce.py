@@ -55,11 +55,13 @@ class UCEConfig(MethodConfig):
 
     preset: str | None = help_field(
         None,
-        "which UCE reference to reproduce: 'v2' (uce_sd_erase.py), 'v1' (train_erase.py, the paper's tables) or 'erasekit' (erasekit's template extensions); default v1 for kind nsfw, v2 otherwise",
+        "which UCE reference to reproduce: 'v2' (uce_sd_erase.py), 'v1' (train_erase.py, the paper's tables) or "
+        "'erasekit' (erasekit's template extensions); default v1 for kind nsfw, v2 otherwise",
     )
     token: str | None = help_field(
         None,
-        "erase/guide token selection: 'last', 'tail' or 'all' (default: the preset's — v2 'last', v1 'tail', erasekit 'last')",
+        "erase/guide token selection: 'last', 'tail' or 'all' "
+        "(default: the preset's — v2 'last', v1 'tail', erasekit 'last')",
     )
     preserve_token: str | None = help_field(
         None, "preserve token selection (default: v1 'all', otherwise the same as token)"
@@ -67,7 +69,8 @@ class UCEConfig(MethodConfig):
     erase_scale: float = help_field(1.0, "alpha: weight of the erase term ‖W C_E − W0 C_G‖²")
     preserve_scale: float | None = help_field(
         None,
-        "beta: weight of the preservation term ‖W C_P − W0 C_P‖² (default: v1 max(0.1, 1/len(['']+preserve)), otherwise 1)",
+        "beta: weight of the preservation term ‖W C_P − W0 C_P‖² (default: v1 max(0.1, 1/len(['']+preserve)), "
+        "otherwise 1)",
     )
     lamb: float = help_field(0.5, "gamma: weight of ‖W − W0‖², keeps the solve well-posed (UCE's 'lamb')")
     storage: str = help_field(
@@ -75,14 +78,16 @@ class UCEConfig(MethodConfig):
     )
     prior: str = help_field(
         "none",
-        "'general': also preserve a broad set of general prompts, ρ‖(W − W0)F‖² with F Fᵀ = their Σ c cᵀ per prompt over every token (erasekit.prior); 'none': off",
+        "'general': also preserve a broad set of general prompts, ρ‖(W − W0)F‖² with F Fᵀ = their Σ c cᵀ per prompt "
+        "over every token (erasekit.prior); 'none': off",
     )
     prior_weight: float = help_field(
         1.0, "rho: weight of the general prior (1 = one extra preserved prompt, all 77 positions)"
     )
     prior_prompts: str = help_field(
         "auto",
-        "general prompts of the prior: 'auto' (tinyworld's training captions on tinyworld, otherwise required), 'tinyworld', a CSV/txt path or an https URL (then prior_sha256)",
+        "general prompts of the prior: 'auto' (tinyworld's training captions on tinyworld, otherwise required), "
+        "'tinyworld', a CSV/txt path or an https URL (then prior_sha256)",
     )
     prior_sha256: str | None = help_field(None, "sha256 of the prior_prompts file (required for a URL)")
     prior_limit: int = help_field(
@@ -132,7 +137,8 @@ def uce_layer_edit(path, W0, gf, storage: str) -> LayerEdit:
 @register_method(
     "uce",
     UCEConfig,
-    "Unified Concept Editing: closed-form ridge edit of to_k/to_v; presets v2 (default) / v1 / erasekit (Gandikota et al., WACV 2024)",
+    "Unified Concept Editing: closed-form ridge edit of to_k/to_v; presets v2 (default) / v1 / erasekit "
+    "(Gandikota et al., WACV 2024)",
 )
 class UCE(Method):
     def fit(self, adapter, concepts, config: UCEConfig, progress: bool = True):

@@ -95,7 +95,8 @@ class PipelineAdapter:
         dims = {p: self.linear(p).in_features for p in self.paths}
         if len(set(dims.values())) != 1:
             raise ModelError(
-                f"edited layers disagree on their input size {sorted(set(dims.values()))}; they must all read text embeddings"
+                f"edited layers disagree on their input size {sorted(set(dims.values()))}; they must all read text "
+                "embeddings"
             )
         return next(iter(dims.values()))
 

@@ -105,8 +105,10 @@ def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: st
     if _HUB_ID.match(model) and not path.exists():
         return _from_pretrained(model, torch_dtype, revision, local=False)
     raise ModelError(
-        f"unknown model {model!r}: pass 'tinyworld', 'tinyworld-xl', tiny-sd / tiny-sd2 / tiny-sdxl, a diffusers folder, "
-        "a single-file .safetensors checkpoint, or a HuggingFace Hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
+        f"unknown model {model!r}: pass 'tinyworld', 'tinyworld-xl', tiny-sd / tiny-sd2 / tiny-sdxl, "
+        "a diffusers folder, "
+        "a single-file .safetensors checkpoint, or a HuggingFace Hub id such as "
+        "stable-diffusion-v1-5/stable-diffusion-v1-5"
     )
 
 
@@ -150,6 +152,7 @@ def _from_single_file(path: Path, torch_dtype, config: str | None):
     except Exception as e:
         raise ModelError(
             f"could not load single-file checkpoint {str(path)!r} as {cls.__name__}: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. Offline, pass --config with a local diffusers folder of the same "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Offline, pass --config with a local diffusers folder of the "
+            "same "
             "architecture (e.g. the SD 1.5 or SDXL base folder) so no config is downloaded"
         ) from None

@@ -53,7 +53,8 @@ def slow_dtype_notice(device: torch.device | str, dtype: torch.dtype) -> str | N
         return None
     name, tname = str(dtype).replace("torch.", ""), str(target).replace("torch.", "")
     return (
-        f"{name} is slow or inexact on a {torch.device(device).type}: erasekit computes in {tname} and keeps the weights "
+        f"{name} is slow or inexact on a {torch.device(device).type}: erasekit computes in {tname} and keeps the "
+        "weights "
         f"(and the files it writes) in {name}"
     )
 

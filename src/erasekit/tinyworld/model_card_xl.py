@@ -1,4 +1,5 @@
-"""MODEL_CARD.md of tinyworld-xl (written by ``train --arch xl``; validity filled in by ``validity --model tinyworld-xl``)."""
+"""MODEL_CARD.md of tinyworld-xl (written by ``train --arch xl``;
+validity filled in by ``validity --model tinyworld-xl``)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,16 @@ tinyworld's (`erasekit.tinyworld.TinyworldJudge.load()`).
 ## Architecture
 | part | details | parameters |
 |---|---|---|
-| tokenizer, tokenizer_2 | the real CLIP BPE tokenizer (49,408 tokens, max length {xl.MAX_TOKENS}); both pad with `<\\|endoftext\\|>` (SDXL's second pads with `!`) | – |
-| text_encoder | `CLIPTextModel`, hidden {xl.TE1_HIDDEN}, 2 layers; penultimate state -> context | {d.get("params_text", 0):,} |
-| text_encoder_2 | `CLIPTextModelWithProjection`, hidden {xl.TE2_HIDDEN}, 3 layers; penultimate state -> context, projected pooled output -> `add_embedding` | {d.get("params_text_2", 0):,} |
-| UNet | `UNet2DConditionModel`, channels (48, 96, 144), `addition_embed_type="text_time"` (pooled {xl.TE2_HIDDEN}-d + 6 micro-conditioning ids x {xl.ADD_TIME_DIM}), context {xl.CONTEXT}-d (= {xl.TE1_HIDDEN} + {xl.TE2_HIDDEN}, as SDXL's 768 + 1280); cross-attention at 8x8 (2 transformer layers per block), 4x4 (1) and mid (1) | {d.get("params_unet", 0):,} |
+| tokenizer, tokenizer_2 | the real CLIP BPE tokenizer (49,408 tokens, max length {xl.MAX_TOKENS}); both pad with \
+`<\\|endoftext\\|>` (SDXL's second pads with `!`) | – |
+| text_encoder | `CLIPTextModel`, hidden {xl.TE1_HIDDEN}, 2 layers; penultimate state -> context | \
+{d.get("params_text", 0):,} |
+| text_encoder_2 | `CLIPTextModelWithProjection`, hidden {xl.TE2_HIDDEN}, 3 layers; penultimate state -> context, \
+projected pooled output -> `add_embedding` | {d.get("params_text_2", 0):,} |
+| UNet | `UNet2DConditionModel`, channels (48, 96, 144), `addition_embed_type="text_time"` (pooled {xl.TE2_HIDDEN}-d + \
+6 micro-conditioning ids x {xl.ADD_TIME_DIM}), context {xl.CONTEXT}-d (= {xl.TE1_HIDDEN} + {xl.TE2_HIDDEN}, as SDXL's \
+768 + 1280); cross-attention at 8x8 (2 transformer layers per block), 4x4 (1) and mid (1) | \
+{d.get("params_unet", 0):,} |
 | VAE | tinyworld's `AutoencoderKL` (fp16 copy) | – |
 | scheduler | DPMSolverMultistep (use 20 steps, guidance 5); trained with DDPM, epsilon prediction | – |
 
@@ -57,13 +64,16 @@ Command: `{info.get("command", "")}`
 Hardware: {info.get("hardware", "")}; torch threads: {info.get("threads", "")}. No GPU.
 1. **Warm start** from tinyworld ({sd1_min:.0f} min of training, `{i.get("command", "")}`) by an output-preserving map
    (`erasekit.tinyworld.xl.warm_start`): text_encoder_2's embeddings and first two layers are tinyworld's encoder;
-   tinyworld's final LayerNorm (which SDXL's penultimate-state context skips) is folded into the K/V columns by an affine
+   tinyworld's final LayerNorm (which SDXL's penultimate-state context skips) is folded into the K/V columns by an \
+affine
    fit, and text_encoder_2's first two layers are then regressed for a few hundred steps so that the fold is exact on
    prompts; text_encoder's columns of K/V, the new transformer layers and `add_embedding`'s output layer start at zero.
    {info.get("warm_start_minutes", 0):.1f} min.
-2. **Fine-tuning** of UNet + both text encoders jointly, pooled path on (AdamW lr {d.get("lr", 0)}, new parts x{d.get("new_lr_mult", 0)},
+2. **Fine-tuning** of UNet + both text encoders jointly, pooled path on (AdamW lr {d.get("lr", 0)}, new parts \
+x{d.get("new_lr_mult", 0)},
    warmup + cosine, min-SNR-5, bf16 autocast, EMA shipped): {d.get("steps", 0)} steps of batch {d.get("batch", 0)} in
-   {d.get("seconds", 0) / 60:.1f} min; final loss (EMA) {d.get("loss_ema", 0)}. Conditioning dropout per sample: context and
+   {d.get("seconds", 0) / 60:.1f} min; final loss (EMA) {d.get("loss_ema", 0)}. Conditioning dropout per sample: \
+context and
    pooled both replaced by the empty prompt's {d.get("p_uncond", 0):.0%} (classifier-free guidance), the context alone
    {d.get("p_drop_context", 0):.0%}, the pooled embedding alone {d.get("p_drop_pooled", 0):.0%} (so that the pooled path
    carries the caption on its own).

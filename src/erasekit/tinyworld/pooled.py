@@ -79,7 +79,8 @@ def rates(
     batch_size: int = 48,
     log=print,
 ) -> dict[str, dict[str, float]]:
-    """condition name -> {attribute: share of images judged as the prompted value}; the same seeds for every condition."""
+    """condition name -> {attribute: share of images judged as the prompted value}; the same seeds for every
+    condition."""
     res = {}
     for name, kw in conditionings(pipe, prompts).items():
         imgs = []
@@ -106,8 +107,10 @@ def table(res: dict) -> str:
 def update_card(res: dict, meta: dict, card: Path) -> Path:
     body = (
         f"{START}\nMeasured by `{meta['command']}` on {time.strftime('%Y-%m-%d')}: the unedited model, "
-        f"{meta['n']} canonical prompts (validity's canonical set), the same seeds in every row, {meta['steps']} steps, "
-        f"guidance {meta['guidance']}; \"neutral\" = the empty prompt's encoding. Judged share of the prompted value:\n\n"
+        f"{meta['n']} canonical prompts (validity's canonical set), the same seeds in every row, {meta['steps']} "
+        "steps, "
+        f"guidance {meta['guidance']}; \"neutral\" = the empty prompt's encoding. Judged share of the prompted "
+        "value:\n\n"
         f"{table(res)}\n\n```json\n{json.dumps({'rates': res, 'meta': meta}, indent=1)}\n```\n{END}"
     )
     return write_card_section(card, "The pooled path", START, END, body)

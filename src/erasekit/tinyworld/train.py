@@ -328,7 +328,10 @@ def write_model_card(out: Path, info: dict):
             f"in {(r.get('diffusion') or {}).get('seconds', 0) / 60:.1f} min\n"
             for r in runs
         )
-        prev_runs += f"- the text encoder + UNet line above continues (`--init`) the run(s) listed here; diffusion steps in all: {tot}\n"
+        prev_runs += (
+            "- the text encoder + UNet line above continues (`--init`) the run(s) listed here; "
+            f"diffusion steps in all: {tot}\n"
+        )
     text = f"""# tinyworld — model card
 
 erasekit's bundled text-to-image model (DESIGN.md §8). A genuine diffusers
@@ -353,9 +356,12 @@ Held out for evaluation: the templates {world.EVAL_TEMPLATES}.
 |---|---|---|
 | tokenizer | CLIP BPE, 49,408 tokens, max length {MAX_TOKENS} (identical ids to SD 1.x) | – |
 | text encoder | `CLIPTextModel`, hidden {TEXT_HIDDEN}, 2 layers, 4 heads | {d.get("params_text", 0):,} |
-| UNet | `UNet2DConditionModel`, channels (48, 96, 144), 1 layer per block, cross-attention (dim {TEXT_HIDDEN}) at 8x8, 4x4 and mid; latent 4x{LATENT}x{LATENT} | {d.get("params_unet", 0):,} |
-| VAE | `AutoencoderKL`, channels (32, 64), downsampling x2, 4 latent channels, scaling factor {info.get("scaling_factor", 0):.4f} | {v.get("params", 0):,} |
-| scheduler | trained with DDPM (1000 steps, scaled-linear betas as SD 1.x, epsilon prediction); ships DPMSolverMultistep (use 20 steps, guidance 5) | – |
+| UNet | `UNet2DConditionModel`, channels (48, 96, 144), 1 layer per block, cross-attention (dim {TEXT_HIDDEN}) at \
+8x8, 4x4 and mid; latent 4x{LATENT}x{LATENT} | {d.get("params_unet", 0):,} |
+| VAE | `AutoencoderKL`, channels (32, 64), downsampling x2, 4 latent channels, scaling factor \
+{info.get("scaling_factor", 0):.4f} | {v.get("params", 0):,} |
+| scheduler | trained with DDPM (1000 steps, scaled-linear betas as SD 1.x, epsilon prediction); ships \
+DPMSolverMultistep (use 20 steps, guidance 5) | – |
 | judge | CNN, 3 heads (shape / colour / pattern) | {j.get("params", 0):,} |
 
 Pipeline folder: {sizes.get("pipeline", 0):.1f} MB (fp16 safetensors); judge {sizes.get("judge", 0):.2f} MB.
@@ -363,9 +369,13 @@ Pipeline folder: {sizes.get("pipeline", 0):.1f} MB (fp16 safetensors); judge {si
 ## Training
 Command: `{info.get("command", "")}`
 Hardware: {info.get("hardware", "")}; torch threads: {info.get("threads", "")}.
-- VAE: {v.get("steps", 0)} steps of batch 32 in {v.get("seconds", 0) / 60:.1f} min, reconstruction PSNR {v.get("psnr_db", 0)} dB.
-- judge: {j.get("steps", 0)} steps of batch 96 in {j.get("seconds", 0) / 60:.1f} min (blur / noise / colour-jitter augmentation, 25 % VAE round-trips); held-out render accuracy {j.get("heldout_acc", {})}.
-- text encoder + UNet (jointly, AdamW lr {d.get("lr", 0)}, warmup + cosine over the time budget, min-SNR-5 weighting, bf16 autocast, EMA 0.999 shipped): {d.get("steps", 0)} steps of batch {d.get("batch", 0)} in {d.get("seconds", 0) / 60:.1f} min; final loss (EMA) {d.get("loss_ema", 0)}.
+- VAE: {v.get("steps", 0)} steps of batch 32 in {v.get("seconds", 0) / 60:.1f} min, reconstruction PSNR \
+{v.get("psnr_db", 0)} dB.
+- judge: {j.get("steps", 0)} steps of batch 96 in {j.get("seconds", 0) / 60:.1f} min (blur / noise / colour-jitter \
+augmentation, 25 % VAE round-trips); held-out render accuracy {j.get("heldout_acc", {})}.
+- text encoder + UNet (jointly, AdamW lr {d.get("lr", 0)}, warmup + cosine over the time budget, min-SNR-5 weighting, \
+bf16 autocast, EMA 0.999 shipped): {d.get("steps", 0)} steps of batch {d.get("batch", 0)} in \
+{d.get("seconds", 0) / 60:.1f} min; final loss (EMA) {d.get("loss_ema", 0)}.
 {prev_runs}- total wall time {info.get("total_minutes", 0) + info.get("total_minutes_prev", 0):.1f} min.
 
 ## Validity

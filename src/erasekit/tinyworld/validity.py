@@ -1,6 +1,7 @@
 """Is tinyworld a valid testbed? Measure the judge and the generator against the known ground truth.
 
-    python -m erasekit.tinyworld.validity [--model tinyworld|tinyworld-xl] [--n N] [--steps 20] [--guidance 5] [--no-card]
+    python -m erasekit.tinyworld.validity [--model tinyworld|tinyworld-xl] [--n N] [--steps 20] [--guidance 5]
+        [--no-card]
 
 1. judge accuracy on held-out renders (a render seed never used in training), per attribute;
 2. for images generated from prompts, the share the judge reads as showing the prompted
@@ -154,8 +155,11 @@ def update_model_card(res: dict, card: Path | None = None) -> Path:
     card = Path(card) if card is not None else weights_dir() / "MODEL_CARD.md"
     m = res.get("meta", {})
     body = (
-        f"{CARD_VALIDITY_START}\nMeasured by `{m.get('command', 'python -m erasekit.tinyworld.validity')}` on {time.strftime('%Y-%m-%d')}: "
-        f"{m.get('n_per_set')} generated images per prompt set ({'all' if m.get('n_per_set', 0) >= 144 else 'cycling through'} the 144 shape x colour x pattern combinations, "
+        f"{CARD_VALIDITY_START}\nMeasured by `{m.get('command', 'python -m erasekit.tinyworld.validity')}` on "
+        f"{time.strftime('%Y-%m-%d')}: "
+        f"{m.get('n_per_set')} generated images per prompt set "
+        f"({'all' if m.get('n_per_set', 0) >= 144 else 'cycling through'} the 144 shape x colour x pattern "
+        "combinations, "
         f"fixed seeds), {m.get('scheduler')} {m.get('steps')} steps, guidance {m.get('guidance')}; judge on "
         f"{m.get('n_renders')} held-out renders. Share of images the judge reads as the prompted value "
         f"(✓ = meets the project's target).\n\n{table(res)}\n\n"
