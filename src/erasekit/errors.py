@@ -41,3 +41,8 @@ class EditError(EraseKitError):
 class UncheckedConfigWarning(UserWarning):
     """An edit file's method config has a key this erasekit does not know, or names a method that is not registered:
     it is kept as written (the method validates its config when it refits)."""
+
+
+class ProtocolError(EraseKitError):
+    """An evaluation protocol cannot be declared or run as given: a prompt file missing, its checksum wrong, a gated
+    prompt set without the user's path, a setting out of range."""

@@ -392,3 +392,45 @@ def load_prompts(
     if not items:
         raise ConceptError(f"{src!r} holds no prompt")
     return Suite(name or path.stem, kind, items, source=src, info={"format": fmt, "sha256": digest, "rows": len(items)})
+
+
+def read_prompt_text(path: str | os.PathLike) -> tuple[str, dict]:
+    """(text, info) of a local prompt file: gunzipped when it is gzip (told by its magic bytes, whatever its name),
+    decoded as UTF-8 (a byte-order mark dropped).
+
+    ``info``: ``sha256`` of the bytes as stored, ``content_sha256`` and ``git_blob`` (``git hash-object``) of the
+    decompressed content, ``gzip``. A gzipped copy and the plain upstream file share ``git_blob``, so a pin on it
+    holds for both (HUB's prompt files, DESIGN §11).
+    """
+    import gzip
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConceptError(f"prompt file {str(p)!r} does not exist")
+    raw = p.read_bytes()
+    packed = raw[:2] == b"\x1f\x8b"
+    content = gzip.decompress(raw) if packed else raw
+    blob = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConceptError(f"prompt file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    info = {
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "content_sha256": hashlib.sha256(content).hexdigest(),
+        "git_blob": blob,
+        "gzip": packed,
+    }
+    return text, info
+
+
+def universal_lines(text: str) -> list[str]:
+    """The lines of ``text`` as Python's text-mode ``readlines()`` splits them (universal newlines: ``\\n``, ``\\r\\n``
+    and ``\\r`` end a line; nothing else does), without their line ends; empty lines dropped.
+
+    Not ``str.splitlines()``, which also splits on form feeds, vertical tabs, file/group/record separators,
+    NEL and the Unicode line separators: some attack prompts hold those characters inside one prompt.
+    Every other character, leading or trailing whitespace and control characters included, is kept.
+    """
+    lines = io.StringIO(text, newline=None).readlines()
+    return [ln[:-1] if ln.endswith("\n") else ln for ln in lines if ln not in ("\n", "")]

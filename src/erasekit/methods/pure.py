@@ -29,6 +29,20 @@ Reconstruction choices (the paper is not public; DESIGN §5, measured in
 ``basis='text'`` builds the same projector from token embeddings instead (CURE-style,
 right-multiplied: W ← W (I − P_F (I − P_R)) with bases in the text-embedding space), so the
 paper's central comparison — activation basis vs text basis — runs on the same concepts.
+
+Presets (``preset=``):
+
+* ``erasekit`` (default) — the options as given (and erasekit's per-model defaults, e.g. the paired centring on
+  tinyworld; erasekit/defaults.py);
+* ``paper`` — the project page's procedure (saemi410/PURE ``index.html``, §03) and nothing else, whatever the other
+  options say (:data:`PAPER_PRESET`): uncentred activations, one joint SVD of the forget rows, every step of every
+  trajectory, E on W_K and W_V; forget anchors = each erased concept in six templates (the user's template list when
+  the ConceptSet has one, else the UCE reference list of its kind, six entries); retain anchors = the preserve
+  concepts (the paper: nine in-category concepts; on tinyworld the other values of the same attribute,
+  ``evaluate.protocols.tinyworld.in_category``) in the same six templates — 54 anchors for nine; none given, none
+  used (the many-concept runs). ``forget_prompts`` / ``retain_prompts`` still replace the anchors. The page names
+  the thresholds τ_F / τ_R, n_lat and T without giving numbers: τ_F 0.9 and τ_R 0.99 are defaults.PUBLISHED's,
+  n_lat and T stay as given (``n_latents``, ``steps``), so each basis has n_anchors · n_lat · T rows per layer.
 """
 
 from __future__ import annotations
@@ -97,6 +111,20 @@ def right_delta(W0: torch.Tensor, V_F: torch.Tensor, V_R: torch.Tensor) -> tuple
 
 
 # ----------------------------------------------------------------- config
+# preset='paper': the options the project page's procedure fixes (module docstring).
+PAPER_PRESET = {
+    "basis": "activation",
+    "centre": "none",
+    "forget_rule": "joint",
+    "record_steps": "all",
+    "k_basis": "same",
+    "per_concept": False,
+    "forget_energy": 0.9,
+    "retain_energy": 0.99,
+}
+PAPER_TEMPLATES = 6  # forget (and retain) anchors per concept
+
+
 @dataclass
 class PUREConfig(MethodConfig):
     basis: str = help_field(
@@ -136,9 +164,19 @@ class PUREConfig(MethodConfig):
         "'same': E also left-multiplies W_K; 'none': only W_V is edited (attention outputs live in V's output space)",
     )
     per_concept: bool = help_field(True, "one forget basis per erased concept, joined as an orthonormal union")
+    preset: str = help_field(
+        "erasekit",
+        "'erasekit': the options as given; 'paper': the project page's procedure (uncentred, joint SVD, all steps, "
+        "six template anchors, in-category retain anchors), overriding the options it fixes",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.preset not in ("erasekit", "paper"):
+            raise MethodError(f"preset must be 'erasekit' or 'paper', got {self.preset!r}")
+        if self.preset == "paper":
+            for name, value in PAPER_PRESET.items():
+                setattr(self, name, value)
         if self.basis not in ("activation", "text"):
             raise MethodError(f"basis must be 'activation' or 'text', got {self.basis!r}")
         for name, allowed in (
@@ -268,9 +306,24 @@ def activation_bases(
     return V_F, V_R
 
 
+def paper_anchors(concepts, config) -> tuple[list[str], list[str]]:
+    """(forget, retain) anchor prompts of ``preset='paper'``: every erased / preserved concept in six templates."""
+    from ..concepts import reference_templates
+
+    tpl = concepts.templates if isinstance(concepts.templates, tuple) else reference_templates(concepts.kind)
+    if len(tpl) != PAPER_TEMPLATES:
+        raise MethodError(f"preset='paper' uses {PAPER_TEMPLATES} templates per concept; the ConceptSet has {len(tpl)}")
+    forget = list(config.forget_prompts) or [e for e, _ in concepts.erase_pairs(templates=tpl)]
+    return forget, list(config.retain_prompts) or concepts.preserve_prompts(templates=tpl)
+
+
 def _bases_activation(adapter, concepts, config, progress):
-    groups = forget_groups(concepts, config)
-    retain = list(config.retain_prompts) or concepts.preserve_prompts()
+    if config.preset == "paper":
+        forget, retain = paper_anchors(concepts, config)
+        groups = [(forget, [""] * len(forget))]
+    else:
+        groups = forget_groups(concepts, config)
+        retain = list(config.retain_prompts) or concepts.preserve_prompts()
     paired = config.centre == "paired"
     acts = [
         anchor_activations(
