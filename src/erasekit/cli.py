@@ -617,6 +617,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if getattr(args, "protocol", None):
+        from .evaluate.protocols import run_protocol
+
+        return run_protocol(args)
     from .api import plan_erase
     from .concepts import ConceptSet
     from .evaluate.bench import fit_edits, parse_methods, parse_options, split_concepts, tinyworld_concept_set
@@ -812,6 +816,9 @@ def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
         help="start every method from the papers' settings instead of erasekit's per-model defaults",
     )
     _eval_common(b)
+    from .evaluate.protocols import add_arguments as add_protocol_arguments
+
+    add_protocol_arguments(b)  # --protocol NAME: a paper's protocol, declared as data (evaluate/protocols/)
     b.set_defaults(func=cmd_bench)
 
     from .evaluate.claims_run import add_command as add_claims_command
