@@ -38,7 +38,8 @@ def _add_method_options(p: argparse.ArgumentParser, method: str) -> None:
     types = option_types(m.config_class)
     for f in dataclasses.fields(m.config_class):
         flag, ot = "--" + f.name.replace("_", "-"), types[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        # default_factory is set whenever default is MISSING (mypy cannot narrow the sentinel)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         help_text = f.metadata.get("help", "")
         if "default" not in help_text:
             help_text += f" (default: {default!r})"
@@ -203,7 +204,8 @@ def cmd_methods(args) -> int:
             t.add_column("default")
             t.add_column("help")
             for f in dataclasses.fields(cfg):
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                # default_factory is set whenever default is MISSING (mypy cannot narrow the sentinel)
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
                 t.add_row(
                     shown("--" + f.name.replace("_", "-")), shown(repr(default)), shown(f.metadata.get("help", ""))
                 )

@@ -185,6 +185,8 @@ class Edit:
     :attr:`LayerEdit.key` (the module path for weights).
     """
 
+    format_version: int | None = None  # the file's format version, on an edit read from a file
+
     def __init__(
         self,
         method: str,
@@ -270,6 +272,7 @@ class Edit:
                 for k, le in self.layers.items()
             }
             self._digest = content_sha256({"layers": layers}, self._tensors(), domain=_DIGEST_DOMAIN)
+        assert self._digest is not None
         return self._digest
 
     # ------------------------------------------------------- apply / revert

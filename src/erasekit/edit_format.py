@@ -38,13 +38,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -102,7 +103,7 @@ def _type(x: Any) -> str:
     return "null" if x is None else type(x).__name__
 
 
-def _obj(x: Any, where: str) -> dict:
+def _obj(x: Any, where: str) -> dict[str, Any]:
     if not isinstance(x, dict):
         raise _fail(where, f"must be a JSON object, got {_type(x)}")
     return x
@@ -126,7 +127,7 @@ def _num(x: Any, where: str, lo: float = -math.inf, hi: float = math.inf) -> flo
     return float(x)
 
 
-def _no_extra(d: dict, allowed: set, where: str) -> None:
+def _no_extra(d: dict[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(d) - allowed)
     if extra:
         raise _fail(where, f"unknown field(s) {extra[:3]}; this erasekit knows {sorted(allowed)}")
@@ -147,7 +148,7 @@ def _depth(x: Any) -> int:
     return deepest
 
 
-def _pairs(pairs: list) -> dict:
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
@@ -162,7 +163,7 @@ def _finite_float(s: str) -> float:
     return v
 
 
-def _bad_constant(s: str):
+def _bad_constant(s: str) -> NoReturn:
     raise ValueError(f"{s} is not allowed")
 
 
@@ -219,7 +220,7 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def content_sha256(meta: Mapping, tensors: Mapping[str, torch.Tensor], *, domain: str = DOMAIN) -> str:
+def content_sha256(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], *, domain: str = DOMAIN) -> str:
     """The checksum of a document and its tensors: ``domain`` (what kind of file), the canonical metadata
     (without this field) and :func:`tensor_digest`. Edit files (format 2) and erasekit exports use it."""
     body = {k: v for k, v in meta.items() if k != "content_sha256"}
@@ -265,7 +266,7 @@ class Fingerprint:
             tuple(_num(x, f"{where}.sketch[{i}]") for i, x in enumerate(sketch)),
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "sha256": self.sha256,
             "dtype": self.dtype,
@@ -358,7 +359,7 @@ class EditMeta:
     content_sha256: str
 
 
-def _version(doc: dict) -> int:
+def _version(doc: dict[str, Any]) -> int:
     if doc.get("format") != FORMAT:
         raise EditFileError(f"unknown format {doc.get('format')!r:.60}; an erasekit edit file says format {FORMAT!r}")
     if "format_version" not in doc:
@@ -400,7 +401,12 @@ def _concepts(d: Any) -> None:
         raise _fail("concepts", str(e)) from None
 
 
-_BASE_TYPES = {"pipeline": str, "family": str, "name_or_path": (str, type(None)), "d_in": int}
+_BASE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "pipeline": str,
+    "family": str,
+    "name_or_path": (str, type(None)),
+    "d_in": int,
+}
 
 
 def _base(d: Any) -> None:
@@ -527,7 +533,7 @@ def check_layer_tensors(lm: LayerMeta, t: Mapping[str, torch.Tensor]) -> None:
 
 
 # ------------------------------------------------------------------ the reader
-def read_edit_file(path: str | Path) -> tuple[EditMeta, dict[str, torch.Tensor]]:
+def read_edit_file(path: str | os.PathLike[str]) -> tuple[EditMeta, dict[str, torch.Tensor]]:
     """Read and fully validate an edit file; only EditFileError escapes, whatever the bytes."""
     from safetensors import safe_open
 

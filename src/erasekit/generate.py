@@ -82,5 +82,7 @@ def image_grid(
         if r < len(row_labels):
             draw.text((4, y + size // 2 - 6), row_labels[r], fill="black")
         for c, im in enumerate(row):
-            grid.paste(im.convert("RGB").resize((size, size), Image.NEAREST), (label_w + pad + c * (size + pad), y))
+            grid.paste(
+                im.convert("RGB").resize((size, size), Image.Resampling.NEAREST), (label_w + pad + c * (size + pad), y)
+            )
     return grid

@@ -87,10 +87,10 @@ def shifted_conditioning(
 ) -> dict[str, torch.Tensor]:
     """``encode(prompt) + η · vector`` for shifted items, stacked, ready for ``pipe(**...)``."""
     base = encode(pipe, [it.prompt for it in items])
-    rows = [
-        shift_embeddings({k: x[i : i + 1] for k, x in base.items()}, vectors[it.shift[0]], it.shift[1])
-        for i, it in enumerate(items)
-    ]
+    rows = []
+    for i, it in enumerate(items):
+        assert it.shift is not None, "only shifted items are conditioned here"
+        rows.append(shift_embeddings({k: x[i : i + 1] for k, x in base.items()}, vectors[it.shift[0]], it.shift[1]))
     return {k: torch.cat([r[k] for r in rows]) for k in base}
 
 
@@ -124,7 +124,7 @@ def headline_eta(
         raise ConceptError("the concept-vector attack needs at least one η")
     if kept_at_zero is None or any(k is None for k in kept):
         return max(etas), "strongest η (no attribute judge to calibrate against)"
-    ok = [e for e, k in zip(etas, kept, strict=True) if k >= ratio * kept_at_zero]
+    ok = [e for e, k in zip(etas, kept, strict=True) if k is not None and k >= ratio * kept_at_zero]
     rule = HEADLINE_RULE.format(ratio=ratio)
     return (max(ok), rule) if ok else (0.0, rule + " — none does: the headline is η = 0, the unattacked target suite")
 
@@ -139,7 +139,7 @@ def tinyworld_pairs(concept: str, n: int = 32, seed: int = 0) -> tuple[list[str]
     with_c, without = [], []
     rng = np.random.default_rng(seed)
     for _ in range(n):
-        s = {a: vals[int(rng.integers(len(vals)))] for a, vals in world.ATTRIBUTES.items()}
+        s: dict[str, str | None] = {a: vals[int(rng.integers(len(vals)))] for a, vals in world.ATTRIBUTES.items()}
         s[attr] = value
         t = int(
             rng.integers(len(world.TRAIN_TEMPLATES))

@@ -239,7 +239,7 @@ def _space_sparsity(c: Claim, m: Measured) -> None:
     c.measurement = "share of exact zeros in SPACE's edited to_k/to_v (target_sparsity 0.85), erase rate vs unedited"
     c.numbers = f"sparsity {100 * sp:.1f} %; erase {pct(m.metric('space', 'erase rate'))}; {fmt_cmp(cmp_)}"
     ok = 0.80 <= sp <= 0.90
-    c.verdict = (HOLDS if cmp_.significant and cmp_.diff > 0 else PARTLY) if ok else FAILS
+    c.verdict = (HOLDS if cmp_ is not None and cmp_.significant and cmp_.diff > 0 else PARTLY) if ok else FAILS
     c.why = "the sparsity is the configured target; the test is whether erasure works at it"
 
 

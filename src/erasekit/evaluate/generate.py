@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -52,7 +53,7 @@ def _render(pipe, items: Sequence[SuiteItem], vectors: dict, settings: Generatio
     }
     kw = {k: v for k, v in asked.items() if v is not None}
     if items[0].shift is None:
-        cond = {"prompt": [it.prompt for it in items]}
+        cond: dict[str, Any] = {"prompt": [it.prompt for it in items]}
     else:
         cond = shifted_conditioning(pipe, items, vectors)
     with generating_in_compute_dtype(pipe):  # float16 on a CPU runs in float32 (models/precision.py)

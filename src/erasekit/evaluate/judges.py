@@ -255,7 +255,8 @@ class CLIPJudge(Judge):
             raise ConceptError("the CLIP judge needs at least one neutral text to decide against")
         self.path, self.template, self.negatives = path, template, tuple(negatives)
         self.device, self.batch_size = device, batch_size
-        self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        # transformers types .to() through a decorator whose first parameter is the model, not the device
+        self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(device).eval()  # type: ignore[arg-type]
         self.tokenizer = CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
         pre = (
             json.loads((path / "preprocessor_config.json").read_text())

@@ -87,7 +87,7 @@ def make_study(
         suites = [s for s in suites_from_concepts(concepts, seeds=seeds) if s.kind in built]
         with_c, without = concept_set_pairs(concepts)
     suites += list(extra)
-    attacks = []
+    attacks: list[ConceptVectorAttack | TokenSearchAttack] = []
     if "adversarial" in plan.kinds:
         if not any(s.kind == "target" for s in suites):
             raise ConceptError("adversarial suites attack the target prompts: add 'target' to the suite kinds")

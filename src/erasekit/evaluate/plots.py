@@ -100,7 +100,7 @@ def attack_curve(
     if all(k is not None for k in kept):
         ax.plot(
             etas,
-            [100 * k.value for k in kept],
+            [100 * k.value for k in kept if k is not None],
             ":",
             color="grey",
             marker="^",

@@ -132,7 +132,7 @@ def _data_uri(im: Image.Image, thumb: int) -> str:
     buf = io.BytesIO()
     if max(im.size) > 2 * thumb:
         im = im.copy()
-        im.thumbnail((thumb * 2, thumb * 2), Image.LANCZOS)
+        im.thumbnail((thumb * 2, thumb * 2), Image.Resampling.LANCZOS)
         im.save(buf, format="JPEG", quality=85)
         mime = "jpeg"
     else:

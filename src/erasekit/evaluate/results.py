@@ -34,6 +34,7 @@ class SuiteRun:
         """Per item: does the judge see any (``mode="any"``) / all of the item's concepts?"""
         jr = self.judged_edited if which == "edited" else self.judged_unedited
         agg = np.any if mode == "any" else np.all
+        assert jr is not None, f"the {which} images are not judged"
         return np.array(
             [bool(agg([jr.seen(c)[i] for c in it.concepts])) for i, it in enumerate(self.suite.items)], dtype=bool
         )

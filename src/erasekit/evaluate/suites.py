@@ -193,8 +193,8 @@ def tinyworld_attribute(concept: str) -> tuple[str, str]:
         for canon, names in vocab.items():
             if key in names:
                 return attr, canon
-    names = ", ".join(world.SHAPE_NAMES + world.COLOR_NAMES + world.PATTERN_NAMES)
-    raise ConceptError(f"tinyworld has no concept {concept!r}; choose among {names} (or a synonym)")
+    known = ", ".join(world.SHAPE_NAMES + world.COLOR_NAMES + world.PATTERN_NAMES)
+    raise ConceptError(f"tinyworld has no concept {concept!r}; choose among {known} (or a synonym)")
 
 
 def tinyworld_suites(

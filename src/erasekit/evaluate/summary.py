@@ -8,6 +8,8 @@ objective, then every method against the unedited model and against every other 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import metrics as M
@@ -85,7 +87,7 @@ def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) ->
     judged success beside its own objective, with its budget. Adds ``ASR <attack> (headline η = …)`` to each
     method's metrics."""
     out: dict = {}
-    kw = {"seed": seed, "n_boot": n_boot}
+    kw: dict[str, Any] = {"seed": seed, "n_boot": n_boot}
     first = next(iter(study_runs.values()))
     target = _target(first)
     for attack, curve in _curve_suites(first).items():
@@ -97,7 +99,7 @@ def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) ->
         ]
         rows = []
         for eta, s, k in zip(etas, points, kept, strict=True):
-            row = {
+            row: dict[str, Any] = {
                 "eta": eta,
                 "suite": s.suite.name,
                 "unedited concept rate": M.rate("unedited concept rate", s.seen("unedited"), **kw),
@@ -167,9 +169,9 @@ def _decisions(run: MethodRun, attacks: dict) -> dict[str, tuple[SuiteRun, np.nd
             out[metric] = (s, e if keep else ~e, u if keep else ~u)
     for attack, a in attacks.items():
         if "headline_eta" in a:
-            s = headline_suite(run, attack, a["headline_eta"])
-            if s is not None:
-                out[f"ASR {attack} (headline η = {a['headline_eta']:g})"] = (s, s.seen("edited"), s.seen("unedited"))
+            hs = headline_suite(run, attack, a["headline_eta"])
+            if hs is not None:
+                out[f"ASR {attack} (headline η = {a['headline_eta']:g})"] = (hs, hs.seen("edited"), hs.seen("unedited"))
     return out
 
 
@@ -199,7 +201,7 @@ def _metrics(run: MethodRun, which: str, seed: int, n_boot: int) -> dict[str, M.
     """Headline metrics of one method on the edited (or, for reference, the unedited) images."""
     out: dict[str, M.Estimate] = {}
     erase_parts, retain_parts = [], []
-    kw = {"seed": seed, "n_boot": n_boot}
+    kw: dict[str, Any] = {"seed": seed, "n_boot": n_boot}
     for name, s in run.suites.items():
         kind = s.suite.kind
         suffix = "" if name == kind else f" ({name})"
@@ -236,6 +238,7 @@ def _metrics(run: MethodRun, which: str, seed: int, n_boot: int) -> dict[str, M.
 def _item_decisions(s: SuiteRun, which: str) -> np.ndarray:
     """(items, max labels) decisions on each item's own concepts (padded with False)."""
     jr = s.judged_edited if which == "edited" else s.judged_unedited
+    assert jr is not None, f"the {which} images are not judged"
     width = max((len(it.concepts) for it in s.suite.items), default=0)
     out = np.zeros((len(s.suite.items), width), dtype=bool)
     for i, it in enumerate(s.suite.items):

@@ -58,7 +58,7 @@ def write_folder(pipe, path, *, save_dtype=None, record: dict | None = None, pro
             "diffusers",
             edits=[record] if record else [],
             applied=Edit.applied(pipe),
-            save_dtype=str(cast or getattr(pipe, "dtype", "")).replace("torch.", ""),
+            save_dtype=str(cast or (getattr(pipe, "dtype", None) or "")).replace("torch.", ""),
         )
         (tmp / RECORD_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
         if path.is_dir():

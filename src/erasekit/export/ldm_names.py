@@ -102,8 +102,8 @@ def unet_key_to_ldm(key: str, config) -> str:
     if module in _UNET_TOP:
         return f"{_UNET_TOP[module]}.{leaf}"
     if key.startswith("down_blocks."):
-        (_, i, kind, j), rest = _split(key, 4)
-        i, j = int(i), int(j)
+        (_, si, kind, sj), rest = _split(key, 4)
+        i, j = int(si), int(sj)
         if kind == "resnets":
             return f"input_blocks.{1 + i * per + j}.0.{_resnet_rest(rest, _UNET_RESNET, key)}"
         if kind == "attentions":
@@ -111,16 +111,16 @@ def unet_key_to_ldm(key: str, config) -> str:
         if kind == "downsamplers" and j == 0 and rest.startswith("conv."):
             return f"input_blocks.{(i + 1) * per}.0.op.{rest[len('conv.') :]}"
     elif key.startswith("mid_block."):
-        (_, kind, j), rest = _split(key, 3)
-        j = int(j)
+        (_, kind, sj), rest = _split(key, 3)
+        j = int(sj)
         if kind == "resnets" and j in (0, 1):
             return f"middle_block.{2 * j}.{_resnet_rest(rest, _UNET_RESNET, key)}"
         if kind == "attentions" and j == 0:
             return f"middle_block.1.{rest}"
         raise ModelError(f"cannot export UNet tensor {key!r}: the original mid block is resnet, attention, resnet")
     elif key.startswith("up_blocks."):
-        (_, i, kind, j), rest = _split(key, 4)
-        i, j = int(i), int(j)
+        (_, si, kind, sj), rest = _split(key, 4)
+        i, j = int(si), int(sj)
         if kind == "resnets":
             return f"output_blocks.{i * per + j}.0.{_resnet_rest(rest, _UNET_RESNET, key)}"
         if kind == "attentions":
@@ -224,10 +224,10 @@ def openclip_to_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, to
                 raise ModelError(f"cannot export text-encoder tensor {key!r}: no counterpart in the OpenCLIP layout")
         else:
             raise ModelError(f"cannot export text-encoder tensor {key!r}: no counterpart in the OpenCLIP layout")
-    for (i, leaf), parts in sorted(qkv.items()):
+    for (n, leaf), parts in sorted(qkv.items()):
         if sorted(parts) != ["k", "q", "v"]:
-            raise ModelError(f"cannot export text-encoder layer {i}: q/k/v projections incomplete ({sorted(parts)})")
-        out[f"{prefix}transformer.resblocks.{i}.attn.in_proj_{leaf}"] = torch.cat(
+            raise ModelError(f"cannot export text-encoder layer {n}: q/k/v projections incomplete ({sorted(parts)})")
+        out[f"{prefix}transformer.resblocks.{n}.attn.in_proj_{leaf}"] = torch.cat(
             [parts["q"], parts["k"], parts["v"]], dim=0
         )
     return out

@@ -71,7 +71,8 @@ def read_lora_export(path: str | os.PathLike):
                 f"{where}: tensors or metadata do not match the recorded checksum (the file was modified or corrupted)"
             )
         rec, per_layer = meta["edit"], meta["layers"]
-        layers, fingerprints, used = [], {}, set()
+        layers, fingerprints = [], {}
+        used: set[str] = set()
         for lpath, info in rec["layers"].items():
             out = per_layer[lpath]
             d_out, d_in = (int(x) for x in info["shape"])
@@ -79,7 +80,7 @@ def read_lora_export(path: str | os.PathLike):
             if r == 0:
                 continue  # ΔW = 0 at export: the layer is left as it is
             if fmt == "lora":
-                names = (f"{key}.lora_B.weight", f"{key}.lora_A.weight")
+                names: tuple[str, ...] = (f"{key}.lora_B.weight", f"{key}.lora_A.weight")
                 scale = 1.0
             else:
                 names = (f"{key}.lora_up.weight", f"{key}.lora_down.weight", f"{key}.alpha")

@@ -166,7 +166,10 @@ def edit_factors(edit, unet, rank: int | None = None, progress: bool = False) ->
                 f"ΔW of numerical rank > {cap}. Export it exactly as 'diff', 'diffusers' or 'single-file', "
                 "or pass --rank K for a truncated-SVD LoRA (its relative error is reported)"
             )
-        out[path] = f if f is not None else truncated_factors(dW, rank)
+        if f is None:
+            assert rank is not None  # refused above otherwise
+            f = truncated_factors(dW, rank)
+        out[path] = f
     return out
 
 

@@ -7,17 +7,27 @@ with the natural dual point of eqs. (7)–(10) (:mod:`erasekit.linalg.dual`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from .dual import _dual_value, _soft
-from .gram import _F64
+from .gram import _F64, GramFactor
 from .uce import _uce_rows
 
 _FISTA_CHECK = 10  # certificate every this many FISTA iterations (two extra GEMMs each)
 
 
-def _fista(W0, A, gf, lam, tol, max_iter, callback):
+def _fista(
+    W0: Tensor,
+    A: Tensor | None,
+    gf: GramFactor,
+    lam: float,
+    tol: float,
+    max_iter: int,
+    callback: Callable[[int, Tensor], bool | None] | None,
+) -> tuple[Tensor, Tensor, int, float, float]:
     """Proximal gradient with momentum and per-row gradient restart, all rows at once.
 
     W ← S_{λ/L}(Y − (2/L)(Y M − R)),  L = 2λ_max(M),

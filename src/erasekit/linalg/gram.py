@@ -16,13 +16,17 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TypeAlias
 
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
 __all__ = ["GramFactor", "gram_factor"]
 
 _F64 = torch.float64
+# what the solvers accept for a matrix: a tensor, or anything torch.as_tensor takes (an array, nested lists)
+TensorLike: TypeAlias = Tensor | npt.ArrayLike
 _COND_RAISE = 1e12  # cond(M) above which float64 solves lose every digit the tolerances need
 _COND_WARN = 1e8  # cond(M) above which SSN builds its Newton systems in float64 (slower)
 
@@ -94,7 +98,7 @@ def _check_finite(name: str, x: Tensor) -> None:
         )
 
 
-def _as_matrix(name: str, x, d_in: int | None = None) -> Tensor:
+def _as_matrix(name: str, x: TensorLike, d_in: int | None = None) -> Tensor:
     x = torch.as_tensor(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (d_in, columns), got shape {tuple(x.shape)}")
@@ -110,7 +114,13 @@ def _as_matrix(name: str, x, d_in: int | None = None) -> Tensor:
 
 
 def gram_factor(
-    C_E, C_G, C_P=None, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.5, prior=None
+    C_E: TensorLike,
+    C_G: TensorLike,
+    C_P: TensorLike | None = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 0.5,
+    prior: TensorLike | None = None,
 ) -> GramFactor:
     """Validate the embeddings and factor everything the layers share, once.
 
@@ -171,15 +181,16 @@ def _column_factor(X: Tensor) -> Tensor:
         return X.new_zeros(X.shape[0], 0)
     U, s, _ = torch.linalg.svd(X, full_matrices=False)
     keep = s > max(float(s[0]), 1e-300) * max(X.shape) * torch.finfo(_F64).eps * 16
-    return (U[:, keep] * s[keep]).contiguous()
+    Phi: Tensor = (U[:, keep] * s[keep]).contiguous()  # torch.linalg.svd's outputs are untyped
+    return Phi
 
 
-def _as_weight(W0, gf: GramFactor, name: str = "W0", f64: bool = True) -> Tensor:
+def _as_weight(W0: TensorLike, gf: GramFactor, name: str = "W0", f64: bool = True) -> Tensor:
     """Validated (d_out, d_in) weight on gf's device; float64 unless f64=False (then converted per chunk)."""
-    W0 = torch.as_tensor(W0)
-    if W0.ndim != 2 or W0.shape[1] != gf.d_in:
-        raise ValueError(f"{name} must be (d_out, d_in={gf.d_in}) to match the embeddings, got shape {tuple(W0.shape)}")
-    if not W0.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {W0.dtype}")
-    _check_finite(name, W0)
-    return W0.to(device=gf.C.device, dtype=_F64 if f64 else W0.dtype)
+    W = torch.as_tensor(W0)
+    if W.ndim != 2 or W.shape[1] != gf.d_in:
+        raise ValueError(f"{name} must be (d_out, d_in={gf.d_in}) to match the embeddings, got shape {tuple(W.shape)}")
+    if not W.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {W.dtype}")
+    _check_finite(name, W)
+    return W.to(device=gf.C.device, dtype=_F64 if f64 else W.dtype)

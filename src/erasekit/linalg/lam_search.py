@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .dual import _cold_dual, _pick_kappa
-from .gram import _F64, GramFactor, _as_weight
+from .gram import _F64, GramFactor, TensorLike, _as_weight
 from .space import SpaceSolve, space_solve
 from .ssn import _FIRST_ORDER_STEPS
 from .uce import _uce_rows
@@ -102,6 +102,10 @@ def _lam_search(
         flat = A.abs().flatten()
         lam0 = 2 * gf.gamma * float(flat.kthvalue(max(1, int(target * flat.numel()))).values)
     lam = max(lam0, 1e-12)
+    lo: tuple[float, float] | None
+    hi: tuple[float, float] | None
+    last: tuple[float, float] | None
+    prev: tuple[float, float] | None
     lo = hi = last = None  # (log λ, sparsity) on each side of the target; the previous point
     best = (math.inf, lam, y, math.nan)
     for _ in range(max_steps):
@@ -139,7 +143,7 @@ _SAMPLE_ENTRIES = 2**18
 
 
 def space_solve_sparsity(
-    W0,
+    W0: TensorLike,
     gf: GramFactor,
     target: float,
     *,
@@ -176,7 +180,8 @@ def space_solve_sparsity(
     else:
         tau = lam / (2 * gf.gamma)
         y0 = _cold_dual(A @ gf.F, gf.s, gf.gamma, _pick_kappa(A, gf, tau))  # (d_out, r)
-        y0[pick] = yS
+        if yS is not None:
+            y0[pick] = yS
     # most rows start cold (the sample's duals cover pick.numel() of d_out): they get the cold start's first-order steps
     res = space_solve(
         W0,

@@ -54,7 +54,8 @@ class NormalSolver:
         lam, Q = torch.linalg.eigh((self.M + self.M.T) / 2)
         tol = max(float(lam.abs().max()), 1e-300) * d * torch.finfo(F64).eps * 16
         keep = lam > tol
-        self.Q, self.inv = Q[:, keep], 1.0 / lam[keep]
+        self.Q: Tensor = Q[:, keep]
+        self.inv: Tensor = 1.0 / lam[keep]
         self.full_rank = bool(keep.all())
         if lamb > 0 and not self.full_rank:
             raise ValueError("the closed form's normal matrix is singular although lambda > 0 (non-finite embeddings?)")

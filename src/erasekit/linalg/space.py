@@ -20,13 +20,13 @@ import torch
 from torch import Tensor
 
 from .fista import _fista
-from .gram import _F64, GramFactor, _as_weight, _check_finite
+from .gram import _F64, GramFactor, TensorLike, _as_weight, _check_finite
 from .ssn import _FIRST_ORDER_STEPS, _chunk_rows, _ssn
 
 __all__ = ["space_objective", "SpaceSolve", "space_solve"]
 
 
-def space_objective(W, W0, gf: GramFactor, lam: float) -> float:
+def space_objective(W: TensorLike, W0: TensorLike, gf: GramFactor, lam: float) -> float:
     """F(W) = f(W) + λ‖W‖₁ evaluated directly from eq. (1) (constant included), float64."""
     W = _as_weight(W, gf, "W")
     W0 = _as_weight(W0, gf)
@@ -56,7 +56,7 @@ class SpaceSolve:
 
 
 def space_solve(
-    W0,
+    W0: TensorLike,
     gf: GramFactor,
     lam: float,
     *,

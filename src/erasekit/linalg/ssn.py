@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -78,7 +79,18 @@ def _chunk_rows(gf: GramFactor, d_out: int) -> int:
     return max(32, min(256, max(16 * 2**20, 8 * d_out * gf.d_in) // per_row))
 
 
-def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers, first_order_steps):
+def _ssn(
+    W0: Tensor,
+    A: Tensor | None,
+    gf: GramFactor,
+    lam: float,
+    tol: float,
+    max_iter: int,
+    y0: Tensor | None,
+    chunk_rows: int,
+    workers: int,
+    first_order_steps: int,
+) -> tuple[Tensor, Tensor, int, float, float]:
     """Semi-smooth Newton on every row dual of one layer, chunk by chunk (eqs. 8–12).
 
     Rows are independent problems, so with ``workers`` > 1 the chunks run concurrently in that
@@ -126,7 +138,11 @@ def _ssn(W0, A, gf, lam, tol, max_iter, y0, chunk_rows, workers, first_order_ste
     def solve_chunk(lo: int, hi: int) -> tuple[float, float, int]:
         a, c0 = first if lo == 0 and first is not None else rows_of(lo, hi)
         aC = a @ F  # (b, r)
-        y = y0[lo:hi].clone() if y0 is not None else _cold_dual(aC, gf.s, gamma, kappa)
+        if y0 is not None:
+            y = y0[lo:hi].clone()
+        else:
+            assert kappa is not None  # cold_start() picks κ whenever there is no y0
+            y = _cold_dual(aC, gf.s, gamma, kappa)
         P, g, its = _ssn_rows(
             a,
             aC,
@@ -171,7 +187,7 @@ def _pinned_worker() -> None:
 
 
 @contextlib.contextmanager
-def _intra_op_threads(n: int):
+def _intra_op_threads(n: int) -> Iterator[None]:
     """torch's intra-op thread count set to n for the block (its process-wide default for threads
     that start inside it, too), then restored in the calling thread."""
     before = torch.get_num_threads()
@@ -183,8 +199,22 @@ def _intra_op_threads(n: int):
 
 
 def _ssn_rows(
-    a, aC, c0, y, F, Fpad, gamma, lam, tau, tol, max_iter, W_out, Y_out, iterate_dtype=None, first_order_steps=0
-):
+    a: Tensor,
+    aC: Tensor,
+    c0: Tensor,
+    y: Tensor,
+    F: Tensor,
+    Fpad: Tensor,
+    gamma: float,
+    lam: float,
+    tau: float,
+    tol: float,
+    max_iter: int,
+    W_out: Tensor,
+    Y_out: Tensor,
+    iterate_dtype: torch.dtype | None = None,
+    first_order_steps: int = 0,
+) -> tuple[Tensor, Tensor, int]:
     """Run SSN on rows a (b, d_in) from dual y; write w into W_out, y into Y_out.
 
     A row stops when its gap ≤ tol·(g + c0) (c0: its share of f(W_uce), so the layer-level
@@ -328,7 +358,10 @@ def _refresh_newton(st: _Rows, Fpad: Tensor, gamma: float, eye: Tensor, mask: Te
     if not redo.numel():
         return
     full = redo.numel() == mask.shape[0]
-    pick = (lambda x: x) if full else (lambda x: x.index_select(0, redo))
+
+    def pick(x: Tensor) -> Tensor:
+        return x if full else x.index_select(0, redo)
+
     mask_r, added, removed = pick(mask), pick(added), pick(removed)  # (k, d_in)
     rebuild = pick(n_chg) >= mask_r.sum(1)  # (k,)  cheaper to start over
     H = pick(st.H)  # (k, r, r)  the old H (in place when full)
@@ -405,7 +438,8 @@ def _active_solve(Fpad: Tensor, mask: Tensor, counts: Tensor, g: Tensor, gamma: 
 def _chol_solve(L: Tensor, rhs: Tensor) -> Tensor:
     """(b, r) solution of L Lᵀ x = rhs for lower-triangular L (b, r, r)."""
     x = torch.linalg.solve_triangular(L, rhs.unsqueeze(2), upper=False)
-    return torch.linalg.solve_triangular(L.transpose(1, 2), x, upper=True).squeeze(2)
+    out: Tensor = torch.linalg.solve_triangular(L.transpose(1, 2), x, upper=True)
+    return out.squeeze(2)
 
 
 def _step_gain(

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .gram import GramFactor, _as_weight
+from .gram import GramFactor, TensorLike, _as_weight
 
 __all__ = ["uce_delta_factors", "uce_weight"]
 
 
-def uce_delta_factors(W0, gf: GramFactor) -> tuple[Tensor, Tensor]:
+def uce_delta_factors(W0: TensorLike, gf: GramFactor) -> tuple[Tensor, Tensor]:
     """(Bf (d_out, r), Af (r, d_in)), float64, with W_uce = W0 + Bf @ Af  (eqs. 3, 5).
 
     The rank r = rank(C̃) ≤ min(n, d_in), so the factors always exist (also for n ≥ d_in).
@@ -25,7 +25,7 @@ def uce_delta_factors(W0, gf: GramFactor) -> tuple[Tensor, Tensor]:
     return Z * gf.h, gf.U.T  # W0 (B − C̃) V diag(h) · Uᵀ = W0 (B − C̃) K
 
 
-def uce_weight(W0, gf: GramFactor) -> Tensor:
+def uce_weight(W0: TensorLike, gf: GramFactor) -> Tensor:
     """UCE edited weight R M⁻¹ (d_out, d_in), float64, in O(d_out·d_in·r) (eq. 3)."""
     W0 = _as_weight(W0, gf)
     return _uce_rows(W0, gf)[0]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -193,7 +193,9 @@ class FullDelta(Carrier):
         )  # (d_out, d_in) or (c_out, c_in/g, kh, kw)
         has_bias = train_bias and module.bias is not None
         self.db = (
-            nn.Parameter(torch.zeros(module.bias.shape, dtype=torch.float32, device=w.device)) if has_bias else None
+            nn.Parameter(torch.zeros(module.bias.shape, dtype=torch.float32, device=w.device))
+            if has_bias and module.bias is not None
+            else None
         )
 
     def extra(self, module, x):
@@ -236,7 +238,7 @@ def set_enabled(carriers: Iterable[Carrier], flag: bool) -> None:
 
 @contextlib.contextmanager
 def attached(
-    unet, carriers: dict[str, Carrier], extra_hooks: Iterable[tuple[str, Callable]] = (), checkpointing: bool = False
+    unet, carriers: Mapping[str, Carrier], extra_hooks: Iterable[tuple[str, Callable]] = (), checkpointing: bool = False
 ) -> Iterator[None]:
     """Hook every carrier onto ``unet.get_submodule(path)`` with the UNet frozen; restore everything on exit.
 
@@ -275,7 +277,7 @@ def attached(
 # ------------------------------------------------------------------------- loop
 def train(
     step_loss: Callable[[int], torch.Tensor],
-    params: list[torch.Tensor],
+    params: Sequence[torch.Tensor],
     *,
     steps: int,
     seconds: float | None,

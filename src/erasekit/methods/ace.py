@@ -137,7 +137,7 @@ def _adversarial_delta(eps_fn, embeds: torch.Tensor, target: torch.Tensor, confi
 @register_method(
     "ace", ACEConfig, "ACE: gated low-rank nullification + adversarial fine-tuning (arXiv 2504.11850, reconstruction)"
 )
-class ACE(Method):
+class ACE(Method[ACEConfig]):
     def uses_unet(self, config: ACEConfig) -> bool:
         return True
 

@@ -11,20 +11,24 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..errors import MethodError
-from ..models.adapter import PROJECTIONS, TOKEN_MODES
+from ..models.adapter import PROJECTIONS, TOKEN_MODES, PipelineAdapter
+
+if TYPE_CHECKING:
+    from ..concepts import ConceptSet
+    from ..edit import Edit
 
 
-def help_field(default: Any, help: str, **kw) -> Any:
+def help_field(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field carrying its help text (shown by ``erasekit methods`` and the CLI)."""
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 
-def check_choice(option: str, value, choices: tuple) -> None:
+def check_choice(option: str, value: object, choices: tuple[object, ...]) -> None:
     """Refuse ``value`` unless it is one of ``choices`` (``None`` only where ``choices`` lists it)."""
     if value not in choices:
         shown = ", ".join(repr(c) for c in choices if c is not None)
@@ -42,7 +46,7 @@ class MethodConfig:
     TOKEN_CHOICES: ClassVar[tuple[str | None, ...]] = TOKEN_MODES
     STORAGE_CHOICES: ClassVar[tuple[str, ...]] = ()
 
-    token: str = help_field(
+    token: str | None = help_field(
         "last", "token selection: 'last' concept token, 'tail' (last token to EOS/padding) or 'all' 77 positions"
     )
     projections: tuple[str, ...] = help_field(("k", "v"), "which cross-attention projections to edit: k, v or both")
@@ -53,7 +57,7 @@ class MethodConfig:
     def __post_init__(self) -> None:
         check_choice("token", self.token, self.TOKEN_CHOICES)
         if self.STORAGE_CHOICES:
-            check_choice("storage", self.storage, self.STORAGE_CHOICES)
+            check_choice("storage", getattr(self, "storage", None), self.STORAGE_CHOICES)  # a subclass field
         if isinstance(self.projections, str):
             self.projections = tuple(p.strip() for p in self.projections.split(",") if p.strip())
         self.projections = tuple(self.projections)
@@ -63,7 +67,7 @@ class MethodConfig:
                 f"projections must be a non-empty subset of ('k', 'v') without repeats, got {self.projections!r}"
             )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
         }
@@ -73,7 +77,10 @@ class MethodConfig:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-class Method(ABC):
+C = TypeVar("C", bound=MethodConfig)
+
+
+class Method(ABC, Generic[C]):
     """A concept-erasure method: a pure function of (base weights, embeddings or activations, config) -> Edit."""
 
     name: ClassVar[str]
@@ -81,10 +88,10 @@ class Method(ABC):
     summary: ClassVar[str]
 
     @abstractmethod
-    def fit(self, adapter, concepts, config: MethodConfig, progress: bool = True):
+    def fit(self, adapter: PipelineAdapter, concepts: ConceptSet, config: C, progress: bool = True) -> Edit:
         """Compute the edit. Must not modify the pipeline."""
 
-    def uses_unet(self, config: MethodConfig) -> bool:
+    def uses_unet(self, config: C) -> bool:
         """Whether ``fit`` runs the UNet (sampling, capture or training), not only reads its K/V weights.
 
         :func:`erasekit.erase` then borrows the UNet in the compute dtype for the fit, one layer at a
@@ -93,15 +100,15 @@ class Method(ABC):
         return False
 
 
-_REGISTRY: dict[str, type[Method]] = {}
+_REGISTRY: dict[str, type[Method[Any]]] = {}
 
 
 def register_method(
     name: str, config_class: type[MethodConfig], summary: str
-) -> Callable[[type[Method]], type[Method]]:
+) -> Callable[[type[Method[Any]]], type[Method[Any]]]:
     """Class decorator that registers a method under ``name``."""
 
-    def deco(cls: type[Method]) -> type[Method]:
+    def deco(cls: type[Method[Any]]) -> type[Method[Any]]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise MethodError(f"method {name!r} is already registered by {_REGISTRY[name].__module__}")
         cls.name, cls.config_class, cls.summary = name, config_class, summary
@@ -111,7 +118,7 @@ def register_method(
     return deco
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str) -> Method[Any]:
     key = name.strip().lower()
     if key not in _REGISTRY:
         raise MethodError(
@@ -125,7 +132,7 @@ def list_methods() -> dict[str, str]:
     return {n: _REGISTRY[n].summary for n in sorted(_REGISTRY)}
 
 
-def make_config(name: str, **options) -> MethodConfig:
+def make_config(name: str, **options: Any) -> MethodConfig:
     """Build ``name``'s config from keyword options; unknown options are an error, not ignored."""
     cls = get_method(name).config_class
     valid = {f.name for f in dataclasses.fields(cls)}
@@ -218,7 +225,7 @@ def option_types(cls: type[MethodConfig]) -> dict[str, OptionType]:
     return {f.name: OptionType.of(f.type) for f in dataclasses.fields(cls)}
 
 
-def check_option_types(cls: type[MethodConfig], options: dict) -> None:
+def check_option_types(cls: type[MethodConfig], options: dict[str, Any]) -> None:
     """Refuse an option whose value does not have its field's type, and NaN / Inf numbers.
 
     Runs before a config is built (and so before any model is loaded): ``lam=nan`` or

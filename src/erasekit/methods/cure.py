@@ -89,10 +89,11 @@ def _prompt_tuple(x) -> tuple[str, ...]:
     CUREConfig,
     "CURE (reconstruction): spectral eraser W ← W(I − P_f + P_f P_r) from text embeddings (Biswas et al., 2025)",
 )
-class CURE(Method):
+class CURE(Method[CUREConfig]):
     def fit(self, adapter, concepts, config: CUREConfig, progress: bool = True):
         t0 = time.perf_counter()
         config = cf.resolve_for_kind(config, concepts.kind, KIND_DEFAULTS)
+        assert config.alpha is not None  # filled from KIND_DEFAULTS
         forget = list(config.forget_prompts) or [e for e, _ in concepts.erase_pairs()]
         retain = list(config.retain_prompts) or concepts.preserve_prompts()
         C_F = adapter.preserve_columns(forget, config.token)  # (d_in, n_F)

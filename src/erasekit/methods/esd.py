@@ -170,7 +170,7 @@ def esd_target(e_from: torch.Tensor, e_c: torch.Tensor, e_null: torch.Tensor, et
 
 
 # ---------------------------------------------------------------------- method
-class _ESD(Method):
+class _ESD(Method[ESDConfig]):
     variant: str = "esd-x"
 
     def uses_unet(self, config: ESDConfig) -> bool:

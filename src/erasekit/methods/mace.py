@@ -48,6 +48,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -324,9 +325,8 @@ def attention_masks(adapter, blocks, prompt: str, words: list[int], config: MACE
     The mask is the concept tokens' cross-attention mass (mean over heads, summed over blocks and
     sampling steps, conditional branch), min-max normalised per image and thresholded (stand-in for Grounded-SAM).
     """
-    maps: list[torch.Tensor] = []
     H = W = adapter.unet.config.sample_size
-    acc = {}
+    acc: dict[str, torch.Tensor] = {}
 
     def sink(block, P):
         P = P[P.shape[0] // 2 :] if config.image_guidance > 1 else P  # conditional half under CFG
@@ -346,8 +346,8 @@ def attention_masks(adapter, blocks, prompt: str, words: list[int], config: MACE
         )
     a = acc["sum"]
     lo, hi = a.amin(dim=(1, 2), keepdim=True), a.amax(dim=(1, 2), keepdim=True)
-    maps = (a - lo) / (hi - lo).clamp_min(1e-12)
-    return pool.x0, maps > threshold
+    norm = (a - lo) / (hi - lo).clamp_min(1e-12)
+    return pool.x0, norm > threshold
 
 
 def importance_weights(n_train: int) -> torch.Tensor:
@@ -363,7 +363,7 @@ def importance_weights(n_train: int) -> torch.Tensor:
     MACEConfig,
     "MACE: closed-form refinement + one LoRA per concept + closed-form fusion, multi-concept (Lu et al., CVPR 2024)",
 )
-class MACE(Method):
+class MACE(Method[MACEConfig]):
     def uses_unet(self, config: MACEConfig) -> bool:
         return True
 
@@ -476,13 +476,13 @@ class MACE(Method):
             if opt["importance_sampling"]
             else torch.full((n_train,), 1.0 / n_train, dtype=F64)
         )
-        carriers = {}
+        carriers: dict[str, ft.LowRankDelta] = {}
         for p in adapter.paths:
             lin = adapter.linear(p)
             D = (lin.weight.detach().to(F64).cpu() @ E_c).float()  # W_cfr − W0 (d_out, d_in)
             carriers[p] = ft.LowRankDelta(lin, config.rank, fixed=D, generator=gen)
         H = adapter.unet.config.sample_size
-        state = {}
+        state: dict[str, Any] = {}
         terms: list[torch.Tensor] = []
 
         def sink(block, P):  # (1, h, N, L)

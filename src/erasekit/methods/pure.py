@@ -279,7 +279,9 @@ def activation_bases(
         if H_R is not None and H_R.shape[0]:
             mu = H_R.double().mean(0)  # (d,)  retain mean
         elif config.centre == "paired":
-            mu = torch.cat([n.double() for n in H_N]).mean(0)  # neutral twins' mean
+            twins = [n for n in H_N if n is not None]
+            assert len(twins) == len(H_N), "centre='paired' records a neutral twin for every prompt"
+            mu = torch.cat([n.double() for n in twins]).mean(0)  # neutral twins' mean
         else:
             raise MethodError(
                 "centre='retain' needs retain prompts (preserve concepts or retain_prompts); use centre='paired'"
@@ -291,8 +293,10 @@ def activation_bases(
     parts = []
     for h, n in zip(H_F, H_N):
         if config.centre == "paired":
+            assert n is not None  # every prompt has its twin under centre='paired'
             X = h - n.double()  # concept minus neutral on the same x_t and step
         elif config.centre == "retain":
+            assert mu is not None  # the retain mean, set above
             X = h - mu
         else:
             X = h
@@ -356,7 +360,7 @@ def _bases_text(adapter, concepts, config):
     PUREConfig,
     "PURE: project concept directions out of cross-attention activations, E = I − P_F(I − P_R) (Moon et al., 2026)",
 )
-class PURE(Method):
+class PURE(Method[PUREConfig]):
     def uses_unet(self, config: PUREConfig) -> bool:
         return config.basis == "activation"
 

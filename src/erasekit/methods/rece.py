@@ -116,11 +116,12 @@ class RECEConfig(MethodConfig):
     RECEConfig,
     "RECE: UCE v1, then per epoch a closed-form adversarial embedding erased again (Gong et al., ECCV 2024)",
 )
-class RECE(Method):
+class RECE(Method[RECEConfig]):
     def fit(self, adapter, concepts, config: RECEConfig, progress: bool = True, judge: Callable | None = None):
         """As every method; ``judge(edit) -> detection rate`` (lower is better) selects the epoch to return."""
         t0 = time.perf_counter()
         config = cf.resolve_for_kind(config, concepts.kind, KIND_DEFAULTS)
+        assert config.epochs is not None and config.reg_scale is not None  # filled from KIND_DEFAULTS
         paths = adapter.paths
         W0 = {p: adapter.linear(p).weight.detach().to("cpu", _F64) for p in paths}
 

@@ -77,7 +77,7 @@ class SPACEConfig(UCEConfig):
     SPACEConfig,
     "SPACE: sparse closed-form edit, UCE + L1 on the weights, stored as CSR (Novello & Tonello, 2026)",
 )
-class SPACE(Method):
+class SPACE(Method[SPACEConfig]):
     def fit(self, adapter, concepts, config: SPACEConfig, progress: bool = True):
         t0 = time.perf_counter()
         gf, prior_stats = cf.gram_and_prior(adapter, concepts, config)

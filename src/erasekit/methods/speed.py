@@ -47,6 +47,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -59,7 +60,7 @@ _F64 = torch.float64
 SPEED_TOKENS = ("last", "after_bos")
 _CHUNK = 128  # the reference's chunk_size: DPA filters each chunk of retain rows against its own mean
 
-KIND_DEFAULTS = {
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "default": {"token": "last", "retain_scale": 1.0, "lamb": 0.0, "threshold": 0.1, "prior_filter": True},
     "person": {"retain_scale": 0.05, "threshold": 1e-4, "prior_filter": False},
     "nsfw": {"token": "after_bos", "retain_scale": 0.7, "lamb": 0.5},
@@ -201,8 +202,10 @@ def _select(enc, mode: str) -> list[torch.Tensor]:
 def speed_columns(adapter, concepts, config: SPEEDConfig):
     """(T, A (d, m) target / anchor columns, n_c, R (N, d) retain rows, K2 (d, 1 + clusters), retain prompts)."""
     pairs = concepts.erase_pairs()
-    T = torch.cat(_select(adapter.encode([e for e, _ in pairs]), config.token), dim=1)  # (d, m)
-    A = torch.cat(_select(adapter.encode([g for _, g in pairs]), config.token), dim=1)  # (d, m)
+    token = config.token
+    assert token is not None  # resolved from the concept kind before the fit
+    T = torch.cat(_select(adapter.encode([e for e, _ in pairs]), token), dim=1)  # (d, m)
+    A = torch.cat(_select(adapter.encode([g for _, g in pairs]), token), dim=1)  # (d, m)
     null = adapter.encode([""]).embeds[0]  # (77, d)
     gen = torch.Generator().manual_seed(config.seed)
     K2 = torch.cat([null[:1], kmeans(null[1:], config.clusters, gen)]).T.contiguous()  # (d, 1 + k)
@@ -227,7 +230,7 @@ def normalize_word(c: str) -> str:
     SPEEDConfig,
     "SPEED: null-space constrained closed-form edit of to_v with prior filtering / augmentation (Li et al., ICLR 2026)",
 )
-class SPEED(Method):
+class SPEED(Method[SPEEDConfig]):
     def fit(self, adapter, concepts, config: SPEEDConfig, progress: bool = True):
         t0 = time.perf_counter()
         config = cf.resolve_for_kind(config, concepts.kind, KIND_DEFAULTS)

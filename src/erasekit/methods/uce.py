@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .. import linalg
 from ..edit import LayerEdit
@@ -51,7 +52,7 @@ KIND_PRESETS = {"default": {"preset": "v2"}, "nsfw": {"preset": "v1"}}
 @dataclass
 class UCEConfig(MethodConfig):
     TOKEN_CHOICES = (None, *TOKEN_MODES)  # None: the preset (or, without one, the kind) decides at fit
-    STORAGE_CHOICES = ("auto", "dense", "lowrank")
+    STORAGE_CHOICES: ClassVar[tuple[str, ...]] = ("auto", "dense", "lowrank")
 
     preset: str | None = help_field(
         None,
@@ -140,7 +141,7 @@ def uce_layer_edit(path, W0, gf, storage: str) -> LayerEdit:
     "Unified Concept Editing: closed-form ridge edit of to_k/to_v; presets v2 (default) / v1 / erasekit "
     "(Gandikota et al., WACV 2024)",
 )
-class UCE(Method):
+class UCE(Method[UCEConfig]):
     def fit(self, adapter, concepts, config: UCEConfig, progress: bool = True):
         t0 = time.perf_counter()
         config = cf.resolve_for_kind(config, concepts.kind, KIND_PRESETS)

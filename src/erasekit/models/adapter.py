@@ -255,9 +255,7 @@ def weight_fingerprint(weight: torch.Tensor) -> dict:
     A matrix is probed as is; other ranks as the (d0, rest) matrix (a bias as one row).
     """
     w = weight.detach().to("cpu")
-    digest = hashlib.sha256(
-        memoryview(w.contiguous().view(torch.uint8).numpy())
-    ).hexdigest()  # hashed in place, no bytes copy
+    digest = hashlib.sha256(w.contiguous().view(torch.uint8).numpy().data).hexdigest()  # hashed in place, no bytes copy
     w64 = _as_matrix(w.to(torch.float64))
     d_out, d_in = w64.shape
     gen = torch.Generator().manual_seed(_SKETCH_SEED + d_out * 7919 + d_in)

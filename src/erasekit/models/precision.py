@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -152,7 +153,8 @@ def _substitute(mod: nn.Module, dtype: torch.dtype) -> list[_Swap]:
     checkpointing's recomputed ones) keeps the copy after the original is put back.
     """
     swaps = []
-    for slots in (mod._parameters, mod._buffers):
+    tables: tuple[dict[str, Any], ...] = (mod._parameters, mod._buffers)
+    for slots in tables:
         for name, t in list(slots.items()):
             if t is not None and t.is_floating_point() and t.dtype != dtype:
                 copy = t.to(dtype)  # differentiable: a trainable original would receive its gradient in its own dtype
@@ -189,7 +191,8 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
     which keeps references to what the recomputed forward used, also sees the copy. What trains is
     a separate float32 delta (methods/_finetune.py freezes the UNet).
     """
-    handles, live = [], {}
+    handles: list[Any] = []
+    live: dict[int, Any] = {}
     copies: dict[int, torch.Tensor] = {}  # storage address of each live borrowed copy -> the original it was cast from
 
     def pre(mod, args, kwargs):
@@ -209,7 +212,7 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
         original = copies.get(_storage_address(x)) if copies else None
         if original is None:
             return x
-        return _Recast(original, x.dtype, x.size(), x.stride(), x.storage_offset())
+        return _Recast(original, x.dtype, x.size(), x.stride(), int(x.storage_offset()))
 
     def unpack(saved):
         return saved.tensor() if isinstance(saved, _Recast) else saved

@@ -88,7 +88,7 @@ def model_record(pipe) -> ModelRecord:
     if isinstance(rec, ModelRecord):
         return rec
     cfg = getattr(pipe, "config", None)
-    name = cfg.get("_name_or_path") if hasattr(cfg, "get") else None
+    name = cfg.get("_name_or_path") if cfg is not None and hasattr(cfg, "get") else None
     return describe_model(name)
 
 

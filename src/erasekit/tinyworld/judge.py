@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ class TinyworldJudge(nn.Module):
 
     def __init__(self, width: int = 32, size: int = 32):
         super().__init__()
-        self.config = {"width": width, "size": size, "heads": HEADS}
+        self.config: dict[str, Any] = {"width": width, "size": size, "heads": HEADS}
         w = width
         self.features = nn.Sequential(
             _block(3, w),
@@ -197,7 +198,7 @@ def train_judge(
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
         x = augment(x, gen)
         out = model(x)
-        loss = sum(F.cross_entropy(out[k], torch.from_numpy(getattr(lab, k)).long()) for k in HEADS)
+        loss = torch.stack([F.cross_entropy(out[k], torch.from_numpy(getattr(lab, k)).long()) for k in HEADS]).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -18,6 +18,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,7 +178,7 @@ def save_pipeline(folder: Path, vae, text_encoder, unet, tokenizer_dir: Path):
     if tmp.exists():
         shutil.rmtree(tmp)
     mods = [copy.deepcopy(m).to("cpu", torch.float16) for m in (vae, text_encoder, unet)]
-    pipe = build_pipeline(*mods, CLIPTokenizer.from_pretrained(str(tokenizer_dir)))
+    pipe = build_pipeline(mods[0], mods[1], mods[2], CLIPTokenizer.from_pretrained(str(tokenizer_dir)))
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     # the tokenizer files as written by erasekit (identical to CLIP's)
     from erasekit.models.tokenizer import write_clip_tokenizer_files
@@ -231,7 +232,9 @@ def train_diffusion(
     opt = torch.optim.AdamW(
         [{"params": other, "weight_decay": 0.01}, {"params": [emb], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99)
     )
-    noise_sched = DDPMScheduler(**SCHEDULER_KW)
+    noise_sched: Any = DDPMScheduler(
+        **SCHEDULER_KW
+    )  # diffusers' schedulers set their attributes in an untyped __init__
     acp = noise_sched.alphas_cumprod.to(device)
     snr = acp / (1 - acp)
     weight = snr.clamp(max=5.0) / snr  # min-SNR-5 weighting for epsilon prediction
@@ -297,7 +300,7 @@ def train_diffusion(
         {
             "steps": step,
             "seconds": round(time.time() - t0),
-            "loss_ema": round(ema_loss, 5),
+            "loss_ema": round(ema_loss, 5) if ema_loss is not None else None,
             "batch": batch,
             "lr": lr,
             "params_unet": n_params(unet),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ def train_diffusion_xl(
     emas = [copy.deepcopy(m).eval() for m in mods]
     for p in (p for m in emas for p in m.parameters()):
         p.requires_grad_(False)
-    groups = {"old": [], "new": [], "emb": []}
+    groups: dict[str, list[Any]] = {"old": [], "new": [], "emb": []}
     for mi, m in enumerate(mods):
         emb = m.get_input_embeddings().weight if mi < 2 else None
         for name, p in m.named_parameters():
@@ -113,7 +114,9 @@ def train_diffusion_xl(
         betas=(0.9, 0.99),
     )
     all_params = [p for g in groups.values() for p in g]
-    noise_sched = DDPMScheduler(**SCHEDULER_KW)
+    noise_sched: Any = DDPMScheduler(
+        **SCHEDULER_KW
+    )  # diffusers' schedulers set their attributes in an untyped __init__
     acp = noise_sched.alphas_cumprod.to(device)
     snr = acp / (1 - acp)
     weight = snr.clamp(max=5.0) / snr  # min-SNR-5 weighting for epsilon prediction

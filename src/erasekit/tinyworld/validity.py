@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,13 +52,16 @@ def prompt_set(kind: str, n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     combos = [(s, c, p) for s in range(6) for c in range(6) for p in range(4)]
     order = np.concatenate([rng.permutation(len(combos)) for _ in range((n + len(combos) - 1) // len(combos))])[:n]
-    prompts, lab = [], {"shape": [], "color": [], "pattern": []}
+    prompts = []
+    lab: dict[str, list[int]] = {"shape": [], "color": [], "pattern": []}
     for i in order:
         s, c, p = combos[i]
         names = (world.SHAPE_NAMES[s], world.COLOR_NAMES[c], world.PATTERN_NAMES[p])
         template = 0 if kind == "canonical" else None
         prompts.append(world.caption(*names, rng, synonyms=synonyms, split=split, template=template))
-        lab["shape"].append(s), lab["color"].append(c), lab["pattern"].append(p)
+        lab["shape"].append(s)
+        lab["color"].append(c)
+        lab["pattern"].append(p)
     return prompts, {k: np.array(v) for k, v in lab.items()}
 
 
@@ -104,7 +108,7 @@ def measure(
 
     pipe = pipe if pipe is not None else load_pipeline()
     judge = judge if judge is not None else TinyworldJudge.load()
-    res = {"judge": heldout_accuracy(judge, n_renders)}
+    res: dict[str, Any] = {"judge": heldout_accuracy(judge, n_renders)}
     log(f"judge on held-out renders: {res['judge']}")
     t0 = time.time()
     for kind in sets:

@@ -110,7 +110,8 @@ def noun_phrase(
     article: bool = True,
 ) -> str:
     """e.g. ``"a striped red circle"`` / ``"a crimson disc with stripes"``; ``None`` leaves an attribute out."""
-    pre, post = [], []
+    pre: list[str] = []
+    post: list[str] = []
     if pattern is not None:
         p = _pick(PATTERNS[pattern], rng, synonyms)
         (post if p.startswith("with ") else pre).append(p)
@@ -294,6 +295,8 @@ def sample_batch(
     lab = sample_labels(n, rng)
     imgs = render_batch(lab.shape, lab.color, lab.pattern, rng, size)
     caps = []
+    c: str | None
+    p: str | None
     for i in range(n):
         s, c, p = lab.names(i)
         if rng.random() < p_drop_pattern:

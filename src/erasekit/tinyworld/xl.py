@@ -245,7 +245,7 @@ def save_pipeline_xl(folder: Path, vae, te1, te2, unet):
         shutil.rmtree(tmp)
     mods = [copy.deepcopy(m).to("cpu", torch.float16) for m in (vae, te1, te2, unet)]
     tok = build_clip_tokenizer(MAX_TOKENS)
-    pipe = build_pipeline(*mods, tok, tok)
+    pipe = build_pipeline(mods[0], mods[1], mods[2], mods[3], tok, tok)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     for name in ("tokenizer", "tokenizer_2"):
         shutil.rmtree(tmp / name)
