@@ -198,7 +198,8 @@ def train_judge(
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
         x = augment(x, gen)
         out = model(x)
-        loss = torch.stack([F.cross_entropy(out[k], torch.from_numpy(getattr(lab, k)).long()) for k in HEADS]).sum()
+        # summed from a zero tensor, as Python's sum() did from 0 (same values); typed as a tensor
+        loss = sum((F.cross_entropy(out[k], torch.from_numpy(getattr(lab, k)).long()) for k in HEADS), torch.zeros(()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
