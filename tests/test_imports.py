@@ -24,7 +24,18 @@ SRC = Path(__file__).resolve().parents[1] / "src" / ROOT
 # Lowest first. A prefix names a module and everything under it; the longest matching prefix decides.
 # ROOT itself (the package's __init__, its facade) matches only itself.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("erasekit.errors", "erasekit._atomic", "erasekit._version", "erasekit.text", "erasekit.assets")),
+    (
+        "foundation",
+        (
+            "erasekit.errors",
+            "erasekit._atomic",
+            "erasekit._version",
+            "erasekit.text",
+            "erasekit.dtypes",
+            "erasekit.fingerprint_spec",
+            "erasekit.assets",
+        ),
+    ),
     (
         "core",
         (

@@ -50,6 +50,7 @@ from typing import Any, NoReturn
 import torch
 
 from .errors import EditFileError, UnprotectedMetadataWarning
+from .fingerprint_spec import SKETCH_N
 
 FORMAT = "erasekit.edit"
 FORMAT_VERSION = 2
@@ -57,7 +58,6 @@ DOMAIN = f"{FORMAT}/{FORMAT_VERSION}"  # the checksum's domain string for edit f
 READABLE_VERSIONS = (1, 2)
 STORAGE_KINDS = ("dense", "csr", "lowrank")
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
-SKETCH_N = 8  # probes in a fingerprint's sketch (models/adapter.py)
 MAX_DEPTH = 32  # nesting of the metadata JSON
 MAX_DIM = 2**31 - 1
 _TOP_FIELDS = {

@@ -11,20 +11,14 @@ import torch
 
 from .._atomic import check_parent_writable
 from .._version import __version__
+from ..dtypes import DTYPES
 from ..edit_format import content_sha256 as _content_sha256
 from ..errors import EraseKitError
 
 META_KEY = "erasekit_export"  # safetensors metadata key of every erasekit export (a JSON document)
 META_FORMAT = "erasekit.export"
 META_VERSION = 2  # 2: checksummed with edit_format.content_sha256 (1: an export-only checksum, still read back)
-SAVE_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
+SAVE_DTYPES = DTYPES  # the names every --dtype takes
 
 
 class ExportError(EraseKitError):

@@ -154,10 +154,6 @@ def gram_and_prior(adapter, concepts, config) -> tuple[linalg.GramFactor, dict]:
     return gf, prior_stats
 
 
-def gram(adapter, concepts, config) -> linalg.GramFactor:
-    return gram_and_plan(adapter, concepts, config)[0]
-
-
 # ------------------------------------------------------------ kind-dependent defaults
 def resolve_for_kind(config, kind: str, table: dict[str, dict]):
     """A copy of ``config`` whose ``None`` fields are filled from ``table[kind]`` (else ``table['default']``).

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..fingerprint_spec import SKETCH_N
 
 TOKEN_MODES = ("last", "tail", "all")
 PROJECTIONS = {"k": "to_k", "v": "to_v"}
@@ -233,7 +234,6 @@ def _check_mode(mode: str) -> None:
 
 
 _SKETCH_SEED = 20240613
-_SKETCH_N = 8
 
 
 def _as_matrix(w: torch.Tensor) -> torch.Tensor:
@@ -259,8 +259,8 @@ def weight_fingerprint(weight: torch.Tensor) -> dict:
     w64 = _as_matrix(w.to(torch.float64))
     d_out, d_in = w64.shape
     gen = torch.Generator().manual_seed(_SKETCH_SEED + d_out * 7919 + d_in)
-    u = torch.randn(_SKETCH_N, d_out, generator=gen, dtype=torch.float64)
-    r = torch.randn(_SKETCH_N, d_in, generator=gen, dtype=torch.float64)
+    u = torch.randn(SKETCH_N, d_out, generator=gen, dtype=torch.float64)
+    r = torch.randn(SKETCH_N, d_in, generator=gen, dtype=torch.float64)
     u, r = u / u.norm(dim=1, keepdim=True), r / r.norm(dim=1, keepdim=True)
     fro = float(w64.norm())
     probes = ((u @ w64) * r).sum(dim=1) * (d_out * d_in) ** 0.5 / max(fro, 1e-30)  # each ~N(0,1) for unrelated weights
@@ -287,7 +287,7 @@ def fingerprints_match(stored, live: dict, probe_tol: float = 0.05, fro_rtol: fl
         live_sketch = [float(x) for x in live["sketch"]]
     except (KeyError, TypeError, ValueError):
         return False, False
-    if shape != list(live["shape"]) or len(sketch) != _SKETCH_N or len(live_sketch) != _SKETCH_N:
+    if shape != list(live["shape"]) or len(sketch) != SKETCH_N or len(live_sketch) != SKETCH_N:
         return False, False
     same = (
         math.isfinite(fro)

@@ -17,17 +17,10 @@ from pathlib import Path
 
 import torch
 
+from ..dtypes import DTYPES
 from ..errors import ModelError
 from .record import BUNDLED, is_tinyworld, model_record, record_model  # noqa: F401 — is_tinyworld, model_record: re-exported
 
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 TINY = {"tiny-sd": "sd", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
