@@ -181,6 +181,11 @@ def edit_layers(
     return out
 
 
+def lowrank_is_chosen(storage: str, rank: int, d_out: int, d_in: int) -> bool:
+    """Store a rank-``rank`` delta as factors? 'lowrank' always, 'dense' never, 'auto' when the factors are smaller."""
+    return storage == "lowrank" or (storage == "auto" and rank * (d_out + d_in) < d_out * d_in)
+
+
 def store_delta(
     path: str, W0: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]], storage: str = "auto", **stats
 ) -> LayerEdit:
@@ -190,7 +195,7 @@ def store_delta(
     """
     d_out, d_in = W0.shape
     r = sum(B.shape[1] for B, _ in factors)
-    if storage == "lowrank" or (storage == "auto" and r * (d_out + d_in) < d_out * d_in):
+    if lowrank_is_chosen(storage, r, d_out, d_in):
         B = (
             torch.cat([B.double() for B, _ in factors], dim=1)
             if factors

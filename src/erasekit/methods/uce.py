@@ -129,7 +129,8 @@ class UCEConfig(MethodConfig):
 def uce_layer_edit(path, W0, gf, storage: str) -> LayerEdit:
     d_out, d_in = W0.shape
     r = gf.rank  # W_uce − W0 = Bf Af has rank ≤ rank(C̃) ≤ min(n, d_in)
-    if storage == "lowrank" or (storage == "auto" and r * (d_out + d_in) < d_out * d_in):
+    # not cf.store_delta: the dense form is the solve R M⁻¹ itself (the reference scripts' arithmetic), not W0 + Bf Af
+    if cf.lowrank_is_chosen(storage, r, d_out, d_in):
         Bf, Af = linalg.uce_delta_factors(W0, gf)  # (d_out, r), (r, d_in)
         return LayerEdit.lowrank(path, Bf, Af, rank=r)
     return LayerEdit.dense(path, linalg.uce_weight(W0, gf))
