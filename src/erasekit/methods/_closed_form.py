@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .. import linalg
 from ..edit import Edit, LayerEdit
 from ..errors import MethodError
-from ..models.record import is_tinyworld, model_record
+from ..models.record import model_record
 
 PRESETS = ("v2", "v1", "erasekit")
 
@@ -111,28 +111,35 @@ def general_prior(adapter, concepts, config, progress: bool = False):
         return None
     from .. import prior as pr
 
-    source = config.prior_prompts
-    if source == "auto":
-        source = model_record(
-            adapter.pipe
-        ).prior_prompts  # the model's own general prompts (tinyworld's captions), if any
-        if source is None:
-            raise MethodError(
-                "prior='general' needs a general prompt list for this model: set prior_prompts to a CSV/txt path "
-                "(e.g. COCO captions) or an https URL with prior_sha256"
-            )
-    prompts = pr.general_prompts(
-        source, sha256=config.prior_sha256, limit=config.prior_limit if source == "tinyworld" else None
-    )
+    source, prompts = prior_prompt_list(adapter, config)
     exclude = [a for c in concepts.erase for a in pr.concept_aliases(c)]
     return pr.general_prior(
         adapter, prompts, limit=config.prior_limit, exclude=exclude, source=source, progress=progress
     )
 
 
-def _is_tinyworld(adapter) -> bool:
-    """Whether ``adapter``'s pipeline is a bundled tinyworld model (:func:`erasekit.models.record.is_tinyworld`)."""
-    return is_tinyworld(adapter.pipe)
+def prior_prompt_list(adapter, config, fallback: str | None = None) -> tuple[str, list[str]]:
+    """(source name, prompts) of ``config.prior_prompts``, for every method with a general-prompt prior.
+
+    'auto' is the model's own general prompts (tinyworld's captions) or else ``fallback`` (None: refused);
+    'general-suite' is erasekit's built-in list (:data:`erasekit.prompts.GENERAL_PROMPTS`); anything else is a
+    CSV / txt path or an https URL, read with its ``prior_sha256``.
+    """
+    from .. import prior as pr
+    from ..prompts import GENERAL_PROMPTS
+
+    source = config.prior_prompts
+    if source == "auto":
+        source = model_record(adapter.pipe).prior_prompts or fallback
+        if source is None:
+            raise MethodError(
+                "prior='general' needs a general prompt list for this model: set prior_prompts to a CSV/txt path "
+                "(e.g. COCO captions) or an https URL with prior_sha256"
+            )
+    if source == "general-suite":
+        return source, list(GENERAL_PROMPTS)
+    limit = config.prior_limit if source == "tinyworld" else None
+    return source, pr.general_prompts(source, sha256=config.prior_sha256, limit=limit)
 
 
 def gram_and_plan(adapter, concepts, config) -> tuple[linalg.GramFactor, ColumnPlan, dict]:

@@ -58,7 +58,6 @@ from ..edit import LayerEdit
 from ..errors import MethodError
 from ..linalg.mace import cfr_operator, fusion_factors, fusion_operator, rank_factor
 from ..models.capture import AttentionProbe, attention_grid
-from ..prompts import GENERAL_PROMPTS
 from . import _closed_form as cf
 from . import _finetune as ft
 from .base import Method, MethodConfig, help_field, register_method
@@ -416,15 +415,7 @@ class MACE(Method[MACEConfig]):
         if opt["prior"] and (opt["s_train"] > 0 or opt["s_fuse"] > 0):
             from .. import prior as pr
 
-            source = config.prior_prompts
-            if source == "auto":
-                source = "tinyworld" if cf._is_tinyworld(adapter) else "general-suite"
-            if source == "general-suite":
-                prompts = list(GENERAL_PROMPTS)
-            else:
-                prompts = pr.general_prompts(
-                    source, sha256=config.prior_sha256, limit=config.prior_limit if source == "tinyworld" else None
-                )
+            source, prompts = cf.prior_prompt_list(adapter, config, fallback="general-suite")
             exclude = [a for c in concepts.erase for a in pr.concept_aliases(c)]
             gp = pr.general_prior(
                 adapter, prompts, limit=config.prior_limit, exclude=exclude, source=source, progress=progress
