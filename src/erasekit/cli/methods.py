@@ -29,7 +29,8 @@ def cmd_methods(args) -> int:
             t.add_column("help")
             for f in dataclasses.fields(cfg):
                 # default_factory is set whenever default is MISSING (mypy cannot narrow the sentinel)
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+                factory = f.default_factory
+                default = f.default if f.default is not dataclasses.MISSING else factory()  # type: ignore[operator]
                 t.add_row(
                     shown("--" + f.name.replace("_", "-")), shown(repr(default)), shown(f.metadata.get("help", ""))
                 )

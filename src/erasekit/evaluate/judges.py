@@ -256,7 +256,8 @@ class CLIPJudge(Judge):
         self.path, self.template, self.negatives = path, template, tuple(negatives)
         self.device, self.batch_size = device, batch_size
         # transformers types .to() through a decorator whose first parameter is the model, not the device
-        self.model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(device).eval()  # type: ignore[arg-type]
+        model = CLIPModel.from_pretrained(str(path), local_files_only=True)
+        self.model = model.to(device).eval()  # type: ignore[arg-type]
         self.tokenizer = CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
         pre = (
             json.loads((path / "preprocessor_config.json").read_text())

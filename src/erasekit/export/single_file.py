@@ -125,7 +125,9 @@ def _self_check(ldm, pipe, layout, unet_sd, vae_sd, te_sd) -> None:
     """Run diffusers' own loader conversion on the result: it must give back every tensor, bit-identical."""
     from diffusers.loaders import single_file_utils as sfu
 
-    strip = lambda sd: {k.removeprefix("text_model."): v for k, v in sd.items() if not k.endswith("position_ids")}  # noqa: E731
+    def strip(sd):
+        return {k.removeprefix("text_model."): v for k, v in sd.items() if not k.endswith("position_ids")}
+
     back = {
         "UNet": (sfu.convert_ldm_unet_checkpoint(ldm, pipe.unet.config), unet_sd),
         "VAE": (sfu.convert_ldm_vae_checkpoint(ldm, pipe.vae.config), vae_sd),

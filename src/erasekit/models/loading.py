@@ -19,7 +19,10 @@ import torch
 
 from ..dtypes import DTYPES
 from ..errors import ModelError
-from .record import BUNDLED, is_tinyworld, model_record, record_model  # noqa: F401 — is_tinyworld, model_record: re-exported
+from .record import BUNDLED, is_tinyworld, model_record, record_model
+
+# is_tinyworld and model_record are re-exported: callers that load a model ask this module about it
+__all__ = ["DTYPES", "TINY", "BUNDLED", "resolve_dtype", "load_pipeline", "is_tinyworld", "model_record"]
 
 TINY = {"tiny-sd": "sd", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
