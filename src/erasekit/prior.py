@@ -118,7 +118,7 @@ def general_prompts(source: str, *, limit: int | None = None, sha256: str | None
         raise MethodError(
             f"prior prompt URL {source!r} needs its sha256 (prior_sha256=...) so a changed file is noticed"
         )
-    from .evaluate.suites import load_prompts  # CSV/txt parsing, URL fetch + checksum, shared with the evaluation
+    from .prompt_files import load_prompts  # CSV/txt parsing, URL fetch + checksum, shared with the evaluation
 
     try:
         suite = load_prompts(source, kind="general", sha256=sha256, limit=limit)
