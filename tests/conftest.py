@@ -6,6 +6,21 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+
+def _bind_library_loggers_now() -> None:
+    """diffusers and transformers give their root logger a StreamHandler on first use, bound to the sys.stderr of
+    that moment. If the first use falls inside a test with ``capsys``, the handler keeps that test's capture stream,
+    which is closed afterwards, and every later warning prints "--- Logging error --- Traceback" into another test's
+    stderr. Configuring them here binds the handler to pytest's session-long stream instead."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.get_logger("diffusers")
+    transformers_logging.get_logger("transformers")
+
+
+_bind_library_loggers_now()
+
 FAMILIES = ("sd", "sd2", "sdxl")
 
 
