@@ -159,3 +159,10 @@ def test_hostile_metadata_is_shown_escaped_and_hostile_concepts_are_refused(brac
     assert main(["inspect", str(refused)]) == 2
     err = capsys.readouterr().err
     assert "control character" in err and "\x1b" not in err
+
+
+def test_erasekit_own_multi_line_messages_keep_their_line_breaks():
+    from erasekit.text import plain_lines
+
+    assert plain_lines("grid: a.png\npage: b.html") == "grid: a.png\npage: b.html"
+    assert plain_lines("concept '\x1b[31m'\nnext") == "concept '\\x1b[31m'\nnext"

@@ -21,7 +21,7 @@ from rich.markup import escape as _escape_markup
 
 from .errors import EraseKitError
 
-__all__ = ["UserTextError", "text_problem", "check_user_text", "plain", "shown"]
+__all__ = ["UserTextError", "text_problem", "check_user_text", "plain", "plain_lines", "shown"]
 
 # Format characters that reorder or hide text on a terminal (Trojan Source, CVE-2021-42574).
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -47,6 +47,12 @@ def plain(value: object) -> str:
     """``str(value)`` with every control, surrogate and bidi-control character written as a visible escape."""
     s = str(value)
     return "".join(_escaped(ch) if _unsafe(ch) else ch for ch in s) if any(map(_unsafe, s)) else s
+
+
+def plain_lines(value: object) -> str:
+    """:func:`plain` line by line: for messages of erasekit's own that span lines (their line breaks kept)
+    and quote user text (whose controls are escaped)."""
+    return "\n".join(plain(line) for line in str(value).split("\n"))
 
 
 def shown(value: object) -> str:

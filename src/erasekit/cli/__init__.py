@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import EraseKitError
-from ..text import plain
+from ..text import plain, plain_lines
 from . import bench, demo, erase, evaluate, export, generate, inspect, methods
 from ._common import _method_options, _parse_sets
 
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_text_arguments(args)
         return args.func(args)
     except EraseKitError as e:
-        print(f"erasekit: error: {plain(e)}", file=sys.stderr)  # messages quote user text: shown escaped
+        print(f"erasekit: error: {plain_lines(e)}", file=sys.stderr)  # messages quote user text: shown escaped
         return 2
     except KeyboardInterrupt:
         print("erasekit: interrupted; nothing was written", file=sys.stderr)

@@ -8,7 +8,7 @@ import sys
 import time
 
 from ..errors import EraseKitError
-from ..text import plain
+from ..text import plain_lines
 
 
 # ----------------------------------------------------------------- options
@@ -116,7 +116,7 @@ def _load(args):
 
 
 def _info(msg: str) -> None:
-    print(plain(msg), file=sys.stderr, flush=True)
+    print(plain_lines(msg), file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------- checks before the model load
