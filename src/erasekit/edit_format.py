@@ -400,7 +400,7 @@ def _concepts(d: Any) -> None:
         raise _fail("concepts", str(e)) from None
 
 
-_BASE_TYPES = {"pipeline": str, "family": str, "name_or_path": (str, type(None)), "d_in": int}
+_BASE_TYPES = {"pipeline": str, "family": str, "name_or_path": (str, type(None)), "d_in": int, "denoiser": str}
 
 
 def _base(d: Any) -> None:
