@@ -302,7 +302,8 @@ class Edit:
                 f"{type(pipe).__name__} is {live.name} ({live.description}); load the base model the edit was made "
                 "for (erasekit inspect shows it)"
             )
-        component = self.base.get("denoiser", "unet")  # format-2 files before families: keys are UNet-relative
+        # Files written before families record no component: their keys are relative to the UNet
+        component = self.base.get("denoiser") or (known[want].denoiser if want in known else "unet")
         if component != live.denoiser:
             raise EditFileError(
                 f"this edit's layers live in the pipeline's {component!r}, but a {live.name} pipeline denoises with "

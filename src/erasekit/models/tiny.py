@@ -89,8 +89,13 @@ def _tiny_pixart():
         norm_type="ada_norm_single",
         use_additional_conditions=False,
     )
+    # eval(), as from_pretrained leaves a model: T5 has dropout 0.1, and a fresh module is in train mode
     return PixArtSigmaPipeline(
-        tokenizer=tok, text_encoder=te, vae=_vae(), transformer=tr, scheduler=DPMSolverMultistepScheduler()
+        tokenizer=tok,
+        text_encoder=te.eval(),
+        vae=_vae().eval(),
+        transformer=tr.eval(),
+        scheduler=DPMSolverMultistepScheduler(),
     )
 
 
@@ -143,8 +148,12 @@ def _tiny_sana():
         decoder_act_fns="silu",
         scaling_factor=0.41407,
     )
-    return SanaPipeline(
-        tokenizer=tok, text_encoder=te, vae=vae, transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)
+    return SanaPipeline(  # eval(), as from_pretrained leaves a model
+        tokenizer=tok,
+        text_encoder=te.eval(),
+        vae=vae.eval(),
+        transformer=tr.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
     )
 
 
