@@ -298,7 +298,8 @@ class Edit:
         known = families()
         if isinstance(want, str) and want in known and want != live.name:
             raise EditFileError(
-                f"this edit was made for a {want} pipeline ({known[want].description}, {made_for}) but "
+                f"this edit does not fit the pipeline: it was made for a {want} pipeline ({known[want].description}, "
+                f"{made_for}) but "
                 f"{type(pipe).__name__} is {live.name} ({live.description}); load the base model the edit was made "
                 "for (erasekit inspect shows it)"
             )

@@ -34,6 +34,7 @@ class Encoded:
 
     embeds: torch.Tensor  # (B, L, d_in) float64, cpu: the site inputs
     last_index: torch.Tensor  # (B,) int64: the last concept token (before EOS on CLIP / T5; UCE v2 / SPEED)
+    n_tokens: torch.Tensor  # (B,) int64: real tokens (CLIP: BOS + words + EOS)
 
 
 class PipelineAdapter:
@@ -144,7 +145,7 @@ class PipelineAdapter:
         encoders = text_encoders(self.pipe)
         target = compute_dtype(self.device, stored_dtype(encoders[0])) if encoders else torch.float32
         fam = self.family_spec
-        chunks, lasts = [], []
+        chunks, lasts, counts = [], [], []
         # A float16 text encoder on a CPU runs each layer in float32 (issue 16); the output is then
         # cast to the encoder's dtype by diffusers, exactly as the UNet receives it at generation time.
         with computing_in_layers(encoders, target):
@@ -153,6 +154,7 @@ class PipelineAdapter:
                 x = fam.site_inputs(self.pipe, cond)  # (b, L, d_in)
                 chunks.append(x.detach().to("cpu", torch.float64))
                 lasts.append((cond.last_real().cpu() - fam.trailing_specials()).clamp(min=0))
+                counts.append(cond.mask.sum(dim=1).cpu().to(torch.int64))
         embeds = torch.cat(chunks)
         if embeds.shape[-1] != self.d_in:
             raise ModelError(
@@ -162,7 +164,7 @@ class PipelineAdapter:
             raise ModelError(
                 "the text encoder produced NaN/Inf embeddings; load the model in float32 (--dtype float32)"
             )
-        return Encoded(embeds, torch.cat(lasts))
+        return Encoded(embeds, torch.cat(lasts), torch.cat(counts))
 
     def token_columns(self, erase: Sequence[str], guide: Sequence[str], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Paired columns (C_E, C_G), each (d_in, n), for aligned erase/guide prompts (DESIGN §4)."""
