@@ -21,7 +21,10 @@ def _bind_library_loggers_now() -> None:
 
 _bind_library_loggers_now()
 
-FAMILIES = ("sd", "sd2", "sdxl")
+FAMILIES = ("sd", "sd2", "sdxl")  # the UNet builds most tests run on
+# Every tiny build, one or more per registered family (models/families): the registry matrix
+# (test_engine, test_families).
+ALL_TINY = ("sd", "sd2", "sdxl", "pixart", "sana")
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +35,26 @@ def tiny_pipes():
     return {fam: build_tiny_pipeline(fam, seed=0) for fam in FAMILIES}
 
 
+@pytest.fixture(scope="session")
+def all_tiny_pipes(tiny_pipes):
+    """Every tiny build (ALL_TINY), the UNet ones shared with ``tiny_pipes``; DiTs built once, on first use."""
+    from erasekit.models.tiny import build_tiny_pipeline
+
+    class Lazy(dict):
+        def __missing__(self, fam):
+            self[fam] = build_tiny_pipeline(fam, seed=0)
+            return self[fam]
+
+    return Lazy(tiny_pipes)
+
+
+def denoiser(pipe):
+    """The pipeline's denoiser, as its family names it (``unet`` / ``transformer``)."""
+    from erasekit.models.families import identify
+
+    return identify(pipe).get_denoiser(pipe)
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param
@@ -39,11 +62,14 @@ def family(request):
 
 @pytest.fixture
 def pipe(tiny_pipes, family):
-    p = tiny_pipes[family]
-    before = {k: v.clone() for k, v in p.unet.state_dict().items()}
+    yield from _guarded(tiny_pipes[family])
+
+
+def _guarded(p):
+    before = {k: v.clone() for k, v in denoiser(p).state_dict().items()}
     yield p
     # Guard: a test that forgot to revert would poison the others.
-    after = p.unet.state_dict()
+    after = denoiser(p).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "test left the shared pipeline modified"
 
 

@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "erasekit.linalg",
             "erasekit.models.precision",
             "erasekit.models.tokenizer",
+            "erasekit.models.families",
             "erasekit.models.adapter",
             "erasekit.models.capture",
             "erasekit.models.tiny",

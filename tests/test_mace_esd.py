@@ -150,13 +150,13 @@ def _esd_eval_loss(pipe, edit, concept, eta, n=6):
     cc = ft.index_cond(ft.unet_inputs(adapter, [concept]), [0] * len(x))
     cn = ft.index_cond(ft.unet_inputs(adapter, [""]), [0] * len(x))
     with torch.no_grad():
-        e_c, e_n = ft.eps(pipe.unet, x, t, cc), ft.eps(pipe.unet, x, t, cn)
+        e_c, e_n = ft.eps(adapter, x, t, cc), ft.eps(adapter, x, t, cn)
         target = esd_target(e_c, e_c, e_n, eta)
         if edit is None:
             return float(torch.nn.functional.mse_loss(e_c, target))
         edit.apply(pipe)
         try:
-            return float(torch.nn.functional.mse_loss(ft.eps(pipe.unet, x, t, cc), target))
+            return float(torch.nn.functional.mse_loss(ft.eps(adapter, x, t, cc), target))
         finally:
             edit.revert(pipe)
 

@@ -104,7 +104,7 @@ def fit(pipe, plan: ErasePlan, progress: bool = True) -> Edit:
     else:
         adapter.pin_fingerprints()  # in the stored dtype, before the UNet is borrowed
         # one layer at a time, also for training (saved weights are recast for the backward pass): never a whole copy
-        with computing_in_layers([*text_encoders(pipe), pipe.unet], target):
+        with computing_in_layers([*text_encoders(pipe), adapter.denoiser], target):
             edit = m.fit(adapter, plan.concepts, cfg, progress=progress)
     edit.compute_dtype = str(target).replace("torch.", "")
     edit.stats["defaults"] = plan.record

@@ -1,4 +1,4 @@
-"""Edit: the result of every method — new UNet parameters, stored compactly.
+"""Edit: the result of every method — new denoiser parameters, stored compactly.
 
 Per edited parameter the new value is kept as one of three storage kinds (DESIGN §6):
 
@@ -42,12 +42,13 @@ from .edit_format import (
     tensor_digest,
     thaw,
 )
-from .errors import EditError, EditFileError
+from .errors import EditError, EditFileError, ModelError
 from .models.adapter import fingerprints_match, weight_fingerprint
+from .models.families import families, identify
 
 __all__ = ["Edit", "LayerEdit", "FORMAT", "FORMAT_VERSION", "STORAGE_KINDS"]
 
-_APPLIED_ATTR = "_erasekit_applied"  # list of _Record kept on the UNet, oldest first
+_APPLIED_ATTR = "_erasekit_applied"  # list of _Record kept on the denoiser, oldest first
 _DIGEST_DOMAIN = "erasekit.edit-content/1"  # Edit.digest: what an edit writes, whatever its metadata
 
 
@@ -280,6 +281,40 @@ class Edit:
     def _records(unet) -> list[_Record]:
         return getattr(unet, _APPLIED_ATTR, None) or []
 
+    @staticmethod
+    def _live_denoiser(pipe):
+        """The pipeline's denoiser as its family names it, or None for a pipeline of no family."""
+        try:
+            return identify(pipe).get_denoiser(pipe)
+        except ModelError:
+            return None
+
+    def denoiser(self, pipe):
+        """The denoiser this edit writes into, resolved through ``pipe``'s family; refused when the pipeline is of
+        another family than the one the edit records (``base.family``; files without one are UNet edits)."""
+        made_for = self.base.get("pipeline") or "diffusers UNet"
+        try:
+            live = identify(pipe)
+        except ModelError as e:
+            raise EditFileError(f"{e}; this edit is for a {made_for} pipeline") from None
+        want = self.base.get("family")
+        known = families()
+        if isinstance(want, str) and want in known and want != live.name:
+            raise EditFileError(
+                f"this edit does not fit the pipeline: it was made for a {want} pipeline ({known[want].description}, "
+                f"{made_for}) but "
+                f"{type(pipe).__name__} is {live.name} ({live.description}); load the base model the edit was made "
+                "for (erasekit inspect shows it)"
+            )
+        # Files written before families record no component: their keys are relative to the UNet
+        component = self.base.get("denoiser") or (known[want].denoiser if want in known else "unet")
+        if component != live.denoiser:
+            raise EditFileError(
+                f"this edit's layers live in the pipeline's {component!r}, but a {live.name} pipeline denoises with "
+                f"its {live.denoiser!r}; load the base model the edit was made for"
+            )
+        return live.get_denoiser(pipe)
+
     def _live(self, unet, le: LayerEdit):
         """The live parameter tensor ``le`` edits, or a string saying why there is none."""
         try:
@@ -300,12 +335,7 @@ class Edit:
         A parameter that already carries an applied edit is refused unless ``stack``; with
         ``stack`` its fingerprint is checked against the value it had before the first edit.
         """
-        unet = getattr(pipe, "unet", None)
-        if unet is None or not hasattr(unet, "get_submodule"):
-            raise EditFileError(
-                f"{type(pipe).__name__} has no UNet; this edit is for a {self.base.get('pipeline', 'diffusers UNet')} "
-                "pipeline"
-            )
+        unet = self.denoiser(pipe)
         records = self._records(unet)
         if any(r.digest == self.digest for r in records):
             raise EditFileError(f"{self!r} is already applied to this pipeline; revert it before applying it again")
@@ -345,7 +375,7 @@ class Edit:
 
     @torch.no_grad()
     def apply(self, pipe, *, stack: bool = False) -> Edit:
-        """Write the new values into ``pipe``'s UNet, in place, as one transaction.
+        """Write the new values into ``pipe``'s denoiser (UNet or transformer), in place, as one transaction.
 
         Every check that needs no new value runs first (:meth:`check_compatible`). Then layer by
         layer: the new value is materialised in the live dtype (a value that overflows it is
@@ -357,7 +387,7 @@ class Edit:
         A parameter that already carries an edit is refused unless ``stack=True``.
         """
         self.check_compatible(pipe, stack=stack)
-        unet = pipe.unet
+        unet = self.denoiser(pipe)
         record = _Record(self.digest, repr(self), {})  # description first: nothing may fail after a write but a layer
         records = getattr(unet, _APPLIED_ATTR, None)
         if records is None:
@@ -381,7 +411,8 @@ class Edit:
     @torch.no_grad()
     def revert(self, pipe) -> None:
         """Restore the exact original bytes of every parameter this edit changed."""
-        records = self._records(getattr(pipe, "unet", None))
+        unet = self._live_denoiser(pipe)
+        records = self._records(unet)
         ids = [r.digest for r in records]
         if self.digest not in ids:
             raise EditFileError("this edit is not applied to this pipeline; nothing to revert")
@@ -391,13 +422,13 @@ class Edit:
             )
         record = records[-1]
         for module, param, w0 in record.originals.values():
-            getattr(pipe.unet.get_submodule(module), param).copy_(w0)
+            getattr(unet.get_submodule(module), param).copy_(w0)
         records.pop()
 
     @staticmethod
     def applied(pipe) -> list[str]:
         """Descriptions of the edits currently applied to ``pipe``, oldest first."""
-        return [r.description for r in Edit._records(getattr(pipe, "unet", None))]
+        return [r.description for r in Edit._records(Edit._live_denoiser(pipe))]
 
     # ------------------------------------------------------------- storage
     def _tensors(self) -> dict[str, torch.Tensor]:

@@ -406,6 +406,7 @@ _BASE_TYPES: dict[str, type | tuple[type, ...]] = {
     "family": str,
     "name_or_path": (str, type(None)),
     "d_in": int,
+    "denoiser": str,
 }
 
 

@@ -104,12 +104,13 @@ def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> Non
 
 def _load(args):
     from ..models.loading import load_pipeline
-    from ..models.precision import slow_dtype_notice, stored_dtype
+    from ..models.precision import denoiser_of, slow_dtype_notice, stored_dtype
 
     t0 = time.perf_counter()
     pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, config=args.config)
     _info(f"loaded {args.model} ({type(pipe).__name__}) in {time.perf_counter() - t0:.1f}s")
-    notice = slow_dtype_notice(pipe.unet.device, stored_dtype(pipe.unet))
+    den = denoiser_of(pipe)
+    notice = slow_dtype_notice(den.device, stored_dtype(den))
     if notice:
         _info(notice)
     return pipe

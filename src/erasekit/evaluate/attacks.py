@@ -34,17 +34,18 @@ from .suites import Suite, SuiteItem
 
 @torch.no_grad()
 def encode(pipe, prompts: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """The pipeline's own conditioning for ``prompts`` (no CFG branch): ``prompt_embeds`` (B, L, d)
-    and, for SDXL, ``pooled_prompt_embeds`` (B, d_pool); float32 on the pipeline's device."""
-    device = pipe.unet.device
+    """The pipeline's own conditioning for ``prompts`` (no CFG branch), as its family encodes it
+    (:mod:`erasekit.models.families`): ``prompt_embeds`` (B, L, d) and, for SDXL, ``pooled_prompt_embeds``
+    (B, d_pool); on the pipeline's device, in its dtype."""
+    from ..models.families import identify
+
+    family = identify(pipe)
     parts: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(prompts), batch_size):
-        out = pipe.encode_prompt(
-            list(prompts[i : i + batch_size]), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
-        )
-        parts.setdefault("prompt_embeds", []).append(out[0])
-        if len(out) == 4:  # SDXL: (embeds, negative, pooled, negative pooled)
-            parts.setdefault("pooled_prompt_embeds", []).append(out[2])
+        cond = family.encode(pipe, list(prompts[i : i + batch_size]))
+        parts.setdefault("prompt_embeds", []).append(cond.embeds)
+        if cond.pooled is not None:
+            parts.setdefault("pooled_prompt_embeds", []).append(cond.pooled)
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

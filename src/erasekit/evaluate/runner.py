@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EraseKitError
+from ..models.precision import denoiser_of
 from . import metrics as M
 from .cache import ImageCache, ModelIdentity, edit_digest, pipeline_fingerprint, scheduler_id
 from .generate import GenerationSettings, generate
@@ -86,7 +87,7 @@ def evaluate(
     from accelerate.utils import gather_object
 
     _check(pipe, studies)
-    state = PartialState(cpu=pipe.unet.device.type == "cpu")
+    state = PartialState(cpu=denoiser_of(pipe).device.type == "cpu")
     cache = ImageCache(cache_dir)
     t_start = time.perf_counter()
     model = ModelIdentity.of(pipe)

@@ -45,13 +45,17 @@ __all__ = [
 ]
 
 
+# Formats whose key names are Stable Diffusion's original (LDM / kohya) layout: only families that have one.
+SD_ONLY = ("single-file", "lora-kohya", "diff")
+
+
 def _edit_and_pipe(edit_or_pipe, pipe):
     """(edit or None, pipe or None) from export's first argument and ``pipe=``."""
     from ..edit import Edit
 
     if isinstance(edit_or_pipe, Edit):
         return edit_or_pipe, pipe
-    if getattr(edit_or_pipe, "unet", None) is not None:
+    if any(getattr(edit_or_pipe, c, None) is not None for c in ("unet", "transformer")):
         if pipe is not None:
             raise ExportError(
                 "pass either an edit with pipe=<its base pipeline>, or a pipeline alone, not two pipelines"
@@ -97,6 +101,16 @@ def export(
     given = fmt.accept(options)
     edit, pipe = _edit_and_pipe(edit_or_pipe, pipe)
     check_output(path, folder=fmt.folder)
+    if fmt.name in SD_ONLY:
+        from .lora import family_of
+
+        fam = family_of(edit, pipe)
+        if not fam.kohya:
+            raise ExportError(
+                f"the {fmt.name!r} format uses Stable Diffusion's original (LDM / kohya) key names, which "
+                f"{fam.name} ({fam.description}) does not have; export as 'lora' (PEFT keys) or 'diffusers' "
+                "(a merged folder)"
+            )
 
     if fmt.kind == "edit":
         if edit is None:

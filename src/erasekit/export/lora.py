@@ -1,6 +1,7 @@
 """``lora``: the edit as a diffusers / PEFT LoRA (``pipe.load_lora_weights(file)``).
 
-Keys are PEFT's ``unet.<module path>.lora_A.weight`` (r, d_in) and ``.lora_B.weight`` (d_out, r);
+Keys are PEFT's ``<prefix>.<module path>.lora_A.weight`` (r, d_in) and ``.lora_B.weight`` (d_out, r),
+the prefix asked of the model's family (``unet`` for SD 1.x / 2.x / XL, ``transformer`` for the DiTs);
 the safetensors metadata carries diffusers' ``lora_adapter_metadata`` (the ``LoraConfig``) with
 ``lora_alpha`` = r for every module (``rank_pattern`` / ``alpha_pattern`` per module), so the
 loader's scale alpha / r is exactly 1 and ``fuse_lora()`` gives W0 + B A. The erasekit record
@@ -26,19 +27,29 @@ from ._common import (
     resolve_save_dtype,
     save_safetensors,
 )
-from .base import ExportFormat, register_format
+from .base import ExportError, ExportFormat, register_format
 from .lora_import import read_lora_export
 from .lowrank import Factors, edit_factors, total_rel_error
 
 UNET = "unet"
 
 
-def peft_prefix(path: str) -> str:
-    return f"{UNET}.{path}"
+def family_of(edit, pipe=None):
+    """The model family an export writes for: the pipeline's, else the one the edit records (UNet for old files)."""
+    from ..models.families import families, identify
+
+    if pipe is not None:
+        return identify(pipe)
+    name = edit.base.get("family") if edit is not None else None
+    return families().get(name) or families()["sd"]
 
 
-def adapter_config(factors: dict[str, Factors]) -> dict:
-    """diffusers' ``lora_adapter_metadata`` for the UNet: a ``LoraConfig`` with alpha = r per module."""
+def peft_prefix(path: str, prefix: str = UNET) -> str:
+    return f"{prefix}.{path}"
+
+
+def adapter_config(factors: dict[str, Factors], prefix: str = UNET) -> dict:
+    """diffusers' ``lora_adapter_metadata`` for the denoiser: a ``LoraConfig`` with alpha = r per module."""
     ranks = {p: f.rank for p, f in factors.items() if f.rank > 0}
     r = collections.Counter(ranks.values()).most_common(1)[0][0]
     pattern = {p: k for p, k in ranks.items() if k != r}
@@ -52,7 +63,7 @@ def adapter_config(factors: dict[str, Factors]) -> dict:
         "bias": "none",
         "use_dora": False,
     }
-    return {f"{UNET}.{k}": v for k, v in cfg.items()}
+    return {f"{prefix}.{k}": v for k, v in cfg.items()}
 
 
 def lora_metadata(
@@ -121,16 +132,26 @@ def write(edit, pipe, path, *, rank: int | None = None, save_dtype=None, progres
     """Write ``edit`` (checked against ``pipe`` when given) as a PEFT LoRA file."""
     path = check_output(path)
     cast = resolve_save_dtype(save_dtype) or torch.float32
-    factors = edit_factors(edit, getattr(pipe, "unet", None), rank, progress)
+    fam = family_of(edit, pipe)
+    if not fam.lora_loader:
+        raise ExportError(
+            f"diffusers has no LoRA loader for {fam.name} pipelines ({fam.description}: no load_lora_weights), so a "
+            "'lora' file would have no consumer; export the edit merged as a 'diffusers' folder (format='diffusers')"
+        )
+    factors = edit_factors(edit, None if pipe is None else edit.denoiser(pipe), rank, progress)
     tensors, keys = {}, {}
     for p, f in factors.items():
-        keys[p] = peft_prefix(p)
+        keys[p] = peft_prefix(p, fam.lora_prefix)
         if f.rank == 0:
             continue  # ΔW = 0: nothing to carry (recorded with rank 0)
         tensors[f"{keys[p]}.lora_A.weight"] = f.A.to(cast).contiguous()
         tensors[f"{keys[p]}.lora_B.weight"] = f.B.to(cast).contiguous()
     meta = lora_metadata("lora", edit, factors, keys, rank, cast)
-    header = {"lora_adapter_metadata": json.dumps(adapter_config(factors), sort_keys=True)} if tensors else {}
+    header = (
+        {"lora_adapter_metadata": json.dumps(adapter_config(factors, fam.lora_prefix), sort_keys=True)}
+        if tensors
+        else {}
+    )
     return finish(tensors, meta, header, path, "lora", factors)
 
 

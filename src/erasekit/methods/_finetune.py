@@ -9,7 +9,8 @@ so the frozen model and the trained one are the same UNet with the carriers off 
 pipeline's parameters are never modified, and the result is read off the carriers as an
 :class:`~erasekit.edit.Edit`. This module holds what the methods share:
 
-* :func:`unet_inputs` / :func:`index_cond` — the UNet's text conditioning exactly as the pipeline builds it;
+* :func:`unet_inputs` / :func:`index_cond` / :func:`eps` — the denoiser's conditioning exactly as the pipeline
+  builds it and the prediction under it, both asked of the pipeline's family (models/families);
 * :func:`trajectory_pool` — x_t (and the final latents) from the frozen model's own sampling;
 * carriers: :class:`Carrier` (the protocol), :class:`FullDelta` (ΔW, Δb of a Linear or Conv2d),
   :class:`LowRankDelta` (a fixed dense delta plus a trainable LoRA B A);
@@ -31,35 +32,37 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import MethodError
-
-Cond = tuple[
-    torch.Tensor, "dict[str, torch.Tensor] | None"
-]  # (encoder_hidden_states (b, L, d), SDXL added_cond_kwargs)
+from ..models.families import Conditioning
 
 
 # ------------------------------------------------------------------ conditioning
+def require_denoiser_methods(adapter, method: str) -> None:
+    """Refuse a method that samples / trains through the denoiser on a family where that is not validated."""
+    fam = adapter.family_spec
+    if not fam.runs_denoiser_methods:
+        from ..models.families import families
+
+        ok = ", ".join(n for n, f in families().items() if f.runs_denoiser_methods)
+        raise MethodError(
+            f"{method} runs the denoiser (DDIM trajectories, ε-prediction), which erasekit supports on {ok} only; "
+            f"{fam.name} ({fam.description}) is not one of them yet. Use a closed-form method (uce, space, rece, "
+            "speed, cure) on this model"
+        )
+
+
 @torch.no_grad()
-def unet_inputs(adapter, prompts: list[str]) -> Cond:
-    """(encoder_hidden_states (b, L, d), added_cond_kwargs or None) exactly as the pipeline builds them."""
-    pipe = adapter.pipe
-    out = pipe.encode_prompt(prompts, device=adapter.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-    if adapter.family != "sdxl":
-        return out[0].detach(), None
-    embeds, pooled = out[0].detach(), out[2].detach()
-    h = w = adapter.unet.config.sample_size * pipe.vae_scale_factor
-    time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=embeds.dtype, device=embeds.device).repeat(len(prompts), 1)
-    return embeds, {"text_embeds": pooled, "time_ids": time_ids}
+def unet_inputs(adapter, prompts: list[str]) -> Conditioning:
+    """The denoiser's conditioning of ``prompts`` exactly as the pipeline builds it (SDXL: pooled + time ids)."""
+    return adapter.conditioning(prompts)
 
 
-def index_cond(cond: Cond, idx) -> Cond:
-    embeds, added = cond
-    return embeds[idx], (None if added is None else {k: v[idx] for k, v in added.items()})
+def index_cond(cond: Conditioning, idx) -> Conditioning:
+    return cond.index(idx)
 
 
-def eps(unet, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-    """ε(x_t, t, c): the UNet's prediction under conditioning ``cond``."""
-    embeds, added = cond
-    return unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
+def eps(adapter, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    """ε(x_t, t, c): the denoiser's prediction under conditioning ``cond`` (the family's ``denoise``)."""
+    return adapter.denoise(x, t, cond)
 
 
 # ------------------------------------------------------------ trajectory pool
@@ -125,7 +128,7 @@ def trajectory_pool(
             if include_start:  # the initial noise, as the pipeline drew it from the same generators
                 start = pipe.prepare_latents(
                     n_latents,
-                    adapter.unet.config.in_channels,
+                    adapter.denoiser.config.in_channels,
                     *_size(adapter),
                     kept[0].dtype,
                     kept[0].device,
@@ -147,7 +150,7 @@ def trajectory_pool(
 
 
 def _size(adapter) -> tuple[int, int]:
-    h = w = adapter.unet.config.sample_size * adapter.pipe.vae_scale_factor
+    h = w = adapter.family_spec.sample_size(adapter.pipe) * adapter.pipe.vae_scale_factor
     return h, w
 
 

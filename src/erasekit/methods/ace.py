@@ -142,6 +142,7 @@ class ACE(Method[ACEConfig]):
         return True
 
     def fit(self, adapter, concepts, config: ACEConfig, progress: bool = True):
+        ft.require_denoiser_methods(adapter, self.name)
         t0 = time.perf_counter()
         C_E, C_G, C_P = cf.token_columns(adapter, concepts, config)
         carriers: dict[str, _GatedLowRank] = {}
@@ -190,7 +191,7 @@ class ACE(Method[ACEConfig]):
 
         def eps(x, t, cond, enabled=True):
             ft.set_enabled(parts, enabled)
-            return ft.eps(unet, x, t, cond)
+            return ft.eps(adapter, x, t, cond)
 
         def step_loss(step):
             idx = torch.tensor([rng.randrange(len(pool)) for _ in range(config.batch_size)])
@@ -199,11 +200,11 @@ class ACE(Method[ACEConfig]):
             with torch.no_grad():  # frozen targets: the unedited model
                 e_n, e_c = eps(x, t, cn, False), eps(x, t, cc, False)
                 target = e_n - config.negative_guidance * (e_c - e_n)
-            embeds, added = cc
+            embeds = cc.embeds  # (b, L, d): the text stream the adversary perturbs
             if config.adv_steps and config.adv_radius > 0:
-                delta = _adversarial_delta(lambda e: eps(x, t, (e, added)), embeds, target, config)
+                delta = _adversarial_delta(lambda e: eps(x, t, cc.with_embeds(e)), embeds, target, config)
                 loss = 0.5 * (
-                    F.mse_loss(eps(x, t, cc), target) + F.mse_loss(eps(x, t, (embeds + delta, added)), target)
+                    F.mse_loss(eps(x, t, cc), target) + F.mse_loss(eps(x, t, cc.with_embeds(embeds + delta)), target)
                 )
             else:
                 loss = F.mse_loss(eps(x, t, cc), target)

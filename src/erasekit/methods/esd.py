@@ -180,6 +180,7 @@ class _ESD(Method[ESDConfig]):
         return self.variant
 
     def fit(self, adapter, concepts, config: ESDConfig, progress: bool = True):
+        ft.require_denoiser_methods(adapter, self.name)
         t0 = time.perf_counter()
         variant = self.pick_variant(concepts, config)
         lr, eta, guidance = resolve(config, variant, adapter.family)
@@ -257,11 +258,11 @@ class _ESD(Method[ESDConfig]):
             cn = ft.index_cond(cond_null, torch.zeros_like(pid))
             with torch.no_grad():  # the frozen model: carriers off
                 ft.set_enabled(parts, False)
-                e_c, e_null = ft.eps(unet, x, t, cc), ft.eps(unet, x, t, cn)
-                e_from = e_c if same else ft.eps(unet, x, t, cf_)
+                e_c, e_null = ft.eps(adapter, x, t, cc), ft.eps(adapter, x, t, cn)
+                e_from = e_c if same else ft.eps(adapter, x, t, cf_)
                 target = esd_target(e_from, e_c, e_null, eta)
             ft.set_enabled(parts, True)
-            return F.mse_loss(ft.eps(unet, x, t, cf_), target)
+            return F.mse_loss(ft.eps(adapter, x, t, cf_), target)
 
         params = [q for c in parts for q in c.parameters()]
         with ft.attached(unet, carriers, checkpointing=config.gradient_checkpointing):

@@ -368,6 +368,14 @@ class MACE(Method[MACEConfig]):
 
     def fit(self, adapter, concepts, config: MACEConfig, progress: bool = True):
         t0 = time.perf_counter()
+        fam = adapter.family_spec
+        if not fam.positions_follow_tokenizer:
+            raise MethodError(
+                f"MACE aligns the concept and mapping prompts by tokenizer position, and {fam.name}'s pipeline "
+                "reorders positions (an instruction prefix, then a selected tail); use uce, space, rece, speed or cure"
+            )
+        if not fam.runs_denoiser_methods and config.resolved(concepts.kind)["train_steps"] > 0:
+            ft.require_denoiser_methods(adapter, "MACE's LoRA stage (pass train_steps=0 for its closed form alone)")
         plan = self.plan(adapter, concepts, config, progress)
         loras, train_stats = [], []
         if plan.opt["train_steps"] > 0:
@@ -491,7 +499,7 @@ class MACE(Method[MACEConfig]):
             x_t = sched.add_noise(x0[k : k + 1], noise, t.to(x0.device))
             state["mask"], state["pos"] = masks[k], positions[j]
             terms.clear()
-            ft.eps(unet, x_t, t.to(adapter.device), ft.index_cond(cond, [j]))
+            ft.eps(adapter, x_t, t.to(adapter.device), ft.index_cond(cond, [j]))
             if not terms:
                 raise MethodError("MACE saw no cross-attention map; is this a UNet with cross-attention?")
             return torch.stack(terms).sum()

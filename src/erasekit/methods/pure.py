@@ -365,6 +365,9 @@ class PURE(Method[PUREConfig]):
         return config.basis == "activation"
 
     def fit(self, adapter, concepts, config: PUREConfig, progress: bool = True):
+        from ._finetune import require_denoiser_methods
+
+        require_denoiser_methods(adapter, f"{self.name} (its activation capture)")
         t0 = time.perf_counter()
         if config.basis == "activation":
             bases = _bases_activation(adapter, concepts, config, progress)

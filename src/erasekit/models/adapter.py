@@ -1,10 +1,12 @@
-"""PipelineAdapter: everything erasekit needs to know about a diffusers UNet pipeline.
+"""PipelineAdapter: everything a method needs to know about a pipeline, asked of its family.
 
-The adapter finds the cross-attention key/value projections by what they are (a diffusers
-``Attention`` whose ``is_cross_attention`` is true, and its ``to_k`` / ``to_v`` Linear),
-encodes prompts with the pipeline's *own* ``encode_prompt`` (so SDXL gets both encoders'
-penultimate states concatenated, 2048-d, exactly as at generation time), selects tokens,
-and fingerprints base weights. Methods never touch the pipeline; they see matrices.
+The pipeline's family (:mod:`erasekit.models.families`) says which component denoises, where its
+static-text edit sites are (found by what they are: a diffusers ``Attention`` whose
+``is_cross_attention`` is true, and its ``to_k`` / ``to_v`` Linear), how the pipeline encodes a
+prompt (its *own* ``encode_prompt``: SDXL gets both encoders' penultimate states concatenated,
+exactly as at generation time) and what the sites read (the text stream on a UNet, the projected
+caption on PixArt / Sana). The adapter selects tokens and fingerprints base weights. Methods never
+touch the pipeline; they see matrices.
 """
 
 from __future__ import annotations
@@ -20,48 +22,37 @@ from torch import nn
 
 from ..errors import ModelError
 from ..fingerprint_spec import SKETCH_N
+from .families import PROJECTIONS, Conditioning, identify
+
+__all__ = ["PROJECTIONS", "TOKEN_MODES", "Encoded", "PipelineAdapter", "weight_fingerprint", "fingerprints_match"]
 
 TOKEN_MODES = ("last", "tail", "all")
-PROJECTIONS = {"k": "to_k", "v": "to_v"}
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """Prompt embeddings as the UNet sees them, plus each prompt's token count (BOS + words + EOS)."""
+    """What the edit sites read for each prompt, and the index of each prompt's last concept token."""
 
-    embeds: torch.Tensor  # (B, L, d_in) float64, cpu
-    n_tokens: torch.Tensor  # (B,) int64
-
-    @property
-    def last_index(self) -> torch.Tensor:
-        # Index of the last concept token: the one before EOS (UCE v2 / SPEED convention).
-        return (self.n_tokens - 2).clamp(min=0)
-
-
-def _is_cross_attention(module: nn.Module) -> bool:
-    return bool(getattr(module, "is_cross_attention", False)) and isinstance(getattr(module, "to_k", None), nn.Linear)
+    embeds: torch.Tensor  # (B, L, d_in) float64, cpu: the site inputs
+    last_index: torch.Tensor  # (B,) int64: the last concept token (before EOS on CLIP / T5; UCE v2 / SPEED)
+    n_tokens: torch.Tensor  # (B,) int64: real tokens (CLIP: BOS + words + EOS)
 
 
 class PipelineAdapter:
-    """Wraps a diffusers Stable Diffusion (1.x / 2.x / XL) pipeline.
+    """Wraps a diffusers pipeline of a registered family (SD 1.x / 2.x / XL, PixArt-α / Σ, Sana).
 
     Args:
-        pipe: a loaded diffusers pipeline with a ``unet`` and ``encode_prompt``.
-        layer_regex: optional override; every ``nn.Linear`` in the UNet whose module path
+        pipe: a loaded diffusers pipeline.
+        layer_regex: optional override; every ``nn.Linear`` in the denoiser whose module path
             matches (``re.search``) is edited instead of the discovered to_k / to_v.
         projections: which projections to edit by default, subset of ``("k", "v")``.
     """
 
     def __init__(self, pipe, layer_regex: str | None = None, projections: Sequence[str] = ("k", "v")):
-        unet = getattr(pipe, "unet", None)
-        if unet is None or not callable(getattr(pipe, "encode_prompt", None)):
-            raise ModelError(
-                f"{type(pipe).__name__} has no UNet with text conditioning; erasekit edits diffusers UNet pipelines "
-                "(StableDiffusionPipeline, StableDiffusionXLPipeline and their fine-tunes)"
-            )
+        self.family_spec = identify(pipe)
         self.pipe = pipe
-        self.unet = unet
-        self.family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
+        self.denoiser = self.family_spec.get_denoiser(pipe)
+        self.family = self.family_spec.name
         bad = [p for p in projections if p not in PROJECTIONS]
         if bad or not projections:
             raise ModelError(f"unknown projection(s) {bad or projections}; choose from 'k' and 'v'")
@@ -71,7 +62,7 @@ class PipelineAdapter:
 
     # ------------------------------------------------------------------ layers
     def _discover(self, layer_regex: str | None, projections: tuple[str, ...]) -> list[str]:
-        modules = dict(self.unet.named_modules())
+        modules = dict(self.denoiser.named_modules())
         if layer_regex is not None:
             try:
                 rx = re.compile(layer_regex)
@@ -80,17 +71,18 @@ class PipelineAdapter:
             paths = [n for n, m in modules.items() if isinstance(m, nn.Linear) and rx.search(n)]
             if not paths:
                 raise ModelError(
-                    f"layer regex {layer_regex!r} matches no Linear layer in the UNet; check the module names"
+                    f"layer regex {layer_regex!r} matches no Linear layer in the {self.family_spec.denoiser}; "
+                    "check the module names"
                 )
             return paths
-        attns = [n for n, m in modules.items() if _is_cross_attention(m)]
-        if not attns:
+        sites = self.family_spec.edit_sites(self.pipe, projections)
+        if not sites:
             raise ModelError(
-                f"the UNet of {type(self.pipe).__name__} has no cross-attention layer (no Attention with "
-                "is_cross_attention); erasekit edits text-to-image UNets with cross-attention. If your model names "
-                "its layers differently, pass layer_regex="
+                f"the {self.family_spec.denoiser} of {type(self.pipe).__name__} has no cross-attention layer (no "
+                "Attention with is_cross_attention); erasekit edits text-to-image models with cross-attention. If "
+                "your model names its layers differently, pass layer_regex="
             )
-        return [f"{a}.{PROJECTIONS[p]}" for a in attns for p in projections]
+        return [s.path for s in sites]
 
     def _check_in_features(self) -> int:
         dims = {p: self.linear(p).in_features for p in self.paths}
@@ -103,11 +95,11 @@ class PipelineAdapter:
 
     def linear(self, path: str) -> nn.Linear:
         try:
-            m = self.unet.get_submodule(path)
+            m = self.denoiser.get_submodule(path)
         except AttributeError:
-            raise ModelError(f"the UNet has no layer {path!r}") from None
+            raise ModelError(f"the {self.family_spec.denoiser} has no layer {path!r}") from None
         if not isinstance(m, nn.Linear):
-            raise ModelError(f"UNet layer {path!r} is a {type(m).__name__}, not a Linear")
+            raise ModelError(f"{self.family_spec.denoiser} layer {path!r} is a {type(m).__name__}, not a Linear")
         return m
 
     def attention_layers(self) -> dict[str, list[str]]:
@@ -122,22 +114,31 @@ class PipelineAdapter:
         return {p: self.linear(p).weight for p in self.paths}
 
     @property
+    def unet(self) -> nn.Module:
+        """The denoiser (a UNet or a transformer); the name is kept for the UNet-era callers."""
+        return self.denoiser
+
+    @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.denoiser.device
 
     # ---------------------------------------------------------------- prompts
     @property
     def tokenizer(self):
-        return self.pipe.tokenizer if self.pipe.tokenizer is not None else self.pipe.tokenizer_2
+        return self.family_spec.tokenizer(self.pipe)
 
-    def _n_tokens(self, prompts: list[str]) -> torch.Tensor:
-        tok = self.tokenizer
-        enc = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        return enc.attention_mask.sum(dim=1).to(torch.int64)
+    def conditioning(self, prompts: Sequence[str]) -> Conditioning:
+        """The pipeline's own conditioning of ``prompts`` (no CFG branch), on its device, for :meth:`denoise`."""
+        return self.family_spec.encode(self.pipe, list(prompts))
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The denoiser's prediction (ε for the UNets and PixArt) for ``x_t`` (B, C, h, w) at ``t`` under ``cond``."""
+        return self.family_spec.denoise(self.pipe, x_t, t, cond)
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], batch_size: int = 64) -> Encoded:
-        """Encode with the pipeline's own ``encode_prompt`` (no CFG branch): the exact UNet context."""
+        """What the edit sites read for ``prompts``: the pipeline's own encoding (no CFG branch), through the
+        family's site input (identity on a UNet, the caption projection on PixArt / Sana)."""
         from .precision import compute_dtype, computing_in_layers, stored_dtype, text_encoders
 
         prompts = list(prompts)
@@ -145,18 +146,17 @@ class PipelineAdapter:
             raise ModelError("no prompt to encode")
         encoders = text_encoders(self.pipe)
         target = compute_dtype(self.device, stored_dtype(encoders[0])) if encoders else torch.float32
-        chunks = []
+        fam = self.family_spec
+        chunks, lasts, counts = [], [], []
         # A float16 text encoder on a CPU runs each layer in float32 (issue 16); the output is then
         # cast to the encoder's dtype by diffusers, exactly as the UNet receives it at generation time.
         with computing_in_layers(encoders, target):
             for i in range(0, len(prompts), batch_size):
-                out = self.pipe.encode_prompt(
-                    prompts[i : i + batch_size],
-                    device=self.device,
-                    num_images_per_prompt=1,
-                    do_classifier_free_guidance=False,
-                )
-                chunks.append(out[0].detach().to("cpu", torch.float64))  # (b, L, d_in)
+                cond = fam.encode(self.pipe, prompts[i : i + batch_size])
+                x = fam.site_inputs(self.pipe, cond)  # (b, L, d_in)
+                chunks.append(x.detach().to("cpu", torch.float64))
+                lasts.append((cond.last_real().cpu() - fam.trailing_specials()).clamp(min=0))
+                counts.append(cond.mask.sum(dim=1).cpu().to(torch.int64))
         embeds = torch.cat(chunks)
         if embeds.shape[-1] != self.d_in:
             raise ModelError(
@@ -166,7 +166,7 @@ class PipelineAdapter:
             raise ModelError(
                 "the text encoder produced NaN/Inf embeddings; load the model in float32 (--dtype float32)"
             )
-        return Encoded(embeds, self._n_tokens(prompts))
+        return Encoded(embeds, torch.cat(lasts), torch.cat(counts))
 
     def token_columns(self, erase: Sequence[str], guide: Sequence[str], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Paired columns (C_E, C_G), each (d_in, n), for aligned erase/guide prompts (DESIGN §4)."""
@@ -214,7 +214,7 @@ class PipelineAdapter:
         }
 
     def pin_fingerprints(self) -> None:
-        """Fingerprint every edited layer now, in its stored dtype, before a fit borrows the UNet in
+        """Fingerprint every edited layer now, in its stored dtype, before a fit borrows the denoiser in
         another dtype (models/precision.py); the edit then records the weights as they are stored."""
         self._pinned_fingerprints = {p: weight_fingerprint(self.linear(p).weight) for p in self.paths}
 
@@ -225,6 +225,7 @@ class PipelineAdapter:
             "family": self.family,
             "name_or_path": cfg.get("_name_or_path") if hasattr(cfg, "get") else None,
             "d_in": self.d_in,
+            "denoiser": self.family_spec.denoiser,
         }
 
 

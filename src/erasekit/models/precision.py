@@ -243,15 +243,22 @@ def text_encoders(pipe) -> list[nn.Module]:
 
 def pipeline_modules(pipe) -> list[nn.Module]:
     """Every torch module of a diffusers pipeline that runs during generation."""
-    names = ("text_encoder", "text_encoder_2", "unet", "vae")
+    names = ("text_encoder", "text_encoder_2", "unet", "transformer", "vae")
     return [m for m in (getattr(pipe, n, None) for n in names) if isinstance(m, nn.Module)]
 
 
+def denoiser_of(pipe) -> Any:  # the family's denoiser (a diffusers model)
+    """The pipeline's denoiser, as its family names it (``unet`` / ``transformer``)."""
+    from .families import identify
+
+    return identify(pipe).get_denoiser(pipe)
+
+
 def pipeline_compute_dtype(pipe) -> tuple[torch.dtype, torch.dtype]:
-    """(stored dtype, compute dtype) of ``pipe``'s UNet on its device."""
-    unet = pipe.unet
-    stored = stored_dtype(unet)
-    return stored, compute_dtype(unet.device, stored)
+    """(stored dtype, compute dtype) of ``pipe``'s denoiser on its device."""
+    den = denoiser_of(pipe)
+    stored = stored_dtype(den)
+    return stored, compute_dtype(den.device, stored)
 
 
 @contextmanager

@@ -1,8 +1,9 @@
-"""Tiny, randomly initialised SD 1.x / 2.x / XL pipelines built offline from configs.
+"""Tiny, randomly initialised SD 1.x / 2.x / XL, PixArt-Σ and Sana pipelines built offline from configs.
 
 They have the exact module structure of the real families (same classes, cross-attention
-layout, SDXL's two encoders and 2-part embeddings, the real CLIP tokenizer) at a size
-that runs in milliseconds: the project's test matrix and the CLI's smoke runs use them.
+layout, SDXL's two encoders and 2-part embeddings, the real CLIP tokenizer; PixArt's T5 and
+Sana's Gemma-2 with offline stand-in tokenizers, models/tokenizer.py) at a size that runs in
+milliseconds: the project's test matrix and the CLI's smoke runs use them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .tokenizer import CLIP_VOCAB_SIZE, write_clip_tokenizer_files
+from .tokenizer import CLIP_VOCAB_SIZE, gemma_tokenizer, t5_tokenizer, write_clip_tokenizer_files
 
-FAMILIES = ("sd", "sd2", "sdxl")
+FAMILIES = ("sd", "sd2", "sdxl", "pixart", "sana")
 
 
 def _text_config(hidden: int, projection_dim: int | None = None):
@@ -58,14 +59,116 @@ def _tokenizer(pad_token: str):
         return CLIPTokenizer.from_pretrained(tmp)
 
 
+def _tiny_pixart():
+    """PixArt-Σ: T5 (24-d) → caption_projection → 2 blocks of width 16 whose attn2 reads it."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tok = t5_tokenizer()
+    te = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tok),
+            d_model=24,
+            d_kv=8,
+            d_ff=48,
+            num_layers=2,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+        )
+    )
+    tr = PixArtTransformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=8,  # learned sigma, as the real models
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=24,
+        norm_type="ada_norm_single",
+        use_additional_conditions=False,
+    )
+    # eval(), as from_pretrained leaves a model: T5 has dropout 0.1, and a fresh module is in train mode
+    return PixArtSigmaPipeline(
+        tokenizer=tok,
+        text_encoder=te.eval(),
+        vae=_vae().eval(),
+        transformer=tr.eval(),
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+
+
+def _tiny_sana():
+    """Sana: Gemma-2 (16-d) → caption_projection → caption_norm → 2 linear-attention blocks; attn2 reads it."""
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tok = gemma_tokenizer()
+    te = Gemma2Model(
+        Gemma2Config(
+            head_dim=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            num_key_value_heads=2,
+            vocab_size=len(tok),
+            max_position_embeddings=1024,
+        )
+    )
+    tr = SanaTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,
+        sample_size=8,
+    )
+    vae = AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    )
+    return SanaPipeline(  # eval(), as from_pretrained leaves a model
+        tokenizer=tok,
+        text_encoder=te.eval(),
+        vae=vae.eval(),
+        transformer=tr.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
+
+
 def build_tiny_pipeline(family: str = "sd", seed: int = 0):
-    """A randomly initialised pipeline of ``family`` (``sd`` = SD 1.x, ``sd2``, ``sdxl``)."""
+    """A randomly initialised pipeline of ``family``: ``sd`` (SD 1.x), ``sd2``, ``sdxl``, ``pixart`` (Σ), ``sana``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
     torch.manual_seed(seed)
+    if family == "pixart":
+        return _tiny_pixart()
+    if family == "sana":
+        return _tiny_sana()
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

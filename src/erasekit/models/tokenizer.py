@@ -97,3 +97,64 @@ def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endofte
     with tempfile.TemporaryDirectory() as tmp:
         write_clip_tokenizer_files(tmp, model_max_length=model_max_length, pad_token=pad_token)
         return CLIPTokenizer.from_pretrained(tmp)
+
+
+# ------------------------------------------------------------ T5 / Gemma stand-ins
+@lru_cache(maxsize=4)
+def _unigram_json(specials: tuple[str, ...], template: str, special_ids: tuple[tuple[str, int], ...]) -> str:
+    """A sentencepiece-style Unigram tokenizer (``tokenizers``) over CLIP's words, serialised.
+
+    Real T5 / Gemma vocabularies are sentencepiece files erasekit does not ship; for tiny offline
+    pipelines a Unigram model whose pieces are CLIP's words (``▁word``) and word pieces tokenizes
+    every prompt sensibly (a concept is a few pieces, padding is real padding) with no download.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab, _ = clip_vocab_and_merges()
+    pieces, seen = [], set()
+    for tok in vocab:
+        if tok.startswith("<|"):
+            continue
+        piece = "▁" + tok[: -len("</w>")] if tok.endswith("</w>") else tok
+        if piece not in seen:
+            seen.add(piece)
+            pieces.append(piece)
+    scored = [(s, 0.0) for s in specials] + [(p, -1.0 - i / len(pieces)) for i, p in enumerate(pieces)]
+    tk = Tokenizer(models.Unigram(scored, unk_id=specials.index("<unk>"), byte_fallback=False))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.decoder = decoders.Metaspace()
+    tk.post_processor = processors.TemplateProcessing(single=template, special_tokens=list(special_ids))
+    return tk.to_str()
+
+
+def t5_tokenizer(model_max_length: int = 512):
+    """A T5-style tokenizer (``<pad>`` 0, ``</s>`` 1 appended, ``<unk>`` 2), offline; vocabulary size ``len()``."""
+    from tokenizers import Tokenizer
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]  # exported lazily at run time
+
+    tk = Tokenizer.from_str(_unigram_json(("<pad>", "</s>", "<unk>"), "$A </s>", (("</s>", 1),)))
+    return T5TokenizerFast(
+        tokenizer_object=tk,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=model_max_length,
+    )
+
+
+def gemma_tokenizer(model_max_length: int = 8192):
+    """A Gemma-style tokenizer (``<bos>`` prepended, no EOS, ``<pad>`` 0), offline."""
+    from tokenizers import Tokenizer
+    from transformers import GemmaTokenizerFast  # type: ignore[attr-defined]  # exported lazily at run time
+
+    tk = Tokenizer.from_str(_unigram_json(("<pad>", "<eos>", "<bos>", "<unk>"), "<bos> $A", (("<bos>", 2),)))
+    return GemmaTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=model_max_length,
+    )

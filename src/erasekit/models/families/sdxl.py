@@ -1,0 +1,39 @@
+"""SDXL: a UNet whose cross-attention reads both CLIP encoders' penultimate states concatenated.
+
+The pooled CLIP-G vector and the size / crop ids reach the UNet through ``add_embedding``
+(``added_cond_kwargs``), never through cross-attention: they travel in :class:`Conditioning.added`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .base import Conditioning
+from .sd import UNetFamily, clip_mask
+
+
+@dataclass(frozen=True)
+class SDXLFamily(UNetFamily):
+    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:
+        out = self._encode_prompt(pipe, prompts)  # (embeds (B, 77, d), negative, pooled (B, d_pool), negative pooled)
+        embeds, pooled = out[0].detach(), out[2].detach()
+        # The time ids a square generation at the UNet's native size builds: (orig h, orig w, crop top, left, h, w).
+        h = w = self.sample_size(pipe) * pipe.vae_scale_factor
+        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=embeds.dtype, device=embeds.device).repeat(len(prompts), 1)
+        return Conditioning(
+            embeds, clip_mask(self.tokenizer(pipe), prompts), pooled, {"text_embeds": pooled, "time_ids": time_ids}
+        )
+
+
+SDXL = SDXLFamily(
+    name="sdxl",
+    denoiser="unet",
+    pipelines=("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
+    description="Stable Diffusion XL (UNet, CLIP-L + CLIP-G)",
+    lora_prefix="unet",
+    kohya=True,
+    two_encoders=True,
+)
