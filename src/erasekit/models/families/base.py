@@ -127,6 +127,17 @@ class Family:
             raise ModelError(f"{type(pipe).__name__} has no {self.denoiser!r}; a {self.name} pipeline needs one")
         return den
 
+    # ---------------------------------------------------------------- denoiser helpers
+    @staticmethod
+    def batch_timesteps(t: torch.Tensor, batch: int) -> torch.Tensor:
+        """(B,) timesteps from a scalar or a (B,) tensor."""
+        return t.expand(batch) if t.dim() == 0 else t
+
+    @staticmethod
+    def first_half_if_learned_sigma(out: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """A learned-sigma DiT (2C output channels) predicts with its first C channels, as pipelines read it."""
+        return out.chunk(2, dim=1)[0] if out.shape[1] == 2 * x_t.shape[1] else out
+
     # ---------------------------------------------------------------- sites
     def edit_sites(self, pipe, projections: Sequence[str] = ("k", "v")) -> list[Site]:
         """The static-text sites: ``to_k`` / ``to_v`` of every cross-attention module of the denoiser."""

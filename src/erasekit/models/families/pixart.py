@@ -55,11 +55,10 @@ class PixArtFamily(Family):
                 "resolution": torch.tensor([[side, side]], dtype=x_t.dtype, device=x_t.device).repeat(b, 1),
                 "aspect_ratio": torch.tensor([[1.0]], dtype=x_t.dtype, device=x_t.device).repeat(b, 1),
             }
-        t = t.expand(x_t.shape[0]) if t.dim() == 0 else t
+        t = self.batch_timesteps(t, x_t.shape[0])
         kw = {"encoder_hidden_states": cond.embeds, "encoder_attention_mask": cond.mask, "added_cond_kwargs": added}
         out = tr(x_t, timestep=t, **kw).sample
-        # learned sigma: the first half of the channels is ε, as the pipeline reads it
-        return out.chunk(2, dim=1)[0] if out.shape[1] == 2 * x_t.shape[1] else out
+        return self.first_half_if_learned_sigma(out, x_t)
 
 
 PIXART = PixArtFamily(

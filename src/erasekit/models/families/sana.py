@@ -46,10 +46,10 @@ class SanaFamily(Family):
     def denoise(self, pipe, x_t, t, cond: Conditioning) -> torch.Tensor:
         """The velocity (Sana is flow matching); ``t`` in the scheduler's units, scaled as the pipeline does."""
         tr = self.get_denoiser(pipe)
-        t = t.expand(x_t.shape[0]) if t.dim() == 0 else t
+        t = self.batch_timesteps(t, x_t.shape[0])
         t = t * float(getattr(tr.config, "timestep_scale", 1.0))
         out = tr(x_t, encoder_hidden_states=cond.embeds, encoder_attention_mask=cond.mask, timestep=t).sample
-        return out.chunk(2, dim=1)[0] if out.shape[1] == 2 * x_t.shape[1] else out
+        return self.first_half_if_learned_sigma(out, x_t)
 
 
 SANA = SanaFamily(
