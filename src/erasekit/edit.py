@@ -36,7 +36,9 @@ from .edit_format import (
     Fingerprint,
     canonical_json,
     content_sha256,
+    file_key,
     layer_key,
+    legacy_component,
     parse_metadata,
     read_edit_file,
     tensor_digest,
@@ -59,7 +61,11 @@ def _content_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 @dataclass
 class LayerEdit:
-    """The new value of one UNet parameter (``path``'s ``param``), in one storage kind."""
+    """The new value of one parameter (``path``'s ``param``) of a pipeline component, in one storage kind.
+
+    ``component`` is the pipeline attribute holding the module; None (the usual case) means the denoiser of the
+    edit's family (``unet`` / ``transformer``), and ``path`` is then relative to it, as methods see it.
+    """
 
     path: str
     kind: str
@@ -67,6 +73,7 @@ class LayerEdit:
     tensors: dict[str, torch.Tensor]  # suffix relative to the module ("weight", "weight.values", ...) -> tensor
     stats: dict[str, Any] = field(default_factory=dict)
     param: str = "weight"
+    component: str | None = None
 
     def __post_init__(self) -> None:
         self.tensors = {k: v.detach() for k, v in self.tensors.items()}  # never keep autograd state (ACE)
@@ -74,8 +81,10 @@ class LayerEdit:
 
     @property
     def key(self) -> str:
-        """This entry's name in an Edit and in the file: the module path, plus ``.param`` unless it is 'weight'."""
-        return layer_key(self.path, self.param)
+        """This entry's name in an Edit: the module path, plus ``.param`` unless it is 'weight', prefixed with
+        ``<component>/`` for a component other than the denoiser (in a file every key has its component)."""
+        key = layer_key(self.path, self.param)
+        return key if self.component is None else file_key(self.component, key)
 
     @classmethod
     def dense(cls, path: str, weight: torch.Tensor, param: str = "weight", **stats) -> LayerEdit:
@@ -156,7 +165,14 @@ class LayerEdit:
 class _Record:
     digest: str  # Edit.digest of the applied edit: the same contents, loaded twice, are the same edit
     description: str
-    originals: dict[str, tuple[str, str, torch.Tensor]]  # key -> (module, param, original value on cpu)
+    # key -> (component or None for the denoiser, module path, param, original value on cpu)
+    originals: dict[str, tuple[str | None, str, str, torch.Tensor]]
+
+
+def _memory_key(meta: EditMeta, lm) -> str:
+    """A parsed layer's key in an :class:`Edit`: its path (plus param) in the denoiser, else ``<component>/...``."""
+    key = layer_key(lm.module, lm.param)
+    return key if lm.component == legacy_component(meta.base) else file_key(lm.component, key)
 
 
 def _jsonable(x: Any) -> Any:
@@ -206,10 +222,15 @@ class Edit:
         self.base = base
         self.layers: dict[str, LayerEdit] = {}
         for le in layers:
+            if le.component == self.component:  # the denoiser's layers are keyed by their path alone
+                le.component = None
             if le.key in self.layers:
                 raise EditError(f"two entries for {le.key!r}: an edit sets each parameter once")
             self.layers[le.key] = le
-        self.fingerprints = {k: (v.to_json() if isinstance(v, Fingerprint) else v) for k, v in fingerprints.items()}
+        own = f"{self.component}/"  # '<denoiser>/path' names the same layer as 'path'
+        self.fingerprints = {
+            k.removeprefix(own): (v.to_json() if isinstance(v, Fingerprint) else v) for k, v in fingerprints.items()
+        }
         self.stats = stats or {}
         self.compute_dtype = compute_dtype
         self._digest: str | None = None
@@ -219,6 +240,12 @@ class Edit:
                 f"no base fingerprint for layers {sorted(missing)[:3]}: pass fingerprints of the base "
                 "weights (erasekit.models.adapter.weight_fingerprint) for every edited layer"
             )
+
+    @property
+    def component(self) -> str:
+        """The pipeline component this edit's denoiser layers live in (``unet`` / ``transformer``): ``base.denoiser``,
+        else the denoiser of ``base.family``, else ``unet`` (edits made before families were UNet edits)."""
+        return legacy_component(self.base if isinstance(self.base, dict) else {})
 
     # ---------------------------------------------------------------- summary
     @property
@@ -292,6 +319,10 @@ class Edit:
     def denoiser(self, pipe):
         """The denoiser this edit writes into, resolved through ``pipe``'s family; refused when the pipeline is of
         another family than the one the edit records (``base.family``; files without one are UNet edits)."""
+        return self._roots(pipe)[None]
+
+    def _roots(self, pipe) -> dict[str | None, Any]:
+        """Each component this edit writes into, resolved through ``pipe``'s family (None: the denoiser)."""
         made_for = self.base.get("pipeline") or "diffusers UNet"
         try:
             live = identify(pipe)
@@ -306,19 +337,25 @@ class Edit:
                 f"{type(pipe).__name__} is {live.name} ({live.description}); load the base model the edit was made "
                 "for (erasekit inspect shows it)"
             )
-        # Files written before families record no component: their keys are relative to the UNet
-        component = self.base.get("denoiser") or (known[want].denoiser if want in known else "unet")
-        if component != live.denoiser:
+        if self.component != live.denoiser:
             raise EditFileError(
-                f"this edit's layers live in the pipeline's {component!r}, but a {live.name} pipeline denoises with "
-                f"its {live.denoiser!r}; load the base model the edit was made for"
+                f"this edit's layers live in the pipeline's {self.component!r}, but a {live.name} pipeline denoises "
+                f"with its {live.denoiser!r}; load the base model the edit was made for"
             )
-        return live.get_denoiser(pipe)
+        roots: dict[str | None, Any] = {None: live.get_denoiser(pipe)}
+        for le in self.layers.values():
+            if le.component is not None and le.component not in roots:
+                try:
+                    roots[le.component] = live.component(pipe, le.component)
+                except ModelError as e:
+                    raise EditFileError(f"layer {le.key!r}: {e}") from None
+        return roots
 
-    def _live(self, unet, le: LayerEdit):
-        """The live parameter tensor ``le`` edits, or a string saying why there is none."""
+    @staticmethod
+    def _live(root, le: LayerEdit):
+        """The live parameter tensor ``le`` edits in ``root`` (its component), or a string saying why there is none."""
         try:
-            module = unet.get_submodule(le.path)
+            module = root.get_submodule(le.path)
         except AttributeError:
             return f"{le.key}: no such module"
         p = getattr(module, le.param, None)
@@ -335,13 +372,13 @@ class Edit:
         A parameter that already carries an applied edit is refused unless ``stack``; with
         ``stack`` its fingerprint is checked against the value it had before the first edit.
         """
-        unet = self.denoiser(pipe)
-        records = self._records(unet)
+        roots = self._roots(pipe)
+        records = self._records(roots[None])
         if any(r.digest == self.digest for r in records):
             raise EditFileError(f"{self!r} is already applied to this pipeline; revert it before applying it again")
         carried: dict[str, tuple[torch.Tensor, str]] = {}
         for r in records:
-            for key, (_, _, w0) in r.originals.items():
+            for key, (_, _, _, w0) in r.originals.items():
                 carried.setdefault(key, (w0, r.description))  # the oldest record holds the base value
         if not stack:
             overlap = [k for k in self.layers if k in carried]
@@ -353,7 +390,7 @@ class Edit:
                 )
         problems = []
         for key, le in self.layers.items():
-            live = self._live(unet, le)
+            live = self._live(roots[le.component], le)
             if isinstance(live, str):
                 problems.append(live)
                 continue
@@ -385,9 +422,11 @@ class Edit:
         record of originals (one copy of the edited layers, in their own dtype) plus one layer:
         materialising every layer first held a second full copy (SDXL: +650 MiB in float16).
         A parameter that already carries an edit is refused unless ``stack=True``.
+        Each layer's component is resolved through the pipeline's family (:meth:`Family.component`).
         """
         self.check_compatible(pipe, stack=stack)
-        unet = self.denoiser(pipe)
+        roots = self._roots(pipe)
+        unet = roots[None]
         record = _Record(self.digest, repr(self), {})  # description first: nothing may fail after a write but a layer
         records = getattr(unet, _APPLIED_ATTR, None)
         if records is None:
@@ -396,14 +435,14 @@ class Edit:
         records.append(record)
         try:
             for key, le in self.layers.items():
-                live = self._live(unet, le)
+                live = self._live(roots[le.component], le)
                 value = le.materialize_as(live)  # (d_out, d_in) in the live dtype, checked finite there
-                record.originals[key] = (le.path, le.param, live.detach().to("cpu", copy=True))
+                record.originals[key] = (le.component, le.path, le.param, live.detach().to("cpu", copy=True))
                 live.copy_(value)
                 del value
         except BaseException:
-            for module, param, w0 in reversed(list(record.originals.values())):
-                getattr(unet.get_submodule(module), param).copy_(w0)
+            for component, module, param, w0 in reversed(list(record.originals.values())):
+                getattr(roots[component].get_submodule(module), param).copy_(w0)
             records.remove(record)
             raise
         return self
@@ -421,8 +460,9 @@ class Edit:
                 f"another edit was applied after this one ({records[-1].description}); revert that one first"
             )
         record = records[-1]
-        for module, param, w0 in record.originals.values():
-            getattr(unet.get_submodule(module), param).copy_(w0)
+        roots = self._roots(pipe)
+        for component, module, param, w0 in record.originals.values():
+            getattr(roots[component].get_submodule(module), param).copy_(w0)
         records.pop()
 
     @staticmethod
@@ -432,10 +472,23 @@ class Edit:
 
     # ------------------------------------------------------------- storage
     def _tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors by their in-memory names (the denoiser's relative to it): what :attr:`digest` covers."""
         return {f"{le.path}.{suffix}": t for le in self.layers.values() for suffix, t in le.tensors.items()}
 
+    def _file_key(self, le: LayerEdit, name: str) -> str:
+        """``name`` (a layer key or tensor name relative to ``le``'s component) as the file spells it."""
+        return file_key(le.component or self.component, name)
+
+    def _file_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors by their names in a format-3 file: ``<component>/<module>.<suffix>``."""
+        return {
+            self._file_key(le, f"{le.path}.{suffix}"): t.contiguous()
+            for le in self.layers.values()
+            for suffix, t in le.tensors.items()
+        }
+
     def metadata(self) -> dict:
-        """The format-2 metadata document, without its checksum."""
+        """The format-3 metadata document, without its checksum: layers keyed ``<component>/<module path>``."""
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -447,7 +500,7 @@ class Edit:
             "stats": _jsonable(self.stats),
             "compute_dtype": self.compute_dtype,
             "layers": {
-                key: {
+                self._file_key(le, layer_key(le.path, le.param)): {
                     "kind": le.kind,
                     "param": le.param,
                     "shape": list(le.shape),
@@ -465,7 +518,7 @@ class Edit:
         path = Path(path)
         if self.compute_dtype is not None and self.compute_dtype not in FLOAT_DTYPES:
             raise EditFileError(f"compute_dtype must be one of {FLOAT_DTYPES} or None, got {self.compute_dtype!r}")
-        tensors = {k: t.contiguous() for k, t in self._tensors().items()}
+        tensors = self._file_tensors()
         meta = self.metadata()
         try:
             meta["content_sha256"] = content_sha256(meta, tensors)
@@ -490,6 +543,7 @@ class Edit:
                 {s: tensors[k] for s, k in lm.tensor_keys.items()},
                 thaw(lm.stats),
                 lm.param,
+                lm.component,  # the denoiser's become None in Edit.__init__
             )
             for lm in meta.layers
         ]
@@ -499,7 +553,7 @@ class Edit:
             thaw(meta.concepts),
             thaw(meta.base),
             layers,
-            {lm.key: lm.fingerprint.to_json() for lm in meta.layers},
+            {_memory_key(meta, lm): lm.fingerprint.to_json() for lm in meta.layers},
             thaw(meta.stats),
             compute_dtype=meta.compute_dtype,
         )

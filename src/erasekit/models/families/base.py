@@ -127,6 +127,16 @@ class Family:
             raise ModelError(f"{type(pipe).__name__} has no {self.denoiser!r}; a {self.name} pipeline needs one")
         return den
 
+    def component(self, pipe, name: str) -> Any:
+        """The pipeline component an edit file's ``<component>/<path>`` key names: the family's denoiser (the only
+        component methods edit); any other name is refused naming it."""
+        if name == self.denoiser:
+            return self.get_denoiser(pipe)
+        raise ModelError(
+            f"erasekit edits the {self.denoiser!r} of a {self.name} pipeline, not its {name!r}; this edit was made "
+            "for another model or by a newer erasekit"
+        )
+
     # ---------------------------------------------------------------- denoiser helpers
     @staticmethod
     def batch_timesteps(t: torch.Tensor, batch: int) -> torch.Tensor:
