@@ -1,21 +1,24 @@
-"""Tiny, randomly initialised SD 1.x / 2.x / XL, PixArt-Σ and Sana pipelines built offline from configs.
+"""Tiny, randomly initialised SD 1.x / 2.x / XL, PixArt-Σ, Sana, SD3 and FLUX.1 pipelines built offline from configs.
 
 They have the exact module structure of the real families (same classes, cross-attention
-layout, SDXL's two encoders and 2-part embeddings, the real CLIP tokenizer; PixArt's T5 and
-Sana's Gemma-2 with offline stand-in tokenizers, models/tokenizer.py) at a size that runs in
-milliseconds: the project's test matrix and the CLI's smoke runs use them.
+layout, SDXL's two encoders and 2-part embeddings, the real CLIP tokenizer; PixArt's, SD3's and
+FLUX's T5 and Sana's Gemma-2 with offline stand-in tokenizers, models/tokenizer.py) at a size that
+runs in milliseconds: the project's test matrix and the CLI's smoke runs use them. The SD3 build has
+SD3.5-Medium's layout (a dual-attention block whose ``attn2`` is image self-attention, RMS q/k norms);
+``flux`` is FLUX.1-dev-like (guidance embedding), ``flux-schnell`` has none.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .tokenizer import CLIP_VOCAB_SIZE, gemma_tokenizer, t5_tokenizer, write_clip_tokenizer_files
 
-FAMILIES = ("sd", "sd2", "sdxl", "pixart", "sana")
+FAMILIES = ("sd", "sd2", "sdxl", "pixart", "sana", "sd3", "flux", "flux-schnell")
 
 
 def _text_config(hidden: int, projection_dim: int | None = None):
@@ -36,10 +39,11 @@ def _text_config(hidden: int, projection_dim: int | None = None):
     )
 
 
-def _vae():
+def _vae(**extra):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
+        **extra,
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
@@ -157,8 +161,90 @@ def _tiny_sana():
     )
 
 
+def _t5(tok, d_model: int):
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(
+        vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=2,
+        relative_attention_num_buckets=8,
+    )  # fmt: skip
+    return T5EncoderModel(cfg).eval()  # eval(), as from_pretrained leaves a model (T5 has dropout 0.1)
+
+
+def _tiny_sd3():
+    """SD3.5-Medium-like: CLIP-L (16-d) ⊕ CLIP-G (24-d) padded to T5's 48-d, joined with T5 → context_embedder;
+    pooled (16 + 24) → the pooled embedder; block 0 has a second image self-attention ``attn2``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    from .tokenizer import t5_tokenizer
+
+    tr = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=48,
+        caption_projection_dim=16,
+        pooled_projection_dim=16 + 24,
+        pos_embed_max_size=16,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    tok3 = t5_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=tr.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(shift_factor=0.0609).eval(),
+        text_encoder=CLIPTextModelWithProjection(_text_config(16, 16)).eval(),
+        tokenizer=_tokenizer("<|endoftext|>"),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(24, 24)).eval(),
+        tokenizer_2=_tokenizer("!"),
+        text_encoder_3=_t5(tok3, 48),
+        tokenizer_3=tok3,
+    )
+
+
+def _tiny_flux(guidance: bool):
+    """FLUX.1: T5 (24-d) → context_embedder, CLIP-L pooled (16-d) → the pooled embedder; one double and one single
+    block of width 16; dev embeds the guidance scale, schnell does not."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    from .tokenizer import t5_tokenizer
+
+    tr: Any = FluxTransformer2DModel(  # diffusers' typing hides nn.Module's methods here
+        patch_size=1,
+        in_channels=4 * 4,  # 4 latent channels, packed 2 × 2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=24,
+        pooled_projection_dim=16,
+        guidance_embeds=guidance,
+        axes_dims_rope=(2, 2, 4),
+    )
+    tok2 = t5_tokenizer()
+    pipe: Any = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(shift_factor=0.1159).eval(),
+        text_encoder=CLIPTextModel(_text_config(16)).eval(),
+        tokenizer=_tokenizer("<|endoftext|>"),
+        text_encoder_2=_t5(tok2, 24),
+        tokenizer_2=tok2,
+        transformer=tr.eval(),
+    )
+    pipe.default_sample_size = 8  # latent side of the default image (FluxPipeline says 128; not saved in the folder)
+    return pipe
+
+
 def build_tiny_pipeline(family: str = "sd", seed: int = 0):
-    """A randomly initialised pipeline of ``family``: ``sd`` (SD 1.x), ``sd2``, ``sdxl``, ``pixart`` (Σ), ``sana``."""
+    """A randomly initialised pipeline of ``family``: ``sd`` (SD 1.x), ``sd2``, ``sdxl``, ``pixart`` (Σ), ``sana``,
+    ``sd3`` (3.5-Medium layout), ``flux`` (FLUX.1-dev layout) or ``flux-schnell``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -169,6 +255,10 @@ def build_tiny_pipeline(family: str = "sd", seed: int = 0):
         return _tiny_pixart()
     if family == "sana":
         return _tiny_sana()
+    if family == "sd3":
+        return _tiny_sd3()
+    if family in ("flux", "flux-schnell"):
+        return _tiny_flux(guidance=family == "flux")
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
