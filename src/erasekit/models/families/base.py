@@ -226,7 +226,7 @@ class Family:
 
     # ---------------------------------------------------------------- export names
     def original_name(self, path: str) -> str:
-        """The module at ``path`` as the model's original checkpoint names it (FLUX: ``txt_in``, ``vector_in.in_layer``)."""
+        """The module at ``path`` as the original checkpoint names it (FLUX: ``txt_in``, ``vector_in.in_layer``)."""
         names = dict(self.original_names)
         if path not in names:
             raise ModelError(f"{self.name}: no original checkpoint name is known for {path!r}")
