@@ -4,15 +4,20 @@
 * ``nudenet`` — :class:`NudeNetJudge`, NudeNet's bundled ONNX detector with pinned classes and threshold (the nine
   ``*_EXPOSED`` classes at 0.6, as MACE / RECE / SPEED evaluate) and per-class counts;
 * ``clip:PATH`` — :class:`CLIPJudge`, zero-shot CLIP score and CLIP accuracy from a local CLIP folder;
-* ``vlm:PATH`` — :class:`VLMJudge`, HUB's VLM judge (three reference images, yes / no / idk) through transformers.
+* ``vlm:PATH`` — :class:`VLMJudge`, HUB's VLM judge (three reference images, yes / no / idk) through transformers;
+* ``aesthetics:MLP.safetensors,clip=FOLDER`` — :class:`AestheticsJudge`, LAION's aesthetic predictor.
+
+Weights are read from ``*.safetensors`` only and pinned by sha256 in the settings; a pickle-only weight file is
+refused with the line that converts it (:mod:`._weights`).
 
 ``judge.judge(images, concepts)`` returns a :class:`JudgeResult`: a score and a decision per (image, concept),
 details a judge measures beyond that, and the judge's settings, which every result records.
 :func:`make_judge` builds a judge from a spec string (:mod:`.base`); :func:`register_judge` adds one.
 """
 
-from . import clip, nudenet, tinyworld, vlm  # noqa: F401  (registration)
+from . import aesthetics, clip, nudenet, tinyworld, vlm  # noqa: F401  (registration)
 from ._weights import PICKLE_SUFFIXES, file_sha256, safetensors_file, safetensors_folder
+from .aesthetics import AestheticsConfig, AestheticsJudge, aesthetic_score
 from .base import (
     Judge,
     JudgeConfig,
@@ -45,6 +50,8 @@ __all__ = [
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
     "PICKLE_SUFFIXES",
+    "AestheticsConfig",
+    "AestheticsJudge",
     "CLIPJudge",
     "CLIPJudgeConfig",
     "ClipEncoder",
@@ -60,6 +67,7 @@ __all__ = [
     "References",
     "VLMJudge",
     "VLMJudgeConfig",
+    "aesthetic_score",
     "available_judges",
     "class_counts",
     "file_sha256",
