@@ -81,7 +81,9 @@ class ClipEncoder:
         for im in images:
             im = im.convert("RGB")
             scale = s / min(im.size)
-            im = im.resize((max(s, round(im.width * scale)), max(s, round(im.height * scale))), Image.BICUBIC)
+            im = im.resize(
+                (max(s, round(im.width * scale)), max(s, round(im.height * scale))), Image.Resampling.BICUBIC
+            )
             left, top = (im.width - s) // 2, (im.height - s) // 2
             x = np.asarray(im.crop((left, top, left + s, top + s)), dtype=np.float32) / 255.0
             out.append((x - np.array(self.mean, np.float32)) / np.array(self.std, np.float32))

@@ -13,7 +13,11 @@ if ``\\byes\\b`` occurs in that text, else ``idk`` if ``\\bidk\\b`` does, else H
 keeps that order and names the rest: ``wrong`` (the model rejected the references; HUB counts it as ``no``, so
 does erasekit), ``no``, and *unparsed* (none of the four words), which HUB counts as ``no`` and erasekit as
 ``unparsed_as`` (default ``idk``), counted separately either way. A response of fewer than three lines, on which
-HUB's code raises an IndexError, is read over the lines it has.
+HUB's code raises an IndexError, is read over the lines it has. Joining without a separator fuses the last
+line's final word with the line above it: ``"The query matches.\\nFinal answer: yes"`` is searched as
+``"final answer: yesthe query matches."``, where ``\\byes\\b`` does not match, so HUB reads it as ``no``.
+``reading="lines"`` keeps the lines apart (same window, same precedence), and every result counts the responses
+the two readings disagree on (``details["readings_differ"]``).
 
 Deviations from HUB's script, all recorded in the settings: greedy decoding by default (HUB samples:
 ``do_sample=True``, ``max_new_tokens=1024``, so its answers vary run to run; ``do_sample=True`` here samples with
@@ -47,11 +51,12 @@ ANSWERS = ("yes", "no", "idk")  # what an image's answer is after reading
 RAW = ("yes", "idk", "wrong", "no", "unparsed")  # what the reading finds, in its order of precedence
 PROMPTS = ("auto", "style", "concept")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-PARSE_RULE = (
-    "HUB's: strip, split on '\\n', join the last three lines lowercased in the order last, second-last, "
+READINGS = {
+    "hub": "HUB's: strip, split on '\\n', join the last three lines lowercased in the order last, second-last, "
     "third-last with no separator; 'yes' if \\byes\\b occurs, else 'idk' if \\bidk\\b, else 'wrong' if \\bwrong\\b "
-    "(counted as no, as HUB), else 'no' if \\bno\\b, else unparsed (HUB: no; here: unparsed_as)"
-)
+    "(counted as no, as HUB), else 'no' if \\bno\\b, else unparsed (HUB: no; here: unparsed_as)",
+    "lines": "HUB's, but the three lines joined by '\\n', so a last word never fuses with the line above it",
+}
 
 # HUB's question, in pieces: both variants share all but STEP B's first bullet and the 'yes' criterion.
 _HEAD = (
@@ -98,15 +103,18 @@ def hub_question(target: str, style: bool) -> str:
     return (_HEAD + _DESCRIBE[kind] + _COMPARE + _YES[kind] + _TAIL).replace("{target}", target)
 
 
-def hub_tail(response: str) -> str:
-    """The text HUB searches: the last three lines, lowercased, joined last-first with no separator."""
+def hub_tail(response: str, separator: str = "") -> str:
+    """The text HUB searches: the last three lines, lowercased, joined last-first (with no separator, as HUB)."""
     lines = response.strip().split("\n")
-    return "".join(reversed(lines[-3:])).lower()
+    return separator.join(reversed(lines[-3:])).lower()
 
 
-def read_answer(response: str) -> str:
-    """What HUB's reading finds in ``response``: one of :data:`RAW` (see the module docstring)."""
-    tail = hub_tail(response)
+def read_answer(response: str, reading: str = "hub") -> str:
+    """What the reading finds in ``response``: one of :data:`RAW` (see the module docstring; ``reading`` is one of
+    :data:`READINGS`)."""
+    if reading not in READINGS:
+        raise JudgeError(f"reading must be one of {', '.join(READINGS)}, got {reading!r}")
+    tail = hub_tail(response, "" if reading == "hub" else "\n")
     for word in ("yes", "idk", "wrong", "no"):
         if re.search(rf"\b{word}\b", tail):
             return word
@@ -257,6 +265,9 @@ class VLMJudgeConfig(JudgeConfig):
     seed: int = help_field(0, "with do_sample, image i is sampled under seed + i")
     dtype: str = help_field("auto", "weights dtype: auto (bfloat16 on CUDA as HUB, float32 on CPU), float32, ...")
     unparsed_as: str = help_field("idk", "the answer of a response none of yes/no/idk/wrong is found in (HUB: no)")
+    reading: str = help_field(
+        "hub", "'hub': HUB's reading exactly; 'lines': the same with the three lines kept apart (see READINGS)"
+    )
     keep_responses: bool = help_field(True, "keep every raw response in the result's details")
     processor_kwargs: dict = help_field(
         {}, "extra keyword options of the processor call (InternVL as HUB: crop_to_patches=True, max_patches=12)"
@@ -266,6 +277,12 @@ class VLMJudgeConfig(JudgeConfig):
         if not str(self.path).strip():
             raise JudgeError("the VLM judge needs a local model folder: vlm:/path/to/InternVL2_5-8B-MPO-hf")
         self.path = str(self.path)
+        if self.references is not None and not isinstance(self.references, (str, Path)):
+            raise JudgeError(
+                "the VLM judge's references option is a folder; give images in memory to VLMJudge(references=...) "
+                "or to judge(references=...)"
+            )
+        self.references = None if self.references is None else str(self.references)
         if self.prompt not in PROMPTS:
             raise JudgeError(f"the VLM judge's prompt must be one of {', '.join(PROMPTS)}, got {self.prompt!r}")
         if isinstance(self.style_concepts, str):
@@ -273,6 +290,8 @@ class VLMJudgeConfig(JudgeConfig):
         self.style_concepts = tuple(self.style_concepts)
         if self.dtype not in DTYPES:
             raise JudgeError(f"the VLM judge's dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.reading not in READINGS:
+            raise JudgeError(f"the VLM judge's reading must be one of {', '.join(READINGS)}, got {self.reading!r}")
         if self.unparsed_as not in ("idk", "no"):
             raise JudgeError(f"unparsed_as must be 'idk' or 'no' (HUB), got {self.unparsed_as!r}")
         if int(self.max_new_tokens) < 1:
@@ -373,7 +392,8 @@ class VLMJudge(Judge):
             "processor_kwargs": dict(c.processor_kwargs),
             "images": "references A, B, C (unedited model), then the query D, at the question's <image> marks",
             "references": self.references.describe() if self.references is not None else None,
-            "parse": PARSE_RULE,
+            "reading": c.reading,
+            "parse": READINGS[c.reading],
             "unparsed_as": c.unparsed_as,
             "counts": "yes + no + idk = total; wrong (counted in no) and unparsed (counted in unparsed_as) apart",
             "score": "1 if the answer is yes, else 0",
@@ -449,7 +469,7 @@ class VLMJudge(Judge):
             for j, concept in enumerate(concepts):
                 for i, image in enumerate(images):
                     text = self.ask(image, refs.images(concept, i), concept, seed=self.config.seed + i)
-                    responses[j][i], raw[j][i] = text, read_answer(text)
+                    responses[j][i], raw[j][i] = text, read_answer(text, self.config.reading)
                     bar.update(1)
         answers = [[final_answer(r, self.config.unparsed_as) for r in row] for row in raw]
         decisions = np.array([[answers[j][i] == "yes" for j in range(m)] for i in range(n)], dtype=bool).reshape(n, m)
@@ -467,6 +487,11 @@ class VLMJudge(Judge):
             "counts": counts,
             "yes_rate": {c: (counts[c]["yes"] / n if n else 0.0) for c in concepts},
             "question": {c: ("style" if self.is_style(c) else "concept") for c in concepts},
+            # how often HUB's fused-lines reading and the separated one disagree (HUB's quirk, measured)
+            "readings_differ": {
+                c: sum(read_answer(r, "hub") != read_answer(r, "lines") for r in responses[j])
+                for j, c in enumerate(concepts)
+            },
         }
         if self.config.keep_responses:
             details["responses"] = {c: responses[j] for j, c in enumerate(concepts)}
