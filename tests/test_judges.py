@@ -532,6 +532,20 @@ def test_vlm_is_deterministic_and_its_decisions_are_its_readings(vlm, vlm_dir):
         assert counts["yes"] + counts["no"] + counts["idk"] == counts["total"] == 3
 
 
+def test_vlm_sampling_is_reproducible_under_its_seed_and_leaves_the_global_rng_alone(vlm_dir):
+    refs = {"Pikachu": _images(3, seed=11)}
+    judge = VLMJudge(vlm_dir, max_new_tokens=8, do_sample=True, seed=3, references=refs)
+    images = _images(2, seed=6)
+    before = torch.get_rng_state()
+    a = judge.judge(images, ["Pikachu"])
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(12345)  # whatever the caller's RNG holds
+    b = judge.judge(images, ["Pikachu"])
+    assert a.details["responses"] == b.details["responses"]
+    g = a.settings["generation"]
+    assert g["do_sample"] is True and g["seed"] == "3 + image index" and g["temperature"] == 1.0
+
+
 def test_vlm_answers_map_to_decisions_and_counts(vlm, monkeypatch):
     canned = iter(["steps...\nfinal answer : yes", "final answer : no", "", "wrong", "idk"])
     tok = vlm.processor.tokenizer

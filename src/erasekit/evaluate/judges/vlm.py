@@ -46,6 +46,7 @@ from .base import Judge, JudgeConfig, JudgeResult, help_field, register_judge
 
 HUB_SOURCE = "ml-postech/HUB@3f4957bf4c7f402393cead134e1fab5fbb92949d source/eval/eval_vlm.py"
 IMAGE_MARK = "<image>"  # where HUB's question places each image (InternVL's placeholder)
+MIN_TRANSFORMERS = "4.56"  # from_pretrained(dtype=...); InternVL's native (-hf) models need 4.52 already
 N_REFERENCES = 3  # the question names three references, A, B and C
 ANSWERS = ("yes", "no", "idk")  # what an image's answer is after reading
 RAW = ("yes", "idk", "wrong", "no", "unparsed")  # what the reading finds, in its order of precedence
@@ -321,6 +322,14 @@ class VLMJudge(Judge):
         **options: Any,
     ):
         import torch
+        import transformers
+        from packaging.version import Version
+
+        if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):
+            raise JudgeError(
+                f"the VLM judge needs transformers>={MIN_TRANSFORMERS} (found {transformers.__version__}); "
+                "pip install -U transformers"
+            )
         from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
