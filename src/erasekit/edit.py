@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ._atomic import atomic_path
 from ._version import __version__
@@ -44,7 +45,7 @@ from .edit_format import (
 )
 from .errors import EditError, EditFileError, ModelError
 from .models.adapter import fingerprints_match, weight_fingerprint
-from .models.families import families, identify
+from .models.families import Pipeline, families, identify
 
 __all__ = ["Edit", "LayerEdit", "FORMAT", "FORMAT_VERSION", "STORAGE_KINDS"]
 
@@ -78,13 +79,13 @@ class LayerEdit:
         return layer_key(self.path, self.param)
 
     @classmethod
-    def dense(cls, path: str, weight: torch.Tensor, param: str = "weight", **stats) -> LayerEdit:
+    def dense(cls, path: str, weight: torch.Tensor, param: str = "weight", **stats: Any) -> LayerEdit:
         """The new value of ``path``'s ``param`` as is (any rank: Linear / Conv2d weights, biases)."""
         w = weight.detach().to("cpu", torch.float32).contiguous()
         return cls(path, "dense", tuple(w.shape), {param: w}, stats, param)
 
     @classmethod
-    def csr(cls, path: str, weight: torch.Tensor, **stats) -> LayerEdit:
+    def csr(cls, path: str, weight: torch.Tensor, **stats: Any) -> LayerEdit:
         w = weight.detach().to("cpu", torch.float32)
         if w.dim() != 2:
             raise EditError(f"CSR storage holds a matrix, got shape {tuple(w.shape)}")
@@ -98,7 +99,7 @@ class LayerEdit:
         return cls(path, "csr", tuple(w.shape), tensors, stats)
 
     @classmethod
-    def lowrank(cls, path: str, lora_B: torch.Tensor, lora_A: torch.Tensor, **stats) -> LayerEdit:
+    def lowrank(cls, path: str, lora_B: torch.Tensor, lora_A: torch.Tensor, **stats: Any) -> LayerEdit:
         B = lora_B.detach().to("cpu", torch.float32).contiguous()  # (d_out, r)
         A = lora_A.detach().to("cpu", torch.float32).contiguous()  # (r, d_in)
         if B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0]:
@@ -191,15 +192,15 @@ class Edit:
     def __init__(
         self,
         method: str,
-        config: dict,
-        concepts: dict,
-        base: dict,
+        config: dict[str, Any],
+        concepts: dict[str, Any],
+        base: dict[str, Any],
         layers: Iterable[LayerEdit],
-        fingerprints: dict[str, dict],
-        stats: dict | None = None,
+        fingerprints: Mapping[str, Mapping[str, Any] | Fingerprint],
+        stats: dict[str, Any] | None = None,
         *,
         compute_dtype: str | None = None,
-    ):
+    ) -> None:
         self.method = method
         self.config = config
         self.concepts = concepts
@@ -238,7 +239,7 @@ class Edit:
         total = sum(le.numel for le in csr)
         return 1.0 - sum(le.tensors[f"{le.param}.values"].numel() for le in csr) / total
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
         for le in self.layers.values():
             kinds[le.kind] = kinds.get(le.kind, 0) + 1
@@ -278,18 +279,20 @@ class Edit:
 
     # ------------------------------------------------------- apply / revert
     @staticmethod
-    def _records(unet) -> list[_Record]:
-        return getattr(unet, _APPLIED_ATTR, None) or []
+    def _records(unet: nn.Module | None) -> list[_Record]:
+        records: list[_Record] = getattr(unet, _APPLIED_ATTR, None) or []
+        return records
 
     @staticmethod
-    def _live_denoiser(pipe):
+    def _live_denoiser(pipe: Pipeline) -> nn.Module | None:
         """The pipeline's denoiser as its family names it, or None for a pipeline of no family."""
         try:
-            return identify(pipe).get_denoiser(pipe)
+            den: nn.Module = identify(pipe).get_denoiser(pipe)
         except ModelError:
             return None
+        return den
 
-    def denoiser(self, pipe):
+    def denoiser(self, pipe: Pipeline) -> nn.Module:
         """The denoiser this edit writes into, resolved through ``pipe``'s family; refused when the pipeline is of
         another family than the one the edit records (``base.family``; files without one are UNet edits)."""
         made_for = self.base.get("pipeline") or "diffusers UNet"
@@ -313,9 +316,10 @@ class Edit:
                 f"this edit's layers live in the pipeline's {component!r}, but a {live.name} pipeline denoises with "
                 f"its {live.denoiser!r}; load the base model the edit was made for"
             )
-        return live.get_denoiser(pipe)
+        den: nn.Module = live.get_denoiser(pipe)
+        return den
 
-    def _live(self, unet, le: LayerEdit):
+    def _live(self, unet: nn.Module, le: LayerEdit) -> torch.Tensor | str:
         """The live parameter tensor ``le`` edits, or a string saying why there is none."""
         try:
             module = unet.get_submodule(le.path)
@@ -328,7 +332,7 @@ class Edit:
             return f"{le.key}: shape {tuple(p.shape)} != {tuple(le.shape)}"
         return p
 
-    def check_compatible(self, pipe, *, stack: bool = False) -> None:
+    def check_compatible(self, pipe: Pipeline, *, stack: bool = False) -> None:
         """Raise EditFileError unless every edited parameter exists in ``pipe`` with the base values this edit was made
         for.
 
@@ -367,14 +371,14 @@ class Edit:
                 if records
                 else " Load the base model named in the edit file (erasekit inspect shows it)."
             )
-            base = self.base.get("name_or_path") or self.base.get("pipeline")
+            base_name = self.base.get("name_or_path") or self.base.get("pipeline")
             raise EditFileError(
                 f"this edit does not fit the pipeline ({len(problems)} of {len(self.layers)} layers differ; edit made "
-                f"for {base!r}): " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "") + "." + hint
+                f"for {base_name!r}): " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "") + "." + hint
             )
 
     @torch.no_grad()
-    def apply(self, pipe, *, stack: bool = False) -> Edit:
+    def apply(self, pipe: Pipeline, *, stack: bool = False) -> Edit:
         """Write the new values into ``pipe``'s denoiser (UNet or transformer), in place, as one transaction.
 
         Every check that needs no new value runs first (:meth:`check_compatible`). Then layer by
@@ -389,7 +393,7 @@ class Edit:
         self.check_compatible(pipe, stack=stack)
         unet = self.denoiser(pipe)
         record = _Record(self.digest, repr(self), {})  # description first: nothing may fail after a write but a layer
-        records = getattr(unet, _APPLIED_ATTR, None)
+        records: list[_Record] | None = getattr(unet, _APPLIED_ATTR, None)
         if records is None:
             records = []
             setattr(unet, _APPLIED_ATTR, records)
@@ -397,6 +401,8 @@ class Edit:
         try:
             for key, le in self.layers.items():
                 live = self._live(unet, le)
+                if isinstance(live, str):  # check_compatible refused this already
+                    raise EditFileError(live)
                 value = le.materialize_as(live)  # (d_out, d_in) in the live dtype, checked finite there
                 record.originals[key] = (le.path, le.param, live.detach().to("cpu", copy=True))
                 live.copy_(value)
@@ -409,12 +415,12 @@ class Edit:
         return self
 
     @torch.no_grad()
-    def revert(self, pipe) -> None:
+    def revert(self, pipe: Pipeline) -> None:
         """Restore the exact original bytes of every parameter this edit changed."""
         unet = self._live_denoiser(pipe)
         records = self._records(unet)
         ids = [r.digest for r in records]
-        if self.digest not in ids:
+        if unet is None or self.digest not in ids:
             raise EditFileError("this edit is not applied to this pipeline; nothing to revert")
         if ids[-1] != self.digest:
             raise EditFileError(
@@ -426,7 +432,7 @@ class Edit:
         records.pop()
 
     @staticmethod
-    def applied(pipe) -> list[str]:
+    def applied(pipe: Pipeline) -> list[str]:
         """Descriptions of the edits currently applied to ``pipe``, oldest first."""
         return [r.description for r in Edit._records(Edit._live_denoiser(pipe))]
 
@@ -434,7 +440,7 @@ class Edit:
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {f"{le.path}.{suffix}": t for le in self.layers.values() for suffix, t in le.tensors.items()}
 
-    def metadata(self) -> dict:
+    def metadata(self) -> dict[str, Any]:
         """The format-2 metadata document, without its checksum."""
         return {
             "format": FORMAT,
@@ -458,7 +464,7 @@ class Edit:
             },
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the edit as one safetensors file, atomically; the metadata is parsed back before writing."""
         from safetensors.torch import save_file
 
@@ -507,7 +513,7 @@ class Edit:
         return edit
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Edit:
+    def load(cls, path: str | os.PathLike[str]) -> Edit:
         """Read and fully validate an edit file (the format :meth:`save` writes); raises EditFileError naming what is
         wrong. :func:`erasekit.load_edit` also reads erasekit's LoRA exports back."""
         return cls.from_parsed(*read_edit_file(path))

@@ -10,15 +10,31 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+from torch import nn
 
 from .tokenizer import CLIP_VOCAB_SIZE, gemma_tokenizer, t5_tokenizer, write_clip_tokenizer_files
 
+if TYPE_CHECKING:
+    from diffusers import PixArtSigmaPipeline, SanaPipeline
+    from diffusers.models import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    from .families import Pipeline
+
 FAMILIES = ("sd", "sd2", "sdxl", "pixart", "sana")
+_M = TypeVar("_M", bound=nn.Module)
 
 
-def _text_config(hidden: int, projection_dim: int | None = None):
+def _eval(module: _M) -> _M:
+    """``module`` in eval mode, as from_pretrained leaves a model (a fresh module is in train mode)."""
+    module.eval()
+    return module
+
+
+def _text_config(hidden: int, projection_dim: int | None = None) -> CLIPTextConfig:
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -36,10 +52,10 @@ def _text_config(hidden: int, projection_dim: int | None = None):
     )
 
 
-def _vae():
-    from diffusers import AutoencoderKL
+def _vae() -> AutoencoderKL:
+    from diffusers.models import AutoencoderKL  # not `from diffusers`: mypy reads that as a placeholder class
 
-    return AutoencoderKL(
+    vae: AutoencoderKL = AutoencoderKL(  # its __init__ is wrapped by diffusers' untyped register_to_config
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
@@ -49,19 +65,22 @@ def _vae():
         norm_num_groups=4,
         sample_size=32,
     )
+    return vae
 
 
-def _tokenizer(pad_token: str):
+def _tokenizer(pad_token: str) -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_clip_tokenizer_files(tmp, pad_token=pad_token)
-        return CLIPTokenizer.from_pretrained(tmp)
+        tok: CLIPTokenizer = CLIPTokenizer.from_pretrained(tmp)
+        return tok
 
 
-def _tiny_pixart():
+def _tiny_pixart() -> PixArtSigmaPipeline:
     """PixArt-Σ: T5 (24-d) → caption_projection → 2 blocks of width 16 whose attn2 reads it."""
-    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
+    from diffusers.models import PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     tok = t5_tokenizer()
@@ -92,16 +111,17 @@ def _tiny_pixart():
     # eval(), as from_pretrained leaves a model: T5 has dropout 0.1, and a fresh module is in train mode
     return PixArtSigmaPipeline(
         tokenizer=tok,
-        text_encoder=te.eval(),
-        vae=_vae().eval(),
-        transformer=tr.eval(),
+        text_encoder=_eval(te),
+        vae=_eval(_vae()),
+        transformer=_eval(tr),
         scheduler=DPMSolverMultistepScheduler(),
     )
 
 
-def _tiny_sana():
+def _tiny_sana() -> SanaPipeline:
     """Sana: Gemma-2 (16-d) → caption_projection → caption_norm → 2 linear-attention blocks; attn2 reads it."""
-    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SanaPipeline
+    from diffusers.models import AutoencoderDC, SanaTransformer2DModel
     from transformers import Gemma2Config, Gemma2Model
 
     tok = gemma_tokenizer()
@@ -150,14 +170,14 @@ def _tiny_sana():
     )
     return SanaPipeline(  # eval(), as from_pretrained leaves a model
         tokenizer=tok,
-        text_encoder=te.eval(),
-        vae=vae.eval(),
-        transformer=tr.eval(),
+        text_encoder=_eval(te),
+        vae=_eval(vae),
+        transformer=_eval(tr),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
     )
 
 
-def build_tiny_pipeline(family: str = "sd", seed: int = 0):
+def build_tiny_pipeline(family: str = "sd", seed: int = 0) -> Pipeline:
     """A randomly initialised pipeline of ``family``: ``sd`` (SD 1.x), ``sd2``, ``sdxl``, ``pixart`` (Σ), ``sana``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
