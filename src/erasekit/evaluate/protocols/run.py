@@ -178,9 +178,12 @@ class RoutedJudge(Judge):
     config_class: ClassVar[type[JudgeConfig]] = JudgeConfig
     summary: ClassVar[str] = "a protocol's judges, routed by concept category"
 
-    def __init__(self, judges: Mapping[str, Judge], route: Mapping[str, str]):
+    def __init__(self, judges: Mapping[str, Judge], route: Mapping[str, str], default: str | None = None):
         self.config = JudgeConfig()
-        self.judges, self.route = dict(judges), dict(route)
+        self.judges, self.route, self.default = dict(judges), dict(route), default
+
+    def _judge_of(self, concept: str) -> str | None:
+        return self.route.get(concept, self.default)
 
     @property
     def settings(self) -> dict:
@@ -188,18 +191,19 @@ class RoutedJudge(Judge):
             "judge": "protocol",
             "judges": {n: j.settings for n, j in self.judges.items()},
             "route": dict(sorted(self.route.items())),
+            "every other concept": self.default,
         }
 
     def judge(self, images: Sequence[Image.Image], concepts: Sequence[str]) -> JudgeResult:
         images, concepts = list(images), list(concepts)
-        missing = [c for c in concepts if c not in self.route]
+        missing = [c for c in concepts if self._judge_of(c) is None]
         if missing:
             raise JudgeError(f"no protocol judge decides {missing}")
         scores = np.zeros((len(images), len(concepts)))
         decisions = np.zeros((len(images), len(concepts)), dtype=bool)
         details: dict[str, Any] = {}
         for name, judge in self.judges.items():
-            cols = [k for k, c in enumerate(concepts) if self.route[c] == name]
+            cols = [k for k, c in enumerate(concepts) if self._judge_of(c) == name]
             if not cols:
                 continue
             r = judge.judge(images, [concepts[k] for k in cols])
@@ -377,7 +381,11 @@ def hmean_rows(
                 vals["quality"],  # type: ignore[arg-type]
                 q_unedited,
             )
-            o = m.oriented(rule)
+            try:  # a quality score the rule cannot take (e.g. a negative rating) is this cell's error, not the run's
+                o = m.oriented(rule)
+            except ProtocolError as e:
+                cats[cat] = {"error": str(e), "concepts": members}
+                continue
             cats[cat] = {**o, "hmean": category_hmean(**o), "concepts": members}
         done = {k: v["hmean"] for k, v in cats.items() if "hmean" in v}
         rows[label] = {
@@ -520,6 +528,8 @@ def execute(args: Any, protocol: Protocol, plan: dict, file_suites: Mapping[str,
     built = {p.spec.name: p.build(args.device) for p in planned}
     concept_judges = {p.spec.name: built[p.spec.name] for p in planned if p.spec.role == "concept"}
     route = {c: next(p.spec.name for p in planned if p.spec.decides(cat)) for c, cat in judged.items()}
+    # a judge that declares no category decides every concept (tinyworld's: the general prompts ask all three)
+    default = next((p.spec.name for p in planned if p.spec.role == "concept" and not p.spec.categories), None)
     references: dict[str, Any] = {}
     for name, judge in concept_judges.items():
         if isinstance(judge, VLMJudge):
@@ -544,7 +554,7 @@ def execute(args: Any, protocol: Protocol, plan: dict, file_suites: Mapping[str,
     results = evaluate(
         pipe,
         studies,
-        RoutedJudge(concept_judges, route),
+        RoutedJudge(concept_judges, route, default),
         out_dir=out,
         settings=settings,
         cache_dir=getattr(args, "cache", None),
