@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_judges import _mlp_weights, _save_tiny_clip, _save_tiny_vlm
 
 from erasekit.cli import main
 from erasekit.errors import ProtocolError
 from erasekit.evaluate import hmean as H
-from erasekit.evaluate.protocols import build_protocol
-from erasekit.evaluate.protocols import hub_files
+from erasekit.evaluate.protocols import build_protocol, hub_files
 from erasekit.evaluate.protocols.run import REFERENCE_SEED, parse_judge_paths, plan_judges
 from erasekit.evaluate.suites import read_prompt_text
+from test_judges import _mlp_weights, _save_tiny_clip, _save_tiny_vlm
 
 STYLE = tuple(c for c, k in hub_files.CATEGORY.items() if k == "style")
 FOUR = ("erased", "retention", "robustness", "quality")

@@ -233,7 +233,11 @@ def test_missing_file_wrong_hash_and_gated_set_are_refused_by_name(tmp_path):
     with pytest.raises(ProtocolError, match="ring-a-bell.*Not ours to ship.*--protocol-file ring-a-bell=PATH"):
         gated.resolve()
     p = Protocol(
-        "p", "", (SuiteSpec("a", "target", missing), SuiteSpec("b", "adversarial", gated)), (JudgeSpec("tinyworld"),), ("m",)
+        "p",
+        "",
+        (SuiteSpec("a", "target", missing), SuiteSpec("b", "adversarial", gated)),
+        (JudgeSpec("tinyworld"),),
+        ("m",),
     )
     with pytest.raises(ProtocolError, match="2 problem") as e:
         p.check()

@@ -414,9 +414,8 @@ def print_hmean(rows: Mapping[str, dict], title: str) -> None:
         for c in cats:
             v = r["categories"].get(c, {})
             if "hmean" in v:
-                cells.append(
-                    f"{v['hmean']:.3f} [{v['erased']:.2f}/{v['retention']:.2f}/{v['robustness']:.2f}/{v['quality']:.2f}]"
-                )
+                four = "/".join(f"{v[k]:.2f}" for k in ("erased", "retention", "robustness", "quality"))
+                cells.append(f"{v['hmean']:.3f} [{four}]")
             else:
                 cells.append(shown(v.get("error", "")))
         avg = "" if r["average"] is None else f"{r['average']:.3f}"
@@ -544,7 +543,11 @@ def execute(args: Any, protocol: Protocol, plan: dict, file_suites: Mapping[str,
     for c in concepts:
         if tiny:
             plan_c = Plan(
-                kinds=DEFAULT_KINDS, n=int(opts["n"]), seed=int(opts["seed"]), attacks=(ATTACKS[opts["attack"]],), etas=etas
+                kinds=DEFAULT_KINDS,
+                n=int(opts["n"]),
+                seed=int(opts["seed"]),
+                attacks=(ATTACKS[opts["attack"]],),
+                etas=etas,
             )
             studies.append(make_study(c, sets[c], edits[c], plan_c, tinyworld=True))
         else:
