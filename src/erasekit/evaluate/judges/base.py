@@ -235,8 +235,9 @@ def _coerce(value: str, hint: Any, what: str) -> Any:
     return value
 
 
-def make_judge(spec: str, device: str = "cpu", **options: Any) -> Judge:
-    """The judge a spec names (see the module docstring), on ``device``; ``options`` override the spec's."""
+def make_config(spec: str, **options: Any) -> tuple[type[Judge], JudgeConfig]:
+    """(judge class, its validated config) for a spec, without loading anything: every option typed and checked
+    (``options`` override the spec's), so a bad spec is refused before any model loads."""
     name, arg, raw = parse_spec(spec)
     cls = get_judge_class(name)
     config_class = cls.config_class
@@ -252,7 +253,12 @@ def make_judge(spec: str, device: str = "cpu", **options: Any) -> Judge:
             raise JudgeError(f"the {name} judge has no option {key!r}; its options are {', '.join(valid)}")
         values[key] = _coerce(text, hints[key], f"{name} option {key}")
     values.update(options)
-    config = build_config(config_class, values, name)
+    return cls, build_config(config_class, values, name)
+
+
+def make_judge(spec: str, device: str = "cpu", **options: Any) -> Judge:
+    """The judge a spec names (see the module docstring), on ``device``; ``options`` override the spec's."""
+    cls, config = make_config(spec, **options)
     return cls(config=config, device=device)  # type: ignore[call-arg]  # every registered judge takes these
 
 
