@@ -182,6 +182,26 @@ def test_prompt_file_formats_on_small_fixtures():
     assert uda.info["sha256"] == hashlib.sha256((FIXTURES / "unlearndiffatk_small.csv").read_bytes()).hexdigest()
 
 
+def test_gzipped_prompt_files_read_as_their_plain_twins(tmp_path):
+    """A gzipped copy (HUB ships some) reads as the plain file: same items, its own stored-bytes digest."""
+    import gzip
+
+    for plain in (FIXTURES / "i2p_small.csv", FIXTURES / "esd_small.csv"):
+        packed = tmp_path / (plain.name + ".gz")
+        packed.write_bytes(gzip.compress(plain.read_bytes()))
+        a, b = load_prompts(plain), load_prompts(packed)
+        assert a.items == b.items and a.info["format"] == b.info["format"] and b.name == a.name
+        assert b.info["gzip"] and not a.info["gzip"]
+        assert b.info["sha256"] == hashlib.sha256(packed.read_bytes()).hexdigest() != a.info["sha256"]
+    lines = tmp_path / "p.txt.gz"
+    lines.write_bytes(gzip.compress(b"a red circle\r\na blue\x0bsquare\n"))  # \x0b is inside a prompt, not a line end
+    assert [it.prompt for it in load_prompts(lines)] == ["a red circle", "a blue\x0bsquare"]
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(gzip.compress(b"\xff\xfe not text"))
+    with pytest.raises(ConceptError, match="not UTF-8"):
+        load_prompts(bad)
+
+
 def test_url_download_needs_checksum_and_caches(tmp_path):
     src = tmp_path / "prompts.txt"
     src.write_text("a red circle\na blue square\n")

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ._atomic import atomic_path
 from ._version import __version__
@@ -34,6 +35,7 @@ from .edit_format import (
     STORAGE_KINDS,
     EditMeta,
     Fingerprint,
+    LayerMeta,
     canonical_json,
     content_sha256,
     file_key,
@@ -46,7 +48,7 @@ from .edit_format import (
 )
 from .errors import EditError, EditFileError, ModelError
 from .models.adapter import fingerprints_match, weight_fingerprint
-from .models.families import families, identify
+from .models.families import Pipeline, families, identify
 
 __all__ = ["Edit", "LayerEdit", "StorageLoss", "FORMAT", "FORMAT_VERSION", "STORAGE_KINDS", "STORAGE_LOSS_LIMIT"]
 
@@ -93,13 +95,13 @@ class LayerEdit:
         return key if self.component is None else file_key(self.component, key)
 
     @classmethod
-    def dense(cls, path: str, weight: torch.Tensor, param: str = "weight", **stats) -> LayerEdit:
+    def dense(cls, path: str, weight: torch.Tensor, param: str = "weight", **stats: Any) -> LayerEdit:
         """The new value of ``path``'s ``param`` as is (any rank: Linear / Conv2d weights, biases)."""
         w = weight.detach().to("cpu", torch.float32).contiguous()
         return cls(path, "dense", tuple(w.shape), {param: w}, stats, param)
 
     @classmethod
-    def csr(cls, path: str, weight: torch.Tensor, **stats) -> LayerEdit:
+    def csr(cls, path: str, weight: torch.Tensor, **stats: Any) -> LayerEdit:
         w = weight.detach().to("cpu", torch.float32)
         if w.dim() != 2:
             raise EditError(f"CSR storage holds a matrix, got shape {tuple(w.shape)}")
@@ -113,7 +115,7 @@ class LayerEdit:
         return cls(path, "csr", tuple(w.shape), tensors, stats)
 
     @classmethod
-    def lowrank(cls, path: str, lora_B: torch.Tensor, lora_A: torch.Tensor, **stats) -> LayerEdit:
+    def lowrank(cls, path: str, lora_B: torch.Tensor, lora_A: torch.Tensor, **stats: Any) -> LayerEdit:
         B = lora_B.detach().to("cpu", torch.float32).contiguous()  # (d_out, r)
         A = lora_A.detach().to("cpu", torch.float32).contiguous()  # (r, d_in)
         if B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0]:
@@ -186,7 +188,7 @@ class _Record:
     originals: dict[str, tuple[str | None, str, str, torch.Tensor]]
 
 
-def _memory_key(meta: EditMeta, lm) -> str:
+def _memory_key(meta: EditMeta, lm: LayerMeta) -> str:
     """A parsed layer's key in an :class:`Edit`: its path (plus param) in the denoiser, else ``<component>/...``."""
     key = layer_key(lm.module, lm.param)
     return key if lm.component == legacy_component(meta.base) else file_key(lm.component, key)
@@ -224,15 +226,15 @@ class Edit:
     def __init__(
         self,
         method: str,
-        config: dict,
-        concepts: dict,
-        base: dict,
+        config: dict[str, Any],
+        concepts: dict[str, Any],
+        base: dict[str, Any],
         layers: Iterable[LayerEdit],
-        fingerprints: dict[str, dict],
-        stats: dict | None = None,
+        fingerprints: Mapping[str, Mapping[str, Any] | Fingerprint],
+        stats: dict[str, Any] | None = None,
         *,
         compute_dtype: str | None = None,
-    ):
+    ) -> None:
         self.method = method
         self.config = config
         self.concepts = concepts
@@ -282,7 +284,7 @@ class Edit:
         total = sum(le.numel for le in csr)
         return 1.0 - sum(le.tensors[f"{le.param}.values"].numel() for le in csr) / total
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
         for le in self.layers.values():
             kinds[le.kind] = kinds.get(le.kind, 0) + 1
@@ -322,23 +324,25 @@ class Edit:
 
     # ------------------------------------------------------- apply / revert
     @staticmethod
-    def _records(unet) -> list[_Record]:
-        return getattr(unet, _APPLIED_ATTR, None) or []
+    def _records(unet: nn.Module | None) -> list[_Record]:
+        records: list[_Record] = getattr(unet, _APPLIED_ATTR, None) or []
+        return records
 
     @staticmethod
-    def _live_denoiser(pipe):
+    def _live_denoiser(pipe: Pipeline) -> nn.Module | None:
         """The pipeline's denoiser as its family names it, or None for a pipeline of no family."""
         try:
-            return identify(pipe).get_denoiser(pipe)
+            den: nn.Module = identify(pipe).get_denoiser(pipe)
         except ModelError:
             return None
+        return den
 
-    def denoiser(self, pipe):
+    def denoiser(self, pipe: Pipeline) -> nn.Module:
         """The denoiser this edit writes into, resolved through ``pipe``'s family; refused when the pipeline is of
         another family than the one the edit records (``base.family``; files without one are UNet edits)."""
         return self._roots(pipe)[None]
 
-    def _roots(self, pipe) -> dict[str | None, Any]:
+    def _roots(self, pipe: Pipeline) -> dict[str | None, nn.Module]:
         """Each component this edit writes into, resolved through ``pipe``'s family (None: the denoiser)."""
         made_for = self.base.get("pipeline") or "diffusers UNet"
         try:
@@ -359,7 +363,7 @@ class Edit:
                 f"this edit's layers live in the pipeline's {self.component!r}, but a {live.name} pipeline denoises "
                 f"with its {live.denoiser!r}; load the base model the edit was made for"
             )
-        roots: dict[str | None, Any] = {None: live.get_denoiser(pipe)}
+        roots: dict[str | None, nn.Module] = {None: live.get_denoiser(pipe)}
         for le in self.layers.values():
             if le.component is not None and le.component not in roots:
                 try:
@@ -369,7 +373,7 @@ class Edit:
         return roots
 
     @staticmethod
-    def _live(root, le: LayerEdit):
+    def _live(root: nn.Module, le: LayerEdit) -> torch.Tensor | str:
         """The live parameter tensor ``le`` edits in ``root`` (its component), or a string saying why there is none."""
         try:
             module = root.get_submodule(le.path)
@@ -382,7 +386,7 @@ class Edit:
             return f"{le.key}: shape {tuple(p.shape)} != {tuple(le.shape)}"
         return p
 
-    def check_compatible(self, pipe, *, stack: bool = False) -> None:
+    def check_compatible(self, pipe: Pipeline, *, stack: bool = False) -> None:
         """Raise EditFileError unless every edited parameter exists in ``pipe`` with the base values this edit was made
         for.
 
@@ -421,21 +425,22 @@ class Edit:
                 if records
                 else " Load the base model named in the edit file (erasekit inspect shows it)."
             )
-            base = self.base.get("name_or_path") or self.base.get("pipeline")
+            base_name = self.base.get("name_or_path") or self.base.get("pipeline")
             raise EditFileError(
                 f"this edit does not fit the pipeline ({len(problems)} of {len(self.layers)} layers differ; edit made "
-                f"for {base!r}): " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "") + "." + hint
+                f"for {base_name!r}): " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "") + "." + hint
             )
 
     @torch.no_grad()
-    def storage_loss(self, pipe, dtype: torch.dtype | None = None) -> StorageLoss:
+    def storage_loss(self, pipe: Pipeline, dtype: torch.dtype | None = None) -> StorageLoss:
         """The share of this edit's norm lost when its new values are stored in ``dtype`` (default: each parameter's
         live dtype), relative to the live base values: ‖(cast(W) − W0) − ΔW‖ / ‖ΔW‖, ΔW = W − W0 exact (float64).
         Storage of 4 bytes or more loses nothing measurable (float32 rounding of a float32 edit) and is not computed.
         """
         roots = self._roots(pipe)
         err2 = total2 = 0.0
-        worst_key, worst, low = None, 0.0, None
+        worst_key: str | None = None
+        worst, low = 0.0, None
         for key, le in self.layers.items():
             live = self._live(roots[le.component], le)
             if isinstance(live, str):
@@ -455,7 +460,9 @@ class Edit:
         name = str(low or dtype or "float32").replace("torch.", "")
         return StorageLoss(name, (err2 / total2) ** 0.5 if total2 > 0 else 0.0, worst_key, worst)
 
-    def check_storage_loss(self, pipe, limit: float | None = STORAGE_LOSS_LIMIT, dtype: torch.dtype | None = None):
+    def check_storage_loss(
+        self, pipe: Pipeline, limit: float | None = STORAGE_LOSS_LIMIT, dtype: torch.dtype | None = None
+    ) -> StorageLoss | None:
         """Refuse (EditError) when storing this edit in ``dtype`` (default: the live dtypes) would lose more than
         ``limit`` of its norm; None: no check. Returns the :class:`StorageLoss`, or None when unchecked."""
         if limit is None:
@@ -471,7 +478,9 @@ class Edit:
         return sl
 
     @torch.no_grad()
-    def apply(self, pipe, *, stack: bool = False, max_storage_loss: float | None = STORAGE_LOSS_LIMIT) -> Edit:
+    def apply(
+        self, pipe: Pipeline, *, stack: bool = False, max_storage_loss: float | None = STORAGE_LOSS_LIMIT
+    ) -> Edit:
         """Write the new values into ``pipe``'s denoiser (UNet or transformer), in place, as one transaction.
 
         Every check that needs no new value runs first (:meth:`check_compatible`). Then layer by
@@ -491,7 +500,7 @@ class Edit:
         roots = self._roots(pipe)
         unet = roots[None]
         record = _Record(self.digest, repr(self), {})  # description first: nothing may fail after a write but a layer
-        records = getattr(unet, _APPLIED_ATTR, None)
+        records: list[_Record] | None = getattr(unet, _APPLIED_ATTR, None)
         if records is None:
             records = []
             setattr(unet, _APPLIED_ATTR, records)
@@ -499,6 +508,8 @@ class Edit:
         try:
             for key, le in self.layers.items():
                 live = self._live(roots[le.component], le)
+                if isinstance(live, str):  # check_compatible refused this already
+                    raise EditFileError(live)
                 value = le.materialize_as(live)  # (d_out, d_in) in the live dtype, checked finite there
                 record.originals[key] = (le.component, le.path, le.param, live.detach().to("cpu", copy=True))
                 live.copy_(value)
@@ -511,12 +522,12 @@ class Edit:
         return self
 
     @torch.no_grad()
-    def revert(self, pipe) -> None:
+    def revert(self, pipe: Pipeline) -> None:
         """Restore the exact original bytes of every parameter this edit changed."""
         unet = self._live_denoiser(pipe)
         records = self._records(unet)
         ids = [r.digest for r in records]
-        if self.digest not in ids:
+        if unet is None or self.digest not in ids:
             raise EditFileError("this edit is not applied to this pipeline; nothing to revert")
         if ids[-1] != self.digest:
             raise EditFileError(
@@ -529,7 +540,7 @@ class Edit:
         records.pop()
 
     @staticmethod
-    def applied(pipe) -> list[str]:
+    def applied(pipe: Pipeline) -> list[str]:
         """Descriptions of the edits currently applied to ``pipe``, oldest first."""
         return [r.description for r in Edit._records(Edit._live_denoiser(pipe))]
 
@@ -550,7 +561,7 @@ class Edit:
             for suffix, t in le.tensors.items()
         }
 
-    def metadata(self) -> dict:
+    def metadata(self) -> dict[str, Any]:
         """The format-3 metadata document, without its checksum: layers keyed ``<component>/<module path>``."""
         return {
             "format": FORMAT,
@@ -574,7 +585,7 @@ class Edit:
             },
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the edit as one safetensors file, atomically; the metadata is parsed back before writing."""
         from safetensors.torch import save_file
 
@@ -624,7 +635,7 @@ class Edit:
         return edit
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Edit:
+    def load(cls, path: str | os.PathLike[str]) -> Edit:
         """Read and fully validate an edit file (the format :meth:`save` writes); raises EditFileError naming what is
         wrong. :func:`erasekit.load_edit` also reads erasekit's LoRA exports back."""
         return cls.from_parsed(*read_edit_file(path))

@@ -180,7 +180,10 @@ def load_prompts(
       the ``categories`` (``"sexual, violence"`` -> ``("sexual", "violence")``);
     * ESD (``case_number, prompt, evaluation_seed, artist`` or ``class``): the label is the artist / class;
     * UnlearnDiffAtk (``case_number, prompt, evaluation_seed[, evaluation_guidance]``): no label;
-    * anything else ending in ``.txt``: one prompt per non-empty line, seeds ``seed, seed+1, ...``.
+    * anything else (``.txt`` ...): one prompt per non-empty line, seeds ``seed, seed+1, ...``.
+
+    A gzipped file (told by its magic bytes) is read decompressed; ``name.csv.gz`` is a CSV. ``info['sha256']`` is
+    the digest of the bytes as stored.
 
     ``concepts`` replaces the labels of every item (e.g. ``["nudity"]`` for the NudeNet judge);
     the file's own seed and guidance columns win over ``seed`` / ``guidance``. Prompts with
@@ -196,11 +199,10 @@ def load_prompts(
             raise ConceptError(f"prompt file {src!r} does not exist")
         if sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != sha256.lower():
             raise ConceptError(f"{src!r} does not have the expected sha256 {sha256}")
-    raw = path.read_bytes()
-    text = raw.decode("utf-8-sig")
-    digest = hashlib.sha256(raw).hexdigest()
+    text, file_info = read_prompt_text(path)  # gunzipped when gzip, whatever the name; a clear error when not UTF-8
+    digest = file_info["sha256"]  # of the bytes as stored: what a user's --sha256 pins
     override = tuple(concepts) if concepts is not None else None
-    if path.suffix.lower() == ".csv":
+    if _is_csv(path):
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
         if not rows:
             raise ConceptError(f"{src!r} has no rows")
@@ -229,13 +231,28 @@ def load_prompts(
             )
     else:
         fmt = "lines"
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in universal_lines(text) if ln.strip()]
         items = [
             SuiteItem(p, seed + i, guidance, override or ()) for i, p in enumerate(lines[:limit] if limit else lines)
         ]
     if not items:
         raise ConceptError(f"{src!r} holds no prompt")
-    return Suite(name or path.stem, kind, items, source=src, info={"format": fmt, "sha256": digest, "rows": len(items)})
+    info = {"format": fmt, "sha256": digest, "rows": len(items), "gzip": file_info["gzip"]}
+    return Suite(name or _stem(path), kind, items, source=src, info=info)
+
+
+def _stem(path: Path) -> str:
+    """The file name without its format suffixes: ``i2p.csv.gz`` -> ``i2p``."""
+    name = path.name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    return Path(name).stem
+
+
+def _is_csv(path: Path) -> bool:
+    """A CSV prompt file by name, gzipped (``.csv.gz``) or not."""
+    name = path.name.lower()
+    return name.endswith(".csv") or name.endswith(".csv.gz")
 
 
 def read_prompt_text(path: str | os.PathLike) -> tuple[str, dict]:

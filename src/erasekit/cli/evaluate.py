@@ -27,7 +27,12 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
         default="target,paraphrase,adversarial,retain,general",
         help="comma-separated suite kinds: target, paraphrase, adversarial, retain, general",
     )
-    p.add_argument("--judge", default="tinyworld", help="tinyworld, nudenet or clip:PATH (a local CLIP model folder)")
+    p.add_argument(
+        "--judge",
+        default="tinyworld",
+        help="tinyworld, nudenet, clip:PATH (a local CLIP folder), vlm:PATH or aesthetics:MLP,clip=PATH; options as "
+        "NAME:PATH,key=value (erasekit/evaluate/judges)",
+    )
     p.add_argument("--threshold", type=float, default=None, help="NudeNet detection threshold (default 0.6)")
     p.add_argument(
         "--attack",

@@ -15,15 +15,21 @@ import copy
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
 from ..fingerprint_spec import SKETCH_N
-from .families import PROJECTIONS, Conditioning, Site, identify
+from .families import PROJECTIONS, Conditioning, Pipeline, Site, identify
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..edit_format import Fingerprint
 
 __all__ = ["PROJECTIONS", "TOKEN_MODES", "Encoded", "PipelineAdapter", "weight_fingerprint", "fingerprints_match"]
 
@@ -57,7 +63,7 @@ class PipelineAdapter:
 
     group: str | None = None  # the group this adapter is restricted to (for_group), None: every site
 
-    def __init__(self, pipe, layer_regex: str | None = None, projections: Sequence[str] = ("k", "v")):
+    def __init__(self, pipe: Pipeline, layer_regex: str | None = None, projections: Sequence[str] = ("k", "v")) -> None:
         self.family_spec = identify(pipe)
         self.pipe = pipe
         self.denoiser = self.family_spec.get_denoiser(pipe)
@@ -68,7 +74,7 @@ class PipelineAdapter:
         self.sites = self._discover(layer_regex, tuple(projections))
         self.paths = [s.path for s in self.sites]
         self._d_in = self._check_in_features()
-        self._pinned_fingerprints: dict[str, dict] = {}
+        self._pinned_fingerprints: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ groups
     @property
@@ -177,15 +183,17 @@ class PipelineAdapter:
     @property
     def unet(self) -> nn.Module:
         """The denoiser (a UNet or a transformer); the name is kept for the UNet-era callers."""
-        return self.denoiser
+        den: nn.Module = self.denoiser
+        return den
 
     @property
     def device(self) -> torch.device:
-        return self.denoiser.device
+        dev: torch.device = self.denoiser.device
+        return dev
 
     # ---------------------------------------------------------------- prompts
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.family_spec.tokenizer(self.pipe)
 
     def conditioning(self, prompts: Sequence[str]) -> Conditioning:
@@ -270,7 +278,7 @@ class PipelineAdapter:
         return torch.cat(cols).T.contiguous()
 
     # ------------------------------------------------------------ fingerprint
-    def fingerprint(self, paths: Sequence[str] | None = None) -> dict[str, dict]:
+    def fingerprint(self, paths: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         """Fingerprints of the base weights (pinned ones first: see :meth:`pin_fingerprints`)."""
         return {
             p: self._pinned_fingerprints.get(p) or weight_fingerprint(self.linear(p).weight)
@@ -282,7 +290,7 @@ class PipelineAdapter:
         another dtype (models/precision.py); the edit then records the weights as they are stored."""
         self._pinned_fingerprints = {p: weight_fingerprint(self.linear(p).weight) for p in self.paths}
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         cfg = getattr(self.pipe, "config", {}) or {}
         d_in = next(iter(self._d_in.values()))  # every group's view describes the same pipeline
         return {
@@ -312,7 +320,7 @@ def _as_matrix(w: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def weight_fingerprint(weight: torch.Tensor) -> dict:
+def weight_fingerprint(weight: torch.Tensor) -> dict[str, Any]:
     """Exact hash of the bytes plus a dtype-tolerant numeric sketch, for a parameter of any rank.
 
     The hash decides bit-exact identity; the sketch (8 normalised bilinear probes uᵀWr and
@@ -339,7 +347,9 @@ def weight_fingerprint(weight: torch.Tensor) -> dict:
     }
 
 
-def fingerprints_match(stored, live: dict, probe_tol: float = 0.05, fro_rtol: float = 0.01) -> tuple[bool, bool]:
+def fingerprints_match(
+    stored: Fingerprint | Mapping[str, Any], live: Mapping[str, Any], probe_tol: float = 0.05, fro_rtol: float = 0.01
+) -> tuple[bool, bool]:
     """(same model, bit-exact same bytes) for a stored fingerprint (dict or Fingerprint) and a live one.
 
     "Same model" needs the shape, the Frobenius norm within ``fro_rtol`` and every one of the

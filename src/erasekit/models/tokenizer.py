@@ -14,6 +14,10 @@ import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer, PreTrainedTokenizerBase
 
 CLIP_VOCAB_SIZE = 49408
 # Number of merges CLIP uses: vocab = 256 bytes * 2 (with/without </w>) + merges + 2 specials.
@@ -48,7 +52,7 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 
 
 def write_clip_tokenizer_files(
-    folder: str | os.PathLike, model_max_length: int = 77, pad_token: str = "<|endoftext|>"
+    folder: str | os.PathLike[str], model_max_length: int = 77, pad_token: str = "<|endoftext|>"
 ) -> Path:
     """Write vocab.json, merges.txt and the tokenizer configs that ``CLIPTokenizer.from_pretrained`` reads.
 
@@ -88,7 +92,7 @@ def write_clip_tokenizer_files(
     return folder
 
 
-def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>"):
+def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """A ``transformers.CLIPTokenizer`` identical to SD's, built without network access."""
     import tempfile
 
@@ -96,7 +100,8 @@ def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endofte
 
     with tempfile.TemporaryDirectory() as tmp:
         write_clip_tokenizer_files(tmp, model_max_length=model_max_length, pad_token=pad_token)
-        return CLIPTokenizer.from_pretrained(tmp)
+        tok: CLIPTokenizer = CLIPTokenizer.from_pretrained(tmp)
+        return tok
 
 
 # ------------------------------------------------------------ T5 / Gemma stand-ins
@@ -133,13 +138,13 @@ def _unigram_json(
     return tk.to_str()
 
 
-def t5_tokenizer(model_max_length: int = 512):
+def t5_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerBase:
     """A T5-style tokenizer (``<pad>`` 0, ``</s>`` 1 appended, ``<unk>`` 2), offline; vocabulary size ``len()``."""
     from tokenizers import Tokenizer
     from transformers import T5TokenizerFast  # type: ignore[attr-defined]  # exported lazily at run time
 
     tk = Tokenizer.from_str(_unigram_json(("<pad>", "</s>", "<unk>"), "$A </s>", (("</s>", 1),), squeeze_spaces=True))
-    return T5TokenizerFast(
+    tok: PreTrainedTokenizerBase = T5TokenizerFast(
         tokenizer_object=tk,
         eos_token="</s>",
         pad_token="<pad>",
@@ -147,15 +152,16 @@ def t5_tokenizer(model_max_length: int = 512):
         extra_ids=0,
         model_max_length=model_max_length,
     )
+    return tok
 
 
-def gemma_tokenizer(model_max_length: int = 8192):
+def gemma_tokenizer(model_max_length: int = 8192) -> PreTrainedTokenizerBase:
     """A Gemma-style tokenizer (``<bos>`` prepended, no EOS, ``<pad>`` 0), offline."""
     from tokenizers import Tokenizer
     from transformers import GemmaTokenizerFast  # type: ignore[attr-defined]  # exported lazily at run time
 
     tk = Tokenizer.from_str(_unigram_json(("<pad>", "<eos>", "<bos>", "<unk>"), "<bos> $A", (("<bos>", 2),)))
-    return GemmaTokenizerFast(
+    tok: PreTrainedTokenizerBase = GemmaTokenizerFast(
         tokenizer_object=tk,
         bos_token="<bos>",
         eos_token="<eos>",
@@ -163,3 +169,4 @@ def gemma_tokenizer(model_max_length: int = 8192):
         unk_token="<unk>",
         model_max_length=model_max_length,
     )
+    return tok

@@ -9,13 +9,23 @@ backbone is adding a module here and one line below.
 from __future__ import annotations
 
 from ...errors import ModelError
-from .base import INPUT_KINDS, PROJECTIONS, Conditioning, Family, Site, cross_attention_sites, is_cross_attention
+from .base import (
+    INPUT_KINDS,
+    PROJECTIONS,
+    Conditioning,
+    Family,
+    Pipeline,
+    Site,
+    cross_attention_sites,
+    is_cross_attention,
+)
 
 __all__ = [
     "INPUT_KINDS",
     "PROJECTIONS",
     "Conditioning",
     "Family",
+    "Pipeline",
     "Site",
     "UnsupportedPipelineError",
     "cross_attention_sites",
@@ -58,7 +68,7 @@ def get_family(name: str) -> Family:
         raise UnsupportedPipelineError(f"unknown model family {name!r}; erasekit supports {supported()}") from None
 
 
-def identify(pipe) -> Family:
+def identify(pipe: Pipeline) -> Family:
     """The family of ``pipe``; UnsupportedPipelineError (one line naming the supported families) if none."""
     for fam in _FAMILIES.values():
         if fam.matches(pipe):

@@ -12,12 +12,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from torch import nn
 
 from ...errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# A live diffusers pipeline. Any, on purpose: its components (``unet`` / ``transformer``, ``tokenizer``,
+# ``encode_prompt``, ``vae_scale_factor``, ...) are set per pipeline class at run time, which no static type of
+# ``DiffusionPipeline`` describes (and ``from diffusers import X`` gives mypy X's placeholder class); a family is the
+# one place that reads them, and gives what it returns a type.
+Pipeline: TypeAlias = Any
+# What selects prompts of a batch: one index, an int list, a slice or an index tensor.
+BatchIndex: TypeAlias = int | slice | Sequence[int] | torch.Tensor
 
 # What feeds a site; both kinds are functions of the prompt alone, the same in every block and at every timestep:
 # "static_text": a token stream (B, L, d) (UNet cross-attention, PixArt / Sana attn2 on the projected caption, the
@@ -49,9 +60,12 @@ class Conditioning:
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
-    def index(self, idx) -> Conditioning:
+    def index(self, idx: BatchIndex) -> Conditioning:
         """The prompts ``idx`` selects (an int list, a slice or an index tensor), every tensor alike."""
-        pick = (lambda x: x[idx]) if not isinstance(idx, int) else (lambda x: x[idx : idx + 1])
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            return x[idx : idx + 1] if isinstance(idx, int) else x[idx]
+
         return Conditioning(
             pick(self.embeds),
             pick(self.mask),
@@ -130,26 +144,27 @@ class Family:
     positions_follow_tokenizer: bool = True
 
     # ---------------------------------------------------------------- identity
-    def matches(self, pipe) -> bool:
+    def matches(self, pipe: Pipeline) -> bool:
         """Whether ``pipe`` is of this family: its class (or a base class) is one of ``pipelines``."""
         names = {c.__name__ for c in type(pipe).__mro__}
         return bool(names & set(self.pipelines)) and isinstance(getattr(pipe, self.denoiser, None), nn.Module)
 
-    def fallback(self, pipe) -> bool:
+    def fallback(self, pipe: Pipeline) -> bool:
         """Whether to accept ``pipe`` when no family recognises its class (fine-tunes' own pipeline classes)."""
         return False
 
-    def get_denoiser(self, pipe) -> Any:  # a diffusers model: its attributes (config, dtype, ...) are dynamic
+    def get_denoiser(self, pipe: Pipeline) -> Any:  # a diffusers model: its attributes (config, dtype, ...) are dynamic
         den = getattr(pipe, self.denoiser, None)
         if not isinstance(den, nn.Module):
             raise ModelError(f"{type(pipe).__name__} has no {self.denoiser!r}; a {self.name} pipeline needs one")
         return den
 
-    def component(self, pipe, name: str) -> Any:
+    def component(self, pipe: Pipeline, name: str) -> nn.Module:
         """The pipeline component an edit file's ``<component>/<path>`` key names: the family's denoiser (the only
         component methods edit); any other name is refused naming it."""
         if name == self.denoiser:
-            return self.get_denoiser(pipe)
+            den: nn.Module = self.get_denoiser(pipe)
+            return den
         raise ModelError(
             f"erasekit edits the {self.denoiser!r} of a {self.name} pipeline, not its {name!r}; this edit was made "
             "for another model or by a newer erasekit"
@@ -167,18 +182,19 @@ class Family:
         return out.chunk(2, dim=1)[0] if out.shape[1] == 2 * x_t.shape[1] else out
 
     # ---------------------------------------------------------------- sites
-    def edit_sites(self, pipe, projections: Sequence[str] = ("k", "v")) -> list[Site]:
+    def edit_sites(self, pipe: Pipeline, projections: Sequence[str] = ("k", "v")) -> list[Site]:
         """The static-text sites: ``to_k`` / ``to_v`` of every cross-attention module of the denoiser."""
         return cross_attention_sites(self.get_denoiser(pipe), projections)
 
     # ---------------------------------------------------------------- text
-    def tokenizer(self, pipe):
-        return pipe.tokenizer
+    def tokenizer(self, pipe: Pipeline) -> PreTrainedTokenizerBase:
+        tok: PreTrainedTokenizerBase = pipe.tokenizer
+        return tok
 
-    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:  # pragma: no cover - abstract
+    def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def site_inputs(self, pipe, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
+    def site_inputs(self, pipe: Pipeline, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
         """What ``site`` reads, (B, L, d_in), for ``cond``: the text stream itself by default; a pooled site reads
         ``cond.pooled`` as a stream of one token, (B, 1, d_pool)."""
         if site is not None and site.input_kind == "pooled_text":
@@ -203,7 +219,7 @@ class Family:
         """How many special tokens follow the last concept token (CLIP and T5: EOS; Gemma: none)."""
         return 1
 
-    def token_segments(self, pipe) -> tuple[tuple[Any, int], ...] | None:
+    def token_segments(self, pipe: Pipeline) -> tuple[tuple[PreTrainedTokenizerBase, int], ...] | None:
         """How the text stream's positions follow tokenizers: ``((tokenizer, first position), ...)``, each segment
         running to the next one's start (the last to the end); None when they do not (Sana reorders them).
 
@@ -212,15 +228,17 @@ class Family:
         return ((self.tokenizer(pipe), 0),) if self.positions_follow_tokenizer else None
 
     # ---------------------------------------------------------------- denoiser
-    def denoise(self, pipe, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:  # pragma: no cover
+    def denoise(
+        self, pipe: Pipeline, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:  # pragma: no cover
         """The denoiser's prediction for latents ``x_t`` (B, C, h, w) at timesteps ``t`` (B,) under ``cond``."""
         raise NotImplementedError
 
-    def sample_size(self, pipe) -> int:
+    def sample_size(self, pipe: Pipeline) -> int:
         """The denoiser's native latent side."""
         return int(self.get_denoiser(pipe).config.sample_size)
 
-    def latent_channels(self, pipe) -> int:
+    def latent_channels(self, pipe: Pipeline) -> int:
         """Channels of the latents ``denoise`` takes, (B, C, h, w) (FLUX packs 2 × 2 patches: in_channels / 4)."""
         return int(self.get_denoiser(pipe).config.in_channels)
 

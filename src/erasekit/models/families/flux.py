@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .base import Conditioning, Site
+from ...errors import ModelError
+from .base import Conditioning, Pipeline, Site
 from .sd3 import MMDiTFamily, call_default, t5_mask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DEV_T5_LENGTH, SCHNELL_T5_LENGTH = 512, 256
 
@@ -37,7 +41,7 @@ def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x.reshape(b, c4 // 4, h, w)
 
 
-def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
+def image_ids(h: int, w: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
     """(h/2 · w/2, 3) rotary position ids of the packed latent tokens: (0, row, column)
     (FluxPipeline._prepare_latent_image_ids)."""
     rows = torch.arange(h // 2, device=device, dtype=dtype)[:, None].expand(h // 2, w // 2)
@@ -47,17 +51,18 @@ def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FluxFamily(MMDiTFamily):
-    def tokenizer(self, pipe):
-        return pipe.tokenizer_2  # T5: the text stream's positions
+    def tokenizer(self, pipe: Pipeline) -> PreTrainedTokenizerBase:
+        tok: PreTrainedTokenizerBase = pipe.tokenizer_2  # T5: the text stream's positions
+        return tok
 
-    def guidance_distilled(self, pipe) -> bool:
+    def guidance_distilled(self, pipe: Pipeline) -> bool:
         """FLUX.1-dev (and its fine-tunes): the transformer embeds the guidance scale."""
         return bool(getattr(self.get_denoiser(pipe).config, "guidance_embeds", False))
 
-    def max_sequence_length(self, pipe) -> int:
+    def max_sequence_length(self, pipe: Pipeline) -> int:
         return DEV_T5_LENGTH if self.guidance_distilled(pipe) else SCHNELL_T5_LENGTH
 
-    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:
+    def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         length = self.max_sequence_length(pipe)
         tr = self.get_denoiser(pipe)
         out = pipe.encode_prompt(
@@ -81,14 +86,14 @@ class FluxFamily(MMDiTFamily):
             last = torch.where(wraps, torch.full_like(last, cond.mask.shape[1] - 1), last)
         return last, count
 
-    def latent_channels(self, pipe) -> int:
+    def latent_channels(self, pipe: Pipeline) -> int:
         return int(self.get_denoiser(pipe).config.in_channels) // 4
 
-    def sample_size(self, pipe) -> int:
+    def sample_size(self, pipe: Pipeline) -> int:
         """The latent side of the pipeline's default image (``default_sample_size``; FLUX's config has none)."""
         return int(pipe.default_sample_size)
 
-    def denoise(self, pipe, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def denoise(self, pipe: Pipeline, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The velocity for latents (B, C, h, w) at scheduler timesteps ``t`` (0..1000), as FluxPipeline calls its
         transformer: packed 2 × 2 patches, ``timestep / 1000``, the guidance scale on dev, text ids all zero."""
         tr = self.get_denoiser(pipe)
@@ -97,9 +102,9 @@ class FluxFamily(MMDiTFamily):
         kw: dict[str, Any] = {}
         if self.guidance_distilled(pipe):
             if cond.guidance is None:
-                raise ValueError("FLUX.1-dev needs cond.guidance (the embedded guidance scale); encode() gives it")
+                raise ModelError("FLUX.1-dev needs cond.guidance (the embedded guidance scale); encode() gives it")
             kw["guidance"] = cond.guidance.to(x_t.device)
-        out = tr(
+        out: torch.Tensor = tr(
             hidden_states=pack_latents(x_t),  # (B, h/2 · w/2, 4C)
             timestep=t / 1000,
             pooled_projections=cond.pooled,

@@ -18,14 +18,17 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ...errors import ModelError
-from .base import Conditioning, Family, Site
+from .base import Conditioning, Family, Pipeline, Site
 from .sd import clip_mask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TEXT_GROUP, POOLED_GROUP = "text", "pooled"
 
@@ -66,19 +69,20 @@ def mmdit_static_sites(den: Any) -> list[Site]:  # a diffusers model: its config
     return [Site(context[0], "static_text", TEXT_GROUP), Site(pooled[0], "pooled_text", POOLED_GROUP)]
 
 
-def call_default(pipe, name: str, fallback: Any) -> Any:
+def call_default(pipe: Pipeline, name: str, fallback: Any) -> Any:
     """The default of ``pipe.__call__``'s argument ``name``: what generation uses unless told otherwise."""
     p = inspect.signature(type(pipe).__call__).parameters.get(name)
     return fallback if p is None else p.default
 
 
-def t5_mask(tokenizer, prompts: Sequence[str], length: int) -> torch.Tensor:
+def t5_mask(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], length: int) -> torch.Tensor:
     """(B, length) the T5 tokenizer's mask, padded as the pipelines pad (words + EOS are real)."""
     enc = tokenizer(
         list(prompts), padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
         return_tensors="pt",
     )  # fmt: skip
-    return enc.attention_mask.to(torch.int64)
+    mask: torch.Tensor = enc.attention_mask
+    return mask.to(torch.int64)
 
 
 @dataclass(frozen=True)
@@ -89,25 +93,26 @@ class MMDiTFamily(Family):
     are always both edited.
     """
 
-    def edit_sites(self, pipe, projections: Sequence[str] = ("k", "v")) -> list[Site]:
+    def edit_sites(self, pipe: Pipeline, projections: Sequence[str] = ("k", "v")) -> list[Site]:
         return mmdit_static_sites(self.get_denoiser(pipe))
 
-    def max_sequence_length(self, pipe) -> int:
+    def max_sequence_length(self, pipe: Pipeline) -> int:
         """T5 positions of the text stream: what ``__call__`` uses by default."""
         return int(call_default(pipe, "max_sequence_length", 256))
 
 
 @dataclass(frozen=True)
 class SD3Family(MMDiTFamily):
-    def tokenizer(self, pipe):
-        return pipe.tokenizer  # CLIP-L: the first 77 positions of the text stream
+    def tokenizer(self, pipe: Pipeline) -> PreTrainedTokenizerBase:
+        tok: PreTrainedTokenizerBase = pipe.tokenizer  # CLIP-L: the first 77 positions of the text stream
+        return tok
 
-    def token_segments(self, pipe) -> tuple[tuple[Any, int], ...] | None:
+    def token_segments(self, pipe: Pipeline) -> tuple[tuple[PreTrainedTokenizerBase, int], ...] | None:
         clip = ((pipe.tokenizer, 0),)
         n_clip = int(pipe.tokenizer.model_max_length)
         return clip if pipe.text_encoder_3 is None else (*clip, (pipe.tokenizer_3, n_clip))
 
-    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:
+    def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         length = self.max_sequence_length(pipe)
         out = pipe.encode_prompt(
             prompt=list(prompts),
@@ -126,14 +131,15 @@ class SD3Family(MMDiTFamily):
         mask = torch.cat([clip_mask(pipe.tokenizer, prompts), t5], dim=1)  # (B, 77 + length)
         return Conditioning(out[0].detach(), mask, out[2].detach())
 
-    def denoise(self, pipe, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def denoise(self, pipe: Pipeline, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The velocity (flow matching) for latents (B, C, h, w) at scheduler timesteps ``t`` (0..1000), as
         StableDiffusion3Pipeline calls its transformer."""
         tr = self.get_denoiser(pipe)
         t = self.batch_timesteps(t, x_t.shape[0])
-        return tr(
+        out: torch.Tensor = tr(
             hidden_states=x_t, timestep=t, encoder_hidden_states=cond.embeds, pooled_projections=cond.pooled
         ).sample
+        return out
 
 
 SD3 = SD3Family(
