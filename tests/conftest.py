@@ -24,7 +24,7 @@ _bind_library_loggers_now()
 FAMILIES = ("sd", "sd2", "sdxl")  # the UNet builds most tests run on
 # Every tiny build, one or more per registered family (models/families): the registry matrix
 # (test_engine, test_families).
-ALL_TINY = ("sd", "sd2", "sdxl", "pixart", "sana")
+ALL_TINY = ("sd", "sd2", "sdxl", "pixart", "sana", "sd3", "flux")
 
 
 @pytest.fixture(scope="session")

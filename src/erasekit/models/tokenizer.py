@@ -106,14 +106,18 @@ def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endofte
 
 # ------------------------------------------------------------ T5 / Gemma stand-ins
 @lru_cache(maxsize=4)
-def _unigram_json(specials: tuple[str, ...], template: str, special_ids: tuple[tuple[str, int], ...]) -> str:
+def _unigram_json(
+    specials: tuple[str, ...], template: str, special_ids: tuple[tuple[str, int], ...], squeeze_spaces: bool = False
+) -> str:
     """A sentencepiece-style Unigram tokenizer (``tokenizers``) over CLIP's words, serialised.
 
     Real T5 / Gemma vocabularies are sentencepiece files erasekit does not ship; for tiny offline
     pipelines a Unigram model whose pieces are CLIP's words (``▁word``) and word pieces tokenizes
     every prompt sensibly (a concept is a few pieces, padding is real padding) with no download.
+    ``squeeze_spaces``: drop leading / trailing whitespace and collapse runs, as T5's sentencepiece model does
+    (``remove_extra_whitespaces``): 'image of ' is 'image of'.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     vocab, _ = clip_vocab_and_merges()
     pieces, seen = [], set()
@@ -126,7 +130,8 @@ def _unigram_json(specials: tuple[str, ...], template: str, special_ids: tuple[t
             pieces.append(piece)
     scored = [(s, 0.0) for s in specials] + [(p, -1.0 - i / len(pieces)) for i, p in enumerate(pieces)]
     tk = Tokenizer(models.Unigram(scored, unk_id=specials.index("<unk>"), byte_fallback=False))
-    tk.normalizer = normalizers.Lowercase()
+    steps = [normalizers.Strip(), normalizers.Replace(Regex(r"\s+"), " ")] if squeeze_spaces else []
+    tk.normalizer = normalizers.Sequence([*steps, normalizers.Lowercase()])
     tk.pre_tokenizer = pre_tokenizers.Metaspace()
     tk.decoder = decoders.Metaspace()
     tk.post_processor = processors.TemplateProcessing(single=template, special_tokens=list(special_ids))
@@ -138,7 +143,7 @@ def t5_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerBase:
     from tokenizers import Tokenizer
     from transformers import T5TokenizerFast  # type: ignore[attr-defined]  # exported lazily at run time
 
-    tk = Tokenizer.from_str(_unigram_json(("<pad>", "</s>", "<unk>"), "$A </s>", (("</s>", 1),)))
+    tk = Tokenizer.from_str(_unigram_json(("<pad>", "</s>", "<unk>"), "$A </s>", (("</s>", 1),), squeeze_spaces=True))
     tok: PreTrainedTokenizerBase = T5TokenizerFast(
         tokenizer_object=tk,
         eos_token="</s>",

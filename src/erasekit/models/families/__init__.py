@@ -3,7 +3,7 @@
 Modelled on peft's per-architecture target mapping and diffusers' per-pipeline ``transformer_name``:
 each family module defines a small frozen :class:`Family` and registers it; :func:`identify` picks
 the family of a live pipeline (by its class, then by its structure) or refuses naming the supported ones. Adding a
-backbone (SD3, FLUX) is adding a module here and one line below.
+backbone is adding a module here and one line below.
 """
 
 from __future__ import annotations
@@ -83,12 +83,14 @@ def identify(pipe: Pipeline) -> Family:
 
 
 def _register_builtin() -> None:
+    from .flux import FLUX
     from .pixart import PIXART
     from .sana import SANA
     from .sd import SD
+    from .sd3 import SD3
     from .sdxl import SDXL
 
-    for fam in (SD, SDXL, PIXART, SANA):
+    for fam in (SD, SDXL, PIXART, SANA, SD3, FLUX):
         register_family(fam)
 
 
