@@ -46,3 +46,8 @@ class UncheckedConfigWarning(UserWarning):
 class ProtocolError(EraseKitError):
     """An evaluation protocol cannot be declared or run as given: a prompt file missing, its checksum wrong, a gated
     prompt set without the user's path, a setting out of range."""
+
+
+class AttackError(EraseKitError):
+    """An attack cannot run as asked: an unknown attack, a budget that is zero, negative or not a number, a family
+    the attack cannot reach."""

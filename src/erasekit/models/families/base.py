@@ -150,6 +150,42 @@ class Family:
     def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def text_encoders(self, pipe) -> tuple[nn.Module, ...]:
+        """The text encoders whose input-token embeddings :meth:`encode_substituted` hands over, in order."""
+        encs = (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+        return tuple(e for e in encs if isinstance(e, nn.Module))
+
+    def encode_graph(self, pipe, prompts: Sequence[str]) -> Conditioning:
+        """:meth:`encode` keeping the autograd graph through the text encoder(s): what attacks that optimise prompts
+        or token embeddings differentiate. Families that do not offer it refuse in one line."""
+        raise ModelError(
+            f"the {self.name} family does not offer gradients through its text encoder yet; "
+            "attacks that optimise prompts or tokens run on SD 1.x / 2.x and SDXL pipelines"
+        )
+
+    def input_embeddings(self, pipe) -> tuple[torch.Tensor, ...]:
+        """Each text encoder's input-token table (V, d_e), in :meth:`text_encoders` order (read-only use)."""
+        return tuple(enc.get_input_embeddings().weight for enc in self.text_encoders(pipe))  # type: ignore[operator]
+
+    def encode_substituted(self, pipe, prompts: Sequence[str], substitute) -> Conditioning:
+        """:meth:`encode_graph` with each text encoder's input-token embeddings (B, L, d_e) replaced by
+        ``substitute(encoder index, token ids (B, L), embeddings) -> (B, L, d_e)``: the way in for soft prompts and
+        learned tokens, whatever the encoder does after its token table (positions, pooling at EOS, masks). The
+        grad mode is the caller's."""
+        hooks = []
+        for i, enc in enumerate(self.text_encoders(pipe)):
+            table: nn.Module = enc.get_input_embeddings()  # type: ignore[operator]  # transformers' PreTrainedModel
+
+            def hook(module, args, out, i=i):
+                return substitute(i, args[0], out)
+
+            hooks.append(table.register_forward_hook(hook))
+        try:
+            return self.encode_graph(pipe, prompts)
+        finally:
+            for h in hooks:
+                h.remove()
+
     def site_inputs(self, pipe, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
         """What a static-text site reads, (B, L, d_in), for ``cond``: the text stream itself by default."""
         return cond.embeds

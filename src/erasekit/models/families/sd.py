@@ -22,6 +22,15 @@ def clip_mask(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
     return enc.attention_mask.to(torch.int64)
 
 
+def _detached(cond: Conditioning) -> Conditioning:
+    return Conditioning(
+        cond.embeds.detach(),
+        cond.mask,
+        None if cond.pooled is None else cond.pooled.detach(),
+        {k: v.detach() for k, v in cond.added.items()},
+    )
+
+
 @dataclass(frozen=True)
 class UNetFamily(Family):
     """The UNet families: ``encode_prompt``'s first tensor is the cross-attention context."""
@@ -37,9 +46,13 @@ class UNetFamily(Family):
             list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )
 
-    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:
+    def encode_graph(self, pipe, prompts: Sequence[str]) -> Conditioning:
         out = self._encode_prompt(pipe, prompts)  # (embeds (B, 77, d), negative)
-        return Conditioning(out[0].detach(), clip_mask(self.tokenizer(pipe), prompts))
+        return Conditioning(out[0], clip_mask(self.tokenizer(pipe), prompts))
+
+    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:
+        with torch.no_grad():
+            return _detached(self.encode_graph(pipe, prompts))
 
     def fallback(self, pipe) -> bool:
         # any UNet pipeline with encode_prompt (fine-tunes' own classes): SDXL when it has a second text encoder
