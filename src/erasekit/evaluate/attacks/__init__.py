@@ -6,7 +6,7 @@ generates it with the edited model (through the image cache) and the attack succ
 prompts in which the judge sees the concept again, always beside the unedited model's rate and the attack's cost.
 """
 
-from . import nbp, ring_a_bell, token_search  # noqa: F401  (registration side effect)
+from . import cce, mma, nbp, p4d, ring_a_bell, token_search, uda  # noqa: F401  (registration side effect)
 from .base import (
     BUDGETS,
     KINDS,
