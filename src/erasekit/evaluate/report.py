@@ -411,6 +411,10 @@ def _grid(suite_name: str, suite_runs: list, labels: list[str], max_rows: int, t
         prompt = it.prompt if same_items else " | ".join(dict.fromkeys(r.suite.items[i].prompt for r in suite_runs))
         if it.shift is not None:
             prompt += f"  [+ η={it.shift[1]:g} · concept vector]"
+        if it.token is not None:
+            prompt += "  [learned token in place of its carrier word]"
+        if it.sampling is not None:
+            prompt += f"  [noisy DDIM η={it.sampling[0]:g}, noise × {it.sampling[1]:g}]"
         imgs = "".join(
             f"<td><img alt='{e(cols[k])}' src='{_data_uri(ImageCache.load(p), thumb)}'>{d}</td>"
             for k, (p, d) in enumerate(cells(i))

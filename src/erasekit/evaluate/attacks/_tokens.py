@@ -29,7 +29,8 @@ class TokenSpace:
     text encoder's input table restricted to ``ids``, (V', d_e).
     """
 
-    def __init__(self, ctx: AttackContext, ban: Sequence[str] = ()) -> None:
+    def __init__(self, ctx: AttackContext, attack: str, ban: Sequence[str] = ()) -> None:
+        ctx.require_text_gradients(attack)
         self.ctx = ctx
         self.tokenizer = ctx.family.tokenizer(ctx.pipe)
         self.full = [t.detach() for t in ctx.family.input_embeddings(ctx.pipe)]  # (V, d_e) per encoder

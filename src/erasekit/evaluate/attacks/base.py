@@ -181,6 +181,15 @@ class AttackContext:
         self.meter.text_encoder_evaluations += len(prompts)
         return self.family.encode(self.pipe, list(prompts))
 
+    def require_text_gradients(self, attack: str) -> None:
+        """Refuse, in one line, a family that offers no gradients through its text encoder."""
+        fam = self.family
+        if not fam.text_gradients():
+            raise AttackError(
+                f"{attack} needs gradients through the text encoder, which the {fam.name} family does not offer yet; "
+                "it runs on SD 1.x / 2.x and SDXL pipelines"
+            )
+
     def encode_substituted(
         self, prompts: Sequence[str], substitute: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
     ) -> Conditioning:

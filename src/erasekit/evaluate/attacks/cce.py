@@ -94,6 +94,7 @@ class CircumventingConceptErasure(Attack[CCEConfig]):
         from tqdm.auto import tqdm
 
         c = self.config
+        ctx.require_text_gradients(self.name)
         fam, pipe = ctx.family, ctx.pipe
         tok = fam.tokenizer(pipe)
         carrier = carrier_id(tok, c.carrier)

@@ -81,7 +81,7 @@ class _P4D(Attack[Any]):
 
         c = self.config
         items = list(ctx.target)
-        space = TokenSpace(ctx)
+        space = TokenSpace(ctx, self.name)
         gen = torch.Generator().manual_seed(int(c.seed))
         abar = alphas_cumprod(ctx.pipe)
         x0 = ctx.latents(items)  # (B, C, h, w): the unedited model's images of the concept prompts
@@ -110,7 +110,7 @@ class _P4D(Attack[Any]):
                 for j, _ in enumerate(chunk):
                     proj = nearest_tokens(P.detach(), table)  # (ΣL,) PEZ projection
                     hard = table[proj].clone().float().requires_grad_(True)  # forward with the projected embeddings
-                    cond = space.encode(self._rows(space, layouts, hard))
+                    cond = space.encode(self._rows(space, layouts, hard, proj))
                     x_t = q_sample(x0, noise[j], abar[ts[j]])
                     pred = ctx.denoise(x_t, ts[j], cond).float()
                     loss = (pred - eps_target[j]).pow(2).flatten(1).mean(1).sum()  # each item's MSE, summed
@@ -131,20 +131,19 @@ class _P4D(Attack[Any]):
         sizes = [sum(lr) for _, lr in layouts]
         return list(torch.split(flat, sizes))
 
-    def _rows(self, space: TokenSpace, layouts, hard: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Per item, per text encoder: the sequence with learnable positions from ``hard`` (encoder 0; the other
-        encoders take their own table's rows of the same tokens)."""
+    def _rows(self, space: TokenSpace, layouts, hard: torch.Tensor, proj: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Per item, per text encoder: the sequence with the projected tokens at the learnable positions; for the
+        first encoder their embeddings are ``hard`` (the leaves the gradient is taken at), the others look the same
+        tokens up in their own tables."""
         rows = []
-        for (ids, learn), h in zip(layouts, self._split(layouts, hard), strict=True):
-            fixed = space.lookup(torch.tensor(ids, dtype=torch.int64))
-            mask = torch.tensor(learn)
-            per_enc = []
-            for e, f in enumerate(fixed):
-                seq = f.clone().to(h.dtype) if e == 0 else f
-                if e == 0:
-                    seq = seq.index_put((mask.nonzero().squeeze(1),), h)
-                per_enc.append(seq)
-            rows.append(per_enc)
+        splits = zip(layouts, self._split(layouts, hard), self._split(layouts, proj), strict=True)
+        for (ids, learn), h, p in splits:
+            where = torch.tensor(learn).nonzero().squeeze(1)
+            full = torch.tensor(ids, dtype=torch.int64)
+            full[where] = space.ids[p]
+            seqs = space.lookup(full)
+            seqs[0] = seqs[0].to(h.dtype).index_put((where,), h)
+            rows.append(seqs)
         return rows
 
     def _texts(self, space: TokenSpace, layouts, proj: torch.Tensor) -> list[str]:

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..suites import SuiteItem
 from ._diffusion import alphas_cumprod, prediction_type, q_sample, regression_target
 from ._tokens import TokenSpace
 from .base import Attack, AttackConfig, AttackContext, AttackResult, PromptResult, budget_field, register_attack
@@ -95,7 +96,7 @@ class UnlearnDiffAtk(Attack[UDAConfig]):
 
         c = self.config
         items = list(ctx.target)
-        space = TokenSpace(ctx)
+        space = TokenSpace(ctx, self.name)
         gen = torch.Generator().manual_seed(int(c.seed))
         x0 = ctx.latents(items)  # (B, C, h, w): the unedited model's target images
         abar, kind = alphas_cumprod(ctx.pipe), prediction_type(ctx.pipe)
@@ -143,7 +144,7 @@ class UnlearnDiffAtk(Attack[UDAConfig]):
         if ctx.judge is None:
             return active
         prompts = {i: _prompt(space, theta[i], prompt_ids[i]) for i in active}
-        trial = [items[i].__class__(prompts[i], items[i].seed, items[i].guidance, items[i].concepts) for i in active]
+        trial = [SuiteItem(prompts[i], items[i].seed, items[i].guidance, items[i].concepts) for i in active]
         images = ctx.render(trial)
         seen = [ctx.seen(images[j : j + 1], it)[0] for j, it in enumerate(trial)]
         still = []

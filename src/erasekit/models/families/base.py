@@ -167,6 +167,10 @@ class Family:
         """Each text encoder's input-token table (V, d_e), in :meth:`text_encoders` order (read-only use)."""
         return tuple(enc.get_input_embeddings().weight for enc in self.text_encoders(pipe))  # type: ignore[operator]
 
+    def text_gradients(self) -> bool:
+        """Whether :meth:`encode_graph` (and so :meth:`encode_substituted`) is offered by this family."""
+        return type(self).encode_graph is not Family.encode_graph
+
     def encode_substituted(self, pipe, prompts: Sequence[str], substitute) -> Conditioning:
         """:meth:`encode_graph` with each text encoder's input-token embeddings (B, L, d_e) replaced by
         ``substitute(encoder index, token ids (B, L), embeddings) -> (B, L, d_e)``: the way in for soft prompts and
