@@ -17,7 +17,9 @@ tokenizes back to the same tokens); the best prompt is the one whose edited-mode
 highest for the concept (the reference keeps the one whose image is most CLIP-similar to the unedited image; with no
 judge in the context, the one with the lowest loss on a fixed set of (t, ε)); x₀ is the unedited model's final latent
 rather than a VAE encoding of its decoded image; items are optimised together in one batch (each with its own P and
-loss); on SDXL the straight-through gradient flows through the first text encoder's table only; the default (CPU)
+loss); every target item is attacked (the reference's ``process_data.py`` first keeps only the prompts whose
+unedited image shows the concept and whose edited image does not); on SDXL the straight-through gradient flows through
+the first text encoder's table only; the default (CPU)
 budget is 30 steps with a check every 10 instead of 3000 / 50 (``--budget paper``).
 """
 

@@ -12,7 +12,8 @@ denoising loss on the target image drawn by the *unedited* model for the same pr
 with Adam on θ followed by the Euclidean projection of each θ_j onto the simplex. The timesteps are visited in order
 (the reference's ``sequential`` mode: ``iterations`` steps at each t of ``timesteps`` evenly spaced ones); after
 each t the argmax tokens make the discrete prompt, which is generated with the edited model and judged, and the
-attack stops on the item as soon as the judge sees the concept (the reference's classifier check).
+attack stops on the item as soon as the judge sees the concept (the reference's classifier check; like the
+reference, the unattacked prompt is tried first, and an item the edit already fails on keeps it).
 
 Deviations from the reference: the search space is the whole-word tokens of the vocabulary (so the found text
 tokenizes back to the same tokens; the reference uses every token and logs the decoded text); x₀ is the unedited
@@ -111,7 +112,9 @@ class UnlearnDiffAtk(Attack[UDAConfig]):
         ts = sequential_timesteps(c.timesteps, len(abar))
         bar = tqdm(total=len(ts) * c.iterations, desc="uda", disable=not ctx.progress, leave=False)
         with ctx.edited():
-            for t in ts:
+            # the reference first generates the original prompt and stops where the edit already fails
+            active = self._check(ctx, space, None, items, prompt_ids, active, found, log, "original prompt")
+            for t in ts if active else []:
                 for _ in range(c.iterations):
                     onehot = _SampleOneHot.apply(theta[active], gen)  # (b, k, V')
                     adv = space.soft(onehot)  # per encoder (b, k, d_e)
@@ -143,14 +146,17 @@ class UnlearnDiffAtk(Attack[UDAConfig]):
         retire the items whose concept the judge sees."""
         if ctx.judge is None:
             return active
-        prompts = {i: _prompt(space, theta[i], prompt_ids[i]) for i in active}
+        if theta is None:  # before any optimisation: the target prompts themselves
+            prompts = {i: items[i].prompt for i in active}
+        else:
+            prompts = {i: _prompt(space, theta[i], prompt_ids[i]) for i in active}
         trial = [SuiteItem(prompts[i], items[i].seed, items[i].guidance, items[i].concepts) for i in active]
         images = ctx.render(trial)
         seen = [ctx.seen(images[j : j + 1], it)[0] for j, it in enumerate(trial)]
         still = []
         for i, ok in zip(active, seen, strict=True):
             if ok:
-                found[i], log[i]["success_at_t"] = prompts[i], int(t)
+                found[i], log[i]["success_at_t"] = prompts[i], t
             else:
                 still.append(i)
         return still
