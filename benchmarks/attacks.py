@@ -43,9 +43,9 @@ def main() -> None:
     from erasekit.evaluate import evaluate
     from erasekit.evaluate.attacks import list_attacks
     from erasekit.evaluate.bench import tinyworld_concept_set
-    from erasekit.evaluate.generate import GenerationSettings
     from erasekit.evaluate.judges import make_judge
     from erasekit.evaluate.plan import Plan, make_study
+    from erasekit.evaluate.render import GenerationSettings
 
     attacks = tuple(list_attacks()) if args.attacks == "all" else tuple(args.attacks.split(","))
     plan = Plan(kinds=("target", "adversarial"), n=args.n, attacks=attacks, budget=args.budget)

@@ -25,7 +25,7 @@ from erasekit.evaluate.attacks import (
     make_attack_config,
     parse_attack_options,
 )
-from erasekit.evaluate.generate import GenerationSettings
+from erasekit.evaluate.render import GenerationSettings, render_batch
 from erasekit.evaluate.suites import tinyworld_suites
 
 ATTACKS = tuple(list_attacks())
@@ -161,6 +161,53 @@ def test_attack_options_parse_typed():
         parse_attack_options(["uda.iterations=lots"], ["uda"])
 
 
+# ----------------------------------------------------------------------------- the maths, against oracles
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_noisy_ddim_step_is_ddim_up_to_eta_one(eta):
+    """For η ≤ 1 and noise scale 1 the probe's step is diffusers' DDIM step, given the same noise."""
+    from diffusers import DDIMScheduler
+
+    from erasekit.evaluate.sampling import NoisyDDIMScheduler
+
+    cfg = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False}
+    ref, probe = DDIMScheduler(**cfg), NoisyDDIMScheduler(**cfg)
+    probe.probe_eta, probe.variance_scale = eta, 1.0
+    g = torch.Generator().manual_seed(0)
+    x, eps, z = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    for s in (ref, probe):
+        s.set_timesteps(10)
+    for t in ref.timesteps[:3]:
+        want = ref.step(eps, t, x, eta=eta, variance_noise=z).prev_sample
+        got = probe.step(eps, t, x, variance_noise=z).prev_sample
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    probe.probe_eta, probe.variance_scale = 1.5, 1.04  # beyond DDIM: finite, and the noise term scales with s
+    a = probe.step(eps, ref.timesteps[1], x, variance_noise=z).prev_sample
+    probe.variance_scale = 1.0
+    b = probe.step(eps, ref.timesteps[1], x, variance_noise=torch.zeros_like(z)).prev_sample
+    c = probe.step(eps, ref.timesteps[1], x, variance_noise=z).prev_sample
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a - b, 1.04 * (c - b), rtol=1e-4, atol=1e-6)
+
+
+def test_simplex_projection_matches_the_reference_bisection():
+    """UnlearnDiffAtk's projection: our closed form agrees with a bisection on Σ max(a − μ, 0) = 1 (the reference's
+    method), lands on the simplex, and leaves points already on it alone."""
+    from erasekit.evaluate.attacks.uda import project_simplex
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 40, generator=g, dtype=torch.float64) * 3
+    p = project_simplex(a)
+    assert (p >= 0).all() and torch.allclose(p.sum(-1), torch.ones(5, dtype=torch.float64))
+    for row, prow in zip(a, p, strict=True):
+        lo, hi = float(row.min()) - 1, float(row.max())
+        for _ in range(200):  # bisection for μ
+            mu = (lo + hi) / 2
+            lo, hi = (mu, hi) if float((row - mu).clamp_min(0).sum()) > 1 else (lo, mu)
+        torch.testing.assert_close(prow, (row - (lo + hi) / 2).clamp_min(0), rtol=0, atol=1e-9)
+    q = torch.softmax(torch.randn(3, 7, generator=g, dtype=torch.float64), -1)
+    torch.testing.assert_close(project_simplex(q), q)
+
+
 # ----------------------------------------------------------------------------- behaviour, every attack
 @pytest.mark.parametrize("name", ATTACKS)
 def test_same_seed_same_attack(world, edits, name):
@@ -182,15 +229,14 @@ def test_same_seed_same_attack(world, edits, name):
 @pytest.mark.parametrize("name", ATTACKS)
 def test_noop_edit_gives_the_unedited_rate(world, edits, name):
     """Against an edit that changes nothing, the attacked items' images are the unedited model's: same judged rate."""
-    from erasekit.evaluate.generate import _render
 
     pipe, judge = world["pipe"], world["judge"]
     target = _target(4)
     for s in _suites(world, name, target, edits["noop"], **TINY[name]):
-        unedited = _render(pipe, s.items, dict(s.vectors), SETTINGS)
+        unedited = render_batch(pipe, s.items, dict(s.vectors), SETTINGS)
         edits["noop"].apply(pipe)
         try:
-            edited = _render(pipe, s.items, dict(s.vectors), SETTINGS)
+            edited = render_batch(pipe, s.items, dict(s.vectors), SETTINGS)
         finally:
             edits["noop"].revert(pipe)
         a = judge.judge(unedited, ["circle"]).decisions[:, 0]

@@ -22,11 +22,11 @@ from PIL import Image, PngImagePlugin
 
 from .._atomic import atomic_path, write_bytes_atomic
 from ..models.precision import pipeline_compute_dtype
-from .attacks import vector_digest
+from .conditioning import vector_digest
 from .suites import SuiteItem, default_cache_dir
 
 if TYPE_CHECKING:
-    from .generate import GenerationSettings
+    from .render import GenerationSettings
 
 # ----------------------------------------------------------------------------- fingerprints
 # pipe -> (state key, fingerprint); dies with the pipe

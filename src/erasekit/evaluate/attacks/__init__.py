@@ -6,6 +6,14 @@ generates it with the edited model (through the image cache) and the attack succ
 prompts in which the judge sees the concept again, always beside the unedited model's rate and the attack's cost.
 """
 
+from ..conditioning import (
+    encode,
+    pipe_kwargs,
+    shift_embeddings,
+    shifted_conditioning,
+    token_conditioning,
+    vector_digest,
+)
 from . import cce, mma, nbp, p4d, ring_a_bell, token_search, uda  # noqa: F401  (registration side effect)
 from .base import (
     BUDGETS,
@@ -26,14 +34,6 @@ from .base import (
     parse_attack_options,
     parse_attacks,
     register_attack,
-)
-from .conditioning import (
-    encode,
-    pipe_kwargs,
-    shift_embeddings,
-    shifted_conditioning,
-    token_conditioning,
-    vector_digest,
 )
 from .ring_a_bell import (
     HEADLINE_RULE,

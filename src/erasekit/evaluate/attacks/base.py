@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ...models.families import Conditioning, Family
-    from ..generate import GenerationSettings
     from ..judges import Judge
+    from ..render import GenerationSettings
 
 KINDS = ("prompt", "embedding", "token", "sampling")
 BUDGETS = ("default", "paper")
@@ -245,13 +245,13 @@ class AttackContext:
 
     def render(self, items: Sequence[SuiteItem], vectors: Mapping[str, Any] | None = None) -> list[Image.Image]:
         """Images of ``items`` under the current model, exactly as the runner's generate stage renders them."""
-        from ..generate import GenerationSettings, _render
+        from ..render import GenerationSettings, render_batch
 
         settings = self.settings if self.settings is not None else GenerationSettings()
         steps, guidance = self._sampling()
         self.meter.images += len(items)
         self.meter.denoiser_evaluations += len(items) * steps * (2 if guidance > 1 else 1)
-        return _render(self.pipe, list(items), dict(vectors or {}), settings)
+        return render_batch(self.pipe, list(items), dict(vectors or {}), settings)
 
     def seen(self, images: Sequence[Image.Image], item: SuiteItem) -> list[bool]:
         """Per image: does the evaluation's judge see any of ``item``'s concepts? (Needs ``judge``.)"""
@@ -339,25 +339,16 @@ class TokenResult(AttackResult):
     prompts: list[str] = field(default_factory=list)
 
     def suites(self, target: Suite) -> list[Suite]:
-        from .conditioning import vector_digest
+        from ..conditioning import carrier_tensor, vector_digest
 
         key = f"{self.attack}:{vector_digest(self.embeddings)[:16]}"
         items = [
             dataclasses.replace(it, prompt=p, token=key, meta=_meta(it, ("original prompt", it.prompt)))
             for it, p in zip(target.items, self.prompts, strict=True)
         ]
-        vectors = {key: {"carrier": _carrier_tensor(self.carrier), **self.embeddings}}
+        vectors = {key: {"carrier": carrier_tensor(self.carrier), **self.embeddings}}
         info = self.info(target, carrier=self.carrier)
         return [Suite(suite_name(self.attack), "adversarial", items, f"{target.name} + {self.attack}", info, vectors)]
-
-
-def _carrier_tensor(word: str) -> torch.Tensor:
-    """The carrier word as bytes in a tensor, so that a learned token travels in one safetensors file with its word."""
-    return torch.tensor(list(word.encode("utf-8")), dtype=torch.uint8)
-
-
-def carrier_word(vector: Mapping[str, torch.Tensor]) -> str:
-    return bytes(vector["carrier"].tolist()).decode("utf-8")
 
 
 @dataclass

@@ -34,9 +34,9 @@ import torch
 
 from ...errors import AttackError
 from ...methods.base import help_field
+from ..conditioning import carrier_id, place_token
 from ._diffusion import alphas_cumprod, prediction_type, q_sample, regression_target
 from .base import Attack, AttackConfig, AttackContext, AttackResult, TokenResult, budget_field, register_attack
-from .conditioning import carrier_id, place_token
 
 KIND_INITIALIZERS = {"style": "art", "object": "object", "person": "person", "nsfw": "person"}
 FALLBACK_TEMPLATE = "a photo of a {}"

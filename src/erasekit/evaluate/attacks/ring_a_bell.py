@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ...errors import ConceptError
+from ..conditioning import encode, vector_digest
 from ..suites import Suite, SuiteItem
 from .base import Attack, AttackConfig, AttackContext, AttackResult, budget_field, register_attack
-from .conditioning import encode, vector_digest
 
 
 def concept_vector(pipe, with_concept: Sequence[str], without_concept: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -19,8 +19,8 @@ import torch
 
 from ...errors import AttackError
 from ...methods.base import help_field
+from ..conditioning import encode
 from .base import Attack, AttackConfig, AttackContext, AttackResult, PromptResult, budget_field, register_attack
-from .conditioning import encode
 
 _WORD = re.compile(r"^[a-z]{3,}</w>$")
 

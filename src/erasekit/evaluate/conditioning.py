@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ...errors import AttackError, ConceptError
-from ..suites import SuiteItem
+from ..errors import AttackError, ConceptError
+from .suites import SuiteItem
 
 
 def pipe_kwargs(cond) -> dict[str, torch.Tensor]:
@@ -30,7 +30,7 @@ def encode(pipe, prompts: Sequence[str], batch_size: int = 64) -> dict[str, torc
     """The pipeline's own conditioning for ``prompts`` (no CFG branch), as its family encodes it
     (:mod:`erasekit.models.families`): ``prompt_embeds`` (B, L, d) and, for SDXL, ``pooled_prompt_embeds``
     (B, d_pool); on the pipeline's device, in its dtype."""
-    from ...models.families import identify
+    from ..models.families import identify
 
     family = identify(pipe)
     parts: dict[str, list[torch.Tensor]] = {}
@@ -80,6 +80,15 @@ def shifted_conditioning(
 
 
 # ----------------------------------------------------------------------------- learned tokens (CCE)
+def carrier_tensor(word: str) -> torch.Tensor:
+    """The carrier word as bytes in a tensor, so that a learned token travels in one safetensors file with its word."""
+    return torch.tensor(list(word.encode("utf-8")), dtype=torch.uint8)
+
+
+def carrier_word(vector: Mapping[str, torch.Tensor]) -> str:
+    return bytes(vector["carrier"].tolist()).decode("utf-8")
+
+
 def carrier_id(tokenizer, word: str) -> int:
     """The one token id of ``word`` (a learned token is carried by an existing single-token word: the tokenizer, and
     so the pipeline's fingerprint, stay untouched)."""
@@ -108,8 +117,7 @@ def token_conditioning(
 ) -> dict[str, torch.Tensor]:
     """Conditioning of learned-token items, ready for ``pipe(**...)``: each item's prompt encoded with its learned
     vector in place of its carrier word's input embedding (every text encoder its own vector ``encoder_<i>``)."""
-    from ...models.families import identify
-    from .base import carrier_word
+    from ..models.families import identify
 
     family = identify(pipe)
     tok = family.tokenizer(pipe)
