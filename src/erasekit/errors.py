@@ -51,3 +51,8 @@ class ProtocolError(EraseKitError):
 class JudgeError(EraseKitError):
     """A judge cannot be built or run as given: an unknown judge or option, a missing model folder, a pickle-only
     weight file, reference images that are not there."""
+
+
+class AttackError(EraseKitError):
+    """An attack cannot run as asked: an unknown attack, a budget that is zero, negative or not a number, a family
+    the attack cannot reach."""

@@ -31,7 +31,9 @@ class SuiteItem:
     ``concepts`` are the labels the judge is asked about: the erased concept(s) for target /
     paraphrase / adversarial items, the neighbour that must survive for retain items, the
     attributes of the prompt for general items. ``shift`` = (vector name, η) makes the
-    conditioning ``encode(prompt) + η · Suite.vectors[name]`` (concept-vector attacks).
+    conditioning ``encode(prompt) + η · Suite.vectors[name]`` (concept-vector attacks); ``token`` names a learned
+    token in ``Suite.vectors`` whose vector replaces its carrier word's input embedding (CCE); ``sampling`` =
+    (η, variance scale, steps or None) samples with DDIM's stochasticity η and its noise scaled (noise-based probing).
     """
 
     prompt: str
@@ -40,6 +42,8 @@ class SuiteItem:
     concepts: tuple[str, ...] = ()
     shift: tuple[str, float] | None = None
     meta: tuple[tuple[str, str], ...] = ()
+    token: str | None = None
+    sampling: tuple[float, float, int | None] | None = None
 
     def to_dict(self) -> dict:
         d = {"prompt": self.prompt, "seed": self.seed, "guidance": self.guidance, "concepts": list(self.concepts)}
@@ -47,11 +51,15 @@ class SuiteItem:
             d["shift"] = [self.shift[0], self.shift[1]]
         if self.meta:
             d["meta"] = dict(self.meta)
+        if self.token is not None:
+            d["token"] = self.token
+        if self.sampling is not None:
+            d["sampling"] = list(self.sampling)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> SuiteItem:
-        shift = d.get("shift")
+        shift, sampling = d.get("shift"), d.get("sampling")
         return cls(
             d["prompt"],
             int(d["seed"]),
@@ -59,6 +67,10 @@ class SuiteItem:
             tuple(d.get("concepts", ())),
             None if shift is None else (str(shift[0]), float(shift[1])),
             tuple(sorted(d.get("meta", {}).items())),
+            None if d.get("token") is None else str(d["token"]),
+            None
+            if sampling is None
+            else (float(sampling[0]), float(sampling[1]), None if sampling[2] is None else int(sampling[2])),
         )
 
 
@@ -81,7 +93,8 @@ class Suite:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConceptError(f"unknown suite kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        missing = {it.shift[0] for it in self.items if it.shift is not None} - set(self.vectors)
+        refs = {it.shift[0] for it in self.items if it.shift is not None}
+        missing = (refs | {it.token for it in self.items if it.token is not None}) - set(self.vectors)
         if missing:
             raise ConceptError(
                 f"suite {self.name!r}: items refer to conditioning vector(s) {sorted(missing)} the suite does not hold"

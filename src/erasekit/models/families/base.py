@@ -10,7 +10,7 @@ matrices through :class:`~erasekit.models.adapter.PipelineAdapter`, which asks t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -116,6 +116,14 @@ def cross_attention_sites(denoiser: nn.Module, projections: Sequence[str] = ("k"
     return [Site(f"{a}.{PROJECTIONS[p]}") for a in attns for p in projections]
 
 
+def _token_table(encoder: nn.Module) -> nn.Module:
+    """A transformers text encoder's input-token embedding (``get_input_embeddings()``), checked to be a Module."""
+    table = encoder.get_input_embeddings()  # type: ignore[operator]  # transformers' PreTrainedModel method
+    if not isinstance(table, nn.Module):
+        raise ModelError(f"{type(encoder).__name__} has no input-token embedding table")
+    return table
+
+
 @dataclass(frozen=True)
 class Family:
     """A diffusers pipeline family. Subclasses are small frozen dataclasses registered with ``register_family``.
@@ -193,6 +201,51 @@ class Family:
 
     def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def text_encoders(self, pipe: Pipeline) -> tuple[nn.Module, ...]:
+        """The text encoders whose input-token embeddings :meth:`encode_substituted` hands over, in order."""
+        encs = (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+        return tuple(e for e in encs if isinstance(e, nn.Module))
+
+    def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
+        """:meth:`encode` keeping the autograd graph through the text encoder(s): what attacks that optimise prompts
+        or token embeddings differentiate. Families that do not offer it refuse in one line."""
+        raise ModelError(
+            f"the {self.name} family does not offer gradients through its text encoder yet; "
+            "attacks that optimise prompts or tokens run on SD 1.x / 2.x and SDXL pipelines"
+        )
+
+    def input_embeddings(self, pipe: Pipeline) -> tuple[torch.Tensor, ...]:
+        """Each text encoder's input-token table (V, d_e), in :meth:`text_encoders` order (read-only use)."""
+        tables = (_token_table(enc).weight for enc in self.text_encoders(pipe))
+        return tuple(w for w in tables if isinstance(w, torch.Tensor))
+
+    def text_gradients(self) -> bool:
+        """Whether :meth:`encode_graph` (and so :meth:`encode_substituted`) is offered by this family."""
+        return type(self).encode_graph is not Family.encode_graph
+
+    def encode_substituted(
+        self,
+        pipe: Pipeline,
+        prompts: Sequence[str],
+        substitute: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> Conditioning:
+        """:meth:`encode_graph` with each text encoder's input-token embeddings (B, L, d_e) replaced by
+        ``substitute(encoder index, token ids (B, L), embeddings) -> (B, L, d_e)``: the way in for soft prompts and
+        learned tokens, whatever the encoder does after its token table (positions, pooling at EOS, masks). The
+        grad mode is the caller's."""
+        hooks = []
+        for i, enc in enumerate(self.text_encoders(pipe)):
+
+            def hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor, i: int = i) -> torch.Tensor:
+                return substitute(i, args[0], out)
+
+            hooks.append(_token_table(enc).register_forward_hook(hook))
+        try:
+            return self.encode_graph(pipe, prompts)
+        finally:
+            for h in hooks:
+                h.remove()
 
     def site_inputs(self, pipe: Pipeline, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
         """What ``site`` reads, (B, L, d_in), for ``cond``: the text stream itself by default; a pooled site reads

@@ -5,6 +5,7 @@ The site input is the text stream itself (identity): the same at every block and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +28,17 @@ def clip_mask(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> tor
     return mask.to(torch.int64)
 
 
+def _detached(cond: Conditioning) -> Conditioning:
+    """``cond`` with every tensor cut from the autograd graph (what :meth:`Family.encode` promises)."""
+    return dataclasses.replace(
+        cond,
+        embeds=cond.embeds.detach(),
+        pooled=None if cond.pooled is None else cond.pooled.detach(),
+        added={k: v.detach() for k, v in cond.added.items()},
+        guidance=None if cond.guidance is None else cond.guidance.detach(),
+    )
+
+
 @dataclass(frozen=True)
 class UNetFamily(Family):
     """The UNet families: ``encode_prompt``'s first tensor is the cross-attention context."""
@@ -45,10 +57,14 @@ class UNetFamily(Family):
         )
         return out
 
-    def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
+    def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         embeds = self._encode_prompt(pipe, prompts)[0]  # (embeds (B, 77, d), negative)
         assert embeds is not None  # the positive prompts' embeddings are always computed
-        return Conditioning(embeds.detach(), clip_mask(self.tokenizer(pipe), prompts))
+        return Conditioning(embeds, clip_mask(self.tokenizer(pipe), prompts))
+
+    def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
+        with torch.no_grad():
+            return _detached(self.encode_graph(pipe, prompts))
 
     def fallback(self, pipe: Pipeline) -> bool:
         # any UNet pipeline with encode_prompt (fine-tunes' own classes): SDXL when it has a second text encoder
