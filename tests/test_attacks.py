@@ -45,12 +45,7 @@ SETTINGS = GenerationSettings(steps=4, guidance=5.0, batch_size=16)
 WEAK = {"layer_regex": r"(mid_block|up_blocks\.0).*attn2\.to_[kv]$"}  # UCE on two blocks: about half the concept left
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")

@@ -56,49 +56,15 @@ needs_tinyworld_judge = pytest.mark.skipif(
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny pipelines run faster on one thread, and the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     """A tiny random CLIPModel with the real CLIP tokenizer, saved offline (its judgements are meaningless)."""
-    from transformers import CLIPConfig, CLIPModel
+    from erasekit.models.tiny import save_tiny_clip
 
-    from erasekit.models.tokenizer import write_clip_tokenizer_files
-
-    folder = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        ),
-        vision_config=dict(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        ),
-        projection_dim=16,
-    )
-    CLIPModel(cfg).save_pretrained(folder)
-    write_clip_tokenizer_files(folder)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")

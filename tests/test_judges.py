@@ -42,12 +42,7 @@ from erasekit.evaluate.judges.vlm import IMAGE_MARK, ReferenceFolder
 ANSWER_WORDS = ("final", "answer", "yes", "no", "idk", "wrong", ":")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 def _images(n: int, seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[Image.Image]:
@@ -56,37 +51,9 @@ def _images(n: int, seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[Ima
 
 
 def _save_tiny_clip(folder: Path, projection_dim: int = 16) -> Path:
-    """A tiny random CLIPModel with the real CLIP tokenizer, saved offline (its judgements are meaningless)."""
-    from transformers import CLIPConfig, CLIPModel
+    from erasekit.models.tiny import save_tiny_clip
 
-    from erasekit.models.tokenizer import write_clip_tokenizer_files
-
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        ),
-        vision_config=dict(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        ),
-        projection_dim=projection_dim,
-    )
-    CLIPModel(cfg).save_pretrained(folder)
-    write_clip_tokenizer_files(folder)
-    return folder
+    return save_tiny_clip(folder, projection_dim=projection_dim)
 
 
 def _save_tiny_vlm(folder: Path, concepts: tuple[str, ...]) -> Path:

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from erasekit.cli import main
 from erasekit.errors import ProtocolError
@@ -22,12 +21,7 @@ STYLE = tuple(c for c, k in hub_files.CATEGORY.items() if k == "style")
 FOUR = ("erased", "retention", "robustness", "quality")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 def _check_hmean(rows: dict, categories: set[str], labels: set[str]) -> None:

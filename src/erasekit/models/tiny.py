@@ -340,3 +340,38 @@ def save_tiny_pipeline(folder: str | Path, family: str = "sd", seed: int = 0) ->
     folder = Path(folder)
     build_tiny_pipeline(family, seed).save_pretrained(folder)
     return folder
+
+
+def save_tiny_clip(folder: str | Path, projection_dim: int = 16, seed: int = 0) -> Path:
+    """A tiny random ``CLIPModel`` (32-px vision tower, one layer each) with the real CLIP tokenizer files, saved
+    offline with ``save_pretrained``: what the CLIP and aesthetics judges read. Its judgements are meaningless;
+    it checks plumbing (preprocessing, prompts, recorded settings)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(
+            vocab_size=CLIP_VOCAB_SIZE,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=CLIP_VOCAB_SIZE - 2,
+            eos_token_id=CLIP_VOCAB_SIZE - 1,
+            pad_token_id=CLIP_VOCAB_SIZE - 1,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        projection_dim=projection_dim,
+    )
+    CLIPModel(cfg).save_pretrained(folder)
+    write_clip_tokenizer_files(folder)
+    return folder
