@@ -216,6 +216,22 @@ def test_merged_diffusers_folder_reloads_with_the_edit_in_place(pipe, family, ed
         edit.check_compatible(loaded)  # baked in: the base fingerprints no longer match
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_merged_diffusers_folder_respects_the_umask(tiny_pipes, edits, tmp_path, umask):
+    """safetensors writes 0600 and mkdtemp 0700: the exported folder must still have the user's usual modes."""
+    import stat
+
+    old = os.umask(umask)
+    try:
+        res = export(edits["sd"]["space"], "diffusers", tmp_path / "merged", pipe=tiny_pipes["sd"])
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode) for p in [res.path, *res.path.rglob("*")]}
+    want = {p: (0o777 if (tmp_path / p).is_dir() else 0o666) & ~umask for p in modes}
+    assert modes == want
+    assert any(p.suffix == ".safetensors" for p in modes)
+
+
 def test_refusals_write_nothing(tiny_pipes, edits, tmp_path):
     sd, sdxl = tiny_pipes["sd"], tiny_pipes["sdxl"]
     edit = edits["sd"]["uce-lowrank"]

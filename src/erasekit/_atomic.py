@@ -86,6 +86,19 @@ def atomic_path(target: str | os.PathLike):
             os.unlink(tmp)
 
 
+def apply_umask_to_tree(folder: str | os.PathLike) -> None:
+    """Give every file under ``folder`` ``0666 & ~umask`` and every folder ``0777 & ~umask``.
+
+    For folders written by libraries that do not respect the umask: safetensors 0.8's ``save_file`` (and so
+    ``save_pretrained``) creates its files 0600, and ``tempfile.mkdtemp`` makes 0700 folders."""
+    umask = _umask()
+    root = Path(folder)
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .._atomic import apply_umask_to_tree
 from ._common import (
     ExportResult,
     baked,
@@ -46,9 +47,6 @@ def write_folder(pipe, path, *, save_dtype=None, record: dict | None = None, pro
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the folder gets the user's usual mode
         target = pipe
         if cast is not None and getattr(pipe, "dtype", None) != cast:
             # A copy in the save dtype: the live pipeline keeps its own (casting back and forth would lose bits).
@@ -61,6 +59,7 @@ def write_folder(pipe, path, *, save_dtype=None, record: dict | None = None, pro
             save_dtype=str(cast or (getattr(pipe, "dtype", None) or "")).replace("torch.", ""),
         )
         (tmp / RECORD_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        apply_umask_to_tree(tmp)  # mkdtemp makes 0700, safetensors writes 0600: the user's usual modes instead
         if path.is_dir():
             path.rmdir()  # an empty folder (checked above) is replaced
         os.replace(tmp, path)
