@@ -110,6 +110,37 @@ def test_an_image_self_attention_named_attn2_is_never_a_site():
     ]
 
 
+@torch.no_grad()
+def test_prior_cache_key_covers_every_module_that_makes_the_site_inputs(pipe):
+    """The general prior's cache is keyed by a fingerprint of what the sites read: changing any site-input module
+    (SD3's third encoder, PixArt / Sana's caption projection included) changes it; changing an edited site does
+    not (the prior is a statistic of the inputs)."""
+    from erasekit.prior import encoder_fingerprint
+
+    fam = identify(pipe)
+    before = encoder_fingerprint(pipe)
+    modules = fam.site_input_modules(pipe)
+    assert modules and all(isinstance(m, nn.Module) for m in modules.values())
+    for name, module in modules.items():
+        p = next(iter(module.parameters()), None)
+        if p is None:  # a parameter-free norm: nothing to fingerprint
+            continue
+        old = p.view(-1)[0].clone()
+        p.view(-1)[0] += 1.0
+        try:
+            assert encoder_fingerprint(pipe) != before, name
+        finally:
+            p.view(-1)[0] = old
+    site = fam.edit_sites(pipe)[0]
+    w = _den(pipe).get_submodule(site.path).weight
+    old = w.view(-1)[0].clone()
+    w.view(-1)[0] += 1.0
+    try:
+        assert encoder_fingerprint(pipe) == before
+    finally:
+        w.view(-1)[0] = old
+
+
 def test_static_site_inputs_do_not_depend_on_timestep_or_latent(pipe):
     """What every site reads during denoise() is site_inputs(encode(prompt), site), for any x_t and t, in every block
     (a pooled site reads its one vector per prompt)."""

@@ -151,15 +151,16 @@ def _drop_named(prompts: Sequence[str], exclude: Sequence[str]) -> list[str]:
 
 
 def encoder_fingerprint(pipe) -> str:
-    """Cheap, content-based fingerprint of the pipeline's text encoder(s): shapes, dtypes and
-    the first 4,096 values of every parameter (enough to tell different weights apart)."""
+    """Cheap, content-based fingerprint of what makes the edit sites' inputs (the family's
+    :meth:`~erasekit.models.families.Family.site_input_modules`: the text encoders, and PixArt / Sana's caption
+    projection): names, shapes, dtypes and the first 4,096 values of every parameter (enough to tell different
+    weights apart)."""
+    from .models.families import identify
+
     h = hashlib.sha256()
-    for name in ("text_encoder", "text_encoder_2"):
-        enc = getattr(pipe, name, None)
-        if enc is None:
-            continue
+    for name, module in identify(pipe).site_input_modules(pipe).items():
         h.update(name.encode())
-        for pname, p in enc.named_parameters():
+        for pname, p in module.named_parameters():
             flat = p.detach().reshape(-1)[:4096].to("cpu", torch.float32).contiguous()
             h.update(f"{pname}{tuple(p.shape)}{p.dtype}".encode())
             h.update(flat.numpy().tobytes())

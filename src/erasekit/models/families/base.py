@@ -207,6 +207,13 @@ class Family:
         encs = (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
         return tuple(e for e in encs if isinstance(e, nn.Module))
 
+    def site_input_modules(self, pipe: Pipeline) -> dict[str, nn.Module]:
+        """Every module whose weights shape what the edit sites read (name -> module): the pipeline's text
+        encoders (``text_encoder``, ``_2``, ``_3``: SD3 reads T5 as the third), and in families whose sites read a
+        projection of the encoder output, that projection. What a cache of site-input statistics is keyed by."""
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+        return {n: m for n in names if isinstance(m := getattr(pipe, n, None), nn.Module)}
+
     def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         """:meth:`encode` keeping the autograd graph through the text encoder(s): what attacks that optimise prompts
         or token embeddings differentiate. Families that do not offer it refuse in one line."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .base import Conditioning, Family, Pipeline, Site
 
@@ -36,6 +37,12 @@ class PixArtFamily(Family):
             max_sequence_length=self._max_length(pipe),
         )  # (T5 states (B, L, d_t5), mask (B, L), negative, negative mask)
         return Conditioning(out[0].detach(), out[1].detach().to(torch.int64))
+
+    def site_input_modules(self, pipe: Pipeline) -> dict[str, nn.Module]:
+        """The text encoder and the transformer's caption modules (:meth:`site_inputs` applies them)."""
+        tr = self.get_denoiser(pipe)
+        own = {f"transformer.{n}": getattr(tr, n) for n in ("caption_projection",)}
+        return {**super().site_input_modules(pipe), **own}
 
     def site_inputs(self, pipe: Pipeline, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
         tr = self.get_denoiser(pipe)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from .base import Conditioning, Family, Pipeline, Site
 
@@ -39,6 +40,12 @@ class SanaFamily(Family):
 
     def trailing_specials(self) -> int:
         return 0
+
+    def site_input_modules(self, pipe: Pipeline) -> dict[str, nn.Module]:
+        """The text encoder and the transformer's caption modules (:meth:`site_inputs` applies them)."""
+        tr = self.get_denoiser(pipe)
+        own = {f"transformer.{n}": getattr(tr, n) for n in ("caption_projection", "caption_norm")}
+        return {**super().site_input_modules(pipe), **own}
 
     def site_inputs(self, pipe: Pipeline, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
         tr = self.get_denoiser(pipe)
