@@ -2,6 +2,7 @@
 
     python -m erasekit.tinyworld.train --out DIR --seed 0 [--minutes M] [--steps N] [--device cpu|cuda]
     python -m erasekit.tinyworld.train --arch xl --init-from src/erasekit/tinyworld/weights --out DIR ...
+    python -m erasekit.tinyworld.train --arch flux --init-from src/erasekit/tinyworld/weights --out DIR [--resume] ...
 
 Writes ``DIR/pipeline/`` (a diffusers StableDiffusionPipeline folder, fp16 safetensors),
 ``DIR/judge.safetensors`` + ``DIR/judge.json``, ``DIR/MODEL_CARD.md`` and ``DIR/train_log.json``.
@@ -411,22 +412,29 @@ def main(argv=None):
     )
     ap.add_argument(
         "--arch",
-        choices=("sd1", "xl"),
+        choices=("sd1", "xl", "flux"),
         default="sd1",
-        help="sd1: tinyworld (StableDiffusionPipeline); xl: tinyworld-xl (StableDiffusionXLPipeline), "
-        "warm-started from --init-from",
+        help="sd1: tinyworld (StableDiffusionPipeline); xl: tinyworld-xl (StableDiffusionXLPipeline); "
+        "flux: tinyworld-flux (FluxPipeline); xl and flux are warm-started from --init-from",
     )
     ap.add_argument(
         "--init-from",
         type=Path,
         default=None,
-        help="--arch xl: a finished tinyworld folder to warm-start from (VAE and judge reused)",
+        help="--arch xl / flux: a finished tinyworld folder to warm-start from (VAE and judge reused)",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="--arch flux: continue from OUT/ckpt.safetensors (weights, optimizer, step, elapsed time) "
+        "within the same --minutes",
     )
     ap.add_argument(
         "--distill-steps",
         type=int,
         default=300,
-        help="--arch xl: steps that make the warm start's LayerNorm fold exact on prompts",
+        help="--arch xl: steps that make the warm start's LayerNorm fold exact on prompts; "
+        "--arch flux: steps regressing the T5 encoder onto tinyworld's CLIP states",
     )
     ap.add_argument(
         "--p-drop-context",
@@ -445,6 +453,10 @@ def main(argv=None):
         from .train_xl import main_xl
 
         return main_xl(args, argv)
+    if args.arch == "flux":
+        from .train_flux import main_flux
+
+        return main_flux(args, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out: Path = args.out
