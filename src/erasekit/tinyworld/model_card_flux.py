@@ -9,8 +9,8 @@ from . import flux
 from ._training import CARD_VALIDITY_END, CARD_VALIDITY_START
 from .model_card_xl import _keep
 
-LIMITS_START = "<!-- limits:start -->"
-LIMITS_END = "<!-- limits:end -->"
+PADDING_START = "<!-- padding:start -->"
+PADDING_END = "<!-- padding:end -->"
 
 
 def write_model_card_flux(out: Path, info: dict) -> Path:
@@ -24,7 +24,12 @@ def write_model_card_flux(out: Path, info: dict) -> Path:
         CARD_VALIDITY_END,
         "_Not measured yet: run `python -m erasekit.tinyworld.validity --model tinyworld-flux`._",
     )
-    limits = _keep(old, LIMITS_START, LIMITS_END, "_Not written yet._")
+    padding = _keep(
+        old,
+        PADDING_START,
+        PADDING_END,
+        "_Not measured yet: `python -m erasekit.tinyworld.validity --model tinyworld-flux --padding-check`._",
+    )
     d, i = info.get("diffusion", {}), info.get("init_from", {})
     lat = info.get("vae_latent", {})
     sd1_min = i.get("total_minutes") or 0
@@ -108,7 +113,19 @@ unnamed in 10 % and the colour in 5 % of captions).
 {validity}
 
 ## Known limits
-{limits}
+- **32x32 only.** The VAE and the 8x8 RoPE grid were trained at 32 px; pass `height=32, width=32` (FluxPipeline's
+  default is 256 px, far out of distribution).
+- **T5 padding.** FLUX attends to every T5 token, padding included (no attention mask). The model was trained with
+  T5 sequences of {flux.T5_MAX_TOKENS} tokens ({d.get("long_len", 0)} every {d.get("long_every", 0)}th step); pass
+  `max_sequence_length={flux.T5_MAX_TOKENS}`. The pipeline's default, 512, pads sixteen times more:
+{padding}
+- **Vocabulary.** The T5 tokenizer knows the world's words only (others become `<unk>`) and is case-sensitive; the
+  CLIP tokenizer is the real one, but its encoder was trained on the world's captions only.
+- **No guidance embedding.** `guidance_scale` does nothing; guidance is `true_cfg_scale` with a negative prompt,
+  which costs two transformer passes per step.
+- **Two text paths.** The caption reaches the transformer through the T5 tokens (`context_embedder`, then the
+  double blocks' `add_k_proj` / `add_v_proj` and the single blocks' shared `to_k` / `to_v`) and through the pooled
+  CLIP vector (`time_text_embed`, which modulates every block); an erasure must cover both (DESIGN.md section 10).
 """
     card.write_text(text)
     return card

@@ -256,6 +256,14 @@ def main(argv=None):
         "--weights", type=Path, default=None, help="folder with pipeline/ and judge.safetensors (default: shipped)"
     )
     ap.add_argument("--no-card", action="store_true", help="do not rewrite the model card")
+    ap.add_argument(
+        "--padding-check",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tinyworld-flux: also generate N canonical prompts with the pipeline's default T5 length (512) and "
+        "write the comparison into the card's known limits",
+    )
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -308,6 +316,31 @@ def main(argv=None):
     print(table(res, targets))
     if not args.no_card:
         print(f"model card updated: {update_model_card(res, wd / 'MODEL_CARD.md', targets, note)}")
+    if args.padding_check and args.model == "tinyworld-flux":
+        padding_check(pipe, judge, res, call_kw, args.padding_check, args.steps, args.seed, wd, not args.no_card)
+
+
+def padding_check(pipe, judge, res: dict, call_kw: dict, n: int, steps: int, seed: int, wd: Path, card: bool) -> dict:
+    """tinyworld-flux only: canonical prompts with T5 padded to 512 tokens (FluxPipeline's default length)."""
+    from ._training import write_card_section
+    from .model_card_flux import PADDING_END, PADDING_START
+
+    prompts, lab = prompt_set("canonical", n, seed=seed + 1)
+    kw = {**call_kw, "max_sequence_length": 512}
+    long = score(judge, generate(pipe, prompts, seed=seed, steps=steps, call_kw=kw), lab)
+    short = score(judge, generate(pipe, prompts, seed=seed, steps=steps, call_kw=call_kw), lab)
+    cells = " / ".join(f"{short[a]:.0%} -> {long[a]:.0%}" for a in ("shape", "color", "pattern"))
+    line = (
+        f"  measured on {n} canonical prompts (same seeds; `validity --padding-check {n}`, "
+        f"{time.strftime('%Y-%m-%d')}): judged shape / colour / pattern {cells} "
+        f"(length {call_kw['max_sequence_length']} -> 512)."
+    )
+    print(line.strip())
+    if card:
+        write_card_section(
+            wd / "MODEL_CARD.md", "Padding", PADDING_START, PADDING_END, f"{PADDING_START}\n{line}\n{PADDING_END}"
+        )
+    return {"short": short, "long": long}
 
 
 if __name__ == "__main__":
