@@ -36,7 +36,12 @@ def write_model_card_flux(out: Path, info: dict) -> Path:
     total = info.get("total_minutes", 0)
     kw = flux.GENERATE_KW
     resumed = info.get("resumed", [])
-    resumed_line = "".join(f"\n   Resumed with `{c}`." for c in resumed) if resumed else ""
+    resumed_line = "".join(
+        f"\nResumed at step {r.get('from_step')} ({r.get('from_minutes')} min) with `{r.get('command')}`."
+        if isinstance(r, dict)
+        else f"\nResumed with `{r}`."
+        for r in resumed
+    )
     text = f"""# tinyworld-flux — model card
 
 erasekit's bundled **FLUX.1-architecture** model (issue 29): a genuine diffusers `FluxPipeline`
@@ -100,14 +105,16 @@ unnamed in 10 % and the colour in 5 % of captions).
    (`erasekit.tinyworld.flux.distill_t5`). The transformer starts from adaLN-Zero (every block the identity).
    {info.get("warm_start_minutes", 0):.1f} min.
 2. **Rectified flow** (Esser et al. 2024, as FLUX.1): `x_t = (1 - t) x_0 + t eps`, velocity target `eps - x_0`,
-   `t` logit-normal then shifted with FLUX's `exp(mu)` time shift at 64 image tokens; transformer + T5 jointly,
+   `t` logit-normal (with `--t-uniform p`, a share p drawn uniformly instead: see the commands above) then shifted
+   with FLUX's `exp(mu)` time shift at 64 image tokens; transformer + T5 jointly,
    CLIP frozen (AdamW lr {d.get("lr", 0)}, warmup + cosine over the time budget, fp32, EMA {d.get("ema_decay", 0)}
    shipped): {d.get("steps", 0)} steps of batch {d.get("batch", 0)} in {d.get("seconds", 0) / 60:.1f} min; final loss
    (EMA) {d.get("loss_ema", 0)}. T5 length {flux.T5_MAX_TOKENS}, and {d.get("long_len", 0)} every \
 {d.get("long_every", 0)}th step (FLUX attends to padding: see the known limits).
 - wall time of this run {total:.1f} min; with tinyworld's training {total + sd1_min:.1f} min.
 - Resume: the same command with `--resume` continues from `ckpt.safetensors` in the output folder (weights, AdamW
-  moments, step, elapsed time, RNG states; not shipped) within the same `--minutes`.
+  moments, step, elapsed time, RNG states; not shipped) within the same `--minutes`; a larger `--minutes` extends
+  the run (the cosine schedule is recomputed over the new budget, so the learning rate rises again first).
 
 ## Validity
 {validity}

@@ -424,6 +424,12 @@ def main(argv=None):
         help="--arch xl / flux: a finished tinyworld folder to warm-start from (VAE and judge reused)",
     )
     ap.add_argument(
+        "--t-uniform",
+        type=float,
+        default=0.0,
+        help="--arch flux: share of training times drawn uniformly instead of logit-normal (both then shifted)",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="--arch flux: continue from OUT/ckpt.safetensors (weights, optimizer, step, elapsed time) "

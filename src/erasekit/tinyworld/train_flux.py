@@ -86,12 +86,29 @@ def load_ckpt(path: Path, mods: dict[str, torch.nn.Module], opt: torch.optim.Opt
 
 
 # ----------------------------------------------------------------------------- training
+def sample_t(n: int, mu: float, p_uniform: float = 0.0) -> torch.Tensor:
+    """(n,) training times: logit-normal u = sigmoid(N(0, 1)) (SD3's default), or with probability
+    ``p_uniform`` u ~ U(0, 1), whose heavier tails train the high-noise end where the layout (the shape) is
+    decided; then FLUX's time shift at ``mu``."""
+    u = torch.sigmoid(torch.randn(n))  # logit-normal
+    if p_uniform > 0:
+        u = torch.where(torch.rand(n) < p_uniform, torch.rand(n), u)
+    return flux.shift_sigma(u, mu)
+
+
 def flow_matching_loss(
-    transformer, t5, x0: torch.Tensor, t5_ids: torch.Tensor, pooled: torch.Tensor, img_ids, mu: float
+    transformer,
+    t5,
+    x0: torch.Tensor,
+    t5_ids: torch.Tensor,
+    pooled: torch.Tensor,
+    img_ids,
+    mu: float,
+    p_uniform: float = 0.0,
 ) -> torch.Tensor:
     """Rectified-flow loss E ||v_theta(x_t, t, c) - (eps - x_0)||^2 for packed latents ``x0`` (n, 64, 16)."""
     n = x0.shape[0]
-    t = flux.shift_sigma(torch.sigmoid(torch.randn(n)), mu)  # (n,) logit-normal, FLUX-shifted
+    t = sample_t(n, mu, p_uniform)  # (n,)
     eps = torch.randn_like(x0)  # (n, 64, 16)
     xt = (1 - t)[:, None, None] * x0 + t[:, None, None] * eps  # x_t = (1 - t) x_0 + t eps
     ctx = t5(t5_ids).last_hidden_state  # (n, L, 128)
@@ -122,6 +139,7 @@ def train_flux(
     p_uncond: float = 0.1,
     long_every: int = 10,
     long_len: int = 128,
+    p_uniform_t: float = 0.0,
     ema_decay: float = 0.998,
     warm: int = 100,
     info_cb=None,
@@ -179,6 +197,7 @@ def train_flux(
                     "p_uncond": p_uncond,
                     "long_every": long_every,
                     "long_len": long_len,
+                    "p_uniform_t": p_uniform_t,
                     "ema_decay": ema_decay,
                     "mu": mu,
                     "params_transformer": n_params(tr),
@@ -203,7 +222,8 @@ def train_flux(
             z = vae.encode(to_tensor(imgs, "cpu")).latent_dist.sample()  # (n, 4, 16, 16)
             x0 = flux.pack((z - shift) * scale)  # (n, 64, 16), FLUX's latent normalisation
             pooled = clip(flux.clip_ids(clip_tok, caps)).pooler_output  # (n, 128)
-        loss = flow_matching_loss(tr, t5, x0, flux.t5_ids(t5_tok, caps, length), pooled, img_ids, mu)
+        ids = flux.t5_ids(t5_tok, caps, length)
+        loss = flow_matching_loss(tr, t5, x0, ids, pooled, img_ids, mu, p_uniform_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(decay + [emb], 1.0)
@@ -282,7 +302,14 @@ def main_flux(args, argv) -> None:
     resuming = bool(args.resume and (out / CKPT).is_file())
     if resuming:
         info = json.loads(log_json.read_text())
-        info.setdefault("resumed", []).append(run_info(args, argv)["command"])
+        last = info.get("diffusion", {})  # written with the checkpoint at the same save
+        info.setdefault("resumed", []).append(
+            {
+                "command": run_info(args, argv)["command"],
+                "from_step": last.get("steps"),
+                "from_minutes": round(last.get("seconds", 0) / 60, 1),
+            }
+        )
     else:
         prev = json.loads((src / "train_log.json").read_text())
         info = {
@@ -318,6 +345,7 @@ def main_flux(args, argv) -> None:
         batch=args.batch,
         lr=args.lr,
         save_every=args.save_every * 60,
+        p_uniform_t=args.t_uniform,
         info_cb=on_save,
     )
     log(f"done; pipeline {info['sizes_mb']['pipeline']:.1f} MB")
