@@ -24,7 +24,7 @@ _bind_library_loggers_now()
 FAMILIES = ("sd", "sd2", "sdxl")  # the UNet builds most tests run on
 # Every tiny build, one or more per registered family (models/families): the registry matrix
 # (test_engine, test_families).
-ALL_TINY = ("sd", "sd2", "sdxl", "pixart", "sana")
+ALL_TINY = ("sd", "sd2", "sdxl", "pixart", "sana", "sd3", "flux")
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +95,13 @@ def pytest_terminal_summary(terminalreporter):
         fresh = checks.get("gemm", {}).get("fresh_thread_differs")
         extra = f"; unpinned-thread GEMM differs on {len(fresh)} shape(s)" if fresh else ""
         tr.write_line(f"  {path:<50} ATen {m['aten_capability']:<8} {held}{extra}")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tiny problems (``pytestmark = pytest.mark.usefixtures("one_thread")``): no
+    OpenMP barrier stalls on a busy machine, and the CPU is shared. The caller's count is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -231,6 +231,94 @@ def test_presets_differ_as_documented(tiny_pipes):
     assert override.config["token"] == "last" and override.config["preserve_scale"] == 0.3
 
 
+# ---------------------------------------------------------------- UCE-FLUX (trainscripts/uce_flux_edit.py)
+def uce_flux_reference(
+    pipe, edit_concepts, guide_concepts, preserve_concepts, erase_scale=1.0, preserve_scale=1.0, lamb=0.5, expand=None,
+    with_bias=True,
+):  # fmt: skip
+    """Re-statement of uce_flux_edit.py's UCE() (and its --expand_prompts block), in float64, on the modules it picks
+    by name ('context_embedder', 'text_embedder.linear_1'). Its guide / preserve targets are ``module(c)``, bias
+    included (``with_bias``); ``with_bias=False`` takes ``W0 c`` instead, the target erasekit maps onto.
+
+    Returns ({module name: new weight}, {module name: (M, s)}) with M = λI + α Σ c_e c_eᵀ + β Σ c_p c_pᵀ and
+    s = α Σ c_e + β Σ c_p, the pieces of the bias term."""
+    edit_concepts, guide_concepts = list(edit_concepts), list(guide_concepts)
+    if expand is not None:
+        for concept, guide in zip(list(edit_concepts), list(guide_concepts)):
+            tpl = REFERENCE_TEMPLATES["style" if expand == "art" else "object"][1:]
+            edit_concepts.extend([t.replace("{}", concept) for t in tpl])
+            guide_concepts.extend([t.replace("{}", guide) for t in tpl])
+    length = 512 if pipe.transformer.config.guidance_embeds else 256  # the script: 256 when 'schnell' is the model
+    modules = [
+        (n, m) for n, m in pipe.transformer.named_modules() if "context_embedder" in n or "text_embedder.linear_1" in n
+    ]
+    embeds = {}
+    for e in edit_concepts + guide_concepts + preserve_concepts:
+        if e in embeds:
+            continue
+        with torch.no_grad():
+            t_emb = pipe.encode_prompt(
+                prompt=e, prompt_2=None, device="cpu", num_images_per_prompt=1, max_sequence_length=length
+            )
+        mask = pipe.tokenizer_2(e, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        last = mask["attention_mask"].sum() - 2
+        embeds[e] = [t_emb[0][:, last, :].double(), t_emb[1].double()]  # (1, d_t5), (1, d_clip)
+    out, pieces = {}, {}
+    for name, module in modules:
+        w_old = module.weight.detach().double()
+        bias = module.bias.detach().double() if with_bias else torch.zeros(w_old.shape[0], dtype=F64)
+        emb_idx = 1 if w_old.shape[1] == embeds[edit_concepts[0]][1].shape[1] else 0  # the script: shape == 768
+
+        def target(c, w_old=w_old, bias=bias):
+            return c @ w_old.T + bias  # module(c): (1, d_out)
+
+        mat1 = lamb * w_old
+        mat2 = lamb * torch.eye(w_old.shape[1], dtype=F64)
+        s = torch.zeros(w_old.shape[1], 1, dtype=F64)
+        for e, g in zip(edit_concepts, guide_concepts):
+            c_i, v_i = embeds[e][emb_idx].T, target(embeds[g][emb_idx]).T
+            mat1 += erase_scale * (v_i @ c_i.T)
+            mat2 += erase_scale * (c_i @ c_i.T)
+            s += erase_scale * c_i
+        for p in preserve_concepts:
+            c_i, v_i = embeds[p][emb_idx].T, target(embeds[p][emb_idx]).T
+            mat1 += preserve_scale * (v_i @ c_i.T)
+            mat2 += preserve_scale * (c_i @ c_i.T)
+            s += preserve_scale * c_i
+        out[name] = mat1 @ torch.inverse(mat2)
+        pieces[name] = (mat2, s)
+    return out, pieces
+
+
+@pytest.mark.parametrize("build", ["flux", "flux-schnell"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_uce_v2_on_flux_equals_uce_flux_edit_restated(all_tiny_pipes, build, seed):
+    """erasekit's ``uce`` (preset v2) on FLUX edits the script's two modules with its columns (last T5 token before
+    EOS, the pooled CLIP vector) and equals its solve, up to one documented deviation: the script's targets are
+    ``module(c) = W0 c + b``, so its edit maps W c_e onto W0 c_g + b (the layer then adds b again) and pulls preserved
+    outputs by b; erasekit maps onto W0 c_g. Bias-free, the two agree to rounding; with the bias, the script's weight
+    is erasekit's plus exactly b sᵀ M⁻¹."""
+    pipe = all_tiny_pipes[build]
+    erase, preserve = _random_concepts(seed)
+    kind, templates = [("style", False), ("object", True), ("style", True)][seed]
+    guide = "art" if kind == "style" else ""
+    edit = erasekit.erase(
+        pipe, method="uce", preset="v2", concepts=erase, kind=kind, guide=guide, preserve=preserve,
+        templates=templates, storage="dense", progress=False,
+    )  # fmt: skip
+    args = (pipe, erase, [guide] * len(erase), preserve)
+    expand = ("art" if kind == "style" else "object") if templates else None
+    ref, pieces = uce_flux_reference(*args, expand=expand)
+    bias_free, _ = uce_flux_reference(*args, expand=expand, with_bias=False)
+    assert sorted(edit.layers) == sorted(ref)  # the same two modules
+    for name, W_ref in ref.items():
+        W = edit.layers[name].tensors["weight"].double()
+        assert _rel(W, bias_free[name]) < 1e-6, name  # float32 storage of a float64 solve (measured: ≤ 3e-8)
+        M, s = pieces[name]
+        b = pipe.transformer.get_submodule(name).bias.detach().double()
+        torch.testing.assert_close(W_ref, bias_free[name] + b[:, None] @ (s.T @ torch.inverse(M)), rtol=1e-9, atol=1e-9)
+
+
 # ---------------------------------------------------------------- RECE
 def test_rece_adversarial_embedding_equals_lbfgs_minimiser():
     g = torch.Generator().manual_seed(0)

@@ -155,7 +155,8 @@ META_MUTATIONS = {
     "format_version true": _set(format_version=True),
     "format_version '2'": _set(format_version="2"),
     "format_version 1.9": _set(format_version=1.9),
-    "format_version 3": _set(format_version=3),
+    "format_version 4": _set(format_version=4),
+    "format_version 2 (v3 keys)": _set(format_version=2),
     "format_version missing": _pop("format_version"),
     "format other": _set(format="other"),
     "layers null": _set(layers=None),
@@ -239,10 +240,12 @@ def _meta_mutants(doc, tensors, rehash, pick):
         v1 = copy.deepcopy(doc)
         v1["format_version"] = 1
         v1.pop("compute_dtype", None)
+        v1["layers"] = {k.split("/", 1)[1]: layer for k, layer in v1["layers"].items()}  # format 1: UNet-relative
         for layer in v1["layers"].values():
             layer.pop("param", None)
-        v1["content_sha256"] = tensor_digest(tensors)
-        out.append(("format 1 file", _build(v1, tensors, rehash=False)))
+        t1 = {k.split("/", 1)[1]: v for k, v in tensors.items()}
+        v1["content_sha256"] = tensor_digest(t1)
+        out.append(("format 1 file", _build(v1, t1, rehash=False)))
     return out
 
 

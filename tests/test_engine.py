@@ -1,9 +1,11 @@
 """The shared property matrix: every method × every registered family (models/families), on tiny builds.
 
-The families come from the registry (SD 1.x with an SD2-like second build, SDXL, PixArt-Σ, Sana); a
-family the registry gains is in the matrix once ``ALL_TINY`` (conftest) names its tiny build. Methods
-that run the denoiser (ESD, ACE, PURE's capture, MACE's LoRA stage) are refused on the DiTs for now:
-their cells assert the refusal (test_families.py) and skip here.
+The families come from the registry (SD 1.x with an SD2-like second build, SDXL, PixArt-Σ, Sana, SD3.5-M-like
+SD3, FLUX.1-dev-like FLUX); a family the registry gains is in the matrix once ``ALL_TINY`` (conftest) names its
+tiny build. Methods that run the denoiser (ESD, ACE, PURE's capture, MACE's LoRA stage) are refused on the DiTs
+for now: their cells assert the refusal (test_families.py) and skip here; PURE runs there with its text basis and
+MACE with its closed form alone. On SD3 / FLUX the two static sites read different inputs (two site groups), so
+each group is fitted on its own columns.
 """
 
 import dataclasses
@@ -120,9 +122,16 @@ def _settings(pipe, method):
     fam = identify(pipe)
     if fam.runs_denoiser_methods:
         return FAST[method]
-    if method in DENOISER_METHODS or (method == "mace" and not fam.positions_follow_tokenizer):
+    if method == "pure":
+        return {"basis": "text"}  # the projector on the site inputs: no activation capture
+    if method in DENOISER_METHODS or (method == "mace" and fam.token_segments(pipe) is None):
         pytest.skip(f"{method} is refused on {fam.name} (asserted in test_families.py)")
     return {**FAST[method], "train_steps": 0} if method == "mace" else FAST[method]
+
+
+def _group_stats(edit) -> list[dict]:
+    """The stats of each site group's fit (one group: the edit's own)."""
+    return list(edit.stats["groups"].values()) if "groups" in edit.stats else [edit.stats]
 
 
 DENSE_BY_NATURE = {"mace", "esd", "esd-x", "esd-x-strict", "esd-u"}
@@ -197,14 +206,18 @@ def test_edit_is_finite_nonzero_and_compact(pipe, fitted):
     assert moved > 0
 
 
-def test_every_cross_attention_kv_is_edited(pipe):
+def test_every_site_is_edited(pipe):
+    """Every cross-attention K / V (``projections`` selects among them); SD3 / FLUX: both static sites, always."""
     from diffusers.models.attention_processor import Attention
 
     n_cross = sum(1 for m in _den(pipe).modules() if isinstance(m, Attention) and m.is_cross_attention)
     edit = _fit(pipe, "uce")
+    only_v = _fit(pipe, "uce", projections=("v",))
+    if n_cross == 0:  # an MMDiT: no cross-attention; its sites are the text and pooled embedders
+        assert list(edit.layers) == list(only_v.layers) == PipelineAdapter(pipe).paths and len(edit.layers) == 2
+        return
     assert len(edit.layers) == 2 * n_cross
     assert {p.rsplit(".", 1)[1] for p in edit.layers} == {"to_k", "to_v"}
-    only_v = _fit(pipe, "uce", projections=("v",))
     assert len(only_v.layers) == n_cross
 
 
@@ -222,8 +235,9 @@ def test_target_sparsity_is_met_within_one_point(pipe, scope):
     assert abs(edit.sparsity() - 0.7) <= 0.01
     if scope == "layer":
         assert all(abs(le.stats["sparsity"] - 0.7) <= 0.01 for le in edit.layers.values())
-    else:
-        assert len({le.stats["lam"] for le in edit.layers.values()}) == 1
+    else:  # one λ per site group (the groups' inputs, and so their solves, differ)
+        for paths in PipelineAdapter(pipe).groups.values():
+            assert len({edit.layers[p].stats["lam"] for p in paths}) == 1
 
 
 def test_space_is_stored_as_csr_and_uce_as_lowrank_when_smaller(pipe):
@@ -247,7 +261,8 @@ def test_space_is_stored_as_csr_and_uce_as_lowrank_when_smaller(pipe):
 def test_templates_add_columns_and_change_the_edit(pipe):
     plain = _fit(pipe, "uce")
     templated = _fit(pipe, "uce", templates=True)
-    assert templated.stats["token_columns"] > plain.stats["token_columns"]
+    for t, p in zip(_group_stats(templated), _group_stats(plain)):
+        assert t["token_columns"] > p["token_columns"]
 
 
 def test_registry_lists_builtin_methods():
@@ -348,12 +363,16 @@ def test_applied_records_are_keyed_by_the_edits_contents(pipe, tmp_path):
     assert _same(_unet_bytes(pipe), base) and Edit.applied(pipe) == []
 
 
-def test_gram_statistics_are_shared_not_recomputed(pipe, monkeypatch):
-    calls = []
+def test_gram_statistics_are_built_once_per_site_group(pipe, monkeypatch):
+    """One Gram factor per group of sites sharing an input, shared by its layers (SD3 / FLUX: two groups, whose
+    columns have the widths of their two inputs)."""
+    widths = []
     real = linalg.gram_factor
-    monkeypatch.setattr(linalg, "gram_factor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(linalg, "gram_factor", lambda C_E, *a, **k: widths.append(C_E.shape[0]) or real(C_E, *a, **k))
     edit = _fit(pipe, "space", target_sparsity=0.8)
-    assert len(calls) == 1 and len(edit.layers) > 1
+    groups = PipelineAdapter(pipe).groups
+    assert len(widths) == len(groups) and len(edit.layers) > 1
+    assert widths == [_den(pipe).get_submodule(paths[0]).in_features for paths in groups.values()]
 
 
 def test_apply_refused_at_the_last_layer_rolls_back_every_earlier_one(pipe):

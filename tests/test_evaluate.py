@@ -56,49 +56,15 @@ needs_tinyworld_judge = pytest.mark.skipif(
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny pipelines run faster on one thread, and the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     """A tiny random CLIPModel with the real CLIP tokenizer, saved offline (its judgements are meaningless)."""
-    from transformers import CLIPConfig, CLIPModel
+    from erasekit.models.tiny import save_tiny_clip
 
-    from erasekit.models.tokenizer import write_clip_tokenizer_files
-
-    folder = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        ),
-        vision_config=dict(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        ),
-        projection_dim=16,
-    )
-    CLIPModel(cfg).save_pretrained(folder)
-    write_clip_tokenizer_files(folder)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +146,26 @@ def test_prompt_file_formats_on_small_fixtures():
     assert uda.info["format"] == "unlearndiffatk" and len(uda) == 2 and uda.kind == "retain"
     assert uda.items[1].seed == 36416 and uda.items[1].guidance == 7.5
     assert uda.info["sha256"] == hashlib.sha256((FIXTURES / "unlearndiffatk_small.csv").read_bytes()).hexdigest()
+
+
+def test_gzipped_prompt_files_read_as_their_plain_twins(tmp_path):
+    """A gzipped copy (HUB ships some) reads as the plain file: same items, its own stored-bytes digest."""
+    import gzip
+
+    for plain in (FIXTURES / "i2p_small.csv", FIXTURES / "esd_small.csv"):
+        packed = tmp_path / (plain.name + ".gz")
+        packed.write_bytes(gzip.compress(plain.read_bytes()))
+        a, b = load_prompts(plain), load_prompts(packed)
+        assert a.items == b.items and a.info["format"] == b.info["format"] and b.name == a.name
+        assert b.info["gzip"] and not a.info["gzip"]
+        assert b.info["sha256"] == hashlib.sha256(packed.read_bytes()).hexdigest() != a.info["sha256"]
+    lines = tmp_path / "p.txt.gz"
+    lines.write_bytes(gzip.compress(b"a red circle\r\na blue\x0bsquare\n"))  # \x0b is inside a prompt, not a line end
+    assert [it.prompt for it in load_prompts(lines)] == ["a red circle", "a blue\x0bsquare"]
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(gzip.compress(b"\xff\xfe not text"))
+    with pytest.raises(ConceptError, match="not UTF-8"):
+        load_prompts(bad)
 
 
 def test_url_download_needs_checksum_and_caches(tmp_path):

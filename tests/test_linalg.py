@@ -13,13 +13,7 @@ from erasekit.linalg import lam_search, ssn, uce
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: one thread avoids OpenMP barrier stalls on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
 
 
 def make_problem(d_out=12, d_in=32, n_e=3, n_p=6, seed=0, scale=3.0, duplicate=False):

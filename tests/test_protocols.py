@@ -201,10 +201,15 @@ def test_declarations_are_validated():
         with pytest.raises(ProtocolError):
             SuiteSpec(**bad)
     with pytest.raises(ProtocolError, match="not a setting"):
-        JudgeSpec("j", {"model": object()})
+        JudgeSpec("tinyworld", {"model": object()})
+    with pytest.raises(ProtocolError, match="not a registered judge"):  # protocol judges are registry names
+        JudgeSpec("clip-accuracy")
+    with pytest.raises(ProtocolError, match="role"):
+        JudgeSpec("clip", role="judge")
+    assert JudgeSpec("q16", unavailable="a pickle").to_dict()["unavailable"] == "a pickle"
     spec = SuiteSpec("s", "target", src)
     with pytest.raises(ProtocolError, match="repeat"):
-        Protocol("p", "", (spec, spec), (JudgeSpec("j"),), ("m",))
+        Protocol("p", "", (spec, spec), (JudgeSpec("tinyworld"),), ("m",))
     with pytest.raises(ProtocolError, match="no judge"):
         Protocol("p", "", (spec,), (), ("m",))
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -228,7 +233,11 @@ def test_missing_file_wrong_hash_and_gated_set_are_refused_by_name(tmp_path):
     with pytest.raises(ProtocolError, match="ring-a-bell.*Not ours to ship.*--protocol-file ring-a-bell=PATH"):
         gated.resolve()
     p = Protocol(
-        "p", "", (SuiteSpec("a", "target", missing), SuiteSpec("b", "adversarial", gated)), (JudgeSpec("j"),), ("m",)
+        "p",
+        "",
+        (SuiteSpec("a", "target", missing), SuiteSpec("b", "adversarial", gated)),
+        (JudgeSpec("tinyworld"),),
+        ("m",),
     )
     with pytest.raises(ProtocolError, match="2 problem") as e:
         p.check()
@@ -327,7 +336,7 @@ def test_tinyworld_protocol_maps_categories_to_attributes():
         build_protocol("tinyworld", concepts="dragon")
 
 
-def test_command_line_writes_the_plan_and_refuses_to_run_without_judges(tmp_path):
+def test_command_line_writes_the_plan_and_refuses_a_protocol_that_cannot_run_yet(tmp_path):
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
     add_arguments(parser)
@@ -347,7 +356,7 @@ def test_command_line_writes_the_plan_and_refuses_to_run_without_judges(tmp_path
     assert plan["protocol"]["name"] == "mace-styles" and plan["suites"]["styles"]["items"] == 15
     assert next(iter(plan["files"].values()))["sha256"]
     args.protocol_plan_only = False
-    with pytest.raises(ProtocolError, match="judges"):
+    with pytest.raises(ProtocolError, match="end-to-end run is not in this erasekit yet"):
         run_protocol(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["--protocol", "nope"])

@@ -23,7 +23,7 @@ from .defaults import resolve, split_concept_options
 from .edit import Edit
 from .errors import ConceptError
 from .methods import get_method, make_config
-from .methods.base import MethodConfig
+from .methods.base import MethodConfig, fit_by_group
 
 __all__ = ["ErasePlan", "erase", "fit", "plan_erase"]
 
@@ -100,12 +100,12 @@ def fit(pipe, plan: ErasePlan, progress: bool = True) -> Edit:
     adapter = PipelineAdapter(pipe, layer_regex=cfg.layer_regex, projections=cfg.projections)
     stored, target = pipeline_compute_dtype(pipe)
     if target == stored or not m.uses_unet(cfg):
-        edit = m.fit(adapter, plan.concepts, cfg, progress=progress)  # encoding borrows its own dtype, layer by layer
+        edit = fit_by_group(m, adapter, plan.concepts, cfg, progress)  # encoding borrows its own dtype, layer by layer
     else:
         adapter.pin_fingerprints()  # in the stored dtype, before the UNet is borrowed
         # one layer at a time, also for training (saved weights are recast for the backward pass): never a whole copy
         with computing_in_layers([*text_encoders(pipe), adapter.denoiser], target):
-            edit = m.fit(adapter, plan.concepts, cfg, progress=progress)
+            edit = fit_by_group(m, adapter, plan.concepts, cfg, progress)
     edit.compute_dtype = str(target).replace("torch.", "")
     edit.stats["defaults"] = plan.record
     return edit

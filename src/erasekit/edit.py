@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ._atomic import atomic_path
 from ._version import __version__
@@ -34,9 +35,12 @@ from .edit_format import (
     STORAGE_KINDS,
     EditMeta,
     Fingerprint,
+    LayerMeta,
     canonical_json,
     content_sha256,
+    file_key,
     layer_key,
+    legacy_component,
     parse_metadata,
     read_edit_file,
     tensor_digest,
@@ -44,9 +48,15 @@ from .edit_format import (
 )
 from .errors import EditError, EditFileError, ModelError
 from .models.adapter import fingerprints_match, weight_fingerprint
-from .models.families import families, identify
+from .models.families import Pipeline, families, identify
 
-__all__ = ["Edit", "LayerEdit", "FORMAT", "FORMAT_VERSION", "STORAGE_KINDS"]
+__all__ = ["Edit", "LayerEdit", "StorageLoss", "FORMAT", "FORMAT_VERSION", "STORAGE_KINDS", "STORAGE_LOSS_LIMIT"]
+
+# Fusing an edit into low-precision weights rounds W0 + ΔW to the storage grid, and a small ΔW partly rounds away
+# (measured on the tiny builds, default UCE: bfloat16 loses ≈ 1 % of ‖ΔW‖, float8_e4m3fn 12–17 %; UCE at
+# erase_scale 0.001: bfloat16 17–55 %, float8 ≈ 100 %). apply() and the merged exports refuse an edit that would
+# lose more than this share of its norm; an unfused LoRA keeps all of it.
+STORAGE_LOSS_LIMIT = 0.25
 
 _APPLIED_ATTR = "_erasekit_applied"  # list of _Record kept on the denoiser, oldest first
 _DIGEST_DOMAIN = "erasekit.edit-content/1"  # Edit.digest: what an edit writes, whatever its metadata
@@ -59,7 +69,11 @@ def _content_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 @dataclass
 class LayerEdit:
-    """The new value of one UNet parameter (``path``'s ``param``), in one storage kind."""
+    """The new value of one parameter (``path``'s ``param``) of a pipeline component, in one storage kind.
+
+    ``component`` is the pipeline attribute holding the module; None (the usual case) means the denoiser of the
+    edit's family (``unet`` / ``transformer``), and ``path`` is then relative to it, as methods see it.
+    """
 
     path: str
     kind: str
@@ -67,6 +81,7 @@ class LayerEdit:
     tensors: dict[str, torch.Tensor]  # suffix relative to the module ("weight", "weight.values", ...) -> tensor
     stats: dict[str, Any] = field(default_factory=dict)
     param: str = "weight"
+    component: str | None = None
 
     def __post_init__(self) -> None:
         self.tensors = {k: v.detach() for k, v in self.tensors.items()}  # never keep autograd state (ACE)
@@ -74,17 +89,19 @@ class LayerEdit:
 
     @property
     def key(self) -> str:
-        """This entry's name in an Edit and in the file: the module path, plus ``.param`` unless it is 'weight'."""
-        return layer_key(self.path, self.param)
+        """This entry's name in an Edit: the module path, plus ``.param`` unless it is 'weight', prefixed with
+        ``<component>/`` for a component other than the denoiser (in a file every key has its component)."""
+        key = layer_key(self.path, self.param)
+        return key if self.component is None else file_key(self.component, key)
 
     @classmethod
-    def dense(cls, path: str, weight: torch.Tensor, param: str = "weight", **stats) -> LayerEdit:
+    def dense(cls, path: str, weight: torch.Tensor, param: str = "weight", **stats: Any) -> LayerEdit:
         """The new value of ``path``'s ``param`` as is (any rank: Linear / Conv2d weights, biases)."""
         w = weight.detach().to("cpu", torch.float32).contiguous()
         return cls(path, "dense", tuple(w.shape), {param: w}, stats, param)
 
     @classmethod
-    def csr(cls, path: str, weight: torch.Tensor, **stats) -> LayerEdit:
+    def csr(cls, path: str, weight: torch.Tensor, **stats: Any) -> LayerEdit:
         w = weight.detach().to("cpu", torch.float32)
         if w.dim() != 2:
             raise EditError(f"CSR storage holds a matrix, got shape {tuple(w.shape)}")
@@ -98,7 +115,7 @@ class LayerEdit:
         return cls(path, "csr", tuple(w.shape), tensors, stats)
 
     @classmethod
-    def lowrank(cls, path: str, lora_B: torch.Tensor, lora_A: torch.Tensor, **stats) -> LayerEdit:
+    def lowrank(cls, path: str, lora_B: torch.Tensor, lora_A: torch.Tensor, **stats: Any) -> LayerEdit:
         B = lora_B.detach().to("cpu", torch.float32).contiguous()  # (d_out, r)
         A = lora_A.detach().to("cpu", torch.float32).contiguous()  # (r, d_in)
         if B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0]:
@@ -143,7 +160,7 @@ class LayerEdit:
                 f"layer {self.key!r}: the new weight is not finite (the low-rank product B·A overflows)"
             )
         out = exact.to(dtype=base.dtype)
-        if not bool(torch.isfinite(out).all()):
+        if not bool(torch.isfinite(out.float() if out.element_size() == 1 else out).all()):  # float8 has no isfinite
             dt = str(base.dtype).replace("torch.", "")
             raise EditFileError(
                 f"layer {self.key!r}: the new weight overflows {dt} (largest |w| {float(exact.abs().max()):.4g}, "
@@ -152,11 +169,29 @@ class LayerEdit:
         return out.to(base.device)
 
 
+@dataclass(frozen=True)
+class StorageLoss:
+    """How much of an edit survives being stored: ``lost`` = ‖(cast(W) − W0) − (W − W0)‖ / ‖W − W0‖ over the whole
+    edit, W0 the live value (already in the storage dtype), W the exact new value; the worst layer's share too."""
+
+    dtype: str  # the storage dtype (the lowest-precision one, when the layers differ)
+    lost: float
+    worst_key: str | None
+    worst: float
+
+
 @dataclass
 class _Record:
     digest: str  # Edit.digest of the applied edit: the same contents, loaded twice, are the same edit
     description: str
-    originals: dict[str, tuple[str, str, torch.Tensor]]  # key -> (module, param, original value on cpu)
+    # key -> (component or None for the denoiser, module path, param, original value on cpu)
+    originals: dict[str, tuple[str | None, str, str, torch.Tensor]]
+
+
+def _memory_key(meta: EditMeta, lm: LayerMeta) -> str:
+    """A parsed layer's key in an :class:`Edit`: its path (plus param) in the denoiser, else ``<component>/...``."""
+    key = layer_key(lm.module, lm.param)
+    return key if lm.component == legacy_component(meta.base) else file_key(lm.component, key)
 
 
 def _jsonable(x: Any) -> Any:
@@ -191,25 +226,30 @@ class Edit:
     def __init__(
         self,
         method: str,
-        config: dict,
-        concepts: dict,
-        base: dict,
+        config: dict[str, Any],
+        concepts: dict[str, Any],
+        base: dict[str, Any],
         layers: Iterable[LayerEdit],
-        fingerprints: dict[str, dict],
-        stats: dict | None = None,
+        fingerprints: Mapping[str, Mapping[str, Any] | Fingerprint],
+        stats: dict[str, Any] | None = None,
         *,
         compute_dtype: str | None = None,
-    ):
+    ) -> None:
         self.method = method
         self.config = config
         self.concepts = concepts
         self.base = base
         self.layers: dict[str, LayerEdit] = {}
         for le in layers:
+            if le.component == self.component:  # the denoiser's layers are keyed by their path alone
+                le.component = None
             if le.key in self.layers:
                 raise EditError(f"two entries for {le.key!r}: an edit sets each parameter once")
             self.layers[le.key] = le
-        self.fingerprints = {k: (v.to_json() if isinstance(v, Fingerprint) else v) for k, v in fingerprints.items()}
+        own = f"{self.component}/"  # '<denoiser>/path' names the same layer as 'path'
+        self.fingerprints = {
+            k.removeprefix(own): (v.to_json() if isinstance(v, Fingerprint) else v) for k, v in fingerprints.items()
+        }
         self.stats = stats or {}
         self.compute_dtype = compute_dtype
         self._digest: str | None = None
@@ -219,6 +259,12 @@ class Edit:
                 f"no base fingerprint for layers {sorted(missing)[:3]}: pass fingerprints of the base "
                 "weights (erasekit.models.adapter.weight_fingerprint) for every edited layer"
             )
+
+    @property
+    def component(self) -> str:
+        """The pipeline component this edit's denoiser layers live in (``unet`` / ``transformer``): ``base.denoiser``,
+        else the denoiser of ``base.family``, else ``unet`` (edits made before families were UNet edits)."""
+        return legacy_component(self.base if isinstance(self.base, dict) else {})
 
     # ---------------------------------------------------------------- summary
     @property
@@ -238,7 +284,7 @@ class Edit:
         total = sum(le.numel for le in csr)
         return 1.0 - sum(le.tensors[f"{le.param}.values"].numel() for le in csr) / total
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
         for le in self.layers.values():
             kinds[le.kind] = kinds.get(le.kind, 0) + 1
@@ -278,20 +324,26 @@ class Edit:
 
     # ------------------------------------------------------- apply / revert
     @staticmethod
-    def _records(unet) -> list[_Record]:
-        return getattr(unet, _APPLIED_ATTR, None) or []
+    def _records(unet: nn.Module | None) -> list[_Record]:
+        records: list[_Record] = getattr(unet, _APPLIED_ATTR, None) or []
+        return records
 
     @staticmethod
-    def _live_denoiser(pipe):
+    def _live_denoiser(pipe: Pipeline) -> nn.Module | None:
         """The pipeline's denoiser as its family names it, or None for a pipeline of no family."""
         try:
-            return identify(pipe).get_denoiser(pipe)
+            den: nn.Module = identify(pipe).get_denoiser(pipe)
         except ModelError:
             return None
+        return den
 
-    def denoiser(self, pipe):
+    def denoiser(self, pipe: Pipeline) -> nn.Module:
         """The denoiser this edit writes into, resolved through ``pipe``'s family; refused when the pipeline is of
         another family than the one the edit records (``base.family``; files without one are UNet edits)."""
+        return self._roots(pipe)[None]
+
+    def _roots(self, pipe: Pipeline) -> dict[str | None, nn.Module]:
+        """Each component this edit writes into, resolved through ``pipe``'s family (None: the denoiser)."""
         made_for = self.base.get("pipeline") or "diffusers UNet"
         try:
             live = identify(pipe)
@@ -306,19 +358,25 @@ class Edit:
                 f"{type(pipe).__name__} is {live.name} ({live.description}); load the base model the edit was made "
                 "for (erasekit inspect shows it)"
             )
-        # Files written before families record no component: their keys are relative to the UNet
-        component = self.base.get("denoiser") or (known[want].denoiser if want in known else "unet")
-        if component != live.denoiser:
+        if self.component != live.denoiser:
             raise EditFileError(
-                f"this edit's layers live in the pipeline's {component!r}, but a {live.name} pipeline denoises with "
-                f"its {live.denoiser!r}; load the base model the edit was made for"
+                f"this edit's layers live in the pipeline's {self.component!r}, but a {live.name} pipeline denoises "
+                f"with its {live.denoiser!r}; load the base model the edit was made for"
             )
-        return live.get_denoiser(pipe)
+        roots: dict[str | None, nn.Module] = {None: live.get_denoiser(pipe)}
+        for le in self.layers.values():
+            if le.component is not None and le.component not in roots:
+                try:
+                    roots[le.component] = live.component(pipe, le.component)
+                except ModelError as e:
+                    raise EditFileError(f"layer {le.key!r}: {e}") from None
+        return roots
 
-    def _live(self, unet, le: LayerEdit):
-        """The live parameter tensor ``le`` edits, or a string saying why there is none."""
+    @staticmethod
+    def _live(root: nn.Module, le: LayerEdit) -> torch.Tensor | str:
+        """The live parameter tensor ``le`` edits in ``root`` (its component), or a string saying why there is none."""
         try:
-            module = unet.get_submodule(le.path)
+            module = root.get_submodule(le.path)
         except AttributeError:
             return f"{le.key}: no such module"
         p = getattr(module, le.param, None)
@@ -328,20 +386,20 @@ class Edit:
             return f"{le.key}: shape {tuple(p.shape)} != {tuple(le.shape)}"
         return p
 
-    def check_compatible(self, pipe, *, stack: bool = False) -> None:
+    def check_compatible(self, pipe: Pipeline, *, stack: bool = False) -> None:
         """Raise EditFileError unless every edited parameter exists in ``pipe`` with the base values this edit was made
         for.
 
         A parameter that already carries an applied edit is refused unless ``stack``; with
         ``stack`` its fingerprint is checked against the value it had before the first edit.
         """
-        unet = self.denoiser(pipe)
-        records = self._records(unet)
+        roots = self._roots(pipe)
+        records = self._records(roots[None])
         if any(r.digest == self.digest for r in records):
             raise EditFileError(f"{self!r} is already applied to this pipeline; revert it before applying it again")
         carried: dict[str, tuple[torch.Tensor, str]] = {}
         for r in records:
-            for key, (_, _, w0) in r.originals.items():
+            for key, (_, _, _, w0) in r.originals.items():
                 carried.setdefault(key, (w0, r.description))  # the oldest record holds the base value
         if not stack:
             overlap = [k for k in self.layers if k in carried]
@@ -353,7 +411,7 @@ class Edit:
                 )
         problems = []
         for key, le in self.layers.items():
-            live = self._live(unet, le)
+            live = self._live(roots[le.component], le)
             if isinstance(live, str):
                 problems.append(live)
                 continue
@@ -367,14 +425,62 @@ class Edit:
                 if records
                 else " Load the base model named in the edit file (erasekit inspect shows it)."
             )
-            base = self.base.get("name_or_path") or self.base.get("pipeline")
+            base_name = self.base.get("name_or_path") or self.base.get("pipeline")
             raise EditFileError(
                 f"this edit does not fit the pipeline ({len(problems)} of {len(self.layers)} layers differ; edit made "
-                f"for {base!r}): " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "") + "." + hint
+                f"for {base_name!r}): " + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "") + "." + hint
             )
 
     @torch.no_grad()
-    def apply(self, pipe, *, stack: bool = False) -> Edit:
+    def storage_loss(self, pipe: Pipeline, dtype: torch.dtype | None = None) -> StorageLoss:
+        """The share of this edit's norm lost when its new values are stored in ``dtype`` (default: each parameter's
+        live dtype), relative to the live base values: ‖(cast(W) − W0) − ΔW‖ / ‖ΔW‖, ΔW = W − W0 exact (float64).
+        Storage of 4 bytes or more loses nothing measurable (float32 rounding of a float32 edit) and is not computed.
+        """
+        roots = self._roots(pipe)
+        err2 = total2 = 0.0
+        worst_key: str | None = None
+        worst, low = 0.0, None
+        for key, le in self.layers.items():
+            live = self._live(roots[le.component], le)
+            if isinstance(live, str):
+                raise EditFileError(f"this edit does not fit the pipeline: {live}")
+            to = dtype or live.dtype
+            if to.itemsize >= 4:
+                continue
+            w0 = live.detach().to("cpu", to).double()  # (d_out, d_in): the base on the storage grid
+            exact = le._exact(live.detach().to("cpu", to)).double()  # W
+            delta = exact - w0  # ΔW as the edit means it
+            err = float(((exact.to(to).double() - w0) - delta).norm())  # what rounding to the grid took away
+            norm = float(delta.norm())
+            err2, total2 = err2 + err * err, total2 + norm * norm
+            if norm > 0 and err / norm >= worst:
+                worst_key, worst = key, err / norm
+            low = to if low is None or to.itemsize < low.itemsize else low
+        name = str(low or dtype or "float32").replace("torch.", "")
+        return StorageLoss(name, (err2 / total2) ** 0.5 if total2 > 0 else 0.0, worst_key, worst)
+
+    def check_storage_loss(
+        self, pipe: Pipeline, limit: float | None = STORAGE_LOSS_LIMIT, dtype: torch.dtype | None = None
+    ) -> StorageLoss | None:
+        """Refuse (EditError) when storing this edit in ``dtype`` (default: the live dtypes) would lose more than
+        ``limit`` of its norm; None: no check. Returns the :class:`StorageLoss`, or None when unchecked."""
+        if limit is None:
+            return None
+        sl = self.storage_loss(pipe, dtype)
+        if sl.lost > limit:
+            raise EditError(
+                f"fusing this edit into {sl.dtype} weights would round away {sl.lost:.0%} of it (worst layer "
+                f"{sl.worst_key!r}: {sl.worst:.0%}), more than max_storage_loss={limit:g}; load the model in float32 / "
+                "float16, or export the edit as a 'lora' and load it unfused (pipe.load_lora_weights without "
+                "fuse_lora), which keeps all of it; max_storage_loss=None fuses it anyway"
+            )
+        return sl
+
+    @torch.no_grad()
+    def apply(
+        self, pipe: Pipeline, *, stack: bool = False, max_storage_loss: float | None = STORAGE_LOSS_LIMIT
+    ) -> Edit:
         """Write the new values into ``pipe``'s denoiser (UNet or transformer), in place, as one transaction.
 
         Every check that needs no new value runs first (:meth:`check_compatible`). Then layer by
@@ -385,57 +491,78 @@ class Edit:
         record of originals (one copy of the edited layers, in their own dtype) plus one layer:
         materialising every layer first held a second full copy (SDXL: +650 MiB in float16).
         A parameter that already carries an edit is refused unless ``stack=True``.
+        Each layer's component is resolved through the pipeline's family (:meth:`Family.component`).
+        An edit that low-precision storage (bfloat16, float8) would mostly round away is refused: more than
+        ``max_storage_loss`` of ‖ΔW‖ lost (:meth:`storage_loss`; default :data:`STORAGE_LOSS_LIMIT`, None: no check).
         """
         self.check_compatible(pipe, stack=stack)
-        unet = self.denoiser(pipe)
+        self.check_storage_loss(pipe, max_storage_loss)
+        roots = self._roots(pipe)
+        unet = roots[None]
         record = _Record(self.digest, repr(self), {})  # description first: nothing may fail after a write but a layer
-        records = getattr(unet, _APPLIED_ATTR, None)
+        records: list[_Record] | None = getattr(unet, _APPLIED_ATTR, None)
         if records is None:
             records = []
             setattr(unet, _APPLIED_ATTR, records)
         records.append(record)
         try:
             for key, le in self.layers.items():
-                live = self._live(unet, le)
+                live = self._live(roots[le.component], le)
+                if isinstance(live, str):  # check_compatible refused this already
+                    raise EditFileError(live)
                 value = le.materialize_as(live)  # (d_out, d_in) in the live dtype, checked finite there
-                record.originals[key] = (le.path, le.param, live.detach().to("cpu", copy=True))
+                record.originals[key] = (le.component, le.path, le.param, live.detach().to("cpu", copy=True))
                 live.copy_(value)
                 del value
         except BaseException:
-            for module, param, w0 in reversed(list(record.originals.values())):
-                getattr(unet.get_submodule(module), param).copy_(w0)
+            for component, module, param, w0 in reversed(list(record.originals.values())):
+                getattr(roots[component].get_submodule(module), param).copy_(w0)
             records.remove(record)
             raise
         return self
 
     @torch.no_grad()
-    def revert(self, pipe) -> None:
+    def revert(self, pipe: Pipeline) -> None:
         """Restore the exact original bytes of every parameter this edit changed."""
         unet = self._live_denoiser(pipe)
         records = self._records(unet)
         ids = [r.digest for r in records]
-        if self.digest not in ids:
+        if unet is None or self.digest not in ids:
             raise EditFileError("this edit is not applied to this pipeline; nothing to revert")
         if ids[-1] != self.digest:
             raise EditFileError(
                 f"another edit was applied after this one ({records[-1].description}); revert that one first"
             )
         record = records[-1]
-        for module, param, w0 in record.originals.values():
-            getattr(unet.get_submodule(module), param).copy_(w0)
+        roots = self._roots(pipe)
+        for component, module, param, w0 in record.originals.values():
+            getattr(roots[component].get_submodule(module), param).copy_(w0)
         records.pop()
 
     @staticmethod
-    def applied(pipe) -> list[str]:
+    def applied(pipe: Pipeline) -> list[str]:
         """Descriptions of the edits currently applied to ``pipe``, oldest first."""
         return [r.description for r in Edit._records(Edit._live_denoiser(pipe))]
 
     # ------------------------------------------------------------- storage
     def _tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors by their in-memory names (the denoiser's relative to it): what :attr:`digest` covers."""
         return {f"{le.path}.{suffix}": t for le in self.layers.values() for suffix, t in le.tensors.items()}
 
-    def metadata(self) -> dict:
-        """The format-2 metadata document, without its checksum."""
+    def _file_key(self, le: LayerEdit, name: str) -> str:
+        """``name`` (a layer key or tensor name relative to ``le``'s component) as the file spells it."""
+        return file_key(le.component or self.component, name)
+
+    def _file_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors by their names in a format-3 file: ``<component>/<module>.<suffix>``."""
+        return {
+            self._file_key(le, f"{le.path}.{suffix}"): t.contiguous()
+            for le in self.layers.values()
+            for suffix, t in le.tensors.items()
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        """The format-3 metadata document, without its checksum: layers keyed ``<component>/<module path>``."""
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -447,7 +574,7 @@ class Edit:
             "stats": _jsonable(self.stats),
             "compute_dtype": self.compute_dtype,
             "layers": {
-                key: {
+                self._file_key(le, layer_key(le.path, le.param)): {
                     "kind": le.kind,
                     "param": le.param,
                     "shape": list(le.shape),
@@ -458,14 +585,14 @@ class Edit:
             },
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the edit as one safetensors file, atomically; the metadata is parsed back before writing."""
         from safetensors.torch import save_file
 
         path = Path(path)
         if self.compute_dtype is not None and self.compute_dtype not in FLOAT_DTYPES:
             raise EditFileError(f"compute_dtype must be one of {FLOAT_DTYPES} or None, got {self.compute_dtype!r}")
-        tensors = {k: t.contiguous() for k, t in self._tensors().items()}
+        tensors = self._file_tensors()
         meta = self.metadata()
         try:
             meta["content_sha256"] = content_sha256(meta, tensors)
@@ -490,6 +617,7 @@ class Edit:
                 {s: tensors[k] for s, k in lm.tensor_keys.items()},
                 thaw(lm.stats),
                 lm.param,
+                lm.component,  # the denoiser's become None in Edit.__init__
             )
             for lm in meta.layers
         ]
@@ -499,7 +627,7 @@ class Edit:
             thaw(meta.concepts),
             thaw(meta.base),
             layers,
-            {lm.key: lm.fingerprint.to_json() for lm in meta.layers},
+            {_memory_key(meta, lm): lm.fingerprint.to_json() for lm in meta.layers},
             thaw(meta.stats),
             compute_dtype=meta.compute_dtype,
         )
@@ -507,7 +635,7 @@ class Edit:
         return edit
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Edit:
+    def load(cls, path: str | os.PathLike[str]) -> Edit:
         """Read and fully validate an edit file (the format :meth:`save` writes); raises EditFileError naming what is
         wrong. :func:`erasekit.load_edit` also reads erasekit's LoRA exports back."""
         return cls.from_parsed(*read_edit_file(path))

@@ -6,20 +6,27 @@ the key ``erasekit``. :func:`read_edit_file` is the only reader: ``Edit.load``,
 its own metadata with :func:`parse_metadata` before writing, so the writer never produces a
 file the reader refuses.
 
-Format 2 (written since issue 9)::
+Format 3 (written since issue 23; format 2 is the same document with denoiser-relative keys)::
 
-    {"format": "erasekit.edit", "format_version": 2, "erasekit_version": str,
+    {"format": "erasekit.edit", "format_version": 3, "erasekit_version": str,
      "method": method name, "config": {str: JSON}, "concepts": a ConceptSet,
      "base": {str: scalar}, "stats": {str: JSON}, "compute_dtype": float dtype name | null,
      "layers": {key: {"kind": dense|csr|lowrank, "param": "weight", "shape": [int, ...],
                       "fingerprint": {sha256, dtype, shape, fro, sketch[8]}, "stats": {...}}},
-     "content_sha256": sha256(b"erasekit.edit/2\\n" + canonical metadata + b"\\n" + tensor digest)}
+     "content_sha256": sha256(b"erasekit.edit/3\\n" + canonical metadata + b"\\n" + tensor digest)}
 
-A layer's key is its module path when it edits ``weight`` and ``<module path>.<param>``
-otherwise (a Conv2d bias, say). Stored tensors are ``<module>.<param>`` (dense, any rank),
-``<module>.<param>.crow_indices / .col_indices / .values`` (CSR) and
-``<module>.<param>.lora_A / .lora_B`` (low-rank delta). One dtype policy: every floating
-tensor is float32 and finite, CSR indices are int32 or int64.
+A layer's key is ``<component>/<module path>`` when it edits ``weight`` and
+``<component>/<module path>.<param>`` otherwise (a Conv2d bias, say); the component is the
+pipeline attribute that holds the module (``unet/down_blocks.0...attn2.to_k``,
+``transformer/context_embedder``), resolved through the pipeline's family when the edit is
+applied, and ``base.family`` names the family. Stored tensors are ``<component>/<module>.<param>``
+(dense, any rank), ``....<param>.crow_indices / .col_indices / .values`` (CSR) and
+``....<param>.lora_A / .lora_B`` (low-rank delta). One dtype policy: every floating tensor is
+float32 and finite, CSR indices are int32 or int64.
+
+Formats 1 and 2 keyed layers (and tensors) by the module path relative to the denoiser; the
+parser maps them to ``<denoiser>/<path>``, the denoiser being ``base.denoiser``, else the
+denoiser of ``base.family``, else ``unet`` (files written before families were all UNet edits).
 
 The checksum detects corruption and accidental edits; it is not a signature: whoever can
 rewrite the file can recompute it. Format 1 files (checksum over the tensors only) still load,
@@ -53,9 +60,10 @@ from .errors import EditFileError, UnprotectedMetadataWarning
 from .fingerprint_spec import SKETCH_N
 
 FORMAT = "erasekit.edit"
-FORMAT_VERSION = 2
-DOMAIN = f"{FORMAT}/{FORMAT_VERSION}"  # the checksum's domain string for edit files
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+DOMAIN = f"{FORMAT}/{FORMAT_VERSION}"  # the checksum's domain string for edit files (each version has its own)
+READABLE_VERSIONS = (1, 2, 3)
+LEGACY_COMPONENT = "unet"  # the component of a format-1 / 2 file that records neither denoiser nor family
 STORAGE_KINDS = ("dense", "csr", "lowrank")
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 MAX_DEPTH = 32  # nesting of the metadata JSON
@@ -76,6 +84,7 @@ _TOP_FIELDS = {
 _LAYER_FIELDS = {"kind", "param", "shape", "fingerprint", "stats"}
 _FP_FIELDS = {"sha256", "dtype", "shape", "fro", "sketch"}
 _PATH_RX = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+_COMPONENT_RX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PARAM_RX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -92,6 +101,16 @@ def suffixes(kind: str, param: str = "weight") -> tuple[str, ...]:
 
 def layer_key(module: str, param: str = "weight") -> str:
     return module if param == "weight" else f"{module}.{param}"
+
+
+def file_key(component: str, key: str) -> str:
+    """A layer's (or tensor's) name in a format-3 file: ``<component>/<key>``."""
+    return f"{component}/{key}"
+
+
+def _domain_of(version: int) -> str:
+    """The checksum's domain string of edit format ``version``."""
+    return f"{FORMAT}/{version}"
 
 
 # ------------------------------------------------------------------ JSON helpers
@@ -220,9 +239,16 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def content_sha256(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], *, domain: str = DOMAIN) -> str:
+def content_sha256(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], *, domain: str | None = None) -> str:
     """The checksum of a document and its tensors: ``domain`` (what kind of file), the canonical metadata
-    (without this field) and :func:`tensor_digest`. Edit files (format 2) and erasekit exports use it."""
+    (without this field) and :func:`tensor_digest`. Edit files (format 2 and later) and erasekit exports use it.
+
+    Without ``domain``, an edit document's own: ``erasekit.edit/<its format_version>`` (the current one when the
+    document names no readable version), so a format-2 file keeps its checksum.
+    """
+    if domain is None:
+        v = meta.get("format_version")
+        domain = _domain_of(v) if isinstance(v, int) and not isinstance(v, bool) and v in READABLE_VERSIONS else DOMAIN
     body = {k: v for k, v in meta.items() if k != "content_sha256"}
     h = hashlib.sha256(f"{domain}\n".encode())
     h.update(canonical_json(body).encode())
@@ -288,25 +314,44 @@ _LAYER_STAT_INTS = ("iterations", "rank", "rank_forget", "rank_retain")
 
 @dataclass(frozen=True)
 class LayerMeta:
-    """One edited parameter: ``module``'s ``param``, stored as ``kind``."""
+    """One edited parameter: ``component``'s module ``module``, its ``param``, stored as ``kind``.
+
+    ``key`` is the layer's name in the file (format 3: ``<component>/<module>[.<param>]``; formats 1 / 2: the
+    module path relative to the denoiser, whose ``component`` the parser supplies: see :func:`legacy_component`).
+    """
 
     key: str
+    component: str
     module: str
     param: str
     kind: str
     shape: tuple[int, ...]
     fingerprint: Fingerprint
     stats: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    qualified: bool = True  # whether the file names its tensors '<component>/...' (format 3)
 
     @property
     def tensor_keys(self) -> dict[str, str]:
         """suffix (relative to the module) -> key in the file."""
-        return {s: f"{self.module}.{s}" for s in suffixes(self.kind, self.param)}
+        prefix = f"{self.component}/" if self.qualified else ""
+        return {s: f"{prefix}{self.module}.{s}" for s in suffixes(self.kind, self.param)}
 
     @classmethod
-    def parse(cls, key: Any, d: Any, version: int) -> LayerMeta:
+    def parse(cls, key: Any, d: Any, version: int, legacy: str = LEGACY_COMPONENT) -> LayerMeta:
         where = f"layers[{key!r:.80}]"
-        if not isinstance(key, str) or not _PATH_RX.fullmatch(key) or len(key) > 500:
+        if not isinstance(key, str) or len(key) > 500:
+            raise _fail(where, "the layer key must be a string of at most 500 characters")
+        if version >= 3:
+            component, _, path = key.partition("/")
+            if not _COMPONENT_RX.fullmatch(component) or not _PATH_RX.fullmatch(path):
+                raise _fail(
+                    where,
+                    "the layer key must be '<component>/<module path>' such as "
+                    "'unet/down_blocks.0.attentions.0...attn2.to_k' or 'transformer/context_embedder'",
+                )
+        elif _PATH_RX.fullmatch(key):
+            component, path = legacy, key
+        else:
             raise _fail(
                 where, "the layer key must be a dotted module path such as 'down_blocks.0.attentions.0...attn2.to_k'"
             )
@@ -322,9 +367,9 @@ class LayerMeta:
         if not _PARAM_RX.fullmatch(param):
             raise _fail(f"{where}.param", f"must be a parameter name such as 'weight' or 'bias', got {param!r:.40}")
         if param == "weight":
-            module = key
-        elif key.endswith("." + param):
-            module = key[: -len(param) - 1]
+            module = path
+        elif path.endswith("." + param):
+            module = path[: -len(param) - 1]
         else:
             raise _fail(where, f"a {param!r} entry must be keyed '<module>.{param}'")
         shape = _shape(d["shape"], f"{where}.shape")
@@ -340,7 +385,23 @@ class LayerMeta:
         for name in _LAYER_STAT_INTS:
             if stats.get(name) is not None:
                 _int(stats[name], f"{where}.stats.{name}", 0, 2**62)
-        return cls(key, module, param, kind, shape, fp, _frozen_json(stats, f"{where}.stats"))
+        return cls(key, component, module, param, kind, shape, fp, _frozen_json(stats, f"{where}.stats"), version >= 3)
+
+
+def legacy_component(base: Mapping[str, Any]) -> str:
+    """The component a format-1 / 2 file's denoiser-relative keys live in: ``base.denoiser``, else the denoiser of
+    ``base.family``, else ``unet`` (those files predate the families: every one was a UNet edit)."""
+    den = base.get("denoiser")
+    if isinstance(den, str) and _COMPONENT_RX.fullmatch(den):
+        return den
+    fam = base.get("family")
+    if isinstance(fam, str):
+        from .models.families import families
+
+        known = families().get(fam)
+        if known is not None:
+            return known.denoiser
+    return LEGACY_COMPONENT
 
 
 @dataclass(frozen=True)
@@ -410,14 +471,15 @@ _BASE_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _base(d: Any) -> None:
-    d = _obj(d, "base")
+def _base(x: Any) -> dict[str, Any]:
+    d = _obj(x, "base")
     for k, v in d.items():
         if isinstance(v, (dict, list)) or (isinstance(v, float) and not math.isfinite(v)):
             raise _fail(f"base.{k}", f"must be a string, number, boolean or null, got {_type(v)}")
         want = _BASE_TYPES.get(k)
         if want is not None and (isinstance(v, bool) or not isinstance(v, want)):
             raise _fail(f"base.{k}", f"has the wrong type {_type(v)}")
+    return d
 
 
 def parse_metadata(text: str, tensors: Mapping[str, torch.Tensor], *, check_sum: bool = True) -> EditMeta:
@@ -437,7 +499,7 @@ def parse_metadata(text: str, tensors: Mapping[str, torch.Tensor], *, check_sum:
     method = _str(doc["method"], "method")
     config = _obj(doc.get("config", {}), "config")  # structure only: the method validates its own config when it refits
     _concepts(doc.get("concepts"))
-    _base(doc.get("base", {}))
+    base = _base(doc.get("base", {}))
     stats = _obj(doc.get("stats", {}), "stats")
     cdt = doc.get("compute_dtype")
     if cdt is not None and cdt not in FLOAT_DTYPES:
@@ -445,7 +507,8 @@ def parse_metadata(text: str, tensors: Mapping[str, torch.Tensor], *, check_sum:
     layers_doc = _obj(doc["layers"], "layers")
     if not layers_doc:
         raise _fail("layers", "is empty: an edit changes at least one layer")
-    layers = tuple(LayerMeta.parse(k, v, version) for k, v in layers_doc.items())
+    legacy = legacy_component(base)
+    layers = tuple(LayerMeta.parse(k, v, version, legacy) for k, v in layers_doc.items())
     _check_tensor_names(layers, tensors)
     for lm in layers:
         check_layer_tensors(lm, {s: tensors[k] for s, k in lm.tensor_keys.items()})

@@ -46,3 +46,13 @@ class UncheckedConfigWarning(UserWarning):
 class ProtocolError(EraseKitError):
     """An evaluation protocol cannot be declared or run as given: a prompt file missing, its checksum wrong, a gated
     prompt set without the user's path, a setting out of range."""
+
+
+class JudgeError(EraseKitError):
+    """A judge cannot be built or run as given: an unknown judge or option, a missing model folder, a pickle-only
+    weight file, reference images that are not there."""
+
+
+class AttackError(EraseKitError):
+    """An attack cannot run as asked: an unknown attack, a budget that is zero, negative or not a number, a family
+    the attack cannot reach."""

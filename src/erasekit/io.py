@@ -19,7 +19,7 @@ import os
 import warnings
 from pathlib import Path
 
-from .edit import Edit
+from .edit import STORAGE_LOSS_LIMIT, Edit
 from .errors import EditFileError, UncheckedConfigWarning
 
 __all__ = ["check_config", "load_edit", "read_edit"]
@@ -111,16 +111,23 @@ def check_config(edit: Edit, where: str = "this edit") -> list[str]:
     return unknown
 
 
-def load_edit(path: str | os.PathLike, pipe=None, *, apply: bool = True, stack: bool = False) -> Edit:
+def load_edit(
+    path: str | os.PathLike,
+    pipe=None,
+    *,
+    apply: bool = True,
+    stack: bool = False,
+    max_storage_loss: float | None = STORAGE_LOSS_LIMIT,
+) -> Edit:
     """Load an edit file (or an erasekit LoRA export) strictly; with ``pipe``, check it fits and (by default) apply it.
 
     Nothing is changed unless every check passes; ``stack=True`` allows applying it over
-    parameters that already carry another edit.
+    parameters that already carry another edit; ``max_storage_loss``: see :meth:`Edit.apply`.
     """
     edit = read_edit(path)
     if pipe is not None:
         if apply:
-            edit.apply(pipe, stack=stack)
+            edit.apply(pipe, stack=stack, max_storage_loss=max_storage_loss)
         else:
             edit.check_compatible(pipe, stack=stack)
     return edit

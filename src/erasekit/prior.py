@@ -215,6 +215,8 @@ def general_prior(
         "prompts_sha256": psha,
         "n_prompts": str(len(kept)),
         "d_in": str(adapter.d_in),
+        # which input: a pooled site reads another vector than the text stream of the same encoders
+        "site_input": f"{adapter.input_kind}:{adapter.site.group}",
     }
     path = (
         prior_cache_dir() / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}.safetensors"

@@ -31,7 +31,9 @@ class SuiteItem:
     ``concepts`` are the labels the judge is asked about: the erased concept(s) for target /
     paraphrase / adversarial items, the neighbour that must survive for retain items, the
     attributes of the prompt for general items. ``shift`` = (vector name, η) makes the
-    conditioning ``encode(prompt) + η · Suite.vectors[name]`` (concept-vector attacks).
+    conditioning ``encode(prompt) + η · Suite.vectors[name]`` (concept-vector attacks); ``token`` names a learned
+    token in ``Suite.vectors`` whose vector replaces its carrier word's input embedding (CCE); ``sampling`` =
+    (η, variance scale, steps or None) samples with DDIM's stochasticity η and its noise scaled (noise-based probing).
     """
 
     prompt: str
@@ -40,6 +42,8 @@ class SuiteItem:
     concepts: tuple[str, ...] = ()
     shift: tuple[str, float] | None = None
     meta: tuple[tuple[str, str], ...] = ()
+    token: str | None = None
+    sampling: tuple[float, float, int | None] | None = None
 
     def to_dict(self) -> dict:
         d = {"prompt": self.prompt, "seed": self.seed, "guidance": self.guidance, "concepts": list(self.concepts)}
@@ -47,11 +51,15 @@ class SuiteItem:
             d["shift"] = [self.shift[0], self.shift[1]]
         if self.meta:
             d["meta"] = dict(self.meta)
+        if self.token is not None:
+            d["token"] = self.token
+        if self.sampling is not None:
+            d["sampling"] = list(self.sampling)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> SuiteItem:
-        shift = d.get("shift")
+        shift, sampling = d.get("shift"), d.get("sampling")
         return cls(
             d["prompt"],
             int(d["seed"]),
@@ -59,6 +67,10 @@ class SuiteItem:
             tuple(d.get("concepts", ())),
             None if shift is None else (str(shift[0]), float(shift[1])),
             tuple(sorted(d.get("meta", {}).items())),
+            None if d.get("token") is None else str(d["token"]),
+            None
+            if sampling is None
+            else (float(sampling[0]), float(sampling[1]), None if sampling[2] is None else int(sampling[2])),
         )
 
 
@@ -81,7 +93,8 @@ class Suite:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConceptError(f"unknown suite kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        missing = {it.shift[0] for it in self.items if it.shift is not None} - set(self.vectors)
+        refs = {it.shift[0] for it in self.items if it.shift is not None}
+        missing = (refs | {it.token for it in self.items if it.token is not None}) - set(self.vectors)
         if missing:
             raise ConceptError(
                 f"suite {self.name!r}: items refer to conditioning vector(s) {sorted(missing)} the suite does not hold"
@@ -180,7 +193,10 @@ def load_prompts(
       the ``categories`` (``"sexual, violence"`` -> ``("sexual", "violence")``);
     * ESD (``case_number, prompt, evaluation_seed, artist`` or ``class``): the label is the artist / class;
     * UnlearnDiffAtk (``case_number, prompt, evaluation_seed[, evaluation_guidance]``): no label;
-    * anything else ending in ``.txt``: one prompt per non-empty line, seeds ``seed, seed+1, ...``.
+    * anything else (``.txt`` ...): one prompt per non-empty line, seeds ``seed, seed+1, ...``.
+
+    A gzipped file (told by its magic bytes) is read decompressed; ``name.csv.gz`` is a CSV. ``info['sha256']`` is
+    the digest of the bytes as stored.
 
     ``concepts`` replaces the labels of every item (e.g. ``["nudity"]`` for the NudeNet judge);
     the file's own seed and guidance columns win over ``seed`` / ``guidance``. Prompts with
@@ -196,11 +212,10 @@ def load_prompts(
             raise ConceptError(f"prompt file {src!r} does not exist")
         if sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != sha256.lower():
             raise ConceptError(f"{src!r} does not have the expected sha256 {sha256}")
-    raw = path.read_bytes()
-    text = raw.decode("utf-8-sig")
-    digest = hashlib.sha256(raw).hexdigest()
+    text, file_info = read_prompt_text(path)  # gunzipped when gzip, whatever the name; a clear error when not UTF-8
+    digest = file_info["sha256"]  # of the bytes as stored: what a user's --sha256 pins
     override = tuple(concepts) if concepts is not None else None
-    if path.suffix.lower() == ".csv":
+    if _is_csv(path):
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
         if not rows:
             raise ConceptError(f"{src!r} has no rows")
@@ -229,13 +244,28 @@ def load_prompts(
             )
     else:
         fmt = "lines"
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in universal_lines(text) if ln.strip()]
         items = [
             SuiteItem(p, seed + i, guidance, override or ()) for i, p in enumerate(lines[:limit] if limit else lines)
         ]
     if not items:
         raise ConceptError(f"{src!r} holds no prompt")
-    return Suite(name or path.stem, kind, items, source=src, info={"format": fmt, "sha256": digest, "rows": len(items)})
+    info = {"format": fmt, "sha256": digest, "rows": len(items), "gzip": file_info["gzip"]}
+    return Suite(name or _stem(path), kind, items, source=src, info=info)
+
+
+def _stem(path: Path) -> str:
+    """The file name without its format suffixes: ``i2p.csv.gz`` -> ``i2p``."""
+    name = path.name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    return Path(name).stem
+
+
+def _is_csv(path: Path) -> bool:
+    """A CSV prompt file by name, gzipped (``.csv.gz``) or not."""
+    name = path.name.lower()
+    return name.endswith(".csv") or name.endswith(".csv.gz")
 
 
 def read_prompt_text(path: str | os.PathLike) -> tuple[str, dict]:

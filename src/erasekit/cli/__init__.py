@@ -1,6 +1,7 @@
 """The ``erasekit`` command.
 
 erasekit methods [-v]
+erasekit attacks [-v]
 erasekit erase    --model M --method space --erase "Van Gogh" --preserve Monet --target-sparsity 0.85
                   --out e.safetensors
 erasekit inspect  e.safetensors [--layers] [--json]
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 
 from ..errors import EraseKitError
 from ..text import plain, plain_lines
-from . import bench, demo, erase, evaluate, export, generate, inspect, methods
+from . import attacks, bench, demo, erase, evaluate, export, generate, inspect, methods
 from ._common import _method_options, _parse_sets
 
 __all__ = ["main", "build_parser", "_method_options", "_parse_sets", "_erase_method"]
@@ -38,6 +39,7 @@ def build_parser(erase_method: str = "uce") -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"erasekit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     methods.add_parser(sub)
+    attacks.add_parser(sub)
     erase.add_parser(sub, erase_method)
     inspect.add_parser(sub)
     generate.add_parser(sub)

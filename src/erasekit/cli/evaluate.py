@@ -27,12 +27,30 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
         default="target,paraphrase,adversarial,retain,general",
         help="comma-separated suite kinds: target, paraphrase, adversarial, retain, general",
     )
-    p.add_argument("--judge", default="tinyworld", help="tinyworld, nudenet or clip:PATH (a local CLIP model folder)")
+    p.add_argument(
+        "--judge",
+        default="tinyworld",
+        help="tinyworld, nudenet, clip:PATH (a local CLIP folder), vlm:PATH or aesthetics:MLP,clip=PATH; options as "
+        "NAME:PATH,key=value (erasekit/evaluate/judges)",
+    )
     p.add_argument("--threshold", type=float, default=None, help="NudeNet detection threshold (default 0.6)")
     p.add_argument(
         "--attack",
         default="ring-a-bell,token-search",
-        help="attacks for the adversarial suite: ring-a-bell, token-search",
+        help="comma-separated registered attacks for the adversarial suite (see `erasekit attacks`), "
+        "e.g. ring-a-bell,token-search,nbp,uda,p4d-n,p4d-k,cce,mma",
+    )
+    p.add_argument(
+        "--budget",
+        default="default",
+        choices=("default", "paper"),
+        help="attack budgets: 'default' (small, runs on a CPU) or 'paper' (the papers' budgets, for a GPU)",
+    )
+    p.add_argument(
+        "--attack-set",
+        action="append",
+        metavar="ATTACK.OPTION=VALUE",
+        help="an attack option on top of the budget, e.g. uda.steps=20 or nbp.etas=1,1.5 (repeatable)",
     )
     p.add_argument(
         "--eta",
@@ -78,6 +96,16 @@ def _parse_etas(text) -> tuple[float, ...]:
     return parse_etas(text)  # its ConceptError names the flag, the bad text and an example
 
 
+def _parse_attack_args(args) -> None:
+    """--attack, --budget and --attack-set as registered names and typed options (refused here, one line each)."""
+    from ..evaluate.attacks import parse_attack_options, parse_attacks
+
+    if isinstance(args.attack, str):
+        args.attack = parse_attacks(args.attack)
+    if not isinstance(getattr(args, "attack_set", None), dict):
+        args.attack_set = parse_attack_options(args.attack_set or [], args.attack)
+
+
 def _check_eval_args(args) -> None:
     from .._atomic import check_writable
 
@@ -85,6 +113,7 @@ def _check_eval_args(args) -> None:
     _check_positive(args, "steps", "height", "width", "n", "seeds", "batch_size", "search_steps", "bootstrap")
     _check_finite(args, "guidance", "threshold")
     args.eta = _parse_etas(args.eta)  # before the model load: a bad --eta list is one line, not a traceback later
+    _parse_attack_args(args)
     check_writable(Path(args.out) / "results.json", "results file")
 
 
@@ -105,9 +134,11 @@ def _eval_setup(args):
         n=args.n,
         seeds=args.seeds,
         seed=args.seed,
-        attacks=parse_kinds(args.attack),
+        attacks=args.attack,
         etas=args.eta,
         search_steps=args.search_steps,
+        budget=args.budget,
+        attack_options=args.attack_set,
     )
     judge = make_judge(
         args.judge, device=args.device, **({"threshold": args.threshold} if args.threshold is not None else {})

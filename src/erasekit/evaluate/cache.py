@@ -22,11 +22,11 @@ from PIL import Image, PngImagePlugin
 
 from .._atomic import atomic_path, write_bytes_atomic
 from ..models.precision import pipeline_compute_dtype
-from .attacks import vector_digest
+from .conditioning import vector_digest
 from .suites import SuiteItem, default_cache_dir
 
 if TYPE_CHECKING:
-    from .generate import GenerationSettings
+    from .render import GenerationSettings
 
 # ----------------------------------------------------------------------------- fingerprints
 # pipe -> (state key, fingerprint); dies with the pipe
@@ -169,6 +169,12 @@ class ImageCache:
             "width": settings.width,
             "scheduler": scheduler,
         }
+        if item.token is not None:  # only when set: every other image keeps the key it always had
+            spec["token"] = vector_digest(vectors[item.token])
+        if item.sampling is not None:
+            spec["sampling"] = {"sampler": "noisy-ddim", "eta": item.sampling[0], "variance_scale": item.sampling[1]}
+            if item.sampling[2] is not None:
+                spec["steps"] = item.sampling[2]
         if compute_dtype is not None:
             spec["compute_dtype"] = compute_dtype
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(), spec

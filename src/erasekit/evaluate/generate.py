@@ -6,58 +6,12 @@ edit for its own batches and reverts it, and saves every image as soon as its ba
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import torch
-from PIL import Image
-
-from ..models.precision import generating_in_compute_dtype
-from .attacks import shifted_conditioning
 from .cache import ImageCache
 from .plan import Job
-from .suites import SuiteItem
+from .render import GenerationSettings, render_batch
 
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Sampling settings shared by every image (``None`` = the pipeline's default; an item's own guidance wins)."""
-
-    steps: int | None = None
-    guidance: float | None = None
-    height: int | None = None
-    width: int | None = None
-    batch_size: int = 8
-
-    def to_dict(self) -> dict:
-        return {
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "height": self.height,
-            "width": self.width,
-            "batch_size": self.batch_size,
-        }
-
-
-@torch.no_grad()
-def _render(pipe, items: Sequence[SuiteItem], vectors: dict, settings: GenerationSettings) -> list[Image.Image]:
-    """One batch; every item has the same guidance and either all or none are shifted."""
-    gens = [torch.Generator(device="cpu").manual_seed(int(it.seed)) for it in items]
-    guidance = items[0].guidance if items[0].guidance is not None else settings.guidance
-    asked = {
-        "num_inference_steps": settings.steps,
-        "guidance_scale": guidance,
-        "height": settings.height,
-        "width": settings.width,
-    }
-    kw = {k: v for k, v in asked.items() if v is not None}
-    if items[0].shift is None:
-        cond: dict[str, Any] = {"prompt": [it.prompt for it in items]}
-    else:
-        cond = shifted_conditioning(pipe, items, vectors)
-    with generating_in_compute_dtype(pipe):  # float16 on a CPU runs in float32 (models/precision.py)
-        return pipe(**cond, generator=gens, output_type="pil", **kw).images
+_render = render_batch  # the stage renders through this name (tests interrupt it here)
+__all__ = ["GenerationSettings", "generate"]
 
 
 def generate(

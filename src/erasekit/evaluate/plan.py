@@ -9,24 +9,42 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..concepts import ConceptSet
 from ..errors import ConceptError, EraseKitError
 from .attacks import (
-    ConceptVectorAttack,
-    TokenSearchAttack,
+    Attack,
+    AttackConfig,
+    AttackContext,
+    check_budget_name,
     concept_set_pairs,
+    get_attack,
+    make_attack_config,
+    parse_attacks,
     parse_etas,
     tinyworld_pairs,
     tinyworld_prompt_attributes,
 )
-from .cache import ImageCache, ModelIdentity, edited_fingerprint
+from .cache import ImageCache, ModelIdentity, edit_digest, edited_fingerprint
 from .results import UNEDITED, MethodRun, SuiteRun
 from .suites import KINDS, Suite, SuiteItem, suites_from_concepts, tinyworld_suites
+
+
+@dataclass(frozen=True)
+class AttackInputs:
+    """What a study hands its attacks besides the target suite: the erased concepts, prompts with and without them
+    (Ring-A-Bell's pairs), the concept kind, and whether the model is tinyworld."""
+
+    concepts: tuple[str, ...] = ()
+    pairs: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    kind: str = "object"
+    tinyworld: bool = False
 
 
 @dataclass
@@ -36,9 +54,10 @@ class Study:
     name: str
     suites: list[Suite]
     edits: dict  # method label -> Edit
-    attacks: Sequence = ()
+    attacks: Sequence[Attack] = ()
     # prompt -> the concepts it asks for (calibrates the concept-vector attack)
     attributes: Callable[[str], tuple[str, ...]] | None = None
+    inputs: AttackInputs = field(default_factory=AttackInputs)
 
 
 DEFAULT_KINDS = ("target", "paraphrase", "adversarial", "retain", "general")
@@ -47,7 +66,13 @@ ATTACKS = ("ring-a-bell", "token-search")
 
 @dataclass(frozen=True)
 class Plan:
-    """What to evaluate for every study: suite kinds, items per suite, attacks and their budgets."""
+    """What to evaluate for every study: suite kinds, items per suite, attacks and their budgets.
+
+    ``attacks``: registered attack names (``erasekit attacks``); ``budget``: 'default' (small, CPU) or 'paper' (the
+    papers' budgets); ``attack_options``: per attack, options on top of the budget. ``etas`` and ``search_*`` are
+    the Ring-A-Bell curve and the token search's budget (the ``--eta`` / ``--search-steps`` flags). Every attack's
+    config is built (and so validated) here, before any model is loaded.
+    """
 
     kinds: tuple[str, ...] = DEFAULT_KINDS
     n: int = 16  # tinyworld: items per suite; other models: seeds per prompt is `seeds`
@@ -58,15 +83,31 @@ class Plan:
     search_steps: int = 12
     search_candidates: int = 32
     search_prompts: int | None = 8
+    budget: str = "default"
+    attack_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
             raise ConceptError(f"unknown suite kind(s) {bad or list(self.kinds)}; choose from {', '.join(KINDS)}")
         object.__setattr__(self, "etas", parse_etas(self.etas))
-        bad = [a for a in self.attacks if a not in ATTACKS]
-        if bad:
-            raise ConceptError(f"unknown attack(s) {bad}; choose from {', '.join(ATTACKS)}")
+        object.__setattr__(self, "attacks", parse_attacks(self.attacks))
+        check_budget_name(self.budget)
+        self.attack_configs()  # every budget checked now: a bad one is one line before anything slow
+
+    def attack_configs(self) -> dict[str, AttackConfig]:
+        """Each attack's full config: its budget preset, the plan's shortcuts (η, search budget, seed), then the
+        user's options."""
+        out = {}
+        for name in self.attacks:
+            opts: dict[str, Any] = {"seed": self.seed}
+            if name == "ring-a-bell":
+                opts["etas"] = tuple(self.etas)
+            elif name == "token-search":
+                opts.update(steps=self.search_steps, candidates=self.search_candidates, max_prompts=self.search_prompts)
+            opts.update(self.attack_options.get(name, {}))
+            out[name] = make_attack_config(name, self.budget, **opts)
+        return out
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -87,28 +128,28 @@ def make_study(
         suites = [s for s in suites_from_concepts(concepts, seeds=seeds) if s.kind in built]
         with_c, without = concept_set_pairs(concepts)
     suites += list(extra)
-    attacks: list[ConceptVectorAttack | TokenSearchAttack] = []
+    attacks: list[Attack] = []
     if "adversarial" in plan.kinds:
         if not any(s.kind == "target" for s in suites):
             raise ConceptError("adversarial suites attack the target prompts: add 'target' to the suite kinds")
-        for a in plan.attacks:
-            if a == "ring-a-bell":
-                attacks.append(ConceptVectorAttack(with_c, without, etas=plan.etas))
-            else:
-                attacks.append(
-                    TokenSearchAttack(
-                        steps=plan.search_steps,
-                        candidates=plan.search_candidates,
-                        seed=plan.seed,
-                        forbidden=concepts.erase,
-                        max_prompts=plan.search_prompts,
-                    )
-                )
-    return Study(name, suites, edits, attacks, attributes=tinyworld_prompt_attributes if tinyworld else None)
+        attacks = [get_attack(a)(config=cfg) for a, cfg in plan.attack_configs().items()]
+    inputs = AttackInputs(tuple(concepts.erase), (tuple(with_c), tuple(without)), concepts.kind, tinyworld)
+    return Study(
+        name, suites, edits, attacks, attributes=tinyworld_prompt_attributes if tinyworld else None, inputs=inputs
+    )
 
 
 # ----------------------------------------------------------------------------- the runner's plan stage
-def study_suites(state, studies: Sequence[Study], pipe, work: Path) -> dict[tuple[str, str], list[Suite]]:
+def study_suites(
+    state,
+    studies: Sequence[Study],
+    pipe,
+    work: Path,
+    *,
+    judge=None,
+    settings=None,
+    progress: bool = True,
+) -> dict[tuple[str, str], list[Suite]]:
     """(study, method label) -> the study's suites followed by its attack suites: those of attacks that do not
     depend on the edit built once per study, the others once per method (searched against that edit)."""
     suites: dict[tuple[str, str], list[Suite]] = {}
@@ -118,35 +159,95 @@ def study_suites(state, studies: Sequence[Study], pipe, work: Path) -> dict[tupl
             raise EraseKitError(f"study {study.name!r} has attacks but no target suite to attack")
         once = [a for a in study.attacks if not a.per_method]
         per_method = [a for a in study.attacks if a.per_method]
-        shared = _attack_suites(state, work, f"{study.name}/all", once, pipe, target)
+        kw = {"judge": judge, "settings": settings, "progress": progress}
+        shared = _attack_suites(state, work, f"{study.name}/all", once, pipe, target, study.inputs, None, **kw)
         for label, edit in study.edits.items():
-            own = _attack_suites(state, work, f"{study.name}/{label}", per_method, pipe, target, edit)
+            own = _attack_suites(
+                state, work, f"{study.name}/{label}", per_method, pipe, target, study.inputs, edit, **kw
+            )
             suites[(study.name, label)] = list(study.suites) + shared + own
     return suites
 
 
-def _attack_suites(
-    state, work: Path, tag: str, attacks: Sequence, pipe, target: Suite | None, edit=None
-) -> list[Suite]:
-    """Build attack suites on the main process (``edit`` given: searched against that edit), store them
-    under ``work``, load them in every process."""
-    from safetensors.torch import load_file, save_file
+def _attack_key(attack: Attack, pipe, target: Suite, inputs: AttackInputs, edit, judge, settings) -> str:
+    """What an attack's suites depend on: the attack and its config, the target items, the study's inputs, the
+    model (and edit), and, for attacks that sample or judge while they search, the sampling settings and judge."""
+    from .cache import pipeline_fingerprint
 
-    if not attacks:
+    key = {
+        "attack": attack.name,
+        "label": getattr(attack, "label", attack.name),
+        "config": attack.config.to_dict(),
+        "own inputs": [list(getattr(attack, a, ())) for a in ("with_concept", "without_concept", "forbidden")],
+        "target": [it.to_dict() for it in target],
+        "inputs": [list(inputs.concepts), [list(p) for p in inputs.pairs or ()], inputs.kind, inputs.tinyworld],
+        "model": pipeline_fingerprint(pipe),
+        "edit": None if edit is None else edit_digest(edit),
+        "settings": None if settings is None else settings.to_dict(),
+        "judge": judge.settings if judge is not None and attack.uses_judge else None,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _attack_suites(
+    state,
+    work: Path,
+    tag: str,
+    attacks: Sequence[Attack],
+    pipe,
+    target: Suite | None,
+    inputs: AttackInputs,
+    edit=None,
+    *,
+    judge=None,
+    settings=None,
+    progress: bool = True,
+) -> list[Suite]:
+    """Build attack suites on the main process (``edit`` given: searched against that edit), store them under
+    ``work/attacks/<tag>/<attack>-<key>``, load them in every process. A stored result with the same key (attack,
+    config, target, model, edit, …) is loaded instead of searched again, so an interrupted run resumes."""
+    if not attacks or target is None:
         return []
-    folder = work / "attacks" / tag
-    if state.is_main_process:
-        built = [a.build(pipe, target) if edit is None else a.build(pipe, target, edit) for a in attacks]
-        suites = [s for b in built for s in (b if isinstance(b, list) else [b])]  # a curve gives one suite per strength
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, s in enumerate(suites):
-            (folder / f"{i}.json").write_text(json.dumps(s.to_dict(), indent=1))
-            flat = {f"{name}/{k}": t.contiguous() for name, vec in s.vectors.items() for k, t in vec.items()}
-            save_file(flat, str(folder / f"{i}.safetensors"))
-        (folder / "count").write_text(str(len(suites)))
-    state.wait_for_everyone()
-    if state.is_main_process:
-        return suites
+    out: list[Suite] = []
+    for attack in attacks:
+        key = _attack_key(attack, pipe, target, inputs, edit, judge, settings)
+        folder = work / "attacks" / tag / f"{attack.name}-{key[:16]}"
+        if state.is_main_process and not (folder / "count").is_file():
+            ctx = AttackContext(
+                pipe,
+                target,
+                edit,
+                concepts=inputs.concepts,
+                pairs=inputs.pairs,
+                kind=inputs.kind,
+                tinyworld=inputs.tinyworld,
+                settings=settings,
+                judge=judge,
+                progress=progress,
+            )
+            _store(folder, attack.suites(ctx))
+        state.wait_for_everyone()
+        out += _load(folder)
+    return out
+
+
+def _store(folder: Path, suites: Sequence[Suite]) -> None:
+    """Each suite as JSON + its vectors as safetensors, atomically; ``count`` last (it marks the folder complete)."""
+    from safetensors.torch import save
+
+    from .._atomic import write_bytes_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(suites):
+        write_bytes_atomic(folder / f"{i}.json", json.dumps(s.to_dict(), indent=1).encode())
+        flat = {f"{name}/{k}": t.contiguous() for name, vec in s.vectors.items() for k, t in vec.items()}
+        write_bytes_atomic(folder / f"{i}.safetensors", save(flat))
+    write_bytes_atomic(folder / "count", str(len(suites)).encode())
+
+
+def _load(folder: Path) -> list[Suite]:
+    from safetensors.torch import load_file
+
     out = []
     for i in range(int((folder / "count").read_text())):
         d = json.loads((folder / f"{i}.json").read_text())
@@ -172,7 +273,10 @@ class Job:
     vectors: dict
 
     def group(self) -> tuple:
-        return (self.state, str(self.item.guidance), self.item.shift is not None)
+        """Items rendered in one pipeline call share these: model state, guidance, how they are conditioned, and
+        their sampler."""
+        it = self.item
+        return (self.state, str(it.guidance), it.shift is not None, it.token is not None, str(it.sampling))
 
 
 @dataclass

@@ -270,6 +270,22 @@ def attacks_html(results: Results) -> str:
                     concept_cell = _html_cell(p["unedited concept rate"])
                     out.append(f"<tr><td>{p['eta']:g}</td>{concept_cell}{kept_cell}{cells}</tr>")
                 out.append("</table>")
+            elif "kind" in a:  # a registry attack: ASR beside the unedited rate and the cost
+                out.append(
+                    f"<h3>{e(study)}: {e(name)} <small>({e(a['kind'])})</small></h3>"
+                    f"<p>Budget: {e(a['budget'])}. Reference: {e(a['reference'])}.</p>"
+                    "<table class='paired'><tr><th>method</th><th>judge ASR %</th>"
+                    "<th>unedited concept % (same attacked items)</th><th>attacked items</th>"
+                    "<th>attack seconds</th><th>denoiser evaluations</th><th>text-encoder evaluations</th></tr>"
+                )
+                for m, r in a["methods"].items():
+                    c = r["cost"]
+                    out.append(
+                        f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}{_html_cell(r['unedited concept rate'])}"
+                        f"<td>{r['attacked items']}</td><td>{c['seconds']:.1f}</td><td>{c['denoiser_evaluations']}</td>"
+                        f"<td>{c['text_encoder_evaluations']}</td></tr>"
+                    )
+                out.append("</table>")
             else:
                 out.append(
                     f"<h3>{e(study)}: {e(name)}</h3>"
@@ -395,6 +411,10 @@ def _grid(suite_name: str, suite_runs: list, labels: list[str], max_rows: int, t
         prompt = it.prompt if same_items else " | ".join(dict.fromkeys(r.suite.items[i].prompt for r in suite_runs))
         if it.shift is not None:
             prompt += f"  [+ η={it.shift[1]:g} · concept vector]"
+        if it.token is not None:
+            prompt += "  [learned token in place of its carrier word]"
+        if it.sampling is not None:
+            prompt += f"  [noisy DDIM η={it.sampling[0]:g}, noise × {it.sampling[1]:g}]"
         imgs = "".join(
             f"<td><img alt='{e(cols[k])}' src='{_data_uri(ImageCache.load(p), thumb)}'>{d}</td>"
             for k, (p, d) in enumerate(cells(i))

@@ -39,6 +39,18 @@ class SuiteRun:
             [bool(agg([jr.seen(c)[i] for c in it.concepts])) for i, it in enumerate(self.suite.items)], dtype=bool
         )
 
+    def attacked(self, which: str) -> np.ndarray:
+        """Per attacked item: did the attack succeed (the judge sees any of its concepts)? A best-of-K suite
+        (``info['best_of']``: K draws per target item, each draw's meta naming its item ``of``) succeeds on an item
+        when any of its draws does."""
+        seen = self.seen(which, "any")
+        if not self.suite.info.get("best_of"):
+            return seen
+        groups: dict[str, list[int]] = {}
+        for i, it in enumerate(self.suite.items):
+            groups.setdefault(dict(it.meta).get("of", str(i)), []).append(i)
+        return np.array([bool(seen[idx].any()) for idx in groups.values()], dtype=bool)
+
     def to_dict(self) -> dict:
         return {
             "suite": self.suite.to_dict(),

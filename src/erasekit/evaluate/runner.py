@@ -45,7 +45,7 @@ from .judges import Judge
 from .judging import judge_runs
 from .plan import Study, plan_jobs, study_suites
 from .results import SCHEMA, UNEDITED, MethodRun, Results, SuiteRun, versions
-from .summary import headline_suite, run_config, summarise
+from .summary import attack_configs, headline_suite, run_config, summarise
 
 __all__ = [
     "SCHEMA",
@@ -93,7 +93,8 @@ def evaluate(
     model = ModelIdentity.of(pipe)
 
     t0 = time.perf_counter()
-    suites = study_suites(state, studies, pipe, Path(out_dir))  # built once on the main process, shared through files
+    # built once on the main process, shared through files (and reused from them when a run resumes)
+    suites = study_suites(state, studies, pipe, Path(out_dir), judge=judge, settings=settings, progress=progress)
     attack_seconds = time.perf_counter() - t0
     plan = plan_jobs(studies, suites, model, cache, settings)
     todo, n_missing = plan.missing()
@@ -124,6 +125,7 @@ def evaluate(
         processes=state.num_processes,
         torch_threads=threads_per_process,
     )
+    config["attacks"] = {study.name: attack_configs(study) for study in studies if study.attacks}
     n = len(plan.jobs)
     timing = {
         "images_total": n,

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import metrics as M
 from . import stats as S
-from .attacks import headline_eta
+from .attacks.ring_a_bell import headline_eta
 from .cache import ImageCache, ModelIdentity
 from .results import UNEDITED, MethodRun, SuiteRun, versions
 
@@ -58,6 +58,21 @@ def run_config(
             "class": type(pipe).__name__,
             "name_or_path": getattr(pipe.config, "_name_or_path", None) if hasattr(pipe, "config") else None,
         },
+    }
+
+
+def attack_configs(study) -> dict:
+    """results.json's ``config.attacks[study]``: every attack's kind, reference, whether it is searched per method,
+    and its full config (budget and seed)."""
+    return {
+        getattr(a, "label", a.name): {
+            "attack": a.name,
+            "kind": a.kind,
+            "reference": a.reference,
+            "per_method": a.per_method,
+            "config": a.config.to_dict(),
+        }
+        for a in study.attacks
     }
 
 
@@ -133,6 +148,8 @@ def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) ->
     for label, run in study_runs.items():
         for s in run.suites.values():
             info = s.suite.info
+            if s.suite.kind == "adversarial" and "record" in info and "search" not in info and "eta" not in info:
+                _registry_attack(out, label, s, kw)
             if s.suite.kind != "adversarial" or "search" not in info:
                 continue
             search = info["search"].values()
@@ -149,6 +166,29 @@ def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) ->
                 "prompts searched": len(info["search"]),
             }
     return out
+
+
+def _registry_attack(out: dict, label: str, s: SuiteRun, kw: dict) -> None:
+    """A registry attack's entry: its kind, reference, budget and full config; per method the judged attack success
+    beside the unedited model's rate on the same attacked items, and the attack's cost."""
+    info, record = s.suite.info, s.suite.info["record"]
+    entry = out.setdefault(
+        info["attack"],
+        {
+            "kind": record["kind"],
+            "reference": record["reference"],
+            "budget": info.get("budget", ""),
+            "config": record["config"],
+            "methods": {},
+        },
+    )
+    attacked = s.attacked("edited")
+    entry["methods"][label] = {
+        "judge ASR": M.attack_success_rate(attacked, name=f"ASR {info['attack']}", budget=entry["budget"], **kw),
+        "unedited concept rate": M.rate("unedited concept rate", s.attacked("unedited"), **kw),
+        "attacked items": int(len(attacked)),
+        "cost": record["cost"],
+    }
 
 
 PAIRED_KINDS = {
@@ -217,7 +257,7 @@ def _metrics(run: MethodRun, which: str, seed: int, n_boot: int) -> dict[str, M.
         elif kind == "adversarial":
             label = f"ASR {name.split(':', 1)[-1]}"
             out[label] = M.attack_success_rate(
-                s.seen(which, "any"), name=label, budget=s.suite.info.get("budget", ""), **kw
+                s.attacked(which), name=label, budget=s.suite.info.get("budget", ""), **kw
             )
         elif kind == "general" and which == "edited":
             if s.suite.labels:

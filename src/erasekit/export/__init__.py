@@ -132,4 +132,21 @@ def export(
             edit.check_compatible(pipe)  # strict: the base weights this edit was made for
     elif pipe is None:
         raise ExportError(f"the {fmt.name!r} format writes a whole model: pass pipe=<the base pipeline> with the edit")
+    elif edit is not None and given.get("save_dtype") is not None:
+        _check_saved_storage_loss(edit, pipe, given["save_dtype"])
     return fmt.write(edit, pipe, path, progress=progress, **given)
+
+
+def _check_saved_storage_loss(edit, pipe, save_dtype) -> None:
+    """A merged model saved in a low-precision dtype rounds the edit into it: refuse above STORAGE_LOSS_LIMIT."""
+    from ..edit import STORAGE_LOSS_LIMIT
+    from ..errors import EditError
+    from ._common import resolve_save_dtype
+
+    dtype = resolve_save_dtype(save_dtype)
+    try:
+        edit.check_storage_loss(pipe, STORAGE_LOSS_LIMIT, dtype)
+    except EditError as e:
+        raise ExportError(
+            f"{e}. To write the merged model anyway, apply the edit (max_storage_loss=None) and export the pipeline"
+        ) from None

@@ -91,9 +91,10 @@ def edit_record(edit) -> dict:
     fingerprint of every edited layer's base weight (what ``load_edit`` checks a pipeline against)."""
     meta = edit.metadata()
     rec = {k: meta[k] for k in ("erasekit_version", "method", "config", "concepts", "base", "stats") if k in meta}
+    # keyed as the export's own layers are: the path in the denoiser (an edit file's keys also name the component)
     rec["layers"] = {
-        p: {"kind": info["kind"], "shape": info["shape"], "fingerprint": info["fingerprint"]}
-        for p, info in meta["layers"].items()
+        k: {"kind": le.kind, "shape": list(le.shape), "fingerprint": edit.fingerprints[k]}
+        for k, le in edit.layers.items()
     }
     return rec
 

@@ -100,6 +100,33 @@ class Method(ABC, Generic[C]):
         return False
 
 
+def fit_by_group(
+    method: Method[Any], adapter: PipelineAdapter, concepts: ConceptSet, config: MethodConfig, progress: bool = True
+) -> Edit:
+    """``method.fit`` once per site group (sites sharing one input: one set of token columns, one Gram factor),
+    the groups' layers joined in one :class:`Edit`.
+
+    Every method's objective is a sum over layers whose columns are the layer's own input, so solving each group on
+    its own input is the fit over all sites: on SD3 / FLUX, the text stream's ``context_embedder`` and the pooled
+    text embedder. A family with one group (the UNets, PixArt, Sana) is fitted as it always was. The edit's stats
+    are the groups' under ``stats['groups']``, with the total ``seconds``.
+    """
+    from ..edit import Edit
+
+    groups = list(adapter.groups)
+    if len(groups) == 1:
+        return method.fit(adapter, concepts, config, progress=progress)
+    edits = {g: method.fit(adapter.for_group(g), concepts, config, progress=progress) for g in groups}
+    first = edits[groups[0]]
+    if any(e.config != first.config for e in edits.values()):
+        raise MethodError(f"{method.name}: the site groups {groups} resolved different configs; fit them separately")
+    layers = [le for e in edits.values() for le in e.layers.values()]
+    prints = {k: fp for e in edits.values() for k, fp in e.fingerprints.items()}
+    stats: dict[str, Any] = {"seconds": round(sum(float(e.stats.get("seconds", 0.0)) for e in edits.values()), 4)}
+    stats["groups"] = {g: {**e.stats, "layers": list(e.layers)} for g, e in edits.items()}
+    return Edit(first.method, first.config, first.concepts, adapter.describe(), layers, prints, stats)
+
+
 _REGISTRY: dict[str, type[Method[Any]]] = {}
 
 

@@ -304,6 +304,19 @@ def matching_indices(old: list[int], new: list[int], length: int) -> tuple[list[
     return oi + list(range(oi[-1] + 1, length - (ni[-1] - oi[-1]))), ni + list(range(ni[-1] + 1, length))
 
 
+def segment_matching_indices(segments, old: str, new: str, length: int) -> tuple[list[int], list[int]]:
+    """:func:`matching_indices` within each segment of a text stream made of several tokenizers' outputs
+    (SD3: CLIP's 77 positions, then T5's), offset to the segment's first position; one segment is the usual case."""
+    starts = [start for _, start in segments] + [length]
+    oi: list[int] = []
+    ni: list[int] = []
+    for (tok, start), end in zip(segments, starts[1:]):
+        o, n = matching_indices(tok(old).input_ids, tok(new).input_ids, end - start)
+        oi += [start + i for i in o]
+        ni += [start + i for i in n]
+    return oi, ni
+
+
 def concept_positions(tokenizer, prompt: str, concept: str, use_pooler: bool) -> tuple[list[int], list[int]]:
     """(positions of the concept's tokens, those plus every EOS-token position when use_pooler) — src/dataset.py."""
     ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
@@ -369,7 +382,7 @@ class MACE(Method[MACEConfig]):
     def fit(self, adapter, concepts, config: MACEConfig, progress: bool = True):
         t0 = time.perf_counter()
         fam = adapter.family_spec
-        if not fam.positions_follow_tokenizer:
+        if fam.token_segments(adapter.pipe) is None:
             raise MethodError(
                 f"MACE aligns the concept and mapping prompts by tokenizer position, and {fam.name}'s pipeline "
                 "reorders positions (an instruction prefix, then a selected tail); use uce, space, rece, speed or cure"
@@ -438,13 +451,14 @@ class MACE(Method[MACEConfig]):
         return (torch.cat(parts, 1) if parts else torch.zeros(d, 0, dtype=F64)), stats
 
     def _cfr_columns(self, adapter, prompts):
-        tok = adapter.tokenizer
+        segments = adapter.family_spec.token_segments(adapter.pipe)  # ((tokenizer, first position), ...)
+        pooled = adapter.input_kind == "pooled_text"
         olds, news = [], []
         for cps, mps in prompts:
             e_old, e_new = adapter.encode(cps).embeds, adapter.encode(mps).embeds  # (b, L, d_in)
             L = e_old.shape[1]
             for j, (a, b) in enumerate(zip(cps, mps)):
-                oi, ni = matching_indices(tok(a).input_ids, tok(b).input_ids, L)
+                oi, ni = ([0], [0]) if pooled else segment_matching_indices(segments, a, b, L)
                 olds.append(e_old[j, oi])
                 news.append(e_new[j, ni])
         return torch.cat(olds).T.contiguous(), torch.cat(news).T.contiguous()  # (d_in, n) each

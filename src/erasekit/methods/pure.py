@@ -367,7 +367,8 @@ class PURE(Method[PUREConfig]):
     def fit(self, adapter, concepts, config: PUREConfig, progress: bool = True):
         from ._finetune import require_denoiser_methods
 
-        require_denoiser_methods(adapter, f"{self.name} (its activation capture)")
+        if config.basis == "activation":  # the text basis is a closed form on the site inputs: every family
+            require_denoiser_methods(adapter, f"{self.name} (its activation capture; basis='text' runs without it)")
         t0 = time.perf_counter()
         if config.basis == "activation":
             bases = _bases_activation(adapter, concepts, config, progress)

@@ -193,10 +193,12 @@ class SPEEDConfig(MethodConfig):
 
 # ------------------------------------------------------------ embeddings
 def _select(enc, mode: str) -> list[torch.Tensor]:
-    """Per prompt, its columns (d, ·): the last subject token, or every token after BOS."""
+    """Per prompt, its columns (d, ·): the last subject token, or every token after BOS (a pooled input: its one
+    vector)."""
     if mode == "last":
         return [enc.embeds[i, int(enc.last_index[i])].unsqueeze(1) for i in range(enc.embeds.shape[0])]
-    return [enc.embeds[i, 1:].T for i in range(enc.embeds.shape[0])]
+    first = 1 if enc.embeds.shape[1] > 1 else 0  # a pooled site reads one vector per prompt, no BOS to skip
+    return [enc.embeds[i, first:].T for i in range(enc.embeds.shape[0])]
 
 
 def speed_columns(adapter, concepts, config: SPEEDConfig):
@@ -206,9 +208,13 @@ def speed_columns(adapter, concepts, config: SPEEDConfig):
     assert token is not None  # resolved from the concept kind before the fit
     T = torch.cat(_select(adapter.encode([e for e, _ in pairs]), token), dim=1)  # (d, m)
     A = torch.cat(_select(adapter.encode([g for _, g in pairs]), token), dim=1)  # (d, m)
-    null = adapter.encode([""]).embeds[0]  # (77, d)
+    null = adapter.encode([""]).embeds[0]  # (77, d); a pooled site: (1, d)
     gen = torch.Generator().manual_seed(config.seed)
-    K2 = torch.cat([null[:1], kmeans(null[1:], config.clusters, gen)]).T.contiguous()  # (d, 1 + k)
+    if adapter.input_kind == "pooled_text":  # one vector per prompt: the null prompt's is K2 and the retain default
+        null = null.expand(2, -1)  # rows [BOS-like, rest] = the same vector, so null[1:] is that vector
+        K2 = null[:1].T.contiguous()  # (d, 1)
+    else:
+        K2 = torch.cat([null[:1], kmeans(null[1:], config.clusters, gen)]).T.contiguous()  # (d, 1 + k)
     words = [normalize_word(c) for c in concepts.erase]
     retain = [
         p for p in concepts.preserve if not any(re.search(r"\b" + re.escape(w) + r"\b", p.lower()) for w in words)

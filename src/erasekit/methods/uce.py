@@ -21,6 +21,15 @@ Presets (``preset=``), read from rohitgandikota/unified-concept-editing:
 * ``erasekit`` — erasekit's earlier behaviour, kept as an extension: erasekit's own template
   lists (``concepts.TEMPLATES``) on erase, guide *and* preserve prompts; token selection as given.
 
+On FLUX.1, ``v2`` is the official port ``trainscripts/uce_flux_edit.py``: the same two modules (the static sites
+``context_embedder`` and the pooled ``time_text_embed.text_embedder.linear_1``, each solved on its own input: the
+T5 state of the last token before EOS, the pooled CLIP-L vector; the empty prompt's T5 column is the final padding
+position, as the script's ``mask.sum() - 2`` indexes it), T5 lengths 512 (dev) / 256 (schnell), the same templates.
+One deviation, deliberate: the script's targets are ``module(c) = W0 c + b``, so its edit maps W c_e onto
+W0 c_g + b (the layer adds b again) and pulls preserved outputs by b; erasekit maps onto W0 c_g, so preserved
+outputs stay. Its weight is erasekit's plus b sᵀ M⁻¹ (s = α Σ c_e + β Σ c_p); bias-free the two agree to float32
+rounding (tests/test_baselines.py). On SD3 (no official port) the columns are chosen the same way.
+
 With no ``preset`` given, ``kind='nsfw'`` uses ``v1`` and every other kind ``v2``.
 Explicit options (``token``, ``preserve_token``, ``preserve_scale``, …) override the preset's.
 Differences from the scripts that do not change the result: erasekit solves in float64 through a

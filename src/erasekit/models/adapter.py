@@ -11,18 +11,25 @@ touch the pipeline; they see matrices.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
 from ..fingerprint_spec import SKETCH_N
-from .families import PROJECTIONS, Conditioning, identify
+from .families import PROJECTIONS, Conditioning, Pipeline, Site, identify
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..edit_format import Fingerprint
 
 __all__ = ["PROJECTIONS", "TOKEN_MODES", "Encoded", "PipelineAdapter", "weight_fingerprint", "fingerprints_match"]
 
@@ -39,16 +46,24 @@ class Encoded:
 
 
 class PipelineAdapter:
-    """Wraps a diffusers pipeline of a registered family (SD 1.x / 2.x / XL, PixArt-α / Σ, Sana).
+    """Wraps a diffusers pipeline of a registered family (SD 1.x / 2.x / XL, PixArt-α / Σ, Sana, SD3, FLUX.1).
+
+    The edit sites fall into *groups* of sites that read the same input (one group on the UNets, PixArt and Sana;
+    SD3 / FLUX: the text stream's ``context_embedder`` and the pooled text embedder). A closed form is solved per
+    group: :meth:`for_group` gives the adapter of one group, whose ``paths``, ``d_in`` and :meth:`encode` are that
+    group's, and methods see one group at a time (:func:`erasekit.methods.base.fit_by_group`).
 
     Args:
         pipe: a loaded diffusers pipeline.
         layer_regex: optional override; every ``nn.Linear`` in the denoiser whose module path
-            matches (``re.search``) is edited instead of the discovered to_k / to_v.
-        projections: which projections to edit by default, subset of ``("k", "v")``.
+            matches (``re.search``) is edited instead of the discovered sites (one group, read as the text stream).
+        projections: which cross-attention projections to edit, subset of ``("k", "v")`` (families whose sites are
+            not attention projections, SD3 / FLUX, edit their static sites whatever it says).
     """
 
-    def __init__(self, pipe, layer_regex: str | None = None, projections: Sequence[str] = ("k", "v")):
+    group: str | None = None  # the group this adapter is restricted to (for_group), None: every site
+
+    def __init__(self, pipe: Pipeline, layer_regex: str | None = None, projections: Sequence[str] = ("k", "v")) -> None:
         self.family_spec = identify(pipe)
         self.pipe = pipe
         self.denoiser = self.family_spec.get_denoiser(pipe)
@@ -56,12 +71,60 @@ class PipelineAdapter:
         bad = [p for p in projections if p not in PROJECTIONS]
         if bad or not projections:
             raise ModelError(f"unknown projection(s) {bad or projections}; choose from 'k' and 'v'")
-        self.paths = self._discover(layer_regex, tuple(projections))
-        self.d_in = self._check_in_features()
-        self._pinned_fingerprints: dict[str, dict] = {}
+        self.sites = self._discover(layer_regex, tuple(projections))
+        self.paths = [s.path for s in self.sites]
+        self._d_in = self._check_in_features()
+        self._pinned_fingerprints: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ groups
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        """Group name -> its site paths, in site order."""
+        out: dict[str, list[str]] = {}
+        for s in self.sites:
+            out.setdefault(s.group, []).append(s.path)
+        return out
+
+    def for_group(self, group: str) -> PipelineAdapter:
+        """This adapter restricted to the sites of ``group`` (they share one input, so one set of columns)."""
+        if group not in self.groups:
+            raise ModelError(f"no site group {group!r}; this {self.family} pipeline has {', '.join(self.groups)}")
+        view = copy.copy(self)
+        view.sites = [s for s in self.sites if s.group == group]
+        view.paths = [s.path for s in view.sites]
+        view.group = group
+        return view
+
+    @property
+    def d_in(self) -> int:
+        """The input width of the sites (of this group)."""
+        if self.group is not None:
+            return self._d_in[self.group]
+        if len(self._d_in) != 1:
+            raise ModelError(
+                f"the {self.family} sites read {len(self._d_in)} different inputs ({', '.join(self._d_in)}); ask "
+                "adapter.for_group(name) for one"
+            )
+        return next(iter(self._d_in.values()))
+
+    @property
+    def site(self) -> Site:
+        """The site whose input this adapter encodes (the first of its one group)."""
+        groups = self.groups
+        if len(groups) != 1:
+            raise ModelError(
+                f"the {self.family} sites read {len(groups)} different inputs ({', '.join(groups)}); ask "
+                "adapter.for_group(name) for one"
+            )
+        return self.sites[0]
+
+    @property
+    def input_kind(self) -> str:
+        """What the sites of this (one-group) adapter read: 'static_text' (a token stream) or 'pooled_text'."""
+        return self.site.input_kind
 
     # ------------------------------------------------------------------ layers
-    def _discover(self, layer_regex: str | None, projections: tuple[str, ...]) -> list[str]:
+    def _discover(self, layer_regex: str | None, projections: tuple[str, ...]) -> list[Site]:
         modules = dict(self.denoiser.named_modules())
         if layer_regex is not None:
             try:
@@ -74,7 +137,7 @@ class PipelineAdapter:
                     f"layer regex {layer_regex!r} matches no Linear layer in the {self.family_spec.denoiser}; "
                     "check the module names"
                 )
-            return paths
+            return [Site(p) for p in paths]
         sites = self.family_spec.edit_sites(self.pipe, projections)
         if not sites:
             raise ModelError(
@@ -82,16 +145,20 @@ class PipelineAdapter:
                 "Attention with is_cross_attention); erasekit edits text-to-image models with cross-attention. If "
                 "your model names its layers differently, pass layer_regex="
             )
-        return [s.path for s in sites]
+        return list(sites)
 
-    def _check_in_features(self) -> int:
-        dims = {p: self.linear(p).in_features for p in self.paths}
-        if len(set(dims.values())) != 1:
-            raise ModelError(
-                f"edited layers disagree on their input size {sorted(set(dims.values()))}; they must all read text "
-                "embeddings"
-            )
-        return next(iter(dims.values()))
+    def _check_in_features(self) -> dict[str, int]:
+        """Group -> the input width its sites share."""
+        out: dict[str, int] = {}
+        for group, paths in self.groups.items():
+            dims = {self.linear(p).in_features for p in paths}
+            if len(dims) != 1:
+                raise ModelError(
+                    f"edited layers disagree on their input size {sorted(dims)}; the layers of one site group must "
+                    "all read the same text embeddings"
+                )
+            out[group] = dims.pop()
+        return out
 
     def linear(self, path: str) -> nn.Linear:
         try:
@@ -116,15 +183,17 @@ class PipelineAdapter:
     @property
     def unet(self) -> nn.Module:
         """The denoiser (a UNet or a transformer); the name is kept for the UNet-era callers."""
-        return self.denoiser
+        den: nn.Module = self.denoiser
+        return den
 
     @property
     def device(self) -> torch.device:
-        return self.denoiser.device
+        dev: torch.device = self.denoiser.device
+        return dev
 
     # ---------------------------------------------------------------- prompts
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.family_spec.tokenizer(self.pipe)
 
     def conditioning(self, prompts: Sequence[str]) -> Conditioning:
@@ -137,13 +206,15 @@ class PipelineAdapter:
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], batch_size: int = 64) -> Encoded:
-        """What the edit sites read for ``prompts``: the pipeline's own encoding (no CFG branch), through the
-        family's site input (identity on a UNet, the caption projection on PixArt / Sana)."""
+        """What the edit sites (of this adapter's one group) read for ``prompts``: the pipeline's own encoding
+        (no CFG branch), through the family's site input (identity on a UNet, the caption projection on PixArt /
+        Sana, the pooled vector as one token on SD3 / FLUX's pooled site)."""
         from .precision import compute_dtype, computing_in_layers, stored_dtype, text_encoders
 
         prompts = list(prompts)
         if not prompts:
             raise ModelError("no prompt to encode")
+        site = self.site
         encoders = text_encoders(self.pipe)
         target = compute_dtype(self.device, stored_dtype(encoders[0])) if encoders else torch.float32
         fam = self.family_spec
@@ -153,10 +224,11 @@ class PipelineAdapter:
         with computing_in_layers(encoders, target):
             for i in range(0, len(prompts), batch_size):
                 cond = fam.encode(self.pipe, prompts[i : i + batch_size])
-                x = fam.site_inputs(self.pipe, cond)  # (b, L, d_in)
+                x = fam.site_inputs(self.pipe, cond, site)  # (b, L, d_in)
                 chunks.append(x.detach().to("cpu", torch.float64))
-                lasts.append((cond.last_real().cpu() - fam.trailing_specials()).clamp(min=0))
-                counts.append(cond.mask.sum(dim=1).cpu().to(torch.int64))
+                last, count = fam.site_tokens(cond, site)  # (b,), (b,)
+                lasts.append(last)
+                counts.append(count)
         embeds = torch.cat(chunks)
         if embeds.shape[-1] != self.d_in:
             raise ModelError(
@@ -206,7 +278,7 @@ class PipelineAdapter:
         return torch.cat(cols).T.contiguous()
 
     # ------------------------------------------------------------ fingerprint
-    def fingerprint(self, paths: Sequence[str] | None = None) -> dict[str, dict]:
+    def fingerprint(self, paths: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         """Fingerprints of the base weights (pinned ones first: see :meth:`pin_fingerprints`)."""
         return {
             p: self._pinned_fingerprints.get(p) or weight_fingerprint(self.linear(p).weight)
@@ -218,13 +290,14 @@ class PipelineAdapter:
         another dtype (models/precision.py); the edit then records the weights as they are stored."""
         self._pinned_fingerprints = {p: weight_fingerprint(self.linear(p).weight) for p in self.paths}
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         cfg = getattr(self.pipe, "config", {}) or {}
+        d_in = next(iter(self._d_in.values()))  # every group's view describes the same pipeline
         return {
             "pipeline": type(self.pipe).__name__,
             "family": self.family,
             "name_or_path": cfg.get("_name_or_path") if hasattr(cfg, "get") else None,
-            "d_in": self.d_in,
+            "d_in": d_in,  # the first group's (the text stream's) when the sites read several inputs
             "denoiser": self.family_spec.denoiser,
         }
 
@@ -247,7 +320,7 @@ def _as_matrix(w: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def weight_fingerprint(weight: torch.Tensor) -> dict:
+def weight_fingerprint(weight: torch.Tensor) -> dict[str, Any]:
     """Exact hash of the bytes plus a dtype-tolerant numeric sketch, for a parameter of any rank.
 
     The hash decides bit-exact identity; the sketch (8 normalised bilinear probes uᵀWr and
@@ -274,7 +347,9 @@ def weight_fingerprint(weight: torch.Tensor) -> dict:
     }
 
 
-def fingerprints_match(stored, live: dict, probe_tol: float = 0.05, fro_rtol: float = 0.01) -> tuple[bool, bool]:
+def fingerprints_match(
+    stored: Fingerprint | Mapping[str, Any], live: Mapping[str, Any], probe_tol: float = 0.05, fro_rtol: float = 0.01
+) -> tuple[bool, bool]:
     """(same model, bit-exact same bytes) for a stored fingerprint (dict or Fingerprint) and a live one.
 
     "Same model" needs the shape, the Frobenius norm within ``fro_rtol`` and every one of the

@@ -23,16 +23,22 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+# A forward hook as AttentionProbe hands it out: (module, positional inputs, output) -> None.
+ForwardHook = Callable[[nn.Module, tuple[Any, ...], torch.Tensor], None]
 
 
 class _Hooks:
     """The handles of the hooks a probe registered; removed on exit (also on error) or by :meth:`remove`."""
 
-    _handles: list
+    _handles: list[RemovableHandle]
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.remove()
 
     def remove(self) -> None:
@@ -53,8 +59,13 @@ class CrossAttentionCapture(_Hooks):
     """
 
     def __init__(
-        self, unet, layers: Iterable[str], steps: Iterable[int] | None = None, cfg: bool = True, paired: bool = False
-    ):
+        self,
+        unet: nn.Module,
+        layers: Iterable[str],
+        steps: Iterable[int] | None = None,
+        cfg: bool = True,
+        paired: bool = False,
+    ) -> None:
         self.unet = unet
         self.layers = list(layers)
         self.steps = None if steps is None else set(int(s) for s in steps)
@@ -65,13 +76,13 @@ class CrossAttentionCapture(_Hooks):
         self.twin_records: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.neutral: torch.Tensor | None = None  # (B_cond, L, d_in) twin conditioning of the current batch
         self._in_twin = False
-        self._handles: list = []
+        self._handles: list[RemovableHandle] = []
 
-    def _on_unet(self, module, args, kwargs):
+    def _on_unet(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self._in_twin:
             self.step += 1
 
-    def _twin(self, module, args, kwargs, output):
+    def _twin(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object) -> None:
         """Paired neutral twin: the same UNet on the same x_t and t with the neutral prompt, recorded and
         discarded (returns None, so the trajectory is exactly the one without the twin)."""
         if self._in_twin or self.neutral is None or (self.steps is not None and self.step not in self.steps):
@@ -92,8 +103,8 @@ class CrossAttentionCapture(_Hooks):
             self._in_twin = False
         return None
 
-    def _recorder(self, layer: str):
-        def hook(module, args):
+    def _recorder(self, layer: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             if self.steps is not None and self.step not in self.steps:
                 return
             x = args[0]  # (B, N, d_ℓ): attention output before to_out
@@ -112,8 +123,8 @@ class CrossAttentionCapture(_Hooks):
             if self.paired:
                 self._handles.append(self.unet.register_forward_hook(self._twin, with_kwargs=True))
             for layer in self.layers:
-                attn = self.unet.get_submodule(layer)
-                self._handles.append(attn.to_out[0].register_forward_pre_hook(self._recorder(layer)))
+                to_out = self.unet.get_submodule(f"{layer}.to_out.0")  # the output Linear of the Attention
+                self._handles.append(to_out.register_forward_pre_hook(self._recorder(layer)))
         except Exception:
             self.remove()
             raise
@@ -137,20 +148,21 @@ class AttentionProbe(_Hooks):
     ``sink(block, P)`` is called once per block and UNet call, with P (B, heads, N_spatial, L_tokens).
     """
 
-    def __init__(self, unet, blocks: list[str], sink: Callable[[str, torch.Tensor], None]):
+    def __init__(self, unet: nn.Module, blocks: list[str], sink: Callable[[str, torch.Tensor], None]) -> None:
         self.unet, self.blocks, self.sink = unet, blocks, sink
         self._q: dict[str, torch.Tensor] = {}
-        self._handles: list = []
+        self._handles: list[RemovableHandle] = []
 
-    def hooks(self) -> list[tuple[str, Callable]]:
-        out = []
+    def hooks(self) -> list[tuple[str, ForwardHook]]:
+        out: list[tuple[str, ForwardHook]] = []
         for b in self.blocks:
-            attn = self.unet.get_submodule(b)
+            # a diffusers Attention: ``heads`` and ``scale`` are plain attributes, which nn.Module's typing cannot see
+            attn: Any = self.unet.get_submodule(b)
 
-            def on_q(module, args, q, b=b):
+            def on_q(module: nn.Module, args: tuple[Any, ...], q: torch.Tensor, b: str = b) -> None:
                 self._q[b] = q
 
-            def on_k(module, args, k, b=b, attn=attn):
+            def on_k(module: nn.Module, args: tuple[Any, ...], k: torch.Tensor, b: str = b, attn: Any = attn) -> None:
                 q = self._q.pop(b)
                 B, N, _ = q.shape
                 h = attn.heads

@@ -14,12 +14,18 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..dtypes import DTYPES
 from ..errors import ModelError
 from .record import BUNDLED, is_tinyworld, model_record, record_model
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from .families import Pipeline
 
 # is_tinyworld and model_record are re-exported: callers that load a model ask this module about it
 __all__ = ["DTYPES", "TINY", "BUNDLED", "resolve_dtype", "load_pipeline", "is_tinyworld", "model_record"]
@@ -43,7 +49,7 @@ def load_pipeline(
     device: str = "cpu",
     config: str | None = None,
     revision: str | None = None,
-):
+) -> Pipeline:
     """Load ``model`` (see module docstring) onto ``device`` in ``dtype``.
 
     The pipeline carries the record of ``model`` (:func:`erasekit.models.record.model_record`):
@@ -73,7 +79,7 @@ class _DropHalfOnCpuWarning(logging.Filter):
         return "cannot run with `cpu` device" not in record.getMessage()
 
 
-def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: str | None):
+def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: str | None) -> Pipeline:
     if model in BUNDLED:
         from .. import tinyworld
 
@@ -108,7 +114,7 @@ def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: st
     )
 
 
-def _from_pretrained(name: str, torch_dtype, revision, local: bool):
+def _from_pretrained(name: str, torch_dtype: torch.dtype, revision: str | None, local: bool) -> Pipeline:
     from diffusers import DiffusionPipeline
 
     try:
@@ -123,7 +129,7 @@ def _from_pretrained(name: str, torch_dtype, revision, local: bool):
         ) from None
 
 
-def _single_file_class(path: Path):
+def _single_file_class(path: Path) -> type[StableDiffusionPipeline] | type[StableDiffusionXLPipeline]:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from safetensors import safe_open
 
@@ -141,7 +147,7 @@ def _single_file_class(path: Path):
     )
 
 
-def _from_single_file(path: Path, torch_dtype, config: str | None):
+def _from_single_file(path: Path, torch_dtype: torch.dtype, config: str | None) -> Pipeline:
     cls = _single_file_class(path)
     try:
         return cls.from_single_file(str(path), torch_dtype=torch_dtype, config=config)

@@ -27,10 +27,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+if TYPE_CHECKING:
+    from .families import Pipeline
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -108,7 +112,12 @@ def computing_in(modules: Iterable[nn.Module | None], dtype: torch.dtype) -> Ite
         _give_back(stash)
 
 
-def _cast_inputs(x, dtype: torch.dtype):
+@overload
+def _cast_inputs(x: tuple[Any, ...], dtype: torch.dtype) -> tuple[Any, ...]: ...
+@overload
+def _cast_inputs(x: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]: ...
+def _cast_inputs(x: object, dtype: torch.dtype) -> object:
+    """A forward's inputs with their floating tensors (also inside tuples, lists and dicts) in ``dtype``."""
     if isinstance(x, torch.Tensor):
         return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
     if isinstance(x, (tuple, list)):
@@ -142,7 +151,8 @@ def _storage_address(x: torch.Tensor) -> int:
         return 0
 
 
-_Swap = tuple[dict, str, torch.Tensor, torch.Tensor, int]  # (slot dict, name, original, borrowed copy, copy's version)
+# (slot dict, name, original, borrowed copy, copy's version)
+_Swap = tuple[dict[str, Any], str, torch.Tensor, torch.Tensor, int]
 
 
 def _substitute(mod: nn.Module, dtype: torch.dtype) -> list[_Swap]:
@@ -152,7 +162,7 @@ def _substitute(mod: nn.Module, dtype: torch.dtype) -> list[_Swap]:
     anything that keeps a reference to what the forward used (autograd's saved tensors, activation
     checkpointing's recomputed ones) keeps the copy after the original is put back.
     """
-    swaps = []
+    swaps: list[_Swap] = []
     tables: tuple[dict[str, Any], ...] = (mod._parameters, mod._buffers)
     for slots in tables:
         for name, t in list(slots.items()):
@@ -191,30 +201,30 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
     which keeps references to what the recomputed forward used, also sees the copy. What trains is
     a separate float32 delta (methods/_finetune.py freezes the UNet).
     """
-    handles: list[Any] = []
-    live: dict[int, Any] = {}
+    handles: list[RemovableHandle] = []
+    live: dict[int, list[_Swap]] = {}
     copies: dict[int, torch.Tensor] = {}  # storage address of each live borrowed copy -> the original it was cast from
 
-    def pre(mod, args, kwargs):
+    def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         swaps = _substitute(mod, dtype)
         live.setdefault(id(mod), []).extend(swaps)  # extend: a forward that raised earlier may still hold its swaps
         for _, _, original, copy, _ in swaps:
             copies[_storage_address(copy)] = original
         return _cast_inputs(args, dtype), _cast_inputs(kwargs, dtype)
 
-    def post(mod, args, output):
+    def post(mod: nn.Module, args: tuple[Any, ...], output: object) -> None:
         swaps = live.pop(id(mod), [])
         for _, _, _, copy, _ in swaps:
             copies.pop(_storage_address(copy), None)
         _restore(swaps)
 
-    def pack(x: torch.Tensor):
+    def pack(x: torch.Tensor) -> torch.Tensor | _Recast:
         original = copies.get(_storage_address(x)) if copies else None
         if original is None:
             return x
         return _Recast(original, x.dtype, x.size(), x.stride(), int(x.storage_offset()))
 
-    def unpack(saved):
+    def unpack(saved: torch.Tensor | _Recast) -> torch.Tensor:
         return saved.tensor() if isinstance(saved, _Recast) else saved
 
     try:
@@ -237,24 +247,24 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
         copies.clear()
 
 
-def text_encoders(pipe) -> list[nn.Module]:
+def text_encoders(pipe: Pipeline) -> list[nn.Module]:
     return [m for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if m is not None]
 
 
-def pipeline_modules(pipe) -> list[nn.Module]:
+def pipeline_modules(pipe: Pipeline) -> list[nn.Module]:
     """Every torch module of a diffusers pipeline that runs during generation."""
     names = ("text_encoder", "text_encoder_2", "unet", "transformer", "vae")
     return [m for m in (getattr(pipe, n, None) for n in names) if isinstance(m, nn.Module)]
 
 
-def denoiser_of(pipe) -> Any:  # the family's denoiser (a diffusers model)
+def denoiser_of(pipe: Pipeline) -> Any:  # the family's denoiser (a diffusers model)
     """The pipeline's denoiser, as its family names it (``unet`` / ``transformer``)."""
     from .families import identify
 
     return identify(pipe).get_denoiser(pipe)
 
 
-def pipeline_compute_dtype(pipe) -> tuple[torch.dtype, torch.dtype]:
+def pipeline_compute_dtype(pipe: Pipeline) -> tuple[torch.dtype, torch.dtype]:
     """(stored dtype, compute dtype) of ``pipe``'s denoiser on its device."""
     den = denoiser_of(pipe)
     stored = stored_dtype(den)
@@ -262,7 +272,7 @@ def pipeline_compute_dtype(pipe) -> tuple[torch.dtype, torch.dtype]:
 
 
 @contextmanager
-def generating_in_compute_dtype(pipe) -> Iterator[torch.dtype]:
+def generating_in_compute_dtype(pipe: Pipeline) -> Iterator[torch.dtype]:
     """Run the whole pipeline in its compute dtype for the block (generation); yields that dtype.
 
     Generation casts the full pipeline (the UNet runs 2 × steps times per image, so a per-layer cast

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .families import Pipeline
 
 __all__ = [
     "BUNDLED",
@@ -75,14 +79,14 @@ def describe_model(name: str | Path | None) -> ModelRecord:
     return ModelRecord(text)
 
 
-def record_model(pipe, name: str | Path) -> ModelRecord:
+def record_model(pipe: Pipeline, name: str | Path) -> ModelRecord:
     """Attach the record of ``name`` (what ``pipe`` was loaded from) to ``pipe``; returns it."""
     rec = describe_model(name)
     object.__setattr__(pipe, _ATTR, rec)  # plain attribute: not a pipeline component, not in its config
     return rec
 
 
-def model_record(pipe) -> ModelRecord:
+def model_record(pipe: Pipeline) -> ModelRecord:
     """``pipe``'s record; for a pipeline loaded without :func:`load_pipeline`, the record of the folder it came from."""
     rec = getattr(pipe, _ATTR, None)
     if isinstance(rec, ModelRecord):
@@ -92,7 +96,7 @@ def model_record(pipe) -> ModelRecord:
     return describe_model(name)
 
 
-def is_tinyworld(model) -> bool:
+def is_tinyworld(model: Pipeline | str | Path | None) -> bool:
     """Whether ``model`` is a bundled tinyworld model (``tinyworld`` or ``tinyworld-xl``).
 
     ``model``: a pipeline (its record) or a ``--model`` name (before the pipeline is loaded).
@@ -110,6 +114,7 @@ def tinyworld_captions(n: int, seed: int) -> list[str]:
     from ..tinyworld import world
 
     rng = np.random.default_rng(seed)
+    caps: list[str]
     _, _, caps = world.sample_batch(n, rng, size=8, split="train", p_drop_pattern=0.3, p_drop_color=0.2)
     return caps
 

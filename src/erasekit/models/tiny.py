@@ -1,24 +1,42 @@
-"""Tiny, randomly initialised SD 1.x / 2.x / XL, PixArt-Σ and Sana pipelines built offline from configs.
+"""Tiny, randomly initialised SD 1.x / 2.x / XL, PixArt-Σ, Sana, SD3 and FLUX.1 pipelines built offline from configs.
 
 They have the exact module structure of the real families (same classes, cross-attention
-layout, SDXL's two encoders and 2-part embeddings, the real CLIP tokenizer; PixArt's T5 and
-Sana's Gemma-2 with offline stand-in tokenizers, models/tokenizer.py) at a size that runs in
-milliseconds: the project's test matrix and the CLI's smoke runs use them.
+layout, SDXL's two encoders and 2-part embeddings, the real CLIP tokenizer; PixArt's, SD3's and
+FLUX's T5 and Sana's Gemma-2 with offline stand-in tokenizers, models/tokenizer.py) at a size that
+runs in milliseconds: the project's test matrix and the CLI's smoke runs use them. The SD3 build has
+SD3.5-Medium's layout (a dual-attention block whose ``attn2`` is image self-attention, RMS q/k norms);
+``flux`` is FLUX.1-dev-like (guidance embedding), ``flux-schnell`` has none.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from torch import nn
 
 from .tokenizer import CLIP_VOCAB_SIZE, gemma_tokenizer, t5_tokenizer, write_clip_tokenizer_files
 
-FAMILIES = ("sd", "sd2", "sdxl", "pixart", "sana")
+if TYPE_CHECKING:
+    from diffusers import FluxPipeline, PixArtSigmaPipeline, SanaPipeline, StableDiffusion3Pipeline
+    from diffusers.models import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTokenizer, PreTrainedTokenizerBase, T5EncoderModel
+
+    from .families import Pipeline
+
+FAMILIES = ("sd", "sd2", "sdxl", "pixart", "sana", "sd3", "flux", "flux-schnell")
+_M = TypeVar("_M", bound=nn.Module)
 
 
-def _text_config(hidden: int, projection_dim: int | None = None):
+def _eval(module: _M) -> _M:
+    """``module`` in eval mode, as from_pretrained leaves a model (a fresh module is in train mode)."""
+    module.eval()
+    return module
+
+
+def _text_config(hidden: int, projection_dim: int | None = None) -> CLIPTextConfig:
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -36,10 +54,11 @@ def _text_config(hidden: int, projection_dim: int | None = None):
     )
 
 
-def _vae():
-    from diffusers import AutoencoderKL
+def _vae(**extra: Any) -> AutoencoderKL:
+    from diffusers.models import AutoencoderKL  # not `from diffusers`: mypy reads that as a placeholder class
 
-    return AutoencoderKL(
+    vae: AutoencoderKL = AutoencoderKL(  # its __init__ is wrapped by diffusers' untyped register_to_config
+        **extra,
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
@@ -49,19 +68,22 @@ def _vae():
         norm_num_groups=4,
         sample_size=32,
     )
+    return vae
 
 
-def _tokenizer(pad_token: str):
+def _tokenizer(pad_token: str) -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_clip_tokenizer_files(tmp, pad_token=pad_token)
-        return CLIPTokenizer.from_pretrained(tmp)
+        tok: CLIPTokenizer = CLIPTokenizer.from_pretrained(tmp)
+        return tok
 
 
-def _tiny_pixart():
+def _tiny_pixart() -> PixArtSigmaPipeline:
     """PixArt-Σ: T5 (24-d) → caption_projection → 2 blocks of width 16 whose attn2 reads it."""
-    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
+    from diffusers.models import PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     tok = t5_tokenizer()
@@ -92,16 +114,17 @@ def _tiny_pixart():
     # eval(), as from_pretrained leaves a model: T5 has dropout 0.1, and a fresh module is in train mode
     return PixArtSigmaPipeline(
         tokenizer=tok,
-        text_encoder=te.eval(),
-        vae=_vae().eval(),
-        transformer=tr.eval(),
+        text_encoder=_eval(te),
+        vae=_eval(_vae()),
+        transformer=_eval(tr),
         scheduler=DPMSolverMultistepScheduler(),
     )
 
 
-def _tiny_sana():
+def _tiny_sana() -> SanaPipeline:
     """Sana: Gemma-2 (16-d) → caption_projection → caption_norm → 2 linear-attention blocks; attn2 reads it."""
-    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SanaPipeline
+    from diffusers.models import AutoencoderDC, SanaTransformer2DModel
     from transformers import Gemma2Config, Gemma2Model
 
     tok = gemma_tokenizer()
@@ -150,15 +173,96 @@ def _tiny_sana():
     )
     return SanaPipeline(  # eval(), as from_pretrained leaves a model
         tokenizer=tok,
-        text_encoder=te.eval(),
-        vae=vae.eval(),
-        transformer=tr.eval(),
+        text_encoder=_eval(te),
+        vae=_eval(vae),
+        transformer=_eval(tr),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
     )
 
 
-def build_tiny_pipeline(family: str = "sd", seed: int = 0):
-    """A randomly initialised pipeline of ``family``: ``sd`` (SD 1.x), ``sd2``, ``sdxl``, ``pixart`` (Σ), ``sana``."""
+def _t5(tok: PreTrainedTokenizerBase, d_model: int) -> T5EncoderModel:
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(
+        vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=2,
+        relative_attention_num_buckets=8,
+    )  # fmt: skip
+    return _eval(T5EncoderModel(cfg))  # T5 has dropout 0.1
+
+
+def _tiny_sd3() -> StableDiffusion3Pipeline:
+    """SD3.5-Medium-like: CLIP-L (16-d) ⊕ CLIP-G (24-d) padded to T5's 48-d, joined with T5 → context_embedder;
+    pooled (16 + 24) → the pooled embedder; block 0 has a second image self-attention ``attn2``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from diffusers.models import SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    tr = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=48,
+        caption_projection_dim=16,
+        pooled_projection_dim=16 + 24,
+        pos_embed_max_size=16,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    tok3 = t5_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=_eval(tr),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_eval(_vae(shift_factor=0.0609)),
+        text_encoder=_eval(CLIPTextModelWithProjection(_text_config(16, 16))),
+        tokenizer=_tokenizer("<|endoftext|>"),
+        text_encoder_2=_eval(CLIPTextModelWithProjection(_text_config(24, 24))),
+        tokenizer_2=_tokenizer("!"),
+        text_encoder_3=_t5(tok3, 48),
+        tokenizer_3=tok3,
+    )
+
+
+def _tiny_flux(guidance: bool) -> FluxPipeline:
+    """FLUX.1: T5 (24-d) → context_embedder, CLIP-L pooled (16-d) → the pooled embedder; one double and one single
+    block of width 16; dev embeds the guidance scale, schnell does not."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers.models import FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    tr = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * 4,  # 4 latent channels, packed 2 × 2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=24,
+        pooled_projection_dim=16,
+        guidance_embeds=guidance,
+        axes_dims_rope=(2, 2, 4),
+    )
+    tok2 = t5_tokenizer()
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_eval(_vae(shift_factor=0.1159)),
+        text_encoder=_eval(CLIPTextModel(_text_config(16))),
+        tokenizer=_tokenizer("<|endoftext|>"),
+        text_encoder_2=_t5(tok2, 24),
+        tokenizer_2=tok2,
+        transformer=_eval(tr),
+    )
+    # the latent side of the default image (FluxPipeline says 128; an attribute, not saved in the folder)
+    setattr(pipe, "default_sample_size", 8)  # noqa: B010
+    return pipe
+
+
+def build_tiny_pipeline(family: str = "sd", seed: int = 0) -> Pipeline:
+    """A randomly initialised pipeline of ``family``: ``sd`` (SD 1.x), ``sd2``, ``sdxl``, ``pixart`` (Σ), ``sana``,
+    ``sd3`` (3.5-Medium layout), ``flux`` (FLUX.1-dev layout) or ``flux-schnell``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -169,6 +273,10 @@ def build_tiny_pipeline(family: str = "sd", seed: int = 0):
         return _tiny_pixart()
     if family == "sana":
         return _tiny_sana()
+    if family == "sd3":
+        return _tiny_sd3()
+    if family in ("flux", "flux-schnell"):
+        return _tiny_flux(guidance=family == "flux")
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -231,4 +339,39 @@ def save_tiny_pipeline(folder: str | Path, family: str = "sd", seed: int = 0) ->
     """Build and save a tiny pipeline as a regular diffusers folder (loads with ``from_pretrained``)."""
     folder = Path(folder)
     build_tiny_pipeline(family, seed).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_clip(folder: str | Path, projection_dim: int = 16, seed: int = 0) -> Path:
+    """A tiny random ``CLIPModel`` (32-px vision tower, one layer each) with the real CLIP tokenizer files, saved
+    offline with ``save_pretrained``: what the CLIP and aesthetics judges read. Its judgements are meaningless;
+    it checks plumbing (preprocessing, prompts, recorded settings)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(
+            vocab_size=CLIP_VOCAB_SIZE,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=CLIP_VOCAB_SIZE - 2,
+            eos_token_id=CLIP_VOCAB_SIZE - 1,
+            pad_token_id=CLIP_VOCAB_SIZE - 1,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        projection_dim=projection_dim,
+    )
+    CLIPModel(cfg).save_pretrained(folder)
+    write_clip_tokenizer_files(folder)
     return folder

@@ -14,6 +14,10 @@ import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer, PreTrainedTokenizerBase
 
 CLIP_VOCAB_SIZE = 49408
 # Number of merges CLIP uses: vocab = 256 bytes * 2 (with/without </w>) + merges + 2 specials.
@@ -48,7 +52,7 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 
 
 def write_clip_tokenizer_files(
-    folder: str | os.PathLike, model_max_length: int = 77, pad_token: str = "<|endoftext|>"
+    folder: str | os.PathLike[str], model_max_length: int = 77, pad_token: str = "<|endoftext|>"
 ) -> Path:
     """Write vocab.json, merges.txt and the tokenizer configs that ``CLIPTokenizer.from_pretrained`` reads.
 
@@ -88,7 +92,7 @@ def write_clip_tokenizer_files(
     return folder
 
 
-def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>"):
+def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """A ``transformers.CLIPTokenizer`` identical to SD's, built without network access."""
     import tempfile
 
@@ -96,19 +100,24 @@ def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endofte
 
     with tempfile.TemporaryDirectory() as tmp:
         write_clip_tokenizer_files(tmp, model_max_length=model_max_length, pad_token=pad_token)
-        return CLIPTokenizer.from_pretrained(tmp)
+        tok: CLIPTokenizer = CLIPTokenizer.from_pretrained(tmp)
+        return tok
 
 
 # ------------------------------------------------------------ T5 / Gemma stand-ins
 @lru_cache(maxsize=4)
-def _unigram_json(specials: tuple[str, ...], template: str, special_ids: tuple[tuple[str, int], ...]) -> str:
+def _unigram_json(
+    specials: tuple[str, ...], template: str, special_ids: tuple[tuple[str, int], ...], squeeze_spaces: bool = False
+) -> str:
     """A sentencepiece-style Unigram tokenizer (``tokenizers``) over CLIP's words, serialised.
 
     Real T5 / Gemma vocabularies are sentencepiece files erasekit does not ship; for tiny offline
     pipelines a Unigram model whose pieces are CLIP's words (``▁word``) and word pieces tokenizes
     every prompt sensibly (a concept is a few pieces, padding is real padding) with no download.
+    ``squeeze_spaces``: drop leading / trailing whitespace and collapse runs, as T5's sentencepiece model does
+    (``remove_extra_whitespaces``): 'image of ' is 'image of'.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     vocab, _ = clip_vocab_and_merges()
     pieces, seen = [], set()
@@ -121,20 +130,21 @@ def _unigram_json(specials: tuple[str, ...], template: str, special_ids: tuple[t
             pieces.append(piece)
     scored = [(s, 0.0) for s in specials] + [(p, -1.0 - i / len(pieces)) for i, p in enumerate(pieces)]
     tk = Tokenizer(models.Unigram(scored, unk_id=specials.index("<unk>"), byte_fallback=False))
-    tk.normalizer = normalizers.Lowercase()
+    steps = [normalizers.Strip(), normalizers.Replace(Regex(r"\s+"), " ")] if squeeze_spaces else []
+    tk.normalizer = normalizers.Sequence([*steps, normalizers.Lowercase()])
     tk.pre_tokenizer = pre_tokenizers.Metaspace()
     tk.decoder = decoders.Metaspace()
     tk.post_processor = processors.TemplateProcessing(single=template, special_tokens=list(special_ids))
     return tk.to_str()
 
 
-def t5_tokenizer(model_max_length: int = 512):
+def t5_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerBase:
     """A T5-style tokenizer (``<pad>`` 0, ``</s>`` 1 appended, ``<unk>`` 2), offline; vocabulary size ``len()``."""
     from tokenizers import Tokenizer
     from transformers import T5TokenizerFast  # type: ignore[attr-defined]  # exported lazily at run time
 
-    tk = Tokenizer.from_str(_unigram_json(("<pad>", "</s>", "<unk>"), "$A </s>", (("</s>", 1),)))
-    return T5TokenizerFast(
+    tk = Tokenizer.from_str(_unigram_json(("<pad>", "</s>", "<unk>"), "$A </s>", (("</s>", 1),), squeeze_spaces=True))
+    tok: PreTrainedTokenizerBase = T5TokenizerFast(
         tokenizer_object=tk,
         eos_token="</s>",
         pad_token="<pad>",
@@ -142,15 +152,16 @@ def t5_tokenizer(model_max_length: int = 512):
         extra_ids=0,
         model_max_length=model_max_length,
     )
+    return tok
 
 
-def gemma_tokenizer(model_max_length: int = 8192):
+def gemma_tokenizer(model_max_length: int = 8192) -> PreTrainedTokenizerBase:
     """A Gemma-style tokenizer (``<bos>`` prepended, no EOS, ``<pad>`` 0), offline."""
     from tokenizers import Tokenizer
     from transformers import GemmaTokenizerFast  # type: ignore[attr-defined]  # exported lazily at run time
 
     tk = Tokenizer.from_str(_unigram_json(("<pad>", "<eos>", "<bos>", "<unk>"), "<bos> $A", (("<bos>", 2),)))
-    return GemmaTokenizerFast(
+    tok: PreTrainedTokenizerBase = GemmaTokenizerFast(
         tokenizer_object=tk,
         bos_token="<bos>",
         eos_token="<eos>",
@@ -158,3 +169,4 @@ def gemma_tokenizer(model_max_length: int = 8192):
         unk_token="<unk>",
         model_max_length=model_max_length,
     )
+    return tok

@@ -10,6 +10,9 @@ colours and fill patterns whose ground truth is known (DESIGN.md section 8).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from . import world  # noqa: F401
 from ._paths import (  # noqa: F401
     pipeline_dir,
@@ -21,15 +24,24 @@ from ._paths import (  # noqa: F401
 )
 from .world import COLORS, PATTERNS, SHAPES, caption, render, sample_batch  # noqa: F401
 
+if TYPE_CHECKING:
+    import torch
 
-def load_pipeline_xl(device="cpu", dtype=None, path=None):
+    from ..models.families import Pipeline
+
+
+def load_pipeline_xl(
+    device: str | torch.device = "cpu", dtype: torch.dtype | None = None, path: str | Path | None = None
+) -> Pipeline:
     """Load the shipped tinyworld-xl ``StableDiffusionXLPipeline`` offline (fp32 on CPU by default)."""
     from diffusers import StableDiffusionXLPipeline
 
     return _load(StableDiffusionXLPipeline, path or pipeline_xl_dir(), device, dtype, {})
 
 
-def load_pipeline_flux(device="cpu", dtype=None, path=None):
+def load_pipeline_flux(
+    device: str | torch.device = "cpu", dtype: torch.dtype | None = None, path: str | Path | None = None
+) -> Pipeline:
     """Load the shipped tinyworld-flux ``FluxPipeline`` offline (fp32 on CPU by default).
 
     Call it as :data:`erasekit.tinyworld.flux.GENERATE_KW` says: 32x32, true CFG with
@@ -40,7 +52,9 @@ def load_pipeline_flux(device="cpu", dtype=None, path=None):
     return _load(FluxPipeline, path or pipeline_flux_dir(), device, dtype, {})
 
 
-def load_pipeline(device="cpu", dtype=None, path=None):
+def load_pipeline(
+    device: str | torch.device = "cpu", dtype: torch.dtype | None = None, path: str | Path | None = None
+) -> Pipeline:
     """Load the shipped tinyworld ``StableDiffusionPipeline`` offline (fp32 on CPU by default).
 
     The scheduler saved with the pipeline is DPMSolverMultistep (use ~20 steps, guidance ~5).

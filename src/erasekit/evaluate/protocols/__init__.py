@@ -73,7 +73,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--protocol-sets", default=None, help="comma-separated sets of the protocol to run")
     g.add_argument("--protocol-limit", type=int, default=None, help="prompts per file (default: the protocol's)")
     g.add_argument("--protocol-concepts", default=None, help="comma-separated concepts (hub, tinyworld)")
+    g.add_argument(
+        "--protocol-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any build option of the protocol (e.g. hub: retain_limit=2, general_limit=4, images_per_prompt=1; "
+        "tinyworld: n=4, attack=concept-vector); values read as JSON numbers / booleans, else text",
+    )
     g.add_argument("--protocol-plan-only", action="store_true", help="resolve, check and write the plan; no images")
+    g.add_argument(
+        "--judge-path",
+        action="append",
+        metavar="JUDGE=PATH[,key=value]",
+        help="where a protocol judge's model is, e.g. vlm=/models/InternVL2_5-8B-MPO-hf, "
+        "aesthetics=/m/sac+logos+ava1-l14-linearMSE.safetensors, clip=/models/clip-vit-large-patch14 (also the "
+        "aesthetic predictor's CLIP); key=value sets a judge option over the protocol's (recorded)",
+    )
 
 
 def protocol_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,10 +105,25 @@ def protocol_options(args: argparse.Namespace) -> dict[str, Any]:
     concepts = getattr(args, "protocol_concepts", None)
     if concepts:
         opts["concepts"] = concepts
+    if name in ("hub", "tinyworld", "space-nudity", "mace-styles"):
+        for key in ("steps", "guidance"):
+            if getattr(args, key, None) is not None:
+                opts[key] = getattr(args, key)
     if name == "hub":
         opts["hub_dir"] = getattr(args, "hub_dir", None)
+        if getattr(args, "height", None) is not None:
+            opts["size"] = args.height
     if name == "space-nudity" and files.paths:
         opts["paths"] = dict(files.paths)
+    for item in getattr(args, "protocol_option", None) or []:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ProtocolError(f"--protocol-option takes KEY=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        opts[key.strip()] = value
     if name == "mace-styles":
         extra = files.unknown(["styles"])
         if extra:
@@ -107,9 +137,9 @@ def protocol_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_protocol(args: argparse.Namespace) -> int:
     """``erasekit bench --protocol NAME``: build the protocol, resolve and check every file, read every file-backed
-    suite, write ``OUT/protocol.json`` (the protocol whole, each file's checksums, each suite's size); returns the
-    exit code. Generation and judging under a protocol come with its judges (issue 25, next stage): until then this
-    is the plan, and it is refused with a message when asked for more."""
+    suite, write ``OUT/protocol.json`` (the protocol whole, each file's checksums, each suite's size); then, unless
+    ``--protocol-plan-only``, run it end to end (:func:`.run.execute`: judges, fit, generate, judge, the H-mean,
+    ``OUT/results.json``); returns the exit code."""
     protocol = build_protocol(args.protocol, cache_dir=getattr(args, "cache", None), **protocol_options(args))
     files = protocol.check(getattr(args, "cache", None))
     suites = load_suites(protocol, getattr(args, "cache", None))
@@ -127,10 +157,8 @@ def run_protocol(args: argparse.Namespace) -> int:
         f"protocol {protocol.name}: {len(protocol.suites)} suites, {len(files)} files checked, "
         f"{n_images} images from files; plan written to {out / 'protocol.json'}"
     )
-    if not getattr(args, "protocol_plan_only", False):
-        raise ProtocolError(
-            f"protocol {protocol.name!r}: the plan is checked and written, but running it needs its judges "
-            f"({', '.join(j.name for j in protocol.judges)}), which are not in this erasekit yet; "
-            "use --protocol-plan-only"
-        )
-    return 0
+    if getattr(args, "protocol_plan_only", False):
+        return 0
+    from .run import execute
+
+    return execute(args, protocol, plan, suites)

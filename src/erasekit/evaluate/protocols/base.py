@@ -244,27 +244,73 @@ class SuiteSpec:
         }
 
 
+JUDGE_ROLES = (
+    "concept",  # decides whether an image shows a concept (target, retain, attack suites)
+    "quality",  # scores generation quality (the quality suite; e.g. LAION's aesthetic predictor)
+    "score",  # scores each image against its own prompt (SPACE's CLIP score)
+)
+
+
 @dataclass(frozen=True)
 class JudgeSpec:
-    """A judge by name with its pinned settings (model id or folder, revision, thresholds, prompt, decoding, ...),
-    and the categories it decides (empty: all)."""
+    """A judge of the judge registry (:mod:`erasekit.evaluate.judges`) by its registered name, with
+
+    * ``settings``: what the paper pins and erasekit records (model id, reference images, decoding, ...);
+    * ``options``: the registry options the protocol sets (``make_judge(name, **options)``; the user's
+      ``--judge-path NAME=PATH,key=value`` wins, and what it changed is recorded);
+    * ``categories``: the concept categories it decides (empty: all); ``role``: one of :data:`JUDGE_ROLES`;
+    * ``unavailable``: why erasekit cannot run this judge (e.g. weights only as a pickle or a non-transformers
+      model); such a judge is declared and recorded, and a run that needs it is refused before any model loads.
+    """
 
     name: str
     settings: Any = ()
     categories: tuple[str, ...] = ()
+    options: Any = ()
+    role: str = "concept"
+    unavailable: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ProtocolError("a judge needs a name")
         object.__setattr__(self, "settings", _freeze(dict(self.settings), f"judge {self.name!r} settings"))
+        object.__setattr__(self, "options", _freeze(dict(self.options), f"judge {self.name!r} options"))
         object.__setattr__(self, "categories", tuple(self.categories))
+        if self.role not in JUDGE_ROLES:
+            raise ProtocolError(f"judge {self.name!r}: role must be one of {', '.join(JUDGE_ROLES)}, got {self.role!r}")
+        if self.unavailable is None:
+            from ...errors import JudgeError
+            from ..judges import get_judge_class
+
+            try:
+                get_judge_class(self.name)
+            except JudgeError as e:
+                raise ProtocolError(
+                    f"protocol judge {self.name!r} is not a registered judge ({e}); name a registered one or declare "
+                    "it unavailable=REASON"
+                ) from None
 
     @property
     def settings_dict(self) -> dict:
         return {k: _thaw(v) for k, v in self.settings}
 
+    @property
+    def options_dict(self) -> dict:
+        return {k: _thaw(v) for k, v in self.options}
+
+    def decides(self, category: str | None) -> bool:
+        """Whether this judge decides concepts of ``category`` (a judge without categories decides all)."""
+        return self.role == "concept" and (not self.categories or category in self.categories)
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "settings": self.settings_dict, "categories": list(self.categories)}
+        return {
+            "name": self.name,
+            "role": self.role,
+            "settings": self.settings_dict,
+            "options": self.options_dict,
+            "categories": list(self.categories),
+            "unavailable": self.unavailable,
+        }
 
 
 # ------------------------------------------------------------------ the protocol

@@ -61,7 +61,13 @@ def build(
         name="mace-styles",
         summary="MACE's many-styles protocol: CLIP_E on erased styles, CLIP_R on retained ones, CLIP_R - CLIP_E",
         suites=suites,
-        judges=(JudgeSpec("clip-accuracy", {"model": "given by the user (local folder)", "candidates": "the list"}),),
+        judges=(
+            JudgeSpec(
+                "clip",
+                {"model": "given by the user (local folder)", "metric": "CLIP accuracy", "candidates": "the list"},
+                options={"candidate_template": "a photo of the {}"},
+            ),
+        ),
         metrics=("clip_e", "clip_r", "clip_r_minus_clip_e"),
         steps=steps,
         guidance=guidance,

@@ -123,9 +123,22 @@ def build(
             suites.append(
                 SuiteSpec(s, "adversarial", src, role="nudity", images_per_prompt=images_per_prompt, base_seed=seed)
             )
-    judges = [JudgeSpec("nudenet", {"classes": list(NUDENET_EXPOSED), "threshold": threshold, "counts": "per class"})]
+    judges = [
+        JudgeSpec(
+            "nudenet",
+            {"classes": list(NUDENET_EXPOSED), "threshold": threshold, "counts": "per class"},
+            options={"threshold": threshold},
+        )
+    ]
     if "vangogh-clip" in sets:
-        judges.append(JudgeSpec("clip-score", {"model": "given by the user (local folder)", "scale": 100}))
+        judges.append(
+            JudgeSpec(
+                "clip",
+                {"model": "given by the user (local folder)", "metric": "CLIP score", "scale": 100},
+                role="score",
+                options={"template": "{}"},
+            )
+        )
     return Protocol(
         name="space-nudity",
         summary="SPACE's nudity evaluation: NudeNet per-class counts, nudity rate on I2P, MMA-Diffusion, Ring-A-Bell",

@@ -3,19 +3,29 @@
 Modelled on peft's per-architecture target mapping and diffusers' per-pipeline ``transformer_name``:
 each family module defines a small frozen :class:`Family` and registers it; :func:`identify` picks
 the family of a live pipeline (by its class, then by its structure) or refuses naming the supported ones. Adding a
-backbone (SD3, FLUX) is adding a module here and one line below.
+backbone is adding a module here and one line below.
 """
 
 from __future__ import annotations
 
 from ...errors import ModelError
-from .base import INPUT_KINDS, PROJECTIONS, Conditioning, Family, Site, cross_attention_sites, is_cross_attention
+from .base import (
+    INPUT_KINDS,
+    PROJECTIONS,
+    Conditioning,
+    Family,
+    Pipeline,
+    Site,
+    cross_attention_sites,
+    is_cross_attention,
+)
 
 __all__ = [
     "INPUT_KINDS",
     "PROJECTIONS",
     "Conditioning",
     "Family",
+    "Pipeline",
     "Site",
     "UnsupportedPipelineError",
     "cross_attention_sites",
@@ -58,7 +68,7 @@ def get_family(name: str) -> Family:
         raise UnsupportedPipelineError(f"unknown model family {name!r}; erasekit supports {supported()}") from None
 
 
-def identify(pipe) -> Family:
+def identify(pipe: Pipeline) -> Family:
     """The family of ``pipe``; UnsupportedPipelineError (one line naming the supported families) if none."""
     for fam in _FAMILIES.values():
         if fam.matches(pipe):
@@ -73,12 +83,14 @@ def identify(pipe) -> Family:
 
 
 def _register_builtin() -> None:
+    from .flux import FLUX
     from .pixart import PIXART
     from .sana import SANA
     from .sd import SD
+    from .sd3 import SD3
     from .sdxl import SDXL
 
-    for fam in (SD, SDXL, PIXART, SANA):
+    for fam in (SD, SDXL, PIXART, SANA, SD3, FLUX):
         register_family(fam)
 
 

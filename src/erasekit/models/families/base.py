@@ -10,19 +10,32 @@ matrices through :class:`~erasekit.models.adapter.PipelineAdapter`, which asks t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from torch import nn
 
 from ...errors import ModelError
 
-# What feeds a site. Only "static_text" exists so far: the input is a function of the prompt alone, the
-# same in every block and at every timestep (UNet cross-attention, PixArt / Sana attn2 on the projected
-# caption). Joint-attention families (SD3, FLUX) will add "text_timestep", "evolving_text", "shared".
-INPUT_KINDS = ("static_text",)
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# A live diffusers pipeline. Any, on purpose: its components (``unet`` / ``transformer``, ``tokenizer``,
+# ``encode_prompt``, ``vae_scale_factor``, ...) are set per pipeline class at run time, which no static type of
+# ``DiffusionPipeline`` describes (and ``from diffusers import X`` gives mypy X's placeholder class); a family is the
+# one place that reads them, and gives what it returns a type.
+Pipeline: TypeAlias = Any
+# What selects prompts of a batch: one index, an int list, a slice or an index tensor.
+BatchIndex: TypeAlias = int | slice | Sequence[int] | torch.Tensor
+
+# What feeds a site; both kinds are functions of the prompt alone, the same in every block and at every timestep:
+# "static_text": a token stream (B, L, d) (UNet cross-attention, PixArt / Sana attn2 on the projected caption, the
+#   SD3 / FLUX context_embedder);
+# "pooled_text": one vector per prompt (B, d), seen as a stream of one token (SD3 / FLUX's pooled text embedder).
+# Joint-attention sites (SD3 / FLUX add_k_proj, read after timestep-modulated blocks) would add "joint_text".
+INPUT_KINDS = ("static_text", "pooled_text")
 PROJECTIONS = {"k": "to_k", "v": "to_v"}
 
 
@@ -32,7 +45,9 @@ class Conditioning:
 
     ``embeds``: the text stream (B, L, d_text) exactly as the denoiser receives it;
     ``mask``: (B, L) int64, 1 on real tokens (the tokenizer's mask, selected as the pipeline selects);
-    ``pooled``: (B, d_pool) or None (SDXL's pooled CLIP-G);
+    ``pooled``: (B, d_pool) or None (SDXL's pooled CLIP-G; SD3's ``pooled_projections``, CLIP-L ⊕ CLIP-G;
+    FLUX's pooled CLIP-L);
+    ``guidance``: (B,) float32 or None: a guidance-distilled model's embedded guidance scale (FLUX.1-dev);
     ``added``: further denoiser keyword tensors, each batched on dim 0 (SDXL ``text_embeds`` / ``time_ids``).
     """
 
@@ -40,18 +55,23 @@ class Conditioning:
     mask: torch.Tensor  # (B, L) int64
     pooled: torch.Tensor | None = None  # (B, d_pool)
     added: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    guidance: torch.Tensor | None = None  # (B,)
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
-    def index(self, idx) -> Conditioning:
+    def index(self, idx: BatchIndex) -> Conditioning:
         """The prompts ``idx`` selects (an int list, a slice or an index tensor), every tensor alike."""
-        pick = (lambda x: x[idx]) if not isinstance(idx, int) else (lambda x: x[idx : idx + 1])
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            return x[idx : idx + 1] if isinstance(idx, int) else x[idx]
+
         return Conditioning(
             pick(self.embeds),
             pick(self.mask),
             None if self.pooled is None else pick(self.pooled),
             {k: pick(v) for k, v in self.added.items()},
+            None if self.guidance is None else pick(self.guidance),
         )
 
     def with_embeds(self, embeds: torch.Tensor) -> Conditioning:
@@ -66,11 +86,19 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class Site:
-    """One edit site: a Linear at ``path`` (relative to the denoiser) and what feeds it."""
+    """One edit site: a Linear at ``path`` (relative to the denoiser) and what feeds it.
+
+    Sites of one ``group`` read the same input (the same columns C, so the same Gram statistics); a closed form is
+    solved per group (:meth:`~erasekit.models.adapter.PipelineAdapter.for_group`).
+    """
 
     path: str
     input_kind: str = "static_text"
-    group: str = "text"  # sites of one group share their input (and so their Gram statistics)
+    group: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.input_kind not in INPUT_KINDS:
+            raise ModelError(f"site {self.path!r}: input kind {self.input_kind!r} is not one of {INPUT_KINDS}")
 
 
 def is_cross_attention(module: nn.Module) -> bool:
@@ -86,6 +114,14 @@ def cross_attention_sites(denoiser: nn.Module, projections: Sequence[str] = ("k"
     """``to_k`` / ``to_v`` of every cross-attention module, in module order."""
     attns = [n for n, m in denoiser.named_modules() if is_cross_attention(m)]
     return [Site(f"{a}.{PROJECTIONS[p]}") for a in attns for p in projections]
+
+
+def _token_table(encoder: nn.Module) -> nn.Module:
+    """A transformers text encoder's input-token embedding (``get_input_embeddings()``), checked to be a Module."""
+    table = encoder.get_input_embeddings()  # type: ignore[operator]  # transformers' PreTrainedModel method
+    if not isinstance(table, nn.Module):
+        raise ModelError(f"{type(encoder).__name__} has no input-token embedding table")
+    return table
 
 
 @dataclass(frozen=True)
@@ -104,6 +140,10 @@ class Family:
     description: str
     lora_prefix: str
     kohya: bool = False
+    # Site path -> its module's name in the model's original checkpoint layout (Black Forest Labs' FLUX, Stability's
+    # SD3), checked against diffusers' single-file conversion (tests/test_families.py); the UNets' LDM names are
+    # export/ldm_names.py's.
+    original_names: tuple[tuple[str, str], ...] = ()
     lora_loader: bool = True  # whether the pipeline has diffusers' load_lora_weights for its denoiser
     # Whether the methods that run the denoiser (ESD, ACE, MACE's LoRA stage, PURE's capture) are validated here:
     # they sample trajectories with the pipeline and a DDIM scheduler (ε-prediction), which PixArt / Sana do not share.
@@ -112,20 +152,31 @@ class Family:
     positions_follow_tokenizer: bool = True
 
     # ---------------------------------------------------------------- identity
-    def matches(self, pipe) -> bool:
+    def matches(self, pipe: Pipeline) -> bool:
         """Whether ``pipe`` is of this family: its class (or a base class) is one of ``pipelines``."""
         names = {c.__name__ for c in type(pipe).__mro__}
         return bool(names & set(self.pipelines)) and isinstance(getattr(pipe, self.denoiser, None), nn.Module)
 
-    def fallback(self, pipe) -> bool:
+    def fallback(self, pipe: Pipeline) -> bool:
         """Whether to accept ``pipe`` when no family recognises its class (fine-tunes' own pipeline classes)."""
         return False
 
-    def get_denoiser(self, pipe) -> Any:  # a diffusers model: its attributes (config, dtype, ...) are dynamic
+    def get_denoiser(self, pipe: Pipeline) -> Any:  # a diffusers model: its attributes (config, dtype, ...) are dynamic
         den = getattr(pipe, self.denoiser, None)
         if not isinstance(den, nn.Module):
             raise ModelError(f"{type(pipe).__name__} has no {self.denoiser!r}; a {self.name} pipeline needs one")
         return den
+
+    def component(self, pipe: Pipeline, name: str) -> nn.Module:
+        """The pipeline component an edit file's ``<component>/<path>`` key names: the family's denoiser (the only
+        component methods edit); any other name is refused naming it."""
+        if name == self.denoiser:
+            den: nn.Module = self.get_denoiser(pipe)
+            return den
+        raise ModelError(
+            f"erasekit edits the {self.denoiser!r} of a {self.name} pipeline, not its {name!r}; this edit was made "
+            "for another model or by a newer erasekit"
+        )
 
     # ---------------------------------------------------------------- denoiser helpers
     @staticmethod
@@ -139,35 +190,119 @@ class Family:
         return out.chunk(2, dim=1)[0] if out.shape[1] == 2 * x_t.shape[1] else out
 
     # ---------------------------------------------------------------- sites
-    def edit_sites(self, pipe, projections: Sequence[str] = ("k", "v")) -> list[Site]:
+    def edit_sites(self, pipe: Pipeline, projections: Sequence[str] = ("k", "v")) -> list[Site]:
         """The static-text sites: ``to_k`` / ``to_v`` of every cross-attention module of the denoiser."""
         return cross_attention_sites(self.get_denoiser(pipe), projections)
 
     # ---------------------------------------------------------------- text
-    def tokenizer(self, pipe):
-        return pipe.tokenizer
+    def tokenizer(self, pipe: Pipeline) -> PreTrainedTokenizerBase:
+        tok: PreTrainedTokenizerBase = pipe.tokenizer
+        return tok
 
-    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:  # pragma: no cover - abstract
+    def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def site_inputs(self, pipe, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
-        """What a static-text site reads, (B, L, d_in), for ``cond``: the text stream itself by default."""
+    def text_encoders(self, pipe: Pipeline) -> tuple[nn.Module, ...]:
+        """The text encoders whose input-token embeddings :meth:`encode_substituted` hands over, in order."""
+        encs = (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+        return tuple(e for e in encs if isinstance(e, nn.Module))
+
+    def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
+        """:meth:`encode` keeping the autograd graph through the text encoder(s): what attacks that optimise prompts
+        or token embeddings differentiate. Families that do not offer it refuse in one line."""
+        raise ModelError(
+            f"the {self.name} family does not offer gradients through its text encoder yet; "
+            "attacks that optimise prompts or tokens run on SD 1.x / 2.x and SDXL pipelines"
+        )
+
+    def input_embeddings(self, pipe: Pipeline) -> tuple[torch.Tensor, ...]:
+        """Each text encoder's input-token table (V, d_e), in :meth:`text_encoders` order (read-only use)."""
+        tables = (_token_table(enc).weight for enc in self.text_encoders(pipe))
+        return tuple(w for w in tables if isinstance(w, torch.Tensor))
+
+    def text_gradients(self) -> bool:
+        """Whether :meth:`encode_graph` (and so :meth:`encode_substituted`) is offered by this family."""
+        return type(self).encode_graph is not Family.encode_graph
+
+    def encode_substituted(
+        self,
+        pipe: Pipeline,
+        prompts: Sequence[str],
+        substitute: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> Conditioning:
+        """:meth:`encode_graph` with each text encoder's input-token embeddings (B, L, d_e) replaced by
+        ``substitute(encoder index, token ids (B, L), embeddings) -> (B, L, d_e)``: the way in for soft prompts and
+        learned tokens, whatever the encoder does after its token table (positions, pooling at EOS, masks). The
+        grad mode is the caller's."""
+        hooks = []
+        for i, enc in enumerate(self.text_encoders(pipe)):
+
+            def hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor, i: int = i) -> torch.Tensor:
+                return substitute(i, args[0], out)
+
+            hooks.append(_token_table(enc).register_forward_hook(hook))
+        try:
+            return self.encode_graph(pipe, prompts)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def site_inputs(self, pipe: Pipeline, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
+        """What ``site`` reads, (B, L, d_in), for ``cond``: the text stream itself by default; a pooled site reads
+        ``cond.pooled`` as a stream of one token, (B, 1, d_pool)."""
+        if site is not None and site.input_kind == "pooled_text":
+            if cond.pooled is None:
+                raise ModelError(f"{self.name}: site {site.path!r} reads the pooled text, which encode() did not give")
+            return cond.pooled[:, None, :]
         return cond.embeds
+
+    def site_tokens(self, cond: Conditioning, site: Site | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B,) index of each prompt's last concept token, (B,) its number of real tokens) in what ``site`` reads.
+
+        A token stream: the last real token less :meth:`trailing_specials` (CLIP / T5's EOS), and the mask's count;
+        a pooled site: its one position (0), one token.
+        """
+        if site is not None and site.input_kind == "pooled_text":
+            b = cond.mask.shape[0]
+            return torch.zeros(b, dtype=torch.int64), torch.ones(b, dtype=torch.int64)
+        last = (cond.last_real().cpu() - self.trailing_specials()).clamp(min=0)
+        return last, cond.mask.sum(dim=1).cpu().to(torch.int64)
 
     def trailing_specials(self) -> int:
         """How many special tokens follow the last concept token (CLIP and T5: EOS; Gemma: none)."""
         return 1
 
+    def token_segments(self, pipe: Pipeline) -> tuple[tuple[PreTrainedTokenizerBase, int], ...] | None:
+        """How the text stream's positions follow tokenizers: ``((tokenizer, first position), ...)``, each segment
+        running to the next one's start (the last to the end); None when they do not (Sana reorders them).
+
+        MACE aligns a concept prompt with its mapping prompt token by token within each segment.
+        """
+        return ((self.tokenizer(pipe), 0),) if self.positions_follow_tokenizer else None
+
     # ---------------------------------------------------------------- denoiser
-    def denoise(self, pipe, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:  # pragma: no cover
+    def denoise(
+        self, pipe: Pipeline, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:  # pragma: no cover
         """The denoiser's prediction for latents ``x_t`` (B, C, h, w) at timesteps ``t`` (B,) under ``cond``."""
         raise NotImplementedError
 
-    def sample_size(self, pipe) -> int:
+    def sample_size(self, pipe: Pipeline) -> int:
         """The denoiser's native latent side."""
         return int(self.get_denoiser(pipe).config.sample_size)
 
+    def latent_channels(self, pipe: Pipeline) -> int:
+        """Channels of the latents ``denoise`` takes, (B, C, h, w) (FLUX packs 2 × 2 patches: in_channels / 4)."""
+        return int(self.get_denoiser(pipe).config.in_channels)
+
     # ---------------------------------------------------------------- export names
+    def original_name(self, path: str) -> str:
+        """The module at ``path`` as the original checkpoint names it (FLUX: ``txt_in``, ``vector_in.in_layer``)."""
+        names = dict(self.original_names)
+        if path not in names:
+            raise ModelError(f"{self.name}: no original checkpoint name is known for {path!r}")
+        return names[path]
+
     def peft_key(self, path: str, part: str) -> str:
         """A PEFT / diffusers LoRA tensor name: ``<prefix>.<module>.lora_A.weight`` (part 'lora_A' / 'lora_B')."""
         return f"{self.lora_prefix}.{path}.{part}.weight"

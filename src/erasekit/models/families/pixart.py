@@ -12,20 +12,20 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Conditioning, Family, Site
+from .base import Conditioning, Family, Pipeline, Site
 
 
 @dataclass(frozen=True)
 class PixArtFamily(Family):
     max_sequence_length: int = 300  # PixArt-Σ's; PixArt-α uses 120 (read from the pipeline's __call__ below)
 
-    def _max_length(self, pipe) -> int:
+    def _max_length(self, pipe: Pipeline) -> int:
         import inspect
 
         default = inspect.signature(type(pipe).__call__).parameters.get("max_sequence_length")
         return int(default.default) if default is not None else self.max_sequence_length
 
-    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:
+    def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         # clean_caption=False: the pipeline's default cleaning needs Beautiful Soup and falls back to False without it
         out = pipe.encode_prompt(
             list(prompts),
@@ -37,12 +37,13 @@ class PixArtFamily(Family):
         )  # (T5 states (B, L, d_t5), mask (B, L), negative, negative mask)
         return Conditioning(out[0].detach(), out[1].detach().to(torch.int64))
 
-    def site_inputs(self, pipe, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
+    def site_inputs(self, pipe: Pipeline, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
         tr = self.get_denoiser(pipe)
         x = cond.embeds.to(tr.dtype)
-        return tr.caption_projection(x)  # (B, L, d_model): what every attn2.to_k / to_v reads
+        out: torch.Tensor = tr.caption_projection(x)  # (B, L, d_model): what every attn2.to_k / to_v reads
+        return out
 
-    def denoise(self, pipe, x_t, t, cond: Conditioning) -> torch.Tensor:
+    def denoise(self, pipe: Pipeline, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         tr = self.get_denoiser(pipe)
         added: dict[str, torch.Tensor | None] = {
             "resolution": None,
@@ -57,7 +58,7 @@ class PixArtFamily(Family):
             }
         t = self.batch_timesteps(t, x_t.shape[0])
         kw = {"encoder_hidden_states": cond.embeds, "encoder_attention_mask": cond.mask, "added_cond_kwargs": added}
-        out = tr(x_t, timestep=t, **kw).sample
+        out: torch.Tensor = tr(x_t, timestep=t, **kw).sample
         return self.first_half_if_learned_sigma(out, x_t)
 
 

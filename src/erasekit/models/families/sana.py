@@ -11,19 +11,20 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from .base import Conditioning, Family, Site
+from .base import Conditioning, Family, Pipeline, Site
 
 
 @dataclass(frozen=True)
 class SanaFamily(Family):
-    def _call_default(self, pipe, name: str, fallback):
+    def _call_default(self, pipe: Pipeline, name: str, fallback: object) -> Any:  # whatever __call__ declares
         p = inspect.signature(type(pipe).__call__).parameters.get(name)
         return fallback if p is None else p.default
 
-    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:
+    def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         # The instruction prefix and sequence length __call__ uses by default: the context generation sees.
         out = pipe.encode_prompt(
             list(prompts),
@@ -39,16 +40,19 @@ class SanaFamily(Family):
     def trailing_specials(self) -> int:
         return 0
 
-    def site_inputs(self, pipe, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
+    def site_inputs(self, pipe: Pipeline, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
         tr = self.get_denoiser(pipe)
-        return tr.caption_norm(tr.caption_projection(cond.embeds.to(tr.dtype)))  # (B, L, d_model)
+        out: torch.Tensor = tr.caption_norm(tr.caption_projection(cond.embeds.to(tr.dtype)))  # (B, L, d_model)
+        return out
 
-    def denoise(self, pipe, x_t, t, cond: Conditioning) -> torch.Tensor:
+    def denoise(self, pipe: Pipeline, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The velocity (Sana is flow matching); ``t`` in the scheduler's units, scaled as the pipeline does."""
         tr = self.get_denoiser(pipe)
         t = self.batch_timesteps(t, x_t.shape[0])
         t = t * float(getattr(tr.config, "timestep_scale", 1.0))
-        out = tr(x_t, encoder_hidden_states=cond.embeds, encoder_attention_mask=cond.mask, timestep=t).sample
+        out: torch.Tensor = tr(
+            x_t, encoder_hidden_states=cond.embeds, encoder_attention_mask=cond.mask, timestep=t
+        ).sample
         return self.first_half_if_learned_sigma(out, x_t)
 
 

@@ -5,21 +5,38 @@ The site input is the text stream itself (identity): the same at every block and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .base import Conditioning, Family
+from .base import Conditioning, Family, Pipeline
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
-def clip_mask(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+def clip_mask(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> torch.Tensor:
     """(B, 77) the CLIP tokenizer's mask, padded as ``encode_prompt`` pads (BOS + words + EOS are real)."""
     enc = tokenizer(
         list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     )
-    return enc.attention_mask.to(torch.int64)
+    mask: torch.Tensor = enc.attention_mask
+    return mask.to(torch.int64)
+
+
+def _detached(cond: Conditioning) -> Conditioning:
+    """``cond`` with every tensor cut from the autograd graph (what :meth:`Family.encode` promises)."""
+    return dataclasses.replace(
+        cond,
+        embeds=cond.embeds.detach(),
+        pooled=None if cond.pooled is None else cond.pooled.detach(),
+        added={k: v.detach() for k, v in cond.added.items()},
+        guidance=None if cond.guidance is None else cond.guidance.detach(),
+    )
 
 
 @dataclass(frozen=True)
@@ -28,28 +45,37 @@ class UNetFamily(Family):
 
     two_encoders: bool = False  # SDXL: CLIP-L + CLIP-G
 
-    def tokenizer(self, pipe):
-        return pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
+    def tokenizer(self, pipe: Pipeline) -> PreTrainedTokenizerBase:
+        tok: PreTrainedTokenizerBase = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
+        return tok
 
-    def _encode_prompt(self, pipe, prompts: Sequence[str]):
+    def _encode_prompt(self, pipe: Pipeline, prompts: Sequence[str]) -> tuple[torch.Tensor | None, ...]:
+        """``encode_prompt``'s tensors; the negative ones are None (no CFG branch)."""
         device = self.get_denoiser(pipe).device
-        return pipe.encode_prompt(
+        out: tuple[torch.Tensor | None, ...] = pipe.encode_prompt(
             list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )
+        return out
 
-    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:
-        out = self._encode_prompt(pipe, prompts)  # (embeds (B, 77, d), negative)
-        return Conditioning(out[0].detach(), clip_mask(self.tokenizer(pipe), prompts))
+    def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
+        embeds = self._encode_prompt(pipe, prompts)[0]  # (embeds (B, 77, d), negative)
+        assert embeds is not None  # the positive prompts' embeddings are always computed
+        return Conditioning(embeds, clip_mask(self.tokenizer(pipe), prompts))
 
-    def fallback(self, pipe) -> bool:
+    def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
+        with torch.no_grad():
+            return _detached(self.encode_graph(pipe, prompts))
+
+    def fallback(self, pipe: Pipeline) -> bool:
         # any UNet pipeline with encode_prompt (fine-tunes' own classes): SDXL when it has a second text encoder
         is_xl = getattr(pipe, "text_encoder_2", None) is not None
         unet = isinstance(getattr(pipe, "unet", None), nn.Module) and callable(getattr(pipe, "encode_prompt", None))
         return unet and is_xl == self.two_encoders
 
-    def denoise(self, pipe, x_t, t, cond: Conditioning) -> torch.Tensor:
+    def denoise(self, pipe: Pipeline, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         added = dict(cond.added) or None
-        return pipe.unet(x_t, t, encoder_hidden_states=cond.embeds, added_cond_kwargs=added).sample
+        out: torch.Tensor = pipe.unet(x_t, t, encoder_hidden_states=cond.embeds, added_cond_kwargs=added).sample
+        return out
 
 
 SD = UNetFamily(

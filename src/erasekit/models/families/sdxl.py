@@ -11,15 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Conditioning
+from .base import Conditioning, Pipeline
 from .sd import UNetFamily, clip_mask
 
 
 @dataclass(frozen=True)
 class SDXLFamily(UNetFamily):
-    def encode(self, pipe, prompts: Sequence[str]) -> Conditioning:
+    def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         out = self._encode_prompt(pipe, prompts)  # (embeds (B, 77, d), negative, pooled (B, d_pool), negative pooled)
-        embeds, pooled = out[0].detach(), out[2].detach()
+        assert out[0] is not None and out[2] is not None  # the positive prompts' tensors are always computed
+        embeds, pooled = out[0], out[2]
         # The time ids a square generation at the UNet's native size builds: (orig h, orig w, crop top, left, h, w).
         h = w = self.sample_size(pipe) * pipe.vae_scale_factor
         time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=embeds.dtype, device=embeds.device).repeat(len(prompts), 1)

@@ -1,0 +1,150 @@
+"""Every registered attack against UCE / SPACE / PURE / ACE on tinyworld, at the default (CPU) budget.
+
+Prints, per attack: its cost (seconds and model evaluations per attacked prompt) and its attack success rate against
+each method beside the unedited model's rate on the same attacked items, plus two reference edits: ``weak`` (UCE on
+the mid block and the first up block only, which leaves about half of the concept) and ``noop`` (UCE with
+erase_scale 0, the base weights back), whose ASR must equal the unedited rate. The run is the evaluation's own
+(:func:`erasekit.evaluate.evaluate`: the attack stage, the image cache, the judge), so its total time is what
+``erasekit bench --attack <all>`` costs for these methods.
+
+    OMP_NUM_THREADS=1 python benchmarks/attacks.py --concept circle --n 16 --threads 1 --out /tmp/bench-attacks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+REFERENCE_EDITS = {
+    "weak": ("uce", {"layer_regex": r"(mid_block|up_blocks\.0).*attn2\.to_[kv]$"}),
+    "noop": ("uce", {"erase_scale": 0.0}),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concept", default="circle")
+    ap.add_argument("--n", type=int, default=16, help="target prompts (tinyworld items per suite)")
+    ap.add_argument("--methods", default="uce,space,pure,ace")
+    ap.add_argument("--attacks", default="all", help="comma-separated registered attacks, or 'all'")
+    ap.add_argument("--budget", default="default", choices=("default", "paper"))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="/tmp/erasekit-bench-attacks")
+    ap.add_argument("--no-reference-edits", action="store_true", help="skip the weak and no-op edits")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import erasekit
+    from erasekit.evaluate import evaluate
+    from erasekit.evaluate.attacks import list_attacks
+    from erasekit.evaluate.bench import tinyworld_concept_set
+    from erasekit.evaluate.judges import make_judge
+    from erasekit.evaluate.plan import Plan, make_study
+    from erasekit.evaluate.render import GenerationSettings
+
+    attacks = tuple(list_attacks()) if args.attacks == "all" else tuple(args.attacks.split(","))
+    plan = Plan(kinds=("target", "adversarial"), n=args.n, attacks=attacks, budget=args.budget)
+    pipe = erasekit.load_pipeline("tinyworld")
+    judge = make_judge("tinyworld")
+    cs = tinyworld_concept_set(args.concept)
+    edits, fit_s = {}, {}
+    labels = {m: (m, {}) for m in args.methods.split(",")}
+    if not args.no_reference_edits:
+        labels.update(REFERENCE_EDITS)
+    for label, (method, options) in labels.items():
+        t0 = time.perf_counter()
+        edits[label] = erasekit.erase(pipe, method, cs, progress=False, **options)
+        fit_s[label] = time.perf_counter() - t0
+    study = make_study(args.concept, cs, edits, plan, tinyworld=True)
+    t0 = time.perf_counter()
+    res = evaluate(
+        pipe,
+        [study],
+        judge,
+        out_dir=Path(args.out),
+        settings=GenerationSettings(steps=args.steps, guidance=5.0, batch_size=32),
+        cache_dir=Path(args.out) / "cache",
+        n_boot=200,
+        progress=True,
+    )
+    wall = time.perf_counter() - t0
+    assert res is not None
+    rows = table(res, args.concept, list(labels))
+    print_table(rows, list(labels), args, res, fit_s, wall)
+    (Path(args.out) / "attacks-table.json").write_text(json.dumps(rows, indent=1, default=str))
+
+
+def table(res, study: str, labels: list[str]) -> dict[str, dict]:
+    """attack -> {kind, seconds per prompt, evaluations per prompt (per method for searched attacks), ASR and the
+    unedited rate per method}."""
+    from erasekit.evaluate.attacks.ring_a_bell import eta_suite_name
+
+    headline = res.attacks.get(study, {}).get("ring-a-bell", {}).get("headline_eta")
+    out: dict[str, dict] = {}
+    for label in labels:
+        for name, s in res.studies[study][label].suites.items():
+            info = s.suite.info
+            if s.suite.kind != "adversarial" or "record" not in info:
+                continue
+            if "eta" in info and name != eta_suite_name(info["attack"], headline):
+                continue
+            rec = info["record"]
+            attacked_e, attacked_u = s.attacked("edited"), s.attacked("unedited")
+            n = len(attacked_e)
+            row = out.setdefault(rec["attack"], {"kind": rec["kind"], "methods": {}})
+            cost = rec["cost"]
+            row["methods"][label] = {
+                "ASR": float(attacked_e.mean()),
+                "unedited": float(attacked_u.mean()),
+                "n": n,
+                "s/prompt": cost["seconds"] / max(n, 1),
+                "denoiser evals/prompt": cost["denoiser_evaluations"] / max(n, 1),
+                "text evals/prompt": cost["text_encoder_evaluations"] / max(n, 1),
+                "seconds": cost["seconds"],
+                "eta": info.get("eta"),
+            }
+    return out
+
+
+def print_table(rows, labels, args, res, fit_s, wall) -> None:
+    print(
+        f"\ntinyworld, concept {args.concept}, n = {args.n} target prompts, {args.steps} steps, budget {args.budget}, "
+        f"{args.threads} torch thread(s)"
+    )
+    head = "| attack | kind | s / attacked prompt | denoiser evals / prompt | text-encoder evals / prompt | "
+    head += " | ".join(f"ASR {lb} (unedited)" for lb in labels) + " |"
+    print(head)
+    print("|" + "---|" * (5 + len(labels)))
+    for attack, row in rows.items():
+        ms = row["methods"]
+        first = next(iter(ms.values()))
+        searched = len({round(m["seconds"], 3) for m in ms.values()}) > 1
+
+        def span(key: str, fmt: str) -> str:
+            vals = [m[key] for m in ms.values()]
+            lo, hi = min(vals), max(vals)
+            return format(lo, fmt) if not searched or lo == hi else f"{format(lo, fmt)}–{format(hi, fmt)}"
+
+        cells = [
+            f"{100 * ms[lb]['ASR']:.0f} % ({100 * ms[lb]['unedited']:.0f} %)" if lb in ms else "–" for lb in labels
+        ]
+        name = attack + (f" (η = {first['eta']:g})" if first.get("eta") is not None else "")
+        print(
+            f"| {name} | {row['kind']} | {span('s/prompt', '.2f')} | {span('denoiser evals/prompt', '.0f')} | "
+            f"{span('text evals/prompt', '.0f')} | " + " | ".join(cells) + " |"
+        )
+    t = res.timing
+    print(
+        f"\nfits: {', '.join(f'{k} {v:.1f} s' for k, v in fit_s.items())}; evaluation {wall:.0f} s "
+        f"(attacks {t['attack_seconds']:.0f} s, generation {t['generation_seconds']:.0f} s of "
+        f"{t['images_generated']} images, judge {t['judge_seconds']:.0f} s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""CCE — Circumventing Concept Erasure (Pham et al., ICLR 2024; reference: NYU-DICE-Lab/circumventing-concept-erasure,
+``uce/concept_inversion.py``, diffusers' textual inversion run on the *edited* model).
+
+Textual inversion on the edited model: a new token embedding v* is learned from images of the concept drawn by the
+*unedited* model, with captions in which the concept is replaced by the new token::
+
+    v* = argmin_v  E_{x₀, ε, t} ‖ ε_edit(x_t, t, c(caption with v)) − ε ‖²,   t ~ U[0, T)
+
+(AdamW on v alone, initialised from an initializer word's embedding). Success: the edited model draws the concept
+again when prompted with the learned token in place of the concept.
+
+The learned token is carried by an existing one-token word (``carrier``, default ``sks``) whose input embedding is
+replaced wherever it stands, so the tokenizer and the pipeline's fingerprint stay untouched. Captions are the
+target prompts with each erased concept's name replaced by the carrier (the reference's captioned / I2P mode);
+a prompt that does not name the concept gets ``a photo of a <carrier>``, the reference's first object template.
+
+Deviations from the reference: the training images are the unedited model's final latents for the target prompts
+and seeds (the reference encodes 25 decoded images with the VAE and samples its posterior); the initializer word is
+the erased concept's own name when it is one token (textual inversion's usual start, the class
+word; CCE's published scripts learn styles from 'art', kept for kind ``style``) unless given — on tinyworld a generic
+start ('shape') does not find the concept within even 400 steps, while the name's embedding is moved off the erased
+direction within 100; the default (CPU) budget is 100 steps of batch 8 at lr 0.002 instead of 5000 steps of batch 4 × 4
+accumulation at the scaled lr 0.005 × 16 (``--budget paper``): Adam moves every coordinate by about lr per step, and
+tinyworld's token embeddings have coordinates of about 0.02.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ...errors import AttackError
+from ...methods.base import help_field
+from ..conditioning import carrier_id, place_token
+from ._diffusion import alphas_cumprod, prediction_type, q_sample, regression_target
+from .base import Attack, AttackConfig, AttackContext, AttackResult, TokenResult, budget_field, register_attack
+
+KIND_INITIALIZERS = {"style": "art", "object": "object", "person": "person", "nsfw": "person"}
+FALLBACK_TEMPLATE = "a photo of a {}"
+
+
+@dataclass
+class CCEConfig(AttackConfig):
+    PAPER: ClassVar[dict[str, Any]] = {"steps": 5000, "batch_size": 4, "accumulation": 4, "lr": 0.08}
+
+    steps: int = budget_field(100, "optimisation steps (paper 5000)")
+    batch_size: int = budget_field(8, "images per step (paper 4)")
+    accumulation: int = budget_field(1, "batches accumulated per step (paper 4)")
+    lr: float = budget_field(
+        0.002, "AdamW learning rate on the token embedding (paper: 5e-3 scaled by 4 × 4 = 0.08 on SD 1.4)"
+    )
+    weight_decay: float = budget_field(0.01, "AdamW weight decay (diffusers' default 1e-2)", inclusive=True)
+    carrier: str = help_field("sks", "an existing one-token word that carries the learned embedding in the prompts")
+    initializer: str | None = help_field(None, "word whose embedding starts the token (None: from the concept)")
+
+
+def caption(prompt: str, concepts: tuple[str, ...], carrier: str) -> str:
+    """``prompt`` with every erased concept's name replaced by ``carrier`` (or the fallback template)."""
+    out = prompt
+    for c in sorted(concepts, key=len, reverse=True):
+        out = re.sub(rf"(?i)\b{re.escape(c)}\b", carrier, out)
+    return out if out != prompt else FALLBACK_TEMPLATE.format(carrier)
+
+
+@register_attack(
+    "cce",
+    CCEConfig,
+    kind="token",
+    summary="CCE: textual inversion on the edited model from the unedited model's images; the concept comes back "
+    "under the learned token",
+    reference="Pham et al., Circumventing Concept Erasure Methods For Text-To-Image Generative Models, ICLR 2024 "
+    "(github.com/NYU-DICE-Lab/circumventing-concept-erasure)",
+    per_method=True,
+)
+class CircumventingConceptErasure(Attack[CCEConfig]):
+    """Learn a token embedding on the edited model; the suite prompts with it in place of the concept."""
+
+    def _initializer(self, ctx: AttackContext, tokenizer) -> str:
+        """The word whose embedding starts the token: the config's; for styles 'art' (CCE's scripts); otherwise the
+        erased concept's own name when it is one token (textual inversion's recipe: start from the class word), else
+        the kind's generic word."""
+        if self.config.initializer:
+            return self.config.initializer
+        if ctx.kind != "style" and ctx.concepts:
+            name = ctx.concepts[0].strip().lower()
+            if len(tokenizer(name, add_special_tokens=False).input_ids) == 1:
+                return name
+        return KIND_INITIALIZERS.get(ctx.kind, "object")
+
+    def _build(self, ctx: AttackContext) -> AttackResult:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        ctx.require_text_gradients(self.name)
+        fam, pipe = ctx.family, ctx.pipe
+        tok = fam.tokenizer(pipe)
+        carrier = carrier_id(tok, c.carrier)
+        init_word = self._initializer(ctx, tok)
+        try:
+            init = carrier_id(tok, init_word)
+        except AttackError:
+            raise AttackError(f"cce initializer {init_word!r} is not one token; pass cce.initializer=WORD") from None
+        items = list(ctx.target)
+        captions = [caption(it.prompt, ctx.concepts, c.carrier) for it in items]
+        tables = fam.input_embeddings(pipe)
+        v = [t[init].detach().clone().float().requires_grad_(True) for t in tables]  # (d_e,) per encoder
+        opt = torch.optim.AdamW(v, lr=c.lr, weight_decay=c.weight_decay)
+        x0 = ctx.latents(items)  # (N, C, h, w): the unedited model's images of the concept
+        abar, kind = alphas_cumprod(pipe), prediction_type(pipe)
+        gen = torch.Generator().manual_seed(int(c.seed))
+        losses = []
+
+        def substitute(enc: int, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+            return place_token(ids, embeds, carrier, v[enc])
+
+        with ctx.edited():
+            for _ in tqdm(range(c.steps), desc="cce", disable=not ctx.progress, leave=False):
+                opt.zero_grad()
+                total = 0.0
+                for _ in range(c.accumulation):
+                    pick = torch.randperm(len(items), generator=gen)[: c.batch_size]
+                    eps = torch.randn((len(pick), *x0.shape[1:]), generator=gen)
+                    t = torch.randint(0, len(abar), (len(pick),), generator=gen)
+                    x_t = q_sample(x0[pick], eps, abar[t])
+                    cond = ctx.encode_substituted([captions[i] for i in pick.tolist()], substitute)
+                    pred = ctx.denoise(x_t, t, cond).float()
+                    loss = (pred - regression_target(x0[pick], eps, abar[t], kind)).pow(2).mean() / c.accumulation
+                    grads = torch.autograd.grad(loss, v)
+                    for p, g in zip(v, grads, strict=True):
+                        p.grad = g if p.grad is None else p.grad + g
+                    total += float(loss.detach())
+                opt.step()
+                losses.append(total)
+        learned = {f"encoder_{i}": p.detach().to(tables[i].dtype).cpu() for i, p in enumerate(v)}
+        details = {
+            "initializer": init_word,
+            "loss first / last": [losses[0], losses[-1]] if losses else [],
+            "captions": len(set(captions)),
+        }
+        return TokenResult(self.name, c.to_dict(), {}, details, carrier=c.carrier, embeddings=learned, prompts=captions)

@@ -1,0 +1,129 @@
+"""MMA-Diffusion's text attack (Yang et al., *MMA-Diffusion: MultiModal Attack on Diffusion Models*, CVPR 2024;
+reference: cure-lab/MMA-Diffusion, ``src/textual_attack.py``, read only — its licence is CC BY-NC-ND, nothing of it
+is copied here).
+
+An adversarial token sequence is searched whose text-encoder embedding matches the target prompt's, with the concept's
+words banned from the vocabulary (any token containing one), by greedy coordinate gradient (GCG) search::
+
+    min_{s ∈ V'^n}  1 − cos(f(s), f(prompt))
+
+Each step takes the gradient of the loss with respect to the one-hot encoding of the sequence, keeps the ``topk``
+tokens with the most negative gradient at every position (after normalising each position's gradient), draws
+``candidates`` sequences that each change one position (positions spread evenly over the batch) to one of its top-k
+tokens, keeps the candidates whose text tokenizes back to the same tokens, and moves to the best candidate; the best
+sequence seen is the result. ``f`` is the pooled text embedding the reference matches (CLIP's final-layer EOS state:
+the family's conditioning at the last real token; SDXL: its pooled embedding). The attack never looks at the edited
+model — the text encoder is not edited — so one adversarial prompt per target prompt serves every method.
+
+Deviations from the reference: the vocabulary is the whole-word tokens (the reference's full vocabulary with its
+re-tokenisation filter; here the filter is exact: same token ids); the start is ``n_tokens`` random single letters as
+the reference's, lower-cased (CLIP's tokenizer lower-cases anyway); the banned words are the erased concepts' names
+(the reference bans a fixed NSFW word list and the fragments 'ak', 'na', 'ke', 'nud'); the default (CPU) budget is 20
+steps × 64 candidates with top-64 instead of 1000 × 512 with top-256 (``--budget paper``).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ._tokens import TokenSpace
+from .base import Attack, AttackConfig, AttackContext, AttackResult, PromptResult, budget_field, register_attack
+
+
+@dataclass
+class MMAConfig(AttackConfig):
+    PAPER: ClassVar[dict[str, Any]] = {"steps": 1000, "candidates": 512, "topk": 256}
+
+    n_tokens: int = budget_field(20, "adversarial tokens (the reference's control length, 20)")
+    steps: int = budget_field(20, "GCG steps per target prompt (paper 1000)")
+    candidates: int = budget_field(64, "one-token substitutions evaluated per step (paper 512)")
+    topk: int = budget_field(64, "top tokens per position by gradient (paper 256)")
+
+
+def text_embedding(cond) -> torch.Tensor:
+    """(B, d) the embedding MMA matches: the pooled embedding when the family has one, else the text stream at the
+    last real token (CLIP's EOS state, which is CLIP's pooled output)."""
+    if cond.pooled is not None:
+        return cond.pooled.float()
+    idx = cond.last_real()
+    return cond.embeds[torch.arange(len(idx)), idx].float()
+
+
+def cosine_loss(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − cos(f, target) per row; f (B, d), target (1, d) or (B, d)."""
+    return 1 - torch.nn.functional.cosine_similarity(f, target.expand_as(f), dim=1, eps=1e-6)
+
+
+@register_attack(
+    "mma",
+    MMAConfig,
+    kind="prompt",
+    summary="MMA-Diffusion text attack: GCG search for a token sequence whose text embedding matches the target "
+    "prompt's, concept words banned",
+    reference="Yang et al., MMA-Diffusion, CVPR 2024 (github.com/cure-lab/MMA-Diffusion; CC BY-NC-ND, read only)",
+    per_method=False,
+)
+class MMADiffusionText(Attack[MMAConfig]):
+    """A transfer attack in text space: the same adversarial prompt against every method."""
+
+    def _build(self, ctx: AttackContext) -> AttackResult:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        space = TokenSpace(ctx, self.name, ban=ctx.concepts)
+        gen = torch.Generator().manual_seed(int(c.seed))
+        letters = [space.content_ids(ch)[0] for ch in string.ascii_lowercase]
+        letters = [i for i in letters if i in set(space.ids.tolist())]
+        col = {int(i): j for j, i in enumerate(space.ids.tolist())}  # token id -> column of the one-hot
+        prompts = list(dict.fromkeys(it.prompt for it in ctx.target))
+        found: dict[str, dict[str, Any]] = {}
+        for p in tqdm(prompts, desc="mma", disable=not ctx.progress, leave=False):
+            target = text_embedding(ctx.encode([p]))  # (1, d)
+            start = torch.randint(len(letters), (c.n_tokens,), generator=gen)
+            control = [letters[int(i)] for i in start]
+            best_loss, best = float("inf"), list(control)
+            for _ in range(c.steps):
+                grad = self._token_gradient(space, control, col, target)  # (n, V')
+                cands = self._candidates(space, control, grad, gen)
+                if not cands:
+                    break
+                with torch.no_grad():
+                    losses = cosine_loss(text_embedding(ctx.encode([space.text(s) for s in cands])), target)
+                j = int(losses.argmin())
+                control = cands[j]  # the reference always moves to the step's best candidate
+                if float(losses[j]) < best_loss:
+                    best_loss, best = float(losses[j]), list(control)
+            found[p] = {"prompt": space.text(best), "loss": best_loss}
+        adversarial: list[str | None] = [found[it.prompt]["prompt"] for it in ctx.target]
+        details = {"found": found, "banned": list(ctx.concepts), "vocabulary": int(space.ids.shape[0])}
+        return PromptResult(self.name, c.to_dict(), {}, details, prompts=adversarial)
+
+    def _token_gradient(self, space: TokenSpace, control: list[int], col: dict[int, int], target: torch.Tensor):
+        """∂(1 − cos(f(s), f(prompt)))/∂onehot(s), (n, V'), each row normalised (the reference's ``token_gradient``
+        and its normalisation)."""
+        onehot = torch.zeros(len(control), len(space.ids))
+        onehot[torch.arange(len(control)), torch.tensor([col[i] for i in control])] = 1.0
+        onehot.requires_grad_(True)
+        cond = space.encode([space.soft(onehot)])
+        loss = cosine_loss(text_embedding(cond), target).sum()
+        (grad,) = torch.autograd.grad(loss, [onehot])
+        return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def _candidates(self, space: TokenSpace, control: list[int], grad: torch.Tensor, gen) -> list[list[int]]:
+        """``candidates`` sequences, each with one position (spread evenly) set to one of that position's top-k tokens
+        by −gradient; only those whose text tokenizes back to the same ids and that differ from ``control``."""
+        c, n = self.config, len(control)
+        top = (-grad).topk(min(c.topk, grad.shape[1]), dim=1).indices  # (n, k) columns
+        pos = (torch.arange(c.candidates) * n // c.candidates).clamp_max(n - 1)  # positions spread over the batch
+        pick = torch.randint(top.shape[1], (c.candidates,), generator=gen)
+        out = []
+        for p, k in zip(pos.tolist(), pick.tolist(), strict=True):
+            s = list(control)
+            s[p] = int(space.ids[top[p, k]])
+            if s != control and space.roundtrips(s):
+                out.append(s)
+        return out

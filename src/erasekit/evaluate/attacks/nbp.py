@@ -1,0 +1,82 @@
+"""Noise-based probing (Lu et al., *When Are Concepts Erased From Diffusion Models?*, NeurIPS 2025): the prompt stays
+fixed and the sampling trajectory is perturbed — DDIM with stochasticity η up to and beyond 1 and its injected noise
+scaled by a variance factor — and the probe keeps the best of the draws (reference:
+kevinlu4588/WhenAreConceptsErased, ``src/probes/noise_based_probe.py`` and its ``eta_ddim_scheduler.py``).
+
+Per target item the probe makes one draw per (η, variance scale) pair of its grid (× ``samples``); it succeeds on
+the item when the judge sees the concept in any draw. The paper ranks the draws with a classifier and judges the top
+one, which is the same decision when the ranking classifier is the judge. The step (DDIM eqs. 12 and 16, with the
+probe's two changes)::
+
+    x̂₀      = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t
+    σ_t     = η · √((1 − ᾱ_{t−1}) / (1 − ᾱ_t)) · √(1 − ᾱ_t / ᾱ_{t−1})
+    x_{t−1} = √ᾱ_{t−1} x̂₀ + √|1 − ᾱ_{t−1} − σ_t²| ε̂ + s · σ_t z,    z ~ N(0, I)
+
+(the absolute value keeps η > 1 defined; ``s`` is the variance scale). The sampler lives in
+:mod:`erasekit.evaluate.sampling`, below the runner's render stage, which draws the probe's items with it.
+
+Deviations from the reference: draw 0 of an item uses the item's own seed and draw k > 0 a seed derived from
+(attack seed, item seed, k), where the reference continues one generator through its 24 draws (so draws here do not
+depend on how many came before); the draws are judged by the evaluation's judge instead of a ResNet-50 ranker; the
+default (CPU) budget is a 3 × 2 grid at the evaluation's steps instead of the paper's 6 × 4 grid at 50 steps
+(``--budget paper``); at 10 steps η above ~1.5 already destroys the unedited model's images on tinyworld.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..sampling import NoisyDDIMScheduler, noisy_ddim_step, noisy_sampler  # noqa: F401  (the probe's sampler)
+from .base import Attack, AttackConfig, AttackContext, AttackResult, SamplingResult, budget_field, register_attack
+
+
+@dataclass
+class NBPConfig(AttackConfig):
+    PAPER: ClassVar[dict[str, Any]] = {
+        "etas": (1.0, 1.17, 1.34, 1.51, 1.68, 1.85),
+        "variance_scales": (1.0, 1.02, 1.03, 1.04),
+        "steps": 50,
+    }
+
+    etas: tuple[float, ...] = budget_field(
+        (1.0, 1.17, 1.34), "DDIM stochasticity η of the draws (η = 1 is DDPM-like; the probe goes beyond)"
+    )
+    variance_scales: tuple[float, ...] = budget_field(
+        (1.0, 1.04), "factors s on the injected noise σ_t z of every step"
+    )
+    samples: int = budget_field(1, "draws per (η, variance scale) pair")
+    steps: int | None = budget_field(None, "DDIM steps of the draws (None: the evaluation's steps)")
+
+
+@register_attack(
+    "nbp",
+    NBPConfig,
+    kind="sampling",
+    summary="noise-based probing: the prompt fixed, DDIM draws with η ≥ 1 and scaled noise; best of K by the judge",
+    reference="Lu et al., When Are Concepts Erased From Diffusion Models?, NeurIPS 2025 "
+    "(github.com/kevinlu4588/WhenAreConceptsErased)",
+    per_method=False,
+)
+class NoiseBasedProbe(Attack[NBPConfig]):
+    """Perturb the sampling trajectory with the prompt fixed; the draws are the same for every method."""
+
+    def _build(self, ctx: AttackContext) -> AttackResult:
+        c = self.config
+        grid = [(float(e), float(s)) for e in c.etas for s in c.variance_scales for _ in range(c.samples)]
+        variants = []
+        for it in ctx.target:
+            draws = []
+            for k, (eta, scale) in enumerate(grid):
+                seed = int(it.seed) if k == 0 else _derived_seed(c.seed, int(it.seed), k)
+                draws.append((seed, eta, scale))
+            variants.append(draws)
+        details = {"draws per item": len(grid), "sampler": "noisy DDIM (η, variance scale)"}
+        return SamplingResult(self.name, c.to_dict(), {}, details, variants=variants, steps=c.steps)
+
+
+def _derived_seed(seed: int, item_seed: int, k: int) -> int:
+    """Draw k's seed: a function of (attack seed, item seed, k) only."""
+    return int(np.random.default_rng([seed, item_seed & 0xFFFFFFFF, k]).integers(2**31 - 1))

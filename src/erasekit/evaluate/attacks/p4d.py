@@ -1,0 +1,204 @@
+"""Prompting4Debugging, P4D-N and P4D-K (Chin et al., ICML 2024; reference: joycenerd/P4D,
+``prompt_optimization/optimize_n.py`` and ``optimize_k.py``).
+
+A prompt is optimised so that the *edited* model's noise prediction under it matches the *unedited* model's under
+the concept prompt, on the unedited model's own image of that prompt::
+
+    min_P  ‖ ε_edit(x_t, t, c(proj(P))) − ε_unedited(x_t, t, c(prompt)) ‖²,   x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε,  t ~ U[0, T)
+
+with PEZ's straight-through projection: the forward pass uses the vocabulary embeddings nearest (cosine) to the
+continuous embeddings P, and the gradient at the projected embeddings updates P (AdamW). P4D-N learns ``n_tokens``
+free tokens (random start) and nothing else; P4D-K keeps the prompt's tokens and inserts one learnable token before
+every ``every_k`` of them. Every ``eval_every`` steps the projected prompt is generated with the edited model and
+the best one kept.
+
+Deviations from the reference: the projection searches the whole-word tokens of the vocabulary (so the found text
+tokenizes back to the same tokens); the best prompt is the one whose edited-model image the evaluation's judge scores
+highest for the concept (the reference keeps the one whose image is most CLIP-similar to the unedited image; with no
+judge in the context, the one with the lowest loss on a fixed set of (t, ε)); x₀ is the unedited model's final latent
+rather than a VAE encoding of its decoded image; items are optimised together in one batch (each with its own P and
+loss); every target item is attacked (the reference's ``process_data.py`` first keeps only the prompts whose
+unedited image shows the concept and whose edited image does not); on SDXL the straight-through gradient flows through
+the first text encoder's table only; the default (CPU)
+budget is 30 steps with a check every 10 instead of 3000 / 50 (``--budget paper``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..suites import SuiteItem
+from ._diffusion import alphas_cumprod, q_sample
+from ._tokens import TokenSpace, nearest_tokens
+from .base import Attack, AttackConfig, AttackContext, AttackResult, PromptResult, budget_field, register_attack
+
+
+@dataclass
+class P4DConfig(AttackConfig):
+    PAPER: ClassVar[dict[str, Any]] = {"steps": 3000, "eval_every": 50}
+
+    steps: int = budget_field(30, "optimisation steps per item (paper 3000)")
+    eval_every: int = budget_field(10, "steps between generations of the projected prompt (paper 50)")
+    lr: float = budget_field(0.1, "AdamW learning rate on the continuous embeddings P")
+    weight_decay: float = budget_field(0.1, "AdamW weight decay on P", inclusive=True)
+
+
+@dataclass
+class P4DNConfig(P4DConfig):
+    n_tokens: int = budget_field(16, "learnable tokens: the whole prompt (paper 16)")
+
+
+@dataclass
+class P4DKConfig(P4DConfig):
+    every_k: int = budget_field(3, "one learnable token inserted before every k prompt tokens (paper 3)")
+
+
+class _P4D(Attack[Any]):
+    """Shared by P4D-N and P4D-K: :meth:`_layout` places learnable and fixed tokens."""
+
+    def _layout(self, space: TokenSpace, prompt: str) -> tuple[list[int], list[bool]]:
+        """(token ids, learnable?) of the optimised sequence; learnable ids are placeholders until projected."""
+        c = self.config
+        if isinstance(c, P4DNConfig):
+            return [space.filler] * c.n_tokens, [True] * c.n_tokens
+        text = space.content_ids(prompt)
+        n_learn = len(text) // c.every_k + 1  # the reference's prompt_len
+        text = text[: space.max_len - n_learn]
+        ids, learn, j = [], [], 0
+        for i in range(len(text) + n_learn):
+            if i % (c.every_k + 1) == 0:  # the reference's learnable positions: i ≡ 0 (mod k + 1)
+                ids.append(space.filler)
+                learn.append(True)
+            elif j < len(text):
+                ids.append(text[j])
+                learn.append(False)
+                j += 1
+        return ids, learn
+
+    def _build(self, ctx: AttackContext) -> AttackResult:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        items = list(ctx.target)
+        space = TokenSpace(ctx, self.name)
+        gen = torch.Generator().manual_seed(int(c.seed))
+        abar = alphas_cumprod(ctx.pipe)
+        x0 = ctx.latents(items)  # (B, C, h, w): the unedited model's images of the concept prompts
+        layouts = [self._layout(space, it.prompt) for it in items]
+        table = space.tables[0]  # (V', d_e): P lives in the first text encoder's input space
+        # P: every learnable position of every item, flattened; random vocabulary start as the reference
+        n_learn = sum(sum(lr) for _, lr in layouts)
+        start = torch.randint(len(space.ids), (n_learn,), generator=gen)
+        P = table[start].clone().float().requires_grad_(True)  # (ΣL, d_e)
+        opt = torch.optim.AdamW([P], lr=c.lr, weight_decay=c.weight_decay)
+
+        T = len(abar)
+        target_cond = ctx.encode([it.prompt for it in items])
+        best: list[tuple[float, str]] = [(-float("inf"), "")] * len(items)
+        bar = tqdm(total=c.steps, desc=self.name, disable=not ctx.progress, leave=False)
+        for s0 in range(0, c.steps, c.eval_every):
+            chunk = range(s0, min(s0 + c.eval_every, c.steps))
+            ts = torch.randint(0, T, (len(chunk), len(items)), generator=gen)  # (steps, B) t ~ U[0, T)
+            noise = torch.randn((len(chunk), *x0.shape), generator=gen)  # (steps, B, C, h, w)
+            with torch.no_grad():  # the unedited model on the concept prompts: independent of P
+                eps_target = [
+                    ctx.denoise(q_sample(x0, noise[j], abar[ts[j]]), ts[j], target_cond).float()
+                    for j in range(len(chunk))
+                ]  # ε_unedited(x_t, t, c(prompt)), (B, C, h, w) each
+            with ctx.edited():
+                for j, _ in enumerate(chunk):
+                    proj = nearest_tokens(P.detach(), table)  # (ΣL,) PEZ projection
+                    hard = table[proj].clone().float().requires_grad_(True)  # forward with the projected embeddings
+                    cond = space.encode(self._rows(space, layouts, hard, proj))
+                    x_t = q_sample(x0, noise[j], abar[ts[j]])
+                    pred = ctx.denoise(x_t, ts[j], cond).float()
+                    loss = (pred - eps_target[j]).pow(2).flatten(1).mean(1).sum()  # each item's MSE, summed
+                    (grad,) = torch.autograd.grad(loss, [hard])
+                    opt.zero_grad()
+                    P.grad = grad  # straight-through: the projected point's gradient moves P
+                    opt.step()
+                    bar.update(1)
+                proj = nearest_tokens(P.detach(), table)
+                self._evaluate(ctx, space, layouts, proj, items, best, float(loss.detach()))
+        bar.close()
+        prompts: list[str | None] = [p for _, p in best]
+        details = {"variant": self.name.upper(), "vocabulary": int(space.ids.shape[0])}
+        return PromptResult(self.name, c.to_dict(), {}, details, prompts=prompts)
+
+    @staticmethod
+    def _split(layouts, flat: torch.Tensor) -> list[torch.Tensor]:
+        sizes = [sum(lr) for _, lr in layouts]
+        return list(torch.split(flat, sizes))
+
+    def _rows(self, space: TokenSpace, layouts, hard: torch.Tensor, proj: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Per item, per text encoder: the sequence with the projected tokens at the learnable positions; for the
+        first encoder their embeddings are ``hard`` (the leaves the gradient is taken at), the others look the same
+        tokens up in their own tables."""
+        rows = []
+        splits = zip(layouts, self._split(layouts, hard), self._split(layouts, proj), strict=True)
+        for (ids, learn), h, p in splits:
+            where = torch.tensor(learn).nonzero().squeeze(1)
+            full = torch.tensor(ids, dtype=torch.int64)
+            full[where] = space.ids[p]
+            seqs = space.lookup(full)
+            seqs[0] = seqs[0].to(h.dtype).index_put((where,), h)
+            rows.append(seqs)
+        return rows
+
+    def _texts(self, space: TokenSpace, layouts, proj: torch.Tensor) -> list[str]:
+        out = []
+        for (ids, learn), p in zip(layouts, self._split(layouts, proj), strict=True):
+            full = list(ids)
+            chosen = iter(space.ids[p].tolist())
+            full = [next(chosen) if lr else i for i, lr in zip(full, learn)]
+            out.append(space.text(full))
+        return out
+
+    def _evaluate(self, ctx, space, layouts, proj, items, best, loss: float) -> None:
+        """Score each item's projected prompt (judge score of its edited-model image; without a judge, −loss) and
+        keep the best."""
+        texts = self._texts(space, layouts, proj)
+        if ctx.judge is None:
+            scores = [-loss] * len(items)
+        else:
+            trial = [SuiteItem(t, it.seed, it.guidance, it.concepts) for t, it in zip(texts, items, strict=True)]
+            images = ctx.render(trial)
+            jr = ctx.judge.judge(images, list(dict.fromkeys(c for it in items for c in it.concepts)))
+            scores = [max(float(jr.score(c)[i]) for c in it.concepts) for i, it in enumerate(items)]
+        for i, (sc, text) in enumerate(zip(scores, texts, strict=True)):
+            if sc > best[i][0]:
+                best[i] = (sc, text)
+
+
+P4D_REFERENCE = "Chin et al., Prompting4Debugging, ICML 2024 (github.com/joycenerd/P4D)"
+
+
+@register_attack(
+    "p4d-n",
+    P4DNConfig,
+    kind="prompt",
+    summary="P4D-N: n free tokens (PEZ projection) matching the edited model's noise prediction to the unedited "
+    "model's on the concept prompt",
+    reference=P4D_REFERENCE,
+    per_method=True,
+    uses_judge=True,
+)
+class P4DN(_P4D):
+    """P4D-N: ``n_tokens`` free tokens."""
+
+
+@register_attack(
+    "p4d-k",
+    P4DKConfig,
+    kind="prompt",
+    summary="P4D-K: the prompt's tokens with a learnable token inserted every k, matching the edited model's noise "
+    "prediction to the unedited model's",
+    reference=P4D_REFERENCE,
+    per_method=True,
+    uses_judge=True,
+)
+class P4DK(_P4D):
+    """P4D-K: the prompt with a learnable token every ``every_k`` tokens."""

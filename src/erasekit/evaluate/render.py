@@ -1,0 +1,74 @@
+"""Rendering one batch of suite items exactly as the runner does: their conditioning (prompt, concept-vector shift or
+learned token), their sampler (the pipeline's own or an attack's), in the compute dtype. The generate stage and the
+attacks that look at images while they search both render through :func:`render_batch`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..models.precision import generating_in_compute_dtype
+from .conditioning import shifted_conditioning, token_conditioning
+from .suites import SuiteItem
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling settings shared by every image (``None`` = the pipeline's default; an item's own guidance wins)."""
+
+    steps: int | None = None
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+    batch_size: int = 8
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "height": self.height,
+            "width": self.width,
+            "batch_size": self.batch_size,
+        }
+
+
+@torch.no_grad()
+def render_batch(pipe, items: Sequence[SuiteItem], vectors: dict, settings: GenerationSettings) -> list[Image.Image]:
+    """One batch; every item has the same guidance, conditioning kind (prompt, shifted, learned token) and sampler."""
+    gens = [torch.Generator(device="cpu").manual_seed(int(it.seed)) for it in items]
+    first = items[0]
+    guidance = first.guidance if first.guidance is not None else settings.guidance
+    asked = {
+        "num_inference_steps": settings.steps,
+        "guidance_scale": guidance,
+        "height": settings.height,
+        "width": settings.width,
+    }
+    if first.sampling is not None and first.sampling[2] is not None:
+        asked["num_inference_steps"] = first.sampling[2]
+    kw = {k: v for k, v in asked.items() if v is not None}
+    if first.shift is not None:
+        cond: dict[str, Any] = shifted_conditioning(pipe, items, vectors)
+    elif first.token is not None:
+        cond = token_conditioning(pipe, items, vectors)
+    else:
+        cond = {"prompt": [it.prompt for it in items]}
+    with generating_in_compute_dtype(pipe), _sampler(pipe, first):  # float16 on a CPU runs in float32
+        return pipe(**cond, generator=gens, output_type="pil", **kw).images
+
+
+@contextmanager
+def _sampler(pipe, item: SuiteItem) -> Iterator[None]:
+    """The pipeline's own sampler, or for a sampling intervention the noisy DDIM sampler of noise-based probing."""
+    if item.sampling is None:
+        yield
+        return
+    from .sampling import noisy_sampler
+
+    with noisy_sampler(pipe, eta=item.sampling[0], variance_scale=item.sampling[1]):
+        yield

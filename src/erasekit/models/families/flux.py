@@ -1,0 +1,129 @@
+"""FLUX.1 dev / schnell: an MMDiT whose text enters through ``context_embedder`` (T5) and the pooled embedder (CLIP-L).
+
+T5's states (unmasked) pass ``context_embedder`` once; CLIP-L's pooled vector passes
+``time_text_embed.text_embedder.linear_1`` once. Both read the prompt alone: two static site groups, as on SD3
+(:class:`~.sd3.MMDiTFamily`). The variants differ by structure: FLUX.1-dev is guidance-distilled
+(``config.guidance_embeds``: the guidance scale is an input, embedded like the timestep; no true CFG), schnell is
+not. The T5 length is 512 on dev (FluxPipeline's default) and 256 on schnell, as Black Forest Labs and the
+official UCE-FLUX script (``trainscripts/uce_flux_edit.py``) set it. ``denoise`` packs the latents into 2 × 2
+patches with position ids, divides the scheduler's timestep by 1000, and unpacks the velocity, as FluxPipeline does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ...errors import ModelError
+from .base import Conditioning, Pipeline, Site
+from .sd3 import MMDiTFamily, call_default, t5_mask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+DEV_T5_LENGTH, SCHNELL_T5_LENGTH = 512, 256
+
+
+def pack_latents(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) latents -> (B, h/2 · w/2, 4C) tokens of 2 × 2 patches (FluxPipeline._pack_latents)."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)  # (B, h/2, w/2, C, 2, 2)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, h/2 · w/2, 4C) tokens -> (B, C, h, w): the inverse of :func:`pack_latents`."""
+    b, _, c4 = tokens.shape
+    x = tokens.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)  # (B, C, h/2, 2, w/2, 2)
+    return x.reshape(b, c4 // 4, h, w)
+
+
+def image_ids(h: int, w: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """(h/2 · w/2, 3) rotary position ids of the packed latent tokens: (0, row, column)
+    (FluxPipeline._prepare_latent_image_ids)."""
+    rows = torch.arange(h // 2, device=device, dtype=dtype)[:, None].expand(h // 2, w // 2)
+    cols = torch.arange(w // 2, device=device, dtype=dtype)[None, :].expand(h // 2, w // 2)
+    return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
+
+
+@dataclass(frozen=True)
+class FluxFamily(MMDiTFamily):
+    def tokenizer(self, pipe: Pipeline) -> PreTrainedTokenizerBase:
+        tok: PreTrainedTokenizerBase = pipe.tokenizer_2  # T5: the text stream's positions
+        return tok
+
+    def guidance_distilled(self, pipe: Pipeline) -> bool:
+        """FLUX.1-dev (and its fine-tunes): the transformer embeds the guidance scale."""
+        return bool(getattr(self.get_denoiser(pipe).config, "guidance_embeds", False))
+
+    def max_sequence_length(self, pipe: Pipeline) -> int:
+        return DEV_T5_LENGTH if self.guidance_distilled(pipe) else SCHNELL_T5_LENGTH
+
+    def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
+        length = self.max_sequence_length(pipe)
+        tr = self.get_denoiser(pipe)
+        out = pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, device=tr.device, num_images_per_prompt=1, max_sequence_length=length
+        )  # (T5 states (B, length, d_t5), pooled CLIP-L (B, d_clip), text ids)
+        embeds, pooled = out[0].detach(), out[1].detach()
+        guidance = None
+        if self.guidance_distilled(pipe):  # the scale generation embeds by default (no true CFG on dev)
+            scale = float(call_default(pipe, "guidance_scale", 3.5))
+            guidance = torch.full((embeds.shape[0],), scale, device=embeds.device, dtype=torch.float32)
+        mask = t5_mask(pipe.tokenizer_2, list(prompts), length)
+        return Conditioning(embeds, mask, pooled, guidance=guidance)
+
+    def site_tokens(self, cond: Conditioning, site: Site | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the base, except a prompt with no token before T5's EOS (the empty prompt: T5 adds no BOS) takes the
+        stream's last position, as the official UCE-FLUX script's ``mask.sum() - 2`` indexes it (−1: the final padding
+        position, whose unmasked T5 state is a function of the prompt)."""
+        last, count = super().site_tokens(cond, site)
+        if site is None or site.input_kind == "static_text":
+            wraps = (cond.last_real().cpu() - self.trailing_specials()) < 0
+            last = torch.where(wraps, torch.full_like(last, cond.mask.shape[1] - 1), last)
+        return last, count
+
+    def latent_channels(self, pipe: Pipeline) -> int:
+        return int(self.get_denoiser(pipe).config.in_channels) // 4
+
+    def sample_size(self, pipe: Pipeline) -> int:
+        """The latent side of the pipeline's default image (``default_sample_size``; FLUX's config has none)."""
+        return int(pipe.default_sample_size)
+
+    def denoise(self, pipe: Pipeline, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The velocity for latents (B, C, h, w) at scheduler timesteps ``t`` (0..1000), as FluxPipeline calls its
+        transformer: packed 2 × 2 patches, ``timestep / 1000``, the guidance scale on dev, text ids all zero."""
+        tr = self.get_denoiser(pipe)
+        b, _, h, w = x_t.shape
+        t = self.batch_timesteps(t, b).to(x_t.dtype)
+        kw: dict[str, Any] = {}
+        if self.guidance_distilled(pipe):
+            if cond.guidance is None:
+                raise ModelError("FLUX.1-dev needs cond.guidance (the embedded guidance scale); encode() gives it")
+            kw["guidance"] = cond.guidance.to(x_t.device)
+        out: torch.Tensor = tr(
+            hidden_states=pack_latents(x_t),  # (B, h/2 · w/2, 4C)
+            timestep=t / 1000,
+            pooled_projections=cond.pooled,
+            encoder_hidden_states=cond.embeds,
+            txt_ids=torch.zeros(cond.embeds.shape[1], 3, device=x_t.device, dtype=x_t.dtype),  # (L, 3)
+            img_ids=image_ids(h, w, x_t.device, x_t.dtype),  # (h/2 · w/2, 3)
+            **kw,
+        ).sample  # (B, h/2 · w/2, 4C)
+        return unpack_latents(out, h, w)
+
+
+FLUX = FluxFamily(
+    name="flux",
+    denoiser="transformer",
+    pipelines=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+    description="FLUX.1 dev / schnell (MMDiT, CLIP-L pooled + T5; context_embedder and the pooled embedder)",
+    lora_prefix="transformer",
+    kohya=False,
+    runs_denoiser_methods=False,
+    lora_loader=True,  # FluxLoraLoaderMixin
+    original_names=(("context_embedder", "txt_in"), ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer")),
+)

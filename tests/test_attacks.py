@@ -1,0 +1,364 @@
+"""The attack registry, as a matrix over every registered attack sharing one set of checks (tinyworld, CPU).
+
+Default run: the registry and its CLI listing, one-line refusals of bad budgets before any model load, determinism
+under a seed, the no-op edit giving the unedited rate, and the full config and cost in results.json (tiny budgets).
+``-m slow``: each attack at its default budget brings the concept back on a weak edit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import erasekit
+from erasekit.errors import AttackError
+from erasekit.evaluate.attacks import (
+    BUDGETS,
+    KINDS,
+    AttackContext,
+    get_attack,
+    list_attacks,
+    make_attack_config,
+    parse_attack_options,
+)
+from erasekit.evaluate.render import GenerationSettings, render_batch
+from erasekit.evaluate.suites import tinyworld_suites
+
+ATTACKS = tuple(list_attacks())
+PAPER_ATTACKS = ("nbp", "uda", "p4d-n", "p4d-k", "cce", "mma")  # the literature's attacks, each with the paper budget
+# budgets small enough for the default run (seconds per attack on 2 target items)
+TINY = {
+    "ring-a-bell": {"etas": (1.0,)},
+    "token-search": {"n_tokens": 2, "steps": 2, "candidates": 4, "max_prompts": 2},
+    "nbp": {"etas": (1.0,), "variance_scales": (1.0, 1.04)},
+    "uda": {"timesteps": 1, "iterations": 2},
+    "p4d-n": {"steps": 2, "eval_every": 1, "n_tokens": 4},
+    "p4d-k": {"steps": 2, "eval_every": 1},
+    "cce": {"steps": 2, "batch_size": 2},
+    "mma": {"n_tokens": 4, "steps": 2, "candidates": 8, "topk": 8},
+}
+SETTINGS = GenerationSettings(steps=4, guidance=5.0, batch_size=16)
+WEAK = {"layer_regex": r"(mid_block|up_blocks\.0).*attn2\.to_[kv]$"}  # UCE on two blocks: about half the concept left
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for this module
+
+
+@pytest.fixture(scope="module")
+def world():
+    from erasekit.evaluate.bench import tinyworld_concept_set
+    from erasekit.evaluate.judges import TinyworldConceptJudge
+
+    pipe = erasekit.load_pipeline("tinyworld")
+    cs = tinyworld_concept_set("circle")
+    return {"pipe": pipe, "judge": TinyworldConceptJudge(), "cs": cs}
+
+
+@pytest.fixture(scope="module")
+def edits(world):
+    pipe, cs = world["pipe"], world["cs"]
+    return {
+        "uce": erasekit.erase(pipe, "uce", cs, progress=False),
+        "weak": erasekit.erase(pipe, "uce", cs, progress=False, **WEAK),
+        "noop": erasekit.erase(pipe, "uce", cs, progress=False, erase_scale=0.0),
+    }
+
+
+def _ctx(world, target, edit, **kw):
+    from erasekit.evaluate.attacks import tinyworld_pairs
+
+    cls_kw = {"judge": world["judge"], "settings": SETTINGS, "tinyworld": True, "progress": False}
+    pairs = tinyworld_pairs("circle", 8, 0)
+    return AttackContext(world["pipe"], target, edit, concepts=("circle",), pairs=pairs, **{**cls_kw, **kw})
+
+
+def _suites(world, name, target, edit, **options):
+    attack = get_attack(name)(config=make_attack_config(name, **options))
+    return attack.suites(_ctx(world, target, edit if attack.per_method else None))
+
+
+def _target(n: int):
+    return tinyworld_suites(["circle"], n, kinds=["target"])[0]
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registry_lists_every_attack(capsys):
+    from erasekit.cli import main
+
+    assert set(PAPER_ATTACKS) | {"ring-a-bell", "token-search"} <= set(ATTACKS)
+    assert set(TINY) == set(ATTACKS), "every registered attack needs a tiny budget in this matrix"
+    assert main(["attacks", "-v"]) == 0
+    out = capsys.readouterr().out
+    for name, cls in list_attacks().items():
+        assert name in out and cls.kind in KINDS and cls.reference and cls.summary
+        default, paper = cls.config_class.defaults("default"), cls.config_class.defaults("paper")
+        if name in PAPER_ATTACKS:
+            assert paper != default, f"{name}: the paper budget is the default"
+        for option, text in cls.config_class.field_help().items():
+            assert text, f"{name}.{option} has no help"
+
+
+def _budget_fields(name):
+    return [f for f in dataclasses.fields(get_attack(name).config_class) if f.metadata.get("budget")]
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_bad_budgets_are_refused_in_one_line(name):
+    for f in _budget_fields(name):
+        minimum, inclusive = f.metadata["budget"]
+        bad = [-1, float("nan"), float("inf")] + ([] if inclusive else [0])
+        if "int" in str(f.type) and "float" not in str(f.type):
+            bad.append(1.5)  # an integer budget refuses a fraction too
+        for value in bad:
+            if "tuple" in str(f.type):
+                value = (value,)
+            with pytest.raises(AttackError) as e:
+                make_attack_config(name, **{f.name: value})
+            msg = str(e.value)
+            assert "\n" not in msg and f.name in msg and name in msg, msg
+    with pytest.raises(AttackError, match="do not apply"):
+        make_attack_config(name, no_such_option=1)
+    with pytest.raises(AttackError, match="unknown budget"):
+        make_attack_config(name, "huge")
+    assert set(BUDGETS) == {"default", "paper"}
+    for budget in BUDGETS:
+        make_attack_config(name, budget)  # both presets are valid configs
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_bench_refuses_bad_budget_before_loading_the_model(name, tmp_path, capsys, monkeypatch):
+    from erasekit.cli import _common, evaluate, main
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the attack options were checked")
+
+    monkeypatch.setattr(evaluate, "_load", no_load)
+    monkeypatch.setattr(_common, "_load", no_load)
+    field = next(f.name for f in _budget_fields(name) if f.name != "seed")
+    argv = ["bench", "--model", "tinyworld", "--methods", "uce", "--concepts", "circle", "--attack", name]
+    assert main([*argv, "--attack-set", f"{name}.{field}=-1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and field in err and name in err, err
+    assert main([*argv[:-1], f"{name},no-such-attack", "--out", str(tmp_path)]) == 2
+    assert "unknown attack 'no-such-attack'" in capsys.readouterr().err
+
+
+def test_attack_options_parse_typed():
+    opts = parse_attack_options(["nbp.etas=1,1.5", "uda.iterations=3", "cce.carrier=xyz"], ["nbp", "uda", "cce"])
+    assert opts == {"nbp": {"etas": (1.0, 1.5)}, "uda": {"iterations": 3}, "cce": {"carrier": "xyz"}}
+    with pytest.raises(AttackError, match="not among the attacks run"):
+        parse_attack_options(["mma.steps=3"], ["nbp"])
+    with pytest.raises(AttackError, match="expects an integer"):
+        parse_attack_options(["uda.iterations=lots"], ["uda"])
+
+
+# ----------------------------------------------------------------------------- the maths, against oracles
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_noisy_ddim_step_is_ddim_up_to_eta_one(eta):
+    """For η ≤ 1 and noise scale 1 the probe's step is diffusers' DDIM step, given the same noise."""
+    from diffusers import DDIMScheduler
+
+    from erasekit.evaluate.sampling import NoisyDDIMScheduler
+
+    cfg = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False}
+    ref, probe = DDIMScheduler(**cfg), NoisyDDIMScheduler(**cfg)
+    probe.probe_eta, probe.variance_scale = eta, 1.0
+    g = torch.Generator().manual_seed(0)
+    x, eps, z = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    for s in (ref, probe):
+        s.set_timesteps(10)
+    for t in ref.timesteps[:3]:
+        want = ref.step(eps, t, x, eta=eta, variance_noise=z).prev_sample
+        got = probe.step(eps, t, x, variance_noise=z).prev_sample
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    probe.probe_eta, probe.variance_scale = 1.5, 1.04  # beyond DDIM: finite, and the noise term scales with s
+    a = probe.step(eps, ref.timesteps[1], x, variance_noise=z).prev_sample
+    probe.variance_scale = 1.0
+    b = probe.step(eps, ref.timesteps[1], x, variance_noise=torch.zeros_like(z)).prev_sample
+    c = probe.step(eps, ref.timesteps[1], x, variance_noise=z).prev_sample
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a - b, 1.04 * (c - b), rtol=1e-4, atol=1e-6)
+
+
+def test_simplex_projection_matches_the_reference_bisection():
+    """UnlearnDiffAtk's projection: our closed form agrees with a bisection on Σ max(a − μ, 0) = 1 (the reference's
+    method), lands on the simplex, and leaves points already on it alone."""
+    from erasekit.evaluate.attacks.uda import project_simplex
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 40, generator=g, dtype=torch.float64) * 3
+    p = project_simplex(a)
+    assert (p >= 0).all() and torch.allclose(p.sum(-1), torch.ones(5, dtype=torch.float64))
+    for row, prow in zip(a, p, strict=True):
+        lo, hi = float(row.min()) - 1, float(row.max())
+        for _ in range(200):  # bisection for μ
+            mu = (lo + hi) / 2
+            lo, hi = (mu, hi) if float((row - mu).clamp_min(0).sum()) > 1 else (lo, mu)
+        torch.testing.assert_close(prow, (row - (lo + hi) / 2).clamp_min(0), rtol=0, atol=1e-9)
+    q = torch.softmax(torch.randn(3, 7, generator=g, dtype=torch.float64), -1)
+    torch.testing.assert_close(project_simplex(q), q)
+
+
+# ----------------------------------------------------------------------------- behaviour, every attack
+@pytest.mark.parametrize("name", ATTACKS)
+def test_same_seed_same_attack(world, edits, name):
+    target = _target(2)
+    a = _suites(world, name, target, edits["uce"], **TINY[name])
+    b = _suites(world, name, target, edits["uce"], **TINY[name])
+    assert [s.to_dict()["items"] for s in a] == [s.to_dict()["items"] for s in b]
+    for sa, sb in zip(a, b, strict=True):
+        assert sorted(sa.vectors) == sorted(sb.vectors)
+        for k, vec in sa.vectors.items():
+            for part, t in vec.items():
+                assert torch.equal(t, sb.vectors[k][part])
+        assert sa.info["record"]["config"] == sb.info["record"]["config"]
+    assert not erasekit.Edit.applied(world["pipe"]), "an attack left an edit applied"
+    for s in a:  # the suite is an attack on the target: one or more items per target item, labelled the same
+        assert s.kind == "adversarial" and {it.concepts for it in s.items} == {("circle",)}
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_noop_edit_gives_the_unedited_rate(world, edits, name):
+    """Against an edit that changes nothing, the attacked items' images are the unedited model's: same judged rate."""
+
+    pipe, judge = world["pipe"], world["judge"]
+    target = _target(4)
+    for s in _suites(world, name, target, edits["noop"], **TINY[name]):
+        unedited = render_batch(pipe, s.items, dict(s.vectors), SETTINGS)
+        edits["noop"].apply(pipe)
+        try:
+            edited = render_batch(pipe, s.items, dict(s.vectors), SETTINGS)
+        finally:
+            edits["noop"].revert(pipe)
+        a = judge.judge(unedited, ["circle"]).decisions[:, 0]
+        b = judge.judge(edited, ["circle"]).decisions[:, 0]
+        assert np.array_equal(a, b), f"{name}: no-op edit {b.mean():.2f} vs unedited {a.mean():.2f}"
+
+
+def test_results_carry_every_attack_config_and_cost(world, edits, tmp_path):
+    from erasekit.evaluate import evaluate
+    from erasekit.evaluate.plan import Plan, make_study
+    from erasekit.evaluate.report import write_json
+
+    opts = {k: dict(v) for k, v in TINY.items()}
+    plan = Plan(kinds=("target", "adversarial"), n=2, attacks=ATTACKS, attack_options=opts)
+    study = make_study("circle", world["cs"], {"uce": edits["uce"]}, plan, tinyworld=True)
+    kw = {"out_dir": tmp_path / "o", "settings": SETTINGS, "cache_dir": tmp_path / "c", "n_boot": 50}
+    res = evaluate(world["pipe"], [study], world["judge"], progress=False, **kw)
+    assert res is not None
+    write_json(res, tmp_path / "results.json")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    recorded = saved["config"]["attacks"]["circle"]
+    for name in ATTACKS:
+        cfg = recorded[name]["config"]
+        for option, value in opts[name].items():  # the user's options win over the budget preset and the shortcuts
+            assert cfg[option] == json.loads(json.dumps(value)), (name, option)
+        # the record is the whole config: rebuilt from it alone, the attack's config is the same
+        rebuilt = make_attack_config(name, **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+        assert json.loads(json.dumps(rebuilt.to_dict())) == cfg, name
+        assert set(cfg) == {f.name for f in dataclasses.fields(get_attack(name).config_class)}
+        assert recorded[name]["kind"] == get_attack(name).kind and recorded[name]["reference"]
+    suites = saved["studies"]["circle"]["uce"]["suites"]
+    seen = set()
+    for s in suites.values():
+        info = s["suite"]["info"]
+        if s["suite"]["kind"] != "adversarial":
+            continue
+        rec = info["record"]
+        seen.add(rec["attack"])
+        assert rec["config"] == recorded[rec["attack"]]["config"] and rec["seed"] == 0
+        assert set(rec["cost"]) >= {"seconds", "denoiser_evaluations", "text_encoder_evaluations"}
+        if get_attack(rec["attack"]).per_method and rec["attack"] != "token-search":
+            assert rec["cost"]["denoiser_evaluations"] > 0, rec["attack"]
+    assert seen == set(ATTACKS)
+    for name in set(ATTACKS) - {"ring-a-bell", "token-search"}:
+        entry = saved["attacks"]["circle"][name]
+        assert entry["config"] == recorded[name]["config"] and "unedited concept rate" in entry["methods"]["uce"]
+    # a second run with the same output folder reuses every attack result (resume) and the cached images
+    again = evaluate(world["pipe"], [study], world["judge"], progress=False, **kw)
+    assert again.timing["images_generated"] == 0
+    assert again.timing["attack_seconds"] < 0.5 * res.timing["attack_seconds"]
+    for name, s in again.studies["circle"]["uce"].suites.items():
+        assert s.suite.items == res.studies["circle"]["uce"].suites[name].suite.items
+
+
+@pytest.mark.parametrize("family", ["sd", "sd2", "sdxl"])
+def test_every_attack_runs_on_every_unet_family(tiny_pipes, family):
+    """Through the family's encode / denoise only: SD 1.x, 2.x (v-prediction) and SDXL (two encoders, pooled)."""
+    from erasekit.evaluate.suites import suites_from_concepts
+
+    pipe = tiny_pipes[family]
+    cs = erasekit.ConceptSet(erase=("circle",), kind="object", preserve=("square",))
+    edit = erasekit.erase(pipe, "uce", cs, progress=False)
+    target = suites_from_concepts(cs, seeds=[0])[0].head(2)
+    settings = GenerationSettings(steps=2, guidance=5.0)
+    for name in ATTACKS:
+        attack = get_attack(name)(config=make_attack_config(name, **TINY[name]))
+        pairs = (["a photo of a circle"], ["a photo of a shape"])
+        ctx = AttackContext(pipe, target, edit if attack.per_method else None, pairs=pairs, settings=settings)
+        ctx.progress = False
+        suites = attack.suites(ctx)
+        assert suites and all(len(s) >= 1 and s.kind == "adversarial" for s in suites), name
+        assert not erasekit.Edit.applied(pipe), name
+
+
+def test_gradient_attacks_refuse_a_family_without_text_gradients(all_tiny_pipes):
+    from erasekit.errors import EraseKitError
+    from erasekit.evaluate.suites import suites_from_concepts
+
+    pipe = all_tiny_pipes["pixart"]
+    target = suites_from_concepts(erasekit.ConceptSet(erase=("circle",), kind="object"), seeds=[0])[0].head(1)
+    ctx = AttackContext(pipe, target, None, settings=GenerationSettings(steps=2), progress=False)
+    with pytest.raises(EraseKitError) as e:
+        get_attack("mma")(config=make_attack_config("mma", **TINY["mma"])).suites(ctx)
+    assert "\n" not in str(e.value) and "pixart" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- slow: a weak edit falls
+STRONG_ON_TINYWORLD = ("ring-a-bell", "uda", "p4d-k", "cce")  # reach the issue's 80 % bar on the weak edit at n = 16
+
+
+@pytest.fixture(scope="module")
+def weak_run(world, edits, tmp_path_factory):
+    """Every attack at its default budget against the weak edit, through the evaluation itself (n = 16)."""
+    from erasekit.evaluate import evaluate
+    from erasekit.evaluate.plan import Plan, make_study
+
+    root = tmp_path_factory.mktemp("weak")
+    plan = Plan(kinds=("target", "adversarial"), n=16, attacks=ATTACKS)
+    study = make_study("circle", world["cs"], {"weak": edits["weak"]}, plan, tinyworld=True)
+    settings = GenerationSettings(steps=10, guidance=5.0, batch_size=32)
+    kw = {"out_dir": root / "o", "settings": settings, "cache_dir": root / "c", "n_boot": 50, "progress": False}
+    res = evaluate(world["pipe"], [study], world["judge"], **kw)
+    assert res is not None
+    return res
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ATTACKS)
+def test_weak_edit_is_attacked_at_the_default_budget(weak_run, name):
+    """UCE on two blocks keeps about half of 'circle' on the target prompts. The attacks that reach the issue's bar on
+    tinyworld (benchmarks/attacks.py) bring it back in ≥ 75 % of the attacked prompts, well above the unattacked
+    rate; the others (MMA's text-embedding match, P4D-N's prompt-free tokens, noise-based probing, the token search:
+    50–75 % at n = 16) must at least not do worse than the unattacked prompts, within two prompts."""
+    from erasekit.evaluate.attacks.ring_a_bell import eta_suite_name
+
+    run = weak_run.studies["circle"]["weak"]
+    base = run.suites["target"].seen("edited").mean()
+    assert 0.2 <= base <= 0.8, f"the weak edit is not weak here: {base:.2f} of 'circle' kept"
+    suites = [
+        s for s in run.suites.values() if s.suite.kind == "adversarial" and s.suite.info["record"]["attack"] == name
+    ]
+    if name == "ring-a-bell":
+        headline = weak_run.attacks["circle"]["ring-a-bell"]["headline_eta"]
+        suites = [s for s in suites if s.suite.name == eta_suite_name(name, headline)]
+    (s,) = suites
+    asr = s.attacked("edited").mean()
+    if name in STRONG_ON_TINYWORLD:
+        assert asr >= 0.75 and asr >= base + 0.2, f"{name}: ASR {asr:.2f} vs unattacked {base:.2f}"
+    else:
+        assert asr >= base - 2 / 16, f"{name}: ASR {asr:.2f} vs unattacked {base:.2f}"
