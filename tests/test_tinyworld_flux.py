@@ -259,3 +259,36 @@ def test_validity_on_a_small_seeded_sample_agrees_with_the_card_and_the_bar():
     else:
         text = (weights_flux_dir() / "MODEL_CARD.md").read_text()
         assert "✗" in text.split("<!-- validity:start -->", 1)[1].split("<!-- validity:end -->", 1)[0]
+
+
+@needs_flux
+@torch.no_grad()
+def test_pooled_measurement_reproduces_the_pipeline_and_its_site_groups_split_the_edit():
+    """The pooled-path measurement's 'prompt + prompt' row renders exactly what FluxPipeline renders from the text
+    (true CFG against "", T5 length 32); the swapped rows change only the path they name; the site groups of the
+    edit table partition UCE's layers between the T5 site and the pooled site."""
+    import erasekit
+    from erasekit.evaluate.bench import tinyworld_concept_set
+    from erasekit.tinyworld import load_pipeline_flux
+    from erasekit.tinyworld.pooled import SITE_GROUPS, conditionings, group_layers, render
+    from erasekit.tinyworld.validity import call_kwargs
+
+    torch.set_num_threads(1)
+    pipe = load_pipeline_flux()
+    call_kw = call_kwargs("tinyworld-flux")
+    prompts = ["a striped red circle", "a dotted blue star"]
+    kw = conditionings(pipe, prompts, call_kw["max_sequence_length"])
+    g = torch.Generator().manual_seed(0 * 100003)
+    ref = pipe(prompts, num_inference_steps=3, generator=g, output_type="np", **call_kw).images
+    ref = (np.clip(ref, 0, 1) * 255).round().astype(np.uint8)
+    same = render(pipe, kw["prompt context + prompt pooled"], 3, 0, 48, call_kw)
+    assert np.abs(same.astype(int) - ref.astype(int)).max() <= 1
+    a, b = kw["prompt context + neutral pooled"], kw["neutral context + prompt pooled"]
+    full = kw["prompt context + prompt pooled"]
+    assert torch.equal(a["prompt_embeds"], full["prompt_embeds"])
+    assert torch.equal(b["pooled_prompt_embeds"], full["pooled_prompt_embeds"])
+    assert not torch.equal(a["pooled_prompt_embeds"], b["pooled_prompt_embeds"])
+    edit = erasekit.erase(pipe, method="uce", concepts=tinyworld_concept_set("circle"), progress=False)
+    t5 = group_layers(edit, SITE_GROUPS["T5 site only (context_embedder)"])
+    pooled = group_layers(edit, SITE_GROUPS["pooled site only (text_embedder)"])
+    assert t5 and pooled and not t5 & pooled and t5 | pooled == set(edit.layers)
