@@ -142,7 +142,8 @@ def edit_rates(
     pipe, judge: TinyworldJudge, concepts: list[str], n: int, steps: int, seed: int, call_kw: dict, log=print
 ) -> dict[str, dict[str, float]]:
     """concept -> {row: judged rate of the concept on its own prompts}: unedited, and UCE (erasekit's defaults
-    for this model, the bench's concept set: the attribute's other values preserved) applied at both static site groups, at the T5 site only and at the pooled site only."""
+    for this model, the bench's concept set: the attribute's other values preserved) applied at both static
+    site groups, at the T5 site only and at the pooled site only."""
     import erasekit
     from erasekit.edit import Edit
     from erasekit.evaluate.bench import tinyworld_concept_set
