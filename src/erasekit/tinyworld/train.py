@@ -389,6 +389,24 @@ bf16 autocast, EMA 0.999 shipped): {d.get("steps", 0)} steps of batch {d.get("ba
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def _shape_weights(text: str) -> dict[str, float]:
+    """'star=3,cross=2' -> {'star': 3.0, 'cross': 2.0}; names must be tinyworld shapes, weights positive."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in world.SHAPE_NAMES:
+            raise argparse.ArgumentTypeError(f"{name!r} is not a tinyworld shape ({', '.join(world.SHAPE_NAMES)})")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: write SHAPE=WEIGHT, e.g. star=3") from None
+        if not out[name] > 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: a weight must be positive")
+    return out
+
+
 def main(argv=None):
     from . import weights_dir
 
@@ -428,6 +446,13 @@ def main(argv=None):
         type=float,
         default=0.0,
         help="--arch flux: share of training times drawn uniformly instead of logit-normal (both then shifted)",
+    )
+    ap.add_argument(
+        "--shape-weights",
+        type=_shape_weights,
+        default=None,
+        help="--arch flux: draw some shapes more often, e.g. 'star=3,cross=2' (others 1): a later training phase "
+        "for shapes the model confuses",
     )
     ap.add_argument(
         "--resume",

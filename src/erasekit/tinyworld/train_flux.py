@@ -140,6 +140,7 @@ def train_flux(
     long_every: int = 10,
     long_len: int = 128,
     p_uniform_t: float = 0.0,
+    shape_weights: dict[str, float] | None = None,
     ema_decay: float = 0.998,
     warm: int = 100,
     info_cb=None,
@@ -198,6 +199,7 @@ def train_flux(
                     "long_every": long_every,
                     "long_len": long_len,
                     "p_uniform_t": p_uniform_t,
+                    "shape_weights": shape_weights,
                     "ema_decay": ema_decay,
                     "mu": mu,
                     "params_transformer": n_params(tr),
@@ -206,6 +208,10 @@ def train_flux(
                 }
             )
 
+    shape_p = None
+    if shape_weights:  # relative weights, 1 for a shape not named
+        w = np.array([float(shape_weights.get(name, 1.0)) for name in world.SHAPE_NAMES])
+        shape_p = w / w.sum()
     while time.time() - t_start < seconds and (max_steps is None or step < max_steps):
         frac = (time.time() - t_start) / seconds
         if max_steps:
@@ -214,7 +220,7 @@ def train_flux(
         for g in opt.param_groups:
             g["lr"] = cur
         imgs, _, caps = world.sample_batch(
-            batch, rng, flux.SIZE, synonyms=True, split="train", p_drop_pattern=0.1, p_drop_color=0.05
+            batch, rng, flux.SIZE, synonyms=True, split="train", p_drop_pattern=0.1, p_drop_color=0.05, shape_p=shape_p
         )
         caps = ["" if rng.random() < p_uncond else c for c in caps]  # caption dropout -> true CFG
         length = long_len if long_every and step % long_every == long_every - 1 else flux.T5_MAX_TOKENS
@@ -346,6 +352,7 @@ def main_flux(args, argv) -> None:
         lr=args.lr,
         save_every=args.save_every * 60,
         p_uniform_t=args.t_uniform,
+        shape_weights=args.shape_weights,
         info_cb=on_save,
     )
     log(f"done; pipeline {info['sizes_mb']['pipeline']:.1f} MB")
