@@ -292,3 +292,20 @@ def test_pooled_measurement_reproduces_the_pipeline_and_its_site_groups_split_th
     t5 = group_layers(edit, SITE_GROUPS["T5 site only (context_embedder)"])
     pooled = group_layers(edit, SITE_GROUPS["pooled site only (text_embedder)"])
     assert t5 and pooled and not t5 & pooled and t5 | pooled == set(edit.layers)
+
+
+def test_shape_weights_change_only_the_shape_distribution_and_bad_weights_are_refused():
+    import argparse
+
+    from erasekit.tinyworld.train import _shape_weights
+
+    w = _shape_weights("star=3,cross=2")
+    p = np.array([w.get(s, 1.0) for s in world.SHAPE_NAMES])
+    p = p / p.sum()
+    lab = world.sample_labels(60000, np.random.default_rng(0), p)
+    freq = np.bincount(lab.shape, minlength=len(world.SHAPE_NAMES)) / 60000
+    np.testing.assert_allclose(freq, p, atol=0.01)
+    np.testing.assert_allclose(np.bincount(lab.color) / 60000, 1 / len(world.COLOR_NAMES), atol=0.01)
+    for bad in ("blob=2", "star=0", "star=x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _shape_weights(bad)
