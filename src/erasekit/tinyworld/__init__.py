@@ -4,6 +4,7 @@ colours and fill patterns whose ground truth is known (DESIGN.md section 8).
     from erasekit import tinyworld
     pipe = tinyworld.load_pipeline()            # a diffusers StableDiffusionPipeline
     pipe = tinyworld.load_pipeline_xl()         # tinyworld-xl: a StableDiffusionXLPipeline
+    pipe = tinyworld.load_pipeline_flux()       # tinyworld-flux: a FluxPipeline
     judge = tinyworld.TinyworldJudge.load()     # shape / colour / pattern classifier
 """
 
@@ -13,7 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import world  # noqa: F401
-from ._paths import pipeline_dir, pipeline_xl_dir, weights_dir, weights_xl_dir  # noqa: F401
+from ._paths import (  # noqa: F401
+    pipeline_dir,
+    pipeline_flux_dir,
+    pipeline_xl_dir,
+    weights_dir,
+    weights_flux_dir,
+    weights_xl_dir,
+)
 from .world import COLORS, PATTERNS, SHAPES, caption, render, sample_batch  # noqa: F401
 
 if TYPE_CHECKING:
@@ -29,6 +37,19 @@ def load_pipeline_xl(
     from diffusers import StableDiffusionXLPipeline
 
     return _load(StableDiffusionXLPipeline, path or pipeline_xl_dir(), device, dtype, {})
+
+
+def load_pipeline_flux(
+    device: str | torch.device = "cpu", dtype: torch.dtype | None = None, path: str | Path | None = None
+) -> Pipeline:
+    """Load the shipped tinyworld-flux ``FluxPipeline`` offline (fp32 on CPU by default).
+
+    Call it as :data:`erasekit.tinyworld.flux.GENERATE_KW` says: 32x32, true CFG with
+    ``negative_prompt=""``, ``max_sequence_length=32``.
+    """
+    from diffusers import FluxPipeline
+
+    return _load(FluxPipeline, path or pipeline_flux_dir(), device, dtype, {})
 
 
 def load_pipeline(

@@ -23,3 +23,12 @@ def weights_xl_dir() -> Path:
 
 def pipeline_xl_dir() -> Path:
     return weights_xl_dir() / "pipeline"
+
+
+def weights_flux_dir() -> Path:
+    """Folder holding tinyworld-flux (``pipeline/``, ``MODEL_CARD.md``); its judge is tinyworld's."""
+    return _HERE / "weights_flux"
+
+
+def pipeline_flux_dir() -> Path:
+    return weights_flux_dir() / "pipeline"

@@ -96,9 +96,9 @@ def lr_at(lr: float, step: int, frac: float, warm: int) -> float:
 
 
 @torch.no_grad()
-def ema_update(pairs, step: int) -> None:
+def ema_update(pairs, step: int, max_decay: float = 0.999) -> None:
     """EMA of each (trained, averaged) module pair, with the usual warm-up of the decay."""
-    d = min(0.999, (1 + step) / (10 + step))
+    d = min(max_decay, (1 + step) / (10 + step))
     for src, dst in pairs:
         for ps, pd in zip(src.parameters(), dst.parameters()):
             pd.lerp_(ps, 1 - d)

@@ -2,6 +2,7 @@
 
     python -m erasekit.tinyworld.train --out DIR --seed 0 [--minutes M] [--steps N] [--device cpu|cuda]
     python -m erasekit.tinyworld.train --arch xl --init-from src/erasekit/tinyworld/weights --out DIR ...
+    python -m erasekit.tinyworld.train --arch flux --init-from src/erasekit/tinyworld/weights --out DIR [--resume] ...
 
 Writes ``DIR/pipeline/`` (a diffusers StableDiffusionPipeline folder, fp16 safetensors),
 ``DIR/judge.safetensors`` + ``DIR/judge.json``, ``DIR/MODEL_CARD.md`` and ``DIR/train_log.json``.
@@ -388,6 +389,24 @@ bf16 autocast, EMA 0.999 shipped): {d.get("steps", 0)} steps of batch {d.get("ba
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def _shape_weights(text: str) -> dict[str, float]:
+    """'star=3,cross=2' -> {'star': 3.0, 'cross': 2.0}; names must be tinyworld shapes, weights positive."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in world.SHAPE_NAMES:
+            raise argparse.ArgumentTypeError(f"{name!r} is not a tinyworld shape ({', '.join(world.SHAPE_NAMES)})")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: write SHAPE=WEIGHT, e.g. star=3") from None
+        if not out[name] > 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: a weight must be positive")
+    return out
+
+
 def main(argv=None):
     from . import weights_dir
 
@@ -411,22 +430,42 @@ def main(argv=None):
     )
     ap.add_argument(
         "--arch",
-        choices=("sd1", "xl"),
+        choices=("sd1", "xl", "flux"),
         default="sd1",
-        help="sd1: tinyworld (StableDiffusionPipeline); xl: tinyworld-xl (StableDiffusionXLPipeline), "
-        "warm-started from --init-from",
+        help="sd1: tinyworld (StableDiffusionPipeline); xl: tinyworld-xl (StableDiffusionXLPipeline); "
+        "flux: tinyworld-flux (FluxPipeline); xl and flux are warm-started from --init-from",
     )
     ap.add_argument(
         "--init-from",
         type=Path,
         default=None,
-        help="--arch xl: a finished tinyworld folder to warm-start from (VAE and judge reused)",
+        help="--arch xl / flux: a finished tinyworld folder to warm-start from (VAE and judge reused)",
+    )
+    ap.add_argument(
+        "--t-uniform",
+        type=float,
+        default=0.0,
+        help="--arch flux: share of training times drawn uniformly instead of logit-normal (both then shifted)",
+    )
+    ap.add_argument(
+        "--shape-weights",
+        type=_shape_weights,
+        default=None,
+        help="--arch flux: draw some shapes more often, e.g. 'star=3,cross=2' (others 1): a later training phase "
+        "for shapes the model confuses",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="--arch flux: continue from OUT/ckpt.safetensors (weights, optimizer, step, elapsed time) "
+        "within the same --minutes",
     )
     ap.add_argument(
         "--distill-steps",
         type=int,
         default=300,
-        help="--arch xl: steps that make the warm start's LayerNorm fold exact on prompts",
+        help="--arch xl: steps that make the warm start's LayerNorm fold exact on prompts; "
+        "--arch flux: steps regressing the T5 encoder onto tinyworld's CLIP states",
     )
     ap.add_argument(
         "--p-drop-context",
@@ -445,6 +484,10 @@ def main(argv=None):
         from .train_xl import main_xl
 
         return main_xl(args, argv)
+    if args.arch == "flux":
+        from .train_flux import main_flux
+
+        return main_flux(args, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out: Path = args.out

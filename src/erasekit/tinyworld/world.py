@@ -21,6 +21,7 @@ All randomness goes through a ``numpy.random.Generator`` so everything is reprod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -271,9 +272,11 @@ def render(shape: str, color: str, pattern: str, rng: np.random.Generator, size:
     return render_batch([shape], [color], [pattern], rng, size)[0]
 
 
-def sample_labels(n: int, rng: np.random.Generator) -> Labels:
+def sample_labels(n: int, rng: np.random.Generator, shape_p: Sequence[float] | None = None) -> Labels:
+    """Uniformly random attributes; ``shape_p``: the shapes' probabilities instead (a training phase that draws
+    the shapes a model confuses more often)."""
     return Labels(
-        rng.integers(len(SHAPE_NAMES), size=n),
+        rng.integers(len(SHAPE_NAMES), size=n) if shape_p is None else rng.choice(len(SHAPE_NAMES), size=n, p=shape_p),
         rng.integers(len(COLOR_NAMES), size=n),
         rng.integers(len(PATTERN_NAMES), size=n),
     )
@@ -287,12 +290,14 @@ def sample_batch(
     split: str = "train",
     p_drop_pattern: float = 0.0,
     p_drop_color: float = 0.0,
+    shape_p: Sequence[float] | None = None,
 ):
     """(images uint8 (n,H,W,3), Labels, captions list[str]) with uniformly random attributes.
 
     ``p_drop_*``: probability that the caption leaves that attribute unnamed (the image still has one).
+    ``shape_p``: the shapes' probabilities (:func:`sample_labels`).
     """
-    lab = sample_labels(n, rng)
+    lab = sample_labels(n, rng, shape_p)
     imgs = render_batch(lab.shape, lab.color, lab.pattern, rng, size)
     caps = []
     c: str | None
