@@ -610,6 +610,7 @@ def execute(args: Any, protocol: Protocol, plan: dict, file_suites: Mapping[str,
             "hmean": rows,
         },
         "seconds": time.perf_counter() - t0,
+        "threads": {"asked": getattr(args, "threads", None), "torch": results.config.get("torch_threads")},
         "evaluation": results.to_dict(),
     }
     write_record(out / "results.json", record)
