@@ -275,7 +275,8 @@ def _paired(study_runs: dict[str, MethodRun], attacks: dict, seed: int, n_boot: 
                 both = _aligned(dec[a][metric], dec[b][metric])
                 if both is None:  # not the same prompts and seeds: not a paired comparison
                     continue
-                comps.append(S.compare(metric, a, b, *both, **kw))
+                ea, eb, prompts = both
+                comps.append(S.compare(metric, a, b, ea, eb, prompts, **kw))
     return S.correct(comps)
 
 
