@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -284,6 +285,78 @@ def test_results_carry_every_attack_config_and_cost(world, edits, tmp_path):
     assert again.timing["attack_seconds"] < 0.5 * res.timing["attack_seconds"]
     for name, s in again.studies["circle"]["uce"].suites.items():
         assert s.suite.items == res.studies["circle"]["uce"].suites[name].suite.items
+
+
+PAIRED_ATTACKS = ("ring-a-bell", "token-search", "nbp", "p4d-k", "cce")  # shared and per-method; prompt, token, draws
+
+
+def test_attack_results_carry_intervals_and_paired_tests(world, edits, tmp_path):
+    """Two methods under the same attacks: per attack and method, the ASR's Wilson interval (from its counts) beside
+    the bootstrap one and the unedited rate; paired tests of each method against the unedited model on the same
+    attacked items and between the methods on the same target items (also for attacks searched per method); the
+    report's Attacks section shows them with a grid of adversarial prompts and images; a schema-2 file still reads."""
+    from erasekit.evaluate import evaluate
+    from erasekit.evaluate import stats as S
+    from erasekit.evaluate.plan import Plan, make_study
+    from erasekit.evaluate.report import write_html, write_json
+    from erasekit.evaluate.results import SCHEMA, read_results_json
+
+    opts = {k: dict(TINY[k]) for k in PAIRED_ATTACKS}
+    plan = Plan(kinds=("target", "adversarial"), n=3, attacks=PAIRED_ATTACKS, attack_options=opts)
+    study = make_study("circle", world["cs"], {"uce": edits["uce"], "weak": edits["weak"]}, plan, tinyworld=True)
+    kw = {"out_dir": tmp_path / "o", "settings": SETTINGS, "cache_dir": tmp_path / "c", "n_boot": 50}
+    res = evaluate(world["pipe"], [study], world["judge"], progress=False, **kw)
+    assert res is not None
+    comps = res.paired["circle"]
+    for name in set(PAIRED_ATTACKS) - {"ring-a-bell"}:
+        entry = res.attacks["circle"][name]
+        for label in ("uce", "weak"):
+            row = entry["methods"][label]
+            asr = row["judge ASR"]
+            assert row["wilson"]["judge ASR"] == list(S.wilson(asr.k, asr.n))
+            low, high = row["wilson"]["judge ASR"]
+            assert low <= asr.value <= high and high - low > 0
+            unedited = next(v for k, v in row.items() if k.startswith("unedited concept rate"))
+            assert row["wilson"][next(k for k in row if k.startswith("unedited concept rate"))] == list(
+                S.wilson(unedited.k, unedited.n)
+            )
+            (vs_unedited,) = [c for c in comps if c.metric == f"ASR {name}" and (c.a, c.b) == (label, "unedited")]
+            assert vs_unedited.rate_a == pytest.approx(asr.value) and vs_unedited.n == asr.n
+            assert vs_unedited.rate_b == pytest.approx(unedited.value)
+        # the two methods, paired on the target items both attacked, not on the adversarial text (which differs)
+        (between,) = [c for c in comps if c.metric == f"ASR {name}" and (c.a, c.b) == ("uce", "weak")]
+        n = {entry["methods"][m]["judge ASR"].n for m in ("uce", "weak")}
+        assert n == {between.n} and between.n == (2 if name == "token-search" else 3)  # its max_prompts is 2
+        ua, wa = (entry["methods"][m]["judge ASR"].value for m in ("uce", "weak"))
+        assert (between.rate_a, between.rate_b) == pytest.approx((ua, wa))
+        assert between.a_only - between.b_only == round(between.n * (ua - wa))
+    ring = next(c for c in comps if c.metric.startswith("ASR ring-a-bell (headline") and c.b == "weak")
+    assert ring.a == "uce" and ring.n == 3
+    assert all(0 <= c.p_holm <= 1 and c.p <= c.p_holm for c in comps)  # one Holm family per study, attacks included
+
+    write_json(res, tmp_path / "results.json")
+    page = write_html(res, tmp_path / "report.html").read_text()
+    section = page.split("<h2>Attacks</h2>", 1)[1].split("<h2>Study:", 1)[0]
+    for name in set(PAIRED_ATTACKS) - {"ring-a-bell"}:
+        part = re.split(rf"<h3>circle: {re.escape(name)}[ <]", section, maxsplit=1)[1].split("<h3>circle:", 1)[0]
+        assert "Wilson" in part and "Paired under this attack" in part
+        assert f"adversarial:{name}" in part and part.count("<img") >= 3 * 2  # rows × (unedited, method) × methods
+    # schema 2 (no Wilson intervals) reads back upgraded, its intervals filled from the recorded counts
+    new = read_results_json(tmp_path / "results.json")
+    assert new["schema"] == SCHEMA == 3
+    old = json.loads((tmp_path / "results.json").read_text())
+    old["schema"] = 2
+    for entry in old["attacks"]["circle"].values():
+        for row in entry.get("methods", {}).values():
+            if isinstance(row, dict):
+                row.pop("wilson", None)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    upgraded = read_results_json(tmp_path / "old.json")
+    assert upgraded["schema_read_from"] == 2
+    assert upgraded["attacks"] == json.loads(json.dumps(new["attacks"]))
+    (tmp_path / "future.json").write_text(json.dumps({**old, "schema": SCHEMA + 1}))
+    with pytest.raises(erasekit.errors.EraseKitError, match="schema"):
+        read_results_json(tmp_path / "future.json")
 
 
 @pytest.mark.parametrize("family", ["sd", "sd2", "sdxl"])

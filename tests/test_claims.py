@@ -181,7 +181,7 @@ def test_claims_command_small_end_to_end_and_resumes(tmp_path, monkeypatch):
     space2 = next(r for r in rows if r["id"] == "SPACE-2")
     assert space2["verdict"] != "not measurable here" and "bytes" in space2["numbers"]
     res = json.loads((out / "tinyworld" / "results.json").read_text())
-    assert res["schema"] == 2 and res["paired"]["circle"] and res["attacks"]["circle"]["ring-a-bell"]["rule"]
+    assert res["schema"] == 3 and res["paired"]["circle"] and res["attacks"]["circle"]["ring-a-bell"]["rule"]
     assert {c["id"] for c in res["config"]["claims"]} == set(CLAIM_IDS)
     page = (out / "tinyworld" / "report.html").read_text()
     plots = sorted(p.name for p in (out / "tinyworld" / "plots").glob("*.png"))

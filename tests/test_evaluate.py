@@ -537,6 +537,11 @@ def test_report_page_loads_in_chromium(evaluated, tmp_path):
         )
         + min(8, len(res.studies["circle"]["uce"].suites["adversarial:token-search"].suite)) * 2
     )
+    # the Attacks section's small grids (first 4 items, unedited | uce): the concept-vector suite at the headline η
+    # and the token search
+    headline = res.attacks["circle"]["ring-a-bell"]["headline_eta"]
+    shown = ["adversarial:token-search"] + ([f"adversarial:ring-a-bell@{headline:g}"] if headline else [])
+    n_images += sum(min(4, len(res.studies["circle"]["uce"].suites[name].suite)) * 2 for name in shown)
     figures = sorted((tmp_path / "plots").glob("*.png"))
     assert [f.name for f in figures] == [
         "attack-circle-ring-a-bell.png",
@@ -638,7 +643,19 @@ def test_two_accelerate_processes_equal_one(edit, clip_dir, tmp_path):
 def test_cli_bench_compares_methods(clip_dir, tmp_path, capsys):
     from erasekit.cli import main
 
-    rc = main(
+    threads = torch.get_num_threads()
+    try:
+        rc = _bench_with_variants(main, clip_dir, tmp_path)
+    finally:
+        torch.set_num_threads(threads)  # --threads 1 set it for the process
+    assert rc == 0
+    d = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert d["config"]["threads"] == 1 and d["config"]["torch_threads"] == [1]  # --threads set torch's count
+    _after_bench(d, main, tmp_path, capsys)
+
+
+def _bench_with_variants(main, clip_dir, tmp_path) -> int:
+    return main(
         [
             "bench",
             "--model",
@@ -670,10 +687,13 @@ def test_cli_bench_compares_methods(clip_dir, tmp_path, capsys):
             "space.target_sparsity=0.5",
             "--set",
             "uce_all.token=all",
+            "--threads",
+            "1",
         ]
     )
-    assert rc == 0
-    d = json.loads((tmp_path / "b" / "results.json").read_text())
+
+
+def _after_bench(d, main, tmp_path, capsys):
     assert list(d["studies"]["circle"]) == ["uce", "space", "uce_all"]
     assert set(d["config"]["fit_seconds"]) == {"circle/uce", "circle/space", "circle/uce_all"}
     assert d["studies"]["circle"]["space"]["config"]["target_sparsity"] == 0.5
@@ -690,6 +710,11 @@ def test_cli_bench_compares_methods(clip_dir, tmp_path, capsys):
         == 2
     )
     assert "not among the benchmarked methods" in capsys.readouterr().err
+    before = torch.get_num_threads()
+    assert (
+        main(["bench", "--model", "tiny-sd", "--methods", "uce", "--threads", "0", "--out", str(tmp_path / "x")]) == 2
+    )
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err and torch.get_num_threads() == before
     for bad, msg in (
         ("uce,uce", "appears twice"),
         ("x=nope", "nope"),
@@ -819,5 +844,5 @@ def test_several_etas_each_get_their_own_suite_metric_and_headline(sd, edit, cli
         run.baseline["erase rate"].value
     )
     d = json.loads(write_json(res, tmp_path / "results.json").read_text())
-    assert d["schema"] == 2 and d["attacks"]["circle"]["ring-a-bell"]["headline_eta"] == a["headline_eta"]
+    assert d["schema"] == 3 and d["attacks"]["circle"]["ring-a-bell"]["headline_eta"] == a["headline_eta"]
     assert len(d["paired"]["circle"]) == len(res.paired["circle"])

@@ -95,6 +95,17 @@ def test_tinyworld_protocol_end_to_end_writes_the_hmean_from_the_runners_judgeme
     assert rows["unedited"]["categories"]["shape"]["quality"] == 1.0  # agreement of the unedited model with itself
     per = record["metrics"]["per_concept"]["circle"]
     assert "headline" in per["uce"]["attack"] and per["uce"]["n"]["attack"] == 2
+    # the H-mean's bootstrap interval over prompts: around the table's value, the four inputs drawn together
+    intervals = record["metrics"]["hmean_intervals"]
+    for label in ("uce", "unedited"):
+        iv = intervals[label]
+        cell = iv["categories"]["shape"]
+        assert cell["hmean"] == pytest.approx(rows[label]["categories"]["shape"]["hmean"])
+        assert cell["low"] <= cell["hmean"] <= cell["high"] and cell["resampling"] == "paired"
+        assert iv["n_boot"] == 20 and iv["average"]["value"] == pytest.approx(rows[label]["average"])
+    assert record["schema"] == 2 and record["threads"]["torch"]
+    page = (out / "report.html").read_text()
+    assert "H-mean (tinyworld)" in page and f"{rows['uce']['categories']['shape']['hmean']:.3f}" in page
 
 
 # ------------------------------------------------------------------ HUB on tiny models
@@ -205,6 +216,11 @@ def test_hub_protocol_end_to_end_records_every_setting(hub_pins, tmp_path):
     _check_hmean(record["metrics"]["hmean"], {"style"}, {"uce"})
     assert record["metrics"]["hmean"]["unedited"]["categories"]["style"]["quality"] == 1.0
     assert record["metrics"]["quality_rule"] == "ratio"
+    # its interval: HUB's suites differ in size, so each input is resampled on its own; the point is the table's
+    for label, iv in record["metrics"]["hmean_intervals"].items():
+        cell = iv["categories"]["style"]
+        assert cell["hmean"] == pytest.approx(record["metrics"]["hmean"][label]["categories"]["style"]["hmean"])
+        assert cell["low"] <= cell["high"] and cell["resampling"] in ("paired", "independent")
 
 
 def test_hub_judge_paths_are_checked_before_any_model_loads(hub_pins, tmp_path, monkeypatch, capsys):

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,58 @@ def test_orientation_erasing_more_and_attacks_failing_more_score_higher():
     assert t(better_erase) > t(base) and t(better_attack) > t(base) and t(worse_retain) < t(base)
     o = base.oriented("raw")
     assert o == {"erased": pytest.approx(0.6), "retention": 0.8, "robustness": 0.5, "quality": 0.9}
+
+
+def _samples(x, quality=None, quality_unedited=None):
+    """Per-item inputs whose four oriented values are all ``x`` per item (seen = not erased, retained = x, ...)."""
+    x = np.asarray(x, dtype=bool)
+    q = x.astype(float) if quality is None else quality
+    return H.ItemSamples(~x, x, ~x, q, quality_unedited)
+
+
+def test_hmean_interval_point_is_the_tables_and_paired_draws_keep_the_inputs_together():
+    """Oracle: when the four oriented inputs are the same per-item array, the H-mean of a paired draw is the draw's
+    mean, so the interval is exactly the plain bootstrap of that mean from the same index draws."""
+    rng = np.random.default_rng(3)
+    x = rng.random(40) < 0.7
+    s = _samples(x)
+    assert s.paired
+    iv = H.hmean_interval({"shape": [s]}, "raw", n_boot=500, seed=7)
+    assert iv["categories"]["shape"]["hmean"] == pytest.approx(H.hmean_table({"shape": s.metrics()}, "raw")["average"])
+    idx = np.random.default_rng(7).integers(0, x.size, size=(500, x.size))
+    want = np.quantile(x[idx].mean(axis=1), [0.025, 0.975])
+    got = (iv["categories"]["shape"]["low"], iv["categories"]["shape"]["high"])
+    assert got == pytest.approx(tuple(want)) and iv["categories"]["shape"]["resampling"] == "paired"
+    assert iv["average"]["low"] == pytest.approx(want[0]) and iv["average"]["value"] == pytest.approx(x.mean())
+
+
+def test_hmean_interval_covers_the_point_narrows_with_more_prompts_and_handles_ratio_quality():
+    rng = np.random.default_rng(0)
+
+    def concept(n):
+        t, r, a = (rng.random(n) < p for p in (0.2, 0.8, 0.3))
+        q0 = rng.random(n) + 4.5
+        return H.ItemSamples(t, r, a, q0 - 0.3 * rng.random(n), q0)
+
+    small = H.hmean_interval({"shape": [concept(16)], "color": [concept(16), concept(16)]}, "ratio", seed=1)
+    big = H.hmean_interval({"shape": [concept(256)], "color": [concept(256), concept(256)]}, "ratio", seed=1)
+    for iv in (small, big):
+        for c in iv["categories"].values():
+            assert 0.0 <= c["low"] <= c["hmean"] <= c["high"] <= 1.0
+        assert iv["average"]["low"] <= iv["average"]["value"] <= iv["average"]["high"]
+    width = lambda iv: iv["average"]["high"] - iv["average"]["low"]  # noqa: E731
+    assert width(big) < 0.5 * width(small)
+    unaligned = H.ItemSamples(np.ones(3, bool), np.ones(5, bool), np.zeros(4, bool), np.ones(2))
+    assert not unaligned.paired
+    assert H.hmean_interval({"x": [unaligned]}, "raw", n_boot=50)["categories"]["x"]["resampling"] == "independent"
+    for bad in (
+        lambda: H.ItemSamples(np.zeros(0, bool), np.ones(2, bool), np.ones(2, bool), np.ones(2)),
+        lambda: H.ItemSamples(np.ones(2, bool), np.ones(2, bool), np.ones(2, bool), np.ones(2), np.ones(3)),
+        lambda: H.hmean_interval({"x": [unaligned]}, "raw", n_boot=0),
+        lambda: H.hmean_interval({"x": []}, "raw"),
+    ):
+        with pytest.raises(ProtocolError):
+            bad()
 
 
 def test_quality_rules_are_oriented_and_clipped():

@@ -171,3 +171,36 @@ def test_pipeline_fingerprint_memo_sees_every_weight_change(tiny_pipes):
         assert C.pipeline_fingerprint(sd) == C._hash_pipeline(sd) != fp
     finally:
         edit.revert(sd)
+
+
+def _score_test_accepts(p: float, k: int, n: int, z: float) -> bool:
+    """The score test of H0: rate = p does not reject at level z: |k/n − p| ≤ z·√(p(1 − p)/n)."""
+    return abs(k / n - p) <= z * np.sqrt(p * (1 - p) / n) + 1e-12
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 40])
+def test_wilson_interval_is_the_score_tests_acceptance_region(n):
+    """Wilson's interval is, by definition, the set of rates the score test accepts: found here independently by
+    bisection on each side of k/n, and checked to contain k/n, stay in [0, 1] and not collapse at 0 or n."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.975)
+    for k in range(n + 1):
+        low, high = S.wilson(k, n, 0.95)
+        p_hat = k / n
+
+        def edge(inside: float, outside: float) -> float:
+            for _ in range(80):
+                mid = (inside + outside) / 2
+                inside, outside = (mid, outside) if _score_test_accepts(mid, k, n, z) else (inside, mid)
+            return inside
+
+        want_low = 0.0 if _score_test_accepts(0.0, k, n, z) else edge(p_hat, 0.0)
+        want_high = 1.0 if _score_test_accepts(1.0, k, n, z) else edge(p_hat, 1.0)
+        assert low == pytest.approx(want_low, abs=1e-9) and high == pytest.approx(want_high, abs=1e-9), (k, n)
+        assert 0.0 <= low <= p_hat <= high <= 1.0 and high - low > 0
+    assert S.wilson(3, 10, 0.99)[1] > S.wilson(3, 10, 0.9)[1]  # a higher level gives a wider interval
+    assert np.isnan(S.wilson(0, 0)).all()
+    for bad in ((5, 4), (-1, 4)):
+        with pytest.raises(ValueError):
+            S.wilson(*bad)

@@ -54,11 +54,21 @@ _TEMPLATES = Setting(
     "generalised per kind); bare concepts only match one-word prompts",
 )
 
+_PRIOR_OFF = Setting(
+    "none",
+    "the general prior (rho = 1, tinyworld's training captions) was decided on the development concepts, n = 16 per "
+    "suite, 10 steps (benchmarks/space_prior_curve.py --concept blue|dotted --sparsity 0.85 --weights 1; erase / "
+    "paraphrase / retain / general agreement %): it raises general agreement everywhere (UCE blue 88 -> 100, dotted "
+    "75 -> 100; SPACE 85 % blue 19 -> 94, dotted 25 -> 94) but loses erasure on dotted (UCE 50 / 62 -> 25 / 0, "
+    "SPACE 75 / 88 -> 25 / 44; blue keeps it: UCE 44 -> 75, SPACE 94 -> 94), so it stays off; turn it on with "
+    "prior=general where general prompts matter more than erasing every concept",
+)
+
 # erasekit's defaults, per model ("*" = any model without its own entry), per method.
 ERASEKIT: dict[str, dict[str, dict[str, Setting]]] = {
     "tinyworld": {
-        "uce": {"token": _ALL, "templates": _TEMPLATES},
-        "space": {"token": _ALL, "templates": _TEMPLATES},
+        "uce": {"token": _ALL, "templates": _TEMPLATES, "prior": _PRIOR_OFF},
+        "space": {"token": _ALL, "templates": _TEMPLATES, "prior": _PRIOR_OFF},
         "pure": {
             "templates": _TEMPLATES,
             "centre": Setting(

@@ -10,12 +10,14 @@ from ._common import (
     _add_model_options,
 )
 from .erase import _defaults_source
-from .evaluate import _eval_common, _eval_finish, _eval_setup
+from .evaluate import _eval_common, _eval_finish, _eval_setup, apply_threads
 
 
 def cmd_bench(args) -> int:
     if getattr(args, "protocol", None):
         from ..evaluate.protocols import run_protocol
+
+        apply_threads(args)  # the protocol run records torch's count in its evaluation's config.torch_threads
 
         return run_protocol(args)
     from ..api import plan_erase

@@ -88,6 +88,13 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="folder for results.json and report.html")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU intra-op threads (torch.set_num_threads; default: torch's). Pixels depend on it in the last "
+        "bits, so pin it to compare runs; recorded in results.json (config.threads, config.torch_threads)",
+    )
 
 
 def _parse_etas(text) -> tuple[float, ...]:
@@ -106,12 +113,24 @@ def _parse_attack_args(args) -> None:
         args.attack_set = parse_attack_options(args.attack_set or [], args.attack)
 
 
+def apply_threads(args) -> None:
+    """``--threads N``: refuse N < 1 in one line, then set torch's intra-op thread count for the whole run."""
+    n = getattr(args, "threads", None)
+    if n is None:
+        return
+    _check_positive(args, "threads")
+    import torch
+
+    torch.set_num_threads(int(n))
+
+
 def _check_eval_args(args) -> None:
     from .._atomic import check_writable
 
     _check_model_options(args)
     _check_positive(args, "steps", "height", "width", "n", "seeds", "batch_size", "search_steps", "bootstrap")
     _check_finite(args, "guidance", "threshold")
+    apply_threads(args)
     args.eta = _parse_etas(args.eta)  # before the model load: a bad --eta list is one line, not a traceback later
     _parse_attack_args(args)
     check_writable(Path(args.out) / "results.json", "results file")
@@ -160,6 +179,7 @@ def _eval_finish(args, results, title: str, extra: dict | None = None) -> int:
     if results is None:  # not the main process
         return 0
     out = Path(args.out)
+    results.config["threads"] = getattr(args, "threads", None)  # as asked (None: torch's default); see torch_threads
     write_json(results, out / "results.json")
     page = write_html(results, out / "report.html", title=title)
     print_table(results, title=title, extra=extra)

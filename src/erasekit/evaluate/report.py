@@ -6,9 +6,10 @@ large ones), so it can be mailed or archived as one file. Per study and suite it
 metric table (value, bootstrap interval, counts) and the full settings; the paired comparisons
 (every method vs the unedited model and vs every other method: paired difference with its
 cluster-bootstrap interval, exact McNemar p, Holm-corrected; ★ only when significant after the
-correction); the concept-vector attack curve with its calibrated headline η and the token search
-judged beside its objective; and plots (:mod:`~erasekit.evaluate.plots`), embedded and also saved
-as PNG files in ``plots/`` beside the page.
+correction); the "Attacks" section (per attack: ASR with bootstrap and Wilson intervals beside the unedited
+model's rate, the paired tests under that attack, a small grid of adversarial prompts and their images; the
+concept-vector curve with its calibrated headline η; the token search judged beside its objective); and plots
+(:mod:`~erasekit.evaluate.plots`), embedded and also saved as PNG files in ``plots/`` beside the page.
 """
 
 from __future__ import annotations
@@ -247,7 +248,49 @@ def paired_html(results: Results) -> str:
     return "".join(out)
 
 
-def attacks_html(results: Results) -> str:
+def _wilson_cell(row: dict, key: str) -> str:
+    w = row.get("wilson", {}).get(key)
+    return "<td>–</td>" if not w or w[0] != w[0] else f"<td>[{100 * w[0]:.1f}, {100 * w[1]:.1f}]</td>"
+
+
+def _attack_paired(results: Results, study: str, metric: str) -> str:
+    """The paired comparisons of one attack's ASR (each method vs the unedited model on the same attacked items,
+    every two methods on the same target items), as computed and Holm-corrected with the study's table."""
+    e = _esc
+    comps = [c for c in results.paired.get(study, []) if c.metric == metric]
+    if not comps:
+        return ""
+    rows = [
+        "<table class='paired'><tr><th>A</th><th>B</th><th>A ASR %</th><th>B ASR %</th><th>Δ [95 % CI]</th>"
+        "<th>A only / B only</th><th>n (prompts)</th><th>p</th><th>p Holm</th><th></th></tr>"
+    ]
+    for c in comps:
+        star = "<span class='sig'>★</span>" if c.significant else ""
+        rows.append(
+            f"<tr><td><b>{e(c.a)}</b></td><td>{e(c.b)}</td><td>{_pct(c.rate_a)}</td><td>{_pct(c.rate_b)}</td>"
+            f"<td>{100 * c.diff:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]</td><td>{c.a_only} / {c.b_only}</td>"
+            f"<td>{c.n} ({c.clusters})</td><td>{c.p:.3g}</td><td>{c.p_holm:.3g}</td><td>{star}</td></tr>"
+        )
+    rows.append("</table>")
+    return "<p>Paired under this attack (same attacked target items, by prompt and seed):</p>" + "".join(rows)
+
+
+def _attack_grid(results: Results, study: str, suite_name: str, max_rows: int, thumb: int) -> str:
+    """A few of the attack's adversarial prompts (or learned token / sampling intervention) and the images they
+    produced, read from the image cache: the unedited model's and each method's."""
+    runs = results.studies.get(study, {})
+    labels = [m for m, r in runs.items() if suite_name in r.suites]
+    if not labels:
+        return ""
+    return _grid(suite_name, [runs[m].suites[suite_name] for m in labels], labels, max_rows, thumb)
+
+
+def attacks_html(results: Results, *, max_rows: int = 4, thumb: int = 96) -> str:
+    """The "Attacks" section: per study and attack, the ASR table (bootstrap and Wilson intervals, the unedited
+    model's rate on the same attacked items, the attack's cost), the paired tests under the attack, and a small
+    grid of adversarial prompts with their images."""
+    from .attacks.ring_a_bell import eta_suite_name
+
     e = _esc
     out = []
     for study, atk in results.attacks.items():
@@ -270,39 +313,55 @@ def attacks_html(results: Results) -> str:
                     concept_cell = _html_cell(p["unedited concept rate"])
                     out.append(f"<tr><td>{p['eta']:g}</td>{concept_cell}{kept_cell}{cells}</tr>")
                 out.append("</table>")
+                eta = a["headline_eta"]
+                out.append(_attack_paired(results, study, f"ASR {name} (headline η = {eta:g})"))
+                if eta:
+                    out.append(_attack_grid(results, study, eta_suite_name(name, eta), max_rows, thumb))
             elif "kind" in a:  # a registry attack: ASR beside the unedited rate and the cost
                 out.append(
                     f"<h3>{e(study)}: {e(name)} <small>({e(a['kind'])})</small></h3>"
                     f"<p>Budget: {e(a['budget'])}. Reference: {e(a['reference'])}.</p>"
-                    "<table class='paired'><tr><th>method</th><th>judge ASR %</th>"
-                    "<th>unedited concept % (same attacked items)</th><th>attacked items</th>"
+                    "<table class='paired'><tr><th>method</th><th>judge ASR % [bootstrap]</th><th>ASR Wilson 95 %</th>"
+                    "<th>unedited concept % (same attacked items)</th><th>unedited Wilson 95 %</th>"
+                    "<th>attacked items</th>"
                     "<th>attack seconds</th><th>denoiser evaluations</th><th>text-encoder evaluations</th></tr>"
                 )
                 for m, r in a["methods"].items():
                     c = r["cost"]
                     out.append(
-                        f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}{_html_cell(r['unedited concept rate'])}"
+                        f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}{_wilson_cell(r, 'judge ASR')}"
+                        f"{_html_cell(r['unedited concept rate'])}{_wilson_cell(r, 'unedited concept rate')}"
                         f"<td>{r['attacked items']}</td><td>{c['seconds']:.1f}</td><td>{c['denoiser_evaluations']}</td>"
                         f"<td>{c['text_encoder_evaluations']}</td></tr>"
                     )
                 out.append("</table>")
+                out.append(_attack_paired(results, study, f"ASR {name}"))
+                out.append(_attack_grid(results, study, f"adversarial:{name}", max_rows, thumb))
             else:
                 out.append(
                     f"<h3>{e(study)}: {e(name)}</h3>"
                     f"<p>Budget: {e(a['budget'])}. Objective: {e(a['objective'])}.</p>"
-                    "<table class='paired'><tr><th>method</th><th>judge ASR %</th>"
+                    "<table class='paired'><tr><th>method</th><th>judge ASR % [bootstrap]</th><th>ASR Wilson 95 %</th>"
                     "<th>unedited concept % (found prompts)</th>"
                     "<th>objective (start → found)</th><th>prompts searched</th></tr>"
                 )
                 for m, r in a["methods"].items():
                     out.append(
-                        f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}"
+                        f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}{_wilson_cell(r, 'judge ASR')}"
                         f"{_html_cell(r['unedited concept rate on the found prompts'])}"
                         f"<td>{r['objective at start']:.3f} → {r['objective']:.3f}</td>"
                         f"<td>{r['prompts searched']}</td></tr>"
                     )
                 out.append("</table>")
-    return ("<h2>Attacks</h2>" + "".join(out)) if out else ""
+                out.append(_attack_paired(results, study, f"ASR {name}"))
+                out.append(_attack_grid(results, study, f"adversarial:{name}", max_rows, thumb))
+    intro = (
+        "<h2>Attacks</h2><p>Per attack: the judged attack success rate (ASR) with its 95 % percentile-bootstrap and "
+        "Wilson score intervals, beside the unedited model's concept rate on the same attacked items; the paired "
+        "tests under the attack (exact McNemar, Holm-corrected with the study's table); and the first adversarial "
+        "prompts with the images they produced.</p>"
+    )
+    return (intro + "".join(out)) if out else ""
 
 
 def write_html(
@@ -346,7 +405,7 @@ def write_html(
         out.append("<h2>Plots</h2><div class='figs'>" + "".join(figs) + "</div>")
     if results.paired:
         out.append(paired_html(results))
-    out.append(attacks_html(results))
+    out.append(attacks_html(results, thumb=thumb))
     for study, runs in results.studies.items():
         out.append(f"<h2>Study: {e(study)}</h2>")
         labels = list(runs)
@@ -385,7 +444,8 @@ def _grid(suite_name: str, suite_runs: list, labels: list[str], max_rows: int, t
     e = _esc
     first = suite_runs[0]
     same_items = all(r.suite.items == first.suite.items for r in suite_runs)
-    n = min(max_rows, len(first.suite.items))
+    # attacks searched per method may leave a prompt unattacked for one method: show rows every method has
+    n = min(max_rows, *(len(r.suite.items) for r in suite_runs))
     head = (
         f"<h3>{e(suite_name)} <small>({e(first.suite.kind)}, {len(first.suite.items)} items, "
         f"first {n} shown)</small></h3>"

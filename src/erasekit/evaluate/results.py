@@ -1,5 +1,16 @@
 """What an evaluation records: per study and method, the suites' images and judgements, the metrics,
-the paired comparisons and the attack summaries (written as results.json by :mod:`~erasekit.evaluate.report`)."""
+the paired comparisons and the attack summaries (written as results.json by :mod:`~erasekit.evaluate.report`).
+
+results.json schema versions (``"schema"``; :func:`read_results_json` reads every one and upgrades it to the newest):
+
+* 2 — per registry attack and method: the judged ASR (bootstrap interval) beside the unedited model's rate on the same
+  attacked items, and the attack's cost; paired comparisons only for the suites every method shares.
+* 3 — adds, per attack and method, Wilson score intervals (``"wilson"``) beside the bootstrap ones, and paired
+  comparisons under every attack (``paired[study]``, metric ``ASR <attack>``): each method against the unedited
+  model on the same attacked items, and every two methods on the same target items (prompt and seed), Holm-corrected
+  with the study's other comparisons. Reading a schema-2 file fills the Wilson intervals from the recorded counts;
+  the per-attack paired comparisons cannot be rebuilt from it and stay absent.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +25,7 @@ from .judges import JudgeResult
 from .suites import Suite
 
 UNEDITED = "unedited"
-SCHEMA = 2
+SCHEMA = 3
 
 
 @dataclass
@@ -50,6 +61,26 @@ class SuiteRun:
         for i, it in enumerate(self.suite.items):
             groups.setdefault(dict(it.meta).get("of", str(i)), []).append(i)
         return np.array([bool(seen[idx].any()) for idx in groups.values()], dtype=bool)
+
+    def attacked_keys(self) -> list[tuple[str, int | str]]:
+        """Per attacked item (aligned with :meth:`attacked`): the target item it attacks, as (target prompt, seed) —
+        or, for a best-of-K suite, ("of", target index). Two methods' attacks on the same target suite pair on it even
+        when each searched its own adversarial prompt."""
+        if self.suite.info.get("best_of"):
+            keys: dict[tuple[str, int | str], None] = {}
+            for i, it in enumerate(self.suite.items):
+                keys.setdefault(("of", dict(it.meta).get("of", str(i))), None)
+            return list(keys)
+        return [(dict(it.meta).get("original prompt", it.prompt), it.seed) for it in self.suite.items]
+
+    def attacked_prompts(self) -> list[str]:
+        """Per attacked item: the target prompt it attacks (the cluster of the paired bootstrap)."""
+        if self.suite.info.get("best_of"):
+            first: dict[str, str] = {}
+            for i, it in enumerate(self.suite.items):
+                first.setdefault(dict(it.meta).get("of", str(i)), dict(it.meta).get("original prompt", it.prompt))
+            return list(first.values())
+        return [dict(it.meta).get("original prompt", it.prompt) for it in self.suite.items]
 
     def to_dict(self) -> dict:
         return {
@@ -116,6 +147,40 @@ def _attack_dict(x):
     if isinstance(x, list):
         return [_attack_dict(v) for v in x]
     return x
+
+
+def read_results_json(path: str | Path) -> dict:
+    """A results.json of any schema, upgraded to the newest (:data:`SCHEMA`; the module docstring lists the
+    versions). Refuses a file of an unknown (newer) schema in one line."""
+    import json
+
+    from ..errors import EraseKitError
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    version = data.get("schema") if isinstance(data, dict) else None
+    if not isinstance(version, int) or not 1 <= version <= SCHEMA:
+        raise EraseKitError(
+            f"{path} is not an erasekit results.json of schema 1..{SCHEMA} (found schema {version!r}); "
+            "read it with the erasekit version that wrote it"
+        )
+    if version < 3:
+        _add_wilson(data.get("attacks", {}))
+        data["schema_read_from"] = version
+        data["schema"] = SCHEMA
+    return data
+
+
+def _add_wilson(attacks: dict) -> None:
+    """Schema 2 → 3: the Wilson interval of every per-method attack rate, from its recorded counts."""
+    for per_study in attacks.values():
+        for entry in per_study.values():
+            for per_method in entry.get("methods", {}).values() if isinstance(entry, dict) else ():
+                if isinstance(per_method, dict) and "wilson" not in per_method:
+                    per_method["wilson"] = {
+                        k: list(S.wilson(int(v["k"]), int(v["n"]), float(v.get("level", M.LEVEL))))
+                        for k, v in per_method.items()
+                        if isinstance(v, dict) and v.get("k") is not None and v.get("n") is not None
+                    }
 
 
 def versions() -> dict:

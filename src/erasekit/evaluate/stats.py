@@ -9,6 +9,8 @@ unedited model), with a 0/1 success per image (erased / retained / attacked):
 * an **exact McNemar test** on the discordant pairs (``b`` = A succeeds where B fails, ``c`` = the
   reverse): two-sided p = min(1, 2·P[Bin(b + c, ½) ≤ min(b, c)]) (McNemar 1947; the exact
   binomial form of Edwards 1948 / Fagerland et al. 2013), computed with integers, no approximation;
+* the **Wilson score interval** of one rate (Wilson 1927), beside the bootstrap one: with few images and a rate at
+  0 or 1 (an attack that never / always succeeds) the percentile bootstrap collapses to a point, Wilson's does not;
 * the **Holm** step-down correction over every comparison of one table (Holm 1979): a difference
   is called significant only when its adjusted p is below ``alpha``.
 """
@@ -35,6 +37,31 @@ def mcnemar_exact(b: int, c: int) -> float:
         return 1.0
     tail = Fraction(sum(comb(n, k) for k in range(min(b, c) + 1)), 2**n)  # P[Bin(n, ½) ≤ min(b, c)]
     return float(min(Fraction(1), 2 * tail))
+
+
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (Wilson 1927) for ``k`` successes in ``n`` trials; (nan, nan) when ``n`` is 0.
+
+    With p̂ = k / n and z the standard normal's (1 + level) / 2 quantile:
+    centre = (p̂ + z² / 2n) / (1 + z² / n), half-width = z / (1 + z² / n) · √(p̂ (1 − p̂) / n + z² / 4n²).
+    """
+    from statistics import NormalDist
+
+    k, n = int(k), int(n)
+    if n < 0 or not 0 <= k <= max(n, 0):
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n == 0:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf((1.0 + level) / 2.0)
+    p = k / n
+    denom = 1.0 + z * z / n  # 1 + z²/n
+    centre = (p + z * z / (2 * n)) / denom  # (p̂ + z²/2n) / (1 + z²/n)
+    half = z / denom * np.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n))  # z/(1 + z²/n) · √(p̂(1−p̂)/n + z²/4n²)
+    low = 0.0 if k == 0 else max(0.0, centre - half)  # exactly 0 / 1 at the ends (no rounding residue)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return float(low), float(high)
 
 
 def discordant(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:

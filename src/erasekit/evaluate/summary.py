@@ -156,7 +156,7 @@ def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) ->
             entry = out.setdefault(
                 info["attack"], {"budget": info["budget"], "objective": info.get("objective", ""), "methods": {}}
             )
-            entry["methods"][label] = {
+            row = {
                 "judge ASR": M.attack_success_rate(
                     s.seen("edited"), name=f"ASR {info['attack']}", budget=info["budget"], **kw
                 ),
@@ -165,6 +165,7 @@ def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) ->
                 "objective at start": float(np.mean([f["start_score"] for f in search])) if search else float("nan"),
                 "prompts searched": len(info["search"]),
             }
+            entry["methods"][label] = {**row, "wilson": _wilson(row)}
     return out
 
 
@@ -183,11 +184,22 @@ def _registry_attack(out: dict, label: str, s: SuiteRun, kw: dict) -> None:
         },
     )
     attacked = s.attacked("edited")
-    entry["methods"][label] = {
+    row = {
         "judge ASR": M.attack_success_rate(attacked, name=f"ASR {info['attack']}", budget=entry["budget"], **kw),
         "unedited concept rate": M.rate("unedited concept rate", s.attacked("unedited"), **kw),
         "attacked items": int(len(attacked)),
         "cost": record["cost"],
+    }
+    entry["methods"][label] = {**row, "wilson": _wilson(row)}
+
+
+def _wilson(row: dict) -> dict[str, list[float]]:
+    """The Wilson score interval (:func:`~erasekit.evaluate.stats.wilson`) of every rate in an attack's row, beside
+    its bootstrap interval: with 16 attacked prompts and an ASR of 0 or 1 the bootstrap interval is a point."""
+    return {
+        k: list(S.wilson(int(v.k), v.n, v.level))
+        for k, v in row.items()
+        if isinstance(v, M.Estimate) and v.k is not None
     }
 
 
@@ -198,26 +210,57 @@ PAIRED_KINDS = {
 }
 
 
-def _decisions(run: MethodRun, attacks: dict) -> dict[str, tuple[SuiteRun, np.ndarray, np.ndarray]]:
-    """metric -> (suite, edited successes, unedited successes) for the paired metrics of one method."""
+class _Paired:
+    """One method's 0/1 successes on one paired metric, for both models, with what pairs them across methods:
+    ``keys`` (one per decision; None: the suite's items themselves) and ``prompts`` (the bootstrap's clusters)."""
+
+    def __init__(self, s: SuiteRun, edited: np.ndarray, unedited: np.ndarray, attacked: bool = False) -> None:
+        self.suite, self.edited, self.unedited = s, edited, unedited
+        self.keys = s.attacked_keys() if attacked else None
+        self.prompts = s.attacked_prompts() if attacked else [it.prompt for it in s.suite.items]
+
+
+def _decisions(run: MethodRun, attacks: dict) -> dict[str, _Paired]:
+    """metric -> the edited and unedited successes of one method on each paired metric: the target, paraphrase and
+    retain rates, the concept-vector ASR at its headline η, and every other attack's ASR (``ASR <attack>``: success
+    per attacked target item, best of K where the attack draws K)."""
     out = {}
     for name, s in run.suites.items():
         if s.suite.kind in PAIRED_KINDS:
             metric, mode, keep = PAIRED_KINDS[s.suite.kind]
             metric += "" if name == s.suite.kind else f" ({name})"
             e, u = s.seen("edited", mode), s.seen("unedited", mode)
-            out[metric] = (s, e if keep else ~e, u if keep else ~u)
+            out[metric] = _Paired(s, e if keep else ~e, u if keep else ~u)
+        elif s.suite.kind == "adversarial" and "eta" not in s.suite.info:
+            out[f"ASR {name.split(':', 1)[-1]}"] = _Paired(s, s.attacked("edited"), s.attacked("unedited"), True)
     for attack, a in attacks.items():
         if "headline_eta" in a:
             hs = headline_suite(run, attack, a["headline_eta"])
             if hs is not None:
-                out[f"ASR {attack} (headline η = {a['headline_eta']:g})"] = (hs, hs.seen("edited"), hs.seen("unedited"))
+                out[f"ASR {attack} (headline η = {a['headline_eta']:g})"] = _Paired(
+                    hs, hs.seen("edited"), hs.seen("unedited")
+                )
     return out
+
+
+def _aligned(a: _Paired, b: _Paired) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """The two methods' successes on the items they share (same prompts and seeds; for attacks searched per method,
+    the same attacked target items), with the prompts; None when they share none."""
+    if a.suite.suite.items == b.suite.suite.items:
+        return a.edited, b.edited, a.prompts
+    if a.keys is None or b.keys is None:
+        return None
+    where_b = {k: j for j, k in enumerate(b.keys)}
+    pairs = [(i, where_b[k]) for i, k in enumerate(a.keys) if k in where_b]
+    if not pairs:
+        return None
+    ia, ib = (np.array(x, dtype=np.int64) for x in zip(*pairs, strict=True))
+    return a.edited[ia], b.edited[ib], [a.prompts[i] for i in ia]
 
 
 def _paired(study_runs: dict[str, MethodRun], attacks: dict, seed: int, n_boot: int) -> list[S.Comparison]:
     """Every method vs the unedited model and vs every other method, on every paired metric; Holm over the
-    study's table."""
+    study's table. Under an attack searched per method, two methods pair on the target items both attacked."""
     labels = list(study_runs)
     dec = {label: _decisions(run, attacks) for label, run in study_runs.items()}
     comps: list[S.Comparison] = []
@@ -225,15 +268,15 @@ def _paired(study_runs: dict[str, MethodRun], attacks: dict, seed: int, n_boot: 
     for metric in dict.fromkeys(m for d in dec.values() for m in d):
         have = [lb for lb in labels if metric in dec[lb]]
         for lb in have:
-            s, e, u = dec[lb][metric]
-            comps.append(S.compare(metric, lb, UNEDITED, e, u, [it.prompt for it in s.suite.items], **kw))
+            d = dec[lb][metric]
+            comps.append(S.compare(metric, lb, UNEDITED, d.edited, d.unedited, d.prompts, **kw))
         for i, a in enumerate(have):
             for b in have[i + 1 :]:
-                sa, ea, _ = dec[a][metric]
-                sb, eb, _ = dec[b][metric]
-                if sa.suite.items != sb.suite.items:  # not the same prompts and seeds: not a paired comparison
+                both = _aligned(dec[a][metric], dec[b][metric])
+                if both is None:  # not the same prompts and seeds: not a paired comparison
                     continue
-                comps.append(S.compare(metric, a, b, ea, eb, [it.prompt for it in sa.suite.items], **kw))
+                ea, eb, prompts = both
+                comps.append(S.compare(metric, a, b, ea, eb, prompts, **kw))
     return S.correct(comps)
 
 

@@ -20,7 +20,16 @@ import torch
 from ...errors import AttackError
 from ...methods.base import help_field
 from ..conditioning import encode
-from .base import Attack, AttackConfig, AttackContext, AttackResult, PromptResult, budget_field, register_attack
+from .base import (
+    Attack,
+    AttackConfig,
+    AttackContext,
+    AttackResult,
+    PromptResult,
+    _meta,
+    budget_field,
+    register_attack,
+)
 
 _WORD = re.compile(r"^[a-z]{3,}</w>$")
 
@@ -191,7 +200,7 @@ class _TokenSearchResult(PromptResult):
         from ..suites import Suite, SuiteItem
 
         items = [
-            SuiteItem(p, it.seed, it.guidance, it.concepts, None, it.meta)
+            SuiteItem(p, it.seed, it.guidance, it.concepts, None, _meta(it, ("original prompt", it.prompt)))
             for it, p in zip(target.items, self.prompts, strict=True)
             if p is not None
         ]

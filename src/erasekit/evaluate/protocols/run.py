@@ -23,7 +23,9 @@ The stages, in order (everything that can be refused is refused before the first
    (edited / unedited, clipped to 1); tinyworld: judged agreement with the unedited model on general prompts, rule
    ``'raw'``. Each of the four is averaged over the category's concepts, then oriented higher-is-better
    (erased = 1 − target proportion, robustness = 1 − attack success) and combined by the harmonic mean; the
-   average column is the mean over categories (PURE's Table 1).
+   average column is the mean over categories (PURE's Table 1). Each H-mean and the average get a percentile
+   bootstrap interval over prompts (:func:`~erasekit.evaluate.hmean.hmean_interval`: the four inputs drawn together
+   where their suites align item by item, as tinyworld's do), in ``metrics.hmean_intervals`` and on the report page.
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ import numpy as np
 from PIL import Image
 
 from ...errors import JudgeError, ProtocolError
-from ..hmean import CategoryMetrics, category_hmean, category_mean, quality_score
+from ..hmean import CategoryMetrics, ItemSamples, category_hmean, category_mean, hmean_interval, quality_score
 from ..judges import Judge, JudgeConfig, JudgeResult, make_config
 from ..suites import Suite, SuiteItem
 from .base import JudgeSpec, Protocol
 
-SCHEMA = 1
+SCHEMA = 2  # 2: metrics.hmean_intervals (bootstrap over prompts) and threads; 1 had neither
 HMEAN_PROTOCOLS = ("hub", "tinyworld")
 REFERENCE_SEED = 1_000_000  # reference images' first seed: above every suite's seeds
 ATTACKS = {"concept-vector": "ring-a-bell", "token-search": "token-search"}  # tinyworld's attack -> Plan's name
@@ -308,14 +310,14 @@ def _mean(x: np.ndarray | None) -> float | None:
     return None if x is None or x.size == 0 else float(np.mean(x))
 
 
-def measure(results, study: str, label: str, which: str, quality: Mapping[str, float] | None) -> dict[str, Any]:
-    """One (concept, method)'s four H-mean inputs as measured on its ``which`` images (``'edited'`` or
-    ``'unedited'``), with their image counts; ``quality``: label -> the quality score (HUB's aesthetic means)."""
-    from ..summary import headline_suite
+def per_item(results, study: str, label: str, which: str, quality: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+    """One (concept, method)'s H-mean inputs per item on its ``which`` images (``'edited'`` or ``'unedited'``):
+    ``target`` / ``retention`` / ``attack`` / ``paraphrase`` 0/1 decisions, ``quality`` per general item and
+    ``quality_unedited`` (the unedited model's, for the ratio rule), each ``None`` where not measured; ``notes``.
+    ``quality``: label (or ``"unedited"``) -> per-image quality scores (HUB's aesthetic scores)."""
+    from ..summary import _item_decisions, headline_suite
 
     run = results.studies[study][label]
-    target = _seen(run, ("target",), which, "any")
-    retain = _seen(run, ("retention",), which, "all")
     attack = _seen(run, ("attack",), which, "any")
     attack_note = "the protocol's attack prompts"
     if attack is None:
@@ -326,28 +328,109 @@ def measure(results, study: str, label: str, which: str, quality: Mapping[str, f
                     attack = hs.seen(which, "any")
                     attack_note = f"{name} at its headline η = {summary['headline_eta']:g} ({summary['rule']})"
                     break
-    paraphrase = _seen(run, ("paraphrase",), which, "any")
+    q: np.ndarray | None
+    q0: np.ndarray | None
     if quality is not None:
         q = quality.get(which if which == "unedited" else label)
+        q0 = quality.get("unedited")
         q_note = "mean aesthetic score on the general prompts"
-    else:
-        est = run.metrics.get("drift: judge agreement")
-        q = 1.0 if which == "unedited" else (None if est is None else float(est.value))
+    else:  # tinyworld: judged agreement with the unedited model, per general item (the unedited model: 1)
+        general = run.suites.get("general")
+        q0 = None
+        if general is None or not general.suite.labels:
+            q = None
+        elif which == "unedited":
+            q = np.ones(len(general.suite.items))
+        else:
+            q = (_item_decisions(general, "edited") == _item_decisions(general, "unedited")).all(axis=1)
         q_note = "judged agreement with the unedited model on the general prompts (the unedited model: 1)"
+    return {
+        "target": _seen(run, ("target",), which, "any"),
+        "retention": _seen(run, ("retention",), which, "all"),
+        "attack": attack,
+        "paraphrase": _seen(run, ("paraphrase",), which, "any"),
+        "quality": None if q is None else np.asarray(q, dtype=np.float64),
+        "quality_unedited": None if q0 is None else np.asarray(q0, dtype=np.float64),
+        "attack_note": attack_note,
+        "quality_note": q_note,
+    }
+
+
+def item_samples(items: Mapping[str, Any]) -> ItemSamples | None:
+    """:func:`per_item`'s arrays as :class:`~erasekit.evaluate.hmean.ItemSamples` (None when one is not measured)."""
+    keys = ("target", "retention", "attack", "quality")
+    if any(items[k] is None or np.asarray(items[k]).size == 0 for k in keys):
+        return None
+    t, r, a, q = (np.asarray(items[k]) for k in keys)
+    return ItemSamples(t, r, a, q, items["quality_unedited"])
+
+
+def measure(
+    results, study: str, label: str, which: str, quality: Mapping[str, float | np.ndarray] | None
+) -> dict[str, Any]:
+    """One (concept, method)'s four H-mean inputs as measured on its ``which`` images (``'edited'`` or
+    ``'unedited'``), with their image counts; ``quality``: label -> the quality scores (HUB's aesthetic scores, per
+    image or their mean)."""
+    per_image = None if quality is None else {k: np.atleast_1d(np.asarray(v, float)) for k, v in quality.items()}
+    it = per_item(results, study, label, which, per_image)
+    target, retain, attack = it["target"], it["retention"], it["attack"]
     return {
         "target_proportion": _mean(target),
         "retention": _mean(retain),
         "attack_success": _mean(attack),
-        "quality": q,
-        "paraphrase_proportion": _mean(paraphrase),
+        "quality": _mean(it["quality"]),
+        "paraphrase_proportion": _mean(it["paraphrase"]),
         "n": {
             "target": 0 if target is None else int(target.size),
             "retention": 0 if retain is None else int(retain.size),
             "attack": 0 if attack is None else int(attack.size),
         },
-        "attack": attack_note,
-        "quality_is": q_note,
+        "attack": it["attack_note"],
+        "quality_is": it["quality_note"],
     }
+
+
+def hmean_intervals(
+    results,
+    concepts: Sequence[str],
+    labels: Sequence[str],
+    categories: Mapping[str, str],
+    quality: Mapping[str, np.ndarray] | None,
+    rule: str,
+    order: Sequence[str],
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, dict]:
+    """label (and ``unedited``) -> :func:`~erasekit.evaluate.hmean.hmean_interval` over the categories measured in
+    full (a category with an input not measured is left out, as its H-mean is)."""
+    first = labels[0]
+    out: dict[str, dict] = {}
+    for label in ["unedited", *labels]:
+        which = "unedited" if label == "unedited" else "edited"
+        by_cat: dict[str, list[ItemSamples]] = {}
+        complete = True
+        for cat in [c for c in order if c in categories.values()]:
+            members = [c for c in concepts if categories[c] == cat]
+            found = [
+                item_samples(per_item(results, c, first if which == "unedited" else label, which, quality))
+                for c in members
+            ]
+            if any(f is None for f in found):
+                complete = False
+                continue
+            by_cat[cat] = [f for f in found if f is not None]
+        if not by_cat:
+            continue
+        try:
+            iv = hmean_interval(by_cat, rule, n_boot=n_boot, seed=seed)
+        except ProtocolError as e:
+            out[label] = {"error": str(e)}
+            continue
+        if not complete:
+            iv["average"] = None  # not every category has an H-mean: no average (as hmean_rows)
+        out[label] = iv
+    return out
 
 
 def hmean_rows(
@@ -395,9 +478,9 @@ def hmean_rows(
     return rows
 
 
-def print_hmean(rows: Mapping[str, dict], title: str) -> None:
+def print_hmean(rows: Mapping[str, dict], title: str, intervals: Mapping[str, dict] | None = None) -> None:
     """The H-mean table: one row per method (and the unedited model), one column per category and the average;
-    each cell H-mean [erased / retention / robustness / quality]."""
+    each cell H-mean (its bootstrap interval, when given) [erased / retention / robustness / quality]."""
     from rich.console import Console
     from rich.table import Table
 
@@ -413,12 +496,17 @@ def print_hmean(rows: Mapping[str, dict], title: str) -> None:
         cells = []
         for c in cats:
             v = r["categories"].get(c, {})
+            civ = (intervals or {}).get(label, {}).get("categories", {}).get(c)
+            band = f" ({civ['low']:.3f}–{civ['high']:.3f})" if civ else ""
             if "hmean" in v:
                 four = "/".join(f"{v[k]:.2f}" for k in ("erased", "retention", "robustness", "quality"))
-                cells.append(f"{v['hmean']:.3f} [{four}]")
+                cells.append(f"{v['hmean']:.3f}{band} [{four}]")
             else:
                 cells.append(shown(v.get("error", "")))
+        avg_iv = (intervals or {}).get(label, {}).get("average")
         avg = "" if r["average"] is None else f"{r['average']:.3f}"
+        if avg and avg_iv:
+            avg += f" ({avg_iv['low']:.3f}–{avg_iv['high']:.3f})"
         t.add_row(shown(label), *cells, avg)
     console = Console()
     if not console.is_terminal:
@@ -426,9 +514,9 @@ def print_hmean(rows: Mapping[str, dict], title: str) -> None:
     console.print(t)
 
 
-def aesthetic_means(results, quality_judge: Judge, cache_dir) -> dict[str, float]:
-    """``{"unedited": ..., label: ...}``: the quality judge's mean score over the general (role ``quality``) images
-    of each model, pooled over studies (the general prompts are shared)."""
+def aesthetic_scores(results, quality_judge: Judge, cache_dir) -> dict[str, np.ndarray]:
+    """``{"unedited": ..., label: ...}``: the quality judge's score per general (role ``quality``) image of each model,
+    pooled over studies (the general prompts are shared); the same items, in the same order, for every model."""
     from ..cache import ImageCache
 
     cache = ImageCache(cache_dir)
@@ -442,8 +530,58 @@ def aesthetic_means(results, quality_judge: Judge, cache_dir) -> dict[str, float
     out = {}
     for key, ps in paths.items():
         r = quality_judge.judge([cache.load(p) for p in ps], ["quality"])
-        out[key] = float(np.mean(r.scores[:, 0])) if len(ps) else float("nan")
+        out[key] = np.asarray(r.scores[:, 0], dtype=np.float64) if len(ps) else np.zeros(0)
     return out
+
+
+def aesthetic_means(results, quality_judge: Judge, cache_dir) -> dict[str, float]:
+    """The mean of :func:`aesthetic_scores` per model."""
+    return {
+        k: float(np.mean(v)) if v.size else float("nan")
+        for k, v in aesthetic_scores(results, quality_judge, cache_dir).items()
+    }
+
+
+def hmean_html(rows: Mapping[str, dict], intervals: Mapping[str, dict], title: str) -> str:
+    """The report page's H-mean section: per method (and the unedited model) and category, the H-mean with its
+    bootstrap interval over prompts and its four inputs; the average over categories with its interval."""
+    from ..report import _esc as e
+
+    cats = list(dict.fromkeys(c for r in rows.values() for c in r["categories"]))
+    any_iv = next((iv for iv in intervals.values() if "categories" in iv), None)
+    how = (
+        f"{100 * any_iv['level']:g} % percentile bootstrap over prompts ({any_iv['n_boot']} draws, seed "
+        f"{any_iv['seed']}), the four inputs resampled together where their suites align item by item"
+        if any_iv
+        else "no interval"
+    )
+    out = [
+        f"<h2>{e(title)}</h2><p>PURE's H-mean per category: the harmonic mean of erased (1 − target proportion), "
+        f"within-category retention, robustness (1 − attack success) and quality, every input higher-is-better in "
+        f"[0, 1]; the average is the mean over categories. Intervals: {e(how)}.</p>"
+        "<table class='paired'><tr><th>method</th>"
+        + "".join(f"<th>{e(c)}</th>" for c in cats)
+        + "<th>average</th></tr>"
+    ]
+    for label, r in rows.items():
+        iv = intervals.get(label, {})
+        cells = []
+        for c in cats:
+            v = r["categories"].get(c, {})
+            civ = iv.get("categories", {}).get(c)
+            if "hmean" not in v:
+                cells.append(f"<td>{e(v.get('error', '–'))}</td>")
+                continue
+            four = " / ".join(f"{v[k]:.2f}" for k in ("erased", "retention", "robustness", "quality"))
+            band = f"<small>[{civ['low']:.3f}, {civ['high']:.3f}] {e(civ['resampling'])}</small>" if civ else ""
+            cells.append(f"<td>{v['hmean']:.3f}{band}<small>{four}</small></td>")
+        avg_iv = iv.get("average")
+        avg = "–" if r["average"] is None else f"{r['average']:.3f}"
+        if avg_iv and r["average"] is not None:
+            avg += f"<small>[{avg_iv['low']:.3f}, {avg_iv['high']:.3f}]</small>"
+        out.append(f"<tr><td><b>{e(label)}</b></td>{''.join(cells)}<td>{avg}</td></tr>")
+    out.append("</table><p>Each cell: H-mean [interval], then erased / retention / robustness / quality.</p>")
+    return "".join(out)
 
 
 def write_record(path: Path, record: dict) -> None:
@@ -570,7 +708,7 @@ def execute(args: Any, protocol: Protocol, plan: dict, file_suites: Mapping[str,
 
     # ---- the protocol's metrics
     qj = next((built[p.spec.name] for p in planned if p.spec.role == "quality"), None)
-    q_scores = aesthetic_means(results, qj, getattr(args, "cache", None)) if qj is not None else None
+    q_scores = aesthetic_scores(results, qj, getattr(args, "cache", None)) if qj is not None else None
     rule = quality_rule(protocol)
     per_concept = {}
     for c in concepts:
@@ -579,6 +717,10 @@ def execute(args: Any, protocol: Protocol, plan: dict, file_suites: Mapping[str,
         per_concept[c].update({label: measure(results, c, label, "edited", q_scores) for label in methods})
     order = TINYWORLD_CATEGORIES if tiny else HUB_CATEGORIES
     rows = hmean_rows(per_concept, {c: categories[c] for c in concepts}, rule, order)
+    n_boot, boot_seed = int(getattr(args, "bootstrap", 2000) or 2000), int(getattr(args, "seed", 0) or 0)
+    intervals = hmean_intervals(
+        results, concepts, list(methods), categories, q_scores, rule, order, n_boot=n_boot, seed=boot_seed
+    )
     record = {
         "schema": SCHEMA,
         "kind": "erasekit protocol run",
@@ -608,13 +750,17 @@ def execute(args: Any, protocol: Protocol, plan: dict, file_suites: Mapping[str,
             "robustness = 1 - attack success; quality by the rule",
             "per_concept": per_concept,
             "hmean": rows,
+            "hmean_intervals": intervals,
         },
         "seconds": time.perf_counter() - t0,
+        "threads": {"asked": getattr(args, "threads", None), "torch": results.config.get("torch_threads")},
         "evaluation": results.to_dict(),
     }
     write_record(out / "results.json", record)
-    write_html(results, out / "report.html", title=f"erasekit bench --protocol {protocol.name}")
-    print_hmean(rows, f"protocol {protocol.name}: {', '.join(methods)} on {args.model}")
+    title = f"protocol {protocol.name}: {', '.join(methods)} on {args.model}"
+    section = hmean_html(rows, intervals, f"H-mean ({protocol.name})")
+    write_html(results, out / "report.html", title=f"erasekit bench --protocol {protocol.name}", sections=(section,))
+    print_hmean(rows, title, intervals)
     print(f"results: {out / 'results.json'}")
     return 0
 
@@ -625,6 +771,11 @@ __all__ = [
     "PlannedJudge",
     "RoutedJudge",
     "aesthetic_means",
+    "aesthetic_scores",
+    "hmean_html",
+    "hmean_intervals",
+    "item_samples",
+    "per_item",
     "concept_categories",
     "draw_references",
     "hmean_rows",
