@@ -141,16 +141,21 @@ class ACE(Method[ACEConfig]):
     def uses_unet(self, config: ACEConfig) -> bool:
         return True
 
+    def fits_groups_together(self, config: ACEConfig) -> bool:
+        return True  # stage 1 per site group (its own columns), stage 2 trains every group's adapter in one loss
+
     def fit(self, adapter, concepts, config: ACEConfig, progress: bool = True):
-        ft.require_denoiser_methods(adapter, self.name)
+        ft.require_denoiser_methods(adapter, self.name, fine_tuning=True)
         t0 = time.perf_counter()
-        C_E, C_G, C_P = cf.token_columns(adapter, concepts, config)
         carriers: dict[str, _GatedLowRank] = {}
-        for path in adapter.paths:
-            W0 = adapter.linear(path).weight.detach()
-            carriers[path] = _GatedLowRank(
-                concept_directions(W0.cpu(), C_E, C_G, C_P, config.rank, config.retain_energy), W0.cpu()
-            ).to(W0.device)
+        for group in adapter.groups:
+            view = adapter.for_group(group)
+            C_E, C_G, C_P = cf.token_columns(view, concepts, config)  # (d_in of the group, n·)
+            for path in view.paths:
+                W0 = adapter.linear(path).weight.detach()
+                carriers[path] = _GatedLowRank(
+                    concept_directions(W0.cpu(), C_E, C_G, C_P, config.rank, config.retain_energy), W0.cpu()
+                ).to(W0.device)
         train_stats = self._train(adapter, concepts, config, carriers, progress) if config.train_steps else {}
 
         def fit_layer(path, W0):
