@@ -18,6 +18,10 @@ the project's choice:
   return (the erase loss), bounded per token by ρ·(mean token norm); plus every template
   and user synonym of the concept as training prompts.
 The merged result is a low-rank Edit (rank r per layer), saved / loaded / reverted like any other.
+
+On a flow-matching family (FLUX) ε is the family's velocity prediction (models/families/dynamics.py): the targets
+are linear in it, so they read the same. With two site groups (SD3 / FLUX: the text stream's and the pooled
+embedder), stage 1 is solved per group on that group's columns and stage 2 trains every group's adapter in one loss.
 """
 
 from __future__ import annotations

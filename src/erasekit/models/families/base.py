@@ -329,13 +329,20 @@ class Family:
         inside = {id(m) for b in blocks for m in den.get_submodule(b).modules()}
         kinds = (nn.Linear,) if part == "attention" else (nn.Linear, nn.Conv2d)
         allowed = self.trainable_outside_attention(den)
-        keep = (lambda m: id(m) in inside) if part == "attention" else (lambda m: id(m) not in inside and allowed(m))
+
+        def keep(m: nn.Module) -> bool:
+            return id(m) in inside if part == "attention" else id(m) not in inside and allowed(m)
+
         return [n for n, m in den.named_modules() if isinstance(m, kinds) and keep(m)]
 
     def trainable_outside_attention(self, den: nn.Module) -> Callable[[nn.Module], bool]:
         """Which layers outside the text attention ESD-u may train: all of them here (a family narrows the
         reference's choice: SDXL)."""
-        return lambda module: True
+
+        def every(module: nn.Module) -> bool:
+            return True
+
+        return every
 
     def text_attention_probe(
         self, pipe: Pipeline, site_paths: Sequence[str], sink: Callable[[str, torch.Tensor], None]

@@ -121,12 +121,16 @@ class DDPMDynamics(Dynamics):
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         from diffusers import DDPMScheduler
 
-        return DDPMScheduler.from_config(self.scheduler_config).add_noise(x0, noise, t.to(x0.device))
+        x_t: torch.Tensor = DDPMScheduler.from_config(self.scheduler_config).add_noise(x0, noise, t.to(x0.device))
+        return x_t
 
     def cfg_halves(self, scale: float) -> bool:
         return scale > 1.0  # diffusers' do_classifier_free_guidance
 
-    def guided(self, family, pipe, x, t, cond, uncond, scale):  # type: ignore[no-untyped-def]
+    def guided(
+        self, family: Family, pipe: Pipeline, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+        uncond: Conditioning, scale: float,
+    ) -> torch.Tensor:  # fmt: skip
         if scale <= 1.0:
             return family.denoise(pipe, x, t, cond)
         b = x.shape[0]
@@ -134,7 +138,9 @@ class DDPMDynamics(Dynamics):
         return classifier_free(out[:b], out[b:], scale)
 
     @torch.no_grad()
-    def trajectory(self, family, pipe, prompt, *, n, steps, guidance, seed):  # type: ignore[no-untyped-def]
+    def trajectory(
+        self, family: Family, pipe: Pipeline, prompt: str, *, n: int, steps: int, guidance: float, seed: int
+    ) -> Trajectory:
         from diffusers import DDIMScheduler
 
         saved_sched, saved_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
@@ -196,7 +202,10 @@ class FlowDynamics(Dynamics):
     def cfg_halves(self, scale: float) -> bool:
         return scale > 1.0 and not self.embedded_guidance
 
-    def guided(self, family, pipe, x, t, cond, uncond, scale):  # type: ignore[no-untyped-def]
+    def guided(
+        self, family: Family, pipe: Pipeline, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+        uncond: Conditioning, scale: float,
+    ) -> torch.Tensor:  # fmt: skip
         if self.embedded_guidance:  # FLUX.1-dev: the scale is an input; no unconditional branch
             g = torch.full((x.shape[0],), float(scale), device=x.device, dtype=torch.float32)
             return family.denoise(pipe, x, t, replace(cond, guidance=g))
@@ -223,7 +232,9 @@ class FlowDynamics(Dynamics):
         return sched.sigmas.to(torch.float32), sched.timesteps.to(torch.float32)
 
     @torch.no_grad()
-    def trajectory(self, family, pipe, prompt, *, n, steps, guidance, seed):  # type: ignore[no-untyped-def]
+    def trajectory(
+        self, family: Family, pipe: Pipeline, prompt: str, *, n: int, steps: int, guidance: float, seed: int
+    ) -> Trajectory:
         den = family.get_denoiser(pipe)
         side, c = family.sample_size(pipe), family.latent_channels(pipe)
         x = torch.cat(

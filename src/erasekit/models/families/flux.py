@@ -7,6 +7,10 @@ T5's states (unmasked) pass ``context_embedder`` once; CLIP-L's pooled vector pa
 not. The T5 length is 512 on dev (FluxPipeline's default) and 256 on schnell, as Black Forest Labs and the
 official UCE-FLUX script (``trainscripts/uce_flux_edit.py``) set it. ``denoise`` packs the latents into 2 × 2
 patches with position ids, divides the scheduler's timestep by 1000, and unpacks the velocity, as FluxPipeline does.
+
+Fine-tuning (ESD, ACE, MACE's LoRA stage) runs here: :meth:`FluxFamily.dynamics` is rectified flow on FluxPipeline's
+σ ramp (true CFG, or the embedded scale on dev), and :class:`JointAttentionProbe` gives MACE the image→text
+attention of the double-stream blocks.
 """
 
 from __future__ import annotations
@@ -61,16 +65,16 @@ def joint_attention_probs(
 
     ``hidden_states`` (B, N, D) and ``encoder_hidden_states`` (B, L, D): the block's normed image and text streams.
     """
-    from diffusers.models.embeddings import apply_rotary_emb
+    from diffusers.models.embeddings import apply_rotary_emb as rotary
 
+    rotate: Callable[..., Any] = rotary  # diffusers annotates its return as a pair; it is one tensor
     d, L = attn.head_dim, encoder_hidden_states.shape[1]
     q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, d)))  # (B, N, h, d) image queries
     k_img = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, d)))  # (B, N, h, d)
     k_txt = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, d)))  # (B, L, h, d)
     k = torch.cat([k_txt, k_img], dim=1)  # (B, L + N, h, d): text first, as the processor joins them
     if rope is not None:  # (cos, sin), each (L + N, d): the image queries sit at positions L ..
-        q = apply_rotary_emb(q, (rope[0][L:], rope[1][L:]), sequence_dim=1)
-        k = apply_rotary_emb(k, rope, sequence_dim=1)
+        q, k = rotate(q, (rope[0][L:], rope[1][L:]), sequence_dim=1), rotate(k, rope, sequence_dim=1)
     scores = torch.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(d)  # (B, h, N, L + N)
     return scores.softmax(dim=-1)
 
@@ -88,6 +92,8 @@ class JointAttentionProbe:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             hs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             ehs = kwargs.get("encoder_hidden_states")
+            if not isinstance(ehs, torch.Tensor):
+                raise ModelError(f"{block}: a double-stream attention call without the text stream")
             P = joint_attention_probs(module, hs, ehs, kwargs.get("image_rotary_emb"))
             self.sink(block, P[..., : ehs.shape[1]])  # (B, h, N, L)
 
@@ -96,7 +102,9 @@ class JointAttentionProbe:
     def __enter__(self) -> JointAttentionProbe:
         try:
             for b in self.blocks:
-                self._handles.append(self.den.get_submodule(b).register_forward_pre_hook(self._hook(b), with_kwargs=True))
+                self._handles.append(
+                    self.den.get_submodule(b).register_forward_pre_hook(self._hook(b), with_kwargs=True)
+                )
         except Exception:
             self.__exit__()
             raise

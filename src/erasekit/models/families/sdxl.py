@@ -26,7 +26,11 @@ class SDXLFamily(UNetFamily):
         blocks = [getattr(den, a, None) for a in ("down_blocks", "mid_block", "up_blocks")]
         inside = {id(m) for b in blocks if isinstance(b, nn.Module) for m in b.modules()}
         time_proj = {id(r.time_emb_proj) for r in den.modules() if isinstance(r, ResnetBlock2D) and r.time_emb_proj}
-        return lambda module: id(module) in inside and id(module) not in time_proj
+
+        def allowed(module: nn.Module) -> bool:
+            return id(module) in inside and id(module) not in time_proj
+
+        return allowed
 
     def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         out = self._encode_prompt(pipe, prompts)  # (embeds (B, 77, d), negative, pooled (B, d_pool), negative pooled)
