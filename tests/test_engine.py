@@ -2,9 +2,10 @@
 
 The families come from the registry (SD 1.x with an SD2-like second build, SDXL, PixArt-Σ, Sana, SD3.5-M-like
 SD3, FLUX.1-dev-like FLUX); a family the registry gains is in the matrix once ``ALL_TINY`` (conftest) names its
-tiny build. Methods that run the denoiser (ESD, ACE, PURE's capture, MACE's LoRA stage) are refused on the DiTs
-for now: their cells assert the refusal (test_families.py) and skip here; PURE runs there with its text basis and
-MACE with its closed form alone. On SD3 / FLUX the two static sites read different inputs (two site groups), so
+tiny build. The fine-tuning methods (ESD, ACE, MACE's LoRA stage) run on the UNets and FLUX and are refused on
+PixArt, Sana and SD3 for now, PURE's activation capture on every DiT: their cells assert the refusal
+(test_families.py) and skip here; PURE runs there with its text basis and MACE with its closed form alone. On
+SD3 / FLUX the two static sites read different inputs (two site groups), so
 each group is fitted on its own columns.
 """
 
@@ -113,18 +114,21 @@ FAST = {
 # full-rank there and stored dense (never larger than dense); on SD-sized layers it can be low-rank.
 FULL_RANK_ON_TINY = {"rece"}
 ALL_METHODS = sorted(FAST)
-# On families whose denoiser-running methods are refused (models/families: runs_denoiser_methods), MACE runs its
-# closed form alone (train_steps=0); the refusals themselves are asserted in test_families.py.
-DENOISER_METHODS = {"pure", "ace", "esd", "esd-x", "esd-x-strict", "esd-u"}
+# On families where the fine-tuning methods are refused (models/families: fine_tunes_denoiser), MACE runs its closed
+# form alone (train_steps=0); where PURE's activation capture is (runs_denoiser_methods), PURE runs its text basis.
+# The refusals themselves are asserted in test_families.py.
+FINE_TUNING = {"ace", "esd", "esd-x", "esd-x-strict", "esd-u"}
 
 
 def _settings(pipe, method):
     fam = identify(pipe)
-    if fam.runs_denoiser_methods:
-        return FAST[method]
     if method == "pure":
-        return {"basis": "text"}  # the projector on the site inputs: no activation capture
-    if method in DENOISER_METHODS or (method == "mace" and fam.token_segments(pipe) is None):
+        return FAST[method] if fam.runs_denoiser_methods else {"basis": "text"}  # no activation capture there
+    if method == "mace" and fam.token_segments(pipe) is None:
+        pytest.skip(f"{method} is refused on {fam.name} (asserted in test_families.py)")
+    if fam.fine_tunes_denoiser:
+        return FAST[method]
+    if method in FINE_TUNING:
         pytest.skip(f"{method} is refused on {fam.name} (asserted in test_families.py)")
     return {**FAST[method], "train_steps": 0} if method == "mace" else FAST[method]
 

@@ -10,6 +10,9 @@ from erasekit.methods import _finetune as ft
 from erasekit.methods.esd import esd_target, resolve, trainable_modules
 from erasekit.methods.mace import MACE, MACEConfig, fuse, matching_indices
 from erasekit.models.adapter import PipelineAdapter
+from erasekit.models.families import identify
+from erasekit.models.families.dynamics import euler_step, flow_velocity
+from erasekit.models.families.flux import double_stream_attention, joint_attention_probs, unpack_latents
 
 F64 = torch.float64
 
@@ -288,3 +291,162 @@ def test_a_carrier_switched_off_while_recording_gradients_is_refused():
         c.hook(lin, (torch.randn(1, 3),), torch.zeros(1, 2))
     with torch.no_grad():
         assert torch.equal(c.hook(lin, (torch.randn(1, 3),), torch.zeros(1, 2)), torch.zeros(1, 2))
+
+
+# ------------------------------------------------------- rectified flow (FLUX)
+FLUX_BUILDS = ("flux", "flux-schnell")  # FLUX.1-dev-like (embedded guidance) and schnell-like (true CFG)
+
+
+def _flux(all_tiny_pipes, build):
+    pipe = all_tiny_pipes[build]
+    return pipe, identify(pipe), identify(pipe).dynamics(pipe)
+
+
+@pytest.mark.parametrize("build", FLUX_BUILDS)
+def test_flux_sampler_is_the_pipelines_own(all_tiny_pipes, build):
+    """The family's trajectory (Euler on the rectified-flow σ schedule, CFG as the variant does it) ends where
+    FluxPipeline ends from the same seeds: true CFG against "" on schnell, the embedded scale on dev."""
+    pipe, fam, dyn = _flux(all_tiny_pipes, build)
+    side = fam.sample_size(pipe)
+    tr = dyn.trajectory(fam, pipe, "a red circle", n=2, steps=3, guidance=4.0, seed=11)
+    cfg = {"guidance_scale": 4.0} if dyn.embedded_guidance else {"true_cfg_scale": 4.0, "negative_prompt": ""}
+    out = pipe(
+        "a red circle",
+        num_images_per_prompt=2,
+        generator=[torch.Generator().manual_seed(11 + j) for j in range(2)],
+        num_inference_steps=3,
+        height=side * pipe.vae_scale_factor,
+        width=side * pipe.vae_scale_factor,
+        max_sequence_length=fam.max_sequence_length(pipe),
+        output_type="latent",
+        **cfg,
+    ).images  # (2, tokens, 4C) packed
+    torch.testing.assert_close(tr.final, unpack_latents(out, side, side), rtol=1e-4, atol=1e-5)
+    assert len(tr.xs) == len(tr.ts) == 3 and tr.ts[0] > tr.ts[-1]
+
+
+@pytest.mark.parametrize("build", FLUX_BUILDS)
+def test_flux_euler_step_with_the_familys_velocity_is_the_schedulers_step(all_tiny_pipes, build):
+    """One Euler step with the family's prediction equals FlowMatchEulerDiscreteScheduler.step on the same σ
+    schedule; the forward process equals the scheduler's scale_noise; and the exact velocity ε − x_0 carries x_t
+    back to x_0 in one step (the parameterisation ``denoise`` is trained to)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe, fam, dyn = _flux(all_tiny_pipes, build)
+    assert dyn.prediction == "flow"
+    side, c = fam.sample_size(pipe), fam.latent_channels(pipe)
+    g = torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(2, c, side, side, generator=g), torch.randn(2, c, side, side, generator=g)
+    sigmas, timesteps = dyn.schedule(4, (side // 2) ** 2)
+    sched = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    sched.sigmas, sched.timesteps = sigmas.clone(), timesteps.clone()  # the pipeline's shifted schedule (see above)
+    cond = fam.encode(pipe, ["a red circle"] * 2)
+    for i, t in enumerate(timesteps[:2]):
+        x_t = dyn.noised(x0, noise, t.expand(2))
+        sched._step_index = None
+        torch.testing.assert_close(x_t, sched.scale_noise(x0, t.expand(2), noise), rtol=1e-6, atol=1e-6)
+        with torch.no_grad():
+            v = fam.denoise(pipe, x_t, t.expand(2), cond)
+        ours = euler_step(x_t, v, float(sigmas[i]), float(sigmas[i + 1]))
+        sched._step_index = i
+        torch.testing.assert_close(ours, sched.step(v, t, x_t).prev_sample, rtol=1e-6, atol=1e-6)
+        sigma = float(t) / 1000
+        torch.testing.assert_close(euler_step(x_t, flow_velocity(x0, noise), sigma, 0.0), x0, rtol=1e-5, atol=1e-5)
+
+
+def test_flux_joint_attention_probe_is_the_processors_attention(all_tiny_pipes):
+    """The probe's joint softmax, applied to the block's values, gives exactly the attention output the processor
+    hands to ``to_out`` (image tokens): the probabilities are the ones the model uses."""
+    pipe, fam, _ = _flux(all_tiny_pipes, "flux-schnell")
+    den = fam.get_denoiser(pipe)
+    name = double_stream_attention(den)[0]
+    attn = den.get_submodule(name)
+    seen: dict = {}
+
+    def pre(module, args, kwargs):
+        hs, ehs = kwargs["hidden_states"], kwargs["encoder_hidden_states"]
+        P = joint_attention_probs(module, hs, ehs, kwargs["image_rotary_emb"])  # (B, h, N, L + N)
+        d = module.head_dim
+        v = torch.cat([module.add_v_proj(ehs), module.to_v(hs)], dim=1).unflatten(-1, (-1, d))  # (B, L + N, h, d)
+        seen["mine"] = torch.einsum("bhnm,bmhd->bnhd", P, v).flatten(2)  # (B, N, h·d)
+        seen["P"] = P
+
+    h1 = attn.register_forward_pre_hook(pre, with_kwargs=True)
+    h2 = attn.to_out[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("theirs", a[0]))
+    try:
+        side = fam.sample_size(pipe)
+        x = torch.randn(1, fam.latent_channels(pipe), side, side, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            fam.denoise(pipe, x, torch.tensor([700.0]), fam.encode(pipe, ["a red circle"]))
+    finally:
+        h1.remove()
+        h2.remove()
+    torch.testing.assert_close(seen["mine"], seen["theirs"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(seen["P"].sum(-1), torch.ones_like(seen["P"][..., 0]))
+
+
+FLUX_FINE_TUNING = {
+    "esd-x": {"iterations": 20, "lr": 2e-3, "pool_latents": 2, "pool_steps": 3},
+    "esd-u": {"iterations": 20, "lr": 1e-3, "pool_latents": 2, "pool_steps": 3},
+    "esd-x-strict": {"iterations": 20, "lr": 2e-3, "pool_latents": 2, "pool_steps": 3},
+}
+
+
+@pytest.mark.parametrize("build", FLUX_BUILDS)
+@pytest.mark.parametrize("method", sorted(FLUX_FINE_TUNING))
+def test_esd_on_flux_lowers_its_objective_trains_only_the_declared_layers_and_reverts(all_tiny_pipes, build, method):
+    pipe, fam, _ = _flux(all_tiny_pipes, build)
+    adapter = PipelineAdapter(pipe)
+    before = {k: v.clone() for k, v in fam.get_denoiser(pipe).state_dict().items()}
+    edit = erasekit.erase(pipe, method=method, concepts=["Van Gogh"], progress=False, **FLUX_FINE_TUNING[method])
+    declared = set(trainable_modules(adapter, method, erasekit.make_config(method)))
+    assert {le.path for le in edit.layers.values()} == declared
+    eta = edit.stats["negative_guidance"]
+    assert _esd_eval_loss(pipe, edit, "Van Gogh", eta) <= 0.9 * _esd_eval_loss(pipe, None, "Van Gogh", eta)
+    edit.apply(pipe)
+    changed = {k for k, v in fam.get_denoiser(pipe).state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and {k.rsplit(".", 1)[0] for k in changed} <= declared
+    edit.revert(pipe)
+    assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
+
+
+def test_esd_layers_on_flux_are_the_attention_and_the_rest(all_tiny_pipes):
+    """ESD-x: every Linear of every attention module (double and single stream, as esd_flux.py); ESD-u: every other
+    Linear / Conv2d; strict: the family's two static sites. Disjoint, and together every trainable layer."""
+    pipe, fam, _ = _flux(all_tiny_pipes, "flux")
+    den = fam.get_denoiser(pipe)
+    adapter = PipelineAdapter(pipe)
+    cfg = erasekit.make_config("esd-x")
+    x, u = (set(trainable_modules(adapter, v, cfg)) for v in ("esd-x", "esd-u"))
+    layers = {n for n, m in den.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    assert x and u and not x & u and x | u == layers
+    assert {n.split(".")[0] for n in x} == {"transformer_blocks", "single_transformer_blocks"}
+    assert any(n.endswith("add_k_proj") for n in x) and all(".attn." in n for n in x)
+    assert set(trainable_modules(adapter, "esd-x-strict", cfg)) == set(adapter.paths)
+    assert resolve(cfg, "esd-x", "flux") == (1e-4, 2.0, 3.5) and resolve(cfg, "esd-u", "flux")[0] == 1e-5
+
+
+@pytest.mark.parametrize("build", FLUX_BUILDS)
+def test_ace_and_mace_on_flux_train_lower_their_loss_and_revert(all_tiny_pipes, build):
+    """ACE (both site groups in one stage-2 loss) and MACE's LoRA stage (per group, on the joint attention maps)
+    train on FLUX: losses fall, only the sites move, revert is bit-exact."""
+    pipe, fam, _ = _flux(all_tiny_pipes, build)
+    before = {k: v.clone() for k, v in fam.get_denoiser(pipe).state_dict().items()}
+    kw = dict(concepts=["a red circle"], preserve=["a blue square"], kind="object", progress=False)
+    ace = erasekit.erase(
+        pipe, "ace", train_steps=8, lr=2e-2, adv_steps=0, pool_latents=1, pool_steps=3, batch_size=2, **kw
+    )
+    assert ace.stats["loss_last"] < ace.stats["loss_first"]
+    mace = erasekit.erase(pipe, "mace", train_steps=4, lr=1e-2, n_images=1, image_steps=2, **kw)
+    for group in mace.stats["groups"].values():
+        (lora,) = group["lora"]
+        assert lora["train_steps"] == 4 and lora["loss_last"] < lora["loss_first"] and 0 < lora["mask_share"] <= 1
+    sites = set(PipelineAdapter(pipe).paths)
+    for edit in (ace, mace):
+        assert set(edit.layers) == sites
+        edit.apply(pipe)
+        state = fam.get_denoiser(pipe).state_dict()
+        changed = {k.rsplit(".", 1)[0] for k, v in state.items() if not torch.equal(before[k], v)}
+        assert changed and changed <= sites
+        edit.revert(pipe)
+        assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())

@@ -11,7 +11,8 @@ pipeline's parameters are never modified, and the result is read off the carrier
 
 * :func:`unet_inputs` / :func:`index_cond` / :func:`eps` — the denoiser's conditioning exactly as the pipeline
   builds it and the prediction under it, both asked of the pipeline's family (models/families);
-* :func:`trajectory_pool` — x_t (and the final latents) from the frozen model's own sampling;
+* :func:`trajectory_pool` — x_t (and the final latents) from the frozen model's own sampling, with the family's
+  sampler (models/families/dynamics.py: DDPM ε / v on the UNets, rectified-flow velocity on FLUX);
 * carriers: :class:`Carrier` (the protocol), :class:`FullDelta` (ΔW, Δb of a Linear or Conv2d),
   :class:`LowRankDelta` (a fixed dense delta plus a trainable LoRA B A);
 * :func:`attached` — hooks on, UNet frozen, everything restored on exit (also on error);
@@ -36,17 +37,22 @@ from ..models.families import Conditioning
 
 
 # ------------------------------------------------------------------ conditioning
-def require_denoiser_methods(adapter, method: str) -> None:
-    """Refuse a method that samples / trains through the denoiser on a family where that is not validated."""
-    fam = adapter.family_spec
-    if not fam.runs_denoiser_methods:
-        from ..models.families import families
+def require_denoiser_methods(adapter, method: str, *, fine_tuning: bool = False) -> None:
+    """Refuse a method that runs the denoiser on a family where that is not validated.
 
-        ok = ", ".join(n for n, f in families().items() if f.runs_denoiser_methods)
+    ``fine_tuning``: the fine-tuning methods (ESD, ACE, MACE's LoRA stage; the family's ``fine_tunes_denoiser``);
+    otherwise PURE's activation capture (``runs_denoiser_methods``).
+    """
+    from ..models.families import families
+
+    fam = adapter.family_spec
+    flag = "fine_tunes_denoiser" if fine_tuning else "runs_denoiser_methods"
+    if not getattr(fam, flag):
+        ok = ", ".join(n for n, f in families().items() if getattr(f, flag))
+        what = "fine-tunes through the denoiser" if fine_tuning else "captures activations along DDIM trajectories"
         raise MethodError(
-            f"{method} runs the denoiser (DDIM trajectories, ε-prediction), which erasekit supports on {ok} only; "
-            f"{fam.name} ({fam.description}) is not one of them yet. Use a closed-form method (uce, space, rece, "
-            "speed, cure) on this model"
+            f"{method} {what}, which erasekit supports on {ok} only; {fam.name} ({fam.description}) is not one of "
+            "them yet. Use a closed-form method (uce, space, rece, speed, cure) on this model"
         )
 
 
@@ -61,16 +67,19 @@ def index_cond(cond: Conditioning, idx) -> Conditioning:
 
 
 def eps(adapter, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-    """ε(x_t, t, c): the denoiser's prediction under conditioning ``cond`` (the family's ``denoise``)."""
+    """The denoiser's prediction at (x_t, t) under ``cond`` (the family's ``denoise``), in the family's
+    parameterisation (``adapter.family_spec.dynamics(pipe).prediction``): ε on the DDPM UNets, the velocity ε − x_0
+    on rectified flow. The objectives built on it (ESD, ACE) are linear in the prediction, so they read the same in
+    either (x_0 = x_t − σ v shows a velocity target is an ε target up to the per-timestep factor of the loss)."""
     return adapter.denoise(x, t, cond)
 
 
 # ------------------------------------------------------------ trajectory pool
 @dataclass
 class Pool:
-    """x_t samples from the frozen model's own DDIM trajectories."""
+    """x_t samples from the frozen model's own trajectories (the family's sampler)."""
 
-    x: torch.Tensor  # (m, c, h, w): UNet inputs along the trajectories
+    x: torch.Tensor  # (m, c, h, w): denoiser inputs along the trajectories
     t: torch.Tensor  # (m,) their timesteps
     prompt: torch.Tensor  # (m,) index of the prompt each came from
     x0: torch.Tensor  # (n, c, h, w): the final latents of the n trajectories
@@ -93,65 +102,27 @@ def trajectory_pool(
     progress: bool = False,
     desc: str = "trajectories",
 ) -> Pool:
-    """Sample ``n_latents`` DDIM trajectories per prompt with the frozen pipeline and keep every UNet input.
+    """Sample ``n_latents`` trajectories per prompt with the frozen model and the family's sampler
+    (:meth:`~erasekit.models.families.base.Family.dynamics`: DDIM through the pipeline on the UNets, Euler on the
+    rectified-flow σ schedule on FLUX) and keep every denoiser input.
 
-    The latents after step i are the UNet input at step i + 1 (DDIM does not scale model inputs);
-    ``include_start`` also keeps the initial noise x_T at the first timestep (ESD's
-    ``run_till_timestep = 0``). Seeds are ``seed + 1000·prompt + j``.
+    ``include_start`` also keeps the initial noise x_T at the first timestep (ESD's ``run_till_timestep = 0``).
+    Seeds are ``seed + 1000·prompt + j``.
     """
-    from diffusers import DDIMScheduler
-
-    pipe = adapter.pipe
-    saved_sched, saved_bar = pipe.scheduler, dict(getattr(pipe, "_progress_bar_config", {}))
-    pipe.scheduler = DDIMScheduler.from_config(saved_sched.config)  # unscaled model input: x_t is the UNet input
-    pipe.set_progress_bar_config(disable=True)
+    fam, pipe = adapter.family_spec, adapter.pipe
+    dyn = fam.dynamics(pipe)
     xs, ts, ids, finals, final_ids = [], [], [], [], []
-    try:
-        for pi, prompt in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False)):
-            gens = [torch.Generator(device="cpu").manual_seed(seed + 1000 * pi + j) for j in range(n_latents)]
-            kept: list[torch.Tensor] = []
-
-            def keep(p, i, t, kw):
-                kept.append(kw["latents"].detach().clone())
-                return kw
-
-            out = pipe(
-                prompt=[prompt] * n_latents,
-                generator=gens,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                output_type="latent",
-                callback_on_step_end=keep,
-                callback_on_step_end_tensor_inputs=["latents"],
-            )
-            timesteps = pipe.scheduler.timesteps
-            if include_start:  # the initial noise, as the pipeline drew it from the same generators
-                start = pipe.prepare_latents(
-                    n_latents,
-                    adapter.denoiser.config.in_channels,
-                    *_size(adapter),
-                    kept[0].dtype,
-                    kept[0].device,
-                    [torch.Generator(device="cpu").manual_seed(seed + 1000 * pi + j) for j in range(n_latents)],
-                )
-                xs.append(start)
-                ts.append(torch.full((n_latents,), int(timesteps[0])))
-                ids.append(torch.full((n_latents,), pi))
-            for i, lat in enumerate(kept[:-1]):
-                xs.append(lat)
-                ts.append(torch.full((n_latents,), int(timesteps[i + 1])))
-                ids.append(torch.full((n_latents,), pi))
-            finals.append(out.images if torch.is_tensor(out.images) else kept[-1])
-            final_ids.append(torch.full((n_latents,), pi))
-    finally:
-        pipe.scheduler = saved_sched
-        pipe.set_progress_bar_config(**saved_bar)
+    for pi, prompt in enumerate(tqdm(prompts, desc=desc, unit="prompt", disable=not progress, leave=False)):
+        tr = dyn.trajectory(fam, pipe, prompt, n=n_latents, steps=steps, guidance=guidance, seed=seed + 1000 * pi)
+        for i, x in enumerate(tr.xs):
+            if i == 0 and not include_start:
+                continue
+            xs.append(x)
+            ts.append(tr.ts[i].expand(n_latents).clone())
+            ids.append(torch.full((n_latents,), pi))
+        finals.append(tr.final)
+        final_ids.append(torch.full((n_latents,), pi))
     return Pool(torch.cat(xs), torch.cat(ts), torch.cat(ids), torch.cat(finals), torch.cat(final_ids))
-
-
-def _size(adapter) -> tuple[int, int]:
-    h = w = adapter.family_spec.sample_size(adapter.pipe) * adapter.pipe.vae_scale_factor
-    return h, w
 
 
 # --------------------------------------------------------------------- carriers

@@ -18,6 +18,10 @@ the project's choice:
   return (the erase loss), bounded per token by ρ·(mean token norm); plus every template
   and user synonym of the concept as training prompts.
 The merged result is a low-rank Edit (rank r per layer), saved / loaded / reverted like any other.
+
+On a flow-matching family (FLUX) ε is the family's velocity prediction (models/families/dynamics.py): the targets
+are linear in it, so they read the same. With two site groups (SD3 / FLUX: the text stream's and the pooled
+embedder), stage 1 is solved per group on that group's columns and stage 2 trains every group's adapter in one loss.
 """
 
 from __future__ import annotations
@@ -141,16 +145,21 @@ class ACE(Method[ACEConfig]):
     def uses_unet(self, config: ACEConfig) -> bool:
         return True
 
+    def fits_groups_together(self, config: ACEConfig) -> bool:
+        return True  # stage 1 per site group (its own columns), stage 2 trains every group's adapter in one loss
+
     def fit(self, adapter, concepts, config: ACEConfig, progress: bool = True):
-        ft.require_denoiser_methods(adapter, self.name)
+        ft.require_denoiser_methods(adapter, self.name, fine_tuning=True)
         t0 = time.perf_counter()
-        C_E, C_G, C_P = cf.token_columns(adapter, concepts, config)
         carriers: dict[str, _GatedLowRank] = {}
-        for path in adapter.paths:
-            W0 = adapter.linear(path).weight.detach()
-            carriers[path] = _GatedLowRank(
-                concept_directions(W0.cpu(), C_E, C_G, C_P, config.rank, config.retain_energy), W0.cpu()
-            ).to(W0.device)
+        for group in adapter.groups:
+            view = adapter.for_group(group)
+            C_E, C_G, C_P = cf.token_columns(view, concepts, config)  # (d_in of the group, n·)
+            for path in view.paths:
+                W0 = adapter.linear(path).weight.detach()
+                carriers[path] = _GatedLowRank(
+                    concept_directions(W0.cpu(), C_E, C_G, C_P, config.rank, config.retain_energy), W0.cpu()
+                ).to(W0.device)
         train_stats = self._train(adapter, concepts, config, carriers, progress) if config.train_steps else {}
 
         def fit_layer(path, W0):

@@ -99,6 +99,11 @@ class Method(ABC, Generic[C]):
         """
         return False
 
+    def fits_groups_together(self, config: C) -> bool:
+        """Whether ``fit`` takes every site group at once (a method that trains the denoiser: its loss couples the
+        groups) instead of once per group (:func:`fit_by_group`)."""
+        return False
+
 
 def fit_by_group(
     method: Method[Any], adapter: PipelineAdapter, concepts: ConceptSet, config: MethodConfig, progress: bool = True
@@ -114,7 +119,7 @@ def fit_by_group(
     from ..edit import Edit
 
     groups = list(adapter.groups)
-    if len(groups) == 1:
+    if len(groups) == 1 or method.fits_groups_together(config):
         return method.fit(adapter, concepts, config, progress=progress)
     edits = {g: method.fit(adapter.for_group(g), concepts, config, progress=progress) for g in groups}
     first = edits[groups[0]]

@@ -1,33 +1,48 @@
 """ESD — Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023), fine-tuning baseline.
 
-Reference code read: rohitgandikota/erasing ``esd_sd.py`` (SD 1.4), ``esd_sdxl.py`` (SDXL) and
-``utils/sd_utils.py`` (``run_till_timestep``). The model is fine-tuned so that its prediction for
-the concept c follows the frozen model's prediction *negatively guided* away from c:
+Reference code read: rohitgandikota/erasing ``esd_sd.py`` (SD 1.4), ``esd_sdxl.py`` (SDXL),
+``utils/sd_utils.py`` (``run_till_timestep``) and its FLUX port ``esd_flux.py`` (read in the forks
+milosz7/erasing and stanulet27/erasing). The model is fine-tuned so that its prediction for the
+concept c follows the frozen model's prediction *negatively guided* away from c:
 
     ε_θ(x_t, c_from)  →  ε*(x_t, c_from) − η (ε*(x_t, c) − ε*(x_t, ∅))          (ESD eq. 2, MSE)
 
 with ε* the frozen model, ∅ the empty prompt, c_from = c unless ``erase_from`` is given, and
 x_t the frozen model's own sample after a random number of denoising steps (guided sampling of
-the concept prompt). Variants (which parameters train, as in ``get_esd_trainable_parameters``;
-weights *and* biases of every selected Linear / Conv2d):
+the concept prompt, with the family's sampler: models/families/dynamics.py).
 
-* ``esd-x``        every Linear inside cross-attention (to_q, to_k, to_v, to_out.0);
-* ``esd-x-strict`` cross-attention to_k / to_v only;
-* ``esd-u``        every Linear and Conv2d outside cross-attention (SDXL: only inside ``*block*``
-                   modules and not ``*emb*``, as ``esd_sdxl.py``);
+**Flow matching.** The target is linear in the prediction, so it carries over unchanged to a model
+that predicts the velocity v = ε − x_0 (SD3, FLUX): v_θ(x_t, c_from) → v*(x_t, c_from) − η (v*(x_t, c)
+− v*(x_t, ∅)); at fixed x_t, ε = x_t + (1 − σ) v is affine in v, so the velocity target is the ε target
+of the same negatively guided model, its loss scaled by (1 − σ)². ``esd_flux.py`` does the same: the
+three frozen transformer outputs combined as above, MSE against the trained one, on x_t from a partial
+FluxPipeline run (28 steps, embedded guidance 3.5).
+
+Variants (which parameters train, as in ``get_esd_trainable_parameters``; weights *and* biases of
+every selected Linear / Conv2d), declared by the family (``Family.fine_tune_layers``):
+
+* ``esd-x``        every Linear inside the attention where text meets image: cross-attention on the
+                   UNets; on SD3 / FLUX (no cross-attention) every joint / single-stream attention
+                   module, as ``esd_flux.py`` / ``esd_sd35.py`` select ``attn``;
+* ``esd-x-strict`` the family's edit sites (cross-attention to_k / to_v; SD3 / FLUX: the text and
+                   pooled embedders, the projections that read the prompt alone);
+* ``esd-u``        every Linear and Conv2d outside that attention (SDXL: only inside the down / mid /
+                   up blocks and not a resnet's timestep projection, as ``esd_sdxl.py``'s name filter);
 * ``esd``          picks by the concept kind, as the paper does: ESD-x for artistic styles (and
                    person names, also specific prompts), ESD-u for nudity and objects.
 
-Reference defaults: 200 iterations, batch 1, Adam; SD 1.x lr 5e-5, η 2, sampling guidance 3;
-SDXL lr 2e-4 (1e-5 for non-x variants, which ``esd_sdxl.py`` forces), η 1, sampling guidance 2;
-50 sampling steps.
+Reference defaults (``REFERENCE``, per family): 200 iterations, batch 1, Adam; SD 1.x lr 5e-5, η 2,
+sampling guidance 3; SDXL lr 2e-4 (1e-5 for non-x variants, which ``esd_sdxl.py`` forces), η 1,
+sampling guidance 2; FLUX lr 1e-4 (1e-5 non-x), η 2, guidance 3.5; 50 sampling steps.
 
-Deviations (documented): x_t comes from a pool of the frozen model's DDIM trajectories sampled
-once before training (``pool_latents`` per prompt, every step kept, x_T included), instead of a
-fresh trajectory with the pipeline's own scheduler per iteration; training runs in float32
-(the reference uses bfloat16). Multiple concepts (or templates) are trained together, one
+Deviations (documented): x_t comes from a pool of the frozen model's trajectories sampled once
+before training (``pool_latents`` per prompt, every step kept, x_T included), instead of a fresh
+trajectory per iteration; training runs in float32 (the reference uses bfloat16); on FLUX.1-dev the
+trained and frozen predictions use the conditioning's embedded guidance (the pipeline's default,
+3.5) where ``esd_flux.py`` passes 1. Multiple concepts (or templates) are trained together, one
 prompt drawn per iteration. The budget is ``iterations`` or ``time_budget`` seconds, whichever
-ends first. The ConceptSet's guides and preserved concepts play no part (ESD has neither).
+ends first. The ConceptSet's guides and preserved concepts play no part (ESD has neither). On SD3 /
+FLUX the method fits every site group at once (it trains the denoiser, not a group's columns).
 """
 
 from __future__ import annotations
@@ -38,7 +53,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..edit import Edit, LayerEdit
 from ..errors import MethodError
@@ -59,8 +73,15 @@ class FamilyDefaults:
     guidance: float
 
 
-# esd_sd.py / esd_sdxl.py argparse defaults (SDXL forces lr 1e-5 when 'esd-x' is not in the method name).
-REFERENCE = {"sd": FamilyDefaults(5e-5, 5e-5, 2.0, 3.0), "sdxl": FamilyDefaults(2e-4, 1e-5, 1.0, 2.0)}
+# The reference scripts' argparse defaults, per family name (a family without its own script takes SD's):
+# sd: esd_sd.py; sdxl: esd_sdxl.py (forces lr 1e-5 when 'esd-x' is not in the method name); flux: esd_flux.py
+# (lr 1e-4, the same 1e-5 rule, η 2, sampling guidance 3.5 as FLUX.1-dev embeds it; on a true-CFG FLUX it is the
+# true-CFG scale).
+REFERENCE = {
+    "sd": FamilyDefaults(5e-5, 5e-5, 2.0, 3.0),
+    "sdxl": FamilyDefaults(2e-4, 1e-5, 1.0, 2.0),
+    "flux": FamilyDefaults(1e-4, 1e-5, 2.0, 3.5),
+}
 
 
 @dataclass
@@ -130,34 +151,21 @@ class ESDAutoConfig(ESDConfig):
 
 
 # ------------------------------------------------------------------ selection
-def cross_attention_blocks(unet) -> list[str]:
-    return [n for n, m in unet.named_modules() if getattr(m, "is_cross_attention", False) and hasattr(m, "to_k")]
-
-
 def trainable_modules(adapter, variant: str, config: MethodConfig) -> list[str]:
-    """Module paths ESD trains for ``variant`` (get_esd_trainable_parameters in esd_sd.py / esd_sdxl.py)."""
+    """Module paths ESD trains for ``variant`` (get_esd_trainable_parameters in esd_sd.py / esd_sdxl.py), as the
+    family declares them (:meth:`~erasekit.models.families.base.Family.fine_tune_layers`)."""
     if variant == "esd-x-strict" or config.layer_regex is not None:
-        return list(adapter.paths)  # cross-attention to_k / to_v (per config.projections), or the user's regex
-    blocks = cross_attention_blocks(adapter.unet)
-    inside = lambda name: any(name.startswith(b + ".") for b in blocks)  # noqa: E731
-    out = []
-    for name, m in adapter.unet.named_modules():
-        if not isinstance(m, (nn.Linear, nn.Conv2d)):
-            continue
-        if variant == "esd-x" and inside(name):
-            out.append(name)
-        elif variant == "esd-u" and not inside(name):
-            if adapter.family == "sdxl" and ("emb" in name or "block" not in name):
-                continue
-            out.append(name)
+        return list(adapter.paths)  # the family's edit sites (per config.projections), or the user's regex
+    part = "attention" if variant == "esd-x" else "rest"
+    out = adapter.family_spec.fine_tune_layers(adapter.pipe, part)
     if not out:
-        raise MethodError(f"{variant} found no layer to train in this UNet")
+        raise MethodError(f"{variant} found no layer to train in this {adapter.family_spec.denoiser}")
     return out
 
 
 def resolve(config: ESDConfig, variant: str, family: str) -> tuple[float, float, float]:
     """(lr, η, sampling guidance): the config's values, or the reference's for this family and variant."""
-    ref = REFERENCE["sdxl" if family == "sdxl" else "sd"]
+    ref = REFERENCE.get(family, REFERENCE["sd"])
     lr = config.lr if config.lr is not None else (ref.lr_u if variant == "esd-u" else ref.lr_x)
     eta = config.negative_guidance if config.negative_guidance is not None else ref.negative_guidance
     guidance = config.guidance if config.guidance is not None else ref.guidance
@@ -176,11 +184,14 @@ class _ESD(Method[ESDConfig]):
     def uses_unet(self, config: ESDConfig) -> bool:
         return True
 
+    def fits_groups_together(self, config: ESDConfig) -> bool:
+        return True
+
     def pick_variant(self, concepts, config) -> str:
         return self.variant
 
     def fit(self, adapter, concepts, config: ESDConfig, progress: bool = True):
-        ft.require_denoiser_methods(adapter, self.name)
+        ft.require_denoiser_methods(adapter, self.name, fine_tuning=True)
         t0 = time.perf_counter()
         variant = self.pick_variant(concepts, config)
         lr, eta, guidance = resolve(config, variant, adapter.family)

@@ -36,7 +36,12 @@ normalised per prompt, then multiplied by ``prior_count``: the code's COCO cache
 With λ = 0 and a rank-deficient normal matrix the closed form is read as its λ → 0⁺ limit
 (R M⁺ + W_ref (I − M M⁺)), so directions no prompt reaches keep W_ref. The closed forms, as
 operators shared by every layer, are :mod:`erasekit.linalg.mace` (eqs. 16–20); the attention
-probe of stage 2 is :class:`erasekit.models.capture.AttentionProbe`.
+probe of stage 2 is the family's (``Family.text_attention_probe``: cross-attention through
+:class:`erasekit.models.capture.AttentionProbe`; FLUX: the image→text columns of each double-stream block's joint
+softmax), and the noising of stage 2 is the family's forward process (DDPM; FLUX: x_t = (1 − σ) x_0 + σ ε with
+σ = t / 1000, so the importance weights' peak t ∈ [200, 400] is σ ∈ [0.2, 0.4]). With two site groups (SD3 / FLUX)
+each group's CFR, LoRA and fusion is fitted on its own, as every closed form is; one group's LoRA does not see the
+other's.
 
 Left out: the GPT prompt augmentation (``use_gpt``) and prior-preservation images.
 """
@@ -57,7 +62,7 @@ from ..concepts import _fill
 from ..edit import LayerEdit
 from ..errors import MethodError
 from ..linalg.mace import cfr_operator, fusion_factors, fusion_operator, rank_factor
-from ..models.capture import AttentionProbe, attention_grid
+from ..models.capture import attention_grid
 from . import _closed_form as cf
 from . import _finetune as ft
 from .base import Method, MethodConfig, help_field, register_method
@@ -330,24 +335,26 @@ def concept_positions(tokenizer, prompt: str, concept: str, use_pooler: bool) ->
 
 # ------------------------------------------------------------- attention masks
 @torch.no_grad()
-def attention_masks(adapter, blocks, prompt: str, words: list[int], config: MACEConfig, threshold: float, seed: int):
+def attention_masks(adapter, prompt: str, words: list[int], config: MACEConfig, threshold: float, seed: int):
     """(x0 (n, c, H, W), masks (n, H, W) bool): images of the concept by the unedited model, and where its tokens
     attend.
 
     The mask is the concept tokens' cross-attention mass (mean over heads, summed over blocks and
     sampling steps, conditional branch), min-max normalised per image and thresholded (stand-in for Grounded-SAM).
     """
-    H = W = adapter.unet.config.sample_size
+    fam = adapter.family_spec
+    H = W = fam.sample_size(adapter.pipe)  # the latent side
+    halves = fam.dynamics(adapter.pipe).cfg_halves(config.image_guidance)
     acc: dict[str, torch.Tensor] = {}
 
     def sink(block, P):
-        P = P[P.shape[0] // 2 :] if config.image_guidance > 1 else P  # conditional half under CFG
+        P = P[P.shape[0] // 2 :] if halves else P  # conditional half under CFG ([unconditional, conditional])
         m = P[..., words].sum(-1).mean(1).float()  # (n, N)
         h, w = attention_grid(m.shape[1], H, W)
         up = F.interpolate(m.view(-1, 1, h, w), size=(H, W), mode="bilinear", align_corners=False)[:, 0]
         acc["sum"] = up if "sum" not in acc else acc["sum"] + up
 
-    with AttentionProbe(adapter.unet, blocks, sink):
+    with fam.text_attention_probe(adapter.pipe, adapter.paths, sink):
         pool = ft.trajectory_pool(
             adapter,
             [prompt],
@@ -387,8 +394,10 @@ class MACE(Method[MACEConfig]):
                 f"MACE aligns the concept and mapping prompts by tokenizer position, and {fam.name}'s pipeline "
                 "reorders positions (an instruction prefix, then a selected tail); use uce, space, rece, speed or cure"
             )
-        if not fam.runs_denoiser_methods and config.resolved(concepts.kind)["train_steps"] > 0:
-            ft.require_denoiser_methods(adapter, "MACE's LoRA stage (pass train_steps=0 for its closed form alone)")
+        if not fam.fine_tunes_denoiser and config.resolved(concepts.kind)["train_steps"] > 0:
+            ft.require_denoiser_methods(
+                adapter, "MACE's LoRA stage (pass train_steps=0 for its closed form alone)", fine_tuning=True
+            )
         plan = self.plan(adapter, concepts, config, progress)
         loras, train_stats = [], []
         if plan.opt["train_steps"] > 0:
@@ -471,19 +480,17 @@ class MACE(Method[MACEConfig]):
         seed = config.seed + 7919 * index
         rng = random.Random(seed)
         gen = torch.Generator().manual_seed(seed)
-        blocks = sorted({p.rsplit(".", 1)[0] for p in adapter.paths})
+        fam = adapter.family_spec
+        dyn = fam.dynamics(adapter.pipe)  # the forward process x_t(x_0, ε, t) of this model
         tok = adapter.tokenizer
         image_prompt = IMAGE_PROMPT[opt["concept_type"]].format(concept)
         words, _ = concept_positions(tok, image_prompt, concept, False)
-        x0, masks = attention_masks(adapter, blocks, image_prompt, words, config, config.mask_threshold, seed)
+        x0, masks = attention_masks(adapter, image_prompt, words, config, config.mask_threshold, seed)
         if not opt["use_mask"]:
             masks = torch.ones_like(masks)
         positions = [concept_positions(tok, p, concept, config.use_pooler)[1] for p in cps]
         cond = ft.unet_inputs(adapter, cps)
-        from diffusers import DDPMScheduler
-
-        sched = DDPMScheduler.from_config(adapter.pipe.scheduler.config)
-        n_train = sched.config.num_train_timesteps
+        n_train = dyn.num_train_timesteps
         weights = (
             importance_weights(n_train)
             if opt["importance_sampling"]
@@ -494,7 +501,7 @@ class MACE(Method[MACEConfig]):
             lin = adapter.linear(p)
             D = (lin.weight.detach().to(F64).cpu() @ E_c).float()  # W_cfr − W0 (d_out, d_in)
             carriers[p] = ft.LowRankDelta(lin, config.rank, fixed=D, generator=gen)
-        H = adapter.unet.config.sample_size
+        H = fam.sample_size(adapter.pipe)
         state: dict[str, Any] = {}
         terms: list[torch.Tensor] = []
 
@@ -504,22 +511,22 @@ class MACE(Method[MACEConfig]):
             inside = F.interpolate(m.view(1, 1, H, H).float(), size=(h, w), mode="nearest").view(-1) > 0.5
             terms.append(P[0][:, inside][:, :, state["pos"]].norm())
 
-        probe = AttentionProbe(unet, blocks, sink)
+        probe = fam.text_attention_probe(adapter.pipe, adapter.paths, sink)
 
         def step_loss(step):
             k, j = rng.randrange(x0.shape[0]), rng.randrange(len(cps))
             t = torch.multinomial(weights, 1, generator=gen)
             noise = torch.randn(x0[k : k + 1].shape, generator=gen).to(x0.device, x0.dtype)
-            x_t = sched.add_noise(x0[k : k + 1], noise, t.to(x0.device))
+            x_t = dyn.noised(x0[k : k + 1], noise, t)  # DDPM: √ᾱ x_0 + √(1−ᾱ) ε; flow: (1−σ) x_0 + σ ε
             state["mask"], state["pos"] = masks[k], positions[j]
             terms.clear()
             ft.eps(adapter, x_t, t.to(adapter.device), ft.index_cond(cond, [j]))
             if not terms:
-                raise MethodError("MACE saw no cross-attention map; is this a UNet with cross-attention?")
+                raise MethodError("MACE saw no attention map of the text; this denoiser's family declares no probe")
             return torch.stack(terms).sum()
 
         params = [q for c in carriers.values() for q in (c.A, c.B)]
-        with ft.attached(unet, carriers, probe.hooks()):
+        with ft.attached(unet, carriers), probe:  # the probe's hooks registered after the carriers: it sees them
             stats = ft.train(
                 step_loss,
                 params,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -21,6 +22,8 @@ from ...errors import ModelError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from .dynamics import Dynamics
 
 # A live diffusers pipeline. Any, on purpose: its components (``unet`` / ``transformer``, ``tokenizer``,
 # ``encode_prompt``, ``vae_scale_factor``, ...) are set per pipeline class at run time, which no static type of
@@ -36,6 +39,9 @@ BatchIndex: TypeAlias = int | slice | Sequence[int] | torch.Tensor
 # "pooled_text": one vector per prompt (B, d), seen as a stream of one token (SD3 / FLUX's pooled text embedder).
 # Joint-attention sites (SD3 / FLUX add_k_proj, read after timestep-modulated blocks) would add "joint_text".
 INPUT_KINDS = ("static_text", "pooled_text")
+# What a fine-tuning method trains (:meth:`Family.fine_tune_layers`): the attention where text meets image (ESD-x) or
+# every other layer (ESD-u).
+FINE_TUNE_PARTS = ("attention", "rest")
 PROJECTIONS = {"k": "to_k", "v": "to_v"}
 
 
@@ -145,9 +151,13 @@ class Family:
     # export/ldm_names.py's.
     original_names: tuple[tuple[str, str], ...] = ()
     lora_loader: bool = True  # whether the pipeline has diffusers' load_lora_weights for its denoiser
-    # Whether the methods that run the denoiser (ESD, ACE, MACE's LoRA stage, PURE's capture) are validated here:
-    # they sample trajectories with the pipeline and a DDIM scheduler (ε-prediction), which PixArt / Sana do not share.
+    # Whether PURE's activation capture is validated here (it hooks cross-attention along the pipeline's DDIM
+    # sampling); the fine-tuning methods have their own flag below.
     runs_denoiser_methods: bool = True
+    # Whether the fine-tuning methods (ESD, ACE, MACE's LoRA stage) are validated here: they sample the frozen model's
+    # own trajectories and train through ``denoise`` with the family's :meth:`dynamics` (DDPM ε / v, rectified-flow
+    # velocity), edit the layers :meth:`fine_tune_layers` declares and, for MACE, read :meth:`text_attention_probe`.
+    fine_tunes_denoiser: bool = False
     # Whether position i of the site input is token i of ``tokenizer(prompt)`` (MACE aligns prompts by it).
     positions_follow_tokenizer: bool = True
 
@@ -301,6 +311,59 @@ class Family:
     def latent_channels(self, pipe: Pipeline) -> int:
         """Channels of the latents ``denoise`` takes, (B, C, h, w) (FLUX packs 2 × 2 patches: in_channels / 4)."""
         return int(self.get_denoiser(pipe).config.in_channels)
+
+    # ---------------------------------------------------------------- fine-tuning
+    def dynamics(self, pipe: Pipeline) -> Dynamics:
+        """The forward process, prediction parameterisation, guidance and sampler (a DDPM-trained UNet here)."""
+        from .dynamics import DDPMDynamics
+
+        return DDPMDynamics.of(pipe)
+
+    def text_attention_modules(self, pipe: Pipeline) -> list[str]:
+        """The attention modules where the text meets the image (ESD-x trains their Linears): cross-attention here."""
+        return [n for n, m in self.get_denoiser(pipe).named_modules() if is_cross_attention(m)]
+
+    def fine_tune_layers(self, pipe: Pipeline, part: str) -> list[str]:
+        """Paths of the Linear / Conv2d layers a fine-tuning method trains (ESD's parameter selection).
+
+        ``part``: 'attention', every Linear inside :meth:`text_attention_modules` (ESD-x); 'rest', every Linear and
+        Conv2d outside them (ESD-u, as esd_sd.py's ``get_esd_trainable_parameters``).
+        """
+        if part not in FINE_TUNE_PARTS:
+            raise ModelError(f"unknown fine-tuning part {part!r}; expected one of {FINE_TUNE_PARTS}")
+        den = self.get_denoiser(pipe)
+        blocks = self.text_attention_modules(pipe)
+        inside = {id(m) for b in blocks for m in den.get_submodule(b).modules()}
+        kinds = (nn.Linear,) if part == "attention" else (nn.Linear, nn.Conv2d)
+        allowed = self.trainable_outside_attention(den)
+
+        def keep(m: nn.Module) -> bool:
+            return id(m) in inside if part == "attention" else id(m) not in inside and allowed(m)
+
+        return [n for n, m in den.named_modules() if isinstance(m, kinds) and keep(m)]
+
+    def trainable_outside_attention(self, den: nn.Module) -> Callable[[nn.Module], bool]:
+        """Which layers outside the text attention ESD-u may train: all of them here (a family narrows the
+        reference's choice: SDXL)."""
+
+        def every(module: nn.Module) -> bool:
+            return True
+
+        return every
+
+    def text_attention_probe(
+        self, pipe: Pipeline, site_paths: Sequence[str], sink: Callable[[str, torch.Tensor], None]
+    ) -> AbstractContextManager[Any]:
+        """A context manager passing, per denoiser call and probed block, the image queries' attention probabilities
+        over the text tokens, P (B, heads, N_image, L_text), to ``sink(block, P)`` (MACE's LoRA loss).
+
+        Here: the cross-attention modules holding the sites (:class:`~erasekit.models.capture.AttentionProbe`).
+        Register it *after* any carriers on the same modules, so it sees their output.
+        """
+        from ..capture import AttentionProbe
+
+        blocks = sorted({p.rsplit(".", 1)[0] for p in site_paths})
+        return AttentionProbe(self.get_denoiser(pipe), blocks, sink)
 
     # ---------------------------------------------------------------- export names
     def original_name(self, path: str) -> str:

@@ -85,4 +85,5 @@ SD = UNetFamily(
     description="Stable Diffusion 1.x / 2.x (UNet, CLIP)",
     lora_prefix="unet",
     kohya=True,
+    fine_tunes_denoiser=True,
 )

@@ -16,7 +16,8 @@ stream and are not sites here. SD3.5-Medium's ``attn2`` is a second *image* self
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from ...errors import ModelError
 from .base import Conditioning, Family, Pipeline, Site
+from .dynamics import FlowDynamics
 from .sd import clip_mask
 
 if TYPE_CHECKING:
@@ -99,6 +101,29 @@ class MMDiTFamily(Family):
     def max_sequence_length(self, pipe: Pipeline) -> int:
         """T5 positions of the text stream: what ``__call__`` uses by default."""
         return int(call_default(pipe, "max_sequence_length", 256))
+
+    def dynamics(self, pipe: Pipeline) -> FlowDynamics:
+        """Rectified flow (velocity), sampled on the scheduler's own σ spacing (StableDiffusion3Pipeline) with true
+        CFG."""
+        return FlowDynamics(pipe.scheduler.config, sigma_ramp=False)
+
+    def text_attention_modules(self, pipe: Pipeline) -> list[str]:
+        """Every attention module of the transformer: an MMDiT has no cross-attention, text and image tokens meet in
+        joint attention (double-stream) or in one mixed sequence (FLUX's single-stream blocks). ESD's FLUX and SD3.5
+        ports (rohitgandikota/erasing ``esd_flux.py``, ``esd_sd35.py``) train these as ESD-x."""
+        from diffusers.models.attention import AttentionModuleMixin
+        from diffusers.models.attention_processor import Attention
+
+        den = self.get_denoiser(pipe)
+        return [n for n, m in den.named_modules() if isinstance(m, (Attention, AttentionModuleMixin))]
+
+    def text_attention_probe(
+        self, pipe: Pipeline, site_paths: Sequence[str], sink: Callable[[str, torch.Tensor], None]
+    ) -> AbstractContextManager[Any]:
+        raise ModelError(
+            f"the {self.name} family has no probe of its joint attention maps yet (MACE's LoRA stage reads them); "
+            "pass train_steps=0 for MACE's closed form"
+        )
 
 
 @dataclass(frozen=True)

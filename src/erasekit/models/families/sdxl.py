@@ -6,10 +6,11 @@ The pooled CLIP-G vector and the size / crop ids reach the UNet through ``add_em
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .base import Conditioning, Pipeline
 from .sd import UNetFamily, clip_mask
@@ -17,6 +18,20 @@ from .sd import UNetFamily, clip_mask
 
 @dataclass(frozen=True)
 class SDXLFamily(UNetFamily):
+    def trainable_outside_attention(self, den: nn.Module) -> Callable[[nn.Module], bool]:
+        """ESD-u on SDXL trains only inside the down / mid / up blocks and never a resnet's timestep projection
+        (esd_sdxl.py keeps names with 'block' and without 'emb': the same layers, found by structure)."""
+        from diffusers.models.resnet import ResnetBlock2D
+
+        blocks = [getattr(den, a, None) for a in ("down_blocks", "mid_block", "up_blocks")]
+        inside = {id(m) for b in blocks if isinstance(b, nn.Module) for m in b.modules()}
+        time_proj = {id(r.time_emb_proj) for r in den.modules() if isinstance(r, ResnetBlock2D) and r.time_emb_proj}
+
+        def allowed(module: nn.Module) -> bool:
+            return id(module) in inside and id(module) not in time_proj
+
+        return allowed
+
     def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         out = self._encode_prompt(pipe, prompts)  # (embeds (B, 77, d), negative, pooled (B, d_pool), negative pooled)
         assert out[0] is not None and out[2] is not None  # the positive prompts' tensors are always computed
@@ -37,4 +52,5 @@ SDXL = SDXLFamily(
     lora_prefix="unet",
     kohya=True,
     two_encoders=True,
+    fine_tunes_denoiser=True,
 )
