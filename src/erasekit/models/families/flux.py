@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import ModelError
-from .base import Conditioning, Pipeline, Site
+from .base import Conditioning, Pipeline, Sampling, Site
 from .sd3 import MMDiTFamily, call_default, t5_mask
 
 if TYPE_CHECKING:
@@ -60,6 +60,11 @@ class FluxFamily(MMDiTFamily):
         return bool(getattr(self.get_denoiser(pipe).config, "guidance_embeds", False))
 
     def max_sequence_length(self, pipe: Pipeline) -> int:
+        """dev 512, schnell 256 (Black Forest Labs' lengths), unless the pipeline declares the length its model was
+        trained with as ``pipe.t5_length`` (tinyworld-flux: 32): T5 runs unmasked, so padding changes the states."""
+        declared = getattr(pipe, "t5_length", None)
+        if isinstance(declared, int) and declared > 0:
+            return declared
         return DEV_T5_LENGTH if self.guidance_distilled(pipe) else SCHNELL_T5_LENGTH
 
     def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
@@ -75,6 +80,16 @@ class FluxFamily(MMDiTFamily):
             guidance = torch.full((embeds.shape[0],), scale, device=embeds.device, dtype=torch.float32)
         mask = t5_mask(pipe.tokenizer_2, list(prompts), length)
         return Conditioning(embeds, mask, pooled, guidance=guidance)
+
+    def sampling(self, pipe: Pipeline, scale: float) -> Sampling:
+        """dev embeds ``scale`` as its guidance input (one call per step); schnell-like models run FluxPipeline's
+        true CFG against the empty prompt: two calls per step, the conditional first."""
+        length = {"max_sequence_length": self.max_sequence_length(pipe)}
+        if self.guidance_distilled(pipe):
+            return Sampling({"guidance_scale": scale, **length}, "none")
+        if scale > 1.0:
+            return Sampling({"true_cfg_scale": scale, "negative_prompt": "", **length}, "calls")
+        return Sampling({"true_cfg_scale": 1.0, **length}, "none")
 
     def site_tokens(self, cond: Conditioning, site: Site | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """As the base, except a prompt with no token before T5's EOS (the empty prompt: T5 adds no BOS) takes the

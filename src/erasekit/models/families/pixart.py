@@ -70,5 +70,6 @@ PIXART = PixArtFamily(
     lora_prefix="transformer",
     kohya=False,
     runs_denoiser_methods=False,
+    captures_activations=False,
     lora_loader=False,  # diffusers 0.42 has no PixArt LoRA loader mixin
 )

@@ -64,6 +64,7 @@ SANA = SanaFamily(
     lora_prefix="transformer",
     kohya=False,
     runs_denoiser_methods=False,
+    captures_activations=False,
     positions_follow_tokenizer=False,  # [BOS, last instruction token, prompt...]: see encode()
     lora_loader=True,  # SanaLoraLoaderMixin
 )
