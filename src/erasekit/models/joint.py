@@ -85,7 +85,7 @@ def capture_columns(
     ``twins`` (same x_t and step; empty without twins), column-aligned.
 
     Every joint group of the pipeline is read in the same runs (a group's sites share their input: the first is
-    hooked).
+    hooked). Columns run over (batch of ``sampling.batch`` trajectories, step, trajectory in the batch, token).
     """
     fam, pipe = adapter.family_spec, adapter.pipe
     points = {g: paths[0] for g, paths in adapter.joint_groups().items()}
