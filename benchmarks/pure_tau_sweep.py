@@ -127,7 +127,9 @@ def main(argv=None) -> int:
         measure("unedited", "none", None, {})
         for basis in ("activation", "text"):
             for tau in taus:
-                edit = erasekit.erase(pipe, "pure", cs, defaults=None, progress=False, **edit_options(basis, tau, anchors, args))
+                edit = erasekit.erase(
+                    pipe, "pure", cs, defaults=None, progress=False, **edit_options(basis, tau, anchors, args)
+                )
                 ranks = [le.stats["rank_forget"] for le in edit.layers.values()]
                 edit.apply(pipe)
                 try:
@@ -149,7 +151,11 @@ def print_table(rows: list[dict], taus: list[float]) -> None:
     print("|---|---|" + "---|" * len(taus))
     for concept in dict.fromkeys(r["concept"] for r in rows):
         base = next(r for r in rows if r["concept"] == concept and r["basis"] == "none")
-        print(f"| {concept} | unedited | " + " | ".join(f"{base['target']:.2f} / {base['retention']:.2f}" for _ in taus) + " |")
+        print(
+            f"| {concept} | unedited | "
+            + " | ".join(f"{base['target']:.2f} / {base['retention']:.2f}" for _ in taus)
+            + " |"
+        )
         for basis in ("activation", "text"):
             cells = {r["tau"]: r for r in rows if r["concept"] == concept and r["basis"] == basis}
             print(

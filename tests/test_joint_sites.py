@@ -24,6 +24,7 @@ SAMPLING = JointSampling(n_latents=2, steps=2, guidance=2.0, size=32)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 @pytest.mark.parametrize("fam", DITS)
 def test_joint_sites_by_structure(all_tiny_pipes, fam):
     pipe = all_tiny_pipes[fam]
@@ -86,8 +87,8 @@ def test_captured_columns_shape_and_pairing(all_tiny_pipes, fam):
     L = ad.conditioning(["a tree"]).embeds.shape[1]
     assert C_P.shape == (view.d_in, SAMPLING.n_latents * SAMPLING.steps * L)
     # pairing: a twin carrying the erase prompt itself on the same x_t and step reads exactly what the prompt read
-    same_E, same_G = PipelineAdapter(pipe, sites="joint", joint=SAMPLING).for_group(group).token_columns(
-        erase, erase, "last"
+    same_E, same_G = (
+        PipelineAdapter(pipe, sites="joint", joint=SAMPLING).for_group(group).token_columns(erase, erase, "last")
     )
     torch.testing.assert_close(same_E, same_G, rtol=0, atol=0)
     torch.testing.assert_close(same_E, C_E, rtol=0, atol=0)  # the twin call leaves the trajectory unchanged

@@ -64,7 +64,9 @@ class MethodConfig:
     joint_latents: int = help_field(1, "sites='joint': random latents per prompt of the capture trajectories")
     joint_steps: int = help_field(4, "sites='joint': denoising steps of each capture trajectory (all recorded)")
     joint_guidance: float = help_field(1.0, "sites='joint': guidance scale of the capture trajectories")
-    joint_size: int | None = help_field(None, "sites='joint': image side of the capture trajectories (pipeline default)")
+    joint_size: int | None = help_field(
+        None, "sites='joint': image side of the capture trajectories (the pipeline's default if omitted)"
+    )
 
     def __post_init__(self) -> None:
         check_choice("token", self.token, self.TOKEN_CHOICES)

@@ -50,6 +50,15 @@ class _Hooks:
         self._handles.clear()
 
 
+def _latents(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """The latents of a denoiser call: the first positional argument (a UNet's ``sample``) or the ``sample`` /
+    ``hidden_states`` keyword (diffusers' transformers)."""
+    x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+    if not torch.is_tensor(x):
+        raise ValueError("a denoiser call without latents (no sample / hidden_states tensor)")
+    return x
+
+
 class TrajectoryCapture(_Hooks):
     """Context manager recording what chosen modules read while the pipeline's own sampler runs.
 
@@ -126,11 +135,11 @@ class TrajectoryCapture(_Hooks):
         (returns None, so the trajectory is exactly the one without the twin)."""
         if self._in_twin or self.neutral is None or not self._recording():
             return None
-        first = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        first = _latents(args, kwargs)
         batch = int(first.shape[0])
         a = tuple(self._cond_rows(x, batch) for x in args)
         kw = {k: self._cond_rows(v, batch) for k, v in kwargs.items()}
-        ref = a[0] if a else kw.get("sample", kw.get("hidden_states"))
+        ref = _latents(a, kw)
         text = self.text_kwargs(self.neutral) if self.text_kwargs else {"encoder_hidden_states": self.neutral}
         kw.update({k: v.to(ref.device, ref.dtype) for k, v in text.items()})
         self._in_twin = True
@@ -206,9 +215,7 @@ class CrossAttentionCapture(TrajectoryCapture):
         text_kwargs: Callable[[Any], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         self.layers = list(layers)
-        super().__init__(
-            unet, {b: f"{b}.to_out.0" for b in self.layers}, steps, cfg, paired, "mean", text_kwargs
-        )
+        super().__init__(unet, {b: f"{b}.to_out.0" for b in self.layers}, steps, cfg, paired, "mean", text_kwargs)
 
 
 class AttentionProbe(_Hooks):

@@ -8,7 +8,8 @@ sites (DESIGN §10): their inputs are functions of the prompt alone, whatever th
 They read *different* inputs, so they are two site groups ("text", "pooled") and a closed form is
 solved per group. The joint blocks' ``add_k_proj / add_v_proj`` read a timestep-modulated text
 stream: they are opt-in *joint* sites (``sites='joint'`` or ``'all'``; :func:`mmdit_joint_sites`), one group per
-block, whose columns are captured during sampling (:mod:`erasekit.models.joint`). SD3.5-Medium's ``attn2`` is a second *image* self-attention
+block, whose columns are captured during sampling (:mod:`erasekit.models.joint`).
+SD3.5-Medium's ``attn2`` is a second *image* self-attention
 (``is_cross_attention`` false) and is never a site: sites are found by structure, not by name.
 
 :class:`MMDiTFamily` holds what SD3 and FLUX share (:mod:`.flux` subclasses it).
