@@ -384,20 +384,23 @@ def _bases_text(adapter, concepts, config):
 def check_activation_sites(adapter) -> None:
     """Refuse, in one line, an activation basis where it has no meaning: a family whose sampling is not validated for
     capture, or sites whose outputs are not an attention's keys / values (SD3 / FLUX static sites)."""
+    from ..models.families import families
+
     fam = adapter.family_spec
+    ok = ", ".join(n for n, f in families().items() if f.captures_activations)
     if not fam.captures_activations:
         raise MethodError(
-            f"pure basis='activation' captures activations along the pipeline's sampler, not validated on {fam.name} "
-            "pipelines; use basis='text'"
+            f"pure basis='activation' captures activations along the pipeline's sampler, validated on {ok} pipelines "
+            f"(DiTs with sites='joint') only, not on {fam.name}; use basis='text'"
         )
     for block in adapter.attention_layers():
         try:
             adapter.denoiser.get_submodule(f"{block}.to_out.0")
         except AttributeError:
             raise MethodError(
-                f"pure basis='activation' edits attention keys / values, and the {fam.name} site "
-                f"{adapter.attention_layers()[block][0]!r} is not one: use sites='joint' (the joint blocks' add_k_proj "
-                "/ add_v_proj) or basis='text'"
+                f"pure basis='activation' edits attention keys / values (on {ok}; DiTs with sites='joint'), and the "
+                f"{fam.name} site {adapter.attention_layers()[block][0]!r} is not one: use sites='joint' (the joint "
+                "blocks' add_k_proj / add_v_proj) or basis='text'"
             ) from None
 
 
