@@ -30,6 +30,23 @@ Reconstruction choices (the paper is not public; DESIGN §5, measured in
 right-multiplied: W ← W (I − P_F (I − P_R)) with bases in the text-embedding space), so the
 paper's central comparison — activation basis vs text basis — runs on the same concepts.
 
+On SD3 / FLUX (joint attention; ``sites='joint'``):
+
+* the paper's part: anchor trajectories of the pipeline's own sampler (n_lat latents × T steps per anchor, every
+  step recorded, conditional branch only), an activation mean-pooled over tokens per (anchor, latent, step), SVD
+  bases up to τ_F / τ_R, E = I − P_F(I − P_R) left-multiplied into the weights whose outputs live in that space;
+* ours: which activation and which weights. The project page stored here (saemi410/PURE ``index.html`` at b574d60)
+  describes the UNet only, with no section on other architectures, so the DiT choice is a reconstruction. A joint
+  block has no cross-attention: its image queries attend over [text keys; image keys]. We record the image tokens'
+  attention output before ``to_out`` (heads merged, the text-conditioned output the image stream receives) and
+  left-multiply E into the block's ``add_k_proj`` / ``add_v_proj`` (the text keys and values, which share that
+  inner space; FLUX's double-stream blocks, SD3's joint blocks). The recorded output also holds the image values'
+  share, which E does not touch, and the text stream still reaches the image through FLUX's single-stream blocks
+  (``to_k`` / ``to_v`` shared with image tokens: not edited). E acts on the weight only: ``add_v_proj``'s bias is
+  the same for every prompt and is kept. Guidance follows the family's layout (FluxPipeline's true CFG: two calls
+  per step, the first conditional; dev: the embedded scale), so ``guidance`` means ``true_cfg_scale`` there.
+  ``benchmarks/pure_tau_sweep.py`` measures it on tinyworld-flux (docs/results.md).
+
 Presets (``preset=``):
 
 * ``erasekit`` (default) — the options as given (and erasekit's per-model defaults, e.g. the paired centring on
