@@ -97,6 +97,8 @@ def test_captured_columns_shape_and_pairing(all_tiny_pipes, fam):
     # (the block's norm is modulated by the timestep), so the columns are not one encoding repeated
     per_step = len(erase) * SAMPLING.n_latents
     assert not torch.allclose(C_E[:, 0], C_E[:, per_step])
+    # the conditional branch is what is recorded (under true CFG the negative "" would read the same for both)
+    assert not torch.allclose(C_E[:, 0], C_E[:, SAMPLING.n_latents])
     with pytest.raises(ModelError, match="no encoding"):
         view.encode(["a cat"])
 
