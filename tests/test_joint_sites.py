@@ -178,3 +178,13 @@ def test_pure_activation_refuses_static_mmdit_sites(all_tiny_pipes):
         erasekit.erase(all_tiny_pipes["flux"], "pure", ["cat"], defaults=None, progress=False)
     edit = erasekit.erase(all_tiny_pipes["flux"], "pure", ["cat"], basis="text", defaults=None, progress=False)
     assert "context_embedder" in edit.layers
+
+
+@pytest.mark.parametrize("method", ["speed", "rece"])
+def test_methods_that_encode_refuse_joint_sites_in_one_line(all_tiny_pipes, method):
+    pipe = all_tiny_pipes["flux"]
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    with pytest.raises(ModelError) as e:
+        erasekit.erase(pipe, method, ["cat"], sites="joint", joint_size=32, defaults=None, progress=False)
+    assert "\n" not in str(e.value) and "no encoding" in str(e.value)
+    assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items())
