@@ -188,3 +188,21 @@ def test_methods_that_encode_refuse_joint_sites_in_one_line(all_tiny_pipes, meth
         erasekit.erase(pipe, method, ["cat"], sites="joint", joint_size=32, defaults=None, progress=False)
     assert "\n" not in str(e.value) and "no encoding" in str(e.value)
     assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items())
+
+
+def test_flux_encodes_and_samples_at_a_declared_t5_length(all_tiny_pipes):
+    """A model trained at another T5 length declares it (tinyworld-flux: 32): encode() and the capture trajectories
+    use it, so captured and encoded streams have the same positions."""
+    from erasekit.models.families import identify
+
+    pipe = all_tiny_pipes["flux"]
+    fam = identify(pipe)
+    assert fam.encode(pipe, ["a cat"]).embeds.shape[1] == 512
+    pipe.t5_length = 16
+    try:
+        assert fam.encode(pipe, ["a cat"]).embeds.shape[1] == 16
+        assert fam.sampling(pipe, 3.5).kwargs["max_sequence_length"] == 16
+        view = PipelineAdapter(pipe, sites="joint", joint=SAMPLING).for_group("transformer_blocks.0.attn")
+        assert view.preserve_columns(["a cat"], "all").shape[1] == SAMPLING.n_latents * SAMPLING.steps * 16
+    finally:
+        del pipe.t5_length
