@@ -115,15 +115,27 @@ FAST = {
 FULL_RANK_ON_TINY = {"rece"}
 ALL_METHODS = sorted(FAST)
 # On families where the fine-tuning methods are refused (models/families: fine_tunes_denoiser), MACE runs its closed
-# form alone (train_steps=0); where PURE's activation capture is (runs_denoiser_methods), PURE runs its text basis.
+# form alone (train_steps=0). PURE's activation basis runs where the static sites are attention keys / values on a
+# family that captures along its sampler (pure.check_activation_sites: the UNets); elsewhere PURE runs its text basis
+# here (the joint sites of SD3 / FLUX have their own tests in test_joint_sites.py).
 # The refusals themselves are asserted in test_families.py.
 FINE_TUNING = {"ace", "esd", "esd-x", "esd-x-strict", "esd-u"}
+
+
+def _activation_sites(pipe) -> bool:
+    from erasekit.methods.pure import check_activation_sites
+
+    try:
+        check_activation_sites(PipelineAdapter(pipe))
+    except erasekit.MethodError:
+        return False
+    return True
 
 
 def _settings(pipe, method):
     fam = identify(pipe)
     if method == "pure":
-        return FAST[method] if fam.runs_denoiser_methods else {"basis": "text"}  # no activation capture there
+        return FAST[method] if _activation_sites(pipe) else {"basis": "text"}
     if method == "mace" and fam.token_segments(pipe) is None:
         pytest.skip(f"{method} is refused on {fam.name} (asserted in test_families.py)")
     if fam.fine_tunes_denoiser:

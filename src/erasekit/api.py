@@ -97,7 +97,13 @@ def fit(pipe, plan: ErasePlan, progress: bool = True) -> Edit:
     from .models.precision import computing_in_layers, pipeline_compute_dtype, text_encoders
 
     m, cfg = get_method(plan.method), plan.config
-    adapter = PipelineAdapter(pipe, layer_regex=cfg.layer_regex, projections=cfg.projections)
+    adapter = PipelineAdapter(
+        pipe,
+        layer_regex=cfg.layer_regex,
+        projections=cfg.projections,
+        sites=cfg.sites,
+        joint=cfg.joint_sampling(),
+    )
     stored, target = pipeline_compute_dtype(pipe)
     if target == stored or not m.uses_unet(cfg):
         edit = fit_by_group(m, adapter, plan.concepts, cfg, progress)  # encoding borrows its own dtype, layer by layer

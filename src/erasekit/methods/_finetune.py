@@ -37,22 +37,19 @@ from ..models.families import Conditioning
 
 
 # ------------------------------------------------------------------ conditioning
-def require_denoiser_methods(adapter, method: str, *, fine_tuning: bool = False) -> None:
-    """Refuse a method that runs the denoiser on a family where that is not validated.
-
-    ``fine_tuning``: the fine-tuning methods (ESD, ACE, MACE's LoRA stage; the family's ``fine_tunes_denoiser``);
-    otherwise PURE's activation capture (``runs_denoiser_methods``).
-    """
+def require_denoiser_methods(adapter, method: str) -> None:
+    """Refuse a fine-tuning method (ESD, ACE, MACE's LoRA stage) on a family where training through the denoiser is
+    not validated (the family's ``fine_tunes_denoiser``). PURE's activation capture has its own check
+    (``pure.check_activation_sites``)."""
     from ..models.families import families
 
     fam = adapter.family_spec
-    flag = "fine_tunes_denoiser" if fine_tuning else "runs_denoiser_methods"
-    if not getattr(fam, flag):
-        ok = ", ".join(n for n, f in families().items() if getattr(f, flag))
-        what = "fine-tunes through the denoiser" if fine_tuning else "captures activations along DDIM trajectories"
+    if not fam.fine_tunes_denoiser:
+        ok = ", ".join(n for n, f in families().items() if f.fine_tunes_denoiser)
         raise MethodError(
-            f"{method} {what}, which erasekit supports on {ok} only; {fam.name} ({fam.description}) is not one of "
-            "them yet. Use a closed-form method (uce, space, rece, speed, cure) on this model"
+            f"{method} fine-tunes through the denoiser, which erasekit supports on {ok} only; {fam.name} "
+            f"({fam.description}) is not one of them yet. Use a closed-form method (uce, space, rece, speed, cure) "
+            "on this model"
         )
 
 

@@ -149,7 +149,7 @@ class ACE(Method[ACEConfig]):
         return True  # stage 1 per site group (its own columns), stage 2 trains every group's adapter in one loss
 
     def fit(self, adapter, concepts, config: ACEConfig, progress: bool = True):
-        ft.require_denoiser_methods(adapter, self.name, fine_tuning=True)
+        ft.require_denoiser_methods(adapter, self.name)
         t0 = time.perf_counter()
         carriers: dict[str, _GatedLowRank] = {}
         for group in adapter.groups:

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from ..errors import MethodError
+from ..errors import MethodError, ModelError
 from ..models.adapter import PROJECTIONS, TOKEN_MODES, PipelineAdapter
+from ..models.families import SITE_SETS
+from ..models.joint import JointSampling
 
 if TYPE_CHECKING:
     from ..concepts import ConceptSet
@@ -53,9 +55,26 @@ class MethodConfig:
     layer_regex: str | None = help_field(
         None, "edit the UNet Linear layers whose path matches this regex instead of every cross-attention to_k/to_v"
     )
+    sites: str = help_field(
+        "static",
+        "SD3 / FLUX: 'static' (context_embedder + pooled embedder), 'joint' (every joint block's add_k_proj / "
+        "add_v_proj, columns captured during sampling: timestep- and latent-dependent, so the edit is approximate) "
+        "or 'all'",
+    )
+    joint_latents: int = help_field(1, "sites='joint': random latents per prompt of the capture trajectories")
+    joint_steps: int = help_field(4, "sites='joint': denoising steps of each capture trajectory (all recorded)")
+    joint_guidance: float = help_field(1.0, "sites='joint': guidance scale of the capture trajectories")
+    joint_size: int | None = help_field(
+        None, "sites='joint': image side of the capture trajectories (the pipeline's default if omitted)"
+    )
 
     def __post_init__(self) -> None:
         check_choice("token", self.token, self.TOKEN_CHOICES)
+        check_choice("sites", self.sites, SITE_SETS)
+        try:
+            self.joint_sampling()
+        except ModelError as e:
+            raise MethodError(str(e)) from None
         if self.STORAGE_CHOICES:
             check_choice("storage", getattr(self, "storage", None), self.STORAGE_CHOICES)  # a subclass field
         if isinstance(self.projections, str):
@@ -66,6 +85,10 @@ class MethodConfig:
             raise MethodError(
                 f"projections must be a non-empty subset of ('k', 'v') without repeats, got {self.projections!r}"
             )
+
+    def joint_sampling(self) -> JointSampling:
+        """The trajectories joint-site columns are read from (``sites='joint'`` / ``'all'``)."""
+        return JointSampling(self.joint_latents, self.joint_steps, self.joint_guidance, size=self.joint_size)
 
     def to_dict(self) -> dict[str, Any]:
         return {

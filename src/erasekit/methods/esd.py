@@ -191,7 +191,7 @@ class _ESD(Method[ESDConfig]):
         return self.variant
 
     def fit(self, adapter, concepts, config: ESDConfig, progress: bool = True):
-        ft.require_denoiser_methods(adapter, self.name, fine_tuning=True)
+        ft.require_denoiser_methods(adapter, self.name)
         t0 = time.perf_counter()
         variant = self.pick_variant(concepts, config)
         lr, eta, guidance = resolve(config, variant, adapter.family)

@@ -395,9 +395,7 @@ class MACE(Method[MACEConfig]):
                 "reorders positions (an instruction prefix, then a selected tail); use uce, space, rece, speed or cure"
             )
         if not fam.fine_tunes_denoiser and config.resolved(concepts.kind)["train_steps"] > 0:
-            ft.require_denoiser_methods(
-                adapter, "MACE's LoRA stage (pass train_steps=0 for its closed form alone)", fine_tuning=True
-            )
+            ft.require_denoiser_methods(adapter, "MACE's LoRA stage (pass train_steps=0 for its closed form alone)")
         plan = self.plan(adapter, concepts, config, progress)
         loras, train_stats = [], []
         if plan.opt["train_steps"] > 0:

@@ -30,6 +30,23 @@ Reconstruction choices (the paper is not public; DESIGN §5, measured in
 right-multiplied: W ← W (I − P_F (I − P_R)) with bases in the text-embedding space), so the
 paper's central comparison — activation basis vs text basis — runs on the same concepts.
 
+On SD3 / FLUX (joint attention; ``sites='joint'``):
+
+* the paper's part: anchor trajectories of the pipeline's own sampler (n_lat latents × T steps per anchor, every
+  step recorded, conditional branch only), an activation mean-pooled over tokens per (anchor, latent, step), SVD
+  bases up to τ_F / τ_R, E = I − P_F(I − P_R) left-multiplied into the weights whose outputs live in that space;
+* ours: which activation and which weights. The project page stored here (saemi410/PURE ``index.html`` at b574d60)
+  describes the UNet only, with no section on other architectures, so the DiT choice is a reconstruction. A joint
+  block has no cross-attention: its image queries attend over [text keys; image keys]. We record the image tokens'
+  attention output before ``to_out`` (heads merged, the text-conditioned output the image stream receives) and
+  left-multiply E into the block's ``add_k_proj`` / ``add_v_proj`` (the text keys and values, which share that
+  inner space; FLUX's double-stream blocks, SD3's joint blocks). The recorded output also holds the image values'
+  share, which E does not touch, and the text stream still reaches the image through FLUX's single-stream blocks
+  (``to_k`` / ``to_v`` shared with image tokens: not edited). E acts on the weight only: ``add_v_proj``'s bias is
+  the same for every prompt and is kept. Guidance follows the family's layout (FluxPipeline's true CFG: two calls
+  per step, the first conditional; dev: the embedded scale), so ``guidance`` means ``true_cfg_scale`` there.
+  ``benchmarks/pure_tau_sweep.py`` measures it on tinyworld-flux (docs/results.md).
+
 Presets (``preset=``):
 
 * ``erasekit`` (default) — the options as given (and erasekit's per-model defaults, e.g. the paired centring on
@@ -57,6 +74,7 @@ from .. import linalg
 from ..edit import LayerEdit
 from ..errors import MethodError
 from ..models.capture import CrossAttentionCapture
+from ..models.families import Conditioning
 from . import _closed_form as cf
 from .base import Method, MethodConfig, help_field, register_method
 
@@ -211,48 +229,73 @@ def recorded_steps(rule: str, steps: int) -> list[int] | None:
     return list(range(half)) if rule == "early" else list(range(steps - half, steps))
 
 
+def capture_blocks(adapter) -> list[str]:
+    """The attention blocks PURE records and edits: those of the adapter's sites, or on a joint group every joint
+    block of the pipeline (one capture run serves each group's fit; ``fit_by_group`` fits them one by one)."""
+    if adapter.reads_joint_stream:
+        return list(adapter.joint_groups())
+    return list(adapter.attention_layers())
+
+
 @torch.no_grad()
 def anchor_activations(
     adapter, prompts: list[str], config: PUREConfig, desc: str, progress: bool, neutral: list[str] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(H, H_N): attention block -> (len(prompts)·n_latents·recorded steps, d_ℓ) along short trajectories.
+    """(H, H_N): attention block -> (len(prompts)·n_latents·recorded steps, d_ℓ) along short trajectories of the
+    pipeline's own sampler (the family's guidance layout: :meth:`~erasekit.models.families.Family.sampling`).
 
     With ``neutral`` (one per prompt), H_N holds the paired twin's activations (same x_t and step,
-    neutral prompt), row-aligned with H; otherwise H_N is empty.
+    neutral prompt), row-aligned with H; otherwise H_N is empty. Cached on the adapter (every joint group's fit
+    reads the same runs).
     """
     if not prompts:
         return {}, {}
-    pipe = adapter.pipe
+    blocks = capture_blocks(adapter)
+    key = (
+        "pure", tuple(prompts), tuple(neutral or ()), tuple(blocks), config.n_latents, config.steps, config.guidance,
+        config.height, config.width, config.seed, config.record_steps,
+    )  # fmt: skip
+    if key in adapter._joint_cache:
+        cached: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] = adapter._joint_cache[key]
+        return cached
+    pipe, fam = adapter.pipe, adapter.family_spec
+    plan = fam.sampling(pipe, config.guidance)
     jobs = [(k, config.seed + j) for k in range(len(prompts)) for j in range(config.n_latents)]
     size = {k: v for k, v in dict(height=config.height, width=config.width).items() if v is not None}
     batch = 8
-    N = adapter.encode(neutral).embeds if neutral else None  # (len(prompts), L, d_in)
+    twins = None
+    if neutral:  # a joint block's twin call carries every text input (stream and pooled) of the neutral prompt
+        twins = adapter.conditioning(neutral) if adapter.reads_joint_stream else adapter.encode(neutral).embeds
     saved_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)  # one bar over anchors instead of one per trajectory
     try:
         with CrossAttentionCapture(
-            adapter.unet,
-            adapter.attention_layers(),
+            adapter.denoiser,
+            blocks,
             steps=recorded_steps(config.record_steps, config.steps),
-            cfg=config.guidance > 1.0,
-            paired=N is not None,
+            cfg=plan.cfg,
+            paired=twins is not None,
+            text_kwargs=fam.text_kwargs if adapter.reads_joint_stream else None,
         ) as cap:
             for i in tqdm(range(0, len(jobs), batch), desc=desc, unit="batch", disable=not progress, leave=False):
                 chunk = jobs[i : i + batch]
                 gens = [torch.Generator(device="cpu").manual_seed(s) for _, s in chunk]
-                if N is not None:
-                    cap.neutral = N[[k for k, _ in chunk]]
+                rows = [k for k, _ in chunk]
+                if twins is not None:
+                    cap.neutral = twins.index(rows) if isinstance(twins, Conditioning) else twins[rows]
                 pipe(
-                    prompt=[prompts[k] for k, _ in chunk],
+                    prompt=[prompts[k] for k in rows],
                     generator=gens,
                     num_inference_steps=config.steps,
-                    guidance_scale=config.guidance,
                     output_type="latent",
+                    **plan.kwargs,
                     **size,
                 )
     finally:
         pipe.set_progress_bar_config(**saved_bar)
-    return cap.stacked(), cap.twin_stacked()
+    out = cap.stacked(), cap.twin_stacked()
+    adapter._joint_cache[key] = out
+    return out
 
 
 def forget_groups(concepts, config) -> list[tuple[list[str], list[str]]]:
@@ -355,6 +398,29 @@ def _bases_text(adapter, concepts, config):
     return V_F, V_R
 
 
+def check_activation_sites(adapter) -> None:
+    """Refuse, in one line, an activation basis where it has no meaning: a family whose sampling is not validated for
+    capture, or sites whose outputs are not an attention's keys / values (SD3 / FLUX static sites)."""
+    from ..models.families import families
+
+    fam = adapter.family_spec
+    ok = ", ".join(n for n, f in families().items() if f.captures_activations)
+    if not fam.captures_activations:
+        raise MethodError(
+            f"pure basis='activation' captures activations along the pipeline's sampler, validated on {ok} pipelines "
+            f"(DiTs with sites='joint') only, not on {fam.name}; use basis='text'"
+        )
+    for block in adapter.attention_layers():
+        try:
+            adapter.denoiser.get_submodule(f"{block}.to_out.0")
+        except AttributeError:
+            raise MethodError(
+                f"pure basis='activation' edits attention keys / values (on {ok}; DiTs with sites='joint'), and the "
+                f"{fam.name} site {adapter.attention_layers()[block][0]!r} is not one: use sites='joint' (the joint "
+                "blocks' add_k_proj / add_v_proj) or basis='text'"
+            ) from None
+
+
 @register_method(
     "pure",
     PUREConfig,
@@ -365,10 +431,8 @@ class PURE(Method[PUREConfig]):
         return config.basis == "activation"
 
     def fit(self, adapter, concepts, config: PUREConfig, progress: bool = True):
-        from ._finetune import require_denoiser_methods
-
         if config.basis == "activation":  # the text basis is a closed form on the site inputs: every family
-            require_denoiser_methods(adapter, f"{self.name} (its activation capture; basis='text' runs without it)")
+            check_activation_sites(adapter)
         t0 = time.perf_counter()
         if config.basis == "activation":
             bases = _bases_activation(adapter, concepts, config, progress)
@@ -386,7 +450,7 @@ class PURE(Method[PUREConfig]):
 
         paths = adapter.paths
         if config.basis == "activation" and config.k_basis == "none":
-            paths = [p for p in paths if not p.endswith(".to_k")]
+            paths = [p for p in paths if not p.endswith((".to_k", ".add_k_proj"))]
             if not paths:
                 raise MethodError("k_basis='none' leaves no layer to edit: include 'v' in projections")
         layers = cf.edit_layers(adapter, paths, fit_layer, "pure", progress)

@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import ModelError
 from ..fingerprint_spec import SKETCH_N
 from .families import PROJECTIONS, Conditioning, Pipeline, Site, identify
+from .joint import JointSampling
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -58,12 +59,24 @@ class PipelineAdapter:
         layer_regex: optional override; every ``nn.Linear`` in the denoiser whose module path
             matches (``re.search``) is edited instead of the discovered sites (one group, read as the text stream).
         projections: which cross-attention projections to edit, subset of ``("k", "v")`` (families whose sites are
-            not attention projections, SD3 / FLUX, edit their static sites whatever it says).
+            not attention projections, SD3 / FLUX, edit their static sites whatever it says; it picks among their
+            joint sites' ``add_k_proj`` / ``add_v_proj``).
+        sites: ``'static'`` (default), ``'joint'`` or ``'all'``: SD3 / FLUX's opt-in per-block joint sites
+            (``add_k_proj`` / ``add_v_proj``, one group per block), whose columns are captured along the pipeline's
+            sampler (:mod:`erasekit.models.joint`: timestep- and latent-dependent, so the edit is approximate).
+        joint: the trajectories joint columns are read from.
     """
 
     group: str | None = None  # the group this adapter is restricted to (for_group), None: every site
 
-    def __init__(self, pipe: Pipeline, layer_regex: str | None = None, projections: Sequence[str] = ("k", "v")) -> None:
+    def __init__(
+        self,
+        pipe: Pipeline,
+        layer_regex: str | None = None,
+        projections: Sequence[str] = ("k", "v"),
+        sites: str = "static",
+        joint: JointSampling | None = None,
+    ) -> None:
         self.family_spec = identify(pipe)
         self.pipe = pipe
         self.denoiser = self.family_spec.get_denoiser(pipe)
@@ -71,10 +84,13 @@ class PipelineAdapter:
         bad = [p for p in projections if p not in PROJECTIONS]
         if bad or not projections:
             raise ModelError(f"unknown projection(s) {bad or projections}; choose from 'k' and 'v'")
-        self.sites = self._discover(layer_regex, tuple(projections))
+        self.sites = self._discover(layer_regex, tuple(projections), sites)
         self.paths = [s.path for s in self.sites]
         self._d_in = self._check_in_features()
         self._pinned_fingerprints: dict[str, dict[str, Any]] = {}
+        self.joint = joint or JointSampling()
+        self._all_sites = list(self.sites)  # group views keep every joint group: one capture run serves them all
+        self._joint_cache: dict[tuple[Any, ...], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
 
     # ------------------------------------------------------------------ groups
     @property
@@ -123,8 +139,35 @@ class PipelineAdapter:
         """What the sites of this (one-group) adapter read: 'static_text' (a token stream) or 'pooled_text'."""
         return self.site.input_kind
 
+    def joint_groups(self) -> dict[str, list[str]]:
+        """Every joint group of the pipeline's sites (also from a group view) -> its site paths."""
+        out: dict[str, list[str]] = {}
+        for s in self._all_sites:
+            if s.input_kind == "joint_text":
+                out.setdefault(s.group, []).append(s.path)
+        return out
+
+    @property
+    def reads_joint_stream(self) -> bool:
+        """Whether this (one-group) adapter's sites read a joint block's text stream (columns are captured)."""
+        return len(self.groups) == 1 and self.sites[0].input_kind == "joint_text"
+
+    def _joint_columns(
+        self, prompts: Sequence[str], mode: str, twins: Sequence[str] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, C_twin) of this joint group, read once for every joint group and cached on the adapter."""
+        from .joint import capture_columns
+
+        key = (tuple(prompts), None if twins is None else tuple(twins), mode, self.joint)
+        if key not in self._joint_cache:
+            self._joint_cache[key] = capture_columns(self, prompts, mode, self.joint, twins)
+        cols, twin_cols = self._joint_cache[key]
+        group = self.sites[0].group  # reads_joint_stream: one group
+        empty = torch.zeros(self.d_in, 0, dtype=torch.float64)
+        return cols[group], twin_cols.get(group, empty)
+
     # ------------------------------------------------------------------ layers
-    def _discover(self, layer_regex: str | None, projections: tuple[str, ...]) -> list[Site]:
+    def _discover(self, layer_regex: str | None, projections: tuple[str, ...], sites: str = "static") -> list[Site]:
         modules = dict(self.denoiser.named_modules())
         if layer_regex is not None:
             try:
@@ -138,14 +181,14 @@ class PipelineAdapter:
                     "check the module names"
                 )
             return [Site(p) for p in paths]
-        sites = self.family_spec.edit_sites(self.pipe, projections)
-        if not sites:
+        found = self.family_spec.edit_sites(self.pipe, projections, sites)
+        if not found:
             raise ModelError(
                 f"the {self.family_spec.denoiser} of {type(self.pipe).__name__} has no cross-attention layer (no "
                 "Attention with is_cross_attention); erasekit edits text-to-image models with cross-attention. If "
                 "your model names its layers differently, pass layer_regex="
             )
-        return list(sites)
+        return list(found)
 
     def _check_in_features(self) -> dict[str, int]:
         """Group -> the input width its sites share."""
@@ -215,6 +258,12 @@ class PipelineAdapter:
         if not prompts:
             raise ModelError("no prompt to encode")
         site = self.site
+        if site.input_kind == "joint_text":
+            raise ModelError(
+                f"{site.path} reads a joint block's text stream, which depends on the latent and the timestep: it has "
+                "no encoding; methods that read columns (uce, space, cure, pure) capture them during sampling, others "
+                "run on sites='static'"
+            )
         encoders = text_encoders(self.pipe)
         target = compute_dtype(self.device, stored_dtype(encoders[0])) if encoders else torch.float32
         fam = self.family_spec
@@ -245,6 +294,8 @@ class PipelineAdapter:
         _check_mode(mode)
         if len(erase) != len(guide):
             raise ModelError("erase and guide prompt lists must be aligned (same length)")
+        if self.reads_joint_stream:  # paired by hooks: the guide on the erase prompt's x_t at each step
+            return self._joint_columns(list(erase), mode, list(guide))
         e, g = self.encode(list(erase)), self.encode(list(guide))
         cols_e, cols_g = [], []
         L = e.embeds.shape[1]
@@ -268,6 +319,8 @@ class PipelineAdapter:
         _check_mode(mode)
         if not prompts:
             return torch.zeros(self.d_in, 0, dtype=torch.float64)
+        if self.reads_joint_stream:
+            return self._joint_columns(list(prompts), mode, None)[0]
         p = self.encode(list(prompts))
         cols = []
         for i in range(len(prompts)):

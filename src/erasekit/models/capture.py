@@ -1,8 +1,11 @@
-"""Forward hooks on a UNet's cross-attention blocks: the one hook system of the package.
+"""Forward hooks on a denoiser's attention blocks: the one hook system of the package.
 
-Two probes share it (hooks registered on entry, always removed on exit, also on error):
+Probes share it (hooks registered on entry, always removed on exit, also on error):
 
-* :class:`CrossAttentionCapture` (PURE) records cross-attention activations during denoising;
+* :class:`TrajectoryCapture` records what chosen modules read along the pipeline's own sampler, for any
+  guidance layout (a family's :meth:`~erasekit.models.families.Family.sampling`); its
+  :class:`CrossAttentionCapture` (PURE) records attention outputs mean-pooled over tokens, and
+  :mod:`erasekit.models.joint` records joint sites' input tokens;
 * :class:`AttentionProbe` (MACE) passes each block's attention probabilities to a callback; its
   (module path, hook) pairs can also be registered by whoever must order them after other hooks
   (MACE's LoRA training registers them after its LoRA carriers, so the probe sees the edited keys).
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -47,15 +50,159 @@ class _Hooks:
         self._handles.clear()
 
 
-class CrossAttentionCapture(_Hooks):
-    """Context manager: ``with CrossAttentionCapture(unet, layers, cfg=True) as cap: pipe(...)``; then
-    ``cap.stacked()``.
+def _latents(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """The latents of a denoiser call: the first positional argument (a UNet's ``sample``) or the ``sample`` /
+    ``hidden_states`` keyword (diffusers' transformers)."""
+    x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+    if not torch.is_tensor(x):
+        raise ValueError("a denoiser call without latents (no sample / hidden_states tensor)")
+    return x
+
+
+class TrajectoryCapture(_Hooks):
+    """Context manager recording what chosen modules read while the pipeline's own sampler runs.
+
+    ``with TrajectoryCapture(denoiser, {name: module path}, cfg="batch") as cap: pipe(...)``; then
+    :meth:`stacked`. Each point records its module's first input (B, N, d) at the chosen steps, for the
+    conditional rows only, reduced as ``reduce`` says:
+
+    * ``'mean'``: mean over the N tokens, one row (d,) per prompt (PURE's pooled activations);
+    * ``'tokens'``: the token rows ``positions[b]`` of each prompt b of the current batch (joint-site columns).
+
+    ``cfg`` is the pipeline's guidance layout (:data:`~erasekit.models.families.CFG_LAYOUTS`): ``'batch'`` keeps
+    the second half of each call, ``'calls'`` keeps the first of every two calls (FluxPipeline's true CFG),
+    ``'none'`` keeps everything (``True`` / ``False`` are ``'batch'`` / ``'none'``).
+
+    With ``paired=True`` every recorded conditional call is followed by a *twin* call on the same inputs
+    (x_t, timestep, ids, ...) with the text replaced by ``cap.neutral``: a Conditioning turned into the denoiser's
+    text keyword arguments by ``text_kwargs`` (the family's), or a bare (B, L, d) text stream given as
+    ``encoder_hidden_states``. Its records go to ``twin_records`` (at ``twin_positions`` for ``'tokens'``) and its
+    output is discarded, so the trajectory is unchanged.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        points: Mapping[str, str],
+        steps: Iterable[int] | None = None,
+        cfg: str | bool = "batch",
+        paired: bool = False,
+        reduce: str = "mean",
+        text_kwargs: Callable[[Any], dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        self.unet = denoiser
+        self.points = dict(points)
+        self.steps = None if steps is None else set(int(s) for s in steps)
+        self.cfg = {True: "batch", False: "none"}.get(cfg, cfg) if isinstance(cfg, bool) else cfg
+        if self.cfg not in ("none", "batch", "calls") or reduce not in ("mean", "tokens"):
+            raise ValueError(f"cfg layout {cfg!r} / reduce {reduce!r} unknown")
+        self.per_step = 2 if self.cfg == "calls" else 1
+        self.paired, self.reduce, self.text_kwargs = paired, reduce, text_kwargs
+        self.calls = -1
+        self.records: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.twin_records: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.neutral: Any = None  # the twin's text for the current batch (Conditioning or (B_cond, L, d) tensor)
+        self.positions: list[torch.Tensor] | None = None  # per conditional row: token indices ('tokens')
+        self.twin_positions: list[torch.Tensor] | None = None
+        self._in_twin = False
+        self._handles: list[RemovableHandle] = []
+
+    @property
+    def step(self) -> int:
+        """The current denoising step (0-based; -1 before the first call)."""
+        return self.calls // self.per_step if self.calls >= 0 else -1
+
+    def _recording(self) -> bool:
+        conditional = self.calls % self.per_step == 0  # 'calls': the conditional call comes first in each step
+        return conditional and (self.steps is None or self.step in self.steps)
+
+    def _on_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self._in_twin:
+            self.calls += 1
+
+    def _cond_rows(self, x: Any, batch: int) -> Any:
+        """The conditional rows of a call argument (the second half under 'batch'), recursing into dicts."""
+        if self.cfg != "batch":
+            return x
+        if isinstance(x, dict):
+            return {k: self._cond_rows(v, batch) for k, v in x.items()}
+        if torch.is_tensor(x) and x.ndim and x.shape[0] == batch:
+            return x[batch // 2 :]
+        return x
+
+    def _twin(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object) -> None:
+        """Paired twin: the same denoiser on the same x_t and t with the neutral text, recorded and discarded
+        (returns None, so the trajectory is exactly the one without the twin)."""
+        if self._in_twin or self.neutral is None or not self._recording():
+            return None
+        first = _latents(args, kwargs)
+        batch = int(first.shape[0])
+        a = tuple(self._cond_rows(x, batch) for x in args)
+        kw = {k: self._cond_rows(v, batch) for k, v in kwargs.items()}
+        ref = _latents(a, kw)
+        text = self.text_kwargs(self.neutral) if self.text_kwargs else {"encoder_hidden_states": self.neutral}
+        kw.update({k: v.to(ref.device, ref.dtype) for k, v in text.items()})
+        self._in_twin = True
+        try:
+            module(*a, **kw)
+        finally:
+            self._in_twin = False
+        return None
+
+    def _reduce(self, x: torch.Tensor, positions: list[torch.Tensor] | None) -> torch.Tensor:
+        if self.reduce == "mean":
+            return x.detach().float().mean(dim=1).cpu()  # (B_cond, d)
+        if positions is None or len(positions) != x.shape[0]:
+            raise ValueError("reduce='tokens' needs one index tensor per conditional row (cap.positions)")
+        return torch.cat([x[b, positions[b].to(x.device)] for b in range(x.shape[0])]).detach().float().cpu()
+
+    def _recorder(self, name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            if not self._recording():
+                return
+            x = args[0]  # (B, N, d): what the module reads
+            if self._in_twin:
+                self.twin_records[name].append(self._reduce(x, self.twin_positions))  # conditional rows only
+                return
+            if self.cfg == "batch":
+                x = x[x.shape[0] // 2 :]
+            self.records[name].append(self._reduce(x, self.positions))
+
+        return hook
+
+    def __enter__(self) -> TrajectoryCapture:
+        try:
+            self._handles.append(self.unet.register_forward_pre_hook(self._on_call, with_kwargs=True))
+            if self.paired:
+                self._handles.append(self.unet.register_forward_hook(self._twin, with_kwargs=True))
+            for name, path in self.points.items():
+                self._handles.append(self.unet.get_submodule(path).register_forward_pre_hook(self._recorder(name)))
+        except Exception:
+            self.remove()
+            raise
+        return self
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        """point -> H (rows, d): one row per (prompt, latent, recorded step) ('mean'), or per selected token."""
+        return {k: torch.cat(v) for k, v in self.records.items()}
+
+    def twin_stacked(self) -> dict[str, torch.Tensor]:
+        """point -> H_N (rows, d) of the paired twins, row-aligned with :meth:`stacked`."""
+        return {k: torch.cat(v) for k, v in self.twin_records.items()}
+
+
+class CrossAttentionCapture(TrajectoryCapture):
+    """PURE's capture: ``with CrossAttentionCapture(unet, layers, cfg=True) as cap: pipe(...)``; then
+    ``cap.stacked()``: layer -> (rows, d_ℓ), the attention output before ``to_out`` mean-pooled over tokens.
 
     Args:
-        unet: the pipeline's UNet.
-        layers: module paths of diffusers ``Attention`` blocks (e.g. ``...transformer_blocks.0.attn2``).
-        steps: denoising step indices (0-based UNet calls) to record; ``None`` records every step.
-        cfg: True when the pipeline runs with classifier-free guidance (keep the second half of the batch).
+        unet: the pipeline's denoiser.
+        layers: module paths of attention blocks with an output Linear ``to_out.0`` (a UNet's
+            ``...transformer_blocks.0.attn2``; an MMDiT's joint ``...transformer_blocks.0.attn``, whose ``to_out.0``
+            reads the image tokens' attention output over the joint text + image keys).
+        steps: denoising step indices (0-based) to record; ``None`` records every step.
+        cfg: the guidance layout (True: 'batch', False: 'none', or 'calls').
+        text_kwargs: the family's :meth:`~erasekit.models.families.Family.text_kwargs` for a Conditioning twin.
     """
 
     def __init__(
@@ -63,80 +210,12 @@ class CrossAttentionCapture(_Hooks):
         unet: nn.Module,
         layers: Iterable[str],
         steps: Iterable[int] | None = None,
-        cfg: bool = True,
+        cfg: str | bool = True,
         paired: bool = False,
+        text_kwargs: Callable[[Any], dict[str, torch.Tensor]] | None = None,
     ) -> None:
-        self.unet = unet
         self.layers = list(layers)
-        self.steps = None if steps is None else set(int(s) for s in steps)
-        self.cfg = cfg
-        self.paired = paired
-        self.step = -1
-        self.records: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self.twin_records: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self.neutral: torch.Tensor | None = None  # (B_cond, L, d_in) twin conditioning of the current batch
-        self._in_twin = False
-        self._handles: list[RemovableHandle] = []
-
-    def _on_unet(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not self._in_twin:
-            self.step += 1
-
-    def _twin(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object) -> None:
-        """Paired neutral twin: the same UNet on the same x_t and t with the neutral prompt, recorded and
-        discarded (returns None, so the trajectory is exactly the one without the twin)."""
-        if self._in_twin or self.neutral is None or (self.steps is not None and self.step not in self.steps):
-            return None
-        sample = args[0] if args else kwargs["sample"]
-        t = args[1] if len(args) > 1 else kwargs["timestep"]
-        half = sample.shape[0] // 2 if self.cfg else 0
-        kw = {k: v for k, v in kwargs.items() if k not in ("sample", "timestep", "encoder_hidden_states")}
-        # SDXL: keep the conditional half (pooled text of the forget prompt)
-        if isinstance(kw.get("added_cond_kwargs"), dict):
-            kw["added_cond_kwargs"] = {k: v[half:] for k, v in kw["added_cond_kwargs"].items()}
-        if torch.is_tensor(t) and t.ndim and t.shape[0] == sample.shape[0]:
-            t = t[half:]
-        self._in_twin = True
-        try:
-            module(sample[half:], t, encoder_hidden_states=self.neutral.to(sample.device, sample.dtype), **kw)
-        finally:
-            self._in_twin = False
-        return None
-
-    def _recorder(self, layer: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            if self.steps is not None and self.step not in self.steps:
-                return
-            x = args[0]  # (B, N, d_ℓ): attention output before to_out
-            if self._in_twin:
-                self.twin_records[layer].append(x.detach().float().mean(dim=1).cpu())  # (B_cond, d_ℓ), no CFG half
-                return
-            if self.cfg:
-                x = x[x.shape[0] // 2 :]
-            self.records[layer].append(x.detach().float().mean(dim=1).cpu())  # (B_cond, d_ℓ)
-
-        return hook
-
-    def __enter__(self) -> CrossAttentionCapture:
-        try:
-            self._handles.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
-            if self.paired:
-                self._handles.append(self.unet.register_forward_hook(self._twin, with_kwargs=True))
-            for layer in self.layers:
-                to_out = self.unet.get_submodule(f"{layer}.to_out.0")  # the output Linear of the Attention
-                self._handles.append(to_out.register_forward_pre_hook(self._recorder(layer)))
-        except Exception:
-            self.remove()
-            raise
-        return self
-
-    def stacked(self) -> dict[str, torch.Tensor]:
-        """layer -> H (rows, d_ℓ): one row per (prompt, latent, recorded step)."""
-        return {k: torch.cat(v) for k, v in self.records.items()}
-
-    def twin_stacked(self) -> dict[str, torch.Tensor]:
-        """layer -> H_N (rows, d_ℓ) of the paired neutral twins, row-aligned with :meth:`stacked`."""
-        return {k: torch.cat(v) for k, v in self.twin_records.items()}
+        super().__init__(unet, {b: f"{b}.to_out.0" for b in self.layers}, steps, cfg, paired, "mean", text_kwargs)
 
 
 class AttentionProbe(_Hooks):

@@ -10,22 +10,28 @@ from __future__ import annotations
 
 from ...errors import ModelError
 from .base import (
+    CFG_LAYOUTS,
     INPUT_KINDS,
     PROJECTIONS,
+    SITE_SETS,
     Conditioning,
     Family,
     Pipeline,
+    Sampling,
     Site,
     cross_attention_sites,
     is_cross_attention,
 )
 
 __all__ = [
+    "CFG_LAYOUTS",
     "INPUT_KINDS",
     "PROJECTIONS",
+    "SITE_SETS",
     "Conditioning",
     "Family",
     "Pipeline",
+    "Sampling",
     "Site",
     "UnsupportedPipelineError",
     "cross_attention_sites",

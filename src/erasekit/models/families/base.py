@@ -37,8 +37,17 @@ BatchIndex: TypeAlias = int | slice | Sequence[int] | torch.Tensor
 # "static_text": a token stream (B, L, d) (UNet cross-attention, PixArt / Sana attn2 on the projected caption, the
 #   SD3 / FLUX context_embedder);
 # "pooled_text": one vector per prompt (B, d), seen as a stream of one token (SD3 / FLUX's pooled text embedder).
-# Joint-attention sites (SD3 / FLUX add_k_proj, read after timestep-modulated blocks) would add "joint_text".
-INPUT_KINDS = ("static_text", "pooled_text")
+# "joint_text": the text stream as one joint-attention block reads it (SD3 / FLUX ``add_k_proj`` / ``add_v_proj``):
+#   after the earlier blocks and this block's timestep-modulated norm, so a function of the prompt, the latent and the
+#   timestep; its columns are gathered by hooks during sampling (:mod:`erasekit.models.joint`), and a closed form
+#   solved on them is exact only for the trajectories it saw (an approximation elsewhere).
+INPUT_KINDS = ("static_text", "pooled_text", "joint_text")
+# Which sites an adapter edits: the static ones (the default), the per-block joint ones (SD3 / FLUX), or both.
+SITE_SETS = ("static", "joint", "all")
+# How a pipeline lays out classifier-free guidance in its denoiser calls: "none" (one conditional call per step),
+# "batch" (one call on [unconditional, conditional] stacked on dim 0: diffusers' UNet pipelines, SD3) or "calls"
+# (two calls per step, the conditional first: FluxPipeline's true CFG).
+CFG_LAYOUTS = ("none", "batch", "calls")
 # What a fine-tuning method trains (:meth:`Family.fine_tune_layers`): the attention where text meets image (ESD-x) or
 # every other layer (ESD-u).
 FINE_TUNE_PARTS = ("attention", "rest")
@@ -107,6 +116,23 @@ class Site:
             raise ModelError(f"site {self.path!r}: input kind {self.input_kind!r} is not one of {INPUT_KINDS}")
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How to run the pipeline's own sampler with guidance ``scale``: the keyword arguments of ``pipe(...)`` that
+    set it, and how the denoiser calls lay out the conditional branch (:data:`CFG_LAYOUTS`)."""
+
+    kwargs: Mapping[str, Any]
+    cfg: str
+
+    def __post_init__(self) -> None:
+        if self.cfg not in CFG_LAYOUTS:
+            raise ModelError(f"cfg layout {self.cfg!r} is not one of {CFG_LAYOUTS}")
+
+    @property
+    def calls_per_step(self) -> int:
+        return 2 if self.cfg == "calls" else 1
+
+
 def is_cross_attention(module: nn.Module) -> bool:
     """A diffusers ``Attention`` that attends to another sequence (``is_cross_attention``) with a Linear ``to_k``.
 
@@ -114,6 +140,11 @@ def is_cross_attention(module: nn.Module) -> bool:
     and must never be edited as if it read text.
     """
     return bool(getattr(module, "is_cross_attention", False)) and isinstance(getattr(module, "to_k", None), nn.Linear)
+
+
+def check_site_set(sites: str) -> None:
+    if sites not in SITE_SETS:
+        raise ModelError(f"sites must be one of {SITE_SETS}, got {sites!r}")
 
 
 def cross_attention_sites(denoiser: nn.Module, projections: Sequence[str] = ("k", "v")) -> list[Site]:
@@ -151,13 +182,14 @@ class Family:
     # export/ldm_names.py's.
     original_names: tuple[tuple[str, str], ...] = ()
     lora_loader: bool = True  # whether the pipeline has diffusers' load_lora_weights for its denoiser
-    # Whether PURE's activation capture is validated here (it hooks cross-attention along the pipeline's DDIM
-    # sampling); the fine-tuning methods have their own flag below.
-    runs_denoiser_methods: bool = True
     # Whether the fine-tuning methods (ESD, ACE, MACE's LoRA stage) are validated here: they sample the frozen model's
     # own trajectories and train through ``denoise`` with the family's :meth:`dynamics` (DDPM ε / v, rectified-flow
     # velocity), edit the layers :meth:`fine_tune_layers` declares and, for MACE, read :meth:`text_attention_probe`.
     fine_tunes_denoiser: bool = False
+    # Whether activations can be captured along the pipeline's own sampler (PURE's activation basis, joint-site
+    # columns): the pipeline's guidance layout is declared by :meth:`sampling` and the twin call by
+    # :meth:`text_kwargs`. PixArt / Sana are not validated for it.
+    captures_activations: bool = True
     # Whether position i of the site input is token i of ``tokenizer(prompt)`` (MACE aligns prompts by it).
     positions_follow_tokenizer: bool = True
 
@@ -200,9 +232,29 @@ class Family:
         return out.chunk(2, dim=1)[0] if out.shape[1] == 2 * x_t.shape[1] else out
 
     # ---------------------------------------------------------------- sites
-    def edit_sites(self, pipe: Pipeline, projections: Sequence[str] = ("k", "v")) -> list[Site]:
-        """The static-text sites: ``to_k`` / ``to_v`` of every cross-attention module of the denoiser."""
+    def edit_sites(self, pipe: Pipeline, projections: Sequence[str] = ("k", "v"), sites: str = "static") -> list[Site]:
+        """The static-text sites: ``to_k`` / ``to_v`` of every cross-attention module of the denoiser.
+
+        ``sites`` (:data:`SITE_SETS`): cross-attention reads the encoder's output directly, so these families have no
+        joint sites and only 'static' is offered."""
+        check_site_set(sites)
+        if sites != "static":
+            raise ModelError(
+                f"the {self.name} family has no joint-attention sites (its cross-attention reads the text encoder's "
+                "output at every step); sites='joint' / 'all' is for SD3 and FLUX: use sites='static'"
+            )
         return cross_attention_sites(self.get_denoiser(pipe), projections)
+
+    # ---------------------------------------------------------------- sampling with hooks
+    def sampling(self, pipe: Pipeline, scale: float) -> Sampling:
+        """How ``pipe(...)`` runs with classifier-free guidance ``scale``: diffusers' ``guidance_scale``, the
+        unconditional and conditional branches stacked in one denoiser call (conditional second)."""
+        return Sampling({"guidance_scale": scale}, "batch" if scale > 1.0 else "none")
+
+    def text_kwargs(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        """The denoiser-call keyword arguments that carry the text of ``cond`` (a paired twin call replaces these and
+        keeps the rest): the text stream as ``encoder_hidden_states``."""
+        return {"encoder_hidden_states": cond.embeds}
 
     # ---------------------------------------------------------------- text
     def tokenizer(self, pipe: Pipeline) -> PreTrainedTokenizerBase:

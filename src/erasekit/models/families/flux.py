@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ...errors import ModelError
-from .base import Conditioning, Pipeline, Site
+from .base import Conditioning, Pipeline, Sampling, Site
 from .dynamics import FlowDynamics
 from .sd3 import MMDiTFamily, call_default, t5_mask
 
@@ -163,6 +163,16 @@ class FluxFamily(MMDiTFamily):
         mask = t5_mask(pipe.tokenizer_2, list(prompts), length)
         return Conditioning(embeds, mask, pooled, guidance=guidance)
 
+    def sampling(self, pipe: Pipeline, scale: float) -> Sampling:
+        """dev embeds ``scale`` as its guidance input (one call per step); schnell-like models run FluxPipeline's
+        true CFG against the empty prompt: two calls per step, the conditional first."""
+        length = {"max_sequence_length": self.max_sequence_length(pipe)}
+        if self.guidance_distilled(pipe):
+            return Sampling({"guidance_scale": scale, **length}, "none")
+        if scale > 1.0:
+            return Sampling({"true_cfg_scale": scale, "negative_prompt": "", **length}, "calls")
+        return Sampling({"true_cfg_scale": 1.0, **length}, "none")
+
     def site_tokens(self, cond: Conditioning, site: Site | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """As the base, except a prompt with no token before T5's EOS (the empty prompt: T5 adds no BOS) takes the
         stream's last position, as the official UCE-FLUX script's ``mask.sum() - 2`` indexes it (−1: the final padding
@@ -210,7 +220,6 @@ FLUX = FluxFamily(
     description="FLUX.1 dev / schnell (MMDiT, CLIP-L pooled + T5; context_embedder and the pooled embedder)",
     lora_prefix="transformer",
     kohya=False,
-    runs_denoiser_methods=False,  # PURE's activation capture: cross-attention hooks (joint capture: another change)
     fine_tunes_denoiser=True,
     lora_loader=True,  # FluxLoraLoaderMixin
     original_names=(("context_embedder", "txt_in"), ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer")),

@@ -76,6 +76,6 @@ PIXART = PixArtFamily(
     description="PixArt-α / Σ (DiT, T5; attn2 on caption_projection)",
     lora_prefix="transformer",
     kohya=False,
-    runs_denoiser_methods=False,
+    captures_activations=False,
     lora_loader=False,  # diffusers 0.42 has no PixArt LoRA loader mixin
 )

@@ -70,7 +70,7 @@ SANA = SanaFamily(
     description="Sana (linear DiT, Gemma-2; attn2 on caption_norm(caption_projection))",
     lora_prefix="transformer",
     kohya=False,
-    runs_denoiser_methods=False,
+    captures_activations=False,
     positions_follow_tokenizer=False,  # [BOS, last instruction token, prompt...]: see encode()
     lora_loader=True,  # SanaLoraLoaderMixin
 )

@@ -7,7 +7,9 @@ zero-padded to T5's width, then joined with T5's states along the sequence (T5 u
 sites (DESIGN §10): their inputs are functions of the prompt alone, whatever the timestep and latent.
 They read *different* inputs, so they are two site groups ("text", "pooled") and a closed form is
 solved per group. The joint blocks' ``add_k_proj / add_v_proj`` read a timestep-modulated text
-stream and are not sites here. SD3.5-Medium's ``attn2`` is a second *image* self-attention
+stream: they are opt-in *joint* sites (``sites='joint'`` or ``'all'``; :func:`mmdit_joint_sites`), one group per
+block, whose columns are captured during sampling (:mod:`erasekit.models.joint`).
+SD3.5-Medium's ``attn2`` is a second *image* self-attention
 (``is_cross_attention`` false) and is never a site: sites are found by structure, not by name.
 
 :class:`MMDiTFamily` holds what SD3 and FLUX share (:mod:`.flux` subclasses it).
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .base import Conditioning, Family, Pipeline, Site
+from .base import PROJECTIONS, Conditioning, Family, Pipeline, Sampling, Site, check_site_set
 from .dynamics import FlowDynamics
 from .sd import clip_mask
 
@@ -71,6 +73,35 @@ def mmdit_static_sites(den: Any) -> list[Site]:  # a diffusers model: its config
     return [Site(context[0], "static_text", TEXT_GROUP), Site(pooled[0], "pooled_text", POOLED_GROUP)]
 
 
+JOINT_PROJECTIONS = {p: f"add_{p}_proj" for p in PROJECTIONS}  # k -> add_k_proj, v -> add_v_proj
+
+
+def joint_attention_blocks(den: Any) -> list[str]:  # a diffusers model: its config is dynamic
+    """Module paths of the attentions whose keys and values include a second, text stream: an attention module with
+    Linear ``add_k_proj`` and ``add_v_proj`` reading the transformer's hidden width and an image output ``to_out``.
+
+    Found by structure: SD3.5-M's image-only ``attn2`` and FLUX's single-stream attentions have no ``add_*_proj``;
+    an ``add_k_proj`` reading another width (an IP-adapter's image tokens) is not the text stream.
+    """
+    inner = int(den.config.num_attention_heads) * int(den.config.attention_head_dim)  # the joint stream's width
+    out = []
+    for name, m in den.named_modules():
+        k, v = getattr(m, "add_k_proj", None), getattr(m, "add_v_proj", None)
+        if isinstance(k, nn.Linear) and isinstance(v, nn.Linear) and k.in_features == v.in_features == inner:
+            if isinstance(getattr(m, "to_out", None), nn.ModuleList):
+                out.append(name)
+    return out
+
+
+def mmdit_joint_sites(den: Any, projections: Sequence[str] = ("k", "v")) -> list[Site]:
+    """The opt-in joint sites: ``add_k_proj`` / ``add_v_proj`` of every joint-attention block, one group per block
+    (the block's two projections read the same modulated text stream; another block reads another one)."""
+    blocks = joint_attention_blocks(den)
+    if not blocks:
+        raise ModelError(f"{type(den).__name__} has no joint-attention block with add_k_proj / add_v_proj")
+    return [Site(f"{b}.{JOINT_PROJECTIONS[p]}", "joint_text", b) for b in blocks for p in projections]
+
+
 def call_default(pipe: Pipeline, name: str, fallback: Any) -> Any:
     """The default of ``pipe.__call__``'s argument ``name``: what generation uses unless told otherwise."""
     p = inspect.signature(type(pipe).__call__).parameters.get(name)
@@ -91,12 +122,27 @@ def t5_mask(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], length: 
 class MMDiTFamily(Family):
     """SD3 / FLUX: the static sites ``context_embedder`` (group "text") and the pooled ``linear_1`` (group "pooled").
 
-    ``projections`` select cross-attention K / V projections; these families have none, and their two static sites
-    are always both edited.
+    ``sites='joint'`` / ``'all'`` add the joint blocks' ``add_k_proj`` / ``add_v_proj`` (one group per block;
+    ``projections`` pick K / V among them); the two static sites are always both edited when included.
     """
 
-    def edit_sites(self, pipe: Pipeline, projections: Sequence[str] = ("k", "v")) -> list[Site]:
-        return mmdit_static_sites(self.get_denoiser(pipe))
+    def edit_sites(self, pipe: Pipeline, projections: Sequence[str] = ("k", "v"), sites: str = "static") -> list[Site]:
+        check_site_set(sites)
+        den = self.get_denoiser(pipe)
+        static = mmdit_static_sites(den) if sites in ("static", "all") else []
+        joint = mmdit_joint_sites(den, projections) if sites in ("joint", "all") else []
+        return static + joint
+
+    def text_kwargs(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        """The text stream and the pooled vector: both carry the prompt into an MMDiT call."""
+        if cond.pooled is None:
+            raise ModelError(f"{self.name}: a denoiser call needs the pooled text, which encode() did not give")
+        return {"encoder_hidden_states": cond.embeds, "pooled_projections": cond.pooled}
+
+    def sampling(self, pipe: Pipeline, scale: float) -> Sampling:
+        """As the base, at the T5 length :meth:`encode` uses, so captured streams align with encoded ones."""
+        base = super().sampling(pipe, scale)
+        return Sampling({**base.kwargs, "max_sequence_length": self.max_sequence_length(pipe)}, base.cfg)
 
     def max_sequence_length(self, pipe: Pipeline) -> int:
         """T5 positions of the text stream: what ``__call__`` uses by default."""
@@ -174,7 +220,6 @@ SD3 = SD3Family(
     description="Stable Diffusion 3 / 3.5 (MMDiT, CLIP-L + CLIP-G + T5; context_embedder and the pooled embedder)",
     lora_prefix="transformer",
     kohya=False,
-    runs_denoiser_methods=False,
     lora_loader=True,  # SD3LoraLoaderMixin
     original_names=(
         ("context_embedder", "context_embedder"),
