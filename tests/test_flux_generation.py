@@ -40,7 +40,12 @@ def test_each_family_says_how_it_is_guided(all_tiny_pipes):
     # under prompt_embeds the empty prompt goes in as embeddings, exactly as encode() gives them
     kw = fam.generation_kwargs(schnell, 4.0, 3, embeds=True)
     empty = fam.encode(schnell, ["", "", ""])
-    assert set(kw) == {"true_cfg_scale", "negative_prompt_embeds", "negative_pooled_prompt_embeds", "max_sequence_length"}
+    assert set(kw) == {
+        "true_cfg_scale",
+        "negative_prompt_embeds",
+        "negative_pooled_prompt_embeds",
+        "max_sequence_length",
+    }
     assert torch.equal(kw["negative_prompt_embeds"], empty.embeds) and kw["negative_prompt_embeds"].shape[0] == 3
     assert torch.equal(kw["negative_pooled_prompt_embeds"], empty.pooled)
 
@@ -90,7 +95,9 @@ def test_tinyworld_flux_is_a_bundled_model_with_its_own_defaults_row_and_generat
     assert "tinyworld-flux" in BUNDLED and erasekit.is_tinyworld("tinyworld-flux")
     rec = describe_model("tinyworld-flux")
     assert describe_model(str(pipeline_flux_dir())).bundled == "tinyworld-flux"  # its shipped folder, too
-    assert rec.defaults_key == defaults.model_key("tinyworld-flux") == "tinyworld-flux" != defaults.model_key("tinyworld")
+    assert (
+        rec.defaults_key == defaults.model_key("tinyworld-flux") == "tinyworld-flux" != defaults.model_key("tinyworld")
+    )
     assert rec.prior_prompts == "tinyworld"  # one world, one vocabulary
     g = flux.GENERATE_KW
     assert rec.generation == {
@@ -116,7 +123,9 @@ def test_the_bundled_model_renders_with_true_cfg_as_plain_diffusers_does(bundled
     ours = _pixels(generate_pairs(pipe, [("a striped red circle", 3)], steps=steps, guidance=scale))
     plain = pipe("a striped red circle", generator=torch.Generator().manual_seed(3), **flux.GENERATE_KW).images
     assert ours.shape == (1, flux.SIZE, flux.SIZE, 3) and np.array_equal(ours, _pixels(plain))
-    assert not np.array_equal(ours, _pixels(generate_pairs(pipe, [("a striped red circle", 3)], steps=steps, guidance=1.0)))
+    assert not np.array_equal(
+        ours, _pixels(generate_pairs(pipe, [("a striped red circle", 3)], steps=steps, guidance=1.0))
+    )
 
 
 @needs_flux

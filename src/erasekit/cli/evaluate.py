@@ -16,6 +16,7 @@ from ._common import (
     _load_edit_file,
 )
 
+
 def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--suite",

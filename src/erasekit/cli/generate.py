@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ._common import (
     _add_model_options,
@@ -31,7 +32,7 @@ def cmd_generate(args) -> int:
     prompts, seeds = args.prompt, args.seed or [0]
     own = describe_model(args.model).generation  # a bundled model's settings (tinyworld-flux: its GENERATE_KW)
     given = dict(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width)
-    kw = {k: v if v is not None else own.get(k) for k, v in given.items()}
+    kw: dict[str, Any] = {k: v if v is not None else own.get(k) for k, v in given.items()}
     if edit is not None:
         edit.check_compatible(pipe)
     before = generate(pipe, prompts, seeds, **kw)
