@@ -22,6 +22,8 @@ def test_resolve_user_options_win_and_every_default_has_a_reason():
     assert pub["centre"] == "none" and pub["retain_energy"] == 0.99 and rec["source"] == "published"
     xl, rec = defaults.resolve("tinyworld-xl", "uce", {})  # the same world, the same defaults
     assert xl == defaults.resolve("tinyworld", "uce", {})[0] and rec["model"] == "tinyworld"
+    fx, rec = defaults.resolve("tinyworld-flux", "pure", {})  # its own row: T5 is not a causal CLIP encoder
+    assert rec["model"] == "tinyworld-flux" and fx and all(v["reason"] for v in rec["applied"].values())
     other, rec = defaults.resolve("some/model", "uce", {})
     assert other == {} and rec["model"] == "*"  # real models start from the papers' settings
     skipped, _ = defaults.resolve("tinyworld", "pure", {}, valid={"centre"})  # a default the method lacks is skipped
@@ -105,7 +107,7 @@ def test_api_applies_the_model_defaults_the_command_applies(tiny_pipes):
 
 def test_is_tinyworld_is_one_rule_for_names_records_and_folders(tiny_pipes):
     from erasekit.models.record import describe_model, model_record
-    from erasekit.tinyworld import pipeline_dir, pipeline_xl_dir
+    from erasekit.tinyworld import pipeline_dir, pipeline_flux_dir, pipeline_xl_dir
 
     assert erasekit.is_tinyworld("tinyworld") and erasekit.is_tinyworld(
         "tinyworld-xl"
@@ -118,6 +120,10 @@ def test_is_tinyworld_is_one_rule_for_names_records_and_folders(tiny_pipes):
     )
     assert describe_model("tinyworld-xl").defaults_key == "tinyworld" and describe_model("x").prior_prompts is None
     assert defaults.model_key("tinyworld-xl") == defaults.model_key(str(pipeline_xl_dir())) == "tinyworld"
+    # tinyworld-flux: bundled (suites, judge, captions), with its own defaults row (T5 is not a causal CLIP)
+    assert erasekit.is_tinyworld("tinyworld-flux") and erasekit.is_tinyworld(str(pipeline_flux_dir()))
+    assert defaults.model_key("tinyworld-flux") == defaults.model_key(str(pipeline_flux_dir())) == "tinyworld-flux"
+    assert describe_model("tinyworld-flux").prior_prompts == "tinyworld"
     assert not model_record(tiny_pipes["sdxl"]).tinyworld
 
 

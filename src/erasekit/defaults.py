@@ -91,6 +91,55 @@ ERASEKIT: dict[str, dict[str, dict[str, Setting]]] = {
         },
         "ace": {"templates": _TEMPLATES},
     },
+    # tinyworld-flux: the same world and captions, but the main text path is T5 (bidirectional, unmasked: every
+    # position, padding included, is a function of the whole prompt) into context_embedder, plus CLIP's pooled
+    # vector (one position) into the pooled embedder. The 'causal CLIP' reason of the tinyworld row does not hold, so
+    # its token choices are re-decided here; the templates reason (how captions name a concept) holds unchanged.
+    # Measured where measured on the development concepts square, blue, dotted (n = 12 per suite, 20 steps, true CFG
+    # 5, interim weights at step 5143; intervals ±25 points, so these are reasoned choices the numbers do not
+    # contradict), never on circle / red / striped:
+    #   erasekit bench --model tinyworld-flux --methods uce_last=uce,uce_tail=uce,uce_all=uce,space_last=space,
+    #     space_all=space,pt_pub=pure,pt_tw=pure --set X.templates=true --set X.token=... --set pt_*.basis=text ...
+    #     --concepts square,blue,dotted --n 12 --suite target,paraphrase,retain
+    # PURE's centre / forget_rule / record_steps configure its activation basis, measured on UNet cross-attention
+    # outputs; the DiT's capture does not run here yet, so they are not claimed for this model.
+    "tinyworld-flux": {
+        "uce": {
+            "token": Setting(
+                "all",
+                "T5 is bidirectional and FLUX attends to every T5 position unmasked, so the concept is in every "
+                "position (before the concept word and in the padding too); the last concept token alone leaves it "
+                "in the other 31. Dev concepts, mean over square / blue / dotted: last 19 / 19 % erase / paraphrase "
+                "erase, all 19 / 39 %, tail 25 / 36 % (within noise; 'all' is the reasoned choice)",
+            ),
+            "templates": _TEMPLATES,
+        },
+        "space": {
+            "token": Setting(
+                "last",
+                "SPACE's sparse solve on this model erases more from the last concept token than from all 32 "
+                "positions: dev concepts, mean over square / blue / dotted, erase / paraphrase erase / retain "
+                "56 / 78 / 89 % (last) vs 39 / 47 / 95 % (all); the 'causal CLIP' reason for 'all' does not apply",
+            ),
+            "templates": _TEMPLATES,
+        },
+        "pure": {
+            "templates": _TEMPLATES,
+            "forget_energy": Setting(
+                0.99,
+                "the text basis (the one PURE basis that runs on FLUX today) keeps the erase columns' directions "
+                "up to 0.99 of their energy; with retain 0.5 (measured together) the dev concepts' harmonic mean is "
+                "0 / 18 / 55 % (square / blue / dotted) vs 0 / 0 / 30 % at the paper's 0.9 / 0.99",
+            ),
+            "retain_energy": Setting(
+                0.5,
+                "as on tinyworld, a broad retain basis covers the forget directions too and E removes almost "
+                "nothing: on the text basis the paper's 0.9 / 0.99 erased no more of any dev concept than 0.99 / 0.5 "
+                "(see forget_energy)",
+            ),
+        },
+        "ace": {"templates": _TEMPLATES},
+    },
     "*": {},
 }
 
@@ -119,8 +168,9 @@ SOURCES = ("erasekit", "published", None)  # erase(defaults=...): erasekit's per
 
 
 def model_key(model) -> str:
-    """'tinyworld' for the bundled models (tinyworld and tinyworld-xl: one world, one vocabulary, causal
-    CLIP encoders, so the same reasons hold), '*' for every other. ``model``: a pipeline or a ``--model`` name."""
+    """'tinyworld' for tinyworld and tinyworld-xl (one world, one vocabulary, causal CLIP encoders, so the same
+    reasons hold), 'tinyworld-flux' for the FLUX.1 sibling (T5: its own reasons), '*' for every other.
+    ``model``: a pipeline or a ``--model`` name."""
     from .models.record import describe_model, model_record
 
     rec = describe_model(model) if model is None or isinstance(model, str) else model_record(model)

@@ -44,19 +44,18 @@ def generate_pairs(
     batch_size: int = 8,
 ) -> list[Image.Image]:
     """One image per (prompt, seed) job, batched; image i is the same whatever else is in its batch."""
+    from .models.families import identify
     from .models.precision import generating_in_compute_dtype
 
-    kw = {
-        k: v
-        for k, v in dict(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width).items()
-        if v is not None
-    }
+    family = identify(pipe)
+    kw = {k: v for k, v in dict(num_inference_steps=steps, height=height, width=width).items() if v is not None}
     images: list[Image.Image] = []
     with generating_in_compute_dtype(pipe):  # float16 on a CPU runs in float32 (models/precision.py)
         for i in range(0, len(jobs), batch_size):
             chunk = jobs[i : i + batch_size]
             gens = [torch.Generator(device="cpu").manual_seed(int(s)) for _, s in chunk]
-            out = pipe(prompt=[p for p, _ in chunk], generator=gens, output_type="pil", **kw)
+            guided = family.generation_kwargs(pipe, guidance, len(chunk))  # the family's guidance (FLUX: true CFG)
+            out = pipe(prompt=[p for p, _ in chunk], generator=gens, output_type="pil", **kw, **guided)
             images.extend(out.images)
     return images
 

@@ -90,7 +90,7 @@ def _add_model_options(p: argparse.ArgumentParser, required: bool = True) -> Non
         "--model",
         required=required,
         default=None if required else "tinyworld",
-        help="'tinyworld', 'tinyworld-xl', tiny-sd / tiny-sdxl, a diffusers folder, a hub id, "
+        help="'tinyworld', 'tinyworld-xl', 'tinyworld-flux', tiny-sd / tiny-sdxl, a diffusers folder, a hub id, "
         "or a single-file .safetensors",
     )
     p.add_argument(

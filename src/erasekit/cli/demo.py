@@ -52,8 +52,8 @@ def add_parser(sub) -> None:
     d.add_argument(
         "--model",
         default="tinyworld",
-        choices=("tinyworld", "tinyworld-xl"),
-        help="bundled model: tinyworld (SD 1.x architecture) or tinyworld-xl (SDXL architecture)",
+        choices=("tinyworld", "tinyworld-xl", "tinyworld-flux"),
+        help="bundled model: tinyworld (SD 1.x architecture), tinyworld-xl (SDXL) or tinyworld-flux (FLUX.1)",
     )
     d.add_argument("--method", default="space", help="registered method (default space)")
     d.add_argument("--n", type=int, default=16, help="prompts per suite (named, paraphrased, retained)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models.record import is_tinyworld
+from ..models.record import describe_model, is_tinyworld
 from ._common import (
     _add_model_options,
     _check_finite,
@@ -14,10 +14,6 @@ from ._common import (
     _info,
     _load,
     _load_edit_file,
-)
-
-TINYWORLD_STEPS = (
-    10  # validity at 10 vs 20 steps (python -m erasekit.tinyworld.validity --steps 10): every target holds
 )
 
 
@@ -68,14 +64,15 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         default=None,
-        help="denoising steps (tinyworld default 10 DPM-Solver++ steps, where its validity table still holds; "
-        "else the pipeline's)",
+        help="denoising steps (bundled models: their own, tinyworld / tinyworld-xl 10 DPM-Solver++ steps, where "
+        "their validity tables still hold, tinyworld-flux 20 Euler steps; else the pipeline's)",
     )
     p.add_argument(
         "--guidance",
         type=float,
         default=None,
-        help="guidance scale (tinyworld default 5, else the pipeline's; a prompt file's own guidance wins)",
+        help="guidance scale (bundled models 5, true CFG on tinyworld-flux; else the pipeline's; a prompt file's "
+        "own guidance wins)",
     )
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
@@ -162,13 +159,10 @@ def _eval_setup(args):
     judge = make_judge(
         args.judge, device=args.device, **({"threshold": args.threshold} if args.threshold is not None else {})
     )
-    tiny = is_tinyworld(args.model)
+    own = describe_model(args.model).generation  # a bundled model's settings (tinyworld-flux: its GENERATE_KW)
+    given = {"steps": args.steps, "guidance": args.guidance, "height": args.height, "width": args.width}
     settings = GenerationSettings(
-        steps=args.steps if args.steps is not None else (TINYWORLD_STEPS if tiny else None),
-        guidance=args.guidance if args.guidance is not None else (5.0 if tiny else None),
-        height=args.height,
-        width=args.width,
-        batch_size=args.batch_size,
+        **{k: v if v is not None else own.get(k) for k, v in given.items()}, batch_size=args.batch_size
     )
     return _load(args), judge, plan, settings
 

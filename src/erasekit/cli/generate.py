@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ._common import (
     _add_model_options,
@@ -19,6 +20,7 @@ from ._common import (
 def cmd_generate(args) -> int:
     from .._atomic import atomic_path, check_writable
     from ..generate import generate, image_grid
+    from ..models.record import describe_model
 
     _check_model_options(args)
     _check_positive(args, "steps", "height", "width")
@@ -28,7 +30,9 @@ def cmd_generate(args) -> int:
     pipe = _load(args)
     _check_image_size(pipe, args.height, args.width)
     prompts, seeds = args.prompt, args.seed or [0]
-    kw = dict(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width)
+    own = describe_model(args.model).generation  # a bundled model's settings (tinyworld-flux: its GENERATE_KW)
+    given = dict(steps=args.steps, guidance=args.guidance, height=args.height, width=args.width)
+    kw: dict[str, Any] = {k: v if v is not None else own.get(k) for k, v in given.items()}
     if edit is not None:
         edit.check_compatible(pipe)
     before = generate(pipe, prompts, seeds, **kw)
@@ -58,8 +62,16 @@ def add_parser(sub) -> None:
     g.add_argument("--edit", default=None, help="edit file to compare against the unedited model")
     g.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
     g.add_argument("--seed", action="append", type=int, help="seed (repeatable; default 0)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (pipeline default if omitted)")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (omitted: a bundled model's own, else the pipeline's)"
+    )
+    g.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (true CFG on FLUX without a guidance embedding); omitted: a bundled "
+        "model's own, else the pipeline's",
+    )
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--out", default="grid.png", help="PNG grid to write")

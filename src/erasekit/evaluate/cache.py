@@ -1,7 +1,7 @@
 """The evaluation's on-disk caches: images (the runner's *cache* stage) and fitted edits (:class:`EditStore`).
 
 An image's key is the SHA-256 of (model state fingerprint, prompt, seed, concept shift, steps,
-guidance, size, scheduler[, compute dtype]); the PNG is written atomically under
+guidance, size, scheduler[, compute dtype][, the family's guidance keywords]); the PNG is written atomically under
 ``root/images/<model fp[:16]>/<key[:2]>/<key>.png`` with the key's JSON in its text chunk.
 """
 
@@ -115,11 +115,14 @@ class ModelIdentity:
     scheduler: str
     stored_dtype: torch.dtype
     generation_dtype: torch.dtype
+    # How the family guides and encodes beyond ``guidance_scale`` (FLUX without a guidance embedding: true CFG against
+    # "" at its T5 length), as JSON with the scale left out; None where it is plain ``guidance_scale``.
+    call: str | None = None
 
     @classmethod
     def of(cls, pipe) -> ModelIdentity:
         stored, gen = pipeline_compute_dtype(pipe)
-        return cls(pipeline_fingerprint(pipe), scheduler_id(pipe), stored, gen)
+        return cls(pipeline_fingerprint(pipe), scheduler_id(pipe), stored, gen, generation_call(pipe))
 
     @property
     def borrowed_dtype(self) -> str | None:
@@ -132,7 +135,24 @@ class ModelIdentity:
             "stored_dtype": _dtype_name(self.stored_dtype),
             "scheduler": self.scheduler,
             "model_fingerprint": self.fingerprint,
+            "generation_call": None if self.call is None else json.loads(self.call),
         }
+
+
+def generation_call(pipe) -> str | None:
+    """The family's generation keywords other than the scale (:meth:`~erasekit.models.families.Family.
+    generation_kwargs` for one prompt), as sorted JSON; None when they are ``guidance_scale`` alone (the UNets,
+    PixArt, Sana, SD3), so those images keep the keys they always had."""
+    from ..models.families import UnsupportedPipelineError, identify
+
+    try:
+        kw = identify(pipe).generation_kwargs(pipe, 2.0, 1)
+    except UnsupportedPipelineError:
+        return None
+    if set(kw) == {"guidance_scale"}:
+        return None
+    scale = {"guidance_scale", "true_cfg_scale"}
+    return json.dumps({k: ("<guidance>" if k in scale else v) for k, v in kw.items()}, sort_keys=True)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -154,9 +174,11 @@ class ImageCache:
         scheduler: str,
         vectors: dict,
         compute_dtype: str | None = None,
+        call: str | None = None,
     ) -> tuple[str, dict]:
         """``compute_dtype``: set when the pipeline computes in another dtype than it stores (float16 on a
-        CPU runs in float32), so those images never mix with images rendered in the stored dtype."""
+        CPU runs in float32), so those images never mix with images rendered in the stored dtype; ``call``: the
+        family's guidance keywords (:attr:`ModelIdentity.call`), set only where they are not ``guidance_scale``."""
         guidance = item.guidance if item.guidance is not None else settings.guidance
         spec = {
             "model": model_fp,
@@ -177,6 +199,8 @@ class ImageCache:
                 spec["steps"] = item.sampling[2]
         if compute_dtype is not None:
             spec["compute_dtype"] = compute_dtype
+        if call is not None:
+            spec["call"] = call
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(), spec
 
     def path(self, model_fp: str, digest: str) -> Path:

@@ -89,13 +89,16 @@ def time_inference(pipe, edits: dict, steps: int, repeats: int, batch: int = 4) 
     import numpy as np
     import torch
 
+    from ..models.families import identify
+
     prompts = ["a striped red circle"] * batch
     times: dict[str, list[float]] = {"unedited": [], **{k: [] for k in edits}}
+    guided = identify(pipe).generation_kwargs(pipe, 5.0, batch)  # the family's guidance at scale 5
 
     def call():
         gens = [torch.Generator().manual_seed(i) for i in range(batch)]
         t0 = time.perf_counter()
-        pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=5.0, generator=gens, output_type="np")
+        pipe(prompt=prompts, num_inference_steps=steps, generator=gens, output_type="np", **guided)
         return time.perf_counter() - t0
 
     call()  # warm-up

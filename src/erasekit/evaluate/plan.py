@@ -311,7 +311,9 @@ def plan_jobs(
     jobs: dict[str, Job] = {}
 
     def job(state_name: str, item: SuiteItem, vectors: dict) -> Path:
-        digest, spec = cache.key(fps[state_name], item, settings, model.scheduler, vectors, model.borrowed_dtype)
+        digest, spec = cache.key(
+            fps[state_name], item, settings, model.scheduler, vectors, model.borrowed_dtype, model.call
+        )
         path = cache.path(fps[state_name], digest)
         jobs.setdefault(digest, Job(state_name, digest, path, spec, item, vectors))
         return path

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..models.families import identify
 from ..models.precision import generating_in_compute_dtype
 from .conditioning import shifted_conditioning, token_conditioning
 from .suites import SuiteItem
@@ -43,12 +44,7 @@ def render_batch(pipe, items: Sequence[SuiteItem], vectors: dict, settings: Gene
     gens = [torch.Generator(device="cpu").manual_seed(int(it.seed)) for it in items]
     first = items[0]
     guidance = first.guidance if first.guidance is not None else settings.guidance
-    asked = {
-        "num_inference_steps": settings.steps,
-        "guidance_scale": guidance,
-        "height": settings.height,
-        "width": settings.width,
-    }
+    asked = {"num_inference_steps": settings.steps, "height": settings.height, "width": settings.width}
     if first.sampling is not None and first.sampling[2] is not None:
         asked["num_inference_steps"] = first.sampling[2]
     kw = {k: v for k, v in asked.items() if v is not None}
@@ -58,6 +54,8 @@ def render_batch(pipe, items: Sequence[SuiteItem], vectors: dict, settings: Gene
         cond = token_conditioning(pipe, items, vectors)
     else:
         cond = {"prompt": [it.prompt for it in items]}
+    # how the family is guided at this scale (FLUX without a guidance embedding: true CFG against "")
+    kw.update(identify(pipe).generation_kwargs(pipe, guidance, len(items), embeds="prompt" not in cond))
     with generating_in_compute_dtype(pipe), _sampler(pipe, first):  # float16 on a CPU runs in float32
         return pipe(**cond, generator=gens, output_type="pil", **kw).images
 

@@ -1,6 +1,7 @@
 """Load a pipeline from whatever users pass as ``--model``.
 
-* ``tinyworld`` — the bundled model (DESIGN §8); ``tinyworld-xl`` — its SDXL-architecture sibling
+* ``tinyworld`` — the bundled model (DESIGN §8); ``tinyworld-xl`` / ``tinyworld-flux`` — its SDXL- and
+  FLUX.1-architecture siblings (also when given as their shipped folder: loaded by their own loaders)
 * ``tiny-sd`` / ``tiny-sd2`` / ``tiny-sdxl`` — tiny random pipelines built offline (smoke tests)
 * a local diffusers folder (``model_index.json``) — ``DiffusionPipeline.from_pretrained``
 * a single-file ``.safetensors`` checkpoint (A1111 / ComfyUI layout) — ``from_single_file``
@@ -20,7 +21,7 @@ import torch
 
 from ..dtypes import DTYPES
 from ..errors import ModelError
-from .record import BUNDLED, is_tinyworld, model_record, record_model
+from .record import BUNDLED, describe_model, is_tinyworld, model_record, record_model
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -80,11 +81,16 @@ class _DropHalfOnCpuWarning(logging.Filter):
 
 
 def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: str | None) -> Pipeline:
-    if model in BUNDLED:
+    bundled = describe_model(model).bundled  # a bundled name, or a bundled model's shipped folder
+    if bundled is not None:
         from .. import tinyworld
 
-        load = tinyworld.load_pipeline if model == "tinyworld" else tinyworld.load_pipeline_xl
-        return load(dtype=torch_dtype)
+        loaders = {
+            "tinyworld": tinyworld.load_pipeline,
+            "tinyworld-xl": tinyworld.load_pipeline_xl,
+            "tinyworld-flux": tinyworld.load_pipeline_flux,  # declares its 32 px and its T5 length
+        }
+        return loaders[bundled](dtype=torch_dtype)
     if model in TINY:
         from .tiny import build_tiny_pipeline
 
@@ -107,7 +113,7 @@ def _load(model: str, torch_dtype: torch.dtype, config: str | None, revision: st
     if _HUB_ID.match(model) and not path.exists():
         return _from_pretrained(model, torch_dtype, revision, local=False)
     raise ModelError(
-        f"unknown model {model!r}: pass 'tinyworld', 'tinyworld-xl', tiny-sd / tiny-sd2 / tiny-sdxl, "
+        f"unknown model {model!r}: pass 'tinyworld', 'tinyworld-xl', 'tinyworld-flux', tiny-sd / tiny-sd2 / tiny-sdxl, "
         "a diffusers folder, "
         "a single-file .safetensors checkpoint, or a HuggingFace Hub id such as "
         "stable-diffusion-v1-5/stable-diffusion-v1-5"

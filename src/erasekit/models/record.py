@@ -1,8 +1,8 @@
 """Which model a pipeline is: the record :func:`~erasekit.models.loading.load_pipeline` attaches to it.
 
 The rest of the package asks here, and only here, whether a pipeline is one of the bundled
-tinyworld models (``tinyworld``, ``tinyworld-xl``): its defaults, suites, judge and prompt
-vocabulary apply. The methods and the prior never import the bundled model; what they need of
+tinyworld models (``tinyworld``, ``tinyworld-xl``, ``tinyworld-flux``): its defaults, suites, judge, prompt
+vocabulary and generation settings apply. The methods and the prior never import the bundled model; what they need of
 it (the name of its general prompt source, its captions, its synonyms) comes through this module.
 
 A pipeline that was loaded another way (``erasekit.tinyworld.load_pipeline()``, or plain
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .families import Pipeline
@@ -30,7 +30,8 @@ __all__ = [
     "tinyworld_captions",
 ]
 
-BUNDLED = ("tinyworld", "tinyworld-xl")  # trained on the tinyworld world: tinyworld suites, judge and defaults apply
+# trained on the tinyworld world: tinyworld suites, judge, defaults and generation settings apply
+BUNDLED = ("tinyworld", "tinyworld-xl", "tinyworld-flux")
 _ATTR = "_erasekit_model"
 
 
@@ -39,7 +40,7 @@ class ModelRecord:
     """What erasekit knows about a pipeline beyond its weights."""
 
     name: str  # as given to load_pipeline ('tinyworld', a folder, a hub id, a .safetensors file), or its folder
-    bundled: str | None = None  # 'tinyworld' / 'tinyworld-xl' for the bundled models, else None
+    bundled: str | None = None  # 'tinyworld' / 'tinyworld-xl' / 'tinyworld-flux' for the bundled models, else None
 
     @property
     def tinyworld(self) -> bool:
@@ -47,9 +48,23 @@ class ModelRecord:
 
     @property
     def defaults_key(self) -> str:
-        """The row of :data:`erasekit.defaults.ERASEKIT`: 'tinyworld' (both bundled models: one world, one
-        vocabulary, causal CLIP encoders, so the same reasons hold) or '*'."""
+        """The row of :data:`erasekit.defaults.ERASEKIT`: 'tinyworld' (tinyworld and tinyworld-xl: one world, one
+        vocabulary, causal CLIP encoders, so the same reasons hold), 'tinyworld-flux' (the same world read by a
+        bidirectional, unmasked T5: its own reasons) or '*'."""
+        if self.bundled == "tinyworld-flux":
+            return "tinyworld-flux"
         return "tinyworld" if self.tinyworld else "*"
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        """The bundled model's sampling settings as :class:`~erasekit.evaluate.render.GenerationSettings` fields
+        (``steps``, ``guidance``, ``height``, ``width``; absent = the pipeline's own), what ``bench``, ``evaluate``
+        and ``demo`` use unless told otherwise; {} for any other model."""
+        if self.bundled is None:
+            return {}
+        from .. import tinyworld
+
+        return tinyworld.generation_settings(self.bundled)
 
     @property
     def prior_prompts(self) -> str | None:
@@ -60,7 +75,11 @@ class ModelRecord:
 def _bundled_folders() -> dict[str, Path]:
     from .. import tinyworld  # the models layer loads the bundled model; nothing above it imports tinyworld
 
-    return {"tinyworld": tinyworld.pipeline_dir(), "tinyworld-xl": tinyworld.pipeline_xl_dir()}
+    return {
+        "tinyworld": tinyworld.pipeline_dir(),
+        "tinyworld-xl": tinyworld.pipeline_xl_dir(),
+        "tinyworld-flux": tinyworld.pipeline_flux_dir(),
+    }
 
 
 def describe_model(name: str | Path | None) -> ModelRecord:
@@ -97,7 +116,7 @@ def model_record(pipe: Pipeline) -> ModelRecord:
 
 
 def is_tinyworld(model: Pipeline | str | Path | None) -> bool:
-    """Whether ``model`` is a bundled tinyworld model (``tinyworld`` or ``tinyworld-xl``).
+    """Whether ``model`` is a bundled tinyworld model (``tinyworld``, ``tinyworld-xl`` or ``tinyworld-flux``).
 
     ``model``: a pipeline (its record) or a ``--model`` name (before the pipeline is loaded).
     """

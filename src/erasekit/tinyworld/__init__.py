@@ -11,7 +11,7 @@ colours and fill patterns whose ground truth is known (DESIGN.md section 8).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import world  # noqa: F401
 from ._paths import (  # noqa: F401
@@ -29,6 +29,27 @@ if TYPE_CHECKING:
 
     from ..models.families import Pipeline
 
+# tinyworld and tinyworld-xl: 10 DPM-Solver++ steps at guidance 5 (validity at 10 vs 20 steps,
+# `python -m erasekit.tinyworld.validity --steps 10`: every target holds); their native size is the pipeline's.
+TINYWORLD_STEPS, TINYWORLD_GUIDANCE = 10, 5.0
+
+
+def generation_settings(model: str) -> dict[str, Any]:
+    """A bundled model's sampling settings (``steps``, ``guidance``, ``height``, ``width``; absent = the pipeline's
+    own): what erasekit generates with unless told otherwise. tinyworld-flux's come from
+    :data:`erasekit.tinyworld.flux.GENERATE_KW` (its ``true_cfg_scale`` is the guidance scale erasekit hands to the
+    FLUX family, which turns it into true CFG)."""
+    if model == "tinyworld-flux":
+        from .flux import GENERATE_KW
+
+        return {
+            "steps": int(GENERATE_KW["num_inference_steps"]),
+            "guidance": float(GENERATE_KW["true_cfg_scale"]),
+            "height": int(GENERATE_KW["height"]),
+            "width": int(GENERATE_KW["width"]),
+        }
+    return {"steps": TINYWORLD_STEPS, "guidance": TINYWORLD_GUIDANCE}
+
 
 def load_pipeline_xl(
     device: str | torch.device = "cpu", dtype: torch.dtype | None = None, path: str | Path | None = None
@@ -45,11 +66,19 @@ def load_pipeline_flux(
     """Load the shipped tinyworld-flux ``FluxPipeline`` offline (fp32 on CPU by default).
 
     Call it as :data:`erasekit.tinyworld.flux.GENERATE_KW` says: 32x32, true CFG with
-    ``negative_prompt=""``, ``max_sequence_length=32``.
+    ``negative_prompt=""``, ``max_sequence_length=32``. The loaded pipeline declares what it was trained at, as
+    FluxPipeline cannot read it from the folder: its default image side is 32 px (``default_sample_size``, which
+    FluxPipeline fixes at 128 latents) and its T5 tokenizer's ``model_max_length`` is the training T5 length, which
+    erasekit's FLUX family reads as the text length to encode and generate with.
     """
     from diffusers import FluxPipeline
 
-    return _load(FluxPipeline, path or pipeline_flux_dir(), device, dtype, {})
+    from . import flux
+
+    pipe = _load(FluxPipeline, path or pipeline_flux_dir(), device, dtype, {})
+    setattr(pipe, "default_sample_size", flux.SIZE // int(pipe.vae_scale_factor))  # noqa: B010  (latent side)
+    pipe.tokenizer_2.model_max_length = flux.T5_MAX_TOKENS
+    return pipe
 
 
 def load_pipeline(

@@ -95,7 +95,8 @@ def build_t5_tokenizer():
         else:
             vocab.append((w, -1.0))
     vocab.append(("▁", -3.0))
-    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
+    # model_max_length: the T5 length the model is trained and called at (the FLUX family encodes at it)
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=T5_MAX_TOKENS)
 
 
 # ----------------------------------------------------------------------------- models

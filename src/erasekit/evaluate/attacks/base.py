@@ -234,7 +234,8 @@ class AttackContext:
             chunk = items[i : i + batch_size]
             gens = [torch.Generator(device="cpu").manual_seed(int(it.seed)) for it in chunk]
             g = chunk[0].guidance if chunk[0].guidance is not None else guidance
-            kw: dict[str, Any] = {"num_inference_steps": steps, "guidance_scale": g, "output_type": "latent"}
+            kw: dict[str, Any] = {"num_inference_steps": steps, "output_type": "latent"}
+            kw.update(self.family.generation_kwargs(self.pipe, g, len(chunk)))  # how this family is guided
             if self.settings is not None:
                 kw.update({k: v for k, v in (("height", self.settings.height), ("width", self.settings.width)) if v})
             with generating_in_compute_dtype(self.pipe):

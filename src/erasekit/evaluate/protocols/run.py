@@ -275,7 +275,9 @@ def draw_references(
     jobs: dict[str, list[Job]] = {}
     for c, its in items.items():
         for it in its:
-            digest, spec = cache.key(model.fingerprint, it, settings, model.scheduler, {}, model.borrowed_dtype)
+            digest, spec = cache.key(
+                model.fingerprint, it, settings, model.scheduler, {}, model.borrowed_dtype, model.call
+            )
             jobs.setdefault(c, []).append(Job(UNEDITED, digest, cache.path(model.fingerprint, digest), spec, it, {}))
     flat = sorted((j for js in jobs.values() for j in js), key=lambda j: j.digest)
     batches = [flat[i : i + settings.batch_size] for i in range(0, len(flat), settings.batch_size)]

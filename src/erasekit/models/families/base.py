@@ -417,6 +417,22 @@ class Family:
         blocks = sorted({p.rsplit(".", 1)[0] for p in site_paths})
         return AttentionProbe(self.get_denoiser(pipe), blocks, sink)
 
+    # ---------------------------------------------------------------- generation
+    def generation_kwargs(
+        self, pipe: Pipeline, guidance: float | None, batch: int, embeds: bool = False
+    ) -> dict[str, Any]:
+        """The ``pipe(...)`` keywords that guide a batch of ``batch`` prompts at scale ``guidance`` (None: the
+        pipeline's default): the one place erasekit's generation learns how a family is guided and what text
+        length it encodes (``erasekit.generate``, the runner's ``render_batch``, the attacks' sampling).
+
+        ``embeds``: the batch is handed over as ``prompt_embeds`` (attacks' shifted / learned-token items), so a
+        negative branch the pipeline would not make itself must be handed over as embeddings too.
+
+        Here: ``guidance_scale``, the classifier-free guidance of the UNets, PixArt, Sana and SD3, whose pipelines
+        make the negative (empty prompt) branch themselves, also under ``prompt_embeds``.
+        """
+        return {} if guidance is None else {"guidance_scale": float(guidance)}
+
     # ---------------------------------------------------------------- export names
     def original_name(self, path: str) -> str:
         """The module at ``path`` as the original checkpoint names it (FLUX: ``txt_in``, ``vector_in.in_layer``)."""

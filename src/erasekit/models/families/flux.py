@@ -132,10 +132,15 @@ class FluxFamily(MMDiTFamily):
         return bool(getattr(self.get_denoiser(pipe).config, "guidance_embeds", False))
 
     def max_sequence_length(self, pipe: Pipeline) -> int:
-        """dev 512, schnell 256, or the T5 tokenizer's ``model_max_length`` when shorter (a model trained on a
-        shorter stream says so there: tinyworld-flux, 32)."""
-        length = DEV_T5_LENGTH if self.guidance_distilled(pipe) else SCHNELL_T5_LENGTH
-        return min(length, int(getattr(pipe.tokenizer_2, "model_max_length", length) or length))
+        """T5 positions of the text stream: 512 on dev, 256 on schnell, or fewer where the pipeline's T5 tokenizer
+        declares a shorter ``model_max_length`` (a model trained on shorter T5 sequences: tinyworld-flux, 32).
+
+        FLUX attends to every T5 position, padding included, so the length is part of the conditioning: encode()
+        and generation (:meth:`generation_kwargs`) use this one value.
+        """
+        variant = DEV_T5_LENGTH if self.guidance_distilled(pipe) else SCHNELL_T5_LENGTH
+        declared = getattr(getattr(pipe, "tokenizer_2", None), "model_max_length", None)
+        return min(variant, int(declared)) if isinstance(declared, int) and declared > 0 else variant
 
     def dynamics(self, pipe: Pipeline) -> FlowDynamics:
         """Rectified flow on FluxPipeline's σ ramp with its resolution shift; dev embeds the guidance scale."""
@@ -148,6 +153,28 @@ class FluxFamily(MMDiTFamily):
         one sequence whose text length the block does not know; they are not probed)."""
         den = self.get_denoiser(pipe)
         return JointAttentionProbe(den, double_stream_attention(den), sink)
+
+    def generation_kwargs(
+        self, pipe: Pipeline, guidance: float | None, batch: int, embeds: bool = False
+    ) -> dict[str, Any]:
+        """FLUX.1-dev embeds the scale (``guidance_scale``); a transformer without the guidance embedding (schnell,
+        tinyworld-flux) is guided by true classifier-free guidance: ``true_cfg_scale`` against the empty negative
+        prompt, which FluxPipeline runs only when it is given one (``negative_prompt``, or under ``prompt_embeds``
+        the empty prompt's own ``negative_prompt_embeds`` / ``negative_pooled_prompt_embeds``). Always the family's
+        T5 length, as :meth:`encode` gave it to the edit (FluxPipeline's default is 512 on every variant)."""
+        kw: dict[str, Any] = {"max_sequence_length": self.max_sequence_length(pipe)}
+        if guidance is None:
+            return kw
+        if self.guidance_distilled(pipe):
+            kw["guidance_scale"] = float(guidance)
+            return kw
+        kw["true_cfg_scale"] = float(guidance)
+        if embeds:
+            empty = self.encode(pipe, [""] * batch)  # (batch, L, d_t5), (batch, d_clip)
+            kw["negative_prompt_embeds"], kw["negative_pooled_prompt_embeds"] = empty.embeds, empty.pooled
+        else:
+            kw["negative_prompt"] = [""] * batch
+        return kw
 
     def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         length = self.max_sequence_length(pipe)
