@@ -54,11 +54,11 @@ XL_FAILS = {  # method: (erased-shape rate after, retain after) from (1.0, 1.0) 
     "(tinyworld's defaults, as bench runs it) erases circle 100 % with retain 81 %",
     "speed": "named 0 %, retain 58 %: erases fully, but the after_bos edit costs 42 points of the other shapes",
 }
-# On a family that does not run the denoiser (FLUX today: methods/_finetune.require_denoiser_methods) the methods that
-# train or sample through it are refused, and two run their closed form alone: PURE's text basis (its activation
-# capture needs the denoiser) and MACE without its LoRA stage.
+# Where a family does not fine-tune through its denoiser (models/families: fine_tunes_denoiser) the fine-tuning
+# methods are refused and MACE runs its closed form alone. PURE's activation basis needs attention keys / values at
+# the static sites (pure.check_activation_sites): on FLUX those are the embedders, so PURE runs its text basis here
+# (its activation basis on FLUX's joint sites is benchmarks/pure_tau_sweep.py's subject).
 DENOISER_ONLY = {"ace", "esd-x"}
-CLOSED_FORM_ONLY = {"pure": dict(basis="text"), "mace": dict(train_steps=0)}
 # Measured on tinyworld-flux (interim weights, step 5143) with the settings above, same prompts and seeds.
 FLUX_FAILS: dict[str, str] = {}
 
@@ -73,6 +73,17 @@ def world(request):
     suites = demo_prompts("circle", N)
     base = {k: _rates(pipe, judge, p, s) for k, (p, s) in suites.items()}
     return pipe, judge, suites, base
+
+
+def _activation_sites(pipe) -> bool:
+    from erasekit.methods.pure import check_activation_sites
+    from erasekit.models.adapter import PipelineAdapter
+
+    try:
+        check_activation_sites(PipelineAdapter(pipe))
+    except erasekit.MethodError:
+        return False
+    return True
 
 
 def _rates(pipe, judge, prompts, shapes):
@@ -94,10 +105,13 @@ def test_erasing_a_shape_lowers_its_rate_and_keeps_the_others(world, method, req
     others = [s for s in ("square", "triangle", "star", "heart", "cross")]
     opts = dict(SETTINGS[method])
     family = identify(pipe)
-    if not family.runs_denoiser_methods:
+    if not family.fine_tunes_denoiser:
         if method in DENOISER_ONLY:
-            pytest.skip(f"{method} runs the denoiser, which erasekit does not run on {family.name} yet")
-        opts.update(CLOSED_FORM_ONLY.get(method, {}))
+            pytest.skip(f"{method} fine-tunes the denoiser, which erasekit does not do on {family.name} yet")
+        if method == "mace":
+            opts.update(train_steps=0)
+    if method == "pure" and not _activation_sites(pipe):
+        opts.update(basis="text")
     edit = erasekit.erase(
         pipe, method=method, concepts=["circle"], kind="object", preserve=others, progress=False, defaults=None, **opts
     )  # SETTINGS are complete: no per-model defaults on top
