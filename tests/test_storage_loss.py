@@ -42,17 +42,12 @@ def _low(dtype):
 
 
 def _measured_loss(pipe, edit) -> float:
-    """‖(W_live − W0) − ΔW‖ / ‖ΔW‖ over the edit, from the weights apply actually wrote (float8: from the value apply
-    would write, ``materialize_as``: a float8-stored model does not pass the base-weight fingerprint check, whose
-    sketch tolerance is finer than float8's rounding)."""
+    """‖(W_live − W0) − ΔW‖ / ‖ΔW‖ over the edit, from the weights apply actually wrote."""
     base = {k: pipe.unet.get_submodule(le.path).weight.detach().clone() for k, le in edit.layers.items()}
-    fp8 = next(iter(base.values())).dtype.itemsize == 1
-    if fp8:
-        written = {k: le.materialize_as(base[k]) for k, le in edit.layers.items()}
-    else:
-        edit.apply(pipe, max_storage_loss=None)
-        written = {k: pipe.unet.get_submodule(le.path).weight.detach().clone() for k, le in edit.layers.items()}
-        edit.revert(pipe)
+    edit.apply(pipe, max_storage_loss=None)  # float8 too: the fingerprint's tolerance follows the storage dtype
+    written = {k: pipe.unet.get_submodule(le.path).weight.detach().clone() for k, le in edit.layers.items()}
+    edit.revert(pipe)
+    assert all(torch.equal(base[k], pipe.unet.get_submodule(le.path).weight) for k, le in edit.layers.items())
     err2 = tot2 = 0.0
     for k, le in edit.layers.items():
         B, A = le.tensors["weight.lora_B"].to(F64), le.tensors["weight.lora_A"].to(F64)  # ΔW = B A
@@ -108,3 +103,21 @@ def test_the_lora_alternative_keeps_the_whole_edit_and_a_bf16_merged_export_is_r
     with pytest.raises(ExportError, match="'lora'"):
         export(small, "diffusers", tmp_path / "merged", pipe=fp32, save_dtype="bfloat16")
     assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_the_same_base_in_low_precision_is_recognised_and_an_unrelated_weight_is_not(dtype):
+    """The base-weight fingerprint (made in float32) matches the same weights stored in ``dtype``, over many
+    weights, and never matches an unrelated weight of the same shape and norm, even in ``dtype``."""
+    from erasekit.models.adapter import fingerprints_match, weight_fingerprint
+
+    gen = torch.Generator().manual_seed(0)
+    for i in range(50):
+        shape = (64 + i, 48) if i % 2 else (320, 768)
+        w = torch.randn(shape, generator=gen) * 0.02
+        other = torch.randn(shape, generator=gen) * 0.02
+        other *= w.norm() / other.norm()  # the same Frobenius norm: only the sketch can tell them apart
+        stored = weight_fingerprint(w)
+        assert fingerprints_match(stored, weight_fingerprint(w.to(dtype))) == (True, False)
+        assert fingerprints_match(stored, weight_fingerprint(w)) == (True, True)
+        assert fingerprints_match(stored, weight_fingerprint(other.to(dtype)))[0] is False

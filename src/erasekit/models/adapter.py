@@ -400,13 +400,36 @@ def weight_fingerprint(weight: torch.Tensor) -> dict[str, Any]:
     }
 
 
+# A probe of W + E, E the rounding of W to a storage grid, moves by ~ N(0, (‖E‖/‖W‖)²) (the probes are normalised
+# by ‖W‖); round-to-nearest on a float grid of machine epsilon ε leaves ‖E‖/‖W‖ ≈ ε / (2√3) at most. The sketch
+# tolerance is SKETCH_SIGMAS of that for the coarser of the two dtypes, and never below PROBE_TOL (fp32 / fp16 /
+# bf16: 0.05, ≥ 20 σ of bf16 rounding). float8 needs more (e4m3: 0.22, e5m2: 0.43): for an unrelated weight of the
+# same shape and norm each probe is ~ N(0, 1), so all 8 fall inside ±0.43 with probability < 2e-4 (±0.05: 1e-18).
+PROBE_TOL = 0.05
+SKETCH_SIGMAS = 6.0
+
+
+def probe_tolerance(*dtype_names: str) -> float:
+    """The sketch tolerance for fingerprints taken in these dtypes (names as stored: 'float32', 'float8_e4m3fn')."""
+    eps = 0.0
+    for name in dtype_names:
+        dt = getattr(torch, str(name), None)
+        if isinstance(dt, torch.dtype) and dt.is_floating_point:
+            eps = max(eps, float(torch.finfo(dt).eps))
+    return max(PROBE_TOL, SKETCH_SIGMAS * eps / (2 * math.sqrt(3)))
+
+
 def fingerprints_match(
-    stored: Fingerprint | Mapping[str, Any], live: Mapping[str, Any], probe_tol: float = 0.05, fro_rtol: float = 0.01
+    stored: Fingerprint | Mapping[str, Any],
+    live: Mapping[str, Any],
+    probe_tol: float | None = None,
+    fro_rtol: float = 0.01,
 ) -> tuple[bool, bool]:
     """(same model, bit-exact same bytes) for a stored fingerprint (dict or Fingerprint) and a live one.
 
     "Same model" needs the shape, the Frobenius norm within ``fro_rtol`` and every one of the
-    8 probes within ``probe_tol``: never the norm alone, never an incomplete sketch. The exact
+    8 probes within ``probe_tol`` (None: :func:`probe_tolerance` of the two dtypes, so the same base stored in
+    float8 is still recognised): never the norm alone, never an incomplete sketch. The exact
     hash (with the dtype) then says whether the bytes are identical too.
     """
     if hasattr(stored, "to_json"):
@@ -418,6 +441,8 @@ def fingerprints_match(
         return False, False
     if shape != list(live["shape"]) or len(sketch) != SKETCH_N or len(live_sketch) != SKETCH_N:
         return False, False
+    if probe_tol is None:
+        probe_tol = probe_tolerance(str(stored.get("dtype", "")), str(live.get("dtype", "")))
     same = (
         math.isfinite(fro)
         and abs(fro - live["fro"]) <= fro_rtol * max(abs(fro), 1e-30)
