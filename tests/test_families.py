@@ -212,14 +212,19 @@ def test_uce_keeps_preserved_outputs(pipe):
     [(b, m) for b in ("pixart", "sana", "sd3") for m in ("esd", "ace", "pure", "mace")] + [("flux", "pure")],
 )
 def test_denoiser_methods_are_refused_on_the_dits_naming_where_they_run(all_tiny_pipes, build, method):
-    """Fine-tuning (ESD, ACE, MACE's LoRA stage) runs on the UNets and FLUX; PURE's activation capture on the UNets."""
+    """Fine-tuning (ESD, ACE, MACE's LoRA stage) runs on the UNets and FLUX; PURE's activation basis where its capture
+    is validated and the sites are attention keys / values (the UNets; SD3 / FLUX with sites='joint')."""
     pipe = all_tiny_pipes[build]
     before = _state(pipe)
     with pytest.raises(MethodError) as e:
         erasekit.erase(pipe, method, progress=False, **CONCEPTS)
     msg = str(e.value)
-    where = "sd, sdxl" if method == "pure" else "sd, sdxl, flux"
-    assert "\n" not in msg and (f"supports on {where} only" in msg or "tokenizer position" in msg)
+    if method == "pure":
+        joint = build in ("sd3", "flux")  # capture validated, but the static sites are embedders: the joint ones run
+        hint = "use sites='joint'" if joint else f"not on {build}; use basis='text'"
+        assert "\n" not in msg and "sd, sdxl, sd3, flux" in msg and hint in msg
+    else:
+        assert "\n" not in msg and ("supports on sd, sdxl, flux only" in msg or "tokenizer position" in msg)
     assert all(torch.equal(before[k], v) for k, v in _den(pipe).state_dict().items())
 
 

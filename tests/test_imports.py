@@ -49,6 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "erasekit.models.families",
             "erasekit.models.adapter",
             "erasekit.models.capture",
+            "erasekit.models.joint",  # joint-site columns: hooks along a pipeline's sampler (capture's sibling)
             "erasekit.models.tiny",
         ),
     ),
@@ -61,7 +62,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("api", ("erasekit.defaults", "erasekit.api", "erasekit.generate")),
     ("package", (ROOT,)),
     ("evaluate", ("erasekit.evaluate",)),
-    ("apps", ("erasekit.cli", "erasekit.demo")),
+    # tinyworld.pooled is a measurement command (it erases, edits and reads bench's concept sets): an app that lives
+    # beside the model it measures.
+    ("apps", ("erasekit.cli", "erasekit.demo", "erasekit.tinyworld.pooled")),
 ]
 # Who may import the bundled model directly (everyone else asks erasekit.models.record).
 BUNDLED_MODEL = "erasekit.tinyworld"

@@ -1,5 +1,7 @@
 """MACE's closed forms and fusion, ESD's objective and variants, against independent oracles."""
 
+import math
+
 import pytest
 import torch
 
@@ -427,9 +429,10 @@ def test_esd_layers_on_flux_are_the_attention_and_the_rest(all_tiny_pipes):
 
 
 @pytest.mark.parametrize("build", FLUX_BUILDS)
-def test_ace_and_mace_on_flux_train_lower_their_loss_and_revert(all_tiny_pipes, build):
+def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_flux_and_both_revert(all_tiny_pipes, build):
     """ACE (both site groups in one stage-2 loss) and MACE's LoRA stage (per group, on the joint attention maps)
-    train on FLUX: losses fall, only the sites move, revert is bit-exact."""
+    train on FLUX: ACE's loss falls, MACE's LoRA stage changes its fused edit, only the sites move, revert is
+    bit-exact."""
     pipe, fam, _ = _flux(all_tiny_pipes, build)
     before = {k: v.clone() for k, v in fam.get_denoiser(pipe).state_dict().items()}
     kw = dict(concepts=["a red circle"], preserve=["a blue square"], kind="object", progress=False)
@@ -438,9 +441,17 @@ def test_ace_and_mace_on_flux_train_lower_their_loss_and_revert(all_tiny_pipes, 
     )
     assert ace.stats["loss_last"] < ace.stats["loss_first"]
     mace = erasekit.erase(pipe, "mace", train_steps=4, lr=1e-2, n_images=1, image_steps=2, **kw)
+    closed = erasekit.erase(pipe, "mace", train_steps=0, **kw)
     for group in mace.stats["groups"].values():
         (lora,) = group["lora"]
-        assert lora["train_steps"] == 4 and lora["loss_last"] < lora["loss_first"] and 0 < lora["mask_share"] <= 1
+        # MACE draws a new (image, timestep, noise) every step, so its first and last losses are on different samples
+        # and not comparable at 4 steps; what must hold is that the LoRA stage trained and changed the fused edit.
+        assert lora["train_steps"] == 4 and math.isfinite(lora["loss_last"]) and 0 < lora["mask_share"] <= 1
+    den = fam.get_denoiser(pipe)
+    w0 = {k: den.get_submodule(le.path).weight.detach() for k, le in mace.layers.items()}
+    assert any(
+        not torch.allclose(mace.layers[k].materialize(w), closed.layers[k].materialize(w)) for k, w in w0.items()
+    )
     sites = set(PipelineAdapter(pipe).paths)
     for edit in (ace, mace):
         assert set(edit.layers) == sites

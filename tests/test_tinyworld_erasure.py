@@ -59,8 +59,17 @@ XL_FAILS = {  # method: (erased-shape rate after, retain after) from (1.0, 1.0) 
 # the static sites (pure.check_activation_sites): on FLUX those are the embedders, so PURE runs its text basis here
 # (its activation basis on FLUX's joint sites is benchmarks/pure_tau_sweep.py's subject).
 DENOISER_ONLY = {"ace", "esd-x"}
-# Measured on tinyworld-flux (interim weights, step 5143) with the settings above, same prompts and seeds.
-FLUX_FAILS: dict[str, str] = {}
+# Measured on tinyworld-flux (the shipped weights, step 8440; 2026-12-07) with the settings above, same prompts and
+# seeds, from (named 83 %, retain 92 %) before: these do not meet the tolerances there. Strict xfail, as for XL.
+# uce, space, rece and speed pass on it.
+FLUX_FAILS: dict[str, str] = {
+    "ace": "named 58 % (erases 25 points, the bar is 30), retain 92 %: 40 steps are too few on this transformer",
+    "cure": "named 75 %, retain 92 %: CURE's spectral projector at α = 30 barely moves the T5 and pooled sites",
+    "esd-x": "named 33 %, retain 42 %: the tinyworld lr (2e-3 x 40) erases but wrecks the other shapes, as on XL",
+    "mace": "named 83 %, retain 92 %: no change; MACE's closed form at context_embedder leaves erase columns where "
+    "they were (families_matrix: residual 1.00 on FLUX) and its LoRA stage does not move the images",
+    "pure": "named 75 %, retain 92 %: the text basis (PURE's activation basis needs sites='joint' here) barely erases",
+}
 
 
 @pytest.fixture(scope="module", params=MODELS)

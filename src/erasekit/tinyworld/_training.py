@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import world
+from ._images import to_tensor, to_uint8  # noqa: F401  (the trainers import them from here)
 
 SIZE = 32  # image resolution
 MAX_TOKENS = 77  # as in SD 1.x
@@ -54,15 +55,6 @@ def clip_text_config(hidden: int, layers: int, max_tokens: int = MAX_TOKENS):
 
 def n_params(m) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-def to_tensor(imgs: np.ndarray, device) -> torch.Tensor:
-    """uint8 (n,H,W,3) -> float (n,3,H,W) in [-1,1]."""
-    return torch.from_numpy(imgs).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def autocast(device):

@@ -189,7 +189,7 @@ def pack(z: torch.Tensor) -> torch.Tensor:
 def latent_stats(vae, n: int = 512, seed: int = 99) -> tuple[float, float]:
     """(shift_factor, scaling_factor) so that (z - shift) * scale has mean 0 and std 1 on renders."""
     from . import world
-    from ._training import to_tensor
+    from ._images import to_tensor
 
     imgs, _, _ = world.sample_batch(n, np.random.default_rng(seed), SIZE)
     z = vae.encode(to_tensor(imgs, "cpu")).latent_dist.mean

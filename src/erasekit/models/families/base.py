@@ -366,10 +366,12 @@ class Family:
 
     # ---------------------------------------------------------------- fine-tuning
     def dynamics(self, pipe: Pipeline) -> Dynamics:
-        """The forward process, prediction parameterisation, guidance and sampler (a DDPM-trained UNet here)."""
-        from .dynamics import DDPMDynamics
-
-        return DDPMDynamics.of(pipe)
+        """The forward process, prediction parameterisation, guidance and sampler the fine-tuning methods train with
+        (the UNets: DDPM ε / v; SD3 / FLUX: rectified flow). A family that fine-tunes declares its own."""
+        raise ModelError(
+            f"the {self.name} family declares no training dynamics, so no method can fine-tune its denoiser; use a "
+            "closed-form method (uce, space, rece, speed, cure)"
+        )
 
     def text_attention_modules(self, pipe: Pipeline) -> list[str]:
         """The attention modules where the text meets the image (ESD-x trains their Linears): cross-attention here."""

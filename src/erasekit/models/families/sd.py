@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import Conditioning, Family, Pipeline
+from .dynamics import DDPMDynamics
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -48,6 +49,10 @@ class UNetFamily(Family):
     def tokenizer(self, pipe: Pipeline) -> PreTrainedTokenizerBase:
         tok: PreTrainedTokenizerBase = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
         return tok
+
+    def dynamics(self, pipe: Pipeline) -> DDPMDynamics:
+        """DDPM: ε- or v-prediction as the scheduler says, DDIM sampling with classifier-free guidance in a batch."""
+        return DDPMDynamics.of(pipe)
 
     def _encode_prompt(self, pipe: Pipeline, prompts: Sequence[str]) -> tuple[torch.Tensor | None, ...]:
         """``encode_prompt``'s tensors; the negative ones are None (no CFG branch)."""
