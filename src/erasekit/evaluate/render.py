@@ -56,17 +56,18 @@ def render_batch(pipe, items: Sequence[SuiteItem], vectors: dict, settings: Gene
         cond = {"prompt": [it.prompt for it in items]}
     # how the family is guided at this scale (FLUX without a guidance embedding: true CFG against "")
     kw.update(identify(pipe).generation_kwargs(pipe, guidance, len(items), embeds="prompt" not in cond))
-    with generating_in_compute_dtype(pipe), _sampler(pipe, first):  # float16 on a CPU runs in float32
+    with generating_in_compute_dtype(pipe), _sampler(pipe, first, gens):  # float16 on a CPU runs in float32
         return pipe(**cond, generator=gens, output_type="pil", **kw).images
 
 
 @contextmanager
-def _sampler(pipe, item: SuiteItem) -> Iterator[None]:
-    """The pipeline's own sampler, or for a sampling intervention the noisy DDIM sampler of noise-based probing."""
+def _sampler(pipe, item: SuiteItem, generators: list[torch.Generator]) -> Iterator[None]:
+    """The pipeline's own sampler, or for a sampling intervention the noisy sampler of noise-based probing (DDIM,
+    or its rectified-flow counterpart), drawing its injected noise from the items' own ``generators``."""
     if item.sampling is None:
         yield
         return
     from .sampling import noisy_sampler
 
-    with noisy_sampler(pipe, eta=item.sampling[0], variance_scale=item.sampling[1]):
+    with noisy_sampler(pipe, eta=item.sampling[0], variance_scale=item.sampling[1], generator=generators):
         yield

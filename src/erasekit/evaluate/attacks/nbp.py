@@ -12,8 +12,21 @@ probe's two changes)::
     σ_t     = η · √((1 − ᾱ_{t−1}) / (1 − ᾱ_t)) · √(1 − ᾱ_t / ᾱ_{t−1})
     x_{t−1} = √ᾱ_{t−1} x̂₀ + √|1 − ᾱ_{t−1} − σ_t²| ε̂ + s · σ_t z,    z ~ N(0, I)
 
-(the absolute value keeps η > 1 defined; ``s`` is the variance scale). The sampler lives in
-:mod:`erasekit.evaluate.sampling`, below the runner's render stage, which draws the probe's items with it.
+(the absolute value keeps η > 1 defined; ``s`` is the variance scale).
+
+On rectified-flow models (SD3, FLUX: FlowMatchEulerDiscreteScheduler) erasekit extends the probe — the paper
+defines only DDIM — with the same generalised DDIM step (DDIM eq. 12 for x_t = a_t x₀ + b_t ε) on a = 1 − σ,
+b = σ of the pipeline's own σ schedule, the model's velocity v = ε − x₀ giving x̂₀ and ε̂::
+
+    x̂₀   = x_σ − σ v,    ε̂ = x_σ + (1 − σ) v                       (σ → σ' < σ: one step of the σ schedule)
+    γ    = η · (σ' / σ) · √max(σ² − ((1 − σ) σ' / (1 − σ'))², 0)     (DDIM's σ_t: η × the DDPM posterior std)
+    x_σ' = (1 − σ') x̂₀ + √|σ'² − γ²| ε̂ + s · γ z
+
+(γ is b'/b · √max(b² − (a b' / a')², 0) · η for x = a x₀ + b ε, which for a = √ᾱ, b = √(1 − ᾱ) is DDIM's σ_t
+above). At η = 0 the step is the scheduler's Euler step x_σ + (σ' − σ) v, and at σ' = 0 it lands on x̂₀. The probe
+uses the sampler of the pipeline scheduler's kind; any other kind is refused in one line before a draw is made. The
+samplers live in :mod:`erasekit.evaluate.sampling`, below the runner's render stage, which draws the probe's items
+with them; a draw's injected noise comes from its own seeded generator.
 
 Deviations from the reference: draw 0 of an item uses the item's own seed and draw k > 0 a seed derived from
 (attack seed, item seed, k), where the reference continues one generator through its 24 draws (so draws here do not
@@ -29,7 +42,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..sampling import NoisyDDIMScheduler, noisy_ddim_step, noisy_sampler  # noqa: F401  (the probe's sampler)
+from ..sampling import (  # noqa: F401  (the probe's samplers)
+    NoisyDDIMScheduler,
+    NoisyFlowScheduler,
+    noisy_ddim_step,
+    noisy_flow_step,
+    noisy_sampler,
+    noisy_scheduler_class,
+)
 from .base import Attack, AttackConfig, AttackContext, AttackResult, SamplingResult, budget_field, register_attack
 
 
@@ -55,7 +75,8 @@ class NBPConfig(AttackConfig):
     "nbp",
     NBPConfig,
     kind="sampling",
-    summary="noise-based probing: the prompt fixed, DDIM draws with η ≥ 1 and scaled noise; best of K by the judge",
+    summary="noise-based probing: the prompt fixed, DDIM (or flow) draws with η ≥ 1 and scaled noise; "
+    "best of K by the judge",
     reference="Lu et al., When Are Concepts Erased From Diffusion Models?, NeurIPS 2025 "
     "(github.com/kevinlu4588/WhenAreConceptsErased)",
     per_method=False,
@@ -65,6 +86,7 @@ class NoiseBasedProbe(Attack[NBPConfig]):
 
     def _build(self, ctx: AttackContext) -> AttackResult:
         c = self.config
+        sampler = noisy_scheduler_class(ctx.pipe.scheduler)  # refuse an unsupported scheduler before any draw
         grid = [(float(e), float(s)) for e in c.etas for s in c.variance_scales for _ in range(c.samples)]
         variants = []
         for it in ctx.target:
@@ -73,7 +95,8 @@ class NoiseBasedProbe(Attack[NBPConfig]):
                 seed = int(it.seed) if k == 0 else _derived_seed(c.seed, int(it.seed), k)
                 draws.append((seed, eta, scale))
             variants.append(draws)
-        details = {"draws per item": len(grid), "sampler": "noisy DDIM (η, variance scale)"}
+        kind = "noisy DDIM" if sampler is NoisyDDIMScheduler else "noisy rectified-flow DDIM"
+        details = {"draws per item": len(grid), "sampler": f"{kind} (η, variance scale)"}
         return SamplingResult(self.name, c.to_dict(), {}, details, variants=variants, steps=c.steps)
 
 
