@@ -298,6 +298,7 @@ def save_pipeline_flux(folder: Path, vae, clip, t5, transformer):
     import json
     import shutil
 
+    from erasekit._atomic import apply_umask_to_tree
     from erasekit.models.tokenizer import build_clip_tokenizer, write_clip_tokenizer_files
 
     folder = Path(folder)
@@ -321,6 +322,7 @@ def save_pipeline_flux(folder: Path, vae, clip, t5, transformer):
                 cfg[key] = "float32"
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     index_fast_tokenizer(tmp)
+    apply_umask_to_tree(tmp)  # safetensors writes 0600: the folder is for whoever runs the model
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         if old.exists():
