@@ -184,10 +184,17 @@ def test_pure_activation_refuses_static_mmdit_sites(all_tiny_pipes):
 def test_methods_that_encode_refuse_joint_sites_in_one_line(all_tiny_pipes, method):
     pipe = all_tiny_pipes["flux"]
     before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
-    with pytest.raises(ModelError) as e:
+    with pytest.raises(MethodError) as e:
         erasekit.erase(pipe, method, ["cat"], sites="joint", joint_size=32, defaults=None, progress=False)
-    assert "\n" not in str(e.value) and "no encoding" in str(e.value)
+    msg = str(e.value)
+    assert "\n" not in msg and "no encoding" in msg and "cure, pure, space, uce" in msg and "sites='static'" in msg
     assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items())
+    # refused when the options are read, before any model: a bench with this variant fails before its first fit
+    from erasekit.methods.base import make_config
+
+    with pytest.raises(MethodError, match="no encoding"):
+        make_config(method, sites="joint")
+    assert make_config("uce", sites="joint").sites == "joint"
 
 
 def test_flux_encodes_and_samples_at_a_declared_t5_length(all_tiny_pipes):

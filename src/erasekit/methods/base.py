@@ -47,6 +47,9 @@ class MethodConfig:
 
     TOKEN_CHOICES: ClassVar[tuple[str | None, ...]] = TOKEN_MODES
     STORAGE_CHOICES: ClassVar[tuple[str, ...]] = ()
+    # Whether the method can fit on joint sites (SD3 / FLUX add_k_proj / add_v_proj): only methods that read token
+    # columns, which are captured along the sampler there; the others encode prompts, which joint sites cannot.
+    JOINT_SITES: ClassVar[bool] = False
 
     token: str | None = help_field(
         "last", "token selection: 'last' concept token, 'tail' (last token to EOS/padding) or 'all' 77 positions"
@@ -71,6 +74,13 @@ class MethodConfig:
     def __post_init__(self) -> None:
         check_choice("token", self.token, self.TOKEN_CHOICES)
         check_choice("sites", self.sites, SITE_SETS)
+        if self.sites != "static" and not self.JOINT_SITES:
+            able = ", ".join(n for n, m in sorted(_REGISTRY.items()) if m.config_class.JOINT_SITES)
+            raise MethodError(
+                f"sites={self.sites!r}: this method encodes prompts, and a joint block's text stream has no encoding "
+                f"(it depends on the latent and the timestep); the methods that capture columns there are {able}. "
+                "Use sites='static'"
+            )
         try:
             self.joint_sampling()
         except ModelError as e:

@@ -51,6 +51,7 @@ def spectral_projector_factors(C: torch.Tensor, alpha: float) -> tuple[torch.Ten
 # ----------------------------------------------------------------- config
 @dataclass
 class CUREConfig(MethodConfig):
+    JOINT_SITES = True  # token columns: captured along the sampler at joint sites
     STORAGE_CHOICES = ("auto", "lowrank", "dense")
 
     alpha: float | None = help_field(

@@ -145,6 +145,7 @@ PAPER_TEMPLATES = 6  # forget (and retain) anchors per concept
 
 @dataclass
 class PUREConfig(MethodConfig):
+    JOINT_SITES = True  # token columns: captured along the sampler at joint sites
     basis: str = help_field(
         "activation",
         "'activation' (PURE: cross-attention outputs, left-multiplied) or 'text' (token embeddings, right-multiplied, "

@@ -60,6 +60,7 @@ KIND_PRESETS = {"default": {"preset": "v2"}, "nsfw": {"preset": "v1"}}
 
 @dataclass
 class UCEConfig(MethodConfig):
+    JOINT_SITES = True  # token columns: captured along the sampler at joint sites
     TOKEN_CHOICES = (None, *TOKEN_MODES)  # None: the preset (or, without one, the kind) decides at fit
     STORAGE_CHOICES: ClassVar[tuple[str, ...]] = ("auto", "dense", "lowrank")
 
