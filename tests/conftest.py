@@ -105,3 +105,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def activation_basis_runs(pipe) -> bool:
+    """Whether PURE's activation basis runs on ``pipe``'s default sites (a family that captures along its sampler,
+    sites that are attention keys / values: the UNets; on SD3 / FLUX only with sites='joint')."""
+    import erasekit
+    from erasekit.methods.pure import check_activation_sites
+    from erasekit.models.adapter import PipelineAdapter
+
+    try:
+        check_activation_sites(PipelineAdapter(pipe))
+    except erasekit.MethodError:
+        return False
+    return True

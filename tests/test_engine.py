@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import erasekit
-from conftest import ALL_TINY, _guarded
+from conftest import ALL_TINY, _guarded, activation_basis_runs
 from erasekit import linalg
 from erasekit.methods.base import _REGISTRY
 from erasekit.models.adapter import PipelineAdapter
@@ -122,20 +122,10 @@ ALL_METHODS = sorted(FAST)
 FINE_TUNING = {"ace", "esd", "esd-x", "esd-x-strict", "esd-u"}
 
 
-def _activation_sites(pipe) -> bool:
-    from erasekit.methods.pure import check_activation_sites
-
-    try:
-        check_activation_sites(PipelineAdapter(pipe))
-    except erasekit.MethodError:
-        return False
-    return True
-
-
 def _settings(pipe, method):
     fam = identify(pipe)
     if method == "pure":
-        return FAST[method] if _activation_sites(pipe) else {"basis": "text"}
+        return FAST[method] if activation_basis_runs(pipe) else {"basis": "text"}
     if method == "mace" and fam.token_segments(pipe) is None:
         pytest.skip(f"{method} is refused on {fam.name} (asserted in test_families.py)")
     if fam.fine_tunes_denoiser:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import erasekit
+from conftest import activation_basis_runs
 from erasekit.demo import demo_prompts, run_demo
 from erasekit.generate import generate_pairs
 from erasekit.models.families import identify
@@ -84,17 +85,6 @@ def world(request):
     return pipe, judge, suites, base
 
 
-def _activation_sites(pipe) -> bool:
-    from erasekit.methods.pure import check_activation_sites
-    from erasekit.models.adapter import PipelineAdapter
-
-    try:
-        check_activation_sites(PipelineAdapter(pipe))
-    except erasekit.MethodError:
-        return False
-    return True
-
-
 def _rates(pipe, judge, prompts, shapes):
     from erasekit.tinyworld import world as tw
 
@@ -119,7 +109,7 @@ def test_erasing_a_shape_lowers_its_rate_and_keeps_the_others(world, method, req
             pytest.skip(f"{method} fine-tunes the denoiser, which erasekit does not do on {family.name} yet")
         if method == "mace":
             opts.update(train_steps=0)
-    if method == "pure" and not _activation_sites(pipe):
+    if method == "pure" and not activation_basis_runs(pipe):
         opts.update(basis="text")
     edit = erasekit.erase(
         pipe, method=method, concepts=["circle"], kind="object", preserve=others, progress=False, defaults=None, **opts

@@ -295,16 +295,13 @@ def build_pipeline(vae, clip, clip_tok, t5, t5_tok, transformer):
 def save_pipeline_flux(folder: Path, vae, clip, t5, transformer):
     """Write the FluxPipeline folder (fp16 safetensors, configs saying float32), atomically."""
     import copy
-    import json
     import shutil
 
-    from erasekit._atomic import apply_umask_to_tree
     from erasekit.models.tokenizer import build_clip_tokenizer, write_clip_tokenizer_files
 
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    from ._folders import configs_say_float32, fresh_tmp, swap_in
+
+    tmp = fresh_tmp(folder)
     mods = [copy.deepcopy(m).to("cpu", torch.float16) for m in (vae, clip, t5, transformer)]
     pipe = build_pipeline(
         mods[0], mods[1], build_clip_tokenizer(MAX_TOKENS_CLIP), mods[2], build_t5_tokenizer(), mods[3]
@@ -312,25 +309,9 @@ def save_pipeline_flux(folder: Path, vae, clip, t5, transformer):
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     shutil.rmtree(tmp / "tokenizer")
     write_clip_tokenizer_files(tmp / "tokenizer", model_max_length=MAX_TOKENS_CLIP)
-    # Weights are fp16 but the configs say float32, so a plain from_pretrained(path) (no dtype)
-    # loads every part in float32 and runs on a CPU.
-    for name in ("text_encoder", "text_encoder_2"):
-        cfg_path = tmp / name / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        for key in ("dtype", "torch_dtype"):
-            if key in cfg:
-                cfg[key] = "float32"
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    configs_say_float32(tmp, ("text_encoder", "text_encoder_2"))
     index_fast_tokenizer(tmp)
-    apply_umask_to_tree(tmp)  # safetensors writes 0600: the folder is for whoever runs the model
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
+    swap_in(tmp, folder)
 
 
 def index_fast_tokenizer(folder: Path) -> None:

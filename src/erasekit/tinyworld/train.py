@@ -174,26 +174,17 @@ def save_pipeline(folder: Path, vae, text_encoder, unet, tokenizer_dir: Path):
 
     from transformers import CLIPTokenizer
 
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    from erasekit.models.tokenizer import write_clip_tokenizer_files
+
+    from ._folders import fresh_tmp, swap_in
+
+    tmp = fresh_tmp(folder)
     mods = [copy.deepcopy(m).to("cpu", torch.float16) for m in (vae, text_encoder, unet)]
     pipe = build_pipeline(mods[0], mods[1], mods[2], CLIPTokenizer.from_pretrained(str(tokenizer_dir)))
     pipe.save_pretrained(str(tmp), safe_serialization=True)
-    # the tokenizer files as written by erasekit (identical to CLIP's)
-    from erasekit.models.tokenizer import write_clip_tokenizer_files
-
-    shutil.rmtree(tmp / "tokenizer")
+    shutil.rmtree(tmp / "tokenizer")  # the tokenizer files as written by erasekit (identical to CLIP's)
     write_clip_tokenizer_files(tmp / "tokenizer", model_max_length=MAX_TOKENS)
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
+    swap_in(tmp, folder)
 
 
 def train_diffusion(

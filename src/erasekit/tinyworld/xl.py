@@ -234,15 +234,13 @@ def build_pipeline(vae, te1, te2, unet, tokenizer, tokenizer_2):
 def save_pipeline_xl(folder: Path, vae, te1, te2, unet):
     """Write the XL pipeline folder (fp16 safetensors, configs saying float32), atomically."""
     import copy
-    import json
     import shutil
 
     from erasekit.models.tokenizer import build_clip_tokenizer, write_clip_tokenizer_files
 
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    from ._folders import configs_say_float32, fresh_tmp, swap_in
+
+    tmp = fresh_tmp(folder)
     mods = [copy.deepcopy(m).to("cpu", torch.float16) for m in (vae, te1, te2, unet)]
     tok = build_clip_tokenizer(MAX_TOKENS)
     pipe = build_pipeline(mods[0], mods[1], mods[2], mods[3], tok, tok)
@@ -250,20 +248,5 @@ def save_pipeline_xl(folder: Path, vae, te1, te2, unet):
     for name in ("tokenizer", "tokenizer_2"):
         shutil.rmtree(tmp / name)
         write_clip_tokenizer_files(tmp / name, model_max_length=MAX_TOKENS)
-    # Weights are fp16 but the configs say float32, so a plain from_pretrained(path) (no dtype)
-    # loads every part in float32 and runs on a CPU.
-    for name in ("text_encoder", "text_encoder_2"):
-        cfg_path = tmp / name / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        for key in ("dtype", "torch_dtype"):
-            if key in cfg:
-                cfg[key] = "float32"
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
+    configs_say_float32(tmp, ("text_encoder", "text_encoder_2"))
+    swap_in(tmp, folder)
