@@ -82,6 +82,13 @@ def preview(pipe_dir: Path, out_png: Path, seed: int = 0, xl: bool = False):
     world.contact_sheet((ims * 255).round().astype(np.uint8), ncol=6).save(out_png)
 
 
+def budget_fraction(t_start: float, seconds: float, step: int, max_steps: int | None) -> float:
+    """How much of the run is spent: the wall-clock share of ``seconds`` or, with a step budget, the step share if
+    that is further along (the learning-rate schedule runs on it)."""
+    frac = (time.time() - t_start) / seconds
+    return max(frac, step / max_steps) if max_steps else frac
+
+
 def lr_at(lr: float, step: int, frac: float, warm: int) -> float:
     """Linear warm-up over ``warm`` steps, then cosine decay to 10 % over the budget fraction ``frac``."""
     return lr * min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))

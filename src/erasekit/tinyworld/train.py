@@ -33,6 +33,7 @@ from ._training import (  # noqa: F401  (CARD_*, write_card_section, preview, ..
     SCHEDULER_KW,
     SIZE,
     autocast,
+    budget_fraction,
     clip_text_config,
     ema_update,
     folder_mb,
@@ -248,9 +249,7 @@ def train_diffusion(
             info_cb({"steps": step, "seconds": round(time.time() - t0), "loss_ema": round(ema_loss, 5)})
 
     while time.time() - t0 < seconds and (max_steps is None or step < max_steps):
-        frac = (time.time() - t0) / seconds
-        if max_steps:
-            frac = max(frac, step / max_steps)
+        frac = budget_fraction(t0, seconds, step, max_steps)
         cur_lr = lr_at(lr, step, frac, warm)
         for g in opt.param_groups:
             g["lr"] = cur_lr

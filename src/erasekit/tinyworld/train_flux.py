@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import flux, world
-from ._training import ema_update, folder_mb, lr_at, n_params, open_log, run_info, to_tensor
+from ._training import budget_fraction, ema_update, folder_mb, lr_at, n_params, open_log, run_info, to_tensor
 
 CKPT = "ckpt.safetensors"
 
@@ -213,9 +213,7 @@ def train_flux(
         w = np.array([float(shape_weights.get(name, 1.0)) for name in world.SHAPE_NAMES])
         shape_p = w / w.sum()
     while time.time() - t_start < seconds and (max_steps is None or step < max_steps):
-        frac = (time.time() - t_start) / seconds
-        if max_steps:
-            frac = max(frac, step / max_steps)
+        frac = budget_fraction(t_start, seconds, step, max_steps)
         cur = lr_at(lr, step, frac, warm)
         for g in opt.param_groups:
             g["lr"] = cur

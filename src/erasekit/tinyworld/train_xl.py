@@ -27,6 +27,7 @@ from ._training import (
     SCHEDULER_KW,
     SIZE,
     autocast,
+    budget_fraction,
     ema_update,
     folder_mb,
     lr_at,
@@ -154,9 +155,7 @@ def train_diffusion_xl(
             )
 
     while time.time() - t0 < seconds and (max_steps is None or step < max_steps):
-        frac = (time.time() - t0) / seconds
-        if max_steps:
-            frac = max(frac, step / max_steps)
+        frac = budget_fraction(t0, seconds, step, max_steps)
         cur = lr_at(lr, step, frac, warm)
         for g in opt.param_groups:
             g["lr"] = cur * mult[g["name"]]
