@@ -16,11 +16,11 @@ Per method, each phase is timed (wall clock) and its peak resident memory record
   export    the single-file export of the edited pipeline (export/single_file), SD 1.5 only here; skipped otherwise
   revert    Edit.revert, then a bit-exact check of every edited layer against a hash taken before
 
-Closed-form methods (uce, space, and on the DiT families rece, speed, cure and PURE's text basis) run at full
-size; uce and space get a separate "encode" phase (their column plan alone). Methods that run the UNet are measured at a reduced budget, stated in the fit row's
-note (:data:`REDUCED`): PURE's anchor trajectories at 256 × 256 px, 2 steps, 1 latent per prompt;
-ACE and ESD-x 2 training steps from an x_t pool of 1 latent × 2 steps at the pipeline's own size —
-their time and memory per step, not their results.
+Closed-form methods (uce, space, and on the DiT families rece, speed, cure and PURE's text basis) run at full size;
+uce and space get a separate "encode" phase (their column plan alone). Methods that run the UNet are measured at a
+reduced budget, stated in the fit row's note (:data:`REDUCED`): PURE's anchor trajectories at 256 × 256 px, 2 steps,
+1 latent per prompt; ACE and ESD-x 2 training steps from an x_t pool of 1 latent × 2 steps at the pipeline's own
+size — their time and memory per step, not their results.
 
 Time: wall clock and process CPU seconds (the CPU column is the one to trust on a shared machine).
 Memory: a sampler thread reads RssAnon (anonymous resident memory: what the process allocated,
@@ -152,9 +152,8 @@ def pipeline_bytes(pipe) -> int:
 
 def touched_bytes(adapter) -> int:
     """Bytes of the weights an erasure reads: every text encoder, and the edit sites (weight and bias)."""
-    from erasekit.models.precision import text_encoders
-
-    encoders = sum(module_bytes(m) for m in text_encoders(adapter.pipe))
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3")  # SD3's T5 is the third
+    encoders = sum(module_bytes(m) for n in names if (m := getattr(adapter.pipe, n, None)) is not None)
     return encoders + sum(module_bytes(adapter.linear(p)) for p in adapter.paths)
 
 
@@ -188,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"how many of the {len(PRESERVE)} preserved artists to use (each costs a T5-XXL pass on the DiTs)",
     )
     ap.add_argument(
+        "--denoiser",
+        default="full",
+        choices=("full", "sites"),
+        help="'sites': load of the denoiser only its static edit sites (erasekit.load_pipeline(denoiser='sites'))",
+    )
+    ap.add_argument(
         "--encode-phase",
         default="all",
         choices=("all", "first", "none"),
@@ -214,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 0 <= args.preserve <= len(PRESERVE):
         print(f"--preserve: between 0 and {len(PRESERVE)}", file=sys.stderr)
+        return 2
+    if args.denoiser == "sites" and not dit and any(m in REDUCED for m in methods):
+        print(
+            "--denoiser sites: pure, ace and esd-x run the UNet here; measure them with --denoiser full",
+            file=sys.stderr,
+        )
         return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(
@@ -265,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     file0 = rss_file()
     t0 = time.perf_counter()
     with sampler.phase():
-        pipe = erasekit.load_pipeline(str(folder), dtype=dtype, device=args.device)
+        pipe = erasekit.load_pipeline(str(folder), dtype=dtype, device=args.device, denoiser=args.denoiser)
     load_s = time.perf_counter() - t0
     size = pipeline_bytes(pipe)
     read_at_load = rss_file() - file0
@@ -351,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         with sampler.phase():
             edit.apply(pipe)
         record(method, "apply", time.perf_counter() - t0)
-        if args.family == "sd15" and method == methods[0]:
+        if args.family == "sd15" and method == methods[0] and args.denoiser == "full":
             from erasekit.export.single_file import export_single_file
 
             t0 = time.perf_counter()
@@ -370,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     sites = "edited K/V matrices" if not dit else "edited static sites"
     print(
-        f"# full scale: {args.family}, {dtype}, device {args.device}, torch threads {torch.get_num_threads()}, "
+        f"# full scale: {args.family}, {dtype}, device {args.device}, denoiser {args.denoiser}, "
+        f"torch threads {torch.get_num_threads()}, "
         f"{n_layers} {sites} ({n_weights / 1e6:.1f} M weights), pipeline {size / 2**30:.2f} GiB, "
         f"weights an erasure reads (text encoders + sites) {touched / 2**30:.2f} GiB, "
         f"{1 + args.preserve} concept prompts (erase + {args.preserve} preserved)"

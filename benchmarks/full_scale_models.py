@@ -413,7 +413,8 @@ def pipeline_folder(
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*.safetensors"))
+    """Bytes of the weight files of a pipeline folder (its component links followed)."""
+    return sum(p.stat().st_size for c in Path(folder).iterdir() for p in c.resolve().glob("*.safetensors"))
 
 
 def _peak_rss_bytes() -> int:

@@ -265,7 +265,9 @@ def test_sd15_full_size_end_to_end(method, options, tmp_path):
 # width (scaled ÷ 8 in the default tests) and the pooled width (CLIP-L 768; SD3: CLIP-L ⊕ CLIP-G 768 + 1280).
 DIT_EXPECTED = {
     "flux1-dev": dict(pipeline="FluxPipeline", family="flux", t5="text_encoder_2", pooled=768, t5_len=512),
-    "sd35-medium": dict(pipeline="StableDiffusion3Pipeline", family="sd3", t5="text_encoder_3", pooled=2048, t5_len=256),
+    "sd35-medium": dict(
+        pipeline="StableDiffusion3Pipeline", family="sd3", t5="text_encoder_3", pooled=2048, t5_len=256
+    ),
 }
 STATIC_SITES = {"context_embedder", "time_text_embed.text_embedder.linear_1"}
 
@@ -301,6 +303,7 @@ def test_dit_configs_are_the_published_architectures():
     assert {k: v for k, v in flux["text_encoder_2"].items() if k not in strip} == {
         k: v for k, v in sd35["text_encoder_3"].items() if k not in strip
     }
+
     def stored(family_cfg: dict, name: str) -> int:  # what the weight files hold: parameters and saved buffers
         return sum(t.numel() for t in fsm._meta_model(name, family_cfg).state_dict().values())
 
