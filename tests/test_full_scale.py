@@ -195,6 +195,26 @@ def test_full_scale_benchmark_runs_every_phase_on_a_scaled_copy(family, tmp_path
     assert table.count("bit-exact") == 2
 
 
+@pytest.mark.parametrize("family", fsm.DIT_FAMILIES)
+@pytest.mark.parametrize("denoiser", ["full", "sites"])
+@pytest.mark.slow  # drives the benchmark script
+def test_full_scale_benchmark_runs_every_closed_form_on_a_scaled_dit(family, denoiser, tmp_path, capsys):
+    """benchmarks/full_scale.py on a scaled DiT: all six closed forms through every phase, each revert bit-exact,
+    the ratio to the weights an erasure reads printed."""
+    spec = importlib.util.spec_from_file_location("full_scale_bench", ROOT / "benchmarks" / "full_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    methods = ",".join(mod.DIT_CLOSED_FORM)
+    argv = ["--family", family, "--scaled", "--methods", methods, "--preserve", "1", "--denoiser", denoiser]
+    assert mod.main([*argv, "--cache-dir", str(tmp_path), "--encode-phase", "first"]) in (0, None)
+    table = capsys.readouterr().out
+    for method in mod.DIT_CLOSED_FORM:
+        phases = {line.split("|")[2].strip() for line in table.splitlines() if line.startswith(f"| {method} |")}
+        assert {"fit", "save", "load_edit", "apply", "revert"} <= phases, (method, phases)
+    assert table.count("bit-exact") == len(mod.DIT_CLOSED_FORM) and "÷ touched" in table
+    assert f"denoiser {denoiser}" in table
+
+
 @pytest.mark.slow  # drives the benchmark script
 def test_full_scale_benchmark_runs_unet_methods_at_their_reduced_budget(tmp_path, capsys):
     """PURE, ACE and ESD-x go through every phase but the closed-form encode one, and each fit row states its reduced
@@ -369,3 +389,38 @@ def test_sharded_component_loads_as_published(tmp_path):
     sd = model.state_dict()
     assert set(sd) == set(stored) == set(index["weight_map"])
     assert all(torch.equal(sd[k], stored[k]) for k in stored)
+
+
+@pytest.mark.slow
+def test_flux1_dev_full_size_sites_only_end_to_end(tmp_path):
+    """Full-size FLUX.1-dev (random weights, bf16; a 31 GiB build on first use, cached): UCE fitted on the
+    sites-only load reads 15 M of the transformer's 11.9 B parameters, and its edit checks, applies and reverts
+    bit-exactly on the fully loaded (memory-mapped) pipeline. Minutes on a CPU: T5-XXL encodes at 512 tokens."""
+    import hashlib
+
+    import erasekit
+    from erasekit.edit import Edit
+
+    folder = fsm.pipeline_folder("flux1-dev", progress=False)
+    sites = erasekit.load_pipeline(str(folder), dtype="bfloat16", denoiser="sites")
+    read = sum(p.numel() for p in sites.transformer.parameters() if p.device.type != "meta")
+    assert read == sum(p.numel() for n in STATIC_SITES for p in sites.transformer.get_submodule(n).parameters())
+    assert read < 16e6
+    edit = erasekit.erase(sites, "uce", ["Van Gogh"], progress=False)
+    assert set(edit.layers) == STATIC_SITES
+    full = erasekit.load_pipeline(str(folder), dtype="bfloat16")  # memory-mapped: the sites' pages are all it reads
+    adapter = erasekit.PipelineAdapter(full)
+
+    def digest() -> dict:
+        return {
+            p: hashlib.sha256(adapter.linear(p).weight.detach().view(torch.uint8).numpy().tobytes()).hexdigest()
+            for p in adapter.paths
+        }
+
+    before = digest()
+    loaded = Edit.load(edit.save(tmp_path / "uce.safetensors"))
+    loaded.check_compatible(full)
+    loaded.apply(full)
+    assert all(digest()[p] != before[p] for p in before)
+    loaded.revert(full)
+    assert digest() == before

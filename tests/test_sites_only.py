@@ -109,3 +109,21 @@ def test_single_file_export_is_refused(tmp_path):
     with pytest.raises(ModelError, match="single-file export"):
         export_single_file(sites, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_cli_erase_with_sites_only_writes_the_same_edit(tmp_path):
+    """`erasekit erase --denoiser sites` writes the edit `erasekit erase` writes from the full load."""
+    from erasekit.cli import main
+
+    folder = save_tiny_pipeline(tmp_path / "flux", "flux")
+    common = ["erase", "--model", str(folder), "--erase", "Van Gogh", "--preserve", "Rembrandt", "--method", "uce"]
+    assert main([*common, "--out", str(tmp_path / "full.safetensors")]) == 0
+    assert main([*common, "--denoiser", "sites", "--out", str(tmp_path / "sites.safetensors")]) == 0
+    full, sites = (erasekit.Edit.load(tmp_path / f"{n}.safetensors") for n in ("full", "sites"))
+    pipe = erasekit.load_pipeline(str(folder))
+    ref = PipelineAdapter(pipe)
+    assert set(full.layers) == set(sites.layers) == set(ref.paths)
+    for p in full.layers:
+        assert torch.equal(
+            full.layers[p].materialize(ref.linear(p).weight), sites.layers[p].materialize(ref.linear(p).weight)
+        )
