@@ -29,6 +29,7 @@ def _builder():
 
 
 fsm = _builder()
+UNET_FAMILIES = tuple(f for f in fsm.FAMILIES if f not in fsm.DIT_FAMILIES)
 
 # What each published architecture must show, stated from the model cards rather than read from the configs.
 EXPECTED = {
@@ -52,7 +53,7 @@ def _expected_depths(unet_cfg: dict) -> dict[str, list[int]]:
     return out
 
 
-@pytest.fixture(scope="module", params=fsm.FAMILIES)
+@pytest.fixture(scope="module", params=UNET_FAMILIES)
 def scaled(request, tmp_path_factory):
     from erasekit.models.loading import load_pipeline
 
@@ -63,7 +64,7 @@ def scaled(request, tmp_path_factory):
 
 
 def test_scaled_copy_keeps_structure():
-    for family in fsm.FAMILIES:
+    for family in UNET_FAMILIES:
         pub = fsm.published_config(family)
         small = fsm.scaled_config(pub)
         for key in ("down_block_types", "up_block_types", "layers_per_block", "cross_attention_dim"):
@@ -176,7 +177,7 @@ def test_benchmarks_refuse_cuda_without_a_gpu(capsys):
     assert out.returncode != 0 and "no CUDA GPU" in out.stderr
 
 
-@pytest.mark.parametrize("family", fsm.FAMILIES)
+@pytest.mark.parametrize("family", UNET_FAMILIES)
 @pytest.mark.slow  # drives the benchmark script
 def test_full_scale_benchmark_runs_every_phase_on_a_scaled_copy(family, tmp_path, capsys):
     """benchmarks/full_scale.py as its user runs it (``--scaled``): every phase of both closed-form
@@ -192,6 +193,26 @@ def test_full_scale_benchmark_runs_every_phase_on_a_scaled_copy(family, tmp_path
         phases = {line.split("|")[2].strip() for line in table.splitlines() if line.startswith(f"| {method} |")}
         assert {"encode", "fit", "save", "load_edit", "apply", "revert"} <= phases, (method, phases)
     assert table.count("bit-exact") == 2
+
+
+@pytest.mark.parametrize("family", fsm.DIT_FAMILIES)
+@pytest.mark.parametrize("denoiser", ["full", "sites"])
+@pytest.mark.slow  # drives the benchmark script
+def test_full_scale_benchmark_runs_every_closed_form_on_a_scaled_dit(family, denoiser, tmp_path, capsys):
+    """benchmarks/full_scale.py on a scaled DiT: all six closed forms through every phase, each revert bit-exact,
+    the ratio to the weights an erasure reads printed."""
+    spec = importlib.util.spec_from_file_location("full_scale_bench", ROOT / "benchmarks" / "full_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    methods = ",".join(mod.DIT_CLOSED_FORM)
+    argv = ["--family", family, "--scaled", "--methods", methods, "--preserve", "1", "--denoiser", denoiser]
+    assert mod.main([*argv, "--cache-dir", str(tmp_path), "--encode-phase", "first"]) in (0, None)
+    table = capsys.readouterr().out
+    for method in mod.DIT_CLOSED_FORM:
+        phases = {line.split("|")[2].strip() for line in table.splitlines() if line.startswith(f"| {method} |")}
+        assert {"fit", "save", "load_edit", "apply", "revert"} <= phases, (method, phases)
+    assert table.count("bit-exact") == len(mod.DIT_CLOSED_FORM) and "÷ touched" in table
+    assert f"denoiser {denoiser}" in table
 
 
 @pytest.mark.slow  # drives the benchmark script
@@ -256,3 +277,150 @@ def test_sd15_full_size_end_to_end(method, options, tmp_path):
     assert digest() == before
     if method == "space":
         assert abs(loaded.sparsity() - 0.85) <= 0.01
+
+
+# ------------------------------------------------------------------ the DiTs: FLUX.1-dev, SD3.5-Medium
+
+# What each published DiT must show, from the model cards: the pipeline class, erasekit's family, the T5-XXL context
+# width (scaled ÷ 8 in the default tests) and the pooled width (CLIP-L 768; SD3: CLIP-L ⊕ CLIP-G 768 + 1280).
+DIT_EXPECTED = {
+    "flux1-dev": dict(pipeline="FluxPipeline", family="flux", t5="text_encoder_2", pooled=768, t5_len=512),
+    "sd35-medium": dict(
+        pipeline="StableDiffusion3Pipeline", family="sd3", t5="text_encoder_3", pooled=2048, t5_len=256
+    ),
+}
+STATIC_SITES = {"context_embedder", "time_text_embed.text_embedder.linear_1"}
+
+
+@pytest.fixture(scope="module")
+def dit_cache(tmp_path_factory):
+    """Both scaled DiTs built into one cache (they share the T5 component)."""
+    root = tmp_path_factory.mktemp("fs-dit")
+    return {
+        f: fsm.pipeline_folder(f, root, config=fsm.scaled_config(fsm.published_config(f)), progress=False)
+        for f in fsm.DIT_FAMILIES
+    }
+
+
+def test_dit_configs_are_the_published_architectures():
+    flux, sd35 = (fsm.published_config(f) for f in fsm.DIT_FAMILIES)
+    tr = flux["transformer"]
+    assert (tr["num_layers"], tr["num_single_layers"], tr["num_attention_heads"] * tr["attention_head_dim"]) == (
+        19,
+        38,
+        3072,
+    )
+    assert tr["guidance_embeds"] and tr["joint_attention_dim"] == flux["text_encoder_2"]["d_model"] == 4096
+    tr = sd35["transformer"]
+    assert (tr["num_layers"], tr["num_attention_heads"] * tr["attention_head_dim"], tr["caption_projection_dim"]) == (
+        24,
+        1536,
+        1536,
+    )
+    assert tr["dual_attention_layers"] == list(range(13)) and tr["pooled_projection_dim"] == 768 + 1280
+    # one T5-XXL: the same architecture in both, so the builder stores it once
+    strip = {"torch_dtype"}
+    assert {k: v for k, v in flux["text_encoder_2"].items() if k not in strip} == {
+        k: v for k, v in sd35["text_encoder_3"].items() if k not in strip
+    }
+
+    def stored(family_cfg: dict, name: str) -> int:  # what the weight files hold: parameters and saved buffers
+        return sum(t.numel() for t in fsm._meta_model(name, family_cfg).state_dict().values())
+
+    # the published sizes: 11.9 B (FLUX.1-dev), 2.5 B (SD3.5-M, its 384² position table included), T5-XXL 4.7 B
+    n_flux, n_sd35, n_t5 = stored(flux, "transformer"), stored(sd35, "transformer"), stored(flux, "text_encoder_2")
+    assert 11.8e9 < n_flux < 12.0e9 and 2.4e9 < n_sd35 < 2.6e9 and 4.6e9 < n_t5 < 4.9e9
+
+
+@pytest.mark.parametrize("family", fsm.DIT_FAMILIES)
+def test_scaled_dit_loads_with_its_own_pipeline_class(family, dit_cache):
+    """The scaled build loads with the plain diffusers pipeline class; erasekit identifies it and finds the two static
+    sites by structure, reading T5's width and the pooled CLIP width."""
+    import diffusers
+
+    from erasekit.models.adapter import PipelineAdapter
+    from erasekit.models.families import identify
+
+    exp, folder = DIT_EXPECTED[family], dit_cache[family]
+    cfg = fsm.scaled_config(fsm.published_config(family))
+    pipe = getattr(diffusers, exp["pipeline"]).from_pretrained(str(folder), torch_dtype=torch.bfloat16)
+    assert type(pipe).__name__ == exp["pipeline"] and identify(pipe).name == exp["family"]
+    adapter = PipelineAdapter(pipe)
+    assert set(adapter.paths) == STATIC_SITES and set(adapter.groups) == {"text", "pooled"}
+    d_t5 = cfg[exp["t5"]]["d_model"]
+    assert adapter.for_group("text").d_in == d_t5 == fsm.published_config(family)[exp["t5"]]["d_model"] // 8
+    assert adapter.for_group("pooled").d_in * 8 == exp["pooled"]
+    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.bfloat16}
+    # the offline T5 tokenizer has the real T5-XXL vocabulary size, and the encoder's table that many rows
+    t5 = getattr(pipe, exp["t5"])
+    tok = pipe.tokenizer_2 if family == "flux1-dev" else pipe.tokenizer_3
+    assert len(tok) == t5.config.vocab_size == 32128 == t5.get_input_embeddings().weight.shape[0]
+    enc = adapter.for_group("text").encode(["a painting of a lighthouse", "a photo of a cat on a red sofa"])
+    n_clip = 0 if family == "flux1-dev" else 77  # SD3's stream: CLIP-L ⊕ CLIP-G (77), then T5
+    assert tuple(enc.embeds.shape) == (2, n_clip + exp["t5_len"], d_t5)
+    assert torch.isfinite(enc.embeds).all() and not torch.allclose(enc.embeds[0], enc.embeds[1])
+    pooled = adapter.for_group("pooled").encode(["a painting of a lighthouse"])
+    assert tuple(pooled.embeds.shape) == (1, 1, exp["pooled"] // 8)
+
+
+def test_dits_share_one_t5_build(dit_cache):
+    flux, sd35 = (dit_cache[f] for f in fsm.DIT_FAMILIES)
+    assert (flux / "text_encoder_2").is_symlink() and (sd35 / "text_encoder_3").is_symlink()
+    assert (flux / "text_encoder_2").resolve() == (sd35 / "text_encoder_3").resolve()
+    assert (flux / "transformer").resolve() != (sd35 / "transformer").resolve()
+
+
+def test_sharded_component_loads_as_published(tmp_path):
+    """A component above the shard size is written as shards + weight map, which from_pretrained reads back whole."""
+    from diffusers import FluxTransformer2DModel
+    from safetensors import safe_open
+
+    cfg = fsm.scaled_config(fsm.published_config("flux1-dev"))
+    folder = fsm.component_folder("transformer", cfg, tmp_path, progress=False, max_shard=2**20)
+    index = json.loads((folder / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (folder / "diffusion_pytorch_model.safetensors").exists()
+    stored = {}
+    for name in shards:
+        with safe_open(str(folder / name), framework="pt") as f:
+            stored.update({k: f.get_tensor(k) for k in f.keys()})
+    assert sum(t.numel() * t.element_size() for t in stored.values()) == index["metadata"]["total_size"]
+    model = FluxTransformer2DModel.from_pretrained(str(folder), torch_dtype=torch.bfloat16)
+    sd = model.state_dict()
+    assert set(sd) == set(stored) == set(index["weight_map"])
+    assert all(torch.equal(sd[k], stored[k]) for k in stored)
+
+
+@pytest.mark.slow
+def test_flux1_dev_full_size_sites_only_end_to_end(tmp_path):
+    """Full-size FLUX.1-dev (random weights, bf16; a 31 GiB build on first use, cached): UCE fitted on the
+    sites-only load reads 15 M of the transformer's 11.9 B parameters, and its edit checks, applies and reverts
+    bit-exactly on the fully loaded (memory-mapped) pipeline. Minutes on a CPU: T5-XXL encodes at 512 tokens."""
+    import hashlib
+
+    import erasekit
+    from erasekit.edit import Edit
+
+    folder = fsm.pipeline_folder("flux1-dev", progress=False)
+    sites = erasekit.load_pipeline(str(folder), dtype="bfloat16", denoiser="sites")
+    read = sum(p.numel() for p in sites.transformer.parameters() if p.device.type != "meta")
+    assert read == sum(p.numel() for n in STATIC_SITES for p in sites.transformer.get_submodule(n).parameters())
+    assert read < 16e6
+    edit = erasekit.erase(sites, "uce", ["Van Gogh"], progress=False)
+    assert set(edit.layers) == STATIC_SITES
+    full = erasekit.load_pipeline(str(folder), dtype="bfloat16")  # memory-mapped: the sites' pages are all it reads
+    adapter = erasekit.PipelineAdapter(full)
+
+    def digest() -> dict:
+        return {
+            p: hashlib.sha256(adapter.linear(p).weight.detach().view(torch.uint8).numpy().tobytes()).hexdigest()
+            for p in adapter.paths
+        }
+
+    before = digest()
+    loaded = Edit.load(edit.save(tmp_path / "uce.safetensors"))
+    loaded.check_compatible(full)
+    loaded.apply(full)
+    assert all(digest()[p] != before[p] for p in before)
+    loaded.revert(full)
+    assert digest() == before

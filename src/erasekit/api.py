@@ -97,6 +97,7 @@ def fit(pipe, plan: ErasePlan, progress: bool = True) -> Edit:
     from .models.precision import computing_in_layers, pipeline_compute_dtype, text_encoders
 
     m, cfg = get_method(plan.method), plan.config
+    _check_sites_only(pipe, m, cfg)
     adapter = PipelineAdapter(
         pipe,
         layer_regex=cfg.layer_regex,
@@ -115,6 +116,18 @@ def fit(pipe, plan: ErasePlan, progress: bool = True) -> Edit:
     edit.compute_dtype = str(target).replace("torch.", "")
     edit.stats["defaults"] = plan.record
     return edit
+
+
+def _check_sites_only(pipe, m, cfg: MethodConfig) -> None:
+    """A pipeline loaded with only its edit sites (load_pipeline(denoiser='sites')) fits closed forms on the static
+    sites, nothing that runs the denoiser or edits other layers: refused here, before anything runs."""
+    from .models.precision import denoiser_of
+    from .models.sites_only import refuse_sites_only
+
+    if m.uses_unet(cfg):
+        refuse_sites_only(denoiser_of(pipe), f"{m.name} (it runs the denoiser)")
+    if cfg.sites != "static" or cfg.layer_regex:
+        refuse_sites_only(denoiser_of(pipe), "editing other layers than the static sites (sites / layer_regex)")
 
 
 def erase(

@@ -107,7 +107,8 @@ def _load(args):
     from ..models.precision import denoiser_of, slow_dtype_notice, stored_dtype
 
     t0 = time.perf_counter()
-    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, config=args.config)
+    denoiser = getattr(args, "denoiser", "full")  # `erasekit erase --denoiser sites`
+    pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device, config=args.config, denoiser=denoiser)
     _info(f"loaded {args.model} ({type(pipe).__name__}) in {time.perf_counter() - t0:.1f}s")
     den = denoiser_of(pipe)
     notice = slow_dtype_notice(den.device, stored_dtype(den))

@@ -72,6 +72,13 @@ def add_parser(sub, erase_method: str) -> None:
         "(`erasekit erase --method M --help` lists M's).",
     )
     _add_model_options(e)
+    e.add_argument(
+        "--denoiser",
+        choices=("full", "sites"),
+        default="full",
+        help="'sites': load of the denoiser only its static edit sites (a local diffusers folder; closed-form "
+        "methods on the static sites): FLUX.1-dev's 12 B-parameter transformer is then never materialised",
+    )
     e.add_argument("--method", default="uce", help="registered method (see `erasekit methods`); its options follow")
     e.add_argument("--erase", action="append", required=True, metavar="CONCEPT", help="concept to erase (repeatable)")
     e.add_argument("--kind", default="style", help="style, object, person or nsfw (templates, default guide)")

@@ -177,7 +177,9 @@ def export_single_file(
     cannot express raise :class:`~erasekit.errors.ModelError` and write nothing.
     """
     from ..edit import Edit
+    from ..models.sites_only import refuse_sites_only
 
+    refuse_sites_only(getattr(pipe, "unet", None), "a single-file export")
     path = check_output(path)
     cast = resolve_save_dtype(dtype)
     layout = layout or detect_layout(pipe)
@@ -203,6 +205,9 @@ def write(edit, pipe, path, *, save_dtype=None, layout: str | None = None, progr
     if layout not in LAYOUTS:
         raise ModelError(f"unknown single-file layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     _check_pipeline(pipe, layout)  # refuse before applying anything
+    from ..models.sites_only import refuse_sites_only
+
+    refuse_sites_only(getattr(pipe, "unet", None), "a single-file export")  # the layouts are the UNets'
     record = edit_record(edit) if edit is not None else None
     with baked(edit, pipe):
         out = export_single_file(pipe, path, save_dtype, layout=layout, record=record)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["DTYPES", "TINY", "BUNDLED", "resolve_dtype", "load_pipeline", "is_tinyworld", "model_record"]
 
 TINY = {"tiny-sd": "sd", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+DENOISER_LOADS = ("full", "sites")  # load_pipeline(denoiser=...): the whole denoiser, or its static edit sites only
 _PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -50,13 +51,22 @@ def load_pipeline(
     device: str = "cpu",
     config: str | None = None,
     revision: str | None = None,
+    denoiser: str = "full",
 ) -> Pipeline:
     """Load ``model`` (see module docstring) onto ``device`` in ``dtype``.
 
     The pipeline carries the record of ``model`` (:func:`erasekit.models.record.model_record`):
     :func:`erasekit.erase` reads it to pick the model's defaults.
+
+    ``denoiser='sites'`` (a local diffusers folder) loads of the denoiser only its static edit sites, the rest on
+    the ``meta`` device (:mod:`erasekit.models.sites_only`): enough for the closed-form methods, which read nothing
+    else, on a model whose denoiser would not fit (FLUX.1-dev's 12 B parameters in float32, or on a small GPU).
     """
     torch_dtype = resolve_dtype(dtype)
+    if denoiser not in DENOISER_LOADS:
+        raise ModelError(f"unknown denoiser load {denoiser!r}; choose {' or '.join(DENOISER_LOADS)}")
+    if denoiser == "sites":
+        return _load_sites_only(str(model), torch_dtype, device)
     pipe = _load(str(model), torch_dtype, config, revision)
     # diffusers warns that float16 "cannot run" on a CPU; erasekit computes in float32 there instead
     # (models/precision.py) and says so itself, once.
@@ -69,6 +79,26 @@ def load_pipeline(
         raise ModelError(f"cannot move the pipeline to device {device!r}: {e}") from None
     finally:
         pipeline_logger.removeFilter(quiet)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    record_model(pipe, model)
+    return pipe
+
+
+def _load_sites_only(model: str, torch_dtype: torch.dtype, device: str) -> Pipeline:
+    from .sites_only import load_sites_only, move_sites_only
+
+    path = Path(model).expanduser()
+    if not (path / "model_index.json").is_file():
+        raise ModelError(
+            f"denoiser='sites' reads the edit sites from a local diffusers folder's weight files; {model!r} is not one "
+            "(download the model and pass its folder)"
+        )
+    pipe = load_sites_only(path, torch_dtype)
+    try:
+        move_sites_only(pipe, device)
+    except (RuntimeError, AssertionError) as e:
+        raise ModelError(f"cannot move the pipeline to device {device!r}: {e}") from None
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     record_model(pipe, model)

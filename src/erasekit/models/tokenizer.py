@@ -107,7 +107,11 @@ def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endofte
 # ------------------------------------------------------------ T5 / Gemma stand-ins
 @lru_cache(maxsize=4)
 def _unigram_json(
-    specials: tuple[str, ...], template: str, special_ids: tuple[tuple[str, int], ...], squeeze_spaces: bool = False
+    specials: tuple[str, ...],
+    template: str,
+    special_ids: tuple[tuple[str, int], ...],
+    squeeze_spaces: bool = False,
+    vocab_size: int | None = None,
 ) -> str:
     """A sentencepiece-style Unigram tokenizer (``tokenizers``) over CLIP's words, serialised.
 
@@ -116,6 +120,8 @@ def _unigram_json(
     every prompt sensibly (a concept is a few pieces, padding is real padding) with no download.
     ``squeeze_spaces``: drop leading / trailing whitespace and collapse runs, as T5's sentencepiece model does
     (``remove_extra_whitespaces``): 'image of ' is 'image of'.
+    ``vocab_size``: keep only the first pieces (CLIP's order: single characters, then merges by frequency), so every
+    id fits a model whose embedding table has that many rows (T5-XXL's 32128); every text still tokenizes.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
@@ -128,6 +134,8 @@ def _unigram_json(
         if piece not in seen:
             seen.add(piece)
             pieces.append(piece)
+    if vocab_size is not None:
+        pieces = pieces[: vocab_size - len(specials)]
     scored = [(s, 0.0) for s in specials] + [(p, -1.0 - i / len(pieces)) for i, p in enumerate(pieces)]
     tk = Tokenizer(models.Unigram(scored, unk_id=specials.index("<unk>"), byte_fallback=False))
     steps = [normalizers.Strip(), normalizers.Replace(Regex(r"\s+"), " ")] if squeeze_spaces else []
@@ -138,12 +146,15 @@ def _unigram_json(
     return tk.to_str()
 
 
-def t5_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerBase:
-    """A T5-style tokenizer (``<pad>`` 0, ``</s>`` 1 appended, ``<unk>`` 2), offline; vocabulary size ``len()``."""
+def t5_tokenizer(model_max_length: int = 512, vocab_size: int | None = None) -> PreTrainedTokenizerBase:
+    """A T5-style tokenizer (``<pad>`` 0, ``</s>`` 1 appended, ``<unk>`` 2), offline; vocabulary size ``len()``, at
+    most ``vocab_size`` when given (a full-size T5-XXL's 32128 embedding rows)."""
     from tokenizers import Tokenizer
     from transformers import T5TokenizerFast  # type: ignore[attr-defined]  # exported lazily at run time
 
-    tk = Tokenizer.from_str(_unigram_json(("<pad>", "</s>", "<unk>"), "$A </s>", (("</s>", 1),), squeeze_spaces=True))
+    tk = Tokenizer.from_str(
+        _unigram_json(("<pad>", "</s>", "<unk>"), "$A </s>", (("</s>", 1),), squeeze_spaces=True, vocab_size=vocab_size)
+    )
     tok: PreTrainedTokenizerBase = T5TokenizerFast(
         tokenizer_object=tk,
         eos_token="</s>",
