@@ -158,6 +158,7 @@ COMMON = {
     "--config",
     "--dtype",
     "--device",
+    "--denoiser",
     "--method",
     "--erase",
     "--kind",
