@@ -236,16 +236,20 @@ def paired_html(results: Results) -> str:
             "<th>p</th><th>p Holm</th><th></th></tr>"
         )
         for c in comps:
-            star = "<span class='sig'>★</span>" if c.significant else ""
-            out.append(
-                f"<tr><td style='text-align:left'>{e(c.metric)}</td><td><b>{e(c.a)}</b></td><td>{e(c.b)}</td>"
-                f"<td>{_pct(c.rate_a)}</td>"
-                f"<td>{_pct(c.rate_b)}</td><td>{100 * c.diff:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]</td>"
-                f"<td>{c.a_only} / {c.b_only}</td>"
-                f"<td>{c.n} ({c.clusters})</td><td>{c.p:.3g}</td><td>{c.p_holm:.3g}</td><td>{star}</td></tr>"
-            )
+            out.append(f"<tr><td style='text-align:left'>{e(c.metric)}</td>{_paired_cells(c)}</tr>")
         out.append("</table>")
     return "".join(out)
+
+
+def _paired_cells(c) -> str:
+    """One paired comparison's cells: A, B, their rates, Δ with its interval, discordant counts, n, p, p Holm, ★."""
+    e = _esc
+    star = "<span class='sig'>★</span>" if c.significant else ""
+    return (
+        f"<td><b>{e(c.a)}</b></td><td>{e(c.b)}</td><td>{_pct(c.rate_a)}</td><td>{_pct(c.rate_b)}</td>"
+        f"<td>{100 * c.diff:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]</td><td>{c.a_only} / {c.b_only}</td>"
+        f"<td>{c.n} ({c.clusters})</td><td>{c.p:.3g}</td><td>{c.p_holm:.3g}</td><td>{star}</td>"
+    )
 
 
 def _wilson_cell(row: dict, key: str) -> str:
@@ -256,7 +260,6 @@ def _wilson_cell(row: dict, key: str) -> str:
 def _attack_paired(results: Results, study: str, metric: str) -> str:
     """The paired comparisons of one attack's ASR (each method vs the unedited model on the same attacked items,
     every two methods on the same target items), as computed and Holm-corrected with the study's table."""
-    e = _esc
     comps = [c for c in results.paired.get(study, []) if c.metric == metric]
     if not comps:
         return ""
@@ -265,12 +268,7 @@ def _attack_paired(results: Results, study: str, metric: str) -> str:
         "<th>A only / B only</th><th>n (prompts)</th><th>p</th><th>p Holm</th><th></th></tr>"
     ]
     for c in comps:
-        star = "<span class='sig'>★</span>" if c.significant else ""
-        rows.append(
-            f"<tr><td><b>{e(c.a)}</b></td><td>{e(c.b)}</td><td>{_pct(c.rate_a)}</td><td>{_pct(c.rate_b)}</td>"
-            f"<td>{100 * c.diff:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]</td><td>{c.a_only} / {c.b_only}</td>"
-            f"<td>{c.n} ({c.clusters})</td><td>{c.p:.3g}</td><td>{c.p_holm:.3g}</td><td>{star}</td></tr>"
-        )
+        rows.append(f"<tr>{_paired_cells(c)}</tr>")
     rows.append("</table>")
     return "<p>Paired under this attack (same attacked target items, by prompt and seed):</p>" + "".join(rows)
 

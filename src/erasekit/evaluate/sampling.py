@@ -64,10 +64,25 @@ def noisy_ddim_step(
     """(x_{t−1}, x̂₀) of the noise-based probe's DDIM step; all tensors (B, C, h, w) but the ᾱ scalars."""
     x0 = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()  # x̂₀, DDIM eq. 12
     sigma = ddim_sigma(abar_t, abar_prev, eta)  # σ_t(η), DDIM eq. 16
-    x_prev = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).abs().sqrt() * eps  # deterministic part, |·| for η > 1
+    return ddim_update(x0, eps, abar_prev.sqrt(), (1 - abar_prev).sqrt(), sigma, eta, scale, z), x0
+
+
+def ddim_update(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    a_prev: torch.Tensor,
+    b_prev: torch.Tensor,
+    sigma: torch.Tensor,
+    eta: float,
+    scale: float,
+    z: torch.Tensor | None,
+) -> torch.Tensor:
+    """DDIM eq. 12 for a process x = a x₀ + b ε: x_prev = a' x̂₀ + √|b'² − σ²| ε̂ + s σ z (|·| keeps η > 1
+    defined; the noise only for η > 0), shared by the VP (DDIM) and rectified-flow steps of the probe."""
+    x_prev = a_prev * x0 + (b_prev**2 - sigma**2).abs().sqrt() * eps  # deterministic part
     if z is not None and eta > 0:
         x_prev = x_prev + scale * sigma * z  # injected noise, scaled by the variance factor s
-    return x_prev, x0
+    return x_prev
 
 
 def noisy_flow_step(
@@ -87,9 +102,7 @@ def noisy_flow_step(
     x0 = x_t - sigma_t * v  # x̂₀ = x_σ − σ v
     eps = x_t + (1 - sigma_t) * v  # ε̂ = x_σ + (1 − σ) v
     gamma = posterior_std(a_t, b_t, a_prev, b_prev, eta)  # γ: DDIM's σ_t(η) for this (a, b) (eq. 16 generalised)
-    x_prev = a_prev * x0 + (b_prev**2 - gamma**2).abs().sqrt() * eps  # DDIM eq. 12 with (a, b); |·| for η > 1
-    if z is not None and eta > 0:
-        x_prev = x_prev + scale * gamma * z  # injected noise, scaled by the variance factor s
+    x_prev = ddim_update(x0, eps, a_prev, b_prev, gamma, eta, scale, z)  # DDIM eq. 12 with (a, b)
     return x_prev, x0  # at σ' = 0: γ = 0 and x_prev = x̂₀; at η = 0: x_σ + (σ' − σ) v (Euler)
 
 
