@@ -93,7 +93,7 @@ def carrier_id(tokenizer, word: str) -> int:
     """The one token id of ``word`` (a learned token is carried by an existing single-token word: the tokenizer, and
     so the pipeline's fingerprint, stay untouched)."""
     ids = tokenizer(word, add_special_tokens=False).input_ids
-    if len(ids) != 1:
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
         raise AttackError(f"carrier word {word!r} is {len(ids)} tokens for this tokenizer; choose a single-token word")
     return int(ids[0])
 
@@ -120,17 +120,18 @@ def token_conditioning(
     from ..models.families import identify
 
     family = identify(pipe)
-    tok = family.tokenizer(pipe)
+    toks = family.text_tokenizers(pipe)  # each encoder's own tokenizer: the carrier's id differs (FLUX: CLIP, T5)
     per_item = []
     for it in items:
         assert it.token is not None, "only learned-token items are conditioned here"
         vec = vectors[it.token]
-        per_item.append((carrier_id(tok, carrier_word(vec)), vec))
+        word = carrier_word(vec)
+        per_item.append(([carrier_id(tok, word) for tok in toks], vec))
 
     def substitute(enc: int, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         out = embeds
-        for row, (cid, vec) in enumerate(per_item):
-            out = place_token(ids, out, cid, vec[f"encoder_{enc}"], rows=[row])
+        for row, (cids, vec) in enumerate(per_item):
+            out = place_token(ids, out, cids[enc], vec[f"encoder_{enc}"], rows=[row])
         return out
 
     with torch.no_grad():

@@ -1,38 +1,52 @@
-"""The denoising objective the white-box attacks share (UnlearnDiffAtk, P4D, CCE): the forward process of DDPM and the
-model's regression target, for the pipeline's own noise schedule and prediction type."""
+"""The denoising objective the white-box attacks share (UnlearnDiffAtk, P4D, CCE), read from the family's dynamics.
+
+Each attack regresses the denoiser's prediction at a noised latent onto a target::
+
+    x_t = noised(x₀, ε, t),   L = ‖ denoise(x_t, t, c) − target(x₀, ε, t) ‖²
+
+and the family's :meth:`~erasekit.models.families.base.Family.dynamics` says what ``noised`` and ``target`` are: on the
+DDPM UNets x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε with ε (SD 2.x: v) as the target (DDPM eq. 4 and 14, as the reference
+repositories train); on rectified flow (SD3, FLUX) x_σ = (1 − σ) x₀ + σ ε with σ = t / T and the velocity ε − x₀ as
+the target (Esser et al. 2024, eq. 1 with a_t = 1 − t, b_t = t). The references are DDPM-only (SD 1.4); the flow
+objective, timesteps drawn uniformly on [0, T) as for DDPM (σ uniform, not FLUX's shifted / logit-normal training
+density), is erasekit's extension.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 
-
-def alphas_cumprod(pipe) -> torch.Tensor:
-    """ᾱ_t for t = 0 … T−1 (T,), float32, from the pipeline scheduler's training schedule."""
-    from diffusers import DDPMScheduler
-
-    sched = pipe.scheduler
-    abar = getattr(sched, "alphas_cumprod", None)
-    if abar is None:
-        abar = DDPMScheduler.from_config(sched.config).alphas_cumprod
-    return torch.as_tensor(abar, dtype=torch.float32).cpu()
+if TYPE_CHECKING:
+    from ...models.families.dynamics import Dynamics
+    from .base import AttackContext
 
 
-def prediction_type(pipe) -> str:
-    return str(pipe.scheduler.config.get("prediction_type", "epsilon"))
+@dataclass(frozen=True)
+class DenoisingObjective:
+    """The forward process and the regression target of the attacked pipeline (its family's dynamics)."""
 
+    dynamics: Dynamics
 
-def q_sample(x0: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
-    """x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε (DDPM eq. 4); x0, eps (B, C, h, w), abar_t (B,)."""
-    a = abar_t.view(-1, 1, 1, 1).to(x0.dtype)
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+    @classmethod
+    def of(cls, ctx: AttackContext) -> DenoisingObjective:
+        return cls(ctx.family.dynamics(ctx.pipe))
 
+    @property
+    def num_timesteps(self) -> int:
+        """T: the timesteps t ∈ [0, T) the attacks draw (scheduler units; σ = t / T on rectified flow)."""
+        return int(self.dynamics.num_train_timesteps)
 
-def regression_target(x0: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor, kind: str) -> torch.Tensor:
-    """What the denoiser is trained to output at x_t: ε (``epsilon``) or v = √ᾱ_t ε − √(1 − ᾱ_t) x₀
-    (``v_prediction``, Salimans & Ho 2022); shapes (B, C, h, w)."""
-    if kind == "epsilon":
-        return eps
-    if kind == "v_prediction":
-        a = abar_t.view(-1, 1, 1, 1).to(x0.dtype)
-        return a.sqrt() * eps - (1 - a).sqrt() * x0
-    return x0  # "sample"
+    def noised(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t from x₀ (B, C, h, w), ε (B, C, h, w) and t (B,)."""
+        return self.dynamics.noised(x0, eps, t)
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser regresses onto at x_t (B, C, h, w): ε / v (DDPM) or ε − x₀ (rectified flow)."""
+        return self.dynamics.target(x0, eps, t)
+
+    def per_item(self, pred: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B,) each item's mean squared error ‖ pred − target ‖² / (C h w) (the references' ``F.mse_loss``)."""
+        return (pred.float() - self.target(x0, eps, t)).pow(2).flatten(1).mean(1)

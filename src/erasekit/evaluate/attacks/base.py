@@ -187,16 +187,20 @@ class AttackContext:
         if not fam.text_gradients():
             raise AttackError(
                 f"{attack} needs gradients through the text encoder, which the {fam.name} family does not offer yet; "
-                "it runs on SD 1.x / 2.x and SDXL pipelines"
+                "it runs on SD 1.x / 2.x, SDXL, SD3 and FLUX pipelines"
             )
 
     def encode_substituted(
-        self, prompts: Sequence[str], substitute: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+        self,
+        prompts: Sequence[str],
+        substitute: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+        per_encoder: Sequence[Sequence[str]] | None = None,
     ) -> Conditioning:
         """The family's conditioning, differentiable, with each text encoder's input-token embeddings passed through
-        ``substitute(encoder index, ids (B, L), embeddings (B, L, d_e)) -> (B, L, d_e)``."""
+        ``substitute(encoder index, ids (B, L), embeddings (B, L, d_e)) -> (B, L, d_e)`` (``per_encoder``: each
+        encoder's own prompts, :meth:`~erasekit.models.families.Family.encoder_prompts`)."""
         self.meter.text_encoder_evaluations += len(prompts)
-        return self.family.encode_substituted(self.pipe, list(prompts), substitute)
+        return self.family.encode_substituted(self.pipe, list(prompts), substitute, per_encoder)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The family's denoiser prediction (ε or v, as the model predicts) for (B, C, h, w) latents."""
@@ -240,6 +244,7 @@ class AttackContext:
                 kw.update({k: v for k, v in (("height", self.settings.height), ("width", self.settings.width)) if v})
             with generating_in_compute_dtype(self.pipe):
                 lat = self.pipe([it.prompt for it in chunk], generator=gens, **kw).images
+            lat = self.family.output_latents(self.pipe, lat, kw.get("height"), kw.get("width"))  # (b, C, h, w)
             out.append(lat.float())
             self.meter.denoiser_evaluations += len(chunk) * steps * (2 if g > 1 else 1)
         return torch.cat(out)

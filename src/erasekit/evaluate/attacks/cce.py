@@ -35,11 +35,13 @@ import torch
 from ...errors import AttackError
 from ...methods.base import help_field
 from ..conditioning import carrier_id, place_token
-from ._diffusion import alphas_cumprod, prediction_type, q_sample, regression_target
+from ._diffusion import DenoisingObjective
+from ._tokens import TokenSpace
 from .base import Attack, AttackConfig, AttackContext, AttackResult, TokenResult, budget_field, register_attack
 
 KIND_INITIALIZERS = {"style": "art", "object": "object", "person": "person", "nsfw": "person"}
 FALLBACK_TEMPLATE = "a photo of a {}"
+DEFAULT_CARRIER = "sks"
 
 
 @dataclass
@@ -53,7 +55,12 @@ class CCEConfig(AttackConfig):
         0.002, "AdamW learning rate on the token embedding (paper: 5e-3 scaled by 4 × 4 = 0.08 on SD 1.4)"
     )
     weight_decay: float = budget_field(0.01, "AdamW weight decay (diffusers' default 1e-2)", inclusive=True)
-    carrier: str = help_field("sks", "an existing one-token word that carries the learned embedding in the prompts")
+    carrier: str | None = help_field(
+        None,
+        "an existing one-token word that carries the learned embedding in the prompts (None: 'sks', or where 'sks' "
+        "is not one known token for every text encoder, e.g. tinyworld-flux's T5, the first word that is and that no "
+        "target prompt holds)",
+    )
     initializer: str | None = help_field(None, "word whose embedding starts the token (None: from the concept)")
 
 
@@ -90,31 +97,54 @@ class CircumventingConceptErasure(Attack[CCEConfig]):
                 return name
         return KIND_INITIALIZERS.get(ctx.kind, "object")
 
+    def _carrier(self, ctx: AttackContext, toks, items) -> str:
+        """The carrier word: the config's; by default 'sks' where every tokenizer reads it as one known token, else
+        the first word that is one known token for every tokenizer and stands in no target prompt or concept."""
+        if self.config.carrier:
+            return self.config.carrier
+        try:
+            for tok in toks:
+                carrier_id(tok, DEFAULT_CARRIER)
+            return DEFAULT_CARRIER
+        except AttackError:
+            pass
+        used = {w for it in items for w in it.prompt.lower().split()} | {w.lower() for w in ctx.concepts}
+        used |= set(FALLBACK_TEMPLATE.format("").split())
+        space = TokenSpace(ctx, self.name)
+        for i in space.ids.tolist():
+            w = space.text([i])
+            if w not in used:
+                return w
+        raise AttackError("cce: no word is one token for every text encoder and free of the prompts; pass cce.carrier")
+
     def _build(self, ctx: AttackContext) -> AttackResult:
         from tqdm.auto import tqdm
 
         c = self.config
         ctx.require_text_gradients(self.name)
         fam, pipe = ctx.family, ctx.pipe
-        tok = fam.tokenizer(pipe)
-        carrier = carrier_id(tok, c.carrier)
-        init_word = self._initializer(ctx, tok)
-        try:
-            init = carrier_id(tok, init_word)
-        except AttackError:
-            raise AttackError(f"cce initializer {init_word!r} is not one token; pass cce.initializer=WORD") from None
+        toks = fam.text_tokenizers(pipe)  # one per text encoder (FLUX: CLIP-L, T5): the words' ids differ
         items = list(ctx.target)
-        captions = [caption(it.prompt, ctx.concepts, c.carrier) for it in items]
+        word = self._carrier(ctx, toks, items)
+        carrier = [carrier_id(tok, word) for tok in toks]
+        init_word = self._initializer(ctx, toks[0])
+        try:
+            init = [carrier_id(tok, init_word) for tok in toks]
+        except AttackError:
+            raise AttackError(
+                f"cce initializer {init_word!r} is not one token for every text encoder; pass cce.initializer=WORD"
+            ) from None
+        captions = [caption(it.prompt, ctx.concepts, word) for it in items]
         tables = fam.input_embeddings(pipe)
-        v = [t[init].detach().clone().float().requires_grad_(True) for t in tables]  # (d_e,) per encoder
+        v = [t[i].detach().clone().float().requires_grad_(True) for t, i in zip(tables, init, strict=True)]  # (d_e,)
         opt = torch.optim.AdamW(v, lr=c.lr, weight_decay=c.weight_decay)
         x0 = ctx.latents(items)  # (N, C, h, w): the unedited model's images of the concept
-        abar, kind = alphas_cumprod(pipe), prediction_type(pipe)
+        objective = DenoisingObjective.of(ctx)  # the family's forward process and regression target
         gen = torch.Generator().manual_seed(int(c.seed))
         losses = []
 
         def substitute(enc: int, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-            return place_token(ids, embeds, carrier, v[enc])
+            return place_token(ids, embeds, carrier[enc], v[enc])
 
         with ctx.edited():
             for _ in tqdm(range(c.steps), desc="cce", disable=not ctx.progress, leave=False):
@@ -123,11 +153,11 @@ class CircumventingConceptErasure(Attack[CCEConfig]):
                 for _ in range(c.accumulation):
                     pick = torch.randperm(len(items), generator=gen)[: c.batch_size]
                     eps = torch.randn((len(pick), *x0.shape[1:]), generator=gen)
-                    t = torch.randint(0, len(abar), (len(pick),), generator=gen)
-                    x_t = q_sample(x0[pick], eps, abar[t])
+                    t = torch.randint(0, objective.num_timesteps, (len(pick),), generator=gen)
+                    x_t = objective.noised(x0[pick], eps, t)
                     cond = ctx.encode_substituted([captions[i] for i in pick.tolist()], substitute)
-                    pred = ctx.denoise(x_t, t, cond).float()
-                    loss = (pred - regression_target(x0[pick], eps, abar[t], kind)).pow(2).mean() / c.accumulation
+                    pred = ctx.denoise(x_t, t, cond)
+                    loss = objective.per_item(pred, x0[pick], eps, t).mean() / c.accumulation
                     grads = torch.autograd.grad(loss, v)
                     for p, g in zip(v, grads, strict=True):
                         p.grad = g if p.grad is None else p.grad + g
@@ -140,4 +170,5 @@ class CircumventingConceptErasure(Attack[CCEConfig]):
             "loss first / last": [losses[0], losses[-1]] if losses else [],
             "captions": len(set(captions)),
         }
-        return TokenResult(self.name, c.to_dict(), {}, details, carrier=c.carrier, embeddings=learned, prompts=captions)
+        details["carrier"] = word
+        return TokenResult(self.name, c.to_dict(), {}, details, carrier=word, embeddings=learned, prompts=captions)

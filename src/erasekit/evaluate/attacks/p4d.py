@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..suites import SuiteItem
-from ._diffusion import alphas_cumprod, q_sample
+from ._diffusion import DenoisingObjective
 from ._tokens import TokenSpace, nearest_tokens
 from .base import Attack, AttackConfig, AttackContext, AttackResult, PromptResult, budget_field, register_attack
 
@@ -85,7 +85,7 @@ class _P4D(Attack[Any]):
         items = list(ctx.target)
         space = TokenSpace(ctx, self.name)
         gen = torch.Generator().manual_seed(int(c.seed))
-        abar = alphas_cumprod(ctx.pipe)
+        objective = DenoisingObjective.of(ctx)  # the family's forward process x_t(x₀, ε, t)
         x0 = ctx.latents(items)  # (B, C, h, w): the unedited model's images of the concept prompts
         layouts = [self._layout(space, it.prompt) for it in items]
         table = space.tables[0]  # (V', d_e): P lives in the first text encoder's input space
@@ -95,7 +95,7 @@ class _P4D(Attack[Any]):
         P = table[start].clone().float().requires_grad_(True)  # (ΣL, d_e)
         opt = torch.optim.AdamW([P], lr=c.lr, weight_decay=c.weight_decay)
 
-        T = len(abar)
+        T = objective.num_timesteps
         target_cond = ctx.encode([it.prompt for it in items])
         best: list[tuple[float, str]] = [(-float("inf"), "")] * len(items)
         bar = tqdm(total=c.steps, desc=self.name, disable=not ctx.progress, leave=False)
@@ -105,7 +105,7 @@ class _P4D(Attack[Any]):
             noise = torch.randn((len(chunk), *x0.shape), generator=gen)  # (steps, B, C, h, w)
             with torch.no_grad():  # the unedited model on the concept prompts: independent of P
                 eps_target = [
-                    ctx.denoise(q_sample(x0, noise[j], abar[ts[j]]), ts[j], target_cond).float()
+                    ctx.denoise(objective.noised(x0, noise[j], ts[j]), ts[j], target_cond).float()
                     for j in range(len(chunk))
                 ]  # ε_unedited(x_t, t, c(prompt)), (B, C, h, w) each
             with ctx.edited():
@@ -113,7 +113,7 @@ class _P4D(Attack[Any]):
                     proj = nearest_tokens(P.detach(), table)  # (ΣL,) PEZ projection
                     hard = table[proj].clone().float().requires_grad_(True)  # forward with the projected embeddings
                     cond = space.encode(self._rows(space, layouts, hard, proj))
-                    x_t = q_sample(x0, noise[j], abar[ts[j]])
+                    x_t = objective.noised(x0, noise[j], ts[j])
                     pred = ctx.denoise(x_t, ts[j], cond).float()
                     loss = (pred - eps_target[j]).pow(2).flatten(1).mean(1).sum()  # each item's MSE, summed
                     (grad,) = torch.autograd.grad(loss, [hard])

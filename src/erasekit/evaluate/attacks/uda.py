@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..suites import SuiteItem
-from ._diffusion import alphas_cumprod, prediction_type, q_sample, regression_target
+from ._diffusion import DenoisingObjective
 from ._tokens import TokenSpace
 from .base import Attack, AttackConfig, AttackContext, AttackResult, PromptResult, budget_field, register_attack
 
@@ -100,7 +100,7 @@ class UnlearnDiffAtk(Attack[UDAConfig]):
         space = TokenSpace(ctx, self.name)
         gen = torch.Generator().manual_seed(int(c.seed))
         x0 = ctx.latents(items)  # (B, C, h, w): the unedited model's target images
-        abar, kind = alphas_cumprod(ctx.pipe), prediction_type(ctx.pipe)
+        objective = DenoisingObjective.of(ctx)  # the family's forward process and regression target
         prompt_ids = [space.content_ids(it.prompt)[: space.max_len - c.k] for it in items]
         prompt_rows = [space.lookup(torch.tensor(ids, dtype=torch.int64)) for ids in prompt_ids]
         V = int(space.ids.shape[0])
@@ -109,7 +109,7 @@ class UnlearnDiffAtk(Attack[UDAConfig]):
         found: list[str | None] = [None] * len(items)
         log: list[dict[str, Any]] = [{"success_at_t": None} for _ in items]
         active = list(range(len(items)))
-        ts = sequential_timesteps(c.timesteps, len(abar))
+        ts = sequential_timesteps(c.timesteps, objective.num_timesteps)
         bar = tqdm(total=len(ts) * c.iterations, desc="uda", disable=not ctx.progress, leave=False)
         with ctx.edited():
             # the reference first generates the original prompt and stops where the edit already fails
@@ -121,10 +121,10 @@ class UnlearnDiffAtk(Attack[UDAConfig]):
                     rows = [[torch.cat([a[j], p[e]]) for e, a in enumerate(adv)] for j, p in _pick(prompt_rows, active)]
                     cond = space.encode(rows)
                     eps = torch.randn(x0[active].shape, generator=gen)
-                    a_t = abar[t].expand(len(active))
-                    x_t = q_sample(x0[active], eps, a_t)
-                    pred = ctx.denoise(x_t, torch.tensor(t), cond).float()
-                    per_item = (pred - regression_target(x0[active], eps, a_t, kind)).pow(2).flatten(1).mean(1)
+                    t_b = torch.full((len(active),), t, dtype=torch.int64)  # (b,)
+                    x_t = objective.noised(x0[active], eps, t_b)
+                    pred = ctx.denoise(x_t, t_b, cond)
+                    per_item = objective.per_item(pred, x0[active], eps, t_b)
                     (grad,) = torch.autograd.grad(per_item.sum(), [theta])  # each item's own loss, own θ
                     opt.zero_grad()
                     theta.grad = grad

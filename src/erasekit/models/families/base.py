@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import torch
 from torch import nn
@@ -161,6 +161,14 @@ def _token_table(encoder: nn.Module) -> nn.Module:
     return table
 
 
+def _token_lookups(encoder: nn.Module) -> list[nn.Module]:
+    """Every embedding module of ``encoder`` that looks tokens up in its input table: the table itself and any module
+    sharing its weight (T5's stack embeds with ``encoder.embed_tokens``, a module tied to ``shared``, the one
+    ``get_input_embeddings()`` names); the encoder calls one of them, so a hook on each fires exactly once."""
+    weight = _token_table(encoder).weight
+    return [m for m in encoder.modules() if isinstance(m, nn.Embedding) and m.weight is weight]
+
+
 @dataclass(frozen=True)
 class Family:
     """A diffusers pipeline family. Subclasses are small frozen dataclasses registered with ``register_family``.
@@ -264,10 +272,24 @@ class Family:
     def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # (text encoder, its tokenizer) pipeline attributes whose input-token embeddings encode_substituted hands over
+    TEXT_ENCODER_ATTRS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("text_encoder", "tokenizer"),
+        ("text_encoder_2", "tokenizer_2"),
+    )
+
+    def _text_pairs(self, pipe: Pipeline) -> list[tuple[nn.Module, PreTrainedTokenizerBase]]:
+        pairs = ((getattr(pipe, e, None), getattr(pipe, t, None)) for e, t in self.TEXT_ENCODER_ATTRS)
+        return [(e, t) for e, t in pairs if isinstance(e, nn.Module)]
+
     def text_encoders(self, pipe: Pipeline) -> tuple[nn.Module, ...]:
         """The text encoders whose input-token embeddings :meth:`encode_substituted` hands over, in order."""
-        encs = (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
-        return tuple(e for e in encs if isinstance(e, nn.Module))
+        return tuple(e for e, _ in self._text_pairs(pipe))
+
+    def text_tokenizers(self, pipe: Pipeline) -> tuple[PreTrainedTokenizerBase, ...]:
+        """The tokenizer of each of :meth:`text_encoders`, in the same order: what indexes each encoder's input-token
+        table (the ids :meth:`encode_substituted` hands to ``substitute``). FLUX: CLIP-L then T5."""
+        return tuple(t for _, t in self._text_pairs(pipe))
 
     def site_input_modules(self, pipe: Pipeline) -> dict[str, nn.Module]:
         """Every module whose weights shape what the edit sites read (name -> module): the pipeline's text
@@ -276,12 +298,30 @@ class Family:
         names = ("text_encoder", "text_encoder_2", "text_encoder_3")
         return {n: m for n in names if isinstance(m := getattr(pipe, n, None), nn.Module)}
 
-    def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
+    def encoder_prompts(
+        self, pipe: Pipeline, prompts: Sequence[str], per_encoder: Sequence[Sequence[str]] | None = None
+    ) -> list[list[str]]:
+        """The prompts each of :meth:`text_encoders` reads: ``prompts`` for all, or ``per_encoder[e]`` for encoder e
+        (the pipelines' ``prompt`` / ``prompt_2`` / ``prompt_3``; attacks give encoders with different tokenizers
+        templates of their own length)."""
+        n = len(self.text_encoders(pipe))
+        if per_encoder is None:
+            return [list(prompts)] * n
+        if len(per_encoder) != n or any(len(p) != len(prompts) for p in per_encoder):
+            raise ModelError(
+                f"{self.name}: per-encoder prompts must be {n} lists of {len(prompts)} prompts (one per text encoder)"
+            )
+        return [list(p) for p in per_encoder]
+
+    def encode_graph(
+        self, pipe: Pipeline, prompts: Sequence[str], per_encoder: Sequence[Sequence[str]] | None = None
+    ) -> Conditioning:
         """:meth:`encode` keeping the autograd graph through the text encoder(s): what attacks that optimise prompts
-        or token embeddings differentiate. Families that do not offer it refuse in one line."""
+        or token embeddings differentiate (``per_encoder``: :meth:`encoder_prompts`). Families that do not offer it
+        refuse in one line."""
         raise ModelError(
             f"the {self.name} family does not offer gradients through its text encoder yet; "
-            "attacks that optimise prompts or tokens run on SD 1.x / 2.x and SDXL pipelines"
+            "attacks that optimise prompts or tokens run on SD 1.x / 2.x, SDXL, SD3 and FLUX pipelines"
         )
 
     def input_embeddings(self, pipe: Pipeline) -> tuple[torch.Tensor, ...]:
@@ -298,6 +338,7 @@ class Family:
         pipe: Pipeline,
         prompts: Sequence[str],
         substitute: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+        per_encoder: Sequence[Sequence[str]] | None = None,
     ) -> Conditioning:
         """:meth:`encode_graph` with each text encoder's input-token embeddings (B, L, d_e) replaced by
         ``substitute(encoder index, token ids (B, L), embeddings) -> (B, L, d_e)``: the way in for soft prompts and
@@ -309,9 +350,10 @@ class Family:
             def hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor, i: int = i) -> torch.Tensor:
                 return substitute(i, args[0], out)
 
-            hooks.append(_token_table(enc).register_forward_hook(hook))
+            for table in _token_lookups(enc):
+                hooks.append(table.register_forward_hook(hook))
         try:
-            return self.encode_graph(pipe, prompts)
+            return self.encode_graph(pipe, prompts, per_encoder)
         finally:
             for h in hooks:
                 h.remove()
@@ -355,6 +397,11 @@ class Family:
     ) -> torch.Tensor:  # pragma: no cover
         """The denoiser's prediction for latents ``x_t`` (B, C, h, w) at timesteps ``t`` (B,) under ``cond``."""
         raise NotImplementedError
+
+    def output_latents(self, pipe: Pipeline, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
+        """The latents ``pipe(..., output_type='latent')`` returned as :meth:`denoise` takes them, (B, C, h, w), for
+        an image of ``height`` × ``width`` pixels (None: the pipeline's default): here they already are."""
+        return latents
 
     def sample_size(self, pipe: Pipeline) -> int:
         """The denoiser's native latent side."""

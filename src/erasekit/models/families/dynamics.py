@@ -86,6 +86,11 @@ class Dynamics(ABC):
         """x_t from x_0 (B, C, h, w), noise (B, C, h, w) and timesteps t (B,) in scheduler units."""
 
     @abstractmethod
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser is trained to output at x_t = :meth:`noised` (x0, noise, t): the regression target of
+        the denoising loss ‖ denoise(x_t, t, c) − target ‖² (B, C, h, w); t (B,) in scheduler units."""
+
+    @abstractmethod
     def cfg_halves(self, scale: float) -> bool:
         """Whether sampling with guidance ``scale`` calls the denoiser on [unconditional, conditional] stacked on dim
         0 (so a probe keeps the second half as the conditional branch)."""
@@ -123,6 +128,23 @@ class DDPMDynamics(Dynamics):
 
         x_t: torch.Tensor = DDPMScheduler.from_config(self.scheduler_config).add_noise(x0, noise, t.to(x0.device))
         return x_t
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_t for t = 0 … T−1 (T,), float32: the training schedule the scheduler config declares."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod.to(torch.float32)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε (``epsilon``, DDPM eq. 14), v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (``v_prediction``, Salimans & Ho 2022, §4)
+        or x_0 (``sample``)."""
+        if self.prediction == "epsilon":
+            return noise
+        if self.prediction == "v_prediction":
+            abar = self.alphas_cumprod()[t.to(torch.int64).cpu()].to(x0.device, x0.dtype)  # (B,)
+            a = abar.reshape(-1, *([1] * (x0.dim() - 1)))  # (B, 1, 1, 1)
+            return a.sqrt() * noise - (1 - a).sqrt() * x0
+        return x0  # "sample"
 
     def cfg_halves(self, scale: float) -> bool:
         return scale > 1.0  # diffusers' do_classifier_free_guidance
@@ -198,6 +220,10 @@ class FlowDynamics(Dynamics):
 
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return flow_noised(x0, noise, t.to(x0.device, torch.float32) / self.num_train_timesteps)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity ε − x_0, whatever σ (the rectified-flow target: independent of t)."""
+        return flow_velocity(x0, noise)
 
     def cfg_halves(self, scale: float) -> bool:
         return scale > 1.0 and not self.embedded_guidance

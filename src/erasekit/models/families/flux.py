@@ -8,7 +8,9 @@ not. The T5 length is 512 on dev (FluxPipeline's default) and 256 on schnell, as
 official UCE-FLUX script (``trainscripts/uce_flux_edit.py``) set it. ``denoise`` packs the latents into 2 × 2
 patches with position ids, divides the scheduler's timestep by 1000, and unpacks the velocity, as FluxPipeline does.
 
-Fine-tuning (ESD, ACE, MACE's LoRA stage) runs here: :meth:`FluxFamily.dynamics` is rectified flow on FluxPipeline's
+Gradients through both text encoders (:meth:`FluxFamily.encode_graph`; CLIP-L's and T5's input embeddings substitutable)
+let the prompt and token attacks (UnlearnDiffAtk, P4D, CCE, MMA) run here. Fine-tuning (ESD, ACE, MACE's LoRA stage)
+runs here: :meth:`FluxFamily.dynamics` is rectified flow on FluxPipeline's
 σ ramp (true CFG, or the embedded scale on dev), and :class:`JointAttentionProbe` gives MACE the image→text
 attention of the double-stream blocks.
 """
@@ -27,6 +29,7 @@ from torch.utils.hooks import RemovableHandle
 from ...errors import ModelError
 from .base import Conditioning, Pipeline, Sampling, Site
 from .dynamics import FlowDynamics
+from .sd import detached
 from .sd3 import MMDiTFamily, call_default, t5_mask
 
 if TYPE_CHECKING:
@@ -177,17 +180,27 @@ class FluxFamily(MMDiTFamily):
         return kw
 
     def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
+        with torch.no_grad():
+            return detached(self.encode_graph(pipe, prompts))
+
+    def encode_graph(
+        self, pipe: Pipeline, prompts: Sequence[str], per_encoder: Sequence[Sequence[str]] | None = None
+    ) -> Conditioning:
+        """FluxPipeline's ``encode_prompt`` with the graph kept through both encoders: the T5 stream and CLIP-L's
+        pooled vector (pooled at CLIP's EOS, so substituted input embeddings reach it; the T5 stream is unmasked).
+        ``per_encoder``: CLIP's and T5's own prompts (``prompt`` / ``prompt_2``)."""
         length = self.max_sequence_length(pipe)
         tr = self.get_denoiser(pipe)
+        clip_text, t5_text = self.encoder_prompts(pipe, prompts, per_encoder)
         out = pipe.encode_prompt(
-            prompt=list(prompts), prompt_2=None, device=tr.device, num_images_per_prompt=1, max_sequence_length=length
+            prompt=clip_text, prompt_2=t5_text, device=tr.device, num_images_per_prompt=1, max_sequence_length=length
         )  # (T5 states (B, length, d_t5), pooled CLIP-L (B, d_clip), text ids)
-        embeds, pooled = out[0].detach(), out[1].detach()
+        embeds, pooled = out[0], out[1]
         guidance = None
         if self.guidance_distilled(pipe):  # the scale generation embeds by default (no true CFG on dev)
             scale = float(call_default(pipe, "guidance_scale", 3.5))
             guidance = torch.full((embeds.shape[0],), scale, device=embeds.device, dtype=torch.float32)
-        mask = t5_mask(pipe.tokenizer_2, list(prompts), length)
+        mask = t5_mask(pipe.tokenizer_2, t5_text, length)
         return Conditioning(embeds, mask, pooled, guidance=guidance)
 
     def sampling(self, pipe: Pipeline, scale: float) -> Sampling:
@@ -209,6 +222,16 @@ class FluxFamily(MMDiTFamily):
             wraps = (cond.last_real().cpu() - self.trailing_specials()) < 0
             last = torch.where(wraps, torch.full_like(last, cond.mask.shape[1] - 1), last)
         return last, count
+
+    def output_latents(self, pipe: Pipeline, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
+        """FluxPipeline returns latents packed, (B, h/2 · w/2, 4C): unpacked to (B, C, h, w) as its decoder does
+        (h = 2 ⌊height / (2 · vae_scale_factor)⌋)."""
+        if latents.dim() == 4:
+            return latents
+        side = self.sample_size(pipe) * pipe.vae_scale_factor
+        f = 2 * pipe.vae_scale_factor
+        h, w = 2 * ((height or side) // f), 2 * ((width or side) // f)
+        return unpack_latents(latents, h, w)
 
     def latent_channels(self, pipe: Pipeline) -> int:
         return int(self.get_denoiser(pipe).config.in_channels) // 4

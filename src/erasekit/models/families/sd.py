@@ -29,7 +29,7 @@ def clip_mask(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> tor
     return mask.to(torch.int64)
 
 
-def _detached(cond: Conditioning) -> Conditioning:
+def detached(cond: Conditioning) -> Conditioning:
     """``cond`` with every tensor cut from the autograd graph (what :meth:`Family.encode` promises)."""
     return dataclasses.replace(
         cond,
@@ -54,22 +54,29 @@ class UNetFamily(Family):
         """DDPM: ε- or v-prediction as the scheduler says, DDIM sampling with classifier-free guidance in a batch."""
         return DDPMDynamics.of(pipe)
 
-    def _encode_prompt(self, pipe: Pipeline, prompts: Sequence[str]) -> tuple[torch.Tensor | None, ...]:
-        """``encode_prompt``'s tensors; the negative ones are None (no CFG branch)."""
+    def _encode_prompt(
+        self, pipe: Pipeline, prompts: Sequence[str], per_encoder: Sequence[Sequence[str]] | None = None
+    ) -> tuple[torch.Tensor | None, ...]:
+        """``encode_prompt``'s tensors; the negative ones are None (no CFG branch). ``per_encoder``: SDXL's
+        ``prompt`` / ``prompt_2`` (:meth:`encoder_prompts`)."""
         device = self.get_denoiser(pipe).device
+        texts = self.encoder_prompts(pipe, prompts, per_encoder)
+        kw = {"prompt_2": texts[1]} if self.two_encoders and len(texts) == 2 else {}
         out: tuple[torch.Tensor | None, ...] = pipe.encode_prompt(
-            list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            texts[0], device=device, num_images_per_prompt=1, do_classifier_free_guidance=False, **kw
         )
         return out
 
-    def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
-        embeds = self._encode_prompt(pipe, prompts)[0]  # (embeds (B, 77, d), negative)
+    def encode_graph(
+        self, pipe: Pipeline, prompts: Sequence[str], per_encoder: Sequence[Sequence[str]] | None = None
+    ) -> Conditioning:
+        embeds = self._encode_prompt(pipe, prompts, per_encoder)[0]  # (embeds (B, 77, d), negative)
         assert embeds is not None  # the positive prompts' embeddings are always computed
-        return Conditioning(embeds, clip_mask(self.tokenizer(pipe), prompts))
+        return Conditioning(embeds, clip_mask(self.tokenizer(pipe), self.encoder_prompts(pipe, prompts, per_encoder)[0]))
 
     def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         with torch.no_grad():
-            return _detached(self.encode_graph(pipe, prompts))
+            return detached(self.encode_graph(pipe, prompts))
 
     def fallback(self, pipe: Pipeline) -> bool:
         # any UNet pipeline with encode_prompt (fine-tunes' own classes): SDXL when it has a second text encoder

@@ -29,7 +29,7 @@ from torch import nn
 from ...errors import ModelError
 from .base import PROJECTIONS, Conditioning, Family, Pipeline, Sampling, Site, check_site_set
 from .dynamics import FlowDynamics
-from .sd import clip_mask
+from .sd import clip_mask, detached
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -183,24 +183,35 @@ class SD3Family(MMDiTFamily):
         n_clip = int(pipe.tokenizer.model_max_length)
         return clip if pipe.text_encoder_3 is None else (*clip, (pipe.tokenizer_3, n_clip))
 
+    TEXT_ENCODER_ATTRS = (*Family.TEXT_ENCODER_ATTRS, ("text_encoder_3", "tokenizer_3"))  # CLIP-L, CLIP-G, T5
+
     def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
+        with torch.no_grad():
+            return detached(self.encode_graph(pipe, prompts))
+
+    def encode_graph(
+        self, pipe: Pipeline, prompts: Sequence[str], per_encoder: Sequence[Sequence[str]] | None = None
+    ) -> Conditioning:
+        """StableDiffusion3Pipeline's ``encode_prompt`` with the graph kept through CLIP-L, CLIP-G and T5
+        (``per_encoder``: their own prompts, ``prompt`` / ``prompt_2`` / ``prompt_3``)."""
         length = self.max_sequence_length(pipe)
+        texts = self.encoder_prompts(pipe, prompts, per_encoder)
+        t5_text = texts[2] if len(texts) == 3 else list(prompts)
         out = pipe.encode_prompt(
-            prompt=list(prompts),
-            prompt_2=None,
-            prompt_3=None,
+            prompt=texts[0],
+            prompt_2=texts[1],
+            prompt_3=t5_text,
             device=self.get_denoiser(pipe).device,
             num_images_per_prompt=1,
             do_classifier_free_guidance=False,
             max_sequence_length=length,
         )  # (embeds (B, 77 + length, d_t5), negative, pooled (B, d_L + d_G), negative pooled)
-        prompts = list(prompts)
         if pipe.text_encoder_3 is None:  # the pipeline feeds zeros in T5's place: no real token there
             t5 = torch.zeros(len(prompts), length, dtype=torch.int64)
         else:
-            t5 = t5_mask(pipe.tokenizer_3, prompts, length)
-        mask = torch.cat([clip_mask(pipe.tokenizer, prompts), t5], dim=1)  # (B, 77 + length)
-        return Conditioning(out[0].detach(), mask, out[2].detach())
+            t5 = t5_mask(pipe.tokenizer_3, t5_text, length)
+        mask = torch.cat([clip_mask(pipe.tokenizer, texts[0]), t5], dim=1)  # (B, 77 + length)
+        return Conditioning(out[0], mask, out[2])
 
     def denoise(self, pipe: Pipeline, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The velocity (flow matching) for latents (B, C, h, w) at scheduler timesteps ``t`` (0..1000), as

@@ -32,15 +32,20 @@ class SDXLFamily(UNetFamily):
 
         return allowed
 
-    def encode_graph(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
-        out = self._encode_prompt(pipe, prompts)  # (embeds (B, 77, d), negative, pooled (B, d_pool), negative pooled)
+    def encode_graph(
+        self, pipe: Pipeline, prompts: Sequence[str], per_encoder: Sequence[Sequence[str]] | None = None
+    ) -> Conditioning:
+        out = self._encode_prompt(pipe, prompts, per_encoder)  # (embeds, negative, pooled (B, d_pool), neg. pooled)
         assert out[0] is not None and out[2] is not None  # the positive prompts' tensors are always computed
         embeds, pooled = out[0], out[2]
         # The time ids a square generation at the UNet's native size builds: (orig h, orig w, crop top, left, h, w).
         h = w = self.sample_size(pipe) * pipe.vae_scale_factor
         time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=embeds.dtype, device=embeds.device).repeat(len(prompts), 1)
         return Conditioning(
-            embeds, clip_mask(self.tokenizer(pipe), prompts), pooled, {"text_embeds": pooled, "time_ids": time_ids}
+            embeds,
+            clip_mask(self.tokenizer(pipe), self.encoder_prompts(pipe, prompts, per_encoder)[0]),
+            pooled,
+            {"text_embeds": pooled, "time_ids": time_ids},
         )
 
 
