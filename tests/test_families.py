@@ -171,6 +171,71 @@ def test_static_site_inputs_do_not_depend_on_timestep_or_latent(pipe):
             torch.testing.assert_close(x.reshape(want.shape), want, rtol=1e-5, atol=1e-6)
 
 
+# ------------------------------------------------------------------ differentiable encoding (the attacks' way in)
+GRADIENT_FAMILIES = ("sd", "sd2", "sdxl", "sd3", "flux")  # PixArt / Sana: encode_graph is refused in one line
+
+
+def _cond_tensors(cond):
+    return [cond.embeds, cond.mask] + [x for x in (cond.pooled, cond.guidance) if x is not None] + list(
+        cond.added.values()
+    )
+
+
+def test_text_gradients_are_offered_where_encode_graph_is(pipe, build):
+    fam = identify(pipe)
+    assert fam.text_gradients() == (build in GRADIENT_FAMILIES)
+    assert len(fam.text_tokenizers(pipe)) == len(fam.text_encoders(pipe)) == len(fam.input_embeddings(pipe))
+    if not fam.text_gradients():
+        with pytest.raises(ModelError) as e:
+            fam.encode_graph(pipe, ["a cat"])
+        assert "\n" not in str(e.value) and fam.name in str(e.value)
+
+
+@pytest.mark.parametrize("build", GRADIENT_FAMILIES)
+def test_identity_substitution_is_encode_and_every_encoder_is_substitutable(all_tiny_pipes, build):
+    """encode_substituted with the identity is encode (bit for bit without grad; to float tolerance with it, where
+    another attention kernel may run), hands each encoder its own tokenizer's ids, and moving any one encoder's input
+    embeddings moves the conditioning, with a gradient back to them (FLUX: CLIP's reaches the pooled vector, T5's the
+    stream)."""
+    pipe = all_tiny_pipes[build]
+    fam = identify(pipe)
+    prompts = ["a painting by Van Gogh", "a cat"]
+    ref = fam.encode(pipe, prompts)
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    def identity(enc, ids, embeds):
+        seen.append((enc, ids))
+        return embeds
+
+    with torch.no_grad():
+        same = fam.encode_substituted(pipe, prompts, identity)
+    for a, b in zip(_cond_tensors(ref), _cond_tensors(same), strict=True):
+        assert torch.equal(a, b)
+    n = len(fam.text_encoders(pipe))
+    assert sorted(e for e, _ in seen) == list(range(n)), "each encoder's token table is looked up exactly once"
+    for (enc, ids), tok in zip(sorted(seen, key=lambda x: x[0]), fam.text_tokenizers(pipe), strict=True):
+        want = list(tok("a cat").input_ids)  # CLIP: BOS a cat EOS; T5: a cat EOS
+        assert ids[1, : len(want)].tolist() == want, f"encoder {enc} was not handed its own tokenizer's ids"
+    graph = fam.encode_substituted(pipe, prompts, lambda e, i, x: x)
+    for a, b in zip(_cond_tensors(ref), _cond_tensors(graph), strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-5)
+    for k in range(n):
+        delta = torch.zeros(fam.input_embeddings(pipe)[k].shape[1], requires_grad=True)
+        g = torch.Generator().manual_seed(k)
+        push = torch.randn(delta.shape, generator=g)
+
+        def move(enc, ids, embeds, k=k, delta=delta, push=push):
+            return embeds + (delta + push)[None, None, :] if enc == k else embeds
+
+        moved = fam.encode_substituted(pipe, prompts, move)
+        parts = [moved.embeds] + ([moved.pooled] if moved.pooled is not None else [])
+        refs = [ref.embeds] + ([ref.pooled] if ref.pooled is not None else [])
+        shift = max(float((m.detach() - r).abs().max()) for m, r in zip(parts, refs, strict=True))
+        assert shift > 1e-4, f"{build}: encoder {k}'s substitution does not reach the conditioning"
+        (grad,) = torch.autograd.grad(sum(x.float().pow(2).sum() for x in parts), [delta])
+        assert float(grad.abs().max()) > 0
+
+
 # ------------------------------------------------------------------ the closed form on every family
 def _residuals(pipe, edit, erase=("Van Gogh",), guide=("art",), preserve=()):
     """(worst ‖W C_E − W0 C_G‖ / ‖W0 C_E − W0 C_G‖, worst ‖W C_P − W0 C_P‖ / ‖W0 C_P‖) over the edit's layers, each
