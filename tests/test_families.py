@@ -176,8 +176,10 @@ GRADIENT_FAMILIES = ("sd", "sd2", "sdxl", "sd3", "flux")  # PixArt / Sana: encod
 
 
 def _cond_tensors(cond):
-    return [cond.embeds, cond.mask] + [x for x in (cond.pooled, cond.guidance) if x is not None] + list(
-        cond.added.values()
+    return (
+        [cond.embeds, cond.mask]
+        + [x for x in (cond.pooled, cond.guidance) if x is not None]
+        + list(cond.added.values())
     )
 
 

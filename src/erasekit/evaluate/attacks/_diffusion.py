@@ -9,7 +9,9 @@ DDPM UNets x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε with ε (SD 2.x: v) as the 
 repositories train); on rectified flow (SD3, FLUX) x_σ = (1 − σ) x₀ + σ ε with σ = t / T and the velocity ε − x₀ as
 the target (Esser et al. 2024, eq. 1 with a_t = 1 − t, b_t = t). The references are DDPM-only (SD 1.4); the flow
 objective, timesteps drawn uniformly on [0, T) as for DDPM (σ uniform, not FLUX's shifted / logit-normal training
-density), is erasekit's extension.
+density), is erasekit's extension. It is the references' ε objective reweighted: ε = x_σ + (1 − σ) v, so
+ε̂ − ε = (1 − σ)(v̂ − v) and ‖v̂ − v‖² = ‖ε̂ − ε‖² / (1 − σ)² at every t (the same minimiser per t; more weight near
+pure noise); P4D's prediction matching carries over the same way.
 """
 
 from __future__ import annotations

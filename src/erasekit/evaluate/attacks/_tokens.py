@@ -52,7 +52,9 @@ class TokenSpace:
                 self._own[e] = _single_tokens(tok, [w for _, w in words])
         shared = [(i, w) for i, w in words if all(m is None or w in m for m in self._own)]
         if not shared:
-            raise AttackError("the tokenizers share no whole-word tokens to search (is the first a CLIP BPE tokenizer?)")
+            raise AttackError(
+                "the tokenizers share no whole-word tokens to search (is the first a CLIP BPE tokenizer?)"
+            )
         searched = [(i, w) for i, w in shared if not any(b in w for b in banned)]
         if not searched:
             raise AttackError(f"every searchable word contains one of the banned words {banned}")

@@ -22,6 +22,12 @@ start ('shape') does not find the concept within even 400 steps, while the name'
 direction within 100; the default (CPU) budget is 100 steps of batch 8 at lr 0.002 instead of 5000 steps of batch 4 × 4
 accumulation at the scaled lr 0.005 × 16 (``--budget paper``): Adam moves every coordinate by about lr per step, and
 tinyworld's token embeddings have coordinates of about 0.02.
+
+On SD3 / FLUX (erasekit's extension; the reference is SD 1.4 only) the loss is the rectified-flow velocity regression
+(the family's dynamics, :mod:`._diffusion`), one vector is learned per text encoder (FLUX: CLIP-L's and T5's input
+embeddings, each at the carrier's id in its own tokenizer), and where ``sks`` is not one known token for every
+tokenizer (tinyworld-flux's T5 knows only tinyworld's words) the carrier is the first word that is and that no target
+prompt holds (recorded as ``carrier`` in the suite's info).
 """
 
 from __future__ import annotations
@@ -137,7 +143,12 @@ class CircumventingConceptErasure(Attack[CCEConfig]):
         captions = [caption(it.prompt, ctx.concepts, word) for it in items]
         tables = fam.input_embeddings(pipe)
         v = [t[i].detach().clone().float().requires_grad_(True) for t, i in zip(tables, init, strict=True)]  # (d_e,)
-        opt = torch.optim.AdamW(v, lr=c.lr, weight_decay=c.weight_decay)
+        # Adam moves every coordinate by about lr per step: each encoder's step is scaled to its table's coordinate
+        # scale, relative to the first (CLIP-L) encoder's, for which lr is given (FLUX's T5 table is ~50× CLIP's)
+        rms = [float(t.detach().float().pow(2).mean().sqrt()) for t in tables]  # each table's coordinate scale
+        scale = [r / rms[0] for r in rms]
+        groups = [{"params": [p], "lr": c.lr * s} for p, s in zip(v, scale, strict=True)]
+        opt = torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
         x0 = ctx.latents(items)  # (N, C, h, w): the unedited model's images of the concept
         objective = DenoisingObjective.of(ctx)  # the family's forward process and regression target
         gen = torch.Generator().manual_seed(int(c.seed))

@@ -18,9 +18,15 @@ highest for the concept (the reference keeps the one whose image is most CLIP-si
 judge in the context, the one with the lowest loss on a fixed set of (t, ε)); x₀ is the unedited model's final latent
 rather than a VAE encoding of its decoded image; items are optimised together in one batch (each with its own P and
 loss); every target item is attacked (the reference's ``process_data.py`` first keeps only the prompts whose
-unedited image shows the concept and whose edited image does not); on SDXL the straight-through gradient flows through
-the first text encoder's table only; the default (CPU)
-budget is 30 steps with a check every 10 instead of 3000 / 50 (``--budget paper``).
+unedited image shows the concept and whose edited image does not); on SDXL, SD3 and FLUX the straight-through
+gradient flows through the first text encoder's table only (CLIP-L; the other encoders read the same projected words);
+the default (CPU) budget is 30 steps with a check every 10 instead of 3000 / 50 (``--budget paper``).
+
+On SD3 / FLUX (erasekit's extension; the reference is SD 1.4 only) the matched predictions are velocities at
+x_σ = (1 − σ) x₀ + σ ε, σ = t / 1000 (the family's dynamics, :mod:`._diffusion`): ‖v̂_edit − v̂_unedited‖² is the ε
+matching divided by (1 − σ)². The projection searches the words that are one known token for every tokenizer (FLUX:
+CLIP-L and T5), and on FLUX the first encoder, where the gradient enters, makes only the pooled vector: the T5 stream
+sees the projected words but gives P no gradient.
 """
 
 from __future__ import annotations

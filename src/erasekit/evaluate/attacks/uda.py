@@ -9,6 +9,9 @@ denoising loss on the target image drawn by the *unedited* model for the same pr
 
     min_θ  E_ε ‖ ε_θ_edit(x_t, t, c([onehot(θ) E ; prompt])) − ε ‖²,   x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε
 
+(the forward process and the target are the family's dynamics, :mod:`._diffusion`: DDPM ε / v on the UNets, the
+rectified-flow velocity on SD3 / FLUX)
+
 with Adam on θ followed by the Euclidean projection of each θ_j onto the simplex. The timesteps are visited in order
 (the reference's ``sequential`` mode: ``iterations`` steps at each t of ``timesteps`` evenly spaced ones); after
 each t the argmax tokens make the discrete prompt, which is generated with the edited model and judged, and the
@@ -20,7 +23,10 @@ tokenizes back to the same tokens; the reference uses every token and logs the d
 model's final latent, not the VAE encoding of its decoded image; items are optimised together in one batch (each
 item's loss and θ are its own, so each item's optimisation is the reference's); without a judge in the context it
 runs every timestep and keeps the last prompt; the default (CPU) budget is 4 timesteps × 10 iterations instead of
-50 × 40 (``--budget paper``).
+50 × 40 (``--budget paper``). On SD3 / FLUX (erasekit's extension; the reference is SD 1.4 only): the loss is the
+velocity regression at σ = t / 1000 (the ε loss reweighted by 1 / (1 − σ)², see :mod:`._diffusion`); x₀ is the
+unpacked latent; θ's one-hot feeds every text encoder (CLIP-L and T5 on FLUX), and the vocabulary is the words that
+are one known token for every tokenizer (on tinyworld-flux the stand-in T5's ~70 tinyworld words).
 """
 
 from __future__ import annotations

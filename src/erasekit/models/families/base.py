@@ -398,7 +398,9 @@ class Family:
         """The denoiser's prediction for latents ``x_t`` (B, C, h, w) at timesteps ``t`` (B,) under ``cond``."""
         raise NotImplementedError
 
-    def output_latents(self, pipe: Pipeline, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
+    def output_latents(
+        self, pipe: Pipeline, latents: torch.Tensor, height: int | None, width: int | None
+    ) -> torch.Tensor:
         """The latents ``pipe(..., output_type='latent')`` returned as :meth:`denoise` takes them, (B, C, h, w), for
         an image of ``height`` × ``width`` pixels (None: the pipeline's default): here they already are."""
         return latents

@@ -4,8 +4,10 @@ The fine-tuning methods (ESD, ACE, MACE's LoRA stage) need four things of a mode
 each family declares them through :meth:`~erasekit.models.families.base.Family.dynamics`:
 
 * the **forward process** x_t(x_0, ε, t) (:meth:`Dynamics.noised`);
-* the **parameterisation** of the prediction (:attr:`Dynamics.prediction`): ε for DDPM UNets (SD 2.x: v), the
-  velocity v = ε − x_0 for rectified flow (SD3, FLUX; Esser et al. 2024, eq. 1 with a_t = 1 − t, b_t = t);
+* the **parameterisation** of the prediction (:attr:`Dynamics.prediction`) and its regression target
+  (:meth:`Dynamics.target`): ε for DDPM UNets (SD 2.x: v), the velocity v = ε − x_0 for rectified flow (SD3, FLUX;
+  Esser et al. 2024, eq. 1 with a_t = 1 − t, b_t = t) — also the white-box attacks' denoising objective
+  (:mod:`erasekit.evaluate.attacks._diffusion`);
 * the **sampler** that makes the frozen model's own partial trajectories (:meth:`Dynamics.trajectory`);
 * the **guidance** combination (:meth:`Dynamics.guided`): classifier-free guidance ε_u + s (ε_c − ε_u) for the
   UNets and FLUX.1-schnell-style models ("true CFG"), the guidance scale as an input for guidance-distilled

@@ -223,7 +223,9 @@ class FluxFamily(MMDiTFamily):
             last = torch.where(wraps, torch.full_like(last, cond.mask.shape[1] - 1), last)
         return last, count
 
-    def output_latents(self, pipe: Pipeline, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
+    def output_latents(
+        self, pipe: Pipeline, latents: torch.Tensor, height: int | None, width: int | None
+    ) -> torch.Tensor:
         """FluxPipeline returns latents packed, (B, h/2 · w/2, 4C): unpacked to (B, C, h, w) as its decoder does
         (h = 2 ⌊height / (2 · vae_scale_factor)⌋)."""
         if latents.dim() == 4:

@@ -72,7 +72,9 @@ class UNetFamily(Family):
     ) -> Conditioning:
         embeds = self._encode_prompt(pipe, prompts, per_encoder)[0]  # (embeds (B, 77, d), negative)
         assert embeds is not None  # the positive prompts' embeddings are always computed
-        return Conditioning(embeds, clip_mask(self.tokenizer(pipe), self.encoder_prompts(pipe, prompts, per_encoder)[0]))
+        return Conditioning(
+            embeds, clip_mask(self.tokenizer(pipe), self.encoder_prompts(pipe, prompts, per_encoder)[0])
+        )
 
     def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         with torch.no_grad():
