@@ -27,7 +27,11 @@ On SD3 / FLUX (erasekit's extension; the reference is SD 1.4 only) the loss is t
 (the family's dynamics, :mod:`._diffusion`), one vector is learned per text encoder (FLUX: CLIP-L's and T5's input
 embeddings, each at the carrier's id in its own tokenizer), and where ``sks`` is not one known token for every
 tokenizer (tinyworld-flux's T5 knows only tinyworld's words) the carrier is the first word that is and that no target
-prompt holds (recorded as ``carrier`` in the suite's info).
+prompt holds (recorded as ``carrier`` in the suite's info). ``lr`` is the first (CLIP-L) encoder's; every other
+encoder's vector steps by lr × (its table's RMS / CLIP-L's), since Adam moves each coordinate by about lr per step and
+FLUX's T5 table is ~50× CLIP's (tinyworld-flux: 49.9; tinyworld-xl's CLIP-G: 1.0003): at CLIP's lr the T5 vector,
+which makes FLUX's text stream, moved 6 % of its norm in 100 steps while the CLIP one moved 100 %. Chosen on the
+development concept 'square' (n = 12, UCE: 75 % → 100 % ASR; no-op 100 % both), not on the reported one.
 """
 
 from __future__ import annotations

@@ -279,8 +279,16 @@ class Family:
     )
 
     def _text_pairs(self, pipe: Pipeline) -> list[tuple[nn.Module, PreTrainedTokenizerBase]]:
-        pairs = ((getattr(pipe, e, None), getattr(pipe, t, None)) for e, t in self.TEXT_ENCODER_ATTRS)
-        return [(e, t) for e, t in pairs if isinstance(e, nn.Module)]
+        """(encoder, its tokenizer) for every text encoder the pipeline has, in :attr:`TEXT_ENCODER_ATTRS` order."""
+        out: list[tuple[nn.Module, PreTrainedTokenizerBase]] = []
+        for enc_name, tok_name in self.TEXT_ENCODER_ATTRS:
+            enc = getattr(pipe, enc_name, None)
+            if isinstance(enc, nn.Module):
+                tok = getattr(pipe, tok_name, None)
+                if tok is None:
+                    raise ModelError(f"{type(pipe).__name__} has {enc_name!r} but no {tok_name!r} to tokenize for it")
+                out.append((enc, tok))
+        return out
 
     def text_encoders(self, pipe: Pipeline) -> tuple[nn.Module, ...]:
         """The text encoders whose input-token embeddings :meth:`encode_substituted` hands over, in order."""

@@ -135,7 +135,8 @@ class DDPMDynamics(Dynamics):
         """ᾱ_t for t = 0 … T−1 (T,), float32: the training schedule the scheduler config declares."""
         from diffusers import DDPMScheduler
 
-        return DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod.to(torch.float32)
+        abar: torch.Tensor = DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod
+        return abar.to(torch.float32)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ε (``epsilon``, DDPM eq. 14), v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (``v_prediction``, Salimans & Ho 2022, §4)
