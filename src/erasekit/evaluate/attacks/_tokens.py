@@ -7,7 +7,7 @@ one-token filler word (so the tokenizer sets the length, the attention mask and 
 sequence for the filler's input embeddings (:meth:`~erasekit.models.families.Family.encode_substituted`).
 
 Families whose encoders tokenize differently (FLUX: CLIP-L and T5; SD3: two CLIPs and T5) search the words that are
-one real token for every tokenizer (on tinyworld-flux the stand-in T5 knows tinyworld's ~70 words, so that is the
+one real token for every tokenizer (on tinyworld-flux the stand-in T5 knows tinyworld's words: 64 of them are the
 search space there), and a fixed stretch of prompt is each encoder's own tokenization of its text (``checkered`` is
 two CLIP tokens and one T5 token): each encoder then gets a template of its own length.
 """

@@ -26,7 +26,8 @@ runs every timestep and keeps the last prompt; the default (CPU) budget is 4 tim
 50 × 40 (``--budget paper``). On SD3 / FLUX (erasekit's extension; the reference is SD 1.4 only): the loss is the
 velocity regression at σ = t / 1000 (the ε loss reweighted by 1 / (1 − σ)², see :mod:`._diffusion`); x₀ is the
 unpacked latent; θ's one-hot feeds every text encoder (CLIP-L and T5 on FLUX), and the vocabulary is the words that
-are one known token for every tokenizer (on tinyworld-flux the stand-in T5's ~70 tinyworld words).
+are one known token for every tokenizer (on tinyworld-flux 64 tinyworld words, every one a shape, colour or pattern
+word or a template word: UnlearnDiffAtk's prefixes there are concept words such as 'heart').
 """
 
 from __future__ import annotations
