@@ -1,0 +1,115 @@
+"""``single-file-flux``: the FLUX.1 transformer, edit baked in, as one file in Black Forest Labs' layout.
+
+The file is what BFL publish as ``flux1-dev.safetensors`` and what ComfyUI's "Load Diffusion Model" node reads:
+the transformer alone (VAE, CLIP-L and T5 travel separately, as for the published model), keys without a prefix,
+q / k / v fused (``double_blocks.N.img_attn.qkv``, ``txt_attn.qkv``), ``single_blocks.N.linear1`` = [q; k; v;
+mlp], ``txt_in`` / ``vector_in.in_layer`` for the two static edit sites, and the final AdaLN's halves swapped
+(:mod:`.bfl_names` has the whole table). Edits applied to the pipeline are baked in; the erasekit record sits
+under ``erasekit_export``.
+
+Loaders (measured with diffusers 0.42 and read from ComfyUI's code):
+
+* ComfyUI reads any width: it takes ``hidden_size`` from the tensors' shapes.
+* diffusers' ``FluxTransformer2DModel.from_single_file(path, config=<folder>, subfolder="transformer")`` reads
+  the file of a FLUX.1 at its published width (D = 3072, MLP 12288). Its converter
+  (``convert_flux_transformer_checkpoint_to_diffusers``) splits ``single_blocks.N.linear1`` at the fixed sizes
+  (3072, 3072, 3072, 12288), so it cannot read a narrower FLUX (the tiny test builds, tinyworld-flux): it fails
+  with "split_with_sizes expects split_sizes to sum exactly to …" and loads nothing. The export says so in its
+  result; the layout itself is checked through that converter in the tests (with ``linear1`` placed at the
+  published row offsets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ._common import (
+    ExportError,
+    ExportResult,
+    baked,
+    check_output,
+    edit_record,
+    export_metadata,
+    path_size,
+    resolve_save_dtype,
+    save_safetensors,
+)
+from .base import ExportFormat, register_format
+from .bfl_names import layout_of, to_bfl
+
+PUBLISHED_WIDTH, PUBLISHED_MLP = 3072, 12288  # the only single-block split diffusers 0.42's converter knows
+
+
+def flux_transformer(pipe) -> torch.nn.Module:
+    """The FLUX transformer of ``pipe``; an ExportError naming the formats for other families."""
+    from ..models.families import identify
+    from ..models.sites_only import refuse_sites_only
+
+    fam = identify(pipe)
+    if fam.name != "flux":
+        raise ExportError(
+            f"the BFL (FLUX.1) layout is FLUX's; this is a {fam.name} pipeline ({fam.description}): "
+            "use 'single-file' for SD 1.x / 2.x / XL, 'single-file-sd3' for SD3, 'diffusers' for the others"
+        )
+    tr: torch.nn.Module = fam.get_denoiser(pipe)
+    refuse_sites_only(tr, "a single-file export")
+    return tr
+
+
+def diffusers_readable(shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether diffusers 0.42's FLUX converter can split this model's ``linear1`` (only at the published width)."""
+    return int(shapes["context_embedder.weight"][0]) == PUBLISHED_WIDTH and all(
+        int(s[0]) == PUBLISHED_MLP for k, s in shapes.items() if k.endswith("proj_mlp.weight")
+    )
+
+
+def write(edit, pipe, path, *, save_dtype=None, progress: bool = False) -> ExportResult:
+    """``pipe``'s transformer with ``edit`` (None: as it is) baked in, in BFL's layout; checked before any work."""
+    path = check_output(path)
+    cast = resolve_save_dtype(save_dtype)
+    tr = flux_transformer(pipe)
+    layout = layout_of(tr)  # refuses a transformer with tensors BFL's layout does not name, before applying anything
+    record = edit_record(edit) if edit is not None else None
+    from ..edit import Edit
+
+    with baked(edit, pipe):
+        state = tr.state_dict()
+        readable = diffusers_readable({k: tuple(v.shape) for k, v in state.items()})
+        tensors = {}
+        for k, t in to_bfl(state, layout).items():
+            t = t.detach()
+            if cast is not None and t.is_floating_point():
+                t = t.to(cast)
+            tensors[k] = t.to("cpu").contiguous()
+        meta = export_metadata("single-file-flux", layout="bfl-flux1", edits=[record] if record else [])
+        header = {
+            "format": "pt",
+            "erasekit_applied_edits": json.dumps(Edit.applied(pipe)),
+            "erasekit_export": json.dumps(meta, sort_keys=True),
+        }
+        out = save_safetensors(tensors, Path(os.fspath(path)), header)
+    res = ExportResult(out, "single-file-flux", path_size(out))
+    if not readable:
+        res.notes.append(
+            f"width {int(tr.state_dict()['context_embedder.weight'].shape[0])}: ComfyUI reads this file; diffusers "
+            f"0.42's from_single_file does not (it splits single_blocks.N.linear1 at the published "
+            f"{PUBLISHED_WIDTH} / {PUBLISHED_MLP} rows); use 'diffusers' or 'lora' there"
+        )
+    return res
+
+
+register_format(
+    ExportFormat(
+        name="single-file-flux",
+        kind="model",
+        write=write,
+        options=("save_dtype",),
+        families=("flux",),
+        help="the FLUX.1 transformer, edit baked in, in Black Forest Labs' layout (ComfyUI 'Load Diffusion Model'; "
+        "diffusers from_single_file at the published width)",
+    )
+)
