@@ -212,12 +212,12 @@ def edits(flux):
 
 # ------------------------------------------------------------------ the layout
 def test_the_bfl_layout_is_comfyuis_map_and_names_the_sites_as_the_family_does(flux, tinyworld_flux):
-    from erasekit.export.bfl_names import layout_of, to_bfl
+    from erasekit.export.bfl_names import assemble, layout_of
     from erasekit.models.families import get_family
 
     for p in (flux, tinyworld_flux):
         state = _tr_state(p)
-        ours, oracle = to_bfl(state, layout_of(p.transformer)), comfy_bfl(state)
+        ours, oracle = assemble(state, layout_of(p.transformer)), comfy_bfl(state)
         assert sorted(ours) == sorted(oracle)
         assert all(torch.equal(ours[k], oracle[k]) for k in ours)
     layout = layout_of(flux.transformer)

@@ -12,6 +12,8 @@ lora-kohya-   FLUX.1 LoRA in kohya / BFL names (``lora_unet_txt_in``,       Comf
 flux          fused ``…_txt_attn_qkv``)                                     0.42 drops its top-level keys)
 single-file-  the FLUX.1 transformer, edit baked in, BFL layout (fused       ComfyUI; diffusers from_single_file at
 flux          q/k/v, ``single_blocks.N.linear1`` = [q; k; v; mlp])          the published width only
+single-file-  the SD3 / SD3.5 transformer, edit baked in, Stability's       ComfyUI, diffusers from_single_file
+sd3           layout (``joint_blocks.N.context_block.attn.qkv`` fused)
 ============  ==========================================================  =====================================
 
     erasekit.export(edit, "lora", "vangogh-lora.safetensors", pipe=pipe)
@@ -33,7 +35,7 @@ from __future__ import annotations
 import os
 
 # Importing a format's module registers it; this order is the CLI's order of --format choices.
-from . import diff, diffusers_folder, lora, lora_kohya, lora_kohya_flux, single_file, single_file_flux  # noqa: F401, I001  (registration side effect)
+from . import diff, diffusers_folder, lora, lora_kohya, lora_kohya_flux, single_file, single_file_flux, single_file_sd3  # noqa: F401, I001  (registration side effect)
 from ._common import ExportError, ExportResult, check_output
 from .base import KINDS, ExportFormat, get_format, list_formats, register_format
 
@@ -52,7 +54,10 @@ __all__ = [
 # Formats whose key names are Stable Diffusion's original (LDM / kohya) layout: only families that have one.
 SD_ONLY = ("single-file", "lora-kohya", "diff")
 # A family's own original-layout formats, named when an SD-only one is refused (the format checks the family).
-ORIGINAL_LAYOUT = {"flux": {"single-file": "single-file-flux", "lora-kohya": "lora-kohya-flux"}}
+ORIGINAL_LAYOUT = {
+    "flux": {"single-file": "single-file-flux", "lora-kohya": "lora-kohya-flux"},
+    "sd3": {"single-file": "single-file-sd3"},
+}
 
 
 def _edit_and_pipe(edit_or_pipe, pipe):
@@ -87,7 +92,7 @@ def export(
         edit_or_pipe: the edit to export, or a pipeline (whole-model formats only; edits applied
             to it are baked in).
         format: a registered format (:func:`list_formats`): single-file, diffusers, lora, lora-kohya, diff,
-            lora-kohya-flux, single-file-flux.
+            lora-kohya-flux, single-file-flux, single-file-sd3.
         path: output file (a folder for ``diffusers``); written atomically, checked before any work.
         pipe: the base pipeline the edit was made for (checked strictly against the edit's
             fingerprints). Needed for the whole-model formats, ``diff``, kohya SDXL names, and LoRAs

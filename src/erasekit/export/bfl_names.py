@@ -40,7 +40,7 @@ FLUX variant with other modules is never written half-named.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -106,7 +106,7 @@ _BLOCK = re.compile(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+
 
 
 @dataclass(frozen=True)
-class FluxLayout:
+class Layout:
     """Every diffusers tensor of one FLUX transformer -> its segments in the BFL layout, and each BFL tensor's rows."""
 
     segments: Mapping[str, tuple[Segment, ...]]  # diffusers key (``….weight`` / ``….bias``) -> segments
@@ -120,87 +120,99 @@ class FluxLayout:
         return self.segments[key]
 
 
-def _fused_rows(slot: int, width: int) -> tuple[int, int]:
-    """(first row, row count) of q / k / v slot ``slot`` (0..2) in a fused projection of width D (3: the MLP's)."""
-    return slot * width, width
+@dataclass(frozen=True)
+class Place:
+    """Where one diffusers tensor goes in an original layout: tensor ``key``, whole (``slot`` None), q / k / v slot
+    0..2 of a fused projection (3: FLUX's single-block MLP rows, after them), or whole with its halves swapped."""
+
+    key: str
+    slot: int | None = None
+    swapped: bool = False
 
 
-def flux_layout(shapes: Mapping[str, tuple[int, ...]]) -> FluxLayout:
-    """The BFL layout of a FLUX transformer whose state dict has these tensor shapes (D, M read from them).
+def make_layout(
+    shapes: Mapping[str, tuple[int, ...]], place: Callable[[str], Place | None], width: int | None, model: str
+) -> Layout:
+    """The layout of a transformer whose state dict has these tensor shapes, ``place`` naming each tensor.
 
-    ``shapes`` may be part of a state dict (an edit's layers) when none of them sits in a fused tensor; a fused
-    one needs ``context_embedder.weight`` among them for the width D (and the heights are then those of the parts
-    given: pass the whole state dict to know a fused tensor's full height).
+    ``width`` is the model width D (the fused q / k / v slots are D rows each); None when ``shapes`` is only part of
+    a state dict (an edit's layers) with no fused tensor among them. The heights of fused tensors are those of the
+    parts given: pass the whole state dict to know them.
     """
-    emb = shapes.get("context_embedder.weight")
-    width = int(emb[0]) if emb is not None else None  # D: the model width (context_embedder's output)
     segs: dict[str, tuple[Segment, ...]] = {}
     unnamed = []
     for key, shape in shapes.items():
-        path, _, leaf = key.rpartition(".")
         rows = int(shape[0]) if len(shape) else 1
-        whole: str | None = None
-        slot: int | None = None
-        if path in _TOP:
-            whole = f"{_TOP[path]}.{leaf}"
-        elif path == _SWAPPED[0]:
-            half = rows // 2  # diffusers (scale, shift) -> BFL (shift, scale)
-            segs[key] = (
-                Segment(f"{_SWAPPED[1]}.{leaf}", half, 0, half),
-                Segment(f"{_SWAPPED[1]}.{leaf}", 0, half, half),
-            )
-            continue
-        elif m := _BLOCK.fullmatch(key):
-            kind, n, rest = m.groups()
-            double = kind == "transformer_blocks"
-            prefix = f"{'double' if double else 'single'}_blocks.{n}"
-            norms = _DOUBLE_NORMS if double else _SINGLE_NORMS
-            table = _DOUBLE if double else _SINGLE
-            sub = rest.rpartition(".")[0]
-            if rest in norms:
-                whole = f"{prefix}.{norms[rest]}"
-            elif sub in table:
-                name, slot = table[sub]
-                whole = f"{prefix}.{name}.{leaf}"
-        if whole is None:
+        where = place(key)
+        if where is None:
             unnamed.append(key)
-            continue
-        if slot is None:
-            segs[key] = (Segment(whole, 0, 0, rows),)
+        elif where.swapped:
+            half = rows // 2  # diffusers (scale, shift) -> the original's (shift, scale)
+            segs[key] = (Segment(where.key, half, 0, half), Segment(where.key, 0, half, half))
+        elif where.slot is None:
+            segs[key] = (Segment(where.key, 0, 0, rows),)
         else:
             if width is None:
-                raise ExportError(f"{key} sits in a fused BFL tensor; its rows need the whole transformer (pipe=...)")
-            first, n_rows = _fused_rows(slot, width)
-            if slot < 3 and rows != n_rows:
-                raise ExportError(f"{key}: {rows} rows, not the model width {width}; not a FLUX.1 q/k/v projection")
-            segs[key] = (Segment(whole, first, 0, rows),)
+                raise ExportError(
+                    f"{key} sits in a fused {model} tensor; its rows need the whole transformer (pipe=...)"
+                )
+            if where.slot < 3 and rows != width:
+                raise ExportError(f"{key}: {rows} rows, not the model width {width}; not a {model} q/k/v projection")
+            segs[key] = (Segment(where.key, where.slot * width, 0, rows),)  # slot s: rows [s·D, s·D + rows)
     if unnamed:
         raise ExportError(
-            f"this FLUX transformer has tensors with no name in BFL's layout ({', '.join(sorted(unnamed)[:3])}); "
-            "export it as 'diffusers' or 'lora'"
+            f"this transformer has tensors with no name in {model}'s original layout "
+            f"({', '.join(sorted(unnamed)[:3])}); export it as 'diffusers' or 'lora'"
         )
     heights: dict[str, int] = {}
     for parts in segs.values():
         for s in parts:
             heights[s.key] = max(heights.get(s.key, 0), s.dst + s.rows)
-    return FluxLayout(segs, heights)
+    return Layout(segs, heights)
+
+
+def flux_place(key: str) -> Place | None:
+    """The BFL place of diffusers FLUX tensor ``key`` (None: it has none)."""
+    path, _, leaf = key.rpartition(".")
+    if path in _TOP:
+        return Place(f"{_TOP[path]}.{leaf}")
+    if path == _SWAPPED[0]:
+        return Place(f"{_SWAPPED[1]}.{leaf}", swapped=True)
+    m = _BLOCK.fullmatch(key)
+    if m is None:
+        return None
+    kind, n, rest = m.groups()
+    double = kind == "transformer_blocks"
+    prefix = f"{'double' if double else 'single'}_blocks.{n}"
+    norms = _DOUBLE_NORMS if double else _SINGLE_NORMS
+    table = _DOUBLE if double else _SINGLE
+    if rest in norms:
+        return Place(f"{prefix}.{norms[rest]}")
+    sub = rest.rpartition(".")[0]
+    if sub in table:
+        name, slot = table[sub]
+        return Place(f"{prefix}.{name}.{leaf}", slot)
+    return None
+
+
+def flux_layout(shapes: Mapping[str, tuple[int, ...]]) -> Layout:
+    """The BFL layout of a FLUX transformer whose state dict has these tensor shapes (D = ``context_embedder``'s
+    output; a fused tensor needs it among them)."""
+    emb = shapes.get("context_embedder.weight")
+    return make_layout(shapes, flux_place, int(emb[0]) if emb is not None else None, "FLUX.1 (BFL)")
 
 
 def is_fused(path: str) -> bool:
     """Whether the Linear at ``path`` is a slice of a fused BFL tensor (q / k / v, a single block's MLP input)."""
-    m = _BLOCK.fullmatch(f"{path}.weight")
-    if m is None:
-        return False
-    table = _DOUBLE if m.group(1) == "transformer_blocks" else _SINGLE
-    entry = table.get(m.group(3).rpartition(".")[0])
-    return entry is not None and entry[1] is not None
+    where = flux_place(f"{path}.weight")
+    return where is not None and where.slot is not None
 
 
-def layout_of(transformer: torch.nn.Module) -> FluxLayout:
+def layout_of(transformer: torch.nn.Module) -> Layout:
     return flux_layout({k: tuple(v.shape) for k, v in transformer.state_dict().items()})
 
 
-def to_bfl(state: Mapping[str, torch.Tensor], layout: FluxLayout) -> dict[str, torch.Tensor]:
+def assemble(state: Mapping[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
     """The transformer's tensors in BFL's layout (fused tensors assembled row by row; the rest shared, not copied)."""
     out: dict[str, torch.Tensor] = {}
     parts: dict[str, list[tuple[Segment, torch.Tensor]]] = {}

@@ -34,7 +34,7 @@ import torch
 
 from ._common import ExportError, ExportResult, check_output, resolve_save_dtype
 from .base import ExportFormat, register_format
-from .bfl_names import FluxLayout, flux_layout, is_fused, layout_of
+from .bfl_names import Layout, flux_layout, is_fused, layout_of
 from .lora import family_of, finish, lora_metadata, needs_base_weights
 from .lora_import import read_lora_export
 from .lowrank import Factors, edit_factors
@@ -54,7 +54,7 @@ def needs_pipe(edit, options) -> str | None:
     return why
 
 
-def _layout(edit, pipe) -> FluxLayout:
+def _layout(edit, pipe) -> Layout:
     fam = family_of(edit, pipe)
     if fam.name != "flux":
         raise ExportError(
@@ -67,7 +67,7 @@ def _layout(edit, pipe) -> FluxLayout:
 
 
 def fuse_factors(
-    factors: dict[str, Factors], layout: FluxLayout
+    factors: dict[str, Factors], layout: Layout
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, dict]]:
     """Per BFL tensor: (up, down) of its edited parts, and per layer where its factors sit (key, columns, rows).
 

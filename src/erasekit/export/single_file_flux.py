@@ -39,21 +39,22 @@ from ._common import (
     save_safetensors,
 )
 from .base import ExportFormat, register_format
-from .bfl_names import layout_of, to_bfl
+from .bfl_names import Layout, assemble, layout_of
 
 PUBLISHED_WIDTH, PUBLISHED_MLP = 3072, 12288  # the only single-block split diffusers 0.42's converter knows
 
 
-def flux_transformer(pipe) -> torch.nn.Module:
-    """The FLUX transformer of ``pipe``; an ExportError naming the formats for other families."""
+def family_transformer(pipe, family: str, fmt: str) -> torch.nn.Module:
+    """The transformer of a ``family`` pipeline; an ExportError naming the formats for other families."""
     from ..models.families import identify
     from ..models.sites_only import refuse_sites_only
 
     fam = identify(pipe)
-    if fam.name != "flux":
+    if fam.name != family:
         raise ExportError(
-            f"the BFL (FLUX.1) layout is FLUX's; this is a {fam.name} pipeline ({fam.description}): "
-            "use 'single-file' for SD 1.x / 2.x / XL, 'single-file-sd3' for SD3, 'diffusers' for the others"
+            f"the {fmt!r} layout is {family}'s; this is a {fam.name} pipeline ({fam.description}): "
+            "use 'single-file' for SD 1.x / 2.x / XL, 'single-file-flux' for FLUX.1, 'single-file-sd3' for SD3, "
+            "'diffusers' for the others"
         )
     tr: torch.nn.Module = fam.get_denoiser(pipe)
     refuse_sites_only(tr, "a single-file export")
@@ -67,36 +68,43 @@ def diffusers_readable(shapes: dict[str, tuple[int, ...]]) -> bool:
     )
 
 
-def write(edit, pipe, path, *, save_dtype=None, progress: bool = False) -> ExportResult:
-    """``pipe``'s transformer with ``edit`` (None: as it is) baked in, in BFL's layout; checked before any work."""
-    path = check_output(path)
-    cast = resolve_save_dtype(save_dtype)
-    tr = flux_transformer(pipe)
-    layout = layout_of(tr)  # refuses a transformer with tensors BFL's layout does not name, before applying anything
-    record = edit_record(edit) if edit is not None else None
+def write_transformer(
+    edit, pipe, path, fmt: str, tr: torch.nn.Module, layout: Layout, save_dtype=None, **meta_fields
+) -> ExportResult:
+    """``tr`` with ``edit`` (None: as it is) baked in, written in ``layout`` as format ``fmt``, atomically."""
     from ..edit import Edit
 
+    path = check_output(path)
+    cast = resolve_save_dtype(save_dtype)
+    record = edit_record(edit) if edit is not None else None
     with baked(edit, pipe):
-        state = tr.state_dict()
-        readable = diffusers_readable({k: tuple(v.shape) for k, v in state.items()})
         tensors = {}
-        for k, t in to_bfl(state, layout).items():
+        for k, t in assemble(tr.state_dict(), layout).items():
             t = t.detach()
             if cast is not None and t.is_floating_point():
                 t = t.to(cast)
             tensors[k] = t.to("cpu").contiguous()
-        meta = export_metadata("single-file-flux", layout="bfl-flux1", edits=[record] if record else [])
+        meta = export_metadata(fmt, edits=[record] if record else [], **meta_fields)
         header = {
             "format": "pt",
             "erasekit_applied_edits": json.dumps(Edit.applied(pipe)),
             "erasekit_export": json.dumps(meta, sort_keys=True),
         }
         out = save_safetensors(tensors, Path(os.fspath(path)), header)
-    res = ExportResult(out, "single-file-flux", path_size(out))
-    if not readable:
+    return ExportResult(out, fmt, path_size(out))
+
+
+def write(edit, pipe, path, *, save_dtype=None, progress: bool = False) -> ExportResult:
+    """``pipe``'s transformer with ``edit`` (None: as it is) baked in, in BFL's layout; checked before any work."""
+    check_output(path)
+    tr = family_transformer(pipe, "flux", "single-file-flux")
+    layout = layout_of(tr)  # refuses a transformer with tensors BFL's layout does not name, before applying anything
+    res = write_transformer(edit, pipe, path, "single-file-flux", tr, layout, save_dtype, checkpoint_layout="bfl-flux1")
+    shapes = {k: tuple(v.shape) for k, v in tr.state_dict().items()}
+    if not diffusers_readable(shapes):
         res.notes.append(
-            f"width {int(tr.state_dict()['context_embedder.weight'].shape[0])}: ComfyUI reads this file; diffusers "
-            f"0.42's from_single_file does not (it splits single_blocks.N.linear1 at the published "
+            f"width {shapes['context_embedder.weight'][0]}: ComfyUI reads this file; diffusers 0.42's "
+            f"from_single_file does not (it splits single_blocks.N.linear1 at the published "
             f"{PUBLISHED_WIDTH} / {PUBLISHED_MLP} rows); use 'diffusers' or 'lora' there"
         )
     return res
