@@ -375,6 +375,7 @@ def test_diffusers_042_drops_the_static_site_keys(flux, edits, tmp_path):
     )
     try:
         flux.load_lora_weights(str(res.path))
+        assert flux.get_list_adapters() == {}  # no adapter at all: every key was dropped
         flux.fuse_lora()
         flux.unload_lora_weights()
         got = _tr_state(flux)

@@ -109,3 +109,12 @@ def test_the_cli_writes_it(sd3, tmp_path):
     out = tmp_path / "sd3.safetensors"
     assert main(["export", "--model", str(folder), "--format", "single-file-sd3", "--out", str(out)]) == 0
     assert "model.diffusion_model.context_embedder.weight" in load_file(str(out))
+
+
+def test_the_layout_names_the_sites_as_the_family_does(sd3):
+    from erasekit.export.sd3_names import PREFIX, sd3_layout_of
+    from erasekit.models.families import get_family
+
+    layout = sd3_layout_of(sd3[0].transformer)
+    for path, original in get_family("sd3").original_names:
+        assert [s.key for s in layout.module(path)] == [f"{PREFIX}{original}.weight"]
