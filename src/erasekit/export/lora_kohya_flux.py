@@ -19,12 +19,13 @@ What diffusers 0.42's ``FluxPipeline.load_lora_weights`` does with such a file (
   ``add_q_proj`` / ``add_k_proj`` / ``add_v_proj`` with the whole down copied to each (its block-sparse path when
   the ranks are equal); the q block is an all-zero ``lora_B``, so ``fuse_lora`` adds exactly B_k A_k and B_v A_v.
 * ``txt_in`` and ``vector_in.in_layer`` (and every other top-level module: ``img_in``, ``time_in``,
-  ``guidance_in``, ``final_layer``): **dropped, silently**. The converter renames them ``context_embedder`` and
+  ``guidance_in``, ``final_layer``): **dropped**. The converter renames them ``context_embedder`` and
   ``time_text_embed.text_embedder.linear_1`` *without* the ``transformer.`` prefix it gives the block keys, and
   ``load_lora_adapter`` keeps only keys starting with ``transformer.``. Nothing is loaded for them: a file with
   only these keys gets no adapter and diffusers' warning "No LoRA keys associated to FluxTransformer2DModel found
-  with the prefix='transformer'. This is safe to ignore …"; beside block keys they vanish without a word. A static-site edit (every closed-form method's default on FLUX) therefore does
-  nothing in diffusers from this file: diffusers users take the ``lora`` export (PEFT keys), which loads exactly.
+  with the prefix='transformer'. This is safe to ignore …"; beside block keys they vanish without a word. A
+  static-site edit (every closed-form method's default on FLUX) therefore does nothing in diffusers from this
+  file: diffusers users take the ``lora`` export (PEFT keys), which loads exactly.
 * ``single_blocks.N.linear1`` (not an edit site; fine-tuned edits only): split at the fixed rows (3072, 3072, 3072,
   12288), so read only at FLUX.1's published width.
 """
