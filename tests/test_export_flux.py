@@ -364,6 +364,27 @@ def test_kohya_flux_lora_is_what_comfyui_applies(flux, edits, kind, tmp_path):
     assert any(not torch.equal(want[k], base[k]) for k in want)  # the edit changes the weights: the check can fail
 
 
+def test_tinyworld_flux_kohya_lora_of_static_and_joint_sites_is_what_comfyui_applies(tinyworld_flux, tmp_path):
+    """The bundled model (width 192, three double blocks): txt_in, vector_in and three fused txt_attn_qkv."""
+    p = tinyworld_flux
+    kw = dict(preserve=["Claude Monet"], progress=False, sites="all")
+    dense = erasekit.erase(p, "uce", ["Van Gogh"], **kw)  # its joint ΔW is of full numerical rank here
+    with pytest.raises(ExportError, match="exactly as 'diffusers' or 'single-file-flux', or pass --rank"):
+        export(dense, "lora-kohya-flux", tmp_path / "d.safetensors", pipe=p)
+    edit = erasekit.erase(p, "uce", ["Van Gogh"], storage="lowrank", **kw)
+    base, want = _tr_state(p), _applied(edit, p)
+    res = export(edit, "lora-kohya-flux", tmp_path / "tw.safetensors", pipe=p)
+    lora = load_file(str(res.path))
+    names = {k.split(".")[0] for k in lora}
+    assert names == {"lora_unet_txt_in", "lora_unet_vector_in_in_layer"} | {
+        f"lora_unet_double_blocks_{i}_txt_attn_qkv" for i in range(3)
+    }
+    got = comfy_read(comfy_apply_lora(comfy_bfl(base), lora), base)
+    scale = max(float(want[f"{k}.weight"].abs().max()) for k in edit.layers)
+    assert _max_diff(got, want) <= 1e-6 * max(1.0, scale)
+    assert _max_diff(want, base) > 1e-4
+
+
 def test_diffusers_042_drops_the_static_site_keys(flux, edits, tmp_path):
     """What the module docstring says: diffusers 0.42 renames txt_in / vector_in.in_layer without the ``transformer.``
     prefix and its adapter loader drops them, so the fused weights stay the base ones."""
