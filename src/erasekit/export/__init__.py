@@ -37,7 +37,7 @@ import os
 # Importing a format's module registers it; this order is the CLI's order of --format choices.
 from . import diff, diffusers_folder, lora, lora_kohya, lora_kohya_flux, single_file, single_file_flux, single_file_sd3  # noqa: F401, I001  (registration side effect)
 from ._common import ExportError, ExportResult, check_output
-from .base import KINDS, ExportFormat, get_format, list_formats, register_format
+from .base import KINDS, ORIGINAL_LAYOUT, SD_ONLY, ExportFormat, get_format, list_formats, register_format
 
 __all__ = [
     "ExportError",
@@ -49,15 +49,6 @@ __all__ = [
     "list_formats",
     "register_format",
 ]
-
-
-# Formats whose key names are Stable Diffusion's original (LDM / kohya) layout: only families that have one.
-SD_ONLY = ("single-file", "lora-kohya", "diff")
-# A family's own original-layout formats, named when an SD-only one is refused (the format checks the family).
-ORIGINAL_LAYOUT = {
-    "flux": {"single-file": "single-file-flux", "lora-kohya": "lora-kohya-flux"},
-    "sd3": {"single-file": "single-file-sd3"},
-}
 
 
 def _edit_and_pipe(edit_or_pipe, pipe):

@@ -28,6 +28,13 @@ KINDS = {
     "edit": "the edit alone, against the base weights (Linear weight changes only)",
     "model": "a whole model with the edit baked in",
 }
+# Formats whose key names are Stable Diffusion's original (LDM / kohya) layout: only families that have one.
+SD_ONLY = ("single-file", "lora-kohya", "diff")
+# A family's own original-layout formats, named when an SD-only one is refused (the format checks the family).
+ORIGINAL_LAYOUT = {
+    "flux": {"single-file": "single-file-flux", "lora-kohya": "lora-kohya-flux"},
+    "sd3": {"single-file": "single-file-sd3"},
+}
 _NAME_RX = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 _OPTION_RX = re.compile(r"[a-z][a-z0-9_]*")
 _RESERVED = {"edit", "pipe", "path", "progress", "format"}

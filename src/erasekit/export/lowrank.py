@@ -133,8 +133,7 @@ def exact_formats(edit) -> str:
     """The registered formats that carry any edit of the edit's family exactly (no rank to choose), quoted and joined:
     "'diff', 'diffusers' or 'single-file'" for the UNets, FLUX's / SD3's own single files for them."""
     from ..models.families import families
-    from . import SD_ONLY
-    from .base import list_formats
+    from .base import SD_ONLY, list_formats
 
     name = edit.base.get("family") or "sd"
     fam = families().get(name)
