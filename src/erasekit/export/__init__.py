@@ -10,8 +10,8 @@ lora-kohya    kohya LoRA of the edit (LDM names for SDXL)                  A1111
 diff          the full ΔW per module (kohya / LyCORIS ``.diff``)           A1111, ComfyUI, LyCORIS
 lora-kohya-   FLUX.1 LoRA in kohya / BFL names (``lora_unet_txt_in``,       ComfyUI, kohya sd-scripts (diffusers
 flux          fused ``…_txt_attn_qkv``)                                     0.42 drops its top-level keys)
-single-file-  the FLUX.1 transformer, edit baked in, BFL layout (fused       ComfyUI; diffusers from_single_file at
-flux          q/k/v, ``single_blocks.N.linear1`` = [q; k; v; mlp])          the published width only
+single-file-  the FLUX.1 transformer, edit baked in, BFL layout (fused       ComfyUI, diffusers from_single_file
+flux          q/k/v, ``single_blocks.N.linear1`` = [q; k; v; mlp])          (both at FLUX.1's published width)
 single-file-  the SD3 / SD3.5 transformer, edit baked in, Stability's       ComfyUI, diffusers from_single_file
 sd3           layout (``joint_blocks.N.context_block.attn.qkv`` fused)
 ============  ==========================================================  =====================================

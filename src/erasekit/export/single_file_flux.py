@@ -9,14 +9,14 @@ under ``erasekit_export``.
 
 Loaders (measured with diffusers 0.42 and read from ComfyUI's code):
 
-* ComfyUI reads any width: it takes ``hidden_size`` from the tensors' shapes.
-* diffusers' ``FluxTransformer2DModel.from_single_file(path, config=<folder>, subfolder="transformer")`` reads
-  the file of a FLUX.1 at its published width (D = 3072, MLP 12288). Its converter
-  (``convert_flux_transformer_checkpoint_to_diffusers``) splits ``single_blocks.N.linear1`` at the fixed sizes
-  (3072, 3072, 3072, 12288), so it cannot read a narrower FLUX (the tiny test builds, tinyworld-flux): it fails
-  with "split_with_sizes expects split_sizes to sum exactly to …" and loads nothing. The export says so in its
-  result; the layout itself is checked through that converter in the tests (with ``linear1`` placed at the
-  published row offsets).
+* Both read a FLUX at FLUX.1's published width only. ComfyUI's ``comfy/model_detection.py`` recognises the file by
+  ``double_blocks.0.img_attn.norm.key_norm.scale`` and counts the blocks from the keys, but fixes ``hidden_size``
+  3072, 24 heads and a 4096-wide T5 input. diffusers' ``FluxTransformer2DModel.from_single_file(path,
+  config=<folder>, subfolder="transformer")`` converts with ``convert_flux_transformer_checkpoint_to_diffusers``,
+  which splits ``single_blocks.N.linear1`` at the fixed sizes (3072, 3072, 3072, 12288): on a narrower FLUX (the
+  tiny test builds, tinyworld-flux) it fails with "split_with_sizes expects split_sizes to sum exactly to …" and
+  loads nothing (measured, diffusers 0.42). The export says so in its result; the layout itself is checked in the
+  tests through that converter (``linear1`` placed at the published row offsets) and through ComfyUI's key map.
 """
 
 from __future__ import annotations
@@ -103,9 +103,10 @@ def write(edit, pipe, path, *, save_dtype=None, progress: bool = False) -> Expor
     shapes = {k: tuple(v.shape) for k, v in tr.state_dict().items()}
     if not diffusers_readable(shapes):
         res.notes.append(
-            f"width {shapes['context_embedder.weight'][0]}: ComfyUI reads this file; diffusers 0.42's "
-            f"from_single_file does not (it splits single_blocks.N.linear1 at the published "
-            f"{PUBLISHED_WIDTH} / {PUBLISHED_MLP} rows); use 'diffusers' or 'lora' there"
+            f"width {shapes['context_embedder.weight'][0]}: no loader reads a FLUX this narrow from this layout "
+            f"(diffusers 0.42's from_single_file splits single_blocks.N.linear1 at the published "
+            f"{PUBLISHED_WIDTH} / {PUBLISHED_MLP} rows; ComfyUI fixes hidden_size {PUBLISHED_WIDTH}); "
+            "use 'diffusers' or 'lora'"
         )
     return res
 
@@ -117,7 +118,7 @@ register_format(
         write=write,
         options=("save_dtype",),
         families=("flux",),
-        help="the FLUX.1 transformer, edit baked in, in Black Forest Labs' layout (ComfyUI 'Load Diffusion Model'; "
-        "diffusers from_single_file at the published width)",
+        help="the FLUX.1 transformer, edit baked in, in Black Forest Labs' layout (ComfyUI 'Load Diffusion Model', "
+        "diffusers from_single_file; both at FLUX.1's published width)",
     )
 )

@@ -3,9 +3,11 @@
 The transformer alone under ``model.diffusion_model.`` (the text encoders and VAE travel separately), q / k / v
 fused per stream (``joint_blocks.N.x_block.attn.qkv``, ``….context_block.attn.qkv``; SD3.5-Medium's second image
 attention ``x_block.attn2.qkv``), ``context_embedder`` and ``y_embedder.mlp.0`` for the two static edit sites
-(:mod:`.sd3_names` has the whole table). Read by ComfyUI's "Load Diffusion Model" node and by diffusers'
-``SD3Transformer2DModel.from_single_file(path, config=<folder>, subfolder="transformer")``, which (diffusers 0.42,
-measured) reads it at any width: its converter takes the widths from the tensors.
+(:mod:`.sd3_names` has the whole table). diffusers' ``SD3Transformer2DModel.from_single_file(path,
+config=<folder>, subfolder="transformer")`` reads it at any width (diffusers 0.42, measured: its converter takes the
+widths from the tensors and the rest from the config). ComfyUI's "Load Diffusion Model" recognises it by
+``joint_blocks.0.context_block.attn.qkv.weight`` and derives the configuration from the shapes under MMDiT's own
+convention (depth = width / 64), which Stability's published models follow and the tiny test build does not.
 """
 
 from __future__ import annotations
