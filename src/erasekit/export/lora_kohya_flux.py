@@ -27,7 +27,10 @@ What diffusers 0.42's ``FluxPipeline.load_lora_weights`` does with such a file (
   static-site edit (every closed-form method's default on FLUX) therefore does nothing in diffusers from this
   file: diffusers users take the ``lora`` export (PEFT keys), which loads exactly.
 * ``single_blocks.N.linear1`` (not an edit site; fine-tuned edits only): split at the fixed rows (3072, 3072, 3072,
-  12288), so read only at FLUX.1's published width.
+  12288), so read only at FLUX.1's published width, where it loads exactly.
+
+At FLUX.1's width (``benchmarks/flux_exports_full_width.py``) the fused blocks fuse to ``edit.apply``'s weights
+within 3e-8 and the top-level keys leave their weights unmoved, as on the tiny builds (``tests/test_export_flux.py``).
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ Loaders (measured with diffusers 0.42 and read from ComfyUI's code):
   config=<folder>, subfolder="transformer")`` converts with ``convert_flux_transformer_checkpoint_to_diffusers``,
   which splits ``single_blocks.N.linear1`` at the fixed sizes (3072, 3072, 3072, 12288): on a narrower FLUX (the
   tiny test builds, tinyworld-flux) it fails with "split_with_sizes expects split_sizes to sum exactly to …" and
-  loads nothing (measured, diffusers 0.42). The export says so in its result; the layout itself is checked in the
-  tests through that converter (``linear1`` placed at the published row offsets) and through ComfyUI's key map.
+  loads nothing (measured, diffusers 0.42). The export says so in its result. At the published width
+  ``from_single_file`` reads the file back bit-exact (``benchmarks/flux_exports_full_width.py``: a 0.55 B-parameter
+  FLUX.1-width transformer, one block of each kind); the tests check the layout on the narrow builds through the
+  same converter (``linear1`` placed at the published row offsets) and through ComfyUI's key map.
 """
 
 from __future__ import annotations
