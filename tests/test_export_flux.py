@@ -331,6 +331,7 @@ def test_joint_site_lora_loads_in_diffusers_exactly_as_apply(flux, edits, tmp_pa
     res = export(edit, "lora-kohya-flux", tmp_path / "j.safetensors", pipe=flux)
     lora = load_file(str(res.path))
     assert {k.split(".")[0] for k in lora} == {"lora_unet_double_blocks_0_txt_attn_qkv"}
+    assert not any("drops" in n for n in res.notes)  # every key of this file loads in diffusers: no warning
     up = lora["lora_unet_double_blocks_0_txt_attn_qkv.lora_up.weight"]
     hidden = flux.transformer.inner_dim
     assert up.shape[0] == 3 * hidden and not up[:hidden].any()  # the q block is zero
@@ -390,6 +391,7 @@ def test_diffusers_042_drops_the_static_site_keys(flux, edits, tmp_path):
     prefix and its adapter loader drops them, so the fused weights stay the base ones."""
     base = _tr_state(flux)
     res = export(edits["static"], "lora-kohya-flux", tmp_path / "s.safetensors", pipe=flux)
+    assert any("drops lora_unet_txt_in, lora_unet_vector_in_in_layer" in n and "'lora'" in n for n in res.notes)
     converted = flux.lora_state_dict(str(res.path))
     assert sorted(k.rsplit(".lora_", 1)[0] for k in converted) == sorted(
         ["context_embedder"] * 2 + ["time_text_embed.text_embedder.linear_1"] * 2

@@ -45,6 +45,8 @@ from .lora_import import read_lora_export
 from .lowrank import Factors, edit_factors
 
 PREFIX = "lora_unet_"
+# The kohya names diffusers' FLUX converter keeps (it prefixes only these with ``transformer.``).
+BLOCK_PREFIXES = (PREFIX + "double_blocks_", PREFIX + "single_blocks_")
 
 
 def kohya_name(bfl_key: str) -> str:
@@ -133,7 +135,14 @@ def write(edit, pipe, path, *, rank: int | None = None, save_dtype=None, progres
         "ss_network_alpha": "per-module (= rank)",
         "ss_base_model_version": "flux1",
     }
-    return finish(tensors, meta, header, path, "lora-kohya-flux", factors)
+    res = finish(tensors, meta, header, path, "lora-kohya-flux", factors)
+    dropped = sorted(name for name in fused if not name.startswith(BLOCK_PREFIXES))
+    if dropped:  # what a diffusers user would otherwise find out from an unchanged image
+        res.notes.append(
+            f"diffusers 0.42's load_lora_weights drops {', '.join(dropped)} from this file (ComfyUI and sd-scripts "
+            "read them): to run this edit in diffusers, export it as 'lora'"
+        )
+    return res
 
 
 register_format(
