@@ -247,8 +247,8 @@ def test_refusals_write_nothing(tiny_pipes, edits, tmp_path):
         (
             lambda: export(edit, "single-file", tmp_path / "x.safetensors", pipe=sd, rank=2),
             ExportError,
-            r"'single-file' format does not take rank \(rank is taken by lora, lora-kohya\); it accepts save_dtype, "
-            "layout",
+            r"'single-file' format does not take rank \(rank is taken by lora, lora-kohya, lora-kohya-flux\); "
+            "it accepts save_dtype, layout",
         ),
         (lambda: export(edit, "onnx", tmp_path / "x.safetensors", pipe=sd), ExportError, "unknown export format"),
         (lambda: export(edit, "diffusers", blocker, pipe=sd), ExportError, "existing file"),
@@ -274,6 +274,11 @@ def test_every_registered_format_round_trips_or_says_it_cannot(tiny_pipes, edits
     for name, fmt in formats.items():
         assert fmt.name == name and get_format(name) is fmt
         out = tmp_path / (name if fmt.folder else f"{name}.safetensors")
+        if not fmt.takes("sd"):  # another family's layout (FLUX's: tests/test_export_flux.py): refused, named
+            with pytest.raises(ExportError, match=f"'{name}' format writes .*'lora-kohya'"):
+                export(edit, name, out, pipe=sd)
+            assert not out.exists()
+            continue
         res = export(edit, name, out, pipe=sd)
         assert res.path == out and res.nbytes > 0 and out.exists() and erasekit.Edit.applied(sd) == []
         if fmt.read_back is None:

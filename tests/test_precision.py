@@ -298,3 +298,18 @@ def test_a_write_into_a_borrowed_layer_is_refused_and_the_original_kept():
         with computing_in_layers([lin], torch.float32):
             lin(torch.randn(2, 4, dtype=torch.float16))
     assert lin.weight is original and lin.weight.dtype == torch.float16 and torch.equal(lin.weight, before)
+
+
+def test_every_text_encoder_of_sd3_computes_in_float32_on_a_cpu():
+    """SD3 holds T5 as ``text_encoder_3``: a float16 SD3 on a CPU generates (and encodes) with all three encoders in
+    float32, and every one is float16 again afterwards."""
+    from erasekit.models.precision import generating_in_compute_dtype, text_encoders
+    from erasekit.models.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sd3", seed=0).to(torch.float16)
+    encoders = text_encoders(pipe)
+    assert pipe.text_encoder_3 is not None and any(e is pipe.text_encoder_3 for e in encoders)
+    with generating_in_compute_dtype(pipe) as dtype:
+        assert dtype == torch.float32
+        assert {next(e.parameters()).dtype for e in encoders} == {torch.float32}
+    assert {next(e.parameters()).dtype for e in encoders} == {torch.float16}

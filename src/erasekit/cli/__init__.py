@@ -9,7 +9,9 @@ erasekit generate --model M --edit e.safetensors --prompt "a painting by Van Gog
 erasekit evaluate --model M --edit e.safetensors [--suite target,paraphrase,...]
                   [--judge tinyworld|nudenet|clip:PATH] --out DIR
 erasekit bench    --model tinyworld --methods uce,space --concepts circle,red,striped --out DIR
-erasekit export   --model M --edit e.safetensors --format lora|lora-kohya|diff|diffusers|single-file --out PATH
+erasekit export   --model M --edit e.safetensors --format FORMAT --out PATH
+                  (FORMAT: lora, lora-kohya, diff, diffusers, single-file, lora-kohya-flux,
+                  single-file-flux, single-file-sd3)
                   [--rank K]
 """
 

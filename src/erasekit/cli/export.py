@@ -57,8 +57,8 @@ def add_parser(sub) -> None:
 
     x = sub.add_parser(
         "export",
-        help="write the edit where people run models: LoRA (diffusers / kohya), .diff, a merged diffusers folder, "
-        "or an A1111 / ComfyUI single file (SD 1.x / 2.x / XL)",
+        help="write the edit where people run models: LoRA (diffusers / kohya; FLUX.1 in kohya / BFL names), .diff, a "
+        "merged diffusers folder, or a single file (A1111 / ComfyUI for SD 1.x / 2.x / XL; BFL FLUX.1; SD3)",
     )
     _add_model_options(x)
     x.add_argument(

@@ -8,6 +8,12 @@ diffusers     a merged ``save_pretrained`` folder, edit baked in            Diff
 lora          PEFT LoRA of the edit (exact for low-rank edits)             pipe.load_lora_weights
 lora-kohya    kohya LoRA of the edit (LDM names for SDXL)                  A1111, ComfyUI, Forge, diffusers
 diff          the full ΔW per module (kohya / LyCORIS ``.diff``)           A1111, ComfyUI, LyCORIS
+lora-kohya-   FLUX.1 LoRA in kohya / BFL names (``lora_unet_txt_in``,       ComfyUI, kohya sd-scripts (diffusers
+flux          fused ``…_txt_attn_qkv``)                                     0.42 drops its top-level keys)
+single-file-  the FLUX.1 transformer, edit baked in, BFL layout (fused       ComfyUI, diffusers from_single_file
+flux          q/k/v, ``single_blocks.N.linear1`` = [q; k; v; mlp])          (both at FLUX.1's published width)
+single-file-  the SD3 / SD3.5 transformer, edit baked in, Stability's       ComfyUI, diffusers from_single_file
+sd3           layout (``joint_blocks.N.context_block.attn.qkv`` fused)
 ============  ==========================================================  =====================================
 
     erasekit.export(edit, "lora", "vangogh-lora.safetensors", pipe=pipe)
@@ -29,9 +35,9 @@ from __future__ import annotations
 import os
 
 # Importing a format's module registers it; this order is the CLI's order of --format choices.
-from . import diff, diffusers_folder, lora, lora_kohya, single_file  # noqa: F401, I001  (registration side effect)
+from . import diff, diffusers_folder, lora, lora_kohya, lora_kohya_flux, single_file, single_file_flux, single_file_sd3  # noqa: F401, I001  (registration side effect)
 from ._common import ExportError, ExportResult, check_output
-from .base import KINDS, ExportFormat, get_format, list_formats, register_format
+from .base import KINDS, ORIGINAL_LAYOUT, SD_ONLY, ExportFormat, get_format, list_formats, register_format
 
 __all__ = [
     "ExportError",
@@ -43,10 +49,6 @@ __all__ = [
     "list_formats",
     "register_format",
 ]
-
-
-# Formats whose key names are Stable Diffusion's original (LDM / kohya) layout: only families that have one.
-SD_ONLY = ("single-file", "lora-kohya", "diff")
 
 
 def _edit_and_pipe(edit_or_pipe, pipe):
@@ -80,7 +82,8 @@ def export(
     Args:
         edit_or_pipe: the edit to export, or a pipeline (whole-model formats only; edits applied
             to it are baked in).
-        format: a registered format (:func:`list_formats`): single-file, diffusers, lora, lora-kohya, diff.
+        format: a registered format (:func:`list_formats`): single-file, diffusers, lora, lora-kohya, diff,
+            lora-kohya-flux, single-file-flux, single-file-sd3.
         path: output file (a folder for ``diffusers``); written atomically, checked before any work.
         pipe: the base pipeline the edit was made for (checked strictly against the edit's
             fingerprints). Needed for the whole-model formats, ``diff``, kohya SDXL names, and LoRAs
@@ -101,15 +104,23 @@ def export(
     given = fmt.accept(options)
     edit, pipe = _edit_and_pipe(edit_or_pipe, pipe)
     check_output(path, folder=fmt.folder)
-    if fmt.name in SD_ONLY:
-        from .lora import family_of
+    from .lora import family_of
 
-        fam = family_of(edit, pipe)
+    fam = family_of(edit, pipe)
+    if not fmt.takes(fam.name):
+        others = [n for n, f in list_formats().items() if f.takes(fam.name) and (fam.kohya or n not in SD_ONLY)]
+        raise ExportError(
+            f"the {fmt.name!r} format writes {' / '.join(fmt.families)} models; this is {fam.name} "
+            f"({fam.description}): export it as {', '.join(repr(n) for n in others)}"
+        )
+    if fmt.name in SD_ONLY:
         if not fam.kohya:
+            own = ORIGINAL_LAYOUT.get(fam.name, {}).get(fmt.name)
             raise ExportError(
                 f"the {fmt.name!r} format uses Stable Diffusion's original (LDM / kohya) key names, which "
-                f"{fam.name} ({fam.description}) does not have; export as 'lora' (PEFT keys) or 'diffusers' "
-                "(a merged folder)"
+                f"{fam.name} ({fam.description}) does not have; export as "
+                + (f"{own!r} ({fam.name}'s own original layout), " if own else "")
+                + "'lora' (PEFT keys) or 'diffusers' (a merged folder)"
             )
 
     if fmt.kind == "edit":

@@ -28,6 +28,13 @@ KINDS = {
     "edit": "the edit alone, against the base weights (Linear weight changes only)",
     "model": "a whole model with the edit baked in",
 }
+# Formats whose key names are Stable Diffusion's original (LDM / kohya) layout: only families that have one.
+SD_ONLY = ("single-file", "lora-kohya", "diff")
+# A family's own original-layout formats, named when an SD-only one is refused (the format checks the family).
+ORIGINAL_LAYOUT = {
+    "flux": {"single-file": "single-file-flux", "lora-kohya": "lora-kohya-flux"},
+    "sd3": {"single-file": "single-file-sd3"},
+}
 _NAME_RX = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 _OPTION_RX = re.compile(r"[a-z][a-z0-9_]*")
 _RESERVED = {"edit", "pipe", "path", "progress", "format"}
@@ -60,6 +67,9 @@ class ExportFormat:
         read_back: ``read_back(path) -> Edit`` for a file this format wrote, or None when the file cannot be
             read back as an edit (a whole model, a ΔW without the base).
         folder: the output is a folder, not a file.
+        families: the model families (``models.families`` names) whose layout the format writes; empty: every one.
+            :func:`erasekit.export` refuses another family's edit or pipeline before any work, naming the formats
+            that do take it.
     """
 
     name: str
@@ -70,6 +80,7 @@ class ExportFormat:
     needs_pipe: Callable[[Any, Mapping[str, Any]], str | None] = never
     read_back: Callable[[Path], Any] | None = None
     folder: bool = False
+    families: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RX.fullmatch(self.name):
@@ -93,6 +104,14 @@ class ExportFormat:
                 f"{sorted(_RESERVED)}, got {list(opts)}"
             )
         object.__setattr__(self, "options", opts)
+        fams = tuple(self.families)
+        if any(not isinstance(f, str) or not f for f in fams):
+            raise ExportError(f"export format {self.name!r}: families must be family names, got {list(fams)}")
+        object.__setattr__(self, "families", fams)
+
+    def takes(self, family: str) -> bool:
+        """Whether the format writes models of ``family``."""
+        return not self.families or family in self.families
 
     def accept(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """The options given (not None); an ExportError names those this format does not take and the ones it does."""

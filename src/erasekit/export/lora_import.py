@@ -22,7 +22,7 @@ import torch
 from ..errors import EditFileError
 from ._common import META_FORMAT, META_KEY, META_VERSION, content_sha256
 
-LORA_FORMATS = ("lora", "lora-kohya")
+LORA_FORMATS = ("lora", "lora-kohya", "lora-kohya-flux")
 
 
 def _v1_checksum(meta: dict, tensors: dict[str, torch.Tensor]) -> str:
@@ -42,6 +42,24 @@ def _tensor(tensors: dict, key: str, where: str) -> torch.Tensor:
     if not t.is_floating_point() or not torch.isfinite(t).all():
         raise EditFileError(f"{where}: tensor {key!r} is not finite floating point")
     return t.to(torch.float32)
+
+
+def _layer_factors(up: torch.Tensor, down: torch.Tensor, out: dict, d_out: int, r: int, where: str):
+    """(B, A) of one layer inside a fused kohya tensor (lora-kohya-flux): its columns ``cols`` = [c, r] of up /
+    rows of down, and its rows ``rows`` = [[row in the fused tensor, row in the layer, count], ...]."""
+    c, width = (int(x) for x in out["cols"])
+    if width != r or c < 0 or c + r > down.shape[0]:
+        raise EditFileError(
+            f"{where}: columns {out['cols']} do not fit a rank-{r} layer in a rank-{down.shape[0]} tensor"
+        )
+    B = torch.zeros(d_out, r)
+    for dst, src, n in ((int(x) for x in seg) for seg in out["rows"]):
+        if min(dst, src, n) < 0 or dst + n > up.shape[0] or src + n > d_out:
+            raise EditFileError(
+                f"{where}: rows {out['rows']} do not fit a {d_out}-row layer in a {up.shape[0]}-row tensor"
+            )
+        B[src : src + n] = up[dst : dst + n, c : c + r]
+    return B, down[c : c + r]
 
 
 def read_lora_export(path: str | os.PathLike):
@@ -82,10 +100,12 @@ def read_lora_export(path: str | os.PathLike):
             if fmt == "lora":
                 names: tuple[str, ...] = (f"{key}.lora_B.weight", f"{key}.lora_A.weight")
                 scale = 1.0
+                B, A = (_tensor(tensors, n, where) for n in names)
             else:
                 names = (f"{key}.lora_up.weight", f"{key}.lora_down.weight", f"{key}.alpha")
-                scale = float(_tensor(tensors, names[2], where)) / r  # kohya scale alpha / r (1 as written)
-            B, A = (_tensor(tensors, n, where) for n in names[:2])
+                up, down = (_tensor(tensors, n, where) for n in names[:2])
+                scale = float(_tensor(tensors, names[2], where)) / down.shape[0]  # kohya alpha / R (1 as written)
+                B, A = _layer_factors(up, down, out, d_out, r, where) if "rows" in out else (up, down)
             used.update(names)
             if tuple(B.shape) != (d_out, r) or tuple(A.shape) != (r, d_in):
                 raise EditFileError(

@@ -129,6 +129,23 @@ def _break_even(d_out: int, d_in: int) -> int:
     return max(1, (d_out * d_in) // (d_out + d_in))
 
 
+def exact_formats(edit) -> str:
+    """The registered formats that carry any edit of the edit's family exactly (no rank to choose), quoted and joined:
+    "'diff', 'diffusers' or 'single-file'" for the UNets, FLUX's / SD3's own single files for them."""
+    from ..models.families import families
+    from .base import SD_ONLY, list_formats
+
+    name = edit.base.get("family") or "sd"
+    fam = families().get(name)
+    kohya = fam.kohya if fam is not None else True
+    names = [
+        repr(n)
+        for n, f in list_formats().items()
+        if "rank" not in f.options and f.takes(name) and (kohya or n not in SD_ONLY)
+    ]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
+
+
 def edit_factors(edit, unet, rank: int | None = None, progress: bool = False) -> dict[str, Factors]:
     """Factors of every layer of ``edit`` against the base weights in ``unet``.
 
@@ -163,7 +180,7 @@ def edit_factors(edit, unet, rank: int | None = None, progress: bool = False) ->
             raise ExportError(
                 f"this {edit.method} edit cannot be an exact LoRA: layer {path!r} ({le.kind} storage) changes its "
                 "weight by a "
-                f"ΔW of numerical rank > {cap}. Export it exactly as 'diff', 'diffusers' or 'single-file', "
+                f"ΔW of numerical rank > {cap}. Export it exactly as {exact_formats(edit)}, "
                 "or pass --rank K for a truncated-SVD LoRA (its relative error is reported)"
             )
         if f is None:

@@ -247,13 +247,18 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
         copies.clear()
 
 
+# Every text encoder a diffusers pipeline may hold (SD3 reads T5 as the third).
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
 def text_encoders(pipe: Pipeline) -> list[nn.Module]:
-    return [m for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if m is not None]
+    """The pipeline's text encoders, in component order."""
+    return [m for m in (getattr(pipe, n, None) for n in TEXT_ENCODER_NAMES) if isinstance(m, nn.Module)]
 
 
 def pipeline_modules(pipe: Pipeline) -> list[nn.Module]:
     """Every torch module of a diffusers pipeline that runs during generation."""
-    names = ("text_encoder", "text_encoder_2", "unet", "transformer", "vae")
+    names = (*TEXT_ENCODER_NAMES, "unet", "transformer", "vae")
     return [m for m in (getattr(pipe, n, None) for n in names) if isinstance(m, nn.Module)]
 
 

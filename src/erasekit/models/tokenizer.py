@@ -106,27 +106,12 @@ def build_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endofte
 
 # ------------------------------------------------------------ T5 / Gemma stand-ins
 @lru_cache(maxsize=4)
-def _unigram_json(
-    specials: tuple[str, ...],
-    template: str,
-    special_ids: tuple[tuple[str, int], ...],
-    squeeze_spaces: bool = False,
-    vocab_size: int | None = None,
-) -> str:
-    """A sentencepiece-style Unigram tokenizer (``tokenizers``) over CLIP's words, serialised.
-
-    Real T5 / Gemma vocabularies are sentencepiece files erasekit does not ship; for tiny offline
-    pipelines a Unigram model whose pieces are CLIP's words (``▁word``) and word pieces tokenizes
-    every prompt sensibly (a concept is a few pieces, padding is real padding) with no download.
-    ``squeeze_spaces``: drop leading / trailing whitespace and collapse runs, as T5's sentencepiece model does
-    (``remove_extra_whitespaces``): 'image of ' is 'image of'.
-    ``vocab_size``: keep only the first pieces (CLIP's order: single characters, then merges by frequency), so every
-    id fits a model whose embedding table has that many rows (T5-XXL's 32128); every text still tokenizes.
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
+def _sentencepiece_pieces(n: int | None = None) -> tuple[str, ...]:
+    """CLIP's words and word pieces as sentencepiece pieces (``word</w>`` -> ``▁word``), in CLIP's order (single
+    characters, then merges by frequency); the first ``n`` when given (every text still tokenizes)."""
     vocab, _ = clip_vocab_and_merges()
-    pieces, seen = [], set()
+    pieces: list[str] = []
+    seen: set[str] = set()
     for tok in vocab:
         if tok.startswith("<|"):
             continue
@@ -134,12 +119,23 @@ def _unigram_json(
         if piece not in seen:
             seen.add(piece)
             pieces.append(piece)
-    if vocab_size is not None:
-        pieces = pieces[: vocab_size - len(specials)]
+    return tuple(pieces[:n] if n is not None else pieces)
+
+
+@lru_cache(maxsize=4)
+def _unigram_json(specials: tuple[str, ...], template: str, special_ids: tuple[tuple[str, int], ...]) -> str:
+    """A sentencepiece-style Unigram tokenizer (``tokenizers``) over CLIP's words, serialised (the Gemma stand-in).
+
+    Real T5 / Gemma vocabularies are sentencepiece files erasekit does not ship; for tiny offline
+    pipelines a Unigram model whose pieces are CLIP's words (``▁word``) and word pieces tokenizes
+    every prompt sensibly (a concept is a few pieces, padding is real padding) with no download.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    pieces = _sentencepiece_pieces()
     scored = [(s, 0.0) for s in specials] + [(p, -1.0 - i / len(pieces)) for i, p in enumerate(pieces)]
     tk = Tokenizer(models.Unigram(scored, unk_id=specials.index("<unk>"), byte_fallback=False))
-    steps = [normalizers.Strip(), normalizers.Replace(Regex(r"\s+"), " ")] if squeeze_spaces else []
-    tk.normalizer = normalizers.Sequence([*steps, normalizers.Lowercase()])
+    tk.normalizer = normalizers.Lowercase()
     tk.pre_tokenizer = pre_tokenizers.Metaspace()
     tk.decoder = decoders.Metaspace()
     tk.post_processor = processors.TemplateProcessing(single=template, special_tokens=list(special_ids))
@@ -148,21 +144,21 @@ def _unigram_json(
 
 def t5_tokenizer(model_max_length: int = 512, vocab_size: int | None = None) -> PreTrainedTokenizerBase:
     """A T5-style tokenizer (``<pad>`` 0, ``</s>`` 1 appended, ``<unk>`` 2), offline; vocabulary size ``len()``, at
-    most ``vocab_size`` when given (a full-size T5-XXL's 32128 embedding rows)."""
-    from tokenizers import Tokenizer
+    most ``vocab_size`` when given (a full-size T5-XXL's 32128 embedding rows).
+
+    Built by ``T5TokenizerFast`` from a Unigram vocabulary (CLIP's words as ``▁word`` pieces), so its normaliser and
+    pre-tokenizer are the class's own: case-sensitive, as T5 is, and a ``save_pretrained`` folder loads back into the
+    same tokenizer (transformers 5 rebuilds a T5 tokenizer's pipeline from its class, not from ``tokenizer.json``).
+    """
     from transformers import T5TokenizerFast  # type: ignore[attr-defined]  # exported lazily at run time
 
-    tk = Tokenizer.from_str(
-        _unigram_json(("<pad>", "</s>", "<unk>"), "$A </s>", (("</s>", 1),), squeeze_spaces=True, vocab_size=vocab_size)
-    )
+    specials = ("<pad>", "</s>", "<unk>")
+    pieces = _sentencepiece_pieces(vocab_size - len(specials) if vocab_size is not None else None)
+    scored = [(s, 0.0) for s in specials] + [(p, -1.0 - i / len(pieces)) for i, p in enumerate(pieces)]
     tok: PreTrainedTokenizerBase = T5TokenizerFast(
-        tokenizer_object=tk,
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_ids=0,
+        vocab=scored, extra_ids=0, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         model_max_length=model_max_length,
-    )
+    )  # fmt: skip
     return tok
 
 
