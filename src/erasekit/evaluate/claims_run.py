@@ -500,6 +500,29 @@ def claims_section(rows: list[Claim], m: Measured, extra: dict, out: Path) -> st
     return "".join(parts)
 
 
+def write_many_plots(m: Measured, folder: Path) -> list[Path]:
+    """The many-concepts plots of one model as PNG files (CLIP_R − CLIP_E and the per-concept rates vs k)."""
+    from .._atomic import write_bytes_atomic
+    from . import plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scores = {lb: ([p.k for p in ps], [p.score for p in ps]) for lb, ps in m.many.items() if len(ps) >= 2}
+    rates = {}
+    for lb, ps in m.many.items():
+        if len(ps) >= 2:
+            rates[f"{lb}: erase"], rates[f"{lb}: retain"] = [p.erase for p in ps], [p.retain for p in ps]
+    written = []
+    if scores:
+        counts = sorted({p.k for ps in m.many.values() for p in ps})
+        for name, png in (
+            ("many-concepts-score", plots.clip_gap_curve(scores, f"{m.model}: CLIP_R − CLIP_E analogue vs k")),
+            ("concepts-curve", plots.concepts_curve(counts, rates, f"{m.model}: per-concept rates vs k")),
+        ):
+            write_bytes_atomic(folder / f"{name}.png", png)
+            written.append(folder / f"{name}.png")
+    return written
+
+
 # ----------------------------------------------------------------------------- the command
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, type=Path, help="output folder (edits, image cache, results, claims.md)")
@@ -672,6 +695,9 @@ def run(args: argparse.Namespace) -> int:
             title=f"erasekit claims on {mdl}",
             sections=(claims_section(mine, measured[mdl], extra, out),),
         )
+    for mdl, m in measured.items():
+        if mdl not in results and m.many:  # re-judged: the many-concepts plots from measured.json alone
+            write_many_plots(m, out / mdl / "plots")
     print(md)
     print(f"wrote {out / 'claims.md'} in {wall:.0f} s")
     return 0
