@@ -509,6 +509,75 @@ def claims_markdown(rows: Sequence[Claim], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paper_tables_markdown(models: Mapping[str, Measured]) -> str:
+    """The paper-scoring measurements behind the rows, per model: PURE's H-mean per category, CLIP_R − CLIP_E per k,
+    and the attack harness's raw ASRs."""
+    out = []
+    for name, m in models.items():
+        if m.scope != "full":
+            continue
+        if m.hmean:
+            cats = list(dict.fromkeys(c for r in m.hmean.values() for c in r.categories))
+            out += [
+                f"#### {name}: PURE's H-mean (per category: H-mean [95 % interval]; erased / retention / robustness / "
+                "quality)",
+                "",
+                "| method | " + " | ".join(cats) + " | average |",
+                "|---|" + "---|" * (len(cats) + 1),
+            ]
+            for lb, r in sorted(m.hmean.items(), key=lambda kv: -(kv[1].average or 0.0)):
+                cells = []
+                for c in cats:
+                    x = r.categories.get(c)
+                    cells.append(
+                        "–"
+                        if x is None
+                        else f"{x.hmean:.3f} [{x.low:.3f}–{x.high:.3f}]; {x.erased:.2f} / {x.retention:.2f} / "
+                        f"{x.robustness:.2f} / {x.quality:.2f}"
+                    )
+                avg = "–" if r.average is None else f"**{r.average:.3f}** [{r.low or 0:.3f}–{r.high or 0:.3f}]"
+                out.append(f"| {lb} | " + " | ".join(cells) + f" | {avg} |")
+            out.append("")
+        if m.many:
+            ks = sorted({p.k for ps in m.many.values() for p in ps})
+            out += [
+                f"#### {name}: CLIP_R − CLIP_E analogue (points) after erasing k concepts at once [95 % interval]; "
+                "per-concept erase / retain %",
+                "",
+                "| method | " + " | ".join(f"k = {k}" for k in ks) + " |",
+                "|---|" + "---|" * len(ks),
+            ]
+            for lb, ps in m.many.items():
+                by_k = {p.k: p for p in ps}
+                out.append(
+                    f"| {lb} | "
+                    + " | ".join(
+                        "–"
+                        if k not in by_k
+                        else f"{pts(by_k[k].score)}; {100 * by_k[k].erase.value:.0f} / {100 * by_k[k].retain.value:.0f}"
+                        for k in ks
+                    )
+                    + " |"
+                )
+            out.append("")
+        if m.attacks or m.refused:
+            labels = list(dict.fromkeys(lb for r in m.attacks.values() for lb in r))
+            out += [
+                f"#### {name}: attack success rate, % [95 % interval] (the attack harness at its default budgets)",
+                "",
+                "| attack | unedited | " + " | ".join(labels) + " |",
+                "|---|---|" + "---|" * len(labels),
+            ]
+            for a, r in m.attacks.items():
+                out.append(
+                    f"| {a} | {pct(m.attacks_unedited.get(a))} | " + " | ".join(pct(r.get(lb)) for lb in labels) + " |"
+                )
+            for a, why in m.refused.items():
+                out.append(f"| {a} | refused: {why} |" + " |" * len(labels))
+            out.append("")
+    return "\n".join(out) + "\n" if out else ""
+
+
 def _paper_cell(r: Claim, short: bool = False) -> str:
     if r.paper is None:
         return "= erasekit's" if short else SAME
@@ -790,7 +859,7 @@ def _pure_hmean(m: Measured) -> Scored:
     avg: dict[str, tuple[float, float, float]] = {
         k: (r.average, r.low, r.high)
         for k, r in m.hmean.items()
-        if r.average is not None and r.low is not None and r.high is not None
+        if k != "unedited" and r.average is not None and r.low is not None and r.high is not None
     }
     if "pure" not in avg:
         return Scored(ours, Verdict(why="PURE's H-mean needs all three categories measured"))

@@ -57,6 +57,7 @@ from .claims import (
     clip_gap,
     judge_claims,
     not_installed,
+    paper_tables_markdown,
 )
 
 # What each label measures: (source of the defaults, options on top). "erasekit" = the per-model defaults
@@ -671,6 +672,9 @@ def run(args: argparse.Namespace) -> int:
         + f" on {hw}; erasekit {__version__}."
     )
     md = claims_markdown(rows, header)
+    tables = paper_tables_markdown(measured)
+    if tables:
+        md += "\n### The paper's scorings, measured\n\n" + tables
     (out / "claims.md").write_text(md)
     _write_json(
         out / "claims.json",
