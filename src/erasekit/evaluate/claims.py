@@ -760,6 +760,8 @@ def _space_robust(m: Measured) -> Scored:
             per_attack[a] = all(vals["space"][0] <= v[0] for k, v in vals.items() if k != "space")
     if not per_attack:
         return Scored(ours, Verdict(why="no attack row measured"))
+    if m.refused:
+        ours = Verdict(ours.verdict, ours.numbers, ours.measurement, "refused here: " + ", ".join(m.refused))
     won = sum(per_attack.values())
     pv = HOLDS if won == len(per_attack) else PARTLY if 2 * won >= len(per_attack) else FAILS
     return Scored(
@@ -952,7 +954,9 @@ def _pure_many(m: Measured) -> Scored:
 def _pure_attacks(m: Measured) -> Scored:
     main = [a for a in ("uda", "mma") if "pure" in m.attacks.get(a, {})]
     if not main:
-        return Scored(Verdict(why="UDA / MMA were not run against PURE"), Verdict(why="as erasekit's"))
+        why = "; ".join(m.refused[a] for a in ("uda", "mma") if a in m.refused) or "UDA / MMA were not run against PURE"
+        nbp = _attack_line(m, "nbp", ["pure", *sorted(lb for lb in m.attacks.get("nbp", {}) if lb != "pure")])
+        return Scored(Verdict(why=why), Verdict(numbers=nbp if "nbp" in m.attacks else "", why=why))
     others = sorted({lb for a in main for lb in m.attacks[a] if lb != "pure"})
     comps = [x for a in main for b in others for x in [m.find(f"ASR {a}", "pure", b)] if x]
     ours = Verdict(

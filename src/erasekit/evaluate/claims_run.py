@@ -668,7 +668,13 @@ def run(args: argparse.Namespace) -> int:
         f"per suite (H-mean studies {args.hmean_n}, many-concepts {args.many_n}, attack study {args.attack_n}), "
         f"{args.steps} sampler steps, η ∈ {{{args.eta}}}, token search {args.search_steps}×{args.search_candidates} "
         f"on {args.search_prompts} prompts, {args.bootstrap} bootstrap draws; "
-        + ("re-judged from measured.json" if args.rejudge else f"wall time {wall / 60:.1f} min")
+        + (
+            "re-judged from measured.json ("
+            + ", ".join(f"{k}: n = {m.n}" for k, m in measured.items() if m.n)
+            + " in its main study)"
+            if args.rejudge
+            else f"wall time {wall / 60:.1f} min"
+        )
         + f" on {hw}; erasekit {__version__}."
     )
     md = claims_markdown(rows, header)
