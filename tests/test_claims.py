@@ -335,6 +335,12 @@ def test_the_table_shows_both_scorings_and_the_published_numbers():
     space2 = next(line for line in md.splitlines() if line.startswith("| SPACE-2 |"))
     assert "= erasekit's" in space2  # the paper scores storage the same way
     assert "CLIP_R − CLIP_E" in md and "UDA 34.7 %" in md and "### Rules" in md
+    # the paper-scoring measurements behind the rows: H-mean per category, CLIP_R − CLIP_E per k, raw ASRs
+    m = _measured(True)
+    m.refused = {"cce": "cce needs gradients through the text encoder"}
+    tables = claims.paper_tables_markdown({"tinyworld": m, "tinyworld-xl": Measured("tinyworld-xl", scope="scale")})
+    assert "PURE's H-mean" in tables and "| pure | " in tables and "k = 12" in tables
+    assert "| uda | " in tables and "refused: cce needs gradients" in tables and "tinyworld-xl" not in tables
     # every row of the numbers table carries both verdicts
     numbers = [line for line in md.splitlines() if re.match(r"\| (tinyworld|tinyworld-flux|across models) \|", line)]
     assert len(numbers) == len(rows)
