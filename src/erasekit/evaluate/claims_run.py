@@ -663,20 +663,20 @@ def run(args: argparse.Namespace) -> int:
         if args.small
         else ("REDUCED (intervals wider than the ±10-point target)" if args.n < 96 else "full size")
     )
-    header = (
-        f"# erasekit claims table (v2: erasekit's scoring and the paper's)\n\n`{cmd}` — {size}: n = {args.n} prompts "
-        f"per suite (H-mean studies {args.hmean_n}, many-concepts {args.many_n}, attack study {args.attack_n}), "
-        f"{args.steps} sampler steps, η ∈ {{{args.eta}}}, token search {args.search_steps}×{args.search_candidates} "
-        f"on {args.search_prompts} prompts, {args.bootstrap} bootstrap draws; "
-        + (
-            "re-judged from measured.json ("
-            + ", ".join(f"{k}: n = {m.n}" for k, m in measured.items() if m.n)
-            + " in its main study)"
-            if args.rejudge
-            else f"wall time {wall / 60:.1f} min"
+    title = "# erasekit claims table (v2: erasekit's scoring and the paper's)\n\n"
+    if args.rejudge:
+        header = (
+            f"{title}`{cmd}` — re-judged from each model's measured.json ("
+            + ", ".join(f"{k}: n = {m.n} in its main study" for k, m in measured.items() if m.n)
+            + "; the measuring commands and sizes are beside the table where it is published)."
         )
-        + f" on {hw}; erasekit {__version__}."
-    )
+    else:
+        header = (
+            f"{title}`{cmd}` — {size}: n = {args.n} prompts per suite (H-mean studies {args.hmean_n}, many-concepts "
+            f"{args.many_n}, attack study {args.attack_n}), {args.steps} sampler steps, η ∈ {{{args.eta}}}, token "
+            f"search {args.search_steps}×{args.search_candidates} on {args.search_prompts} prompts, {args.bootstrap} "
+            f"bootstrap draws; wall time {wall / 60:.1f} min on {hw}; erasekit {__version__}."
+        )
     md = claims_markdown(rows, header)
     tables = paper_tables_markdown(measured)
     if tables:
