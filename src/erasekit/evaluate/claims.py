@@ -561,16 +561,18 @@ def paper_tables_markdown(models: Mapping[str, Measured]) -> str:
                 )
             out.append("")
         if m.attacks or m.refused:
-            labels = list(dict.fromkeys(lb for r in m.attacks.values() for lb in r))
+            labels = list(dict.fromkeys(lb for row in m.attacks.values() for lb in row))
             out += [
                 f"#### {name}: attack success rate, % [95 % interval] (the attack harness at its default budgets)",
                 "",
                 "| attack | unedited | " + " | ".join(labels) + " |",
                 "|---|---|" + "---|" * len(labels),
             ]
-            for a, r in m.attacks.items():
+            for a, asr in m.attacks.items():
                 out.append(
-                    f"| {a} | {pct(m.attacks_unedited.get(a))} | " + " | ".join(pct(r.get(lb)) for lb in labels) + " |"
+                    f"| {a} | {pct(m.attacks_unedited.get(a))} | "
+                    + " | ".join(pct(asr.get(lb)) for lb in labels)
+                    + " |"
                 )
             for a, why in m.refused.items():
                 out.append(f"| {a} | refused: {why} |" + " |" * len(labels))
