@@ -5,6 +5,7 @@
                          and the share of its images that keep every prompted attribute
 * :func:`sparsity_sweep` SPACE: erase rate and drift vs sparsity
 * :func:`concepts_curve` per-concept erase / retain rate vs the number of concepts erased at once
+* :func:`clip_gap_curve` CLIP_R − CLIP_E (MACE's many-concepts score) vs the number of concepts erased at once
 
 The report embeds them as data URIs and saves them as PNG files beside the page.
 """
@@ -170,6 +171,31 @@ def concepts_curve(counts: Sequence[int], series: Mapping[str, Sequence[Estimate
     ax.set_ylabel("per-concept rate (%)")
     ax.set_xticks(list(counts))
     ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return _png(plt, fig)
+
+
+def clip_gap_curve(series: Mapping[str, tuple[Sequence[int], Sequence[Estimate]]], title: str) -> bytes:
+    """MACE's many-concepts score (CLIP_R − CLIP_E, points; tinyworld's analogue) vs the number of concepts erased at
+    once, one line per method with its bootstrap interval; 0 (the unedited model's level) dashed."""
+    plt, fig, ax = _figure()
+    for i, (label, (ks, est)) in enumerate(series.items()):
+        ax.errorbar(
+            list(ks),
+            [e.value for e in est],
+            yerr=[[max(0.0, e.value - e.low) for e in est], [max(0.0, e.high - e.value) for e in est]],
+            marker="o",
+            capsize=3,
+            color=_colour(plt, i, len(series)),
+            label=label,
+        )
+    ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("concepts erased at once (k)")
+    ax.set_ylabel("CLIP_R − CLIP_E analogue (points)")
+    ks_all = sorted({k for ks, _ in series.values() for k in ks})
+    ax.set_xticks(ks_all)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
