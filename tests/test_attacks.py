@@ -107,6 +107,25 @@ def _budget_fields(name):
     return [f for f in dataclasses.fields(get_attack(name).config_class) if f.metadata.get("budget")]
 
 
+def test_budget_benchmark_scales_a_positive_integer_budget_field_of_each_attack():
+    """benchmarks/attack_budget.py multiplies one knob per attack: it must be an integer budget field, so ×2 is
+    twice the work and a renamed field fails here rather than mid-benchmark."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "attack_budget.py"
+    spec = importlib.util.spec_from_file_location("attack_budget", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert set(mod.KNOBS) == set(ATTACKS) - {"ring-a-bell"}
+    for name, knob in mod.KNOBS.items():
+        assert knob in {f.name for f in _budget_fields(name)}, f"{name}: {knob} is not a budget field"
+        value = getattr(make_attack_config(name, "default"), knob)
+        assert isinstance(value, int) and value >= 1, f"{name}.{knob} = {value!r}"
+        make_attack_config(name, "default", **{knob: 4 * value})  # ×4 is a valid budget
+
+
 @pytest.mark.parametrize("name", ATTACKS)
 def test_bad_budgets_are_refused_in_one_line(name):
     for f in _budget_fields(name):
