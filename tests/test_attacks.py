@@ -35,7 +35,7 @@ PAPER_ATTACKS = ("nbp", "uda", "p4d-n", "p4d-k", "cce", "mma")  # the literature
 TINY = {
     "ring-a-bell": {"etas": (1.0,)},
     "token-search": {"n_tokens": 2, "steps": 2, "candidates": 4, "max_prompts": 2},
-    "nbp": {"etas": (1.0,), "variance_scales": (1.0, 1.04)},
+    "nbp": {"etas": (1.0,), "variance_scales": (1.0, 1.04), "samples": 1},
     "uda": {"timesteps": 1, "iterations": 2},
     "p4d-n": {"steps": 2, "eval_every": 1, "n_tokens": 4},
     "p4d-k": {"steps": 2, "eval_every": 1},
@@ -411,7 +411,8 @@ def test_gradient_attacks_refuse_a_family_without_text_gradients(all_tiny_pipes)
 
 
 # ----------------------------------------------------------------------------- slow: a weak edit falls
-STRONG_ON_TINYWORLD = ("ring-a-bell", "uda", "p4d-k", "cce")  # reach the issue's 80 % bar on the weak edit at n = 16
+# reach the issue's 80 % bar on the weak edit at n = 16 (benchmarks/attacks.py; nbp since its 12 draws: 81 %)
+STRONG_ON_TINYWORLD = ("ring-a-bell", "uda", "p4d-k", "cce", "nbp")
 
 
 @pytest.fixture(scope="module")
@@ -435,8 +436,9 @@ def weak_run(world, edits, tmp_path_factory):
 def test_weak_edit_is_attacked_at_the_default_budget(weak_run, name):
     """UCE on two blocks keeps about half of 'circle' on the target prompts. The attacks that reach the issue's bar on
     tinyworld (benchmarks/attacks.py) bring it back in ≥ 75 % of the attacked prompts, well above the unattacked
-    rate; the others (MMA's text-embedding match, P4D-N's prompt-free tokens, noise-based probing, the token search:
-    50–75 % at n = 16) must at least not do worse than the unattacked prompts, within two prompts."""
+    rate; the others (MMA's text-embedding match, P4D-N's prompt-free tokens, the token search: 50–67 % at n = 16; no
+    budget up to ×4 lifts MMA or the token search on the development concept, benchmarks/attack_budget.py) must at
+    least not do worse than the unattacked prompts, within two prompts."""
     from erasekit.evaluate.attacks.ring_a_bell import eta_suite_name
 
     run = weak_run.studies["circle"]["weak"]
