@@ -1,9 +1,10 @@
-"""Every registered attack against UCE / SPACE / PURE / ACE on tinyworld, at the default (CPU) budget.
+"""Every registered attack against UCE / SPACE / PURE / ACE on tinyworld or tinyworld-xl, at the default (CPU) budget.
 
 Prints, per attack: its cost (seconds and model evaluations per attacked prompt) and its attack success rate against
 each method beside the unedited model's rate on the same attacked items, plus two reference edits: ``weak`` (UCE on
-the mid block and the first up block only, which leaves about half of the concept) and ``noop`` (UCE with
-erase_scale 0, the base weights back), whose ASR must equal the unedited rate. The run is the evaluation's own
+the mid block and the first up block only, which leaves about half of circle on tinyworld but only 12 % on
+tinyworld-xl) and ``noop`` (UCE with erase_scale 0, the base weights back), whose ASR must equal the unedited rate;
+a last row gives each edit's rate on the named prompts without attack. The run is the evaluation's own
 (:func:`erasekit.evaluate.evaluate`: the attack stage, the image cache, the judge), so its total time is what
 ``erasekit bench --attack <all>`` costs for these methods.
 
