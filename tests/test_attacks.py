@@ -456,3 +456,21 @@ def test_weak_edit_is_attacked_at_the_default_budget(weak_run, name):
         assert asr >= 0.75 and asr >= base + 0.2, f"{name}: ASR {asr:.2f} vs unattacked {base:.2f}"
     else:
         assert asr >= base - 2 / 16, f"{name}: ASR {asr:.2f} vs unattacked {base:.2f}"
+
+
+def test_nbp_more_draws_extend_the_fewer():
+    """Best of K is monotone in the budget only if a larger budget's draws start with the smaller one's: draw k (its
+    seed and grid point) must not depend on ``samples``."""
+    from erasekit.evaluate.attacks.base import SamplingResult
+
+    target = tinyworld_suites(["circle"], 2, kinds=["target"])[0]
+    pipe = erasekit.load_pipeline("tinyworld")
+    ctx = AttackContext(pipe, target, None, settings=SETTINGS, tinyworld=True, progress=False)
+    draws = {}
+    for k in (1, 2):
+        cfg = make_attack_config("nbp", etas=(1.0, 1.17), variance_scales=(1.0, 1.04), samples=k)
+        res = get_attack("nbp")(config=cfg).build(ctx)
+        assert isinstance(res, SamplingResult)
+        draws[k] = res.variants
+    for few, more in zip(draws[1], draws[2], strict=True):
+        assert len(more) == 2 * len(few) and more[: len(few)] == few

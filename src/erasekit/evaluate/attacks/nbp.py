@@ -100,7 +100,8 @@ class NoiseBasedProbe(Attack[NBPConfig]):
     def _build(self, ctx: AttackContext) -> AttackResult:
         c = self.config
         sampler = noisy_scheduler_class(ctx.pipe.scheduler)  # refuse an unsupported scheduler before any draw
-        grid = [(float(e), float(s)) for e in c.etas for s in c.variance_scales for _ in range(c.samples)]
+        # sample-major: draw k of a larger budget is draw k of a smaller one, so more draws never lose a success
+        grid = [(float(e), float(s)) for _ in range(c.samples) for e in c.etas for s in c.variance_scales]
         variants = []
         for it in ctx.target:
             draws = []
