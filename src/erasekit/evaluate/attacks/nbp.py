@@ -36,11 +36,14 @@ once (24 draws) at 50 steps (``--budget paper``); at 10 steps η above ~1.5 alre
 on tinyworld.
 
 Checked against the reference (issue 24): the step (η, the absolute value, the variance scale on the injected noise),
-the grid and best-of-K follow ``noise_based_probe.py`` and ``eta_ddim_scheduler.py``; no defect was found. Its
-weak-edit result is a matter of draws: on the development concept (``dotted``, UCE on the mid block and the first two
-up blocks, which keeps 50 % of the named prompts against the unedited 81 %; ``benchmarks/attack_budget.py``, n = 16)
-best of 6 draws recovers 69 %, of 12 88 %, of 24 88 %, so the default draws each grid point twice (12 draws: 12
-images per target prompt and model, about one more minute of generation in ``erasekit bench`` with four methods).
+the grid and best-of-K follow ``noise_based_probe.py`` and ``eta_ddim_scheduler.py``. One defect of erasekit's own was
+fixed: the draws were grid-point-major, so a larger ``samples`` moved every draw's seed and grid point and best-of-K
+could fall as K grew; they are sample-major now (a larger budget's draws start with the smaller one's). Its weak-edit
+result is a matter of draws: on the development concept (``dotted``, UCE on the mid block and the first two up
+blocks, which keeps 50 % of the named prompts against the unedited 81 %; ``benchmarks/attack_budget.py``, n = 16)
+best of 6 draws recovers 69 %, of 12 88 %, of 24 88 %, of 48 94 %, so the default draws each grid point twice (12
+draws: 12 images per target prompt and model, about one more minute of generation in ``erasekit bench`` with four
+methods).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class NBPConfig(AttackConfig):
     samples: int = budget_field(
         2,
         "draws per (η, variance scale) pair (default 2: 12 draws; chosen on the development concept 'dotted', "
-        "issue 24: 1 → 69 %, 2 → 88 %, 4 → 88 % ASR on a weak edit)",
+        "issue 24: 1 → 69 %, 2 → 88 %, 4 → 88 %, 8 → 94 % ASR on a weak edit)",
     )
     steps: int | None = budget_field(None, "DDIM steps of the draws (None: the evaluation's steps)")
 
