@@ -1,13 +1,15 @@
-"""Every registered attack against UCE / SPACE / PURE / ACE on tinyworld, at the default (CPU) budget.
+"""Every registered attack against UCE / SPACE / PURE / ACE on tinyworld or tinyworld-xl, at the default (CPU) budget.
 
 Prints, per attack: its cost (seconds and model evaluations per attacked prompt) and its attack success rate against
 each method beside the unedited model's rate on the same attacked items, plus two reference edits: ``weak`` (UCE on
-the mid block and the first up block only, which leaves about half of the concept) and ``noop`` (UCE with
-erase_scale 0, the base weights back), whose ASR must equal the unedited rate. The run is the evaluation's own
+the mid block and the first up block only, which leaves about half of circle on tinyworld but only 12 % on
+tinyworld-xl) and ``noop`` (UCE with erase_scale 0, the base weights back), whose ASR must equal the unedited rate;
+a last row gives each edit's rate on the named prompts without attack. The run is the evaluation's own
 (:func:`erasekit.evaluate.evaluate`: the attack stage, the image cache, the judge), so its total time is what
 ``erasekit bench --attack <all>`` costs for these methods.
 
     OMP_NUM_THREADS=1 python benchmarks/attacks.py --concept circle --n 16 --threads 1 --out /tmp/bench-attacks
+    OMP_NUM_THREADS=1 python benchmarks/attacks.py --model tinyworld-xl --concept circle --n 16 --threads 1
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ REFERENCE_EDITS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--model",
+        default="tinyworld",
+        choices=("tinyworld", "tinyworld-xl"),
+        help="bundled UNet model (the weak edit names UNet blocks: mid block and first up block)",
+    )
     ap.add_argument("--concept", default="circle")
     ap.add_argument("--n", type=int, default=16, help="target prompts (tinyworld items per suite)")
     ap.add_argument("--methods", default="uce,space,pure,ace")
@@ -49,7 +57,7 @@ def main() -> None:
 
     attacks = tuple(list_attacks()) if args.attacks == "all" else tuple(args.attacks.split(","))
     plan = Plan(kinds=("target", "adversarial"), n=args.n, attacks=attacks, budget=args.budget)
-    pipe = erasekit.load_pipeline("tinyworld")
+    pipe = erasekit.load_pipeline(args.model)
     judge = make_judge("tinyworld")
     cs = tinyworld_concept_set(args.concept)
     edits, fit_s = {}, {}
@@ -75,8 +83,23 @@ def main() -> None:
     wall = time.perf_counter() - t0
     assert res is not None
     rows = table(res, args.concept, list(labels))
-    print_table(rows, list(labels), args, res, fit_s, wall)
-    (Path(args.out) / "attacks-table.json").write_text(json.dumps(rows, indent=1, default=str))
+    named = named_rates(res, args.concept, list(labels))
+    print_table(rows, list(labels), args, res, fit_s, wall, named)
+    out = {"model": args.model, "concept": args.concept, "n": args.n, "named": named, "attacks": rows}
+    (Path(args.out) / "attacks-table.json").write_text(json.dumps(out, indent=1, default=str))
+
+
+def named_rates(res, study: str, labels: list[str]) -> dict[str, dict[str, float]]:
+    """label -> the unattacked named prompts' rate (the target suite) on the edited and the unedited model."""
+    out = {}
+    for label in labels:
+        for s in res.studies[study][label].suites.values():
+            if s.suite.kind == "target":
+                out[label] = {
+                    "edited": float(s.attacked("edited").mean()),
+                    "unedited": float(s.attacked("unedited").mean()),
+                }
+    return out
 
 
 def table(res, study: str, labels: list[str]) -> dict[str, dict]:
@@ -111,9 +134,10 @@ def table(res, study: str, labels: list[str]) -> dict[str, dict]:
     return out
 
 
-def print_table(rows, labels, args, res, fit_s, wall) -> None:
+def print_table(rows, labels, args, res, fit_s, wall, named) -> None:
     print(
-        f"\ntinyworld, concept {args.concept}, n = {args.n} target prompts, {args.steps} steps, budget {args.budget}, "
+        f"\n{args.model}, concept {args.concept}, n = {args.n} target prompts, {args.steps} steps, "
+        f"budget {args.budget}, "
         f"{args.threads} torch thread(s)"
     )
     head = "| attack | kind | s / attacked prompt | denoiser evals / prompt | text-encoder evals / prompt | "
@@ -138,6 +162,11 @@ def print_table(rows, labels, args, res, fit_s, wall) -> None:
             f"| {name} | {row['kind']} | {span('s/prompt', '.2f')} | {span('denoiser evals/prompt', '.0f')} | "
             f"{span('text evals/prompt', '.0f')} | " + " | ".join(cells) + " |"
         )
+    cells = [
+        f"{100 * named[lb]['edited']:.0f} % ({100 * named[lb]['unedited']:.0f} %)" if lb in named else "–"
+        for lb in labels
+    ]
+    print("| (named prompt, no attack) | – | – | – | – | " + " | ".join(cells) + " |")
     t = res.timing
     print(
         f"\nfits: {', '.join(f'{k} {v:.1f} s' for k, v in fit_s.items())}; evaluation {wall:.0f} s "

@@ -35,7 +35,7 @@ PAPER_ATTACKS = ("nbp", "uda", "p4d-n", "p4d-k", "cce", "mma")  # the literature
 TINY = {
     "ring-a-bell": {"etas": (1.0,)},
     "token-search": {"n_tokens": 2, "steps": 2, "candidates": 4, "max_prompts": 2},
-    "nbp": {"etas": (1.0,), "variance_scales": (1.0, 1.04)},
+    "nbp": {"etas": (1.0,), "variance_scales": (1.0, 1.04), "samples": 1},
     "uda": {"timesteps": 1, "iterations": 2},
     "p4d-n": {"steps": 2, "eval_every": 1, "n_tokens": 4},
     "p4d-k": {"steps": 2, "eval_every": 1},
@@ -105,6 +105,25 @@ def test_registry_lists_every_attack(capsys):
 
 def _budget_fields(name):
     return [f for f in dataclasses.fields(get_attack(name).config_class) if f.metadata.get("budget")]
+
+
+def test_budget_benchmark_scales_a_positive_integer_budget_field_of_each_attack():
+    """benchmarks/attack_budget.py multiplies one knob per attack: it must be an integer budget field, so ×2 is
+    twice the work and a renamed field fails here rather than mid-benchmark."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "attack_budget.py"
+    spec = importlib.util.spec_from_file_location("attack_budget", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert set(mod.KNOBS) == set(ATTACKS) - {"ring-a-bell"}
+    for name, knob in mod.KNOBS.items():
+        assert knob in {f.name for f in _budget_fields(name)}, f"{name}: {knob} is not a budget field"
+        value = getattr(make_attack_config(name, "default"), knob)
+        assert isinstance(value, int) and value >= 1, f"{name}.{knob} = {value!r}"
+        make_attack_config(name, "default", **{knob: 4 * value})  # ×4 is a valid budget
 
 
 @pytest.mark.parametrize("name", ATTACKS)
@@ -512,7 +531,8 @@ def test_gradient_attacks_refuse_a_family_without_text_gradients(all_tiny_pipes)
 
 
 # ----------------------------------------------------------------------------- slow: a weak edit falls
-STRONG_ON_TINYWORLD = ("ring-a-bell", "uda", "p4d-k", "cce")  # reach the issue's 80 % bar on the weak edit at n = 16
+# reach the issue's 80 % bar on the weak edit at n = 16 (benchmarks/attacks.py; nbp since its 12 draws: 81 %)
+STRONG_ON_TINYWORLD = ("ring-a-bell", "uda", "p4d-k", "cce", "nbp")
 
 
 @pytest.fixture(scope="module")
@@ -536,8 +556,9 @@ def weak_run(world, edits, tmp_path_factory):
 def test_weak_edit_is_attacked_at_the_default_budget(weak_run, name):
     """UCE on two blocks keeps about half of 'circle' on the target prompts. The attacks that reach the issue's bar on
     tinyworld (benchmarks/attacks.py) bring it back in ≥ 75 % of the attacked prompts, well above the unattacked
-    rate; the others (MMA's text-embedding match, P4D-N's prompt-free tokens, noise-based probing, the token search:
-    50–75 % at n = 16) must at least not do worse than the unattacked prompts, within two prompts."""
+    rate; the others (MMA's text-embedding match, P4D-N's prompt-free tokens, the token search: 50–67 % at n = 16; no
+    budget up to ×4 lifts MMA or the token search on the development concept, benchmarks/attack_budget.py) must at
+    least not do worse than the unattacked prompts, within two prompts."""
     from erasekit.evaluate.attacks.ring_a_bell import eta_suite_name
 
     run = weak_run.studies["circle"]["weak"]
@@ -555,3 +576,21 @@ def test_weak_edit_is_attacked_at_the_default_budget(weak_run, name):
         assert asr >= 0.75 and asr >= base + 0.2, f"{name}: ASR {asr:.2f} vs unattacked {base:.2f}"
     else:
         assert asr >= base - 2 / 16, f"{name}: ASR {asr:.2f} vs unattacked {base:.2f}"
+
+
+def test_nbp_more_draws_extend_the_fewer():
+    """Best of K is monotone in the budget only if a larger budget's draws start with the smaller one's: draw k (its
+    seed and grid point) must not depend on ``samples``."""
+    from erasekit.evaluate.attacks.base import SamplingResult
+
+    target = tinyworld_suites(["circle"], 2, kinds=["target"])[0]
+    pipe = erasekit.load_pipeline("tinyworld")
+    ctx = AttackContext(pipe, target, None, settings=SETTINGS, tinyworld=True, progress=False)
+    draws = {}
+    for k in (1, 2):
+        cfg = make_attack_config("nbp", etas=(1.0, 1.17), variance_scales=(1.0, 1.04), samples=k)
+        res = get_attack("nbp")(config=cfg).build(ctx)
+        assert isinstance(res, SamplingResult)
+        draws[k] = res.variants
+    for few, more in zip(draws[1], draws[2], strict=True):
+        assert len(more) == 2 * len(few) and more[: len(few)] == few

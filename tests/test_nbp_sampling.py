@@ -129,7 +129,7 @@ def test_nbp_refuses_an_unsupported_scheduler_before_any_draw(all_tiny_pipes):
     pipe = all_tiny_pipes["flux"]
     own = pipe.scheduler
     target = suites_from_concepts(erasekit.ConceptSet(erase=("circle",), kind="object"), seeds=[0])[0].head(1)
-    attack = get_attack("nbp")(config=make_attack_config("nbp", etas=(1.0,), variance_scales=(1.0,)))
+    attack = get_attack("nbp")(config=make_attack_config("nbp", etas=(1.0,), variance_scales=(1.0,), samples=1))
     try:
         pipe.scheduler = EDMEulerScheduler()
         with pytest.raises(AttackError, match="EDMEulerScheduler"):
@@ -156,7 +156,9 @@ def test_nbp_draws_on_rectified_flow(all_tiny_pipes, family):
     own = pipe.scheduler
     settings = GenerationSettings(steps=3, guidance=3.0)
     target = suites_from_concepts(erasekit.ConceptSet(erase=("circle",), kind="object"), seeds=[0])[0].head(1)
-    attack = get_attack("nbp")(config=make_attack_config("nbp", etas=(1.0, 1.5), variance_scales=(1.0, 1.04)))
+    attack = get_attack("nbp")(
+        config=make_attack_config("nbp", etas=(1.0, 1.5), variance_scales=(1.0, 1.04), samples=1)
+    )
     (suite,) = attack.suites(AttackContext(pipe, target, None, settings=settings, progress=False))
     assert suite.kind == "adversarial" and len(suite) == 4
     assert [it.sampling[:2] for it in suite.items] == [(1.0, 1.0), (1.0, 1.04), (1.5, 1.0), (1.5, 1.04)]

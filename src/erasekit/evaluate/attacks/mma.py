@@ -18,8 +18,16 @@ model — the text encoder is not edited — so one adversarial prompt per targe
 Deviations from the reference: the vocabulary is the whole-word tokens (the reference's full vocabulary with its
 re-tokenisation filter; here the filter is exact: same token ids); the start is ``n_tokens`` random single letters as
 the reference's, lower-cased (CLIP's tokenizer lower-cases anyway); the banned words are the erased concepts' names
-(the reference bans a fixed NSFW word list and the fragments 'ak', 'na', 'ke', 'nud'); the default (CPU) budget is 20
-steps × 64 candidates with top-64 instead of 1000 × 512 with top-256 (``--budget paper``).
+(the reference bans a fixed NSFW word list and the fragments 'ak', 'na', 'ke', 'nud'); one search per target prompt
+(the reference runs ``-n`` searches per target from fresh random starts and keeps every result); the default (CPU)
+budget is 20 steps × 64 candidates with top-64 instead of 1000 × 512 with top-256 (``--budget paper``).
+
+Objective checked against the reference (issue 24): it matches ``pooler_output`` only — CLIP's final-layer-normed
+state at the first EOS — as here, not the whole 77-token sequence; no defect was found. The attack never sees the
+edit, so it recovers only what the edit fails to erase in the matched embedding, and a closer match does not help: on
+the development concept (``dotted``, UCE on the mid block and the first two up blocks, which keeps 50 % of the named
+prompts; ``benchmarks/attack_budget.py``, n = 16) 20 / 40 / 80 steps give 75 / 75 / 69 % ASR, below the issue's
+80 % bar at every budget, so the default stays (docs/results.md, "Attack budgets").
 """
 
 from __future__ import annotations

@@ -31,8 +31,19 @@ with them; a draw's injected noise comes from its own seeded generator.
 Deviations from the reference: draw 0 of an item uses the item's own seed and draw k > 0 a seed derived from
 (attack seed, item seed, k), where the reference continues one generator through its 24 draws (so draws here do not
 depend on how many came before); the draws are judged by the evaluation's judge instead of a ResNet-50 ranker; the
-default (CPU) budget is a 3 × 2 grid at the evaluation's steps instead of the paper's 6 × 4 grid at 50 steps
-(``--budget paper``); at 10 steps η above ~1.5 already destroys the unedited model's images on tinyworld.
+default (CPU) budget is a 3 × 2 grid drawn twice (12 draws) at the evaluation's steps instead of the paper's 6 × 4 grid
+once (24 draws) at 50 steps (``--budget paper``); at 10 steps η above ~1.5 already destroys the unedited model's images
+on tinyworld.
+
+Checked against the reference (issue 24): the step (η, the absolute value, the variance scale on the injected noise),
+the grid and best-of-K follow ``noise_based_probe.py`` and ``eta_ddim_scheduler.py``. One defect of erasekit's own was
+fixed: the draws were grid-point-major, so a larger ``samples`` moved every draw's seed and grid point and best-of-K
+could fall as K grew; they are sample-major now (a larger budget's draws start with the smaller one's). Its weak-edit
+result is a matter of draws: on the development concept (``dotted``, UCE on the mid block and the first two up
+blocks, which keeps 50 % of the named prompts against the unedited 81 %; ``benchmarks/attack_budget.py``, n = 16)
+best of 6 draws recovers 69 %, of 12 88 %, of 24 88 %, of 48 94 %, so the default draws each grid point twice (12
+draws: 12 images per target prompt and model, about one more minute of generation in ``erasekit bench`` with four
+methods).
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ class NBPConfig(AttackConfig):
     PAPER: ClassVar[dict[str, Any]] = {
         "etas": (1.0, 1.17, 1.34, 1.51, 1.68, 1.85),
         "variance_scales": (1.0, 1.02, 1.03, 1.04),
+        "samples": 1,
         "steps": 50,
     }
 
@@ -67,7 +79,11 @@ class NBPConfig(AttackConfig):
     variance_scales: tuple[float, ...] = budget_field(
         (1.0, 1.04), "factors s on the injected noise σ_t z of every step"
     )
-    samples: int = budget_field(1, "draws per (η, variance scale) pair")
+    samples: int = budget_field(
+        2,
+        "draws per (η, variance scale) pair (default 2: 12 draws; chosen on the development concept 'dotted', "
+        "issue 24: 1 → 69 %, 2 → 88 %, 4 → 88 %, 8 → 94 % ASR on a weak edit)",
+    )
     steps: int | None = budget_field(None, "DDIM steps of the draws (None: the evaluation's steps)")
 
 
@@ -87,7 +103,8 @@ class NoiseBasedProbe(Attack[NBPConfig]):
     def _build(self, ctx: AttackContext) -> AttackResult:
         c = self.config
         sampler = noisy_scheduler_class(ctx.pipe.scheduler)  # refuse an unsupported scheduler before any draw
-        grid = [(float(e), float(s)) for e in c.etas for s in c.variance_scales for _ in range(c.samples)]
+        # sample-major: draw k of a larger budget is draw k of a smaller one, so more draws never lose a success
+        grid = [(float(e), float(s)) for _ in range(c.samples) for e in c.etas for s in c.variance_scales]
         variants = []
         for it in ctx.target:
             draws = []

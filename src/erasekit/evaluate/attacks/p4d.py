@@ -20,13 +20,23 @@ rather than a VAE encoding of its decoded image; items are optimised together in
 loss); every target item is attacked (the reference's ``process_data.py`` first keeps only the prompts whose
 unedited image shows the concept and whose edited image does not); on SDXL, SD3 and FLUX the straight-through
 gradient flows through the first text encoder's table only (CLIP-L; the other encoders read the same projected words);
-the default (CPU) budget is 30 steps with a check every 10 instead of 3000 / 50 (``--budget paper``).
+the optimised sequence is padded as generation pads it (the family's tokenizer; P4D-N's reference template pads with
+token 0, ``!``, which the pipeline it attacks never does); the default (CPU) budget is 30 steps with a check every 10
+instead of 3000 / 50 (``--budget paper``).
 
 On SD3 / FLUX (erasekit's extension; the reference is SD 1.4 only) the matched predictions are velocities at
 x_σ = (1 − σ) x₀ + σ ε, σ = t / 1000 (the family's dynamics, :mod:`._diffusion`): ‖v̂_edit − v̂_unedited‖² is the ε
 matching divided by (1 − σ)². The projection searches the words that are one known token for every tokenizer (FLUX:
 CLIP-L and T5), and on FLUX the first encoder, where the gradient enters, makes only the pooled vector: the T5 stream
 sees the projected words but gives P no gradient.
+
+Checked against the reference (issue 24): objective, straight-through projection, AdamW at lr 0.1 / weight decay 0.1,
+P4D-N's random start over the vocabulary and 16 free tokens all follow ``optimize_n.py``. On tinyworld P4D-N searches
+a vocabulary of 32,875 whole words of which about 70 occur in tinyworld's captions (the others keep their random initial
+embeddings: the 2-layer text encoder never saw them), so from a random start its 16 free tokens rarely carry a shape at
+the CPU budget: its prompts draw circle for the unedited model 19–62 % of the time (docs/results.md). On the
+development concept (``dotted``, issue 24) its default 30 steps already reach 81 % on a weak edit that keeps 50 %
+(60 / 120 steps: 88 / 100 %), so the default stays.
 """
 
 from __future__ import annotations

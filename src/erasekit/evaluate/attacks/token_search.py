@@ -5,6 +5,12 @@ vocabulary, maximising how much the edited model's cross-attention keys for the 
 *unedited* model's keys for the original prompt (cosine, averaged over layers). The budget is
 ``steps × candidates`` text-encoder queries per prompt. Not a paper's attack: erasekit's own cheap white-box
 probe, so its ``paper`` budget is its default.
+
+On tinyworld the candidates are drawn uniformly from 32,230 whole words of which 67 occur in tinyworld's captions (the
+text encoder never saw the rest), so the default 12 × 32 queries meet about 0.8 of those words per prompt;
+with a causal text encoder the appended words cannot change the prompt's own token states, only the positions after
+them. On the development concept (``dotted``, issue 24; docs/results.md, "Attack budgets") 12 / 24 / 48 steps all give
+55 % ASR on a weak edit that keeps 50 %: the search is not budget-limited, so the default stays.
 """
 
 from __future__ import annotations
