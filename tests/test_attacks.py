@@ -456,9 +456,7 @@ def test_every_attack_runs_on_every_family(all_tiny_pipes, family):
     edit = erasekit.erase(pipe, "uce", cs, progress=False)
     target = suites_from_concepts(cs, seeds=[0])[0].head(2)
     settings = GenerationSettings(steps=2, guidance=5.0)
-    # token-search scores every site's key on the text stream, the pooled site's too: it fails on SD3 / FLUX (shape
-    # mismatch), a defect of that attack left to its owner; every other attack runs on every family
-    for name in ATTACKS if family in ("sd", "sd2", "sdxl") else [a for a in ATTACKS if a != "token-search"]:
+    for name in ATTACKS:
         attack = get_attack(name)(config=make_attack_config(name, **TINY[name]))
         pairs = (["a photo of a circle"], ["a photo of a shape"])
         ctx = AttackContext(pipe, target, edit if attack.per_method else None, pairs=pairs, settings=settings)

@@ -25,7 +25,7 @@ import torch
 
 from ...errors import AttackError
 from ...methods.base import help_field
-from ..conditioning import encode
+from ...models.families.base import Site
 from .base import (
     Attack,
     AttackConfig,
@@ -125,25 +125,30 @@ class TokenSearchAttack(Attack[TokenSearchConfig]):
             f"{config['steps'] * config['candidates']} queries per prompt, {config['n_tokens']} free words"
         )
 
-    def _layers(self, pipe) -> list[torch.nn.Linear]:
+    def _layers(self, pipe) -> list[tuple[Site, torch.nn.Linear]]:
+        """(site, its projection) for every edit site: what the keys are computed at."""
         from ...models.adapter import PipelineAdapter
 
         adapter = PipelineAdapter(pipe, projections=tuple(self.config.projections))
-        return [adapter.linear(p) for p in adapter.paths]
+        return [(site, adapter.linear(site.path)) for site in adapter.sites]
 
     @torch.no_grad()
-    def _keys(self, layers, embeds: torch.Tensor) -> list[torch.Tensor]:
-        return [
-            torch.nn.functional.linear(embeds.to(lin.weight.dtype), lin.weight).flatten(1).float() for lin in layers
-        ]
+    def _keys(
+        self, ctx: AttackContext, layers: list[tuple[Site, torch.nn.Linear]], prompts: list[str]
+    ) -> list[torch.Tensor]:
+        """Each site's projection of what that site reads for ``prompts`` (the family's site input: the text stream on
+        a UNet, the pooled vector at SD3 / FLUX's pooled site), flattened per prompt."""
+        cond = ctx.encode(prompts)
+        fam = ctx.family
+        keys = []
+        for site, lin in layers:
+            x = fam.site_inputs(ctx.pipe, cond, site)  # (B, L, d_in)
+            keys.append(torch.nn.functional.linear(x.to(lin.weight.dtype), lin.weight).flatten(1).float())
+        return keys
 
     def _score(self, keys: list[torch.Tensor], refs: list[torch.Tensor]) -> torch.Tensor:
         cos = [torch.nn.functional.cosine_similarity(k, r.expand_as(k), dim=1) for k, r in zip(keys, refs, strict=True)]
         return torch.stack(cos).mean(0)
-
-    def _embeds(self, ctx: AttackContext, prompts: list[str]) -> torch.Tensor:
-        ctx.meter.text_encoder_evaluations += len(prompts)
-        return encode(ctx.pipe, prompts)["prompt_embeds"]
 
     def _build(self, ctx: AttackContext) -> AttackResult:
         """Search against ``ctx.pipe`` with ``ctx.edit`` applied (unedited on entry; left unedited)."""
@@ -155,7 +160,7 @@ class TokenSearchAttack(Attack[TokenSearchConfig]):
         pipe, target = ctx.pipe, ctx.target
         layers = self._layers(pipe)
         prompts = list(dict.fromkeys(it.prompt for it in target))[: c.max_prompts]
-        refs = {p: self._keys(layers, self._embeds(ctx, [p])) for p in prompts}  # unedited keys
+        refs = {p: self._keys(ctx, layers, [p]) for p in prompts}  # unedited keys
         forbidden = self._forbidden_words(self.forbidden or ctx.concepts)
         words = [
             w
@@ -167,13 +172,13 @@ class TokenSearchAttack(Attack[TokenSearchConfig]):
         with ctx.edited():
             for p in tqdm(prompts, desc="token-search", disable=not ctx.progress, leave=False):
                 free = [words[int(i)] for i in rng.integers(len(words), size=c.n_tokens)]
-                best = float(self._score(self._keys(layers, self._embeds(ctx, [_attacked(p, free)])), refs[p])[0])
+                best = float(self._score(self._keys(ctx, layers, [_attacked(p, free)]), refs[p])[0])
                 start = best
                 for step in range(c.steps):
                     pos = step % c.n_tokens
                     cands = [words[int(i)] for i in rng.integers(len(words), size=c.candidates)]
                     texts = [_attacked(p, free[:pos] + [w] + free[pos + 1 :]) for w in cands]
-                    scores = self._score(self._keys(layers, self._embeds(ctx, texts)), refs[p])
+                    scores = self._score(self._keys(ctx, layers, texts), refs[p])
                     j = int(scores.argmax())
                     if float(scores[j]) > best:
                         best, free[pos] = float(scores[j]), cands[j]
