@@ -516,16 +516,26 @@ def test_flow_objective_is_rectified_flow(all_tiny_pipes, family):
     torch.testing.assert_close(x_t + (1 - sigma) * v, eps, rtol=0, atol=1e-5)
 
 
-def test_gradient_attacks_refuse_a_family_without_text_gradients(all_tiny_pipes):
+@pytest.mark.parametrize("name", [a for a in ATTACKS if get_attack(a).needs_text_gradients])
+def test_gradient_attacks_refuse_a_family_without_text_gradients(all_tiny_pipes, name):
+    """Every attack that declares it differentiates through the text encoders is refused on PixArt in one line that
+    names the attack and the family, before it spends a single model evaluation."""
     from erasekit.errors import EraseKitError
     from erasekit.evaluate.suites import suites_from_concepts
 
     pipe = all_tiny_pipes["pixart"]
-    target = suites_from_concepts(erasekit.ConceptSet(erase=("circle",), kind="object"), seeds=[0])[0].head(1)
-    ctx = AttackContext(pipe, target, None, settings=GenerationSettings(steps=2), progress=False)
+    cs = erasekit.ConceptSet(erase=("circle",), kind="object", preserve=("square",))
+    target = suites_from_concepts(cs, seeds=[0])[0].head(1)
+    edit = erasekit.erase(pipe, "uce", cs, progress=False)
+    attack = get_attack(name)(config=make_attack_config(name, **TINY[name]))
+    ctx = AttackContext(pipe, target, edit if attack.per_method else None, settings=GenerationSettings(steps=2))
+    ctx.progress = False
     with pytest.raises(EraseKitError) as e:
-        get_attack("mma")(config=make_attack_config("mma", **TINY["mma"])).suites(ctx)
-    assert "\n" not in str(e.value) and "pixart" in str(e.value)
+        attack.suites(ctx)
+    msg = str(e.value)
+    assert "\n" not in msg and "pixart" in msg and name in msg
+    assert ctx.meter.denoiser_evaluations == 0 and ctx.meter.text_encoder_evaluations == 0
+    assert not erasekit.Edit.applied(pipe)
 
 
 # ----------------------------------------------------------------------------- slow: a weak edit falls

@@ -384,7 +384,9 @@ class Attack(ABC, Generic[C]):
     """An attack on an erased concept: ``build(ctx)`` -> :class:`AttackResult`.
 
     ``per_method``: whether it is searched against each edited model (else built once per study and shared);
-    ``uses_judge``: whether it needs the evaluation's judge while it searches.
+    ``uses_judge``: whether it needs the evaluation's judge while it searches;
+    ``needs_text_gradients``: whether it differentiates through the text encoders (refused in one line, before any
+    search, on a family that offers none: :meth:`AttackContext.require_text_gradients`).
     """
 
     name: ClassVar[str]
@@ -394,6 +396,7 @@ class Attack(ABC, Generic[C]):
     reference: ClassVar[str]
     per_method: ClassVar[bool] = True
     uses_judge: ClassVar[bool] = False
+    needs_text_gradients: ClassVar[bool] = False
 
     def __init__(self, config: C | None = None) -> None:
         self.config: C = config if config is not None else self.config_class()  # type: ignore[assignment]
@@ -404,6 +407,8 @@ class Attack(ABC, Generic[C]):
 
     def build(self, ctx: AttackContext) -> AttackResult:
         """Run the attack and fill its cost (seconds and model evaluations spent)."""
+        if self.needs_text_gradients:
+            ctx.require_text_gradients(self.name)
         t0 = time.perf_counter()
         result = self._build(ctx)
         ctx.meter.seconds = time.perf_counter() - t0

@@ -95,6 +95,8 @@ def caption(prompt: str, concepts: tuple[str, ...], carrier: str) -> str:
 class CircumventingConceptErasure(Attack[CCEConfig]):
     """Learn a token embedding on the edited model; the suite prompts with it in place of the concept."""
 
+    needs_text_gradients = True  # differentiates through the text encoders
+
     def _initializer(self, ctx: AttackContext, tokenizer) -> str:
         """The word whose embedding starts the token: the config's; for styles 'art' (CCE's scripts); otherwise the
         erased concept's own name when it is one token (textual inversion's recipe: start from the class word), else

@@ -78,6 +78,8 @@ def cosine_loss(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class MMADiffusionText(Attack[MMAConfig]):
     """A transfer attack in text space: the same adversarial prompt against every method."""
 
+    needs_text_gradients = True  # differentiates through the text encoders
+
     def _build(self, ctx: AttackContext) -> AttackResult:
         from tqdm.auto import tqdm
 

@@ -75,6 +75,8 @@ class P4DKConfig(P4DConfig):
 class _P4D(Attack[Any]):
     """Shared by P4D-N and P4D-K: :meth:`_layout` places learnable and fixed tokens."""
 
+    needs_text_gradients = True  # differentiates through the text encoders
+
     def _layout(self, space: TokenSpace, prompt: str) -> tuple[list[int], list[bool]]:
         """(token ids, learnable?) of the optimised sequence; learnable ids are placeholders until projected."""
         c = self.config

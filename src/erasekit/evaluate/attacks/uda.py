@@ -99,6 +99,8 @@ class UDAConfig(AttackConfig):
 class UnlearnDiffAtk(Attack[UDAConfig]):
     """Discrete prompt-token optimisation against the edited model."""
 
+    needs_text_gradients = True  # differentiates through the text encoders
+
     def _build(self, ctx: AttackContext) -> AttackResult:
         from tqdm.auto import tqdm
 
