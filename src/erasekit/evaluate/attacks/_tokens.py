@@ -36,8 +36,8 @@ class TokenSpace:
     encoder.
     """
 
-    def __init__(self, ctx: AttackContext, attack: str, ban: Sequence[str] = ()) -> None:
-        ctx.require_text_gradients(attack)
+    def __init__(self, ctx: AttackContext, ban: Sequence[str] = ()) -> None:
+        # (the attacks that search it declare needs_text_gradients: Attack.build refuses a family without them)
         self.ctx = ctx
         self.tokenizers = ctx.family.text_tokenizers(ctx.pipe)  # one per text encoder
         self.tokenizer = self.tokenizers[0]

@@ -122,7 +122,7 @@ class CircumventingConceptErasure(Attack[CCEConfig]):
             pass
         used = {w for it in items for w in it.prompt.lower().split()} | {w.lower() for w in ctx.concepts}
         used |= set(FALLBACK_TEMPLATE.format("").split())
-        space = TokenSpace(ctx, self.name)
+        space = TokenSpace(ctx)
         for i in space.ids.tolist():
             w = space.text([i])
             if w not in used:
@@ -133,7 +133,6 @@ class CircumventingConceptErasure(Attack[CCEConfig]):
         from tqdm.auto import tqdm
 
         c = self.config
-        ctx.require_text_gradients(self.name)
         fam, pipe = ctx.family, ctx.pipe
         toks = fam.text_tokenizers(pipe)  # one per text encoder (FLUX: CLIP-L, T5): the words' ids differ
         items = list(ctx.target)

@@ -84,7 +84,7 @@ class MMADiffusionText(Attack[MMAConfig]):
         from tqdm.auto import tqdm
 
         c = self.config
-        space = TokenSpace(ctx, self.name, ban=ctx.concepts)
+        space = TokenSpace(ctx, ban=ctx.concepts)
         gen = torch.Generator().manual_seed(int(c.seed))
         letters = [space.content_ids(ch)[0] for ch in string.ascii_lowercase]
         letters = [i for i in letters if i in set(space.ids.tolist())]

@@ -101,7 +101,7 @@ class _P4D(Attack[Any]):
 
         c = self.config
         items = list(ctx.target)
-        space = TokenSpace(ctx, self.name)
+        space = TokenSpace(ctx)
         gen = torch.Generator().manual_seed(int(c.seed))
         objective = DenoisingObjective.of(ctx)  # the family's forward process x_t(x₀, ε, t)
         x0 = ctx.latents(items)  # (B, C, h, w): the unedited model's images of the concept prompts

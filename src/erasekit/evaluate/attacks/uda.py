@@ -106,7 +106,7 @@ class UnlearnDiffAtk(Attack[UDAConfig]):
 
         c = self.config
         items = list(ctx.target)
-        space = TokenSpace(ctx, self.name)
+        space = TokenSpace(ctx)
         gen = torch.Generator().manual_seed(int(c.seed))
         x0 = ctx.latents(items)  # (B, C, h, w): the unedited model's target images
         objective = DenoisingObjective.of(ctx)  # the family's forward process and regression target
