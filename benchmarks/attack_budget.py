@@ -50,12 +50,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="/tmp/erasekit-attack-budget")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ATTACK.OPTION=VALUE",
+        help="an attack option held fixed at every ratio (e.g. token-search.proposals=gradient)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     import erasekit
     from erasekit.evaluate import evaluate
-    from erasekit.evaluate.attacks import make_attack_config
+    from erasekit.evaluate.attacks import make_attack_config, parse_attack_options
     from erasekit.evaluate.bench import tinyworld_concept_set
     from erasekit.evaluate.judges import make_judge
     from erasekit.evaluate.plan import Plan, make_study
@@ -63,6 +70,7 @@ def main() -> None:
 
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     ratios = [float(r) for r in args.ratios.split(",")]
+    fixed = parse_attack_options(args.set, attacks)  # refused here, before any model loads
     pipe = erasekit.load_pipeline(args.model)
     judge = make_judge("tinyworld")
     cs = tinyworld_concept_set(args.concept)
@@ -76,7 +84,7 @@ def main() -> None:
         for a in attacks:
             knob = KNOBS[a]
             default = getattr(make_attack_config(a, "default"), knob)
-            options[a] = {knob: max(1, round(default * r))}
+            options[a] = {**fixed[a], knob: max(1, round(default * r))}
         plan = Plan(kinds=("target", "adversarial"), n=args.n, attacks=attacks, attack_options=options)
         study = make_study(args.concept, cs, {"weak": edit}, plan, tinyworld=True)
         t0 = time.perf_counter()

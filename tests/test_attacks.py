@@ -602,3 +602,51 @@ def test_nbp_more_draws_extend_the_fewer():
         draws[k] = res.variants
     for few, more in zip(draws[1], draws[2], strict=True):
         assert len(more) == 2 * len(few) and more[: len(few)] == few
+
+
+# ----------------------------------------------------------------------------- token search, gradient proposals
+@pytest.mark.parametrize("placement", ["suffix", "prefix"])
+def test_token_search_soft_score_at_one_hot_is_the_score_of_the_text(world, edits, placement):
+    """GCG's gradient is taken of a differentiable twin of the search objective: at one-hot weights the twin must be
+    the objective the search ranks candidates by (the prompt's text encoded as generation encodes it)."""
+    from erasekit.evaluate.attacks._tokens import TokenSpace
+    from erasekit.evaluate.attacks.token_search import TokenSearchAttack, _attacked
+
+    config = make_attack_config("token-search", proposals="gradient", placement=placement)
+    attack = TokenSearchAttack(config=config)
+    ctx = _ctx(world, _target(1), edits["weak"])
+    layers = attack._layers(world["pipe"])
+    space = TokenSpace(ctx, ban=["circle"])
+    prompt = "a red circle on a white background"
+    refs = attack._keys(ctx, layers, [prompt])
+    rows = [int(i) for i in torch.randint(len(space.ids), (3,), generator=torch.Generator().manual_seed(0))]
+    words = [space.text([int(space.ids[r])]) for r in rows]
+    onehot = torch.zeros(3, len(space.ids))
+    onehot[torch.arange(3), torch.tensor(rows)] = 1.0
+    with ctx.edited():
+        text = float(attack._score(attack._keys(ctx, layers, [_attacked(prompt, words, placement)]), refs)[0])
+        with torch.no_grad():
+            soft = float(attack._soft_score(ctx, layers, space, prompt, onehot, refs))
+        other = float(attack._score(attack._keys(ctx, layers, [_attacked(prompt, words[::-1], placement)]), refs)[0])
+    assert abs(soft - text) < 1e-5 and abs(other - text) > 1e-4  # exact at one-hot; and the words matter
+
+
+def test_token_search_gradient_proposals_search_deterministically_and_improve(world, edits):
+    options = {**TINY["token-search"], "proposals": "gradient", "top_k": 8, "placement": "prefix"}
+    a = _suites(world, "token-search", _target(2), edits["weak"], **options)
+    b = _suites(world, "token-search", _target(2), edits["weak"], **options)
+    assert [s.to_dict()["items"] for s in a] == [s.to_dict()["items"] for s in b]
+    info = a[0].info
+    assert info["proposals"] == "gradient" and info["record"]["config"]["top_k"] == 8
+    for found in info["search"].values():
+        assert found["score"] >= found["start_score"] and not any("circle" in w for w in found["words"])
+    for it in a[0].items:  # the free words stand before the original prompt
+        assert it.prompt.endswith(" " + dict(it.meta)["original prompt"]), it.prompt
+    assert not erasekit.Edit.applied(world["pipe"])
+
+
+def test_token_search_refuses_an_unknown_proposal_rule():
+    with pytest.raises(AttackError, match="proposals must be 'random' or 'gradient'"):
+        make_attack_config("token-search", proposals="beam")
+    with pytest.raises(AttackError, match="placement must be 'suffix' or 'prefix'"):
+        make_attack_config("token-search", placement="middle")

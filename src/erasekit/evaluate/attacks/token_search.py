@@ -1,16 +1,26 @@
 """erasekit's discrete token search against the *edited* model (DESIGN §7).
 
-A few free words appended to each target prompt, chosen by greedy random coordinate search over the CLIP
-vocabulary, maximising how much the edited model's cross-attention keys for the attacked prompt look like the
-*unedited* model's keys for the original prompt (cosine, averaged over layers). The budget is
-``steps × candidates`` text-encoder queries per prompt. Not a paper's attack: erasekit's own cheap white-box
-probe, so its ``paper`` budget is its default.
+A few free words appended to each target prompt (or placed before it), chosen by greedy coordinate search,
+maximising how much the edited model's cross-attention keys for the attacked prompt look like the *unedited* model's
+keys for the original prompt (cosine over positions, the prompt's own tokens aligned, averaged over sites). Each step
+proposes ``candidates`` words for one position and keeps the best if it improves the score; the budget is
+``steps × candidates`` text-encoder queries per prompt (plus one backward pass per step with gradient proposals).
+Not a paper's attack: erasekit's own white-box probe, so its ``paper`` budget is its default.
 
-On tinyworld the candidates are drawn uniformly from 32,230 whole words of which 67 occur in tinyworld's captions (the
-text encoder never saw the rest), so the default 12 × 32 queries meet about 0.8 of those words per prompt;
-with a causal text encoder the appended words cannot change the prompt's own token states, only the positions after
-them. On the development concept (``dotted``, issue 24; docs/results.md, "Attack budgets") 12 / 24 / 48 steps all give
-55 % ASR on a weak edit that keeps 50 %: the search is not budget-limited, so the default stays.
+Two options beside the defaults, for the weak-edit sanity bar of issue 24:
+
+* ``proposals='gradient'`` (GCG, Zou et al. 2023): candidates drawn from the ``top_k`` words by the gradient of the
+  score with respect to the position's one-hot token (the search objective made differentiable through the family's
+  text encoders, :meth:`TokenSearchAttack._soft_score`, exactly the objective at one-hot) instead of uniformly from
+  the whole-word vocabulary (32,230 words on tinyworld, of which 67 occur in its captions).
+* ``placement='prefix'`` (UnlearnDiffAtk inserts its tokens before the prompt): with a causal text encoder (CLIP)
+  words after the prompt cannot change the prompt's own token states, only the positions after them.
+
+Measured on the development concept (``dotted``, weak edit UCE on the mid block and the first two up blocks, 32
+prompts searched, ``benchmarks/attack_budget.py --set token-search.…``), ASR with the unedited model's rate on the same
+attacked prompts in brackets: suffix / random (the default) 69 % (84 %), suffix / gradient 72 % (84 %), prefix /
+random 66 % (81 %), prefix / gradient 62 % (78 %): no option is better than the default beyond the noise (±16 points
+at n = 32), so the defaults stay (docs/results.md, "Attack budgets").
 """
 
 from __future__ import annotations
@@ -54,9 +64,25 @@ class TokenSearchConfig(AttackConfig):
     projections: tuple[str, ...] = help_field(
         ("k",), "cross-attention projections whose outputs are matched: k, v or both"
     )
+    proposals: str = help_field(
+        "random",
+        "how each step's candidate words are proposed: 'random' (uniform over the vocabulary) or 'gradient' (GCG: "
+        "drawn from the top_k words by the objective's gradient with respect to the position's one-hot token; needs "
+        "gradients through the text encoders)",
+    )
+    top_k: int = budget_field(64, "gradient proposals: candidates are drawn from this many best words by gradient")
+    placement: str = help_field(
+        "suffix",
+        "where the free words stand: 'suffix' (after the prompt) or 'prefix' (before it: with a causal text encoder "
+        "only words before the prompt change its own token states)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.placement not in ("suffix", "prefix"):
+            raise AttackError(f"token-search placement must be 'suffix' or 'prefix', got {self.placement!r}")
+        if self.proposals not in ("random", "gradient"):
+            raise AttackError(f"token-search proposals must be 'random' or 'gradient', got {self.proposals!r}")
         if isinstance(self.projections, str):
             self.projections = tuple(p.strip() for p in self.projections.split(",") if p.strip())
         self.projections = tuple(self.projections)
@@ -64,8 +90,8 @@ class TokenSearchConfig(AttackConfig):
             raise AttackError(f"token-search projections must be a non-empty subset of k, v, got {self.projections!r}")
 
 
-def _attacked(prompt: str, words: Sequence[str]) -> str:
-    return f"{prompt} {' '.join(words)}"
+def _attacked(prompt: str, words: Sequence[str], placement: str = "suffix") -> str:
+    return f"{' '.join(words)} {prompt}" if placement == "prefix" else f"{prompt} {' '.join(words)}"
 
 
 @register_attack(
@@ -143,12 +169,65 @@ class TokenSearchAttack(Attack[TokenSearchConfig]):
         keys = []
         for site, lin in layers:
             x = fam.site_inputs(ctx.pipe, cond, site)  # (B, L, d_in)
-            keys.append(torch.nn.functional.linear(x.to(lin.weight.dtype), lin.weight).flatten(1).float())
+            keys.append(torch.nn.functional.linear(x.to(lin.weight.dtype), lin.weight).float())  # (B, L, d_out)
         return keys
 
     def _score(self, keys: list[torch.Tensor], refs: list[torch.Tensor]) -> torch.Tensor:
-        cos = [torch.nn.functional.cosine_similarity(k, r.expand_as(k), dim=1) for k, r in zip(keys, refs, strict=True)]
+        """(B,) mean over sites of the cosine between each prompt's keys (B, L, d) and the reference's (1, L, d),
+        flattened over positions. With ``placement='prefix'`` the free words stand before the prompt, so the attacked
+        keys from position n_tokens on are compared with the reference's from 0 on (the prompt's own tokens aligned;
+        on a CLIP stream one position, the last free word against BOS, is off); a pooled site (L = 1) as it is."""
+        shift = self.config.n_tokens if self.config.placement == "prefix" else 0
+        cos = []
+        for k, r in zip(keys, refs, strict=True):
+            if shift and k.shape[1] > shift:
+                k, r = k[:, shift:], r[:, : r.shape[1] - shift]
+            cos.append(torch.nn.functional.cosine_similarity(k.flatten(1), r.flatten(1).expand(k.shape[0], -1), dim=1))
         return torch.stack(cos).mean(0)
+
+    def _soft_score(
+        self,
+        ctx: AttackContext,
+        layers: list[tuple[Site, torch.nn.Linear]],
+        space: Any,
+        prompt: str,
+        weights: torch.Tensor,
+        refs: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """The search objective of ``prompt`` followed by free words given as weights over ``space``'s vocabulary,
+        (n_tokens, V') -> (): the prompt's own input embeddings, then ``weights`` @ each input table, encoded by the
+        family with the graph kept, projected at every site, scored against ``refs``. At one-hot ``weights`` it is the
+        score of the discrete prompt (a test holds it to :meth:`_score` of the text)."""
+        fam = ctx.family
+        prompt_rows = space.lookup(torch.tensor(space.content_ids(prompt), dtype=torch.int64))  # (n_e, d_e) each
+        adv = space.soft(weights)  # per encoder (n_tokens, d_e)
+        pairs = zip(prompt_rows, adv, strict=True)
+        order = (lambda p_e, a_e: (a_e, p_e)) if self.config.placement == "prefix" else (lambda p_e, a_e: (p_e, a_e))
+        cond = space.encode([[torch.cat(order(p_e, a_e)) for p_e, a_e in pairs]])
+        keys = []
+        for site, lin in layers:
+            x = fam.site_inputs(ctx.pipe, cond, site)  # (1, L, d_in)
+            keys.append(torch.nn.functional.linear(x.to(lin.weight.dtype), lin.weight).float())  # (B, L, d_out)
+        score: torch.Tensor = self._score(keys, refs)[0]
+        return score
+
+    def _token_gradient(
+        self,
+        ctx: AttackContext,
+        layers: list[tuple[Site, torch.nn.Linear]],
+        space: Any,
+        prompt: str,
+        free_rows: list[int],
+        refs: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """∂ score / ∂ one-hot of each free word, (n_tokens, V') (GCG's token gradient, Zou et al. 2023, eq. 2): entry
+        (i, w) is the linearised gain of putting word w at free position i."""
+        with torch.enable_grad():
+            onehot = torch.zeros(len(free_rows), int(space.ids.shape[0]))  # (n_tokens, V')
+            onehot[torch.arange(len(free_rows)), torch.tensor(free_rows)] = 1.0
+            onehot.requires_grad_(True)
+            (grad,) = torch.autograd.grad(self._soft_score(ctx, layers, space, prompt, onehot, refs), [onehot])
+        return grad
 
     def _build(self, ctx: AttackContext) -> AttackResult:
         """Search against ``ctx.pipe`` with ``ctx.edit`` applied (unedited on entry; left unedited)."""
@@ -157,39 +236,67 @@ class TokenSearchAttack(Attack[TokenSearchConfig]):
         if ctx.edit is None:
             raise AttackError("token-search searches against an edited model: give it the edit")
         c = self.config
+        if c.proposals == "gradient":
+            ctx.require_text_gradients(f"{self.name} with proposals='gradient'")
         pipe, target = ctx.pipe, ctx.target
         layers = self._layers(pipe)
         prompts = list(dict.fromkeys(it.prompt for it in target))[: c.max_prompts]
         refs = {p: self._keys(ctx, layers, [p]) for p in prompts}  # unedited keys
         forbidden = self._forbidden_words(self.forbidden or ctx.concepts)
-        words = [
-            w
-            for w in vocabulary_words(pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2)
-            if not any(f in w for f in forbidden)
-        ]
+        space = None
+        if c.proposals == "gradient":  # the vocabulary TokenSpace can differentiate through (one token per encoder)
+            from ._tokens import TokenSpace
+
+            space = TokenSpace(ctx, ban=sorted(forbidden))
+            vocab = [space.text([int(i)]) for i in space.ids]
+            keep = [j for j, w in enumerate(vocab) if _WORD.match(w + "</w>")]
+            words, rows_of = [vocab[j] for j in keep], torch.tensor(keep, dtype=torch.int64)  # word i = row rows_of[i]
+        else:
+            words = [
+                w
+                for w in vocabulary_words(pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2)
+                if not any(f in w for f in forbidden)
+            ]
         rng = np.random.default_rng(c.seed)
         found: dict[str, dict] = {}
         with ctx.edited():
             for p in tqdm(prompts, desc="token-search", disable=not ctx.progress, leave=False):
-                free = [words[int(i)] for i in rng.integers(len(words), size=c.n_tokens)]
-                best = float(self._score(self._keys(ctx, layers, [_attacked(p, free)]), refs[p])[0])
+                free = [int(i) for i in rng.integers(len(words), size=c.n_tokens)]  # indices into words
+                best = float(
+                    self._score(
+                        self._keys(ctx, layers, [_attacked(p, [words[i] for i in free], c.placement)]), refs[p]
+                    )[0]
+                )
                 start = best
                 for step in range(c.steps):
                     pos = step % c.n_tokens
-                    cands = [words[int(i)] for i in rng.integers(len(words), size=c.candidates)]
-                    texts = [_attacked(p, free[:pos] + [w] + free[pos + 1 :]) for w in cands]
+                    if space is None:
+                        cands = [int(i) for i in rng.integers(len(words), size=c.candidates)]
+                    else:  # GCG: the top_k words by the linearised gain of swapping position pos, then a random draw
+                        grad = self._token_gradient(ctx, layers, space, p, [int(rows_of[i]) for i in free], refs[p])
+                        top = grad[pos][rows_of].topk(min(c.top_k, len(words))).indices  # (top_k,) into words
+                        pick = rng.choice(len(top), size=min(c.candidates, len(top)), replace=False)
+                        cands = [int(top[int(j)]) for j in pick]
+                    texts = [
+                        _attacked(p, [words[i] for i in free[:pos] + [w] + free[pos + 1 :]], c.placement) for w in cands
+                    ]
                     scores = self._score(self._keys(ctx, layers, texts), refs[p])
                     j = int(scores.argmax())
                     if float(scores[j]) > best:
                         best, free[pos] = float(scores[j]), cands[j]
-                found[p] = {"words": list(free), "score": best, "start_score": start}
-        adversarial = [_attacked(it.prompt, found[it.prompt]["words"]) if it.prompt in found else None for it in target]
+                found[p] = {"words": [words[i] for i in free], "score": best, "start_score": start}
+        adversarial = [
+            _attacked(it.prompt, found[it.prompt]["words"], c.placement) if it.prompt in found else None
+            for it in target
+        ]
         details = {
             "n_tokens": c.n_tokens,
             "steps": c.steps,
             "candidates": c.candidates,
             "seed": c.seed,
             "objective": f"mean cosine of edited vs unedited cross-attention {'/'.join(c.projections)} outputs",
+            "proposals": c.proposals,
+            "placement": c.placement,
             "vocabulary": len(words),
             "forbidden": sorted(forbidden),
             "search": found,
