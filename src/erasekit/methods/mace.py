@@ -37,8 +37,8 @@ With λ = 0 and a rank-deficient normal matrix the closed form is read as its λ
 (R M⁺ + W_ref (I − M M⁺)), so directions no prompt reaches keep W_ref. The closed forms, as
 operators shared by every layer, are :mod:`erasekit.linalg.mace` (eqs. 16–20); the attention
 probe of stage 2 is the family's (``Family.text_attention_probe``: cross-attention through
-:class:`erasekit.models.capture.AttentionProbe`; FLUX: the image→text columns of each double-stream block's joint
-softmax), and the noising of stage 2 is the family's forward process (DDPM; FLUX: x_t = (1 − σ) x_0 + σ ε with
+:class:`erasekit.models.capture.AttentionProbe`; SD3 / FLUX: the image→text columns of each joint block's joint
+softmax), and the noising of stage 2 is the family's forward process (DDPM; SD3 / FLUX: x_t = (1 − σ) x_0 + σ ε with
 σ = t / 1000, so the importance weights' peak t ∈ [200, 400] is σ ∈ [0.2, 0.4]). With two site groups (SD3 / FLUX)
 each group's CFR, LoRA and fusion is fitted on its own, as every closed form is; one group's LoRA does not see the
 other's.
