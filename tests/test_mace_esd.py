@@ -10,7 +10,7 @@ from erasekit import ConceptSet
 from erasekit.linalg.mace import cfr_operator, closed_form, fusion_operator
 from erasekit.methods import _finetune as ft
 from erasekit.methods.esd import esd_target, resolve, trainable_modules
-from erasekit.methods.mace import MACE, MACEConfig, fuse, matching_indices
+from erasekit.methods.mace import MACE, MACEConfig, concept_positions, fuse, matching_indices, stream_positions
 from erasekit.models.adapter import PipelineAdapter
 from erasekit.models.families import identify
 from erasekit.models.families.dynamics import euler_step, flow_velocity
@@ -87,6 +87,24 @@ def test_matching_indices_align_shared_tokens_and_padding():
     assert oi == [0, 1, 2, 3, 5, 6, 7, 8, 9] and ni == [0, 1, 2, 3, 4, 5, 6, 7, 8]
     oi, ni = matching_indices(new, old, 10)  # the mapping prompt may be the longer one
     assert len(oi) == len(ni) and oi[:5] == [0, 1, 2, 3, 4] and ni[:5] == [0, 1, 2, 3, 5] and ni[-1] == 9
+
+
+def test_concept_positions_cover_every_segment_of_the_sd3_stream(all_tiny_pipes):
+    """MACE's LoRA loss reads the concept's tokens wherever SD3's text stream holds them: in CLIP-L's 77 positions and
+    in T5's after them, each position holding the concept's own token ids; a one-segment stream is unchanged."""
+    pipe = all_tiny_pipes["sd3"]
+    fam = identify(pipe)
+    segments = fam.token_segments(pipe)
+    L = fam.encode(pipe, ["x"]).embeds.shape[1]
+    prompt, concept = "a photo in the style of Van Gogh", "Van Gogh"
+    words, with_eos = stream_positions(segments, L, prompt, concept, True)
+    clip_at, t5_at = [w for w in words if w < 77], [w - 77 for w in words if w >= 77]
+    assert clip_at and t5_at and max(words) < L and set(words) < set(with_eos)
+    for tok, at in ((pipe.tokenizer, clip_at), (pipe.tokenizer_3, t5_at)):
+        ids = tok(prompt).input_ids
+        assert [ids[i] for i in at] == tok(concept, add_special_tokens=False).input_ids
+    single = stream_positions(segments[:1], 77, prompt, concept, False)[0]
+    assert single == clip_at == concept_positions(pipe.tokenizer, prompt, concept, False)[0]
 
 
 def test_single_concept_fusion_equals_the_lora_on_its_tokens(tiny_pipes):

@@ -322,15 +322,39 @@ def segment_matching_indices(segments, old: str, new: str, length: int) -> tuple
     return oi, ni
 
 
-def concept_positions(tokenizer, prompt: str, concept: str, use_pooler: bool) -> tuple[list[int], list[int]]:
-    """(positions of the concept's tokens, those plus every EOS-token position when use_pooler) — src/dataset.py."""
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+def concept_positions(
+    tokenizer, prompt: str, concept: str, use_pooler: bool, length: int | None = None
+) -> tuple[list[int], list[int]]:
+    """(positions of the concept's tokens, those plus every EOS-token position when use_pooler) — src/dataset.py —
+    among ``length`` positions (default: the tokenizer's ``model_max_length``)."""
+    length = tokenizer.model_max_length if length is None else length
+    ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
     cids = tokenizer(concept, add_special_tokens=False).input_ids
     words = [j for i in range(len(ids)) if ids[i : i + len(cids)] == cids for j in range(i, i + len(cids))]
     if not words:
         raise MethodError(f"the concept {concept!r} is not spelled out in the prompt {prompt!r}; MACE needs its tokens")
     eos = [i for i, t in enumerate(ids) if t == tokenizer.eos_token_id] if use_pooler else []
     return sorted(set(words)), sorted(set(words) | set(eos))
+
+
+def stream_positions(segments, length: int, prompt: str, concept: str, use_pooler: bool) -> tuple[list[int], list[int]]:
+    """:func:`concept_positions` within each segment of a text stream of ``length`` positions made of several
+    tokenizers' outputs (SD3: CLIP-L's 77 positions, then T5's), offset to the segment's first position: the concept's
+    tokens wherever the stream holds them. A later segment whose tokenizer does not spell the concept out in this
+    prompt (it splits the words otherwise in context) adds no position; the first must."""
+    starts = [start for _, start in segments] + [length]
+    words: list[int] = []
+    pos: list[int] = []
+    for i, ((tok, start), end) in enumerate(zip(segments, starts[1:])):
+        try:
+            w, p = concept_positions(tok, prompt, concept, use_pooler, end - start)
+        except MethodError:
+            if i == 0:
+                raise
+            continue
+        words += [start + j for j in w]
+        pos += [start + j for j in p]
+    return words, pos
 
 
 # ------------------------------------------------------------- attention masks
@@ -480,14 +504,15 @@ class MACE(Method[MACEConfig]):
         gen = torch.Generator().manual_seed(seed)
         fam = adapter.family_spec
         dyn = fam.dynamics(adapter.pipe)  # the forward process x_t(x_0, ε, t) of this model
-        tok = adapter.tokenizer
+        segments = fam.token_segments(adapter.pipe)  # ((tokenizer, first position), ...): SD3 has CLIP-L and T5
+        cond = ft.unet_inputs(adapter, cps)
+        L = cond.embeds.shape[1]  # the text stream's positions: the probe's text columns
         image_prompt = IMAGE_PROMPT[opt["concept_type"]].format(concept)
-        words, _ = concept_positions(tok, image_prompt, concept, False)
+        words, _ = stream_positions(segments, L, image_prompt, concept, False)
         x0, masks = attention_masks(adapter, image_prompt, words, config, config.mask_threshold, seed)
         if not opt["use_mask"]:
             masks = torch.ones_like(masks)
-        positions = [concept_positions(tok, p, concept, config.use_pooler)[1] for p in cps]
-        cond = ft.unet_inputs(adapter, cps)
+        positions = [stream_positions(segments, L, p, concept, config.use_pooler)[1] for p in cps]
         n_train = dyn.num_train_timesteps
         weights = (
             importance_weights(n_train)

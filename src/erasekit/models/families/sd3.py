@@ -24,8 +24,8 @@ attention ``attn`` and ESD-u every other Linear / Conv2d, as rohitgandikota/eras
 self-attention) is never trained as "cross attention" by ESD-x and goes to ESD-u, as in ``esd_sd35.py``;
 ESD-x-strict (not in ``esd_sd35.py``) trains the two static sites; the frozen unconditional prediction reads the
 empty prompt's pooled vector where ``esd_sd35.py`` passes the concept's; MACE reads the image→text columns of
-every joint block's softmax (:class:`JointAttentionProbe`) at the concept's positions in the CLIP-L segment of the
-text stream (MACE aligns by ``tokenizer``), where the original reads UNet cross-attention maps.
+every joint block's softmax (:class:`JointAttentionProbe`) at the concept's tokens in both segments of the text
+stream, CLIP-L's and T5's (:meth:`SD3Family.token_segments`), where the original reads UNet cross-attention maps.
 
 :class:`MMDiTFamily` holds what SD3 and FLUX share (:mod:`.flux` subclasses it).
 """
