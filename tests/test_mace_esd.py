@@ -330,22 +330,34 @@ def test_flow_sampler_is_the_pipelines_own(all_tiny_pipes, build):
     pipeline's own call ends from the same seeds, guided as :meth:`sampling` says the pipeline is guided: true CFG
     against "" on schnell and SD3 (StableDiffusion3Pipeline: its scheduler's own σ spacing and shift), the embedded
     scale on dev."""
-    pipe, fam, dyn = _flux(all_tiny_pipes, build)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe, fam, _ = _flux(all_tiny_pipes, build)
     side = fam.sample_size(pipe)
     px = side * pipe.vae_scale_factor
-    tr = dyn.trajectory(fam, pipe, "a red circle", n=2, steps=3, guidance=4.0, seed=11)
-    out = pipe(
-        "a red circle",
-        num_images_per_prompt=2,
-        generator=[torch.Generator().manual_seed(11 + j) for j in range(2)],
-        num_inference_steps=3,
-        height=px,
-        width=px,
-        output_type="latent",
-        **fam.sampling(pipe, 4.0).kwargs,
-    ).images  # FLUX: (2, tokens, 4C) packed; SD3: (2, C, h, w)
-    torch.testing.assert_close(tr.final, fam.output_latents(pipe, out, px, px), rtol=1e-4, atol=1e-5)
-    assert len(tr.xs) == len(tr.ts) == 3 and tr.ts[0] > tr.ts[-1]
+    saved = pipe.scheduler
+    # SD3 also with the resolution-dependent shift a scheduler may declare (the pipeline's calculate_shift on its
+    # (h / patch)·(w / patch) image tokens), on a range that puts the tiny build's 16 tokens inside it
+    dynamic = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=4, max_image_seq_len=64)
+    for scheduler in (saved, dynamic) if build in SD3_BUILDS else (saved,):
+        pipe.scheduler = scheduler
+        try:
+            dyn = fam.dynamics(pipe)
+            tr = dyn.trajectory(fam, pipe, "a red circle", n=2, steps=3, guidance=4.0, seed=11)
+            out = pipe(
+                "a red circle",
+                num_images_per_prompt=2,
+                generator=[torch.Generator().manual_seed(11 + j) for j in range(2)],
+                num_inference_steps=3,
+                height=px,
+                width=px,
+                output_type="latent",
+                **fam.sampling(pipe, 4.0).kwargs,
+            ).images  # FLUX: (2, tokens, 4C) packed; SD3: (2, C, h, w)
+        finally:
+            pipe.scheduler = saved
+        torch.testing.assert_close(tr.final, fam.output_latents(pipe, out, px, px), rtol=1e-4, atol=1e-5)
+        assert len(tr.xs) == len(tr.ts) == 3 and tr.ts[0] > tr.ts[-1]
 
 
 @pytest.mark.parametrize("build", FLOW_BUILDS)
