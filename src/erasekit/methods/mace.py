@@ -347,7 +347,8 @@ def stream_positions(segments, length: int, prompt: str, concept: str, use_poole
     pos: list[int] = []
     for i, ((tok, start), end) in enumerate(zip(segments, starts[1:])):
         try:
-            w, p = concept_positions(tok, prompt, concept, use_pooler, end - start)
+            # a segment holds at most its tokenizer's length (SD3 without T5: CLIP's 77, then the zeros in T5's place)
+            w, p = concept_positions(tok, prompt, concept, use_pooler, min(end - start, tok.model_max_length))
         except MethodError:
             if i == 0:
                 raise
