@@ -2,8 +2,8 @@
 
 The families come from the registry (SD 1.x with an SD2-like second build, SDXL, PixArt-Σ, Sana, SD3.5-M-like
 SD3, FLUX.1-dev-like FLUX); a family the registry gains is in the matrix once ``ALL_TINY`` (conftest) names its
-tiny build. The fine-tuning methods (ESD, ACE, MACE's LoRA stage) run on the UNets and FLUX and are refused on
-PixArt, Sana and SD3 for now, PURE's activation capture on every DiT: their cells assert the refusal
+tiny build. The fine-tuning methods (ESD, ACE, MACE's LoRA stage) run on the UNets, SD3 and FLUX and are refused
+on PixArt and Sana for now, PURE's activation capture on every DiT: their cells assert the refusal
 (test_families.py) and skip here; PURE runs there with its text basis and MACE with its closed form alone. On
 SD3 / FLUX the two static sites read different inputs (two site groups), so
 each group is fitted on its own columns.

@@ -10,11 +10,11 @@ from erasekit import ConceptSet
 from erasekit.linalg.mace import cfr_operator, closed_form, fusion_operator
 from erasekit.methods import _finetune as ft
 from erasekit.methods.esd import esd_target, resolve, trainable_modules
-from erasekit.methods.mace import MACE, MACEConfig, fuse, matching_indices
+from erasekit.methods.mace import MACE, MACEConfig, concept_positions, fuse, matching_indices, stream_positions
 from erasekit.models.adapter import PipelineAdapter
 from erasekit.models.families import identify
 from erasekit.models.families.dynamics import euler_step, flow_velocity
-from erasekit.models.families.flux import double_stream_attention, joint_attention_probs, unpack_latents
+from erasekit.models.families.sd3 import joint_attention_blocks, joint_attention_probs
 
 F64 = torch.float64
 
@@ -87,6 +87,25 @@ def test_matching_indices_align_shared_tokens_and_padding():
     assert oi == [0, 1, 2, 3, 5, 6, 7, 8, 9] and ni == [0, 1, 2, 3, 4, 5, 6, 7, 8]
     oi, ni = matching_indices(new, old, 10)  # the mapping prompt may be the longer one
     assert len(oi) == len(ni) and oi[:5] == [0, 1, 2, 3, 4] and ni[:5] == [0, 1, 2, 3, 5] and ni[-1] == 9
+
+
+def test_concept_positions_cover_every_segment_of_the_sd3_stream(all_tiny_pipes):
+    """MACE's LoRA loss reads the concept's tokens wherever SD3's text stream holds them: in CLIP-L's 77 positions and
+    in T5's after them, each position holding the concept's own token ids; a one-segment stream is unchanged."""
+    pipe = all_tiny_pipes["sd3"]
+    fam = identify(pipe)
+    segments = fam.token_segments(pipe)
+    L = fam.encode(pipe, ["x"]).embeds.shape[1]
+    prompt, concept = "a photo in the style of Van Gogh", "Van Gogh"
+    words, with_eos = stream_positions(segments, L, prompt, concept, True)
+    clip_at, t5_at = [w for w in words if w < 77], [w - 77 for w in words if w >= 77]
+    assert clip_at and t5_at and max(words) < L and set(words) < set(with_eos)
+    for tok, at in ((pipe.tokenizer, clip_at), (pipe.tokenizer_3, t5_at)):
+        ids = tok(prompt).input_ids
+        assert [ids[i] for i in at] == tok(concept, add_special_tokens=False).input_ids
+    # without T5 (the pipeline feeds zeros in its place), only CLIP's own 77 positions, EOS / padding included
+    only_clip = stream_positions(segments[:1], L, prompt, concept, True)
+    assert only_clip == concept_positions(pipe.tokenizer, prompt, concept, True) and only_clip[0] == clip_at
 
 
 def test_single_concept_fusion_equals_the_lora_on_its_tokens(tiny_pipes):
@@ -295,8 +314,10 @@ def test_a_carrier_switched_off_while_recording_gradients_is_refused():
         assert torch.equal(c.hook(lin, (torch.randn(1, 3),), torch.zeros(1, 2)), torch.zeros(1, 2))
 
 
-# ------------------------------------------------------- rectified flow (FLUX)
+# ------------------------------------------------------- rectified flow (FLUX, SD3)
 FLUX_BUILDS = ("flux", "flux-schnell")  # FLUX.1-dev-like (embedded guidance) and schnell-like (true CFG)
+SD3_BUILDS = ("sd3", "sd3.0")  # SD3.5-Medium-like (an image-only attn2, q/k norms) and SD3-Medium-like (neither)
+FLOW_BUILDS = FLUX_BUILDS + SD3_BUILDS
 
 
 def _flux(all_tiny_pipes, build):
@@ -304,31 +325,44 @@ def _flux(all_tiny_pipes, build):
     return pipe, identify(pipe), identify(pipe).dynamics(pipe)
 
 
-@pytest.mark.parametrize("build", FLUX_BUILDS)
-def test_flux_sampler_is_the_pipelines_own(all_tiny_pipes, build):
-    """The family's trajectory (Euler on the rectified-flow σ schedule, CFG as the variant does it) ends where
-    FluxPipeline ends from the same seeds: true CFG against "" on schnell, the embedded scale on dev."""
-    pipe, fam, dyn = _flux(all_tiny_pipes, build)
+@pytest.mark.parametrize("build", FLOW_BUILDS)
+def test_flow_sampler_is_the_pipelines_own(all_tiny_pipes, build):
+    """The family's trajectory (Euler on the rectified-flow σ schedule, CFG as the variant does it) ends where the
+    pipeline's own call ends from the same seeds, guided as :meth:`sampling` says the pipeline is guided: true CFG
+    against "" on schnell and SD3 (StableDiffusion3Pipeline: its scheduler's own σ spacing and shift), the embedded
+    scale on dev."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe, fam, _ = _flux(all_tiny_pipes, build)
     side = fam.sample_size(pipe)
-    tr = dyn.trajectory(fam, pipe, "a red circle", n=2, steps=3, guidance=4.0, seed=11)
-    cfg = {"guidance_scale": 4.0} if dyn.embedded_guidance else {"true_cfg_scale": 4.0, "negative_prompt": ""}
-    out = pipe(
-        "a red circle",
-        num_images_per_prompt=2,
-        generator=[torch.Generator().manual_seed(11 + j) for j in range(2)],
-        num_inference_steps=3,
-        height=side * pipe.vae_scale_factor,
-        width=side * pipe.vae_scale_factor,
-        max_sequence_length=fam.max_sequence_length(pipe),
-        output_type="latent",
-        **cfg,
-    ).images  # (2, tokens, 4C) packed
-    torch.testing.assert_close(tr.final, unpack_latents(out, side, side), rtol=1e-4, atol=1e-5)
-    assert len(tr.xs) == len(tr.ts) == 3 and tr.ts[0] > tr.ts[-1]
+    px = side * pipe.vae_scale_factor
+    saved = pipe.scheduler
+    # SD3 also with the resolution-dependent shift a scheduler may declare (the pipeline's calculate_shift on its
+    # (h / patch)·(w / patch) image tokens), on a range that puts the tiny build's 16 tokens inside it
+    dynamic = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=4, max_image_seq_len=64)
+    for scheduler in (saved, dynamic) if build in SD3_BUILDS else (saved,):
+        pipe.scheduler = scheduler
+        try:
+            dyn = fam.dynamics(pipe)
+            tr = dyn.trajectory(fam, pipe, "a red circle", n=2, steps=3, guidance=4.0, seed=11)
+            out = pipe(
+                "a red circle",
+                num_images_per_prompt=2,
+                generator=[torch.Generator().manual_seed(11 + j) for j in range(2)],
+                num_inference_steps=3,
+                height=px,
+                width=px,
+                output_type="latent",
+                **fam.sampling(pipe, 4.0).kwargs,
+            ).images  # FLUX: (2, tokens, 4C) packed; SD3: (2, C, h, w)
+        finally:
+            pipe.scheduler = saved
+        torch.testing.assert_close(tr.final, fam.output_latents(pipe, out, px, px), rtol=1e-4, atol=1e-5)
+        assert len(tr.xs) == len(tr.ts) == 3 and tr.ts[0] > tr.ts[-1]
 
 
-@pytest.mark.parametrize("build", FLUX_BUILDS)
-def test_flux_euler_step_with_the_familys_velocity_is_the_schedulers_step(all_tiny_pipes, build):
+@pytest.mark.parametrize("build", FLOW_BUILDS)
+def test_flow_euler_step_with_the_familys_velocity_is_the_schedulers_step(all_tiny_pipes, build):
     """One Euler step with the family's prediction equals FlowMatchEulerDiscreteScheduler.step on the same σ
     schedule; the forward process equals the scheduler's scale_noise; and the exact velocity ε − x_0 carries x_t
     back to x_0 in one step (the parameterisation ``denoise`` is trained to)."""
@@ -356,35 +390,48 @@ def test_flux_euler_step_with_the_familys_velocity_is_the_schedulers_step(all_ti
         torch.testing.assert_close(euler_step(x_t, flow_velocity(x0, noise), sigma, 0.0), x0, rtol=1e-5, atol=1e-5)
 
 
-def test_flux_joint_attention_probe_is_the_processors_attention(all_tiny_pipes):
-    """The probe's joint softmax, applied to the block's values, gives exactly the attention output the processor
-    hands to ``to_out`` (image tokens): the probabilities are the ones the model uses."""
-    pipe, fam, _ = _flux(all_tiny_pipes, "flux-schnell")
+@pytest.mark.parametrize("build", ("flux-schnell", *SD3_BUILDS))
+def test_joint_attention_probe_is_the_processors_attention(all_tiny_pipes, build):
+    """In every joint block (SD3: the last, context_pre_only, block included), the probe's joint softmax applied to
+    the block's values gives exactly the attention output the processor hands to ``to_out`` (image tokens): the
+    probabilities are the ones the model uses (FLUX: RoPE, text keys first; SD3: no RoPE, text keys last)."""
+    pipe, fam, _ = _flux(all_tiny_pipes, build)
     den = fam.get_denoiser(pipe)
-    name = double_stream_attention(den)[0]
-    attn = den.get_submodule(name)
+    blocks = joint_attention_blocks(den)
+    assert len(blocks) == (1 if build in FLUX_BUILDS else den.config.num_layers)
     seen: dict = {}
 
-    def pre(module, args, kwargs):
-        hs, ehs = kwargs["hidden_states"], kwargs["encoder_hidden_states"]
-        P = joint_attention_probs(module, hs, ehs, kwargs["image_rotary_emb"])  # (B, h, N, L + N)
-        d = module.head_dim
-        v = torch.cat([module.add_v_proj(ehs), module.to_v(hs)], dim=1).unflatten(-1, (-1, d))  # (B, L + N, h, d)
-        seen["mine"] = torch.einsum("bhnm,bmhd->bnhd", P, v).flatten(2)  # (B, N, h·d)
-        seen["P"] = P
+    def pre(name):
+        def hook(module, args, kwargs):
+            hs, ehs = kwargs["hidden_states"], kwargs["encoder_hidden_states"]
+            P = joint_attention_probs(module, hs, ehs, kwargs.get("image_rotary_emb"))  # (B, h, N, L + N)
+            d = module.to_v.out_features // module.heads
+            v = torch.cat([module.add_v_proj(ehs), module.to_v(hs)], dim=1).unflatten(-1, (-1, d))  # (B, L + N, h, d)
+            seen["mine", name] = torch.einsum("bhnm,bmhd->bnhd", P, v).flatten(2)  # (B, N, h·d)
+            seen["P", name] = P
 
-    h1 = attn.register_forward_pre_hook(pre, with_kwargs=True)
-    h2 = attn.to_out[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("theirs", a[0]))
+        return hook
+
+    def theirs(name):
+        return lambda m, a: seen.__setitem__(("theirs", name), a[0])
+
+    handles = []
+    for name in blocks:
+        attn = den.get_submodule(name)
+        handles += [attn.register_forward_pre_hook(pre(name), with_kwargs=True)]
+        handles += [attn.to_out[0].register_forward_pre_hook(theirs(name))]
     try:
         side = fam.sample_size(pipe)
         x = torch.randn(1, fam.latent_channels(pipe), side, side, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             fam.denoise(pipe, x, torch.tensor([700.0]), fam.encode(pipe, ["a red circle"]))
     finally:
-        h1.remove()
-        h2.remove()
-    torch.testing.assert_close(seen["mine"], seen["theirs"], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(seen["P"].sum(-1), torch.ones_like(seen["P"][..., 0]))
+        for h in handles:
+            h.remove()
+    for name in blocks:
+        torch.testing.assert_close(seen["mine", name], seen["theirs", name], rtol=1e-4, atol=1e-5)
+        P = seen["P", name]
+        torch.testing.assert_close(P.sum(-1), torch.ones_like(P[..., 0]))
 
 
 FLUX_FINE_TUNING = {
@@ -394,9 +441,11 @@ FLUX_FINE_TUNING = {
 }
 
 
-@pytest.mark.parametrize("build", FLUX_BUILDS)
+@pytest.mark.parametrize("build", FLOW_BUILDS)
 @pytest.mark.parametrize("method", sorted(FLUX_FINE_TUNING))
-def test_esd_on_flux_lowers_its_objective_trains_only_the_declared_layers_and_reverts(all_tiny_pipes, build, method):
+def test_esd_on_flow_models_lowers_its_objective_trains_only_the_declared_layers_and_reverts(
+    all_tiny_pipes, build, method
+):
     pipe, fam, _ = _flux(all_tiny_pipes, build)
     adapter = PipelineAdapter(pipe)
     before = {k: v.clone() for k, v in fam.get_denoiser(pipe).state_dict().items()}
@@ -428,11 +477,31 @@ def test_esd_layers_on_flux_are_the_attention_and_the_rest(all_tiny_pipes):
     assert resolve(cfg, "esd-x", "flux") == (1e-4, 2.0, 3.5) and resolve(cfg, "esd-u", "flux")[0] == 1e-5
 
 
-@pytest.mark.parametrize("build", FLUX_BUILDS)
-def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_flux_and_both_revert(all_tiny_pipes, build):
+@pytest.mark.parametrize("build", SD3_BUILDS)
+def test_esd_layers_on_sd3_are_the_joint_attention_and_the_rest(all_tiny_pipes, build):
+    """ESD-x: every Linear of every block's joint attention ``attn``, exactly what esd_sd35.py's ``'.attn.' in name``
+    selects, and never SD3.5-M's image self-attention ``attn2`` (which ESD-u trains, as esd_sd35.py does); ESD-u:
+    every other Linear / Conv2d; strict: the family's two static sites. Disjoint, and together every layer."""
+    pipe, fam, _ = _flux(all_tiny_pipes, build)
+    den = fam.get_denoiser(pipe)
+    adapter = PipelineAdapter(pipe)
+    cfg = erasekit.make_config("esd-x")
+    x, u = (set(trainable_modules(adapter, v, cfg)) for v in ("esd-x", "esd-u"))
+    layers = {n for n, m in den.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    assert x and u and not x & u and x | u == layers
+    assert x == {n for n in layers if ".attn." in n}  # esd_sd35.py's get_esd_trainable_parameters
+    assert {n.rsplit(".", 1)[-1] for n in x} >= {"to_q", "to_k", "to_v", "add_k_proj", "add_v_proj", "add_q_proj"}
+    attn2 = {n for n in layers if ".attn2." in n}
+    assert bool(attn2) == (build == "sd3") and attn2 <= u
+    assert set(trainable_modules(adapter, "esd-x-strict", cfg)) == set(adapter.paths)
+    assert resolve(cfg, "esd-x", "sd3") == resolve(cfg, "esd-u", "sd3") == (3e-5, 2.0, 7.5)
+
+
+@pytest.mark.parametrize("build", FLOW_BUILDS)
+def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_flow_models_and_both_revert(all_tiny_pipes, build):
     """ACE (both site groups in one stage-2 loss) and MACE's LoRA stage (per group, on the joint attention maps)
-    train on FLUX: ACE's loss falls, MACE's LoRA stage changes its fused edit, only the sites move, revert is
-    bit-exact."""
+    train on FLUX and SD3: ACE's loss falls, MACE's LoRA stage changes its fused edit, only the sites move, revert
+    is bit-exact."""
     pipe, fam, _ = _flux(all_tiny_pipes, build)
     before = {k: v.clone() for k, v in fam.get_denoiser(pipe).state_dict().items()}
     kw = dict(concepts=["a red circle"], preserve=["a blue square"], kind="object", progress=False)

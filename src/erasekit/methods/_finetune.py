@@ -12,7 +12,7 @@ pipeline's parameters are never modified, and the result is read off the carrier
 * :func:`unet_inputs` / :func:`index_cond` / :func:`eps` — the denoiser's conditioning exactly as the pipeline
   builds it and the prediction under it, both asked of the pipeline's family (models/families);
 * :func:`trajectory_pool` — x_t (and the final latents) from the frozen model's own sampling, with the family's
-  sampler (models/families/dynamics.py: DDPM ε / v on the UNets, rectified-flow velocity on FLUX);
+  sampler (models/families/dynamics.py: DDPM ε / v on the UNets, rectified-flow velocity on SD3 / FLUX);
 * carriers: :class:`Carrier` (the protocol), :class:`FullDelta` (ΔW, Δb of a Linear or Conv2d),
   :class:`LowRankDelta` (a fixed dense delta plus a trainable LoRA B A);
 * :func:`attached` — hooks on, UNet frozen, everything restored on exit (also on error);
@@ -101,7 +101,7 @@ def trajectory_pool(
 ) -> Pool:
     """Sample ``n_latents`` trajectories per prompt with the frozen model and the family's sampler
     (:meth:`~erasekit.models.families.base.Family.dynamics`: DDIM through the pipeline on the UNets, Euler on the
-    rectified-flow σ schedule on FLUX) and keep every denoiser input.
+    rectified-flow σ schedule on SD3 / FLUX) and keep every denoiser input.
 
     ``include_start`` also keeps the initial noise x_T at the first timestep (ESD's ``run_till_timestep = 0``).
     Seeds are ``seed + 1000·prompt + j``.

@@ -19,7 +19,7 @@ the project's choice:
   and user synonym of the concept as training prompts.
 The merged result is a low-rank Edit (rank r per layer), saved / loaded / reverted like any other.
 
-On a flow-matching family (FLUX) ε is the family's velocity prediction (models/families/dynamics.py): the targets
+On a flow-matching family (SD3, FLUX) ε is the family's velocity prediction (models/families/dynamics.py): the targets
 are linear in it, so they read the same. With two site groups (SD3 / FLUX: the text stream's and the pooled
 embedder), stage 1 is solved per group on that group's columns and stage 2 trains every group's adapter in one loss.
 """

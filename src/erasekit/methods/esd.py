@@ -1,9 +1,9 @@
 """ESD — Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023), fine-tuning baseline.
 
 Reference code read: rohitgandikota/erasing ``esd_sd.py`` (SD 1.4), ``esd_sdxl.py`` (SDXL),
-``utils/sd_utils.py`` (``run_till_timestep``) and its FLUX port ``esd_flux.py`` (read in the forks
-milosz7/erasing and stanulet27/erasing). The model is fine-tuned so that its prediction for the
-concept c follows the frozen model's prediction *negatively guided* away from c:
+``utils/sd_utils.py`` (``run_till_timestep``), its FLUX port ``esd_flux.py`` (read in the forks
+milosz7/erasing and stanulet27/erasing) and its SD3.5 port ``esd_sd35.py``. The model is fine-tuned so that
+its prediction for the concept c follows the frozen model's prediction *negatively guided* away from c:
 
     ε_θ(x_t, c_from)  →  ε*(x_t, c_from) − η (ε*(x_t, c) − ε*(x_t, ∅))          (ESD eq. 2, MSE)
 
@@ -22,8 +22,9 @@ Variants (which parameters train, as in ``get_esd_trainable_parameters``; weight
 every selected Linear / Conv2d), declared by the family (``Family.fine_tune_layers``):
 
 * ``esd-x``        every Linear inside the attention where text meets image: cross-attention on the
-                   UNets; on SD3 / FLUX (no cross-attention) every joint / single-stream attention
-                   module, as ``esd_flux.py`` / ``esd_sd35.py`` select ``attn``;
+                   UNets; on FLUX (no cross-attention) every joint / single-stream attention module, as
+                   ``esd_flux.py`` selects ``attn``; on SD3 every block's joint ``attn``, never SD3.5-M's
+                   image-only ``attn2``, as ``esd_sd35.py`` selects ``.attn.``;
 * ``esd-x-strict`` the family's edit sites (cross-attention to_k / to_v; SD3 / FLUX: the text and
                    pooled embedders, the projections that read the prompt alone);
 * ``esd-u``        every Linear and Conv2d outside that attention (SDXL: only inside the down / mid /
@@ -33,13 +34,15 @@ every selected Linear / Conv2d), declared by the family (``Family.fine_tune_laye
 
 Reference defaults (``REFERENCE``, per family): 200 iterations, batch 1, Adam; SD 1.x lr 5e-5, η 2,
 sampling guidance 3; SDXL lr 2e-4 (1e-5 for non-x variants, which ``esd_sdxl.py`` forces), η 1,
-sampling guidance 2; FLUX lr 1e-4 (1e-5 non-x), η 2, guidance 3.5; 50 sampling steps.
+sampling guidance 2; FLUX lr 1e-4 (1e-5 non-x), η 2, guidance 3.5; SD3 lr 3e-5, η 2, guidance 7.5;
+50 sampling steps (``esd_flux.py`` and ``esd_sd35.py`` sample 28).
 
 Deviations (documented): x_t comes from a pool of the frozen model's trajectories sampled once
 before training (``pool_latents`` per prompt, every step kept, x_T included), instead of a fresh
 trajectory per iteration; training runs in float32 (the reference uses bfloat16); on FLUX.1-dev the
 trained and frozen predictions use the conditioning's embedded guidance (the pipeline's default,
-3.5) where ``esd_flux.py`` passes 1. Multiple concepts (or templates) are trained together, one
+3.5) where ``esd_flux.py`` passes 1; on SD3 the frozen unconditional prediction reads the empty prompt's pooled
+vector where ``esd_sd35.py`` passes the concept's. Multiple concepts (or templates) are trained together, one
 prompt drawn per iteration. The budget is ``iterations`` or ``time_budget`` seconds, whichever
 ends first. The ConceptSet's guides and preserved concepts play no part (ESD has neither). On SD3 /
 FLUX the method fits every site group at once (it trains the denoiser, not a group's columns).
@@ -76,11 +79,12 @@ class FamilyDefaults:
 # The reference scripts' argparse defaults, per family name (a family without its own script takes SD's):
 # sd: esd_sd.py; sdxl: esd_sdxl.py (forces lr 1e-5 when 'esd-x' is not in the method name); flux: esd_flux.py
 # (lr 1e-4, the same 1e-5 rule, η 2, sampling guidance 3.5 as FLUX.1-dev embeds it; on a true-CFG FLUX it is the
-# true-CFG scale).
+# true-CFG scale); sd3: esd_sd35.py (lr 3e-5 for every variant, η 2, true-CFG sampling guidance 7.5).
 REFERENCE = {
     "sd": FamilyDefaults(5e-5, 5e-5, 2.0, 3.0),
     "sdxl": FamilyDefaults(2e-4, 1e-5, 1.0, 2.0),
     "flux": FamilyDefaults(1e-4, 1e-5, 2.0, 3.5),
+    "sd3": FamilyDefaults(3e-5, 3e-5, 2.0, 7.5),
 }
 
 

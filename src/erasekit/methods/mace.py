@@ -37,8 +37,8 @@ With λ = 0 and a rank-deficient normal matrix the closed form is read as its λ
 (R M⁺ + W_ref (I − M M⁺)), so directions no prompt reaches keep W_ref. The closed forms, as
 operators shared by every layer, are :mod:`erasekit.linalg.mace` (eqs. 16–20); the attention
 probe of stage 2 is the family's (``Family.text_attention_probe``: cross-attention through
-:class:`erasekit.models.capture.AttentionProbe`; FLUX: the image→text columns of each double-stream block's joint
-softmax), and the noising of stage 2 is the family's forward process (DDPM; FLUX: x_t = (1 − σ) x_0 + σ ε with
+:class:`erasekit.models.capture.AttentionProbe`; SD3 / FLUX: the image→text columns of each joint block's joint
+softmax), and the noising of stage 2 is the family's forward process (DDPM; SD3 / FLUX: x_t = (1 − σ) x_0 + σ ε with
 σ = t / 1000, so the importance weights' peak t ∈ [200, 400] is σ ∈ [0.2, 0.4]). With two site groups (SD3 / FLUX)
 each group's CFR, LoRA and fusion is fitted on its own, as every closed form is; one group's LoRA does not see the
 other's.
@@ -322,15 +322,40 @@ def segment_matching_indices(segments, old: str, new: str, length: int) -> tuple
     return oi, ni
 
 
-def concept_positions(tokenizer, prompt: str, concept: str, use_pooler: bool) -> tuple[list[int], list[int]]:
-    """(positions of the concept's tokens, those plus every EOS-token position when use_pooler) — src/dataset.py."""
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+def concept_positions(
+    tokenizer, prompt: str, concept: str, use_pooler: bool, length: int | None = None
+) -> tuple[list[int], list[int]]:
+    """(positions of the concept's tokens, those plus every EOS-token position when use_pooler) — src/dataset.py —
+    among ``length`` positions (default: the tokenizer's ``model_max_length``)."""
+    length = tokenizer.model_max_length if length is None else length
+    ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
     cids = tokenizer(concept, add_special_tokens=False).input_ids
     words = [j for i in range(len(ids)) if ids[i : i + len(cids)] == cids for j in range(i, i + len(cids))]
     if not words:
         raise MethodError(f"the concept {concept!r} is not spelled out in the prompt {prompt!r}; MACE needs its tokens")
     eos = [i for i, t in enumerate(ids) if t == tokenizer.eos_token_id] if use_pooler else []
     return sorted(set(words)), sorted(set(words) | set(eos))
+
+
+def stream_positions(segments, length: int, prompt: str, concept: str, use_pooler: bool) -> tuple[list[int], list[int]]:
+    """:func:`concept_positions` within each segment of a text stream of ``length`` positions made of several
+    tokenizers' outputs (SD3: CLIP-L's 77 positions, then T5's), offset to the segment's first position: the concept's
+    tokens wherever the stream holds them. A later segment whose tokenizer does not spell the concept out in this
+    prompt (it splits the words otherwise in context) adds no position; the first must."""
+    starts = [start for _, start in segments] + [length]
+    words: list[int] = []
+    pos: list[int] = []
+    for i, ((tok, start), end) in enumerate(zip(segments, starts[1:])):
+        try:
+            # a segment holds at most its tokenizer's length (SD3 without T5: CLIP's 77, then the zeros in T5's place)
+            w, p = concept_positions(tok, prompt, concept, use_pooler, min(end - start, tok.model_max_length))
+        except MethodError:
+            if i == 0:
+                raise
+            continue
+        words += [start + j for j in w]
+        pos += [start + j for j in p]
+    return words, pos
 
 
 # ------------------------------------------------------------- attention masks
@@ -480,14 +505,15 @@ class MACE(Method[MACEConfig]):
         gen = torch.Generator().manual_seed(seed)
         fam = adapter.family_spec
         dyn = fam.dynamics(adapter.pipe)  # the forward process x_t(x_0, ε, t) of this model
-        tok = adapter.tokenizer
+        segments = fam.token_segments(adapter.pipe)  # ((tokenizer, first position), ...): SD3 has CLIP-L and T5
+        cond = ft.unet_inputs(adapter, cps)
+        L = cond.embeds.shape[1]  # the text stream's positions: the probe's text columns
         image_prompt = IMAGE_PROMPT[opt["concept_type"]].format(concept)
-        words, _ = concept_positions(tok, image_prompt, concept, False)
+        words, _ = stream_positions(segments, L, image_prompt, concept, False)
         x0, masks = attention_masks(adapter, image_prompt, words, config, config.mask_threshold, seed)
         if not opt["use_mask"]:
             masks = torch.ones_like(masks)
-        positions = [concept_positions(tok, p, concept, config.use_pooler)[1] for p in cps]
-        cond = ft.unet_inputs(adapter, cps)
+        positions = [stream_positions(segments, L, p, concept, config.use_pooler)[1] for p in cps]
         n_train = dyn.num_train_timesteps
         weights = (
             importance_weights(n_train)

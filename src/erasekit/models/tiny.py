@@ -4,7 +4,8 @@ They have the exact module structure of the real families (same classes, cross-a
 layout, SDXL's two encoders and 2-part embeddings, the real CLIP tokenizer; PixArt's, SD3's and
 FLUX's T5 and Sana's Gemma-2 with offline stand-in tokenizers, models/tokenizer.py) at a size that
 runs in milliseconds: the project's test matrix and the CLI's smoke runs use them. The SD3 build has
-SD3.5-Medium's layout (a dual-attention block whose ``attn2`` is image self-attention, RMS q/k norms);
+SD3.5-Medium's layout (a dual-attention block whose ``attn2`` is image self-attention, RMS q/k norms), ``sd3.0``
+SD3-Medium's (no ``attn2``, no q/k norms);
 ``flux`` is FLUX.1-dev-like (guidance embedding), ``flux-schnell`` has none.
 """
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
     from .families import Pipeline
 
-FAMILIES = ("sd", "sd2", "sdxl", "pixart", "sana", "sd3", "flux", "flux-schnell")
+FAMILIES = ("sd", "sd2", "sdxl", "pixart", "sana", "sd3", "sd3.0", "flux", "flux-schnell")
 _M = TypeVar("_M", bound=nn.Module)
 
 
@@ -190,9 +191,10 @@ def _t5(tok: PreTrainedTokenizerBase, d_model: int) -> T5EncoderModel:
     return _eval(T5EncoderModel(cfg))  # T5 has dropout 0.1
 
 
-def _tiny_sd3() -> StableDiffusion3Pipeline:
+def _tiny_sd3(medium_35: bool = True) -> StableDiffusion3Pipeline:
     """SD3.5-Medium-like: CLIP-L (16-d) ⊕ CLIP-G (24-d) padded to T5's 48-d, joined with T5 → context_embedder;
-    pooled (16 + 24) → the pooled embedder; block 0 has a second image self-attention ``attn2``."""
+    pooled (16 + 24) → the pooled embedder; block 0 has a second image self-attention ``attn2``. ``medium_35`` False:
+    SD3-Medium-like (3.0), no ``attn2`` and no q/k norms."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from diffusers.models import SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection
@@ -209,8 +211,8 @@ def _tiny_sd3() -> StableDiffusion3Pipeline:
         caption_projection_dim=16,
         pooled_projection_dim=16 + 24,
         pos_embed_max_size=16,
-        dual_attention_layers=(0,),
-        qk_norm="rms_norm",
+        dual_attention_layers=(0,) if medium_35 else (),
+        qk_norm="rms_norm" if medium_35 else None,
     )
     tok3 = t5_tokenizer()
     return StableDiffusion3Pipeline(
@@ -262,7 +264,7 @@ def _tiny_flux(guidance: bool) -> FluxPipeline:
 
 def build_tiny_pipeline(family: str = "sd", seed: int = 0) -> Pipeline:
     """A randomly initialised pipeline of ``family``: ``sd`` (SD 1.x), ``sd2``, ``sdxl``, ``pixart`` (Σ), ``sana``,
-    ``sd3`` (3.5-Medium layout), ``flux`` (FLUX.1-dev layout) or ``flux-schnell``."""
+    ``sd3`` (3.5-Medium layout), ``sd3.0`` (3.0-Medium layout), ``flux`` (FLUX.1-dev layout) or ``flux-schnell``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -273,8 +275,8 @@ def build_tiny_pipeline(family: str = "sd", seed: int = 0) -> Pipeline:
         return _tiny_pixart()
     if family == "sana":
         return _tiny_sana()
-    if family == "sd3":
-        return _tiny_sd3()
+    if family in ("sd3", "sd3.0"):
+        return _tiny_sd3(medium_35=family == "sd3")
     if family in ("flux", "flux-schnell"):
         return _tiny_flux(guidance=family == "flux")
     scheduler = DDIMScheduler(

@@ -11,20 +11,17 @@ patches with position ids, divides the scheduler's timestep by 1000, and unpacks
 Gradients through both text encoders (:meth:`FluxFamily.encode_graph`; CLIP-L's and T5's input embeddings substitutable)
 let the prompt and token attacks (UnlearnDiffAtk, P4D, CCE, MMA) run here. Fine-tuning (ESD, ACE, MACE's LoRA stage)
 runs here: :meth:`FluxFamily.dynamics` is rectified flow on FluxPipeline's
-σ ramp (true CFG, or the embedded scale on dev), and :class:`JointAttentionProbe` gives MACE the image→text
-attention of the double-stream blocks.
+σ ramp (true CFG, or the embedded scale on dev), and :class:`~.sd3.JointAttentionProbe` (shared with SD3) gives MACE
+the image→text attention of the double-stream blocks.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from ...errors import ModelError
 from .base import Conditioning, Pipeline, Sampling, Site
@@ -60,70 +57,6 @@ def image_ids(h: int, w: int, device: torch.device | str, dtype: torch.dtype) ->
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
 
 
-def joint_attention_probs(
-    attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, rope: Any
-) -> torch.Tensor:
-    """(B, heads, N, L + N): the image queries' attention over the joint [text, image] keys of a FLUX double-stream
-    block, softmax(q kᵀ / √d), as ``FluxAttnProcessor`` computes it (per-head RMS norms, RoPE on the joint sequence).
-
-    ``hidden_states`` (B, N, D) and ``encoder_hidden_states`` (B, L, D): the block's normed image and text streams.
-    """
-    from diffusers.models.embeddings import apply_rotary_emb as rotary
-
-    rotate: Callable[..., Any] = rotary  # diffusers annotates its return as a pair; it is one tensor
-    d, L = attn.head_dim, encoder_hidden_states.shape[1]
-    q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, d)))  # (B, N, h, d) image queries
-    k_img = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, d)))  # (B, N, h, d)
-    k_txt = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, d)))  # (B, L, h, d)
-    k = torch.cat([k_txt, k_img], dim=1)  # (B, L + N, h, d): text first, as the processor joins them
-    if rope is not None:  # (cos, sin), each (L + N, d): the image queries sit at positions L ..
-        q, k = rotate(q, (rope[0][L:], rope[1][L:]), sequence_dim=1), rotate(k, rope, sequence_dim=1)
-    scores = torch.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(d)  # (B, h, N, L + N)
-    return scores.softmax(dim=-1)
-
-
-class JointAttentionProbe:
-    """Pre-hooks on FLUX double-stream attention modules passing each call's image→text attention probabilities,
-    (B, heads, N, L) (the text columns of the joint softmax), to ``sink(block, P)``; removed on exit (also on error).
-    """
-
-    def __init__(self, den: nn.Module, blocks: Sequence[str], sink: Callable[[str, torch.Tensor], None]) -> None:
-        self.den, self.blocks, self.sink = den, list(blocks), sink
-        self._handles: list[RemovableHandle] = []
-
-    def _hook(self, block: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            hs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            ehs = kwargs.get("encoder_hidden_states")
-            if not isinstance(ehs, torch.Tensor):
-                raise ModelError(f"{block}: a double-stream attention call without the text stream")
-            P = joint_attention_probs(module, hs, ehs, kwargs.get("image_rotary_emb"))
-            self.sink(block, P[..., : ehs.shape[1]])  # (B, h, N, L)
-
-        return hook
-
-    def __enter__(self) -> JointAttentionProbe:
-        try:
-            for b in self.blocks:
-                self._handles.append(
-                    self.den.get_submodule(b).register_forward_pre_hook(self._hook(b), with_kwargs=True)
-                )
-        except Exception:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-
-def double_stream_attention(den: nn.Module) -> list[str]:
-    """The attention modules with their own text projections (``add_k_proj``): FLUX's double-stream blocks."""
-    return [n for n, m in den.named_modules() if isinstance(getattr(m, "add_k_proj", None), nn.Linear)]
-
-
 @dataclass(frozen=True)
 class FluxFamily(MMDiTFamily):
     def tokenizer(self, pipe: Pipeline) -> PreTrainedTokenizerBase:
@@ -148,14 +81,6 @@ class FluxFamily(MMDiTFamily):
     def dynamics(self, pipe: Pipeline) -> FlowDynamics:
         """Rectified flow on FluxPipeline's σ ramp with its resolution shift; dev embeds the guidance scale."""
         return FlowDynamics(pipe.scheduler.config, sigma_ramp=True, embedded_guidance=self.guidance_distilled(pipe))
-
-    def text_attention_probe(
-        self, pipe: Pipeline, site_paths: Sequence[str], sink: Callable[[str, torch.Tensor], None]
-    ) -> JointAttentionProbe:
-        """The image→text columns of the joint attention of every double-stream block (the single-stream blocks mix
-        one sequence whose text length the block does not know; they are not probed)."""
-        den = self.get_denoiser(pipe)
-        return JointAttentionProbe(den, double_stream_attention(den), sink)
 
     def generation_kwargs(
         self, pipe: Pipeline, guidance: float | None, batch: int, embeds: bool = False

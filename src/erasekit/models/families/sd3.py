@@ -12,19 +12,35 @@ block, whose columns are captured during sampling (:mod:`erasekit.models.joint`)
 SD3.5-Medium's ``attn2`` is a second *image* self-attention
 (``is_cross_attention`` false) and is never a site: sites are found by structure, not by name.
 
+**Fine-tuning** (ESD, ACE, MACE's LoRA stage) runs here as on FLUX. What is the papers' or the reference code's:
+rectified flow (Esser et al. 2024: x_σ = (1 − σ) x_0 + σ ε, the transformer predicts v = ε − x_0 at timestep
+1000 σ), sampled as StableDiffusion3Pipeline samples (``FlowMatchEulerDiscreteScheduler`` spacing and ``shift``,
+true CFG against the empty prompt in one batched [unconditional, conditional] call: :meth:`MMDiTFamily.dynamics`);
+ESD's objective on it (linear in the prediction, so unchanged); ESD-x trains every Linear of each block's joint
+attention ``attn`` and ESD-u every other Linear / Conv2d, as rohitgandikota/erasing ``esd_sd35.py`` selects by
+``'.attn.' in name`` (its defaults: lr 3e-5 for both, η 2, guidance 7.5, 28 steps; ``methods/esd.py``
+``REFERENCE``). What is our choice for a DiT with no cross-attention: the joint attentions are found by structure
+(:func:`joint_attention_blocks`: the attentions whose keys include the text stream), so SD3.5-M's ``attn2`` (image
+self-attention) is never trained as "cross attention" by ESD-x and goes to ESD-u, as in ``esd_sd35.py``;
+ESD-x-strict (not in ``esd_sd35.py``) trains the two static sites; the frozen unconditional prediction reads the
+empty prompt's pooled vector where ``esd_sd35.py`` passes the concept's; MACE reads the image→text columns of
+every joint block's softmax (:class:`JointAttentionProbe`) at the concept's tokens in both segments of the text
+stream, CLIP-L's and T5's (:meth:`SD3Family.token_segments`), where the original reads UNet cross-attention maps.
+
 :class:`MMDiTFamily` holds what SD3 and FLUX share (:mod:`.flux` subclasses it).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ...errors import ModelError
 from .base import PROJECTIONS, Conditioning, Family, Pipeline, Sampling, Site, check_site_set
@@ -102,6 +118,74 @@ def mmdit_joint_sites(den: Any, projections: Sequence[str] = ("k", "v")) -> list
     return [Site(f"{b}.{JOINT_PROJECTIONS[p]}", "joint_text", b) for b in blocks for p in projections]
 
 
+def joint_attention_probs(
+    attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, rope: Any = None
+) -> torch.Tensor:
+    """(B, heads, N, L + N): the image queries' attention over the joint [text, image] keys of an MMDiT joint block,
+    softmax(q kᵀ / √d), as the block's processor computes it: per-head q / k norms where the block has them (FLUX,
+    SD3.5; SD3.0 has none), RoPE on the joint sequence where the model has it (FLUX; SD3 has none: ``rope`` None).
+
+    ``hidden_states`` (B, N, D) and ``encoder_hidden_states`` (B, L, D): the block's normed image and text streams.
+    The text keys come first here, as ``FluxAttnProcessor`` joins them; ``JointAttnProcessor2_0`` (SD3) puts them
+    last, which permutes the keys and changes no probability.
+    """
+    from diffusers.models.embeddings import apply_rotary_emb as rotary
+
+    rotate: Callable[..., Any] = rotary  # diffusers annotates its return as a pair; it is one tensor
+    d, L = attn.to_k.out_features // attn.heads, encoder_hidden_states.shape[1]
+
+    def heads(x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:  # (B, n, h·d) -> (B, n, h, d), normed
+        x = x.unflatten(-1, (-1, d))
+        return x if norm is None else norm(x)
+
+    q = heads(attn.to_q(hidden_states), attn.norm_q)  # (B, N, h, d) image queries
+    k_img = heads(attn.to_k(hidden_states), attn.norm_k)  # (B, N, h, d)
+    k_txt = heads(attn.add_k_proj(encoder_hidden_states), attn.norm_added_k)  # (B, L, h, d)
+    k = torch.cat([k_txt, k_img], dim=1)  # (B, L + N, h, d): text first
+    if rope is not None:  # (cos, sin), each (L + N, d): the image queries sit at positions L ..
+        q, k = rotate(q, (rope[0][L:], rope[1][L:]), sequence_dim=1), rotate(k, rope, sequence_dim=1)
+    scores = torch.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(d)  # (B, h, N, L + N)
+    return scores.softmax(dim=-1)
+
+
+class JointAttentionProbe:
+    """Pre-hooks on MMDiT joint-attention modules (FLUX's double-stream blocks, every SD3 block's ``attn``) passing
+    each call's image→text attention probabilities, (B, heads, N, L) (the text columns of the joint softmax), to
+    ``sink(block, P)``; removed on exit (also on error).
+    """
+
+    def __init__(self, den: nn.Module, blocks: Sequence[str], sink: Callable[[str, torch.Tensor], None]) -> None:
+        self.den, self.blocks, self.sink = den, list(blocks), sink
+        self._handles: list[RemovableHandle] = []
+
+    def _hook(self, block: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            ehs = kwargs.get("encoder_hidden_states")
+            if not isinstance(ehs, torch.Tensor):
+                raise ModelError(f"{block}: a joint-attention call without the text stream")
+            P = joint_attention_probs(module, hs, ehs, kwargs.get("image_rotary_emb"))
+            self.sink(block, P[..., : ehs.shape[1]])  # (B, h, N, L)
+
+        return hook
+
+    def __enter__(self) -> JointAttentionProbe:
+        try:
+            for b in self.blocks:
+                self._handles.append(
+                    self.den.get_submodule(b).register_forward_pre_hook(self._hook(b), with_kwargs=True)
+                )
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
 def call_default(pipe: Pipeline, name: str, fallback: Any) -> Any:
     """The default of ``pipe.__call__``'s argument ``name``: what generation uses unless told otherwise."""
     p = inspect.signature(type(pipe).__call__).parameters.get(name)
@@ -155,8 +239,8 @@ class MMDiTFamily(Family):
 
     def text_attention_modules(self, pipe: Pipeline) -> list[str]:
         """Every attention module of the transformer: an MMDiT has no cross-attention, text and image tokens meet in
-        joint attention (double-stream) or in one mixed sequence (FLUX's single-stream blocks). ESD's FLUX and SD3.5
-        ports (rohitgandikota/erasing ``esd_flux.py``, ``esd_sd35.py``) train these as ESD-x."""
+        joint attention (double-stream) or in one mixed sequence (FLUX's single-stream blocks). ESD's FLUX port
+        (rohitgandikota/erasing ``esd_flux.py``) trains these as ESD-x; SD3 narrows them to its joint attentions."""
         from diffusers.models.attention import AttentionModuleMixin
         from diffusers.models.attention_processor import Attention
 
@@ -165,11 +249,13 @@ class MMDiTFamily(Family):
 
     def text_attention_probe(
         self, pipe: Pipeline, site_paths: Sequence[str], sink: Callable[[str, torch.Tensor], None]
-    ) -> AbstractContextManager[Any]:
-        raise ModelError(
-            f"the {self.name} family has no probe of its joint attention maps yet (MACE's LoRA stage reads them); "
-            "pass train_steps=0 for MACE's closed form"
-        )
+    ) -> JointAttentionProbe:
+        """The image→text columns of the joint attention of every joint block (:func:`joint_attention_blocks`: FLUX's
+        double-stream blocks, every SD3 block's ``attn``, its last, ``context_pre_only`` block included, whose image
+        queries still read the text). Not probed: FLUX's single-stream blocks (one mixed sequence whose text length
+        the block does not know) and SD3.5's ``attn2`` (image only)."""
+        den = self.get_denoiser(pipe)
+        return JointAttentionProbe(den, joint_attention_blocks(den), sink)
 
 
 @dataclass(frozen=True)
@@ -184,6 +270,12 @@ class SD3Family(MMDiTFamily):
         return clip if pipe.text_encoder_3 is None else (*clip, (pipe.tokenizer_3, n_clip))
 
     TEXT_ENCODER_ATTRS = (*Family.TEXT_ENCODER_ATTRS, ("text_encoder_3", "tokenizer_3"))  # CLIP-L, CLIP-G, T5
+
+    def text_attention_modules(self, pipe: Pipeline) -> list[str]:
+        """The joint attention ``attn`` of every block (ESD-x trains its Linears: to_q / to_k / to_v, add_q / add_k /
+        add_v_proj, to_out, to_add_out), as ``esd_sd35.py`` selects ``'.attn.'``; found by structure, so SD3.5-M's
+        ``attn2``, an image self-attention, is not among them."""
+        return joint_attention_blocks(self.get_denoiser(pipe))
 
     def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
         with torch.no_grad():
@@ -232,6 +324,7 @@ SD3 = SD3Family(
     lora_prefix="transformer",
     kohya=False,
     lora_loader=True,  # SD3LoraLoaderMixin
+    fine_tunes_denoiser=True,
     original_names=(
         ("context_embedder", "context_embedder"),
         ("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0"),
