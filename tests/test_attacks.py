@@ -445,10 +445,11 @@ def test_attack_results_carry_intervals_and_paired_tests(world, edits, tmp_path)
         read_results_json(tmp_path / "future.json")
 
 
-@pytest.mark.parametrize("family", ["sd", "sd2", "sdxl", "sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd", "sd2", "sdxl", "sd3", "flux", "pixart", "sana"])
 def test_every_attack_runs_on_every_family(all_tiny_pipes, family):
     """Through the family's encode / denoise only: SD 1.x, 2.x (v-prediction), SDXL (two encoders, pooled), SD3 (two
-    CLIPs and T5) and FLUX (CLIP pooled + T5 stream, packed latents, rectified flow)."""
+    CLIPs and T5), FLUX (CLIP pooled + T5 stream, packed latents, rectified flow), PixArt (masked T5, learned-sigma
+    DDPM) and Sana (Gemma-2 behind its instruction prefix, flow matching)."""
     from erasekit.evaluate.suites import suites_from_concepts
 
     pipe = all_tiny_pipes[family]
@@ -479,12 +480,13 @@ def _old_ddpm_objective(pipe, x0, eps, t):
     return x_t, eps if kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
 
 
-@pytest.mark.parametrize("family", ["sd", "sd2", "sdxl"])
-def test_unet_objective_is_the_ddpm_objective(tiny_pipes, family):
-    """The attacks' objective, now read from the family's dynamics, is the DDPM one they used (SD 2.x: v)."""
+@pytest.mark.parametrize("family", ["sd", "sd2", "sdxl", "pixart"])
+def test_unet_objective_is_the_ddpm_objective(all_tiny_pipes, family):
+    """The attacks' objective, now read from the family's dynamics, is the DDPM one they used (SD 2.x: v; PixArt: ε
+    on its DPM-Solver scheduler's training schedule)."""
     from erasekit.evaluate.attacks._diffusion import DenoisingObjective
 
-    pipe = tiny_pipes[family]
+    pipe = all_tiny_pipes[family]
     target = tinyworld_suites(["circle"], 1, kinds=["target"])[0]
     obj = DenoisingObjective.of(AttackContext(pipe, target, progress=False))
     assert obj.num_timesteps == 1000
@@ -498,9 +500,9 @@ def test_unet_objective_is_the_ddpm_objective(tiny_pipes, family):
     torch.testing.assert_close(obj.per_item(pred, x0, eps, t), (pred - old_target).pow(2).flatten(1).mean(1))
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd3", "flux", "sana"])
 def test_flow_objective_is_rectified_flow(all_tiny_pipes, family):
-    """On SD3 / FLUX: x_σ = (1 − σ) x₀ + σ ε with σ = t / 1000 and the velocity ε − x₀, so x₀ = x_σ − σ v and
+    """On SD3 / FLUX / Sana: x_σ = (1 − σ) x₀ + σ ε with σ = t / 1000 and the velocity ε − x₀, so x₀ = x_σ − σ v and
     ε = x_σ + (1 − σ) v recover both ends (an identity independent of the code under test)."""
     from erasekit.evaluate.attacks._diffusion import DenoisingObjective
 
@@ -517,13 +519,16 @@ def test_flow_objective_is_rectified_flow(all_tiny_pipes, family):
 
 
 @pytest.mark.parametrize("name", [a for a in ATTACKS if get_attack(a).needs_text_gradients])
-def test_gradient_attacks_refuse_a_family_without_text_gradients(all_tiny_pipes, name):
-    """Every attack that declares it differentiates through the text encoders is refused on PixArt in one line that
-    names the attack and the family, before it spends a single model evaluation."""
+def test_gradient_attacks_refuse_a_family_without_text_gradients(all_tiny_pipes, name, monkeypatch):
+    """Every attack that declares it differentiates through the text encoders is refused on a family without them
+    (every built-in family has them now: PixArt's are switched off here) in one line that names the attack and the
+    family, before it spends a single model evaluation."""
     from erasekit.errors import EraseKitError
     from erasekit.evaluate.suites import suites_from_concepts
+    from erasekit.models.families.pixart import PixArtFamily
 
     pipe = all_tiny_pipes["pixart"]
+    monkeypatch.setattr(PixArtFamily, "text_gradients", lambda self: False)
     cs = erasekit.ConceptSet(erase=("circle",), kind="object", preserve=("square",))
     target = suites_from_concepts(cs, seeds=[0])[0].head(1)
     edit = erasekit.erase(pipe, "uce", cs, progress=False)

@@ -172,7 +172,7 @@ def test_static_site_inputs_do_not_depend_on_timestep_or_latent(pipe):
 
 
 # ------------------------------------------------------------------ differentiable encoding (the attacks' way in)
-GRADIENT_FAMILIES = ("sd", "sd2", "sdxl", "sd3", "flux")  # PixArt / Sana: encode_graph is refused in one line
+GRADIENT_FAMILIES = ("sd", "sd2", "sdxl", "sd3", "flux", "pixart", "sana")  # every family: encode_graph
 
 
 def _cond_tensors(cond):
@@ -236,6 +236,32 @@ def test_identity_substitution_is_encode_and_every_encoder_is_substitutable(all_
         assert shift > 1e-4, f"{build}: encoder {k}'s substitution does not reach the conditioning"
         (grad,) = torch.autograd.grad(sum(x.float().pow(2).sum() for x in parts), [delta])
         assert float(grad.abs().max()) > 0
+
+
+def test_sana_substitution_sees_the_prompt_not_the_instruction(all_tiny_pipes):
+    """Sana's Gemma reads the instruction prefix, then the prompt; ``substitute`` sees BOS and the prompt's own tokens
+    (``tokenizer(prompt)``'s layout), and the stream ``select_index`` keeps is laid out the same way: Gemma is causal,
+    so replacing the embedding at view position k moves the stream at position k and at none before it."""
+    pipe = all_tiny_pipes["sana"]
+    fam = identify(pipe)
+    assert fam._instruction(pipe), "the pipeline's default instruction prefix is used"
+    prompts = ["a cat on a striped mat", "a dog"]
+    ref = fam.encode(pipe, prompts)
+    for k in (1, 3, 5):
+        seen = []
+
+        def poke(enc, ids, embeds, k=k):
+            seen.append(ids.clone())
+            out = embeds.clone()
+            out[:, k] = out[:, k] + 1.0
+            return out
+
+        with torch.no_grad():
+            moved = fam.encode_substituted(pipe, prompts, poke)
+        assert seen[0][0, : len(ids := pipe.tokenizer(prompts[0]).input_ids)].tolist() == ids
+        diff = (moved.embeds - ref.embeds).abs().amax(-1)  # (B, L)
+        assert bool((diff[:, :k] == 0).all()), "a position before the substituted token moved"
+        assert bool((diff[:, k] > 1e-4).all()), "the substituted token's own stream position did not move"
 
 
 # ------------------------------------------------------------------ the closed form on every family

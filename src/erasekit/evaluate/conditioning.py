@@ -16,9 +16,12 @@ from ..errors import AttackError, ConceptError
 from .suites import SuiteItem
 
 
-def pipe_kwargs(cond) -> dict[str, torch.Tensor]:
+def pipe_kwargs(cond, family=None) -> dict[str, torch.Tensor]:
     """A family :class:`~erasekit.models.families.Conditioning` as ``pipe(**...)`` keywords: ``prompt_embeds``
-    (B, L, d) and, for SDXL, ``pooled_prompt_embeds`` (B, d_pool)."""
+    (B, L, d) and, for SDXL, ``pooled_prompt_embeds`` (B, d_pool); with ``family``, as it says
+    (:meth:`~erasekit.models.families.Family.embeds_kwargs`: PixArt and Sana add ``prompt_attention_mask``)."""
+    if family is not None:
+        return dict(family.embeds_kwargs(cond))
     out = {"prompt_embeds": cond.embeds}
     if cond.pooled is not None:
         out["pooled_prompt_embeds"] = cond.pooled
@@ -35,7 +38,7 @@ def encode(pipe, prompts: Sequence[str], batch_size: int = 64) -> dict[str, torc
     family = identify(pipe)
     parts: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(prompts), batch_size):
-        for k, v in pipe_kwargs(family.encode(pipe, list(prompts[i : i + batch_size]))).items():
+        for k, v in pipe_kwargs(family.encode(pipe, list(prompts[i : i + batch_size])), family).items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v) for k, v in parts.items()}
 
@@ -61,10 +64,11 @@ def shift_embeddings(
     ``add_embedding`` without passing any cross-attention; ``vector`` holds one (L, d) / (d_pool,)
     tensor per key, broadcast over the batch.
     """
-    missing = set(encoded) - set(vector)
+    shifted = {k for k, x in encoded.items() if x.is_floating_point()}  # not the text mask (PixArt, Sana)
+    missing = shifted - set(vector)
     if missing:
         raise ConceptError(f"the concept vector lacks {sorted(missing)}: it was made for another pipeline family")
-    return {k: x + float(eta) * vector[k].to(x.device, x.dtype) for k, x in encoded.items()}
+    return {k: x + float(eta) * vector[k].to(x.device, x.dtype) if k in shifted else x for k, x in encoded.items()}
 
 
 def shifted_conditioning(
@@ -136,4 +140,4 @@ def token_conditioning(
 
     with torch.no_grad():
         cond = family.encode_substituted(pipe, [it.prompt for it in items], substitute)
-    return {k: v.detach() for k, v in pipe_kwargs(cond).items()}
+    return {k: v.detach() for k, v in pipe_kwargs(cond, family).items()}

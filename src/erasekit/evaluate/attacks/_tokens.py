@@ -22,7 +22,8 @@ import torch
 from ...errors import AttackError
 from .base import AttackContext
 
-_WHOLE_WORD = re.compile(r"^[a-z]+</w>$")
+# a whole lower-case word: CLIP's BPE ``castle</w>``, or a sentencepiece piece ``▁castle`` (T5: PixArt; Gemma: Sana)
+_WHOLE_WORD = re.compile(r"^(?:([a-z]+)</w>|\u2581([a-z]+))$")
 FILLER = "the"
 
 
@@ -46,14 +47,14 @@ class TokenSpace:
         vocab = self.tokenizer.get_vocab()
         # per encoder: None where its tokenizer is the first one's (same ids), else word -> its one id
         self._own: list[dict[str, int] | None] = [None] * len(self.tokenizers)
-        words = sorted((i, t[:-4]) for t, i in vocab.items() if _WHOLE_WORD.match(t))
+        words = sorted((i, m.group(1) or m.group(2)) for t, i in vocab.items() if (m := _WHOLE_WORD.match(t)))
         for e, tok in enumerate(self.tokenizers[1:], start=1):
             if tok.get_vocab() != vocab:
                 self._own[e] = _single_tokens(tok, [w for _, w in words])
         shared = [(i, w) for i, w in words if all(m is None or w in m for m in self._own)]
         if not shared:
             raise AttackError(
-                "the tokenizers share no whole-word tokens to search (is the first a CLIP BPE tokenizer?)"
+                "the tokenizers share no whole-word tokens to search (is the first a CLIP BPE or sentencepiece one?)"
             )
         searched = [(i, w) for i, w in shared if not any(b in w for b in banned)]
         if not searched:
@@ -62,7 +63,8 @@ class TokenSpace:
         self._enc_ids = [self.ids if m is None else torch.tensor([m[w] for _, w in searched]) for m in self._own]
         self.tables = [t[ids.to(t.device)] for t, ids in zip(self.full, self._enc_ids, strict=True)]  # (V', d_e)
         self._lead = [_leading_specials(tok) for tok in self.tokenizers]
-        self._limit = [_content_limit(tok, lead) for tok, lead in zip(self.tokenizers, self._lead, strict=True)]
+        positions = ctx.family.text_positions(ctx.pipe)  # per encoder: tokenizer(prompt) positions that count
+        self._limit = [_content_limit(tok, n) for tok, n in zip(self.tokenizers, positions, strict=True)]
         self.max_len = self._limit[0]  # BOS and EOS, in the first encoder's tokens
         fill = FILLER if any(w == FILLER for _, w in shared) else shared[0][1]
         self.filler_word = fill
@@ -147,10 +149,11 @@ def _leading_specials(tokenizer) -> int:
     return next(i for i in range(len(with_specials)) if with_specials[i : i + len(bare)] == bare)
 
 
-def _content_limit(tokenizer, lead: int) -> int:
-    """Text tokens that fit in the tokenizer's length beside its special tokens (CLIP: 77 − 2)."""
+def _content_limit(tokenizer, positions: int) -> int:
+    """Text tokens that fit in ``positions`` beside the tokenizer's special tokens (CLIP: 77 − 2; PixArt's T5:
+    max_sequence_length − 1)."""
     specials = len(tokenizer("a").input_ids) - len(tokenizer("a", add_special_tokens=False).input_ids)
-    return int(min(tokenizer.model_max_length, 10**6)) - specials
+    return int(positions) - specials
 
 
 def nearest_tokens(embeds: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -198,6 +198,8 @@ class Family:
     # columns): the pipeline's guidance layout is declared by :meth:`sampling` and the twin call by
     # :meth:`text_kwargs`. PixArt / Sana are not validated for it.
     captures_activations: bool = True
+    # Whether the pipeline takes the text mask beside ``prompt_embeds`` (``prompt_attention_mask``: PixArt, Sana).
+    masked_text: bool = False
     # Whether position i of the site input is token i of ``tokenizer(prompt)`` (MACE aligns prompts by it).
     positions_follow_tokenizer: bool = True
 
@@ -329,8 +331,19 @@ class Family:
         refuse in one line."""
         raise ModelError(
             f"the {self.name} family does not offer gradients through its text encoder yet; "
-            "attacks that optimise prompts or tokens run on SD 1.x / 2.x, SDXL, SD3 and FLUX pipelines"
+            "attacks that optimise prompts or tokens run on SD 1.x / 2.x, SDXL, SD3, FLUX, PixArt and Sana pipelines"
         )
+
+    def encode_unconditional(self, pipe: Pipeline, n: int = 1) -> Conditioning:
+        """The unconditional branch of the pipeline's classifier-free guidance, ``n`` times: the empty prompt, encoded
+        as any prompt here (Sana's pipeline encodes it without its instruction prefix)."""
+        return self.encode(pipe, [""] * n)
+
+    def text_positions(self, pipe: Pipeline) -> tuple[int, ...]:
+        """Per text encoder, how many positions of ``tokenizer(prompt)`` (its special tokens included) can reach the
+        conditioning: each tokenizer's ``model_max_length`` here (CLIP: 77); PixArt and Sana: the pipeline's
+        ``max_sequence_length``. What bounds the attacks' token sequences."""
+        return tuple(int(min(t.model_max_length, 10**6)) for t in self.text_tokenizers(pipe))
 
     def input_embeddings(self, pipe: Pipeline) -> tuple[torch.Tensor, ...]:
         """Each text encoder's input-token table (V, d_e), in :meth:`text_encoders` order (read-only use)."""
@@ -491,6 +504,16 @@ class Family:
         make the negative (empty prompt) branch themselves, also under ``prompt_embeds``.
         """
         return {} if guidance is None else {"guidance_scale": float(guidance)}
+
+    def embeds_kwargs(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        """``cond`` as ``pipe(...)`` keywords in place of ``prompt``: ``prompt_embeds`` and, where the family has one,
+        ``pooled_prompt_embeds``; PixArt and Sana also need the text mask (``prompt_attention_mask``)."""
+        out = {"prompt_embeds": cond.embeds}
+        if cond.pooled is not None:
+            out["pooled_prompt_embeds"] = cond.pooled
+        if self.masked_text:
+            out["prompt_attention_mask"] = cond.mask
+        return out
 
     # ---------------------------------------------------------------- export names
     def original_name(self, path: str) -> str:

@@ -9,34 +9,145 @@ Gemma adds no EOS, so the last real token is the last concept token.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import Conditioning, Family, Pipeline, Site
+from .base import Conditioning, Family, Pipeline, Sampling, Site
+from .dynamics import FlowDynamics
+from .pixart import binning_kwargs
+from .sd import detached
 
 
 @dataclass(frozen=True)
 class SanaFamily(Family):
+    binned: tuple[int, ...] = (16, 32, 64, 128)  # sample sizes SanaPipeline has aspect-ratio bins for
+
+    def generation_kwargs(
+        self, pipe: Pipeline, guidance: float | None, batch: int, embeds: bool = False
+    ) -> dict[str, Any]:
+        """As the base (``guidance_scale``; the pipeline makes the empty negative itself), without resolution binning
+        where the pipeline has no bins for the model's size, at the model's native size (:meth:`_native_size`)."""
+        base = super().generation_kwargs(pipe, guidance, batch, embeds)
+        return {**base, **binning_kwargs(pipe, self.binned), **self._native_size(pipe)}
+
+    def sampling(self, pipe: Pipeline, scale: float) -> Sampling:
+        base = super().sampling(pipe, scale)
+        return Sampling({**base.kwargs, **binning_kwargs(pipe, self.binned), **self._native_size(pipe)}, base.cfg)
+
+    def _native_size(self, pipe: Pipeline) -> dict[str, int]:
+        """``height`` / ``width`` of the model's native image where ``__call__``'s default (1024 px) is not it (a
+        model of another size: the tiny test Sana, 16 px, rendered at 32 px, the least size the pipeline takes);
+        nothing for the released 1024-px models. An explicit size asked by the caller goes after these and wins."""
+        native = self.sample_size(pipe) * int(pipe.vae_scale_factor)
+        side = -(-native // 32) * 32  # SanaPipeline takes multiples of 32 px only (the tiny model: 16 -> 32)
+        if int(self._call_default(pipe, "height", side)) == side == int(self._call_default(pipe, "width", side)):
+            return {}
+        return {"height": side, "width": side}
+
     def _call_default(self, pipe: Pipeline, name: str, fallback: object) -> Any:  # whatever __call__ declares
         p = inspect.signature(type(pipe).__call__).parameters.get(name)
         return fallback if p is None else p.default
 
+    def _instruction(self, pipe: Pipeline) -> str:
+        """The complex-human-instruction prefix ``__call__`` puts before every prompt by default ('' for none)."""
+        chi = self._call_default(pipe, "complex_human_instruction", None)
+        return "\n".join(chi) if chi else ""
+
+    def _max_length(self, pipe: Pipeline) -> int:
+        return int(self._call_default(pipe, "max_sequence_length", 300))
+
     def encode(self, pipe: Pipeline, prompts: Sequence[str]) -> Conditioning:
-        # The instruction prefix and sequence length __call__ uses by default: the context generation sees.
+        with torch.no_grad():
+            return detached(self.encode_graph(pipe, prompts))
+
+    def encode_graph(
+        self, pipe: Pipeline, prompts: Sequence[str], per_encoder: Sequence[Sequence[str]] | None = None
+    ) -> Conditioning:
+        """The pipeline's ``encode_prompt`` with the graph kept through Gemma-2: the instruction prefix and sequence
+        length ``__call__`` uses by default (the context generation sees), then ``select_index``."""
         out = pipe.encode_prompt(
-            list(prompts),
+            self.encoder_prompts(pipe, prompts, per_encoder)[0],
             do_classifier_free_guidance=False,
             num_images_per_prompt=1,
             device=self.get_denoiser(pipe).device,
             clean_caption=False,
-            max_sequence_length=int(self._call_default(pipe, "max_sequence_length", 300)),
+            max_sequence_length=self._max_length(pipe),
             complex_human_instruction=self._call_default(pipe, "complex_human_instruction", None),
         )  # (Gemma states (B, L, d_g), mask (B, L), negative, negative mask)
-        return Conditioning(out[0].detach(), out[1].detach().to(torch.int64))
+        return Conditioning(out[0], out[1].to(torch.int64))
+
+    def encode_unconditional(self, pipe: Pipeline, n: int = 1) -> Conditioning:
+        """SanaPipeline's negative branch: the empty prompt *without* the instruction prefix and without
+        ``select_index``, padded to ``max_sequence_length`` (what its classifier-free guidance subtracts)."""
+        with torch.no_grad():
+            embeds, mask = pipe._get_gemma_prompt_embeds(
+                [""] * n,
+                device=self.get_denoiser(pipe).device,
+                dtype=pipe.text_encoder.dtype,
+                clean_caption=False,
+                max_sequence_length=self._max_length(pipe),
+                complex_human_instruction=None,
+            )  # (n, L, d_g), (n, L)
+        return Conditioning(embeds.detach(), mask.detach().to(torch.int64))
+
+    def text_positions(self, pipe: Pipeline) -> tuple[int, ...]:
+        """Positions of ``tokenizer(prompt)`` (BOS + words) that ``select_index`` keeps: ``max_sequence_length``."""
+        return (self._max_length(pipe),)
+
+    def prompt_starts(self, pipe: Pipeline, prompts: Sequence[str]) -> list[int]:
+        """Where each prompt's own first token stands in the ids Gemma reads (``instruction + prompt`` tokenized
+        whole): the tokens of the whole string less the prompt's own (without BOS), so a boundary the tokenizer merges
+        (the instruction's trailing space joins the first word: ``▁the``) is counted once. 1 without an instruction."""
+        chi, tok = self._instruction(pipe), self.tokenizer(pipe)
+        texts = pipe._text_preprocessing(list(prompts), clean_caption=False)  # lower-cased, stripped, as encode_prompt
+        return [
+            len(tok(chi + p).input_ids) - len(tok(p, add_special_tokens=False).input_ids) if chi else 1 for p in texts
+        ]
+
+    def encode_substituted(
+        self,
+        pipe: Pipeline,
+        prompts: Sequence[str],
+        substitute: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+        per_encoder: Sequence[Sequence[str]] | None = None,
+    ) -> Conditioning:
+        """As the base, with the instruction prefix hidden from ``substitute``: it sees, per prompt, BOS then the
+        prompt's own tokens and padding, (B, L', ·), as ``tokenizer(prompt)`` lays them out (so templates, carrier ids
+        and positions are the prompt's, and a carrier word in the instruction is never replaced); what it returns is
+        put back in place, and the instruction's embeddings stay the table's."""
+        starts = self.prompt_starts(pipe, self.encoder_prompts(pipe, prompts, per_encoder)[0])
+
+        def in_place(enc: int, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+            n = ids.shape[1] - max(starts)  # prompt positions every row has: (B, 1 + n) views
+
+            def view(x: torch.Tensor) -> torch.Tensor:
+                return torch.stack([torch.cat([x[b, :1], x[b, s : s + n]]) for b, s in enumerate(starts)])
+
+            new = substitute(enc, view(ids), view(embeds))  # (B, 1 + n, d_g)
+            rows = [
+                torch.cat([new[b, :1], embeds[b, 1:s], new[b, 1:], embeds[b, s + n :]]) for b, s in enumerate(starts)
+            ]
+            return torch.stack(rows)
+
+        return super().encode_substituted(pipe, prompts, in_place, per_encoder)
+
+    def dynamics(self, pipe: Pipeline) -> FlowDynamics:
+        """Flow matching (velocity; Sana trains rectified flow, Xie et al. 2024, §2.3), sampled by Euler steps on the
+        scheduler's own σ spacing with its shift (SanaPipeline hands the scheduler no σ), classifier-free guidance in
+        one batched call. Sana ships DPM-Solver++ in flow mode (``flow_shift``): its shift is read into the Euler
+        scheduler's ``shift`` (our sampler; the σ schedule and the model are Sana's)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        cfg = pipe.scheduler.config
+        if "flow_shift" in cfg or "shift" not in cfg:  # DPMSolverMultistepScheduler(use_flow_sigmas, flow_shift)
+            shift = float(cfg.get("flow_shift", 1.0) or 1.0)
+            T = int(cfg.get("num_train_timesteps", 1000))
+            cfg = FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift).config
+        return FlowDynamics(cfg, sigma_ramp=False)
 
     def trailing_specials(self) -> int:
         return 0
@@ -71,6 +182,7 @@ SANA = SanaFamily(
     lora_prefix="transformer",
     kohya=False,
     captures_activations=False,
+    masked_text=True,
     positions_follow_tokenizer=False,  # [BOS, last instruction token, prompt...]: see encode()
     lora_loader=True,  # SanaLoraLoaderMixin
 )
