@@ -20,6 +20,7 @@ each family declares them through :meth:`~erasekit.models.families.base.Family.d
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -180,6 +181,13 @@ class DDPMDynamics(Dynamics):
             kept.append(kw["latents"].detach().clone())
             return kw
 
+        def keep_legacy(i: int, t: Any, latents: torch.Tensor) -> None:  # PixArt's ``callback(step, t, latents)``
+            kept.append(latents.detach().clone())
+
+        if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters:
+            hook: dict[str, Any] = {"callback_on_step_end": keep, "callback_on_step_end_tensor_inputs": ["latents"]}
+        else:
+            hook = {"callback": keep_legacy, "callback_steps": 1}
         try:
             out = pipe(
                 prompt=[prompt] * n,
@@ -187,8 +195,7 @@ class DDPMDynamics(Dynamics):
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 output_type="latent",
-                callback_on_step_end=keep,
-                callback_on_step_end_tensor_inputs=["latents"],
+                **hook,
                 **dict(self.call_kwargs),
             )
             timesteps = pipe.scheduler.timesteps.clone()

@@ -115,6 +115,7 @@ PIXART = PixArtFamily(
     description="PixArt-α / Σ (DiT, T5; attn2 on caption_projection)",
     lora_prefix="transformer",
     kohya=False,
+    fine_tunes_denoiser=True,
     captures_activations=False,
     masked_text=True,
     lora_loader=False,  # diffusers 0.42 has no PixArt LoRA loader mixin

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from torch import nn
 from .base import Conditioning, Family, Pipeline, Sampling, Site
 from .dynamics import FlowDynamics
 from .pixart import binning_kwargs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 from .sd import detached
 
 
@@ -38,12 +41,17 @@ class SanaFamily(Family):
         base = super().sampling(pipe, scale)
         return Sampling({**base.kwargs, **binning_kwargs(pipe, self.binned), **self._native_size(pipe)}, base.cfg)
 
+    def sample_size(self, pipe: Pipeline) -> int:
+        """The latent side of the image the pipeline renders (:meth:`_native_size`): the config's ``sample_size``
+        for the released models; the tiny test model's 8 rounds up to 16 (32 px), the least size SanaPipeline takes."""
+        f = int(pipe.vae_scale_factor)
+        return -(-int(self.get_denoiser(pipe).config.sample_size) * f // 32) * 32 // f
+
     def _native_size(self, pipe: Pipeline) -> dict[str, int]:
         """``height`` / ``width`` of the model's native image where ``__call__``'s default (1024 px) is not it (a
         model of another size: the tiny test Sana, 16 px, rendered at 32 px, the least size the pipeline takes);
         nothing for the released 1024-px models. An explicit size asked by the caller goes after these and wins."""
-        native = self.sample_size(pipe) * int(pipe.vae_scale_factor)
-        side = -(-native // 32) * 32  # SanaPipeline takes multiples of 32 px only (the tiny model: 16 -> 32)
+        side = self.sample_size(pipe) * int(pipe.vae_scale_factor)  # a multiple of 32 px, as SanaPipeline takes
         if int(self._call_default(pipe, "height", side)) == side == int(self._call_default(pipe, "width", side)):
             return {}
         return {"height": side, "width": side}
@@ -107,6 +115,20 @@ class SanaFamily(Family):
         return [
             len(tok(chi + p).input_ids) - len(tok(p, add_special_tokens=False).input_ids) if chi else 1 for p in texts
         ]
+
+    def token_segments(self, pipe: Pipeline) -> tuple[tuple[PreTrainedTokenizerBase, int], ...] | None:
+        """One segment from position 0 when the stream ``select_index`` keeps is ``[BOS, prompt tokens...]``: the
+        pipeline keeps the last ``max_sequence_length − 1`` of ``len(tokenizer(instruction)) + max_sequence_length − 2``
+        positions, so its tail starts at ``len(tokenizer(instruction)) − 1``, which is where the prompt starts when the
+        instruction's trailing space joins the prompt's first word (``: ▁`` + ``a`` → ``:`` ``▁a``; Gemma's and the
+        stand-in's tokenizers). Otherwise (an instruction whose last token stays its own) None: MACE refuses."""
+        chi = self._instruction(pipe)
+        if not chi:
+            return ((self.tokenizer(pipe), 0),)
+        kept_from = len(self.tokenizer(pipe)(chi).input_ids) - 1
+        probes = ["a", "a photo of a cat"]
+        aligned = all(s == kept_from for s in self.prompt_starts(pipe, probes))
+        return ((self.tokenizer(pipe), 0),) if aligned else None
 
     def encode_substituted(
         self,
@@ -181,8 +203,8 @@ SANA = SanaFamily(
     description="Sana (linear DiT, Gemma-2; attn2 on caption_norm(caption_projection))",
     lora_prefix="transformer",
     kohya=False,
+    fine_tunes_denoiser=True,
     captures_activations=False,
     masked_text=True,
-    positions_follow_tokenizer=False,  # [BOS, last instruction token, prompt...]: see encode()
     lora_loader=True,  # SanaLoraLoaderMixin
 )
