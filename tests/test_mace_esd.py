@@ -607,3 +607,23 @@ def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_the_dits_and_both_rever
         assert changed and changed <= sites
         edit.revert(pipe)
         assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
+
+
+def test_sana_euler_schedule_follows_the_released_dpm_solver_flow_schedule():
+    """Released Sana ships DPM-Solver++ in flow mode (``flow_shift``); the family's Euler sampler reads that shift, so
+    its σ schedule is the scheduler's (the scheduler's first σ is shift(1 − 1/1000), ours 1)."""
+    from types import SimpleNamespace
+
+    from diffusers import DPMSolverMultistepScheduler
+
+    from erasekit.models.families.sana import SANA
+
+    sched = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    ours, _ = SANA.dynamics(SimpleNamespace(scheduler=sched)).schedule(20, 1024)
+    sched.set_timesteps(20)
+    theirs = torch.as_tensor(sched.sigmas, dtype=torch.float32)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-3)
+    unshifted, _ = SANA.dynamics(SimpleNamespace(scheduler=DPMSolverMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0))).schedule(20, 1024)  # fmt: skip
+    assert float((ours[1:-1] - unshifted[1:-1]).min()) > 0  # the shift moves every inner σ up

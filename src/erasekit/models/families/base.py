@@ -196,7 +196,7 @@ class Family:
     fine_tunes_denoiser: bool = False
     # Whether activations can be captured along the pipeline's own sampler (PURE's activation basis, joint-site
     # columns): the pipeline's guidance layout is declared by :meth:`sampling` and the twin call by
-    # :meth:`text_kwargs`. PixArt / Sana are not validated for it.
+    # :meth:`text_kwargs` (PixArt / Sana: the stream and its mask).
     captures_activations: bool = True
     # Whether the pipeline takes the text mask beside ``prompt_embeds`` (``prompt_attention_mask``: PixArt, Sana).
     masked_text: bool = False

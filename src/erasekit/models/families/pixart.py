@@ -3,6 +3,21 @@
 The transformer projects the T5 states once (``caption_projection``, T5 width → model width) and every
 block's ``attn2.to_k / to_v`` reads that projection: a function of the prompt alone, the same in every
 block and at every timestep, so the closed forms apply with X = caption_projection(T5). T5 is masked.
+
+What is the papers' and what is ours on PixArt. The model is PixArt's (Chen et al. 2024): DDPM ε-prediction with
+learned sigma (2C output channels; the first C are ε, as the pipeline reads them), guided by classifier-free
+guidance against the empty prompt in one batched call. The erasure methods were written for SD's UNet; here:
+
+* **Text gradients** (:meth:`PixArtFamily.encode_graph`): the pipeline's ``encode_prompt`` (T5 at ``__call__``'s
+  ``max_sequence_length``, masked) under the caller's grad mode, so substituted input-token embeddings reach the
+  stream: the attacks (UnlearnDiffAtk, P4D, CCE, MMA) search T5's whole-word pieces (``▁castle``).
+* **Dynamics** (:meth:`PixArtFamily.dynamics`): the DDPM forward process and ε target of the UNets; our sampler for
+  fine-tuning's trajectories is the pipeline's own call with a DDIM scheduler built from its DPM-Solver config (the
+  same training schedule), as on the UNets.
+* **Fine-tuning**: ESD-x trains every Linear of ``attn2`` (the cross-attention, as ESD-x trains SD's ``attn2``),
+  ESD-u the rest; MACE's LoRA stage reads ``attn2``'s attention maps with the T5 padding masked, as the processor
+  masks it (:class:`~erasekit.models.capture.AttentionProbe`); PURE's activation basis records ``attn2``'s output
+  before ``to_out`` (mean over image tokens), as on the UNets. Which layers and which maps are our choice for this DiT.
 """
 
 from __future__ import annotations
@@ -77,6 +92,11 @@ class PixArtFamily(Family):
         by DDIM with classifier-free guidance in one batched call, as the UNets (:class:`DDPMDynamics`)."""
         return DDPMDynamics.of(pipe, binning_kwargs(pipe, self.binned))
 
+    def text_kwargs(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        """The text stream and its mask (``encoder_attention_mask``): a twin call with another prompt's stream must
+        mask that prompt's padding, not the recorded one's."""
+        return {"encoder_hidden_states": cond.embeds, "encoder_attention_mask": cond.mask}
+
     def site_input_modules(self, pipe: Pipeline) -> dict[str, nn.Module]:
         """The text encoder and the transformer's caption modules (:meth:`site_inputs` applies them)."""
         tr = self.get_denoiser(pipe)
@@ -116,7 +136,6 @@ PIXART = PixArtFamily(
     lora_prefix="transformer",
     kohya=False,
     fine_tunes_denoiser=True,
-    captures_activations=False,
     masked_text=True,
     lora_loader=False,  # diffusers 0.42 has no PixArt LoRA loader mixin
 )

@@ -4,6 +4,33 @@ Gemma-2's states (with the pipeline's own complex-human-instruction prefix, then
 BOS plus the last ``max_sequence_length - 1`` positions) pass ``caption_projection`` and ``caption_norm``
 once; every block's ``attn2.to_k / to_v`` reads that, the same at every block and timestep.
 Gemma adds no EOS, so the last real token is the last concept token.
+
+The kept stream is ``[BOS, prompt tokens..., padding]``: the pipeline keeps the last ``max_sequence_length − 1`` of
+``len(tokenizer(instruction)) + max_sequence_length − 2`` positions, which start at the prompt's first token because
+the instruction's trailing space joins the prompt's first word (``: ▁`` + ``a`` → ``:`` ``▁a``). So positions follow
+``tokenizer(prompt)`` (:meth:`SanaFamily.token_segments`; MACE aligns by them) while Gemma, being causal, still reads
+the whole instruction before the prompt.
+
+What is the papers' and what is ours on Sana. The model is Sana's (Xie et al. 2024): flow matching (velocity;
+``timestep_scale`` applied as the pipeline does), guided by classifier-free guidance against the pipeline's own
+negative — ``""`` *without* the instruction prefix (:meth:`SanaFamily.encode_unconditional`) — in one batched call.
+Here:
+
+* **Text gradients**: :meth:`SanaFamily.encode_graph` is the pipeline's ``encode_prompt`` with the graph kept;
+  :meth:`SanaFamily.encode_substituted` hides the instruction prefix from ``substitute``, which sees each prompt as
+  ``tokenizer(prompt)`` lays it out (BOS, its tokens, padding) and whose output is put back behind the prefix: the
+  attacks' per-encoder templates, carrier words and positions are the prompt's, and a carrier word inside the
+  instruction is never replaced.
+* **Dynamics** (:meth:`SanaFamily.dynamics`): the rectified-flow forward process and velocity target of SD3 / FLUX;
+  our sampler is Euler on the scheduler's shifted σ (Sana ships DPM-Solver++ in flow mode; its ``flow_shift`` is
+  read as the Euler scheduler's ``shift``), which is exactly SanaPipeline's own call with a flow-matching Euler
+  scheduler.
+* **Fine-tuning**: ESD-x trains every Linear of ``attn2`` (the cross-attention; ``attn1`` is Sana's *linear*
+  self-attention over the image, which ESD-u trains with the rest), MACE's LoRA stage reads ``attn2``'s softmax
+  attention (a ``SanaAttnProcessor2_0``: its query / key norms and the Gemma padding mask as the processor applies
+  them), PURE's activation basis records ``attn2``'s output before ``to_out``. Our choices, as on PixArt.
+* **Size**: SanaPipeline defaults to 1024 px and takes multiples of 32 px; for a model of another native size (the
+  tiny test Sana) generation and sampling use its native size rounded up to 32 px (:meth:`SanaFamily.sample_size`).
 """
 
 from __future__ import annotations
@@ -161,18 +188,22 @@ class SanaFamily(Family):
         """Flow matching (velocity; Sana trains rectified flow, Xie et al. 2024, §2.3), sampled by Euler steps on the
         scheduler's own σ spacing with its shift (SanaPipeline hands the scheduler no σ), classifier-free guidance in
         one batched call. Sana ships DPM-Solver++ in flow mode (``flow_shift``): its shift is read into the Euler
-        scheduler's ``shift`` (our sampler; the σ schedule and the model are Sana's)."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
+        scheduler's ``shift`` and its σ grid, shift(1 − k / steps), is the σ ramp (our sampler; the σ schedule and
+        the model are Sana's)."""
         cfg = pipe.scheduler.config
         if "flow_shift" in cfg or "shift" not in cfg:  # DPMSolverMultistepScheduler(use_flow_sigmas, flow_shift)
             shift = float(cfg.get("flow_shift", 1.0) or 1.0)
-            T = int(cfg.get("num_train_timesteps", 1000))
-            cfg = FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift).config
-        return FlowDynamics(cfg, sigma_ramp=False)
+            cfg = {"num_train_timesteps": int(cfg.get("num_train_timesteps", 1000)), "shift": shift}  # Euler's config
+            return FlowDynamics(cfg, sigma_ramp=True)  # its σ grid: shift(1 − k / steps), k = 0 .. steps − 1
+        return FlowDynamics(cfg, sigma_ramp=False)  # a flow-matching Euler scheduler: SanaPipeline's own call
 
     def trailing_specials(self) -> int:
         return 0
+
+    def text_kwargs(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        """The text stream and its mask (``encoder_attention_mask``): a twin call with another prompt's stream must
+        mask that prompt's padding, not the recorded one's."""
+        return {"encoder_hidden_states": cond.embeds, "encoder_attention_mask": cond.mask}
 
     def site_input_modules(self, pipe: Pipeline) -> dict[str, nn.Module]:
         """The text encoder and the transformer's caption modules (:meth:`site_inputs` applies them)."""
@@ -204,7 +235,6 @@ SANA = SanaFamily(
     lora_prefix="transformer",
     kohya=False,
     fine_tunes_denoiser=True,
-    captures_activations=False,
     masked_text=True,
     lora_loader=True,  # SanaLoraLoaderMixin
 )
