@@ -545,6 +545,24 @@ def test_cross_attention_probe_is_the_processors_attention(all_tiny_pipes, build
     )
 
 
+def test_esd_trains_attn2_on_the_dits_and_every_other_layer_as_esd_u(all_tiny_pipes):
+    """ESD-x: every Linear of the cross-attention ``attn2`` (found by structure: Sana's linear ``attn1`` is image
+    self-attention); ESD-u: every other Linear / Conv2d; strict: the K / V sites. Disjoint and together every layer."""
+    for build in DIT_BUILDS:
+        pipe = all_tiny_pipes[build]
+        den = identify(pipe).get_denoiser(pipe)
+        adapter = PipelineAdapter(pipe)
+        cfg = erasekit.make_config("esd-x")
+        x, u = (set(trainable_modules(adapter, v, cfg)) for v in ("esd-x", "esd-u"))
+        layers = {n for n, m in den.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+        assert x and u and not x & u and x | u == layers
+        assert {n.rsplit(".attn2.", 1)[0] for n in x} == {
+            f"transformer_blocks.{i}" for i in range(len(den.transformer_blocks))
+        }
+        assert set(trainable_modules(adapter, "esd-x-strict", cfg)) == set(adapter.paths)
+
+
+@pytest.mark.slow  # ~30-100 s each on 2 CPU cores; the registry matrix (test_engine) fits every method here fast
 @pytest.mark.parametrize("build", DIT_BUILDS)
 @pytest.mark.parametrize("method", sorted(DIT_FINE_TUNING))
 def test_esd_on_the_dits_lowers_its_objective_saves_and_reverts(all_tiny_pipes, build, method, tmp_path):
@@ -577,6 +595,7 @@ def test_esd_on_the_dits_lowers_its_objective_saves_and_reverts(all_tiny_pipes, 
     assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
 
 
+@pytest.mark.slow  # ~80-170 s each on 2 CPU cores
 @pytest.mark.parametrize("build", DIT_BUILDS)
 def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_the_dits_and_both_revert(all_tiny_pipes, build):
     """ACE and MACE's LoRA stage (on attn2's masked attention maps) train on PixArt and Sana: ACE's loss falls, the
