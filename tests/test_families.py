@@ -218,6 +218,11 @@ def test_identity_substitution_is_encode_and_every_encoder_is_substitutable(all_
     for (enc, ids), tok in zip(sorted(seen, key=lambda x: x[0]), fam.text_tokenizers(pipe), strict=True):
         want = list(tok("a cat").input_ids)  # CLIP: BOS a cat EOS; T5: a cat EOS
         assert ids[1, : len(want)].tolist() == want, f"encoder {enc} was not handed its own tokenizer's ids"
+    tables = fam.input_embeddings(pipe)  # substitute hands over rows of these tables (Gemma: before its √d scale)
+    with torch.no_grad():
+        rows = fam.encode_substituted(pipe, prompts, lambda e, i, x: tables[e][i.to(x.device)].to(x.dtype))
+    for a, b in zip(_cond_tensors(ref), _cond_tensors(rows), strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-6, atol=1e-6)
     graph = fam.encode_substituted(pipe, prompts, lambda e, i, x: x)
     for a, b in zip(_cond_tensors(ref), _cond_tensors(graph), strict=True):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-5)

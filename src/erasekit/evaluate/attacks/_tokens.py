@@ -72,15 +72,16 @@ class TokenSpace:
         self._fill_ids = [self.filler if m is None else m[fill] for m in self._own]
 
     def _one_token(self, word: str) -> int:
-        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        ids = self.content_ids(word)  # in the pipeline's context (Sana's Gemma: ``▁the`` behind the instruction)
         if len(ids) != 1:
             raise AttackError(f"the filler word {word!r} is not one token for this tokenizer")
         return int(ids[0])
 
     # ------------------------------------------------------------------ text
     def content_ids(self, prompt: str) -> list[int]:
-        """The prompt's token ids without BOS / EOS (truncated as the pipeline truncates)."""
-        return list(self.tokenizer(prompt, add_special_tokens=False).input_ids)[: self.max_len]
+        """The prompt's token ids without BOS / EOS, as the first text encoder reads them in the pipeline's context
+        (:meth:`~erasekit.models.families.Family.prompt_ids`), truncated as the pipeline truncates."""
+        return list(self.ctx.family.prompt_ids(self.ctx.pipe, [prompt])[0])[: self.max_len]
 
     def text(self, ids: Sequence[int]) -> str:
         """Decoded text of full-vocabulary ids (whole words separated by spaces)."""

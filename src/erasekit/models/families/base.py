@@ -345,6 +345,13 @@ class Family:
         ``max_sequence_length``. What bounds the attacks' token sequences."""
         return tuple(int(min(t.model_max_length, 10**6)) for t in self.text_tokenizers(pipe))
 
+    def prompt_ids(self, pipe: Pipeline, prompts: Sequence[str]) -> list[list[int]]:
+        """Each prompt's own token ids (no special tokens) as the first of :meth:`text_encoders` reads them in the
+        pipeline's context: ``tokenizer(prompt)`` here (PixArt: after the pipeline's lower-casing; Sana: behind its
+        instruction prefix). What the token attacks search and substitute."""
+        tok = self.text_tokenizers(pipe)[0]
+        return [list(tok(p, add_special_tokens=False).input_ids) for p in prompts]
+
     def input_embeddings(self, pipe: Pipeline) -> tuple[torch.Tensor, ...]:
         """Each text encoder's input-token table (V, d_e), in :meth:`text_encoders` order (read-only use)."""
         tables = (_token_table(enc).weight for enc in self.text_encoders(pipe))
@@ -364,12 +371,19 @@ class Family:
         """:meth:`encode_graph` with each text encoder's input-token embeddings (B, L, d_e) replaced by
         ``substitute(encoder index, token ids (B, L), embeddings) -> (B, L, d_e)``: the way in for soft prompts and
         learned tokens, whatever the encoder does after its token table (positions, pooling at EOS, masks). The
-        grad mode is the caller's."""
+        embeddings are rows of the table :meth:`input_embeddings` gives, also where the lookup scales them (Gemma's
+        √d: Sana), which is applied to what ``substitute`` returns. The grad mode is the caller's."""
         hooks = []
         for i, enc in enumerate(self.text_encoders(pipe)):
 
             def hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor, i: int = i) -> torch.Tensor:
-                return substitute(i, args[0], out)
+                scale = getattr(module, "embed_scale", None)  # Gemma multiplies its looked-up rows by √d
+                if not isinstance(scale, torch.Tensor | float):
+                    return substitute(i, args[0], out)
+                assert isinstance(module, nn.Embedding)  # _token_lookups keeps nn.Embedding modules only
+                rows = nn.functional.embedding(args[0], module.weight, module.padding_idx)  # the table's own rows
+                scale = scale.to(module.weight.dtype) if isinstance(scale, torch.Tensor) else scale
+                return substitute(i, args[0], rows) * scale  # as the module scales them
 
             for table in _token_lookups(enc):
                 hooks.append(table.register_forward_hook(hook))

@@ -83,6 +83,10 @@ class PixArtFamily(Family):
         )  # (T5 states (B, L, d_t5), mask (B, L), negative, negative mask)
         return Conditioning(out[0], out[1].to(torch.int64))
 
+    def prompt_ids(self, pipe: Pipeline, prompts: Sequence[str]) -> list[list[int]]:
+        """T5's ids of each prompt as ``encode_prompt`` reads it: lower-cased and stripped first."""
+        return super().prompt_ids(pipe, pipe._text_preprocessing(list(prompts), clean_caption=False))
+
     def text_positions(self, pipe: Pipeline) -> tuple[int, ...]:
         """T5 positions the stream keeps: ``max_sequence_length`` (words + EOS)."""
         return (self._max_length(pipe),)

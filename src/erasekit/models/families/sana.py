@@ -143,6 +143,16 @@ class SanaFamily(Family):
             len(tok(chi + p).input_ids) - len(tok(p, add_special_tokens=False).input_ids) if chi else 1 for p in texts
         ]
 
+    def prompt_ids(self, pipe: Pipeline, prompts: Sequence[str]) -> list[list[int]]:
+        """Gemma's ids of each prompt where it stands, behind the instruction prefix: a tokenizer without a prefix
+        space (Gemma's) reads the first word there as ``▁word``, alone as ``word``."""
+        chi, tok = self._instruction(pipe), self.tokenizer(pipe)
+        texts = pipe._text_preprocessing(list(prompts), clean_caption=False)
+        if not chi:
+            return super().prompt_ids(pipe, texts)
+        starts = self.prompt_starts(pipe, texts)
+        return [list(tok(chi + p).input_ids)[s:] for p, s in zip(texts, starts, strict=True)]
+
     def token_segments(self, pipe: Pipeline) -> tuple[tuple[PreTrainedTokenizerBase, int], ...] | None:
         """One segment from position 0 when the stream ``select_index`` keeps is ``[BOS, prompt tokens...]``: the
         pipeline keeps the last ``max_sequence_length − 1`` of ``len(tokenizer(instruction)) + max_sequence_length − 2``
