@@ -499,6 +499,15 @@ def test_sana_tokens_are_read_in_context_behind_the_instruction():
     ctx.progress = False
     (suite,) = get_attack("uda")(config=make_attack_config("uda", **TINY["uda"])).suites(ctx)
     assert len(suite) == 1
+    # CCE's learned token is carried by the in-context id of its word, so it reaches the conditioning
+    from erasekit.evaluate.conditioning import token_conditioning
+
+    result = get_attack("cce")(config=make_attack_config("cce", **TINY["cce"])).build(ctx)
+    (suite,) = result.suites(target)
+    items = list(suite)
+    learned = token_conditioning(pipe, items, suite.vectors)["prompt_embeds"]
+    plain = erasekit.models.families.identify(pipe).encode(pipe, [it.prompt for it in items]).embeds
+    assert float((learned - plain).abs().max()) > 1e-4
 
 
 def _old_ddpm_objective(pipe, x0, eps, t):

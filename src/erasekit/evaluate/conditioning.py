@@ -102,6 +102,22 @@ def carrier_id(tokenizer, word: str) -> int:
     return int(ids[0])
 
 
+def carrier_ids(pipe, word: str) -> list[int]:
+    """The one token id of ``word`` for each text encoder of ``pipe``, as the encoder reads the word inside a prompt:
+    the first encoder's in the pipeline's context (:meth:`~erasekit.models.families.Family.prompt_ids`: Sana's Gemma
+    reads ``▁word`` behind its instruction, ``word`` alone), every other by its own tokenizer."""
+    from ..models.families import identify
+
+    family = identify(pipe)
+    toks = family.text_tokenizers(pipe)
+    first = family.prompt_ids(pipe, [word])[0]
+    if len(first) != 1 or first[0] == toks[0].unk_token_id:
+        raise AttackError(
+            f"carrier word {word!r} is {len(first)} tokens for this tokenizer; choose a single-token word"
+        )
+    return [int(first[0])] + [carrier_id(tok, word) for tok in toks[1:]]
+
+
 def place_token(
     ids: torch.Tensor, embeds: torch.Tensor, carrier: int, vector: torch.Tensor, rows: Sequence[int] | None = None
 ) -> torch.Tensor:
@@ -124,13 +140,11 @@ def token_conditioning(
     from ..models.families import identify
 
     family = identify(pipe)
-    toks = family.text_tokenizers(pipe)  # each encoder's own tokenizer: the carrier's id differs (FLUX: CLIP, T5)
     per_item = []
     for it in items:
         assert it.token is not None, "only learned-token items are conditioned here"
         vec = vectors[it.token]
-        word = carrier_word(vec)
-        per_item.append(([carrier_id(tok, word) for tok in toks], vec))
+        per_item.append((carrier_ids(pipe, carrier_word(vec)), vec))  # each encoder's id (FLUX: CLIP's, T5's)
 
     def substitute(enc: int, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         out = embeds
