@@ -31,8 +31,9 @@ class TokenSpace:
     """The vocabulary an attack searches and the way its sequences reach the model.
 
     ``ids``: (V',) token ids, in the first encoder's tokenizer (``tokenizer``), of whole lower-case words
-    (``"castle</w>"``) that none of ``ban`` occurs in and that every other encoder's tokenizer reads as one known
-    token: their decoded text tokenizes back to the same ids, so a found prompt is exactly what generation sees;
+    (CLIP's ``"castle</w>"``, T5's / Gemma's ``"▁castle"``: PixArt, Sana) that none of ``ban`` occurs in and that
+    every other encoder's tokenizer reads as one known token: their decoded text tokenizes back to the same ids (in
+    the pipeline's context: :meth:`content_ids`), so a found prompt is exactly what generation sees;
     ``tables``: each text encoder's input table restricted to those words, (V', d_e), row j the same word in every
     encoder.
     """
