@@ -445,10 +445,11 @@ def test_attack_results_carry_intervals_and_paired_tests(world, edits, tmp_path)
         read_results_json(tmp_path / "future.json")
 
 
-@pytest.mark.parametrize("family", ["sd", "sd2", "sdxl", "sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd", "sd2", "sdxl", "sd3", "flux", "pixart", "sana"])
 def test_every_attack_runs_on_every_family(all_tiny_pipes, family):
     """Through the family's encode / denoise only: SD 1.x, 2.x (v-prediction), SDXL (two encoders, pooled), SD3 (two
-    CLIPs and T5) and FLUX (CLIP pooled + T5 stream, packed latents, rectified flow)."""
+    CLIPs and T5), FLUX (CLIP pooled + T5 stream, packed latents, rectified flow), PixArt (masked T5, learned-sigma
+    DDPM) and Sana (Gemma-2 behind its instruction prefix, flow matching)."""
     from erasekit.evaluate.suites import suites_from_concepts
 
     pipe = all_tiny_pipes[family]
@@ -466,6 +467,49 @@ def test_every_attack_runs_on_every_family(all_tiny_pipes, family):
         assert not erasekit.Edit.applied(pipe), name
 
 
+def test_sana_tokens_are_read_in_context_behind_the_instruction():
+    """Gemma's real tokenizer adds no prefix space: alone, a prompt's first word is ``word``; behind Sana's instruction
+    (``...Prompt: `` + prompt) it is ``▁word``. A Sana whose Gemma tokenizes so (the stand-in with its prefix space
+    switched off) has the token attacks search, substitute and round-trip the in-context ids, and UnlearnDiffAtk
+    runs on it."""
+    from tokenizers import pre_tokenizers
+
+    from erasekit.evaluate.attacks._tokens import TokenSpace
+    from erasekit.evaluate.suites import suites_from_concepts
+    from erasekit.models.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sana")
+    pipe.tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    alone = pipe.tokenizer("castle tree", add_special_tokens=False).input_ids
+    assert pipe.tokenizer.convert_ids_to_tokens(alone)[0] == "castle"  # no prefix space alone
+    cs = erasekit.ConceptSet(erase=("circle",), kind="object", preserve=("square",))
+    target = suites_from_concepts(cs, seeds=[0])[0].head(1)
+    ctx = AttackContext(pipe, target, settings=GenerationSettings(steps=2, guidance=5.0))
+    ctx.progress = False
+    space = TokenSpace(ctx)
+    ids = space.content_ids("castle tree")
+    assert pipe.tokenizer.convert_ids_to_tokens(ids) == ["\u2581castle", "\u2581tree"] and space.roundtrips(ids)
+    assert pipe.tokenizer.convert_ids_to_tokens([space.filler]) == ["\u2581the"]
+    cond = space.encode([space.lookup(torch.tensor(ids))])  # the filler check passes in context
+    torch.testing.assert_close(
+        cond.embeds, erasekit.models.families.identify(pipe).encode(pipe, ["castle tree"]).embeds
+    )
+    edit = erasekit.erase(pipe, "uce", cs, progress=False)
+    ctx = AttackContext(pipe, target, edit, settings=GenerationSettings(steps=2, guidance=5.0))
+    ctx.progress = False
+    (suite,) = get_attack("uda")(config=make_attack_config("uda", **TINY["uda"])).suites(ctx)
+    assert len(suite) == 1
+    # CCE's learned token is carried by the in-context id of its word, so it reaches the conditioning
+    from erasekit.evaluate.conditioning import token_conditioning
+
+    result = get_attack("cce")(config=make_attack_config("cce", **TINY["cce"])).build(ctx)
+    (suite,) = result.suites(target)
+    items = list(suite)
+    learned = token_conditioning(pipe, items, suite.vectors)["prompt_embeds"]
+    plain = erasekit.models.families.identify(pipe).encode(pipe, [it.prompt for it in items]).embeds
+    assert float((learned - plain).abs().max()) > 1e-4
+
+
 def _old_ddpm_objective(pipe, x0, eps, t):
     """Today's (session 4) DDPM maths, kept here as the oracle: x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε and ε / v."""
     from diffusers import DDPMScheduler
@@ -479,12 +523,13 @@ def _old_ddpm_objective(pipe, x0, eps, t):
     return x_t, eps if kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
 
 
-@pytest.mark.parametrize("family", ["sd", "sd2", "sdxl"])
-def test_unet_objective_is_the_ddpm_objective(tiny_pipes, family):
-    """The attacks' objective, now read from the family's dynamics, is the DDPM one they used (SD 2.x: v)."""
+@pytest.mark.parametrize("family", ["sd", "sd2", "sdxl", "pixart"])
+def test_unet_objective_is_the_ddpm_objective(all_tiny_pipes, family):
+    """The attacks' objective, now read from the family's dynamics, is the DDPM one they used (SD 2.x: v; PixArt: ε
+    on its DPM-Solver scheduler's training schedule)."""
     from erasekit.evaluate.attacks._diffusion import DenoisingObjective
 
-    pipe = tiny_pipes[family]
+    pipe = all_tiny_pipes[family]
     target = tinyworld_suites(["circle"], 1, kinds=["target"])[0]
     obj = DenoisingObjective.of(AttackContext(pipe, target, progress=False))
     assert obj.num_timesteps == 1000
@@ -498,9 +543,9 @@ def test_unet_objective_is_the_ddpm_objective(tiny_pipes, family):
     torch.testing.assert_close(obj.per_item(pred, x0, eps, t), (pred - old_target).pow(2).flatten(1).mean(1))
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd3", "flux", "sana"])
 def test_flow_objective_is_rectified_flow(all_tiny_pipes, family):
-    """On SD3 / FLUX: x_σ = (1 − σ) x₀ + σ ε with σ = t / 1000 and the velocity ε − x₀, so x₀ = x_σ − σ v and
+    """On SD3 / FLUX / Sana: x_σ = (1 − σ) x₀ + σ ε with σ = t / 1000 and the velocity ε − x₀, so x₀ = x_σ − σ v and
     ε = x_σ + (1 − σ) v recover both ends (an identity independent of the code under test)."""
     from erasekit.evaluate.attacks._diffusion import DenoisingObjective
 
@@ -517,13 +562,16 @@ def test_flow_objective_is_rectified_flow(all_tiny_pipes, family):
 
 
 @pytest.mark.parametrize("name", [a for a in ATTACKS if get_attack(a).needs_text_gradients])
-def test_gradient_attacks_refuse_a_family_without_text_gradients(all_tiny_pipes, name):
-    """Every attack that declares it differentiates through the text encoders is refused on PixArt in one line that
-    names the attack and the family, before it spends a single model evaluation."""
+def test_gradient_attacks_refuse_a_family_without_text_gradients(all_tiny_pipes, name, monkeypatch):
+    """Every attack that declares it differentiates through the text encoders is refused on a family without them
+    (every built-in family has them now: PixArt's are switched off here) in one line that names the attack and the
+    family, before it spends a single model evaluation."""
     from erasekit.errors import EraseKitError
     from erasekit.evaluate.suites import suites_from_concepts
+    from erasekit.models.families.pixart import PixArtFamily
 
     pipe = all_tiny_pipes["pixart"]
+    monkeypatch.setattr(PixArtFamily, "text_gradients", lambda self: False)
     cs = erasekit.ConceptSet(erase=("circle",), kind="object", preserve=("square",))
     target = suites_from_concepts(cs, seeds=[0])[0].head(1)
     edit = erasekit.erase(pipe, "uce", cs, progress=False)

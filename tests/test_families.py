@@ -172,7 +172,7 @@ def test_static_site_inputs_do_not_depend_on_timestep_or_latent(pipe):
 
 
 # ------------------------------------------------------------------ differentiable encoding (the attacks' way in)
-GRADIENT_FAMILIES = ("sd", "sd2", "sdxl", "sd3", "flux")  # PixArt / Sana: encode_graph is refused in one line
+GRADIENT_FAMILIES = ("sd", "sd2", "sdxl", "sd3", "flux", "pixart", "sana")  # every family: encode_graph
 
 
 def _cond_tensors(cond):
@@ -218,6 +218,11 @@ def test_identity_substitution_is_encode_and_every_encoder_is_substitutable(all_
     for (enc, ids), tok in zip(sorted(seen, key=lambda x: x[0]), fam.text_tokenizers(pipe), strict=True):
         want = list(tok("a cat").input_ids)  # CLIP: BOS a cat EOS; T5: a cat EOS
         assert ids[1, : len(want)].tolist() == want, f"encoder {enc} was not handed its own tokenizer's ids"
+    tables = fam.input_embeddings(pipe)  # substitute hands over rows of these tables (Gemma: before its √d scale)
+    with torch.no_grad():
+        rows = fam.encode_substituted(pipe, prompts, lambda e, i, x: tables[e][i.to(x.device)].to(x.dtype))
+    for a, b in zip(_cond_tensors(ref), _cond_tensors(rows), strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-6, atol=1e-6)
     graph = fam.encode_substituted(pipe, prompts, lambda e, i, x: x)
     for a, b in zip(_cond_tensors(ref), _cond_tensors(graph), strict=True):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-5)
@@ -236,6 +241,32 @@ def test_identity_substitution_is_encode_and_every_encoder_is_substitutable(all_
         assert shift > 1e-4, f"{build}: encoder {k}'s substitution does not reach the conditioning"
         (grad,) = torch.autograd.grad(sum(x.float().pow(2).sum() for x in parts), [delta])
         assert float(grad.abs().max()) > 0
+
+
+def test_sana_substitution_sees_the_prompt_not_the_instruction(all_tiny_pipes):
+    """Sana's Gemma reads the instruction prefix, then the prompt; ``substitute`` sees BOS and the prompt's own tokens
+    (``tokenizer(prompt)``'s layout), and the stream ``select_index`` keeps is laid out the same way: Gemma is causal,
+    so replacing the embedding at view position k moves the stream at position k and at none before it."""
+    pipe = all_tiny_pipes["sana"]
+    fam = identify(pipe)
+    assert fam._instruction(pipe), "the pipeline's default instruction prefix is used"
+    prompts = ["a cat on a striped mat", "a dog"]
+    ref = fam.encode(pipe, prompts)
+    for k in (1, 3, 5):
+        seen = []
+
+        def poke(enc, ids, embeds, k=k):
+            seen.append(ids.clone())
+            out = embeds.clone()
+            out[:, k] = out[:, k] + 1.0
+            return out
+
+        with torch.no_grad():
+            moved = fam.encode_substituted(pipe, prompts, poke)
+        assert seen[0][0, : len(ids := pipe.tokenizer(prompts[0]).input_ids)].tolist() == ids
+        diff = (moved.embeds - ref.embeds).abs().amax(-1)  # (B, L)
+        assert bool((diff[:, :k] == 0).all()), "a position before the substituted token moved"
+        assert bool((diff[:, k] > 1e-4).all()), "the substituted token's own stream position did not move"
 
 
 # ------------------------------------------------------------------ the closed form on every family
@@ -276,11 +307,12 @@ def test_uce_keeps_preserved_outputs(pipe):
 # ------------------------------------------------------------------ refusals
 @pytest.mark.parametrize(
     "build,method",
-    [(b, m) for b in ("pixart", "sana") for m in ("esd", "ace", "pure", "mace")] + [("sd3", "pure"), ("flux", "pure")],
+    [("sd3", "pure"), ("flux", "pure")],
 )
 def test_denoiser_methods_are_refused_on_the_dits_naming_where_they_run(all_tiny_pipes, build, method):
-    """Fine-tuning (ESD, ACE, MACE's LoRA stage) runs on the UNets, SD3 and FLUX; PURE's activation basis where its
-    capture is validated and the sites are attention keys / values (the UNets; SD3 / FLUX with sites='joint')."""
+    """Fine-tuning (ESD, ACE, MACE's LoRA stage) runs on every family; PURE's activation basis where its capture is
+    validated and the sites are attention keys / values (the UNets, PixArt, Sana; SD3 / FLUX with sites='joint'), so
+    on the MMDiTs' static sites (the two embedders) it is refused, naming sites='joint'."""
     pipe = all_tiny_pipes[build]
     before = _state(pipe)
     with pytest.raises(MethodError) as e:
@@ -289,9 +321,10 @@ def test_denoiser_methods_are_refused_on_the_dits_naming_where_they_run(all_tiny
     if method == "pure":
         joint = build in ("sd3", "flux")  # capture validated, but the static sites are embedders: the joint ones run
         hint = "use sites='joint'" if joint else f"not on {build}; use basis='text'"
-        assert "\n" not in msg and "sd, sdxl, sd3, flux" in msg and hint in msg
+        assert "\n" not in msg and "sd, sdxl, pixart, sana, sd3, flux" in msg and hint in msg
     else:
-        assert "\n" not in msg and ("supports on sd, sdxl, sd3, flux only" in msg or "tokenizer position" in msg)
+        where = "supports on sd, sdxl, pixart, sana, sd3, flux only"
+        assert "\n" not in msg and (where in msg or "tokenizer position" in msg)
     assert all(torch.equal(before[k], v) for k, v in _den(pipe).state_dict().items())
 
 

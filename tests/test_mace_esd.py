@@ -172,7 +172,7 @@ def _esd_eval_loss(pipe, edit, concept, eta, n=6):
     pool = ft.trajectory_pool(adapter, [concept], n_latents=2, steps=4, guidance=3.0, seed=123, include_start=True)
     x, t = pool.x[:n], pool.t[:n]
     cc = ft.index_cond(ft.unet_inputs(adapter, [concept]), [0] * len(x))
-    cn = ft.index_cond(ft.unet_inputs(adapter, [""]), [0] * len(x))
+    cn = ft.index_cond(adapter.family_spec.encode_unconditional(pipe), [0] * len(x))  # "" as the pipeline's CFG
     with torch.no_grad():
         e_c, e_n = ft.eps(adapter, x, t, cc), ft.eps(adapter, x, t, cn)
         target = esd_target(e_c, e_c, e_n, eta)
@@ -530,3 +530,188 @@ def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_flow_models_and_both_re
         assert changed and changed <= sites
         edit.revert(pipe)
         assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
+
+
+# ------------------------------------------------------- cross-attention DiTs (PixArt: DDPM ε; Sana: flow matching)
+DIT_BUILDS = ("pixart", "sana")
+DIT_FINE_TUNING = {
+    "esd-x": {"iterations": 20, "lr": 2e-3, "pool_latents": 2, "pool_steps": 3},
+    "esd-u": {"iterations": 20, "lr": 1e-3, "pool_latents": 2, "pool_steps": 3},
+}
+
+
+def test_pixart_ddim_step_with_the_familys_guided_epsilon_is_the_pipelines_step(all_tiny_pipes):
+    """PixArt's sampler is its pipeline's own call (DDIM): one DDIM step from the trajectory's start with the family's
+    guided prediction (the first C of the 2C learned-sigma channels, CFG against the pipeline's "") lands exactly on
+    the trajectory's next input."""
+    from diffusers import DDIMScheduler
+
+    pipe = all_tiny_pipes["pixart"]
+    fam = identify(pipe)
+    dyn = fam.dynamics(pipe)
+    assert dyn.prediction == "epsilon" and fam.get_denoiser(pipe).config.out_channels == 2 * fam.latent_channels(pipe)
+    tr = dyn.trajectory(fam, pipe, "a red circle", n=2, steps=3, guidance=4.0, seed=5)
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(3)
+    cond = fam.encode(pipe, ["a red circle"]).index([0, 0])
+    with torch.no_grad():
+        eps = dyn.guided(fam, pipe, tr.xs[0], tr.ts[0].expand(2), cond, fam.encode_unconditional(pipe, 2), 4.0)
+    torch.testing.assert_close(sched.step(eps, tr.ts[0], tr.xs[0]).prev_sample, tr.xs[1], rtol=1e-4, atol=1e-5)
+
+
+def test_sana_sampler_is_the_pipelines_own(all_tiny_pipes):
+    """Sana's trajectory (Euler on the scheduler's shifted σ, CFG in one call against the pipeline's own negative:
+    "" without the instruction prefix) ends where SanaPipeline ends from the same seeds."""
+    pipe = all_tiny_pipes["sana"]
+    fam = identify(pipe)
+    dyn = fam.dynamics(pipe)
+    assert dyn.prediction == "flow"
+    tr = dyn.trajectory(fam, pipe, "a red circle", n=2, steps=3, guidance=4.0, seed=11)
+    out = pipe(
+        "a red circle",
+        num_images_per_prompt=2,
+        generator=[torch.Generator().manual_seed(11 + j) for j in range(2)],
+        num_inference_steps=3,
+        output_type="latent",
+        **fam.generation_kwargs(pipe, 4.0, 1),
+    ).images
+    torch.testing.assert_close(tr.final, out, rtol=1e-4, atol=1e-5)
+    assert len(tr.xs) == len(tr.ts) == 3 and tr.ts[0] > tr.ts[-1]
+
+
+@pytest.mark.parametrize("build", DIT_BUILDS)
+def test_cross_attention_probe_is_the_processors_attention(all_tiny_pipes, build):
+    """The probe's softmax over the text tokens (the block's mask added), applied to the block's values, gives the
+    attention output the processor hands to ``to_out``: MACE reads the probabilities the model uses, padding masked."""
+    pipe = all_tiny_pipes[build]
+    fam = identify(pipe)
+    den = fam.get_denoiser(pipe)
+    block = fam.text_attention_modules(pipe)[0]
+    attn = den.get_submodule(block)
+    seen: dict = {}
+
+    def pre(module, args, kwargs):
+        seen["v"] = module.to_v(kwargs["encoder_hidden_states"])  # (B, L, h·d)
+
+    h1 = attn.register_forward_pre_hook(pre, with_kwargs=True)
+    h2 = attn.to_out[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("theirs", a[0]))
+    cond = fam.encode(pipe, ["a red circle", "a photo of a blue square on a table"])
+    try:
+        side = fam.sample_size(pipe)
+        x = torch.randn(2, fam.latent_channels(pipe), side, side, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad(), fam.text_attention_probe(pipe, [f"{block}.to_k"], lambda b, P: seen.__setitem__("P", P)):
+            fam.denoise(pipe, x, torch.tensor([700.0, 700.0]), cond)
+    finally:
+        h1.remove()
+        h2.remove()
+    P, v = seen["P"], seen["v"]  # (B, h, N, L), (B, L, h·d)
+    mine = torch.einsum("bhnl,blhd->bnhd", P, v.unflatten(-1, (attn.heads, -1))).flatten(2)
+    torch.testing.assert_close(mine, seen["theirs"], rtol=1e-4, atol=1e-5)
+    pad = cond.mask == 0  # (B, L)
+    assert (
+        bool(pad.any())
+        and float(P.permute(0, 2, 1, 3)[pad[:, None, None, :].expand_as(P.permute(0, 2, 1, 3))].max()) < 1e-3
+    )
+
+
+def test_esd_trains_attn2_on_the_dits_and_every_other_layer_as_esd_u(all_tiny_pipes):
+    """ESD-x: every Linear of the cross-attention ``attn2`` (found by structure: Sana's linear ``attn1`` is image
+    self-attention); ESD-u: every other Linear / Conv2d; strict: the K / V sites. Disjoint and together every layer."""
+    for build in DIT_BUILDS:
+        pipe = all_tiny_pipes[build]
+        den = identify(pipe).get_denoiser(pipe)
+        adapter = PipelineAdapter(pipe)
+        cfg = erasekit.make_config("esd-x")
+        x, u = (set(trainable_modules(adapter, v, cfg)) for v in ("esd-x", "esd-u"))
+        layers = {n for n, m in den.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+        assert x and u and not x & u and x | u == layers
+        assert {n.rsplit(".attn2.", 1)[0] for n in x} == {
+            f"transformer_blocks.{i}" for i in range(len(den.transformer_blocks))
+        }
+        assert set(trainable_modules(adapter, "esd-x-strict", cfg)) == set(adapter.paths)
+
+
+@pytest.mark.slow  # ~30-100 s each on 2 CPU cores; the registry matrix (test_engine) fits every method here fast
+@pytest.mark.parametrize("build", DIT_BUILDS)
+@pytest.mark.parametrize("method", sorted(DIT_FINE_TUNING))
+def test_esd_on_the_dits_lowers_its_objective_saves_and_reverts(all_tiny_pipes, build, method, tmp_path):
+    """ESD-x trains attn2 (the cross-attention: every Linear of it), ESD-u the rest; the objective falls on held-out
+    samples, only the declared layers move, the saved file strict-loads to the same weights, revert is bit-exact."""
+    pipe = all_tiny_pipes[build]
+    fam = identify(pipe)
+    adapter = PipelineAdapter(pipe)
+    before = {k: v.clone() for k, v in fam.get_denoiser(pipe).state_dict().items()}
+    edit = erasekit.erase(pipe, method=method, concepts=["Van Gogh"], progress=False, **DIT_FINE_TUNING[method])
+    declared = set(trainable_modules(adapter, method, erasekit.make_config(method)))
+    assert {le.path for le in edit.layers.values()} == declared
+    if method == "esd-x":
+        assert declared and all(".attn2." in n for n in declared)
+    else:
+        assert declared and not any(".attn2." in n for n in declared)
+    eta = edit.stats["negative_guidance"]
+    assert _esd_eval_loss(pipe, edit, "Van Gogh", eta) <= 0.9 * _esd_eval_loss(pipe, None, "Van Gogh", eta)
+    edit.apply(pipe)
+    want = {k: v.clone() for k, v in fam.get_denoiser(pipe).state_dict().items()}
+    changed = {k for k, v in want.items() if not torch.equal(before[k], v)}
+    assert changed and {k.rsplit(".", 1)[0] for k in changed} <= declared
+    edit.revert(pipe)
+    assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
+    loaded = erasekit.load_edit(edit.save(tmp_path / "e.safetensors"), pipe)
+    try:
+        assert all(torch.equal(want[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
+    finally:
+        loaded.revert(pipe)
+    assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
+
+
+@pytest.mark.slow  # ~80-170 s each on 2 CPU cores
+@pytest.mark.parametrize("build", DIT_BUILDS)
+def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_the_dits_and_both_revert(all_tiny_pipes, build):
+    """ACE and MACE's LoRA stage (on attn2's masked attention maps) train on PixArt and Sana: ACE's loss falls, the
+    LoRA stage changes MACE's fused edit, only the sites move, revert is bit-exact."""
+    pipe = all_tiny_pipes[build]
+    fam = identify(pipe)
+    before = {k: v.clone() for k, v in fam.get_denoiser(pipe).state_dict().items()}
+    kw = dict(concepts=["a red circle"], preserve=["a blue square"], kind="object", progress=False)
+    ace = erasekit.erase(
+        pipe, "ace", train_steps=8, lr=2e-2, adv_steps=0, pool_latents=1, pool_steps=3, batch_size=2, **kw
+    )
+    assert ace.stats["loss_last"] < ace.stats["loss_first"]
+    mace = erasekit.erase(pipe, "mace", train_steps=4, lr=1e-2, n_images=1, image_steps=2, **kw)
+    closed = erasekit.erase(pipe, "mace", train_steps=0, **kw)
+    (lora,) = mace.stats["lora"]  # one site group (attn2 K / V of every block)
+    assert lora["train_steps"] == 4 and math.isfinite(lora["loss_last"]) and 0 < lora["mask_share"] <= 1
+    den = fam.get_denoiser(pipe)
+    w0 = {k: den.get_submodule(le.path).weight.detach() for k, le in mace.layers.items()}
+    assert any(
+        not torch.allclose(mace.layers[k].materialize(w), closed.layers[k].materialize(w)) for k, w in w0.items()
+    )
+    sites = set(PipelineAdapter(pipe).paths)
+    for edit in (ace, mace):
+        assert set(edit.layers) == sites
+        edit.apply(pipe)
+        state = fam.get_denoiser(pipe).state_dict()
+        changed = {k.rsplit(".", 1)[0] for k, v in state.items() if not torch.equal(before[k], v)}
+        assert changed and changed <= sites
+        edit.revert(pipe)
+        assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
+
+
+def test_sana_euler_schedule_follows_the_released_dpm_solver_flow_schedule():
+    """Released Sana ships DPM-Solver++ in flow mode (``flow_shift``); the family's Euler sampler reads that shift, so
+    its σ schedule is the scheduler's (the scheduler's first σ is shift(1 − 1/1000), ours 1)."""
+    from types import SimpleNamespace
+
+    from diffusers import DPMSolverMultistepScheduler
+
+    from erasekit.models.families.sana import SANA
+
+    sched = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    ours, _ = SANA.dynamics(SimpleNamespace(scheduler=sched)).schedule(20, 1024)
+    sched.set_timesteps(20)
+    theirs = torch.as_tensor(sched.sigmas, dtype=torch.float32)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-3)
+    unshifted, _ = SANA.dynamics(SimpleNamespace(scheduler=DPMSolverMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0))).schedule(20, 1024)  # fmt: skip
+    assert float((ours[1:-1] - unshifted[1:-1]).min()) > 0  # the shift moves every inner σ up

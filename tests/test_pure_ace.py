@@ -165,3 +165,52 @@ def test_ace_fine_tuning_restores_pipeline_state(tiny_pipes):
     assert [p.requires_grad for p in pipe.unet.parameters()] == flags
     assert all(not m._forward_hooks for m in pipe.unet.modules())
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"  # the pool's scheduler swap was undone
+
+
+@pytest.mark.parametrize("build", ["pixart", "sana"])
+def test_pure_activation_basis_on_the_cross_attention_dits(all_tiny_pipes, build):
+    """PURE's activation basis on PixArt / Sana: attn2's output before ``to_out`` is recorded along the pipeline's own
+    sampler (CFG halves: the conditional rows), it changes with the prompt, a paired twin given the recorded prompts
+    themselves reproduces it exactly (the twin carries the stream and its mask), and the fitted K / V weights are
+    E W0 with E V_R = V_R and a change of rank ≤ rank V_F inside span V_F, as on the UNets; revert is bit-exact."""
+    from erasekit.methods import pure as P
+
+    pipe = all_tiny_pipes[build]
+    opts = dict(
+        steps=2, n_latents=2, guidance=2.0, forget_energy=0.9, retain_energy=0.9, per_concept=False,
+        forget_prompts=("a cat", "a small cat"), retain_prompts=("a dog", "a tree on a hill"),
+    )  # fmt: skip
+    config = P.PUREConfig(**opts)
+    ad = PipelineAdapter(pipe)
+    H_F, _ = P.anchor_activations(ad, list(config.forget_prompts), config, "f", False)
+    H_R, _ = P.anchor_activations(ad, list(config.retain_prompts), config, "r", False)
+    H, H_twin = P.anchor_activations(
+        ad, ["a cat", "a tree on a hill"], config, "t", False, neutral=["a cat", "a tree on a hill"]
+    )
+    assert set(H_F) == set(ad.attention_layers()) and all(".attn2" in b for b in H_F)
+    for block in H_F:
+        recorded = P.recorded_steps(config.record_steps, config.steps)  # None: every step
+        rows = config.n_latents * (config.steps if recorded is None else len(recorded))
+        assert H_F[block].shape[0] == 2 * rows  # conditional rows only
+        assert float((H_F[block] - H_R[block]).abs().max()) > 1e-4  # the prompt reaches attn2's output
+        torch.testing.assert_close(H_twin[block], H[block], rtol=1e-5, atol=1e-6)
+    edit = erasekit.erase(pipe, "pure", erasekit.ConceptSet(erase=("cat",), kind="object"), defaults=None,
+                          progress=False, **opts)  # fmt: skip
+    originals = {p: ad.linear(p).weight.detach().clone() for p in ad.paths}
+    edit.apply(pipe)
+    try:
+        for block, paths in ad.attention_layers().items():
+            V_F, V_R = P.activation_bases([H_F[block]], [None], H_R[block], config)
+            assert V_F.shape[1] >= 1 and V_R.shape[1] >= 1
+            E = P.projector_E(V_F, V_R)
+            torch.testing.assert_close(E @ V_R, V_R, rtol=0, atol=1e-10)
+            for path in paths:
+                W0, W = originals[path].double(), ad.linear(path).weight.detach().double()
+                torch.testing.assert_close(W, E @ W0, rtol=1e-5, atol=1e-6)
+                D = W - W0
+                assert float(D.abs().max()) > 0
+                torch.testing.assert_close(V_F @ (V_F.T @ D), D, rtol=1e-5, atol=1e-6)
+                assert torch.linalg.matrix_rank(D, rtol=1e-4) <= V_F.shape[1]
+    finally:
+        edit.revert(pipe)
+    assert all(torch.equal(ad.linear(p).weight, w) for p, w in originals.items())

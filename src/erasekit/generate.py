@@ -55,7 +55,8 @@ def generate_pairs(
             chunk = jobs[i : i + batch_size]
             gens = [torch.Generator(device="cpu").manual_seed(int(s)) for _, s in chunk]
             guided = family.generation_kwargs(pipe, guidance, len(chunk))  # the family's guidance (FLUX: true CFG)
-            out = pipe(prompt=[p for p, _ in chunk], generator=gens, output_type="pil", **kw, **guided)
+            kwargs = {**guided, **kw}  # an asked size wins over the family's (Sana's native size)
+            out = pipe(prompt=[p for p, _ in chunk], generator=gens, output_type="pil", **kwargs)
             images.extend(out.images)
     return images
 

@@ -16,9 +16,12 @@ from ..errors import AttackError, ConceptError
 from .suites import SuiteItem
 
 
-def pipe_kwargs(cond) -> dict[str, torch.Tensor]:
+def pipe_kwargs(cond, family=None) -> dict[str, torch.Tensor]:
     """A family :class:`~erasekit.models.families.Conditioning` as ``pipe(**...)`` keywords: ``prompt_embeds``
-    (B, L, d) and, for SDXL, ``pooled_prompt_embeds`` (B, d_pool)."""
+    (B, L, d) and, for SDXL, ``pooled_prompt_embeds`` (B, d_pool); with ``family``, as it says
+    (:meth:`~erasekit.models.families.Family.embeds_kwargs`: PixArt and Sana add ``prompt_attention_mask``)."""
+    if family is not None:
+        return dict(family.embeds_kwargs(cond))
     out = {"prompt_embeds": cond.embeds}
     if cond.pooled is not None:
         out["pooled_prompt_embeds"] = cond.pooled
@@ -35,7 +38,7 @@ def encode(pipe, prompts: Sequence[str], batch_size: int = 64) -> dict[str, torc
     family = identify(pipe)
     parts: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(prompts), batch_size):
-        for k, v in pipe_kwargs(family.encode(pipe, list(prompts[i : i + batch_size]))).items():
+        for k, v in pipe_kwargs(family.encode(pipe, list(prompts[i : i + batch_size])), family).items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v) for k, v in parts.items()}
 
@@ -61,10 +64,11 @@ def shift_embeddings(
     ``add_embedding`` without passing any cross-attention; ``vector`` holds one (L, d) / (d_pool,)
     tensor per key, broadcast over the batch.
     """
-    missing = set(encoded) - set(vector)
+    shifted = {k for k, x in encoded.items() if x.is_floating_point()}  # not the text mask (PixArt, Sana)
+    missing = shifted - set(vector)
     if missing:
         raise ConceptError(f"the concept vector lacks {sorted(missing)}: it was made for another pipeline family")
-    return {k: x + float(eta) * vector[k].to(x.device, x.dtype) for k, x in encoded.items()}
+    return {k: x + float(eta) * vector[k].to(x.device, x.dtype) if k in shifted else x for k, x in encoded.items()}
 
 
 def shifted_conditioning(
@@ -98,6 +102,22 @@ def carrier_id(tokenizer, word: str) -> int:
     return int(ids[0])
 
 
+def carrier_ids(pipe, word: str) -> list[int]:
+    """The one token id of ``word`` for each text encoder of ``pipe``, as the encoder reads the word inside a prompt:
+    the first encoder's in the pipeline's context (:meth:`~erasekit.models.families.Family.prompt_ids`: Sana's Gemma
+    reads ``▁word`` behind its instruction, ``word`` alone), every other by its own tokenizer."""
+    from ..models.families import identify
+
+    family = identify(pipe)
+    toks = family.text_tokenizers(pipe)
+    first = family.prompt_ids(pipe, [word])[0]
+    if len(first) != 1 or first[0] == toks[0].unk_token_id:
+        raise AttackError(
+            f"carrier word {word!r} is {len(first)} tokens for this tokenizer; choose a single-token word"
+        )
+    return [int(first[0])] + [carrier_id(tok, word) for tok in toks[1:]]
+
+
 def place_token(
     ids: torch.Tensor, embeds: torch.Tensor, carrier: int, vector: torch.Tensor, rows: Sequence[int] | None = None
 ) -> torch.Tensor:
@@ -120,13 +140,11 @@ def token_conditioning(
     from ..models.families import identify
 
     family = identify(pipe)
-    toks = family.text_tokenizers(pipe)  # each encoder's own tokenizer: the carrier's id differs (FLUX: CLIP, T5)
     per_item = []
     for it in items:
         assert it.token is not None, "only learned-token items are conditioned here"
         vec = vectors[it.token]
-        word = carrier_word(vec)
-        per_item.append(([carrier_id(tok, word) for tok in toks], vec))
+        per_item.append((carrier_ids(pipe, carrier_word(vec)), vec))  # each encoder's id (FLUX: CLIP's, T5's)
 
     def substitute(enc: int, ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         out = embeds
@@ -136,4 +154,4 @@ def token_conditioning(
 
     with torch.no_grad():
         cond = family.encode_substituted(pipe, [it.prompt for it in items], substitute)
-    return {k: v.detach() for k, v in pipe_kwargs(cond).items()}
+    return {k: v.detach() for k, v in pipe_kwargs(cond, family).items()}

@@ -55,7 +55,8 @@ def render_batch(pipe, items: Sequence[SuiteItem], vectors: dict, settings: Gene
     else:
         cond = {"prompt": [it.prompt for it in items]}
     # how the family is guided at this scale (FLUX without a guidance embedding: true CFG against "")
-    kw.update(identify(pipe).generation_kwargs(pipe, guidance, len(items), embeds="prompt" not in cond))
+    # the asked steps and size win over the family's defaults (Sana: its native size where __call__'s default is not)
+    kw = {**identify(pipe).generation_kwargs(pipe, guidance, len(items), embeds="prompt" not in cond), **kw}
     with generating_in_compute_dtype(pipe), _sampler(pipe, first, gens):  # float16 on a CPU runs in float32
         return pipe(**cond, generator=gens, output_type="pil", **kw).images
 

@@ -250,7 +250,7 @@ class _ESD(Method[ESDConfig]):
         cond_c, cond_from, cond_null = (
             ft.unet_inputs(adapter, erase),
             ft.unet_inputs(adapter, source),
-            ft.unet_inputs(adapter, [""]),
+            adapter.family_spec.encode_unconditional(adapter.pipe),  # "": the pipeline's CFG branch (Sana's)
         )
         pool = ft.trajectory_pool(
             adapter,

@@ -265,8 +265,11 @@ def anchor_activations(
     size = {k: v for k, v in dict(height=config.height, width=config.width).items() if v is not None}
     batch = 8
     twins = None
-    if neutral:  # a joint block's twin call carries every text input (stream and pooled) of the neutral prompt
-        twins = adapter.conditioning(neutral) if adapter.reads_joint_stream else adapter.encode(neutral).embeds
+    # a joint block's twin call carries every text input (stream and pooled) of the neutral prompt; PixArt's and
+    # Sana's carries the neutral prompt's text mask with its stream (the family's text_kwargs)
+    whole = adapter.reads_joint_stream or fam.masked_text
+    if neutral:
+        twins = adapter.conditioning(neutral) if whole else adapter.encode(neutral).embeds
     saved_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)  # one bar over anchors instead of one per trajectory
     try:
@@ -276,7 +279,7 @@ def anchor_activations(
             steps=recorded_steps(config.record_steps, config.steps),
             cfg=plan.cfg,
             paired=twins is not None,
-            text_kwargs=fam.text_kwargs if adapter.reads_joint_stream else None,
+            text_kwargs=fam.text_kwargs if whole else None,
         ) as cap:
             for i in tqdm(range(0, len(jobs), batch), desc=desc, unit="batch", disable=not progress, leave=False):
                 chunk = jobs[i : i + batch]

@@ -218,18 +218,37 @@ class CrossAttentionCapture(TrajectoryCapture):
         super().__init__(unet, {b: f"{b}.to_out.0" for b in self.layers}, steps, cfg, paired, "mean", text_kwargs)
 
 
+def _normed_heads(attn: Any, x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
+    """(B, h, M, dh) the heads of a ``to_q`` / ``to_k`` output x (B, M, h·dh), with the attention's query / key norm
+    where it has one, applied where its processor applies it: across heads before the split (Sana's
+    ``SanaAttnProcessor2_0``), per head after it (diffusers' ``AttnProcessor2_0``)."""
+    from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
+
+    across = isinstance(getattr(attn, "processor", None), SanaAttnProcessor2_0)
+    if norm is not None and across:
+        x = norm(x)
+    B, M, _ = x.shape
+    heads = x.view(B, M, attn.heads, -1).transpose(1, 2)  # (B, h, M, dh)
+    return norm(heads) if norm is not None and not across else heads
+
+
 class AttentionProbe(_Hooks):
-    """Forward hooks on each cross-attention block's to_q / to_k that pass softmax(q kᵀ · scale) (b, heads, N, L)
-    to ``sink``.
+    """Forward hooks on each cross-attention block's to_q / to_k that pass softmax(q kᵀ · scale + mask) (b, heads, N,
+    L) to ``sink``.
 
     ``with AttentionProbe(unet, blocks, sink): ...`` registers them; :meth:`hooks` gives the (module path,
     forward hook) pairs for a caller that registers them itself (``_finetune.attached``'s ``extra_hooks``).
     ``sink(block, P)`` is called once per block and UNet call, with P (B, heads, N_spatial, L_tokens).
+
+    The probabilities are the ones the processor uses: with the block's query / key norms (:func:`_normed_heads`) and,
+    under ``with``, the additive text mask the block is called with (``attention_mask``: PixArt and Sana mask T5 /
+    Gemma padding, (B, 1, L) of 0 / −10000; the UNets call cross-attention without one).
     """
 
     def __init__(self, unet: nn.Module, blocks: list[str], sink: Callable[[str, torch.Tensor], None]) -> None:
         self.unet, self.blocks, self.sink = unet, blocks, sink
         self._q: dict[str, torch.Tensor] = {}
+        self._bias: dict[str, torch.Tensor | None] = {}
         self._handles: list[RemovableHandle] = []
 
     def hooks(self) -> list[tuple[str, ForwardHook]]:
@@ -242,18 +261,26 @@ class AttentionProbe(_Hooks):
                 self._q[b] = q
 
             def on_k(module: nn.Module, args: tuple[Any, ...], k: torch.Tensor, b: str = b, attn: Any = attn) -> None:
-                q = self._q.pop(b)
-                B, N, _ = q.shape
-                h = attn.heads
-                qh = q.view(B, N, h, -1).transpose(1, 2)  # (B, h, N, dh)
-                kh = k.view(B, k.shape[1], h, -1).transpose(1, 2)  # (B, h, L, dh)
-                self.sink(b, torch.softmax((qh @ kh.transpose(-1, -2)) * attn.scale, dim=-1))  # (B, h, N, L)
+                qh = _normed_heads(attn, self._q.pop(b), getattr(attn, "norm_q", None))  # (B, h, N, dh)
+                kh = _normed_heads(attn, k, getattr(attn, "norm_k", None))  # (B, h, L, dh)
+                scores = (qh @ kh.transpose(-1, -2)) * attn.scale  # (B, h, N, L)
+                bias = self._bias.get(b)
+                if bias is not None:  # (B, 1, L) additive mask -> (B, 1, 1, L)
+                    scores = scores + bias.reshape(bias.shape[0], 1, -1, bias.shape[-1]).to(scores.dtype)
+                self.sink(b, torch.softmax(scores, dim=-1))
 
             out += [(f"{b}.to_q", on_q), (f"{b}.to_k", on_k)]
         return out
 
     def __enter__(self) -> AttentionProbe:
         try:
+            for b in self.blocks:
+
+                def mask(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], b: str = b) -> None:
+                    m = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+                    self._bias[b] = m if isinstance(m, torch.Tensor) else None
+
+                self._handles.append(self.unet.get_submodule(b).register_forward_pre_hook(mask, with_kwargs=True))
             for path, hook in self.hooks():
                 self._handles.append(self.unet.get_submodule(path).register_forward_hook(hook))
         except Exception:

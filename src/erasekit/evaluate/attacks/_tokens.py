@@ -22,7 +22,8 @@ import torch
 from ...errors import AttackError
 from .base import AttackContext
 
-_WHOLE_WORD = re.compile(r"^[a-z]+</w>$")
+# a whole lower-case word: CLIP's BPE ``castle</w>``, or a sentencepiece piece ``▁castle`` (T5: PixArt; Gemma: Sana)
+_WHOLE_WORD = re.compile(r"^(?:([a-z]+)</w>|\u2581([a-z]+))$")
 FILLER = "the"
 
 
@@ -30,8 +31,9 @@ class TokenSpace:
     """The vocabulary an attack searches and the way its sequences reach the model.
 
     ``ids``: (V',) token ids, in the first encoder's tokenizer (``tokenizer``), of whole lower-case words
-    (``"castle</w>"``) that none of ``ban`` occurs in and that every other encoder's tokenizer reads as one known
-    token: their decoded text tokenizes back to the same ids, so a found prompt is exactly what generation sees;
+    (CLIP's ``"castle</w>"``, T5's / Gemma's ``"▁castle"``: PixArt, Sana) that none of ``ban`` occurs in and that
+    every other encoder's tokenizer reads as one known token: their decoded text tokenizes back to the same ids (in
+    the pipeline's context: :meth:`content_ids`), so a found prompt is exactly what generation sees;
     ``tables``: each text encoder's input table restricted to those words, (V', d_e), row j the same word in every
     encoder.
     """
@@ -46,14 +48,14 @@ class TokenSpace:
         vocab = self.tokenizer.get_vocab()
         # per encoder: None where its tokenizer is the first one's (same ids), else word -> its one id
         self._own: list[dict[str, int] | None] = [None] * len(self.tokenizers)
-        words = sorted((i, t[:-4]) for t, i in vocab.items() if _WHOLE_WORD.match(t))
+        words = sorted((i, m.group(1) or m.group(2)) for t, i in vocab.items() if (m := _WHOLE_WORD.match(t)))
         for e, tok in enumerate(self.tokenizers[1:], start=1):
             if tok.get_vocab() != vocab:
                 self._own[e] = _single_tokens(tok, [w for _, w in words])
         shared = [(i, w) for i, w in words if all(m is None or w in m for m in self._own)]
         if not shared:
             raise AttackError(
-                "the tokenizers share no whole-word tokens to search (is the first a CLIP BPE tokenizer?)"
+                "the tokenizers share no whole-word tokens to search (is the first a CLIP BPE or sentencepiece one?)"
             )
         searched = [(i, w) for i, w in shared if not any(b in w for b in banned)]
         if not searched:
@@ -62,7 +64,8 @@ class TokenSpace:
         self._enc_ids = [self.ids if m is None else torch.tensor([m[w] for _, w in searched]) for m in self._own]
         self.tables = [t[ids.to(t.device)] for t, ids in zip(self.full, self._enc_ids, strict=True)]  # (V', d_e)
         self._lead = [_leading_specials(tok) for tok in self.tokenizers]
-        self._limit = [_content_limit(tok, lead) for tok, lead in zip(self.tokenizers, self._lead, strict=True)]
+        positions = ctx.family.text_positions(ctx.pipe)  # per encoder: tokenizer(prompt) positions that count
+        self._limit = [_content_limit(tok, n) for tok, n in zip(self.tokenizers, positions, strict=True)]
         self.max_len = self._limit[0]  # BOS and EOS, in the first encoder's tokens
         fill = FILLER if any(w == FILLER for _, w in shared) else shared[0][1]
         self.filler_word = fill
@@ -70,15 +73,16 @@ class TokenSpace:
         self._fill_ids = [self.filler if m is None else m[fill] for m in self._own]
 
     def _one_token(self, word: str) -> int:
-        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        ids = self.content_ids(word)  # in the pipeline's context (Sana's Gemma: ``▁the`` behind the instruction)
         if len(ids) != 1:
             raise AttackError(f"the filler word {word!r} is not one token for this tokenizer")
         return int(ids[0])
 
     # ------------------------------------------------------------------ text
     def content_ids(self, prompt: str) -> list[int]:
-        """The prompt's token ids without BOS / EOS (truncated as the pipeline truncates)."""
-        return list(self.tokenizer(prompt, add_special_tokens=False).input_ids)[: self.max_len]
+        """The prompt's token ids without BOS / EOS, as the first text encoder reads them in the pipeline's context
+        (:meth:`~erasekit.models.families.Family.prompt_ids`), truncated as the pipeline truncates."""
+        return list(self.ctx.family.prompt_ids(self.ctx.pipe, [prompt])[0])[: self.max_len]
 
     def text(self, ids: Sequence[int]) -> str:
         """Decoded text of full-vocabulary ids (whole words separated by spaces)."""
@@ -147,10 +151,11 @@ def _leading_specials(tokenizer) -> int:
     return next(i for i in range(len(with_specials)) if with_specials[i : i + len(bare)] == bare)
 
 
-def _content_limit(tokenizer, lead: int) -> int:
-    """Text tokens that fit in the tokenizer's length beside its special tokens (CLIP: 77 − 2)."""
+def _content_limit(tokenizer, positions: int) -> int:
+    """Text tokens that fit in ``positions`` beside the tokenizer's special tokens (CLIP: 77 − 2; PixArt's T5:
+    max_sequence_length − 1)."""
     specials = len(tokenizer("a").input_ids) - len(tokenizer("a", add_special_tokens=False).input_ids)
-    return int(min(tokenizer.model_max_length, 10**6)) - specials
+    return int(positions) - specials
 
 
 def nearest_tokens(embeds: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -183,11 +183,14 @@ class AttackContext:
 
     def require_text_gradients(self, attack: str) -> None:
         """Refuse, in one line, a family that offers no gradients through its text encoder."""
+        from ...models.families import families
+
         fam = self.family
         if not fam.text_gradients():
+            where = ", ".join(n for n, f in families().items() if f.text_gradients())
             raise AttackError(
                 f"{attack} needs gradients through the text encoder, which the {fam.name} family does not offer yet; "
-                "it runs on SD 1.x / 2.x, SDXL, SD3 and FLUX pipelines"
+                f"it runs on {where}"
             )
 
     def encode_substituted(

@@ -44,7 +44,7 @@ import torch
 
 from ...errors import AttackError
 from ...methods.base import help_field
-from ..conditioning import carrier_id, place_token
+from ..conditioning import carrier_ids, place_token
 from ._diffusion import DenoisingObjective
 from ._tokens import TokenSpace
 from .base import Attack, AttackConfig, AttackContext, AttackResult, TokenResult, budget_field, register_attack
@@ -105,7 +105,7 @@ class CircumventingConceptErasure(Attack[CCEConfig]):
             return self.config.initializer
         if ctx.kind != "style" and ctx.concepts:
             name = ctx.concepts[0].strip().lower()
-            if len(tokenizer(name, add_special_tokens=False).input_ids) == 1:
+            if len(ctx.family.prompt_ids(ctx.pipe, [name])[0]) == 1:  # one token where it stands in a prompt
                 return name
         return KIND_INITIALIZERS.get(ctx.kind, "object")
 
@@ -115,8 +115,7 @@ class CircumventingConceptErasure(Attack[CCEConfig]):
         if self.config.carrier:
             return self.config.carrier
         try:
-            for tok in toks:
-                carrier_id(tok, DEFAULT_CARRIER)
+            carrier_ids(ctx.pipe, DEFAULT_CARRIER)
             return DEFAULT_CARRIER
         except AttackError:
             pass
@@ -137,10 +136,10 @@ class CircumventingConceptErasure(Attack[CCEConfig]):
         toks = fam.text_tokenizers(pipe)  # one per text encoder (FLUX: CLIP-L, T5): the words' ids differ
         items = list(ctx.target)
         word = self._carrier(ctx, toks, items)
-        carrier = [carrier_id(tok, word) for tok in toks]
+        carrier = carrier_ids(pipe, word)  # each encoder's id of the word inside a prompt
         init_word = self._initializer(ctx, toks[0])
         try:
-            init = [carrier_id(tok, init_word) for tok in toks]
+            init = carrier_ids(pipe, init_word)
         except AttackError:
             raise AttackError(
                 f"cce initializer {init_word!r} is not one token for every text encoder; pass cce.initializer=WORD"

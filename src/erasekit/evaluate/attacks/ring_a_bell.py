@@ -33,7 +33,7 @@ def concept_vector(pipe, with_concept: Sequence[str], without_concept: Sequence[
     if len(with_concept) != len(without_concept) or not with_concept:
         raise ConceptError("a concept vector needs the same non-zero number of prompts with and without the concept")
     a, b = encode(pipe, with_concept), encode(pipe, without_concept)
-    return {k: (a[k].double() - b[k].double()).mean(0).float().cpu() for k in a}
+    return {k: (a[k].double() - b[k].double()).mean(0).float().cpu() for k in a if a[k].is_floating_point()}
 
 
 def tinyworld_prompt_attributes(prompt: str) -> tuple[str, ...]:

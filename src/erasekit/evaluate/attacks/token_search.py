@@ -47,12 +47,14 @@ from .base import (
     register_attack,
 )
 
-_WORD = re.compile(r"^[a-z]{3,}</w>$")
+# a whole word of lower-case letters, 3+ long: CLIP's ``castle</w>`` or a sentencepiece ``▁castle`` (T5, Gemma)
+_WORD = re.compile(r"^(?:([a-z]{3,})</w>|\u2581([a-z]{3,}))$")
 
 
 def vocabulary_words(tokenizer) -> list[str]:
-    """Whole-word tokens of the CLIP vocabulary (lower-case letters, 3+ long): the search space of free tokens."""
-    return sorted(t[:-4] for t in tokenizer.get_vocab() if _WORD.match(t))
+    """Whole-word tokens of the vocabulary (CLIP BPE or sentencepiece; lower-case letters, 3+ long): the search
+    space of free tokens."""
+    return sorted(m.group(1) or m.group(2) for t in tokenizer.get_vocab() if (m := _WORD.match(t)))
 
 
 @dataclass

@@ -196,8 +196,10 @@ class Family:
     fine_tunes_denoiser: bool = False
     # Whether activations can be captured along the pipeline's own sampler (PURE's activation basis, joint-site
     # columns): the pipeline's guidance layout is declared by :meth:`sampling` and the twin call by
-    # :meth:`text_kwargs`. PixArt / Sana are not validated for it.
+    # :meth:`text_kwargs` (PixArt / Sana: the stream and its mask).
     captures_activations: bool = True
+    # Whether the pipeline takes the text mask beside ``prompt_embeds`` (``prompt_attention_mask``: PixArt, Sana).
+    masked_text: bool = False
     # Whether position i of the site input is token i of ``tokenizer(prompt)`` (MACE aligns prompts by it).
     positions_follow_tokenizer: bool = True
 
@@ -329,8 +331,26 @@ class Family:
         refuse in one line."""
         raise ModelError(
             f"the {self.name} family does not offer gradients through its text encoder yet; "
-            "attacks that optimise prompts or tokens run on SD 1.x / 2.x, SDXL, SD3 and FLUX pipelines"
+            "attacks that optimise prompts or tokens run on SD 1.x / 2.x, SDXL, SD3, FLUX, PixArt and Sana pipelines"
         )
+
+    def encode_unconditional(self, pipe: Pipeline, n: int = 1) -> Conditioning:
+        """The unconditional branch of the pipeline's classifier-free guidance, ``n`` times: the empty prompt, encoded
+        as any prompt here (Sana's pipeline encodes it without its instruction prefix)."""
+        return self.encode(pipe, [""] * n)
+
+    def text_positions(self, pipe: Pipeline) -> tuple[int, ...]:
+        """Per text encoder, how many positions of ``tokenizer(prompt)`` (its special tokens included) can reach the
+        conditioning: each tokenizer's ``model_max_length`` here (CLIP: 77); PixArt and Sana: the pipeline's
+        ``max_sequence_length``. What bounds the attacks' token sequences."""
+        return tuple(int(min(t.model_max_length, 10**6)) for t in self.text_tokenizers(pipe))
+
+    def prompt_ids(self, pipe: Pipeline, prompts: Sequence[str]) -> list[list[int]]:
+        """Each prompt's own token ids (no special tokens) as the first of :meth:`text_encoders` reads them in the
+        pipeline's context: ``tokenizer(prompt)`` here (PixArt: after the pipeline's lower-casing; Sana: behind its
+        instruction prefix). What the token attacks search and substitute."""
+        tok = self.text_tokenizers(pipe)[0]
+        return [list(tok(p, add_special_tokens=False).input_ids) for p in prompts]
 
     def input_embeddings(self, pipe: Pipeline) -> tuple[torch.Tensor, ...]:
         """Each text encoder's input-token table (V, d_e), in :meth:`text_encoders` order (read-only use)."""
@@ -351,12 +371,19 @@ class Family:
         """:meth:`encode_graph` with each text encoder's input-token embeddings (B, L, d_e) replaced by
         ``substitute(encoder index, token ids (B, L), embeddings) -> (B, L, d_e)``: the way in for soft prompts and
         learned tokens, whatever the encoder does after its token table (positions, pooling at EOS, masks). The
-        grad mode is the caller's."""
+        embeddings are rows of the table :meth:`input_embeddings` gives, also where the lookup scales them (Gemma's
+        √d: Sana), which is applied to what ``substitute`` returns. The grad mode is the caller's."""
         hooks = []
         for i, enc in enumerate(self.text_encoders(pipe)):
 
             def hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor, i: int = i) -> torch.Tensor:
-                return substitute(i, args[0], out)
+                scale = getattr(module, "embed_scale", None)  # Gemma multiplies its looked-up rows by √d
+                if not isinstance(scale, torch.Tensor | float):
+                    return substitute(i, args[0], out)
+                assert isinstance(module, nn.Embedding)  # _token_lookups keeps nn.Embedding modules only
+                rows = nn.functional.embedding(args[0], module.weight, module.padding_idx)  # the table's own rows
+                scale = scale.to(module.weight.dtype) if isinstance(scale, torch.Tensor) else scale
+                return substitute(i, args[0], rows) * scale  # as the module scales them
 
             for table in _token_lookups(enc):
                 hooks.append(table.register_forward_hook(hook))
@@ -491,6 +518,16 @@ class Family:
         make the negative (empty prompt) branch themselves, also under ``prompt_embeds``.
         """
         return {} if guidance is None else {"guidance_scale": float(guidance)}
+
+    def embeds_kwargs(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        """``cond`` as ``pipe(...)`` keywords in place of ``prompt``: ``prompt_embeds`` and, where the family has one,
+        ``pooled_prompt_embeds``; PixArt and Sana also need the text mask (``prompt_attention_mask``)."""
+        out = {"prompt_embeds": cond.embeds}
+        if cond.pooled is not None:
+            out["pooled_prompt_embeds"] = cond.pooled
+        if self.masked_text:
+            out["prompt_attention_mask"] = cond.mask
+        return out
 
     # ---------------------------------------------------------------- export names
     def original_name(self, path: str) -> str:

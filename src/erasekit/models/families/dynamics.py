@@ -20,7 +20,9 @@ each family declares them through :meth:`~erasekit.models.families.base.Family.d
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -119,11 +121,13 @@ class DDPMDynamics(Dynamics):
     scheduler_config: Any  # the pipeline scheduler's FrozenDict
     prediction: str = "epsilon"
     num_train_timesteps: int = 1000
+    call_kwargs: tuple[tuple[str, Any], ...] = ()  # further ``pipe(...)`` keywords of the sampler (PixArt: binning)
 
     @classmethod
-    def of(cls, pipe: Pipeline) -> DDPMDynamics:
+    def of(cls, pipe: Pipeline, call_kwargs: Mapping[str, Any] | None = None) -> DDPMDynamics:
         cfg = pipe.scheduler.config
-        return cls(cfg, str(cfg.get("prediction_type", "epsilon")), int(cfg.get("num_train_timesteps", 1000)))
+        extra = tuple((call_kwargs or {}).items())
+        return cls(cfg, str(cfg.get("prediction_type", "epsilon")), int(cfg.get("num_train_timesteps", 1000)), extra)
 
     def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         from diffusers import DDPMScheduler
@@ -177,6 +181,13 @@ class DDPMDynamics(Dynamics):
             kept.append(kw["latents"].detach().clone())
             return kw
 
+        def keep_legacy(i: int, t: Any, latents: torch.Tensor) -> None:  # PixArt's ``callback(step, t, latents)``
+            kept.append(latents.detach().clone())
+
+        if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters:
+            hook: dict[str, Any] = {"callback_on_step_end": keep, "callback_on_step_end_tensor_inputs": ["latents"]}
+        else:
+            hook = {"callback": keep_legacy, "callback_steps": 1}
         try:
             out = pipe(
                 prompt=[prompt] * n,
@@ -184,8 +195,8 @@ class DDPMDynamics(Dynamics):
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 output_type="latent",
-                callback_on_step_end=keep,
-                callback_on_step_end_tensor_inputs=["latents"],
+                **hook,
+                **dict(self.call_kwargs),
             )
             timesteps = pipe.scheduler.timesteps.clone()
             side = family.sample_size(pipe)
@@ -270,7 +281,7 @@ class FlowDynamics(Dynamics):
             [torch.randn(1, c, side, side, generator=torch.Generator().manual_seed(seed + j)) for j in range(n)]
         ).to(den.device, den.dtype)  # (n, C, h, w): x_1 = ε
         cond = family.encode(pipe, [prompt]).index([0] * n)
-        uncond = family.encode(pipe, [""]).index([0] * n)
+        uncond = family.encode_unconditional(pipe).index([0] * n)
         sigmas, timesteps = self.schedule(steps, image_seq_len=(side // 2) * (side // 2))
         xs: list[torch.Tensor] = []
         for i, t in enumerate(timesteps):
