@@ -407,8 +407,13 @@ def write_pipeline_folder(
             t5_tokenizer(tcfg["model_max_length"], tcfg["vocab_size"]).save_pretrained(folder / name)
             index[name] = ["transformers", "T5TokenizerFast"]
         elif tcfg.get("_class_name") == "GemmaTokenizerFast":
+            # saved as a plain fast tokenizer: GemmaTokenizerFast.from_pretrained would rebuild Gemma's BPE pipeline
+            # around the stand-in's Unigram vocabulary and tokenize character by character
             gemma_tokenizer(tcfg["model_max_length"]).save_pretrained(folder / name)
-            index[name] = ["transformers", "GemmaTokenizerFast"]
+            tok_cfg = folder / name / "tokenizer_config.json"
+            saved = json.loads(tok_cfg.read_text(encoding="utf-8"))
+            tok_cfg.write_text(json.dumps({**saved, "tokenizer_class": "PreTrainedTokenizerFast"}), encoding="utf-8")
+            index[name] = ["transformers", "PreTrainedTokenizerFast"]
         else:
             write_clip_tokenizer_files(folder / name, pad_token=tcfg["pad_token"])
             index[name] = ["transformers", "CLIPTokenizer"]

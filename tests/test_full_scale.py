@@ -431,6 +431,12 @@ def test_scaled_caption_dit_loads_with_its_own_pipeline_class(family, dit_cache)
     assert {p.dtype for p in pipe.transformer.parameters()} == {torch.bfloat16}
     assert pipe.text_encoder.config.vocab_size == fsm.published_config(family)["text_encoder"]["vocab_size"]
     assert len(pipe.tokenizer) <= pipe.text_encoder.get_input_embeddings().weight.shape[0]
+    from erasekit.models.tokenizer import gemma_tokenizer, t5_tokenizer
+
+    text = "Given a user prompt, generate an 'Enhanced prompt' of Van Gogh"  # the saved tokenizer is the stand-in
+    stand_in = t5_tokenizer(vocab_size=32128) if family == "pixart-sigma" else gemma_tokenizer()
+    ids = stand_in(text)["input_ids"]
+    assert pipe.tokenizer(text)["input_ids"] == ids and len(ids) < len(text) // 2  # words, not characters
     enc = adapter.encode(["a painting of a lighthouse", "a photo of a cat on a red sofa"])
     assert tuple(enc.embeds.shape) == (2, exp["length"], width)
     assert torch.isfinite(enc.embeds).all() and not torch.allclose(enc.embeds[0], enc.embeds[1])
