@@ -1,7 +1,8 @@
-"""Time and memory of every erasekit phase on a full-size SD 1.5 / 2.1 / XL, FLUX.1-dev or SD3.5-Medium pipeline
-(random weights).
+"""Time and memory of every erasekit phase on a full-size SD 1.5 / 2.1 / XL, FLUX.1-dev, SD3.5-Medium, PixArt-Σ or
+Sana-1600M pipeline (random weights).
 
-    python benchmarks/full_scale.py --family sd15|sd21|sdxl|flux1-dev|sd35-medium [--dtype float16]
+    python benchmarks/full_scale.py --family sd15|sd21|sdxl|flux1-dev|sd35-medium|pixart-sigma|sana-1600m
+                                    [--dtype float16]
                                     [--methods uce,space] [--preserve N] [--device cpu|cuda] [--cache-dir DIR]
 
 The pipeline is the cached folder of ``benchmarks/full_scale_models.py`` (built on first use).
@@ -16,7 +17,8 @@ Per method, each phase is timed (wall clock) and its peak resident memory record
   export    the single-file export of the edited pipeline (export/single_file), SD 1.5 only here; skipped otherwise
   revert    Edit.revert, then a bit-exact check of every edited layer against a hash taken before
 
-Closed-form methods (uce, space, and on the DiT families rece, speed, cure and PURE's text basis) run at full size;
+Closed-form methods (uce, space, and on the DiT families — FLUX.1-dev, SD3.5-M, PixArt-Σ, Sana — rece, speed, cure and
+PURE's text basis) run at full size;
 uce and space get a separate "encode" phase (their column plan alone). Methods that run the UNet are measured at a
 reduced budget, stated in the fit row's note (:data:`REDUCED`): PURE's anchor trajectories at 256 × 256 px, 2 steps,
 1 latent per prompt; ACE and ESD-x 2 training steps from an x_t pool of 1 latent × 2 steps at the pipeline's own
@@ -35,7 +37,8 @@ times and memory are real.
 
 Every phase also gets its peak resident set (RssAnon + RssFile: the pages of memory-mapped weights it read count)
 beyond the bare process (measured before the load), divided by the bytes of the weights an erasure reads: the text
-encoders and the edit sites ("÷ touched"). On FLUX.1-dev / SD3.5 the 8–24 GB transformer is memory-mapped by
+encoders, the modules between them and the sites (PixArt / Sana's caption projection) and the edit sites
+("÷ touched"). On the DiTs the 1–24 GB transformer is memory-mapped by
 ``from_pretrained`` and only its two static sites are read, so that ratio shows whether any phase materialised it.
 "RssFile at load" says how much of the weights the load itself read.
 """
@@ -151,10 +154,11 @@ def pipeline_bytes(pipe) -> int:
 
 
 def touched_bytes(adapter) -> int:
-    """Bytes of the weights an erasure reads: every text encoder, and the edit sites (weight and bias)."""
-    names = ("text_encoder", "text_encoder_2", "text_encoder_3")  # SD3's T5 is the third
-    encoders = sum(module_bytes(m) for n in names if (m := getattr(adapter.pipe, n, None)) is not None)
-    return encoders + sum(module_bytes(adapter.linear(p)) for p in adapter.paths)
+    """Bytes of the weights an erasure reads: every text encoder (SD3's T5 is the third), the modules between them and
+    the sites (PixArt / Sana's caption projection and norm: the family's ``site_input_modules``), and the edit sites
+    (weight and bias)."""
+    inputs = adapter.family_spec.site_input_modules(adapter.pipe).values()
+    return sum(module_bytes(m) for m in inputs) + sum(module_bytes(adapter.linear(p)) for p in adapter.paths)
 
 
 def layer_hashes(adapter) -> dict[str, str]:
@@ -178,13 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         "--methods",
         default="uce,space",
         help="comma-separated: closed-form uce, space at full size; pure, ace, esd-x at the reduced budget of "
-        "REDUCED; on flux1-dev / sd35-medium: uce, space, rece, speed, cure, pure (text basis), all at full size",
+        "REDUCED; on the DiTs (flux1-dev, sd35-medium, pixart-sigma, sana-1600m): uce, space, rece, speed, cure, pure "
+        "(text basis), all at full size",
     )
     ap.add_argument(
         "--preserve",
         type=int,
         default=len(PRESERVE),
-        help=f"how many of the {len(PRESERVE)} preserved artists to use (each costs a T5-XXL pass on the DiTs)",
+        help=f"how many of the {len(PRESERVE)} preserved artists to use (each a T5-XXL / Gemma-2 pass on the DiTs)",
     )
     ap.add_argument(
         "--denoiser",

@@ -1,6 +1,8 @@
-"""Full-size SD 1.5 / 2.1 / XL, FLUX.1-dev and SD3.5-Medium pipelines with random weights, built offline and cached.
+"""Full-size SD 1.5 / 2.1 / XL, FLUX.1-dev, SD3.5-Medium, PixArt-Σ and Sana-1600M pipelines with random weights,
+built offline and cached.
 
-    python benchmarks/full_scale_models.py --family sd15|sd21|sdxl|flux1-dev|sd35-medium|all [--cache-dir DIR]
+    python benchmarks/full_scale_models.py --family sd15|sd21|sdxl|flux1-dev|sd35-medium|pixart-sigma|sana-1600m|all
+                                           [--cache-dir DIR]
                                            [--force] [--scaled] [--check]
 
 The architectures are public: ``benchmarks/configs/<family>.json`` holds each family's published
@@ -13,9 +15,11 @@ builder turns one into a regular diffusers folder that loads with ``from_pretrai
   memory is one tensor (< 1 GB even for FLUX.1-dev's 12 B-parameter transformer) and the result does not depend on
   the order; components above save_pretrained's shard size are sharded with a weight-map index, as published;
 * each model component is built once into ``<cache>/components/`` and linked into the pipeline folders that use it
-  (a relative symlink): FLUX.1-dev and SD3.5-Medium share one T5-XXL encoder build (4.7 B parameters, 9.5 GB);
+  (a relative symlink): FLUX.1-dev, SD3.5-Medium and PixArt-Σ share one T5-XXL encoder build (4.7 B parameters,
+  9.5 GB);
 * initialisation is "sane random": Linear / conv weights N(0, 1/fan_in), embeddings N(0, 0.02²),
-  norm weights 1, biases 0, so activations stay O(1) through 12–32 text-encoder layers in float16.
+  norm weights 1 (Gemma's RMSNorm, which scales by 1 + weight: 0), biases 0, so activations stay O(1) through
+  12–32 text-encoder layers in float16.
 
 Images from these pipelines are noise; time and memory are real. The folder is cached under
 ``~/.cache/erasekit/full_scale/<family>-<config hash>`` (override with ``--cache-dir`` or
@@ -26,7 +30,8 @@ interrupted build never leaves a folder that looks finished. It is never written
 while keeping what erasekit depends on: the block structure (16 / 16 / 70 cross-attention
 blocks, SDXL's per-block transformer depth), the context width (768 / 1024 / 2048), SD 2.1's
 linear projections and the tokenizers; on the DiTs the component classes, the two static sites and the block
-kinds, every width ÷ 8. The default tests build those through the same code.
+kinds, every width ÷ 8 (PixArt-Σ / Sana: the caption projection reading the text encoder's width, the cross-attention
+blocks). The default tests build those through the same code.
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-FAMILIES = ("sd15", "sd21", "sdxl", "flux1-dev", "sd35-medium")
-DIT_FAMILIES = ("flux1-dev", "sd35-medium")
+FAMILIES = ("sd15", "sd21", "sdxl", "flux1-dev", "sd35-medium", "pixart-sigma", "sana-1600m")
+DIT_FAMILIES = ("flux1-dev", "sd35-medium", "pixart-sigma", "sana-1600m")
 _DTYPE_TAGS = {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16", torch.int64: "I64"}
 _CHUNK = 1 << 24  # elements drawn per step for large tensors (64 MB of float32)
 
@@ -74,10 +79,16 @@ def scaled_config(config: dict, divisor: int = 8, text_layers: int = 2) -> dict:
     """
     cfg = copy.deepcopy(config)
     vae = cfg["vae"]
-    vae["block_out_channels"] = [c // divisor for c in vae["block_out_channels"]]
-    vae["norm_num_groups"] = math.gcd(*vae["block_out_channels"], 8)
-    vae["layers_per_block"] = 1
-    vae["sample_size"] = 64
+    if vae["_class_name"] == "AutoencoderDC":  # Sana's DC-AE: channels ÷ divisor, one layer per stage
+        for side in ("encoder", "decoder"):
+            vae[f"{side}_block_out_channels"] = [c // divisor for c in vae[f"{side}_block_out_channels"]]
+            vae[f"{side}_layers_per_block"] = [1] * len(vae[f"{side}_layers_per_block"])
+        vae["attention_head_dim"] = min(vae["attention_head_dim"], min(vae["encoder_block_out_channels"][3:]))
+    else:
+        vae["block_out_channels"] = [c // divisor for c in vae["block_out_channels"]]
+        vae["norm_num_groups"] = math.gcd(*vae["block_out_channels"], 8)
+        vae["layers_per_block"] = 1
+        vae["sample_size"] = 64
     if "unet" in cfg:
         unet = cfg["unet"]
         unet["block_out_channels"] = [c // divisor for c in unet["block_out_channels"]]
@@ -96,6 +107,9 @@ def scaled_config(config: dict, divisor: int = 8, text_layers: int = 2) -> dict:
 
 
 def _scale_dit(cfg: dict, divisor: int, text_layers: int) -> None:
+    if "PixArt" in cfg["transformer"]["_class_name"] or "Sana" in cfg["transformer"]["_class_name"]:
+        _scale_caption_dit(cfg, divisor, text_layers)
+        return
     widths = {}
     for key in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         te = cfg.get(key)
@@ -125,6 +139,37 @@ def _scale_dit(cfg: dict, divisor: int, text_layers: int) -> None:
         tr["dual_attention_layers"] = [0]
         tr["caption_projection_dim"] = tr["num_attention_heads"] * tr["attention_head_dim"]
         tr["sample_size"], tr["pos_embed_max_size"] = 8, 16
+
+
+def _scale_caption_dit(cfg: dict, divisor: int, text_layers: int) -> None:
+    """PixArt-Σ / Sana: one text encoder (T5 / Gemma-2) whose states the caption projection reads, then cross-attention
+    blocks (``attn2``) on the projection: the text encoder's width, the model width and the heads ÷ ``divisor``."""
+    te, tr = cfg["text_encoder"], cfg["transformer"]
+    if te["model_type"] == "t5":
+        te.update(d_model=te["d_model"] // divisor, d_ff=te["d_ff"] // divisor, num_heads=8, num_layers=text_layers)
+        width = te["d_model"]
+    else:  # Gemma-2: same heads, narrower; one sliding-window and one global layer
+        te.update(
+            hidden_size=te["hidden_size"] // divisor,
+            intermediate_size=te["intermediate_size"] // divisor,
+            head_dim=te["head_dim"] // divisor,
+            query_pre_attn_scalar=te["head_dim"] // divisor,
+            num_hidden_layers=text_layers,
+        )
+        width = te["hidden_size"]
+    tr["caption_channels"] = width
+    tr["num_layers"] = 2
+    tr["num_attention_heads"] = max(2, tr["num_attention_heads"] // divisor)
+    tr["attention_head_dim"] = max(4, tr["attention_head_dim"] // 4)
+    inner = tr["num_attention_heads"] * tr["attention_head_dim"]
+    tr["cross_attention_dim"] = inner  # attn2 reads the caption projected to the model width
+    if "num_cross_attention_heads" in tr:  # Sana: its own cross-attention heads
+        tr["num_cross_attention_heads"] = 2
+        tr["cross_attention_head_dim"] = inner // 2
+        tr["sample_size"] = 8
+    else:  # PixArt: 8 × 8 latents, norm groups that divide the width
+        tr["sample_size"] = 8
+        tr["norm_num_groups"] = math.gcd(inner, 8)
 
 
 def config_hash(config: dict) -> str:
@@ -160,10 +205,15 @@ def _meta_model(name: str, config: dict) -> torch.nn.Module:
 def _init_rule(model: torch.nn.Module) -> dict[str, tuple[str, float]]:
     """state-dict key -> ('normal', std) | ('ones', 0) | ('zeros', 0) | ('arange', 0)."""
     embeddings = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
+    # Gemma's RMSNorm scales by (1 + weight): its unit scale is a zero weight
+    offset_norms = {f"{n}.weight" for n, m in model.named_modules() if type(m).__name__.startswith("Gemma")
+                    and type(m).__name__.endswith("RMSNorm")}  # fmt: skip
     rules = {}
     for key, t in model.state_dict(keep_vars=True).items():
         if key.endswith("position_ids"):
             rules[key] = ("arange", 0.0)
+        elif key in offset_norms:
+            rules[key] = ("zeros", 0.0)
         elif key in embeddings:
             rules[key] = ("normal", 0.02)
         elif t.dim() == 1:
@@ -334,7 +384,7 @@ def write_pipeline_folder(
     """
     import diffusers
 
-    from erasekit.models.tokenizer import t5_tokenizer, write_clip_tokenizer_files
+    from erasekit.models.tokenizer import gemma_tokenizer, t5_tokenizer, write_clip_tokenizer_files
 
     folder = Path(folder)
     folder.mkdir(parents=True)
@@ -356,6 +406,14 @@ def write_pipeline_folder(
         if tcfg.get("_class_name") == "T5TokenizerFast":
             t5_tokenizer(tcfg["model_max_length"], tcfg["vocab_size"]).save_pretrained(folder / name)
             index[name] = ["transformers", "T5TokenizerFast"]
+        elif tcfg.get("_class_name") == "GemmaTokenizerFast":
+            # saved as a plain fast tokenizer: GemmaTokenizerFast.from_pretrained would rebuild Gemma's BPE pipeline
+            # around the stand-in's Unigram vocabulary and tokenize character by character
+            gemma_tokenizer(tcfg["model_max_length"]).save_pretrained(folder / name)
+            tok_cfg = folder / name / "tokenizer_config.json"
+            saved = json.loads(tok_cfg.read_text(encoding="utf-8"))
+            tok_cfg.write_text(json.dumps({**saved, "tokenizer_class": "PreTrainedTokenizerFast"}), encoding="utf-8")
+            index[name] = ["transformers", "PreTrainedTokenizerFast"]
         else:
             write_clip_tokenizer_files(folder / name, pad_token=tcfg["pad_token"])
             index[name] = ["transformers", "CLIPTokenizer"]
@@ -450,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             pipe = load_pipeline(str(folder), dtype=str(storage_dtype(cfg)).replace("torch.", ""))
             adapter = PipelineAdapter(pipe)
-            for group in adapter.groups:  # one on the UNets; SD3 / FLUX: the text stream and the pooled vector
+            for group in adapter.groups:  # one on UNets, PixArt, Sana; SD3 / FLUX: the text stream and pooled vector
                 view = adapter.for_group(group)
                 enc = view.encode(["a painting of a lighthouse by the sea"])
                 print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -290,11 +291,21 @@ DIT_EXPECTED = {
     ),
 }
 STATIC_SITES = {"context_embedder", "time_text_embed.text_embedder.linear_1"}
+MMDITS = ("flux1-dev", "sd35-medium")
+# PixArt-Σ and Sana: one text encoder, a caption projection, cross-attention (attn2) in every block. From the model
+# cards and papers: PixArt-Σ 0.6 B (28 blocks, width 1152, T5-XXL 4096-d); Sana-1600M 1.6 B (20 blocks, width 2240,
+# Gemma-2-2B 2304-d, 2.6 B with its 256000-row embedding).
+CAPTION_DITS = {
+    "pixart-sigma": dict(pipeline="PixArtSigmaPipeline", family="pixart", blocks=28, width=1152, text=4096,
+                         params=(0.6e9, 0.62e9), text_params=(4.7e9, 4.9e9), length=300),
+    "sana-1600m": dict(pipeline="SanaPipeline", family="sana", blocks=20, width=2240, text=2304,
+                       params=(1.55e9, 1.65e9), text_params=(2.55e9, 2.65e9), length=300),
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def dit_cache(tmp_path_factory):
-    """Both scaled DiTs built into one cache (they share the T5 component)."""
+    """The scaled DiTs built into one cache (FLUX.1-dev, SD3.5-M and PixArt-Σ share the T5 component)."""
     root = tmp_path_factory.mktemp("fs-dit")
     return {
         f: fsm.pipeline_folder(f, root, config=fsm.scaled_config(fsm.published_config(f)), progress=False)
@@ -303,7 +314,7 @@ def dit_cache(tmp_path_factory):
 
 
 def test_dit_configs_are_the_published_architectures():
-    flux, sd35 = (fsm.published_config(f) for f in fsm.DIT_FAMILIES)
+    flux, sd35 = (fsm.published_config(f) for f in MMDITS)
     tr = flux["transformer"]
     assert (tr["num_layers"], tr["num_single_layers"], tr["num_attention_heads"] * tr["attention_head_dim"]) == (
         19,
@@ -332,7 +343,7 @@ def test_dit_configs_are_the_published_architectures():
     assert 11.8e9 < n_flux < 12.0e9 and 2.4e9 < n_sd35 < 2.6e9 and 4.6e9 < n_t5 < 4.9e9
 
 
-@pytest.mark.parametrize("family", fsm.DIT_FAMILIES)
+@pytest.mark.parametrize("family", MMDITS)
 def test_scaled_dit_loads_with_its_own_pipeline_class(family, dit_cache):
     """The scaled build loads with the plain diffusers pipeline class; erasekit identifies it and finds the two static
     sites by structure, reading T5's width and the pooled CLIP width."""
@@ -364,10 +375,71 @@ def test_scaled_dit_loads_with_its_own_pipeline_class(family, dit_cache):
 
 
 def test_dits_share_one_t5_build(dit_cache):
-    flux, sd35 = (dit_cache[f] for f in fsm.DIT_FAMILIES)
+    flux, sd35, pixart = (dit_cache[f] for f in ("flux1-dev", "sd35-medium", "pixart-sigma"))
     assert (flux / "text_encoder_2").is_symlink() and (sd35 / "text_encoder_3").is_symlink()
     assert (flux / "text_encoder_2").resolve() == (sd35 / "text_encoder_3").resolve()
+    assert (pixart / "text_encoder").resolve() == (flux / "text_encoder_2").resolve()
     assert (flux / "transformer").resolve() != (sd35 / "transformer").resolve()
+    assert (dit_cache["sana-1600m"] / "text_encoder").resolve() != (pixart / "text_encoder").resolve()
+
+
+def test_caption_dit_configs_are_the_published_architectures():
+    """PixArt-Σ and Sana-1600M: block count, width, caption width = the text encoder's, the cross-attention reading
+    the model width, and the published parameter counts (what the weight files hold)."""
+
+    def stored(cfg: dict, name: str) -> int:  # parameters and saved buffers; a tied tensor once
+        return sum(math.prod(shape) for _, shape, _ in fsm._entries(fsm._meta_model(name, cfg), torch.bfloat16))
+
+    for family, exp in CAPTION_DITS.items():
+        cfg = fsm.published_config(family)
+        tr, te = cfg["transformer"], cfg["text_encoder"]
+        assert tr["num_layers"] == exp["blocks"]
+        assert tr["num_attention_heads"] * tr["attention_head_dim"] == exp["width"]
+        assert tr["cross_attention_dim"] == exp["width"] and tr["caption_channels"] == exp["text"]
+        assert te.get("d_model", te.get("hidden_size")) == exp["text"]
+        lo, hi = exp["params"]
+        assert lo < stored(cfg, "transformer") < hi, family
+        lo, hi = exp["text_params"]
+        assert lo < stored(cfg, "text_encoder") < hi, family
+    sana = fsm.published_config("sana-1600m")["transformer"]
+    assert sana["num_cross_attention_heads"] * sana["cross_attention_head_dim"] == 2240
+    strip = {"torch_dtype"}  # PixArt-Σ's T5 is FLUX.1-dev's: one build
+    assert {k: v for k, v in fsm.published_config("pixart-sigma")["text_encoder"].items() if k not in strip} == {
+        k: v for k, v in fsm.published_config("flux1-dev")["text_encoder_2"].items() if k not in strip
+    }
+
+
+@pytest.mark.parametrize("family", CAPTION_DITS)
+def test_scaled_caption_dit_loads_with_its_own_pipeline_class(family, dit_cache):
+    """The scaled PixArt-Σ / Sana build loads with the plain diffusers pipeline class; erasekit identifies it and finds
+    every block's attn2 K / V (one site group) reading the caption projected to the model width."""
+    import diffusers
+
+    from erasekit.models.adapter import PipelineAdapter
+    from erasekit.models.families import identify
+
+    exp, folder = CAPTION_DITS[family], dit_cache[family]
+    cfg = fsm.scaled_config(fsm.published_config(family))
+    pipe = getattr(diffusers, exp["pipeline"]).from_pretrained(str(folder), torch_dtype=torch.bfloat16)
+    assert type(pipe).__name__ == exp["pipeline"] and identify(pipe).name == exp["family"]
+    adapter = PipelineAdapter(pipe)
+    blocks = cfg["transformer"]["num_layers"]
+    assert set(adapter.paths) == {f"transformer_blocks.{i}.attn2.to_{p}" for i in range(blocks) for p in "kv"}
+    assert len(adapter.groups) == 1
+    width = cfg["transformer"]["num_attention_heads"] * cfg["transformer"]["attention_head_dim"]
+    assert adapter.d_in == width < exp["width"]  # the caption projected to the (scaled) model width
+    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.bfloat16}
+    assert pipe.text_encoder.config.vocab_size == fsm.published_config(family)["text_encoder"]["vocab_size"]
+    assert len(pipe.tokenizer) <= pipe.text_encoder.get_input_embeddings().weight.shape[0]
+    from erasekit.models.tokenizer import gemma_tokenizer, t5_tokenizer
+
+    text = "Given a user prompt, generate an 'Enhanced prompt' of Van Gogh"  # the saved tokenizer is the stand-in
+    stand_in = t5_tokenizer(vocab_size=32128) if family == "pixart-sigma" else gemma_tokenizer()
+    ids = stand_in(text)["input_ids"]
+    assert pipe.tokenizer(text)["input_ids"] == ids and len(ids) < len(text) // 2  # words, not characters
+    enc = adapter.encode(["a painting of a lighthouse", "a photo of a cat on a red sofa"])
+    assert tuple(enc.embeds.shape) == (2, exp["length"], width)
+    assert torch.isfinite(enc.embeds).all() and not torch.allclose(enc.embeds[0], enc.embeds[1])
 
 
 def test_sharded_component_loads_as_published(tmp_path):

@@ -125,10 +125,20 @@ class RECE(Method[RECEConfig]):
         paths = adapter.paths
         W0 = {p: adapter.linear(p).weight.detach().to("cpu", _F64) for p in paths}
 
-        # 1. the starting UCE v1 edit
+        # Every prompt encoding first, each distinct prompt list once: the UCE start and the adversarial step read the
+        # same concept, guide and retain prompts (on a full-size T5-XXL each encoding is most of the fit's time).
         plan = cf.column_plan(concepts, "v1", config.token, "all", config.uce_preserve_scale)
+        n_blank = len(concepts.erase) if concepts.kind == "nsfw" else 1  # train.py: [' '] per concept
+        retain = [""] * n_blank + list(concepts.preserve)
+        with adapter.cached_encodings():
+            start_columns = cf.plan_columns(adapter, plan)
+            C_c = [adapter.encode([c]).embeds[0].T for c in concepts.erase]  # each (d_in, 77): all positions
+            C_g = [adapter.encode([g]).embeds[0].T for g in concepts.guides]
+            C_R = adapter.encode(retain).embeds.reshape(-1, adapter.d_in).T  # (d_in, 77·len(retain))
+
+        # 1. the starting UCE v1 edit
         gf = cf.gram_factor(
-            *cf.plan_columns(adapter, plan),
+            *start_columns,
             alpha=config.uce_erase_scale,
             beta=plan.preserve_scale,
             gamma=config.uce_lamb,
@@ -139,11 +149,6 @@ class RECE(Method[RECEConfig]):
         labels = ["uce"]
 
         # 2.–3. adversarial epochs
-        C_c = [adapter.encode([c]).embeds[0].T for c in concepts.erase]  # each (d_in, 77): all positions
-        C_g = [adapter.encode([g]).embeds[0].T for g in concepts.guides]
-        n_blank = len(concepts.erase) if concepts.kind == "nsfw" else 1  # train.py: [' '] per concept
-        retain = [""] * n_blank + list(concepts.preserve)
-        C_R = adapter.encode(retain).embeds.reshape(-1, adapter.d_in).T  # (d_in, 77·len(retain))
         C_G = torch.cat(C_g, dim=1)  # (d_in, 77·n)
         epochs = []
         for epoch in tqdm(range(config.epochs), desc="rece epochs", disable=not progress, leave=False):

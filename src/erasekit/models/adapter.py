@@ -15,7 +15,8 @@ import copy
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,7 @@ class PipelineAdapter:
     """
 
     group: str | None = None  # the group this adapter is restricted to (for_group), None: every site
+    _encode_cache: dict[tuple[Any, ...], Encoded] | None = None  # set within cached_encodings()
 
     def __init__(
         self,
@@ -264,6 +266,10 @@ class PipelineAdapter:
                 "no encoding; methods that read columns (uce, space, cure, pure) capture them during sampling, others "
                 "run on sites='static'"
             )
+        key = (self.group, site.path, tuple(prompts), batch_size)
+        if self._encode_cache is not None and key in self._encode_cache:
+            hit = self._encode_cache[key]
+            return Encoded(hit.embeds.clone(), hit.last_index.clone(), hit.n_tokens.clone())
         encoders = text_encoders(self.pipe)
         target = compute_dtype(self.device, stored_dtype(encoders[0])) if encoders else torch.float32
         fam = self.family_spec
@@ -272,7 +278,7 @@ class PipelineAdapter:
         # cast to the encoder's dtype by diffusers, exactly as the UNet receives it at generation time.
         with computing_in_layers(encoders, target):
             for i in range(0, len(prompts), batch_size):
-                cond = fam.encode(self.pipe, prompts[i : i + batch_size])
+                cond = fam.encode_for_site(self.pipe, prompts[i : i + batch_size], site)
                 x = fam.site_inputs(self.pipe, cond, site)  # (b, L, d_in)
                 chunks.append(x.detach().to("cpu", torch.float64))
                 last, count = fam.site_tokens(cond, site)  # (b,), (b,)
@@ -287,7 +293,23 @@ class PipelineAdapter:
             raise ModelError(
                 "the text encoder produced NaN/Inf embeddings; load the model in float32 (--dtype float32)"
             )
-        return Encoded(embeds, torch.cat(lasts), torch.cat(counts))
+        out = Encoded(embeds, torch.cat(lasts), torch.cat(counts))
+        if self._encode_cache is not None:
+            self._encode_cache[key] = Encoded(out.embeds.clone(), out.last_index.clone(), out.n_tokens.clone())
+        return out
+
+    @contextmanager
+    def cached_encodings(self) -> Iterator[None]:
+        """Within: :meth:`encode` of a prompt list this adapter (group) already encoded returns a copy of that result
+        instead of running the text encoders again (RECE encodes its concept, guide and retain prompts for the UCE
+        start and again for the adversarial step). Nothing a fit does changes the text encoders, so the result is the
+        same to the bit; the cache ends with the block (nested blocks share the outer one)."""
+        outer = self._encode_cache
+        self._encode_cache = {} if outer is None else outer
+        try:
+            yield
+        finally:
+            self._encode_cache = outer
 
     def token_columns(self, erase: Sequence[str], guide: Sequence[str], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Paired columns (C_E, C_G), each (d_in, n), for aligned erase/guide prompts (DESIGN §4)."""

@@ -393,6 +393,11 @@ class Family:
             for h in hooks:
                 h.remove()
 
+    def encode_for_site(self, pipe: Pipeline, prompts: Sequence[str], site: Site) -> Conditioning:
+        """:meth:`encode` as far as ``site`` reads it (:meth:`site_inputs`, :meth:`site_tokens`): everything by default;
+        SD3 / FLUX's pooled site runs only the CLIP encoders (:meth:`~.sd3.MMDiTFamily.encode_for_site`)."""
+        return self.encode(pipe, prompts)
+
     def site_inputs(self, pipe: Pipeline, cond: Conditioning, site: Site | None = None) -> torch.Tensor:
         """What ``site`` reads, (B, L, d_in), for ``cond``: the text stream itself by default; a pooled site reads
         ``cond.pooled`` as a stream of one token, (B, 1, d_pool)."""

@@ -128,6 +128,14 @@ class FluxFamily(MMDiTFamily):
         mask = t5_mask(pipe.tokenizer_2, t5_text, length)
         return Conditioning(embeds, mask, pooled, guidance=guidance)
 
+    def encode_pooled(self, pipe: Pipeline, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP-L's pooled vector (B, d_clip), as FluxPipeline's ``encode_prompt`` computes it."""
+        clip_text = self.encoder_prompts(pipe, prompts)[0]
+        out: torch.Tensor = pipe._get_clip_prompt_embeds(
+            prompt=clip_text, device=self.get_denoiser(pipe).device, num_images_per_prompt=1
+        )
+        return out
+
     def sampling(self, pipe: Pipeline, scale: float) -> Sampling:
         """dev embeds ``scale`` as its guidance input (one call per step); schnell-like models run FluxPipeline's
         true CFG against the empty prompt: two calls per step, the conditional first."""

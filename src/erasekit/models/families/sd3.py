@@ -217,6 +217,22 @@ class MMDiTFamily(Family):
         joint = mmdit_joint_sites(den, projections) if sites in ("joint", "all") else []
         return static + joint
 
+    def encode_pooled(self, pipe: Pipeline, prompts: Sequence[str]) -> torch.Tensor:  # pragma: no cover - abstract
+        """(B, d_pool) the pooled vector of :meth:`encode`, computed as the pipeline's ``encode_prompt`` does it, by the
+        CLIP encoders alone."""
+        raise NotImplementedError
+
+    def encode_for_site(self, pipe: Pipeline, prompts: Sequence[str], site: Site) -> Conditioning:
+        """The pooled site reads CLIP's pooled vector alone: only the CLIP encoders run (T5, the most of an encoding's
+        time at full size, does not); the text stream and the joint sites get :meth:`encode`. The pooled vector is the
+        one ``encode`` gives, to the bit: the same calls on the same prompts (a test checks it)."""
+        if site.input_kind != "pooled_text":
+            return self.encode(pipe, prompts)
+        with torch.no_grad():
+            pooled = self.encode_pooled(pipe, prompts).detach()  # (B, d_pool)
+        one = torch.ones(pooled.shape[0], 1, dtype=torch.int64)
+        return Conditioning(pooled[:, None, :], one, pooled)  # a stream of one token: what the site reads
+
     def text_kwargs(self, cond: Conditioning) -> dict[str, torch.Tensor]:
         """The text stream and the pooled vector: both carry the prompt into an MMDiT call."""
         if cond.pooled is None:
@@ -304,6 +320,18 @@ class SD3Family(MMDiTFamily):
             t5 = t5_mask(pipe.tokenizer_3, t5_text, length)
         mask = torch.cat([clip_mask(pipe.tokenizer, texts[0]), t5], dim=1)  # (B, 77 + length)
         return Conditioning(out[0], mask, out[2])
+
+    def encode_pooled(self, pipe: Pipeline, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP-L's and CLIP-G's pooled vectors, concatenated (B, d_L + d_G), as ``encode_prompt`` computes them."""
+        texts = self.encoder_prompts(pipe, prompts)
+        device = self.get_denoiser(pipe).device
+        pooled = [
+            pipe._get_clip_prompt_embeds(
+                prompt=texts[i], device=device, num_images_per_prompt=1, clip_skip=None, clip_model_index=i
+            )[1]
+            for i in (0, 1)
+        ]
+        return torch.cat(pooled, dim=-1)
 
     def denoise(self, pipe: Pipeline, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The velocity (flow matching) for latents (B, C, h, w) at scheduler timesteps ``t`` (0..1000), as
