@@ -45,3 +45,20 @@ def test_a_saved_tiny_t5_pipeline_encodes_as_the_built_one(tmp_path, family):
     prompts = list(PROMPTS)
     a, b = fam.encode(built, prompts), fam.encode(loaded, prompts)
     torch.testing.assert_close(b.embeds, a.embeds, rtol=0, atol=0)
+
+
+def test_a_saved_tiny_sana_encodes_as_the_built_one(tmp_path):
+    """Sana's Gemma stand-in survives a save only as a plain fast tokenizer (save_tiny_pipeline marks it so):
+    GemmaTokenizerFast.from_pretrained rebuilds it character by character."""
+    from diffusers import DiffusionPipeline
+
+    from erasekit.models.families import identify
+    from erasekit.models.tiny import build_tiny_pipeline, save_tiny_pipeline
+
+    built = build_tiny_pipeline("sana", seed=0)
+    loaded = DiffusionPipeline.from_pretrained(save_tiny_pipeline(tmp_path, "sana", seed=0))
+    fam = identify(built)
+    prompts = list(PROMPTS)
+    assert [loaded.tokenizer(p).input_ids for p in prompts] == [built.tokenizer(p).input_ids for p in prompts]
+    a, b = fam.encode(built, prompts), fam.encode(loaded, prompts)
+    torch.testing.assert_close(b.embeds, a.embeds, rtol=0, atol=0)

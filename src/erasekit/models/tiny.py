@@ -340,8 +340,26 @@ def build_tiny_pipeline(family: str = "sd", seed: int = 0) -> Pipeline:
 def save_tiny_pipeline(folder: str | Path, family: str = "sd", seed: int = 0) -> Path:
     """Build and save a tiny pipeline as a regular diffusers folder (loads with ``from_pretrained``)."""
     folder = Path(folder)
-    build_tiny_pipeline(family, seed).save_pretrained(folder)
+    pipe = build_tiny_pipeline(family, seed)
+    pipe.save_pretrained(folder)
+    if type(pipe.tokenizer).__name__.startswith("GemmaTokenizer"):  # transformers 5 names the fast one GemmaTokenizer
+        plain_fast_tokenizer(folder, "tokenizer")
     return folder
+
+
+def plain_fast_tokenizer(folder: Path, name: str) -> None:
+    """Mark a saved Gemma stand-in tokenizer as a plain ``PreTrainedTokenizerFast`` (its tokenizer.json as it is):
+    ``GemmaTokenizerFast.from_pretrained`` would rebuild Gemma's BPE pipeline around the stand-in's Unigram vocabulary
+    and tokenize character by character, so a saved tiny Sana would encode other ids than the built one."""
+    import json
+
+    cfg_path = folder / name / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg_path.write_text(json.dumps({**cfg, "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2), encoding="utf-8")
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    index[name] = ["transformers", "PreTrainedTokenizerFast"]
+    index_path.write_text(json.dumps(index, indent=2), encoding="utf-8")
 
 
 def save_tiny_clip(folder: str | Path, projection_dim: int = 16, seed: int = 0) -> Path:
