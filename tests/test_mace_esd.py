@@ -497,12 +497,9 @@ def test_esd_layers_on_sd3_are_the_joint_attention_and_the_rest(all_tiny_pipes, 
     assert resolve(cfg, "esd-x", "sd3") == resolve(cfg, "esd-u", "sd3") == (3e-5, 2.0, 7.5)
 
 
-@pytest.mark.parametrize("build", FLOW_BUILDS)
-def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_flow_models_and_both_revert(all_tiny_pipes, build):
-    """ACE (both site groups in one stage-2 loss) and MACE's LoRA stage (per group, on the joint attention maps)
-    train on FLUX and SD3: ACE's loss falls, MACE's LoRA stage changes its fused edit, only the sites move, revert
-    is bit-exact."""
-    pipe, fam, _ = _flux(all_tiny_pipes, build)
+def _check_ace_and_mace_fine_tune(pipe, fam) -> None:
+    """ACE's loss falls, MACE's LoRA stage trains (per site group) and changes its fused edit, only the sites move,
+    revert is bit-exact."""
     before = {k: v.clone() for k, v in fam.get_denoiser(pipe).state_dict().items()}
     kw = dict(concepts=["a red circle"], preserve=["a blue square"], kind="object", progress=False)
     ace = erasekit.erase(
@@ -511,7 +508,8 @@ def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_flow_models_and_both_re
     assert ace.stats["loss_last"] < ace.stats["loss_first"]
     mace = erasekit.erase(pipe, "mace", train_steps=4, lr=1e-2, n_images=1, image_steps=2, **kw)
     closed = erasekit.erase(pipe, "mace", train_steps=0, **kw)
-    for group in mace.stats["groups"].values():
+    groups = mace.stats["groups"].values() if "groups" in mace.stats else [mace.stats]
+    for group in groups:
         (lora,) = group["lora"]
         # MACE draws a new (image, timestep, noise) every step, so its first and last losses are on different samples
         # and not comparable at 4 steps; what must hold is that the LoRA stage trained and changed the fused edit.
@@ -530,6 +528,15 @@ def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_flow_models_and_both_re
         assert changed and changed <= sites
         edit.revert(pipe)
         assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
+
+
+@pytest.mark.parametrize("build", FLOW_BUILDS)
+def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_flow_models_and_both_revert(all_tiny_pipes, build):
+    """ACE (both site groups in one stage-2 loss) and MACE's LoRA stage (per group, on the joint attention maps)
+    train on FLUX and SD3: ACE's loss falls, MACE's LoRA stage changes its fused edit, only the sites move, revert
+    is bit-exact."""
+    pipe, fam, _ = _flux(all_tiny_pipes, build)
+    _check_ace_and_mace_fine_tune(pipe, fam)
 
 
 # ------------------------------------------------------- cross-attention DiTs (PixArt: DDPM ε; Sana: flow matching)
@@ -670,31 +677,7 @@ def test_ace_lowers_its_loss_and_mace_trains_its_lora_on_the_dits_and_both_rever
     """ACE and MACE's LoRA stage (on attn2's masked attention maps) train on PixArt and Sana: ACE's loss falls, the
     LoRA stage changes MACE's fused edit, only the sites move, revert is bit-exact."""
     pipe = all_tiny_pipes[build]
-    fam = identify(pipe)
-    before = {k: v.clone() for k, v in fam.get_denoiser(pipe).state_dict().items()}
-    kw = dict(concepts=["a red circle"], preserve=["a blue square"], kind="object", progress=False)
-    ace = erasekit.erase(
-        pipe, "ace", train_steps=8, lr=2e-2, adv_steps=0, pool_latents=1, pool_steps=3, batch_size=2, **kw
-    )
-    assert ace.stats["loss_last"] < ace.stats["loss_first"]
-    mace = erasekit.erase(pipe, "mace", train_steps=4, lr=1e-2, n_images=1, image_steps=2, **kw)
-    closed = erasekit.erase(pipe, "mace", train_steps=0, **kw)
-    (lora,) = mace.stats["lora"]  # one site group (attn2 K / V of every block)
-    assert lora["train_steps"] == 4 and math.isfinite(lora["loss_last"]) and 0 < lora["mask_share"] <= 1
-    den = fam.get_denoiser(pipe)
-    w0 = {k: den.get_submodule(le.path).weight.detach() for k, le in mace.layers.items()}
-    assert any(
-        not torch.allclose(mace.layers[k].materialize(w), closed.layers[k].materialize(w)) for k, w in w0.items()
-    )
-    sites = set(PipelineAdapter(pipe).paths)
-    for edit in (ace, mace):
-        assert set(edit.layers) == sites
-        edit.apply(pipe)
-        state = fam.get_denoiser(pipe).state_dict()
-        changed = {k.rsplit(".", 1)[0] for k, v in state.items() if not torch.equal(before[k], v)}
-        assert changed and changed <= sites
-        edit.revert(pipe)
-        assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
+    _check_ace_and_mace_fine_tune(pipe, identify(pipe))
 
 
 def test_sana_euler_schedule_follows_the_released_dpm_solver_flow_schedule():
