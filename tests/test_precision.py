@@ -313,3 +313,57 @@ def test_every_text_encoder_of_sd3_computes_in_float32_on_a_cpu():
         assert dtype == torch.float32
         assert {next(e.parameters()).dtype for e in encoders} == {torch.float32}
     assert {next(e.parameters()).dtype for e in encoders} == {torch.float16}
+
+
+class _Recording(nn.Embedding):
+    """An embedding that records the table each forward computes with (and scales after the lookup, as Gemma's)."""
+
+    seen: list[tuple[int, torch.dtype]]
+
+    def forward(self, input_ids):  # type: ignore[override]
+        self.seen.append((int(self.weight.shape[0]), self.weight.dtype))
+        return super().forward(input_ids) * torch.tensor(3.0, dtype=self.weight.dtype)
+
+
+def test_a_frozen_token_table_is_borrowed_row_by_row_with_the_full_tables_values():
+    """A frozen input-token table (a text encoder's) is not copied whole into the compute dtype: each call casts the
+    rows it reads (Gemma-2's 2.2 GiB float32 table at full size), with the values of the whole-table copy, and hooks
+    on the table still see the call's own ids."""
+    torch.manual_seed(0)
+    emb = _Recording(1000, 8, padding_idx=7).to(torch.bfloat16).requires_grad_(False)
+    emb.seen = []
+    m = nn.Sequential(emb, nn.Linear(8, 8)).to(torch.bfloat16).requires_grad_(False)
+    ids = torch.tensor([[5, 900, 7, 7], [900, 12, 5, 999]])
+    with computing_in([m], torch.float32):  # the oracle: the whole model copied to float32
+        want = m(ids)
+    emb.seen.clear()
+    got_ids = []
+    hook = emb.register_forward_hook(lambda mod, a, o: got_ids.append(a[0]))
+    weight = emb.weight
+    with computing_in_layers([m], torch.float32):
+        got = m(ids)
+    hook.remove()
+    assert torch.equal(got, want) and got.dtype == torch.float32
+    assert emb.seen == [(5, torch.float32)]  # the 5 distinct ids' rows, not 1000
+    assert torch.equal(got_ids[0], ids)  # hooks see the ids the caller gave
+    assert emb.weight is weight and emb.padding_idx == 7 and "forward" not in vars(emb)  # all put back
+
+
+def test_half_text_encoders_encode_as_with_their_whole_tables_borrowed(all_tiny_pipes):
+    """Sana's Gemma-2 (a scaled lookup) and PixArt's T5 in bfloat16, borrowed layer by layer: with the token table
+    borrowed row by row the states are those of the whole table borrowed (the earlier path, which a table that
+    requires grad still takes), bit for bit. (T5 is not its whole-model float32 copy in either: its feed-forward casts
+    to wo's stored dtype before wo is borrowed.)"""
+    for build in ("sana", "pixart"):
+        te = copy.deepcopy(all_tiny_pipes[build].text_encoder).to(torch.bfloat16).requires_grad_(False)
+        table = te.get_input_embeddings()
+        ids = torch.tensor([[2, 40, 41, 42, 0, 0], [2, 43, 40, 44, 45, 46]])
+        mask = (ids != 0).long()
+        with torch.no_grad():
+            table.weight.requires_grad_(True)
+            with computing_in_layers([te], torch.float32):
+                want = te(ids, attention_mask=mask).last_hidden_state
+            table.weight.requires_grad_(False)
+            with computing_in_layers([te], torch.float32):
+                got = te(ids, attention_mask=mask).last_hidden_state
+        assert torch.equal(got, want), build

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeGuard, overload
 
 import torch
 from torch import nn
@@ -227,13 +227,17 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
     def unpack(saved: torch.Tensor | _Recast) -> torch.Tensor:
         return saved.tensor() if isinstance(saved, _Recast) else saved
 
+    lookups: list[nn.Embedding] = []
     try:
         for m in modules:
             if m is None:
                 continue
             for sub in m.modules():
                 owns = any(p.is_floating_point() and p.dtype != dtype for p in sub.parameters(recurse=False))
-                if owns:
+                if owns and _frozen_lookup(sub):
+                    sub.forward = _compact_lookup(sub, dtype)  # type: ignore[method-assign]  # deleted on exit
+                    lookups.append(sub)
+                elif owns:
                     handles.append(sub.register_forward_pre_hook(pre, with_kwargs=True))
                     handles.append(sub.register_forward_hook(post))
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
@@ -241,10 +245,49 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
     finally:
         for h in handles:
             h.remove()
+        for sub in lookups:
+            del sub.forward  # the class's forward again
         for swaps in live.values():  # a forward that raised never reached its post hook
             _restore(swaps)
         live.clear()
         copies.clear()
+
+
+def _frozen_lookup(mod: nn.Module) -> TypeGuard[nn.Embedding]:
+    """An embedding table that nothing trains (a text encoder's input tokens): :func:`_compact_lookup` serves it."""
+    w = getattr(mod, "weight", None)
+    own = [n for n, _ in mod.named_parameters(recurse=False)]
+    plain = "forward" not in vars(mod)  # a forward someone already wraps (accelerate hooks) is left to the hooks
+    return (
+        isinstance(mod, nn.Embedding)
+        and isinstance(w, torch.Tensor)
+        and not w.requires_grad
+        and own == ["weight"]
+        and plain
+    )
+
+
+def _compact_lookup(mod: nn.Embedding, dtype: torch.dtype) -> Any:
+    """``mod``'s forward computed in ``dtype`` on the rows it reads, not on the whole table: the ids are mapped to the
+    distinct ids of the call, those rows alone are cast (T5-XXL's 32128 × 4096 table is 0.5 GiB in float32, Gemma-2's
+    256000 × 2304 2.2 GiB), and the module's own forward runs on the compact table. The values are the full borrowed
+    table's, bit for bit (the same rows, cast the same way; subclasses that scale after the lookup, as Gemma's, scale
+    the same float32 rows), and hooks on the module see the call's own ids. padding_idx only shapes the gradient of
+    the table, which is frozen, so it is left out for the call."""
+    forward = type(mod).forward
+
+    def compact(input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        uniq, inverse = torch.unique(input_ids, return_inverse=True)  # (U,), input_ids.shape into uniq
+        slots: dict[str, Any] = mod._parameters
+        original, padding_idx = slots["weight"], mod.padding_idx
+        slots["weight"] = original[uniq].to(dtype)  # (U, d): the rows this call reads
+        mod.padding_idx = None
+        try:
+            return forward(mod, inverse.reshape(input_ids.shape), *args, **kwargs)
+        finally:
+            slots["weight"], mod.padding_idx = original, padding_idx
+
+    return compact
 
 
 # Every text encoder a diffusers pipeline may hold (SD3 reads T5 as the third).
