@@ -325,14 +325,14 @@ class _Recording(nn.Embedding):
         return super().forward(input_ids) * torch.tensor(3.0, dtype=self.weight.dtype)
 
 
-def test_a_frozen_token_table_is_borrowed_row_by_row_with_the_full_tables_values():
-    """A frozen input-token table (a text encoder's) is not copied whole into the compute dtype: each call casts the
-    rows it reads (Gemma-2's 2.2 GiB float32 table at full size), with the values of the whole-table copy, and hooks
-    on the table still see the call's own ids."""
+def test_a_token_table_is_borrowed_row_by_row_where_it_takes_no_gradient():
+    """An input-token table (a text encoder's) that takes no gradient is not copied whole into the compute dtype:
+    each call casts the rows it reads (Gemma-2's 2.2 GiB float32 table at full size), with the values of the
+    whole-table copy, and hooks on the table still see the call's own ids; with a gradient to take, the whole table."""
     torch.manual_seed(0)
-    emb = _Recording(1000, 8, padding_idx=7).to(torch.bfloat16).requires_grad_(False)
+    emb = _Recording(1000, 8, padding_idx=7).to(torch.bfloat16)  # requires grad, as a loaded encoder's table does
     emb.seen = []
-    m = nn.Sequential(emb, nn.Linear(8, 8)).to(torch.bfloat16).requires_grad_(False)
+    m = nn.Sequential(emb, nn.Linear(8, 8).requires_grad_(False)).to(torch.bfloat16)
     ids = torch.tensor([[5, 900, 7, 7], [900, 12, 5, 999]])
     with computing_in([m], torch.float32):  # the oracle: the whole model copied to float32
         want = m(ids)
@@ -340,11 +340,17 @@ def test_a_frozen_token_table_is_borrowed_row_by_row_with_the_full_tables_values
     got_ids = []
     hook = emb.register_forward_hook(lambda mod, a, o: got_ids.append(a[0]))
     weight = emb.weight
-    with computing_in_layers([m], torch.float32):
+    with computing_in_layers([m], torch.float32), torch.no_grad():
         got = m(ids)
     hook.remove()
     assert torch.equal(got, want) and got.dtype == torch.float32
     assert emb.seen == [(5, torch.float32)]  # the 5 distinct ids' rows, not 1000
+    emb.seen.clear()
+    with computing_in_layers([m], torch.float32):  # grad mode on and a table that requires it: the whole table
+        y = m(ids)
+        y.sum().backward()
+    assert emb.seen == [(1000, torch.float32)] and torch.equal(y.detach(), want)
+    assert emb.weight.grad is not None and emb.weight.grad.dtype == torch.bfloat16
     assert torch.equal(got_ids[0], ids)  # hooks see the ids the caller gave
     assert emb.weight is weight and emb.padding_idx == 7 and "forward" not in vars(emb)  # all put back
 
@@ -359,11 +365,9 @@ def test_half_text_encoders_encode_as_with_their_whole_tables_borrowed(all_tiny_
         table = te.get_input_embeddings()
         ids = torch.tensor([[2, 40, 41, 42, 0, 0], [2, 43, 40, 44, 45, 46]])
         mask = (ids != 0).long()
-        with torch.no_grad():
-            table.weight.requires_grad_(True)
-            with computing_in_layers([te], torch.float32):
-                want = te(ids, attention_mask=mask).last_hidden_state
-            table.weight.requires_grad_(False)
-            with computing_in_layers([te], torch.float32):
-                got = te(ids, attention_mask=mask).last_hidden_state
+        table.weight.requires_grad_(True)
+        with computing_in_layers([te], torch.float32):  # grad mode on, a table that requires it: the whole table
+            want = te(ids, attention_mask=mask).last_hidden_state.detach()
+        with computing_in_layers([te], torch.float32), torch.no_grad():
+            got = te(ids, attention_mask=mask).last_hidden_state
         assert torch.equal(got, want), build

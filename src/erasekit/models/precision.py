@@ -234,7 +234,7 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
                 continue
             for sub in m.modules():
                 owns = any(p.is_floating_point() and p.dtype != dtype for p in sub.parameters(recurse=False))
-                if owns and _frozen_lookup(sub):
+                if owns and _plain_lookup(sub):
                     sub.forward = _compact_lookup(sub, dtype)  # type: ignore[method-assign]  # deleted on exit
                     lookups.append(sub)
                 elif owns:
@@ -253,34 +253,34 @@ def computing_in_layers(modules: Iterable[nn.Module | None], dtype: torch.dtype)
         copies.clear()
 
 
-def _frozen_lookup(mod: nn.Module) -> TypeGuard[nn.Embedding]:
-    """An embedding table that nothing trains (a text encoder's input tokens): :func:`_compact_lookup` serves it."""
-    w = getattr(mod, "weight", None)
+def _plain_lookup(mod: nn.Module) -> TypeGuard[nn.Embedding]:
+    """An embedding table (a text encoder's input tokens) whose forward nobody wraps: :func:`_compact_lookup` serves
+    it (a forward already wrapped, as accelerate's hooks do, is left to the per-layer hooks)."""
     own = [n for n, _ in mod.named_parameters(recurse=False)]
-    plain = "forward" not in vars(mod)  # a forward someone already wraps (accelerate hooks) is left to the hooks
-    return (
-        isinstance(mod, nn.Embedding)
-        and isinstance(w, torch.Tensor)
-        and not w.requires_grad
-        and own == ["weight"]
-        and plain
-    )
+    return isinstance(mod, nn.Embedding) and own == ["weight"] and "forward" not in vars(mod)
 
 
 def _compact_lookup(mod: nn.Embedding, dtype: torch.dtype) -> Any:
     """``mod``'s forward computed in ``dtype`` on the rows it reads, not on the whole table: the ids are mapped to the
     distinct ids of the call, those rows alone are cast (T5-XXL's 32128 × 4096 table is 0.5 GiB in float32, Gemma-2's
-    256000 × 2304 2.2 GiB), and the module's own forward runs on the compact table. The values are the full borrowed
+    256000 × 2304 2.2 GiB), and the module's own forward runs on the compact table. The values are the whole borrowed
     table's, bit for bit (the same rows, cast the same way; subclasses that scale after the lookup, as Gemma's, scale
-    the same float32 rows), and hooks on the module see the call's own ids. padding_idx only shapes the gradient of
-    the table, which is frozen, so it is left out for the call."""
+    the same float32 rows), and hooks on the module see the call's own ids. padding_idx only shapes the table's
+    gradient, so it is left out for the call; where the table is to receive a gradient (grad mode on and the table
+    requires it), the whole table is borrowed as before."""
     forward = type(mod).forward
 
     def compact(input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        uniq, inverse = torch.unique(input_ids, return_inverse=True)  # (U,), input_ids.shape into uniq
         slots: dict[str, Any] = mod._parameters
         original, padding_idx = slots["weight"], mod.padding_idx
-        slots["weight"] = original[uniq].to(dtype)  # (U, d): the rows this call reads
+        if torch.is_grad_enabled() and original.requires_grad:
+            slots["weight"] = original.to(dtype)  # differentiable: the gradient reaches the stored table
+            try:
+                return forward(mod, input_ids, *args, **kwargs)
+            finally:
+                slots["weight"] = original
+        uniq, inverse = torch.unique(input_ids, return_inverse=True)  # (U,), input_ids.shape into uniq
+        slots["weight"] = original.detach()[uniq].to(dtype)  # (U, d): the rows this call reads
         mod.padding_idx = None
         try:
             return forward(mod, inverse.reshape(input_ids.shape), *args, **kwargs)
