@@ -12,8 +12,6 @@ for ``.``; W += (alpha / rank) · up @ down, rank = down.shape[0]). Every result
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors import safe_open
@@ -24,6 +22,7 @@ from erasekit.edit import LayerEdit
 from erasekit.errors import EditFileError
 from erasekit.export import ExportError, export
 from erasekit.models.adapter import weight_fingerprint
+from mmdit_exports import export_record, generates_as_the_edit  # tests/mmdit_exports.py
 
 
 # ------------------------------------------------------------------ the ComfyUI oracle (independent of erasekit)
@@ -273,16 +272,8 @@ def test_single_file_carries_the_applied_weights_and_generates_as_the_edited_pip
     assert _max_diff(got, want) == 0.0
     tr = FluxTransformer2DModel.from_config(p.transformer.config)
     tr.load_state_dict(got, strict=True)
-    base_tr = p.transformer
-    p.transformer = tr.eval()
-    try:
-        got_latents = _latents(p)
-    finally:
-        p.transformer = base_tr
-    assert float((want_latents - plain).abs().max()) > 1e-4  # the edit changes generation, so the next can fail
-    assert torch.equal(got_latents, want_latents)
-    with safe_open(str(res.path), "pt") as f:
-        meta = json.loads(f.metadata()["erasekit_export"])
+    generates_as_the_edit(p, tr, _latents, want_latents, plain)
+    meta = export_record(res.path)
     assert meta["export_format"] == "single-file-flux" and meta["edits"][0]["method"] == "uce"
 
 
