@@ -366,6 +366,14 @@ def test_flux_labels_run_pures_two_variants():
         claims_run.parse_args(["--out", "x", "--counts", "1,13"])
 
 
+def test_hmean_labels_default_to_every_method_and_paper_names_pures_table():
+    assert claims_run.parse_args(["--out", "x"]).hmean_labels == []  # empty: every label of --methods is scored
+    assert claims_run.parse_args(["--out", "x", "--hmean-labels", "paper"]).hmean_labels == list(
+        claims_run.PAPER_HMEAN_LABELS
+    )
+    assert claims_run.parse_args(["--out", "x", "--hmean-labels", "uce, ace"]).hmean_labels == ["uce", "ace"]
+
+
 @pytest.mark.slow
 def test_claims_command_small_end_to_end_and_rejudges(tmp_path, monkeypatch):
     n = torch.get_num_threads()
@@ -385,6 +393,8 @@ def test_claims_command_small_end_to_end_and_rejudges(tmp_path, monkeypatch):
     assert {r["id"] for r in rows} == set(CLAIM_IDS)
     m = Measured.from_dict(json.loads((out / "tinyworld" / "measured.json").read_text()))
     assert m.hmean and m.many and m.attacks  # PURE's H-mean, the many-concepts points, the attack rows
+    # the H-mean table covers every method label measured, not only PURE's table's (ACE is not in the paper's)
+    assert "ace" in m.hmean and set(m.metrics) <= set(m.hmean)
     page = (out / "tinyworld" / "report.html").read_text()
     assert "<h2>Claims</h2>" in page and (out / "tinyworld" / "plots" / "many-concepts-score.png").is_file()
     # re-judged from measured.json alone: no model is loaded, the table is the same
