@@ -1,15 +1,20 @@
-"""Family × closed-form method on the tiny offline builds: fits, edit bytes, fit seconds, erase → guide residual,
-preserve drift.
+"""Family × method on the tiny offline builds: fits, edit bytes, fit seconds, erase → guide residual, preserve drift.
 
     python benchmarks/families_matrix.py [--builds sd3,flux] [--methods uce,space,rece,speed,cure,mace,pure]
+    python benchmarks/families_matrix.py --builds sd3,pixart,sana --methods uce,...,pure,esd,esd-x,ace,mace+lora
 
-Each method runs with its default settings (MACE without its LoRA stage, PURE on its text basis; SPACE, RECE at the
-cheap test settings of tests/method_settings.py) on "Van Gogh" (style), preserving "Claude Monet" and "Pablo
-Picasso". Per site group (SD3 / FLUX: the text stream's ``context_embedder`` and the pooled embedder), with the
-group's last-token columns: residual = max over layers of ‖W C_E − W0 C_G‖ / ‖W0 C_E − W0 C_G‖ (0: the erased
-concept reads exactly as the guide "art"; 1: unchanged), drift = max of ‖W C_P − W0 C_P‖ / ‖W0 C_P‖. The methods
-optimise different objectives, so the residual is not every method's own target (SPEED, CURE and PURE project
-rather than map). "fits" means: fitted, saved, strict-loaded, applied and reverted to the identical bytes.
+Each closed-form method runs with its default settings (MACE without its LoRA stage, PURE on its text basis; SPACE,
+RECE at the cheap test settings of tests/method_settings.py) on "Van Gogh" (style), preserving "Claude Monet" and
+"Pablo Picasso". The fine-tuning methods (``esd``, ``esd-x``, ``esd-u``, ``ace``, and ``mace+lora``: MACE with its
+LoRA stage) run at those cheap settings too (one training step): the row shows that they fit, save, load, apply and
+revert on the family, and their size and time per step, not an erasure. Per site group (SD3 / FLUX: the text
+stream's ``context_embedder`` and the pooled embedder; PixArt / Sana: the ``attn2`` K / V), with the group's
+last-token columns: residual = max over the group's edited layers of ‖W C_E − W0 C_G‖ / ‖W0 C_E − W0 C_G‖ (0: the
+erased concept reads exactly as the guide "art"; 1: unchanged), drift = max of ‖W C_P − W0 C_P‖ / ‖W0 C_P‖; "–"
+where the edit changes none of the group's layers (ESD-x on SD3 trains the joint attention, not the static sites).
+The methods optimise different objectives, so the residual is not every method's own target (SPEED, CURE and PURE
+project rather than map; the fine-tuning methods fit a denoiser objective). "fits" means: fitted, saved,
+strict-loaded, applied and reverted to the identical bytes; "layers" counts the edit's parameters.
 """
 
 from __future__ import annotations
@@ -32,22 +37,27 @@ from method_settings import CHEAP  # noqa: E402
 
 CONCEPT, GUIDE, PRESERVE = "Van Gogh", "art", ["Claude Monet", "Pablo Picasso"]
 CLOSED = {"mace": {"train_steps": 0}, "pure": {"basis": "text"}}
+LORA_STAGE = "+lora"  # mace+lora: MACE with its LoRA stage, at the cheap settings
 
 
 def _state(den) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in den.state_dict().items()}
 
 
-def _measure(pipe, edit) -> dict[str, tuple[float, float]]:
-    """group -> (worst erase residual, worst preserve drift) over its layers."""
+def _measure(pipe, edit) -> dict[str, tuple[float, float] | None]:
+    """group -> (worst erase residual, worst preserve drift) over its edited layers; None where it edits none."""
     full = PipelineAdapter(pipe)
-    out = {}
+    out: dict[str, tuple[float, float] | None] = {}
     for group, paths in full.groups.items():
+        edited = [p for p in paths if p in edit.layers]
+        if not edited:
+            out[group] = None
+            continue
         ad = full.for_group(group)
         C_E, C_G = ad.token_columns([CONCEPT], [GUIDE], "last")
         C_P = ad.preserve_columns(PRESERVE, "last")
         res = drift = 0.0
-        for p in paths:
+        for p in edited:
             W0 = ad.linear(p).weight.detach().double()
             W = edit.layers[p].materialize(W0).double()
             res = max(res, float((W @ C_E - W0 @ C_G).norm() / (W0 @ C_E - W0 @ C_G).norm()))
@@ -74,13 +84,14 @@ def matrix(builds: list[str], methods: list[str]) -> list[tuple]:
         for b in builds:
             pipe = build_tiny_pipeline(b, seed=0)
             for m in methods:
-                opts = {**CHEAP.get(m, {}), **CLOSED.get(m, {})}
+                name = m.removesuffix(LORA_STAGE)
+                opts = {**CHEAP.get(name, {}), **({} if m.endswith(LORA_STAGE) else CLOSED.get(name, {}))}
                 t0 = time.perf_counter()
-                edit = erasekit.erase(pipe, m, [CONCEPT], preserve=PRESERVE, kind="style", progress=False, **opts)
+                edit = erasekit.erase(pipe, name, [CONCEPT], preserve=PRESERVE, kind="style", progress=False, **opts)
                 secs = time.perf_counter() - t0
                 ok = _round_trip(pipe, edit, Path(tmp))
-                for group, (res, drift) in _measure(pipe, edit).items():
-                    rows.append((b, m, "yes" if ok else "NO", edit.nbytes, secs, group, res, drift))
+                for group, measured in _measure(pipe, edit).items():
+                    rows.append((b, m, "yes" if ok else "NO", len(edit.layers), edit.nbytes, secs, group, measured))
     return rows
 
 
@@ -91,10 +102,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = matrix(args.builds.split(","), args.methods.split(","))
-    print("| build | method | fits | edit bytes | fit s | site group | erase→guide residual | preserve drift |")
-    print("|---|---|---|---:|---:|---|---:|---:|")
-    for b, m, ok, nbytes, secs, group, res, drift in rows:
-        print(f"| {b} | {m} | {ok} | {nbytes:,} | {secs:.2f} | {group} | {res:.3g} | {drift:.3g} |")
+    print("| build | method | fits | layers | edit bytes | fit s | site group | erase→guide residual", end="")
+    print(" | preserve drift |")
+    print("|---|---|---|---:|---:|---:|---|---:|---:|")
+    for b, m, ok, n, nbytes, secs, group, measured in rows:
+        res, drift = ("–", "–") if measured is None else (f"{measured[0]:.3g}", f"{measured[1]:.3g}")
+        print(f"| {b} | {m} | {ok} | {n} | {nbytes:,} | {secs:.2f} | {group} | {res} | {drift} |")
 
 
 if __name__ == "__main__":

@@ -510,6 +510,38 @@ def test_sana_tokens_are_read_in_context_behind_the_instruction():
     assert float((learned - plain).abs().max()) > 1e-4
 
 
+@pytest.mark.parametrize("build", ["flux-schnell", "flux", "sd3"])
+def test_the_token_attacks_bound_t5_by_the_pipelines_t5_length(all_tiny_pipes, build):
+    """T5's tokenizer declares 512 positions, but FLUX.1-schnell's stream keeps 256 (dev 512, SD3 256): the token
+    attacks' T5 bound is the family's length, so a sequence that fills it encodes to that many positions and one
+    token more is refused in one line (it used to pass the bound and break inside the encoder's truncation)."""
+    from erasekit.evaluate.attacks._tokens import TokenSpace
+    from erasekit.evaluate.suites import suites_from_concepts
+    from erasekit.models.families import identify
+
+    pipe = all_tiny_pipes[build]
+    fam = identify(pipe)
+    length = fam.max_sequence_length(pipe)
+    assert length == {"flux-schnell": 256, "flux": 512, "sd3": 256}[build]
+    assert fam.text_tokenizers(pipe)[-1].model_max_length == 512  # as the published SD3 / FLUX T5 tokenizers
+    assert fam.text_positions(pipe)[-1] == length
+    cs = erasekit.ConceptSet(erase=("circle",), kind="object", preserve=("square",))
+    target = suites_from_concepts(cs, seeds=[0])[0].head(1)
+    space = TokenSpace(AttackContext(pipe, target, progress=False))
+    t5 = len(space.tokenizers) - 1
+    limit = space._limit[t5]
+    assert limit == length - 1  # T5 adds EOS only
+
+    def rows(n_t5: int) -> list[list[torch.Tensor]]:
+        fill = [space.full[e][space._fill_ids[e]] for e in range(t5 + 1)]  # (d_e,) per encoder
+        return [[fill[e].expand(3 if e < t5 else n_t5, -1) for e in range(t5 + 1)]]
+
+    with torch.no_grad():  # fills every T5 position: as long as the family's own encoding (SD3: CLIP's 77 first)
+        assert space.encode(rows(limit)).embeds.shape[1] == fam.encode(pipe, ["a"]).embeds.shape[1]
+    with pytest.raises(AttackError, match=rf"1 to {limit} tokens for text encoder {t5}"):
+        space.encode(rows(limit + 1))
+
+
 def _old_ddpm_objective(pipe, x0, eps, t):
     """Today's (session 4) DDPM maths, kept here as the oracle: x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε and ε / v."""
     from diffusers import DDPMScheduler

@@ -54,8 +54,9 @@ __all__ = ["Edit", "LayerEdit", "StorageLoss", "FORMAT", "FORMAT_VERSION", "STOR
 
 # Fusing an edit into low-precision weights rounds W0 + ΔW to the storage grid, and a small ΔW partly rounds away
 # (measured on the tiny builds, default UCE: bfloat16 loses ≈ 1 % of ‖ΔW‖, float8_e4m3fn 12–17 %; UCE at
-# erase_scale 0.001: bfloat16 17–55 %, float8 ≈ 100 %). apply() and the merged exports refuse an edit that would
-# lose more than this share of its norm; an unfused LoRA keeps all of it.
+# erase_scale 0.001: bfloat16 17–55 %, float8 ≈ 100 %). apply() and the merged exports (a save_dtype below float32,
+# float8 single files included) refuse an edit that would lose more than this share of its norm; an unfused LoRA
+# keeps all of it.
 STORAGE_LOSS_LIMIT = 0.25
 
 _APPLIED_ATTR = "_erasekit_applied"  # list of _Record kept on the denoiser, oldest first
@@ -171,8 +172,9 @@ class LayerEdit:
 
 @dataclass(frozen=True)
 class StorageLoss:
-    """How much of an edit survives being stored: ``lost`` = ‖(cast(W) − W0) − (W − W0)‖ / ‖W − W0‖ over the whole
-    edit, W0 the live value (already in the storage dtype), W the exact new value; the worst layer's share too."""
+    """How much of an edit survives being stored: ``lost`` = ‖(cast(W) − cast(W0)) − (W − W0)‖ / ‖W − W0‖ over the
+    whole edit, W0 the live value, W the exact new value, cast the storage dtype (a no-op on W0 when the pipeline
+    already stores in it); the worst layer's share too."""
 
     dtype: str  # the storage dtype (the lowest-precision one, when the layers differ)
     lost: float
@@ -434,7 +436,8 @@ class Edit:
     @torch.no_grad()
     def storage_loss(self, pipe: Pipeline, dtype: torch.dtype | None = None) -> StorageLoss:
         """The share of this edit's norm lost when its new values are stored in ``dtype`` (default: each parameter's
-        live dtype), relative to the live base values: ‖(cast(W) − W0) − ΔW‖ / ‖ΔW‖, ΔW = W − W0 exact (float64).
+        live dtype), relative to the live base values: ‖(cast(W) − cast(W0)) − ΔW‖ / ‖ΔW‖, ΔW = W − W0 exact
+        (float64), W as :meth:`apply` writes it in the live dtype before the cast.
         Storage of 4 bytes or more loses nothing measurable (float32 rounding of a float32 edit) and is not computed.
         """
         roots = self._roots(pipe)
@@ -448,10 +451,14 @@ class Edit:
             to = dtype or live.dtype
             if to.itemsize >= 4:
                 continue
-            w0 = live.detach().to("cpu", to).double()  # (d_out, d_in): the base on the storage grid
-            exact = le._exact(live.detach().to("cpu", to)).double()  # W
-            delta = exact - w0  # ΔW as the edit means it
-            err = float(((exact.to(to).double() - w0) - delta).norm())  # what rounding to the grid took away
+            base = live.detach().to("cpu")  # (d_out, d_in): W0 in its live dtype
+            exact = le._exact(base)  # W as the edit means it (float32, or float64 for W0 + B A)
+            delta = exact.double() - base.double()  # ΔW
+            # What storage in ``to`` keeps: W as apply writes it (the live dtype), then cast, against the base stored
+            # alike. With ``to`` the live dtype this is cast(W) - W0; below it (a float32 pipeline saved in float8)
+            # the base's own rounding cancels and is not counted as a loss of the edit.
+            kept = exact.to(base.dtype).to(to).double() - base.to(to).double()
+            err = float((kept - delta).norm())  # what rounding to the grid took away
             norm = float(delta.norm())
             err2, total2 = err2 + err * err, total2 + norm * norm
             if norm > 0 and err / norm >= worst:

@@ -17,16 +17,16 @@ EXPORT_OPTIONS = ("save_dtype", "rank", "kohya_names", "layout")  # passed on wh
 
 def cmd_export(args) -> int:
     from ..export import ExportError, export, get_format
-    from ..export._common import check_output, resolve_save_dtype
+    from ..export._common import check_output
 
     _check_model_options(args)
     fmt = get_format(args.format)
-    options = fmt.accept({k: getattr(args, k) for k in EXPORT_OPTIONS})  # refused before the (slow) model load
+    # refused before the (slow) model load: options the format does not take, a save dtype it cannot store
+    options = fmt.accept({k: getattr(args, k) for k in EXPORT_OPTIONS})
     if fmt.kind == "edit" and not args.edit:
         raise ExportError(f"--format {fmt.name} writes an edit: give --edit FILE")
     if args.rank is not None and args.rank < 1:
         raise ExportError(f"--rank must be >= 1, got {args.rank}")
-    resolve_save_dtype(args.save_dtype)
     check_output(args.out, folder=fmt.folder)
     edit = _load_edit_file(args.edit) if args.edit else None  # parsed before the model load
     pipe = _load(args)
@@ -89,8 +89,10 @@ def add_parser(sub) -> None:
     x.add_argument(
         "--save-dtype",
         default=None,
-        help="float32, float16 or bfloat16 for the written tensors (default: float32 for "
-        "edit formats, the model's --dtype for whole models)",
+        help="float32, float16 or bfloat16 for the written tensors (default: float32 for edit formats, the model's "
+        f"--dtype for whole models); {' / '.join(n for n, f in formats.items() if f.float8)} also take float8_e4m3fn "
+        "or float8_e5m2 (plain float8 in every tensor, as ComfyUI's fp8 files; an edit that float8 would mostly round "
+        "away is refused: export it as a 'lora')",
     )
     x.add_argument(
         "--kohya-names",

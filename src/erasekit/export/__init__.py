@@ -91,7 +91,10 @@ def export(
         **options: the format's own options (``None`` = not given); one it does not take is refused:
 
             * ``save_dtype`` (every format): float32 / float16 / bfloat16 for the written tensors
-              (default: float32 for edit formats, the pipeline's dtype for whole models);
+              (default: float32 for edit formats, the pipeline's dtype for whole models); single-file-flux and
+              single-file-sd3 also store float8_e4m3fn / float8_e5m2 (plain float8, every tensor). A whole model
+              saved below float32 with an edit is refused when the edit would lose more than
+              :data:`erasekit.edit.STORAGE_LOSS_LIMIT` of its norm to the rounding; the result notes the share lost;
             * ``rank`` (lora, lora-kohya): the largest rank to write; layers whose ΔW has a higher
               numerical rank get their truncated SVD (relative error reported and stored);
             * ``kohya_names`` (lora-kohya, diff): ``diffusers`` or ``ldm`` spelling of module names
@@ -143,21 +146,40 @@ def export(
             edit.check_compatible(pipe)  # strict: the base weights this edit was made for
     elif pipe is None:
         raise ExportError(f"the {fmt.name!r} format writes a whole model: pass pipe=<the base pipeline> with the edit")
-    elif edit is not None and given.get("save_dtype") is not None:
-        _check_saved_storage_loss(edit, pipe, given["save_dtype"])
-    return fmt.write(edit, pipe, path, progress=progress, **given)
+    lost = None
+    if fmt.kind == "model" and edit is not None and given.get("save_dtype") is not None:
+        lost = _check_saved_storage_loss(edit, pipe, given["save_dtype"], fmt.float8)
+    res = fmt.write(edit, pipe, path, progress=progress, **given)
+    if lost is not None and lost.lost > 0:
+        res.notes.append(
+            f"the edit stored in {lost.dtype}: rounding changed it by {lost.lost:.1%} of its norm (refused above "
+            f"{_storage_loss_limit():.0%}); a 'lora' export keeps all of it"
+        )
+    return res
 
 
-def _check_saved_storage_loss(edit, pipe, save_dtype) -> None:
-    """A merged model saved in a low-precision dtype rounds the edit into it: refuse above STORAGE_LOSS_LIMIT."""
-    from ..edit import STORAGE_LOSS_LIMIT
-    from ..errors import EditError
+def _storage_loss_limit() -> float:
+    from ..edit import STORAGE_LOSS_LIMIT  # imported late: erasekit.edit imports the model families
+
+    return STORAGE_LOSS_LIMIT
+
+
+def _check_saved_storage_loss(edit, pipe, save_dtype, float8: bool):
+    """A merged model saved in a low-precision dtype rounds the edit into it: refuse (one line) above
+    STORAGE_LOSS_LIMIT, naming the LoRA export; the :class:`~erasekit.edit.StorageLoss` (None below 4 bytes)."""
     from ._common import resolve_save_dtype
 
-    dtype = resolve_save_dtype(save_dtype)
-    try:
-        edit.check_storage_loss(pipe, STORAGE_LOSS_LIMIT, dtype)
-    except EditError as e:
+    dtype = resolve_save_dtype(save_dtype, float8=float8)
+    if dtype is None or dtype.itemsize >= 4:
+        return None
+    sl = edit.storage_loss(pipe, dtype)
+    if sl.lost > _storage_loss_limit():
         raise ExportError(
-            f"{e}. To write the merged model anyway, apply the edit (max_storage_loss=None) and export the pipeline"
-        ) from None
+            f"saving this edit merged into {sl.dtype} weights would change it by {sl.lost:.0%} of its norm in rounding "
+            f"(worst layer {sl.worst_key!r}: {sl.worst:.0%}), more than the {_storage_loss_limit():.0%} allowed "
+            "(erasekit.edit.STORAGE_LOSS_LIMIT); "
+            "export the edit as a 'lora' instead, which keeps all of it (pipe.load_lora_weights without fuse_lora), "
+            "or save in a wider dtype; to write the merged model anyway, apply the edit (max_storage_loss=None) and "
+            "export the pipeline"
+        )
+    return sl

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,14 @@ META_KEY = "erasekit_export"  # safetensors metadata key of every erasekit expor
 META_FORMAT = "erasekit.export"
 META_VERSION = 2  # 2: checksummed with edit_format.content_sha256 (1: an export-only checksum, still read back)
 SAVE_DTYPES = DTYPES  # the names every --dtype takes
+# Plain (unscaled) float8 storage, as ComfyUI's fp8 checkpoints hold it: offered only by formats that say so
+# (ExportFormat.float8, the MMDiT single files), whose readers cast every weight up to their compute dtype.
+FLOAT8_SAVE_DTYPES: dict[str, torch.dtype] = {
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e5m2": torch.float8_e5m2,
+    "fp8_e5m2": torch.float8_e5m2,
+}
 
 
 class ExportError(EraseKitError):
@@ -49,12 +58,28 @@ class ExportResult:
         return ", ".join(parts) + "".join(f"\n  {n}" for n in self.notes)
 
 
-def resolve_save_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in SAVE_DTYPES:
-        raise ExportError(f"unknown save dtype {dtype!r}; choose float32, float16 or bfloat16")
-    return SAVE_DTYPES[dtype]
+def resolve_save_dtype(
+    dtype, *, float8: bool = False, float8_formats: Sequence[str] = (), fmt: str | None = None
+) -> torch.dtype | None:
+    """The torch dtype a ``save_dtype`` names (None: not given). float8 only where the format (``fmt``, for the
+    message) stores it (``float8``); elsewhere it is refused naming ``float8_formats``, the formats that do."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif dtype in SAVE_DTYPES:
+        return SAVE_DTYPES[dtype]
+    elif dtype in FLOAT8_SAVE_DTYPES:
+        resolved = FLOAT8_SAVE_DTYPES[dtype]
+    else:
+        more = ", float8_e4m3fn or float8_e5m2" if float8 else ""
+        raise ExportError(f"unknown save dtype {dtype!r}; choose float32, float16 or bfloat16{more}")
+    if resolved in FLOAT8_SAVE_DTYPES.values() and not float8:
+        name = str(resolved).removeprefix("torch.")
+        where = f"; only {' / '.join(repr(f) for f in float8_formats)} store float8" if float8_formats else ""
+        this = f"the {fmt!r} format" if fmt else "this format"
+        raise ExportError(f"{this} does not store {name}{where}; choose float32, float16 or bfloat16")
+    return resolved
 
 
 def path_size(path: Path) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._common import ExportError, ExportResult
+from ._common import ExportError, ExportResult, resolve_save_dtype
 
 KINDS = {
     "edit": "the edit alone, against the base weights (Linear weight changes only)",
@@ -70,6 +70,8 @@ class ExportFormat:
         families: the model families (``models.families`` names) whose layout the format writes; empty: every one.
             :func:`erasekit.export` refuses another family's edit or pipeline before any work, naming the formats
             that do take it.
+        float8: ``save_dtype`` may also be ``float8_e4m3fn`` / ``float8_e5m2`` (plain float8 storage); other formats
+            refuse those names before any work, naming the formats that take them.
     """
 
     name: str
@@ -81,6 +83,7 @@ class ExportFormat:
     read_back: Callable[[Path], Any] | None = None
     folder: bool = False
     families: tuple[str, ...] = ()
+    float8: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RX.fullmatch(self.name):
@@ -125,6 +128,13 @@ class ExportFormat:
             raise ExportError(
                 f"the {self.name!r} format does not take {', '.join(refused)} ({where}); "
                 f"it accepts {', '.join(self.options) or 'no options'}"
+            )
+        if "save_dtype" in given:  # a dtype this format cannot store is refused here, before the model is loaded
+            resolve_save_dtype(
+                given["save_dtype"],
+                float8=self.float8,
+                float8_formats=[f.name for f in _REGISTRY.values() if f.float8],
+                fmt=self.name,
             )
         return given
 

@@ -19,6 +19,25 @@ Loaders (measured with diffusers 0.42 and read from ComfyUI's code):
   ``from_single_file`` reads the file back bit-exact (``benchmarks/flux_exports_full_width.py``: a 0.55 B-parameter
   FLUX.1-width transformer, one block of each kind); the tests check the layout on the narrow builds through the
   same converter (``linear1`` placed at the published row offsets) and through ComfyUI's key map.
+
+Float8 (``save_dtype`` ``float8_e4m3fn`` or ``float8_e5m2``; this format and ``single-file-sd3`` share the writer):
+plain float8 as ComfyUI's fp8 checkpoints hold it, without the per-tensor ``scale_weight`` keys and ``scaled_fp8``
+marker of ComfyUI's separate "scaled fp8" variant. *Every* floating-point tensor is stored in float8,
+biases and norm scales included, not only the matrices, because that is the model ComfyUI runs from such a file:
+its loader takes the model's dtype to be the dtype holding most of the file (``comfy/utils.py`` ``weight_dtype``,
+counting elements; earlier versions counted keys, and a FLUX block has more bias and norm keys than matrices) and
+builds every parameter, biases and RMSNorm scales included, in that dtype (``set_inference_dtype`` sets
+``unet_config["dtype"]``). Wider biases would be rounded to float8 at load anyway, or, under key counting, make the
+whole model bfloat16: twice the memory float8 was chosen to save. The published FLUX.1 fp8 header quoted in
+AUTOMATIC1111 PR #16484 stores biases and ``norm.key_norm.scale`` as F8_E4M3 too. diffusers'
+``from_single_file(..., torch_dtype=...)`` casts every tensor to ``torch_dtype`` (``load_model_dict_into_meta``), so
+it reads the file either way. The edit is rounded with the rest: :func:`erasekit.export` measures how far float8
+storage moves it, as a share of ‖ΔW‖ (:meth:`erasekit.Edit.storage_loss`; UCE's default edit on the tiny FLUX and
+SD3 builds: 14 % and 30 % in e4m3fn, 28 % and 57 % in e5m2; at ``erase_scale=1e-3`` the rounding error is 3x the
+edit), and refuses above :data:`erasekit.edit.STORAGE_LOSS_LIMIT`, naming the ``lora`` export, which keeps all of
+it. A tensor beyond float8's range (e4m3fn: 448, e5m2: 57344; torch saturates e4m3fn and overflows e5m2 to inf) is
+refused before anything is written. e4m3fn (3 mantissa bits) is the usual choice; e5m2 (2 bits) trades precision
+for range.
 """
 
 from __future__ import annotations
@@ -70,6 +89,23 @@ def diffusers_readable(shapes: dict[str, tuple[int, ...]]) -> bool:
     )
 
 
+def stored(key: str, t: torch.Tensor, cast: torch.dtype | None) -> torch.Tensor:
+    """``t`` as the file stores it (cast floating-point tensors, cpu, contiguous); a value beyond a float8
+    ``cast``'s range is refused (e4m3fn would saturate it silently, e5m2 make it inf)."""
+    t = t.detach()
+    if cast is not None and t.is_floating_point():
+        if cast.itemsize == 1 and t.numel():
+            big, top = float(t.abs().max()), torch.finfo(cast).max
+            if not big <= top:  # NaN too
+                name = str(cast).removeprefix("torch.")
+                raise ExportError(
+                    f"{key!r} holds |w| up to {big:.6g}, beyond {name}'s largest {top:g}: it cannot be stored in "
+                    f"{name}; save in bfloat16 or float16; nothing was written"
+                )
+        t = t.to(cast)
+    return t.to("cpu").contiguous()
+
+
 def write_transformer(
     edit, pipe, path, fmt: str, tr: torch.nn.Module, layout: Layout, save_dtype=None, **meta_fields
 ) -> ExportResult:
@@ -77,15 +113,12 @@ def write_transformer(
     from ..edit import Edit
 
     path = check_output(path)
-    cast = resolve_save_dtype(save_dtype)
+    cast = resolve_save_dtype(save_dtype, float8=True)
     record = edit_record(edit) if edit is not None else None
+    if cast is not None:
+        meta_fields["save_dtype"] = str(cast).removeprefix("torch.")
     with baked(edit, pipe):
-        tensors = {}
-        for k, t in assemble(tr.state_dict(), layout).items():
-            t = t.detach()
-            if cast is not None and t.is_floating_point():
-                t = t.to(cast)
-            tensors[k] = t.to("cpu").contiguous()
+        tensors = {k: stored(k, t, cast) for k, t in assemble(tr.state_dict(), layout).items()}
         meta = export_metadata(fmt, edits=[record] if record else [], **meta_fields)
         header = {
             "format": "pt",
@@ -120,7 +153,8 @@ register_format(
         write=write,
         options=("save_dtype",),
         families=("flux",),
+        float8=True,
         help="the FLUX.1 transformer, edit baked in, in Black Forest Labs' layout (ComfyUI 'Load Diffusion Model', "
-        "diffusers from_single_file; both at FLUX.1's published width)",
+        "diffusers from_single_file; both at FLUX.1's published width); float8 storage as ComfyUI's fp8 files",
     )
 )

@@ -8,6 +8,9 @@ config=<folder>, subfolder="transformer")`` reads it at any width (diffusers 0.4
 widths from the tensors and the rest from the config). ComfyUI's "Load Diffusion Model" recognises it by
 ``joint_blocks.0.context_block.attn.qkv.weight`` and derives the configuration from the shapes under MMDiT's own
 convention (depth = width / 64), which Stability's published models follow and the tiny test build does not.
+``save_dtype`` float8_e4m3fn / float8_e5m2 stores every floating-point tensor in plain float8, as for FLUX
+(:mod:`.single_file_flux` says why every tensor and not only the matrices); ``from_single_file(...,
+torch_dtype=...)`` casts it up.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ register_format(
         write=write,
         options=("save_dtype",),
         families=("sd3",),
+        float8=True,
         help="the SD3 / SD3.5 transformer, edit baked in, in Stability's original layout (ComfyUI 'Load Diffusion "
-        "Model', diffusers from_single_file)",
+        "Model', diffusers from_single_file); float8 storage as ComfyUI's fp8 files",
     )
 )

@@ -248,6 +248,13 @@ class MMDiTFamily(Family):
         """T5 positions of the text stream: what ``__call__`` uses by default."""
         return int(call_default(pipe, "max_sequence_length", 256))
 
+    def text_positions(self, pipe: Pipeline) -> tuple[int, ...]:
+        """CLIP's 77 per CLIP encoder, and for T5 (the last) the positions :meth:`encode` keeps,
+        :meth:`max_sequence_length` (SD3: 256; FLUX.1-dev 512, schnell 256), not its tokenizer's ``model_max_length``
+        (512 on every published SD3 / FLUX T5): a longer attack sequence would be cut by the encoder, not refused."""
+        *clip, t5 = super().text_positions(pipe)
+        return (*clip, min(t5, self.max_sequence_length(pipe)))
+
     def dynamics(self, pipe: Pipeline) -> FlowDynamics:
         """Rectified flow (velocity), sampled on the scheduler's own σ spacing (StableDiffusion3Pipeline) with true
         CFG."""
