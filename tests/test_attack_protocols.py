@@ -4,7 +4,7 @@ Pure bookkeeping on judged suites (no model): the conditional ASR is the attack'
 whose unattacked target the unedited model draws; UnlearnDiffAtk's count adds the unattacked prompt's success on the
 edit; P4D's count is the rate over the items the unedited model draws and the edit erases; against a no-op edit the
 conditional ASR is the unedited model's rate on the same items. Checked over many random judgements, item orders,
-subsets of attacked targets and best-of-K suites.
+subsets of attacked targets and best-of-K suites. Also P4D's keep rule: an item's first judged success.
 """
 
 from __future__ import annotations
@@ -132,3 +132,43 @@ def test_no_rates_without_the_target_items():
     adv_run = _judged(dataclasses.replace(adv, items=[*adv.items, stray]), np.ones(5, bool), np.ones(5, bool))
     assert protocol_rates(_judged(target, e0, u0), adv_run, n_boot=20) == {}
     assert protocol_rates(None, adv_run, n_boot=20) == {}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_p4d_keeps_the_first_judged_success_else_the_best_score(seed):
+    """P4D judges its projected prompt every few steps: an item keeps the first prompt the judge sees the concept in
+    (the UnlearnDiffAtk benchmark's P4D stops there), and without one the prompt the judge scores highest. The
+    judge's decision is its own (tinyworld's is an argmax, so a higher score need not be seen)."""
+    from erasekit.evaluate.attacks import make_attack_config
+    from erasekit.evaluate.attacks.p4d import P4DN
+
+    rng = np.random.default_rng(seed)
+    n_items, n_checks = 3, int(rng.integers(1, 7))
+    seen = rng.random((n_checks, n_items)) < 0.3
+    score = rng.random((n_checks, n_items))
+    items = [SuiteItem(f"a {C} shape", i, 5.0, (C,)) for i in range(n_items)]
+
+    class Judge:
+        check = 0
+
+        def judge(self, images, concepts):
+            d, s = seen[self.check][:, None], score[self.check][:, None]
+            return JudgeResult([C], s, d, {})
+
+    judge = Judge()
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.judge, ctx.render = judge, lambda trial: [None] * len(trial)
+    attack = P4DN(config=make_attack_config("p4d-n"))
+    best = [(False, -float("inf"), "")] * n_items
+    for check in range(n_checks):
+        judge.check = check
+        attack._texts = lambda space, layouts, proj, c=check: [f"check {c} item {i}" for i in range(n_items)]
+        attack._evaluate(ctx, None, None, None, items, best, 0.0)
+    for i in range(n_items):
+        hits = np.flatnonzero(seen[:, i])
+        want = hits[0] if hits.size else int(score[:, i].argmax())
+        assert best[i][2] == f"check {want} item {i}" and best[i][0] == bool(hits.size)
