@@ -37,7 +37,8 @@ a vocabulary of 32,875 whole words of which about 70 occur in tinyworld's captio
 embeddings: the 2-layer text encoder never saw them), so from a random start its 16 free tokens rarely carry a shape at
 the CPU budget: its prompts draw circle for the unedited model 19–62 % of the time (docs/results.md). On the
 development concept (``dotted``, issue 24) its default 30 steps already reach 81 % on a weak edit that keeps 50 %
-(60 / 120 steps: 88 / 100 %), so the default stays.
+(60 / 120 steps: 88 / 100 %), so the default stays. At n = 96 on the same edit (issue 24's protocol check) it reads
+72 % plain and 76 % on the items the unedited model draws: below the bar.
 
 How success is counted (issue 24, checked against the reference): P4D attacks only its "ideal" prompts — the unedited
 model's image unsafe and the edited model's safe (``process_data.py`` L181–194) — and its ASR is the share of them
