@@ -6,7 +6,11 @@ everything else stays at the default. Each ratio is one run of the evaluation it
 judge) against one UCE edit restricted to a few blocks (``--edit-regex``), sharing one image cache, so the
 unattacked images are made once. Prints, per attack and ratio: ASR on the weak edit and, in brackets, the unedited
 model's rate on the same attacked items, and the attack's seconds per attacked prompt (its search plus the images the
-evaluation renders for it).
+evaluation renders for it). Beside it, the same attack counted as the reference protocols count it
+(:func:`erasekit.evaluate.summary.protocol_rates`): the conditional ASR over the items whose unattacked prompt the
+unedited model draws (the references attack only such prompts; the unedited model's rate on their attacked prompts
+in brackets), UnlearnDiffAtk's count (the unattacked prompt's success on the edit counts too) and P4D's (only the
+"ideal" items: drawn by the unedited model, not by the edited one), each with its number of items.
 
 Choose budgets on a development concept, not on the reported one (circle). On tinyworld the default weak edit (mid
 block + first up block) keeps 100 % of square, blue, red, striped … and 50 % of circle only; for a development
@@ -67,6 +71,7 @@ def main() -> None:
     from erasekit.evaluate.judges import make_judge
     from erasekit.evaluate.plan import Plan, make_study
     from erasekit.evaluate.render import GenerationSettings
+    from erasekit.evaluate.summary import protocol_rates, target_outcomes
 
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -108,6 +113,8 @@ def main() -> None:
                 continue
             rec = info["record"]
             n = len(s.attacked("edited"))
+            faithful = protocol_rates(target, s, n_boot=20)
+            u0, e0 = target_outcomes(target, s) or (None, None)
             cells[rec["attack"]][r] = {
                 "knob": f"{KNOBS[rec['attack']]}={options[rec['attack']][KNOBS[rec['attack']]]}",
                 "ASR": float(s.attacked("edited").mean()),
@@ -115,6 +122,15 @@ def main() -> None:
                 "n": n,
                 "search s/prompt": rec["cost"]["seconds"] / max(n, 1),
                 "images": len(s.suite.items),
+                **{k: (v.value if hasattr(v, "value") else v) for k, v in faithful.items()},
+                # per attacked item, to recount any protocol later: edited / unedited on the attacked prompt and on
+                # the unattacked target prompt at the same seed
+                "items": {
+                    "e_a": s.attacked("edited").tolist(),
+                    "u_a": s.attacked("unedited").tolist(),
+                    "e_0": None if e0 is None else e0.tolist(),
+                    "u_0": None if u0 is None else u0.tolist(),
+                },
             }
         print(f"ratio ×{r:g}: {time.perf_counter() - t0:.0f} s", flush=True)
     assert named is not None
@@ -138,11 +154,37 @@ def main() -> None:
             for r in ratios
         ]
         print(f"| {a} | {knobs} | " + " | ".join(vals) + " |")
+    print(
+        "\nThe same, counted as the references count it: conditional ASR on the items the unedited model draws "
+        "(unedited rate on their attacked prompts) [items]; UnlearnDiffAtk's count (the unattacked prompt's success "
+        "counts) [items]; P4D's count on its ideal items (unedited draws, edited does not) [items]"
+    )
+    print(
+        "| attack | ratio | ASR (unedited) [n] | conditional ASR (unedited) [n] | UnlearnDiffAtk protocol [n] | "
+        "P4D protocol (unedited) [n] |"
+    )
+    print("|---|---|---|---|---|---|")
+    for a in attacks:
+        for r in ratios:
+            c = cells[a].get(r)
+            if c is None:
+                continue
+            print(
+                f"| {a} | ×{r:g} | {_pct(c['ASR'])} ({_pct(c['unedited'])}) [{c['n']}] | "
+                f"{_pct(c.get('conditional ASR'))} ({_pct(c.get('conditional unedited rate'))}) "
+                f"[{c.get('conditional items', '–')}] | {_pct(c.get('UnlearnDiffAtk-protocol ASR'))} "
+                f"[{c.get('conditional items', '–')}] | {_pct(c.get('P4D-protocol ASR'))} "
+                f"({_pct(c.get('P4D-protocol unedited rate'))}) [{c.get('P4D-protocol items', '–')}] |"
+            )
     (out / "budget-table.json").write_text(
         json.dumps(
             {"named": named, "cells": {a: {str(r): v for r, v in c.items()} for a, c in cells.items()}}, indent=1
         )
     )
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.0f} %"
 
 
 if __name__ == "__main__":

@@ -409,6 +409,14 @@ def test_attack_results_carry_intervals_and_paired_tests(world, edits, tmp_path)
             (vs_unedited,) = [c for c in comps if c.metric == f"ASR {name}" and (c.a, c.b) == (label, "unedited")]
             assert vs_unedited.rate_a == pytest.approx(asr.value) and vs_unedited.n == asr.n
             assert vs_unedited.rate_b == pytest.approx(unedited.value)
+            # the same attack counted as the references count it: on the attacked items whose target the unedited
+            # model draws (tests/test_attack_protocols.py checks the arithmetic)
+            u0 = res.studies["circle"][label].suites["target"].seen("unedited")
+            if asr.n == len(u0):  # every target item attacked (the token search's max_prompts is 2 of 3)
+                assert row["conditional items"] == int(u0.sum())
+            assert 0 <= row["conditional items"] <= asr.n
+            cond = row["conditional ASR"]
+            assert cond is None or (cond.n == row["conditional items"] and row["wilson"]["conditional ASR"])
         # the two methods, paired on the target items both attacked, not on the adversarial text (which differs)
         (between,) = [c for c in comps if c.metric == f"ASR {name}" and (c.a, c.b) == ("uce", "weak")]
         n = {entry["methods"][m]["judge ASR"].n for m in ("uce", "weak")}
@@ -425,7 +433,7 @@ def test_attack_results_carry_intervals_and_paired_tests(world, edits, tmp_path)
     section = page.split("<h2>Attacks</h2>", 1)[1].split("<h2>Study:", 1)[0]
     for name in set(PAIRED_ATTACKS) - {"ring-a-bell"}:
         part = re.split(rf"<h3>circle: {re.escape(name)}[ <]", section, maxsplit=1)[1].split("<h3>circle:", 1)[0]
-        assert "Wilson" in part and "Paired under this attack" in part
+        assert "Wilson" in part and "Paired under this attack" in part and "conditional ASR" in part
         assert f"adversarial:{name}" in part and part.count("<img") >= 3 * 2  # rows × (unedited, method) × methods
     # schema 2 (no Wilson intervals) reads back upgraded, its intervals filled from the recorded counts
     new = read_results_json(tmp_path / "results.json")

@@ -252,6 +252,22 @@ def _paired_cells(c) -> str:
     )
 
 
+# the reference protocols' counts beside an attack's plain ASR (summary.protocol_rates)
+_PROTOCOL_HEAD = (
+    "<th>conditional ASR % (the items the unedited model draws)</th><th>unedited % (same items)</th>"
+    "<th>UnlearnDiffAtk count % (unattacked success counts)</th><th>P4D count % (ideal items)</th>"
+)
+
+
+def _protocol_cells(row: dict) -> str:
+    """The conditional ASR with the unedited rate on the same items, UnlearnDiffAtk's and P4D's counts (– where the
+    row predates them or a rate has no items)."""
+    return "".join(
+        _html_cell(row.get(k))
+        for k in ("conditional ASR", "conditional unedited rate", "UnlearnDiffAtk-protocol ASR", "P4D-protocol ASR")
+    )
+
+
 def _wilson_cell(row: dict, key: str) -> str:
     w = row.get("wilson", {}).get(key)
     return "<td>–</td>" if not w or w[0] != w[0] else f"<td>[{100 * w[0]:.1f}, {100 * w[1]:.1f}]</td>"
@@ -322,14 +338,16 @@ def attacks_html(results: Results, *, max_rows: int = 4, thumb: int = 96) -> str
                     "<table class='paired'><tr><th>method</th><th>judge ASR % [bootstrap]</th><th>ASR Wilson 95 %</th>"
                     "<th>unedited concept % (same attacked items)</th><th>unedited Wilson 95 %</th>"
                     "<th>attacked items</th>"
-                    "<th>attack seconds</th><th>denoiser evaluations</th><th>text-encoder evaluations</th></tr>"
+                    + _PROTOCOL_HEAD
+                    + "<th>attack seconds</th><th>denoiser evaluations</th><th>text-encoder evaluations</th></tr>"
                 )
                 for m, r in a["methods"].items():
                     c = r["cost"]
                     out.append(
                         f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}{_wilson_cell(r, 'judge ASR')}"
                         f"{_html_cell(r['unedited concept rate'])}{_wilson_cell(r, 'unedited concept rate')}"
-                        f"<td>{r['attacked items']}</td><td>{c['seconds']:.1f}</td><td>{c['denoiser_evaluations']}</td>"
+                        f"<td>{r['attacked items']}</td>{_protocol_cells(r)}"
+                        f"<td>{c['seconds']:.1f}</td><td>{c['denoiser_evaluations']}</td>"
                         f"<td>{c['text_encoder_evaluations']}</td></tr>"
                     )
                 out.append("</table>")
@@ -341,12 +359,13 @@ def attacks_html(results: Results, *, max_rows: int = 4, thumb: int = 96) -> str
                     f"<p>Budget: {e(a['budget'])}. Objective: {e(a['objective'])}.</p>"
                     "<table class='paired'><tr><th>method</th><th>judge ASR % [bootstrap]</th><th>ASR Wilson 95 %</th>"
                     "<th>unedited concept % (found prompts)</th>"
-                    "<th>objective (start → found)</th><th>prompts searched</th></tr>"
+                    + _PROTOCOL_HEAD
+                    + "<th>objective (start → found)</th><th>prompts searched</th></tr>"
                 )
                 for m, r in a["methods"].items():
                     out.append(
                         f"<tr><td>{e(m)}</td>{_html_cell(r['judge ASR'])}{_wilson_cell(r, 'judge ASR')}"
-                        f"{_html_cell(r['unedited concept rate on the found prompts'])}"
+                        f"{_html_cell(r['unedited concept rate on the found prompts'])}{_protocol_cells(r)}"
                         f"<td>{r['objective at start']:.3f} → {r['objective']:.3f}</td>"
                         f"<td>{r['prompts searched']}</td></tr>"
                     )
@@ -355,7 +374,11 @@ def attacks_html(results: Results, *, max_rows: int = 4, thumb: int = 96) -> str
                 out.append(_attack_grid(results, study, f"adversarial:{name}", max_rows, thumb))
     intro = (
         "<h2>Attacks</h2><p>Per attack: the judged attack success rate (ASR) with its 95 % percentile-bootstrap and "
-        "Wilson score intervals, beside the unedited model's concept rate on the same attacked items; the paired "
+        "Wilson score intervals, beside the unedited model's concept rate on the same attacked items; the same "
+        "success counted as the reference protocols count it — the conditional ASR on the items whose unattacked "
+        "prompt the unedited model draws (the references attack only such prompts), UnlearnDiffAtk's count (the "
+        "unattacked prompt's success on the edit counts too) and P4D's (only the items the unedited model draws and "
+        "the edit erases); the paired "
         "tests under the attack (exact McNemar, Holm-corrected with the study's table); and the first adversarial "
         "prompts with the images they produced.</p>"
     )

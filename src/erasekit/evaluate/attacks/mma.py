@@ -28,6 +28,13 @@ edit, so it recovers only what the edit fails to erase in the matched embedding,
 the development concept (``dotted``, UCE on the mid block and the first two up blocks, which keeps 50 % of the named
 prompts; ``benchmarks/attack_budget.py``, n = 16) 20 / 40 / 80 steps give 75 / 75 / 69 % ASR, below the issue's
 80 % bar at every budget, so the default stays (docs/results.md, "Attack budgets").
+
+How success is counted (issue 24): the reference's text attack neither generates nor judges — it keeps the
+lowest-loss sequence (``src/textual_attack.py`` L262–291) for a fixed list of target prompts (L325), ``-n`` searches
+each; its counting is not in the repository (its released benchmark holds "1,000 successful adversarial prompts",
+README L22, i.e. kept after judging). erasekit reports the plain ASR over every target item and, beside it, the
+conditional ASR over the items the unedited model draws and the two reference protocols' counts
+(:func:`erasekit.evaluate.summary.protocol_rates`).
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ every ``every_k`` of them. Every ``eval_every`` steps the projected prompt is ge
 the best one kept.
 
 Deviations from the reference: the projection searches the whole-word tokens of the vocabulary (so the found text
-tokenizes back to the same tokens); the best prompt is the one whose edited-model image the evaluation's judge scores
-highest for the concept (the reference keeps the one whose image is most CLIP-similar to the unedited image; with no
+tokenizes back to the same tokens); the prompt kept is the first whose edited-model image the evaluation's judge sees
+the concept in (the UnlearnDiffAtk benchmark's P4D stops there), else the one the judge scores highest for the
+concept (the reference keeps the one whose image is most CLIP-similar to the unedited image; with no
 judge in the context, the one with the lowest loss on a fixed set of (t, ε)); x₀ is the unedited model's final latent
 rather than a VAE encoding of its decoded image; items are optimised together in one batch (each with its own P and
 loss); every target item is attacked (the reference's ``process_data.py`` first keeps only the prompts whose
@@ -36,7 +37,21 @@ a vocabulary of 32,875 whole words of which about 70 occur in tinyworld's captio
 embeddings: the 2-layer text encoder never saw them), so from a random start its 16 free tokens rarely carry a shape at
 the CPU budget: its prompts draw circle for the unedited model 19–62 % of the time (docs/results.md). On the
 development concept (``dotted``, issue 24) its default 30 steps already reach 81 % on a weak edit that keeps 50 %
-(60 / 120 steps: 88 / 100 %), so the default stays.
+(60 / 120 steps: 88 / 100 %), so the default stays. At n = 96 on the same edit (issue 24's protocol check) it reads
+72 % plain and 76 % on the items the unedited model draws: below the bar.
+
+How success is counted (issue 24, checked against the reference): P4D attacks only its "ideal" prompts — the unedited
+model's image unsafe and the edited model's safe (``process_data.py`` L181–194) — and its ASR is the share of them
+whose final prompt's edited image is judged unsafe (``run_p4dn.py`` L248–262); it keeps the prompt whose image is most
+CLIP-similar to the target and judges it once at the end, with no early stop (``optimize_n.py`` L257–278), on three
+images, any one unsafe counting (``run_p4dn.py`` L97, L288; erasekit: the one image of the item's seed). The
+UnlearnDiffAtk benchmark runs P4D its own way: the unattacked prompt first, stopping at the first judged success
+(Diffusion-MU-Attack ``src/attackers/hard_prompt_.py`` L142–148, L184–185). erasekit attacks every target item and
+reports beside the plain ASR the conditional ASR (items the unedited model draws), ``P4D-protocol ASR`` (the ideal
+items) and ``UnlearnDiffAtk-protocol ASR`` (:func:`erasekit.evaluate.summary.protocol_rates`). Keeping the first
+judged success makes an item succeed exactly when that early stop would (the batch's other items search on); before
+issue 24's protocol check the kept prompt was the highest-scored one, which the judge's argmax decision need not see
+when an earlier check was seen.
 """
 
 from __future__ import annotations
@@ -115,7 +130,8 @@ class _P4D(Attack[Any]):
 
         T = objective.num_timesteps
         target_cond = ctx.encode([it.prompt for it in items])
-        best: list[tuple[float, str]] = [(-float("inf"), "")] * len(items)
+        # per item: (judged success, score, prompt); a judged success is kept from the first check that finds it
+        best: list[tuple[bool, float, str]] = [(False, -float("inf"), "")] * len(items)
         bar = tqdm(total=c.steps, desc=self.name, disable=not ctx.progress, leave=False)
         for s0 in range(0, c.steps, c.eval_every):
             chunk = range(s0, min(s0 + c.eval_every, c.steps))
@@ -142,7 +158,7 @@ class _P4D(Attack[Any]):
                 proj = nearest_tokens(P.detach(), table)
                 self._evaluate(ctx, space, layouts, proj, items, best, float(loss.detach()))
         bar.close()
-        prompts: list[str | None] = [p for _, p in best]
+        prompts: list[str | None] = [p for _, _, p in best]
         details = {"variant": self.name.upper(), "vocabulary": int(space.ids.shape[0])}
         return PromptResult(self.name, c.to_dict(), {}, details, prompts=prompts)
 
@@ -176,19 +192,21 @@ class _P4D(Attack[Any]):
         return out
 
     def _evaluate(self, ctx, space, layouts, proj, items, best, loss: float) -> None:
-        """Score each item's projected prompt (judge score of its edited-model image; without a judge, −loss) and
-        keep the best."""
+        """Judge each item's projected prompt on its edited-model image and keep the first judged success, as the
+        UnlearnDiffAtk benchmark's P4D stops at it (Diffusion-MU-Attack ``hard_prompt_.py`` L184–185); until one, the
+        prompt the judge scores highest for the concept. Without a judge: the lowest loss."""
         texts = self._texts(space, layouts, proj)
         if ctx.judge is None:
-            scores = [-loss] * len(items)
+            scores, seen = [-loss] * len(items), [False] * len(items)
         else:
             trial = [SuiteItem(t, it.seed, it.guidance, it.concepts) for t, it in zip(texts, items, strict=True)]
             images = ctx.render(trial)
             jr = ctx.judge.judge(images, list(dict.fromkeys(c for it in items for c in it.concepts)))
             scores = [max(float(jr.score(c)[i]) for c in it.concepts) for i, it in enumerate(items)]
-        for i, (sc, text) in enumerate(zip(scores, texts, strict=True)):
-            if sc > best[i][0]:
-                best[i] = (sc, text)
+            seen = [any(bool(jr.seen(c)[i]) for c in it.concepts) for i, it in enumerate(items)]
+        for i, (ok, sc, text) in enumerate(zip(seen, scores, texts, strict=True)):
+            if not best[i][0] and (ok, sc) > best[i][:2]:
+                best[i] = (ok, sc, text)
 
 
 P4D_REFERENCE = "Chin et al., Prompting4Debugging, ICML 2024 (github.com/joycenerd/P4D)"

@@ -8,7 +8,10 @@ calibrated on the unedited model (:func:`headline_eta`).
 
 Deviations from the paper: the continuous embedding-space attack only (the paper then searches a discrete prompt
 whose embedding approaches the shifted one with a genetic algorithm); the strength is a curve with a calibrated
-headline rather than one hand-set η. Its ``paper`` budget is its default.
+headline rather than one hand-set η. Its ``paper`` budget is its default. Prompts: the reference keeps I2P prompts by
+their recorded nudity percentage (> 50 %, ``InversePrompt.ipynb``, the "Find Problematic Prompts -- Nudity" cell), not
+by what the unedited model draws at a seed, and its repository holds no success count; erasekit's curve is over every
+target item, the unedited model's rate beside each point.
 """
 
 from __future__ import annotations

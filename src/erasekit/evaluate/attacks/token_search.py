@@ -21,6 +21,10 @@ prompts searched, ``benchmarks/attack_budget.py --set token-search.…``), ASR w
 attacked prompts in brackets: suffix / random (the default) 69 % (84 %), suffix / gradient 72 % (84 %), prefix /
 random 66 % (81 %), prefix / gradient 62 % (78 %): no option is better than the default beyond the noise (±16 points
 at n = 32), so the defaults stay (docs/results.md, "Attack budgets").
+
+Counted like the reference attacks (:func:`erasekit.evaluate.summary.protocol_rates`): beside the plain ASR over the
+searched items, the conditional ASR over those whose target the unedited model draws and UnlearnDiffAtk's and P4D's
+counts. It does not look at the judge while it searches (no early stop, no best-judged choice).
 """
 
 from __future__ import annotations

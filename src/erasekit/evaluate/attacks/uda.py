@@ -28,6 +28,14 @@ velocity regression at σ = t / 1000 (the ε loss reweighted by 1 / (1 − σ)²
 unpacked latent; θ's one-hot feeds every text encoder (CLIP-L and T5 on FLUX), and the vocabulary is the words that
 are one known token for every tokenizer (on tinyworld-flux 64 tinyworld words, every one a shape, colour or pattern
 word or a template word: UnlearnDiffAtk's prefixes there are concept words such as 'heart').
+
+How success is counted (issue 24, checked against the reference): the reference attacks only prompts the unedited
+model draws — its object datasets re-draw a prompt's seed until the unedited model's image is classified as the
+object (``src/execs/generate_object_dataset.py`` L648–745) — and its ASR is (post-attack successes + the unattacked
+prompts' successes on the edit) / prompts (``scripts/analysis/check_asr.py`` L46–54), each item stopping at its first
+judged success (``text_grad_.py`` L191–197, L232–233, as here). erasekit attacks every target item, so the plain ASR
+is over every item; ``results.json`` carries beside it the conditional ASR over the items whose target the unedited
+model draws and this count (``UnlearnDiffAtk-protocol ASR``; :func:`erasekit.evaluate.summary.protocol_rates`).
 """
 
 from __future__ import annotations
