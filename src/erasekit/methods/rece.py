@@ -33,7 +33,7 @@ reference's float32 ``torch.inverse`` (erasekit solves in float64).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -50,11 +50,12 @@ KIND_DEFAULTS = {"default": {"epochs": 1, "reg_scale": 1e-3}, "nsfw": {"epochs":
 
 # ------------------------------------------------------------------ maths
 def adversarial_embedding(
-    W_cur: list[torch.Tensor], W_orig: list[torch.Tensor], c: torch.Tensor, reg_scale: float
+    W_cur: Iterable[torch.Tensor], W_orig: Iterable[torch.Tensor], c: torch.Tensor, reg_scale: float
 ) -> torch.Tensor:
     """c′ (d_in, n) = (λ_r I + Σ_ℓ W′_ℓᵀW′_ℓ)⁻¹ (Σ_ℓ W′_ℓᵀ W_ℓ) c for columns c (d_in, n), float64.
 
-    The minimiser of Σ_ℓ ‖W′_ℓ c′ − W_ℓ c‖² + λ_r ‖c′‖² (RECE eq. 5; close_form_emb_regzero).
+    The minimiser of Σ_ℓ ‖W′_ℓ c′ − W_ℓ c‖² + λ_r ‖c′‖² (RECE eq. 5; close_form_emb_regzero). The layers are read
+    one at a time (lists, or generators that build each layer's weight when it is needed).
     """
     d = c.shape[0]
     G1 = reg_scale * torch.eye(d, dtype=_F64)  # (d, d)  λ_r I + Σ W′ᵀW′
@@ -123,7 +124,18 @@ class RECE(Method[RECEConfig]):
         config = cf.resolve_for_kind(config, concepts.kind, KIND_DEFAULTS)
         assert config.epochs is not None and config.reg_scale is not None  # filled from KIND_DEFAULTS
         paths = adapter.paths
-        W0 = {p: adapter.linear(p).weight.detach().to("cpu", _F64) for p in paths}
+        # W₀ in its stored dtype (cast to float64 exactly where read) and the current weight W′ = W₀ + Σ B A rebuilt
+        # one layer at a time: holding both in float64 for every layer cost 2 × 8 bytes per site weight (3.2 GiB on
+        # Sana-1600M's 40 sites). The rebuild repeats the same float64 additions in the same order, so W′ is the
+        # same to the bit as when it was kept.
+        W0 = {p: adapter.linear(p).weight.detach().to("cpu") for p in paths}
+
+        def current(p: str) -> torch.Tensor:
+            """W′ (d_out, d_in) float64: W₀ plus every factor so far, added in the order they were made."""
+            W = W0[p].to(_F64)
+            for B, A in factors[p]:
+                W = W + B @ A
+            return W
 
         # Every prompt encoding first, each distinct prompt list once: the UCE start and the adversarial step read the
         # same concept, guide and retain prompts (on a full-size T5-XXL each encoding is most of the fit's time).
@@ -144,7 +156,6 @@ class RECE(Method[RECEConfig]):
             gamma=config.uce_lamb,
         )
         factors = {p: [linalg.uce_delta_factors(W0[p], gf)] for p in paths}  # [(B (d_out, r), A (r, d_in))]
-        W = {p: W0[p] + factors[p][0][0] @ factors[p][0][1] for p in paths}
         snapshots = [{p: len(factors[p]) for p in paths}]  # factors per layer after each stage
         labels = ["uce"]
 
@@ -152,30 +163,37 @@ class RECE(Method[RECEConfig]):
         C_G = torch.cat(C_g, dim=1)  # (d_in, 77·n)
         epochs = []
         for epoch in tqdm(range(config.epochs), desc="rece epochs", disable=not progress, leave=False):
-            cur, orig = [W[p] for p in paths], [W0[p] for p in paths]
+
+            def cur():
+                return (current(p) for p in paths)
+
+            def orig():
+                return (W0[p].to(_F64) for p in paths)
+
             C_adv = torch.cat(
-                [adversarial_embedding(cur, orig, c, config.reg_scale) for c in C_c], dim=1
+                [adversarial_embedding(cur(), orig(), c, config.reg_scale) for c in C_c], dim=1
             )  # (d_in, 77·n)
             gf_e = cf.gram_factor(
                 C_adv, C_G, C_R, alpha=config.erase_scale, beta=config.preserve_scale, gamma=config.lamb
             )
             before = after = 0.0
+            objective = sum(
+                adversarial_objective(cur(), orig(), a, c, config.reg_scale)
+                for a, c in zip(C_adv.split(C_c[0].shape[1], dim=1), C_c)
+            )  # at the weights c′ was computed for, before this epoch's step
             for p in paths:
-                Bf, Af = linalg.uce_delta_factors(W[p], gf_e)  # the replace step from the current weights
-                W_new = W[p] + Bf @ Af
-                target = W[p] @ C_G  # (d_out, 77·n)  the guide's current outputs
-                before += float(((W[p] @ C_adv - target) ** 2).sum())
+                Wp = current(p)  # (d_out, d_in) W′
+                Bf, Af = linalg.uce_delta_factors(Wp, gf_e)  # the replace step from the current weights
+                W_new = Wp + Bf @ Af
+                target = Wp @ C_G  # (d_out, 77·n)  the guide's current outputs
+                before += float(((Wp @ C_adv - target) ** 2).sum())
                 after += float(((W_new @ C_adv - target) ** 2).sum())
                 factors[p].append((Bf, Af))
-                W[p] = W_new
             epochs.append(
                 {
                     "epoch": epoch,
                     "adv_norm": round(float(C_adv.norm()), 6),
-                    "adv_objective": sum(
-                        adversarial_objective(cur, orig, a, c, config.reg_scale)
-                        for a, c in zip(C_adv.split(C_c[0].shape[1], dim=1), C_c)
-                    ),
+                    "adv_objective": objective,
                     "erase_residual_before": before,  # Σ_ℓ ‖W′c′ − W′c_g‖²
                     "erase_residual_after": after,  # Σ_ℓ ‖W″c′ − W′c_g‖²
                 }
