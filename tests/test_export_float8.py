@@ -1,7 +1,7 @@
 """float8 single files of the MMDiTs (``single-file-flux``, ``single-file-sd3`` with ``save_dtype="float8_e4m3fn"``
 or ``"float8_e5m2"``): plain float8 in every tensor, as ComfyUI's fp8 checkpoints store them.
 
-Oracles: the consumer's own loader, diffusers' ``from_single_file(..., torch_dtype=torch.float32)``, must give the
+Oracles: the consumer's own loader, diffusers' ``from_single_file`` with no dtype argument, must give the
 weights ``edit.apply`` gives, rounded to float8 the same way (max difference 0); the file's own header must say
 F8_E4M3 / F8_E5M2 for every tensor; and the edit a float8 file carries, read back from the file, loses what
 ``Edit.storage_loss`` predicted. FLUX's converter splits ``single_blocks.N.linear1`` at FLUX.1's published rows only,
@@ -109,7 +109,9 @@ def _from_single_file(fam, path, folder, like) -> dict[str, torch.Tensor]:
     cls = FluxTransformer2DModel if fam == "flux" else SD3Transformer2DModel
     ctx = _published_linear1_split(like) if fam == "flux" else contextlib.nullcontext()
     with ctx:
-        tr = cls.from_single_file(str(path), config=str(folder), subfolder="transformer", torch_dtype=torch.float32)
+        # no dtype argument, as a user loads it: diffusers builds the model in float32 and casts every float8 up
+        tr = cls.from_single_file(str(path), config=str(folder), subfolder="transformer")
+    assert {v.dtype for v in tr.state_dict().values()} == {torch.float32}
     return _state(tr)
 
 
