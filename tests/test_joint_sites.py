@@ -18,6 +18,7 @@ from erasekit.methods import _closed_form as cf
 from erasekit.methods import pure as P
 from erasekit.models.adapter import PipelineAdapter
 from erasekit.models.joint import JointSampling
+from pure_checks import check_projector_edit  # tests/pure_checks.py
 
 DITS = ("sd3", "flux")
 SAMPLING = JointSampling(n_latents=2, steps=2, guidance=2.0, size=32)
@@ -153,24 +154,7 @@ def test_pure_activation_keeps_the_retain_subspace(all_tiny_pipes, fam):
     config = P.PUREConfig(**opts)
     H_F, _ = P.anchor_activations(ad, list(config.forget_prompts), config, "f", False)
     H_R, _ = P.anchor_activations(ad, list(config.retain_prompts), config, "r", False)
-    originals = {p: ad.linear(p).weight.detach().clone() for p in ad.paths}
-    edit.apply(pipe)
-    try:
-        for block, paths in ad.attention_layers().items():
-            V_F, V_R = P.activation_bases([H_F[block]], [None], H_R[block], config)
-            assert V_F.shape[1] >= 1 and V_R.shape[1] >= 1
-            E = P.projector_E(V_F, V_R)
-            torch.testing.assert_close(E @ V_R, V_R, rtol=0, atol=1e-10)  # identity on the retain subspace
-            for path in paths:
-                W0, W = originals[path].double(), ad.linear(path).weight.detach().double()
-                torch.testing.assert_close(W, E @ W0, rtol=1e-5, atol=1e-6)
-                D = W - W0  # = −P_F (I − P_R) W0: its outputs lie in span V_F, rank ≤ rank V_F
-                torch.testing.assert_close(V_F @ (V_F.T @ D), D, rtol=1e-5, atol=1e-6)
-                assert torch.linalg.matrix_rank(D, rtol=1e-4) <= V_F.shape[1]  # fp32 storage rounds the rest
-    finally:
-        edit.revert(pipe)
-    for p, w in originals.items():
-        assert torch.equal(ad.linear(p).weight, w)
+    check_projector_edit(pipe, ad, edit, H_F, H_R, config)
 
 
 def test_pure_activation_refuses_static_mmdit_sites(all_tiny_pipes):

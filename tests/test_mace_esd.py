@@ -325,6 +325,21 @@ def _flux(all_tiny_pipes, build):
     return pipe, identify(pipe), identify(pipe).dynamics(pipe)
 
 
+def _trajectory_and_pipeline(dyn, fam, pipe, **call_kwargs):
+    """The family's sampled trajectory of "a red circle" (2 images, 3 steps, guidance 4, seed 11) and the latents the
+    pipeline's own call makes from the same seeds (``call_kwargs``: the family's sampling arguments)."""
+    tr = dyn.trajectory(fam, pipe, "a red circle", n=2, steps=3, guidance=4.0, seed=11)
+    out = pipe(
+        "a red circle",
+        num_images_per_prompt=2,
+        generator=[torch.Generator().manual_seed(11 + j) for j in range(2)],
+        num_inference_steps=3,
+        output_type="latent",
+        **call_kwargs,
+    ).images
+    return tr, out
+
+
 @pytest.mark.parametrize("build", FLOW_BUILDS)
 def test_flow_sampler_is_the_pipelines_own(all_tiny_pipes, build):
     """The family's trajectory (Euler on the rectified-flow σ schedule, CFG as the variant does it) ends where the
@@ -344,17 +359,9 @@ def test_flow_sampler_is_the_pipelines_own(all_tiny_pipes, build):
         pipe.scheduler = scheduler
         try:
             dyn = fam.dynamics(pipe)
-            tr = dyn.trajectory(fam, pipe, "a red circle", n=2, steps=3, guidance=4.0, seed=11)
-            out = pipe(
-                "a red circle",
-                num_images_per_prompt=2,
-                generator=[torch.Generator().manual_seed(11 + j) for j in range(2)],
-                num_inference_steps=3,
-                height=px,
-                width=px,
-                output_type="latent",
-                **fam.sampling(pipe, 4.0).kwargs,
-            ).images  # FLUX: (2, tokens, 4C) packed; SD3: (2, C, h, w)
+            tr, out = _trajectory_and_pipeline(
+                dyn, fam, pipe, height=px, width=px, **fam.sampling(pipe, 4.0).kwargs
+            )  # out: FLUX (2, tokens, 4C) packed; SD3 (2, C, h, w)
         finally:
             pipe.scheduler = saved
         torch.testing.assert_close(tr.final, fam.output_latents(pipe, out, px, px), rtol=1e-4, atol=1e-5)
@@ -573,15 +580,7 @@ def test_sana_sampler_is_the_pipelines_own(all_tiny_pipes):
     fam = identify(pipe)
     dyn = fam.dynamics(pipe)
     assert dyn.prediction == "flow"
-    tr = dyn.trajectory(fam, pipe, "a red circle", n=2, steps=3, guidance=4.0, seed=11)
-    out = pipe(
-        "a red circle",
-        num_images_per_prompt=2,
-        generator=[torch.Generator().manual_seed(11 + j) for j in range(2)],
-        num_inference_steps=3,
-        output_type="latent",
-        **fam.generation_kwargs(pipe, 4.0, 1),
-    ).images
+    tr, out = _trajectory_and_pipeline(dyn, fam, pipe, **fam.generation_kwargs(pipe, 4.0, 1))
     torch.testing.assert_close(tr.final, out, rtol=1e-4, atol=1e-5)
     assert len(tr.xs) == len(tr.ts) == 3 and tr.ts[0] > tr.ts[-1]
 
