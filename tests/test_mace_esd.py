@@ -468,15 +468,21 @@ def test_esd_on_flow_models_lowers_its_objective_trains_only_the_declared_layers
     assert all(torch.equal(before[k], v) for k, v in fam.get_denoiser(pipe).state_dict().items())
 
 
-def test_esd_layers_on_flux_are_the_attention_and_the_rest(all_tiny_pipes):
-    """ESD-x: every Linear of every attention module (double and single stream, as esd_flux.py); ESD-u: every other
-    Linear / Conv2d; strict: the family's two static sites. Disjoint, and together every trainable layer."""
-    pipe, fam, _ = _flux(all_tiny_pipes, "flux")
-    den = fam.get_denoiser(pipe)
+def _esd_layer_split(all_tiny_pipes, build):
+    """(adapter, ESD config, ESD-x's modules, ESD-u's modules, every Linear / Conv2d of the denoiser) on ``build``."""
+    pipe, fam, _ = _flux(all_tiny_pipes, build)
     adapter = PipelineAdapter(pipe)
     cfg = erasekit.make_config("esd-x")
     x, u = (set(trainable_modules(adapter, v, cfg)) for v in ("esd-x", "esd-u"))
+    den = fam.get_denoiser(pipe)
     layers = {n for n, m in den.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    return adapter, cfg, x, u, layers
+
+
+def test_esd_layers_on_flux_are_the_attention_and_the_rest(all_tiny_pipes):
+    """ESD-x: every Linear of every attention module (double and single stream, as esd_flux.py); ESD-u: every other
+    Linear / Conv2d; strict: the family's two static sites. Disjoint, and together every trainable layer."""
+    adapter, cfg, x, u, layers = _esd_layer_split(all_tiny_pipes, "flux")
     assert x and u and not x & u and x | u == layers
     assert {n.split(".")[0] for n in x} == {"transformer_blocks", "single_transformer_blocks"}
     assert any(n.endswith("add_k_proj") for n in x) and all(".attn." in n for n in x)
@@ -489,12 +495,7 @@ def test_esd_layers_on_sd3_are_the_joint_attention_and_the_rest(all_tiny_pipes, 
     """ESD-x: every Linear of every block's joint attention ``attn``, exactly what esd_sd35.py's ``'.attn.' in name``
     selects, and never SD3.5-M's image self-attention ``attn2`` (which ESD-u trains, as esd_sd35.py does); ESD-u:
     every other Linear / Conv2d; strict: the family's two static sites. Disjoint, and together every layer."""
-    pipe, fam, _ = _flux(all_tiny_pipes, build)
-    den = fam.get_denoiser(pipe)
-    adapter = PipelineAdapter(pipe)
-    cfg = erasekit.make_config("esd-x")
-    x, u = (set(trainable_modules(adapter, v, cfg)) for v in ("esd-x", "esd-u"))
-    layers = {n for n, m in den.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    adapter, cfg, x, u, layers = _esd_layer_split(all_tiny_pipes, build)
     assert x and u and not x & u and x | u == layers
     assert x == {n for n in layers if ".attn." in n}  # esd_sd35.py's get_esd_trainable_parameters
     assert {n.rsplit(".", 1)[-1] for n in x} >= {"to_q", "to_k", "to_v", "add_k_proj", "add_v_proj", "add_q_proj"}
