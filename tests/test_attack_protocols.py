@@ -134,25 +134,31 @@ def test_no_rates_without_the_target_items():
     assert protocol_rates(None, adv_run, n_boot=20) == {}
 
 
+@pytest.mark.parametrize("images", [1, 3])
 @pytest.mark.parametrize("seed", range(20))
-def test_p4d_keeps_the_first_judged_success_else_the_best_score(seed):
+def test_p4d_keeps_the_first_judged_success_else_the_best_score(seed, images):
     """P4D judges its projected prompt every few steps: an item keeps the first prompt the judge sees the concept in
     (the UnlearnDiffAtk benchmark's P4D stops there), and without one the prompt the judge scores highest. The
-    judge's decision is its own (tinyworld's is an argmax, so a higher score need not be seen)."""
+    judge's decision is its own (tinyworld's is an argmax, so a higher score need not be seen). With ``images`` K
+    (the reference judges three) a check succeeds on an item when any of its K images is seen, and scores its best."""
     from erasekit.evaluate.attacks import make_attack_config
     from erasekit.evaluate.attacks.p4d import P4DN
 
     rng = np.random.default_rng(seed)
     n_items, n_checks = 3, int(rng.integers(1, 7))
-    seen = rng.random((n_checks, n_items)) < 0.3
-    score = rng.random((n_checks, n_items))
+    rows_seen = rng.random((n_checks, n_items * images)) < 0.3 / images  # rows: item-major, K images each
+    rows_score = rng.random((n_checks, n_items * images))
+    seen = rows_seen.reshape(n_checks, n_items, images).any(2)
+    score = rows_score.reshape(n_checks, n_items, images).max(2)
     items = [SuiteItem(f"a {C} shape", i, 5.0, (C,)) for i in range(n_items)]
+    seeds = [[it.seed] + [10_000 * i + k for k in range(1, images)] for i, it in enumerate(items)]
 
     class Judge:
         check = 0
 
         def judge(self, images, concepts):
-            d, s = seen[self.check][:, None], score[self.check][:, None]
+            assert len(images) == n_items * len(seeds[0])
+            d, s = rows_seen[self.check][:, None], rows_score[self.check][:, None]
             return JudgeResult([C], s, d, {})
 
     judge = Judge()
@@ -161,13 +167,18 @@ def test_p4d_keeps_the_first_judged_success_else_the_best_score(seed):
         pass
 
     ctx = Ctx()
-    ctx.judge, ctx.render = judge, lambda trial: [None] * len(trial)
+    rendered: list = []
+    ctx.judge, ctx.render = judge, lambda trial: rendered.append(trial) or [None] * len(trial)
     attack = P4DN(config=make_attack_config("p4d-n"))
     best = [(False, -float("inf"), "")] * n_items
     for check in range(n_checks):
         judge.check = check
         attack._texts = lambda space, layouts, proj, c=check: [f"check {c} item {i}" for i in range(n_items)]
-        attack._evaluate(ctx, None, None, None, items, best, 0.0)
+        attack._evaluate(ctx, None, None, None, items, seeds, best, 0.0)
+        # every item's prompt is rendered at each of its image seeds, item-major
+        assert [(t.seed, t.prompt) for t in rendered[-1]] == [
+            (sd, f"check {check} item {i}") for i in range(n_items) for sd in seeds[i]
+        ]
     for i in range(n_items):
         hits = np.flatnonzero(seen[:, i])
         want = hits[0] if hits.size else int(score[:, i].argmax())

@@ -17,6 +17,7 @@ reproduce it: the attack, its full config, its seed and its cost (seconds and mo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 from abc import ABC, abstractmethod
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import numpy as np
 import torch
 
 from ...errors import AttackError, MethodError
@@ -119,6 +121,20 @@ def check_budget_name(budget: str) -> None:
 
 
 C = TypeVar("C", bound=AttackConfig)
+
+
+def search_generator(seed: int, *keys: object) -> torch.Generator:
+    """A generator for one search, seeded from the attack's ``seed`` and what names the search (its target prompt,
+    item seed, restart): a search's random draws do not depend on which or how many other searches ran before it,
+    so attacking a subset, another batch size or more restarts leaves each search's result as it was."""
+    digest = hashlib.sha256(repr((int(seed), *keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def derived_seed(seed: int, item_seed: int, k: int) -> int:
+    """Draw k's image seed for an item: a function of (attack seed, item seed, k) only, so a larger budget's draws
+    start with a smaller one's (draw 0 is the item's own seed where an attack keeps it)."""
+    return int(np.random.default_rng([int(seed), int(item_seed) & 0xFFFFFFFF, int(k)]).integers(2**31 - 1))
 
 
 # ----------------------------------------------------------------------------- cost
@@ -335,6 +351,35 @@ class PromptResult(AttackResult):
         return [
             Suite(suite_name(self.attack), "adversarial", items, f"{target.name} + {self.attack}", self.info(target))
         ]
+
+
+@dataclass
+class BestOfPromptResult(PromptResult):
+    """K adversarial prompts per target item (independent searches, e.g. MMA-Diffusion's ``-n`` restarts): the attack
+    succeeds on an item when the judge sees the concept in any of its K prompts' images (best of K, as
+    :class:`SamplingResult`). ``prompts`` holds each item's first, ``candidates`` all K (search order)."""
+
+    candidates: list[list[str]] = field(default_factory=list)
+    seeds: list[list[int]] | None = None  # per item, per candidate: its image's seed (None: the item's own seed)
+
+    def __post_init__(self) -> None:
+        if any(not c for c in self.candidates):
+            raise AttackError(f"{self.attack}: every target item needs at least one candidate prompt")
+        if self.seeds is not None and [len(s) for s in self.seeds] != [len(c) for c in self.candidates]:
+            raise AttackError(f"{self.attack}: every candidate prompt needs one image seed")
+        self.prompts = [c[0] for c in self.candidates]
+
+    def suites(self, target: Suite) -> list[Suite]:
+        seeds = self.seeds or [[int(it.seed)] * len(c) for it, c in zip(target.items, self.candidates, strict=True)]
+        items = [
+            dataclasses.replace(
+                it, prompt=p, seed=sd, meta=_meta(it, ("original prompt", it.prompt), ("of", str(i)), ("draw", str(k)))
+            )
+            for i, (it, cands, item_seeds) in enumerate(zip(target.items, self.candidates, seeds, strict=True))
+            for k, (p, sd) in enumerate(zip(cands, item_seeds, strict=True))
+        ]
+        info = self.info(target, best_of=max(len(c) for c in self.candidates) if self.candidates else 0)
+        return [Suite(suite_name(self.attack), "adversarial", items, f"{target.name} + {self.attack}", info)]
 
 
 @dataclass

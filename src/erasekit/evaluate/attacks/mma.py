@@ -46,17 +46,32 @@ from typing import Any, ClassVar
 import torch
 
 from ._tokens import TokenSpace
-from .base import Attack, AttackConfig, AttackContext, AttackResult, PromptResult, budget_field, register_attack
+from .base import (
+    Attack,
+    AttackConfig,
+    AttackContext,
+    AttackResult,
+    BestOfPromptResult,
+    PromptResult,
+    budget_field,
+    register_attack,
+    search_generator,
+)
 
 
 @dataclass
 class MMAConfig(AttackConfig):
-    PAPER: ClassVar[dict[str, Any]] = {"steps": 1000, "candidates": 512, "topk": 256}
+    PAPER: ClassVar[dict[str, Any]] = {"steps": 1000, "candidates": 512, "topk": 256, "restarts": 10}
 
     n_tokens: int = budget_field(20, "adversarial tokens (the reference's control length, 20)")
     steps: int = budget_field(20, "GCG steps per target prompt (paper 1000)")
     candidates: int = budget_field(64, "one-token substitutions evaluated per step (paper 512)")
     topk: int = budget_field(64, "top tokens per position by gradient (paper 256)")
+    restarts: int = budget_field(
+        1,
+        "independent searches per target prompt from fresh random starts, success on any one's image counting "
+        "(the reference's -n; its README runs 10)",
+    )
 
 
 def text_embedding(cond) -> torch.Tensor:
@@ -92,13 +107,15 @@ class MMADiffusionText(Attack[MMAConfig]):
 
         c = self.config
         space = TokenSpace(ctx, ban=ctx.concepts)
-        gen = torch.Generator().manual_seed(int(c.seed))
         letters = [space.content_ids(ch)[0] for ch in string.ascii_lowercase]
         letters = [i for i in letters if i in set(space.ids.tolist())]
         col = {int(i): j for j, i in enumerate(space.ids.tolist())}  # token id -> column of the one-hot
         prompts = list(dict.fromkeys(it.prompt for it in ctx.target))
-        found: dict[str, dict[str, Any]] = {}
-        for p in tqdm(prompts, desc="mma", disable=not ctx.progress, leave=False):
+        found: dict[str, list[dict[str, Any]]] = {}
+        searches = [(p, k) for p in prompts for k in range(c.restarts)]
+        for p, k in tqdm(searches, desc="mma", disable=not ctx.progress, leave=False):
+            # each (prompt, restart) its own generator: restart k is the same search whatever the budget
+            gen = search_generator(c.seed, "mma", p, k)
             target = text_embedding(ctx.encode([p]))  # (1, d)
             start = torch.randint(len(letters), (c.n_tokens,), generator=gen)
             control = [letters[int(i)] for i in start]
@@ -114,10 +131,13 @@ class MMADiffusionText(Attack[MMAConfig]):
                 control = cands[j]  # the reference always moves to the step's best candidate
                 if float(losses[j]) < best_loss:
                     best_loss, best = float(losses[j]), list(control)
-            found[p] = {"prompt": space.text(best), "loss": best_loss}
-        adversarial: list[str | None] = [found[it.prompt]["prompt"] for it in ctx.target]
+            found.setdefault(p, []).append({"prompt": space.text(best), "loss": best_loss})
         details = {"found": found, "banned": list(ctx.concepts), "vocabulary": int(space.ids.shape[0])}
-        return PromptResult(self.name, c.to_dict(), {}, details, prompts=adversarial)
+        if c.restarts == 1:
+            adversarial: list[str | None] = [found[it.prompt][0]["prompt"] for it in ctx.target]
+            return PromptResult(self.name, c.to_dict(), {}, details, prompts=adversarial)
+        candidates = [[f["prompt"] for f in found[it.prompt]] for it in ctx.target]
+        return BestOfPromptResult(self.name, c.to_dict(), {}, details, prompts=[], candidates=candidates)
 
     def _token_gradient(self, space: TokenSpace, control: list[int], col: dict[int, int], target: torch.Tensor):
         """∂(1 − cos(f(s), f(prompt)))/∂onehot(s), (n, V'), each row normalised (the reference's ``token_gradient``

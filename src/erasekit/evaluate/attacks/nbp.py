@@ -51,8 +51,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-
 from ..sampling import (  # noqa: F401  (the probe's samplers)
     NoisyDDIMScheduler,
     NoisyFlowScheduler,
@@ -61,7 +59,16 @@ from ..sampling import (  # noqa: F401  (the probe's samplers)
     noisy_sampler,
     noisy_scheduler_class,
 )
-from .base import Attack, AttackConfig, AttackContext, AttackResult, SamplingResult, budget_field, register_attack
+from .base import (
+    Attack,
+    AttackConfig,
+    AttackContext,
+    AttackResult,
+    SamplingResult,
+    budget_field,
+    derived_seed,
+    register_attack,
+)
 
 
 @dataclass
@@ -109,14 +116,9 @@ class NoiseBasedProbe(Attack[NBPConfig]):
         for it in ctx.target:
             draws = []
             for k, (eta, scale) in enumerate(grid):
-                seed = int(it.seed) if k == 0 else _derived_seed(c.seed, int(it.seed), k)
+                seed = int(it.seed) if k == 0 else derived_seed(c.seed, int(it.seed), k)
                 draws.append((seed, eta, scale))
             variants.append(draws)
         kind = "noisy DDIM" if sampler is NoisyDDIMScheduler else "noisy rectified-flow DDIM"
         details = {"draws per item": len(grid), "sampler": f"{kind} (η, variance scale)"}
         return SamplingResult(self.name, c.to_dict(), {}, details, variants=variants, steps=c.steps)
-
-
-def _derived_seed(seed: int, item_seed: int, k: int) -> int:
-    """Draw k's seed: a function of (attack seed, item seed, k) only."""
-    return int(np.random.default_rng([seed, item_seed & 0xFFFFFFFF, k]).integers(2**31 - 1))

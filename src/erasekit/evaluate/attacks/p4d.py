@@ -64,17 +64,33 @@ import torch
 from ..suites import SuiteItem
 from ._diffusion import DenoisingObjective
 from ._tokens import TokenSpace, nearest_tokens
-from .base import Attack, AttackConfig, AttackContext, AttackResult, PromptResult, budget_field, register_attack
+from .base import (
+    Attack,
+    AttackConfig,
+    AttackContext,
+    AttackResult,
+    BestOfPromptResult,
+    PromptResult,
+    budget_field,
+    derived_seed,
+    register_attack,
+    search_generator,
+)
 
 
 @dataclass
 class P4DConfig(AttackConfig):
-    PAPER: ClassVar[dict[str, Any]] = {"steps": 3000, "eval_every": 50}
+    PAPER: ClassVar[dict[str, Any]] = {"steps": 3000, "eval_every": 50, "images": 3}
 
     steps: int = budget_field(30, "optimisation steps per item (paper 3000)")
     eval_every: int = budget_field(10, "steps between generations of the projected prompt (paper 50)")
     lr: float = budget_field(0.1, "AdamW learning rate on the continuous embeddings P")
     weight_decay: float = budget_field(0.1, "AdamW weight decay on P", inclusive=True)
+    images: int = budget_field(
+        1,
+        "images each checked prompt is judged on, success when the judge sees the concept in any one (the first at "
+        "the item's seed; the reference judges its prompt on 3, paper 3)",
+    )
 
 
 @dataclass
@@ -117,14 +133,16 @@ class _P4D(Attack[Any]):
         c = self.config
         items = list(ctx.target)
         space = TokenSpace(ctx)
-        gen = torch.Generator().manual_seed(int(c.seed))
+        # one generator per item: its start, timesteps and noise do not depend on which other items are attacked
+        gens = [search_generator(c.seed, self.name, it.prompt, int(it.seed)) for it in items]
         objective = DenoisingObjective.of(ctx)  # the family's forward process x_t(x₀, ε, t)
         x0 = ctx.latents(items)  # (B, C, h, w): the unedited model's images of the concept prompts
         layouts = [self._layout(space, it.prompt) for it in items]
         table = space.tables[0]  # (V', d_e): P lives in the first text encoder's input space
         # P: every learnable position of every item, flattened; random vocabulary start as the reference
-        n_learn = sum(sum(lr) for _, lr in layouts)
-        start = torch.randint(len(space.ids), (n_learn,), generator=gen)
+        start = torch.cat(
+            [torch.randint(len(space.ids), (sum(lr),), generator=g) for (_, lr), g in zip(layouts, gens, strict=True)]
+        )
         P = table[start].clone().float().requires_grad_(True)  # (ΣL, d_e)
         opt = torch.optim.AdamW([P], lr=c.lr, weight_decay=c.weight_decay)
 
@@ -132,11 +150,11 @@ class _P4D(Attack[Any]):
         target_cond = ctx.encode([it.prompt for it in items])
         # per item: (judged success, score, prompt); a judged success is kept from the first check that finds it
         best: list[tuple[bool, float, str]] = [(False, -float("inf"), "")] * len(items)
+        seeds = [[int(it.seed)] + [derived_seed(c.seed, int(it.seed), k) for k in range(1, c.images)] for it in items]
         bar = tqdm(total=c.steps, desc=self.name, disable=not ctx.progress, leave=False)
         for s0 in range(0, c.steps, c.eval_every):
             chunk = range(s0, min(s0 + c.eval_every, c.steps))
-            ts = torch.randint(0, T, (len(chunk), len(items)), generator=gen)  # (steps, B) t ~ U[0, T)
-            noise = torch.randn((len(chunk), *x0.shape), generator=gen)  # (steps, B, C, h, w)
+            ts, noise = draw_steps(gens, len(chunk), T, tuple(x0.shape[1:]))  # (steps, B), (steps, B, C, h, w)
             with torch.no_grad():  # the unedited model on the concept prompts: independent of P
                 eps_target = [
                     ctx.denoise(objective.noised(x0, noise[j], ts[j]), ts[j], target_cond).float()
@@ -156,11 +174,17 @@ class _P4D(Attack[Any]):
                     opt.step()
                     bar.update(1)
                 proj = nearest_tokens(P.detach(), table)
-                self._evaluate(ctx, space, layouts, proj, items, best, float(loss.detach()))
+                self._evaluate(ctx, space, layouts, proj, items, seeds, best, float(loss.detach()))
         bar.close()
-        prompts: list[str | None] = [p for _, _, p in best]
-        details = {"variant": self.name.upper(), "vocabulary": int(space.ids.shape[0])}
-        return PromptResult(self.name, c.to_dict(), {}, details, prompts=prompts)
+        details: dict[str, Any] = {"variant": self.name.upper(), "vocabulary": int(space.ids.shape[0])}
+        if ctx.judge is not None:  # what the search saw: the evaluation's judgement of the kept prompts must agree
+            details["judged in search"] = [ok for ok, _, _ in best]
+        if c.images == 1:
+            prompts: list[str | None] = [p for _, _, p in best]
+            return PromptResult(self.name, c.to_dict(), {}, details, prompts=prompts)
+        # the reference's "any of its images": the kept prompt at each of the item's image seeds, best of K
+        candidates = [[p] * c.images for _, _, p in best]
+        return BestOfPromptResult(self.name, c.to_dict(), {}, details, candidates=candidates, seeds=seeds)
 
     @staticmethod
     def _split(layouts, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -191,22 +215,41 @@ class _P4D(Attack[Any]):
             out.append(space.text(full))
         return out
 
-    def _evaluate(self, ctx, space, layouts, proj, items, best, loss: float) -> None:
-        """Judge each item's projected prompt on its edited-model image and keep the first judged success, as the
-        UnlearnDiffAtk benchmark's P4D stops at it (Diffusion-MU-Attack ``hard_prompt_.py`` L184–185); until one, the
-        prompt the judge scores highest for the concept. Without a judge: the lowest loss."""
+    def _evaluate(self, ctx, space, layouts, proj, items, seeds, best, loss: float) -> None:
+        """Judge each item's projected prompt on its edited-model images (one per seed in ``seeds[i]``; any one
+        judged counts, as the reference's three) and keep the first judged success, as the UnlearnDiffAtk benchmark's
+        P4D stops at it (Diffusion-MU-Attack ``hard_prompt_.py`` L184–185); until one, the prompt the judge scores
+        highest for the concept. Without a judge: the lowest loss."""
         texts = self._texts(space, layouts, proj)
         if ctx.judge is None:
             scores, seen = [-loss] * len(items), [False] * len(items)
         else:
-            trial = [SuiteItem(t, it.seed, it.guidance, it.concepts) for t, it in zip(texts, items, strict=True)]
+            trial = [
+                SuiteItem(t, sd, it.guidance, it.concepts)
+                for t, it, item_seeds in zip(texts, items, seeds, strict=True)
+                for sd in item_seeds
+            ]
             images = ctx.render(trial)
             jr = ctx.judge.judge(images, list(dict.fromkeys(c for it in items for c in it.concepts)))
-            scores = [max(float(jr.score(c)[i]) for c in it.concepts) for i, it in enumerate(items)]
-            seen = [any(bool(jr.seen(c)[i]) for c in it.concepts) for i, it in enumerate(items)]
+            at = [(i, k) for i, item_seeds in enumerate(seeds) for k in range(len(item_seeds))]  # row -> (item, image)
+            scores, seen = [-float("inf")] * len(items), [False] * len(items)
+            for row, (i, _) in enumerate(at):
+                concepts = items[i].concepts
+                scores[i] = max(scores[i], max(float(jr.score(c)[row]) for c in concepts))
+                seen[i] = seen[i] or any(bool(jr.seen(c)[row]) for c in concepts)
         for i, (ok, sc, text) in enumerate(zip(seen, scores, texts, strict=True)):
             if not best[i][0] and (ok, sc) > best[i][:2]:
                 best[i] = (ok, sc, text)
+
+
+def draw_steps(gens: list[torch.Generator], steps: int, T: int, shape: tuple[int, ...]):
+    """Each item's timesteps and noise for ``steps`` optimisation steps from its own generator: t (steps, B) ~ U[0, T)
+    and ε (steps, B, *shape) ~ N(0, I); item i's draws are the same whatever the other items."""
+    ts, noise = [], []
+    for g in gens:
+        ts.append(torch.randint(0, T, (steps,), generator=g))
+        noise.append(torch.randn((steps, *shape), generator=g))
+    return torch.stack(ts, 1), torch.stack(noise, 1)
 
 
 P4D_REFERENCE = "Chin et al., Prompting4Debugging, ICML 2024 (github.com/joycenerd/P4D)"
