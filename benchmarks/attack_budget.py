@@ -25,10 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _attack_tables import PROTOCOL_HEAD, PROTOCOL_NOTE, pct, protocol_cells, protocol_values  # noqa: E402
 
 WEAK_REGEX = r"(mid_block|up_blocks\.0).*attn2\.to_[kv]$"
 # attack -> the budget field multiplied by the ratio
@@ -122,7 +127,7 @@ def main() -> None:
                 "n": n,
                 "search s/prompt": rec["cost"]["seconds"] / max(n, 1),
                 "images": len(s.suite.items),
-                **{k: (v.value if hasattr(v, "value") else v) for k, v in faithful.items()},
+                **protocol_values(faithful),
                 # per attacked item, to recount any protocol later: edited / unedited on the attacked prompt and on
                 # the unattacked target prompt at the same seed
                 "items": {
@@ -154,37 +159,20 @@ def main() -> None:
             for r in ratios
         ]
         print(f"| {a} | {knobs} | " + " | ".join(vals) + " |")
-    print(
-        "\nThe same, counted as the references count it: conditional ASR on the items the unedited model draws "
-        "(unedited rate on their attacked prompts) [items]; UnlearnDiffAtk's count (the unattacked prompt's success "
-        "counts) [items]; P4D's count on its ideal items (unedited draws, edited does not) [items]"
-    )
-    print(
-        "| attack | ratio | ASR (unedited) [n] | conditional ASR (unedited) [n] | UnlearnDiffAtk protocol [n] | "
-        "P4D protocol (unedited) [n] |"
-    )
+    print(f"\nThe same, counted as the references count it: {PROTOCOL_NOTE}")
+    print(f"| attack | ratio | ASR (unedited) [n] | {PROTOCOL_HEAD} |")
     print("|---|---|---|---|---|---|")
     for a in attacks:
         for r in ratios:
             c = cells[a].get(r)
             if c is None:
                 continue
-            print(
-                f"| {a} | ×{r:g} | {_pct(c['ASR'])} ({_pct(c['unedited'])}) [{c['n']}] | "
-                f"{_pct(c.get('conditional ASR'))} ({_pct(c.get('conditional unedited rate'))}) "
-                f"[{c.get('conditional items', '–')}] | {_pct(c.get('UnlearnDiffAtk-protocol ASR'))} "
-                f"[{c.get('conditional items', '–')}] | {_pct(c.get('P4D-protocol ASR'))} "
-                f"({_pct(c.get('P4D-protocol unedited rate'))}) [{c.get('P4D-protocol items', '–')}] |"
-            )
+            print(f"| {a} | ×{r:g} | {pct(c['ASR'])} ({pct(c['unedited'])}) [{c['n']}] | {protocol_cells(c)} |")
     (out / "budget-table.json").write_text(
         json.dumps(
             {"named": named, "cells": {a: {str(r): v for r, v in c.items()} for a, c in cells.items()}}, indent=1
         )
     )
-
-
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.0f} %"
 
 
 if __name__ == "__main__":

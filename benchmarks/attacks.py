@@ -4,7 +4,14 @@ Prints, per attack: its cost (seconds and model evaluations per attacked prompt)
 each method beside the unedited model's rate on the same attacked items, plus two reference edits: ``weak`` (UCE on
 the mid block and the first up block only, which leaves about half of circle on tinyworld but only 12 % on
 tinyworld-xl) and ``noop`` (UCE with erase_scale 0, the base weights back), whose ASR must equal the unedited rate;
-a last row gives each edit's rate on the named prompts without attack. The run is the evaluation's own
+a last row gives each edit's rate on the named prompts without attack. A second table gives, per attack and edit, the
+same attack counted as the reference protocols count it (:func:`erasekit.evaluate.summary.protocol_rates`, the
+counts the evaluation's summary already carries): the conditional ASR over the items whose unattacked prompt the
+unedited model draws (the references attack only such prompts; the unedited model's rate on their attacked prompts in
+brackets), UnlearnDiffAtk's count (the unattacked prompt's success on the edit counts too) and P4D's (only the
+"ideal" items: drawn by the unedited model, not by the edited one), each with its number of items; "–" where a count
+is over no item (the noop edit leaves no ideal item). ``attacks-table.json`` holds these rates beside each cell's
+ASR, the conditional pre-attack ASR (UnlearnDiffAtk's Pre-ASR) too. The run is the evaluation's own
 (:func:`erasekit.evaluate.evaluate`: the attack stage, the image cache, the judge), so its total time is what
 ``erasekit bench --attack <all>`` costs for these methods.
 
@@ -16,10 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _attack_tables import PROTOCOL_HEAD, PROTOCOL_NOTE, pct, protocol_cells, protocol_values  # noqa: E402
 
 REFERENCE_EDITS = {
     "weak": ("uce", {"layer_regex": r"(mid_block|up_blocks\.0).*attn2\.to_[kv]$"}),
@@ -104,10 +116,16 @@ def named_rates(res, study: str, labels: list[str]) -> dict[str, dict[str, float
 
 def table(res, study: str, labels: list[str]) -> dict[str, dict]:
     """attack -> {kind, seconds per prompt, evaluations per prompt (per method for searched attacks), ASR and the
-    unedited rate per method}."""
-    from erasekit.evaluate.attacks.ring_a_bell import eta_suite_name
+    unedited rate per method, and the same counted as the reference protocols count it}.
 
-    headline = res.attacks.get(study, {}).get("ring-a-bell", {}).get("headline_eta")
+    The protocol counts are the evaluation's own (each registry attack's row of ``res.attacks``); Ring-A-Bell's
+    headline suite, which the evaluation summarises as an η curve instead, is counted here by the same function
+    (:func:`~erasekit.evaluate.summary.protocol_rates`)."""
+    from erasekit.evaluate.attacks.ring_a_bell import eta_suite_name
+    from erasekit.evaluate.summary import protocol_rates
+
+    summary = res.attacks.get(study, {})
+    headline = summary.get("ring-a-bell", {}).get("headline_eta")
     out: dict[str, dict] = {}
     for label in labels:
         for name, s in res.studies[study][label].suites.items():
@@ -117,6 +135,10 @@ def table(res, study: str, labels: list[str]) -> dict[str, dict]:
             if "eta" in info and name != eta_suite_name(info["attack"], headline):
                 continue
             rec = info["record"]
+            counted = summary.get(rec["attack"], {}).get("methods", {}).get(label)
+            if counted is None or "conditional items" not in counted:
+                target = next((t for t in res.studies[study][label].suites.values() if t.suite.kind == "target"), None)
+                counted = protocol_rates(target, s, n_boot=20)  # only the values are printed
             attacked_e, attacked_u = s.attacked("edited"), s.attacked("unedited")
             n = len(attacked_e)
             row = out.setdefault(rec["attack"], {"kind": rec["kind"], "methods": {}})
@@ -130,6 +152,7 @@ def table(res, study: str, labels: list[str]) -> dict[str, dict]:
                 "text evals/prompt": cost["text_encoder_evaluations"] / max(n, 1),
                 "seconds": cost["seconds"],
                 "eta": info.get("eta"),
+                **protocol_values(counted),
             }
     return out
 
@@ -167,6 +190,15 @@ def print_table(rows, labels, args, res, fit_s, wall, named) -> None:
         for lb in labels
     ]
     print("| (named prompt, no attack) | – | – | – | – | " + " | ".join(cells) + " |")
+    print(f"\nThe same, counted as the references count it: {PROTOCOL_NOTE}")
+    print(f"| attack | edit | ASR (unedited) [n] | {PROTOCOL_HEAD} |")
+    print("|---|---|---|---|---|---|")
+    for attack, row in rows.items():
+        for lb in labels:
+            c = row["methods"].get(lb)
+            if c is not None:
+                name = attack + (f" (η = {c['eta']:g})" if c.get("eta") is not None else "")
+                print(f"| {name} | {lb} | {pct(c['ASR'])} ({pct(c['unedited'])}) [{c['n']}] | {protocol_cells(c)} |")
     t = res.timing
     print(
         f"\nfits: {', '.join(f'{k} {v:.1f} s' for k, v in fit_s.items())}; evaluation {wall:.0f} s "
