@@ -108,3 +108,38 @@ def test_malformed_best_of_results_are_refused():
         BestOfPromptResult("mma", {}, {}, {}, candidates=[["a"], []])
     with pytest.raises(AttackError, match="one image seed"):
         BestOfPromptResult("p4d-n", {}, {}, {}, candidates=[["a", "a"]], seeds=[[1]])
+
+
+TS_TINY = {"n_tokens": 2, "steps": 2, "candidates": 4, "max_prompts": 2}
+
+
+def test_token_search_restarts_extend_the_fewer_and_count_best_of_k(world, tmp_path):
+    """erasekit's token search with restarts: restart 0 is the single search, the unsearched items (past
+    ``max_prompts``) stay unattacked, and the evaluation counts one success per target item, any restart's."""
+    from erasekit.evaluate import evaluate
+    from erasekit.evaluate.bench import tinyworld_concept_set
+    from erasekit.evaluate.plan import Plan, make_study
+
+    target, one = _build(world, "token-search", edit=world["weak"], **TS_TINY)
+    _, three = _build(world, "token-search", edit=world["weak"], restarts=3, **TS_TINY)
+    assert [c[0] if c else None for c in three.candidates] == one.prompts
+    assert (
+        sum(c is not None for c in three.candidates) == 2
+        and "best of 3 restarts" in three.suites(target)[0].info["budget"]
+    )
+    (suite,) = three.suites(target)
+    assert suite.info["best_of"] == 3 and len(suite.items) == 2 * 3
+    assert [dict(it.meta)["of"] for it in suite.items] == [
+        str(i) for i, c in enumerate(three.candidates) if c for _ in c
+    ]
+
+    opts = {"token-search": {**TS_TINY, "restarts": 3}}
+    plan = Plan(kinds=("target", "adversarial"), n=3, attacks=("token-search",), attack_options=opts)
+    study = make_study("circle", tinyworld_concept_set("circle"), {"weak": world["weak"]}, plan, tinyworld=True)
+    kw = {"out_dir": tmp_path / "o", "settings": SETTINGS, "cache_dir": tmp_path / "c", "n_boot": 20}
+    res = evaluate(world["pipe"], [study], world["judge"], progress=False, **kw)
+    run = res.studies["circle"]["weak"]
+    (s,) = [x for x in run.suites.values() if x.suite.kind == "adversarial"]
+    per_draw = s.seen("edited").reshape(2, 3)
+    row = res.attacks["circle"]["token-search"]["methods"]["weak"]
+    assert (row["judge ASR"].k, row["judge ASR"].n) == (int(per_draw.any(1).sum()), 2)

@@ -160,9 +160,11 @@ def _attack_summary(study_runs: dict[str, MethodRun], seed: int, n_boot: int) ->
             )
             row = {
                 "judge ASR": M.attack_success_rate(
-                    s.seen("edited"), name=f"ASR {info['attack']}", budget=info["budget"], **kw
+                    s.attacked("edited"), name=f"ASR {info['attack']}", budget=info["budget"], **kw
                 ),
-                "unedited concept rate on the found prompts": M.rate("unedited concept rate", s.seen("unedited"), **kw),
+                "unedited concept rate on the found prompts": M.rate(
+                    "unedited concept rate", s.attacked("unedited"), **kw
+                ),
                 **protocol_rates(_target(run), s, **kw),
                 "objective": float(np.mean([f["score"] for f in search])) if search else float("nan"),
                 "objective at start": float(np.mean([f["start_score"] for f in search])) if search else float("nan"),

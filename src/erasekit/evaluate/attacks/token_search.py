@@ -49,6 +49,7 @@ from .base import (
     _meta,
     budget_field,
     register_attack,
+    search_generator,
 )
 
 # a whole word of lower-case letters, 3+ long: CLIP's ``castle</w>`` or a sentencepiece ``▁castle`` (T5, Gemma)
@@ -77,6 +78,11 @@ class TokenSearchConfig(AttackConfig):
         "gradients through the text encoders)",
     )
     top_k: int = budget_field(64, "gradient proposals: candidates are drawn from this many best words by gradient")
+    restarts: int = budget_field(
+        1,
+        "independent searches per prompt from fresh random words, the attack succeeding on an item when the judge "
+        "sees the concept in any one's image (best of K)",
+    )
     placement: str = help_field(
         "suffix",
         "where the free words stand: 'suffix' (after the prompt) or 'prefix' (before it: with a causal text encoder "
@@ -144,17 +150,15 @@ class TokenSearchAttack(Attack[TokenSearchConfig]):
 
     @property
     def budget(self) -> str:
-        c = self.config
-        return (
-            f"{c.steps} steps × {c.candidates} candidates = {c.steps * c.candidates} queries per prompt, "
-            f"{c.n_tokens} free words"
-        )
+        return self.budget_line(self.config.to_dict())
 
     @classmethod
     def budget_line(cls, config: Mapping[str, Any]) -> str:
+        restarts = int(config.get("restarts", 1))
         return (
             f"{config['steps']} steps × {config['candidates']} candidates = "
             f"{config['steps'] * config['candidates']} queries per prompt, {config['n_tokens']} free words"
+            + (f", best of {restarts} restarts" if restarts > 1 else "")
         )
 
     def _layers(self, pipe) -> list[tuple[Site, torch.nn.Linear]]:
@@ -263,10 +267,12 @@ class TokenSearchAttack(Attack[TokenSearchConfig]):
                 for w in vocabulary_words(pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2)
                 if not any(f in w for f in forbidden)
             ]
-        rng = np.random.default_rng(c.seed)
-        found: dict[str, dict] = {}
+        found: dict[str, list[dict]] = {}
+        searches = [(p, k) for p in prompts for k in range(c.restarts)]
         with ctx.edited():
-            for p in tqdm(prompts, desc="token-search", disable=not ctx.progress, leave=False):
+            for p, k in tqdm(searches, desc="token-search", disable=not ctx.progress, leave=False):
+                # each (prompt, restart) its own stream: restart k is the same search whatever the budget or prompts
+                rng = np.random.default_rng(search_generator(c.seed, "token-search", p, k).initial_seed())
                 free = [int(i) for i in rng.integers(len(words), size=c.n_tokens)]  # indices into words
                 best = float(
                     self._score(
@@ -290,9 +296,9 @@ class TokenSearchAttack(Attack[TokenSearchConfig]):
                     j = int(scores.argmax())
                     if float(scores[j]) > best:
                         best, free[pos] = float(scores[j]), cands[j]
-                found[p] = {"words": [words[i] for i in free], "score": best, "start_score": start}
-        adversarial = [
-            _attacked(it.prompt, found[it.prompt]["words"], c.placement) if it.prompt in found else None
+                found.setdefault(p, []).append({"words": [words[i] for i in free], "score": best, "start_score": start})
+        candidates = [
+            [_attacked(it.prompt, f["words"], c.placement) for f in found[it.prompt]] if it.prompt in found else None
             for it in target
         ]
         details = {
@@ -305,9 +311,14 @@ class TokenSearchAttack(Attack[TokenSearchConfig]):
             "placement": c.placement,
             "vocabulary": len(words),
             "forbidden": sorted(forbidden),
-            "search": found,
+            "search": {p: f[0] for p, f in found.items()},  # the first search of each prompt (its objective)
         }
-        return _TokenSearchResult(self.name, c.to_dict(), {}, details, prompts=adversarial, label=self.label)
+        if c.restarts > 1:
+            details["restarts"] = found
+        adversarial = [None if cs is None else cs[0] for cs in candidates]
+        return _TokenSearchResult(
+            self.name, c.to_dict(), {}, details, prompts=adversarial, label=self.label, candidates=candidates
+        )
 
     @staticmethod
     def _forbidden_words(forbidden: Sequence[str]) -> set[str]:
@@ -319,16 +330,22 @@ class _TokenSearchResult(PromptResult):
     """The token search's prompts; its suite keeps the name, source and info fields it always had."""
 
     label: str = "token-search"
+    candidates: list[list[str] | None] | None = None  # per target item its restarts' prompts (None: not searched)
 
     def suites(self, target):
         from ..suites import Suite, SuiteItem
 
+        per_item = self.candidates or [None if p is None else [p] for p in self.prompts]
+        best_of = max((len(c) for c in per_item if c), default=1)
         items = [
-            SuiteItem(p, it.seed, it.guidance, it.concepts, None, _meta(it, ("original prompt", it.prompt)))
-            for it, p in zip(target.items, self.prompts, strict=True)
-            if p is not None
+            SuiteItem(p, it.seed, it.guidance, it.concepts, None, _meta(it, ("original prompt", it.prompt), *draw))
+            for i, (it, cands) in enumerate(zip(target.items, per_item, strict=True))
+            for k, p in enumerate(cands or [])
+            for draw in [(("of", str(i)), ("draw", str(k))) if best_of > 1 else ()]
         ]
         info = {"attack": self.label, "budget": TokenSearchAttack.budget_line(self.config), **self.details}
+        if best_of > 1:
+            info["best_of"] = best_of
         info["record"] = self.record()
         return [
             Suite(
