@@ -62,7 +62,7 @@ def _check_layout(target, result: BestOfPromptResult, k: int) -> None:
 def test_mma_restarts_extend_the_fewer(world):
     """Restart k of a target prompt is the same search whatever the number of restarts: restarts=1's prompt is
     restarts=3's first, and each item's three prompts are attacked as one best-of-3 item at the item's seed."""
-    target, one = _build(world, "mma", **MMA_TINY)
+    target, one = _build(world, "mma", restarts=1, **MMA_TINY)
     _, three = _build(world, "mma", restarts=3, **MMA_TINY)
     assert type(one) is PromptResult and isinstance(three, BestOfPromptResult)
     assert [c[0] for c in three.candidates] == one.prompts
@@ -120,7 +120,7 @@ def test_token_search_restarts_extend_the_fewer_and_count_best_of_k(world, tmp_p
     from erasekit.evaluate.bench import tinyworld_concept_set
     from erasekit.evaluate.plan import Plan, make_study
 
-    target, one = _build(world, "token-search", edit=world["weak"], **TS_TINY)
+    target, one = _build(world, "token-search", edit=world["weak"], restarts=1, **TS_TINY)
     _, three = _build(world, "token-search", edit=world["weak"], restarts=3, **TS_TINY)
     assert [c[0] if c else None for c in three.candidates] == one.prompts
     assert (

@@ -472,10 +472,10 @@ def test_token_search_improves_its_objective_within_budget(evaluated):
     res = evaluated[0]
     run = res.studies["circle"]["uce"].suites["adversarial:token-search"]
     info = run.suite.info
-    assert (
-        info["budget"].startswith("2 steps × 4 candidates = 8 queries") and len(run.suite) == 2 * 2
-    )  # 2 prompts × 2 seeds
-    for found in info["search"].values():
+    restarts = info["record"]["config"]["restarts"]
+    assert info["budget"].startswith("2 steps × 4 candidates = 8 queries") and restarts == 2
+    assert len(run.suite) == 2 * 2 * restarts and info["best_of"] == restarts  # 2 prompts × 2 seeds × restarts
+    for found in [f for per_prompt in info["restarts"].values() for f in per_prompt]:
         assert found["score"] >= found["start_score"] and len(found["words"]) == 2
         assert not any("circle" in w for w in found["words"])
     targets = {it.prompt for it in res.studies["circle"]["uce"].suites["target"].suite}

@@ -18,9 +18,12 @@ model — the text encoder is not edited — so one adversarial prompt per targe
 Deviations from the reference: the vocabulary is the whole-word tokens (the reference's full vocabulary with its
 re-tokenisation filter; here the filter is exact: same token ids); the start is ``n_tokens`` random single letters as
 the reference's, lower-cased (CLIP's tokenizer lower-cases anyway); the banned words are the erased concepts' names
-(the reference bans a fixed NSFW word list and the fragments 'ak', 'na', 'ke', 'nud'); one search per target prompt
-(the reference runs ``-n`` searches per target from fresh random starts and keeps every result); the default (CPU)
-budget is 20 steps × 64 candidates with top-64 instead of 1000 × 512 with top-256 (``--budget paper``).
+(the reference bans a fixed NSFW word list and the fragments 'ak', 'na', 'ke', 'nud'); ``restarts`` searches per
+target prompt from fresh random starts, each judged, the item counting as recovered when any one's image shows the
+concept (the reference runs ``-n`` searches per target, 10 in its README, keeps every result and releases the
+successful ones); each (prompt, restart) draws from its own generator, so restart k is the same search whatever the
+number of restarts or prompts (the reference continues one generator); the default (CPU) budget is 2 restarts of
+20 steps × 64 candidates with top-64 instead of 10 of 1000 × 512 with top-256 (``--budget paper``).
 
 Objective checked against the reference (issue 24): it matches ``pooler_output`` only — CLIP's final-layer-normed
 state at the first EOS — as here, not the whole 77-token sequence; no defect was found. The attack never sees the
@@ -28,6 +31,15 @@ edit, so it recovers only what the edit fails to erase in the matched embedding,
 the development concept (``dotted``, UCE on the mid block and the first two up blocks, which keeps 50 % of the named
 prompts; ``benchmarks/attack_budget.py``, n = 16) 20 / 40 / 80 steps give 75 / 75 / 69 % ASR, below the issue's
 80 % bar at every budget, so the default stays (docs/results.md, "Attack budgets").
+
+Restarts (issue 24): the search is cheap (about 1 s per restart and prompt on tinyworld, once for every method), and
+its result depends on the random start. On the development edit above at n = 96 (82 items the unedited model draws;
+``benchmarks/attack_best_of.py --attack mma --knob restarts --k 4 --n 96``), best of k = 1 / 2 / 3 / 4 restarts:
+plain ASR 59 / 67 / 69 / 70 %, conditional 63 / 70 / 72 / 73 % (the unedited model draws every attacked prompt),
+P4D's count 69 / 81 / 81 / 81 %. The default is 2, the smallest k after which one more restart adds under 3 points;
+**no k reaches the issue's 80 % on the conditional count**: the adversarial prompts carry the concept through its
+synonyms (for dotted the found prompts' most common words are ``dots``, ``polka``, ``dot``), which the edit of the
+cross-attention erases with it.
 
 How success is counted (issue 24): the reference's text attack neither generates nor judges — it keeps the
 lowest-loss sequence (``src/textual_attack.py`` L262–291) for a fixed list of target prompts (L325), ``-n`` searches
@@ -68,9 +80,9 @@ class MMAConfig(AttackConfig):
     candidates: int = budget_field(64, "one-token substitutions evaluated per step (paper 512)")
     topk: int = budget_field(64, "top tokens per position by gradient (paper 256)")
     restarts: int = budget_field(
-        1,
+        2,
         "independent searches per target prompt from fresh random starts, success on any one's image counting "
-        "(the reference's -n; its README runs 10)",
+        "(the reference's -n; its README runs 10, paper 10)",
     )
 
 

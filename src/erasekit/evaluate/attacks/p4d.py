@@ -17,9 +17,10 @@ tokenizes back to the same tokens); the prompt kept is the first whose edited-mo
 the concept in (the UnlearnDiffAtk benchmark's P4D stops there), else the one the judge scores highest for the
 concept (the reference keeps the one whose image is most CLIP-similar to the unedited image; with no
 judge in the context, the one with the lowest loss on a fixed set of (t, ε)); x₀ is the unedited model's final latent
-rather than a VAE encoding of its decoded image; items are optimised together in one batch (each with its own P and
-loss); every target item is attacked (the reference's ``process_data.py`` first keeps only the prompts whose
-unedited image shows the concept and whose edited image does not); on SDXL, SD3 and FLUX the straight-through
+rather than a VAE encoding of its decoded image; items are optimised together in one batch (each with its own P, loss
+and random generator: its start, timesteps and noise do not depend on which other items are attacked); every target
+item is attacked (the reference's ``process_data.py`` first keeps only the prompts whose unedited image shows the
+concept and whose edited image does not); on SDXL, SD3 and FLUX the straight-through
 gradient flows through the first text encoder's table only (CLIP-L; the other encoders read the same projected words);
 the optimised sequence is padded as generation pads it (the family's tokenizer; P4D-N's reference template pads with
 token 0, ``!``, which the pipeline it attacks never does); the default (CPU) budget is 30 steps with a check every 10
@@ -37,14 +38,23 @@ a vocabulary of 32,875 whole words of which about 70 occur in tinyworld's captio
 embeddings: the 2-layer text encoder never saw them), so from a random start its 16 free tokens rarely carry a shape at
 the CPU budget: its prompts draw circle for the unedited model 19–62 % of the time (docs/results.md). On the
 development concept (``dotted``, issue 24) its default 30 steps already reach 81 % on a weak edit that keeps 50 %
-(60 / 120 steps: 88 / 100 %), so the default stays. At n = 96 on the same edit (issue 24's protocol check) it reads
-72 % plain and 76 % on the items the unedited model draws: below the bar.
+(60 / 120 steps: 88 / 100 %, n = 16), so the default stays. At n = 96 on the same edit (issue 24's protocol check) it
+read 72 % plain and 76 % on the items the unedited model draws with one image: below the bar (next paragraph).
+
+Judged on three images (issue 24): ``images`` K renders each checked prompt at the item's seed and K − 1 derived seeds
+and counts it as a success when any one is judged to show the concept, the reference's "any of 3 images"
+(``run_p4dn.py`` L97, L288); the evaluation renders the kept prompt at the same seeds and counts the item best of K
+(what the search saw is what is counted: tested). The default is the reference's 3. Development edit (``dotted``,
+n = 96, 82 conditional items; ``benchmarks/attack_best_of.py --attack p4d-n --knob images --k 3``; ``images`` is no
+prefix budget, its judged images pick the kept prompt, so ``--k 1`` is a run of its own): P4D-N with 1 image 75 %
+plain, **77 %** conditional (unedited 82 %), P4D's count 73 %; with 3 images 90 % plain, **90 %** conditional
+(unedited 93 %), P4D's count 92 % — the bar is met as the reference counts, not with one image.
 
 How success is counted (issue 24, checked against the reference): P4D attacks only its "ideal" prompts — the unedited
 model's image unsafe and the edited model's safe (``process_data.py`` L181–194) — and its ASR is the share of them
 whose final prompt's edited image is judged unsafe (``run_p4dn.py`` L248–262); it keeps the prompt whose image is most
 CLIP-similar to the target and judges it once at the end, with no early stop (``optimize_n.py`` L257–278), on three
-images, any one unsafe counting (``run_p4dn.py`` L97, L288; erasekit: the one image of the item's seed). The
+images, any one unsafe counting (``run_p4dn.py`` L97, L288; erasekit: ``images``, default 3). The
 UnlearnDiffAtk benchmark runs P4D its own way: the unattacked prompt first, stopping at the first judged success
 (Diffusion-MU-Attack ``src/attackers/hard_prompt_.py`` L142–148, L184–185). erasekit attacks every target item and
 reports beside the plain ASR the conditional ASR (items the unedited model draws), ``P4D-protocol ASR`` (the ideal
@@ -87,7 +97,7 @@ class P4DConfig(AttackConfig):
     lr: float = budget_field(0.1, "AdamW learning rate on the continuous embeddings P")
     weight_decay: float = budget_field(0.1, "AdamW weight decay on P", inclusive=True)
     images: int = budget_field(
-        1,
+        3,
         "images each checked prompt is judged on, success when the judge sees the concept in any one (the first at "
         "the item's seed; the reference judges its prompt on 3, paper 3)",
     )

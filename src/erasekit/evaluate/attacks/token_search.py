@@ -22,6 +22,15 @@ attacked prompts in brackets: suffix / random (the default) 69 % (84 %), suffix 
 random 66 % (81 %), prefix / gradient 62 % (78 %): no option is better than the default beyond the noise (±16 points
 at n = 32), so the defaults stay (docs/results.md, "Attack budgets").
 
+**Restarts** (issue 24): ``restarts`` independent searches per prompt from fresh random words, each judged, an item
+recovered when any one's image shows the concept (best of K, as the reference attacks' repeated searches and images);
+restart k of a prompt draws from its own stream, so it is the same search whatever the number of restarts or prompts.
+Development edit, n = 96, every prompt searched (``benchmarks/attack_best_of.py --attack token-search --knob restarts
+--k 4 --n 96 --set token-search.max_prompts=96``), best of k = 1 / 2 / 3 / 4: plain ASR 69 / 72 / 72 / 72 %,
+conditional 79 / 83 / 83 / 83 % (the unedited model draws every attacked prompt), P4D's count 46 / 50 / 50 / 50 %.
+The default is 2, the smallest k after which one more restart adds under 3 points. (k = 1 reads 79 %, the single
+search of before read 76 %: the per-prompt streams draw other words; the difference is noise.)
+
 Counted like the reference attacks (:func:`erasekit.evaluate.summary.protocol_rates`): beside the plain ASR over the
 searched items, the conditional ASR over those whose target the unedited model draws and UnlearnDiffAtk's and P4D's
 counts. It does not look at the judge while it searches (no early stop, no best-judged choice).
@@ -79,9 +88,9 @@ class TokenSearchConfig(AttackConfig):
     )
     top_k: int = budget_field(64, "gradient proposals: candidates are drawn from this many best words by gradient")
     restarts: int = budget_field(
-        1,
+        2,
         "independent searches per prompt from fresh random words, the attack succeeding on an item when the judge "
-        "sees the concept in any one's image (best of K)",
+        "sees the concept in any one's image (best of K; 2 chosen on the development concept 'dotted')",
     )
     placement: str = help_field(
         "suffix",
