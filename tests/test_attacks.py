@@ -435,6 +435,8 @@ def test_attack_results_carry_intervals_and_paired_tests(world, edits, tmp_path)
         part = re.split(rf"<h3>circle: {re.escape(name)}[ <]", section, maxsplit=1)[1].split("<h3>circle:", 1)[0]
         assert "Wilson" in part and "Paired under this attack" in part and "conditional ASR" in part
         assert f"adversarial:{name}" in part and part.count("<img") >= 3 * 2  # rows × (unedited, method) × methods
+        if name in ("token-search", "p4d-k"):  # best of K (restarts; P4D's images): each row names its target item
+            assert "[draw 1 of target item 1]" in part and "[draw 2 of target item 1]" in part
     # schema 2 (no Wilson intervals) reads back upgraded, its intervals filled from the recorded counts
     new = read_results_json(tmp_path / "results.json")
     assert new["schema"] == SCHEMA == 3
@@ -652,9 +654,11 @@ def weak_run(world, edits, tmp_path_factory):
 def test_weak_edit_is_attacked_at_the_default_budget(weak_run, name):
     """UCE on two blocks keeps about half of 'circle' on the target prompts. The attacks that reach the issue's bar on
     tinyworld (benchmarks/attacks.py) bring it back in ≥ 75 % of the attacked prompts, well above the unattacked
-    rate; the others (MMA's text-embedding match, P4D-N's prompt-free tokens, the token search: 50–67 % at n = 16; no
-    budget up to ×4 lifts MMA or the token search on the development concept, benchmarks/attack_budget.py) must at
-    least not do worse than the unattacked prompts, within two prompts."""
+    rate; the others (at their best-of-K defaults, n = 16 in docs/results.md: the token search 58 %, MMA's
+    text-embedding match 56 %, P4D-N's prompt-free tokens 44 %, against 50 % unattacked; no budget up to ×4 and no
+    restart count up to 4 lifts MMA or the token search past 80 % on the development concept,
+    benchmarks/attack_budget.py and benchmarks/attack_best_of.py) must at least not do worse than the unattacked
+    prompts, within two prompts."""
     from erasekit.evaluate.attacks.ring_a_bell import eta_suite_name
 
     run = weak_run.studies["circle"]["weak"]

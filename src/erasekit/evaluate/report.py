@@ -496,6 +496,9 @@ def _grid(suite_name: str, suite_runs: list, labels: list[str], max_rows: int, t
             prompt += "  [learned token in place of its carrier word]"
         if it.sampling is not None:
             prompt += f"  [noisy DDIM η={it.sampling[0]:g}, noise × {it.sampling[1]:g}]"
+        meta = dict(it.meta)
+        if "draw" in meta:  # best-of-K suites: one row per draw, the target item counts once (any draw)
+            prompt += f"  [draw {int(meta['draw']) + 1} of target item {int(meta['of']) + 1}]"
         imgs = "".join(
             f"<td><img alt='{e(cols[k])}' src='{_data_uri(ImageCache.load(p), thumb)}'>{d}</td>"
             for k, (p, d) in enumerate(cells(i))
