@@ -94,6 +94,7 @@ def test_registry_lists_every_attack(capsys):
     assert set(TINY) == set(ATTACKS), "every registered attack needs a tiny budget in this matrix"
     assert main(["attacks", "-v"]) == 0
     out = capsys.readouterr().out
+    assert "…" not in out.replace("NAME,…", ""), "a cell was cut short instead of folded (budgets, addresses)"
     for name, cls in list_attacks().items():
         assert name in out and cls.kind in KINDS and cls.reference and cls.summary
         default, paper = cls.config_class.defaults("default"), cls.config_class.defaults("paper")

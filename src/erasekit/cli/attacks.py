@@ -17,13 +17,14 @@ def cmd_attacks(args) -> int:
 
     from ..evaluate.attacks import list_attacks
 
+    # columns fold rather than cut with "…": a budget or a repository address stays whole on a narrow terminal
     table = Table(title="erasekit attacks (--attack NAME,…; --budget default|paper; --attack-set NAME.OPTION=VALUE)")
-    table.add_column("attack", style="bold")
-    table.add_column("kind")
-    table.add_column("searched")
-    table.add_column("default budget")
-    table.add_column("paper budget")
-    table.add_column("reference")
+    table.add_column("attack", style="bold", no_wrap=True)
+    table.add_column("kind", overflow="fold")
+    table.add_column("searched", overflow="fold")
+    table.add_column("default budget", overflow="fold")
+    table.add_column("paper budget", overflow="fold")
+    table.add_column("reference", overflow="fold")
     for name, cls in list_attacks().items():
         cfg = cls.config_class
         default, paper = cfg.defaults("default"), cfg.defaults("paper")
@@ -42,10 +43,10 @@ def cmd_attacks(args) -> int:
             cfg = cls.config_class
             default, paper = cfg.defaults("default"), cfg.defaults("paper")
             t = Table(title=f"{shown(name)}: {shown(cls.summary)}")
-            t.add_column("option")
-            t.add_column("default")
-            t.add_column("paper")
-            t.add_column("help")
+            t.add_column("option", overflow="fold")
+            t.add_column("default", overflow="fold")
+            t.add_column("paper", overflow="fold")
+            t.add_column("help", overflow="fold")
             for option, text in cfg.field_help().items():
                 t.add_row(
                     shown(f"{name}.{option}"), shown(_value(default[option])), shown(_value(paper[option])), shown(text)
