@@ -20,7 +20,9 @@ Measured on the development concept (``dotted``, weak edit UCE on the mid block 
 prompts searched, ``benchmarks/attack_budget.py --set token-search.…``), ASR with the unedited model's rate on the same
 attacked prompts in brackets: suffix / random (the default) 69 % (84 %), suffix / gradient 72 % (84 %), prefix /
 random 66 % (81 %), prefix / gradient 62 % (78 %): no option is better than the default beyond the noise (±16 points
-at n = 32), so the defaults stay (docs/results.md, "Attack budgets").
+at n = 32), so the defaults stay (docs/results.md, "Attack budgets"). Matching the value outputs too
+(``projections=('k', 'v')``, or ``('v',)``) reads 72 / 69 / 72 % for k / v / k,v on the same edit (best of 2 restarts,
+n = 32) and 58 % for all three on circle: the keys stay the default.
 
 **Restarts** (issue 24): ``restarts`` independent searches per prompt from fresh random words, each judged, an item
 recovered when any one's image shows the concept (best of K, as the reference attacks' repeated searches and images);
