@@ -168,6 +168,30 @@ def test_bench_refuses_bad_budget_before_loading_the_model(name, tmp_path, capsy
     assert "unknown attack 'no-such-attack'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("attacks", "budget", "device", "noted"),
+    [
+        ("mma,ring-a-bell", "paper", "cpu", "mma"),
+        ("mma", "paper", "cuda", None),
+        ("mma", "default", "cpu", None),
+        ("ring-a-bell,token-search", "paper", "cpu", None),  # their paper budget is their default
+    ],
+)
+def test_paper_budget_on_a_cpu_is_announced_before_the_run(attacks, budget, device, noted, capsys):
+    import argparse
+
+    from erasekit.cli.evaluate import _parse_attack_args
+
+    args = argparse.Namespace(attack=attacks, attack_set=None, budget=budget, device=device)
+    _parse_attack_args(args)
+    err = capsys.readouterr().err
+    if noted is None:
+        assert err == ""
+    else:
+        assert err.count("\n") == 1 and "--budget paper" in err and "--device cuda" in err
+        assert noted in err and "ring-a-bell" not in err
+
+
 def test_attack_options_parse_typed():
     opts = parse_attack_options(["nbp.etas=1,1.5", "uda.iterations=3", "cce.carrier=xyz"], ["nbp", "uda", "cce"])
     assert opts == {"nbp": {"etas": (1.0, 1.5)}, "uda": {"iterations": 3}, "cce": {"carrier": "xyz"}}

@@ -108,6 +108,26 @@ def _parse_attack_args(args) -> None:
         args.attack = parse_attacks(args.attack)
     if not isinstance(getattr(args, "attack_set", None), dict):
         args.attack_set = parse_attack_options(args.attack_set or [], args.attack)
+    _note_paper_budget_on_cpu(args)
+
+
+def _note_paper_budget_on_cpu(args) -> None:
+    """``--budget paper`` without a GPU: say so before the run (the papers' budgets take hours per attack on a CPU),
+    naming the attacks whose paper budget differs from their CPU default; the run goes on as asked."""
+    from ..evaluate.attacks import get_attack
+
+    if getattr(args, "budget", "default") != "paper" or not str(getattr(args, "device", "cpu")).startswith("cpu"):
+        return
+    heavy = []
+    for name in args.attack or ():
+        cfg = get_attack(name).config_class
+        if cfg.defaults("paper") != cfg.defaults("default"):
+            heavy.append(name)
+    if heavy:
+        _info(
+            f"note: --budget paper runs the papers' budgets for {', '.join(heavy)} (`erasekit attacks` lists them), "
+            "meant for --device cuda: on a CPU expect hours per attack; the default budget runs on a CPU in minutes"
+        )
 
 
 def apply_threads(args) -> None:
