@@ -398,6 +398,47 @@ def test_results_carry_every_attack_config_and_cost(world, edits, tmp_path):
         assert s.suite.items == res.studies["circle"]["uce"].suites[name].suite.items
 
 
+def test_an_interrupted_attack_stage_resumes_where_it_stopped(world, edits, tmp_path, monkeypatch):
+    """Interrupted (Ctrl-C) during one attack's search, the rerun of the same command does not search again any
+    attack that had finished (each stored result is complete or absent), searches the interrupted one and those after
+    it, and ends with the suites an uninterrupted run makes."""
+    from erasekit.evaluate import evaluate
+    from erasekit.evaluate.attacks.base import Attack
+    from erasekit.evaluate.plan import Plan, make_study
+
+    opts = {k: dict(v) for k, v in TINY.items()}
+    plan = Plan(kinds=("target", "adversarial"), n=2, attacks=ATTACKS, attack_options=opts)
+    study = make_study("circle", world["cs"], {"uce": edits["uce"]}, plan, tinyworld=True)
+    calls: list[str] = []
+    victim = {"name": "p4d-k"}  # per method, after the shared attacks and the ones searched before it
+    original = Attack.suites
+
+    def spy(self, ctx):
+        calls.append(self.name)
+        if self.name == victim["name"]:
+            raise KeyboardInterrupt("simulated Ctrl-C during the search")
+        return original(self, ctx)
+
+    monkeypatch.setattr(Attack, "suites", spy)
+    kw = {"out_dir": tmp_path / "o", "settings": SETTINGS, "cache_dir": tmp_path / "c", "n_boot": 50}
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(world["pipe"], [study], world["judge"], progress=False, **kw)
+    finished = calls[:-1]
+    assert calls[-1] == "p4d-k" and finished, calls
+    calls.clear()
+    victim["name"] = None
+    resumed = evaluate(world["pipe"], [study], world["judge"], progress=False, **kw)
+    assert not set(calls) & set(finished), f"searched again after the interruption: {set(calls) & set(finished)}"
+    assert "p4d-k" in calls and set(calls) | set(finished) == set(ATTACKS)
+    fresh_kw = {**kw, "out_dir": tmp_path / "fresh"}  # the same command, never interrupted (images from the cache)
+    fresh = evaluate(world["pipe"], [study], world["judge"], progress=False, **fresh_kw)
+    assert resumed is not None and fresh is not None
+    got, want = resumed.studies["circle"]["uce"].suites, fresh.studies["circle"]["uce"].suites
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].suite.items == want[name].suite.items, name
+
+
 PAIRED_ATTACKS = ("ring-a-bell", "token-search", "nbp", "p4d-k", "cce")  # shared and per-method; prompt, token, draws
 
 
