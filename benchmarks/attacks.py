@@ -1,9 +1,10 @@
-"""Every registered attack against UCE / SPACE / PURE / ACE on tinyworld or tinyworld-xl, at the default (CPU) budget.
+r"""Every registered attack against UCE / SPACE / PURE / ACE on tinyworld or tinyworld-xl, at the default (CPU) budget.
 
 Prints, per attack: its cost (seconds and model evaluations per attacked prompt) and its attack success rate against
 each method beside the unedited model's rate on the same attacked items, plus two reference edits: ``weak`` (UCE on
 the mid block and the first up block only, which leaves about half of circle on tinyworld but only 12 % on
-tinyworld-xl) and ``noop`` (UCE with erase_scale 0, the base weights back), whose ASR must equal the unedited rate;
+tinyworld-xl; ``--weak-regex`` names other blocks: on tinyworld-xl every block but the mid block leaves 69 %) and
+``noop`` (UCE with erase_scale 0, the base weights back), whose ASR must equal the unedited rate;
 a last row gives each edit's rate on the named prompts without attack. A second table gives, per attack and edit, the
 same attack counted as the reference protocols count it (:func:`erasekit.evaluate.summary.protocol_rates`, the
 counts the evaluation's summary already carries): the conditional ASR over the items whose unattacked prompt the
@@ -17,6 +18,8 @@ ASR, the conditional pre-attack ASR (UnlearnDiffAtk's Pre-ASR) too. The run is t
 
     OMP_NUM_THREADS=1 python benchmarks/attacks.py --concept circle --n 16 --threads 1 --out /tmp/bench-attacks
     OMP_NUM_THREADS=1 python benchmarks/attacks.py --model tinyworld-xl --concept circle --n 16 --threads 1
+    OMP_NUM_THREADS=2 python benchmarks/attacks.py --model tinyworld-xl --methods '' --concept circle --n 16 \
+        --weak-regex '(down_blocks\.[12]|up_blocks\.[01]).*attn2\.to_[kv]$' --threads 2   # the reference edits only
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="/tmp/erasekit-bench-attacks")
     ap.add_argument("--no-reference-edits", action="store_true", help="skip the weak and no-op edits")
+    ap.add_argument(
+        "--weak-regex",
+        default=REFERENCE_EDITS["weak"][1]["layer_regex"],
+        help="UCE's layer_regex for the weak edit (default: the mid block and the first up block, which keeps about "
+        "half of circle on tinyworld; on tinyworld-xl every block but the mid block keeps 69 %%)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -73,9 +82,12 @@ def main() -> None:
     judge = make_judge("tinyworld")
     cs = tinyworld_concept_set(args.concept)
     edits, fit_s = {}, {}
-    labels = {m: (m, {}) for m in args.methods.split(",")}
+    labels = {m: (m, {}) for m in args.methods.split(",") if m}  # --methods '' runs the reference edits only
     if not args.no_reference_edits:
         labels.update(REFERENCE_EDITS)
+        labels["weak"] = ("uce", {"layer_regex": args.weak_regex})
+    if not labels:
+        ap.error("nothing to attack: give --methods or drop --no-reference-edits")
     for label, (method, options) in labels.items():
         t0 = time.perf_counter()
         edits[label] = erasekit.erase(pipe, method, cs, progress=False, **options)
