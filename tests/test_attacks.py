@@ -439,6 +439,44 @@ def test_an_interrupted_attack_stage_resumes_where_it_stopped(world, edits, tmp_
         assert got[name].suite.items == want[name].suite.items, name
 
 
+def test_attack_benchmark_runs_the_reference_edits_with_a_named_weak_edit(tmp_path):
+    """``benchmarks/attacks.py --methods '' --weak-regex R``: only the weak (UCE on the blocks R names) and no-op edits
+    are attacked; the table records both, and under the no-op edit the attack's rate is the unedited model's on the
+    same items."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "bench"
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve().parents[1] / "benchmarks" / "attacks.py"),
+        "--methods",
+        "",
+        "--weak-regex",
+        r"mid_block.*attn2\.to_[kv]$",
+        "--attacks",
+        "nbp",
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = json.loads((out / "attacks-table.json").read_text())
+    assert set(table["named"]) == {"weak", "noop"}
+    rows = table["attacks"]["nbp"]["methods"]
+    assert set(rows) == {"weak", "noop"} and rows["noop"]["ASR"] == rows["noop"]["unedited"]
+    assert "ASR weak" in done.stdout and "ASR noop" in done.stdout
+
+
 PAIRED_ATTACKS = ("ring-a-bell", "token-search", "nbp", "p4d-k", "cce")  # shared and per-method; prompt, token, draws
 
 

@@ -84,39 +84,3 @@ def test_space_prior_curve_combines_runs_into_one_page(tmp_path):
     for concept in ("circle", "red"):
         assert f"<h2>{concept}</h2>" in text
     assert text.count("<tr>") == 2 * (1 + 5)  # a header and every row of both runs
-
-
-def test_attack_benchmark_runs_the_reference_edits_with_a_named_weak_edit(tmp_path):
-    """``benchmarks/attacks.py --methods '' --weak-regex R``: only the weak (UCE on the blocks R names) and no-op edits
-    are attacked; the table records both, and under the no-op edit the attack's rate is the unedited model's on the
-    same items."""
-    import os
-    import subprocess
-
-    out = tmp_path / "bench"
-    cmd = [
-        sys.executable,
-        str(REPO / "benchmarks" / "attacks.py"),
-        "--methods",
-        "",
-        "--weak-regex",
-        r"mid_block.*attn2\.to_[kv]$",
-        "--attacks",
-        "nbp",
-        "--n",
-        "2",
-        "--steps",
-        "2",
-        "--threads",
-        "1",
-        "--out",
-        str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    table = json.loads((out / "attacks-table.json").read_text())
-    assert set(table["named"]) == {"weak", "noop"}
-    rows = table["attacks"]["nbp"]["methods"]
-    assert set(rows) == {"weak", "noop"} and rows["noop"]["ASR"] == rows["noop"]["unedited"]
-    assert "ASR weak" in done.stdout and "ASR noop" in done.stdout
