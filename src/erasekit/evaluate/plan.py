@@ -184,9 +184,25 @@ def _attack_key(attack: Attack, pipe, target: Suite, inputs: AttackInputs, edit,
         "model": pipeline_fingerprint(pipe),
         "edit": None if edit is None else edit_digest(edit),
         "settings": None if settings is None else settings.to_dict(),
-        "judge": judge.settings if judge is not None and attack.uses_judge else None,
+        "judge": judge_identity(judge.settings) if judge is not None and attack.uses_judge else None,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def judge_identity(settings):
+    """A judge's settings without where its weights sit, in every part whose ``weights_sha256`` pins what they are:
+    a moved checkout or another install prefix (the bundled judge lives inside the package) must not make a stored
+    attack look stale and be searched again."""
+    if isinstance(settings, dict):
+        pinned = "weights_sha256" in settings
+        return {
+            k: judge_identity(v)
+            for k, v in settings.items()
+            if not (pinned and k in ("weights", "path", "model") and isinstance(v, str))
+        }
+    if isinstance(settings, (list, tuple)):
+        return [judge_identity(v) for v in settings]
+    return settings
 
 
 def _attack_suites(
