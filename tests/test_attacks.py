@@ -477,6 +477,37 @@ def test_attack_benchmark_runs_the_reference_edits_with_a_named_weak_edit(tmp_pa
     assert "ASR weak" in done.stdout and "ASR noop" in done.stdout
 
 
+def test_a_moved_judge_keeps_the_stored_attack_results(world, edits, tmp_path):
+    """An attack that judges while it searches is stored under a key that names the judge by its weights' sha256,
+    not by where they sit: the same weights at another path (a moved checkout, another install prefix) find the
+    stored result; other weights, or another decision rule, do not."""
+    import shutil
+
+    from erasekit.evaluate.judges import TinyworldConceptJudge
+    from erasekit.evaluate.plan import AttackInputs, _attack_key, judge_identity
+
+    shipped = world["judge"]
+    for f in ("judge.safetensors", "judge.json"):  # the weights and their config, moved together
+        shutil.copy(shipped.path.parent / f, tmp_path / f)
+    moved = TinyworldConceptJudge(path=tmp_path / "judge.safetensors")
+    assert moved.settings != shipped.settings and judge_identity(moved.settings) == judge_identity(shipped.settings)
+    attack = get_attack("uda")(config=make_attack_config("uda", **TINY["uda"]))
+    target = tinyworld_suites(["circle"], 2, kinds=["target"])[0]
+    inputs = AttackInputs(concepts=("circle",), tinyworld=True)
+
+    def key(judge):
+        return _attack_key(attack, world["pipe"], target, inputs, edits["uce"], judge, SETTINGS)
+
+    assert key(moved) == key(shipped)
+
+    class Other:  # the same file name and path, other weights / another rule
+        def __init__(self, **change):
+            self.settings = {**shipped.settings, **change}
+
+    assert key(Other(weights_sha256="0" * 64)) != key(shipped)
+    assert key(Other(decision="threshold 0.5")) != key(shipped)
+
+
 PAIRED_ATTACKS = ("ring-a-bell", "token-search", "nbp", "p4d-k", "cce")  # shared and per-method; prompt, token, draws
 
 
@@ -534,6 +565,19 @@ def test_attack_results_carry_intervals_and_paired_tests(world, edits, tmp_path)
 
     write_json(res, tmp_path / "results.json")
     page = write_html(res, tmp_path / "report.html").read_text()
+    # the attack × method picture: one row per attack (Ring-A-Bell at its headline η), each cell the table's ASR
+    from PIL import Image
+
+    from erasekit.evaluate.report import attack_cells
+
+    cells = attack_cells(res, "circle")
+    assert len(cells) == len(PAIRED_ATTACKS) and all(set(row) == {"uce", "weak"} for row in cells.values())
+    for name in set(PAIRED_ATTACKS) - {"ring-a-bell"}:
+        for label in ("uce", "weak"):
+            assert cells[name][label][0] is res.attacks["circle"][name]["methods"][label]["judge ASR"]
+    assert "attack × method ASR, study circle" in page
+    with Image.open(tmp_path / "plots" / "attacks-circle.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300
     section = page.split("<h2>Attacks</h2>", 1)[1].split("<h2>Study:", 1)[0]
     for name in set(PAIRED_ATTACKS) - {"ring-a-bell"}:
         part = re.split(rf"<h3>circle: {re.escape(name)}[ <]", section, maxsplit=1)[1].split("<h3>circle:", 1)[0]

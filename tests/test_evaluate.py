@@ -545,6 +545,7 @@ def test_report_page_loads_in_chromium(evaluated, tmp_path):
     figures = sorted((tmp_path / "plots").glob("*.png"))
     assert [f.name for f in figures] == [
         "attack-circle-ring-a-bell.png",
+        "attacks-circle.png",  # the attack × method picture
         "tradeoff-circle.png",
     ]  # also embedded in the page
     assert state == {"images": n_images + len(figures), "broken": 0, "table": True, "settings": True}

@@ -6,6 +6,7 @@
 * :func:`sparsity_sweep` SPACE: erase rate and drift vs sparsity
 * :func:`concepts_curve` per-concept erase / retain rate vs the number of concepts erased at once
 * :func:`clip_gap_curve` CLIP_R − CLIP_E (MACE's many-concepts score) vs the number of concepts erased at once
+* :func:`attack_matrix`  attack × method ASR as a heat map, each cell with its interval and the unedited model's rate
 
 The report embeds them as data URIs and saves them as PNG files beside the page.
 """
@@ -13,6 +14,7 @@ The report embeds them as data URIs and saves them as PNG files beside the page.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Mapping, Sequence
 
 from .metrics import Estimate
@@ -199,4 +201,40 @@ def clip_gap_curve(series: Mapping[str, tuple[Sequence[int], Sequence[Estimate]]
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
+    return _png(plt, fig)
+
+
+def attack_matrix(
+    cells: Mapping[str, Mapping[str, tuple[Estimate, Estimate | None]]],
+    methods: Sequence[str],
+    title: str,
+) -> bytes:
+    """One row per attack, one column per method: colour = ASR %, text = ASR [95 % interval] and, below, the
+    unedited model's rate on the same attacked items (each method's attacked items may differ). ``cells[attack]
+    [method]`` = (ASR, unedited rate); a missing cell is left grey."""
+    import numpy as np
+
+    attacks = list(cells)
+    plt, fig, ax = _figure(1.6 + 1.35 * len(methods), 0.9 + 0.55 * len(attacks))
+    grid = np.full((len(attacks), len(methods)), np.nan)
+    for i, a in enumerate(attacks):
+        for j, m in enumerate(methods):
+            if m in cells[a]:
+                grid[i, j] = 100 * cells[a][m][0].value
+    cmap = plt.get_cmap("Reds").with_extremes(bad="#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for i, a in enumerate(attacks):
+        for j, m in enumerate(methods):
+            if m not in cells[a]:
+                continue
+            asr, unedited = cells[a][m]
+            text = f"{100 * asr.value:.0f} [{100 * asr.low:.0f}–{100 * asr.high:.0f}]"
+            if unedited is not None:
+                text += f"\n({100 * unedited.value:.0f})"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if grid[i, j] > 60 else "black")
+    ax.set_xticks(range(len(methods)), list(methods), fontsize=8)
+    ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
+    ax.tick_params(length=0)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="ASR %")
+    ax.set_title("\n".join(textwrap.wrap(title, width=max(30, int(12 * len(methods) + 20)))), fontsize=9)
     return _png(plt, fig)

@@ -26,6 +26,7 @@ from PIL import Image
 from .._atomic import write_bytes_atomic
 from ..text import plain, shown
 from . import plots
+from .metrics import Estimate
 from .runner import UNEDITED, ImageCache, Results
 
 
@@ -209,6 +210,37 @@ def study_figures(results: Results, folder: Path) -> list[str]:
                     png, f"attack-{_safe(study)}-{_safe(attack)}", folder, f"attack curve, study {study}, {attack}"
                 )
             )
+        cells = attack_cells(results, study)
+        if cells:
+            png = plots.attack_matrix(
+                cells, list(runs), f"{study}: ASR % [95 % interval] per attack (the unedited model on the same items)"
+            )
+            out.append(figure_html(png, f"attacks-{_safe(study)}", folder, f"attack × method ASR, study {study}"))
+    return out
+
+
+def attack_cells(results: Results, study: str) -> dict[str, dict[str, tuple[Estimate, Estimate | None]]]:
+    """attack -> method -> (ASR, the unedited model's rate on the same attacked items), as the Attacks section
+    reports them: Ring-A-Bell at its headline η, every registry attack (and the token search) per method."""
+    out: dict[str, dict[str, tuple[Estimate, Estimate | None]]] = {}
+    for name, a in results.attacks.get(study, {}).items():
+        if "curve" in a:
+            point = next((p for p in a["curve"] if p["eta"] == a["headline_eta"]), None)
+            if point is None or not a["headline_eta"]:
+                continue
+            row = {m: (e, point["unedited concept rate"]) for m, e in point["methods"].items() if e is not None}
+            label = f"{name} (η = {a['headline_eta']:g})"
+        else:
+            row = {}
+            for m, r in a.get("methods", {}).items():
+                asr = r.get("judge ASR") if isinstance(r, dict) else None
+                if asr is None:
+                    continue
+                unedited = next((v for k, v in r.items() if k.startswith("unedited concept rate")), None)
+                row[m] = (asr, unedited)
+            label = name
+        if row:
+            out[label] = row
     return out
 
 
