@@ -12,9 +12,10 @@ unedited model draws (the references attack only such prompts; the unedited mode
 brackets), UnlearnDiffAtk's count (the unattacked prompt's success on the edit counts too) and P4D's (only the
 "ideal" items: drawn by the unedited model, not by the edited one), each with its number of items; "–" where a count
 is over no item (the noop edit leaves no ideal item). ``attacks-table.json`` holds these rates beside each cell's
-ASR, the conditional pre-attack ASR (UnlearnDiffAtk's Pre-ASR) too. The run is the evaluation's own
-(:func:`erasekit.evaluate.evaluate`: the attack stage, the image cache, the judge), so its total time is what
-``erasekit bench --attack <all>`` costs for these methods.
+ASR, the conditional pre-attack ASR (UnlearnDiffAtk's Pre-ASR) too; ``report.html`` and ``results.json`` are the
+evaluation's own (every attack's prompts and images; the attack × method picture in ``plots/``). The run is the
+evaluation's own (:func:`erasekit.evaluate.evaluate`: the attack stage, the image cache, the judge), so its total time
+is what ``erasekit bench --attack <all>`` costs for these methods.
 
     OMP_NUM_THREADS=1 python benchmarks/attacks.py --concept circle --n 16 --threads 1 --out /tmp/bench-attacks
     OMP_NUM_THREADS=1 python benchmarks/attacks.py --model tinyworld-xl --concept circle --n 16 --threads 1
@@ -111,6 +112,12 @@ def main() -> None:
     print_table(rows, list(labels), args, res, fit_s, wall, named)
     out = {"model": args.model, "concept": args.concept, "n": args.n, "named": named, "attacks": rows}
     (Path(args.out) / "attacks-table.json").write_text(json.dumps(out, indent=1, default=str))
+    # the evaluation's own page and results: every attack's prompts and images, and the attack × method picture
+    from erasekit.evaluate.report import write_html, write_json
+
+    write_json(res, Path(args.out) / "results.json")
+    page = write_html(res, Path(args.out) / "report.html", title=f"benchmarks/attacks.py: {args.model}, {args.concept}")
+    print(f"report: {page} (picture: {Path(args.out) / 'plots' / f'attacks-{args.concept}.png'})")
 
 
 def named_rates(res, study: str, labels: list[str]) -> dict[str, dict[str, float]]:

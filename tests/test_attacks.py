@@ -475,6 +475,8 @@ def test_attack_benchmark_runs_the_reference_edits_with_a_named_weak_edit(tmp_pa
     rows = table["attacks"]["nbp"]["methods"]
     assert set(rows) == {"weak", "noop"} and rows["noop"]["ASR"] == rows["noop"]["unedited"]
     assert "ASR weak" in done.stdout and "ASR noop" in done.stdout
+    assert (out / "plots" / "attacks-circle.png").is_file()
+    assert "attack × method ASR" in (out / "report.html").read_text()
 
 
 def test_a_moved_judge_keeps_the_stored_attack_results(world, edits, tmp_path):
