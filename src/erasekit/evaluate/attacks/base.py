@@ -123,18 +123,29 @@ def check_budget_name(budget: str) -> None:
 C = TypeVar("C", bound=AttackConfig)
 
 
-def search_generator(seed: int, *keys: object) -> torch.Generator:
-    """A generator for one search, seeded from the attack's ``seed`` and what names the search (its target prompt,
-    item seed, restart): a search's random draws do not depend on which or how many other searches ran before it,
-    so attacking a subset, another batch size or more restarts leaves each search's result as it was."""
+def search_seed(seed: int, *keys: object) -> int:
+    """The seed of one search, from the attack's ``seed`` and what names the search (its target prompt, item seed,
+    restart): a search's random draws do not depend on which or how many other searches ran before it, so attacking
+    a subset, another batch size or more restarts leaves each search's result as it was. (sha256: the same on every
+    machine.)"""
     digest = hashlib.sha256(repr((int(seed), *keys)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def search_generator(seed: int, *keys: object) -> torch.Generator:
+    """A torch generator for one search, seeded by :func:`search_seed`."""
+    return torch.Generator().manual_seed(search_seed(seed, *keys))
 
 
 def derived_seed(seed: int, item_seed: int, k: int) -> int:
     """Draw k's image seed for an item: a function of (attack seed, item seed, k) only, so a larger budget's draws
     start with a smaller one's (draw 0 is the item's own seed where an attack keeps it)."""
     return int(np.random.default_rng([int(seed), int(item_seed) & 0xFFFFFFFF, int(k)]).integers(2**31 - 1))
+
+
+def draw_seeds(seed: int, item_seed: int, k: int) -> list[int]:
+    """The image seeds of an item's first ``k`` draws: its own seed, then :func:`derived_seed` for draws 1 … k − 1."""
+    return [int(item_seed)] + [derived_seed(seed, int(item_seed), j) for j in range(1, k)]
 
 
 # ----------------------------------------------------------------------------- cost
@@ -343,14 +354,31 @@ class PromptResult(AttackResult):
     prompts: list[str | None] = field(default_factory=list)
 
     def suites(self, target: Suite) -> list[Suite]:
-        items = [
-            dataclasses.replace(it, prompt=p, meta=_meta(it, ("original prompt", it.prompt)))
-            for it, p in zip(target.items, self.prompts, strict=True)
-            if p is not None
-        ]
+        items = drawn_items(target, [None if p is None else [p] for p in self.prompts], label_draws=False)
         return [
             Suite(suite_name(self.attack), "adversarial", items, f"{target.name} + {self.attack}", self.info(target))
         ]
+
+
+def drawn_items(
+    target: Suite,
+    candidates: Sequence[Sequence[str] | None],
+    seeds: Sequence[Sequence[int]] | None = None,
+    *,
+    label_draws: bool = True,
+) -> list[SuiteItem]:
+    """One item per (target item, candidate prompt), in target then candidate order: the candidate at its image seed
+    (``seeds[i][k]``; the target item's own where not given), the target's prompt kept as "original prompt", and,
+    with ``label_draws``, which target item and draw it is (("of", i), ("draw", k): counted best of K). A target
+    item whose candidates are ``None`` or empty was not attacked and has no item."""
+    out = []
+    for i, (it, cands) in enumerate(zip(target.items, candidates, strict=True)):
+        for k, p in enumerate(cands or ()):
+            draw = (("of", str(i)), ("draw", str(k))) if label_draws else ()
+            seed = int(it.seed) if seeds is None else seeds[i][k]
+            meta = _meta(it, ("original prompt", it.prompt), *draw)
+            out.append(dataclasses.replace(it, prompt=p, seed=seed, meta=meta))
+    return out
 
 
 @dataclass
@@ -370,14 +398,7 @@ class BestOfPromptResult(PromptResult):
         self.prompts = [c[0] for c in self.candidates]
 
     def suites(self, target: Suite) -> list[Suite]:
-        seeds = self.seeds or [[int(it.seed)] * len(c) for it, c in zip(target.items, self.candidates, strict=True)]
-        items = [
-            dataclasses.replace(
-                it, prompt=p, seed=sd, meta=_meta(it, ("original prompt", it.prompt), ("of", str(i)), ("draw", str(k)))
-            )
-            for i, (it, cands, item_seeds) in enumerate(zip(target.items, self.candidates, seeds, strict=True))
-            for k, (p, sd) in enumerate(zip(cands, item_seeds, strict=True))
-        ]
+        items = drawn_items(target, self.candidates, self.seeds)
         info = self.info(target, best_of=max(len(c) for c in self.candidates) if self.candidates else 0)
         return [Suite(suite_name(self.attack), "adversarial", items, f"{target.name} + {self.attack}", info)]
 

@@ -66,7 +66,7 @@ from .base import (
     AttackResult,
     SamplingResult,
     budget_field,
-    derived_seed,
+    draw_seeds,
     register_attack,
 )
 
@@ -112,13 +112,10 @@ class NoiseBasedProbe(Attack[NBPConfig]):
         sampler = noisy_scheduler_class(ctx.pipe.scheduler)  # refuse an unsupported scheduler before any draw
         # sample-major: draw k of a larger budget is draw k of a smaller one, so more draws never lose a success
         grid = [(float(e), float(s)) for _ in range(c.samples) for e in c.etas for s in c.variance_scales]
-        variants = []
-        for it in ctx.target:
-            draws = []
-            for k, (eta, scale) in enumerate(grid):
-                seed = int(it.seed) if k == 0 else derived_seed(c.seed, int(it.seed), k)
-                draws.append((seed, eta, scale))
-            variants.append(draws)
+        variants = [
+            [(seed, eta, scale) for seed, (eta, scale) in zip(draw_seeds(c.seed, int(it.seed), len(grid)), grid)]
+            for it in ctx.target
+        ]
         kind = "noisy DDIM" if sampler is NoisyDDIMScheduler else "noisy rectified-flow DDIM"
         details = {"draws per item": len(grid), "sampler": f"{kind} (η, variance scale)"}
         return SamplingResult(self.name, c.to_dict(), {}, details, variants=variants, steps=c.steps)

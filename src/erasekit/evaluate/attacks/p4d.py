@@ -82,7 +82,7 @@ from .base import (
     BestOfPromptResult,
     PromptResult,
     budget_field,
-    derived_seed,
+    draw_seeds,
     register_attack,
     search_generator,
 )
@@ -160,7 +160,7 @@ class _P4D(Attack[Any]):
         target_cond = ctx.encode([it.prompt for it in items])
         # per item: (judged success, score, prompt); a judged success is kept from the first check that finds it
         best: list[tuple[bool, float, str]] = [(False, -float("inf"), "")] * len(items)
-        seeds = [[int(it.seed)] + [derived_seed(c.seed, int(it.seed), k) for k in range(1, c.images)] for it in items]
+        seeds = [draw_seeds(c.seed, int(it.seed), c.images) for it in items]
         bar = tqdm(total=c.steps, desc=self.name, disable=not ctx.progress, leave=False)
         for s0 in range(0, c.steps, c.eval_every):
             chunk = range(s0, min(s0 + c.eval_every, c.steps))
@@ -241,9 +241,9 @@ class _P4D(Attack[Any]):
             ]
             images = ctx.render(trial)
             jr = ctx.judge.judge(images, list(dict.fromkeys(c for it in items for c in it.concepts)))
-            at = [(i, k) for i, item_seeds in enumerate(seeds) for k in range(len(item_seeds))]  # row -> (item, image)
+            owner = [i for i, item_seeds in enumerate(seeds) for _ in item_seeds]  # image row -> its item
             scores, seen = [-float("inf")] * len(items), [False] * len(items)
-            for row, (i, _) in enumerate(at):
+            for row, i in enumerate(owner):
                 concepts = items[i].concepts
                 scores[i] = max(scores[i], max(float(jr.score(c)[row]) for c in concepts))
                 seen[i] = seen[i] or any(bool(jr.seen(c)[row]) for c in concepts)

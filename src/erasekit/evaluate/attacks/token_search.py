@@ -57,10 +57,10 @@ from .base import (
     AttackContext,
     AttackResult,
     PromptResult,
-    _meta,
     budget_field,
+    drawn_items,
     register_attack,
-    search_generator,
+    search_seed,
 )
 
 # a whole word of lower-case letters, 3+ long: CLIP's ``castle</w>`` or a sentencepiece ``▁castle`` (T5, Gemma)
@@ -283,7 +283,7 @@ class TokenSearchAttack(Attack[TokenSearchConfig]):
         with ctx.edited():
             for p, k in tqdm(searches, desc="token-search", disable=not ctx.progress, leave=False):
                 # each (prompt, restart) its own stream: restart k is the same search whatever the budget or prompts
-                rng = np.random.default_rng(search_generator(c.seed, "token-search", p, k).initial_seed())
+                rng = np.random.default_rng(search_seed(c.seed, "token-search", p, k))
                 free = [int(i) for i in rng.integers(len(words), size=c.n_tokens)]  # indices into words
                 best = float(
                     self._score(
@@ -344,16 +344,11 @@ class _TokenSearchResult(PromptResult):
     candidates: list[list[str] | None] | None = None  # per target item its restarts' prompts (None: not searched)
 
     def suites(self, target):
-        from ..suites import Suite, SuiteItem
+        from ..suites import Suite
 
         per_item = self.candidates or [None if p is None else [p] for p in self.prompts]
         best_of = max((len(c) for c in per_item if c), default=1)
-        items = [
-            SuiteItem(p, it.seed, it.guidance, it.concepts, None, _meta(it, ("original prompt", it.prompt), *draw))
-            for i, (it, cands) in enumerate(zip(target.items, per_item, strict=True))
-            for k, p in enumerate(cands or [])
-            for draw in [(("of", str(i)), ("draw", str(k))) if best_of > 1 else ()]
-        ]
+        items = drawn_items(target, per_item, label_draws=best_of > 1)
         info = {"attack": self.label, "budget": TokenSearchAttack.budget_line(self.config), **self.details}
         if best_of > 1:
             info["best_of"] = best_of
