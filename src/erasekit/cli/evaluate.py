@@ -116,13 +116,10 @@ def _note_paper_budget_on_cpu(args) -> None:
     naming the attacks whose paper budget differs from their CPU default; the run goes on as asked."""
     from ..evaluate.attacks import get_attack
 
-    if getattr(args, "budget", "default") != "paper" or not str(getattr(args, "device", "cpu")).startswith("cpu"):
+    if args.budget != "paper" or not args.device.startswith("cpu"):
         return
-    heavy = []
-    for name in args.attack or ():
-        cfg = get_attack(name).config_class
-        if cfg.defaults("paper") != cfg.defaults("default"):
-            heavy.append(name)
+    configs = {name: get_attack(name).config_class for name in args.attack or ()}
+    heavy = [name for name, cfg in configs.items() if cfg.defaults("paper") != cfg.defaults("default")]
     if heavy:
         _info(
             f"note: --budget paper runs the papers' budgets for {', '.join(heavy)} (`erasekit attacks` lists them), "
